@@ -1,0 +1,10 @@
+# CUDA sources of the library. Kernels are templates in headers; each (op, dtype, head dim)
+# combination is instantiated in its own small generated file (tools/gen_instantiations.py) so the
+# build parallelises and a 2-core machine finishes in minutes.
+set(FSA_CUDA_SOURCES
+  ${CMAKE_CURRENT_LIST_DIR}/../src/cuda/runtime.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/varlen/compressed_cu_seqlens.cu
+)
+file(GLOB FSA_CUDA_INSTANTIATIONS CONFIGURE_DEPENDS
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/*/instantiations/*.cu)
+list(APPEND FSA_CUDA_SOURCES ${FSA_CUDA_INSTANTIATIONS})

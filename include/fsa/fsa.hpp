@@ -1,0 +1,9 @@
+// Umbrella header of the public C++ API.
+#pragma once
+
+#include "fsa/config.hpp"
+#include "fsa/layer.hpp"
+#include "fsa/ops.hpp"
+#include "fsa/runtime.hpp"
+#include "fsa/status.hpp"
+#include "fsa/types.hpp"

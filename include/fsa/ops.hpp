@@ -1,0 +1,107 @@
+// Entry points of every NSA op, forward and backward (semantics: nsa-spec sections 1-7).
+//
+// Conventions shared by all ops:
+// - Tensors are caller-allocated TensorViews; outputs are fully overwritten.
+// - Packed variable-length batches: `cu_seqlens` int32 [nseq+1] gives the rows of each sequence;
+//   `cu_cmp` int32 [nseq+1] gives the rows of its compressed tokens (see compressed_cu_seqlens).
+//   Compressed tensors may have more rows than cu_cmp[nseq] (size them with max_compressed_tokens);
+//   output rows past cu_cmp[nseq] are set to zero, input rows past it are never read.
+// - q [N, Hq, Dqk], k [N, Hkv, Dqk], v [N, Hkv, Dv], o [N, Hq, Dv], lse fp32 [Hq, N] (natural log).
+// - Floating tensors of one call share one dtype: bf16 or fp16 (both devices), fp32 or fp64 (CPU).
+//   Index tensors are int32. The last dim must be contiguous; other strides are free (int64).
+// - Every tensor of a call must be on the same device; the call runs there. A device without an
+//   implementation of the op returns StatusCode::kNotImplemented.
+// - Gradient outputs are overwritten, not accumulated into.
+#pragma once
+
+#include "fsa/config.hpp"
+#include "fsa/status.hpp"
+#include "fsa/types.hpp"
+
+namespace fsa {
+
+// ---- Sequence metadata -------------------------------------------------------------------------
+
+// cu_cmp[b+1] = cu_cmp[b] + compressed_length(n_b). Runs on the device of the tensors, with no
+// host synchronisation. cu_seqlens and cu_cmp: int32 [nseq+1].
+Status compressed_cu_seqlens(const NsaConfig& config, const TensorView& cu_seqlens, const TensorView& cu_cmp);
+
+// ---- Compression (spec section 1) --------------------------------------------------------------
+
+// Compresses x [N, Hkv, D] into y [Ncmp, Hkv, Dout]. `weight` [Hkv, l*D, Dout] for kLinear, must be
+// undefined (a default TensorView) for kMean (then Dout = D). `pos_emb` [Hkv, l, D] is optional
+// (undefined = none); the layer passes it for keys only.
+Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                        const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                        const TensorView& y);
+// Gradients of compress_forward. `d_weight` (kLinear) and `d_pos_emb` (when pos_emb is given) may
+// be undefined to skip them.
+Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                         const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
+                         const TensorView& d_pos_emb);
+
+// ---- Rotary embedding (spec section 2) ---------------------------------------------------------
+
+// y = rotate(x) for x [rows, H, D] (D even). Row r of sequence b is at position
+// (r - cu[b]) * position_stride: 1 for q and k, s for compressed keys (with cu = cu_cmp).
+// y may alias x.
+Status rope_forward(const RopeConfig& rope, const TensorView& x, const TensorView& cu, int position_stride,
+                    const TensorView& y);
+// dx = rotate^T(dy) (rotation by the negative angle). dx may alias dy.
+Status rope_backward(const RopeConfig& rope, const TensorView& dy, const TensorView& cu, int position_stride,
+                     const TensorView& dx);
+
+// ---- Compressed attention (spec section 3) -----------------------------------------------------
+
+// o [N, Hq, Dv], lse [Hq, N] over compressed keys k_cmp [Ncmp, Hkv, Dqk], v_cmp [Ncmp, Hkv, Dv]
+// visible under i*s + l - 1 <= t. Queries that see nothing get o = 0 and lse = -inf.
+Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                        const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                        const TensorView& o, const TensorView& lse);
+Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                         const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                         const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                         const TensorView& dq, const TensorView& dk_cmp, const TensorView& dv_cmp);
+
+// ---- Block selection (spec section 4) ----------------------------------------------------------
+
+// topk_idx int32 [Hkv, N, K]: per token and kv group, the forced blocks plus the highest-scoring
+// ones, ascending, -1 padded. lse_cmp is the compressed attention's lse [Hq, N]. Selection has no
+// backward: no gradient flows through it (spec section 8).
+Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                     const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                     const TensorView& topk_idx);
+
+// ---- Selected attention (spec section 5) -------------------------------------------------------
+
+// Attention of each query over the union of its selected blocks (topk_idx int32 [Hkv, N, Kw], any
+// width Kw). Negative, future and out-of-range entries are ignored, duplicates count once.
+Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                        const TensorView& lse);
+Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                         const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                         const TensorView& dk, const TensorView& dv);
+
+// ---- Sliding-window attention (spec section 6) -------------------------------------------------
+
+// Keys [max(0, t - w), t] of the query's own sequence.
+Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                   const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
+Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse,
+                    const TensorView& d_o, const TensorView& dq, const TensorView& dk, const TensorView& dv);
+
+// ---- Gated combination (spec section 7) --------------------------------------------------------
+
+// o = g0 * o_cmp + g1 * o_slc + g2 * o_swa with gates [N, Hq, 3] (kPerHead) or [N, 3] (kShared).
+Status combine_forward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,
+                       const TensorView& o_slc, const TensorView& o_swa, const TensorView& o);
+Status combine_backward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,
+                        const TensorView& o_slc, const TensorView& o_swa, const TensorView& d_o,
+                        const TensorView& d_gates, const TensorView& d_o_cmp, const TensorView& d_o_slc,
+                        const TensorView& d_o_swa);
+
+}  // namespace fsa

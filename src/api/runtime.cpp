@@ -1,0 +1,30 @@
+// Build and machine information.
+#include "fsa/runtime.hpp"
+
+#ifdef FSA_WITH_CUDA
+#include "cuda/runtime.hpp"
+#endif
+
+namespace fsa {
+
+bool built_with_cuda() {
+#ifdef FSA_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+CudaDeviceInfo cuda_device_info() {
+#ifdef FSA_WITH_CUDA
+  return cuda::query_device();
+#else
+  CudaDeviceInfo info;
+  info.reason = "built without CUDA (no nvcc at configure time, or FSA_ENABLE_CUDA=OFF)";
+  return info;
+#endif
+}
+
+const char* version() { return "0.1.0"; }
+
+}  // namespace fsa

@@ -1,0 +1,30 @@
+// Moving data between strided TensorViews of any dtype and the contiguous fp32/fp64 arrays the
+// reference computes on. bf16/fp16 conversions round to nearest even, as the GPU does.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fsa/types.hpp"
+
+namespace fsa::ref {
+
+float bf16_to_float(std::uint16_t bits);
+std::uint16_t float_to_bf16(float value);
+float half_to_float(std::uint16_t bits);
+std::uint16_t float_to_half(float value);
+
+// Rounds a value to what a tensor of `dtype` would store (identity for fp32/fp64).
+double round_to(DType dtype, double value);
+
+// Contiguous row-major copy of a host tensor, converted to T. An undefined view gives {}.
+template <class T>
+std::vector<T> load(const TensorView& view);
+// Writes a contiguous row-major array into a host tensor, converting to its dtype.
+template <class T>
+void store(const std::vector<T>& values, const TensorView& view);
+
+std::vector<std::int32_t> load_int32(const TensorView& view);
+void store_int32(const std::vector<std::int32_t>& values, const TensorView& view);
+
+}  // namespace fsa::ref
