@@ -2,6 +2,7 @@
 #pragma once
 
 #include "fsa/config.hpp"
+#include "fsa/convert.hpp"
 #include "fsa/layer.hpp"
 #include "fsa/ops.hpp"
 #include "fsa/runtime.hpp"

@@ -45,7 +45,7 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
 
 // y = rotate(x) for x [rows, H, D] (D even). Row r of sequence b is at position
 // (r - cu[b]) * position_stride: 1 for q and k, s for compressed keys (with cu = cu_cmp).
-// y may alias x.
+// Rows past cu[nseq] (spare rows of a compressed tensor) are copied unchanged. y may alias x.
 Status rope_forward(const RopeConfig& rope, const TensorView& x, const TensorView& cu, int position_stride,
                     const TensorView& y);
 // dx = rotate^T(dy) (rotation by the negative angle). dx may alias dy.

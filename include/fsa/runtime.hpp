@@ -15,6 +15,25 @@ struct CudaDeviceInfo {
 };
 
 bool built_with_cuda();
+
+// The CUDA stream (a cudaStream_t, passed as void* so this header needs no CUDA) on which the
+// calling thread's GPU work is enqueued; nullptr (the default) is the legacy default stream.
+// Entry points never synchronise with the host, so capturing them into a CUDA graph on this stream
+// works.
+void set_cuda_stream(void* stream);
+void* cuda_stream();
+
+// Sets the stream for a scope and restores the previous one after it.
+class CudaStreamScope {
+ public:
+  explicit CudaStreamScope(void* stream) : previous_(cuda_stream()) { set_cuda_stream(stream); }
+  ~CudaStreamScope() { set_cuda_stream(previous_); }
+  CudaStreamScope(const CudaStreamScope&) = delete;
+  CudaStreamScope& operator=(const CudaStreamScope&) = delete;
+
+ private:
+  void* previous_;
+};
 CudaDeviceInfo cuda_device_info();
 const char* version();
 

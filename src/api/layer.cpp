@@ -1,1 +1,124 @@
-// placeholder
+// nsa_forward / nsa_backward: validation of the whole layer's arguments and dispatch.
+#include "dispatch.hpp"
+#include "fsa/layer.hpp"
+#include "reference/layer.hpp"
+#include "validate.hpp"
+
+namespace fsa {
+
+using detail::Arg;
+using detail::AttnDims;
+using detail::Dim;
+
+NsaLayerShape NsaLayerShape::of(const NsaLayerInputs& in) {
+  NsaLayerShape s;
+  if (in.q.ndim == 3) {
+    s.tokens = in.q.size(0);
+    s.heads_q = static_cast<int>(in.q.size(1));
+    s.head_dim_qk = static_cast<int>(in.q.size(2));
+  }
+  if (in.k.ndim == 3) s.heads_kv = static_cast<int>(in.k.size(1));
+  if (in.v.ndim == 3) s.head_dim_v = static_cast<int>(in.v.size(2));
+  if (in.cu_seqlens.ndim == 1) s.num_seqs = static_cast<int>(in.cu_seqlens.size(0) - 1);
+  s.dtype = in.q.dtype;
+  s.device = in.q.device;
+  return s;
+}
+
+std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape) {
+  return ref::nsa_saved_bytes(config, shape);
+}
+
+namespace {
+
+Status check_param(const NsaConfig& config, const char* name, const TensorView& t, const Arg& q,
+                   std::initializer_list<Dim> dims, bool required_for_linear) {
+  const Arg a{name, t};
+  if (config.compression == CompressionKind::kMean && required_for_linear) {
+    if (t.defined()) return FSA_INVALID(std::string(name) + ": expected none for CompressionKind::kMean");
+    return Status::ok();
+  }
+  if (!t.defined()) {
+    if (required_for_linear) return FSA_INVALID(std::string(name) + ": expected a tensor for CompressionKind::kLinear");
+    return Status::ok();
+  }
+  FSA_RETURN_IF_ERROR(detail::check_same_dtype(a, q));
+  FSA_RETURN_IF_ERROR(detail::check_same_device(a, q));
+  return detail::check_tensor(a, dims);
+}
+
+Status check_layer_inputs(const NsaConfig& config, const NsaLayerInputs& in, AttnDims* dims) {
+  FSA_RETURN_IF_ERROR(config.validate());
+  const Arg q{"q", in.q};
+  FSA_RETURN_IF_ERROR(detail::check_qkv(q, {"k", in.k}, {"v", in.v}, in.q.ndim == 3 ? in.q.size(0) : 0, dims));
+  if (config.rope.enabled && dims->dim_qk % 2 != 0)
+    return FSA_INVALID("q: expected an even Dqk for RoPE, got " + std::to_string(dims->dim_qk));
+  const Arg cu{"cu_seqlens", in.cu_seqlens};
+  FSA_RETURN_IF_ERROR(detail::check_same_device(cu, q));
+  FSA_RETURN_IF_ERROR(detail::check_cu_seqlens(cu, dims->tokens, "N (q.size(0))"));
+  const std::int64_t l = config.cmp_len, hkv = dims->heads_kv, dqk = dims->dim_qk, dv = dims->dim_v;
+  FSA_RETURN_IF_ERROR(check_param(config, "w_k", in.w_k, q, {{hkv, "Hkv"}, {l * dqk, "l*Dqk"}, {dqk, "Dqk"}}, true));
+  FSA_RETURN_IF_ERROR(check_param(config, "w_v", in.w_v, q, {{hkv, "Hkv"}, {l * dv, "l*Dv"}, {dv, "Dv"}}, true));
+  FSA_RETURN_IF_ERROR(check_param(config, "pe_k", in.pe_k, q, {{hkv, "Hkv"}, {l, "l"}, {dqk, "Dqk"}}, false));
+  const Arg g{"gates", in.gates};
+  FSA_RETURN_IF_ERROR(detail::check_same_dtype(g, q));
+  FSA_RETURN_IF_ERROR(detail::check_same_device(g, q));
+  if (config.gate_mode == GateMode::kPerHead)
+    return detail::check_tensor(g, {{dims->tokens, "N"}, {dims->heads_q, "Hq"}, {3, "3"}});
+  return detail::check_tensor(g, {{dims->tokens, "N"}, {3, "3"}});
+}
+
+Status check_saved(const NsaConfig& config, const NsaLayerInputs& in, const TensorView& saved) {
+  const Arg s{"saved", saved};
+  FSA_RETURN_IF_ERROR(detail::check_dtype(s, DType::kUInt8));
+  FSA_RETURN_IF_ERROR(detail::check_same_device(s, {"q", in.q}));
+  const std::int64_t bytes = static_cast<std::int64_t>(nsa_saved_bytes(config, NsaLayerShape::of(in)));
+  FSA_RETURN_IF_ERROR(detail::check_tensor(s, {{Dim::kAnyDim, "bytes"}}));
+  if (saved.size(0) < bytes)
+    return FSA_INVALID("saved: expected at least nsa_saved_bytes() = " + std::to_string(bytes) + " bytes, got " +
+                       std::to_string(saved.size(0)));
+  return Status::ok();
+}
+
+Status check_grad(const char* name, const TensorView& grad, const char* input_name, const TensorView& input) {
+  if (!grad.defined()) return Status::ok();
+  if (!input.defined()) return FSA_INVALID(std::string(name) + ": expected none, since " + input_name + " is none");
+  return detail::check_like({name, grad}, {input_name, input});
+}
+
+}  // namespace
+
+Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& o,
+                   const TensorView& saved) {
+  AttnDims dims;
+  FSA_RETURN_IF_ERROR(check_layer_inputs(config, inputs, &dims));
+  const Arg q{"q", inputs.q}, oa{"o", o};
+  FSA_RETURN_IF_ERROR(detail::check_same_dtype(oa, q));
+  FSA_RETURN_IF_ERROR(detail::check_same_device(oa, q));
+  FSA_RETURN_IF_ERROR(detail::check_tensor(oa, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}}));
+  if (saved.defined()) FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved));
+  if (!detail::on_cpu(inputs.q)) return detail::not_implemented_on(inputs.q.device, "nsa_forward");
+  return detail::run_reference("nsa_forward", [&] { ref::nsa_forward(config, inputs, o, saved); });
+}
+
+Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& saved,
+                    const TensorView& d_o, const NsaLayerGrads& grads) {
+  AttnDims dims;
+  FSA_RETURN_IF_ERROR(check_layer_inputs(config, inputs, &dims));
+  FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved));
+  const Arg q{"q", inputs.q}, da{"d_o", d_o};
+  FSA_RETURN_IF_ERROR(detail::check_same_dtype(da, q));
+  FSA_RETURN_IF_ERROR(detail::check_same_device(da, q));
+  FSA_RETURN_IF_ERROR(detail::check_tensor(da, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}}));
+  FSA_RETURN_IF_ERROR(check_grad("dq", grads.dq, "q", inputs.q));
+  FSA_RETURN_IF_ERROR(check_grad("dk", grads.dk, "k", inputs.k));
+  FSA_RETURN_IF_ERROR(check_grad("dv", grads.dv, "v", inputs.v));
+  FSA_RETURN_IF_ERROR(check_grad("dw_k", grads.dw_k, "w_k", inputs.w_k));
+  FSA_RETURN_IF_ERROR(check_grad("dpe_k", grads.dpe_k, "pe_k", inputs.pe_k));
+  FSA_RETURN_IF_ERROR(check_grad("dw_v", grads.dw_v, "w_v", inputs.w_v));
+  FSA_RETURN_IF_ERROR(check_grad("d_gates", grads.d_gates, "gates", inputs.gates));
+  if (!detail::on_cpu(inputs.q)) return detail::not_implemented_on(inputs.q.device, "nsa_backward");
+  return detail::run_reference("nsa_backward", [&] { ref::nsa_backward(config, inputs, saved, d_o, grads); });
+}
+
+}  // namespace fsa

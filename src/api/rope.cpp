@@ -3,6 +3,9 @@
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
 #include "validate.hpp"
+#ifdef FSA_WITH_CUDA
+#include "kernels/rope/rope.hpp"
+#endif
 
 namespace fsa {
 
@@ -22,11 +25,17 @@ Status rope(const char* op, const char* in_name, const char* out_name, const Rop
                        std::to_string(x.size(2)));
   const Arg cua{"cu", cu};
   FSA_RETURN_IF_ERROR(detail::check_same_device(cua, xa));
-  FSA_RETURN_IF_ERROR(detail::check_cu_seqlens(cua, x.size(0), "rows (x.size(0))"));
+  FSA_RETURN_IF_ERROR(detail::check_cu_seqlens(cua, x.size(0), "rows (x.size(0))", /*exact=*/false));
   if (position_stride < 1)
     return FSA_INVALID("position_stride: expected >= 1, got " + std::to_string(position_stride));
   FSA_RETURN_IF_ERROR(detail::check_like({out_name, y}, xa));
-  if (!detail::on_cpu(x)) return detail::not_implemented_on(x.device, op);
+  if (!detail::on_cpu(x)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::rope(config, x, cu, position_stride, y, inverse);
+#else
+    return detail::not_implemented_on(x.device, op);
+#endif
+  }
   return detail::run_reference(op, [&] { ref::rope(config, x, cu, position_stride, y, inverse); });
 }
 

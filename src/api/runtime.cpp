@@ -25,6 +25,13 @@ CudaDeviceInfo cuda_device_info() {
 #endif
 }
 
+namespace {
+thread_local void* current_cuda_stream = nullptr;
+}
+
+void set_cuda_stream(void* stream) { current_cuda_stream = stream; }
+void* cuda_stream() { return current_cuda_stream; }
+
 const char* version() { return "0.1.0"; }
 
 }  // namespace fsa

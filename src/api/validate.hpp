@@ -35,8 +35,9 @@ Status check_dtype(const Arg& arg, DType expected);
 Status check_same_dtype(const Arg& arg, const Arg& reference);
 Status check_same_device(const Arg& arg, const Arg& reference);
 // int32 [nseq+1]; on the CPU also the values: cu[0] = 0, non-decreasing, cu[nseq] = total.
-// (On a GPU the values are not read: that would synchronise with the host.) total < 0: any total.
-Status check_cu_seqlens(const Arg& arg, std::int64_t total, const char* total_symbol);
+// (On a GPU the values are not read: that would synchronise with the host.) total < 0: any total;
+// exact = false: cu[nseq] <= total (compressed tensors sized by max_compressed_tokens).
+Status check_cu_seqlens(const Arg& arg, std::int64_t total, const char* total_symbol, bool exact = true);
 // cu_cmp must match cu_seqlens under the config; on the CPU the values are compared, and the
 // compressed tensors must hold cu_cmp[nseq] rows.
 Status check_cu_cmp(const Arg& cu_cmp, const TensorView& cu_seqlens, const NsaConfig& config,

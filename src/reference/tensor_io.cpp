@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstring>
 
-namespace fsa::ref {
+namespace fsa {
 
 float bf16_to_float(std::uint16_t bits) {
   const std::uint32_t u = static_cast<std::uint32_t>(bits) << 16;
@@ -51,6 +51,10 @@ std::uint16_t float_to_half(float value) {
   if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
   return sign | static_cast<std::uint16_t>(h);
 }
+
+}  // namespace fsa
+
+namespace fsa::ref {
 
 double round_to(DType dtype, double value) {
   switch (dtype) {

@@ -5,14 +5,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "fsa/convert.hpp"
 #include "fsa/types.hpp"
 
 namespace fsa::ref {
 
-float bf16_to_float(std::uint16_t bits);
-std::uint16_t float_to_bf16(float value);
-float half_to_float(std::uint16_t bits);
-std::uint16_t float_to_half(float value);
+using fsa::bf16_to_float;
+using fsa::float_to_bf16;
+using fsa::float_to_half;
+using fsa::half_to_float;
 
 // Rounds a value to what a tensor of `dtype` would store (identity for fp32/fp64).
 double round_to(DType dtype, double value);

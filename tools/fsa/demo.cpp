@@ -1,0 +1,329 @@
+#include "demo.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "buffer.hpp"
+
+namespace fsa::tool {
+
+namespace {
+
+// A failed call: its Status, and whether falling back to the CPU can help.
+struct Failure {
+  Status status;
+};
+
+struct PhaseTime {
+  std::string name;
+  double ms;
+};
+
+// Allocates, uploads and runs everything on one device; throws Failure on the first error.
+class DemoRun {
+ public:
+  DemoRun(const ProblemSpec& spec, const ProblemData& data, Device device)
+      : spec_(spec), data_(data), device_(device) {}
+
+  void run() {
+    upload_inputs();
+    forward_phases();
+    backward_phases();
+    whole_layer();
+  }
+
+  const std::vector<PhaseTime>& times() const { return times_; }
+  const std::map<std::string, std::vector<double>>& results() const { return results_; }
+  double layer_vs_phases_rel_diff() const { return layer_vs_phases_; }
+
+ private:
+  Buffer& make(const std::string& name, DType dtype, std::vector<std::int64_t> sizes) {
+    std::string error;
+    Buffer b(device_, dtype, std::move(sizes), &error);
+    if (!error.empty()) throw Failure{FSA_ERROR(StatusCode::kCudaError, name + ": " + error)};
+    return buffers_[name] = std::move(b);
+  }
+  TensorView view(const std::string& name) const { return buffers_.at(name).view(); }
+  static void check(const Status& s) {
+    if (!s.is_ok()) throw Failure{s};
+  }
+  void phase(const std::string& name, const std::function<Status()>& body) {
+    check(synchronize(device_));
+    const auto start = std::chrono::steady_clock::now();
+    check(body());
+    check(synchronize(device_));
+    const auto stop = std::chrono::steady_clock::now();
+    times_.push_back({name, std::chrono::duration<double, std::milli>(stop - start).count()});
+  }
+  void upload(const std::string& name, DType dtype, std::vector<std::int64_t> sizes, const std::vector<double>& v) {
+    check(make(name, dtype, std::move(sizes)).upload(v));
+  }
+  std::vector<double> download(const std::string& name) const {
+    std::vector<double> v;
+    check(buffers_.at(name).download(&v));
+    return v;
+  }
+
+  void upload_inputs() {
+    const auto& c = spec_.config;
+    const std::int64_t n = spec_.tokens(), hq = spec_.heads_q, hkv = spec_.heads_kv;
+    const std::int64_t dqk = spec_.head_dim_qk, dv = spec_.head_dim_v, l = c.cmp_len;
+    const DType dt = spec_.dtype;
+    ncmp_ = max_compressed_tokens(n, c);
+    std::vector<double> cu(data_.cu_seqlens.begin(), data_.cu_seqlens.end());
+    upload("cu_seqlens", DType::kInt32, {static_cast<std::int64_t>(cu.size())}, cu);
+    upload("q", dt, {n, hq, dqk}, data_.q);
+    upload("k", dt, {n, hkv, dqk}, data_.k);
+    upload("v", dt, {n, hkv, dv}, data_.v);
+    if (c.compression == CompressionKind::kLinear) {
+      upload("w_k", dt, {hkv, l * dqk, dqk}, data_.w_k);
+      upload("w_v", dt, {hkv, l * dv, dv}, data_.w_v);
+    }
+    upload("pe_k", dt, {hkv, l, dqk}, data_.pe_k);
+    if (c.gate_mode == GateMode::kPerHead) {
+      upload("gates", dt, {n, hq, 3}, data_.gates);
+    } else {
+      upload("gates", dt, {n, 3}, data_.gates);
+    }
+    upload("d_o", dt, {n, hq, dv}, data_.d_o);
+  }
+
+  std::vector<std::int64_t> sizes_of(const std::string& name) const {
+    const TensorView v = view(name);
+    return std::vector<std::int64_t>(v.sizes.begin(), v.sizes.begin() + v.ndim);
+  }
+
+  TensorView optional(const std::string& name) const {
+    return buffers_.count(name) ? view(name) : TensorView{};
+  }
+
+  void forward_phases() {
+    const auto& c = spec_.config;
+    const std::int64_t n = spec_.tokens(), hq = spec_.heads_q, hkv = spec_.heads_kv;
+    const std::int64_t dqk = spec_.head_dim_qk, dv = spec_.head_dim_v;
+    const DType dt = spec_.dtype;
+    make("cu_cmp", DType::kInt32, {static_cast<std::int64_t>(data_.cu_seqlens.size())});
+    for (const char* name : {"k_cmp", "kc_rot"}) make(name, dt, {ncmp_, hkv, dqk});
+    make("v_cmp", dt, {ncmp_, hkv, dv});
+    make("q_rot", dt, {n, hq, dqk});
+    make("k_rot", dt, {n, hkv, dqk});
+    for (const char* name : {"o_cmp", "o_slc", "o_swa", "o_phases", "o"}) make(name, dt, {n, hq, dv});
+    for (const char* name : {"lse_cmp", "lse_slc", "lse_swa"}) make(name, DType::kFloat32, {hq, n});
+    make("topk", DType::kInt32, {hkv, n, c.topk});
+    const TensorView cu = view("cu_seqlens"), cu_cmp = view("cu_cmp");
+
+    phase("compressed cu_seqlens", [&] { return compressed_cu_seqlens(c, cu, cu_cmp); });
+    phase("compress k, v", [&] {
+      FSA_RETURN_IF_ERROR(compress_forward(c, view("k"), cu, cu_cmp, optional("w_k"), view("pe_k"), view("k_cmp")));
+      return compress_forward(c, view("v"), cu, cu_cmp, optional("w_v"), TensorView{}, view("v_cmp"));
+    });
+    phase("rope q, k, k_cmp", [&] {
+      if (!c.rope.enabled) return Status::ok();
+      FSA_RETURN_IF_ERROR(rope_forward(c.rope, view("q"), cu, 1, view("q_rot")));
+      FSA_RETURN_IF_ERROR(rope_forward(c.rope, view("k"), cu, 1, view("k_rot")));
+      return rope_forward(c.rope, view("k_cmp"), cu_cmp, c.cmp_stride, view("kc_rot"));
+    });
+    const std::string q = c.rope.enabled ? "q_rot" : "q", k = c.rope.enabled ? "k_rot" : "k",
+                      kc = c.rope.enabled ? "kc_rot" : "k_cmp";
+    phase("compressed attention", [&] {
+      return cmp_attn_forward(c, view(q), view(kc), view("v_cmp"), cu, cu_cmp, view("o_cmp"), view("lse_cmp"));
+    });
+    phase("block selection", [&] {
+      return select_blocks(c, view(q), view(kc), view("lse_cmp"), cu, cu_cmp, view("topk"));
+    });
+    phase("selected attention", [&] {
+      return slc_attn_forward(c, view(q), view(k), view("v"), view("topk"), cu, view("o_slc"), view("lse_slc"));
+    });
+    phase("sliding window", [&] {
+      return swa_forward(c, view(q), view(k), view("v"), cu, view("o_swa"), view("lse_swa"));
+    });
+    phase("gated combine", [&] {
+      return combine_forward(c, view("gates"), view("o_cmp"), view("o_slc"), view("o_swa"), view("o_phases"));
+    });
+    q_name_ = q;
+    k_name_ = k;
+    kc_name_ = kc;
+  }
+
+  void backward_phases() {
+    const auto& c = spec_.config;
+    const std::int64_t n = spec_.tokens(), hq = spec_.heads_q, hkv = spec_.heads_kv;
+    const std::int64_t dqk = spec_.head_dim_qk, dv = spec_.head_dim_v;
+    const DType dt = spec_.dtype;
+    for (const char* name : {"d_cmp", "d_slc", "d_swa"}) make(name, dt, {n, hq, dv});
+    make("b_dgates", dt, sizes_of("gates"));
+    make("b_dq", dt, {n, hq, dqk});
+    make("b_dk", dt, {n, hkv, dqk});
+    make("b_dv", dt, {n, hkv, dv});
+    make("b_dkc", dt, {ncmp_, hkv, dqk});
+    make("b_dvc", dt, {ncmp_, hkv, dv});
+    if (buffers_.count("w_k")) make("b_dw_k", dt, sizes_of("w_k"));
+    const TensorView cu = view("cu_seqlens"), cu_cmp = view("cu_cmp");
+    phase("bwd: gated combine", [&] {
+      return combine_backward(c, view("gates"), view("o_cmp"), view("o_slc"), view("o_swa"), view("d_o"),
+                              view("b_dgates"), view("d_cmp"), view("d_slc"), view("d_swa"));
+    });
+    phase("bwd: sliding window", [&] {
+      return swa_backward(c, view(q_name_), view(k_name_), view("v"), cu, view("o_swa"), view("lse_swa"),
+                          view("d_swa"), view("b_dq"), view("b_dk"), view("b_dv"));
+    });
+    phase("bwd: selected attention", [&] {
+      return slc_attn_backward(c, view(q_name_), view(k_name_), view("v"), view("topk"), cu, view("o_slc"),
+                               view("lse_slc"), view("d_slc"), view("b_dq"), view("b_dk"), view("b_dv"));
+    });
+    phase("bwd: compressed attention", [&] {
+      return cmp_attn_backward(c, view(q_name_), view(kc_name_), view("v_cmp"), cu, cu_cmp, view("o_cmp"),
+                               view("lse_cmp"), view("d_cmp"), view("b_dq"), view("b_dkc"), view("b_dvc"));
+    });
+    phase("bwd: rope", [&] {
+      if (!c.rope.enabled) return Status::ok();
+      FSA_RETURN_IF_ERROR(rope_backward(c.rope, view("b_dq"), cu, 1, view("b_dq")));
+      FSA_RETURN_IF_ERROR(rope_backward(c.rope, view("b_dk"), cu, 1, view("b_dk")));
+      return rope_backward(c.rope, view("b_dkc"), cu_cmp, c.cmp_stride, view("b_dkc"));
+    });
+    phase("bwd: compress k, v", [&] {
+      FSA_RETURN_IF_ERROR(compress_backward(c, view("k"), cu, cu_cmp, optional("w_k"), view("pe_k"), view("b_dkc"),
+                                            view("b_dk"), optional("b_dw_k"),
+                                            TensorView{}));
+      return compress_backward(c, view("v"), cu, cu_cmp, optional("w_v"), TensorView{}, view("b_dvc"), view("b_dv"),
+                               TensorView{}, TensorView{});
+    });
+  }
+
+  void whole_layer() {
+    const auto& c = spec_.config;
+    NsaLayerInputs in;
+    in.q = view("q");
+    in.k = view("k");
+    in.v = view("v");
+    in.cu_seqlens = view("cu_seqlens");
+    in.w_k = optional("w_k");
+    in.pe_k = view("pe_k");
+    in.w_v = optional("w_v");
+    in.gates = view("gates");
+    const std::int64_t saved_bytes = static_cast<std::int64_t>(nsa_saved_bytes(c, NsaLayerShape::of(in)));
+    make("saved", DType::kUInt8, {saved_bytes});
+    NsaLayerGrads g;
+    const std::vector<std::pair<std::string, std::string>> grads = {
+        {"dq", "q"}, {"dk", "k"}, {"dv", "v"}, {"dw_k", "w_k"}, {"dpe_k", "pe_k"}, {"dw_v", "w_v"}, {"d_gates", "gates"}};
+    for (const auto& [grad, input] : grads) {
+      if (!buffers_.count(input)) continue;
+      make(grad, view(input).dtype, sizes_of(input));
+    }
+    g.dq = view("dq");
+    g.dk = view("dk");
+    g.dv = view("dv");
+    g.dw_k = optional("dw_k");
+    g.dpe_k = optional("dpe_k");
+    g.dw_v = optional("dw_v");
+    g.d_gates = view("d_gates");
+    phase("layer: nsa_forward", [&] { return nsa_forward(c, in, view("o"), view("saved")); });
+    phase("layer: nsa_backward", [&] { return nsa_backward(c, in, view("saved"), view("d_o"), g); });
+
+    results_["o"] = download("o");
+    for (const auto& [grad, input] : grads)
+      if (buffers_.count(grad)) results_[grad] = download(grad);
+    const std::vector<double> phases = download("o_phases");
+    double diff = 0, norm = 0;
+    for (std::size_t i = 0; i < phases.size(); ++i) {
+      diff += (phases[i] - results_["o"][i]) * (phases[i] - results_["o"][i]);
+      norm += results_["o"][i] * results_["o"][i];
+    }
+    layer_vs_phases_ = std::sqrt(diff / std::max(norm, 1e-300));
+  }
+
+  const ProblemSpec& spec_;
+  const ProblemData& data_;
+  Device device_;
+  std::int64_t ncmp_ = 0;
+  std::string q_name_, k_name_, kc_name_;
+  std::map<std::string, Buffer> buffers_;
+  std::vector<PhaseTime> times_;
+  std::map<std::string, std::vector<double>> results_;
+  double layer_vs_phases_ = 0;
+};
+
+void print_report(const DemoRun& run, Device device, const ProblemSpec& spec) {
+  double forward = 0, backward = 0;
+  std::printf("\n%-28s %12s\n", "phase", "time (ms)");
+  for (const PhaseTime& t : run.times()) {
+    std::printf("%-28s %12.3f\n", t.name.c_str(), t.ms);
+    if (t.name.rfind("layer:", 0) == 0) continue;
+    (t.name.rfind("bwd:", 0) == 0 ? backward : forward) += t.ms;
+  }
+  std::printf("%-28s %12.3f\n%-28s %12.3f\n", "sum of forward phases", forward, "sum of backward phases", backward);
+  std::printf("\n%-10s %22s %22s %8s\n", "output", "checksum sum(x)", "checksum sum(|x|)", "finite");
+  bool finite = true;
+  for (const auto& [name, values] : run.results()) {
+    double sum = 0, abs_sum = 0;
+    bool ok = true;
+    for (double x : values) {
+      sum += x;
+      abs_sum += std::fabs(x);
+      ok = ok && std::isfinite(x);
+    }
+    finite = finite && ok;
+    std::printf("%-10s %22.9e %22.9e %8s\n", name.c_str(), sum, abs_sum, ok ? "yes" : "NO");
+  }
+  // The phase-by-phase run rounds every intermediate to the storage dtype, the layer keeps them
+  // in fp32 (CPU) or on chip, so the two agree to the dtype's precision, not bitwise.
+  std::printf("\n||o(layer) - o(phase by phase)|| / ||o(layer)|| = %.3e (%s intermediates)\n",
+              run.layer_vs_phases_rel_diff(), dtype_name(spec.dtype));
+  std::printf("device: %s\n", device_name(device).c_str());
+  if (!finite) std::printf("error: non-finite values in the outputs\n");
+}
+
+}  // namespace
+
+int run_demo(const ProblemSpec& spec, DevicePreference preference) {
+  if (const Status s = spec.config.validate(); !s.is_ok()) {
+    std::fprintf(stderr, "fsa demo: %s\n", s.to_string().c_str());
+    return 2;
+  }
+  const ProblemData data = make_problem(spec);
+  const CudaDeviceInfo info = cuda_device_info();
+  std::printf("fsa %s demo: %s\n", version(), spec.describe().c_str());
+  if (info.available) {
+    std::printf("CUDA device 0: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.sm_major, info.sm_minor,
+                info.multiprocessors);
+  } else {
+    std::printf("CUDA: %s\n", info.reason.c_str());
+  }
+
+  std::vector<Device> attempts;
+  if (preference != DevicePreference::kCpu && info.available) attempts.push_back(Device::cuda(0));
+  if (preference == DevicePreference::kCuda && !info.available) {
+    std::fprintf(stderr, "fsa demo: --device cuda requested but %s\n", info.reason.c_str());
+    return 2;
+  }
+  if (preference != DevicePreference::kCuda) attempts.push_back(Device::cpu());
+
+  for (const Device device : attempts) {
+    DemoRun run(spec, data, device);
+    try {
+      run.run();
+    } catch (const Failure& failure) {
+      const bool fallback = failure.status.code() == StatusCode::kNotImplemented && device.kind == DeviceKind::kCUDA &&
+                            preference == DevicePreference::kAuto;
+      std::fprintf(stderr, "%s on %s: %s\n", fallback ? "note" : "fsa demo: error", device_name(device).c_str(),
+                   failure.status.to_string().c_str());
+      if (fallback) {
+        std::printf("the GPU path is not complete yet; running on the CPU reference instead\n");
+        continue;
+      }
+      return 1;
+    }
+    std::printf("running on %s%s\n", device_name(device).c_str(),
+                device.kind == DeviceKind::kCPU ? " (CPU reference backend)" : " (CUDA kernels)");
+    print_report(run, device, spec);
+    return 0;
+  }
+  return 1;
+}
+
+}  // namespace fsa::tool

@@ -1,1 +1,173 @@
-int main() { return 0; }
+// The `fsa` command-line tool.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "demo.hpp"
+#include "fsa/fsa.hpp"
+
+namespace {
+
+using fsa::tool::DevicePreference;
+using fsa::tool::ProblemSpec;
+
+constexpr const char* kUsage = R"(fsa: Native Sparse Attention with the Flash Sparse Attention loop order
+
+usage: fsa <command> [options]
+
+commands:
+  demo      run the full NSA layer forward and backward on an embedded default problem, phase by
+            phase (per-phase times) and through the whole-layer entry points, and print the device
+            used, the times and checksums of the output and of every gradient. Runs on the GPU when
+            one is present and every op has a CUDA implementation, else on the CPU reference.
+  info      print the version, whether CUDA kernels were built, and the CUDA device found
+  help      print this text
+
+demo options (defaults give the embedded problem):
+  --device auto|cpu|cuda      where to run (default auto: the GPU if usable, else the CPU)
+  --dtype bf16|fp16|fp32      element type of inputs and outputs (default bf16; fp32 is CPU only)
+  --seqlens A,B,...           lengths of the packed sequences (default 1536,700,250,31)
+  --heads-q N                 query heads Hq (default 8)
+  --heads-kv N                key/value heads Hkv, dividing Hq (default 2)
+  --head-dim N                Dqk (default 64)
+  --head-dim-v N              Dv (default: Dqk)
+  --block-size N              selection block B: 32, 64 or 128 (default 64)
+  --topk N                    selected blocks per query K (default 16)
+  --window N                  sliding window w (default 512)
+  --cmp-len N, --cmp-stride N compression window l and stride s (default 32, 16)
+  --compression linear|mean   compression kind (default linear)
+  --gates per-head|shared     gate layout [N,Hq,3] or [N,3] (default per-head)
+  --no-rope                   skip the rotary embedding
+  --seed N                    seed of the random inputs (default 2026)
+
+environment:
+  FSA_NUM_THREADS             threads of the CPU reference (default: all cores)
+)";
+
+bool parse_int(const char* text, long long* out) {
+  char* end = nullptr;
+  *out = std::strtoll(text, &end, 10);
+  return end != text && *end == '\0';
+}
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "fsa: %s\nrun 'fsa --help' for usage\n", message.c_str());
+  return 2;
+}
+
+int run_info() {
+  const fsa::CudaDeviceInfo info = fsa::cuda_device_info();
+  std::printf("fsa %s\nCUDA kernels built: %s\n", fsa::version(), fsa::built_with_cuda() ? "yes" : "no");
+  if (info.available) {
+    std::printf("CUDA devices: %d; device 0: %s, sm_%d%d, %d SMs\n", info.device_count, info.name.c_str(),
+                info.sm_major, info.sm_minor, info.multiprocessors);
+  } else {
+    std::printf("CUDA device: none (%s)\n", info.reason.c_str());
+  }
+  return 0;
+}
+
+int run_demo_command(int argc, char** argv) {
+  ProblemSpec spec;
+  DevicePreference device = DevicePreference::kAuto;
+  bool dv_given = false;
+  for (int i = 0; i < argc; ++i) {
+    const std::string opt = argv[i];
+    if (opt == "--help" || opt == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (opt == "--no-rope") {
+      spec.config.rope.enabled = false;
+      continue;
+    }
+    if (i + 1 >= argc) return usage_error("option " + opt + " needs a value");
+    const std::string value = argv[++i];
+    long long number = 0;
+    const bool is_number = parse_int(value.c_str(), &number);
+    auto need_number = [&]() -> bool { return is_number && number >= 0 && number < (1ll << 31); };
+    if (opt == "--device") {
+      if (value == "auto") device = DevicePreference::kAuto;
+      else if (value == "cpu") device = DevicePreference::kCpu;
+      else if (value == "cuda") device = DevicePreference::kCuda;
+      else return usage_error("--device: expected auto, cpu or cuda, got '" + value + "'");
+    } else if (opt == "--dtype") {
+      if (value == "bf16") spec.dtype = fsa::DType::kBFloat16;
+      else if (value == "fp16") spec.dtype = fsa::DType::kFloat16;
+      else if (value == "fp32") spec.dtype = fsa::DType::kFloat32;
+      else return usage_error("--dtype: expected bf16, fp16 or fp32, got '" + value + "'");
+    } else if (opt == "--seqlens") {
+      spec.seqlens.clear();
+      std::stringstream list(value);
+      std::string item;
+      while (std::getline(list, item, ',')) {
+        long long len = 0;
+        if (!parse_int(item.c_str(), &len) || len < 0) return usage_error("--seqlens: bad length '" + item + "'");
+        spec.seqlens.push_back(len);
+      }
+      if (spec.seqlens.empty()) return usage_error("--seqlens: expected at least one length");
+    } else if (opt == "--compression") {
+      if (value == "linear") spec.config.compression = fsa::CompressionKind::kLinear;
+      else if (value == "mean") spec.config.compression = fsa::CompressionKind::kMean;
+      else return usage_error("--compression: expected linear or mean, got '" + value + "'");
+    } else if (opt == "--gates") {
+      if (value == "per-head") spec.config.gate_mode = fsa::GateMode::kPerHead;
+      else if (value == "shared") spec.config.gate_mode = fsa::GateMode::kShared;
+      else return usage_error("--gates: expected per-head or shared, got '" + value + "'");
+    } else if (!need_number()) {
+      return usage_error(opt + ": expected a non-negative integer, got '" + value + "'");
+    } else if (opt == "--heads-q") {
+      spec.heads_q = static_cast<int>(number);
+    } else if (opt == "--heads-kv") {
+      spec.heads_kv = static_cast<int>(number);
+    } else if (opt == "--head-dim") {
+      spec.head_dim_qk = static_cast<int>(number);
+    } else if (opt == "--head-dim-v") {
+      spec.head_dim_v = static_cast<int>(number);
+      dv_given = true;
+    } else if (opt == "--block-size") {
+      spec.config.block_size = static_cast<int>(number);
+    } else if (opt == "--topk") {
+      spec.config.topk = static_cast<int>(number);
+    } else if (opt == "--window") {
+      spec.config.window = static_cast<int>(number);
+    } else if (opt == "--cmp-len") {
+      spec.config.cmp_len = static_cast<int>(number);
+    } else if (opt == "--cmp-stride") {
+      spec.config.cmp_stride = static_cast<int>(number);
+    } else if (opt == "--seed") {
+      spec.seed = static_cast<std::uint64_t>(number);
+    } else {
+      return usage_error("unknown option " + opt);
+    }
+  }
+  if (!dv_given) spec.head_dim_v = spec.head_dim_qk;
+  if (spec.heads_q <= 0 || spec.heads_kv <= 0 || spec.heads_q % spec.heads_kv != 0)
+    return usage_error("--heads-q must be a positive multiple of --heads-kv");
+  if (spec.head_dim_qk <= 0 || spec.head_dim_v <= 0) return usage_error("head dims must be positive");
+  return fsa::tool::run_demo(spec, device);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stdout);
+    return 2;
+  }
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (command == "--version") {
+    std::printf("fsa %s\n", fsa::version());
+    return 0;
+  }
+  if (command == "info") return run_info();
+  if (command == "demo") return run_demo_command(argc - 2, argv + 2);
+  return usage_error("unknown command '" + command + "'");
+}

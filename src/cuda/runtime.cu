@@ -1,0 +1,39 @@
+#include "cuda/runtime.hpp"
+
+namespace fsa::cuda {
+
+CudaDeviceInfo query_device() {
+  CudaDeviceInfo info;
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    info.reason = err != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(err)
+                                     : std::string("no CUDA device present");
+    cudaGetLastError();  // clear the sticky error of a failed query
+    return info;
+  }
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+    info.reason = "cudaGetDeviceProperties failed";
+    return info;
+  }
+  info.available = true;
+  info.device_count = count;
+  info.name = prop.name;
+  info.sm_major = prop.major;
+  info.sm_minor = prop.minor;
+  info.multiprocessors = prop.multiProcessorCount;
+  return info;
+}
+
+Status check_launch(const char* kernel, cudaStream_t stream, const char* file, int line) {
+  FSA_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), kernel, file, line));
+#ifdef FSA_SYNC_AFTER_LAUNCH
+  FSA_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), kernel, file, line));
+#else
+  (void)stream;
+#endif
+  return Status::ok();
+}
+
+}  // namespace fsa::cuda

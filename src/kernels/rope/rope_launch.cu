@@ -1,0 +1,51 @@
+// Host side of the RoPE kernel: fills the params and turns the runtime dtype into the template
+// argument (the one place it happens for this op).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/runtime.hpp"
+#include "kernels/rope/rope.hpp"
+#include "kernels/rope/rope_params.hpp"
+#include "reference/reference.hpp"
+
+namespace fsa::cuda {
+
+template <class Element>
+Status launch_rope(const RopeParams& params, cudaStream_t stream);  // instantiations/rope_*.cu
+
+Status rope(const RopeConfig& config, const TensorView& x, const TensorView& cu, int position_stride,
+            const TensorView& y, bool inverse) {
+  const int pairs = static_cast<int>(x.size(2) / 2);
+  if (pairs > RopeParams::kMaxPairs)
+    return FSA_ERROR(StatusCode::kNotImplemented, "x: RoPE on CUDA supports head dims up to " +
+                                                      std::to_string(2 * RopeParams::kMaxPairs) + ", got " +
+                                                      std::to_string(x.size(2)));
+  RopeParams p{};
+  p.x = x.data;
+  p.y = y.data;
+  p.x_row_stride = x.stride(0);
+  p.x_head_stride = x.stride(1);
+  p.y_row_stride = y.stride(0);
+  p.y_head_stride = y.stride(1);
+  p.cu = cu.ptr<const std::int32_t>();
+  p.cu_stride = cu.stride(0);
+  p.num_seqs = static_cast<int>(cu.size(0) - 1);
+  p.rows = x.size(0);
+  p.heads = static_cast<int>(x.size(1));
+  p.pairs = pairs;
+  p.position_stride = position_stride;
+  p.sign = inverse ? -1.0f : 1.0f;
+  for (int i = 0; i < pairs; ++i) p.frequency[i] = ref::rope_frequency(config, i, static_cast<int>(x.size(2)));
+  if (p.num_seqs == 0) return Status::ok();
+
+  const DeviceGuard guard(x.device.index);
+  switch (x.dtype) {
+    case DType::kBFloat16: return launch_rope<__nv_bfloat16>(p, current_stream());
+    case DType::kFloat16: return launch_rope<__half>(p, current_stream());
+    default:
+      return FSA_ERROR(StatusCode::kNotImplemented,
+                       std::string("x: RoPE on CUDA supports bf16 and fp16, got ") + dtype_name(x.dtype));
+  }
+}
+
+}  // namespace fsa::cuda

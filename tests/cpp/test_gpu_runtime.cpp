@@ -1,0 +1,159 @@
+// GPU tests of the device components built so far (label gpu: they need a CUDA device):
+// compressed_cu_seqlens and RoPE against the CPU reference, stream and graph capture, and the
+// "not implemented on CUDA" answer of the ops that have no kernels yet.
+#include <cuda_runtime.h>
+
+#include <cstring>
+
+#include "test_util.hpp"
+
+namespace fsa::test {
+namespace {
+
+class Gpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_info().available) GTEST_SKIP() << "no CUDA device: " << cuda_device_info().reason;
+  }
+};
+
+// A device copy of a host tensor; download() brings it back into a host tensor of the same shape.
+class DeviceTensor {
+ public:
+  explicit DeviceTensor(const HostTensor& host) : host_(host) {
+    bytes_ = static_cast<std::size_t>(host.numel()) * dtype_size(host.dtype()) + 16;
+    EXPECT_EQ(cudaMalloc(&data_, bytes_), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(data_, host.view().data, bytes_ - 16, cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~DeviceTensor() { cudaFree(data_); }
+  DeviceTensor(const DeviceTensor&) = delete;
+  DeviceTensor& operator=(const DeviceTensor&) = delete;
+
+  TensorView view() const {
+    TensorView v = host_.view();
+    v.data = data_;
+    v.device = Device::cuda(0);
+    return v;
+  }
+  HostTensor download() const {
+    HostTensor out = host_;
+    EXPECT_EQ(cudaMemcpy(out.view().data, data_, bytes_ - 16, cudaMemcpyDeviceToHost), cudaSuccess);
+    return out;
+  }
+
+ private:
+  HostTensor host_;
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+TEST_F(Gpu, DeviceInfo) {
+  const CudaDeviceInfo info = cuda_device_info();
+  EXPECT_GE(info.sm_major, 8) << "the kernels target sm80 and newer";
+  EXPECT_GT(info.multiprocessors, 0);
+  EXPECT_FALSE(info.name.empty());
+}
+
+TEST_F(Gpu, CompressedCuSeqlensMatchesReference) {
+  auto rng = rng_for_test();
+  NsaConfig config;
+  // 700 sequences: more than one chunk of the single-CTA scan, with empty and short sequences.
+  for (const int nseq : {1, 3, 255, 256, 257, 700}) {
+    std::vector<std::int64_t> lengths(static_cast<std::size_t>(nseq));
+    std::uniform_int_distribution<int> len(0, 300);
+    for (auto& l : lengths) l = len(rng);
+    HostTensor cu = make_cu_seqlens(lengths);
+    HostTensor expected = make_cu_cmp(config, cu);
+    HostTensor out(DType::kInt32, cu.sizes());
+    out.poison();
+    DeviceTensor d_cu(cu), d_out(out);
+    FSA_ASSERT_OK(compressed_cu_seqlens(config, d_cu.view(), d_out.view()));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(d_out.download().to_double(), expected.to_double()) << "nseq " << nseq;
+  }
+}
+
+// RoPE forward and backward on bf16 and fp16 against the reference (fp32 on the same rounded
+// inputs), with a stride-s compressed-key layout, spare rows, in-place use and llama3 scaling.
+TEST_F(Gpu, RopeMatchesReference) {
+  auto rng = rng_for_test();
+  for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    for (const bool llama3 : {false, true}) {
+      for (const int stride : {1, 16}) {
+        RopeConfig rope;
+        rope.llama3_scaling = llama3;
+        const std::vector<std::int64_t> lengths = {300, 0, 1, 77};
+        HostTensor cu = make_cu_seqlens(lengths);
+        const std::int64_t rows = 378 + 5;  // five spare rows past cu[nseq]
+        HostTensor x(dtype, {rows, 3, 128});
+        x.fill_normal(rng);
+        HostTensor x32(DType::kFloat32, x.sizes());
+        x32.from_double(x.to_double());
+        for (const bool inverse : {false, true}) {
+          HostTensor expected(DType::kFloat32, x.sizes());
+          const auto ref_call = inverse ? rope_backward : rope_forward;
+          FSA_ASSERT_OK(ref_call(rope, x32.view(), cu.view(), stride, expected.view()));
+          HostTensor y(dtype, x.sizes());
+          y.poison();
+          DeviceTensor d_x(x), d_y(y), d_cu(cu);
+          FSA_ASSERT_OK(ref_call(rope, d_x.view(), d_cu.view(), stride, d_y.view()));
+          FSA_ASSERT_OK(ref_call(rope, d_x.view(), d_cu.view(), stride, d_x.view()));  // in place
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const auto got = d_y.download().to_double();
+          EXPECT_TRUE(all_finite(got));
+          const double tol = dtype == DType::kBFloat16 ? 1e-2 : 5e-3;
+          EXPECT_LT(rel_frobenius(got, expected.to_double()), tol) << dtype_name(dtype) << " stride " << stride;
+          EXPECT_EQ(d_x.download().to_double(), got) << "in-place result differs";
+        }
+      }
+    }
+  }
+}
+
+// The launch goes to the stream set by CudaStreamScope, so it can be captured into a CUDA graph
+// and replayed.
+TEST_F(Gpu, RopeIsGraphCapturable) {
+  auto rng = rng_for_test();
+  RopeConfig rope;
+  HostTensor cu = make_cu_seqlens({100, 60});
+  HostTensor x(DType::kBFloat16, {160, 2, 64});
+  x.fill_normal(rng);
+  HostTensor expected(DType::kBFloat16, x.sizes());
+  FSA_ASSERT_OK(rope_forward(rope, x.view(), cu.view(), 1, expected.view()));
+  DeviceTensor d_x(x), d_y(expected), d_cu(cu);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  {
+    CudaStreamScope scope(stream);
+    FSA_EXPECT_OK(rope_forward(rope, d_x.view(), d_cu.view(), 1, d_y.view()));
+  }
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaMemset(d_y.view().data, 0xff, 160 * 2 * 64 * 2), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  const auto got = d_y.download().to_double();
+  EXPECT_LT(rel_frobenius(got, expected.to_double()), 1e-2);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+TEST_F(Gpu, OpsWithoutKernelsSayNotImplemented) {
+  auto rng = rng_for_test();
+  NsaConfig config;
+  HostTensor cu = make_cu_seqlens({70});
+  HostTensor q(DType::kBFloat16, {70, 4, 64}), k(DType::kBFloat16, {70, 2, 64}), v(DType::kBFloat16, {70, 2, 64});
+  HostTensor o(DType::kBFloat16, {70, 4, 64}), lse(DType::kFloat32, {4, 70});
+  q.fill_normal(rng);
+  DeviceTensor dq(q), dk(k), dv(v), d_o(o), d_lse(lse), d_cu(cu);
+  const Status s = swa_forward(config, dq.view(), dk.view(), dv.view(), d_cu.view(), d_o.view(), d_lse.view());
+  EXPECT_EQ(s.code(), StatusCode::kNotImplemented) << s.to_string();
+  EXPECT_NE(s.message().find("CUDA"), std::string::npos) << s.to_string();
+}
+
+}  // namespace
+}  // namespace fsa::test
