@@ -48,6 +48,8 @@ __global__ void __launch_bounds__(kRopeThreads) rope_kernel(const __grid_constan
   auto* y = static_cast<Element*>(p.y) + row * p.y_row_stride;
   for (int idx = threadIdx.x; idx < p.heads * p.pairs; idx += kRopeThreads) {
     const int h = idx / p.pairs, i = idx % p.pairs;
+    // Accurate sincosf, not __sincosf: angles reach position * w ~ 1e5-1e6 rad on long sequences.
+    // Its argument reduction for such angles is what ptxas reports as a 32-byte stack frame.
     float sin_a = 0.0f, cos_a = 1.0f;
     if (rotate) sincosf(static_cast<float>(position) * p.frequency[i], &sin_a, &cos_a);
     sin_a *= p.sign;

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The device machine's one call: build with all cores for the local GPU, run the GPU tests (and
+# the CPU ones, which are cheap there), a compute-sanitizer memcheck of the GPU tests, and the
+# demo; write logs to $OUT (when set) and a short table last.
+#
+# GoogleTest is not installed on the device machine: carry a copy of its sources in .gtest/
+# (`cp -r /usr/src/googletest .gtest` here; .gtest/ is git-ignored) and name it in `carry`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build/gpu-check}
+mkdir -p "$out"
+arch=${FSA_CUDA_ARCHITECTURES:-90a}
+targets=${FSA_GPU_CHECK_TARGETS:-all}
+status=()
+
+run() {  # run NAME CMD...: log to $out/NAME.log, remember pass/fail
+  local name=$1
+  shift
+  local t0=$(date +%s%N)
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  status+=("$(printf '%-22s %-5s %6d.%03d s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAIL)" $((ms / 1000)) $((ms % 1000)))")
+  tail -n 25 "$out/$name.log"
+  return $rc
+}
+
+gtest_dir=$PWD/.gtest
+[[ -f $gtest_dir/CMakeLists.txt ]] || gtest_dir=/usr/src/googletest
+run configure cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DFSA_CUDA_ARCHITECTURES="$arch" \
+  -DFSA_GTEST_SOURCE_DIR="$gtest_dir" -DFSA_NATIVE_ARCH=ON
+if [[ $targets == all ]]; then
+  run build cmake --build build/gpu -j "$(nproc)"
+else
+  run build cmake --build build/gpu -j "$(nproc)" --target $targets
+fi
+run fsa-info ./build/gpu/fsa info
+run gpu-tests ctest --test-dir build/gpu -L gpu --output-on-failure -j 1
+run cpu-tests ctest --test-dir build/gpu -L cpu --output-on-failure -j "$(nproc)"
+run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_runtime
+run demo ./build/gpu/fsa demo
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv >"$out/gpu.csv" 2>&1
+
+echo
+echo "== gpu-check: commit ${FSA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')} on $(head -2 "$out/gpu.csv" | tail -1)"
+printf '%s\n' "${status[@]}"
+grep -E "tests passed|tests failed" "$out"/gpu-tests.log "$out"/cpu-tests.log
