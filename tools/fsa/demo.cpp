@@ -280,7 +280,18 @@ void print_report(const DemoRun& run, Device device, const ProblemSpec& spec) {
 
 }  // namespace
 
-int run_demo(const ProblemSpec& spec, DevicePreference preference) {
+void write_csv(const DemoRun& run, Device device, const ProblemSpec& spec, const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "fsa demo: cannot write %s\n", path.c_str());
+    return;
+  }
+  std::fprintf(f, "# fsa demo on %s: %s\nphase,ms\n", device_name(device).c_str(), spec.describe().c_str());
+  for (const PhaseTime& t : run.times()) std::fprintf(f, "%s,%.3f\n", t.name.c_str(), t.ms);
+  std::fclose(f);
+}
+
+int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::string& csv_path) {
   if (const Status s = spec.config.validate(); !s.is_ok()) {
     std::fprintf(stderr, "fsa demo: %s\n", s.to_string().c_str());
     return 2;
@@ -321,6 +332,7 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference) {
     std::printf("running on %s%s\n", device_name(device).c_str(),
                 device.kind == DeviceKind::kCPU ? " (CPU reference backend)" : " (CUDA kernels)");
     print_report(run, device, spec);
+    if (!csv_path.empty()) write_csv(run, device, spec, csv_path);
     return 0;
   }
   return 1;

@@ -42,6 +42,7 @@ demo options (defaults give the embedded problem):
   --gates per-head|shared     gate layout [N,Hq,3] or [N,3] (default per-head)
   --no-rope                   skip the rotary embedding
   --seed N                    seed of the random inputs (default 2026)
+  --csv PATH                  also write the per-phase times as CSV
 
 environment:
   FSA_NUM_THREADS             threads of the CPU reference (default: all cores)
@@ -74,6 +75,7 @@ int run_demo_command(int argc, char** argv) {
   ProblemSpec spec;
   DevicePreference device = DevicePreference::kAuto;
   bool dv_given = false;
+  std::string csv_path;
   for (int i = 0; i < argc; ++i) {
     const std::string opt = argv[i];
     if (opt == "--help" || opt == "-h") {
@@ -109,6 +111,8 @@ int run_demo_command(int argc, char** argv) {
         spec.seqlens.push_back(len);
       }
       if (spec.seqlens.empty()) return usage_error("--seqlens: expected at least one length");
+    } else if (opt == "--csv") {
+      csv_path = value;
     } else if (opt == "--compression") {
       if (value == "linear") spec.config.compression = fsa::CompressionKind::kLinear;
       else if (value == "mean") spec.config.compression = fsa::CompressionKind::kMean;
@@ -148,7 +152,7 @@ int run_demo_command(int argc, char** argv) {
   if (spec.heads_q <= 0 || spec.heads_kv <= 0 || spec.heads_q % spec.heads_kv != 0)
     return usage_error("--heads-q must be a positive multiple of --heads-kv");
   if (spec.head_dim_qk <= 0 || spec.head_dim_v <= 0) return usage_error("head dims must be positive");
-  return fsa::tool::run_demo(spec, device);
+  return fsa::tool::run_demo(spec, device, csv_path);
 }
 
 }  // namespace
