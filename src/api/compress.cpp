@@ -11,10 +11,17 @@ using detail::Dim;
 
 namespace {
 
-// Checks x, cu_seqlens, cu_cmp, weight, pos_emb; returns Dout through dim_out.
+Status check_compressed(const Arg& arg, const TensorView& x, std::int64_t dim_out) {
+  FSA_RETURN_IF_ERROR(detail::check_same_dtype(arg, {"x", x}));
+  FSA_RETURN_IF_ERROR(detail::check_same_device(arg, {"x", x}));
+  return detail::check_tensor(arg, {{Dim::kAnyDim, "Ncmp"}, {x.size(1), "H"}, {dim_out, "Dout"}});
+}
+
+// Checks x, cu_seqlens, weight, pos_emb, the compressed tensor (y or dy) and then cu_cmp against
+// the compressed tensor's rows.
 Status check_compress_inputs(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                              const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
-                             std::int64_t compressed_rows, std::int64_t* dim_out) {
+                             const Arg& compressed) {
   FSA_RETURN_IF_ERROR(config.validate());
   const Arg xa{"x", x};
   FSA_RETURN_IF_ERROR(detail::check_float_dtype(xa));
@@ -23,18 +30,16 @@ Status check_compress_inputs(const NsaConfig& config, const TensorView& x, const
   const Arg cu{"cu_seqlens", cu_seqlens};
   FSA_RETURN_IF_ERROR(detail::check_same_device(cu, xa));
   FSA_RETURN_IF_ERROR(detail::check_cu_seqlens(cu, x.size(0), "N (x.size(0))"));
-  FSA_RETURN_IF_ERROR(detail::check_cu_cmp({"cu_cmp", cu_cmp}, cu_seqlens, config, compressed_rows));
   const Arg w{"weight", weight};
+  std::int64_t dim_out = dim;
   if (config.compression == CompressionKind::kLinear) {
     FSA_RETURN_IF_ERROR(detail::check_same_dtype(w, xa));
     FSA_RETURN_IF_ERROR(detail::check_same_device(w, xa));
     FSA_RETURN_IF_ERROR(detail::check_tensor(
         w, {{heads, "H"}, {config.cmp_len * dim, "l*D"}, {Dim::kAnyDim, "Dout"}}));
-    *dim_out = weight.size(2);
-  } else {
-    if (weight.defined())
-      return FSA_INVALID("weight: expected none for CompressionKind::kMean, got a tensor " + weight.shape_string());
-    *dim_out = dim;
+    dim_out = weight.size(2);
+  } else if (weight.defined()) {
+    return FSA_INVALID("weight: expected none for CompressionKind::kMean, got a tensor " + weight.shape_string());
   }
   if (pos_emb.defined()) {
     const Arg pe{"pos_emb", pos_emb};
@@ -42,13 +47,8 @@ Status check_compress_inputs(const NsaConfig& config, const TensorView& x, const
     FSA_RETURN_IF_ERROR(detail::check_same_device(pe, xa));
     FSA_RETURN_IF_ERROR(detail::check_tensor(pe, {{heads, "H"}, {config.cmp_len, "l"}, {dim, "D"}}));
   }
-  return Status::ok();
-}
-
-Status check_compressed(const Arg& arg, const TensorView& x, std::int64_t dim_out) {
-  FSA_RETURN_IF_ERROR(detail::check_same_dtype(arg, {"x", x}));
-  FSA_RETURN_IF_ERROR(detail::check_same_device(arg, {"x", x}));
-  return detail::check_tensor(arg, {{Dim::kAnyDim, "Ncmp"}, {x.size(1), "H"}, {dim_out, "Dout"}});
+  FSA_RETURN_IF_ERROR(check_compressed(compressed, x, dim_out));
+  return detail::check_cu_cmp({"cu_cmp", cu_cmp}, cu_seqlens, config, compressed.view.size(0));
 }
 
 }  // namespace
@@ -56,10 +56,7 @@ Status check_compressed(const Arg& arg, const TensorView& x, std::int64_t dim_ou
 Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                         const TensorView& y) {
-  std::int64_t dim_out = 0;
-  FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb,
-                                            y.defined() ? y.size(0) : 0, &dim_out));
-  FSA_RETURN_IF_ERROR(check_compressed({"y", y}, x, dim_out));
+  FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"y", y}));
   if (!detail::on_cpu(x)) return detail::not_implemented_on(x.device, "compress_forward");
   return detail::run_reference("compress_forward",
                                [&] { ref::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y); });
@@ -69,10 +66,7 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
                          const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                          const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
                          const TensorView& d_pos_emb) {
-  std::int64_t dim_out = 0;
-  FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb,
-                                            dy.defined() ? dy.size(0) : 0, &dim_out));
-  FSA_RETURN_IF_ERROR(check_compressed({"dy", dy}, x, dim_out));
+  FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"dy", dy}));
   FSA_RETURN_IF_ERROR(detail::check_like({"dx", dx}, {"x", x}));
   if (d_weight.defined()) {
     if (!weight.defined()) return FSA_INVALID("d_weight: expected none when weight is none (kMean)");

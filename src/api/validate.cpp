@@ -36,6 +36,7 @@ Status check_strides(const Arg& arg) {
                           o << ']';
                           return o.str();
                         }());
+  if (t.numel() == 0) return Status::ok();  // no elements, nothing can overlap (row-major [Hq, 0] has stride 0)
   std::vector<std::array<std::int64_t, 2>> dims;  // (stride, size) of dims with size > 1
   for (int d = 0; d < t.ndim; ++d) {
     if (t.stride(d) < 0) return bad(arg, "expected non-negative strides, dim " + std::to_string(d) + " has stride " +

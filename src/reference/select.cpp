@@ -44,9 +44,10 @@ void row_block_scores(const NsaConfig& config, const Varlen& seqs, const Varlen&
   // they touch is a candidate.
   for (std::int64_t i = 0; i < visible; ++i) {
     const std::int64_t begin = i * s, end = i * s + l;
+    const T prob = probs[static_cast<std::size_t>(i)];
     for (std::int64_t j = begin / block; j * block < end; ++j) {
       const std::int64_t overlap = std::min(end, (j + 1) * block) - std::max(begin, j * block);
-      scores[static_cast<std::size_t>(j)] += static_cast<T>(overlap) / static_cast<T>(s) * probs[static_cast<std::size_t>(i)];
+      scores[static_cast<std::size_t>(j)] += static_cast<T>(overlap) / static_cast<T>(s) * prob;
     }
   }
 }
@@ -88,7 +89,7 @@ void choose_blocks(const NsaConfig& config, std::int64_t query_block, const std:
     const T ka = key(a), kc = key(c);
     return ka > kc || (ka == kc && a < c);
   });
-  for (std::int64_t r = 0; r < remaining; ++r) chosen[static_cast<std::size_t>(others[static_cast<std::size_t>(r)])] = 1;
+  for (auto it = others.begin(); it != others.begin() + remaining; ++it) chosen[static_cast<std::size_t>(*it)] = 1;
   int out = 0;
   for (std::int64_t j = 0; j < candidates; ++j)
     if (chosen[static_cast<std::size_t>(j)]) out_row[out++] = static_cast<std::int32_t>(j);

@@ -178,7 +178,6 @@ inline void expect_close(const std::vector<double>& actual, const std::vector<do
   ASSERT_EQ(actual.size(), expected.size()) << what;
   EXPECT_TRUE(all_finite(actual)) << what << ": NaN/Inf or an unwritten (poisoned) element";
   const double err = rel_frobenius(actual, expected);
-  if (std::getenv("DBG")) std::printf("DBG %s err=%.3g tol=%.3g\n", what.c_str(), err, tol);
   EXPECT_LE(err, tol) << what << ": relative Frobenius error " << err;
 }
 

@@ -119,8 +119,10 @@ TEST(CmpAttn, SpecVisibilityExamples) {
   // One-hot values: o[t, h, e] is the probability given to compressed token e of the sequence, so
   // the positive entries of o name exactly the tokens the query attended.
   const std::int64_t first_cmp = cmp_count(config, first);
-  for (std::int64_t r = 0; r < p.cmp_rows; ++r)
-    for (int e = 0; e < p.dv; ++e) p.v_cmp.set(r * p.dv + e, e == r - (r < first_cmp ? 0 : first_cmp) ? 1.0 : 0.0);
+  for (std::int64_t r = 0; r < p.cmp_rows; ++r) {
+    const std::int64_t local_token = r < first_cmp ? r : r - first_cmp;
+    for (int e = 0; e < p.dv; ++e) p.v_cmp.set(r * p.dv + e, e == local_token ? 1.0 : 0.0);
+  }
   const Forward f = run_forward(p);
 
   auto attended = [&](std::int64_t t, int h) {

@@ -92,15 +92,19 @@ void check_row_invariants(const NsaConfig& config, std::int64_t t, const std::ve
     if (c < valid) {
       ASSERT_GE(v, 0) << "t=" << t << " column " << c;
       ASSERT_LE(v, bq) << "t=" << t << " column " << c;
-      if (c > 0) ASSERT_GT(v, row[static_cast<std::size_t>(c - 1)]) << "t=" << t << " not ascending/unique";
+      if (c > 0) {
+        ASSERT_GT(v, row[static_cast<std::size_t>(c - 1)]) << "t=" << t << " not ascending/unique";
+      }
     } else {
       ASSERT_EQ(v, -1) << "t=" << t << " column " << c << " should be padding";
     }
   }
-  for (std::int64_t j = 0; j <= bq; ++j)
-    if (is_forced(config, j, bq))
+  for (std::int64_t j = 0; j <= bq; ++j) {
+    if (is_forced(config, j, bq)) {
       ASSERT_NE(std::find(row.begin(), row.begin() + valid, j), row.begin() + valid)
           << "t=" << t << " forced block " << j << " missing";
+    }
+  }
 }
 
 // fp64 block scores of local query t of sequence b in kv group g, written independently of the

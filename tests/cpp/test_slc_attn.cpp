@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -201,15 +202,13 @@ TEST(SlcAttn, GroupSizes) {
   }
 }
 
-TEST(SlcAttn, IgnoredEntriesDuplicatesAndOrderDoNotChangeTheResult) {
-  auto rng = rng_for_test();
+// A clean producer's selections: up to 3 distinct valid blocks per row, ascending, -1 padded.
+SlcProblem make_clean_problem(std::mt19937_64& rng) {
   const NsaConfig config = config_with_block(32);
-  const std::vector<std::int64_t> lengths = {150, 40, 97};
-  // A clean producer: distinct valid blocks in ascending order, -1 padded at the end.
-  SlcProblem clean = make_problem(config, DType::kFloat32, lengths, 4, 2, 16, 16, 4, rng);
+  SlcProblem clean = make_problem(config, DType::kFloat32, {150, 40, 97}, 4, 2, 16, 16, 4, rng);
   for (int g = 0; g < clean.hkv; ++g)
-    for (std::size_t b = 0; b < lengths.size(); ++b)
-      for (std::int64_t t = 0; t < lengths[b]; ++t) {
+    for (std::size_t b = 0; b < clean.lengths.size(); ++b)
+      for (std::int64_t t = 0; t < clean.lengths[b]; ++t) {
         std::vector<std::int32_t> blocks;
         for (std::int32_t j = 0; j <= t / config.block_size; ++j) blocks.push_back(j);
         std::shuffle(blocks.begin(), blocks.end(), rng);
@@ -218,39 +217,88 @@ TEST(SlcAttn, IgnoredEntriesDuplicatesAndOrderDoNotChangeTheResult) {
         blocks.resize(static_cast<std::size_t>(clean.width), -1);
         for (int j = 0; j < clean.width; ++j) clean.set_entry(g, clean.starts[b] + t, j, blocks[j]);
       }
+  return clean;
+}
 
-  // The same selections, each row shuffled and padded with entries that must be ignored or that
-  // repeat a selected block, in a wider row.
-  SlcProblem messy = clean;
-  messy.width = clean.width + 6;
-  messy.topk = HostTensor(DType::kInt32, {clean.hkv, clean.tokens, messy.width});
+// Rewrites every row of `clean` with `rewrite(valid entries of the row, t, n)` into a row of
+// `width` entries (-1 padded) and expects forward and backward to be unchanged.
+void expect_rewritten_rows_give_the_same_result(
+    const SlcProblem& clean, int width,
+    const std::function<std::vector<std::int32_t>(std::vector<std::int32_t>, std::int64_t, std::int64_t)>& rewrite,
+    std::mt19937_64& rng) {
+  SlcProblem changed = clean;
+  changed.width = width;
+  changed.topk = HostTensor(DType::kInt32, {clean.hkv, clean.tokens, width});
   for (int g = 0; g < clean.hkv; ++g)
-    for (std::size_t b = 0; b < lengths.size(); ++b)
-      for (std::int64_t t = 0; t < lengths[b]; ++t) {
-        const std::int64_t row = clean.starts[b] + t, n = lengths[b], bq = t / config.block_size;
-        const std::int64_t nblk = (n + config.block_size - 1) / config.block_size;
-        std::vector<std::int32_t> entries;
+    for (std::size_t b = 0; b < clean.lengths.size(); ++b)
+      for (std::int64_t t = 0; t < clean.lengths[b]; ++t) {
+        const std::int64_t row = clean.starts[b] + t;
+        std::vector<std::int32_t> valid;
         for (int j = 0; j < clean.width; ++j)
-          if (clean.entry(g, row, j) >= 0) entries.push_back(clean.entry(g, row, j));
-        const std::int32_t future = static_cast<std::int32_t>(bq + 1 < nblk ? bq + 1 : nblk);
-        for (std::int32_t junk : {std::int32_t{-1}, future, static_cast<std::int32_t>(nblk), kInt32Max, kInt32Min})
-          entries.push_back(junk);
-        entries.push_back(entries.front());  // a duplicate: every clean row selects at least block 0
-        entries.resize(static_cast<std::size_t>(messy.width), -1);
-        std::shuffle(entries.begin(), entries.end(), rng);
-        for (int j = 0; j < messy.width; ++j) messy.set_entry(g, row, j, entries[static_cast<std::size_t>(j)]);
+          if (clean.entry(g, row, j) >= 0) valid.push_back(clean.entry(g, row, j));
+        std::vector<std::int32_t> entries = rewrite(valid, t, clean.lengths[b]);
+        ASSERT_LE(entries.size(), static_cast<std::size_t>(width));
+        entries.resize(static_cast<std::size_t>(width), -1);
+        for (int j = 0; j < width; ++j) changed.set_entry(g, row, j, entries[static_cast<std::size_t>(j)]);
       }
-
-  const Forward want = run_forward(clean), got = run_forward(messy);
+  const Forward want = run_forward(clean), got = run_forward(changed);
   expect_close(got.o.to_double(), want.o.to_double(), 1e-6, "o");
   expect_lse_close(got.lse.to_double(), want.lse.to_double(), 1e-6, "lse");
-  expect_forward_matches_naive(messy, 1e-5);
+  expect_forward_matches_naive(changed, 1e-5);
 
   const HostTensor d_o = random_tensor(DType::kFloat32, {clean.tokens, clean.hq, clean.dv}, rng);
-  const Backward want_g = run_backward(clean, want, d_o), got_g = run_backward(messy, got, d_o);
+  const Backward want_g = run_backward(clean, want, d_o), got_g = run_backward(changed, got, d_o);
   expect_close(got_g.dq.to_double(), want_g.dq.to_double(), 1e-6, "dq");
   expect_close(got_g.dk.to_double(), want_g.dk.to_double(), 1e-6, "dk");
   expect_close(got_g.dv.to_double(), want_g.dv.to_double(), 1e-6, "dv");
+}
+
+TEST(SlcAttn, OrderWithinARowDoesNotMatter) {
+  auto rng = rng_for_test();
+  const SlcProblem clean = make_clean_problem(rng);
+  // Descending order, with the -1 padding first.
+  expect_rewritten_rows_give_the_same_result(
+      clean, clean.width,
+      [&](std::vector<std::int32_t> row, std::int64_t, std::int64_t) {
+        std::sort(row.rbegin(), row.rend());
+        row.insert(row.begin(), static_cast<std::size_t>(clean.width) - row.size(), -1);
+        return row;
+      },
+      rng);
+}
+
+TEST(SlcAttn, DuplicatesCountOnce) {
+  auto rng = rng_for_test();
+  const SlcProblem clean = make_clean_problem(rng);
+  expect_rewritten_rows_give_the_same_result(
+      clean, clean.width + 3,
+      [](std::vector<std::int32_t> row, std::int64_t, std::int64_t) {
+        const std::vector<std::int32_t> once = row;
+        row.push_back(once.front());  // every clean row selects at least one block
+        row.push_back(once.back());
+        row.push_back(once.front());
+        return row;
+      },
+      rng);
+}
+
+TEST(SlcAttn, NegativeFutureAndOutOfRangeEntriesAreIgnoredAnywhere) {
+  auto rng = rng_for_test();
+  const SlcProblem clean = make_clean_problem(rng);
+  const std::int64_t block = clean.config.block_size;
+  expect_rewritten_rows_give_the_same_result(
+      clean, clean.width + 7,
+      [&](std::vector<std::int32_t> row, std::int64_t t, std::int64_t n) {
+        const std::int64_t bq = t / block, nblk = (n + block - 1) / block;
+        // The next block when it exists (a future one), else the first past the sequence.
+        row.push_back(static_cast<std::int32_t>(std::min(bq + 1, nblk)));
+        row.push_back(static_cast<std::int32_t>(nblk));
+        row.push_back(static_cast<std::int32_t>(nblk + 5));
+        for (std::int32_t junk : {std::int32_t{-1}, std::int32_t{-2}, kInt32Max, kInt32Min}) row.push_back(junk);
+        std::shuffle(row.begin(), row.end(), rng);  // -1 and friends land at any position
+        return row;
+      },
+      rng);
 }
 
 TEST(SlcAttn, EmptySelectionGivesZeroOutputMinusInfLseAndZeroGradients) {

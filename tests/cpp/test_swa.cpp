@@ -185,5 +185,58 @@ TEST(Swa, BackwardMatchesNaiveAcrossDtypes) {
   }
 }
 
+TEST(Swa, StridedViewsOfPackedBuffers) {
+  auto rng = rng_for_test();
+  const SwaProblem p = make_problem(20, DType::kFloat32, {30, 77}, 4, 2, 8, 8, rng);
+  const std::int64_t n = p.tokens, hq = p.hq, hkv = p.hkv, d = p.dqk;
+  // q, k, v as slices of one projection output [N, Hq + 2 Hkv, D]; o and the gradients in the
+  // first half of rows twice as wide; lse with padded rows. Padding is NaN and must stay so.
+  const std::int64_t heads = hq + 2 * hkv;
+  HostTensor qkv(DType::kFloat32, {n, heads, d});
+  for (std::int64_t t = 0; t < n; ++t)
+    for (std::int64_t i = 0; i < d; ++i) {
+      for (std::int64_t h = 0; h < hq; ++h) qkv.set((t * heads + h) * d + i, p.q.get((t * hq + h) * d + i));
+      for (std::int64_t h = 0; h < hkv; ++h) {
+        qkv.set((t * heads + hq + h) * d + i, p.k.get((t * hkv + h) * d + i));
+        qkv.set((t * heads + hq + hkv + h) * d + i, p.v.get((t * hkv + h) * d + i));
+      }
+    }
+  auto* base = static_cast<float*>(qkv.view().data);
+  const TensorView q = TensorView::strided(base, DType::kFloat32, {n, hq, d}, {heads * d, d, 1});
+  const TensorView k = TensorView::strided(base + hq * d, DType::kFloat32, {n, hkv, d}, {heads * d, d, 1});
+  const TensorView v = TensorView::strided(base + (hq + hkv) * d, DType::kFloat32, {n, hkv, d}, {heads * d, d, 1});
+  auto wide = [&](std::int64_t h) { return poisoned_tensor(DType::kFloat32, {n, h, 2 * d}); };
+  auto half_of = [&](const HostTensor& t, std::int64_t h) {
+    return TensorView::strided(t.view().data, DType::kFloat32, {n, h, d}, {h * 2 * d, 2 * d, 1});
+  };
+  HostTensor o = wide(hq), lse = poisoned_tensor(DType::kFloat32, {hq, n + 5}), dq = wide(hq), dk = wide(hkv),
+             dv = wide(hkv);
+  const TensorView lse_view = TensorView::strided(lse.view().data, DType::kFloat32, {hq, n}, {n + 5, 1});
+  FSA_ASSERT_OK(swa_forward(p.config, q, k, v, p.cu.view(), half_of(o, hq), lse_view));
+  const HostTensor d_o = random_tensor(DType::kFloat32, {n, hq, d}, rng);
+  FSA_ASSERT_OK(swa_backward(p.config, q, k, v, p.cu.view(), half_of(o, hq), lse_view, d_o.view(), half_of(dq, hq),
+                             half_of(dk, hkv), half_of(dv, hkv)));
+
+  const Forward want = run_forward(p);
+  const Backward want_g = run_backward(p, want, d_o);
+  // Compares the strided result with the contiguous one and checks the padding is untouched.
+  auto expect_same = [&](const HostTensor& strided, const HostTensor& dense, const char* what) {
+    const std::int64_t row = strided.sizes().back(), used = dense.sizes().back();
+    for (std::int64_t i = 0; i < strided.numel(); ++i) {
+      const double got = strided.get(i);
+      if (i % row < used) {
+        ASSERT_EQ(got, dense.get(i / row * used + i % row)) << what << " element " << i;
+      } else {
+        ASSERT_TRUE(std::isnan(got)) << what << ": padding element " << i << " was written";
+      }
+    }
+  };
+  expect_same(o, want.o, "o");
+  expect_same(lse, want.lse, "lse");
+  expect_same(dq, want_g.dq, "dq");
+  expect_same(dk, want_g.dk, "dk");
+  expect_same(dv, want_g.dv, "dv");
+}
+
 }  // namespace
 }  // namespace fsa::test
