@@ -287,7 +287,7 @@ void write_csv(const DemoRun& run, Device device, const ProblemSpec& spec, const
     return;
   }
   std::fprintf(f, "# fsa demo on %s: %s\nphase,ms\n", device_name(device).c_str(), spec.describe().c_str());
-  for (const PhaseTime& t : run.times()) std::fprintf(f, "%s,%.3f\n", t.name.c_str(), t.ms);
+  for (const PhaseTime& t : run.times()) std::fprintf(f, "\"%s\",%.3f\n", t.name.c_str(), t.ms);
   std::fclose(f);
 }
 
