@@ -5,6 +5,8 @@ set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/cuda/runtime.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/varlen/compressed_cu_seqlens.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/rope/rope_launch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/slc_attn/slc_plan.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/slc_attn/slc_attn.cu
 )
 file(GLOB FSA_CUDA_INSTANTIATIONS CONFIGURE_DEPENDS
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/*/instantiations/*.cu)

@@ -3,6 +3,9 @@
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
 #include "validate.hpp"
+#ifdef FSA_WITH_CUDA
+#include "kernels/slc_attn/slc_attn.hpp"
+#endif
 
 namespace fsa {
 
@@ -79,7 +82,13 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   FSA_RETURN_IF_ERROR(
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(check_topk(topk_idx, dims, {"q", q}));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "slc_attn_forward");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::slc_attn_forward(config, q, k, v, topk_idx, cu_seqlens, o, lse);
+#else
+    return detail::not_implemented_on(q.device, "slc_attn_forward");
+#endif
+  }
   return detail::run_reference("slc_attn_forward",
                                [&] { ref::slc_attn_forward(config, q, k, v, topk_idx, cu_seqlens, o, lse); });
 }
@@ -94,7 +103,13 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   FSA_RETURN_IF_ERROR(check_topk(topk_idx, dims, {"q", q}));
   FSA_RETURN_IF_ERROR(check_attention_grads({"q", q}, {"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq},
                                             {"dk", dk}, {"dv", dv}));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "slc_attn_backward");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::slc_attn_backward(config, q, k, v, topk_idx, cu_seqlens, o, lse, d_o, dq, dk, dv);
+#else
+    return detail::not_implemented_on(q.device, "slc_attn_backward");
+#endif
+  }
   return detail::run_reference("slc_attn_backward", [&] {
     ref::slc_attn_backward(config, q, k, v, topk_idx, cu_seqlens, o, lse, d_o, dq, dk, dv);
   });

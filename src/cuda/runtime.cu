@@ -29,7 +29,11 @@ CudaDeviceInfo query_device() {
 Status check_launch(const char* kernel, cudaStream_t stream, const char* file, int line) {
   FSA_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), kernel, file, line));
 #ifdef FSA_SYNC_AFTER_LAUNCH
-  FSA_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), kernel, file, line));
+  // A stream being captured into a graph cannot be synchronised; its kernels run at replay.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  FSA_RETURN_IF_ERROR(cuda_status(cudaStreamIsCapturing(stream, &capture), kernel, file, line));
+  if (capture == cudaStreamCaptureStatusNone)
+    FSA_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(stream), kernel, file, line));
 #else
   (void)stream;
 #endif

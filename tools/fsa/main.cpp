@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "bench.hpp"
 #include "demo.hpp"
 #include "fsa/fsa.hpp"
 
@@ -23,6 +24,11 @@ commands:
             phase (per-phase times) and through the whole-layer entry points, and print the device
             used, the times and checksums of the output and of every gradient. Runs on the GPU when
             one is present and every op has a CUDA implementation, else on the CPU reference.
+  bench selected
+            time the GPU selected attention (forward and backward) on the canonical configurations
+            of benchmarks.md: --config NAME (repeatable; S64-G1..16, S8K-G4, S16K-G4, S32K-G4,
+            VAR-G4, LLAMA8B; default all), --pattern random|local (default both), --iters N
+            (default 10), --csv PATH
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help      print this text
 
@@ -155,6 +161,31 @@ int run_demo_command(int argc, char** argv) {
   return fsa::tool::run_demo(spec, device, csv_path);
 }
 
+int run_bench_command(int argc, char** argv) {
+  if (argc < 1 || std::string(argv[0]) != "selected") return usage_error("bench: expected 'selected'");
+  fsa::tool::BenchOptions options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string opt = argv[i];
+    if (i + 1 >= argc) return usage_error("option " + opt + " needs a value");
+    const std::string value = argv[++i];
+    if (opt == "--config") {
+      options.configs.push_back(value);
+    } else if (opt == "--pattern") {
+      if (value != "random" && value != "local") return usage_error("--pattern: expected random or local");
+      options.patterns.push_back(value);
+    } else if (opt == "--iters") {
+      long long n = 0;
+      if (!parse_int(value.c_str(), &n) || n < 1) return usage_error("--iters: expected a positive integer");
+      options.iterations = static_cast<int>(n);
+    } else if (opt == "--csv") {
+      options.csv_path = value;
+    } else {
+      return usage_error("unknown option " + opt);
+    }
+  }
+  return fsa::tool::run_bench_selected(options);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -173,5 +204,6 @@ int main(int argc, char** argv) {
   }
   if (command == "info") return run_info();
   if (command == "demo") return run_demo_command(argc - 2, argv + 2);
+  if (command == "bench") return run_bench_command(argc - 2, argv + 2);
   return usage_error("unknown command '" + command + "'");
 }

@@ -1,0 +1,203 @@
+// Host side of selected attention on the GPU: checks the GPU path's limits, sizes the workspace
+// from shapes alone (stream-ordered allocation, so no host synchronisation and graph capture
+// works), builds the plan and launches the kernels. The runtime dtype and head dims become
+// template arguments here, in dispatch(), and nowhere else.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "cuda/runtime.hpp"
+#include "kernels/slc_attn/slc_attn.hpp"
+#include "kernels/slc_attn/slc_bwd_launch.hpp"
+#include "kernels/slc_attn/slc_fwd_launch.hpp"
+#include "kernels/slc_attn/slc_plan_build.hpp"
+
+namespace fsa::cuda {
+
+namespace {
+
+// Calls fn.template operator()<Element, Dqk, Dv>() for the supported combinations: the head dims
+// of the spec's models (64, 128, 256, and MLA-style 192 for q/k with 128 for v) in bf16 and fp16.
+template <class Fn>
+Status dispatch(const char* op, DType dtype, int dqk, int dv, Fn&& fn) {
+  auto by_dims = [&]<class Element>() -> Status {
+    if (dqk == 64 && dv == 64) return fn.template operator()<Element, 64, 64>();
+    if (dqk == 128 && dv == 128) return fn.template operator()<Element, 128, 128>();
+    if (dqk == 192 && dv == 128) return fn.template operator()<Element, 192, 128>();
+    if (dqk == 256 && dv == 256) return fn.template operator()<Element, 256, 256>();
+    return FSA_ERROR(StatusCode::kNotImplemented, std::string(op) + ": q/v head dims " + std::to_string(dqk) + "/" +
+                                                      std::to_string(dv) +
+                                                      " are not supported on CUDA (supported: 64/64, 128/128, "
+                                                      "192/128, 256/256)");
+  };
+  if (dtype == DType::kBFloat16) return by_dims.template operator()<__nv_bfloat16>();
+  if (dtype == DType::kFloat16) return by_dims.template operator()<__half>();
+  return FSA_ERROR(StatusCode::kNotImplemented, std::string(op) + ": CUDA supports bf16 and fp16 only");
+}
+
+// The kernels move rows with 16-byte vector loads.
+Status check_rows_aligned(const char* name, const TensorView& t) {
+  const auto address = reinterpret_cast<std::uintptr_t>(t.data);
+  const std::int64_t vector = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
+  if (address % 16 != 0 || t.stride(0) % vector != 0 || t.stride(1) % vector != 0)
+    return FSA_ERROR(StatusCode::kNotImplemented, std::string(name) +
+                                                      ": the CUDA selected attention needs 16-byte aligned rows "
+                                                      "(data pointer and token/head strides)");
+  return Status::ok();
+}
+
+Status check_gpu_limits(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& topk_idx) {
+  if (topk_idx.size(2) > SlcPlanShape::kMaxWidth)
+    return FSA_ERROR(StatusCode::kNotImplemented, "topk_idx: the CUDA path supports rows of at most " +
+                                                      std::to_string(SlcPlanShape::kMaxWidth) + " entries, got " +
+                                                      std::to_string(topk_idx.size(2)));
+  (void)config;
+  FSA_RETURN_IF_ERROR(check_rows_aligned("q", q));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("k", k));
+  return check_rows_aligned("v", v);
+}
+
+SlcPlanShape plan_shape(const NsaConfig& config, const TensorView& q, const TensorView& k,
+                        const TensorView& topk_idx, const TensorView& cu_seqlens) {
+  SlcPlanShape s;
+  s.tokens = q.size(0);
+  s.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
+  s.heads_kv = static_cast<int>(k.size(1));
+  s.group = static_cast<int>(q.size(1) / k.size(1));
+  s.width = static_cast<int>(topk_idx.size(2));
+  s.block_size = config.block_size;
+  return s;
+}
+
+SlcTensors tensors_of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& cu_seqlens) {
+  SlcTensors t{};
+  t.q = q.data;
+  t.k = k.data;
+  t.v = v.data;
+  t.q_token_stride = q.stride(0);
+  t.q_head_stride = q.stride(1);
+  t.k_token_stride = k.stride(0);
+  t.k_head_stride = k.stride(1);
+  t.v_token_stride = v.stride(0);
+  t.v_head_stride = v.stride(1);
+  t.cu_seqlens = cu_seqlens.ptr<const std::int32_t>();
+  t.cu_stride = cu_seqlens.stride(0);
+  t.heads_q = static_cast<int>(q.size(1));
+  t.scale = config.softmax_scale(static_cast<int>(q.size(2)));
+  return t;
+}
+
+SlcPlanInputs plan_inputs(const TensorView& topk_idx, const TensorView& cu_seqlens) {
+  return {topk_idx.ptr<const std::int32_t>(), topk_idx.stride(0), topk_idx.stride(1),
+          cu_seqlens.ptr<const std::int32_t>(), cu_seqlens.stride(0)};
+}
+
+// A stream-ordered workspace: allocated and freed on the stream, so the call never waits for the
+// host and stays capturable in a CUDA graph.
+class StreamWorkspace {
+ public:
+  StreamWorkspace(std::size_t bytes, cudaStream_t stream)
+      : stream_(stream),
+        status_(cuda_status(cudaMallocAsync(&data_, bytes > 0 ? bytes : 256, stream), "cudaMallocAsync", __FILE__,
+                            __LINE__)) {}
+  ~StreamWorkspace() {
+    if (data_ != nullptr) cudaFreeAsync(data_, stream_);
+  }
+  StreamWorkspace(const StreamWorkspace&) = delete;
+  StreamWorkspace& operator=(const StreamWorkspace&) = delete;
+  const Status& status() const { return status_; }
+  unsigned char* bytes() const { return static_cast<unsigned char*>(data_); }
+
+ private:
+  void* data_ = nullptr;
+  cudaStream_t stream_;
+  Status status_;
+};
+
+std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
+
+Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                        const TensorView& lse) {
+  FSA_RETURN_IF_ERROR(check_gpu_limits(config, q, k, v, topk_idx));
+  const DeviceGuard guard(q.device.index);
+  cudaStream_t stream = current_stream();
+  const SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
+  const std::int64_t slots = shape.tokens * q.size(1) * shape.width;
+  const std::size_t plan_bytes = align256(slc_plan_workspace_bytes(shape));
+  const std::size_t o_part_bytes = align256(static_cast<std::size_t>(slots * v.size(2)) * dtype_size(q.dtype));
+  const std::size_t lse_part_bytes = align256(static_cast<std::size_t>(slots) * sizeof(float));
+  StreamWorkspace ws(plan_bytes + o_part_bytes + lse_part_bytes, stream);
+  FSA_RETURN_IF_ERROR(ws.status());
+
+  SlcForwardParams p{};
+  p.plan = slc_plan_layout(shape, ws.bytes());
+  p.in = tensors_of(config, q, k, v, cu_seqlens);
+  p.part.o = ws.bytes() + plan_bytes;
+  p.part.lse = reinterpret_cast<float*>(ws.bytes() + plan_bytes + o_part_bytes);
+  p.o = o.data;
+  p.o_token_stride = o.stride(0);
+  p.o_head_stride = o.stride(1);
+  p.lse = lse.ptr<float>();
+  p.lse_head_stride = lse.stride(0);
+  p.lse_token_stride = lse.stride(1);
+  FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
+  return dispatch("slc_attn_forward", q.dtype, static_cast<int>(q.size(2)), static_cast<int>(v.size(2)),
+                  [&]<class Element, int kDqk, int kDv>() { return slc::launch_slc_forward<Element, kDqk, kDv>(p, stream); });
+}
+
+Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                         const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                         const TensorView& dv) {
+  FSA_RETURN_IF_ERROR(check_gpu_limits(config, q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("d_o", d_o));
+  const DeviceGuard guard(q.device.index);
+  cudaStream_t stream = current_stream();
+  const SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
+  const std::int64_t n = shape.tokens, hq = q.size(1), hkv = k.size(1), dqk = q.size(2), dv_dim = v.size(2);
+  const std::size_t plan_bytes = align256(slc_plan_workspace_bytes(shape));
+  const std::size_t delta_bytes = align256(static_cast<std::size_t>(n * hq) * sizeof(float));
+  const std::size_t dq_bytes = align256(static_cast<std::size_t>(n * hq * dqk) * sizeof(float));
+  const std::size_t dk_bytes = align256(static_cast<std::size_t>(n * hkv * dqk) * sizeof(float));
+  const std::size_t dv_bytes = align256(static_cast<std::size_t>(n * hkv * dv_dim) * sizeof(float));
+  StreamWorkspace ws(plan_bytes + delta_bytes + dq_bytes + dk_bytes + dv_bytes, stream);
+  FSA_RETURN_IF_ERROR(ws.status());
+
+  SlcBackwardParams p{};
+  p.plan = slc_plan_layout(shape, ws.bytes());
+  p.in = tensors_of(config, q, k, v, cu_seqlens);
+  p.o = o.data;
+  p.d_o = d_o.data;
+  p.o_token_stride = o.stride(0);
+  p.o_head_stride = o.stride(1);
+  p.do_token_stride = d_o.stride(0);
+  p.do_head_stride = d_o.stride(1);
+  p.lse = lse.ptr<const float>();
+  p.lse_head_stride = lse.stride(0);
+  p.lse_token_stride = lse.stride(1);
+  unsigned char* cursor = ws.bytes() + plan_bytes;
+  p.delta = reinterpret_cast<float*>(cursor);
+  p.dq_accum = reinterpret_cast<float*>(cursor += delta_bytes);
+  p.dk_accum = reinterpret_cast<float*>(cursor += dq_bytes);
+  p.dv_accum = reinterpret_cast<float*>(cursor += dk_bytes);
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  p.dq_token_stride = dq.stride(0);
+  p.dq_head_stride = dq.stride(1);
+  p.dk_token_stride = dk.stride(0);
+  p.dk_head_stride = dk.stride(1);
+  p.dv_token_stride = dv.stride(0);
+  p.dv_head_stride = dv.stride(1);
+  FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
+  return dispatch("slc_attn_backward", q.dtype, static_cast<int>(dqk), static_cast<int>(dv_dim),
+                  [&]<class Element, int kDqk, int kDv>() { return launch_slc_backward<Element, kDqk, kDv>(p, stream); });
+}
+
+}  // namespace fsa::cuda

@@ -1,0 +1,82 @@
+// Device helpers shared by the selected-attention kernels: element conversion, plan lookups
+// and the shared-memory tile geometry of the WMMA (tensor-core) kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/slc_attn/slc_plan.hpp"
+
+namespace fsa::cuda::slc {
+
+template <class Element>
+struct Convert;
+template <>
+struct Convert<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+struct Convert<__half> {
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+};
+
+// Last index i in [0, count) with values[i] <= key, for a non-decreasing array whose first value
+// is <= key. Used to map a work unit to its list and a global block to its sequence.
+__device__ __forceinline__ int upper_index(const std::int32_t* values, std::int64_t stride, int count, long long key) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (values[mid * stride] <= key) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Where a work unit of a KV-outer kernel works: its list, kv head, key block and rows.
+struct UnitWork {
+  int list;            // s = g * max_blocks + gb
+  int kv_head;         // g
+  int block;           // j, local to the sequence
+  long long seq_start; // cu[b]
+  int seq_len;         // n_b
+  int keys;            // valid keys of the block: min(B, n_b - j*B)
+  int row_begin, row_end;  // rows r of the list: entry r / G, head g*G + r % G
+  int pair_base;       // pair_offsets[s]
+};
+
+// Returns false when the unit index is past the plan's units (the grid is sized by a bound).
+__device__ __forceinline__ bool find_unit(const SlcPlan& plan, const std::int32_t* cu_seqlens, std::int64_t cu_stride,
+                                          long long unit, UnitWork* w) {
+  const int lists = static_cast<int>(plan.shape.num_lists());
+  if (unit >= plan.unit_offsets[lists]) return false;
+  const int s = upper_index(plan.unit_offsets, 1, lists, unit);
+  const int max_blocks = static_cast<int>(plan.shape.max_blocks());
+  const int gb = s % max_blocks;
+  const int b = upper_index(plan.block_offsets, 1, plan.shape.num_seqs, gb);
+  const int B = plan.shape.block_size;
+  w->list = s;
+  w->kv_head = s / max_blocks;
+  w->block = gb - plan.block_offsets[b];
+  w->seq_start = cu_seqlens[b * cu_stride];
+  w->seq_len = static_cast<int>(cu_seqlens[(b + 1) * cu_stride] - w->seq_start);
+  w->keys = min(B, w->seq_len - w->block * B);
+  w->row_begin = static_cast<int>(unit - plan.unit_offsets[s]) * SlcPlanShape::kRowsPerUnit;
+  w->row_end = min(w->row_begin + SlcPlanShape::kRowsPerUnit, plan.pair_count[s] * plan.shape.group);
+  w->pair_base = plan.pair_offsets[s];
+  return true;
+}
+
+// Shared-memory rows are padded by 8 16-bit elements (16 bytes) so that consecutive rows start in
+// different banks; WMMA needs leading dimensions that are multiples of 8 (16-bit) or 4 (float)
+// elements and 32-byte aligned fragment pointers, which these paddings keep.
+constexpr int kPadHalf = 8;
+constexpr int kPadFloat = 4;
+
+__host__ __device__ constexpr std::size_t align_up(std::size_t bytes, std::size_t to = 128) {
+  return (bytes + to - 1) / to * to;
+}
+
+}  // namespace fsa::cuda::slc

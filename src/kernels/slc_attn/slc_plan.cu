@@ -1,0 +1,329 @@
+// The selected-attention plan on the GPU: workspace layout and the builder. Five steps on one
+// stream, no host synchronisation:
+//   1. block_offsets: one CTA scans nblk(n_b) over the sequences (nseq is small).
+//   2. pair_count = 0.
+//   3. count: one thread per (kv head, token) walks its topk row, keeps the valid first occurrences
+//      and takes a rank in each pair's list with an atomic (aggregated over the warp, since whole
+//      query tiles select the same forced blocks and would otherwise queue on one counter).
+//   4. pair_offsets and unit_offsets: device-wide exclusive scans (CUB) of the list sizes.
+//   5. fill: one thread per topk entry writes its pair into the CSR at offset + rank.
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <algorithm>
+#include <climits>
+#include <string>
+
+#include "cuda/runtime.hpp"
+#include "kernels/slc_attn/slc_plan.hpp"
+#include "kernels/slc_attn/slc_plan_build.hpp"
+
+namespace fsa::cuda {
+
+namespace {
+
+constexpr std::size_t kAlignment = 256;
+constexpr int kThreads = 256;
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullWarp = 0xffffffffu;
+// The element-wise kernels loop over their items with a grid stride, so any cap is correct; this
+// one is far above what fills an H100 and only bounds gridDim for huge shapes.
+constexpr std::int64_t kMaxGrid = std::int64_t{1} << 20;
+
+static_assert(kThreads % kWarpSize == 0, "the count kernel works in whole warps");
+static_assert(SlcPlanShape::kMaxWidth <= 64, "slot masks are one uint64 per row");
+static_assert(SlcPlanShape::kMaxWidth <= 256, "slots are stored as uint8");
+
+std::size_t align_up(std::size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+// Items of the two scans: the lists plus one trailing item that reads as 0, so that the exclusive
+// scan leaves the total in the last entry.
+std::int64_t scan_items(const SlcPlanShape& shape) { return shape.num_lists() + 1; }
+
+// CUB's scratch for an in-place exclusive sum of int32 over `items` items. CUB sizes it by the
+// iterator and count types too, so every call goes through here or run_scan, with the same types.
+cudaError_t scan_temp_bytes(std::int64_t items, std::size_t& bytes) {
+  bytes = 0;
+  std::int32_t* const no_data = nullptr;
+  return cub::DeviceScan::ExclusiveSum(nullptr, bytes, no_data, no_data, items);
+}
+
+cudaError_t run_scan(const SlcPlan& plan, std::int32_t* data, std::int64_t items, cudaStream_t stream) {
+  std::size_t bytes = plan.scan_temp_bytes;
+  return cub::DeviceScan::ExclusiveSum(plan.scan_temp, bytes, data, data, items, stream);
+}
+
+// Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned.
+struct PlanLayout {
+  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, pair_slot, slot_mask,
+      scan_temp, scan_temp_bytes, total;
+};
+
+PlanLayout plan_layout(const SlcPlanShape& shape) {
+  const auto lists = static_cast<std::size_t>(shape.num_lists());
+  const auto pairs = static_cast<std::size_t>(shape.max_pairs());
+  const auto rows = static_cast<std::size_t>(shape.heads_kv) * static_cast<std::size_t>(shape.tokens);
+  PlanLayout l{};
+  std::size_t cursor = 0;
+  auto take = [&cursor](std::size_t bytes) {
+    const std::size_t at = cursor;
+    cursor += align_up(bytes);
+    return at;
+  };
+  l.block_offsets = take((static_cast<std::size_t>(shape.num_seqs) + 1) * sizeof(std::int32_t));
+  l.pair_count = take(lists * sizeof(std::int32_t));
+  l.pair_offsets = take((lists + 1) * sizeof(std::int32_t));
+  l.unit_offsets = take((lists + 1) * sizeof(std::int32_t));
+  l.pair_rank = take(pairs * sizeof(std::int32_t));
+  l.pair_token = take(pairs * sizeof(std::int32_t));
+  l.pair_slot = take(pairs * sizeof(std::uint8_t));
+  l.slot_mask = take(rows * sizeof(std::uint64_t));
+  // A failed query (no usable device) leaves 0 bytes; build_slc_plan repeats the query and
+  // reports the error then, where a Status can carry it. Clearing it here keeps a later launch
+  // check from blaming an unrelated kernel.
+  if (scan_temp_bytes(scan_items(shape), l.scan_temp_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    l.scan_temp_bytes = 0;
+  }
+  l.scan_temp = take(l.scan_temp_bytes);
+  l.total = cursor;
+  return l;
+}
+
+struct PlanBuildParams {
+  SlcPlan plan;
+  SlcPlanInputs in;
+};
+
+__device__ __forceinline__ std::int32_t cu_at(const SlcPlanInputs& in, std::int64_t b) {
+  return in.cu_seqlens[b * in.cu_stride];
+}
+
+// The sequence b of global token t: the last b with cu[b] <= t, which skips the empty sequences
+// that start at t. Needs cu[0] <= t < cu[num_seqs].
+__device__ __forceinline__ int sequence_of(const SlcPlanInputs& in, int num_seqs, std::int64_t t) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = lo + (hi - lo + 1) / 2;
+    if (cu_at(in, mid) <= t) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Whether entry value j already occurs among the earlier entries of the row. An earlier entry equal
+// to j is valid too (validity depends on the value alone), so it is a pair or a duplicate of an
+// earlier pair: comparing with the earlier pairs is enough.
+__device__ __forceinline__ bool among_earlier_pairs(const std::int32_t* topk_row, std::uint64_t earlier_pairs,
+                                                    std::int32_t j) {
+  for (; earlier_pairs != 0; earlier_pairs &= earlier_pairs - 1) {
+    if (topk_row[__ffsll(static_cast<long long>(earlier_pairs)) - 1] == j) return true;
+  }
+  return false;
+}
+
+// One CTA: block_offsets[b] = sum_{b' < b} nblk(n_b'), scanned in chunks of the CTA width with a
+// running carry between them.
+__global__ void __launch_bounds__(kThreads) slc_block_offsets_kernel(const __grid_constant__ PlanBuildParams p) {
+  using Scan = cub::BlockScan<std::int32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ std::int32_t carry;
+  const int num_seqs = p.plan.shape.num_seqs;
+  const int block_size = p.plan.shape.block_size;
+  if (threadIdx.x == 0) {
+    carry = 0;
+    p.plan.block_offsets[0] = 0;
+  }
+  __syncthreads();
+  for (int base = 0; base < num_seqs; base += kThreads) {
+    const int b = base + static_cast<int>(threadIdx.x);
+    std::int32_t blocks = 0;
+    if (b < num_seqs) {
+      const std::int32_t n = cu_at(p.in, b + 1) - cu_at(p.in, b);
+      blocks = n / block_size + (n % block_size != 0 ? 1 : 0);  // ceil without overflow near INT32_MAX
+    }
+    std::int32_t inclusive = 0, chunk_total = 0;
+    Scan(scan_storage).InclusiveSum(blocks, inclusive, chunk_total);
+    if (b < num_seqs) p.plan.block_offsets[b + 1] = carry + inclusive;
+    __syncthreads();  // every thread has read `carry` (and the scan storage) before it changes
+    if (threadIdx.x == 0) carry += chunk_total;
+    __syncthreads();
+  }
+}
+
+// One thread per row (g, t) of topk. The loops are warp-uniform (whole warps step through the rows
+// and the row width together) so that lanes meet at __match_any_sync: lanes whose entry k falls
+// in the same list take consecutive ranks from one atomicAdd of their leader.
+__global__ void __launch_bounds__(kThreads) slc_count_pairs_kernel(const __grid_constant__ PlanBuildParams p) {
+  const SlcPlanShape& shape = p.plan.shape;
+  const std::int64_t tokens = shape.tokens;
+  const std::int64_t rows = static_cast<std::int64_t>(shape.heads_kv) * tokens;
+  const std::int64_t max_blocks = shape.max_blocks();
+  const int width = shape.width;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  const std::int32_t first_token = cu_at(p.in, 0);
+  const std::int32_t end_token = cu_at(p.in, shape.num_seqs);
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
+  for (std::int64_t warp_row = static_cast<std::int64_t>(blockIdx.x) * kThreads + (threadIdx.x - lane);
+       warp_row < rows; warp_row += stride) {
+    const std::int64_t row = warp_row + lane;
+    const bool in_grid = row < rows;
+    const std::int64_t g = in_grid ? row / tokens : 0;
+    const std::int64_t t = in_grid ? row - g * tokens : 0;
+    // The largest valid block of the row is the query's own block t_local / B; it is also
+    // < nblk(n) because t_local < n. -1 marks rows with no valid entry: past the grid, or tokens
+    // outside the batch's sequences.
+    std::int64_t last_block = -1;
+    std::int64_t list_base = 0;
+    if (in_grid && t >= first_token && t < end_token) {
+      const int b = sequence_of(p.in, shape.num_seqs, t);
+      last_block = (t - cu_at(p.in, b)) / shape.block_size;
+      list_base = g * max_blocks + p.plan.block_offsets[b];
+    }
+    const std::int32_t* topk_row = p.in.topk + g * p.in.topk_head_stride + t * p.in.topk_token_stride;
+    std::uint64_t pairs = 0;
+    std::int32_t largest_pair = -1;  // a valid value above every earlier pair cannot be a duplicate
+    for (int k = 0; k < width; ++k) {
+      std::int32_t j = -1;
+      bool is_pair = false;
+      if (last_block >= 0) {
+        j = topk_row[k];
+        is_pair = j >= 0 && j <= last_block && (j > largest_pair || !among_earlier_pairs(topk_row, pairs, j));
+      }
+      // check_shape keeps num_lists (<= max_units) within int32, so the 32-bit match suffices.
+      const int list = is_pair ? static_cast<int>(list_base + j) : -1;
+      const unsigned peers = __match_any_sync(kFullWarp, list);
+      const int leader = __ffs(static_cast<int>(peers)) - 1;
+      int base = 0;
+      if (is_pair && lane == leader) base = atomicAdd(p.plan.pair_count + list, __popc(peers));
+      base = __shfl_sync(kFullWarp, base, leader);
+      if (in_grid) p.plan.pair_rank[row * width + k] = is_pair ? base + __popc(peers & lanes_below) : -1;
+      if (is_pair) {
+        pairs |= std::uint64_t{1} << k;
+        largest_pair = max(largest_pair, j);
+      }
+    }
+    if (in_grid) p.plan.slot_mask[row] = pairs;
+  }
+}
+
+// Item s < num_lists gets the size of list s, the trailing item 0; the in-place scans that follow
+// turn them into offsets with the totals at the end.
+__global__ void __launch_bounds__(kThreads) slc_list_sizes_kernel(const __grid_constant__ PlanBuildParams p) {
+  const std::int64_t lists = p.plan.shape.num_lists();
+  const std::int64_t group = p.plan.shape.group;
+  constexpr std::int64_t kRows = SlcPlanShape::kRowsPerUnit;
+  for (std::int64_t s = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; s <= lists;
+       s += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const std::int32_t count = s < lists ? p.plan.pair_count[s] : 0;
+    p.plan.pair_offsets[s] = count;
+    p.plan.unit_offsets[s] = static_cast<std::int32_t>((count * group + kRows - 1) / kRows);
+  }
+}
+
+// One thread per topk entry (g, t, k): a pair goes to its list's slice of the CSR at its rank.
+__global__ void __launch_bounds__(kThreads) slc_fill_pairs_kernel(const __grid_constant__ PlanBuildParams p) {
+  const SlcPlanShape& shape = p.plan.shape;
+  const std::int64_t tokens = shape.tokens;
+  const std::int64_t width = shape.width;
+  const std::int64_t entries = static_cast<std::int64_t>(shape.heads_kv) * tokens * width;
+  const std::int64_t max_blocks = shape.max_blocks();
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < entries;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const std::int32_t rank = p.plan.pair_rank[i];  // [g, t, k] contiguous: i = (g * N + t) * width + k
+    if (rank < 0) continue;
+    const std::int64_t row = i / width;
+    const std::int64_t k = i - row * width;
+    const std::int64_t g = row / tokens;
+    const std::int64_t t = row - g * tokens;
+    const std::int32_t j = p.in.topk[g * p.in.topk_head_stride + t * p.in.topk_token_stride + k];
+    const int b = sequence_of(p.in, shape.num_seqs, t);  // a pair's token lies inside the batch
+    const std::int64_t list = g * max_blocks + p.plan.block_offsets[b] + j;
+    const std::int64_t entry = static_cast<std::int64_t>(p.plan.pair_offsets[list]) + rank;
+    p.plan.pair_token[entry] = static_cast<std::int32_t>(t);
+    p.plan.pair_slot[entry] = static_cast<std::uint8_t>(k);
+  }
+}
+
+unsigned grid_for(std::int64_t items) {
+  return static_cast<unsigned>(std::clamp<std::int64_t>((items + kThreads - 1) / kThreads, 1, kMaxGrid));
+}
+
+Status check_shape(const SlcPlanShape& s) {
+  if (s.tokens < 0 || s.tokens > INT32_MAX)
+    return FSA_INVALID("tokens: expected 0 <= N <= INT32_MAX (pair_token is int32), got " + std::to_string(s.tokens));
+  if (s.num_seqs < 0) return FSA_INVALID("num_seqs: expected >= 0, got " + std::to_string(s.num_seqs));
+  if (s.heads_kv < 0) return FSA_INVALID("heads_kv: expected >= 0, got " + std::to_string(s.heads_kv));
+  if (s.group < 1) return FSA_INVALID("group: expected >= 1, got " + std::to_string(s.group));
+  if (s.block_size < 1) return FSA_INVALID("block_size: expected >= 1, got " + std::to_string(s.block_size));
+  if (s.width < 0 || s.width > SlcPlanShape::kMaxWidth)
+    return FSA_INVALID("width: expected 0.." + std::to_string(SlcPlanShape::kMaxWidth) + " topk entries per row, got " +
+                       std::to_string(s.width));
+  // Offsets are int32, and only bounds from shapes can be checked without reading the device.
+  if (s.max_pairs() > INT32_MAX || s.max_units() > INT32_MAX)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "topk_idx: heads_kv * N * width = " + std::to_string(s.max_pairs()) +
+                         " pairs (or their work units) exceed the int32 offsets of the selected-attention plan");
+  return Status::ok();
+}
+
+}  // namespace
+
+std::size_t slc_plan_workspace_bytes(const SlcPlanShape& shape) { return plan_layout(shape).total; }
+
+SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace) {
+  const PlanLayout l = plan_layout(shape);
+  auto* base = static_cast<unsigned char*>(workspace);
+  SlcPlan plan{};
+  plan.shape = shape;
+  plan.block_offsets = reinterpret_cast<std::int32_t*>(base + l.block_offsets);
+  plan.pair_count = reinterpret_cast<std::int32_t*>(base + l.pair_count);
+  plan.pair_offsets = reinterpret_cast<std::int32_t*>(base + l.pair_offsets);
+  plan.unit_offsets = reinterpret_cast<std::int32_t*>(base + l.unit_offsets);
+  plan.pair_rank = reinterpret_cast<std::int32_t*>(base + l.pair_rank);
+  plan.pair_token = reinterpret_cast<std::int32_t*>(base + l.pair_token);
+  plan.pair_slot = base + l.pair_slot;
+  plan.slot_mask = reinterpret_cast<std::uint64_t*>(base + l.slot_mask);
+  plan.scan_temp = base + l.scan_temp;
+  plan.scan_temp_bytes = l.scan_temp_bytes;
+  return plan;
+}
+
+Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t stream) {
+  const SlcPlanShape& shape = plan.shape;
+  FSA_RETURN_IF_ERROR(check_shape(shape));
+  const std::int64_t items = scan_items(shape);
+  std::size_t needed = 0;
+  FSA_CUDA_CHECK(scan_temp_bytes(items, needed));
+  if (plan.scan_temp_bytes < needed)
+    return FSA_ERROR(StatusCode::kInternal, "plan.scan_temp: " + std::to_string(plan.scan_temp_bytes) +
+                                                " bytes, the scan needs " + std::to_string(needed) +
+                                                " (workspace sized on another device?)");
+
+  const PlanBuildParams p{plan, in};
+  const std::int64_t rows = static_cast<std::int64_t>(shape.heads_kv) * shape.tokens;
+  const std::int64_t entries = shape.max_pairs();
+
+  slc_block_offsets_kernel<<<1, kThreads, 0, stream>>>(p);
+  FSA_CHECK_LAUNCH("slc_block_offsets_kernel", stream);
+  if (shape.num_lists() > 0) {
+    FSA_CUDA_CHECK(cudaMemsetAsync(plan.pair_count, 0,
+                                   static_cast<std::size_t>(shape.num_lists()) * sizeof(std::int32_t), stream));
+  }
+  if (rows > 0) {
+    slc_count_pairs_kernel<<<grid_for(rows), kThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_count_pairs_kernel", stream);
+  }
+  slc_list_sizes_kernel<<<grid_for(items), kThreads, 0, stream>>>(p);
+  FSA_CHECK_LAUNCH("slc_list_sizes_kernel", stream);
+  // The two scans share the scratch, one after the other on the stream.
+  FSA_CUDA_CHECK(run_scan(plan, plan.pair_offsets, items, stream));
+  FSA_CUDA_CHECK(run_scan(plan, plan.unit_offsets, items, stream));
+  if (entries > 0) {
+    slc_fill_pairs_kernel<<<grid_for(entries), kThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_fill_pairs_kernel", stream);
+  }
+  return Status::ok();
+}
+
+}  // namespace fsa::cuda

@@ -1,0 +1,236 @@
+// Selected attention on the GPU against the CPU reference on the same rounded inputs: forward and
+// backward, every selection edge case of spec section 5, group sizes, head dims, block sizes,
+// widths, packed ragged batches, poisoned outputs, run-to-run determinism of the forward, and CUDA
+// graph capture.
+#include <cmath>
+#include <limits>
+
+#include "gpu_test_util.hpp"
+
+namespace fsa::test {
+namespace {
+
+struct SlcCase {
+  std::vector<std::int64_t> lengths;
+  int hq = 4, hkv = 1, dqk = 64, dv = 64, width = 16;
+  int block_size = 64;
+  DType dtype = DType::kBFloat16;
+  double q_scale = 1.0;  // > 1 spreads the logits
+  bool edge_entries = true;
+};
+
+// Rows mixing valid blocks with -1 anywhere, duplicates, future and out-of-range entries, and some
+// all -1 rows.
+HostTensor random_topk(const SlcCase& c, const HostTensor& cu, std::mt19937_64& rng) {
+  const std::int64_t n_total = cu.get(cu.numel() - 1);
+  HostTensor topk(DType::kInt32, {c.hkv, n_total, c.width});
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int g = 0; g < c.hkv; ++g)
+    for (std::int64_t b = 0; b + 1 < cu.numel(); ++b) {
+      const std::int64_t start = cu.get(b), n = cu.get(b + 1) - start;
+      for (std::int64_t t = 0; t < n; ++t) {
+        const std::int64_t bq = t / c.block_size;
+        const bool all_invalid = c.edge_entries && u(rng) < 0.03;
+        for (int k = 0; k < c.width; ++k) {
+          std::int64_t value = std::uniform_int_distribution<std::int64_t>(0, bq)(rng);
+          const double r = u(rng);
+          if (all_invalid) value = -1;
+          else if (c.edge_entries && r < 0.08) value = -1;
+          else if (c.edge_entries && r < 0.12 && k > 0) value = topk.get((g * n_total + start + t) * c.width + k - 1);
+          else if (c.edge_entries && r < 0.15) value = bq + 1 + static_cast<std::int64_t>(u(rng) * 3);
+          else if (c.edge_entries && r < 0.16) value = std::numeric_limits<std::int32_t>::max();
+          topk.set((g * n_total + start + t) * c.width + k, static_cast<double>(value));
+        }
+      }
+    }
+  return topk;
+}
+
+struct SlcResult {
+  std::vector<double> o, lse, dq, dk, dv;
+};
+
+// Runs forward and backward on `device` with the given host inputs (converted to `dtype`).
+SlcResult run(const SlcCase& c, const NsaConfig& config, const HostTensor& cu, const HostTensor& q,
+              const HostTensor& k, const HostTensor& v, const HostTensor& topk, const HostTensor& d_o, bool on_gpu) {
+  const std::int64_t n = q.sizes()[0];
+  HostTensor o(q.dtype(), {n, c.hq, c.dv}), lse(DType::kFloat32, {c.hq, n});
+  HostTensor dq(q.dtype(), q.sizes()), dk(q.dtype(), k.sizes()), dv(q.dtype(), v.sizes());
+  for (HostTensor* t : {&o, &lse, &dq, &dk, &dv}) t->poison();
+  SlcResult r;
+  if (!on_gpu) {
+    FSA_EXPECT_OK(slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view()));
+    FSA_EXPECT_OK(slc_attn_backward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view(),
+                                    d_o.view(), dq.view(), dk.view(), dv.view()));
+    r = {o.to_double(), lse.to_double(), dq.to_double(), dk.to_double(), dv.to_double()};
+    return r;
+  }
+  DeviceTensor gq(q), gk(k), gv(v), gtopk(topk), gcu(cu), go(o), glse(lse), gdo(d_o), gdq(dq), gdk(dk), gdv(dv);
+  FSA_EXPECT_OK(slc_attn_forward(config, gq.view(), gk.view(), gv.view(), gtopk.view(), gcu.view(), go.view(),
+                                 glse.view()));
+  FSA_EXPECT_OK(slc_attn_backward(config, gq.view(), gk.view(), gv.view(), gtopk.view(), gcu.view(), go.view(),
+                                  glse.view(), gdo.view(), gdq.view(), gdk.view(), gdv.view()));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  r = {go.download().to_double(), glse.download().to_double(), gdq.download().to_double(),
+       gdk.download().to_double(), gdv.download().to_double()};
+  return r;
+}
+
+HostTensor as_dtype(const HostTensor& t, DType dtype) {
+  HostTensor out(dtype, t.sizes());
+  out.from_double(t.to_double());
+  return out;
+}
+
+void check_case(const SlcCase& c, std::uint64_t salt) {
+  auto rng = rng_for_test(salt);
+  NsaConfig config;
+  config.block_size = c.block_size;
+  const HostTensor cu = make_cu_seqlens(c.lengths);
+  const std::int64_t n = cu.get(cu.numel() - 1);
+  HostTensor q(c.dtype, {n, c.hq, c.dqk}), k(c.dtype, {n, c.hkv, c.dqk}), v(c.dtype, {n, c.hkv, c.dv});
+  HostTensor d_o(c.dtype, {n, c.hq, c.dv});
+  q.fill_normal(rng, c.q_scale);
+  k.fill_normal(rng);
+  v.fill_normal(rng);
+  d_o.fill_normal(rng);
+  const HostTensor topk = random_topk(c, cu, rng);
+  const SlcResult gpu = run(c, config, cu, q, k, v, topk, d_o, true);
+  // The reference in fp32 on the same rounded inputs.
+  const SlcResult ref = run(c, config, cu, as_dtype(q, DType::kFloat32), as_dtype(k, DType::kFloat32),
+                            as_dtype(v, DType::kFloat32), topk, as_dtype(d_o, DType::kFloat32), false);
+  const double tol = c.dtype == DType::kBFloat16 ? 1e-2 : 5e-3;
+  const std::string what = std::string(dtype_name(c.dtype)) + " G=" + std::to_string(c.hq / c.hkv) +
+                           " D=" + std::to_string(c.dqk) + "/" + std::to_string(c.dv) +
+                           " B=" + std::to_string(c.block_size) + " K=" + std::to_string(c.width);
+  for (const auto* out : {&gpu.o, &gpu.dq, &gpu.dk, &gpu.dv}) EXPECT_TRUE(all_finite(*out)) << what;
+  EXPECT_LT(rel_frobenius(gpu.o, ref.o), tol) << "o " << what;
+  for (std::size_t i = 0; i < ref.lse.size(); ++i) {
+    if (std::isinf(ref.lse[i])) {
+      ASSERT_TRUE(std::isinf(gpu.lse[i]) && gpu.lse[i] < 0) << "lse[" << i << "] should be -inf " << what;
+    } else {
+      ASSERT_NEAR(gpu.lse[i], ref.lse[i], 2e-2 + 1e-3 * std::fabs(ref.lse[i])) << "lse[" << i << "] " << what;
+    }
+  }
+  EXPECT_LT(rel_frobenius(gpu.dq, ref.dq), 2 * tol) << "dq " << what;
+  EXPECT_LT(rel_frobenius(gpu.dk, ref.dk), 2 * tol) << "dk " << what;
+  EXPECT_LT(rel_frobenius(gpu.dv, ref.dv), 2 * tol) << "dv " << what;
+}
+
+TEST_F(Gpu, SelectedAttentionGroupSizes) {
+  std::uint64_t salt = 0;
+  for (const int g : {1, 2, 3, 4, 8, 16}) {
+    SlcCase c;
+    c.lengths = {300, 1, 2, 3, 6, 7, 11, 129};
+    c.hkv = 2;
+    c.hq = 2 * g;
+    check_case(c, ++salt);
+  }
+}
+
+TEST_F(Gpu, SelectedAttentionEveryLengthUpTo2B) {
+  SlcCase c;
+  c.block_size = 32;
+  for (int len = 1; len <= 64; ++len) c.lengths.push_back(len);
+  c.width = 4;
+  check_case(c, 1);
+}
+
+TEST_F(Gpu, SelectedAttentionHeadDimsBlockSizesWidths) {
+  std::uint64_t salt = 100;
+  for (const auto [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}})
+    for (const int block : {32, 64, 128})
+      for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+        SlcCase c;
+        c.lengths = {520, 77};
+        c.dqk = dqk;
+        c.dv = dv;
+        c.block_size = block;
+        c.dtype = dtype;
+        c.width = block == 32 ? 64 : (block == 64 ? 1 : 7);
+        check_case(c, ++salt);
+      }
+}
+
+TEST_F(Gpu, SelectedAttentionLogitSpreadStaysFinite) {
+  SlcCase c;
+  c.lengths = {700};
+  c.q_scale = 40.0;  // logits of hundreds
+  c.edge_entries = false;
+  check_case(c, 7);
+}
+
+// The forward's result never depends on the run: list order inside the plan is atomic, but every
+// row is computed alone.
+TEST_F(Gpu, SelectedAttentionForwardIsBitwiseReproducible) {
+  auto rng = rng_for_test();
+  SlcCase c;
+  c.lengths = {1000, 333};
+  c.hq = 8;
+  c.hkv = 2;
+  NsaConfig config;
+  const HostTensor cu = make_cu_seqlens(c.lengths);
+  const std::int64_t n = 1333;
+  HostTensor q(c.dtype, {n, c.hq, c.dqk}), k(c.dtype, {n, c.hkv, c.dqk}), v(c.dtype, {n, c.hkv, c.dv});
+  q.fill_normal(rng);
+  k.fill_normal(rng);
+  v.fill_normal(rng);
+  const HostTensor topk = random_topk(c, cu, rng);
+  DeviceTensor gq(q), gk(k), gv(v), gt(topk), gcu(cu);
+  HostTensor o(c.dtype, {n, c.hq, c.dv}), lse(DType::kFloat32, {c.hq, n});
+  std::vector<double> first;
+  for (int run = 0; run < 3; ++run) {
+    o.poison();
+    DeviceTensor go(o), gl(lse);
+    FSA_ASSERT_OK(slc_attn_forward(config, gq.view(), gk.view(), gv.view(), gt.view(), gcu.view(), go.view(), gl.view()));
+    const auto got = go.download().to_double();
+    if (run == 0) first = got;
+    else EXPECT_EQ(got, first) << "run " << run;
+  }
+}
+
+TEST_F(Gpu, SelectedAttentionIsGraphCapturable) {
+  auto rng = rng_for_test();
+  SlcCase c;
+  c.lengths = {400, 90};
+  NsaConfig config;
+  const HostTensor cu = make_cu_seqlens(c.lengths);
+  const std::int64_t n = 490;
+  HostTensor q(c.dtype, {n, c.hq, c.dqk}), k(c.dtype, {n, c.hkv, c.dqk}), v(c.dtype, {n, c.hkv, c.dv});
+  q.fill_normal(rng);
+  k.fill_normal(rng);
+  v.fill_normal(rng);
+  HostTensor d_o(c.dtype, {n, c.hq, c.dv});
+  d_o.fill_normal(rng);
+  const HostTensor topk = random_topk(c, cu, rng);
+  const SlcResult eager = run(c, config, cu, q, k, v, topk, d_o, true);
+
+  HostTensor o(c.dtype, {n, c.hq, c.dv}), lse(DType::kFloat32, {c.hq, n}), dq(c.dtype, q.sizes());
+  HostTensor dk(c.dtype, k.sizes()), dv(c.dtype, v.sizes());
+  DeviceTensor gq(q), gk(k), gv(v), gt(topk), gcu(cu), go(o), gl(lse), gdo(d_o), gdq(dq), gdk(dk), gdv(dv);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  {
+    CudaStreamScope scope(stream);
+    FSA_EXPECT_OK(slc_attn_forward(config, gq.view(), gk.view(), gv.view(), gt.view(), gcu.view(), go.view(), gl.view()));
+    FSA_EXPECT_OK(slc_attn_backward(config, gq.view(), gk.view(), gv.view(), gt.view(), gcu.view(), go.view(), gl.view(),
+                                    gdo.view(), gdq.view(), gdk.view(), gdv.view()));
+  }
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 2; ++replay) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(go.download().to_double(), eager.o);
+  EXPECT_LT(rel_frobenius(gdq.download().to_double(), eager.dq), 1e-5);
+  EXPECT_LT(rel_frobenius(gdk.download().to_double(), eager.dk), 1e-5);
+  EXPECT_LT(rel_frobenius(gdv.download().to_double(), eager.dv), 1e-5);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+}  // namespace
+}  // namespace fsa::test

@@ -1,0 +1,501 @@
+// GPU tests of the selected-attention plan builder (label gpu: they need a CUDA device). The plan
+// built on the device is compared with a host computation that follows spec section 5 literally:
+// block offsets, list sizes and offsets, work-unit offsets and slot masks exactly; the entries of
+// each list as a multiset (their order inside a list is not deterministic); and every pair_rank
+// against the CSR entry it points to. Workspaces are poisoned first, so unwritten outputs show.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/slc_attn/slc_plan_build.hpp"
+#include "test_util.hpp"
+
+namespace fsa::test {
+namespace {
+
+using cuda::SlcPlan;
+using cuda::SlcPlanInputs;
+using cuda::SlcPlanShape;
+
+constexpr unsigned char kPoisonByte = 0x7f;
+
+class SlcPlanGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_info().available) GTEST_SKIP() << "no CUDA device: " << cuda_device_info().reason;
+  }
+};
+
+// Device memory of `count` elements of T, optionally copied from a host vector.
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t count) : count_(count) {
+    EXPECT_EQ(cudaMalloc(&data_, std::max<std::size_t>(count, 1) * sizeof(T)), cudaSuccess);
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
+  ~DeviceBuffer() { cudaFree(data_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void upload(const std::vector<T>& host) {
+    ASSERT_EQ(host.size(), count_);
+    EXPECT_EQ(cudaMemcpy(data_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  T* get() const { return data_; }
+  std::size_t bytes() const { return count_ * sizeof(T); }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+template <class T>
+std::vector<T> download(const T* device, std::int64_t count) {
+  std::vector<T> host(static_cast<std::size_t>(count));
+  if (count > 0) {
+    EXPECT_EQ(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  }
+  return host;
+}
+
+// One plan-builder input: shapes, a strided cu_seqlens and a strided topk_idx.
+struct Problem {
+  SlcPlanShape shape;
+  std::vector<std::int32_t> cu;  // num_seqs + 1 values at stride cu_stride
+  std::int64_t cu_stride = 1;
+  std::vector<std::int32_t> topk;  // [heads_kv, tokens, width] at head_stride / token_stride
+  std::int64_t head_stride = 0, token_stride = 0;
+
+  std::int32_t cu_at(std::int64_t b) const { return cu[static_cast<std::size_t>(b * cu_stride)]; }
+  std::int32_t& topk_at(std::int64_t g, std::int64_t t, std::int64_t k) {
+    return topk[static_cast<std::size_t>(g * head_stride + t * token_stride + k)];
+  }
+  std::int32_t topk_at(std::int64_t g, std::int64_t t, std::int64_t k) const {
+    return topk[static_cast<std::size_t>(g * head_stride + t * token_stride + k)];
+  }
+};
+
+// Every topk entry starts as -1. Padding of the strided layouts holds values that change the plan
+// if read, so a stride bug shows: 1 between cu values, block 0 past each topk row and head.
+// `spare_tokens` rows past cu[num_seqs] get block 0 too and must own no pair.
+Problem make_problem(const std::vector<std::int32_t>& lengths, int heads_kv, int group, int width, int block_size,
+                     int spare_tokens = 0, int row_padding = 0, std::int64_t cu_stride = 1) {
+  Problem p;
+  p.cu_stride = cu_stride;
+  p.cu.assign(static_cast<std::size_t>((static_cast<std::int64_t>(lengths.size()) + 1) * cu_stride), 1);
+  std::int32_t total = 0;
+  p.cu[0] = 0;
+  for (std::size_t b = 0; b < lengths.size(); ++b) {
+    total += lengths[b];
+    p.cu[static_cast<std::size_t>((static_cast<std::int64_t>(b) + 1) * cu_stride)] = total;
+  }
+  p.shape.tokens = total + spare_tokens;
+  p.shape.num_seqs = static_cast<int>(lengths.size());
+  p.shape.heads_kv = heads_kv;
+  p.shape.group = group;
+  p.shape.width = width;
+  p.shape.block_size = block_size;
+  p.token_stride = width + row_padding;
+  p.head_stride = p.shape.tokens * p.token_stride + row_padding;
+  p.topk.assign(static_cast<std::size_t>(std::max<std::int64_t>(heads_kv * p.head_stride, 1)), 0);
+  for (int g = 0; g < heads_kv; ++g) {
+    for (std::int64_t t = 0; t < total; ++t) {
+      for (int k = 0; k < width; ++k) p.topk_at(g, t, k) = -1;
+    }
+  }
+  return p;
+}
+
+int blocks_of(std::int64_t n, int block_size) { return static_cast<int>((n + block_size - 1) / block_size); }
+
+// The plan as the spec defines it, computed sequence by sequence (no search over cu).
+struct ExpectedPlan {
+  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets;
+  std::vector<std::uint64_t> slot_mask;
+  std::vector<std::int64_t> list_of_entry;  // [heads_kv, N, width]: list of a pair, -1 for ignored entries
+  std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> lists;  // (token, slot), sorted
+};
+
+ExpectedPlan expected_plan(const Problem& p) {
+  const SlcPlanShape& s = p.shape;
+  const int B = s.block_size;
+  ExpectedPlan e;
+  e.block_offsets.push_back(0);
+  for (int b = 0; b < s.num_seqs; ++b)
+    e.block_offsets.push_back(e.block_offsets.back() + blocks_of(p.cu_at(b + 1) - p.cu_at(b), B));
+  const auto lists = static_cast<std::size_t>(s.num_lists());
+  e.pair_count.assign(lists, 0);
+  e.lists.resize(lists);
+  e.slot_mask.assign(static_cast<std::size_t>(s.heads_kv * s.tokens), 0);
+  e.list_of_entry.assign(static_cast<std::size_t>(s.max_pairs()), -1);
+  for (int g = 0; g < s.heads_kv; ++g) {
+    for (int b = 0; b < s.num_seqs; ++b) {
+      const std::int64_t start = p.cu_at(b), n = p.cu_at(b + 1) - start;
+      const std::int64_t nblk = blocks_of(n, B);
+      for (std::int64_t t = start; t < start + n; ++t) {
+        const std::int64_t bq = (t - start) / B;
+        for (int k = 0; k < s.width; ++k) {
+          const std::int64_t j = p.topk_at(g, t, k);
+          if (j < 0 || j > bq || j >= nblk) continue;
+          bool duplicate = false;
+          for (int earlier = 0; earlier < k; ++earlier) duplicate = duplicate || p.topk_at(g, t, earlier) == j;
+          if (duplicate) continue;
+          const std::int64_t list = g * s.max_blocks() + e.block_offsets[static_cast<std::size_t>(b)] + j;
+          const std::int64_t row = g * s.tokens + t;
+          e.list_of_entry[static_cast<std::size_t>(row * s.width + k)] = list;
+          e.slot_mask[static_cast<std::size_t>(row)] |= std::uint64_t{1} << k;
+          ++e.pair_count[static_cast<std::size_t>(list)];
+          e.lists[static_cast<std::size_t>(list)].emplace_back(static_cast<std::int32_t>(t), k);
+        }
+      }
+    }
+  }
+  e.pair_offsets.push_back(0);
+  e.unit_offsets.push_back(0);
+  for (const std::int32_t count : e.pair_count) {
+    const std::int64_t rows = static_cast<std::int64_t>(count) * s.group;
+    e.pair_offsets.push_back(e.pair_offsets.back() + count);
+    const std::int64_t units = (rows + SlcPlanShape::kRowsPerUnit - 1) / SlcPlanShape::kRowsPerUnit;
+    e.unit_offsets.push_back(e.unit_offsets.back() + static_cast<std::int32_t>(units));
+  }
+  for (auto& list : e.lists) std::sort(list.begin(), list.end());
+  return e;
+}
+
+// The plan's buffers copied back to the host.
+struct HostPlan {
+  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token;
+  std::vector<std::uint8_t> pair_slot;
+  std::vector<std::uint64_t> slot_mask;
+};
+
+HostPlan download_plan(const SlcPlan& plan) {
+  const SlcPlanShape& s = plan.shape;
+  HostPlan h;
+  h.block_offsets = download(plan.block_offsets, s.num_seqs + 1);
+  h.pair_count = download(plan.pair_count, s.num_lists());
+  h.pair_offsets = download(plan.pair_offsets, s.num_lists() + 1);
+  h.unit_offsets = download(plan.unit_offsets, s.num_lists() + 1);
+  h.pair_rank = download(plan.pair_rank, s.max_pairs());
+  h.pair_token = download(plan.pair_token, s.max_pairs());
+  h.pair_slot = download(plan.pair_slot, s.max_pairs());
+  h.slot_mask = download(plan.slot_mask, s.heads_kv * s.tokens);
+  return h;
+}
+
+// Compares two arrays, reporting the number of differences and the first one (not the arrays).
+template <class T>
+void expect_same(const char* name, const std::vector<T>& got, const std::vector<T>& want, const std::string& where) {
+  ASSERT_EQ(got.size(), want.size()) << name << " " << where;
+  std::size_t differences = 0, first = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i] && differences++ == 0) first = i;
+  }
+  EXPECT_EQ(differences, 0u) << name << " " << where << ": first difference at " << first << ", got "
+                             << static_cast<long long>(got[first]) << ", want " << static_cast<long long>(want[first]);
+}
+
+void check_plan(const Problem& p, const HostPlan& got, const std::string& where) {
+  const ExpectedPlan e = expected_plan(p);
+  const SlcPlanShape& s = p.shape;
+  expect_same("block_offsets", got.block_offsets, e.block_offsets, where);
+  expect_same("pair_count", got.pair_count, e.pair_count, where);
+  expect_same("pair_offsets", got.pair_offsets, e.pair_offsets, where);
+  expect_same("unit_offsets", got.unit_offsets, e.unit_offsets, where);
+  expect_same("slot_mask", got.slot_mask, e.slot_mask, where);
+  if (::testing::Test::HasFailure()) return;  // the checks below index with the offsets
+
+  std::size_t bad_lists = 0;
+  for (std::size_t list = 0; list < e.lists.size(); ++list) {
+    std::vector<std::pair<std::int32_t, std::int32_t>> entries;
+    for (std::int32_t i = e.pair_offsets[list]; i < e.pair_offsets[list + 1]; ++i)
+      entries.emplace_back(got.pair_token[static_cast<std::size_t>(i)], got.pair_slot[static_cast<std::size_t>(i)]);
+    std::sort(entries.begin(), entries.end());
+    if (entries != e.lists[list] && bad_lists++ == 0)
+      ADD_FAILURE() << where << ": list " << list << " holds other (token, slot) entries than expected ("
+                    << entries.size() << " entries)";
+  }
+  EXPECT_EQ(bad_lists, 0u) << where;
+
+  // Each pair's rank points at its own CSR entry (so the ranks of a list are a permutation); every
+  // ignored entry has rank -1.
+  std::size_t bad_ranks = 0;
+  for (std::int64_t i = 0; i < s.max_pairs(); ++i) {
+    const std::int32_t rank = got.pair_rank[static_cast<std::size_t>(i)];
+    const std::int64_t list = e.list_of_entry[static_cast<std::size_t>(i)];
+    bool ok = rank == -1;
+    if (list >= 0) {
+      const std::int64_t row = i / s.width, k = i % s.width, t = row % s.tokens;
+      const auto l = static_cast<std::size_t>(list);
+      const std::int64_t entry = e.pair_offsets[l] + static_cast<std::int64_t>(rank);
+      ok = rank >= 0 && rank < e.pair_count[l] && got.pair_token[static_cast<std::size_t>(entry)] == t &&
+           got.pair_slot[static_cast<std::size_t>(entry)] == k;
+    }
+    if (!ok && bad_ranks++ == 0)
+      ADD_FAILURE() << where << ": pair_rank[" << i << "] = " << rank << " (list " << list << ")";
+  }
+  EXPECT_EQ(bad_ranks, 0u) << where;
+}
+
+// Device copies of a problem's inputs and a poisoned workspace for its plan.
+class DevicePlan {
+ public:
+  explicit DevicePlan(const Problem& p)
+      : topk_(p.topk), cu_(p.cu), workspace_(cuda::slc_plan_workspace_bytes(p.shape)) {
+    plan_ = cuda::slc_plan_layout(p.shape, workspace_.get());
+    inputs_ = SlcPlanInputs{topk_.get(), p.head_stride, p.token_stride, cu_.get(), p.cu_stride};
+  }
+  const SlcPlan& plan() const { return plan_; }
+  const SlcPlanInputs& inputs() const { return inputs_; }
+  void upload_topk(const Problem& p) { topk_.upload(p.topk); }
+  void poison(cudaStream_t stream) {
+    EXPECT_EQ(cudaMemsetAsync(workspace_.get(), kPoisonByte, workspace_.bytes(), stream), cudaSuccess);
+  }
+
+ private:
+  DeviceBuffer<std::int32_t> topk_, cu_;
+  DeviceBuffer<unsigned char> workspace_;
+  SlcPlan plan_{};
+  SlcPlanInputs inputs_{};
+};
+
+void build_and_check(const Problem& p, const std::string& where) {
+  DevicePlan d(p);
+  d.poison(nullptr);
+  FSA_ASSERT_OK(cuda::build_slc_plan(d.plan(), d.inputs(), nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << where;
+  check_plan(p, download_plan(d.plan()), where);
+}
+
+std::string describe(const Problem& p) {
+  const SlcPlanShape& s = p.shape;
+  return "N=" + std::to_string(s.tokens) + " nseq=" + std::to_string(s.num_seqs) +
+         " Hkv=" + std::to_string(s.heads_kv) +
+         " G=" + std::to_string(s.group) + " width=" + std::to_string(s.width) + " B=" + std::to_string(s.block_size);
+}
+
+// A row as the selection producer writes it (spec section 4): the forced blocks (0, bq - 1, bq)
+// and random others, ascending, then -1 padding.
+void fill_selection_row(Problem& p, int g, std::int64_t t, std::int64_t bq, std::mt19937_64& rng) {
+  std::vector<std::int32_t> candidates;
+  for (std::int64_t j = 1; j + 1 < bq; ++j) candidates.push_back(static_cast<std::int32_t>(j));
+  std::shuffle(candidates.begin(), candidates.end(), rng);
+  std::vector<std::int32_t> chosen = {0};
+  if (bq >= 2) chosen.push_back(static_cast<std::int32_t>(bq - 1));
+  if (bq >= 1) chosen.push_back(static_cast<std::int32_t>(bq));
+  for (const std::int32_t j : candidates) chosen.push_back(j);
+  chosen.resize(std::min<std::size_t>(chosen.size(), static_cast<std::size_t>(p.shape.width)));
+  std::sort(chosen.begin(), chosen.end());
+  for (int k = 0; k < p.shape.width; ++k)
+    p.topk_at(g, t, k) = k < static_cast<int>(chosen.size()) ? chosen[static_cast<std::size_t>(k)] : -1;
+}
+
+// Rows from an arbitrary producer: -1 anywhere, valid blocks, duplicates, future blocks, blocks
+// past the sequence, INT32_MAX / INT32_MIN and other negatives, all-(-1) rows, and some rows
+// in the producer's format.
+void fill_random_topk(Problem& p, std::mt19937_64& rng) {
+  const SlcPlanShape& s = p.shape;
+  std::uniform_int_distribution<int> percent(0, 99);
+  for (int g = 0; g < s.heads_kv; ++g) {
+    for (int b = 0; b < s.num_seqs; ++b) {
+      const std::int64_t start = p.cu_at(b), n = p.cu_at(b + 1) - start;
+      const std::int64_t nblk = blocks_of(n, s.block_size);
+      for (std::int64_t t = start; t < start + n; ++t) {
+        const std::int64_t bq = (t - start) / s.block_size;
+        const int row_kind = percent(rng);
+        if (row_kind < 5) {
+          for (int k = 0; k < s.width; ++k) p.topk_at(g, t, k) = -1;
+          continue;
+        }
+        if (row_kind < 30) {
+          fill_selection_row(p, g, t, bq, rng);
+          continue;
+        }
+        auto in = [&rng](std::int64_t lo, std::int64_t hi) {
+          return static_cast<std::int32_t>(std::uniform_int_distribution<std::int64_t>(lo, hi)(rng));
+        };
+        for (int k = 0; k < s.width; ++k) {
+          const int kind = percent(rng);
+          std::int32_t j = -1;
+          if (kind < 20) j = -1;
+          else if (kind < 55) j = in(0, bq);
+          else if (kind < 70) j = k > 0 ? p.topk_at(g, t, in(0, k - 1)) : in(0, bq);
+          else if (kind < 80) j = in(bq + 1, nblk + 1);
+          else if (kind < 85) j = INT32_MAX;
+          else if (kind < 88) j = INT32_MIN;
+          else if (kind < 93) j = in(-1000, -2);
+          else j = in(nblk, nblk + 1000);
+          p.topk_at(g, t, k) = j;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(SlcPlanGpu, LayoutIsAlignedAndDisjoint) {
+  SlcPlanShape s;
+  s.tokens = 1000;
+  s.num_seqs = 7;
+  s.heads_kv = 3;
+  s.group = 5;
+  s.width = 13;
+  s.block_size = 64;
+  const std::size_t bytes = cuda::slc_plan_workspace_bytes(s);
+  DeviceBuffer<unsigned char> workspace(bytes);
+  const unsigned char* base = workspace.get();
+  const SlcPlan plan = cuda::slc_plan_layout(s, workspace.get());
+  EXPECT_GT(plan.scan_temp_bytes, 0u);
+  struct Piece {
+    const void* begin;
+    std::size_t bytes;
+  };
+  std::vector<Piece> pieces = {
+      {plan.block_offsets, (s.num_seqs + 1) * sizeof(std::int32_t)},
+      {plan.pair_count, static_cast<std::size_t>(s.num_lists()) * sizeof(std::int32_t)},
+      {plan.pair_offsets, static_cast<std::size_t>(s.num_lists() + 1) * sizeof(std::int32_t)},
+      {plan.unit_offsets, static_cast<std::size_t>(s.num_lists() + 1) * sizeof(std::int32_t)},
+      {plan.pair_rank, static_cast<std::size_t>(s.max_pairs()) * sizeof(std::int32_t)},
+      {plan.pair_token, static_cast<std::size_t>(s.max_pairs()) * sizeof(std::int32_t)},
+      {plan.pair_slot, static_cast<std::size_t>(s.max_pairs())},
+      {plan.slot_mask, static_cast<std::size_t>(s.heads_kv * s.tokens) * sizeof(std::uint64_t)},
+      {plan.scan_temp, plan.scan_temp_bytes},
+  };
+  std::sort(pieces.begin(), pieces.end(),
+            [](const Piece& a, const Piece& b) { return std::less<const void*>()(a.begin, b.begin); });
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    const auto at = static_cast<std::size_t>(static_cast<const unsigned char*>(pieces[i].begin) - base);
+    EXPECT_EQ(at % 256, 0u) << "piece at offset " << at;
+    const std::size_t end = at + pieces[i].bytes;
+    const std::size_t limit =
+        i + 1 < pieces.size() ? static_cast<std::size_t>(static_cast<const unsigned char*>(pieces[i + 1].begin) - base)
+                              : bytes;
+    EXPECT_LE(end, limit) << "piece at offset " << at << " overlaps the next or runs past the workspace";
+  }
+}
+
+// Rows checked by hand (B = 64, one sequence of 200 tokens: nblk = 4, max_blocks = 5).
+TEST_F(SlcPlanGpu, HandWrittenRows) {
+  Problem p = make_problem({200}, 1, 1, 6, 64);
+  const std::vector<std::pair<std::int64_t, std::vector<std::int32_t>>> rows = {
+      {150, {2, -1, 0, 2, 5, 0}},                 // bq 2: pairs at k 0 and 2; then a dup, a future block, a dup
+      {199, {3, INT32_MAX, 1, INT32_MIN, 3, 4}},  // bq 3: pairs at k 0 and 2; block 4 is past nblk
+      {10, {0, 0, 0, 0, 0, 0}},                   // the first occurrence only
+      {64, {-1, -1, -1, -1, -1, 1}},              // -1 before the only pair
+      {63, {1, -1, -1, -1, -1, -1}},              // block 1 is future for the last token of block 0
+  };
+  for (const auto& [t, values] : rows) {
+    for (int k = 0; k < 6; ++k) p.topk_at(0, t, k) = values[static_cast<std::size_t>(k)];
+  }
+  const ExpectedPlan e = expected_plan(p);
+  EXPECT_EQ(e.slot_mask[150], 0b000101u);
+  EXPECT_EQ(e.slot_mask[199], 0b000101u);
+  EXPECT_EQ(e.slot_mask[10], 0b000001u);
+  EXPECT_EQ(e.slot_mask[64], 0b100000u);
+  EXPECT_EQ(e.slot_mask[63], 0u);
+  EXPECT_EQ(e.pair_offsets, (std::vector<std::int32_t>{0, 2, 4, 5, 6, 6}));
+  EXPECT_EQ(e.unit_offsets, (std::vector<std::int32_t>{0, 1, 2, 3, 4, 4}));
+  EXPECT_EQ(e.lists[1], (std::vector<std::pair<std::int32_t, std::int32_t>>{{64, 5}, {199, 2}}));
+  build_and_check(p, "hand-written rows");
+}
+
+// Packed batches with empty, length-1 and ragged sequences over the spec's block sizes, group
+// sizes and widths, with strided inputs and random rows of every kind.
+TEST_F(SlcPlanGpu, RandomRowsMatchHostPlan) {
+  auto rng = rng_for_test();
+  for (const int block_size : {32, 64, 128}) {
+    for (const int group : {1, 3, 16}) {
+      for (const int width : {1, 16, 64}) {
+        std::vector<std::int32_t> lengths = {0, 1, 2 * block_size + 5, 0, 3 * block_size, 7, 1, block_size - 1,
+                                             block_size + 1};
+        std::uniform_int_distribution<std::int32_t> length(0, 4 * block_size);
+        for (int i = 0; i < 5; ++i) lengths.push_back(length(rng));
+        lengths.push_back(0);
+        std::shuffle(lengths.begin() + 1, lengths.end() - 1, rng);  // keep a leading and a trailing empty one
+        const int heads_kv = std::uniform_int_distribution<int>(1, 3)(rng);
+        const int spare_tokens = (block_size + group + width) % 3;
+        const int row_padding = width % 2 == 0 ? 3 : 0;
+        const std::int64_t cu_stride = group == 3 ? 2 : 1;
+        Problem p = make_problem(lengths, heads_kv, group, width, block_size, spare_tokens, row_padding, cu_stride);
+        fill_random_topk(p, rng);
+        build_and_check(p, describe(p));
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+// More sequences than the block-offset CTA has threads (its carry across chunks), and lists far
+// longer than a warp or a work unit: every token selects block 0 and its own block.
+TEST_F(SlcPlanGpu, ManySequencesAndLongLists) {
+  auto rng = rng_for_test();
+  std::vector<std::int32_t> lengths(600);
+  std::uniform_int_distribution<std::int32_t> length(0, 300);
+  for (auto& l : lengths) l = length(rng);
+  Problem many = make_problem(lengths, 2, 16, 16, 64);
+  fill_random_topk(many, rng);
+  build_and_check(many, "600 sequences: " + describe(many));
+
+  Problem one_long = make_problem({20000}, 2, 16, 16, 32);
+  for (int g = 0; g < 2; ++g) {
+    for (std::int64_t t = 0; t < 20000; ++t) fill_selection_row(one_long, g, t, t / 32, rng);
+  }
+  build_and_check(one_long, "one long sequence: " + describe(one_long));
+}
+
+// Shapes with nothing to do still give consistent offsets (all zero).
+TEST_F(SlcPlanGpu, EmptyShapes) {
+  build_and_check(make_problem({}, 2, 4, 16, 64), "no sequences");
+  build_and_check(make_problem({0, 0, 0}, 2, 4, 16, 64), "only empty sequences");
+  build_and_check(make_problem({}, 2, 4, 16, 64, 5), "no sequences, 5 spare tokens");
+  Problem no_width = make_problem({70, 3}, 2, 4, 0, 64);
+  build_and_check(no_width, "width 0");
+}
+
+TEST_F(SlcPlanGpu, RejectsRowsWiderThanTheSlotMask) {
+  Problem p = make_problem({10}, 1, 1, SlcPlanShape::kMaxWidth + 1, 64);
+  DevicePlan d(p);
+  const Status s = cuda::build_slc_plan(d.plan(), d.inputs(), nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("width"), std::string::npos) << s.to_string();
+}
+
+// The builder only enqueues work on its stream, so it can be captured into a CUDA graph; replaying
+// the graph after new topk values are uploaded builds the plan of the new values.
+TEST_F(SlcPlanGpu, GraphCaptureAndReplay) {
+  auto rng = rng_for_test();
+  Problem p = make_problem({300, 0, 1, 129, 64}, 2, 3, 16, 64);
+  fill_random_topk(p, rng);
+  DevicePlan d(p);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  FSA_EXPECT_OK(cuda::build_slc_plan(d.plan(), d.inputs(), stream));
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 2; ++replay) {
+    if (replay > 0) {
+      fill_random_topk(p, rng);
+      d.upload_topk(p);
+    }
+    d.poison(stream);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    check_plan(p, download_plan(d.plan()), "graph replay " + std::to_string(replay));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+}  // namespace
+}  // namespace fsa::test

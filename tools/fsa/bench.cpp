@@ -1,0 +1,211 @@
+#include "bench.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+#include "buffer.hpp"
+#include "fsa/fsa.hpp"
+
+#ifdef FSA_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace fsa::tool {
+
+#ifdef FSA_WITH_CUDA
+namespace {
+
+struct BenchConfig {
+  std::string name;
+  std::vector<std::int64_t> seqlens;
+  int heads_kv, group;
+};
+
+// benchmarks.md: bf16, D=128, l=32, s=16, B=64, K=16, I=1, L=2.
+std::vector<BenchConfig> canonical_configs() {
+  std::vector<BenchConfig> c;
+  for (const int g : {1, 2, 4, 8, 16}) c.push_back({"S64-G" + std::to_string(g), {65536}, 4, g});
+  c.push_back({"S8K-G4", {8192}, 4, 4});
+  c.push_back({"S16K-G4", {16384}, 4, 4});
+  c.push_back({"S32K-G4", {32768}, 4, 4});
+  c.push_back({"VAR-G4", {32768, 16384, 8192, 4096, 2048, 1024, 512, 512}, 4, 4});
+  c.push_back({"LLAMA8B", {32768}, 8, 4});
+  return c;
+}
+
+// Selections with the statistics of the peers' benchmarks: the forced blocks (block 0 and the last
+// two, the query's own included) plus distinct blocks drawn uniformly from the rest ("random"), or
+// the most recent earlier blocks ("local", where neighbouring tokens share their selections).
+std::vector<double> make_topk(const BenchConfig& c, const NsaConfig& config, const std::string& pattern,
+                              std::int64_t* attended_keys) {
+  std::int64_t n_total = 0;
+  for (std::int64_t s : c.seqlens) n_total += s;
+  const int K = config.topk, B = config.block_size;
+  std::vector<double> topk(static_cast<std::size_t>(c.heads_kv * n_total * K), -1.0);
+  std::mt19937_64 rng(12345);
+  *attended_keys = 0;
+  std::vector<int> chosen;
+  for (int g = 0; g < c.heads_kv; ++g) {
+    std::int64_t start = 0;
+    for (std::int64_t n : c.seqlens) {
+      for (std::int64_t t = 0; t < n; ++t) {
+        const int bq = static_cast<int>(t / B);
+        chosen.clear();
+        for (int j = 0; j < config.init_blocks && j <= bq; ++j) chosen.push_back(j);
+        for (int j = std::max(0, bq - config.local_blocks + 1); j <= bq; ++j)
+          if (std::find(chosen.begin(), chosen.end(), j) == chosen.end()) chosen.push_back(j);
+        const int want = std::min(K, bq + 1);
+        if (pattern == "local") {
+          for (int j = bq; j >= 0 && static_cast<int>(chosen.size()) < want; --j)
+            if (std::find(chosen.begin(), chosen.end(), j) == chosen.end()) chosen.push_back(j);
+        } else {
+          std::uniform_int_distribution<int> pick(0, bq);
+          while (static_cast<int>(chosen.size()) < want) {
+            const int j = pick(rng);
+            if (std::find(chosen.begin(), chosen.end(), j) == chosen.end()) chosen.push_back(j);
+          }
+        }
+        std::sort(chosen.begin(), chosen.end());
+        double* row = topk.data() + (g * n_total + start + t) * K;
+        for (std::size_t i = 0; i < chosen.size(); ++i) {
+          row[i] = chosen[i];
+          *attended_keys += std::min<std::int64_t>(B, t + 1 - static_cast<std::int64_t>(chosen[i]) * B);
+        }
+      }
+      start += n;
+    }
+  }
+  return topk;
+}
+
+struct Timing {
+  double median, min, max;
+};
+
+template <class Fn>
+Timing time_gpu(int iterations, Fn&& body, Status* status) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> ms;
+  for (int i = -2; i < iterations; ++i) {  // two warm-up runs
+    cudaEventRecord(start);
+    *status = body();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    if (!status->is_ok()) break;
+    float elapsed = 0;
+    cudaEventElapsedTime(&elapsed, start, stop);
+    if (i >= 0) ms.push_back(elapsed);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (ms.empty()) return {0, 0, 0};
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+}  // namespace
+#endif
+
+int run_bench_selected(const BenchOptions& options) {
+#ifndef FSA_WITH_CUDA
+  (void)options;
+  std::fprintf(stderr, "fsa bench: built without CUDA\n");
+  return 2;
+#else
+  const CudaDeviceInfo info = cuda_device_info();
+  if (!info.available) {
+    std::fprintf(stderr, "fsa bench: no CUDA device (%s)\n", info.reason.c_str());
+    return 2;
+  }
+  std::FILE* csv = options.csv_path.empty() ? nullptr : std::fopen(options.csv_path.c_str(), "w");
+  const std::string header =
+      "config,pattern,fwd_ms,fwd_min,fwd_max,fwd_tflops,bwd_ms,bwd_min,bwd_max,bwd_tflops,peak_workspace_mib";
+  std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n%s\n", info.name.c_str(), info.sm_major, info.sm_minor,
+              info.multiprocessors, version(), header.c_str());
+  if (csv) std::fprintf(csv, "# fsa bench selected on %s\n%s\n", info.name.c_str(), header.c_str());
+  const std::vector<std::string> patterns =
+      options.patterns.empty() ? std::vector<std::string>{"random", "local"} : options.patterns;
+  NsaConfig config;
+  int failures = 0;
+  for (const BenchConfig& c : canonical_configs()) {
+    if (!options.configs.empty() &&
+        std::find(options.configs.begin(), options.configs.end(), c.name) == options.configs.end())
+      continue;
+    std::int64_t n = 0;
+    for (std::int64_t s : c.seqlens) n += s;
+    const int hq = c.heads_kv * c.group, d = 128;
+    std::mt19937_64 rng(7);
+    std::normal_distribution<double> normal(0, 1);
+    auto random_values = [&](std::int64_t count) {
+      std::vector<double> v(static_cast<std::size_t>(count));
+      for (double& x : v) x = normal(rng);
+      return v;
+    };
+    std::string error;
+    const Device gpu = Device::cuda(0);
+    Buffer q(gpu, DType::kBFloat16, {n, hq, d}, &error), k(gpu, DType::kBFloat16, {n, c.heads_kv, d}, &error),
+        v(gpu, DType::kBFloat16, {n, c.heads_kv, d}, &error), o(gpu, DType::kBFloat16, {n, hq, d}, &error),
+        d_o(gpu, DType::kBFloat16, {n, hq, d}, &error), dq(gpu, DType::kBFloat16, {n, hq, d}, &error),
+        dk(gpu, DType::kBFloat16, {n, c.heads_kv, d}, &error), dv(gpu, DType::kBFloat16, {n, c.heads_kv, d}, &error),
+        lse(gpu, DType::kFloat32, {hq, n}, &error),
+        cu(gpu, DType::kInt32, {static_cast<std::int64_t>(c.seqlens.size()) + 1}, &error),
+        topk(gpu, DType::kInt32, {c.heads_kv, n, config.topk}, &error);
+    if (!error.empty()) {
+      std::fprintf(stderr, "%s: %s\n", c.name.c_str(), error.c_str());
+      ++failures;
+      continue;
+    }
+    std::vector<double> cu_host{0};
+    for (std::int64_t s : c.seqlens) cu_host.push_back(cu_host.back() + static_cast<double>(s));
+    Status s = q.upload(random_values(q.numel()));
+    if (s.is_ok()) s = k.upload(random_values(k.numel()));
+    if (s.is_ok()) s = v.upload(random_values(v.numel()));
+    if (s.is_ok()) s = d_o.upload(random_values(d_o.numel()));
+    if (s.is_ok()) s = cu.upload(cu_host);
+    for (const std::string& pattern : patterns) {
+      std::int64_t keys = 0;
+      if (s.is_ok()) s = topk.upload(make_topk(c, config, pattern, &keys));
+      cudaMemPool_t pool;
+      cudaDeviceGetDefaultMemPool(&pool, 0);
+      std::uint64_t zero = 0;
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
+      Status run_status = s;
+      const Timing fwd = time_gpu(options.iterations, [&] {
+        return slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view());
+      }, &run_status);
+      Timing bwd{0, 0, 0};
+      if (run_status.is_ok())
+        bwd = time_gpu(options.iterations, [&] {
+          return slc_attn_backward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view(),
+                                   d_o.view(), dq.view(), dk.view(), dv.view());
+        }, &run_status);
+      std::uint64_t peak = 0;
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak);
+      if (!run_status.is_ok()) {
+        std::fprintf(stderr, "%s %s: %s\n", c.name.c_str(), pattern.c_str(), run_status.to_string().c_str());
+        ++failures;
+        continue;
+      }
+      // Useful FLOPs count only the attended keys (spec section 5): the forward's two GEMMs, the
+      // backward's five.
+      const double per_key_fwd = 2.0 * (d + d) * hq / c.heads_kv, per_key_bwd = 2.0 * (3 * d + 2 * d) * hq / c.heads_kv;
+      const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);
+      const double bwd_tflops = per_key_bwd * static_cast<double>(keys) / (bwd.median * 1e9);
+      char line[512];
+      std::snprintf(line, sizeof line, "%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f", c.name.c_str(),
+                    pattern.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops, bwd.median, bwd.min, bwd.max,
+                    bwd_tflops, static_cast<double>(peak) / (1 << 20));
+      std::printf("%s\n", line);
+      std::fflush(stdout);
+      if (csv) std::fprintf(csv, "%s\n", line);
+    }
+  }
+  if (csv) std::fclose(csv);
+  return failures == 0 ? 0 : 1;
+#endif
+}
+
+}  // namespace fsa::tool
