@@ -38,7 +38,15 @@ run fsa-info ./build/gpu/fsa info
 run gpu-tests ctest --test-dir build/gpu -L gpu --output-on-failure -j 1
 run cpu-tests ctest --test-dir build/gpu -L cpu --output-on-failure -j "$(nproc)"
 run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_runtime
+run memcheck-slc compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_slc_attn \
+  --gtest_filter='*GroupSizes*:*EveryLength*'
+run memcheck-plan compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_slc_plan \
+  --gtest_filter='*HandWritten*:*EmptyShapes*'
 run demo ./build/gpu/fsa demo
+if [[ -n ${FSA_GPU_CHECK_BENCH:-} ]]; then
+  # shellcheck disable=SC2086  # the variable holds several options
+  run bench-selected ./build/gpu/fsa bench selected --csv "$out/bench-selected.csv" ${FSA_BENCH_ARGS:-}
+fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv >"$out/gpu.csv" 2>&1
 
 echo
