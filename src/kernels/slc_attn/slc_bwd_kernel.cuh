@@ -91,8 +91,8 @@ struct BwdTraits {
 
 constexpr float kBwdLog2e = 1.4426950408889634f;  // P = exp2(S * scale * log2(e) - lse * log2(e))
 
-// Copies kRows rows of kDim elements (16-byte vectors: the launcher checks the alignment) into
-// shared rows of leading dimension `ld`: row r comes from base + row_offset(r), and is zero-filled
+// Issues cp.async copies of kRows rows of kDim elements (16-byte vectors: the launcher checks the
+// alignment; the caller waits with cp_async_wait_all before its next barrier) into shared rows of leading dimension `ld`: row r comes from base + row_offset(r), and is zero-filled
 // where row_offset(r) < 0 (padding rows must be zeros, not stale data: they meet zero probabilities
 // in the MMAs, and 0 * NaN would poison the sums).
 template <class Element, int kDim, int kRows, int kThreads, class RowOffset>
@@ -106,9 +106,12 @@ __device__ __forceinline__ void bwd_gather_rows(Element* dst, int ld, const Elem
   const int vec = threadIdx.x % kVectors;
   for (int row = threadIdx.x / kVectors; row < kRows; row += kRowStep) {
     const long long offset = row_offset(row);
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (offset >= 0) value = reinterpret_cast<const uint4*>(base + offset)[vec];
-    reinterpret_cast<uint4*>(dst + row * ld)[vec] = value;
+    uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
+    if (offset >= 0) {
+      cp_async_16(to, reinterpret_cast<const uint4*>(base + offset) + vec);
+    } else {
+      *to = make_uint4(0, 0, 0, 0);
+    }
   }
 }
 
@@ -177,6 +180,7 @@ __global__ void __launch_bounds__(BwdTraits<Element, kDqk, kDv>::kThreads, BwdTr
       k_s, T::kLdK, k, [&](int r) { return r < key_count ? r * p.in.k_token_stride : -1LL; });
   bwd_gather_rows<Element, kDv, T::kKeyTile, T::kThreads>(
       v_s, T::kLdV, v, [&](int r) { return r < key_count ? r * p.in.v_token_stride : -1LL; });
+  cp_async_wait_all();
 
   const auto* q = static_cast<const Element*>(p.in.q);
   const auto* d_o = static_cast<const Element*>(p.d_o);
@@ -226,6 +230,7 @@ __global__ void __launch_bounds__(BwdTraits<Element, kDqk, kDv>::kThreads, BwdTr
                                                               [&](int r) { return row_q_offset[r]; });
     bwd_gather_rows<Element, kDv, T::kRowChunk, T::kThreads>(do_s, T::kLdV, d_o,
                                                              [&](int r) { return row_do_offset[r]; });
+    cp_async_wait_all();
     __syncthreads();
 
     // P and dS, one 16 x 16 (rows x keys) fragment per warp at a time. Fragments past the chunk's

@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline_primitives.h>
 
 #include <cstdint>
 
@@ -67,6 +68,17 @@ __device__ __forceinline__ bool find_unit(const SlcPlan& plan, const std::int32_
   w->row_end = min(w->row_begin + SlcPlanShape::kRowsPerUnit, plan.pair_count[s] * plan.shape.group);
   w->pair_base = plan.pair_offsets[s];
   return true;
+}
+
+// Asynchronous 16-byte global -> shared copies (cp.async, sm80+): a thread issues all its copies
+// before any completes, instead of one load round trip per vector, and no register holds the data.
+// Each thread calls cp_async_wait_all() after its copies, and the CTA synchronises before reading.
+__device__ __forceinline__ void cp_async_16(void* shared_dst, const void* global_src) {
+  __pipeline_memcpy_async(shared_dst, global_src, 16);
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
 }
 
 // Shared-memory rows are padded by 8 16-bit elements (16 bytes) so that consecutive rows start in

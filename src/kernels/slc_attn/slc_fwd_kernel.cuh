@@ -49,16 +49,20 @@ struct FwdSmem {
 };
 
 // Copies `count` rows of `dim` elements (16-byte vectors) from global rows into shared rows of
-// leading dimension `ld`; rows whose source is null are zero-filled.
+// leading dimension `ld` with cp.async; rows whose source is null are zero-filled. The caller waits
+// (cp_async_wait_all) and synchronises the CTA before reading.
 template <class Element, int kDim>
-__device__ __forceinline__ void load_rows(Element* dst, int ld, int count, const Element* const* sources) {
+__device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, const Element* const* sources) {
   constexpr int kVectors = kDim * static_cast<int>(sizeof(Element)) / 16;
   for (int idx = threadIdx.x; idx < count * kVectors; idx += blockDim.x) {
     const int row = idx / kVectors, vec = idx % kVectors;
     const Element* src = sources[row];
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (src != nullptr) value = reinterpret_cast<const uint4*>(src)[vec];
-    reinterpret_cast<uint4*>(dst + row * ld)[vec] = value;
+    uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
+    if (src != nullptr) {
+      cp_async_16(to, reinterpret_cast<const uint4*>(src) + vec);
+    } else {
+      *to = make_uint4(0, 0, 0, 0);
+    }
   }
 }
 
@@ -80,21 +84,20 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   auto* row_token = reinterpret_cast<int*>(smem + layout.rows_offset());  // global token, -1 = padding
   int* row_head = row_token + kFwdChunkRows;
   int* row_slot = row_head + kFwdChunkRows;
-  __shared__ const Element* sources[128];
+  __shared__ const Element* sources[2 * 128];  // K rows then V rows; later the chunk's Q rows
 
   // The block's keys and values, once for all rows of the unit.
   const auto* k = static_cast<const Element*>(p.in.k);
   const auto* v = static_cast<const Element*>(p.in.v);
   const long long key0 = w.seq_start + static_cast<long long>(w.block) * B;
-  for (int c = threadIdx.x; c < B; c += blockDim.x)
+  for (int c = threadIdx.x; c < B; c += blockDim.x) {
     sources[c] = c < w.keys ? k + (key0 + c) * p.in.k_token_stride + w.kv_head * p.in.k_head_stride : nullptr;
+    sources[B + c] = c < w.keys ? v + (key0 + c) * p.in.v_token_stride + w.kv_head * p.in.v_head_stride : nullptr;
+  }
   __syncthreads();
-  load_rows<Element, kDqk>(k_s, Smem::kLdQk, B, sources);
-  __syncthreads();
-  for (int c = threadIdx.x; c < B; c += blockDim.x)
-    sources[c] = c < w.keys ? v + (key0 + c) * p.in.v_token_stride + w.kv_head * p.in.v_head_stride : nullptr;
-  __syncthreads();
-  load_rows<Element, kDv>(v_s, Smem::kLdV, B, sources);
+  issue_rows<Element, kDqk>(k_s, Smem::kLdQk, B, sources);
+  issue_rows<Element, kDv>(v_s, Smem::kLdV, B, sources + B);
+  cp_async_wait_all();
 
   const auto* q = static_cast<const Element*>(p.in.q);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -115,7 +118,8 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
       sources[threadIdx.x] = token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
     }
     __syncthreads();
-    load_rows<Element, kDqk>(q_s, Smem::kLdQk, kFwdChunkRows, sources);
+    issue_rows<Element, kDqk>(q_s, Smem::kLdQk, kFwdChunkRows, sources);
+    cp_async_wait_all();
     __syncthreads();
 
     // From here on each warp works on its own 16 rows; K and V are only read.
@@ -176,9 +180,15 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
       if (out_token >= 0) {
         const long long slot_row =
             (static_cast<long long>(out_token) * p.in.heads_q + row_head[row0 + r]) * width + row_slot[row0 + r];
-        Element* dst = o_part + slot_row * kDv + n0 + col0;
+        // Eight consecutive outputs as one 16-byte store (the partial buffer is 16-byte aligned and
+        // Dv is a multiple of 16).
+        union {
+          uint4 vector;
+          Element elements[8];
+        } packed;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = Convert<Element>::from_float(tile[r * 16 + col0 + e]);
+        for (int e = 0; e < 8; ++e) packed.elements[e] = Convert<Element>::from_float(tile[r * 16 + col0 + e]);
+        *reinterpret_cast<uint4*>(o_part + slot_row * kDv + n0 + col0) = packed.vector;
       }
       __syncwarp();
     }
