@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "gpu_test_util.hpp"
 #include "kernels/slc_attn/slc_plan_build.hpp"
-#include "test_util.hpp"
 
 namespace fsa::test {
 namespace {
@@ -26,12 +26,7 @@ using cuda::SlcPlanShape;
 
 constexpr unsigned char kPoisonByte = 0x7f;
 
-class SlcPlanGpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_device_info().available) GTEST_SKIP() << "no CUDA device: " << cuda_device_info().reason;
-  }
-};
+using SlcPlanGpu = Gpu;
 
 // Device memory of `count` elements of T, optionally copied from a host vector.
 template <class T>
