@@ -36,7 +36,7 @@ struct BwdTraits {
   // Keys per CTA. A block of B = 128 keys takes two CTAs (gridDim.y) that gather the same rows: 128
   // keys per CTA would double the dK/dV accumulator registers and the P/dS tiles.
   static constexpr int kKeyTile = 64;
-  // Rows gathered per step; a unit (kRowsPerUnit = 128 rows) takes at most two steps.
+  // Rows gathered per step; a unit (kRowsPerUnit rows) takes several steps.
   static constexpr int kRowChunk = 64;
   static constexpr int kKeyFrags = kKeyTile / 16;
   static constexpr int kRowFrags = kRowChunk / 16;

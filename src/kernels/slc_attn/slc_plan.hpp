@@ -34,7 +34,7 @@ struct SlcPlanShape {
   int block_size = 64; // B
 
   static constexpr int kMaxWidth = 64;        // slot masks are one uint64 per (g, t)
-  static constexpr int kRowsPerUnit = 128;    // rows per work unit of the KV-outer kernels
+  static constexpr int kRowsPerUnit = 256;    // rows per work unit: amortises the K/V load and the dK/dV atomics
 
   // constexpr so device code can call them too (built with --expt-relaxed-constexpr).
   // Upper bound of the global blocks (== query tiles) of any packed batch of these shapes.
