@@ -22,12 +22,9 @@ namespace fsa::cuda::slc {
 constexpr int kFwdThreads = 128;  // 4 warps x 16 rows = one chunk of 64 rows
 constexpr int kFwdChunkRows = 64;
 
-// kStages = 2 double-buffers the gathered query rows so that the next chunk's gather overlaps this
-// chunk's math; 1 where the second buffer does not fit in shared memory (Dqk = 256 with B = 128).
-template <class Element, int kDqk, int kDv, int kStages>
+template <class Element, int kDqk, int kDv>
 struct FwdSmem {
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims must be multiples of 16 for WMMA");
-  static_assert(kStages == 1 || kStages == 2, "one or two query buffers");
   static constexpr int kLdQk = kDqk + kPadHalf;
   static constexpr int kLdV = kDv + kPadHalf;
   int block_size;
@@ -38,8 +35,9 @@ struct FwdSmem {
     return k_offset() + align_up(sizeof(Element) * block_size * kLdQk);
   }
   __host__ __device__ std::size_t q_offset() const { return v_offset() + align_up(sizeof(Element) * block_size * kLdV); }
-  __host__ __device__ std::size_t q_stage_bytes() const { return align_up(sizeof(Element) * kFwdChunkRows * kLdQk); }
-  __host__ __device__ std::size_t s_offset() const { return q_offset() + kStages * q_stage_bytes(); }
+  __host__ __device__ std::size_t s_offset() const {
+    return q_offset() + align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
+  }
   __host__ __device__ std::size_t p_offset() const { return s_offset() + align_up(sizeof(float) * kFwdChunkRows * ld_s()); }
   __host__ __device__ std::size_t staging_offset() const {
     return p_offset() + align_up(sizeof(Element) * kFwdChunkRows * ld_p());
@@ -47,9 +45,7 @@ struct FwdSmem {
   __host__ __device__ std::size_t rows_offset() const {
     return staging_offset() + align_up(sizeof(float) * (kFwdThreads / 32) * 256);
   }
-  // Per stage: token, head and slot of each row.
-  __host__ __device__ std::size_t rows_stage_bytes() const { return align_up(sizeof(int) * 3 * kFwdChunkRows); }
-  __host__ __device__ std::size_t bytes() const { return rows_offset() + kStages * rows_stage_bytes(); }
+  __host__ __device__ std::size_t bytes() const { return rows_offset() + align_up(sizeof(int) * 4 * kFwdChunkRows); }
 };
 
 // Copies `count` rows of `dim` elements (16-byte vectors) from global rows into shared rows of
@@ -70,10 +66,10 @@ __device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, cons
   }
 }
 
-template <class Element, int kDqk, int kDv, int kStages>
+template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __grid_constant__ SlcForwardParams p) {
   using namespace nvcuda;
-  using Smem = FwdSmem<Element, kDqk, kDv, kStages>;
+  using Smem = FwdSmem<Element, kDqk, kDv>;
   extern __shared__ __align__(128) unsigned char smem[];
   UnitWork w;
   if (!find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, blockIdx.x, &w)) return;
@@ -81,13 +77,14 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   const Smem layout{B};
   auto* k_s = reinterpret_cast<Element*>(smem + layout.k_offset());
   auto* v_s = reinterpret_cast<Element*>(smem + layout.v_offset());
+  auto* q_s = reinterpret_cast<Element*>(smem + layout.q_offset());
   auto* s_s = reinterpret_cast<float*>(smem + layout.s_offset());
   auto* p_s = reinterpret_cast<Element*>(smem + layout.p_offset());
   auto* staging = reinterpret_cast<float*>(smem + layout.staging_offset());
-  // Stage i: its query rows, and the global token (-1 = padding), head and slot of each row.
-  auto q_stage = [&](int i) { return reinterpret_cast<Element*>(smem + layout.q_offset() + i * layout.q_stage_bytes()); };
-  auto rows_stage = [&](int i) { return reinterpret_cast<int*>(smem + layout.rows_offset() + i * layout.rows_stage_bytes()); };
-  __shared__ const Element* sources[2 * 128];  // K rows then V rows; later each stage's Q rows
+  auto* row_token = reinterpret_cast<int*>(smem + layout.rows_offset());  // global token, -1 = padding
+  int* row_head = row_token + kFwdChunkRows;
+  int* row_slot = row_head + kFwdChunkRows;
+  __shared__ const Element* sources[2 * 128];  // K rows then V rows; later the chunk's Q rows
 
   // The block's keys and values, once for all rows of the unit.
   const auto* k = static_cast<const Element*>(p.in.k);
@@ -104,12 +101,8 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
 
   const auto* q = static_cast<const Element*>(p.in.q);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Fills stage `into`'s row table for the chunk starting at row `chunk` (the CTA synchronises once
-  // inside, between the table and the gather) and issues the cp.async gather of its query rows as
-  // one commit group.
-  auto start_gather = [&](int chunk, int into) {
-    int* rows = rows_stage(into);
-    const Element** stage_sources = sources + into * kFwdChunkRows;
+  for (int chunk = w.row_begin; chunk < w.row_end; chunk += kFwdChunkRows) {
+    __syncthreads();  // previous chunk done with q_s, sources and the row tables
     if (threadIdx.x < kFwdChunkRows) {
       const int r = chunk + threadIdx.x;
       int token = -1, head = 0, slot = 0;
@@ -119,34 +112,15 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
         slot = p.plan.pair_slot[entry];
         head = w.kv_head * G + r % G;
       }
-      rows[threadIdx.x] = token;
-      rows[kFwdChunkRows + threadIdx.x] = head;
-      rows[2 * kFwdChunkRows + threadIdx.x] = slot;
-      stage_sources[threadIdx.x] = token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
+      row_token[threadIdx.x] = token;
+      row_head[threadIdx.x] = head;
+      row_slot[threadIdx.x] = slot;
+      sources[threadIdx.x] = token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
     }
     __syncthreads();
-    issue_rows<Element, kDqk>(q_stage(into), Smem::kLdQk, kFwdChunkRows, stage_sources);
-    __pipeline_commit();
-  };
-
-  __syncthreads();  // K/V copies done everywhere; `sources` free for the query rows
-  start_gather(w.row_begin, 0);
-  int stage = 0;
-  for (int chunk = w.row_begin; chunk < w.row_end; chunk += kFwdChunkRows, stage = (stage + 1) % kStages) {
-    const bool has_next = chunk + kFwdChunkRows < w.row_end;
-    const bool prefetch = kStages > 1 && has_next;
-    if (prefetch) start_gather(chunk + kFwdChunkRows, (stage + 1) % kStages);
-    // This chunk's gather is the oldest group still pending when a prefetch follows it.
-    if (prefetch) {
-      __pipeline_wait_prior(1);
-    } else {
-      __pipeline_wait_prior(0);
-    }
+    issue_rows<Element, kDqk>(q_s, Smem::kLdQk, kFwdChunkRows, sources);
+    cp_async_wait_all();
     __syncthreads();
-    const Element* q_s = q_stage(stage);
-    const int* row_token = rows_stage(stage);
-    const int* row_head = row_token + kFwdChunkRows;
-    const int* row_slot = row_head + kFwdChunkRows;
 
     // From here on each warp works on its own 16 rows; K and V are only read.
     const int row0 = warp * 16;
@@ -222,8 +196,6 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
       const long long slot_row = (static_cast<long long>(token) * p.in.heads_q + row_head[row]) * width + row_slot[row];
       p.part.lse[slot_row] = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
     }
-    __syncthreads();  // every warp is done with this stage before a later gather refills it
-    if (kStages == 1 && has_next) start_gather(chunk + kFwdChunkRows, 0);
   }
 }
 
@@ -267,20 +239,10 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_merge_kernel(const __grid
   if (lane == 0) p.lse[h * p.lse_head_stride + t * p.lse_token_stride] = total > 0.0f ? row_max + logf(total) : -INFINITY;
 }
 
-template <class Element, int kDqk, int kDv, int kStages>
-Status launch_kv_outer(const SlcForwardParams& p, std::size_t smem, cudaStream_t stream) {
-  auto* kv_outer = slc_fwd_kv_outer_kernel<Element, kDqk, kDv, kStages>;
-  FSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kv_outer<<<static_cast<unsigned>(p.plan.shape.max_units()), kFwdThreads, smem, stream>>>(p);
-  FSA_CHECK_LAUNCH("slc_fwd_kv_outer_kernel", stream);
-  return Status::ok();
-}
-
 template <class Element, int kDqk, int kDv>
 Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
-  const int B = p.plan.shape.block_size;
-  const std::size_t double_buffered = FwdSmem<Element, kDqk, kDv, 2>{B}.bytes();
-  const std::size_t smem = FwdSmem<Element, kDqk, kDv, 1>{B}.bytes();
+  const FwdSmem<Element, kDqk, kDv> layout{p.plan.shape.block_size};
+  const std::size_t smem = layout.bytes();
   int device = 0, smem_limit = 0;
   FSA_CUDA_CHECK(cudaGetDevice(&device));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -290,11 +252,12 @@ Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
                          " with block size " + std::to_string(p.plan.shape.block_size) + " need " +
                          std::to_string(smem) + " bytes of shared memory, the device offers " +
                          std::to_string(smem_limit));
-  if (p.plan.shape.max_units() > 0) {
-    const Status launched = double_buffered <= static_cast<std::size_t>(smem_limit)
-                                ? launch_kv_outer<Element, kDqk, kDv, 2>(p, double_buffered, stream)
-                                : launch_kv_outer<Element, kDqk, kDv, 1>(p, smem, stream);
-    FSA_RETURN_IF_ERROR(launched);
+  auto* kv_outer = slc_fwd_kv_outer_kernel<Element, kDqk, kDv>;
+  FSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const long long units = p.plan.shape.max_units();
+  if (units > 0) {
+    kv_outer<<<static_cast<unsigned>(units), kFwdThreads, smem, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_fwd_kv_outer_kernel", stream);
   }
   const long long rows = p.plan.shape.tokens * p.in.heads_q;
   if (rows > 0) {
