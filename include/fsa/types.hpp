@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 
 namespace fsa {
@@ -53,6 +54,8 @@ struct TensorView {
 
   // A row-major contiguous view.
   static TensorView contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> sizes,
+                               Device device = Device::cpu());
+  static TensorView contiguous(void* data, DType dtype, std::span<const std::int64_t> sizes,
                                Device device = Device::cpu());
   // A view with explicit strides (in elements).
   static TensorView strided(void* data, DType dtype, std::initializer_list<std::int64_t> sizes,

@@ -35,7 +35,7 @@ std::string device_name(Device device) {
 }
 
 namespace {
-TensorView make_view(void* data, DType dtype, std::initializer_list<std::int64_t> sizes, Device device) {
+TensorView make_view(void* data, DType dtype, std::span<const std::int64_t> sizes, Device device) {
   TensorView t;
   t.data = data;
   t.dtype = dtype;
@@ -52,6 +52,10 @@ TensorView make_view(void* data, DType dtype, std::initializer_list<std::int64_t
 
 TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> sizes,
                                   Device device) {
+  return contiguous(data, dtype, std::span<const std::int64_t>(sizes.begin(), sizes.size()), device);
+}
+
+TensorView TensorView::contiguous(void* data, DType dtype, std::span<const std::int64_t> sizes, Device device) {
   TensorView t = make_view(data, dtype, sizes, device);
   std::int64_t stride = 1;
   for (int d = t.ndim - 1; d >= 0; --d) {
@@ -63,7 +67,7 @@ TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list
 
 TensorView TensorView::strided(void* data, DType dtype, std::initializer_list<std::int64_t> sizes,
                                std::initializer_list<std::int64_t> strides, Device device) {
-  TensorView t = make_view(data, dtype, sizes, device);
+  TensorView t = make_view(data, dtype, std::span<const std::int64_t>(sizes.begin(), sizes.size()), device);
   int i = 0;
   for (std::int64_t s : strides) {
     if (i < kMaxDims) t.strides[static_cast<std::size_t>(i)] = s;

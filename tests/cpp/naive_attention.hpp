@@ -25,6 +25,17 @@ struct NaiveAttentionShape {
   int hq = 1, hkv = 1, dqk = 1, dv = 1;
   double scale = 1.0;
 
+  // Heads, dims and the default scale 1/sqrt(Dqk); the caller sets the row offsets.
+  static NaiveAttentionShape with_heads(int hq, int hkv, int dqk, int dv) {
+    NaiveAttentionShape s;
+    s.hq = hq;
+    s.hkv = hkv;
+    s.dqk = dqk;
+    s.dv = dv;
+    s.scale = 1.0 / std::sqrt(static_cast<double>(dqk));
+    return s;
+  }
+
   int num_seqs() const { return static_cast<int>(q_cu.size()) - 1; }
   std::int64_t q_rows() const { return q_cu.back(); }
   std::int64_t kv_rows() const { return kv_cu.back(); }

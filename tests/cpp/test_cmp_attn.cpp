@@ -30,18 +30,13 @@ struct CmpProblem {
   HostTensor cu, cu_cmp, q, k_cmp, v_cmp;
 
   NaiveAttentionShape naive_shape() const {
-    NaiveAttentionShape s;
+    NaiveAttentionShape s = NaiveAttentionShape::with_heads(hq, hkv, dqk, dv);
     s.q_cu = {0};
     s.kv_cu = {0};
     for (std::int64_t n : lengths) {
       s.q_cu.push_back(s.q_cu.back() + n);
       s.kv_cu.push_back(s.kv_cu.back() + cmp_count(config, n));
     }
-    s.hq = hq;
-    s.hkv = hkv;
-    s.dqk = dqk;
-    s.dv = dv;
-    s.scale = 1.0 / std::sqrt(static_cast<double>(dqk));
     return s;
   }
 

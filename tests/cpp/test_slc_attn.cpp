@@ -26,14 +26,9 @@ struct SlcProblem {
   HostTensor cu, q, k, v, topk;  // topk int32 [Hkv, N, width]
 
   NaiveAttentionShape naive_shape() const {
-    NaiveAttentionShape s;
+    NaiveAttentionShape s = NaiveAttentionShape::with_heads(hq, hkv, dqk, dv);
     s.q_cu = offsets_of(cu);
     s.kv_cu = s.q_cu;
-    s.hq = hq;
-    s.hkv = hkv;
-    s.dqk = dqk;
-    s.dv = dv;
-    s.scale = 1.0 / std::sqrt(static_cast<double>(dqk));
     return s;
   }
 

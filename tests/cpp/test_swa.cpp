@@ -20,14 +20,9 @@ struct SwaProblem {
   HostTensor cu, q, k, v;
 
   NaiveAttentionShape naive_shape() const {
-    NaiveAttentionShape s;
+    NaiveAttentionShape s = NaiveAttentionShape::with_heads(hq, hkv, dqk, dv);
     s.q_cu = offsets_of(cu);
     s.kv_cu = s.q_cu;
-    s.hq = hq;
-    s.hkv = hkv;
-    s.dqk = dqk;
-    s.dv = dv;
-    s.scale = 1.0 / std::sqrt(static_cast<double>(dqk));
     return s;
   }
 

@@ -19,18 +19,7 @@ std::int64_t HostTensor::numel() const {
 }
 
 TensorView HostTensor::view() const {
-  TensorView t;
-  t.data = const_cast<unsigned char*>(bytes_.data());
-  t.dtype = dtype_;
-  t.device = Device::cpu();
-  t.ndim = static_cast<int>(sizes_.size());
-  std::int64_t stride = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    t.sizes[static_cast<std::size_t>(d)] = sizes_[static_cast<std::size_t>(d)];
-    t.strides[static_cast<std::size_t>(d)] = stride;
-    stride *= sizes_[static_cast<std::size_t>(d)];
-  }
-  return t;
+  return TensorView::contiguous(const_cast<unsigned char*>(bytes_.data()), dtype_, sizes_);
 }
 
 double HostTensor::get(std::int64_t i) const {

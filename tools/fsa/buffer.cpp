@@ -97,20 +97,7 @@ std::int64_t Buffer::numel() const {
   return n;
 }
 
-TensorView Buffer::view() const {
-  TensorView t;
-  t.data = data_;
-  t.dtype = dtype_;
-  t.device = device_;
-  t.ndim = static_cast<int>(sizes_.size());
-  std::int64_t stride = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    t.sizes[static_cast<std::size_t>(d)] = sizes_[static_cast<std::size_t>(d)];
-    t.strides[static_cast<std::size_t>(d)] = stride;
-    stride *= sizes_[static_cast<std::size_t>(d)];
-  }
-  return t;
-}
+TensorView Buffer::view() const { return TensorView::contiguous(data_, dtype_, sizes_, device_); }
 
 Status Buffer::upload(const std::vector<double>& values) {
   const std::vector<unsigned char> bytes = encode(values, dtype_);
