@@ -2,18 +2,19 @@
 //
 // 1. kv_outer: one CTA per work unit (up to kRowsPerUnit rows of one (kv head, key block) list).
 //    It loads the block's K and V once into shared memory, then for each chunk of 64 gathered query
-//    rows (tokens x heads of the group) computes S = Q K^T on tensor cores (WMMA), the softmax of
-//    each row over the block's keys (causal and sequence-end masks), O = P V, and writes the row's
-//    normalized partial output and natural-log lse into the pair's slot.
+//    rows (tokens x heads of the group) computes S = Q K^T with mma.sync (16 rows per warp, scores in
+//    registers), the softmax of each row over the block's keys (causal and sequence-end masks) in
+//    registers, O = P V, and writes the row's normalized partial output and natural-log lse into
+//    the pair's slot.
 // 2. merge: one warp per (token, head) combines the row's partials by log-sum-exp into o and lse;
 //    a row without pairs gets o = 0 and lse = -inf.
 // Every row is computed independently of the others in its chunk, so results do not depend on the
 // (atomic, run-dependent) order of the lists.
 #pragma once
 
-#include <mma.h>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/mma_sm80.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 
@@ -22,34 +23,23 @@ namespace fsa::cuda::slc {
 constexpr int kFwdThreads = 128;  // 4 warps x 16 rows = one chunk of 64 rows
 constexpr int kFwdChunkRows = 64;
 
-template <class Element, int kDqk, int kDv>
+// Shared memory of the KV-outer kernel: the block's K and V, one chunk of gathered query rows and
+// the chunk's row table. Scores, probabilities and outputs stay in registers (mma.sync fragments),
+// which keeps a CTA at ~51 KB for D = 128, B = 64: four CTAs (16 warps) per SM.
+template <class Element, int kDqk, int kDv, int kB>
 struct FwdSmem {
-  static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims must be multiples of 16 for WMMA");
+  static_assert(kDqk % 16 == 0 && kDv % 16 == 0 && kB % 16 == 0, "tiles of 16 for mma.m16n8k16");
   static constexpr int kLdQk = kDqk + kPadHalf;
   static constexpr int kLdV = kDv + kPadHalf;
-  int block_size;
-  __host__ __device__ int ld_s() const { return block_size + kPadFloat; }
-  __host__ __device__ int ld_p() const { return block_size + kPadHalf; }
-  __host__ __device__ std::size_t k_offset() const { return 0; }
-  __host__ __device__ std::size_t v_offset() const {
-    return k_offset() + align_up(sizeof(Element) * block_size * kLdQk);
-  }
-  __host__ __device__ std::size_t q_offset() const { return v_offset() + align_up(sizeof(Element) * block_size * kLdV); }
-  __host__ __device__ std::size_t s_offset() const {
-    return q_offset() + align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
-  }
-  __host__ __device__ std::size_t p_offset() const { return s_offset() + align_up(sizeof(float) * kFwdChunkRows * ld_s()); }
-  __host__ __device__ std::size_t staging_offset() const {
-    return p_offset() + align_up(sizeof(Element) * kFwdChunkRows * ld_p());
-  }
-  __host__ __device__ std::size_t rows_offset() const {
-    return staging_offset() + align_up(sizeof(float) * (kFwdThreads / 32) * 256);
-  }
-  __host__ __device__ std::size_t bytes() const { return rows_offset() + align_up(sizeof(int) * 4 * kFwdChunkRows); }
+  static constexpr std::size_t kKOffset = 0;
+  static constexpr std::size_t kVOffset = kKOffset + align_up(sizeof(Element) * kB * kLdQk);
+  static constexpr std::size_t kQOffset = kVOffset + align_up(sizeof(Element) * kB * kLdV);
+  static constexpr std::size_t kRowsOffset = kQOffset + align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
+  static constexpr std::size_t kBytes = kRowsOffset + align_up(sizeof(int) * 4 * kFwdChunkRows);
 };
 
-// Copies `count` rows of `dim` elements (16-byte vectors) from global rows into shared rows of
-// leading dimension `ld` with cp.async; rows whose source is null are zero-filled. The caller waits
+// Issues cp.async copies of `count` rows of `dim` elements (16-byte vectors) from global rows into
+// shared rows of leading dimension `ld`; rows whose source is null are zero-filled. The caller waits
 // (cp_async_wait_all) and synchronises the CTA before reading.
 template <class Element, int kDim>
 __device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, const Element* const* sources) {
@@ -66,43 +56,47 @@ __device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, cons
   }
 }
 
-template <class Element, int kDqk, int kDv>
+template <class Element, int kDqk, int kDv, int kB>
 __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __grid_constant__ SlcForwardParams p) {
-  using namespace nvcuda;
-  using Smem = FwdSmem<Element, kDqk, kDv>;
+  using Smem = FwdSmem<Element, kDqk, kDv, kB>;
+  constexpr int kKeyTiles = kB / 8, kOutTiles = kDv / 8;
+  constexpr int kOutPasses = kB / 2 + kDv / 2 > 160 ? 2 : 1;  // score + output floats per thread
+  constexpr int kPassTiles = kOutTiles / kOutPasses;
+  static_assert(kPassTiles % 2 == 0, "output tiles go in pairs (one ldmatrix.x4)");
+  // Fully unrolled, Dqk = 192/256 kept too many K fragments live and spilled.
+  constexpr int kQkUnroll = kDqk > 128 ? 2 : kDqk / 16;
   extern __shared__ __align__(128) unsigned char smem[];
   UnitWork w;
   if (!find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, blockIdx.x, &w)) return;
-  const int B = p.plan.shape.block_size, G = p.plan.shape.group, width = p.plan.shape.width;
-  const Smem layout{B};
-  auto* k_s = reinterpret_cast<Element*>(smem + layout.k_offset());
-  auto* v_s = reinterpret_cast<Element*>(smem + layout.v_offset());
-  auto* q_s = reinterpret_cast<Element*>(smem + layout.q_offset());
-  auto* s_s = reinterpret_cast<float*>(smem + layout.s_offset());
-  auto* p_s = reinterpret_cast<Element*>(smem + layout.p_offset());
-  auto* staging = reinterpret_cast<float*>(smem + layout.staging_offset());
-  auto* row_token = reinterpret_cast<int*>(smem + layout.rows_offset());  // global token, -1 = padding
+  const int G = p.plan.shape.group, width = p.plan.shape.width;
+  auto* k_s = reinterpret_cast<Element*>(smem + Smem::kKOffset);
+  auto* v_s = reinterpret_cast<Element*>(smem + Smem::kVOffset);
+  auto* q_s = reinterpret_cast<Element*>(smem + Smem::kQOffset);
+  auto* row_token = reinterpret_cast<int*>(smem + Smem::kRowsOffset);  // global token, -1 = padding
   int* row_head = row_token + kFwdChunkRows;
   int* row_slot = row_head + kFwdChunkRows;
-  __shared__ const Element* sources[2 * 128];  // K rows then V rows; later the chunk's Q rows
+  int* row_t_local = row_slot + kFwdChunkRows;  // -1 for padding: masks every key
+  __shared__ const Element* sources[2 * kB];    // K rows then V rows; later the chunk's Q rows
 
   // The block's keys and values, once for all rows of the unit.
   const auto* k = static_cast<const Element*>(p.in.k);
   const auto* v = static_cast<const Element*>(p.in.v);
-  const long long key0 = w.seq_start + static_cast<long long>(w.block) * B;
-  for (int c = threadIdx.x; c < B; c += blockDim.x) {
+  const long long key0 = w.seq_start + static_cast<long long>(w.block) * kB;
+  for (int c = threadIdx.x; c < kB; c += blockDim.x) {
     sources[c] = c < w.keys ? k + (key0 + c) * p.in.k_token_stride + w.kv_head * p.in.k_head_stride : nullptr;
-    sources[B + c] = c < w.keys ? v + (key0 + c) * p.in.v_token_stride + w.kv_head * p.in.v_head_stride : nullptr;
+    sources[kB + c] = c < w.keys ? v + (key0 + c) * p.in.v_token_stride + w.kv_head * p.in.v_head_stride : nullptr;
   }
   __syncthreads();
-  issue_rows<Element, kDqk>(k_s, Smem::kLdQk, B, sources);
-  issue_rows<Element, kDv>(v_s, Smem::kLdV, B, sources + B);
+  issue_rows<Element, kDqk>(k_s, Smem::kLdQk, kB, sources);
+  issue_rows<Element, kDv>(v_s, Smem::kLdV, kB, sources + kB);
   cp_async_wait_all();
 
   const auto* q = static_cast<const Element*>(p.in.q);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, pair = lane % 4;
+  const long long first_key = static_cast<long long>(w.block) * kB;
   for (int chunk = w.row_begin; chunk < w.row_end; chunk += kFwdChunkRows) {
-    __syncthreads();  // previous chunk done with q_s, sources and the row tables
+    __syncthreads();  // K/V landed; the previous chunk is done with q_s, sources and the row table
     if (threadIdx.x < kFwdChunkRows) {
       const int r = chunk + threadIdx.x;
       int token = -1, head = 0, slot = 0;
@@ -115,6 +109,7 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
       row_token[threadIdx.x] = token;
       row_head[threadIdx.x] = head;
       row_slot[threadIdx.x] = slot;
+      row_t_local[threadIdx.x] = token >= 0 ? static_cast<int>(token - w.seq_start) : -1;
       sources[threadIdx.x] = token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
     }
     __syncthreads();
@@ -122,80 +117,107 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
     cp_async_wait_all();
     __syncthreads();
 
-    // From here on each warp works on its own 16 rows; K and V are only read.
+    // S = Q K^T for this warp's 16 rows and all kB keys, in registers.
     const int row0 = warp * 16;
-    for (int n0 = 0; n0 < B; n0 += 16) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k0 = 0; k0 < kDqk; k0 += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, Element, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Element, wmma::col_major> bt;  // K^T
-        wmma::load_matrix_sync(a, q_s + row0 * Smem::kLdQk + k0, Smem::kLdQk);
-        wmma::load_matrix_sync(bt, k_s + n0 * Smem::kLdQk + k0, Smem::kLdQk);
-        wmma::mma_sync(acc, a, bt, acc);
-      }
-      wmma::store_matrix_sync(s_s + row0 * layout.ld_s() + n0, acc, layout.ld_s(), wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Softmax over the block's keys: two lanes per row, each taking every other column.
-    const int row = row0 + lane / 2, half = lane % 2;
-    const int token = row_token[row];
-    const long long t_local = token - w.seq_start;
-    const long long first_key = static_cast<long long>(w.block) * B;
-    float row_max = -INFINITY;
-    for (int c = half; c < B; c += 2)
-      if (c < w.keys && first_key + c <= t_local) row_max = fmaxf(row_max, p.in.scale * s_s[row * layout.ld_s() + c]);
-    row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-    float row_sum = 0.0f;
-    for (int c = half; c < B; c += 2) {
-      const bool valid = c < w.keys && first_key + c <= t_local;
-      const float e = valid ? __expf(p.in.scale * s_s[row * layout.ld_s() + c] - row_max) : 0.0f;
-      s_s[row * layout.ld_s() + c] = e;
-      row_sum += e;
-    }
-    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-    const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
-    for (int c = half; c < B; c += 2)
-      p_s[row * layout.ld_p() + c] = Convert<Element>::from_float(s_s[row * layout.ld_s() + c] * inv_sum);
-    __syncwarp();
-
-    // O = P V, one 16x16 output tile at a time, written straight to the pair's slot.
-    float* tile = staging + warp * 256;
-    auto* o_part = static_cast<Element*>(p.part.o);
-    for (int n0 = 0; n0 < kDv; n0 += 16) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k0 = 0; k0 < B; k0 += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, Element, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Element, wmma::row_major> bv;
-        wmma::load_matrix_sync(a, p_s + row0 * layout.ld_p() + k0, layout.ld_p());
-        wmma::load_matrix_sync(bv, v_s + k0 * Smem::kLdV + n0, Smem::kLdV);
-        wmma::mma_sync(acc, a, bv, acc);
-      }
-      wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
-      __syncwarp();
-      const int r = lane / 2, col0 = (lane % 2) * 8;
-      const int out_token = row_token[row0 + r];
-      if (out_token >= 0) {
-        const long long slot_row =
-            (static_cast<long long>(out_token) * p.in.heads_q + row_head[row0 + r]) * width + row_slot[row0 + r];
-        // Eight consecutive outputs as one 16-byte store (the partial buffer is 16-byte aligned and
-        // Dv is a multiple of 16).
-        union {
-          uint4 vector;
-          Element elements[8];
-        } packed;
+    float s[kKeyTiles][4];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) packed.elements[e] = Convert<Element>::from_float(tile[r * 16 + col0 + e]);
-        *reinterpret_cast<uint4*>(o_part + slot_row * kDv + n0 + col0) = packed.vector;
+    for (int j = 0; j < kKeyTiles; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll kQkUnroll
+    for (int k0 = 0; k0 < kDqk; k0 += 16) {
+      std::uint32_t a[4];
+      mma::ldmatrix_x4(a, q_s + (row0 + lane % 16) * Smem::kLdQk + k0 + (lane / 16) * 8);
+#pragma unroll
+      for (int j = 0; j < kKeyTiles; j += 2) {
+        std::uint32_t b[4];
+        mma::ldmatrix_x4(b, k_s + (j * 8 + lane % 8 + (lane / 16) * 8) * Smem::kLdQk + k0 + ((lane / 8) % 2) * 8);
+        mma::mma_16816<Element>(s[j], a, b[0], b[1]);
+        mma::mma_16816<Element>(s[j + 1], a, b[2], b[3]);
       }
-      __syncwarp();
     }
-    if (half == 0 && token >= 0) {
-      const long long slot_row = (static_cast<long long>(token) * p.in.heads_q + row_head[row]) * width + row_slot[row];
-      p.part.lse[slot_row] = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
+
+    // Softmax of rows group (c0, c1) and group + 8 (c2, c3) over the block's keys; the four threads
+    // of a quad share a row.
+    const int t_local[2] = {row_t_local[row0 + group], row_t_local[row0 + group + 8]};
+    float row_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = j * 8 + pair * 2 + (e & 1);
+        const bool valid = col < w.keys && first_key + col <= t_local[e / 2];
+        s[j][e] = valid ? s[j][e] * p.in.scale : -INFINITY;
+        row_max[e / 2] = fmaxf(row_max[e / 2], s[j][e]);
+      }
+    float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_max[h] = fmaxf(row_max[h], __shfl_xor_sync(0xffffffffu, row_max[h], 1));
+      row_max[h] = fmaxf(row_max[h], __shfl_xor_sync(0xffffffffu, row_max[h], 2));
     }
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = s[j][e] == -INFINITY ? 0.0f : __expf(s[j][e] - row_max[e / 2]);
+        row_sum[e / 2] += s[j][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+    }
+    const float inv_sum[2] = {row_sum[0] > 0.0f ? 1.0f / row_sum[0] : 0.0f,
+                              row_sum[1] > 0.0f ? 1.0f / row_sum[1] : 0.0f};
+
+    // O = P V with the normalised P taken straight from the score fragments: the accumulator of
+    // key tiles 2kk and 2kk + 1 is exactly the A fragment of keys 16kk .. 16kk + 15. Output columns
+    // go in kOutPasses passes when scores and outputs together would not fit in registers
+    // (Dv = 256 with B = 128 spilled 100 bytes in one pass).
+    auto* o_part = static_cast<Element*>(p.part.o);
+    long long slot_row[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + group + 8 * h;
+      slot_row[h] = row_token[row] < 0 ? -1
+                                       : (static_cast<long long>(row_token[row]) * p.in.heads_q + row_head[row]) *
+                                                 width +
+                                             row_slot[row];
+    }
+#pragma unroll
+    for (int pass = 0; pass < kOutPasses; ++pass) {
+      float o[kPassTiles][4];
+#pragma unroll
+      for (int n = 0; n < kPassTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kB / 16; ++kk) {
+        const std::uint32_t a[4] = {
+            mma::pack2<Element>(s[2 * kk][0] * inv_sum[0], s[2 * kk][1] * inv_sum[0]),
+            mma::pack2<Element>(s[2 * kk][2] * inv_sum[1], s[2 * kk][3] * inv_sum[1]),
+            mma::pack2<Element>(s[2 * kk + 1][0] * inv_sum[0], s[2 * kk + 1][1] * inv_sum[0]),
+            mma::pack2<Element>(s[2 * kk + 1][2] * inv_sum[1], s[2 * kk + 1][3] * inv_sum[1])};
+#pragma unroll
+        for (int n = 0; n < kPassTiles; n += 2) {
+          std::uint32_t b[4];
+          mma::ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * Smem::kLdV +
+                                        (pass * kPassTiles + n) * 8 + (lane / 16) * 8);
+          mma::mma_16816<Element>(o[n], a, b[0], b[1]);
+          mma::mma_16816<Element>(o[n + 1], a, b[2], b[3]);
+        }
+      }
+      // The normalised partial into the pair's slot.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (slot_row[h] < 0) continue;
+        Element* dst = o_part + slot_row[h] * kDv + pass * kPassTiles * 8 + pair * 2;
+#pragma unroll
+        for (int n = 0; n < kPassTiles; ++n)
+          *reinterpret_cast<std::uint32_t*>(dst + n * 8) = mma::pack2<Element>(o[n][2 * h], o[n][2 * h + 1]);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (slot_row[h] >= 0 && pair == 0)
+        p.part.lse[slot_row[h]] = row_sum[h] > 0.0f ? row_max[h] + logf(row_sum[h]) : -INFINITY;
   }
 }
 
@@ -239,25 +261,37 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_merge_kernel(const __grid
   if (lane == 0) p.lse[h * p.lse_head_stride + t * p.lse_token_stride] = total > 0.0f ? row_max + logf(total) : -INFINITY;
 }
 
-template <class Element, int kDqk, int kDv>
-Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
-  const FwdSmem<Element, kDqk, kDv> layout{p.plan.shape.block_size};
-  const std::size_t smem = layout.bytes();
+template <class Element, int kDqk, int kDv, int kB>
+Status launch_kv_outer(const SlcForwardParams& p, cudaStream_t stream) {
+  constexpr std::size_t kSmem = FwdSmem<Element, kDqk, kDv, kB>::kBytes;
   int device = 0, smem_limit = 0;
   FSA_CUDA_CHECK(cudaGetDevice(&device));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (smem > static_cast<std::size_t>(smem_limit))
+  if (kSmem > static_cast<std::size_t>(smem_limit))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "slc_attn_forward: head dims " + std::to_string(kDqk) + "/" + std::to_string(kDv) +
-                         " with block size " + std::to_string(p.plan.shape.block_size) + " need " +
-                         std::to_string(smem) + " bytes of shared memory, the device offers " +
-                         std::to_string(smem_limit));
-  auto* kv_outer = slc_fwd_kv_outer_kernel<Element, kDqk, kDv>;
-  FSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const long long units = p.plan.shape.max_units();
-  if (units > 0) {
-    kv_outer<<<static_cast<unsigned>(units), kFwdThreads, smem, stream>>>(p);
-    FSA_CHECK_LAUNCH("slc_fwd_kv_outer_kernel", stream);
+                         " with block size " + std::to_string(kB) + " need " + std::to_string(kSmem) +
+                         " bytes of shared memory, the device offers " + std::to_string(smem_limit));
+  auto* kernel = slc_fwd_kv_outer_kernel<Element, kDqk, kDv, kB>;
+  FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
+  kernel<<<static_cast<unsigned>(p.plan.shape.max_units()), kFwdThreads, kSmem, stream>>>(p);
+  FSA_CHECK_LAUNCH("slc_fwd_kv_outer_kernel", stream);
+  return Status::ok();
+}
+
+template <class Element, int kDqk, int kDv>
+Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
+  if (p.plan.shape.max_units() > 0) {
+    // The block size is a template argument so that the score fragments are sized at compile time.
+    switch (p.plan.shape.block_size) {
+      case 32: FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, 32>(p, stream))); break;
+      case 64: FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, 64>(p, stream))); break;
+      case 128: FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, 128>(p, stream))); break;
+      default:
+        return FSA_ERROR(StatusCode::kNotImplemented,
+                         "slc_attn_forward: block size " + std::to_string(p.plan.shape.block_size) +
+                             " (supported: 32, 64, 128)");
+    }
   }
   const long long rows = p.plan.shape.tokens * p.in.heads_q;
   if (rows > 0) {
