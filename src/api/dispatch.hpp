@@ -8,12 +8,4 @@ namespace fsa::detail {
 
 inline bool on_cpu(const TensorView& t) { return t.device.kind == DeviceKind::kCPU; }
 
-// Whether this build has CUDA kernels at all (no device needed to answer).
-constexpr bool kBuiltWithCuda =
-#ifdef FSA_WITH_CUDA
-    true;
-#else
-    false;
-#endif
-
 }  // namespace fsa::detail

@@ -7,6 +7,8 @@
 
 namespace fsa::detail {
 
+namespace {
+
 std::string dims_string(std::initializer_list<Dim> dims) {
   std::ostringstream out;
   out << '[';
@@ -19,8 +21,6 @@ std::string dims_string(std::initializer_list<Dim> dims) {
   out << ']';
   return out.str();
 }
-
-namespace {
 
 Status bad(const Arg& arg, const std::string& what) { return FSA_INVALID(std::string(arg.name) + ": " + what); }
 

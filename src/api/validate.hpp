@@ -55,8 +55,6 @@ Status check_qkv(const Arg& q, const Arg& k, const Arg& v, std::int64_t kv_rows,
 
 Status not_implemented_on(Device device, const char* op);
 
-std::string dims_string(std::initializer_list<Dim> dims);
-
 }  // namespace fsa::detail
 
 namespace fsa::detail {

@@ -56,15 +56,6 @@ std::uint16_t float_to_half(float value) {
 
 namespace fsa::ref {
 
-double round_to(DType dtype, double value) {
-  switch (dtype) {
-    case DType::kBFloat16: return bf16_to_float(float_to_bf16(static_cast<float>(value)));
-    case DType::kFloat16: return half_to_float(float_to_half(static_cast<float>(value)));
-    case DType::kFloat32: return static_cast<float>(value);
-    default: return value;
-  }
-}
-
 namespace {
 
 // Calls fn(linear_index, element_offset) for every element in row-major order.

@@ -15,9 +15,6 @@ using fsa::float_to_bf16;
 using fsa::float_to_half;
 using fsa::half_to_float;
 
-// Rounds a value to what a tensor of `dtype` would store (identity for fp32/fp64).
-double round_to(DType dtype, double value);
-
 // Contiguous row-major copy of a host tensor, converted to T. An undefined view gives {}.
 template <class T>
 std::vector<T> load(const TensorView& view);

@@ -14,7 +14,7 @@ namespace fsa::tool {
 
 namespace {
 
-// A failed call: its Status, and whether falling back to the CPU can help.
+// A failed call, thrown out of DemoRun; run_demo decides whether the CPU fallback applies.
 struct Failure {
   Status status;
 };

@@ -47,13 +47,11 @@ Status check_rows_aligned(const char* name, const TensorView& t) {
   return Status::ok();
 }
 
-Status check_gpu_limits(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
-                        const TensorView& topk_idx) {
+Status check_gpu_limits(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& topk_idx) {
   if (topk_idx.size(2) > SlcPlanShape::kMaxWidth)
     return FSA_ERROR(StatusCode::kNotImplemented, "topk_idx: the CUDA path supports rows of at most " +
                                                       std::to_string(SlcPlanShape::kMaxWidth) + " entries, got " +
                                                       std::to_string(topk_idx.size(2)));
-  (void)config;
   FSA_RETURN_IF_ERROR(check_rows_aligned("q", q));
   FSA_RETURN_IF_ERROR(check_rows_aligned("k", k));
   return check_rows_aligned("v", v);
@@ -124,7 +122,7 @@ std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                         const TensorView& lse) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits(config, q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   const SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
@@ -155,7 +153,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits(config, q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
   FSA_RETURN_IF_ERROR(check_rows_aligned("d_o", d_o));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();

@@ -82,10 +82,9 @@ __device__ __forceinline__ void cp_async_wait_all() {
 }
 
 // Shared-memory rows are padded by 8 16-bit elements (16 bytes) so that consecutive rows start in
-// different banks; WMMA needs leading dimensions that are multiples of 8 (16-bit) or 4 (float)
-// elements and 32-byte aligned fragment pointers, which these paddings keep.
+// different banks; WMMA needs leading dimensions that are multiples of 8 16-bit elements and
+// 32-byte aligned fragment pointers, and ldmatrix 16-byte aligned rows, which this padding keeps.
 constexpr int kPadHalf = 8;
-constexpr int kPadFloat = 4;
 
 __host__ __device__ constexpr std::size_t align_up(std::size_t bytes, std::size_t to = 128) {
   return (bytes + to - 1) / to * to;
