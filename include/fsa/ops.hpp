@@ -75,15 +75,32 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
 
 // ---- Selected attention (spec section 5) -------------------------------------------------------
 
+// How the GPU runs selected attention (docs/kernels/slc_attn.md). Every path computes the same
+// function; the CPU reference ignores the choice.
+enum class SlcPath {
+  kAuto,        // the planner's cost model picks per call (documented with its measurements)
+  kKvOuter,     // FSA order for every pair: K/V block loaded once, gathered query rows, partials
+  kSplit,       // dense (query tile, block) pairs in the tile kernel, the rest KV-outer
+  kQueryOuter,  // NSA order: one CTA per (token, kv head) walks the token's blocks
+};
+
+struct SlcOptions {
+  SlcPath path = SlcPath::kAuto;
+  // kSplit: a (query tile, block) pair is dense when at least this many of the tile's tokens
+  // selected the block; 0 = the cost model's threshold. 1 makes every pair dense.
+  int dense_threshold = 0;
+};
+
 // Attention of each query over the union of its selected blocks (topk_idx int32 [Hkv, N, Kw], any
 // width Kw). Negative, future and out-of-range entries are ignored, duplicates count once.
+// `options` chooses the GPU path (the backward runs KV-outer whatever the option).
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
-                        const TensorView& lse);
+                        const TensorView& lse, const SlcOptions& options = {});
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq,
-                         const TensorView& dk, const TensorView& dv);
+                         const TensorView& dk, const TensorView& dv, const SlcOptions& options = {});
 
 // ---- Sliding-window attention (spec section 6) -------------------------------------------------
 

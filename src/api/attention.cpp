@@ -29,6 +29,20 @@ Status check_attention(const NsaConfig& config, const Arg& q, const Arg& k, cons
   return detail::check_lse(lse, dims->heads_q, dims->tokens, q);
 }
 
+Status check_slc_options(const SlcOptions& options) {
+  switch (options.path) {
+    case SlcPath::kAuto:
+    case SlcPath::kKvOuter:
+    case SlcPath::kSplit:
+    case SlcPath::kQueryOuter: break;
+    default: return FSA_INVALID("options.path: unknown SlcPath value " + std::to_string(static_cast<int>(options.path)));
+  }
+  if (options.dense_threshold < 0)
+    return FSA_INVALID("options.dense_threshold: expected >= 0 (0 = the cost model's), got " +
+                       std::to_string(options.dense_threshold));
+  return Status::ok();
+}
+
 // The backward's extra arguments: d_o like o, and gradients like their inputs.
 Status check_attention_grads(const Arg& q, const Arg& k, const Arg& v, const Arg& o, const Arg& d_o, const Arg& dq,
                              const Arg& dk, const Arg& dv) {
@@ -77,14 +91,15 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
 
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
-                        const TensorView& lse) {
+                        const TensorView& lse, const SlcOptions& options) {
   AttnDims dims;
   FSA_RETURN_IF_ERROR(
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(check_topk(topk_idx, dims, {"q", q}));
+  FSA_RETURN_IF_ERROR(check_slc_options(options));
   if (!detail::on_cpu(q)) {
 #ifdef FSA_WITH_CUDA
-    return cuda::slc_attn_forward(config, q, k, v, topk_idx, cu_seqlens, o, lse);
+    return cuda::slc_attn_forward(config, q, k, v, topk_idx, cu_seqlens, o, lse, options);
 #else
     return detail::not_implemented_on(q.device, "slc_attn_forward");
 #endif
@@ -96,16 +111,17 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq,
-                         const TensorView& dk, const TensorView& dv) {
+                         const TensorView& dk, const TensorView& dv, const SlcOptions& options) {
   AttnDims dims;
   FSA_RETURN_IF_ERROR(
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(check_topk(topk_idx, dims, {"q", q}));
   FSA_RETURN_IF_ERROR(check_attention_grads({"q", q}, {"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq},
                                             {"dk", dk}, {"dv", dv}));
+  FSA_RETURN_IF_ERROR(check_slc_options(options));
   if (!detail::on_cpu(q)) {
 #ifdef FSA_WITH_CUDA
-    return cuda::slc_attn_backward(config, q, k, v, topk_idx, cu_seqlens, o, lse, d_o, dq, dk, dv);
+    return cuda::slc_attn_backward(config, q, k, v, topk_idx, cu_seqlens, o, lse, d_o, dq, dk, dv, options);
 #else
     return detail::not_implemented_on(q.device, "slc_attn_backward");
 #endif

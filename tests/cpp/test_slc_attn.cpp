@@ -248,6 +248,29 @@ void expect_rewritten_rows_give_the_same_result(
   expect_close(got_g.dv.to_double(), want_g.dv.to_double(), 1e-6, "dv");
 }
 
+// The path option only chooses GPU kernels: the CPU reference accepts every path and gives the
+// same result, and a malformed option is an error naming it.
+TEST(SlcAttn, PathOptionsAreValidatedAndDoNotChangeTheCpuResult) {
+  auto rng = rng_for_test();
+  const SlcProblem p = make_problem(config_with_block(32), DType::kFloat32, {90, 33}, 4, 2, 16, 16, 4, rng);
+  const Forward base = run_forward(p);
+  for (const SlcPath path : {SlcPath::kKvOuter, SlcPath::kSplit, SlcPath::kQueryOuter}) {
+    Forward f{poisoned_tensor(p.dtype, {p.tokens, p.hq, p.dv}), poisoned_tensor(DType::kFloat32, {p.hq, p.tokens})};
+    FSA_EXPECT_OK(slc_attn_forward(p.config, p.q.view(), p.k.view(), p.v.view(), p.topk.view(), p.cu.view(),
+                                   f.o.view(), f.lse.view(), SlcOptions{path, 3}));
+    EXPECT_EQ(f.o.to_double(), base.o.to_double());
+  }
+  Forward f{poisoned_tensor(p.dtype, {p.tokens, p.hq, p.dv}), poisoned_tensor(DType::kFloat32, {p.hq, p.tokens})};
+  const Status negative = slc_attn_forward(p.config, p.q.view(), p.k.view(), p.v.view(), p.topk.view(), p.cu.view(),
+                                           f.o.view(), f.lse.view(), SlcOptions{SlcPath::kSplit, -1});
+  EXPECT_EQ(negative.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(negative.message().rfind("options.dense_threshold", 0), 0u) << negative.to_string();
+  const Status unknown = slc_attn_forward(p.config, p.q.view(), p.k.view(), p.v.view(), p.topk.view(), p.cu.view(),
+                                          f.o.view(), f.lse.view(), SlcOptions{static_cast<SlcPath>(42), 0});
+  EXPECT_EQ(unknown.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(unknown.message().rfind("options.path", 0), 0u) << unknown.to_string();
+}
+
 TEST(SlcAttn, OrderWithinARowDoesNotMatter) {
   auto rng = rng_for_test();
   const SlcProblem clean = make_clean_problem(rng);

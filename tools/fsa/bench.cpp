@@ -79,6 +79,49 @@ std::vector<double> make_topk(const BenchConfig& c, const NsaConfig& config, con
   return topk;
 }
 
+// The share of (token, block) pairs that the split sends to the tile kernel: pairs whose block was
+// picked by at least `threshold` tokens of the token's query tile (the plan's rule, computed here
+// from the same rows to report it). Rows are sorted and distinct, as make_topk writes them.
+double dense_fraction(const BenchConfig& c, const NsaConfig& config, const std::vector<double>& topk, int threshold) {
+  std::int64_t n_total = 0;
+  for (std::int64_t s : c.seqlens) n_total += s;
+  const int K = config.topk, B = config.block_size;
+  std::int64_t pairs = 0, dense = 0;
+  std::vector<int> count;
+  for (int g = 0; g < c.heads_kv; ++g) {
+    std::int64_t start = 0;
+    for (std::int64_t n : c.seqlens) {
+      for (std::int64_t t0 = 0; t0 < n; t0 += B) {
+        const std::int64_t t1 = std::min<std::int64_t>(n, t0 + B);
+        count.assign(static_cast<std::size_t>(t0 / B + 1), 0);
+        for (int pass = 0; pass < 2; ++pass)
+          for (std::int64_t t = t0; t < t1; ++t)
+            for (int k = 0; k < K; ++k) {
+              const double j = topk[static_cast<std::size_t>((g * n_total + start + t) * K + k)];
+              if (j < 0) continue;
+              if (pass == 0) {
+                ++count[static_cast<std::size_t>(j)];
+              } else {
+                ++pairs;
+                dense += count[static_cast<std::size_t>(j)] >= threshold ? 1 : 0;
+              }
+            }
+      }
+      start += n;
+    }
+  }
+  return pairs > 0 ? static_cast<double>(dense) / static_cast<double>(pairs) : 0.0;
+}
+
+SlcOptions slc_options(const std::string& path, int dense_threshold) {
+  SlcOptions o;
+  o.dense_threshold = dense_threshold;
+  if (path == "kv-outer") o.path = SlcPath::kKvOuter;
+  if (path == "split") o.path = SlcPath::kSplit;
+  if (path == "query-outer") o.path = SlcPath::kQueryOuter;
+  return o;
+}
+
 struct Timing {
   double median, min, max;
 };
@@ -122,12 +165,14 @@ int run_bench_selected(const BenchOptions& options) {
   }
   std::FILE* csv = options.csv_path.empty() ? nullptr : std::fopen(options.csv_path.c_str(), "w");
   const std::string header =
-      "config,pattern,fwd_ms,fwd_min,fwd_max,fwd_tflops,bwd_ms,bwd_min,bwd_max,bwd_tflops,peak_workspace_mib";
+      "config,pattern,path,fwd_ms,fwd_min,fwd_max,fwd_tflops,bwd_ms,bwd_min,bwd_max,bwd_tflops,peak_workspace_mib,"
+      "dense_pairs_pct";
   std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n%s\n", info.name.c_str(), info.sm_major, info.sm_minor,
               info.multiprocessors, version(), header.c_str());
   if (csv) std::fprintf(csv, "# fsa bench selected on %s\n%s\n", info.name.c_str(), header.c_str());
   const std::vector<std::string> patterns =
       options.patterns.empty() ? std::vector<std::string>{"random", "local"} : options.patterns;
+  const std::vector<std::string> paths = options.paths.empty() ? std::vector<std::string>{"auto"} : options.paths;
   NsaConfig config;
   int failures = 0;
   for (const BenchConfig& c : canonical_configs()) {
@@ -167,25 +212,32 @@ int run_bench_selected(const BenchOptions& options) {
     if (s.is_ok()) s = cu.upload(cu_host);
     for (const std::string& pattern : patterns) {
       std::int64_t keys = 0;
-      if (s.is_ok()) s = topk.upload(make_topk(c, config, pattern, &keys));
+      const std::vector<double> topk_host = make_topk(c, config, pattern, &keys);
+      if (s.is_ok()) s = topk.upload(topk_host);
+      const int threshold = options.dense_threshold > 0 ? options.dense_threshold : config.block_size / 4;
+      const double dense_pct = 100.0 * dense_fraction(c, config, topk_host, threshold);
+      for (const std::string& path : paths) {
+      const SlcOptions slc = slc_options(path, options.dense_threshold);
       cudaMemPool_t pool;
       cudaDeviceGetDefaultMemPool(&pool, 0);
       std::uint64_t zero = 0;
       cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
       Status run_status = s;
       const Timing fwd = time_gpu(options.iterations, [&] {
-        return slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view());
+        return slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view(),
+                                slc);
       }, &run_status);
       Timing bwd{0, 0, 0};
       if (run_status.is_ok())
         bwd = time_gpu(options.iterations, [&] {
           return slc_attn_backward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view(),
-                                   d_o.view(), dq.view(), dk.view(), dv.view());
+                                   d_o.view(), dq.view(), dk.view(), dv.view(), slc);
         }, &run_status);
       std::uint64_t peak = 0;
       cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak);
       if (!run_status.is_ok()) {
-        std::fprintf(stderr, "%s %s: %s\n", c.name.c_str(), pattern.c_str(), run_status.to_string().c_str());
+        std::fprintf(stderr, "%s %s %s: %s\n", c.name.c_str(), pattern.c_str(), path.c_str(),
+                     run_status.to_string().c_str());
         ++failures;
         continue;
       }
@@ -195,12 +247,15 @@ int run_bench_selected(const BenchOptions& options) {
       const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);
       const double bwd_tflops = per_key_bwd * static_cast<double>(keys) / (bwd.median * 1e9);
       char line[512];
-      std::snprintf(line, sizeof line, "%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f", c.name.c_str(),
-                    pattern.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops, bwd.median, bwd.min, bwd.max,
-                    bwd_tflops, static_cast<double>(peak) / (1 << 20));
+      // The split's share is reported for the paths that plan it.
+      const bool splits = path == "auto" || path == "split";
+      std::snprintf(line, sizeof line, "%s,%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f,%.1f", c.name.c_str(),
+                    pattern.c_str(), path.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops, bwd.median, bwd.min,
+                    bwd.max, bwd_tflops, static_cast<double>(peak) / (1 << 20), splits ? dense_pct : 0.0);
       std::printf("%s\n", line);
       std::fflush(stdout);
       if (csv) std::fprintf(csv, "%s\n", line);
+      }
     }
   }
   if (csv) std::fclose(csv);

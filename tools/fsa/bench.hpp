@@ -10,6 +10,8 @@ namespace fsa::tool {
 struct BenchOptions {
   std::vector<std::string> configs;   // names from benchmarks.md; empty = all
   std::vector<std::string> patterns;  // "random", "local"; empty = both
+  std::vector<std::string> paths;     // "auto", "kv-outer", "split", "query-outer"; empty = auto
+  int dense_threshold = 0;            // SlcOptions::dense_threshold (0 = the cost model's)
   int iterations = 10;
   std::string csv_path;
 };

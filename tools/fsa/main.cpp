@@ -27,8 +27,9 @@ commands:
   bench selected
             time the GPU selected attention (forward and backward) on the canonical configurations
             of benchmarks.md: --config NAME (repeatable; S64-G1..16, S8K-G4, S16K-G4, S32K-G4,
-            VAR-G4, LLAMA8B; default all), --pattern random|local (default both), --iters N
-            (default 10), --csv PATH
+            VAR-G4, LLAMA8B; default all), --pattern random|local (default both),
+            --path auto|kv-outer|split|query-outer (repeatable; default auto), --dense-threshold N
+            (the split's; default the cost model's), --iters N (default 10), --csv PATH
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help      print this text
 
@@ -173,6 +174,14 @@ int run_bench_command(int argc, char** argv) {
     } else if (opt == "--pattern") {
       if (value != "random" && value != "local") return usage_error("--pattern: expected random or local");
       options.patterns.push_back(value);
+    } else if (opt == "--path") {
+      if (value != "auto" && value != "kv-outer" && value != "split" && value != "query-outer")
+        return usage_error("--path: expected auto, kv-outer, split or query-outer");
+      options.paths.push_back(value);
+    } else if (opt == "--dense-threshold") {
+      long long n = 0;
+      if (!parse_int(value.c_str(), &n) || n < 1) return usage_error("--dense-threshold: expected a positive integer");
+      options.dense_threshold = static_cast<int>(n);
     } else if (opt == "--iters") {
       long long n = 0;
       if (!parse_int(value.c_str(), &n) || n < 1) return usage_error("--iters: expected a positive integer");

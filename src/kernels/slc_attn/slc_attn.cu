@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <string>
 
 #include "cuda/runtime.hpp"
@@ -70,7 +71,7 @@ SlcPlanShape plan_shape(const NsaConfig& config, const TensorView& q, const Tens
 }
 
 SlcTensors tensors_of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
-                      const TensorView& cu_seqlens) {
+                      const TensorView& topk_idx, const TensorView& cu_seqlens) {
   SlcTensors t{};
   t.q = q.data;
   t.k = k.data;
@@ -85,6 +86,9 @@ SlcTensors tensors_of(const NsaConfig& config, const TensorView& q, const Tensor
   t.cu_stride = cu_seqlens.stride(0);
   t.heads_q = static_cast<int>(q.size(1));
   t.scale = config.softmax_scale(static_cast<int>(q.size(2)));
+  t.topk = topk_idx.ptr<const std::int32_t>();
+  t.topk_head_stride = topk_idx.stride(0);
+  t.topk_token_stride = topk_idx.stride(1);
   return t;
 }
 
@@ -117,25 +121,57 @@ class StreamWorkspace {
 
 std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// The planner's choice (docs/kernels/slc_attn.md, "Choosing a path"): the forced path, or for
+// kAuto the cost model. The split's default threshold is a quarter of the tile: a dense pair then
+// wastes at most 3/4 of its rows' MMA work, which costs less than the gathered q rows and the
+// partials that a KV-outer pair writes and reads back (per row: 4*B*D flops at ~350 TFLOP/s
+// against (D + 2*Dv + 4) * 2 bytes at ~3 TB/s).
+struct ResolvedPath {
+  SlcKernelPath path;
+  int dense_threshold;  // the plan shape's (0 = no split)
+};
+
+ResolvedPath resolve_path(const SlcOptions& options, SlcPlanShape shape) {
+  const int threshold = options.dense_threshold > 0 ? options.dense_threshold : std::max(1, shape.block_size / 4);
+  switch (options.path) {
+    case SlcPath::kKvOuter: return {SlcKernelPath::kKvOuter, 0};
+    case SlcPath::kQueryOuter: return {SlcKernelPath::kQueryOuter, 0};
+    case SlcPath::kSplit: return {SlcKernelPath::kSplit, threshold};
+    case SlcPath::kAuto: break;
+  }
+  // The split's sort keys hold 19 bits of block index; beyond that every pair goes KV-outer.
+  if (shape.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0};
+  return {SlcKernelPath::kSplit, threshold};
+}
+
 }  // namespace
 
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
-                        const TensorView& lse) {
+                        const TensorView& lse, const SlcOptions& options) {
   FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
-  const SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
-  const std::int64_t slots = shape.tokens * q.size(1) * shape.width;
-  const std::size_t plan_bytes = align256(slc_plan_workspace_bytes(shape));
+  SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
+  const ResolvedPath resolved = resolve_path(options, shape);
+  shape.dense_threshold = resolved.dense_threshold;
+  // The query-outer path reads topk_idx directly: no plan, no partials.
+  const bool planned = resolved.path != SlcKernelPath::kQueryOuter;
+  const std::int64_t slots = planned ? shape.tokens * q.size(1) * shape.width : 0;
+  const std::size_t plan_bytes = planned ? align256(slc_plan_workspace_bytes(shape)) : 0;
   const std::size_t o_part_bytes = align256(static_cast<std::size_t>(slots * v.size(2)) * dtype_size(q.dtype));
   const std::size_t lse_part_bytes = align256(static_cast<std::size_t>(slots) * sizeof(float));
   StreamWorkspace ws(plan_bytes + o_part_bytes + lse_part_bytes, stream);
   FSA_RETURN_IF_ERROR(ws.status());
 
   SlcForwardParams p{};
-  p.plan = slc_plan_layout(shape, ws.bytes());
-  p.in = tensors_of(config, q, k, v, cu_seqlens);
+  p.path = resolved.path;
+  if (planned) {
+    p.plan = slc_plan_layout(shape, ws.bytes());
+  } else {
+    p.plan.shape = shape;
+  }
+  p.in = tensors_of(config, q, k, v, topk_idx, cu_seqlens);
   p.part.o = ws.bytes() + plan_bytes;
   p.part.lse = reinterpret_cast<float*>(ws.bytes() + plan_bytes + o_part_bytes);
   p.o = o.data;
@@ -144,7 +180,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   p.lse = lse.ptr<float>();
   p.lse_head_stride = lse.stride(0);
   p.lse_token_stride = lse.stride(1);
-  FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
+  if (planned) FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
   return dispatch("slc_attn_forward", q.dtype, static_cast<int>(q.size(2)), static_cast<int>(v.size(2)),
                   [&]<class Element, int kDqk, int kDv>() { return slc::launch_slc_forward<Element, kDqk, kDv>(p, stream); });
 }
@@ -152,7 +188,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                         const TensorView& dv) {
+                         const TensorView& dv, const SlcOptions& /*options: the backward runs KV-outer*/) {
   FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
   FSA_RETURN_IF_ERROR(check_rows_aligned("d_o", d_o));
   const DeviceGuard guard(q.device.index);
@@ -169,7 +205,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
 
   SlcBackwardParams p{};
   p.plan = slc_plan_layout(shape, ws.bytes());
-  p.in = tensors_of(config, q, k, v, cu_seqlens);
+  p.in = tensors_of(config, q, k, v, topk_idx, cu_seqlens);
   p.o = o.data;
   p.d_o = d_o.data;
   p.o_token_stride = o.stride(0);

@@ -80,6 +80,48 @@ __device__ __forceinline__ void cp_async_wait_all() {
   __pipeline_commit();
   __pipeline_wait_prior(0);
 }
+// Pipelined use: close the thread's current group of copies (possibly empty, so that every thread
+// counts the same groups), and wait until at most `kPending` of the thread's groups are in flight.
+__device__ __forceinline__ void cp_async_commit() { __pipeline_commit(); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  __pipeline_wait_prior(kPending);
+}
+
+// Issues cp.async copies of `count` rows of `dim` elements (16-byte vectors) from global rows into
+// shared rows of leading dimension `ld`; rows whose source is null are zero-filled. The caller waits
+// (cp_async_wait_all) and synchronises the CTA before reading.
+template <class Element, int kDim>
+__device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, const Element* const* sources) {
+  constexpr int kVectors = kDim * static_cast<int>(sizeof(Element)) / 16;
+  for (int idx = threadIdx.x; idx < count * kVectors; idx += blockDim.x) {
+    const int row = idx / kVectors, vec = idx % kVectors;
+    const Element* src = sources[row];
+    uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
+    if (src != nullptr) {
+      cp_async_16(to, reinterpret_cast<const uint4*>(src) + vec);
+    } else {
+      *to = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// cp.async copies of rows [0, valid) of a strided global matrix into shared rows of `ld`
+// elements; rows [valid, count) are zero-filled so that masked keys never multiply garbage.
+template <class Element, int kDim, int kThreads>
+__device__ __forceinline__ void issue_strided_rows(Element* dst, int ld, int count, int valid, const Element* src,
+                                                   long long stride) {
+  constexpr int kVectors = kDim * static_cast<int>(sizeof(Element)) / 16;
+  for (int idx = threadIdx.x; idx < count * kVectors; idx += kThreads) {
+    const int row = idx / kVectors, vec = idx % kVectors;
+    uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
+    if (row < valid) {
+      cp_async_16(to, reinterpret_cast<const uint4*>(src + row * stride) + vec);
+    } else {
+      *to = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
 
 // Shared-memory rows are padded by 8 16-bit elements (16 bytes) so that consecutive rows start in
 // different banks; WMMA needs leading dimensions that are multiples of 8 16-bit elements and

@@ -7,7 +7,8 @@
 //    registers, O = P V, and writes the row's normalized partial output and natural-log lse into
 //    the pair's slot.
 // 2. merge: one warp per (token, head) combines the row's partials by log-sum-exp into o and lse;
-//    a row without pairs gets o = 0 and lse = -inf.
+//    a row without pairs gets o = 0 and lse = -inf. With the dense/sparse split, the tile kernel
+//    (slc_tile_kernel.cuh) does this merge in its epilogue instead.
 // Every row is computed independently of the others in its chunk, so results do not depend on the
 // (atomic, run-dependent) order of the lists.
 #pragma once
@@ -17,6 +18,7 @@
 #include "kernels/common/mma_sm80.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
+#include "kernels/slc_attn/slc_tile_kernel.cuh"
 
 namespace fsa::cuda::slc {
 
@@ -37,24 +39,6 @@ struct FwdSmem {
   static constexpr std::size_t kRowsOffset = kQOffset + align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
   static constexpr std::size_t kBytes = kRowsOffset + align_up(sizeof(int) * 4 * kFwdChunkRows);
 };
-
-// Issues cp.async copies of `count` rows of `dim` elements (16-byte vectors) from global rows into
-// shared rows of leading dimension `ld`; rows whose source is null are zero-filled. The caller waits
-// (cp_async_wait_all) and synchronises the CTA before reading.
-template <class Element, int kDim>
-__device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, const Element* const* sources) {
-  constexpr int kVectors = kDim * static_cast<int>(sizeof(Element)) / 16;
-  for (int idx = threadIdx.x; idx < count * kVectors; idx += blockDim.x) {
-    const int row = idx / kVectors, vec = idx % kVectors;
-    const Element* src = sources[row];
-    uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
-    if (src != nullptr) {
-      cp_async_16(to, reinterpret_cast<const uint4*>(src) + vec);
-    } else {
-      *to = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
 
 template <class Element, int kDqk, int kDv, int kB>
 __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __grid_constant__ SlcForwardParams p) {
@@ -279,20 +263,17 @@ Status launch_kv_outer(const SlcForwardParams& p, cudaStream_t stream) {
   return Status::ok();
 }
 
-template <class Element, int kDqk, int kDv>
-Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
-  if (p.plan.shape.max_units() > 0) {
-    // The block size is a template argument so that the score fragments are sized at compile time.
-    switch (p.plan.shape.block_size) {
-      case 32: FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, 32>(p, stream))); break;
-      case 64: FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, 64>(p, stream))); break;
-      case 128: FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, 128>(p, stream))); break;
-      default:
-        return FSA_ERROR(StatusCode::kNotImplemented,
-                         "slc_attn_forward: block size " + std::to_string(p.plan.shape.block_size) +
-                             " (supported: 32, 64, 128)");
-    }
-  }
+// The kernels of one path, with the block size as a template argument (score fragments are sized
+// at compile time):
+//   kKvOuter:    KV-outer partials for every pair, then the merge kernel;
+//   kSplit:      KV-outer partials for the sparse pairs, then the tile kernel (dense blocks + merge);
+//   kQueryOuter: the tile kernel in query-outer mode alone (no plan, no partials).
+template <class Element, int kDqk, int kDv, int kB>
+Status launch_path(const SlcForwardParams& p, cudaStream_t stream) {
+  if (p.path != SlcKernelPath::kQueryOuter && p.plan.shape.max_units() > 0)
+    FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, kB>(p, stream)));
+  if (p.path == SlcKernelPath::kSplit) return launch_tile<Element, kDqk, kDv, kB, false>(p, stream);
+  if (p.path == SlcKernelPath::kQueryOuter) return launch_tile<Element, kDqk, kDv, kB, true>(p, stream);
   const long long rows = p.plan.shape.tokens * p.in.heads_q;
   if (rows > 0) {
     const long long ctas = (rows * 32 + kFwdThreads - 1) / kFwdThreads;
@@ -300,6 +281,19 @@ Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
     FSA_CHECK_LAUNCH("slc_fwd_merge_kernel", stream);
   }
   return Status::ok();
+}
+
+template <class Element, int kDqk, int kDv>
+Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
+  switch (p.plan.shape.block_size) {
+    case 32: return launch_path<Element, kDqk, kDv, 32>(p, stream);
+    case 64: return launch_path<Element, kDqk, kDv, 64>(p, stream);
+    case 128: return launch_path<Element, kDqk, kDv, 128>(p, stream);
+    default:
+      return FSA_ERROR(StatusCode::kNotImplemented, "slc_attn_forward: block size " +
+                                                        std::to_string(p.plan.shape.block_size) +
+                                                        " (supported: 32, 64, 128)");
+  }
 }
 
 }  // namespace fsa::cuda::slc

@@ -28,6 +28,10 @@ struct SlcTensors {
   std::int64_t cu_stride;
   int heads_q;
   float scale;  // softmax scale (natural-log domain)
+  // topk_idx [Hkv, N, width], read directly by the query-outer kernel (the planned paths read
+  // the plan instead).
+  const std::int32_t* topk;
+  std::int64_t topk_head_stride, topk_token_stride;
 };
 
 // Per-pair partial results of the KV-outer forward: normalized output and natural-log lse of the
@@ -37,7 +41,11 @@ struct SlcPartials {
   float* lse;
 };
 
+// Which kernels the forward runs (resolved from SlcOptions by the host; see launch_path).
+enum class SlcKernelPath : int { kKvOuter, kSplit, kQueryOuter };
+
 struct SlcForwardParams {
+  SlcKernelPath path;
   SlcPlan plan;
   SlcTensors in;
   SlcPartials part;

@@ -1,12 +1,17 @@
-// The selected-attention plan on the GPU: workspace layout and the builder. Five steps on one
+// The selected-attention plan on the GPU: workspace layout and the builder. Six steps on one
 // stream, no host synchronisation:
 //   1. block_offsets: one CTA scans nblk(n_b) over the sequences (nseq is small).
 //   2. pair_count = 0.
+//   2b. with the dense/sparse split, tile plan: one CTA per (kv head, query tile) sorts the tile's
+//      valid (block, token, slot) entries, so each block's tokens form a run; runs of at least
+//      dense_threshold tokens become the tile's dense blocks (in ascending order, by a block scan,
+//      so the plan is deterministic) and their entries are marked in dense_slots.
 //   3. count: one thread per (kv head, token) walks its topk row, keeps the valid first occurrences
 //      and takes a rank in each pair's list with an atomic (aggregated over the warp, since whole
 //      query tiles select the same forced blocks and would otherwise queue on one counter).
 //   4. pair_offsets and unit_offsets: device-wide exclusive scans (CUB) of the list sizes.
 //   5. fill: one thread per topk entry writes its pair into the CSR at offset + rank.
+#include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
 
@@ -56,7 +61,7 @@ cudaError_t run_scan(const SlcPlan& plan, std::int32_t* data, std::int64_t items
 // Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned.
 struct PlanLayout {
   std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, pair_slot, slot_mask,
-      scan_temp, scan_temp_bytes, total;
+      dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes, total;
 };
 
 PlanLayout plan_layout(const SlcPlanShape& shape) {
@@ -78,6 +83,12 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
   l.pair_token = take(pairs * sizeof(std::int32_t));
   l.pair_slot = take(pairs * sizeof(std::uint8_t));
   l.slot_mask = take(rows * sizeof(std::uint64_t));
+  const bool split = shape.dense_threshold > 0;
+  const auto dense = split ? lists * static_cast<std::size_t>(shape.dense_capacity()) : 0;
+  l.dense_count = take(split ? lists * sizeof(std::int32_t) : 0);
+  l.dense_block = take(dense * sizeof(std::int32_t));
+  l.dense_tokens = take(dense * SlcPlanShape::kMaskWords * sizeof(std::uint32_t));
+  l.dense_slots = take(split ? rows * sizeof(std::uint64_t) : 0);
   // A failed query (no usable device) leaves 0 bytes; build_slc_plan repeats the query and
   // reports the error then, where a Status can carry it. Clearing it here keeps a later launch
   // check from blaming an unrelated kernel.
@@ -111,8 +122,8 @@ __device__ __forceinline__ int sequence_of(const SlcPlanInputs& in, int num_seqs
 }
 
 // Whether entry value j already occurs among the earlier entries of the row. An earlier entry equal
-// to j is valid too (validity depends on the value alone), so it is a pair or a duplicate of an
-// earlier pair: comparing with the earlier pairs is enough.
+// to j is valid too (validity depends on the value alone), so it is kept or a duplicate of an
+// earlier kept entry: comparing with the earlier kept entries (bit mask) is enough.
 __device__ __forceinline__ bool among_earlier_pairs(const std::int32_t* topk_row, std::uint64_t earlier_pairs,
                                                     std::int32_t j) {
   for (; earlier_pairs != 0; earlier_pairs &= earlier_pairs - 1) {
@@ -175,20 +186,29 @@ __global__ void __launch_bounds__(kThreads) slc_count_pairs_kernel(const __grid_
     // outside the batch's sequences.
     std::int64_t last_block = -1;
     std::int64_t list_base = 0;
+    std::uint64_t dense = 0;  // entries the tile plan sent to the tile kernel
     if (in_grid && t >= first_token && t < end_token) {
       const int b = sequence_of(p.in, shape.num_seqs, t);
       last_block = (t - cu_at(p.in, b)) / shape.block_size;
       list_base = g * max_blocks + p.plan.block_offsets[b];
+      if (shape.dense_threshold > 0) dense = p.plan.dense_slots[row];
     }
     const std::int32_t* topk_row = p.in.topk + g * p.in.topk_head_stride + t * p.in.topk_token_stride;
-    std::uint64_t pairs = 0;
-    std::int32_t largest_pair = -1;  // a valid value above every earlier pair cannot be a duplicate
+    std::uint64_t kept = 0;   // first occurrences of valid blocks, dense or not
+    std::uint64_t pairs = 0;  // the kept entries that stay pairs of the KV-outer lists
+    std::int32_t largest_kept = -1;  // a valid value above every earlier kept one cannot be a duplicate
     for (int k = 0; k < width; ++k) {
       std::int32_t j = -1;
       bool is_pair = false;
       if (last_block >= 0) {
         j = topk_row[k];
-        is_pair = j >= 0 && j <= last_block && (j > largest_pair || !among_earlier_pairs(topk_row, pairs, j));
+        const bool is_kept =
+            j >= 0 && j <= last_block && (j > largest_kept || !among_earlier_pairs(topk_row, kept, j));
+        if (is_kept) {
+          kept |= std::uint64_t{1} << k;
+          largest_kept = max(largest_kept, j);
+        }
+        is_pair = is_kept && ((dense >> k) & 1u) == 0;
       }
       // check_shape keeps num_lists (<= max_units) within int32, so the 32-bit match suffices.
       const int list = is_pair ? static_cast<int>(list_base + j) : -1;
@@ -198,13 +218,132 @@ __global__ void __launch_bounds__(kThreads) slc_count_pairs_kernel(const __grid_
       if (is_pair && lane == leader) base = atomicAdd(p.plan.pair_count + list, __popc(peers));
       base = __shfl_sync(kFullWarp, base, leader);
       if (in_grid) p.plan.pair_rank[row * width + k] = is_pair ? base + __popc(peers & lanes_below) : -1;
-      if (is_pair) {
-        pairs |= std::uint64_t{1} << k;
-        largest_pair = max(largest_pair, j);
-      }
+      if (is_pair) pairs |= std::uint64_t{1} << k;
     }
     if (in_grid) p.plan.slot_mask[row] = pairs;
   }
+}
+
+// One CTA per (kv head g, query tile gb): the dense/sparse split of the tile's pairs. Each entry
+// (token u, slot k) of the tile's topk rows that is a first occurrence of a valid block j becomes
+// the key j << 13 | u << 6 | k; after a block radix sort the tokens of each block form a run, in
+// token order. Runs of at least dense_threshold tokens are the tile's dense blocks.
+template <int kItems>
+__global__ void __launch_bounds__(kThreads) slc_tile_plan_kernel(const __grid_constant__ PlanBuildParams p) {
+  constexpr int kEntries = kThreads * kItems;
+  constexpr std::uint32_t kNoKey = 0xffffffffu;
+  constexpr int kShift = SlcPlanShape::kSortKeyBlockShift;
+  using Sort = cub::BlockRadixSort<std::uint32_t, kThreads, kItems>;
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    std::uint32_t keys[kEntries];
+  } shared;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ unsigned dense_slot_words[SlcPlanShape::kMaxBlockSize][2];
+
+  const SlcPlanShape& shape = p.plan.shape;
+  const std::int64_t max_blocks = shape.max_blocks();
+  const std::int64_t s = blockIdx.x;
+  const std::int64_t g = s / max_blocks;
+  const int gb = static_cast<int>(s - g * max_blocks);
+  const int B = shape.block_size, width = shape.width;
+  if (gb >= p.plan.block_offsets[shape.num_seqs]) {  // a tile past the batch: no dense blocks
+    if (threadIdx.x == 0) p.plan.dense_count[s] = 0;
+    return;
+  }
+  int b = 0, hi = shape.num_seqs - 1;  // the tile's sequence: the last one whose first block is <= gb
+  while (b < hi) {
+    const int mid = b + (hi - b + 1) / 2;
+    if (p.plan.block_offsets[mid] <= gb) b = mid; else hi = mid - 1;
+  }
+  const int jt = gb - p.plan.block_offsets[b];  // the tile's own block: the largest valid entry
+  const std::int64_t t0 = cu_at(p.in, b) + static_cast<std::int64_t>(jt) * B;
+  const int tokens = min(B, static_cast<int>(cu_at(p.in, b + 1) - t0));
+  for (int i = threadIdx.x; i < SlcPlanShape::kMaxBlockSize * 2; i += kThreads) (&dense_slot_words[0][0])[i] = 0;
+
+  std::uint32_t keys[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int e = static_cast<int>(threadIdx.x) * kItems + i;
+    const int u = e / width, k = e - u * width;
+    keys[i] = kNoKey;
+    if (u < tokens) {
+      const std::int32_t* row = p.in.topk + g * p.in.topk_head_stride + (t0 + u) * p.in.topk_token_stride;
+      const std::int32_t j = row[k];
+      bool first = j >= 0 && j <= jt;
+      for (int earlier = 0; first && earlier < k; ++earlier) first = row[earlier] != j;
+      if (first)
+        keys[i] = static_cast<std::uint32_t>(j) << kShift | static_cast<std::uint32_t>(u) << 6 |
+                  static_cast<std::uint32_t>(k);
+    }
+  }
+  // Sort on the bits that can differ; kNoKey's low bits still compare above every valid key.
+  const int block_bits = 32 - __clz(jt);
+  Sort(shared.sort).Sort(keys, 0, min(32, kShift + block_bits + 1));
+  __syncthreads();  // the sort's storage becomes the array of sorted keys
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) shared.keys[threadIdx.x * kItems + i] = keys[i];
+  __syncthreads();
+
+  // A run starts where the block changes; its length is at most the tile's tokens (one entry per
+  // token and block after de-duplication).
+  auto run_length = [&](int start) {
+    int end = start + 1;
+    const std::uint32_t block = shared.keys[start] >> kShift;
+    while (end < kEntries && shared.keys[end] != kNoKey && (shared.keys[end] >> kShift) == block) ++end;
+    return end - start;
+  };
+  auto is_dense_head = [&](int e) {
+    const std::uint32_t key = shared.keys[e];
+    if (key == kNoKey) return false;
+    if (e > 0 && (shared.keys[e - 1] >> kShift) == (key >> kShift)) return false;
+    return run_length(e) >= shape.dense_threshold;
+  };
+  int mine = 0;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) mine += is_dense_head(static_cast<int>(threadIdx.x) * kItems + i) ? 1 : 0;
+  int index = 0, total = 0;
+  Scan(scan_storage).ExclusiveSum(mine, index, total);
+  const std::int64_t capacity = shape.dense_capacity();
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int e = static_cast<int>(threadIdx.x) * kItems + i;
+    if (!is_dense_head(e)) continue;
+    const int length = run_length(e);
+    std::uint32_t mask[SlcPlanShape::kMaskWords] = {};
+    for (int r = e; r < e + length; ++r) {
+      const std::uint32_t u = (shared.keys[r] >> 6) & 127u, k = shared.keys[r] & 63u;
+#pragma unroll
+      for (int w = 0; w < SlcPlanShape::kMaskWords; ++w)
+        mask[w] |= u / 32 == static_cast<unsigned>(w) ? 1u << (u % 32) : 0u;
+      atomicOr(&dense_slot_words[u][k / 32], 1u << (k % 32));
+    }
+    const std::int64_t at = s * capacity + index++;
+    p.plan.dense_block[at] = static_cast<std::int32_t>(shared.keys[e] >> kShift);
+#pragma unroll
+    for (int w = 0; w < SlcPlanShape::kMaskWords; ++w) p.plan.dense_tokens[at * SlcPlanShape::kMaskWords + w] = mask[w];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) p.plan.dense_count[s] = total;
+  for (int u = threadIdx.x; u < tokens; u += kThreads)
+    p.plan.dense_slots[g * shape.tokens + t0 + u] =
+        static_cast<std::uint64_t>(dense_slot_words[u][1]) << 32 | dense_slot_words[u][0];
+}
+
+// The tile plan with enough sort items per thread for a tile's block_size * width entries.
+Status launch_tile_plan(const PlanBuildParams& p, cudaStream_t stream) {
+  const std::int64_t entries = static_cast<std::int64_t>(p.plan.shape.block_size) * p.plan.shape.width;
+  const auto grid = static_cast<unsigned>(p.plan.shape.num_lists());
+  if (grid == 0) return Status::ok();
+  if (entries <= kThreads) slc_tile_plan_kernel<1><<<grid, kThreads, 0, stream>>>(p);
+  else if (entries <= 2 * kThreads) slc_tile_plan_kernel<2><<<grid, kThreads, 0, stream>>>(p);
+  else if (entries <= 4 * kThreads) slc_tile_plan_kernel<4><<<grid, kThreads, 0, stream>>>(p);
+  else if (entries <= 8 * kThreads) slc_tile_plan_kernel<8><<<grid, kThreads, 0, stream>>>(p);
+  else if (entries <= 16 * kThreads) slc_tile_plan_kernel<16><<<grid, kThreads, 0, stream>>>(p);
+  else slc_tile_plan_kernel<32><<<grid, kThreads, 0, stream>>>(p);
+  FSA_CHECK_LAUNCH("slc_tile_plan_kernel", stream);
+  return Status::ok();
 }
 
 // Item s < num_lists gets the size of list s, the trailing item 0; the in-place scans that follow
@@ -260,6 +399,14 @@ Status check_shape(const SlcPlanShape& s) {
     return FSA_INVALID("width: expected 0.." + std::to_string(SlcPlanShape::kMaxWidth) + " topk entries per row, got " +
                        std::to_string(s.width));
   // Offsets are int32, and only bounds from shapes can be checked without reading the device.
+  if (s.dense_threshold < 0)
+    return FSA_INVALID("dense_threshold: expected >= 0, got " + std::to_string(s.dense_threshold));
+  if (s.dense_threshold > 0 &&
+      (s.block_size > SlcPlanShape::kMaxBlockSize || s.max_blocks() > SlcPlanShape::kMaxSplitBlocks))
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "dense_threshold: the dense/sparse split supports block sizes up to " +
+                         std::to_string(SlcPlanShape::kMaxBlockSize) + " and up to " +
+                         std::to_string(SlcPlanShape::kMaxSplitBlocks) + " blocks");
   if (s.max_pairs() > INT32_MAX || s.max_units() > INT32_MAX)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "topk_idx: heads_kv * N * width = " + std::to_string(s.max_pairs()) +
@@ -284,6 +431,10 @@ SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace) {
   plan.pair_token = reinterpret_cast<std::int32_t*>(base + l.pair_token);
   plan.pair_slot = base + l.pair_slot;
   plan.slot_mask = reinterpret_cast<std::uint64_t*>(base + l.slot_mask);
+  plan.dense_count = reinterpret_cast<std::int32_t*>(base + l.dense_count);
+  plan.dense_block = reinterpret_cast<std::int32_t*>(base + l.dense_block);
+  plan.dense_tokens = reinterpret_cast<std::uint32_t*>(base + l.dense_tokens);
+  plan.dense_slots = reinterpret_cast<std::uint64_t*>(base + l.dense_slots);
   plan.scan_temp = base + l.scan_temp;
   plan.scan_temp_bytes = l.scan_temp_bytes;
   return plan;
@@ -310,6 +461,7 @@ Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t
     FSA_CUDA_CHECK(cudaMemsetAsync(plan.pair_count, 0,
                                    static_cast<std::size_t>(shape.num_lists()) * sizeof(std::int32_t), stream));
   }
+  if (shape.dense_threshold > 0) FSA_RETURN_IF_ERROR(launch_tile_plan(p, stream));
   if (rows > 0) {
     slc_count_pairs_kernel<<<grid_for(rows), kThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_count_pairs_kernel", stream);

@@ -18,6 +18,16 @@
 // h = g * G + i of token pair_token[pair_offsets[s] + e]. Work units cut each list's rows into
 // pieces of at most kRowsPerUnit rows; unit_offsets is the exclusive prefix sum of the units of
 // the lists, so unit u belongs to the list s with unit_offsets[s] <= u < unit_offsets[s+1].
+//
+// Dense/sparse split (shape.dense_threshold > 0). Query tile gb is the B tokens of global block gb
+// (the tokens of key block j of sequence b), so the (kv head, tile) pairs are numbered like the
+// lists. A (kv head, tile, key block) triple is dense when at least dense_threshold of the tile's
+// tokens selected the block: dense triples go to the tile kernel (flash attention over the tile's
+// dense blocks with a token mask per block) and are left out of the lists; the rest stay pairs of
+// the KV-outer path. Tile s has dense_count[s] dense blocks, ascending, at dense_block[s * cap ..]
+// with the tokens that selected each in dense_tokens[(s * cap + i) * kMaskWords ..] (bit u = token
+// t0 + u of the tile). dense_slots[g, t] has bit k set when entry k of the row went dense;
+// slot_mask then holds only the sparse (KV-outer) slots.
 #pragma once
 
 #include <cstddef>
@@ -33,8 +43,17 @@ struct SlcPlanShape {
   int width = 0;       // Kw, the topk_idx row width (<= kMaxWidth)
   int block_size = 64; // B
 
+  // Minimum tokens of one query tile that must select a block for the (tile, block) pair to run in
+  // the tile kernel; 0 disables the split (every pair goes KV-outer).
+  int dense_threshold = 0;
+
   static constexpr int kMaxWidth = 64;        // slot masks are one uint64 per (g, t)
   static constexpr int kRowsPerUnit = 256;    // rows per work unit: amortises the K/V load and the dK/dV atomics
+  static constexpr int kMaskWords = 4;        // token masks of a dense block: B <= 128 bits
+  static constexpr int kMaxBlockSize = 32 * kMaskWords;
+  // The tile planner sorts (block, token, slot) keys of 32 bits: 6 bits of slot, 7 of token.
+  static constexpr int kSortKeyBlockShift = 13;
+  static constexpr std::int64_t kMaxSplitBlocks = std::int64_t{1} << (32 - kSortKeyBlockShift);
 
   // constexpr so device code can call them too (built with --expt-relaxed-constexpr).
   // Upper bound of the global blocks (== query tiles) of any packed batch of these shapes.
@@ -44,6 +63,12 @@ struct SlcPlanShape {
   // sum_s ceil(rows_s / R) <= sum_s rows_s / R + num_lists, with sum_s rows_s <= max_pairs * G.
   constexpr std::int64_t max_units() const {
     return (max_pairs() * group + kRowsPerUnit - 1) / kRowsPerUnit + num_lists();
+  }
+  // Dense blocks one tile can hold: every one has >= dense_threshold of the tile's B * width
+  // entries.
+  constexpr std::int64_t dense_capacity() const {
+    return dense_threshold > 0 ? (static_cast<std::int64_t>(block_size) * width + dense_threshold - 1) / dense_threshold
+                               : 0;
   }
 };
 
@@ -57,7 +82,11 @@ struct SlcPlan {
   std::int32_t* pair_rank;      // [heads_kv, N, width] rank of the entry in its list, -1 if ignored
   std::int32_t* pair_token;     // [max_pairs]          global token of each CSR entry
   std::uint8_t* pair_slot;      // [max_pairs]          slot k (< width) of each CSR entry
-  std::uint64_t* slot_mask;     // [heads_kv, N]        bit k: entry k of the row is a pair
+  std::uint64_t* slot_mask;     // [heads_kv, N]        bit k: entry k of the row is a (sparse) pair
+  std::int32_t* dense_count;    // [num_lists]          dense blocks of each (kv head, tile); split only
+  std::int32_t* dense_block;    // [num_lists, dense_capacity] local block index j, ascending
+  std::uint32_t* dense_tokens;  // [num_lists, dense_capacity, kMaskWords] tokens of the tile that chose it
+  std::uint64_t* dense_slots;   // [heads_kv, N]        bit k: entry k of the row went dense
   void* scan_temp;              // CUB scan scratch
   std::size_t scan_temp_bytes;
 };
