@@ -86,8 +86,9 @@ enum class SlcPath {
 
 struct SlcOptions {
   SlcPath path = SlcPath::kAuto;
-  // kSplit: a (query tile, block) pair is dense when at least this many of the tile's tokens
-  // selected the block; 0 = the cost model's threshold. 1 makes every pair dense.
+  // A (query tile, block) pair is dense when at least this many of the tile's tokens selected the
+  // block; 0 = the cost model's threshold (B / 4). With kSplit forced, 1 makes every pair dense.
+  // (kAuto also sends a tile's pairs KV-outer when it has fewer than 4 dense blocks.)
   int dense_threshold = 0;
 };
 

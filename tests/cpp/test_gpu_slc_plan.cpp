@@ -2,7 +2,9 @@
 // built on the device is compared with a host computation that follows spec section 5 literally:
 // block offsets, list sizes and offsets, work-unit offsets and slot masks exactly; the entries of
 // each list as a multiset (their order inside a list is not deterministic); and every pair_rank
-// against the CSR entry it points to. Workspaces are poisoned first, so unwritten outputs show.
+// against the CSR entry it points to. With the dense/sparse split (dense_threshold > 0) also each
+// tile's dense blocks, their token masks and the rows' dense slots exactly, and the lists without
+// the dense pairs. Workspaces are poisoned first, so unwritten outputs show.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -115,6 +117,10 @@ int blocks_of(std::int64_t n, int block_size) { return static_cast<int>((n + blo
 struct ExpectedPlan {
   std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets;
   std::vector<std::uint64_t> slot_mask;
+  // Split only: per (kv head, tile) its dense blocks ascending with their token masks; per row the
+  // slots that went dense.
+  std::vector<std::vector<std::pair<std::int32_t, std::vector<std::uint32_t>>>> dense;
+  std::vector<std::uint64_t> dense_slots;
   std::vector<std::int64_t> list_of_entry;  // [heads_kv, N, width]: list of a pair, -1 for ignored entries
   std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> lists;  // (token, slot), sorted
 };
@@ -130,21 +136,52 @@ ExpectedPlan expected_plan(const Problem& p) {
   e.pair_count.assign(lists, 0);
   e.lists.resize(lists);
   e.slot_mask.assign(static_cast<std::size_t>(s.heads_kv * s.tokens), 0);
+  e.dense_slots.assign(static_cast<std::size_t>(s.heads_kv * s.tokens), 0);
+  e.dense.resize(lists);
   e.list_of_entry.assign(static_cast<std::size_t>(s.max_pairs()), -1);
+  auto is_pair = [&](int g, std::int64_t t, int k, std::int64_t bq, std::int64_t nblk) {
+    const std::int64_t j = p.topk_at(g, t, k);
+    if (j < 0 || j > bq || j >= nblk) return false;
+    for (int earlier = 0; earlier < k; ++earlier)
+      if (p.topk_at(g, t, earlier) == j) return false;
+    return true;
+  };
   for (int g = 0; g < s.heads_kv; ++g) {
     for (int b = 0; b < s.num_seqs; ++b) {
       const std::int64_t start = p.cu_at(b), n = p.cu_at(b + 1) - start;
       const std::int64_t nblk = blocks_of(n, B);
+      // The split: per query tile (the tokens of one block), blocks picked by >= threshold tokens.
+      std::vector<std::vector<std::uint32_t>> tokens_of_block;
+      for (std::int64_t tile = 0; s.dense_threshold > 0 && tile < nblk; ++tile) {
+        tokens_of_block.assign(static_cast<std::size_t>(tile + 1), std::vector<std::uint32_t>(4, 0u));
+        std::vector<int> count(static_cast<std::size_t>(tile + 1), 0);
+        for (std::int64_t t = start + tile * B; t < std::min(start + n, start + (tile + 1) * B); ++t)
+          for (int k = 0; k < s.width; ++k) {
+            if (!is_pair(g, t, k, tile, nblk)) continue;
+            const auto j = static_cast<std::size_t>(p.topk_at(g, t, k));
+            const auto u = static_cast<std::uint32_t>(t - start - tile * B);
+            tokens_of_block[j][u / 32] |= 1u << (u % 32);
+            ++count[j];
+          }
+        const std::int64_t list = g * s.max_blocks() + e.block_offsets[static_cast<std::size_t>(b)] + tile;
+        const auto dense_blocks = std::count_if(count.begin(), count.end(), [&](int c) { return c >= s.dense_threshold; });
+        if (dense_blocks < s.min_dense_blocks) count.assign(count.size(), 0);  // too few: all sparse
+        for (std::size_t j = 0; j < count.size(); ++j)
+          if (count[j] >= s.dense_threshold)
+            e.dense[static_cast<std::size_t>(list)].emplace_back(static_cast<std::int32_t>(j), tokens_of_block[j]);
+        for (std::int64_t t = start + tile * B; t < std::min(start + n, start + (tile + 1) * B); ++t)
+          for (int k = 0; k < s.width; ++k)
+            if (is_pair(g, t, k, tile, nblk) && count[static_cast<std::size_t>(p.topk_at(g, t, k))] >= s.dense_threshold)
+              e.dense_slots[static_cast<std::size_t>(g * s.tokens + t)] |= std::uint64_t{1} << k;
+      }
       for (std::int64_t t = start; t < start + n; ++t) {
         const std::int64_t bq = (t - start) / B;
         for (int k = 0; k < s.width; ++k) {
-          const std::int64_t j = p.topk_at(g, t, k);
-          if (j < 0 || j > bq || j >= nblk) continue;
-          bool duplicate = false;
-          for (int earlier = 0; earlier < k; ++earlier) duplicate = duplicate || p.topk_at(g, t, earlier) == j;
-          if (duplicate) continue;
-          const std::int64_t list = g * s.max_blocks() + e.block_offsets[static_cast<std::size_t>(b)] + j;
+          if (!is_pair(g, t, k, bq, nblk)) continue;
           const std::int64_t row = g * s.tokens + t;
+          if ((e.dense_slots[static_cast<std::size_t>(row)] >> k) & 1u) continue;
+          const std::int64_t j = p.topk_at(g, t, k);
+          const std::int64_t list = g * s.max_blocks() + e.block_offsets[static_cast<std::size_t>(b)] + j;
           e.list_of_entry[static_cast<std::size_t>(row * s.width + k)] = list;
           e.slot_mask[static_cast<std::size_t>(row)] |= std::uint64_t{1} << k;
           ++e.pair_count[static_cast<std::size_t>(list)];
@@ -170,6 +207,9 @@ struct HostPlan {
   std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token;
   std::vector<std::uint8_t> pair_slot;
   std::vector<std::uint64_t> slot_mask;
+  std::vector<std::int32_t> dense_count, dense_block;  // split only
+  std::vector<std::uint32_t> dense_tokens;
+  std::vector<std::uint64_t> dense_slots;
 };
 
 HostPlan download_plan(const SlcPlan& plan) {
@@ -183,6 +223,12 @@ HostPlan download_plan(const SlcPlan& plan) {
   h.pair_token = download(plan.pair_token, s.max_pairs());
   h.pair_slot = download(plan.pair_slot, s.max_pairs());
   h.slot_mask = download(plan.slot_mask, s.heads_kv * s.tokens);
+  if (s.dense_threshold > 0) {
+    h.dense_count = download(plan.dense_count, s.num_lists());
+    h.dense_block = download(plan.dense_block, s.num_lists() * s.dense_capacity());
+    h.dense_tokens = download(plan.dense_tokens, s.num_lists() * s.dense_capacity() * SlcPlanShape::kMaskWords);
+    h.dense_slots = download(plan.dense_slots, s.heads_kv * s.tokens);
+  }
   return h;
 }
 
@@ -206,6 +252,30 @@ void check_plan(const Problem& p, const HostPlan& got, const std::string& where)
   expect_same("pair_offsets", got.pair_offsets, e.pair_offsets, where);
   expect_same("unit_offsets", got.unit_offsets, e.unit_offsets, where);
   expect_same("slot_mask", got.slot_mask, e.slot_mask, where);
+  if (s.dense_threshold > 0) {
+    // dense_slots of rows outside every sequence are never written (nor read).
+    std::vector<std::uint64_t> dense_slots = got.dense_slots;
+    for (int g = 0; g < s.heads_kv; ++g)
+      for (std::int64_t t = p.cu_at(s.num_seqs); t < s.tokens; ++t)
+        dense_slots[static_cast<std::size_t>(g * s.tokens + t)] = 0;
+    expect_same("dense_slots", dense_slots, e.dense_slots, where);
+    std::size_t bad_tiles = 0;
+    for (std::size_t tile = 0; tile < e.dense.size(); ++tile) {
+      const auto& want = e.dense[tile];
+      bool ok = got.dense_count[tile] == static_cast<std::int32_t>(want.size());
+      for (std::size_t i = 0; ok && i < want.size(); ++i) {
+        const std::size_t at = tile * static_cast<std::size_t>(s.dense_capacity()) + i;
+        ok = got.dense_block[at] == want[i].first;
+        for (int w = 0; w < SlcPlanShape::kMaskWords; ++w)
+          ok = ok && got.dense_tokens[at * SlcPlanShape::kMaskWords + static_cast<std::size_t>(w)] ==
+                         want[i].second[static_cast<std::size_t>(w)];
+      }
+      if (!ok && bad_tiles++ == 0)
+        ADD_FAILURE() << where << ": tile " << tile << " has " << got.dense_count[tile] << " dense blocks, want "
+                      << want.size() << " (or other blocks / token masks)";
+    }
+    EXPECT_EQ(bad_tiles, 0u) << where;
+  }
   if (::testing::Test::HasFailure()) return;  // the checks below index with the offsets
 
   std::size_t bad_lists = 0;
@@ -272,7 +342,8 @@ void build_and_check(const Problem& p, const std::string& where) {
 
 std::string describe(const Problem& p) {
   const SlcPlanShape& s = p.shape;
-  return "N=" + std::to_string(s.tokens) + " nseq=" + std::to_string(s.num_seqs) +
+  return "threshold=" + std::to_string(s.dense_threshold) + " min_dense=" + std::to_string(s.min_dense_blocks) +
+         " N=" + std::to_string(s.tokens) + " nseq=" + std::to_string(s.num_seqs) +
          " Hkv=" + std::to_string(s.heads_kv) +
          " G=" + std::to_string(s.group) + " width=" + std::to_string(s.width) + " B=" + std::to_string(s.block_size);
 }
@@ -419,6 +490,28 @@ TEST_F(SlcPlanGpu, RandomRowsMatchHostPlan) {
         const int row_padding = width % 2 == 0 ? 3 : 0;
         const std::int64_t cu_stride = group == 3 ? 2 : 1;
         Problem p = make_problem(lengths, heads_kv, group, width, block_size, spare_tokens, row_padding, cu_stride);
+        fill_random_topk(p, rng);
+        build_and_check(p, describe(p));
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+// The dense/sparse split over the same kinds of batches: every pair dense (1), thresholds that
+// split real tiles, and none dense (above B), for every sort width (block size x row width).
+TEST_F(SlcPlanGpu, SplitMatchesHostPlan) {
+  auto rng = rng_for_test();
+  for (const int block_size : {32, 64, 128}) {
+    for (const int width : {1, 5, 16, 64}) {
+      for (const auto [threshold, min_dense] :
+           {std::pair{1, 1}, {3, 1}, {3, 4}, {block_size / 4, 1}, {block_size / 4, 4}, {block_size + 1, 1}}) {
+        std::vector<std::int32_t> lengths = {0, 1, 2 * block_size + 5, 3 * block_size, 7, block_size + 1};
+        std::uniform_int_distribution<std::int32_t> length(0, 6 * block_size);
+        for (int i = 0; i < 3; ++i) lengths.push_back(length(rng));
+        Problem p = make_problem(lengths, 2, 4, width, block_size, /*spare_tokens=*/2, width % 2 == 0 ? 3 : 0);
+        p.shape.dense_threshold = threshold;
+        p.shape.min_dense_blocks = min_dense;
         fill_random_topk(p, rng);
         build_and_check(p, describe(p));
         if (HasFailure()) return;

@@ -80,9 +80,11 @@ std::vector<double> make_topk(const BenchConfig& c, const NsaConfig& config, con
 }
 
 // The share of (token, block) pairs that the split sends to the tile kernel: pairs whose block was
-// picked by at least `threshold` tokens of the token's query tile (the plan's rule, computed here
-// from the same rows to report it). Rows are sorted and distinct, as make_topk writes them.
-double dense_fraction(const BenchConfig& c, const NsaConfig& config, const std::vector<double>& topk, int threshold) {
+// picked by at least `threshold` tokens of the token's query tile, in tiles with at least
+// `min_dense` such blocks (the plan's rules, computed here from the same rows to report them).
+// Rows are sorted and distinct, as make_topk writes them.
+double dense_fraction(const BenchConfig& c, const NsaConfig& config, const std::vector<double>& topk, int threshold,
+                      int min_dense) {
   std::int64_t n_total = 0;
   for (std::int64_t s : c.seqlens) n_total += s;
   const int K = config.topk, B = config.block_size;
@@ -94,16 +96,17 @@ double dense_fraction(const BenchConfig& c, const NsaConfig& config, const std::
       for (std::int64_t t0 = 0; t0 < n; t0 += B) {
         const std::int64_t t1 = std::min<std::int64_t>(n, t0 + B);
         count.assign(static_cast<std::size_t>(t0 / B + 1), 0);
+        int dense_blocks = 0;
         for (int pass = 0; pass < 2; ++pass)
           for (std::int64_t t = t0; t < t1; ++t)
             for (int k = 0; k < K; ++k) {
               const double j = topk[static_cast<std::size_t>((g * n_total + start + t) * K + k)];
               if (j < 0) continue;
               if (pass == 0) {
-                ++count[static_cast<std::size_t>(j)];
+                dense_blocks += ++count[static_cast<std::size_t>(j)] == threshold ? 1 : 0;
               } else {
                 ++pairs;
-                dense += count[static_cast<std::size_t>(j)] >= threshold ? 1 : 0;
+                dense += dense_blocks >= min_dense && count[static_cast<std::size_t>(j)] >= threshold ? 1 : 0;
               }
             }
       }
@@ -215,9 +218,12 @@ int run_bench_selected(const BenchOptions& options) {
       const std::vector<double> topk_host = make_topk(c, config, pattern, &keys);
       if (s.is_ok()) s = topk.upload(topk_host);
       const int threshold = options.dense_threshold > 0 ? options.dense_threshold : config.block_size / 4;
-      const double dense_pct = 100.0 * dense_fraction(c, config, topk_host, threshold);
       for (const std::string& path : paths) {
       const SlcOptions slc = slc_options(path, options.dense_threshold);
+      // The split's share for the paths that plan it (auto also needs 4 dense blocks per tile).
+      const double dense_pct = path == "auto"    ? 100.0 * dense_fraction(c, config, topk_host, threshold, 4)
+                               : path == "split" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 1)
+                                                 : 0.0;
       cudaMemPool_t pool;
       cudaDeviceGetDefaultMemPool(&pool, 0);
       std::uint64_t zero = 0;
@@ -247,11 +253,9 @@ int run_bench_selected(const BenchOptions& options) {
       const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);
       const double bwd_tflops = per_key_bwd * static_cast<double>(keys) / (bwd.median * 1e9);
       char line[512];
-      // The split's share is reported for the paths that plan it.
-      const bool splits = path == "auto" || path == "split";
       std::snprintf(line, sizeof line, "%s,%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f,%.1f", c.name.c_str(),
                     pattern.c_str(), path.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops, bwd.median, bwd.min,
-                    bwd.max, bwd_tflops, static_cast<double>(peak) / (1 << 20), splits ? dense_pct : 0.0);
+                    bwd.max, bwd_tflops, static_cast<double>(peak) / (1 << 20), dense_pct);
       std::printf("%s\n", line);
       std::fflush(stdout);
       if (csv) std::fprintf(csv, "%s\n", line);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/stream_workspace.hpp"
 #include "kernels/slc_attn/slc_attn.hpp"
 #include "kernels/slc_attn/slc_bwd_launch.hpp"
 #include "kernels/slc_attn/slc_fwd_launch.hpp"
@@ -97,51 +98,39 @@ SlcPlanInputs plan_inputs(const TensorView& topk_idx, const TensorView& cu_seqle
           cu_seqlens.ptr<const std::int32_t>(), cu_seqlens.stride(0)};
 }
 
-// A stream-ordered workspace: allocated and freed on the stream, so the call never waits for the
-// host and stays capturable in a CUDA graph.
-class StreamWorkspace {
- public:
-  StreamWorkspace(std::size_t bytes, cudaStream_t stream)
-      : stream_(stream),
-        status_(cuda_status(cudaMallocAsync(&data_, bytes > 0 ? bytes : 256, stream), "cudaMallocAsync", __FILE__,
-                            __LINE__)) {}
-  ~StreamWorkspace() {
-    if (data_ != nullptr) cudaFreeAsync(data_, stream_);
-  }
-  StreamWorkspace(const StreamWorkspace&) = delete;
-  StreamWorkspace& operator=(const StreamWorkspace&) = delete;
-  const Status& status() const { return status_; }
-  unsigned char* bytes() const { return static_cast<unsigned char*>(data_); }
-
- private:
-  void* data_ = nullptr;
-  cudaStream_t stream_;
-  Status status_;
-};
-
-std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+using common::align256;
+using common::StreamWorkspace;
 
 // The planner's choice (docs/kernels/slc_attn.md, "Choosing a path"): the forced path, or for
-// kAuto the cost model. The split's default threshold is a quarter of the tile: a dense pair then
-// wastes at most 3/4 of its rows' MMA work, which costs less than the gathered q rows and the
-// partials that a KV-outer pair writes and reads back (per row: 4*B*D flops at ~350 TFLOP/s
-// against (D + 2*Dv + 4) * 2 bytes at ~3 TB/s).
+// kAuto the split with two rules measured on H100 (bench/results/h100-selected.csv):
+// - a (tile, block) pair is dense when a quarter of the tile's tokens picked the block: it then
+//   wastes at most 3/4 of its rows' MMA work, which costs less than the gathered q rows and the
+//   partials a KV-outer pair writes and reads back (per row: 4 * B * D flops at ~350 TFLOP/s
+//   against (Dqk + 2 * Dv + 4) * 2 bytes at ~3 TB/s);
+// - a tile needs at least 4 dense blocks to go to the tile kernel (SlcPlanShape::min_dense_blocks).
+// So selections whose neighbouring tokens share blocks run mostly in the tile kernel (S64-G4 local:
+// 4.0 ms against 6.7 ms KV-outer), and random ones, whose tiles share only the 3 forced blocks, run
+// KV-outer. Query-outer is never chosen: at G = 16, where a token's heads fill an MMA tile, its
+// L2 traffic (32 KB of K/V per pair) still made it slower than KV-outer (27.7 against 26.0 ms).
 struct ResolvedPath {
   SlcKernelPath path;
-  int dense_threshold;  // the plan shape's (0 = no split)
+  int dense_threshold;   // the plan shape's (0 = no split)
+  int min_dense_blocks;  // the plan shape's
 };
 
-ResolvedPath resolve_path(const SlcOptions& options, SlcPlanShape shape) {
+constexpr int kAutoMinDenseBlocks = 4;
+
+ResolvedPath resolve_path(const SlcOptions& options, const SlcPlanShape& shape) {
   const int threshold = options.dense_threshold > 0 ? options.dense_threshold : std::max(1, shape.block_size / 4);
   switch (options.path) {
-    case SlcPath::kKvOuter: return {SlcKernelPath::kKvOuter, 0};
-    case SlcPath::kQueryOuter: return {SlcKernelPath::kQueryOuter, 0};
-    case SlcPath::kSplit: return {SlcKernelPath::kSplit, threshold};
+    case SlcPath::kKvOuter: return {SlcKernelPath::kKvOuter, 0, 1};
+    case SlcPath::kQueryOuter: return {SlcKernelPath::kQueryOuter, 0, 1};
+    case SlcPath::kSplit: return {SlcKernelPath::kSplit, threshold, 1};  // forced: the threshold alone decides
     case SlcPath::kAuto: break;
   }
   // The split's sort keys hold 19 bits of block index; beyond that every pair goes KV-outer.
-  if (shape.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0};
-  return {SlcKernelPath::kSplit, threshold};
+  if (shape.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0, 1};
+  return {SlcKernelPath::kSplit, threshold, kAutoMinDenseBlocks};
 }
 
 }  // namespace
@@ -150,11 +139,13 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                         const TensorView& lse, const SlcOptions& options) {
   FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("o", o));  // written in 4-16 byte vectors
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
   const ResolvedPath resolved = resolve_path(options, shape);
   shape.dense_threshold = resolved.dense_threshold;
+  shape.min_dense_blocks = resolved.min_dense_blocks;
   // The query-outer path reads topk_idx directly: no plan, no partials.
   const bool planned = resolved.path != SlcKernelPath::kQueryOuter;
   const std::int64_t slots = planned ? shape.tokens * q.size(1) * shape.width : 0;

@@ -7,6 +7,7 @@
 #include <cuda_pipeline_primitives.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/slc_attn/slc_plan.hpp"
 
@@ -121,6 +122,28 @@ __device__ __forceinline__ void issue_strided_rows(Element* dst, int ld, int cou
       *to = make_uint4(0, 0, 0, 0);
     }
   }
+}
+
+// kCount contiguous 16-bit elements (kCount in {2, 4, 8}: one 4, 8 or 16-byte access) to floats
+// and back. The pointer must be aligned to the vector.
+template <class Element, int kCount>
+__device__ __forceinline__ void load_vector(const Element* src, float (&out)[kCount]) {
+  static_assert(kCount == 2 || kCount == 4 || kCount == 8, "4, 8 or 16-byte vectors");
+  using Vector = std::conditional_t<kCount == 2, unsigned, std::conditional_t<kCount == 4, uint2, uint4>>;
+  const Vector raw = *reinterpret_cast<const Vector*>(src);
+  const auto* elements = reinterpret_cast<const Element*>(&raw);
+#pragma unroll
+  for (int c = 0; c < kCount; ++c) out[c] = Convert<Element>::to_float(elements[c]);
+}
+template <class Element, int kCount>
+__device__ __forceinline__ void store_vector(Element* dst, const float (&in)[kCount]) {
+  static_assert(kCount == 2 || kCount == 4 || kCount == 8, "4, 8 or 16-byte vectors");
+  using Vector = std::conditional_t<kCount == 2, unsigned, std::conditional_t<kCount == 4, uint2, uint4>>;
+  Vector raw;
+  auto* elements = reinterpret_cast<Element*>(&raw);
+#pragma unroll
+  for (int c = 0; c < kCount; ++c) elements[c] = Convert<Element>::from_float(in[c]);
+  *reinterpret_cast<Vector*>(dst) = raw;
 }
 
 // Shared-memory rows are padded by 8 16-bit elements (16 bytes) so that consecutive rows start in

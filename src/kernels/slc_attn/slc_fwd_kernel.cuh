@@ -8,7 +8,7 @@
 //    the pair's slot.
 // 2. merge: one warp per (token, head) combines the row's partials by log-sum-exp into o and lse;
 //    a row without pairs gets o = 0 and lse = -inf. With the dense/sparse split, the tile kernel
-//    (slc_tile_kernel.cuh) does this merge in its epilogue instead.
+//    (slc_tile_kernel.cuh) first writes each row's dense part there, and the merge adds it in.
 // Every row is computed independently of the others in its chunk, so results do not depend on the
 // (atomic, run-dependent) order of the lists.
 #pragma once
@@ -36,8 +36,12 @@ struct FwdSmem {
   static constexpr std::size_t kKOffset = 0;
   static constexpr std::size_t kVOffset = kKOffset + align_up(sizeof(Element) * kB * kLdQk);
   static constexpr std::size_t kQOffset = kVOffset + align_up(sizeof(Element) * kB * kLdV);
-  static constexpr std::size_t kRowsOffset = kQOffset + align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
-  static constexpr std::size_t kBytes = kRowsOffset + align_up(sizeof(int) * 4 * kFwdChunkRows);
+  // Two buffers of gathered query rows and their row tables: the next chunk's rows load while this
+  // chunk computes.
+  static constexpr std::size_t kQBytes = align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
+  static constexpr std::size_t kRowsOffset = kQOffset + 2 * kQBytes;
+  static constexpr std::size_t kRowTableBytes = align_up(sizeof(int) * 4 * kFwdChunkRows);
+  static constexpr std::size_t kBytes = kRowsOffset + 2 * kRowTableBytes;
 };
 
 template <class Element, int kDqk, int kDv, int kB>
@@ -55,12 +59,8 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   const int G = p.plan.shape.group, width = p.plan.shape.width;
   auto* k_s = reinterpret_cast<Element*>(smem + Smem::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + Smem::kVOffset);
-  auto* q_s = reinterpret_cast<Element*>(smem + Smem::kQOffset);
-  auto* row_token = reinterpret_cast<int*>(smem + Smem::kRowsOffset);  // global token, -1 = padding
-  int* row_head = row_token + kFwdChunkRows;
-  int* row_slot = row_head + kFwdChunkRows;
-  int* row_t_local = row_slot + kFwdChunkRows;  // -1 for padding: masks every key
-  __shared__ const Element* sources[2 * kB];    // K rows then V rows; later the chunk's Q rows
+  // K rows then V rows; later the two chunk buffers' Q rows.
+  __shared__ const Element* sources[2 * (kB > kFwdChunkRows ? kB : kFwdChunkRows)];
 
   // The block's keys and values, once for all rows of the unit.
   const auto* k = static_cast<const Element*>(p.in.k);
@@ -73,14 +73,15 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   __syncthreads();
   issue_rows<Element, kDqk>(k_s, Smem::kLdQk, kB, sources);
   issue_rows<Element, kDv>(v_s, Smem::kLdV, kB, sources + kB);
-  cp_async_wait_all();
+  cp_async_commit();
+  __syncthreads();  // sources is reused for the query rows
 
   const auto* q = static_cast<const Element*>(p.in.q);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int group = lane / 4, pair = lane % 4;
-  const long long first_key = static_cast<long long>(w.block) * kB;
-  for (int chunk = w.row_begin; chunk < w.row_end; chunk += kFwdChunkRows) {
-    __syncthreads();  // K/V landed; the previous chunk is done with q_s, sources and the row table
+  // Fills buffer `buffer`'s row table for the chunk starting at row `chunk` and issues its query
+  // row copies as one cp.async group. Row tables: global token (-1 = padding), head, slot, and
+  // the token's position in its sequence (-1 for padding: masks every key).
+  auto stage_chunk = [&](int chunk, int buffer) {
+    int* table = reinterpret_cast<int*>(smem + Smem::kRowsOffset + buffer * Smem::kRowTableBytes);
     if (threadIdx.x < kFwdChunkRows) {
       const int r = chunk + threadIdx.x;
       int token = -1, head = 0, slot = 0;
@@ -90,16 +91,34 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
         slot = p.plan.pair_slot[entry];
         head = w.kv_head * G + r % G;
       }
-      row_token[threadIdx.x] = token;
-      row_head[threadIdx.x] = head;
-      row_slot[threadIdx.x] = slot;
-      row_t_local[threadIdx.x] = token >= 0 ? static_cast<int>(token - w.seq_start) : -1;
-      sources[threadIdx.x] = token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
+      table[threadIdx.x] = token;
+      table[kFwdChunkRows + threadIdx.x] = head;
+      table[2 * kFwdChunkRows + threadIdx.x] = slot;
+      table[3 * kFwdChunkRows + threadIdx.x] = token >= 0 ? static_cast<int>(token - w.seq_start) : -1;
+      sources[buffer * kFwdChunkRows + threadIdx.x] =
+          token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
     }
     __syncthreads();
-    issue_rows<Element, kDqk>(q_s, Smem::kLdQk, kFwdChunkRows, sources);
-    cp_async_wait_all();
+    issue_rows<Element, kDqk>(reinterpret_cast<Element*>(smem + Smem::kQOffset + buffer * Smem::kQBytes), Smem::kLdQk,
+                              kFwdChunkRows, sources + buffer * kFwdChunkRows);
+    cp_async_commit();
+  };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, pair = lane % 4;
+  const long long first_key = static_cast<long long>(w.block) * kB;
+  stage_chunk(w.row_begin, 0);
+  for (int chunk = w.row_begin, buffer = 0; chunk < w.row_end; chunk += kFwdChunkRows, buffer ^= 1) {
+    // The next chunk's rows go to the other buffer, free since the end of the previous iteration.
+    if (chunk + kFwdChunkRows < w.row_end) stage_chunk(chunk + kFwdChunkRows, buffer ^ 1);
+    else cp_async_commit();  // an empty group keeps "all but the newest" meaning this chunk
+    cp_async_wait<1>();      // K, V and this chunk's query rows
     __syncthreads();
+    const auto* q_s = reinterpret_cast<const Element*>(smem + Smem::kQOffset + buffer * Smem::kQBytes);
+    const int* row_token = reinterpret_cast<const int*>(smem + Smem::kRowsOffset + buffer * Smem::kRowTableBytes);
+    const int* row_head = row_token + kFwdChunkRows;
+    const int* row_slot = row_head + kFwdChunkRows;
+    const int* row_t_local = row_slot + kFwdChunkRows;
 
     // S = Q K^T for this warp's 16 rows and all kB keys, in registers.
     const int row0 = warp * 16;
@@ -202,12 +221,19 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
     for (int h = 0; h < 2; ++h)
       if (slot_row[h] >= 0 && pair == 0)
         p.part.lse[slot_row[h]] = row_sum[h] > 0.0f ? row_max[h] + logf(row_sum[h]) : -INFINITY;
+    __syncthreads();  // every warp is done with this buffer before the next iteration restages it
   }
 }
 
-// One warp per (token, head): log-sum-exp merge of the row's partials.
-template <class Element, int kDv>
+// One warp per (token, head): log-sum-exp merge of the row's partials into o and lse; a row
+// without pairs gets o = 0 and lse = -inf. With kWithDense (the split), a row whose token sent
+// entries to the tile kernel (dense_slots != 0) finds its dense part in o and lse, merged in as
+// one more partial; such a row without sparse pairs is left as it is.
+// Each lane owns kDv / 32 contiguous columns (8 or 16-byte vectors); the lse of the row's slots
+// are loaded at once, one lane per slot.
+template <class Element, int kDv, bool kWithDense>
 __global__ void __launch_bounds__(kFwdThreads) slc_fwd_merge_kernel(const __grid_constant__ SlcForwardParams p) {
+  constexpr int kPerLane = kDv / 32;
   const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const long long n = p.plan.shape.tokens;
@@ -216,33 +242,52 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_merge_kernel(const __grid
   const long long t = row / hq;
   const int h = static_cast<int>(row % hq);
   const std::uint64_t mask = p.plan.slot_mask[(h / G) * n + t];
-  const float* lse_part = p.part.lse + row * width;
-  float row_max = -INFINITY;
-  for (std::uint64_t m = mask; m != 0; m &= m - 1) row_max = fmaxf(row_max, lse_part[__ffsll(static_cast<long long>(m)) - 1]);
-  constexpr int kPerLane = (kDv + 31) / 32;
+  auto* o = static_cast<Element*>(p.o) + t * p.o_token_stride + h * p.o_head_stride + lane * kPerLane;
+  float* lse_out = p.lse + h * p.lse_head_stride + t * p.lse_token_stride;
   float acc[kPerLane] = {};
-  float total = 0.0f;
-  if (row_max != -INFINITY) {
-    const auto* o_part = static_cast<const Element*>(p.part.o) + row * width * kDv;
-    for (std::uint64_t m = mask; m != 0; m &= m - 1) {
-      const int slot = __ffsll(static_cast<long long>(m)) - 1;
-      const float weight = __expf(lse_part[slot] - row_max);
-      total += weight;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < kDv) acc[i] += weight * Convert<Element>::to_float(o_part[slot * kDv + d]);
-      }
+  float base_lse = -INFINITY;
+  if constexpr (kWithDense) {
+    // Tokens outside the batch have no dense_slots entry (the tile plan covers the batch only).
+    const bool in_batch = t >= p.in.cu_seqlens[0] && t < p.in.cu_seqlens[p.plan.shape.num_seqs * p.in.cu_stride];
+    const bool has_dense = in_batch && p.plan.dense_slots[(h / G) * n + t] != 0;
+    if (has_dense) {
+      if (mask == 0) return;
+      base_lse = *lse_out;
+      if (base_lse != -INFINITY) load_vector<Element, kPerLane>(o, acc);
     }
   }
-  auto* o = static_cast<Element*>(p.o) + t * p.o_token_stride + h * p.o_head_stride;
+  const float* lse_part = p.part.lse + row * width;
+  const float part0 = (mask >> lane) & 1u ? lse_part[lane] : -INFINITY;
+  const float part1 = lane + 32 < width && ((mask >> (lane + 32)) & 1u) ? lse_part[lane + 32] : -INFINITY;
+  float row_max = fmaxf(base_lse, fmaxf(part0, part1));
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, offset));
+  float total = 0.0f;
+  if (row_max != -INFINITY) {
+    const float w0 = part0 == -INFINITY ? 0.0f : __expf(part0 - row_max);
+    const float w1 = part1 == -INFINITY ? 0.0f : __expf(part1 - row_max);
+    total = w0 + w1;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    const float base_weight = base_lse == -INFINITY ? 0.0f : __expf(base_lse - row_max);
+    total += base_weight;
+#pragma unroll
+    for (int c = 0; c < kPerLane; ++c) acc[c] *= base_weight;
+    const auto* o_part = static_cast<const Element*>(p.part.o) + row * width * kDv + lane * kPerLane;
+    for (std::uint64_t m = mask; m != 0; m &= m - 1) {
+      const int slot = __ffsll(static_cast<long long>(m)) - 1;
+      const float weight = __shfl_sync(0xffffffffu, slot < 32 ? w0 : w1, slot % 32);
+      float values[kPerLane];
+      load_vector<Element, kPerLane>(o_part + slot * kDv, values);
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) acc[c] += weight * values[c];
+    }
+  }
   const float inv_total = total > 0.0f ? 1.0f / total : 0.0f;
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
-    const int d = lane + 32 * i;
-    if (d < kDv) o[d] = Convert<Element>::from_float(acc[i] * inv_total);
-  }
-  if (lane == 0) p.lse[h * p.lse_head_stride + t * p.lse_token_stride] = total > 0.0f ? row_max + logf(total) : -INFINITY;
+  for (int c = 0; c < kPerLane; ++c) acc[c] *= inv_total;
+  store_vector<Element, kPerLane>(o, acc);
+  if (lane == 0) *lse_out = total > 0.0f ? row_max + logf(total) : -INFINITY;
 }
 
 template <class Element, int kDqk, int kDv, int kB>
@@ -266,18 +311,23 @@ Status launch_kv_outer(const SlcForwardParams& p, cudaStream_t stream) {
 // The kernels of one path, with the block size as a template argument (score fragments are sized
 // at compile time):
 //   kKvOuter:    KV-outer partials for every pair, then the merge kernel;
-//   kSplit:      KV-outer partials for the sparse pairs, then the tile kernel (dense blocks + merge);
+//   kSplit:      KV-outer partials for the sparse pairs, the tile kernel (dense blocks, into o and
+//                lse), then the merge kernel with o and lse as one more partial;
 //   kQueryOuter: the tile kernel in query-outer mode alone (no plan, no partials).
 template <class Element, int kDqk, int kDv, int kB>
 Status launch_path(const SlcForwardParams& p, cudaStream_t stream) {
-  if (p.path != SlcKernelPath::kQueryOuter && p.plan.shape.max_units() > 0)
-    FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, kB>(p, stream)));
-  if (p.path == SlcKernelPath::kSplit) return launch_tile<Element, kDqk, kDv, kB, false>(p, stream);
   if (p.path == SlcKernelPath::kQueryOuter) return launch_tile<Element, kDqk, kDv, kB, true>(p, stream);
+  if (p.plan.shape.max_units() > 0) FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, kB>(p, stream)));
+  const bool split = p.path == SlcKernelPath::kSplit;
+  if (split) FSA_RETURN_IF_ERROR((launch_tile<Element, kDqk, kDv, kB, false>(p, stream)));
   const long long rows = p.plan.shape.tokens * p.in.heads_q;
   if (rows > 0) {
-    const long long ctas = (rows * 32 + kFwdThreads - 1) / kFwdThreads;
-    slc_fwd_merge_kernel<Element, kDv><<<static_cast<unsigned>(ctas), kFwdThreads, 0, stream>>>(p);
+    const auto ctas = static_cast<unsigned>((rows * 32 + kFwdThreads - 1) / kFwdThreads);
+    if (split) {
+      slc_fwd_merge_kernel<Element, kDv, true><<<ctas, kFwdThreads, 0, stream>>>(p);
+    } else {
+      slc_fwd_merge_kernel<Element, kDv, false><<<ctas, kFwdThreads, 0, stream>>>(p);
+    }
     FSA_CHECK_LAUNCH("slc_fwd_merge_kernel", stream);
   }
   return Status::ok();

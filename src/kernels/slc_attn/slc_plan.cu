@@ -5,7 +5,8 @@
 //   2b. with the dense/sparse split, tile plan: one CTA per (kv head, query tile) sorts the tile's
 //      valid (block, token, slot) entries, so each block's tokens form a run; runs of at least
 //      dense_threshold tokens become the tile's dense blocks (in ascending order, by a block scan,
-//      so the plan is deterministic) and their entries are marked in dense_slots.
+//      so the plan is deterministic; none when there are fewer than min_dense_blocks) and their
+//      entries are marked in dense_slots.
 //   3. count: one thread per (kv head, token) walks its topk row, keeps the valid first occurrences
 //      and takes a rank in each pair's list with an atomic (aggregated over the warp, since whole
 //      query tiles select the same forced blocks and would otherwise queue on one counter).
@@ -305,11 +306,12 @@ __global__ void __launch_bounds__(kThreads) slc_tile_plan_kernel(const __grid_co
   for (int i = 0; i < kItems; ++i) mine += is_dense_head(static_cast<int>(threadIdx.x) * kItems + i) ? 1 : 0;
   int index = 0, total = 0;
   Scan(scan_storage).ExclusiveSum(mine, index, total);
+  if (total < shape.min_dense_blocks) total = 0;  // too few to pay for the tile kernel: all sparse
   const std::int64_t capacity = shape.dense_capacity();
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     const int e = static_cast<int>(threadIdx.x) * kItems + i;
-    if (!is_dense_head(e)) continue;
+    if (total == 0 || !is_dense_head(e)) continue;
     const int length = run_length(e);
     std::uint32_t mask[SlcPlanShape::kMaskWords] = {};
     for (int r = e; r < e + length; ++r) {
@@ -401,6 +403,8 @@ Status check_shape(const SlcPlanShape& s) {
   // Offsets are int32, and only bounds from shapes can be checked without reading the device.
   if (s.dense_threshold < 0)
     return FSA_INVALID("dense_threshold: expected >= 0, got " + std::to_string(s.dense_threshold));
+  if (s.min_dense_blocks < 1)
+    return FSA_INVALID("min_dense_blocks: expected >= 1, got " + std::to_string(s.min_dense_blocks));
   if (s.dense_threshold > 0 &&
       (s.block_size > SlcPlanShape::kMaxBlockSize || s.max_blocks() > SlcPlanShape::kMaxSplitBlocks))
     return FSA_ERROR(StatusCode::kNotImplemented,

@@ -46,6 +46,11 @@ struct SlcPlanShape {
   // Minimum tokens of one query tile that must select a block for the (tile, block) pair to run in
   // the tile kernel; 0 disables the split (every pair goes KV-outer).
   int dense_threshold = 0;
+  // A tile with fewer dense blocks than this sends them all KV-outer: the tile kernel's fixed cost
+  // per tile (query rows, pipeline start) outweighs the partials a few blocks save (measured at
+  // S64-G4 with random selections, whose tiles share only their 3 forced blocks: the split was
+  // 7.3 ms against 6.9 ms for KV-outer alone).
+  int min_dense_blocks = 1;
 
   static constexpr int kMaxWidth = 64;        // slot masks are one uint64 per (g, t)
   static constexpr int kRowsPerUnit = 256;    // rows per work unit: amortises the K/V load and the dK/dV atomics

@@ -1,10 +1,12 @@
 // Tile kernel of selected attention: flash attention of a set of query rows over a list of key
-// blocks with a token mask per block, then a log-sum-exp merge with the KV-outer partials.
+// blocks with a token mask per block.
 // One body serves two plans (design.md section 2):
 //  - split (kQueryOuter = false): one CTA per (kv head, query tile gb, chunk of rows). The list is
 //    the tile's dense blocks (plan.dense_block, ascending), the rows are tokens x G heads of the
-//    tile's B tokens; rows whose token did not pick a block are masked for it. The epilogue merges
-//    each row's sparse partials (plan.slot_mask), written before by the KV-outer kernel.
+//    tile's B tokens; rows whose token did not pick a block are masked for it. It writes each row's
+//    dense part to o and lse (tiles without dense blocks write nothing); the merge kernel then adds
+//    the row's sparse partials (a warp per row keeps more loads in flight than this kernel's
+//    epilogue could).
 //  - query-outer (kQueryOuter = true): one CTA per (kv head, token, chunk of rows), the NSA order.
 //    The list is the token's valid, de-duplicated topk row; the rows are its G heads, padded to 16.
 //    No plan and no partials.
@@ -50,17 +52,21 @@ struct TileWarps {
   static constexpr int kM = kQueryOuter ? 1 : 4;
   // Dv = 256 with B = 128 in one slice would hold 128 output and 64 score floats per thread.
   static constexpr int kN = kQueryOuter ? (kB / 16 < 4 ? kB / 16 : 4) : (kB == 128 && kDv == 256 ? 2 : 1);
+  // Split tiles at Dv = 64 (64/64 heads) fit 128 registers per thread without spilling: 4 CTAs
+  // (16 warps) per SM. At D = 128 that bound spilled (measured with ptxas): 3 CTAs per SM.
+  static constexpr int kMinBlocks = !kQueryOuter && kB <= 64 && kDv <= 64 ? 4 : 1;
 };
 
 template <class Element, int kDqk, int kDv, int kB, bool kQueryOuter>
 __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB, kDv, kQueryOuter>::kM,
-                                            TileWarps<kB, kDv, kQueryOuter>::kN>::kThreads)
+                                            TileWarps<kB, kDv, kQueryOuter>::kN>::kThreads,
+                                  TileWarps<kB, kDv, kQueryOuter>::kMinBlocks)
     slc_tile_kernel(const __grid_constant__ SlcForwardParams p) {
   constexpr int kWarpsM = TileWarps<kB, kDv, kQueryOuter>::kM, kWarpsN = TileWarps<kB, kDv, kQueryOuter>::kN;
   using Shape = TileShape<Element, kDqk, kDv, kB, kWarpsM, kWarpsN>;
   constexpr int kThreads = Shape::kThreads, kRows = Shape::kRows, kSliceKeys = Shape::kSliceKeys;
   constexpr int kKeyTiles = kSliceKeys / 8, kOutTiles = kDv / 8;
-  constexpr int kQkUnroll = kDqk > 128 ? 2 : kDqk / 16;
+  constexpr int kQkUnroll = kDqk > 128 ? 2 : kDqk / 16;  // full unrolling spilled at Dqk = 192/256
   constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
   static_assert(!kQueryOuter || kThreads >= SlcPlanShape::kMaxWidth, "query-outer: one thread per topk entry");
   extern __shared__ __align__(128) unsigned char smem[];
@@ -78,6 +84,7 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
 
   // ---- The work item: kv head, tokens [t0, t0 + tile_tokens) of one sequence, a chunk of rows.
   int kv_head = 0, chunk = 0, tile_tokens = 1, list_len = 0;
+  int own_block = 0;  // the key block holding the tile's tokens: the only one that needs a causal mask
   long long t0 = 0, seq_start = 0;
   int seq_len = 0;
   const std::int32_t* dense_block = nullptr;
@@ -103,7 +110,7 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
     const int b = upper_index(p.in.cu_seqlens, p.in.cu_stride, num_seqs, t0);
     seq_start = p.in.cu_seqlens[b * p.in.cu_stride];
     seq_len = static_cast<int>(p.in.cu_seqlens[(b + 1) * p.in.cu_stride] - seq_start);
-    const int own_block = static_cast<int>(t0 - seq_start) / kB;
+    own_block = static_cast<int>(t0 - seq_start) / kB;
     // The row's valid first occurrences, compacted in row order with the ballots of warps 0 and 1.
     std::int32_t j = -1;
     bool keep = false;
@@ -131,13 +138,16 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
     const int gb = static_cast<int>(s - kv_head * max_blocks);
     if (gb >= p.plan.block_offsets[num_seqs]) return;  // a tile past the batch
     const int b = upper_index(p.plan.block_offsets, 1, num_seqs, gb);
-    const int own_block = gb - p.plan.block_offsets[b];
+    own_block = gb - p.plan.block_offsets[b];
     seq_start = p.in.cu_seqlens[b * p.in.cu_stride];
     seq_len = static_cast<int>(p.in.cu_seqlens[(b + 1) * p.in.cu_stride] - seq_start);
     t0 = seq_start + static_cast<long long>(own_block) * kB;
     tile_tokens = min(kB, seq_len - own_block * kB);
     if (chunk * kRows >= tile_tokens * G) return;  // the tile has fewer rows than this chunk
     list_len = p.plan.dense_count[s];
+    // A tile without dense blocks has nothing to add: its rows' dense_slots are 0, which tells the
+    // merge kernel to take o and lse from the partials alone.
+    if (list_len == 0) return;
     dense_block = p.plan.dense_block + s * shape.dense_capacity();
     dense_tokens = p.plan.dense_tokens + s * shape.dense_capacity() * SlcPlanShape::kMaskWords;
   }
@@ -160,6 +170,12 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
   const auto* k_global = static_cast<const Element*>(p.in.k) + kv_head * p.in.k_head_stride;
   const auto* v_global = static_cast<const Element*>(p.in.v) + kv_head * p.in.v_head_stride;
   auto block_at = [&](int it) { return kQueryOuter ? blocks_s[it] : dense_block[it]; };
+  // The token-mask words of this thread's two rows for list entry `it` (split mode).
+  auto mask_words_at = [&](int it, int u0, int u1, std::uint32_t (&w)[2]) {
+    const std::uint32_t* entry = dense_tokens + static_cast<long long>(it) * SlcPlanShape::kMaskWords;
+    w[0] = entry[u0 / 32];
+    w[1] = entry[u1 / 32];
+  };
   auto issue_k = [&](int j) {
     const long long key0 = seq_start + static_cast<long long>(j) * kB;
     issue_strided_rows<Element, kDqk, kThreads>(k_s, Shape::kLdQk, kB, min(kB, seq_len - j * kB),
@@ -172,8 +188,10 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
   };
   // Groups in flight: {Q, K0}, {V0}; then each iteration closes one K and one V group (possibly
   // empty), so "all but the newest group done" always means the one the next step needs.
-  issue_rows<Element, kDqk>(q_s, Shape::kLdQk, kRows, q_sources);
-  if (list_len > 0) issue_k(block_at(0));
+  if (list_len > 0) {  // query-outer: a token without valid blocks only writes o = 0, lse = -inf
+    issue_rows<Element, kDqk>(q_s, Shape::kLdQk, kRows, q_sources);
+    issue_k(block_at(0));
+  }
   cp_async_commit();
   if (list_len > 0) issue_v(block_at(0));
   cp_async_commit();
@@ -191,15 +209,26 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
   float row_max[2] = {-INFINITY, -INFINITY};  // log2 domain
   float row_sum[2] = {0.0f, 0.0f};            // this thread's columns only; summed over the quad at the end
 
+  // Split mode reads its list from global memory: the next entry is loaded one iteration ahead so
+  // that its latency hides behind a block's math instead of stalling every iteration.
+  const int my_u[2] = {my_token[0] & (SlcPlanShape::kMaxBlockSize - 1), my_token[1] & (SlcPlanShape::kMaxBlockSize - 1)};
+  int next_block = 0;
+  std::uint32_t next_words[2] = {0u, 0u};
+  if (list_len > 0) {
+    next_block = block_at(0);
+    if constexpr (!kQueryOuter) mask_words_at(0, my_u[0], my_u[1], next_words);
+  }
   for (int it = 0; it < list_len; ++it) {
-    const int j = block_at(it);
+    const int j = next_block;
+    const std::uint32_t words[2] = {next_words[0], next_words[1]};
+    if (it + 1 < list_len) {
+      next_block = block_at(it + 1);
+      if constexpr (!kQueryOuter) mask_words_at(it + 1, my_u[0], my_u[1], next_words);
+    }
     bool selected[2] = {my_t_local[0] >= 0, my_t_local[1] >= 0};
     if constexpr (!kQueryOuter) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int u = my_token[h] & (SlcPlanShape::kMaxBlockSize - 1);
-        selected[h] = selected[h] && ((dense_tokens[it * SlcPlanShape::kMaskWords + u / 32] >> (u % 32)) & 1u) != 0;
-      }
+      for (int h = 0; h < 2; ++h) selected[h] = selected[h] && ((words[h] >> (my_u[h] % 32)) & 1u) != 0;
     }
     // A warp none of whose rows picked the block skips its math (not the barriers).
     const bool active = __any_sync(0xffffffffu, selected[0] || selected[1]);
@@ -225,31 +254,38 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
       }
     }
     __syncthreads();  // every warp is done with K
-    if (it + 1 < list_len) issue_k(block_at(it + 1));
+    if (it + 1 < list_len) issue_k(next_block);
     cp_async_commit();
 
     if (active) {
-      // Online softmax over this warp's slice: masked keys (not picked, in the future, past the
-      // sequence's end) get probability 0.
+      // Online softmax over this warp's slice, in the log2 domain with the scale folded into one
+      // FFMA per score. Masked scores are -inf: a row that did not pick the block (all of its
+      // scores), and on the tile's own block keys in the future or past the sequence's end.
+      const bool diagonal = j == own_block;
       const int keys = min(kB, seq_len - j * kB);
       const int first_key = j * kB;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
+        const float row_mask = selected[h] ? 0.0f : -INFINITY;
         float block_max = -INFINITY;
 #pragma unroll
         for (int t = 0; t < kKeyTiles; ++t)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int col = slice0 + t * 8 + pair * 2 + e;
-            const bool valid = selected[h] && col < keys && first_key + col <= my_t_local[h];
-            s[t][2 * h + e] = valid ? s[t][2 * h + e] * scale_log2 : -INFINITY;
-            block_max = fmaxf(block_max, s[t][2 * h + e]);
+            float& x = s[t][2 * h + e];
+            x += row_mask;
+            if (diagonal) {
+              const int col = slice0 + t * 8 + pair * 2 + e;
+              if (col >= keys || first_key + col > my_t_local[h]) x = -INFINITY;
+            }
+            block_max = fmaxf(block_max, x);
           }
         block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
         block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 2));
-        const float new_max = fmaxf(row_max[h], block_max);
-        // new_max = -inf: nothing seen yet, every probability is 0 and the state stays zero.
-        const float alpha = new_max == -INFINITY ? 1.0f : exp2f(row_max[h] - new_max);
+        const float new_max = fmaxf(row_max[h], block_max * scale_log2);
+        // new_max = -inf: nothing seen yet; the offset 0 keeps exp2(-inf) = 0 (not NaN).
+        const float offset = new_max == -INFINITY ? 0.0f : new_max;
+        const float alpha = exp2f(row_max[h] - offset);
         row_max[h] = new_max;
         float sum = 0.0f;
 #pragma unroll
@@ -257,7 +293,7 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& x = s[t][2 * h + e];
-            x = x == -INFINITY ? 0.0f : exp2f(x - new_max);
+            x = exp2f(fmaf(x, scale_log2, -offset));
             sum += x;
           }
         row_sum[h] = row_sum[h] * alpha + sum;
@@ -289,7 +325,7 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
       }
     }
     __syncthreads();  // every warp is done with V
-    if (it + 1 < list_len) issue_v(block_at(it + 1));
+    if (it + 1 < list_len) issue_v(next_block);
     cp_async_commit();
   }
 
@@ -317,6 +353,7 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
   }
   __syncthreads();
 
+  // Each lane owns kPerLane contiguous columns, so outputs move in 8-16 byte vectors.
   constexpr int kPerLane = kDv / 32;
   for (int i = warp; i < kRows; i += Shape::kWarps) {
     const int t_local = row_t_local[i];
@@ -324,6 +361,7 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
     const int r = chunk * kRows + i;
     const long long token = seq_start + t_local;
     const int head = kv_head * G + r % G;
+    const int col0 = lane * kPerLane;
     // The dense part: the kWarpsN slices of row i (warps (i / 16) * kWarpsN + wn).
     const int first_state = (i / 16) * kWarpsN * 16 + i % 16;
     float dense_max = -INFINITY;
@@ -336,47 +374,20 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
       for (int w = 0; w < kWarpsN; ++w) {
         const float weight = exp2f(max_state[first_state + w * 16] - dense_max);
         dense_sum += weight * sum_state[first_state + w * 16];
+        const float* state = o_state + (first_state + w * 16) * Shape::kLdState + col0;
 #pragma unroll
-        for (int c = 0; c < kPerLane; ++c)
-          acc[c] += weight * o_state[(first_state + w * 16) * Shape::kLdState + lane + 32 * c];
+        for (int c = 0; c < kPerLane; ++c) acc[c] += weight * state[c];
       }
     }
     // Natural-log lse of the dense part; acc becomes its normalised output.
-    float lse = dense_sum > 0.0f ? (dense_max + log2f(dense_sum)) * kLn2 : -INFINITY;
+    const float lse = dense_sum > 0.0f ? (dense_max + log2f(dense_sum)) * kLn2 : -INFINITY;
     if (dense_sum > 0.0f) {
+      const float inv = 1.0f / dense_sum;
 #pragma unroll
-      for (int c = 0; c < kPerLane; ++c) acc[c] /= dense_sum;
+      for (int c = 0; c < kPerLane; ++c) acc[c] *= inv;
     }
-    if constexpr (!kQueryOuter) {
-      // Log-sum-exp merge with the sparse partials of the row, in slot order.
-      const std::uint64_t mask = p.plan.slot_mask[kv_head * n_tokens + token];
-      const long long slot_row = (token * p.in.heads_q + head) * width;
-      const float* lse_part = p.part.lse + slot_row;
-      float merged_max = lse;
-      for (std::uint64_t m = mask; m != 0; m &= m - 1)
-        merged_max = fmaxf(merged_max, lse_part[__ffsll(static_cast<long long>(m)) - 1]);
-      if (merged_max != -INFINITY && mask != 0) {
-        const float dense_weight = lse == -INFINITY ? 0.0f : __expf(lse - merged_max);
-        float total = dense_weight;
-#pragma unroll
-        for (int c = 0; c < kPerLane; ++c) acc[c] *= dense_weight;
-        const auto* o_part = static_cast<const Element*>(p.part.o) + slot_row * kDv;
-        for (std::uint64_t m = mask; m != 0; m &= m - 1) {
-          const int slot = __ffsll(static_cast<long long>(m)) - 1;
-          const float weight = __expf(lse_part[slot] - merged_max);
-          total += weight;
-#pragma unroll
-          for (int c = 0; c < kPerLane; ++c)
-            acc[c] += weight * Convert<Element>::to_float(o_part[slot * kDv + lane + 32 * c]);
-        }
-#pragma unroll
-        for (int c = 0; c < kPerLane; ++c) acc[c] /= total;
-        lse = merged_max + logf(total);
-      }
-    }
-    auto* o = static_cast<Element*>(p.o) + token * p.o_token_stride + head * p.o_head_stride;
-#pragma unroll
-    for (int c = 0; c < kPerLane; ++c) o[lane + 32 * c] = Convert<Element>::from_float(acc[c]);
+    store_vector<Element, kPerLane>(static_cast<Element*>(p.o) + token * p.o_token_stride + head * p.o_head_stride + col0,
+                                    acc);
     if (lane == 0) p.lse[head * p.lse_head_stride + token * p.lse_token_stride] = lse;
   }
 }
