@@ -7,6 +7,9 @@ set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/rope/rope_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/slc_attn/slc_plan.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/slc_attn/slc_attn.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/compress/compress_launch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/cmp_attn/cmp_attn_launch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/select/select_launch.cu
 )
 file(GLOB FSA_CUDA_INSTANTIATIONS CONFIGURE_DEPENDS
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/*/instantiations/*.cu)

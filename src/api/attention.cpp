@@ -4,6 +4,7 @@
 #include "reference/ops.hpp"
 #include "validate.hpp"
 #ifdef FSA_WITH_CUDA
+#include "kernels/cmp_attn/cmp_attn.hpp"
 #include "kernels/slc_attn/slc_attn.hpp"
 #endif
 
@@ -68,7 +69,13 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   FSA_RETURN_IF_ERROR(check_attention(config, {"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, true, cu_seqlens,
                                       {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(detail::check_cu_cmp({"cu_cmp", cu_cmp}, cu_seqlens, config, k_cmp.size(0)));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "cmp_attn_forward");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::cmp_attn_forward(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse);
+#else
+    return detail::not_implemented_on(q.device, "cmp_attn_forward");
+#endif
+  }
   return detail::run_reference("cmp_attn_forward",
                                [&] { ref::cmp_attn_forward(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse); });
 }
@@ -83,7 +90,13 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   FSA_RETURN_IF_ERROR(detail::check_cu_cmp({"cu_cmp", cu_cmp}, cu_seqlens, config, k_cmp.size(0)));
   FSA_RETURN_IF_ERROR(check_attention_grads({"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, {"o", o}, {"d_o", d_o},
                                             {"dq", dq}, {"dk_cmp", dk_cmp}, {"dv_cmp", dv_cmp}));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "cmp_attn_backward");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::cmp_attn_backward(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse, d_o, dq, dk_cmp, dv_cmp);
+#else
+    return detail::not_implemented_on(q.device, "cmp_attn_backward");
+#endif
+  }
   return detail::run_reference("cmp_attn_backward", [&] {
     ref::cmp_attn_backward(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse, d_o, dq, dk_cmp, dv_cmp);
   });

@@ -3,6 +3,9 @@
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
 #include "validate.hpp"
+#ifdef FSA_WITH_CUDA
+#include "kernels/compress/compress.hpp"
+#endif
 
 namespace fsa {
 
@@ -57,7 +60,13 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                         const TensorView& y) {
   FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"y", y}));
-  if (!detail::on_cpu(x)) return detail::not_implemented_on(x.device, "compress_forward");
+  if (!detail::on_cpu(x)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y);
+#else
+    return detail::not_implemented_on(x.device, "compress_forward");
+#endif
+  }
   return detail::run_reference("compress_forward",
                                [&] { ref::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y); });
 }
@@ -76,7 +85,13 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     if (!pos_emb.defined()) return FSA_INVALID("d_pos_emb: expected none when pos_emb is none");
     FSA_RETURN_IF_ERROR(detail::check_like({"d_pos_emb", d_pos_emb}, {"pos_emb", pos_emb}));
   }
-  if (!detail::on_cpu(x)) return detail::not_implemented_on(x.device, "compress_backward");
+  if (!detail::on_cpu(x)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb);
+#else
+    return detail::not_implemented_on(x.device, "compress_backward");
+#endif
+  }
   return detail::run_reference("compress_backward", [&] {
     ref::compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb);
   });

@@ -3,6 +3,9 @@
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
 #include "validate.hpp"
+#ifdef FSA_WITH_CUDA
+#include "kernels/select/select.hpp"
+#endif
 
 namespace fsa {
 
@@ -32,7 +35,13 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
   FSA_RETURN_IF_ERROR(detail::check_dtype(out, DType::kInt32));
   FSA_RETURN_IF_ERROR(detail::check_same_device(out, qa));
   FSA_RETURN_IF_ERROR(detail::check_tensor(out, {{hkv, "Hkv"}, {n, "N"}, {config.topk, "K"}}));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "select_blocks");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx);
+#else
+    return detail::not_implemented_on(q.device, "select_blocks");
+#endif
+  }
   return detail::run_reference(
       "select_blocks", [&] { ref::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx); });
 }

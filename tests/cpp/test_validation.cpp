@@ -806,8 +806,10 @@ TEST(Validation, CudaTensorsGiveNotImplementedWithoutCrashing) {
   // Every view claims CUDA but points at host memory: validation never reads CUDA data, and the ops
   // without CUDA kernels must stop at dispatch. Ops that do have kernels in a CUDA build would
   // launch them on these host pointers, so they are left to the GPU tests there.
-  const std::set<std::string> ops_with_cuda_kernels = {"compressed_cu_seqlens", "rope_forward", "rope_backward",
-                                                       "slc_attn_forward", "slc_attn_backward"};
+  const std::set<std::string> ops_with_cuda_kernels = {"compressed_cu_seqlens", "rope_forward",      "rope_backward",
+                                                       "compress_forward",      "compress_backward", "cmp_attn_forward",
+                                                       "cmp_attn_backward",     "select_blocks",     "slc_attn_forward",
+                                                       "slc_attn_backward"};
   const ValidInputs in;
   for (const Op& op : all_ops(in)) {
     if (op.name == "compressed_cu_seqlens") continue;

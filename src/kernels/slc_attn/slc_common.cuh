@@ -9,22 +9,12 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/common/convert.cuh"
 #include "kernels/slc_attn/slc_plan.hpp"
 
 namespace fsa::cuda::slc {
 
-template <class Element>
-struct Convert;
-template <>
-struct Convert<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-};
-template <>
-struct Convert<__half> {
-  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
-};
+using common::Convert;  // fp32 <-> bf16/fp16, shared with the other kernel families
 
 // Last index i in [0, count) with values[i] <= key, for a non-decreasing array whose first value
 // is <= key. Used to map a work unit to its list and a global block to its sequence.

@@ -1,0 +1,108 @@
+// Host side of the fused block selection: checks the GPU path's limits, picks the work
+// decomposition and turns the runtime dtype and head dim into template arguments (the one place
+// it happens for this op). No workspace: everything but topk_idx stays on chip.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "cuda/runtime.hpp"
+#include "kernels/select/select.hpp"
+#include "kernels/select/select_params.hpp"
+
+namespace fsa::cuda {
+
+template <class Element, int kDqk>
+Status launch_select_blocks(const SelectParams& p, cudaStream_t stream);  // instantiations/select_*.cu
+
+namespace {
+
+constexpr int kRowsPerTile = 64;  // query rows of one S tile (select_kernel.cuh: sel::kRows)
+constexpr int kKeysPerTile = 64;  // compressed keys per tile (sel::kKeys)
+constexpr int kMaxTopk = 64;      // sel::kMaxTopk
+
+Status check_rows_aligned(const char* name, const TensorView& t) {
+  const auto address = reinterpret_cast<std::uintptr_t>(t.data);
+  const std::int64_t vector = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
+  if (address % 16 != 0 || t.stride(0) % vector != 0 || t.stride(1) % vector != 0)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     std::string("select_blocks: ") + name +
+                         ": the CUDA selection needs 16-byte aligned rows (data pointer and token/head strides "
+                         "multiples of 8 elements)");
+  return Status::ok();
+}
+
+template <class Fn>
+Status dispatch(DType dtype, std::int64_t dqk, Fn&& fn) {
+  auto by_dim = [&]<class Element>() -> Status {
+    switch (dqk) {
+      case 64: return fn.template operator()<Element, 64>();
+      case 128: return fn.template operator()<Element, 128>();
+      case 192: return fn.template operator()<Element, 192>();
+      case 256: return fn.template operator()<Element, 256>();
+      default:
+        return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: q: head dim Dqk " + std::to_string(dqk) +
+                                                          " is not supported on CUDA (supported: 64, 128, 192, 256)");
+    }
+  };
+  if (dtype == DType::kBFloat16) return by_dim.template operator()<__nv_bfloat16>();
+  if (dtype == DType::kFloat16) return by_dim.template operator()<__half>();
+  return FSA_ERROR(StatusCode::kNotImplemented,
+                   std::string("select_blocks: q: CUDA supports bf16 and fp16, got ") + dtype_name(dtype));
+}
+
+}  // namespace
+
+Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                     const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                     const TensorView& topk_idx) {
+  if (config.topk > kMaxTopk)
+    return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: topk: the CUDA selection keeps at most " +
+                                                      std::to_string(kMaxTopk) + " blocks per token, got K=" +
+                                                      std::to_string(config.topk));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("q", q));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("k_cmp", k_cmp));
+  SelectParams p{};
+  p.q = q.data;
+  p.q_token_stride = q.stride(0);
+  p.q_head_stride = q.stride(1);
+  p.k = k_cmp.data;
+  p.k_row_stride = k_cmp.stride(0);
+  p.k_head_stride = k_cmp.stride(1);
+  p.lse = lse_cmp.ptr<const float>();
+  p.lse_head_stride = lse_cmp.stride(0);
+  p.lse_token_stride = lse_cmp.stride(1);
+  p.topk = topk_idx.ptr<std::int32_t>();
+  p.topk_head_stride = topk_idx.stride(0);
+  p.topk_token_stride = topk_idx.stride(1);
+  p.cu_seqlens = cu_seqlens.ptr<const std::int32_t>();
+  p.cu_stride = cu_seqlens.stride(0);
+  p.cu_cmp = cu_cmp.ptr<const std::int32_t>();
+  p.cu_cmp_stride = cu_cmp.stride(0);
+  p.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
+  p.tokens = q.size(0);
+  p.heads_q = static_cast<int>(q.size(1));
+  p.heads_kv = static_cast<int>(k_cmp.size(1));
+  p.group = p.heads_q / p.heads_kv;
+  p.heads_used = config.aggregation == ScoreAggregation::kFirstHead ? 1 : p.group;
+  p.cmp_len = config.cmp_len;
+  p.cmp_stride = config.cmp_stride;
+  p.block_size = config.block_size;
+  p.topk_width = config.topk;
+  p.init_blocks = config.init_blocks;
+  p.local_blocks = config.local_blocks;
+  p.scale = config.softmax_scale(static_cast<int>(q.size(2)));
+  // One S tile of query rows per key tile where the group allows it (G <= 64).
+  p.tokens_per_cta = std::max(1, kRowsPerTile / p.heads_used);
+  // The blocks still receiving keys while a key tile is spread: from the first non-final block,
+  // floor(key0 * s / B), to the last one the tile reaches, ((key0 + 63) * s + l - 1) / B, plus margin.
+  p.ring_slots = ((kKeysPerTile - 1) * p.cmp_stride + p.cmp_len - 1) / p.block_size + 3;
+  const DeviceGuard guard(q.device.index);
+  cudaStream_t stream = current_stream();
+  return dispatch(q.dtype, q.size(2),
+                  [&]<class Element, int kDqk>() { return launch_select_blocks<Element, kDqk>(p, stream); });
+}
+
+}  // namespace fsa::cuda

@@ -1,0 +1,34 @@
+// Parameters of the fused block-selection kernel, shared by host and device (trivially copyable,
+// passed as a __grid_constant__ argument). Strides are in elements.
+#pragma once
+
+#include <cstdint>
+
+namespace fsa::cuda {
+
+struct SelectParams {
+  const void* q;  // [N, Hq, Dqk]
+  std::int64_t q_token_stride, q_head_stride;
+  const void* k;  // compressed keys [Ncmp, Hkv, Dqk]
+  std::int64_t k_row_stride, k_head_stride;
+  const float* lse;  // compressed attention's lse [Hq, N]
+  std::int64_t lse_head_stride, lse_token_stride;
+  std::int32_t* topk;  // [Hkv, N, K]
+  std::int64_t topk_head_stride, topk_token_stride;
+  const std::int32_t* cu_seqlens;
+  std::int64_t cu_stride;
+  const std::int32_t* cu_cmp;
+  std::int64_t cu_cmp_stride;
+  int num_seqs;
+  std::int64_t tokens;  // N
+  int heads_q, heads_kv, group;
+  int heads_used;  // heads of a group whose probabilities are summed: G, or 1 for kFirstHead
+  int cmp_len, cmp_stride, block_size, topk_width, init_blocks, local_blocks;  // l, s, B, K, I, L
+  float scale;
+  // Work decomposition, chosen by the launcher: tokens per CTA (tokens x heads_used query rows) and
+  // the slots per token of the ring of block scores still being summed.
+  int tokens_per_cta;
+  int ring_slots;
+};
+
+}  // namespace fsa::cuda
