@@ -1,0 +1,403 @@
+#include "ops.hpp"
+
+#include <ATen/ops/empty.h>
+
+#include "fsa/layer.hpp"
+#include "fsa/ops.hpp"
+#include "torch_view.hpp"
+
+// Each op describes its inputs before allocating its outputs: an input that cannot be described
+// (dtype, device) is then the one the error names, not the output derived from it.
+
+namespace fsa::torch_ext {
+
+namespace {
+
+// Size `d` of `t`, or 0 when t has no such dim. Outputs are shaped from the inputs before the fsa
+// API has validated them; a malformed input then gets an empty output and the API's error names
+// the input.
+std::int64_t size_or_zero(const Tensor& t, std::int64_t d) { return t.dim() > d ? t.size(d) : 0; }
+
+Tensor empty_like_contiguous(const Tensor& t) { return at::empty(t.sizes(), t.options()); }
+
+// A gradient buffer for an optional input: shaped like it, or empty when it is absent.
+Tensor grad_for(const OptionalTensor& input, const Tensor& reference) {
+  if (input.has_value() && input->defined()) return empty_like_contiguous(*input);
+  return at::empty({0}, reference.options());
+}
+
+TensorView view_or_none(const Tensor& grad, const OptionalTensor& input, const char* name) {
+  return input.has_value() && input->defined() ? to_view(grad, name) : TensorView{};
+}
+
+Tensor empty_lse(const Tensor& q) {
+  return at::empty({size_or_zero(q, 1), size_or_zero(q, 0)}, q.options().dtype(at::kFloat));
+}
+
+NsaConfig attention_config(std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, double scale) {
+  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  config.block_size = static_cast<int>(block_size);
+  config.scale = static_cast<float>(scale);
+  return config;
+}
+
+}  // namespace
+
+Tensor compressed_cu_seqlens(const Tensor& cu_seqlens, std::int64_t cmp_len, std::int64_t cmp_stride) {
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  Tensor cu_cmp = empty_like_contiguous(cu_seqlens);
+  throw_if_error(fsa::compressed_cu_seqlens(config_with_compression(cmp_len, cmp_stride), cu_seqlens_view,
+                                            to_view(cu_cmp, "cu_cmp")),
+                 "compressed_cu_seqlens");
+  return cu_cmp;
+}
+
+Tensor compress_forward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
+                        const OptionalTensor& pos_emb, std::int64_t cmp_len, std::int64_t cmp_stride) {
+  const TensorView x_view = to_view(x, "x");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
+  const TensorView weight_view = to_view(weight, "weight");
+  const TensorView pos_emb_view = to_view(pos_emb, "pos_emb");
+  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  const bool linear = weight.has_value() && weight->defined();
+  config.compression = linear ? CompressionKind::kLinear : CompressionKind::kMean;
+  const std::int64_t out_dim = linear ? size_or_zero(*weight, 2) : size_or_zero(x, 2);
+  Tensor y = at::empty({max_compressed_tokens(size_or_zero(x, 0), config), size_or_zero(x, 1), out_dim}, x.options());
+  throw_if_error(
+      fsa::compress_forward(config, x_view, cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, to_view(y, "y")),
+      "compress_forward");
+  return y;
+}
+
+Tensor3 compress_backward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
+                          const OptionalTensor& pos_emb, const Tensor& dy, std::int64_t cmp_len,
+                          std::int64_t cmp_stride) {
+  const TensorView x_view = to_view(x, "x");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
+  const TensorView weight_view = to_view(weight, "weight");
+  const TensorView pos_emb_view = to_view(pos_emb, "pos_emb");
+  const TensorView dy_view = to_view(dy, "dy");
+  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  config.compression = weight.has_value() && weight->defined() ? CompressionKind::kLinear : CompressionKind::kMean;
+  Tensor dx = empty_like_contiguous(x);
+  Tensor d_weight = grad_for(weight, x), d_pos_emb = grad_for(pos_emb, x);
+  throw_if_error(fsa::compress_backward(config, x_view, cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view,
+                                        dy_view, to_view(dx, "dx"), view_or_none(d_weight, weight, "d_weight"),
+                                        view_or_none(d_pos_emb, pos_emb, "d_pos_emb")),
+                 "compress_backward");
+  return {dx, d_weight, d_pos_emb};
+}
+
+Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_stride, double theta, bool llama3_scaling,
+                    double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
+                    std::int64_t llama3_original_max_position) {
+  const TensorView x_view = to_view(x, "x");
+  const TensorView cu_view = to_view(cu, "cu");
+  const RopeArgs rope{true,
+                      theta,
+                      llama3_scaling,
+                      llama3_factor,
+                      llama3_low_freq_factor,
+                      llama3_high_freq_factor,
+                      llama3_original_max_position};
+  Tensor y = empty_like_contiguous(x);
+  throw_if_error(
+      fsa::rope_forward(rope.to_config(), x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")),
+      "rope_forward");
+  return y;
+}
+
+Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_stride, double theta,
+                     bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
+                     double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
+  const TensorView dy_view = to_view(dy, "dy");
+  const TensorView cu_view = to_view(cu, "cu");
+  const RopeArgs rope{true,
+                      theta,
+                      llama3_scaling,
+                      llama3_factor,
+                      llama3_low_freq_factor,
+                      llama3_high_freq_factor,
+                      llama3_original_max_position};
+  Tensor dx = empty_like_contiguous(dy);
+  throw_if_error(
+      fsa::rope_backward(rope.to_config(), dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")),
+      "rope_backward");
+  return dx;
+}
+
+Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
+                         const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, double scale) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
+  const TensorView v_cmp_view = to_view(v_cmp, "v_cmp");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
+  const NsaConfig config = attention_config(cmp_len, cmp_stride, NsaConfig{}.block_size, scale);
+  Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v_cmp, 2)}, q.options());
+  Tensor lse = empty_lse(q);
+  throw_if_error(fsa::cmp_attn_forward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view,
+                                       to_view(o, "o"), to_view(lse, "lse")),
+                 "cmp_attn_forward");
+  return {o, lse};
+}
+
+Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
+                          const Tensor& cu_cmp, const Tensor& o, const Tensor& lse, const Tensor& d_o,
+                          std::int64_t cmp_len, std::int64_t cmp_stride, double scale) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
+  const TensorView v_cmp_view = to_view(v_cmp, "v_cmp");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
+  const TensorView o_view = to_view(o, "o");
+  const TensorView lse_view = to_view(lse, "lse");
+  const TensorView d_o_view = to_view(d_o, "d_o");
+  const NsaConfig config = attention_config(cmp_len, cmp_stride, NsaConfig{}.block_size, scale);
+  Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k_cmp), dv = empty_like_contiguous(v_cmp);
+  throw_if_error(
+      fsa::cmp_attn_backward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view, o_view, lse_view,
+                             d_o_view, to_view(dq, "dq"), to_view(dk, "dk_cmp"), to_view(dv, "dv_cmp")),
+      "cmp_attn_backward");
+  return {dq, dk, dv};
+}
+
+Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp, const Tensor& cu_seqlens,
+                     const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
+                     std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, double scale,
+                     c10::string_view aggregation) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
+  const TensorView lse_cmp_view = to_view(lse_cmp, "lse_cmp");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
+  NsaConfig config = attention_config(cmp_len, cmp_stride, block_size, scale);
+  config.topk = static_cast<int>(topk);
+  config.init_blocks = static_cast<int>(init_blocks);
+  config.local_blocks = static_cast<int>(local_blocks);
+  config.aggregation = parse_aggregation(aggregation);
+  Tensor topk_idx = at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), topk}, q.options().dtype(at::kInt));
+  throw_if_error(fsa::select_blocks(config, q_view, k_cmp_view, lse_cmp_view, cu_seqlens_view, cu_cmp_view,
+                                    to_view(topk_idx, "topk_idx")),
+                 "select_blocks");
+  return topk_idx;
+}
+
+Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
+                         const Tensor& cu_seqlens, std::int64_t block_size, double scale) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_view = to_view(k, "k");
+  const TensorView v_view = to_view(v, "v");
+  const TensorView topk_idx_view = to_view(topk_idx, "topk_idx");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
+  Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
+  Tensor lse = empty_lse(q);
+  throw_if_error(fsa::slc_attn_forward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, to_view(o, "o"),
+                                       to_view(lse, "lse")),
+                 "slc_attn_forward");
+  return {o, lse};
+}
+
+Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
+                          const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
+                          std::int64_t block_size, double scale) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_view = to_view(k, "k");
+  const TensorView v_view = to_view(v, "v");
+  const TensorView topk_idx_view = to_view(topk_idx, "topk_idx");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView o_view = to_view(o, "o");
+  const TensorView lse_view = to_view(lse, "lse");
+  const TensorView d_o_view = to_view(d_o, "d_o");
+  const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
+  Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
+  throw_if_error(fsa::slc_attn_backward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, o_view,
+                                        lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv")),
+                 "slc_attn_backward");
+  return {dq, dk, dv};
+}
+
+Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, std::int64_t window,
+                    double scale) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_view = to_view(k, "k");
+  const TensorView v_view = to_view(v, "v");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, NsaConfig{}.block_size, scale);
+  config.window = static_cast<int>(window);
+  Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
+  Tensor lse = empty_lse(q);
+  throw_if_error(
+      fsa::swa_forward(config, q_view, k_view, v_view, cu_seqlens_view, to_view(o, "o"), to_view(lse, "lse")),
+      "swa_forward");
+  return {o, lse};
+}
+
+Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const Tensor& o,
+                     const Tensor& lse, const Tensor& d_o, std::int64_t window, double scale) {
+  const TensorView q_view = to_view(q, "q");
+  const TensorView k_view = to_view(k, "k");
+  const TensorView v_view = to_view(v, "v");
+  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const TensorView o_view = to_view(o, "o");
+  const TensorView lse_view = to_view(lse, "lse");
+  const TensorView d_o_view = to_view(d_o, "d_o");
+  NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, NsaConfig{}.block_size, scale);
+  config.window = static_cast<int>(window);
+  Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
+  throw_if_error(fsa::swa_backward(config, q_view, k_view, v_view, cu_seqlens_view, o_view, lse_view, d_o_view,
+                                   to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv")),
+                 "swa_backward");
+  return {dq, dk, dv};
+}
+
+Tensor combine_forward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_swa) {
+  const TensorView gates_view = to_view(gates, "gates");
+  const TensorView o_cmp_view = to_view(o_cmp, "o_cmp");
+  const TensorView o_slc_view = to_view(o_slc, "o_slc");
+  const TensorView o_swa_view = to_view(o_swa, "o_swa");
+  NsaConfig config;
+  config.gate_mode = gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead;
+  Tensor o = empty_like_contiguous(o_cmp);
+  throw_if_error(fsa::combine_forward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, to_view(o, "o")),
+                 "combine_forward");
+  return o;
+}
+
+Tensor4 combine_backward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_swa,
+                         const Tensor& d_o) {
+  const TensorView gates_view = to_view(gates, "gates");
+  const TensorView o_cmp_view = to_view(o_cmp, "o_cmp");
+  const TensorView o_slc_view = to_view(o_slc, "o_slc");
+  const TensorView o_swa_view = to_view(o_swa, "o_swa");
+  const TensorView d_o_view = to_view(d_o, "d_o");
+  NsaConfig config;
+  config.gate_mode = gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead;
+  Tensor d_gates = empty_like_contiguous(gates), d_cmp = empty_like_contiguous(o_cmp),
+         d_slc = empty_like_contiguous(o_slc), d_swa = empty_like_contiguous(o_swa);
+  throw_if_error(fsa::combine_backward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, d_o_view,
+                                       to_view(d_gates, "d_gates"), to_view(d_cmp, "d_o_cmp"),
+                                       to_view(d_slc, "d_o_slc"), to_view(d_swa, "d_o_swa")),
+                 "combine_backward");
+  return {d_gates, d_cmp, d_slc, d_swa};
+}
+
+namespace {
+
+NsaLayerInputs layer_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                            const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
+                            const Tensor& gates) {
+  NsaLayerInputs in;
+  in.q = to_view(q, "q");
+  in.k = to_view(k, "k");
+  in.v = to_view(v, "v");
+  in.cu_seqlens = to_view(cu_seqlens, "cu_seqlens");
+  in.w_k = to_view(w_k, "w_k");
+  in.pe_k = to_view(pe_k, "pe_k");
+  in.w_v = to_view(w_v, "w_v");
+  in.gates = to_view(gates, "gates");
+  return in;
+}
+
+}  // namespace
+
+Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                    const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
+                    const Tensor& gates, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
+                    std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window,
+                    double scale, c10::string_view compression, c10::string_view aggregation, bool rope,
+                    double rope_theta, bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
+                    double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
+  const LayerArgs args{cmp_len,
+                       cmp_stride,
+                       block_size,
+                       topk,
+                       init_blocks,
+                       local_blocks,
+                       window,
+                       scale,
+                       compression,
+                       aggregation,
+                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
+                                llama3_high_freq_factor, llama3_original_max_position}};
+  const NsaConfig config = args.to_config(gates.dim());
+  const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
+  Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
+  const auto bytes = static_cast<std::int64_t>(fsa::nsa_saved_bytes(config, NsaLayerShape::of(in)));
+  Tensor saved = at::empty({bytes}, q.options().dtype(at::kByte));
+  throw_if_error(fsa::nsa_forward(config, in, to_view(o, "o"), to_view(saved, "saved")), "nsa_forward");
+  return {o, saved};
+}
+
+Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                     const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
+                     const Tensor& gates, const Tensor& saved, const Tensor& d_o, std::int64_t cmp_len,
+                     std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk, std::int64_t init_blocks,
+                     std::int64_t local_blocks, std::int64_t window, double scale, c10::string_view compression,
+                     c10::string_view aggregation, bool rope, double rope_theta, bool llama3_scaling,
+                     double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
+                     std::int64_t llama3_original_max_position) {
+  const TensorView saved_view = to_view(saved, "saved");
+  const TensorView d_o_view = to_view(d_o, "d_o");
+  const LayerArgs args{cmp_len,
+                       cmp_stride,
+                       block_size,
+                       topk,
+                       init_blocks,
+                       local_blocks,
+                       window,
+                       scale,
+                       compression,
+                       aggregation,
+                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
+                                llama3_high_freq_factor, llama3_original_max_position}};
+  const NsaConfig config = args.to_config(gates.dim());
+  const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
+  Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
+  Tensor dw_k = grad_for(w_k, q), dpe_k = grad_for(pe_k, q), dw_v = grad_for(w_v, q);
+  Tensor d_gates = empty_like_contiguous(gates);
+  const NsaLayerGrads grads{to_view(dq, "dq"),
+                            to_view(dk, "dk"),
+                            to_view(dv, "dv"),
+                            view_or_none(dw_k, w_k, "dw_k"),
+                            view_or_none(dpe_k, pe_k, "dpe_k"),
+                            view_or_none(dw_v, w_v, "dw_v"),
+                            to_view(d_gates, "d_gates")};
+  throw_if_error(fsa::nsa_backward(config, in, saved_view, d_o_view, grads), "nsa_backward");
+  return {dq, dk, dv, dw_k, dpe_k, dw_v, d_gates};
+}
+
+std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
+                             std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
+                             std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
+                             std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window, double scale,
+                             c10::string_view compression, c10::string_view aggregation, bool rope, double rope_theta,
+                             bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
+                             double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
+  const LayerArgs args{cmp_len,
+                       cmp_stride,
+                       block_size,
+                       topk,
+                       init_blocks,
+                       local_blocks,
+                       window,
+                       scale,
+                       compression,
+                       aggregation,
+                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
+                                llama3_high_freq_factor, llama3_original_max_position}};
+  NsaLayerShape shape;
+  shape.tokens = tokens;
+  shape.num_seqs = static_cast<int>(num_seqs);
+  shape.heads_q = static_cast<int>(heads_q);
+  shape.heads_kv = static_cast<int>(heads_kv);
+  shape.head_dim_qk = static_cast<int>(head_dim_qk);
+  shape.head_dim_v = static_cast<int>(head_dim_v);
+  shape.dtype = to_fsa_dtype(dtype, "dtype");
+  return static_cast<std::int64_t>(fsa::nsa_saved_bytes(args.to_config(3), shape));
+}
+
+}  // namespace fsa::torch_ext

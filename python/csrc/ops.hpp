@@ -1,0 +1,93 @@
+// The ops of the extension: each allocates its outputs with torch, describes every tensor as a
+// TensorView and calls the fsa API, which validates the arguments and runs the op on the tensors'
+// device (CPU reference or CUDA kernels). Device-independent: registration.cpp registers them for
+// the CPU, cuda_registration.cpp wraps them in torch's CUDA device and stream.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "config_args.hpp"
+
+namespace fsa::torch_ext {
+
+using at::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+using Tensor2 = std::tuple<Tensor, Tensor>;
+using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
+using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using Tensor7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+Tensor compressed_cu_seqlens(const Tensor& cu_seqlens, std::int64_t cmp_len, std::int64_t cmp_stride);
+
+Tensor compress_forward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
+                        const OptionalTensor& pos_emb, std::int64_t cmp_len, std::int64_t cmp_stride);
+// (dx, d_weight, d_pos_emb); a gradient of an absent input is an empty tensor.
+Tensor3 compress_backward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
+                          const OptionalTensor& pos_emb, const Tensor& dy, std::int64_t cmp_len,
+                          std::int64_t cmp_stride);
+
+Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_stride, double theta, bool llama3_scaling,
+                    double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
+                    std::int64_t llama3_original_max_position);
+Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_stride, double theta,
+                     bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
+                     double llama3_high_freq_factor, std::int64_t llama3_original_max_position);
+
+Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
+                         const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, double scale);
+Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
+                          const Tensor& cu_cmp, const Tensor& o, const Tensor& lse, const Tensor& d_o,
+                          std::int64_t cmp_len, std::int64_t cmp_stride, double scale);
+
+Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp, const Tensor& cu_seqlens,
+                     const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
+                     std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, double scale,
+                     c10::string_view aggregation);
+
+Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
+                         const Tensor& cu_seqlens, std::int64_t block_size, double scale);
+Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
+                          const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
+                          std::int64_t block_size, double scale);
+
+Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, std::int64_t window,
+                    double scale);
+Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const Tensor& o,
+                     const Tensor& lse, const Tensor& d_o, std::int64_t window, double scale);
+
+Tensor combine_forward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_swa);
+Tensor4 combine_backward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_swa,
+                         const Tensor& d_o);
+
+// The layer's config scalars follow the tensors (LayerArgs order). Returns (o, saved).
+Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                    const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
+                    const Tensor& gates, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
+                    std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window,
+                    double scale, c10::string_view compression, c10::string_view aggregation, bool rope,
+                    double rope_theta, bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
+                    double llama3_high_freq_factor, std::int64_t llama3_original_max_position);
+// (dq, dk, dv, dw_k, dpe_k, dw_v, d_gates); a gradient of an absent input is an empty tensor.
+Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
+                     const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
+                     const Tensor& gates, const Tensor& saved, const Tensor& d_o, std::int64_t cmp_len,
+                     std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk, std::int64_t init_blocks,
+                     std::int64_t local_blocks, std::int64_t window, double scale, c10::string_view compression,
+                     c10::string_view aggregation, bool rope, double rope_theta, bool llama3_scaling,
+                     double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
+                     std::int64_t llama3_original_max_position);
+// Bytes of nsa_forward's `saved` output: shapes only, so that fake tensors can size it.
+std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
+                             std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
+                             std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
+                             std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window, double scale,
+                             c10::string_view compression, c10::string_view aggregation, bool rope, double rope_theta,
+                             bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
+                             double llama3_high_freq_factor, std::int64_t llama3_original_max_position);
+
+}  // namespace fsa::torch_ext

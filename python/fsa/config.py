@@ -1,0 +1,84 @@
+"""Hyperparameters of an NSA layer (nsa-spec section 0), mirroring fsa::NsaConfig in config.hpp.
+
+The ops take them as plain scalars; `layer_args` and `rope_args` flatten a config in the order of
+the op schemas (python/csrc/registration.cpp).
+"""
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """GPT-NeoX rotate-half RoPE with optional llama3 frequency scaling (spec section 2)."""
+
+    enabled: bool = True
+    theta: float = 10000.0
+    llama3_scaling: bool = False
+    llama3_factor: float = 8.0
+    llama3_low_freq_factor: float = 1.0
+    llama3_high_freq_factor: float = 4.0
+    llama3_original_max_position: int = 8192
+
+
+@dataclass(frozen=True)
+class NsaConfig:
+    """l, s, B, K, I, L, w and the modes of the layer; the C++ API validates them."""
+
+    cmp_len: int = 32  # l: compression window
+    cmp_stride: int = 16  # s: compression stride
+    block_size: int = 64  # B: selection block, 32, 64 or 128
+    topk: int = 16  # K: selected blocks per query, forced ones included
+    init_blocks: int = 1  # I: leading blocks always selected
+    local_blocks: int = 2  # L: trailing blocks always selected
+    window: int = 512  # w: sliding window, keys [t - w, t]
+    scale: Optional[float] = None  # softmax scale; None means 1/sqrt(Dqk)
+    compression: str = "linear"  # "linear" (learned projection) or "mean"
+    aggregation: str = "group_sum"  # "group_sum" (NSA paper) or "first_head"
+    rope: RopeConfig = field(default_factory=RopeConfig)
+
+    @property
+    def scale_arg(self) -> float:
+        """The scale as the ops take it: 0 means 1/sqrt(Dqk)."""
+        return 0.0 if self.scale is None else float(self.scale)
+
+
+def rope_args(rope: RopeConfig) -> Tuple:
+    """The RoPE scalars after `position_stride` in rope_forward / rope_backward."""
+    return (
+        float(rope.theta),
+        bool(rope.llama3_scaling),
+        float(rope.llama3_factor),
+        float(rope.llama3_low_freq_factor),
+        float(rope.llama3_high_freq_factor),
+        int(rope.llama3_original_max_position),
+    )
+
+
+def layer_args(config: NsaConfig) -> Tuple:
+    """The config scalars of nsa_forward / nsa_backward / nsa_saved_bytes, in schema order."""
+    return (
+        int(config.cmp_len),
+        int(config.cmp_stride),
+        int(config.block_size),
+        int(config.topk),
+        int(config.init_blocks),
+        int(config.local_blocks),
+        int(config.window),
+        config.scale_arg,
+        str(config.compression),
+        str(config.aggregation),
+        bool(config.rope.enabled),
+    ) + rope_args(config.rope)
+
+
+# Number of config scalars that layer_args produces (the tail of the layer ops' inputs).
+LAYER_ARG_COUNT = len(layer_args(NsaConfig()))
+
+
+def max_compressed_tokens(total_tokens, cmp_stride: int):
+    """Rows of a compressed tensor of a packed batch of `total_tokens` tokens, from shapes alone.
+
+    Same bound as fsa::max_compressed_tokens (config.hpp), written here so that fake tensors can use
+    it on symbolic sizes; the opcheck tests compare fake and real output shapes.
+    """
+    return total_tokens // cmp_stride

@@ -1,0 +1,94 @@
+"""Functional API: one function per NSA op and one for the whole layer, differentiable where the
+spec says gradients flow. Every function takes the layer's `NsaConfig` and reads the fields it
+needs. Layouts (nsa-spec section 0): packed varlen rows, q [N, Hq, Dqk], k [N, Hkv, Dqk],
+v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer dtypes are converted).
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from ._library import ops
+from .config import NsaConfig, layer_args, rope_args
+
+Tensor = torch.Tensor
+DEFAULT_CONFIG = NsaConfig()
+
+
+def _int32(cu: Tensor) -> Tensor:
+    return cu if cu.dtype == torch.int32 else cu.to(torch.int32)
+
+
+def compressed_cu_seqlens(cu_seqlens: Tensor, config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
+    """Row offsets of each sequence's compressed tokens: cu_cmp[b+1] = cu_cmp[b] + n_cmp(n_b)."""
+    return ops.compressed_cu_seqlens(_int32(cu_seqlens), config.cmp_len, config.cmp_stride)
+
+
+def _cu_cmp(cu_seqlens: Tensor, cu_cmp: Optional[Tensor], config: NsaConfig) -> Tensor:
+    return compressed_cu_seqlens(cu_seqlens, config) if cu_cmp is None else _int32(cu_cmp)
+
+
+def compress(x: Tensor, cu_seqlens: Tensor, weight: Optional[Tensor] = None, pos_emb: Optional[Tensor] = None,
+             config: NsaConfig = DEFAULT_CONFIG, cu_cmp: Optional[Tensor] = None) -> Tensor:
+    """Compresses x [N, Hkv, D] into [N // s, Hkv, Dout] (rows past cu_cmp[-1] are zero).
+
+    `weight` [Hkv, l*D, Dout] selects the linear compression, None the mean; `pos_emb` [Hkv, l, D]
+    is added to every window (the layer passes it for keys only).
+    """
+    cu_seqlens = _int32(cu_seqlens)
+    return ops.compress_forward(x, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), weight, pos_emb,
+                                config.cmp_len, config.cmp_stride)
+
+
+def rope(x: Tensor, cu: Tensor, position_stride: int = 1, config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
+    """Rotates x [rows, H, D]; row r of sequence b is at position (r - cu[b]) * position_stride
+    (1 for q and k; s for compressed keys, with cu = cu_cmp). Ignores config.rope.enabled."""
+    return ops.rope_forward(x, _int32(cu), position_stride, *rope_args(config.rope))
+
+
+def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, cu_seqlens: Tensor,
+                         config: NsaConfig = DEFAULT_CONFIG, cu_cmp: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """(o [N, Hq, Dv], lse fp32 [Hq, N]) of attention over the compressed tokens each query sees
+    whole (i*s + l - 1 <= t). lse is not differentiable: it only feeds the block selection."""
+    cu_seqlens = _int32(cu_seqlens)
+    return ops.cmp_attn_forward(q, k_cmp, v_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config.cmp_len,
+                                config.cmp_stride, config.scale_arg)
+
+
+def select_blocks(q: Tensor, k_cmp: Tensor, lse_cmp: Tensor, cu_seqlens: Tensor, config: NsaConfig = DEFAULT_CONFIG,
+                  cu_cmp: Optional[Tensor] = None) -> Tensor:
+    """topk_idx int32 [Hkv, N, K]: forced plus highest-scoring blocks per token and kv group,
+    ascending, -1 padded. Not differentiable."""
+    cu_seqlens = _int32(cu_seqlens)
+    return ops.select_blocks(q, k_cmp, lse_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config.cmp_len,
+                             config.cmp_stride, config.block_size, config.topk, config.init_blocks,
+                             config.local_blocks, config.scale_arg, config.aggregation)
+
+
+def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seqlens: Tensor,
+                       config: NsaConfig = DEFAULT_CONFIG) -> Tuple[Tensor, Tensor]:
+    """(o, lse) of attention over the union of each query's selected blocks of config.block_size
+    keys (topk_idx int32 [Hkv, N, any width]; -1, future and duplicate entries are ignored)."""
+    return ops.slc_attn_forward(q, k, v, _int32(topk_idx), _int32(cu_seqlens), config.block_size, config.scale_arg)
+
+
+def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
+                             config: NsaConfig = DEFAULT_CONFIG) -> Tuple[Tensor, Tensor]:
+    """(o, lse) of causal attention over keys [t - config.window, t] of the query's sequence."""
+    return ops.swa_forward(q, k, v, _int32(cu_seqlens), config.window, config.scale_arg)
+
+
+def combine(gates: Tensor, o_cmp: Tensor, o_slc: Tensor, o_swa: Tensor) -> Tensor:
+    """g0 * o_cmp + g1 * o_slc + g2 * o_swa with gates [N, Hq, 3] (per head) or [N, 3] (shared)."""
+    return ops.combine_forward(gates, o_cmp, o_slc, o_swa)
+
+
+def nsa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, gates: Tensor, w_k: Optional[Tensor] = None,
+                  w_v: Optional[Tensor] = None, pe_k: Optional[Tensor] = None,
+                  config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
+    """The whole NSA attention (spec sections 1-7) on pre-RoPE q, k, v: o [N, Hq, Dv].
+
+    w_k [Hkv, l*Dqk, Dqk] and w_v [Hkv, l*Dv, Dv] for config.compression == "linear" (None for
+    "mean"), pe_k [Hkv, l, Dqk] optional, gates already activated ([N, Hq, 3] or [N, 3]).
+    """
+    o, _ = ops.nsa_forward(q, k, v, _int32(cu_seqlens), w_k, pe_k, w_v, gates, *layer_args(config))
+    return o

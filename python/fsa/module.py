@@ -1,0 +1,82 @@
+"""NativeSparseAttention: the NSA layer as a torch module (nsa-spec section 8)."""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import NsaConfig
+from .functional import nsa_attention
+
+
+def _xavier_uniform_per_head(param: torch.Tensor) -> None:
+    """xavier_uniform on each kv head's matrix [rows, cols]: the heads are independent maps, so
+    the fans are those of one head, not of the stacked 3-D tensor."""
+    rows, cols = param.shape[1], param.shape[2]
+    bound = math.sqrt(6.0 / (rows + cols))
+    with torch.no_grad():
+        param.uniform_(-bound, bound)
+
+
+class NativeSparseAttention(nn.Module):
+    """y = W_o(combine(o_cmp, o_slc, o_swa)) on a packed varlen batch x [N, hidden_size].
+
+    Projections q, k, v, o and the gate projection are bias-free linears (default torch init); the
+    gates are sigmoid(x W_g^T), per head ([N, Hq, 3]) or shared over heads ([N, 3]). Compression
+    parameters (linear: W_k [Hkv, l*Dqk, Dqk], W_v [Hkv, l*Dv, Dv]; both kinds: the key positional
+    embedding PE [Hkv, l, Dqk]) are xavier-uniform initialised per kv head. RoPE follows
+    config.rope.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 head_dim_v: Optional[int] = None, config: NsaConfig = NsaConfig(), shared_gates: bool = False,
+                 device=None, dtype=None):
+        super().__init__()
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        factory = {"device": device, "dtype": dtype}
+        head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        self.config = config
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim, self.head_dim_v = head_dim, head_dim_v
+        self.shared_gates = shared_gates
+
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=False, **factory)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False, **factory)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim_v, bias=False, **factory)
+        self.o_proj = nn.Linear(num_heads * head_dim_v, hidden_size, bias=False, **factory)
+        self.gate_proj = nn.Linear(hidden_size, 3 if shared_gates else 3 * num_heads, bias=False, **factory)
+
+        l = config.cmp_len
+        if config.compression == "linear":
+            self.w_k = nn.Parameter(torch.empty(num_kv_heads, l * head_dim, head_dim, **factory))
+            self.w_v = nn.Parameter(torch.empty(num_kv_heads, l * head_dim_v, head_dim_v, **factory))
+        elif config.compression == "mean":
+            self.register_parameter("w_k", None)
+            self.register_parameter("w_v", None)
+        else:
+            raise ValueError(f"config.compression: expected 'linear' or 'mean', got {config.compression!r}")
+        self.pe_k = nn.Parameter(torch.empty(num_kv_heads, l, head_dim, **factory))
+        self.reset_compression_parameters()
+
+    def reset_compression_parameters(self) -> None:
+        for param in (self.w_k, self.w_v, self.pe_k):
+            if param is not None:
+                _xavier_uniform_per_head(param)
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Activated gates: [N, 3] when shared, else [N, Hq, 3] (last index: cmp, slc, swa)."""
+        g = torch.sigmoid(self.gate_proj(x))
+        return g if self.shared_gates else g.view(x.shape[0], self.num_heads, 3)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim_v)
+        o = nsa_attention(q, k, v, cu_seqlens, self.gates(x), self.w_k, self.w_v, self.pe_k, self.config)
+        return self.o_proj(o.reshape(n, self.num_heads * self.head_dim_v))
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
+                f"head_dim_v={self.head_dim_v}, shared_gates={self.shared_gates}, config={self.config}")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the Python package (the PyTorch extension, with the CUDA kernels when nvcc is present) and
+# runs its tests (tests/python; the GPU tests skip without a device).
+#
+# torch comes from PyPI into a virtual environment (build/py-venv, reused by later runs). On Linux
+# x86_64 PyPI serves only the default torch wheel, a CUDA build (~1 GB, plus ~3 GB of nvidia-*
+# wheels; 5.3 GB installed); it runs on machines without a GPU. The CPU-only wheels live on
+# download.pytorch.org, which CI cannot reach. Set FSA_TORCH_INDEX_URL to use such an index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+source scripts/env.sh
+start=$(date +%s)
+venv=${FSA_PY_VENV:-build/py-venv}
+python=${PYTHON:-python3}
+if ! "$python" -c "import venv, ensurepip" 2>/dev/null; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv python3-pip
+fi
+[[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+index=()
+[[ -n ${FSA_TORCH_INDEX_URL:-} ]] && index=(--index-url "$FSA_TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple)
+"${pip[@]}" install -q "${index[@]}" "torch>=2.4" "pytest>=7" "scikit-build-core>=0.10" ninja
+echo "torch ready in $(( $(date +%s) - start )) s"
+# --no-build-isolation: compile against the torch just installed (an extension is tied to the
+# torch version it was built with) instead of downloading a second torch into a build environment.
+export CMAKE_BUILD_PARALLEL_LEVEL=$FSA_JOBS
+# FSA_PIP_ARGS: extra pip options, e.g. "-C cmake.define.FSA_ENABLE_CUDA=OFF" for a CPU-only build.
+# shellcheck disable=SC2086  # the variable holds several options
+"${pip[@]}" install -q --no-build-isolation ${FSA_PIP_ARGS:-} .
+echo "package built in $(( $(date +%s) - start )) s"
+"$venv/bin/python" -m pytest tests/python -q -ra "$@"
+echo "python tests finished in $(( $(date +%s) - start )) s"
