@@ -93,6 +93,15 @@ TEST(Status, CarriesCodeMessageAndLocation) {
   EXPECT_NE(bad.to_string().find("test_types.cpp"), std::string::npos);
 }
 
+// The library's errors point into the source tree (src/...), not at the build machine's paths.
+TEST(Status, LibraryErrorsCarryPathsRelativeToTheSourceTree) {
+  NsaConfig c;
+  c.topk = 0;
+  const Status s = c.validate();
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(std::string(s.file()).rfind("src/", 0), 0u) << s.file();
+}
+
 TEST(Config, DefaultsAreValidAndMatchTheSpec) {
   const NsaConfig c;
   FSA_EXPECT_OK(c.validate());

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <random>
 
+#include "bench_util.hpp"
 #include "buffer.hpp"
 #include "fsa/fsa.hpp"
 
@@ -15,24 +16,6 @@ namespace fsa::tool {
 
 #ifdef FSA_WITH_CUDA
 namespace {
-
-struct BenchConfig {
-  std::string name;
-  std::vector<std::int64_t> seqlens;
-  int heads_kv, group;
-};
-
-// benchmarks.md: bf16, D=128, l=32, s=16, B=64, K=16, I=1, L=2.
-std::vector<BenchConfig> canonical_configs() {
-  std::vector<BenchConfig> c;
-  for (const int g : {1, 2, 4, 8, 16}) c.push_back({"S64-G" + std::to_string(g), {65536}, 4, g});
-  c.push_back({"S8K-G4", {8192}, 4, 4});
-  c.push_back({"S16K-G4", {16384}, 4, 4});
-  c.push_back({"S32K-G4", {32768}, 4, 4});
-  c.push_back({"VAR-G4", {32768, 16384, 8192, 4096, 2048, 1024, 512, 512}, 4, 4});
-  c.push_back({"LLAMA8B", {32768}, 8, 4});
-  return c;
-}
 
 // Selections with the statistics of the peers' benchmarks: the forced blocks (block 0 and the last
 // two, the query's own included) plus distinct blocks drawn uniformly from the rest ("random"), or
@@ -123,33 +106,6 @@ SlcOptions slc_options(const std::string& path, int dense_threshold) {
   if (path == "split") o.path = SlcPath::kSplit;
   if (path == "query-outer") o.path = SlcPath::kQueryOuter;
   return o;
-}
-
-struct Timing {
-  double median, min, max;
-};
-
-template <class Fn>
-Timing time_gpu(int iterations, Fn&& body, Status* status) {
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> ms;
-  for (int i = -2; i < iterations; ++i) {  // two warm-up runs
-    cudaEventRecord(start);
-    *status = body();
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    if (!status->is_ok()) break;
-    float elapsed = 0;
-    cudaEventElapsedTime(&elapsed, start, stop);
-    if (i >= 0) ms.push_back(elapsed);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  if (ms.empty()) return {0, 0, 0};
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.back()};
 }
 
 }  // namespace

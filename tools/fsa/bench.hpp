@@ -1,5 +1,5 @@
-// `fsa bench selected`: times the GPU selected attention on the canonical configurations of
-// benchmarks.md and writes one CSV row per (configuration, pattern).
+// `fsa bench selected|compressed`: times GPU phases on the canonical configurations of
+// benchmarks.md and writes CSV rows.
 #pragma once
 
 #include <string>
@@ -17,5 +17,8 @@ struct BenchOptions {
 };
 
 int run_bench_selected(const BenchOptions& options);
+// `fsa bench compressed`: compression, compressed attention and selection phase by phase (uses
+// configs, iters and csv_path of the options).
+int run_bench_compressed(const BenchOptions& options);
 
 }  // namespace fsa::tool

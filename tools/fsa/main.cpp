@@ -30,6 +30,9 @@ commands:
             VAR-G4, LLAMA8B; default all), --pattern random|local (default both),
             --path auto|kv-outer|split|query-outer (repeatable; default auto), --dense-threshold N
             (the split's; default the cost model's), --iters N (default 10), --csv PATH
+  bench compressed
+            time the GPU compression (k and v), compressed attention forward, selection, and the
+            backward of compressed attention + compression: --config, --iters, --csv as above
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help      print this text
 
@@ -163,7 +166,8 @@ int run_demo_command(int argc, char** argv) {
 }
 
 int run_bench_command(int argc, char** argv) {
-  if (argc < 1 || std::string(argv[0]) != "selected") return usage_error("bench: expected 'selected'");
+  const std::string what = argc >= 1 ? argv[0] : "";
+  if (what != "selected" && what != "compressed") return usage_error("bench: expected 'selected' or 'compressed'");
   fsa::tool::BenchOptions options;
   for (int i = 1; i < argc; ++i) {
     const std::string opt = argv[i];
@@ -192,7 +196,7 @@ int run_bench_command(int argc, char** argv) {
       return usage_error("unknown option " + opt);
     }
   }
-  return fsa::tool::run_bench_selected(options);
+  return what == "selected" ? fsa::tool::run_bench_selected(options) : fsa::tool::run_bench_compressed(options);
 }
 
 }  // namespace
