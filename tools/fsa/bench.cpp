@@ -214,7 +214,10 @@ int run_bench_selected(const BenchOptions& options) {
                     bwd.max, bwd_tflops, static_cast<double>(peak) / (1 << 20), dense_pct);
       std::printf("%s\n", line);
       std::fflush(stdout);
-      if (csv) std::fprintf(csv, "%s\n", line);
+      if (csv) {
+        std::fprintf(csv, "%s\n", line);
+        std::fflush(csv);  // rows survive a run cut short
+      }
       }
     }
   }

@@ -156,7 +156,10 @@ int run_bench_compressed(const BenchOptions& options) {
                     t.max, static_cast<double>(peak) / (1 << 20));
       std::printf("%s\n", line);
       std::fflush(stdout);
-      if (csv) std::fprintf(csv, "%s\n", line);
+      if (csv) {
+        std::fprintf(csv, "%s\n", line);
+        std::fflush(csv);  // rows survive a run cut short
+      }
     }
   }
   if (csv) std::fclose(csv);
