@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The device machine's one call: build with all cores for the local GPU, run the GPU tests (and
-# the CPU ones, which are cheap there), a compute-sanitizer memcheck of the GPU tests, and the
-# demo; write logs to $OUT (when set) and a short table last.
+# the CPU ones, which are cheap there), a compute-sanitizer memcheck of the GPU tests, the demo and
+# (with FSA_GPU_CHECK_BENCH=1) the benchmarks; print a short table last. Logs go to
+# build/gpu-check; when $OUT is set (the device tool), they are packed into $OUT/gpu-check.tgz
+# with the benchmark CSVs next to it, since only a few files come back from a call.
 #
 # GoogleTest is not installed on the device machine: carry a copy of its sources in .gtest/
 # (`cp -r /usr/src/googletest .gtest` here; .gtest/ is git-ignored) and name it in `carry`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-build/gpu-check}
+out=build/gpu-check
 mkdir -p "$out"
 arch=${FSA_CUDA_ARCHITECTURES:-90a}
 targets=${FSA_GPU_CHECK_TARGETS:-all}
@@ -46,6 +48,8 @@ run demo ./build/gpu/fsa demo
 if [[ -n ${FSA_GPU_CHECK_BENCH:-} ]]; then
   # shellcheck disable=SC2086  # the variable holds several options
   run bench-selected ./build/gpu/fsa bench selected --csv "$out/bench-selected.csv" ${FSA_BENCH_ARGS:-}
+  # shellcheck disable=SC2086
+  run bench-compressed ./build/gpu/fsa bench compressed --csv "$out/bench-compressed.csv" ${FSA_BENCH_COMPRESSED_ARGS:-}
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv >"$out/gpu.csv" 2>&1
 
@@ -53,3 +57,7 @@ echo
 echo "== gpu-check: commit ${FSA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')} on $(head -2 "$out/gpu.csv" | tail -1)"
 printf '%s\n' "${status[@]}"
 grep -E "tests passed|tests failed" "$out"/gpu-tests.log "$out"/cpu-tests.log
+if [[ -n ${OUT:-} ]]; then
+  tar czf "$OUT/gpu-check.tgz" -C build gpu-check
+  cp "$out"/bench-*.csv "$OUT"/ 2>/dev/null || true
+fi
