@@ -58,6 +58,19 @@ ScoreAggregation parse_aggregation(c10::string_view name) {
   TORCH_CHECK_VALUE(false, "config.aggregation: expected 'group_sum' or 'first_head', got '", std::string(name), "'");
 }
 
+SlcOptions slc_options(c10::string_view path, std::int64_t dense_threshold) {
+  SlcOptions options;
+  if (path == "auto") options.path = SlcPath::kAuto;
+  else if (path == "kv-outer") options.path = SlcPath::kKvOuter;
+  else if (path == "split") options.path = SlcPath::kSplit;
+  else if (path == "query-outer") options.path = SlcPath::kQueryOuter;
+  else TORCH_CHECK_VALUE(false, "path: expected 'auto', 'kv-outer', 'split' or 'query-outer', got '", std::string(path), "'");
+  TORCH_CHECK_VALUE(dense_threshold >= 0 && dense_threshold <= INT32_MAX,
+                    "dense_threshold: expected 0 (the library's) or a positive int, got ", dense_threshold);
+  options.dense_threshold = static_cast<int>(dense_threshold);
+  return options;
+}
+
 NsaConfig config_with_compression(std::int64_t cmp_len, std::int64_t cmp_stride) {
   NsaConfig config;
   config.cmp_len = to_int(cmp_len, "cmp_len");

@@ -186,7 +186,8 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
 }
 
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                         const Tensor& cu_seqlens, std::int64_t block_size, double scale) {
+                         const Tensor& cu_seqlens, std::int64_t block_size, double scale, c10::string_view path,
+                         std::int64_t dense_threshold) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -196,14 +197,15 @@ Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(fsa::slc_attn_forward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, to_view(o, "o"),
-                                       to_view(lse, "lse")),
+                                       to_view(lse, "lse"), slc_options(path, dense_threshold)),
                  "slc_attn_forward");
   return {o, lse};
 }
 
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
                           const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
-                          std::int64_t block_size, double scale) {
+                          std::int64_t block_size, double scale, c10::string_view path,
+                          std::int64_t dense_threshold) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -215,7 +217,8 @@ Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
   const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
   throw_if_error(fsa::slc_attn_backward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, o_view,
-                                        lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv")),
+                                        lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv"),
+                                        slc_options(path, dense_threshold)),
                  "slc_attn_backward");
   return {dq, dk, dv};
 }

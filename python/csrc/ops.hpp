@@ -50,10 +50,12 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
                      c10::string_view aggregation);
 
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                         const Tensor& cu_seqlens, std::int64_t block_size, double scale);
+                         const Tensor& cu_seqlens, std::int64_t block_size, double scale, c10::string_view path,
+                         std::int64_t dense_threshold);
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
                           const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
-                          std::int64_t block_size, double scale);
+                          std::int64_t block_size, double scale, c10::string_view path,
+                          std::int64_t dense_threshold);
 
 Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, std::int64_t window,
                     double scale);
