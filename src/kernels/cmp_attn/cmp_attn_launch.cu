@@ -1,7 +1,7 @@
 // Host side of compressed attention on the GPU: checks the GPU path's limits, fills the params,
 // sizes the backward's workspace from shapes alone (stream-ordered allocation: no host
 // synchronisation, graph capturable) and turns the runtime dtype and head dims into template
-// arguments in dispatch(), the one place it happens for this op.
+// arguments through common::dispatch_attention.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -12,6 +12,7 @@
 #include "cuda/runtime.hpp"
 #include "kernels/cmp_attn/cmp_attn.hpp"
 #include "kernels/cmp_attn/cmp_attn_params.hpp"
+#include "kernels/common/launch_checks.hpp"
 #include "kernels/common/stream_workspace.hpp"
 
 namespace fsa::cuda {
@@ -22,37 +23,6 @@ template <class Element, int kDqk, int kDv>
 Status launch_cmp_attn_backward(const CmpAttnParams& p, cudaStream_t stream);  // instantiations/cmp_bwd_*.cu
 
 namespace {
-
-// The supported combinations: the head dims of the spec's models in bf16 and fp16.
-template <class Fn>
-Status dispatch(const char* op, DType dtype, std::int64_t dqk, std::int64_t dv, Fn&& fn) {
-  auto by_dims = [&]<class Element>() -> Status {
-    if (dqk == 64 && dv == 64) return fn.template operator()<Element, 64, 64>();
-    if (dqk == 128 && dv == 128) return fn.template operator()<Element, 128, 128>();
-    if (dqk == 192 && dv == 128) return fn.template operator()<Element, 192, 128>();
-    if (dqk == 256 && dv == 256) return fn.template operator()<Element, 256, 256>();
-    return FSA_ERROR(StatusCode::kNotImplemented, std::string(op) + ": q/v_cmp head dims " + std::to_string(dqk) +
-                                                      "/" + std::to_string(dv) +
-                                                      " are not supported on CUDA (supported: 64/64, 128/128, "
-                                                      "192/128, 256/256)");
-  };
-  if (dtype == DType::kBFloat16) return by_dims.template operator()<__nv_bfloat16>();
-  if (dtype == DType::kFloat16) return by_dims.template operator()<__half>();
-  return FSA_ERROR(StatusCode::kNotImplemented,
-                   std::string(op) + ": q: CUDA supports bf16 and fp16, got " + dtype_name(dtype));
-}
-
-// Rows move as 16-byte vectors (cp.async) and outputs are stored in pairs of elements.
-Status check_rows_aligned(const char* op, const char* name, const TensorView& t) {
-  const auto address = reinterpret_cast<std::uintptr_t>(t.data);
-  const std::int64_t vector = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
-  if (address % 16 != 0 || t.stride(0) % vector != 0 || t.stride(1) % vector != 0)
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     std::string(op) + ": " + name +
-                         ": the CUDA compressed attention needs 16-byte aligned rows (data pointer and token/head "
-                         "strides multiples of 8 elements)");
-  return Status::ok();
-}
 
 CmpAttnParams params_of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& cu_seqlens, const TensorView& cu_cmp, const TensorView& o,
@@ -97,11 +67,11 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   constexpr const char* kOp = "cmp_attn_forward";
   for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"q", q}, {"k_cmp", k_cmp},
                                 {"v_cmp", v_cmp}, {"o", o}})
-    FSA_RETURN_IF_ERROR(check_rows_aligned(kOp, name, t));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, name, t));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   const CmpAttnParams p = params_of(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse);
-  return dispatch(kOp, q.dtype, q.size(2), v_cmp.size(2), [&]<class Element, int kDqk, int kDv>() {
+  return common::dispatch_attention(kOp, q.dtype, q.size(2), v_cmp.size(2), [&]<class Element, int kDqk, int kDv>() {
     return launch_cmp_attn_forward<Element, kDqk, kDv>(p, stream);
   });
 }
@@ -113,7 +83,7 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   constexpr const char* kOp = "cmp_attn_backward";
   for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"q", q}, {"k_cmp", k_cmp},
                                 {"v_cmp", v_cmp}, {"d_o", d_o}, {"dk_cmp", dk_cmp}, {"dv_cmp", dv_cmp}})
-    FSA_RETURN_IF_ERROR(check_rows_aligned(kOp, name, t));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, name, t));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   CmpAttnParams p = params_of(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse);
@@ -135,7 +105,7 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   FSA_RETURN_IF_ERROR(ws.status());
   p.delta = reinterpret_cast<float*>(ws.bytes());
   p.dq_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes);
-  return dispatch(kOp, q.dtype, q.size(2), v_cmp.size(2), [&]<class Element, int kDqk, int kDv>() {
+  return common::dispatch_attention(kOp, q.dtype, q.size(2), v_cmp.size(2), [&]<class Element, int kDqk, int kDv>() {
     return launch_cmp_attn_backward<Element, kDqk, kDv>(p, stream);
   });
 }

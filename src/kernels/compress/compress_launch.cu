@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/launch_checks.hpp"
 #include "kernels/common/stream_workspace.hpp"
 #include "kernels/compress/compress.hpp"
 #include "kernels/compress/compress_params.hpp"
@@ -22,20 +23,6 @@ Status launch_compress_backward(const CompressParams& p, cudaStream_t stream);  
 namespace {
 
 Status not_supported(const std::string& message) { return FSA_ERROR(StatusCode::kNotImplemented, message); }
-
-// The GEMM kernels move rows as 16-byte vectors and store pairs of elements.
-Status check_aligned(const char* name, const TensorView& t) {
-  if (!t.defined()) return Status::ok();
-  const auto address = reinterpret_cast<std::uintptr_t>(t.data);
-  const std::int64_t vector = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
-  bool ok = address % 16 == 0;
-  for (int d = 0; d + 1 < t.ndim; ++d) ok = ok && t.stride(d) % vector == 0;
-  if (!ok)
-    return not_supported(std::string(name) +
-                         ": the CUDA compression needs 16-byte aligned rows (data pointer and strides multiples of "
-                         "8 elements)");
-  return Status::ok();
-}
 
 Status check_gpu_limits(const NsaConfig& config, const TensorView& x, const TensorView& weight,
                         std::int64_t dim_out) {
@@ -85,12 +72,6 @@ CompressParams params_of(const NsaConfig& config, const TensorView& x, const Ten
   return p;
 }
 
-template <class Fn>
-Status by_dtype(DType dtype, Fn&& fn) {
-  if (dtype == DType::kBFloat16) return fn.template operator()<__nv_bfloat16>();
-  return fn.template operator()<__half>();
-}
-
 }  // namespace
 
 Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
@@ -99,9 +80,9 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
   const std::int64_t dim_out = y.size(2);
   FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dim_out));
   if (weight.defined()) {
-    FSA_RETURN_IF_ERROR(check_aligned("x", x));
-    FSA_RETURN_IF_ERROR(check_aligned("weight", weight));
-    FSA_RETURN_IF_ERROR(check_aligned("y", y));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", "x", x));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", "weight", weight));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", "y", y));
   }
   if (cu_seqlens.size(0) <= 1 && y.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);
@@ -113,7 +94,8 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
   common::StreamWorkspace ws(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float), stream);
   FSA_RETURN_IF_ERROR(ws.status());
   p.head_vector = pos_emb.defined() ? reinterpret_cast<float*>(ws.bytes()) : nullptr;
-  return by_dtype(x.dtype, [&]<class Element>() { return launch_compress_forward<Element>(p, stream); });
+  return common::dispatch_dtype("compress_forward", "x", x.dtype,
+                                [&]<class Element>() { return launch_compress_forward<Element>(p, stream); });
 }
 
 Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
@@ -125,7 +107,7 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
   if (weight.defined()) {
     for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"x", x}, {"weight", weight}, {"dy", dy},
                                   {"dx", dx}, {"d_weight", d_weight}})
-      FSA_RETURN_IF_ERROR(check_aligned(name, t));
+      FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_backward", name, t));
   }
   if (x.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);
@@ -150,7 +132,8 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
   common::StreamWorkspace ws(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float), stream);
   FSA_RETURN_IF_ERROR(ws.status());
   p.head_vector = reinterpret_cast<float*>(ws.bytes());
-  return by_dtype(x.dtype, [&]<class Element>() { return launch_compress_backward<Element>(p, stream); });
+  return common::dispatch_dtype("compress_backward", "x", x.dtype,
+                                [&]<class Element>() { return launch_compress_backward<Element>(p, stream); });
 }
 
 }  // namespace fsa::cuda

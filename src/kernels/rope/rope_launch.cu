@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/launch_checks.hpp"
 #include "kernels/rope/rope.hpp"
 #include "kernels/rope/rope_params.hpp"
 #include "reference/reference.hpp"
@@ -39,13 +40,8 @@ Status rope(const RopeConfig& config, const TensorView& x, const TensorView& cu,
   if (p.num_seqs == 0) return Status::ok();
 
   const DeviceGuard guard(x.device.index);
-  switch (x.dtype) {
-    case DType::kBFloat16: return launch_rope<__nv_bfloat16>(p, current_stream());
-    case DType::kFloat16: return launch_rope<__half>(p, current_stream());
-    default:
-      return FSA_ERROR(StatusCode::kNotImplemented,
-                       std::string("x: RoPE on CUDA supports bf16 and fp16, got ") + dtype_name(x.dtype));
-  }
+  return common::dispatch_dtype(inverse ? "rope_backward" : "rope_forward", "x", x.dtype,
+                                [&]<class Element>() { return launch_rope<Element>(p, current_stream()); });
 }
 
 }  // namespace fsa::cuda

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/launch_checks.hpp"
 #include "kernels/select/select.hpp"
 #include "kernels/select/select_params.hpp"
 
@@ -23,34 +24,20 @@ constexpr int kRowsPerTile = 64;  // query rows of one S tile (select_kernel.cuh
 constexpr int kKeysPerTile = 64;  // compressed keys per tile (sel::kKeys)
 constexpr int kMaxTopk = 64;      // sel::kMaxTopk
 
-Status check_rows_aligned(const char* name, const TensorView& t) {
-  const auto address = reinterpret_cast<std::uintptr_t>(t.data);
-  const std::int64_t vector = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
-  if (address % 16 != 0 || t.stride(0) % vector != 0 || t.stride(1) % vector != 0)
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     std::string("select_blocks: ") + name +
-                         ": the CUDA selection needs 16-byte aligned rows (data pointer and token/head strides "
-                         "multiples of 8 elements)");
-  return Status::ok();
-}
-
+// The head dims of q and k_cmp that selection is instantiated for, as template arguments.
 template <class Fn>
 Status dispatch(DType dtype, std::int64_t dqk, Fn&& fn) {
-  auto by_dim = [&]<class Element>() -> Status {
+  return common::dispatch_dtype("select_blocks", "q", dtype, [&]<class Element>() -> Status {
     switch (dqk) {
       case 64: return fn.template operator()<Element, 64>();
       case 128: return fn.template operator()<Element, 128>();
       case 192: return fn.template operator()<Element, 192>();
       case 256: return fn.template operator()<Element, 256>();
       default:
-        return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: q: head dim Dqk " + std::to_string(dqk) +
-                                                          " is not supported on CUDA (supported: 64, 128, 192, 256)");
+        return FSA_ERROR(StatusCode::kNotImplemented, "q: select_blocks on CUDA supports head dims Dqk 64, 128, 192 "
+                                                      "and 256, got " + std::to_string(dqk));
     }
-  };
-  if (dtype == DType::kBFloat16) return by_dim.template operator()<__nv_bfloat16>();
-  if (dtype == DType::kFloat16) return by_dim.template operator()<__half>();
-  return FSA_ERROR(StatusCode::kNotImplemented,
-                   std::string("select_blocks: q: CUDA supports bf16 and fp16, got ") + dtype_name(dtype));
+  });
 }
 
 }  // namespace
@@ -62,8 +49,8 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
     return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: topk: the CUDA selection keeps at most " +
                                                       std::to_string(kMaxTopk) + " blocks per token, got K=" +
                                                       std::to_string(config.topk));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("q", q));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("k_cmp", k_cmp));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", "q", q));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", "k_cmp", k_cmp));
   SelectParams p{};
   p.q = q.data;
   p.q_token_stride = q.stride(0);

@@ -1,7 +1,7 @@
 // Host side of selected attention on the GPU: checks the GPU path's limits, sizes the workspace
 // from shapes alone (stream-ordered allocation, so no host synchronisation and graph capture
 // works), builds the plan and launches the kernels. The runtime dtype and head dims become
-// template arguments here, in dispatch(), and nowhere else.
+// template arguments in common::dispatch_attention, and nowhere else.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/launch_checks.hpp"
 #include "kernels/common/stream_workspace.hpp"
 #include "kernels/slc_attn/slc_attn.hpp"
 #include "kernels/slc_attn/slc_bwd_launch.hpp"
@@ -19,44 +20,20 @@ namespace fsa::cuda {
 
 namespace {
 
-// Calls fn.template operator()<Element, Dqk, Dv>() for the supported combinations: the head dims
-// of the spec's models (64, 128, 256, and MLA-style 192 for q/k with 128 for v) in bf16 and fp16.
-template <class Fn>
-Status dispatch(const char* op, DType dtype, int dqk, int dv, Fn&& fn) {
-  auto by_dims = [&]<class Element>() -> Status {
-    if (dqk == 64 && dv == 64) return fn.template operator()<Element, 64, 64>();
-    if (dqk == 128 && dv == 128) return fn.template operator()<Element, 128, 128>();
-    if (dqk == 192 && dv == 128) return fn.template operator()<Element, 192, 128>();
-    if (dqk == 256 && dv == 256) return fn.template operator()<Element, 256, 256>();
-    return FSA_ERROR(StatusCode::kNotImplemented, std::string(op) + ": q/v head dims " + std::to_string(dqk) + "/" +
-                                                      std::to_string(dv) +
-                                                      " are not supported on CUDA (supported: 64/64, 128/128, "
-                                                      "192/128, 256/256)");
-  };
-  if (dtype == DType::kBFloat16) return by_dims.template operator()<__nv_bfloat16>();
-  if (dtype == DType::kFloat16) return by_dims.template operator()<__half>();
-  return FSA_ERROR(StatusCode::kNotImplemented, std::string(op) + ": CUDA supports bf16 and fp16 only");
-}
+using common::align256;
+using common::check_rows_aligned;
+using common::dispatch_attention;
+using common::StreamWorkspace;
 
-// The kernels move rows with 16-byte vector loads.
-Status check_rows_aligned(const char* name, const TensorView& t) {
-  const auto address = reinterpret_cast<std::uintptr_t>(t.data);
-  const std::int64_t vector = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
-  if (address % 16 != 0 || t.stride(0) % vector != 0 || t.stride(1) % vector != 0)
-    return FSA_ERROR(StatusCode::kNotImplemented, std::string(name) +
-                                                      ": the CUDA selected attention needs 16-byte aligned rows "
-                                                      "(data pointer and token/head strides)");
-  return Status::ok();
-}
-
-Status check_gpu_limits(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& topk_idx) {
+Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& topk_idx) {
   if (topk_idx.size(2) > SlcPlanShape::kMaxWidth)
     return FSA_ERROR(StatusCode::kNotImplemented, "topk_idx: the CUDA path supports rows of at most " +
                                                       std::to_string(SlcPlanShape::kMaxWidth) + " entries, got " +
                                                       std::to_string(topk_idx.size(2)));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("q", q));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("k", k));
-  return check_rows_aligned("v", v);
+  FSA_RETURN_IF_ERROR(check_rows_aligned(op, "q", q));
+  FSA_RETURN_IF_ERROR(check_rows_aligned(op, "k", k));
+  return check_rows_aligned(op, "v", v);
 }
 
 SlcPlanShape plan_shape(const NsaConfig& config, const TensorView& q, const TensorView& k,
@@ -98,8 +75,6 @@ SlcPlanInputs plan_inputs(const TensorView& topk_idx, const TensorView& cu_seqle
           cu_seqlens.ptr<const std::int32_t>(), cu_seqlens.stride(0)};
 }
 
-using common::align256;
-using common::StreamWorkspace;
 
 // The planner's choice (docs/kernels/slc_attn.md, "Choosing a path"): the forced path, or for
 // kAuto the split with two rules measured on H100 (bench/results/h100-selected.csv):
@@ -138,8 +113,8 @@ ResolvedPath resolve_path(const SlcOptions& options, const SlcPlanShape& shape) 
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                         const TensorView& lse, const SlcOptions& options) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("o", o));  // written in 4-16 byte vectors
+  FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_forward", "o", o));  // written in 4-16 byte vectors
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
@@ -172,7 +147,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   p.lse_head_stride = lse.stride(0);
   p.lse_token_stride = lse.stride(1);
   if (planned) FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
-  return dispatch("slc_attn_forward", q.dtype, static_cast<int>(q.size(2)), static_cast<int>(v.size(2)),
+  return dispatch_attention("slc_attn_forward", q.dtype, q.size(2), v.size(2),
                   [&]<class Element, int kDqk, int kDv>() { return slc::launch_slc_forward<Element, kDqk, kDv>(p, stream); });
 }
 
@@ -180,8 +155,8 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv, const SlcOptions& /*options: the backward runs KV-outer*/) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits(q, k, v, topk_idx));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("d_o", d_o));
+  FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_backward", q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_backward", "d_o", d_o));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   const SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
@@ -221,7 +196,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   p.dv_token_stride = dv.stride(0);
   p.dv_head_stride = dv.stride(1);
   FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
-  return dispatch("slc_attn_backward", q.dtype, static_cast<int>(dqk), static_cast<int>(dv_dim),
+  return dispatch_attention("slc_attn_backward", q.dtype, dqk, dv_dim,
                   [&]<class Element, int kDqk, int kDv>() { return launch_slc_backward<Element, kDqk, kDv>(p, stream); });
 }
 
