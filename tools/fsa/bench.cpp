@@ -8,10 +8,6 @@
 #include "buffer.hpp"
 #include "fsa/fsa.hpp"
 
-#ifdef FSA_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
-
 namespace fsa::tool {
 
 #ifdef FSA_WITH_CUDA
@@ -117,18 +113,11 @@ int run_bench_selected(const BenchOptions& options) {
   std::fprintf(stderr, "fsa bench: built without CUDA\n");
   return 2;
 #else
-  const CudaDeviceInfo info = cuda_device_info();
-  if (!info.available) {
-    std::fprintf(stderr, "fsa bench: no CUDA device (%s)\n", info.reason.c_str());
-    return 2;
-  }
-  std::FILE* csv = options.csv_path.empty() ? nullptr : std::fopen(options.csv_path.c_str(), "w");
-  const std::string header =
-      "config,pattern,path,fwd_ms,fwd_min,fwd_max,fwd_tflops,bwd_ms,bwd_min,bwd_max,bwd_tflops,peak_workspace_mib,"
-      "dense_pairs_pct";
-  std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n%s\n", info.name.c_str(), info.sm_major, info.sm_minor,
-              info.multiprocessors, version(), header.c_str());
-  if (csv) std::fprintf(csv, "# fsa bench selected on %s\n%s\n", info.name.c_str(), header.c_str());
+  CudaDeviceInfo info;
+  if (!bench_device(&info)) return 2;
+  BenchOutput out("selected", info, options.csv_path,
+                  "config,pattern,path,fwd_ms,fwd_min,fwd_max,fwd_tflops,bwd_ms,bwd_min,bwd_max,bwd_tflops,"
+                  "peak_workspace_mib,dense_pairs_pct");
   const std::vector<std::string> patterns =
       options.patterns.empty() ? std::vector<std::string>{"random", "local"} : options.patterns;
   const std::vector<std::string> paths = options.paths.empty() ? std::vector<std::string>{"auto"} : options.paths;
@@ -175,53 +164,43 @@ int run_bench_selected(const BenchOptions& options) {
       if (s.is_ok()) s = topk.upload(topk_host);
       const int threshold = options.dense_threshold > 0 ? options.dense_threshold : config.block_size / 4;
       for (const std::string& path : paths) {
-      const SlcOptions slc = slc_options(path, options.dense_threshold);
-      // The split's share for the paths that plan it (auto also needs 4 dense blocks per tile).
-      const double dense_pct = path == "auto"    ? 100.0 * dense_fraction(c, config, topk_host, threshold, 4)
-                               : path == "split" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 1)
-                                                 : 0.0;
-      cudaMemPool_t pool;
-      cudaDeviceGetDefaultMemPool(&pool, 0);
-      std::uint64_t zero = 0;
-      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
-      Status run_status = s;
-      const Timing fwd = time_gpu(options.iterations, [&] {
-        return slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view(),
-                                slc);
-      }, &run_status);
-      Timing bwd{0, 0, 0};
-      if (run_status.is_ok())
-        bwd = time_gpu(options.iterations, [&] {
-          return slc_attn_backward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(), lse.view(),
-                                   d_o.view(), dq.view(), dk.view(), dv.view(), slc);
+        const SlcOptions slc = slc_options(path, options.dense_threshold);
+        // The split's share for the paths that plan it (auto also needs 4 dense blocks per tile).
+        const double dense_pct = path == "auto"    ? 100.0 * dense_fraction(c, config, topk_host, threshold, 4)
+                                 : path == "split" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 1)
+                                                   : 0.0;
+        reset_pool_peak();
+        Status run_status = s;
+        const Timing fwd = time_gpu(options.iterations, [&] {
+          return slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(),
+                                  lse.view(), slc);
         }, &run_status);
-      std::uint64_t peak = 0;
-      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak);
-      if (!run_status.is_ok()) {
-        std::fprintf(stderr, "%s %s %s: %s\n", c.name.c_str(), pattern.c_str(), path.c_str(),
-                     run_status.to_string().c_str());
-        ++failures;
-        continue;
-      }
-      // Useful FLOPs count only the attended keys (spec section 5): the forward's two GEMMs, the
-      // backward's five.
-      const double per_key_fwd = 2.0 * (d + d) * hq / c.heads_kv, per_key_bwd = 2.0 * (3 * d + 2 * d) * hq / c.heads_kv;
-      const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);
-      const double bwd_tflops = per_key_bwd * static_cast<double>(keys) / (bwd.median * 1e9);
-      char line[512];
-      std::snprintf(line, sizeof line, "%s,%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f,%.1f", c.name.c_str(),
-                    pattern.c_str(), path.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops, bwd.median, bwd.min,
-                    bwd.max, bwd_tflops, static_cast<double>(peak) / (1 << 20), dense_pct);
-      std::printf("%s\n", line);
-      std::fflush(stdout);
-      if (csv) {
-        std::fprintf(csv, "%s\n", line);
-        std::fflush(csv);  // rows survive a run cut short
-      }
+        Timing bwd{0, 0, 0};
+        if (run_status.is_ok())
+          bwd = time_gpu(options.iterations, [&] {
+            return slc_attn_backward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(),
+                                     lse.view(), d_o.view(), dq.view(), dk.view(), dv.view(), slc);
+          }, &run_status);
+        if (!run_status.is_ok()) {
+          std::fprintf(stderr, "%s %s %s: %s\n", c.name.c_str(), pattern.c_str(), path.c_str(),
+                       run_status.to_string().c_str());
+          ++failures;
+          continue;
+        }
+        // Useful FLOPs count only the attended keys (spec section 5): the forward's two GEMMs, the
+        // backward's five.
+        const double per_key_fwd = 2.0 * (d + d) * hq / c.heads_kv;
+        const double per_key_bwd = 2.0 * (3 * d + 2 * d) * hq / c.heads_kv;
+        const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);
+        const double bwd_tflops = per_key_bwd * static_cast<double>(keys) / (bwd.median * 1e9);
+        char line[512];
+        std::snprintf(line, sizeof line, "%s,%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f,%.1f",
+                      c.name.c_str(), pattern.c_str(), path.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops,
+                      bwd.median, bwd.min, bwd.max, bwd_tflops, pool_peak_mib(), dense_pct);
+        out.row(line);
       }
     }
   }
-  if (csv) std::fclose(csv);
   return failures == 0 ? 0 : 1;
 #endif
 }

@@ -85,16 +85,9 @@ int run_bench_compressed(const BenchOptions& options) {
   std::fprintf(stderr, "fsa bench: built without CUDA\n");
   return 2;
 #else
-  const CudaDeviceInfo info = cuda_device_info();
-  if (!info.available) {
-    std::fprintf(stderr, "fsa bench: no CUDA device (%s)\n", info.reason.c_str());
-    return 2;
-  }
-  std::FILE* csv = options.csv_path.empty() ? nullptr : std::fopen(options.csv_path.c_str(), "w");
-  const std::string header = "config,phase,ms,min,max,peak_workspace_mib";
-  std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n%s\n", info.name.c_str(), info.sm_major, info.sm_minor,
-              info.multiprocessors, version(), header.c_str());
-  if (csv) std::fprintf(csv, "# fsa bench compressed on %s\n%s\n", info.name.c_str(), header.c_str());
+  CudaDeviceInfo info;
+  if (!bench_device(&info)) return 2;
+  BenchOutput out("compressed", info, options.csv_path, "config,phase,ms,min,max,peak_workspace_mib");
   NsaConfig config;
   const int d = 128;
   int failures = 0;
@@ -137,15 +130,10 @@ int run_bench_compressed(const BenchOptions& options) {
          }},
         {"cmp attn bwd + compress bwd", backward},
     };
-    cudaMemPool_t pool;
-    cudaDeviceGetDefaultMemPool(&pool, 0);
     for (const auto& [name, body] : phases) {
-      std::uint64_t zero = 0;
-      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
+      reset_pool_peak();
       Status status;
       const Timing t = time_gpu(options.iterations, body, &status);
-      std::uint64_t peak = 0;
-      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak);
       if (!status.is_ok()) {
         std::fprintf(stderr, "%s %s: %s\n", c.name.c_str(), name.c_str(), status.to_string().c_str());
         ++failures;
@@ -153,16 +141,10 @@ int run_bench_compressed(const BenchOptions& options) {
       }
       char line[256];
       std::snprintf(line, sizeof line, "%s,%s,%.3f,%.3f,%.3f,%.0f", c.name.c_str(), name.c_str(), t.median, t.min,
-                    t.max, static_cast<double>(peak) / (1 << 20));
-      std::printf("%s\n", line);
-      std::fflush(stdout);
-      if (csv) {
-        std::fprintf(csv, "%s\n", line);
-        std::fflush(csv);  // rows survive a run cut short
-      }
+                    t.max, pool_peak_mib());
+      out.row(line);
     }
   }
-  if (csv) std::fclose(csv);
   return failures == 0 ? 0 : 1;
 #endif
 }

@@ -1,5 +1,5 @@
-// Shared pieces of the `fsa bench` commands: the canonical configurations of benchmarks.md and a
-// CUDA-event timer.
+// Shared pieces of the `fsa bench` commands: the canonical configurations of benchmarks.md, a
+// CUDA-event timer, the memory pool's peak, and the output (stdout and a CSV file).
 #pragma once
 
 #ifdef FSA_WITH_CUDA
@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,58 @@ Timing time_gpu(int iterations, Fn&& body, Status* status) {
   if (ms.empty()) return {0, 0, 0};
   std::sort(ms.begin(), ms.end());
   return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+// Peak bytes allocated from the device's memory pool (the workspaces are stream-ordered allocations
+// from it) since the last reset.
+inline void reset_pool_peak() {
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, 0) != cudaSuccess) return;
+  std::uint64_t zero = 0;
+  cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
+}
+inline double pool_peak_mib() {
+  cudaMemPool_t pool;
+  std::uint64_t peak = 0;
+  if (cudaDeviceGetDefaultMemPool(&pool, 0) == cudaSuccess)
+    cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak);
+  return static_cast<double>(peak) / (1 << 20);
+}
+
+// A bench command's output: a banner and the CSV header on stdout, then each row on stdout and in
+// the CSV file (when a path is given), flushed per row so that a run cut short keeps its rows.
+class BenchOutput {
+ public:
+  BenchOutput(const char* command, const CudaDeviceInfo& info, const std::string& csv_path, const std::string& header)
+      : csv_(csv_path.empty() ? nullptr : std::fopen(csv_path.c_str(), "w")) {
+    std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n%s\n", info.name.c_str(), info.sm_major, info.sm_minor,
+                info.multiprocessors, version(), header.c_str());
+    if (csv_) std::fprintf(csv_, "# fsa bench %s on %s\n%s\n", command, info.name.c_str(), header.c_str());
+  }
+  ~BenchOutput() {
+    if (csv_) std::fclose(csv_);
+  }
+  BenchOutput(const BenchOutput&) = delete;
+  BenchOutput& operator=(const BenchOutput&) = delete;
+
+  void row(const char* line) {
+    std::printf("%s\n", line);
+    std::fflush(stdout);
+    if (csv_) {
+      std::fprintf(csv_, "%s\n", line);
+      std::fflush(csv_);
+    }
+  }
+
+ private:
+  std::FILE* csv_;
+};
+
+// The CUDA device the benches run on; prints why and returns false when there is none.
+inline bool bench_device(CudaDeviceInfo* info) {
+  *info = cuda_device_info();
+  if (!info->available) std::fprintf(stderr, "fsa bench: no CUDA device (%s)\n", info->reason.c_str());
+  return info->available;
 }
 
 }  // namespace fsa::tool
