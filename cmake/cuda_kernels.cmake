@@ -10,6 +10,8 @@ set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/compress/compress_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/cmp_attn/cmp_attn_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/select/select_launch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/combine/combine.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/layer/cuda_layer.cu
 )
 file(GLOB FSA_CUDA_INSTANTIATIONS CONFIGURE_DEPENDS
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/*/instantiations/*.cu)

@@ -3,6 +3,9 @@
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
 #include "validate.hpp"
+#ifdef FSA_WITH_CUDA
+#include "kernels/combine/combine.hpp"
+#endif
 
 namespace fsa {
 
@@ -33,7 +36,13 @@ Status combine_forward(const NsaConfig& config, const TensorView& gates, const T
                        const TensorView& o_slc, const TensorView& o_swa, const TensorView& o) {
   FSA_RETURN_IF_ERROR(check_combine(config, gates, o_cmp, o_slc, o_swa));
   FSA_RETURN_IF_ERROR(detail::check_like({"o", o}, {"o_cmp", o_cmp}));
-  if (!detail::on_cpu(o_cmp)) return detail::not_implemented_on(o_cmp.device, "combine_forward");
+  if (!detail::on_cpu(o_cmp)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::combine_forward(config, gates, o_cmp, o_slc, o_swa, o);
+#else
+    return detail::not_implemented_on(o_cmp.device, "combine_forward");
+#endif
+  }
   return detail::run_reference("combine_forward",
                                [&] { ref::combine_forward(config, gates, o_cmp, o_slc, o_swa, o); });
 }
@@ -50,7 +59,13 @@ Status combine_backward(const NsaConfig& config, const TensorView& gates, const 
   if (d_o_cmp.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_cmp", d_o_cmp}, a));
   if (d_o_slc.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_slc", d_o_slc}, a));
   if (d_o_swa.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_swa", d_o_swa}, a));
-  if (!detail::on_cpu(o_cmp)) return detail::not_implemented_on(o_cmp.device, "combine_backward");
+  if (!detail::on_cpu(o_cmp)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::combine_backward(config, gates, o_cmp, o_slc, o_swa, d_o, d_gates, d_o_cmp, d_o_slc, d_o_swa);
+#else
+    return detail::not_implemented_on(o_cmp.device, "combine_backward");
+#endif
+  }
   return detail::run_reference("combine_backward", [&] {
     ref::combine_backward(config, gates, o_cmp, o_slc, o_swa, d_o, d_gates, d_o_cmp, d_o_slc, d_o_swa);
   });

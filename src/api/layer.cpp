@@ -3,6 +3,9 @@
 #include "fsa/layer.hpp"
 #include "reference/layer.hpp"
 #include "validate.hpp"
+#ifdef FSA_WITH_CUDA
+#include "layer/cuda_layer.hpp"
+#endif
 
 namespace fsa {
 
@@ -25,7 +28,12 @@ NsaLayerShape NsaLayerShape::of(const NsaLayerInputs& in) {
   return s;
 }
 
+// The CPU keeps activations in its compute type (fp32/fp64), the GPU in the input dtype: the
+// layouts differ, so the buffer's size depends on the device too.
 std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape) {
+#ifdef FSA_WITH_CUDA
+  if (shape.device.kind == DeviceKind::kCUDA) return cuda::nsa_saved_bytes(config, shape);
+#endif
   return ref::nsa_saved_bytes(config, shape);
 }
 
@@ -97,7 +105,13 @@ Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const 
   FSA_RETURN_IF_ERROR(detail::check_same_device(oa, q));
   FSA_RETURN_IF_ERROR(detail::check_tensor(oa, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}}));
   if (saved.defined()) FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved));
-  if (!detail::on_cpu(inputs.q)) return detail::not_implemented_on(inputs.q.device, "nsa_forward");
+  if (!detail::on_cpu(inputs.q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::nsa_forward(config, inputs, o, saved);
+#else
+    return detail::not_implemented_on(inputs.q.device, "nsa_forward");
+#endif
+  }
   return detail::run_reference("nsa_forward", [&] { ref::nsa_forward(config, inputs, o, saved); });
 }
 
@@ -117,7 +131,13 @@ Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const
   FSA_RETURN_IF_ERROR(check_grad("dpe_k", grads.dpe_k, "pe_k", inputs.pe_k));
   FSA_RETURN_IF_ERROR(check_grad("dw_v", grads.dw_v, "w_v", inputs.w_v));
   FSA_RETURN_IF_ERROR(check_grad("d_gates", grads.d_gates, "gates", inputs.gates));
-  if (!detail::on_cpu(inputs.q)) return detail::not_implemented_on(inputs.q.device, "nsa_backward");
+  if (!detail::on_cpu(inputs.q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::nsa_backward(config, inputs, saved, d_o, grads);
+#else
+    return detail::not_implemented_on(inputs.q.device, "nsa_backward");
+#endif
+  }
   return detail::run_reference("nsa_backward", [&] { ref::nsa_backward(config, inputs, saved, d_o, grads); });
 }
 
