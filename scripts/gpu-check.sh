@@ -45,11 +45,21 @@ run memcheck-slc compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/
 run memcheck-plan compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_slc_plan \
   --gtest_filter='*HandWritten*:*EmptyShapes*'
 run demo ./build/gpu/fsa demo
-if [[ -n ${FSA_GPU_CHECK_BENCH:-} ]]; then
-  # shellcheck disable=SC2086  # the variable holds several options
+# FSA_GPU_CHECK_BENCH=1 runs every bench; a comma list (selected,compressed,layer) picks some.
+bench_on() { [[ ${FSA_GPU_CHECK_BENCH:-} == 1 || ,${FSA_GPU_CHECK_BENCH:-}, == *,$1,* ]]; }
+# shellcheck disable=SC2086  # the *_ARGS variables hold several options
+if bench_on selected; then
   run bench-selected ./build/gpu/fsa bench selected --csv "$out/bench-selected.csv" ${FSA_BENCH_ARGS:-}
-  # shellcheck disable=SC2086
-  run bench-compressed ./build/gpu/fsa bench compressed --csv "$out/bench-compressed.csv" ${FSA_BENCH_COMPRESSED_ARGS:-}
+fi
+if bench_on compressed; then
+  run bench-compressed ./build/gpu/fsa bench compressed --csv "$out/bench-compressed.csv" \
+    ${FSA_BENCH_COMPRESSED_ARGS:-}
+fi
+if bench_on layer; then
+  run bench-layer ./build/gpu/fsa bench layer --csv "$out/bench-layer.csv" ${FSA_BENCH_LAYER_ARGS:-}
+  # Dense causal attention of torch SDPA on the same shapes, appended to the layer CSV (fails
+  # harmlessly when torch is missing).
+  run bench-sdpa python3 bench/sdpa_dense.py --csv "$out/bench-layer.csv" ${FSA_BENCH_SDPA_ARGS:-}
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv >"$out/gpu.csv" 2>&1
 

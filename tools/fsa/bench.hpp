@@ -1,4 +1,4 @@
-// `fsa bench selected|compressed`: times GPU phases on the canonical configurations of
+// `fsa bench selected|compressed|layer`: times GPU phases on the canonical configurations of
 // benchmarks.md and writes CSV rows.
 #pragma once
 
@@ -20,5 +20,8 @@ int run_bench_selected(const BenchOptions& options);
 // `fsa bench compressed`: compression, compressed attention and selection phase by phase (uses
 // configs, iters and csv_path of the options).
 int run_bench_compressed(const BenchOptions& options);
+// `fsa bench layer`: the whole layer phase by phase and through nsa_forward/nsa_backward against the
+// library's dense causal attention, plus the break-even sweep (uses configs, iters and csv_path).
+int run_bench_layer(const BenchOptions& options);
 
 }  // namespace fsa::tool

@@ -33,6 +33,12 @@ commands:
   bench compressed
             time the GPU compression (k and v), compressed attention forward, selection, and the
             backward of compressed attention + compression: --config, --iters, --csv as above
+  bench layer
+            time the whole NSA layer on the GPU: every forward and backward phase, nsa_forward and
+            nsa_backward, and the library's dense causal attention (forward, forward + backward) in
+            the same run, on the canonical configurations plus a length sweep SWEEP-G{4,16}-{2..32}K
+            that reports where NSA forward + backward becomes faster than dense: --config, --iters,
+            --csv as above
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help      print this text
 
@@ -167,7 +173,8 @@ int run_demo_command(int argc, char** argv) {
 
 int run_bench_command(int argc, char** argv) {
   const std::string what = argc >= 1 ? argv[0] : "";
-  if (what != "selected" && what != "compressed") return usage_error("bench: expected 'selected' or 'compressed'");
+  if (what != "selected" && what != "compressed" && what != "layer")
+    return usage_error("bench: expected 'selected', 'compressed' or 'layer'");
   fsa::tool::BenchOptions options;
   for (int i = 1; i < argc; ++i) {
     const std::string opt = argv[i];
@@ -196,6 +203,7 @@ int run_bench_command(int argc, char** argv) {
       return usage_error("unknown option " + opt);
     }
   }
+  if (what == "layer") return fsa::tool::run_bench_layer(options);
   return what == "selected" ? fsa::tool::run_bench_selected(options) : fsa::tool::run_bench_compressed(options);
 }
 

@@ -1,0 +1,295 @@
+// `fsa bench layer`: the whole NSA layer on the GPU against dense causal attention measured in the
+// same run (issue 5). For each canonical configuration of benchmarks.md: every forward and
+// backward phase through the public ops, the layer entry points (nsa_forward, nsa_backward), and
+// the library's own dense causal attention (the sliding-window kernels with a window as long as
+// the longest sequence) forward and forward + backward. Then a sweep of sequence lengths at G = 4
+// and G = 16 timing NSA and dense forward + backward, and the length where NSA becomes faster.
+// Peak memory is the pool's high-water mark (the ops' workspaces) plus the buffers the bench holds.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench.hpp"
+#include "bench_util.hpp"
+#include "buffer.hpp"
+#include "fsa/fsa.hpp"
+
+namespace fsa::tool {
+
+#ifdef FSA_WITH_CUDA
+namespace {
+
+// Uniform values of unit variance from a 64-bit xorshift: the inputs of a 64K-token problem are
+// hundreds of millions of elements, too many for std::normal_distribution in a benchmark's setup.
+class FastRandom {
+ public:
+  explicit FastRandom(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  std::vector<double> values(std::int64_t count, double scale, double offset = 0.0) {
+    std::vector<double> v(static_cast<std::size_t>(count));
+    for (double& x : v) x = offset + scale * std::sqrt(3.0) * (2.0 * uniform() - 1.0);
+    return v;
+  }
+
+ private:
+  double uniform() {
+    state_ ^= state_ << 13;
+    state_ ^= state_ >> 7;
+    state_ ^= state_ << 17;
+    return static_cast<double>(state_ >> 11) * (1.0 / 9007199254740992.0);
+  }
+  std::uint64_t state_;
+};
+
+// Device buffers of one problem: the layer's inputs and gradients, and each phase's outputs.
+class LayerProblem {
+ public:
+  LayerProblem(const BenchConfig& c, const NsaConfig& config, int d) : config_(config) {
+    const std::int64_t n = total_tokens(c), hq = c.heads_kv * c.group, hkv = c.heads_kv;
+    const std::int64_t ncmp = max_compressed_tokens(n, config), l = config.cmp_len;
+    const auto nseq = static_cast<std::int64_t>(c.seqlens.size());
+    const DType bf16 = DType::kBFloat16;
+    make("cu", DType::kInt32, {nseq + 1});
+    make("cu_cmp", DType::kInt32, {nseq + 1});
+    for (const char* name : {"q", "q_rot", "dq", "d_q_part"}) make(name, bf16, {n, hq, d});
+    for (const char* name : {"k", "k_rot", "v", "dk", "dv"}) make(name, bf16, {n, hkv, d});
+    for (const char* name : {"w_k", "w_v", "dw_k", "dw_v"}) make(name, bf16, {hkv, l * d, d});
+    for (const char* name : {"pe_k", "dpe_k"}) make(name, bf16, {hkv, l, d});
+    for (const char* name : {"k_cmp", "v_cmp", "dk_cmp", "dv_cmp"}) make(name, bf16, {ncmp, hkv, d});
+    for (const char* name : {"o", "d_o", "o_cmp", "o_slc", "o_swa", "d_cmp", "d_slc", "d_swa"})
+      make(name, bf16, {n, hq, d});
+    for (const char* name : {"gates", "d_gates"}) make(name, bf16, {n, hq, 3});
+    for (const char* name : {"lse_cmp", "lse_slc", "lse_swa"}) make(name, DType::kFloat32, {hq, n});
+    make("topk", DType::kInt32, {hkv, n, config.topk});
+    if (!error_.empty()) return;
+    make("saved", DType::kUInt8, {static_cast<std::int64_t>(nsa_saved_bytes(config, NsaLayerShape::of(inputs())))});
+    if (!error_.empty()) return;
+
+    FastRandom rng(17);
+    std::vector<double> cu_host{0};
+    for (std::int64_t s : c.seqlens) cu_host.push_back(cu_host.back() + static_cast<double>(s));
+    const double w_scale = 1.0 / std::sqrt(static_cast<double>(l * d));
+    Status s = buffers_["cu"].upload(cu_host);
+    for (const auto& [name, scale] : std::vector<std::pair<std::string, double>>{
+             {"q", 1.0}, {"k", 1.0}, {"v", 1.0}, {"d_o", 1.0}, {"w_k", w_scale}, {"w_v", w_scale}, {"pe_k", 0.1}})
+      if (s.is_ok()) s = buffers_[name].upload(rng.values(buffers_[name].numel(), scale));
+    // Gates in (0.05, 0.95), the range of the module's sigmoid gates.
+    if (s.is_ok()) s = buffers_["gates"].upload(rng.values(buffers_["gates"].numel(), 0.45 / std::sqrt(3.0), 0.5));
+    if (s.is_ok()) s = compressed_cu_seqlens(config, view("cu"), view("cu_cmp"));
+    if (!s.is_ok()) error_ = s.to_string();
+  }
+
+  const std::string& error() const { return error_; }
+  double bytes_mib() const {
+    double bytes = 0;
+    for (const auto& [name, b] : buffers_) bytes += static_cast<double>(b.bytes());
+    return bytes / (1 << 20);
+  }
+  TensorView view(const std::string& name) const { return buffers_.at(name).view(); }
+
+  NsaLayerInputs inputs() const {
+    NsaLayerInputs in;
+    in.q = view("q");
+    in.k = view("k");
+    in.v = view("v");
+    in.cu_seqlens = view("cu");
+    in.w_k = view("w_k");
+    in.pe_k = view("pe_k");
+    in.w_v = view("w_v");
+    in.gates = view("gates");
+    return in;
+  }
+  NsaLayerGrads grads() const {
+    return {view("dq"), view("dk"), view("dv"), view("dw_k"), view("dpe_k"), view("dw_v"), view("d_gates")};
+  }
+
+  // The phases of the layer, each through its public op, in the layer's order.
+  std::vector<std::pair<std::string, std::function<Status()>>> phases() const {
+    const NsaConfig& c = config_;
+    const TensorView cu = view("cu"), cu_cmp = view("cu_cmp");
+    const TensorView q = view("q_rot"), k = view("k_rot"), kc = view("k_cmp");
+    return {
+        {"fwd: compress k+v", [=, this] {
+           FSA_RETURN_IF_ERROR(compress_forward(c, view("k"), cu, cu_cmp, view("w_k"), view("pe_k"), kc));
+           return compress_forward(c, view("v"), cu, cu_cmp, view("w_v"), TensorView{}, view("v_cmp"));
+         }},
+        {"fwd: rope q, k, k_cmp", [=, this] {
+           FSA_RETURN_IF_ERROR(rope_forward(c.rope, view("q"), cu, 1, q));
+           FSA_RETURN_IF_ERROR(rope_forward(c.rope, view("k"), cu, 1, k));
+           return rope_forward(c.rope, kc, cu_cmp, c.cmp_stride, kc);
+         }},
+        {"fwd: cmp attn", [=, this] {
+           return cmp_attn_forward(c, q, kc, view("v_cmp"), cu, cu_cmp, view("o_cmp"), view("lse_cmp"));
+         }},
+        {"fwd: select", [=, this] {
+           return select_blocks(c, q, kc, view("lse_cmp"), cu, cu_cmp, view("topk"));
+         }},
+        {"fwd: slc attn", [=, this] {
+           return slc_attn_forward(c, q, k, view("v"), view("topk"), cu, view("o_slc"), view("lse_slc"));
+         }},
+        {"fwd: swa", [=, this] { return swa_forward(c, q, k, view("v"), cu, view("o_swa"), view("lse_swa")); }},
+        {"fwd: combine", [=, this] {
+           return combine_forward(c, view("gates"), view("o_cmp"), view("o_slc"), view("o_swa"), view("o"));
+         }},
+        {"bwd: combine", [=, this] {
+           return combine_backward(c, view("gates"), view("o_cmp"), view("o_slc"), view("o_swa"), view("d_o"),
+                                   view("d_gates"), view("d_cmp"), view("d_slc"), view("d_swa"));
+         }},
+        {"bwd: swa", [=, this] {
+           return swa_backward(c, q, k, view("v"), cu, view("o_swa"), view("lse_swa"), view("d_swa"), view("dq"),
+                               view("dk"), view("dv"));
+         }},
+        {"bwd: slc attn", [=, this] {
+           return slc_attn_backward(c, q, k, view("v"), view("topk"), cu, view("o_slc"), view("lse_slc"),
+                                    view("d_slc"), view("dq"), view("dk"), view("dv"));
+         }},
+        {"bwd: cmp attn", [=, this] {
+           return cmp_attn_backward(c, q, kc, view("v_cmp"), cu, cu_cmp, view("o_cmp"), view("lse_cmp"),
+                                    view("d_cmp"), view("dq"), view("dk_cmp"), view("dv_cmp"));
+         }},
+        {"bwd: compress k+v", [=, this] {
+           FSA_RETURN_IF_ERROR(compress_backward(c, view("k"), cu, cu_cmp, view("w_k"), view("pe_k"),
+                                                 view("dk_cmp"), view("dk"), view("dw_k"), view("dpe_k")));
+           return compress_backward(c, view("v"), cu, cu_cmp, view("w_v"), TensorView{}, view("dv_cmp"), view("dv"),
+                                    view("dw_v"), TensorView{});
+         }},
+    };
+  }
+
+  Status layer_forward() const { return nsa_forward(config_, inputs(), view("o"), view("saved")); }
+  Status layer_backward() const { return nsa_backward(config_, inputs(), view("saved"), view("d_o"), grads()); }
+
+  // Dense causal attention over the raw q, k, v: the window covers every earlier token.
+  NsaConfig dense_config(std::int64_t longest) const {
+    NsaConfig dense = config_;
+    dense.window = static_cast<int>(longest);
+    return dense;
+  }
+  Status dense_forward(const NsaConfig& dense) const {
+    return swa_forward(dense, view("q"), view("k"), view("v"), view("cu"), view("o_swa"), view("lse_swa"));
+  }
+  Status dense_backward(const NsaConfig& dense) const {
+    return swa_backward(dense, view("q"), view("k"), view("v"), view("cu"), view("o_swa"), view("lse_swa"),
+                        view("d_o"), view("dq"), view("dk"), view("dv"));
+  }
+
+ private:
+  void make(const std::string& name, DType dtype, std::vector<std::int64_t> sizes) {
+    if (!error_.empty()) return;
+    buffers_[name] = Buffer(Device::cuda(0), dtype, std::move(sizes), &error_);
+    if (!error_.empty()) error_ = name + ": " + error_;
+  }
+
+  NsaConfig config_;
+  std::map<std::string, Buffer> buffers_;
+  std::string error_;
+};
+
+// Dense causal attention FLOPs (forward: two GEMMs over the causal half; backward: five).
+double dense_fwd_flop(const BenchConfig& c, int d) {
+  double pairs = 0;
+  for (std::int64_t s : c.seqlens) pairs += 0.5 * static_cast<double>(s) * static_cast<double>(s + 1);
+  return 4.0 * d * pairs * c.heads_kv * c.group;
+}
+
+std::vector<BenchConfig> sweep_configs() {
+  std::vector<BenchConfig> sweep;
+  for (const int g : {4, 16})
+    for (const int kib : {2, 4, 8, 16, 32})
+      sweep.push_back({"SWEEP-G" + std::to_string(g) + "-" + std::to_string(kib) + "K", {kib * 1024LL}, 4, g});
+  return sweep;
+}
+
+}  // namespace
+#endif
+
+int run_bench_layer(const BenchOptions& options) {
+#ifndef FSA_WITH_CUDA
+  (void)options;
+  std::fprintf(stderr, "fsa bench: built without CUDA\n");
+  return 2;
+#else
+  CudaDeviceInfo info;
+  if (!bench_device(&info)) return 2;
+  BenchOutput out("layer", info, options.csv_path, "config,phase,ms,min,max,tflops,peak_mib");
+  const NsaConfig config;  // benchmarks.md: l=32, s=16, B=64, K=16, I=1, L=2, w=512
+  const int d = 128;
+  int failures = 0;
+  // NSA and dense forward + backward per sweep length, for the break-even summary.
+  std::map<int, std::vector<std::pair<std::int64_t, std::pair<double, double>>>> sweep_times;
+
+  std::vector<BenchConfig> configs = canonical_configs();
+  for (const BenchConfig& s : sweep_configs()) configs.push_back(s);
+  for (const BenchConfig& c : configs) {
+    if (!selected(options.configs, c.name)) continue;
+    const bool sweep = c.name.rfind("SWEEP", 0) == 0;
+    LayerProblem p(c, config, d);
+    if (!p.error().empty()) {
+      std::fprintf(stderr, "%s: %s\n", c.name.c_str(), p.error().c_str());
+      ++failures;
+      continue;
+    }
+    const NsaConfig dense = p.dense_config(*std::max_element(c.seqlens.begin(), c.seqlens.end()));
+    std::vector<std::pair<std::string, std::function<Status()>>> timed;
+    if (!sweep) timed = p.phases();
+    timed.emplace_back("layer fwd", [&] { return p.layer_forward(); });
+    timed.emplace_back("layer bwd", [&] { return p.layer_backward(); });
+    timed.emplace_back("layer fwd+bwd", [&] {
+      FSA_RETURN_IF_ERROR(p.layer_forward());
+      return p.layer_backward();
+    });
+    if (!sweep) timed.emplace_back("dense fwd", [&] { return p.dense_forward(dense); });
+    timed.emplace_back("dense fwd+bwd", [&] {
+      FSA_RETURN_IF_ERROR(p.dense_forward(dense));
+      return p.dense_backward(dense);
+    });
+    std::map<std::string, double> median;
+    for (const auto& [name, body] : timed) {
+      reset_pool_peak();
+      Status status;
+      const Timing t = time_gpu(options.iterations, body, &status);
+      if (!status.is_ok()) {
+        std::fprintf(stderr, "%s %s: %s\n", c.name.c_str(), name.c_str(), status.to_string().c_str());
+        ++failures;
+        continue;
+      }
+      median[name] = t.median;
+      const double flop = name == "dense fwd" ? dense_fwd_flop(c, d) : name == "dense fwd+bwd" ? 3.5 * dense_fwd_flop(c, d) : 0;
+      char line[320];
+      std::snprintf(line, sizeof line, "%s,%s,%.3f,%.3f,%.3f,%.1f,%.0f", c.name.c_str(), name.c_str(), t.median,
+                    t.min, t.max, flop > 0 ? flop / (t.median * 1e9) : 0.0, pool_peak_mib() + p.bytes_mib());
+      out.row(line);
+    }
+    if (sweep && median.count("layer fwd+bwd") && median.count("dense fwd+bwd"))
+      sweep_times[c.group].push_back({c.seqlens[0], {median["layer fwd+bwd"], median["dense fwd+bwd"]}});
+  }
+  // Break-even: the first swept length where NSA forward + backward beats dense, interpolated
+  // geometrically between it and the previous length.
+  for (const auto& [g, points] : sweep_times) {
+    std::string verdict = "NSA slower than dense at every swept length";
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      const double ratio = points[i].second.first / points[i].second.second;
+      if (ratio >= 1.0) continue;
+      if (i == 0) {
+        verdict = "NSA faster already at " + std::to_string(points[i].first) + " tokens";
+      } else {
+        const double r0 = points[i - 1].second.first / points[i - 1].second.second;
+        const double x0 = std::log(static_cast<double>(points[i - 1].first)), x1 = std::log(static_cast<double>(points[i].first));
+        const double t = std::log(r0) / (std::log(r0) - std::log(ratio));
+        verdict = "break-even ~" + std::to_string(static_cast<long long>(std::exp(x0 + t * (x1 - x0)))) + " tokens";
+      }
+      break;
+    }
+    char line[200];
+    std::snprintf(line, sizeof line, "BREAK-EVEN-G%d,%s,0,0,0,0,0", g, verdict.c_str());
+    out.row(line);
+  }
+  return failures == 0 ? 0 : 1;
+#endif
+}
+
+}  // namespace fsa::tool
