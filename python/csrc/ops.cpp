@@ -375,7 +375,7 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
 std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
                              std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
-                             std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
+                             c10::Device device, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
                              std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window, double scale,
                              c10::string_view compression, c10::string_view aggregation, bool rope, double rope_theta,
                              bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
@@ -400,6 +400,8 @@ std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::in
   shape.head_dim_qk = static_cast<int>(head_dim_qk);
   shape.head_dim_v = static_cast<int>(head_dim_v);
   shape.dtype = to_fsa_dtype(dtype, "dtype");
+  // The CPU and GPU lay the buffer out differently (see fsa::nsa_saved_bytes).
+  shape.device = device.is_cuda() ? Device::cuda(device.has_index() ? device.index() : 0) : Device::cpu();
   return static_cast<std::int64_t>(fsa::nsa_saved_bytes(args.to_config(3), shape));
 }
 

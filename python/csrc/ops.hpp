@@ -83,10 +83,10 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                      c10::string_view aggregation, bool rope, double rope_theta, bool llama3_scaling,
                      double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
                      std::int64_t llama3_original_max_position);
-// Bytes of nsa_forward's `saved` output: shapes only, so that fake tensors can size it.
+// Bytes of nsa_forward's `saved` output: shapes and device only, so that fake tensors can size it.
 std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
                              std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
-                             std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
+                             c10::Device device, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
                              std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window, double scale,
                              c10::string_view compression, c10::string_view aggregation, bool rope, double rope_theta,
                              bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,

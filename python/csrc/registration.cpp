@@ -59,7 +59,7 @@ TORCH_LIBRARY(fsa, m) {
   // No tensor arguments: one kernel for every dispatch key.
   const std::string saved_bytes_schema =
       "nsa_saved_bytes(int tokens, int num_seqs, int heads_q, int heads_kv, int head_dim_qk, int head_dim_v, "
-      "ScalarType dtype, " +
+      "ScalarType dtype, Device device, " +
       kLayerConfigSchema + ") -> int";
   m.def(saved_bytes_schema.c_str(), TORCH_FN(fsa::torch_ext::nsa_saved_bytes));
 }

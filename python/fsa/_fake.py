@@ -97,7 +97,7 @@ def _saved_bytes(q, k, v, cu_seqlens, config_args):
     layout is the C++ library's business, not re-derived here)."""
     sizes = (q.shape[0], cu_seqlens.shape[0] - 1, q.shape[1], k.shape[1], q.shape[2], v.shape[2])
     if all(isinstance(s, int) for s in sizes):
-        return ops.nsa_saved_bytes(*sizes, q.dtype, *config_args)
+        return ops.nsa_saved_bytes(*sizes, q.dtype, q.device, *config_args)
     return torch.library.get_ctx().new_dynamic_size()
 
 
