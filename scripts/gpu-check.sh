@@ -44,6 +44,9 @@ run memcheck-slc compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/
   --gtest_filter='*GroupSizes*:*EveryLength*'
 run memcheck-plan compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_slc_plan \
   --gtest_filter='*HandWritten*:*EmptyShapes*'
+run memcheck-layer compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_layer \
+  --gtest_filter='*HeadDims64And256*'
+run memcheck-combine compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_combine
 run demo ./build/gpu/fsa demo
 # FSA_GPU_CHECK_BENCH=1 runs every bench; a comma list (selected,compressed,layer) picks some.
 bench_on() { [[ ${FSA_GPU_CHECK_BENCH:-} == 1 || ,${FSA_GPU_CHECK_BENCH:-}, == *,$1,* ]]; }
