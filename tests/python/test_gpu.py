@@ -157,11 +157,20 @@ def test_combine():
     compare(fsa.combine, naive_nsa.combine, [p.gates] + o)
 
 
+# The whole layer keeps q and k after RoPE in bf16 on the GPU, the reference in fp32: block scores
+# differ by ~1e-3 relative, enough to swap a near-tied K-th block. With K >= the blocks of the
+# longest sequence every visible block is selected and the comparison is exact in its semantics
+# (the selection itself is compared bitwise-modulo-ties in test_select_blocks).
+LAYER_CONFIG = fsa.NsaConfig(cmp_len=32, cmp_stride=16, block_size=64, topk=12, init_blocks=1, local_blocks=2,
+                             window=96)
+
+
 def test_nsa_attention():
-    p = problem()
+    p = make_problem(lengths=LENGTHS, heads_q=8, heads_kv=2, dim_qk=128, dim_v=128, config=LAYER_CONFIG,
+                     dtype=torch.float32)
     cu = p.cu_seqlens
-    compare(lambda q, k, v, g, wk, wv, pe: fsa.nsa_attention(q, k, v, cu.cuda(), g, wk, wv, pe, CONFIG),
-            lambda q, k, v, g, wk, wv, pe: naive_nsa.nsa_attention(q, k, v, cu, g, wk, wv, pe, CONFIG),
+    compare(lambda q, k, v, g, wk, wv, pe: fsa.nsa_attention(q, k, v, cu.cuda(), g, wk, wv, pe, LAYER_CONFIG),
+            lambda q, k, v, g, wk, wv, pe: naive_nsa.nsa_attention(q, k, v, cu, g, wk, wv, pe, LAYER_CONFIG),
             [p.q, p.k, p.v, p.gates, p.w_k, p.w_v, p.pe_k])
 
 
