@@ -9,6 +9,8 @@ set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/slc_attn/slc_attn.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/compress/compress_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/cmp_attn/cmp_attn_launch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/flash/flash_launch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/swa/swa_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/select/select_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/combine/combine.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/layer/cuda_layer.cu

@@ -38,10 +38,11 @@ TABLE = {
     "compress_bwd": ("compress", "fsa::cuda", "kernels/compress/compress_kernel.cuh", "launch_compress_backward",
                      "Status {fn}<{args}>(const CompressParams&, cudaStream_t);",
                      [(name, ctype) for name, ctype in DTYPES.items()]),
-    "cmp_fwd": ("cmp_attn", "fsa::cuda", "kernels/cmp_attn/cmp_fwd_kernel.cuh", "launch_cmp_attn_forward",
-                "Status {fn}<{args}>(const CmpAttnParams&, cudaStream_t);", attention_combos()),
-    "cmp_bwd": ("cmp_attn", "fsa::cuda", "kernels/cmp_attn/cmp_bwd_kernel.cuh", "launch_cmp_attn_backward",
-                "Status {fn}<{args}>(const CmpAttnParams&, cudaStream_t);", attention_combos()),
+    # Masked flash attention: compressed attention and sliding-window attention (runtime mask kind).
+    "flash_fwd": ("flash", "fsa::cuda", "kernels/flash/flash_fwd_kernel.cuh", "launch_flash_forward",
+                  "Status {fn}<{args}>(const FlashParams&, cudaStream_t);", attention_combos()),
+    "flash_bwd": ("flash", "fsa::cuda", "kernels/flash/flash_bwd_kernel.cuh", "launch_flash_backward",
+                  "Status {fn}<{args}>(const FlashParams&, cudaStream_t);", attention_combos()),
     # Selection reads q and compressed k only: one instantiation per q/k head dim.
     "select": ("select", "fsa::cuda", "kernels/select/select_kernel.cuh", "launch_select_blocks",
                "Status {fn}<{args}>(const SelectParams&, cudaStream_t);",

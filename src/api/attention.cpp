@@ -6,6 +6,7 @@
 #ifdef FSA_WITH_CUDA
 #include "kernels/cmp_attn/cmp_attn.hpp"
 #include "kernels/slc_attn/slc_attn.hpp"
+#include "kernels/swa/swa.hpp"
 #endif
 
 namespace fsa {
@@ -149,7 +150,13 @@ Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorVie
   AttnDims dims;
   FSA_RETURN_IF_ERROR(
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "swa_forward");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::swa_forward(config, q, k, v, cu_seqlens, o, lse);
+#else
+    return detail::not_implemented_on(q.device, "swa_forward");
+#endif
+  }
   return detail::run_reference("swa_forward", [&] { ref::swa_forward(config, q, k, v, cu_seqlens, o, lse); });
 }
 
@@ -161,7 +168,13 @@ Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorVi
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(check_attention_grads({"q", q}, {"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq},
                                             {"dk", dk}, {"dv", dv}));
-  if (!detail::on_cpu(q)) return detail::not_implemented_on(q.device, "swa_backward");
+  if (!detail::on_cpu(q)) {
+#ifdef FSA_WITH_CUDA
+    return cuda::swa_backward(config, q, k, v, cu_seqlens, o, lse, d_o, dq, dk, dv);
+#else
+    return detail::not_implemented_on(q.device, "swa_backward");
+#endif
+  }
   return detail::run_reference("swa_backward",
                                [&] { ref::swa_backward(config, q, k, v, cu_seqlens, o, lse, d_o, dq, dk, dv); });
 }

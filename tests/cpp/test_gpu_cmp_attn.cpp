@@ -3,6 +3,7 @@
 // (dq, dk_cmp, dv_cmp), packed batches with sequences shorter than l, exactly l, l + s - 1 and a
 // few thousand tokens, G in {1, 4, 16}, the head dims of the spec's models, bf16 and fp16.
 // Outputs are poisoned before each run; spare compressed rows of dk/dv must come back as zeros.
+// Also: CUDA graph capture of forward + backward.
 #include <cmath>
 
 #include "gpu_compare.hpp"
@@ -179,6 +180,56 @@ TEST_F(Gpu, CmpAttnVisibilityRule) {
     for (int d = 0; d < 64; ++d) a[i] += q.get(47 * 64 + d) * k.get(i * 64 + d) / 8.0;
   const double m = std::max(a[0], a[1]);
   EXPECT_NEAR(got_lse.get(47), m + std::log(std::exp(a[0] - m) + std::exp(a[1] - m)), 1e-2 * (1 + std::fabs(m)));
+}
+
+// Forward and backward captured in a CUDA graph (stream-ordered workspace, no host
+// synchronisation) and replayed give the eager results: the forward bitwise, the backward up to
+// the order of its fp32 atomics.
+TEST_F(Gpu, CmpAttnIsGraphCapturable) {
+  auto rng = rng_for_test();
+  CmpCase c;
+  c.lengths = {700, 31, 90};
+  NsaConfig config;
+  const HostTensor cu = make_cu_seqlens(c.lengths);
+  const HostTensor cu_cmp = make_cu_cmp(config, cu);
+  const std::int64_t n = cu.get(cu.numel() - 1), rows = max_compressed_tokens(n, config);
+  HostTensor q(c.dtype, {n, c.hq, c.dqk}), k(c.dtype, {rows, c.hkv, c.dqk}), v(c.dtype, {rows, c.hkv, c.dv});
+  HostTensor d_o(c.dtype, {n, c.hq, c.dv});
+  q.fill_normal(rng);
+  k.fill_normal(rng);
+  v.fill_normal(rng);
+  d_o.fill_normal(rng);
+  const CmpResult eager = run(c, config, cu, cu_cmp, q, k, v, d_o, true);
+
+  HostTensor o(c.dtype, {n, c.hq, c.dv}), lse(DType::kFloat32, {c.hq, n}), dq(c.dtype, q.sizes());
+  HostTensor dk(c.dtype, k.sizes()), dv(c.dtype, v.sizes());
+  for (HostTensor* t : {&o, &lse, &dq, &dk, &dv}) t->poison();
+  DeviceTensor gq(q), gk(k), gv(v), gcu(cu), gcmp(cu_cmp), gdo(d_o), go(o), gl(lse), gdq(dq), gdk(dk), gdv(dv);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  {
+    CudaStreamScope scope(stream);
+    FSA_EXPECT_OK(cmp_attn_forward(config, gq.view(), gk.view(), gv.view(), gcu.view(), gcmp.view(), go.view(),
+                                   gl.view()));
+    FSA_EXPECT_OK(cmp_attn_backward(config, gq.view(), gk.view(), gv.view(), gcu.view(), gcmp.view(), go.view(),
+                                    gl.view(), gdo.view(), gdq.view(), gdk.view(), gdv.view()));
+  }
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 2; ++replay) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(go.download().to_double(), eager.o.to_double());
+  EXPECT_EQ(gl.download().to_double(), eager.lse.to_double());
+  EXPECT_LT(rel_frobenius(gdq.download().to_double(), eager.dq.to_double()), 1e-3);
+  EXPECT_LT(rel_frobenius(gdk.download().to_double(), eager.dk.to_double()), 1e-3);
+  EXPECT_LT(rel_frobenius(gdv.download().to_double(), eager.dv.to_double()), 1e-3);
+  expect_zero_rows("dk_cmp (graph)", gdk.download(), cu_cmp.get(cu_cmp.numel() - 1));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace

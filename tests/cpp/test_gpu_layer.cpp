@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <string>
 
@@ -128,6 +129,12 @@ LayerTensors as_fp32(const LayerCase& lc, const LayerTensors& h) {
   return out;
 }
 
+double sum_of_squares(const std::vector<double>& v) {
+  double s = 0;
+  for (const double x : v) s += x * x;
+  return s;
+}
+
 std::string describe(const LayerCase& lc) {
   std::string s = std::string(dtype_name(lc.dtype)) + " G=" + std::to_string(lc.hq / lc.hkv) +
                   " Hkv=" + std::to_string(lc.hkv) + " D=" + std::to_string(lc.dqk) + "/" + std::to_string(lc.dv) +
@@ -164,9 +171,18 @@ void check_exact(const LayerCase& lc, std::uint64_t salt) {
   const double tol = bf16_or_fp16_tolerance(lc.dtype);
   const std::string what = describe(lc);
   expect_close("o " + what, gpu.at("o").to_double(), ref.at("o").to_double(), tol);
-  for (const char* name : kGradNames)
-    if (ref.count(name)) expect_close(std::string("d") + name + " " + what, gpu.at(name).to_double(),
-                                      ref.at(name).to_double(), 3 * tol);
+  for (const char* name : kGradNames) {
+    if (!ref.count(name)) continue;
+    // Without RoPE, adding one vector to every compressed key leaves each softmax unchanged, so
+    // the compressed keys' gradients sum to zero and d pe_k is exactly zero: both sides hold only
+    // rounding noise. It must be small against the keys' gradient instead.
+    if (std::string(name) == "pe_k" && !lc.config.rope.enabled) {
+      const double noise = std::sqrt(sum_of_squares(gpu.at(name).to_double()));
+      EXPECT_LT(noise, tol * std::sqrt(sum_of_squares(ref.at("k").to_double()))) << "dpe_k " << what;
+      continue;
+    }
+    expect_close(std::string("d") + name + " " + what, gpu.at(name).to_double(), ref.at(name).to_double(), 3 * tol);
+  }
 }
 
 TEST_F(Gpu, LayerGroupSizesAndHeadDims) {

@@ -809,7 +809,8 @@ TEST(Validation, CudaTensorsGiveNotImplementedWithoutCrashing) {
   const std::set<std::string> ops_with_cuda_kernels = {"compressed_cu_seqlens", "rope_forward",      "rope_backward",
                                                        "compress_forward",      "compress_backward", "cmp_attn_forward",
                                                        "cmp_attn_backward",     "select_blocks",     "slc_attn_forward",
-                                                       "slc_attn_backward"};
+                                                       "slc_attn_backward",     "swa_forward",       "swa_backward",
+                                                       "combine_forward",       "combine_backward"};
   const ValidInputs in;
   for (const Op& op : all_ops(in)) {
     if (op.name == "compressed_cu_seqlens") continue;

@@ -1,24 +1,31 @@
-// Forward of compressed attention: flash attention over the compressed keys with the rule
-// i*s + l - 1 <= t (spec section 3).
+// Forward of the masked flash attention (flash_params.hpp): compressed attention and sliding-window
+// attention.
 //
 // One CTA per (tile of 64 query rows of one sequence, kv head g). Rows are packed tokens x G heads
-// (row r of the sequence: token r / G, head g*G + r % G), so every compressed K/V tile is loaded
-// once for all heads of the group. The CTA walks the keys visible to its last token in tiles of 64:
-// S = Q K^T on tensor cores (mma.sync, 16 rows per warp, scores in registers), the visibility mask
-// per row, an online softmax in registers, O += P V. Rows that see nothing end with o = 0 and
-// lse = -inf. For Dv = 256 the output columns are split over two warp groups (each recomputes S)
-// so that scores and outputs fit in registers.
+// (row r of the sequence: token r / G, head g*G + r % G), so every K/V tile is loaded once for all
+// heads of the group. The CTA walks the keys its rows see, [lo(first token), hi(last token)), in
+// tiles of 64: S = Q K^T on tensor cores (mma.sync, 16 rows per warp, scores in registers), the
+// interval mask per row only on tiles that some row does not fully see, an online softmax in
+// registers, O += P V. Rows that see nothing end with o = 0 and lse = -inf. For Dv = 256 the output
+// columns are split over two warp groups (each recomputes S) so that scores and outputs fit in
+// registers.
+//
+// Copies are pipelined as in FlashAttention-2 with one buffer each for K and V: V of a tile is
+// loaded while S = Q K^T runs, K of the next tile while the softmax and P V run. (A second K/V
+// stage would double the K/V shared memory, 87 KB per CTA at D = 128, and halve the CTAs per SM.)
 #pragma once
 
 #include <string>
 
 #include "cuda/runtime.hpp"
-#include "kernels/cmp_attn/cmp_attn_common.cuh"
-#include "kernels/cmp_attn/cmp_attn_params.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
+#include "kernels/flash/flash_mask.cuh"
+#include "kernels/flash/flash_params.hpp"
+#include "kernels/flash/flash_softmax.cuh"
+#include "kernels/flash/flash_tiles.cuh"
 
-namespace fsa::cuda::cmp {
+namespace fsa::cuda::flash {
 
 template <class Element, int kDqk_, int kDv_>
 struct FwdTraits {
@@ -26,7 +33,7 @@ struct FwdTraits {
   static constexpr int kDv = kDv_;
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in steps of 16 for mma.m16n8k16");
   static constexpr int kRows = 64;  // query rows per CTA: 4 warps x 16
-  static constexpr int kKeys = 64;  // compressed keys per tile
+  static constexpr int kKeys = 64;  // keys per tile
   static constexpr int kColSplit = kDv > 128 ? 2 : 1;
   static constexpr int kDvPart = kDv / kColSplit;  // output columns per warp
   static_assert(kDvPart % 16 == 0, "output tiles go in pairs");
@@ -43,37 +50,39 @@ struct FwdTraits {
 
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
-    cmp_fwd_kernel(const __grid_constant__ CmpAttnParams p) {
+    flash_fwd_kernel(const __grid_constant__ FlashParams p) {
   using T = FwdTraits<Element, kDqk, kDv>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long row_q_offset[T::kRows];  // -1: past the sequence
-  __shared__ int row_visible[T::kRows];         // compressed keys the row's token sees
-  __shared__ int tile_visible;
+  __shared__ int row_lo[T::kRows], row_hi[T::kRows];
 
   const int g = blockIdx.y, G = p.group;
   const SeqTile tile = find_seq_tile(p.cu_seqlens, p.cu_stride, p.num_seqs, G, T::kRows, blockIdx.x);
   if (!tile.valid) return;
   const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
   const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
-  const long long cmp_start = p.cu_cmp[tile.seq * p.cu_cmp_stride];
+  const long long key_start = p.key_base[tile.seq * p.key_base_stride];
   auto* q_s = reinterpret_cast<Element*>(smem + T::kQOffset);
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
 
-  if (threadIdx.x == 0) tile_visible = 0;
-  __syncthreads();
+  // The tile's rows hold tokens [t_first, t_last]: they see keys [first.lo, last.hi), and every
+  // one of them sees all keys of [last.lo, first.hi).
+  const long long last_row = min(tile.first + T::kRows, seq_len * G) - 1;
+  const KeyInterval first = key_interval(p, tile.first / G), last = key_interval(p, last_row / G);
+  const int key_begin = first.lo, key_end = last.hi;
+
   if (threadIdx.x < T::kRows) {
     const long long row = tile.first + threadIdx.x;
-    const long long t = row / G;
     long long offset = -1;
-    int visible = 0;
-    if (t < seq_len) {
-      offset = (seq_start + t) * p.q_token_stride + (g * G + row % G) * p.q_head_stride;
-      visible = visible_count(t, p.cmp_len, p.cmp_stride);
-      atomicMax(&tile_visible, visible);
+    KeyInterval keys{0, 0};
+    if (row <= last_row) {
+      offset = (seq_start + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride;
+      keys = key_interval(p, row / G);
     }
     row_q_offset[threadIdx.x] = offset;
-    row_visible[threadIdx.x] = visible;
+    row_lo[threadIdx.x] = keys.lo;
+    row_hi[threadIdx.x] = keys.hi;
   }
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
@@ -82,76 +91,59 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
   });
   common::cp_async_commit();
 
+  const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
+  const auto* v = static_cast<const Element*>(p.v) + key_start * p.v_row_stride + g * p.v_head_stride;
+  // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
+  auto load_k = [&](int key0) {
+    common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(k_s, T::kLdQk, [&](int r) -> const Element* {
+      return key0 + r < key_end ? k + static_cast<long long>(key0 + r) * p.k_row_stride : nullptr;
+    });
+  };
+  auto load_v = [&](int key0) {
+    common::copy_tile_async<T::kKeys, kDv, T::kThreads>(v_s, T::kLdV, [&](int r) -> const Element* {
+      return key0 + r < key_end ? v + static_cast<long long>(key0 + r) * p.v_row_stride : nullptr;
+    });
+  };
+  const int num_tiles = key_end > key_begin ? (key_end - key_begin + T::kKeys - 1) / T::kKeys : 0;
+  if (num_tiles > 0) load_k(key_begin);
+  common::cp_async_commit();
+
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
-  const int visible[2] = {row_visible[row0 + group], row_visible[row0 + group + 8]};
+  const int lo[2] = {row_lo[row0 + group], row_lo[row0 + group + 8]};
+  const int hi[2] = {row_hi[row0 + group], row_hi[row0 + group + 8]};
+  const float scale_log2 = p.scale * kLog2e;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   float acc[T::kDvPart / 8][4];
   common::zero_acc<T::kDvPart>(acc);
-  const auto* k = static_cast<const Element*>(p.k) + g * p.k_head_stride;
-  const auto* v = static_cast<const Element*>(p.v) + g * p.v_head_stride;
-  const int keys_total = tile_visible;
 
-  for (int key0 = 0; key0 < keys_total; key0 += T::kKeys) {
-    __syncthreads();  // the previous tile's K and V are no longer read
-    common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(k_s, T::kLdQk, [&](int r) -> const Element* {
-      return key0 + r < keys_total ? k + (cmp_start + key0 + r) * p.k_row_stride : nullptr;
-    });
+  for (int it = 0; it < num_tiles; ++it) {
+    const int key0 = key_begin + it * T::kKeys;
+    common::cp_async_wait<0>();  // K of this tile (and Q) have landed
+    __syncthreads();             // ... for every thread's copies; every warp is done with the last V
+    load_v(key0);
     common::cp_async_commit();
-    common::copy_tile_async<T::kKeys, kDv, T::kThreads>(v_s, T::kLdV, [&](int r) -> const Element* {
-      return key0 + r < keys_total ? v + (cmp_start + key0 + r) * p.v_row_stride : nullptr;
-    });
-    common::cp_async_commit();
-    common::cp_async_wait<1>();  // Q and K have landed; V may still be in flight
-    __syncthreads();
 
     float s[T::kKeys / 8][4];
     common::zero_acc<T::kKeys>(s);
     common::warp_tile_mma<Element, kDqk, T::kKeys, false, false, T::kQkUnroll>(s, q_s, T::kLdQk, row0, k_s,
                                                                                 T::kLdQk, 0);
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < T::kKeys / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + j * 8 + pair * 2 + (e & 1);
-        s[j][e] = key < visible[e / 2] ? s[j][e] * p.scale : -INFINITY;
-        tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
-      }
-    float correction[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-      const float new_max = fmaxf(row_max[h], tile_max[h]);
-      // A row that has seen no key yet keeps max -inf: nothing to rescale (its sums are 0).
-      correction[h] = new_max == -INFINITY ? 1.0f : __expf(row_max[h] - new_max);
-      row_max[h] = new_max;
-    }
-    float tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < T::kKeys / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j][e] = s[j][e] == -INFINITY ? 0.0f : __expf(s[j][e] - row_max[e / 2]);
-        tile_sum[e / 2] += s[j][e];
-      }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 1);
-      tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 2);
-      row_sum[h] = row_sum[h] * correction[h] + tile_sum[h];
-    }
-#pragma unroll
-    for (int n = 0; n < T::kDvPart / 8; ++n) {
-      acc[n][0] *= correction[0];
-      acc[n][1] *= correction[0];
-      acc[n][2] *= correction[1];
-      acc[n][3] *= correction[1];
+    __syncthreads();  // every warp is done with K
+    if (it + 1 < num_tiles) load_k(key0 + T::kKeys);
+    common::cp_async_commit();  // possibly empty: the wait below then still counts one group
+
+    if (key0 >= last.lo && key0 + T::kKeys <= first.hi) {
+      online_softmax_tile<false, T::kKeys, T::kDvPart>(s, acc, row_max, row_sum, scale_log2,
+                                                       [](int, int) { return true; });
+    } else {
+      online_softmax_tile<true, T::kKeys, T::kDvPart>(s, acc, row_max, row_sum, scale_log2, [&](int h, int column) {
+        const int key = key0 + column;
+        return key >= lo[h] && key < hi[h];
+      });
     }
 
-    common::cp_async_wait<0>();
-    __syncthreads();  // V has landed for every thread's copies
+    common::cp_async_wait<1>();  // V of this tile has landed; K of the next may be in flight
+    __syncthreads();
     // O += P V: the score fragments of key tiles 2kk, 2kk + 1 are the A fragment of keys 16kk..
 #pragma unroll
     for (int kk = 0; kk < T::kKeys / 16; ++kk) {
@@ -184,28 +176,27 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
       *reinterpret_cast<std::uint32_t*>(orow + n * 8 + 2 * pair) =
           mma::pack2<Element>(acc[n][2 * h] * inv_sum, acc[n][2 * h + 1] * inv_sum);
     if (pair == 0 && col0 == 0)
-      p.lse[head * p.lse_head_stride + token * p.lse_token_stride] =
-          row_sum[h] > 0.0f ? row_max[h] + logf(row_sum[h]) : -INFINITY;
+      p.lse[head * p.lse_head_stride + token * p.lse_token_stride] = row_lse(row_max[h], row_sum[h]);
   }
 }
 
-}  // namespace fsa::cuda::cmp
+}  // namespace fsa::cuda::flash
 
 namespace fsa::cuda {
 
 template <class Element, int kDqk, int kDv>
-Status launch_cmp_attn_forward(const CmpAttnParams& p, cudaStream_t stream) {
-  using T = cmp::FwdTraits<Element, kDqk, kDv>;
+Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
+  using T = flash::FwdTraits<Element, kDqk, kDv>;
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
-  auto* kernel = cmp::cmp_fwd_kernel<Element, kDqk, kDv>;
+  auto* kernel = flash::flash_fwd_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
   const long long tiles = p.tokens * p.group / T::kRows + p.num_seqs;
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,
-                     "cmp_attn_forward: " + std::to_string(tiles) + " query tiles exceed the grid limit");
+                     "q: " + std::to_string(tiles) + " query tiles of 64 rows exceed the grid limit");
   kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), T::kThreads, T::kSmemBytes, stream>>>(p);
-  FSA_CHECK_LAUNCH("cmp_fwd_kernel", stream);
+  FSA_CHECK_LAUNCH("flash_fwd_kernel", stream);
   return Status::ok();
 }
 

@@ -1,0 +1,57 @@
+// fp32 atomic accumulation of mma.sync m16n8 C fragments into a row-major global matrix, 16 bytes
+// per atomic: the two lanes of a quad pair (pair p, p ^ 1) swap half of their values with one
+// shuffle so that each holds four consecutive columns (even pair: columns 2p..2p+3 of tile n; odd
+// pair: columns 2(p-1)..2p+1 of tile n + 1). A warp instruction then covers 8 rows x 16 columns in
+// whole 32-byte sectors, where per-float atomics would issue 4x the instructions and touch every
+// sector half-used. sm_90 has 16-byte atomics (red.global.add.v4.f32); older targets add 4 floats.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace fsa::cuda::common {
+
+__device__ __forceinline__ void atomic_add4(float* address, float4 value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(address), value);
+#else
+  atomicAdd(address, value.x);
+  atomicAdd(address + 1, value.y);
+  atomicAdd(address + 2, value.z);
+  atomicAdd(address + 3, value.w);
+#endif
+}
+
+// Adds scale * (row half h of the fragment's first kN columns: this thread's row group + 8 * h)
+// to row[0 .. kN) where `row` points at that row's first column, 16-byte aligned. Every lane of the
+// warp must call it (shuffles); `active` = false skips the atomics of this thread's row (both
+// lanes of a pair share the row, so they agree).
+template <int kN, int kTiles>
+__device__ __forceinline__ void atomic_add_fragment_row(float* row, const float (&acc)[kTiles][4], int h, float scale,
+                                                        bool active) {
+  static_assert(kN % 16 == 0 && kN <= kTiles * 8, "column tiles go in pairs, within the fragment");
+  const int pair = threadIdx.x % 4;
+  const bool odd = (pair & 1) != 0;
+#pragma unroll
+  for (int n = 0; n < kN / 8; n += 2) {
+    const float send0 = odd ? acc[n][2 * h] : acc[n + 1][2 * h];
+    const float send1 = odd ? acc[n][2 * h + 1] : acc[n + 1][2 * h + 1];
+    const float recv0 = __shfl_xor_sync(0xffffffffu, send0, 1);
+    const float recv1 = __shfl_xor_sync(0xffffffffu, send1, 1);
+    float4 value;
+    int column;
+    if (odd) {
+      value = make_float4(recv0, recv1, acc[n + 1][2 * h], acc[n + 1][2 * h + 1]);
+      column = (n + 1) * 8 + 2 * (pair - 1);
+    } else {
+      value = make_float4(acc[n][2 * h], acc[n][2 * h + 1], recv0, recv1);
+      column = n * 8 + 2 * pair;
+    }
+    value.x *= scale;
+    value.y *= scale;
+    value.z *= scale;
+    value.w *= scale;
+    if (active) atomic_add4(row + column, value);
+  }
+}
+
+}  // namespace fsa::cuda::common

@@ -1,0 +1,93 @@
+// Host side of the masked flash-attention kernels: params, workspace and dispatch (flash.hpp).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/common/launch_checks.hpp"
+#include "kernels/common/stream_workspace.hpp"
+#include "kernels/flash/flash.hpp"
+
+namespace fsa::cuda {
+
+template <class Element, int kDqk, int kDv>
+Status launch_flash_forward(const FlashParams& p, cudaStream_t stream);  // instantiations/flash_fwd_*.cu
+template <class Element, int kDqk, int kDv>
+Status launch_flash_backward(const FlashParams& p, cudaStream_t stream);  // instantiations/flash_bwd_*.cu
+
+namespace flash {
+
+FlashParams make_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& cu_seqlens,
+                        const TensorView& key_base, const TensorView& o, const TensorView& lse, float scale) {
+  FlashParams p{};
+  p.q = q.data;
+  p.q_token_stride = q.stride(0);
+  p.q_head_stride = q.stride(1);
+  p.k = k.data;
+  p.k_row_stride = k.stride(0);
+  p.k_head_stride = k.stride(1);
+  p.v = v.data;
+  p.v_row_stride = v.stride(0);
+  p.v_head_stride = v.stride(1);
+  p.o = o.data;
+  p.o_token_stride = o.stride(0);
+  p.o_head_stride = o.stride(1);
+  p.lse = lse.ptr<float>();
+  p.lse_head_stride = lse.stride(0);
+  p.lse_token_stride = lse.stride(1);
+  p.cu_seqlens = cu_seqlens.ptr<const std::int32_t>();
+  p.cu_stride = cu_seqlens.stride(0);
+  p.key_base = key_base.ptr<const std::int32_t>();
+  p.key_base_stride = key_base.stride(0);
+  p.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
+  p.tokens = q.size(0);
+  p.key_rows = k.size(0);
+  p.heads_q = static_cast<int>(q.size(1));
+  p.heads_kv = static_cast<int>(k.size(1));
+  p.group = p.heads_q / p.heads_kv;
+  p.scale = scale;
+  return p;
+}
+
+void set_gradients(FlashParams& p, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                   const TensorView& dv) {
+  p.d_o = d_o.data;
+  p.do_token_stride = d_o.stride(0);
+  p.do_head_stride = d_o.stride(1);
+  p.dq = dq.data;
+  p.dq_token_stride = dq.stride(0);
+  p.dq_head_stride = dq.stride(1);
+  p.dk = dk.data;
+  p.dk_row_stride = dk.stride(0);
+  p.dk_head_stride = dk.stride(1);
+  p.dv = dv.data;
+  p.dv_row_stride = dv.stride(0);
+  p.dv_head_stride = dv.stride(1);
+}
+
+Status forward(const char* op, const FlashParams& p, DType dtype, std::int64_t dqk, std::int64_t dv,
+               cudaStream_t stream) {
+  return common::dispatch_attention(op, dtype, dqk, dv, [&]<class Element, int kDqk, int kDv>() {
+    return launch_flash_forward<Element, kDqk, kDv>(p, stream);
+  });
+}
+
+Status backward(const char* op, FlashParams p, DType dtype, std::int64_t dqk, std::int64_t dv, cudaStream_t stream) {
+  return common::dispatch_attention(op, dtype, dqk, dv, [&]<class Element, int kDqk, int kDv>() -> Status {
+    const auto floats = [](std::int64_t count) { return common::align256(static_cast<std::size_t>(count) * 4); };
+    const std::size_t delta_bytes = floats(p.tokens * p.heads_q);
+    const std::size_t dq_bytes = floats(p.tokens * p.heads_q * kDqk);
+    const std::size_t dk_bytes = floats(p.key_rows * p.heads_kv * kDqk);
+    const std::size_t dv_bytes = floats(p.key_rows * p.heads_kv * kDv);
+    common::StreamWorkspace ws(delta_bytes + dq_bytes + dk_bytes + dv_bytes, stream);
+    FSA_RETURN_IF_ERROR(ws.status());
+    p.delta = reinterpret_cast<float*>(ws.bytes());
+    p.dq_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes);
+    p.dk_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes + dq_bytes);
+    p.dv_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes + dq_bytes + dk_bytes);
+    return launch_flash_backward<Element, kDqk, kDv>(p, stream);
+  });
+}
+
+}  // namespace flash
+}  // namespace fsa::cuda

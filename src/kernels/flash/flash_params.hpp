@@ -1,0 +1,71 @@
+// Parameters of the masked flash-attention kernels (forward and backward) shared by compressed
+// attention and sliding-window attention, shared by host and device (trivially copyable, passed
+// as a __grid_constant__ argument). Strides are in elements.
+//
+// Query token t (local index in its sequence) sees the contiguous keys [lo(t), hi(t)) of its
+// sequence, whose key rows start at key_base[b]:
+//   kCompressed: lo = 0, hi = visible_count(t) (compressed keys i with i*s + l - 1 <= t), key_base =
+//                cu_cmp (spec section 3);
+//   kWindow:     lo = max(0, t - w), hi = t + 1, key_base = cu_seqlens (spec section 6; w >= the
+//                sequence length is dense causal attention).
+// The mask kind is a runtime value: one instantiation per (dtype, head dims) serves both.
+#pragma once
+
+#include <cstdint>
+
+namespace fsa::cuda {
+
+enum class FlashMask : std::int32_t {
+  kCompressed = 0,
+  kWindow = 1,
+};
+
+struct FlashParams {
+  const void* q;  // [N, Hq, Dqk]
+  std::int64_t q_token_stride, q_head_stride;
+  const void* k;  // key rows [key_rows, Hkv, Dqk]
+  std::int64_t k_row_stride, k_head_stride;
+  const void* v;  // [key_rows, Hkv, Dv]
+  std::int64_t v_row_stride, v_head_stride;
+  void* o;  // [N, Hq, Dv]: forward output, backward input
+  std::int64_t o_token_stride, o_head_stride;
+  float* lse;  // [Hq, N] natural log: forward output, backward input
+  std::int64_t lse_head_stride, lse_token_stride;
+
+  const void* d_o;  // [N, Hq, Dv]
+  std::int64_t do_token_stride, do_head_stride;
+  void* dq;  // like q
+  std::int64_t dq_token_stride, dq_head_stride;
+  void* dk;  // like k
+  std::int64_t dk_row_stride, dk_head_stride;
+  void* dv;  // like v
+  std::int64_t dv_row_stride, dv_head_stride;
+  // Backward workspace, fp32, contiguous: the accumulators are zeroed before the main kernel and
+  // converted into dq / dk / dv (input dtype) by the finish kernel.
+  float* delta;     // [Hq, N]: rowsum(o * d_o)
+  float* dq_accum;  // [N, Hq, Dqk]
+  float* dk_accum;  // [key_rows, Hkv, Dqk]
+  float* dv_accum;  // [key_rows, Hkv, Dv]
+
+  const std::int32_t* cu_seqlens;  // query tokens of each sequence
+  std::int64_t cu_stride;
+  const std::int32_t* key_base;  // first key row of each sequence (cu_cmp or cu_seqlens)
+  std::int64_t key_base_stride;
+  int num_seqs;
+  std::int64_t tokens;    // N
+  std::int64_t key_rows;  // rows of k / v (>= key_base[num_seqs])
+  int heads_q, heads_kv, group;
+  FlashMask mask;
+  int cmp_len, cmp_stride;  // kCompressed: l, s
+  std::int64_t window;      // kWindow: w
+  float scale;
+
+  // Backward work split, set by the launcher: a CTA takes the query rows of one key tile that lie
+  // in one block of `split_rows` consecutive rows of the sequence (rows = tokens x G). Block
+  // blockIdx.z counts from the block of the tile's first row when split_relative, else from row 0
+  // of the sequence (so that the CTAs launched together work on the same rows).
+  std::int64_t split_rows;
+  int split_relative;
+};
+
+}  // namespace fsa::cuda

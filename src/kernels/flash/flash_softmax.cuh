@@ -1,0 +1,73 @@
+// The online softmax of the flash-attention forward for one warp's 16 query rows and one tile of
+// keys, on mma.sync m16n8 C fragments (thread: rows group and group + 8 as h = 0 / 1, columns
+// 2*pair, 2*pair + 1 of each 8-column tile). Scores are taken to the log2 domain (times
+// scale * log2(e)) so that every exponential is one ex2; the row maximum is kept in that domain,
+// and lse = max * ln 2 + ln(sum).
+#pragma once
+
+#include <cmath>
+
+namespace fsa::cuda::flash {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// s: raw scores q.k of the tile (in), unnormalised probabilities 2^(x - max) (out). acc: the
+// rows' output accumulators, rescaled to the new maximum. kMasked: visible(h, column) says whether
+// row h sees the key of that column of the tile (others count as -inf). A row that has seen no key
+// yet keeps max = -inf and sum = 0.
+template <bool kMasked, int kKeys, int kAccCols, class Visible>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[kKeys / 8][4], float (&acc)[kAccCols / 8][4],
+                                                    float (&row_max)[2], float (&row_sum)[2], float scale_log2,
+                                                    Visible visible) {
+  const int pair = threadIdx.x % 4;
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[j][e] * scale_log2;
+      if constexpr (kMasked) x = visible(e / 2, j * 8 + 2 * pair + (e & 1)) ? x : -INFINITY;
+      s[j][e] = x;
+      tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+    }
+  float correction[2], base[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+    const float new_max = fmaxf(row_max[h], tile_max[h]);
+    // A row that has seen no key yet keeps max -inf: nothing to rescale (its sums are 0), and its
+    // masked scores (-inf) must give 0, not exp(-inf + inf).
+    correction[h] = new_max == -INFINITY ? 1.0f : exp2f(row_max[h] - new_max);
+    base[h] = new_max == -INFINITY ? 0.0f : new_max;
+    row_max[h] = new_max;
+  }
+  float tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = exp2f(s[j][e] - base[e / 2]);
+      tile_sum[e / 2] += s[j][e];
+    }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 1);
+    tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 2);
+    row_sum[h] = row_sum[h] * correction[h] + tile_sum[h];
+  }
+#pragma unroll
+  for (int n = 0; n < kAccCols / 8; ++n) {
+    acc[n][0] *= correction[0];
+    acc[n][1] *= correction[0];
+    acc[n][2] *= correction[1];
+    acc[n][3] *= correction[1];
+  }
+}
+
+// Natural-log lse of a row from its log2-domain maximum and its sum; -inf for a row that saw nothing.
+__device__ __forceinline__ float row_lse(float row_max, float row_sum) {
+  return row_sum > 0.0f ? row_max * 0.69314718055994531f + logf(row_sum) : -INFINITY;
+}
+
+}  // namespace fsa::cuda::flash
