@@ -48,6 +48,15 @@ run memcheck-layer compute-sanitizer --tool memcheck --error-exitcode 1 build/gp
   --gtest_filter='*HeadDims64And256*'
 run memcheck-combine compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_combine
 run demo ./build/gpu/fsa demo
+# FSA_GPU_CHECK_PYTHON=1: the extension built against the machine's torch (with the kernels for
+# the local GPU) and the whole Python suite, GPU tests included (a copy of the tests and examples
+# runs from /tmp so that `import fsa` finds the installed package, not ./python).
+if [[ -n ${FSA_GPU_CHECK_PYTHON:-} ]]; then
+  run python-build env CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python3 -m pip install -q --no-build-isolation \
+    --no-deps -C cmake.define.FSA_CUDA_ARCHITECTURES="$arch" -C build-dir=build/py-gpu .
+  rm -rf /tmp/fsa-run && mkdir -p /tmp/fsa-run/tests && cp -r tests/python /tmp/fsa-run/tests/ && cp -r examples /tmp/fsa-run/
+  run python-tests bash -c "cd /tmp/fsa-run/tests/python && python3 -m pytest -q -ra -p no:cacheprovider ."
+fi
 # FSA_GPU_CHECK_BENCH=1 runs every bench; a comma list (selected,compressed,layer) picks some.
 bench_on() { [[ ${FSA_GPU_CHECK_BENCH:-} == 1 || ,${FSA_GPU_CHECK_BENCH:-}, == *,$1,* ]]; }
 # shellcheck disable=SC2086  # the *_ARGS variables hold several options
