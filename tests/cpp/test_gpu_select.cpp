@@ -3,8 +3,10 @@
 // their scores, recomputed here in fp64 from the same rounded q, k~ and lse, are within 1e-5
 // relative of each other (the GPU sums in another order and uses a fast exp). Every row must also
 // be a well-formed selection: ascending, -1 padded, min(K, bq + 1) entries, forced blocks present.
-// Also: the spec's 200-token worked example, G in {1, 4, 16}, first-head aggregation, block sizes,
-// widths up to 64, window/stride pairs, head dims, bf16 and fp16, packed short and long sequences.
+// Also: the spec's 200-token worked example, G in {1, 3, 4, 16, 24, 64}, first-head aggregation,
+// block sizes, widths up to 64, window/stride pairs, head dims, bf16 and fp16, packed short and long
+// sequences; bitwise run-to-run reproducibility, exact ties broken by the lower block (no
+// tolerance), and CUDA-graph capture.
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -148,18 +150,19 @@ bool check_row(const SelectCase& c, const Inputs& in, const std::vector<std::int
   return true;
 }
 
-void check_case(const SelectCase& c, std::uint64_t salt) {
-  auto rng = rng_for_test(salt);
-  const NsaConfig config = config_of(c);
-  const Inputs in = make_inputs(c, config, rng);
-  const HostTensor got = run_gpu(c, config, in);
-  const HostTensor want = run_reference(c, config, in);
+std::string describe(const SelectCase& c) {
   std::string what = std::string(dtype_name(c.dtype)) + " G=" + std::to_string(c.hq / c.hkv) +
                      (c.aggregation == ScoreAggregation::kFirstHead ? " first_head" : "") +
                      " Dqk=" + std::to_string(c.dqk) + " l=" + std::to_string(c.cmp_len) +
                      " s=" + std::to_string(c.cmp_stride) + " B=" + std::to_string(c.block_size) +
                      " K=" + std::to_string(c.topk) + " lengths=";
   for (auto len : c.lengths) what += std::to_string(len) + ",";
+  return what;
+}
+
+// Every row of `got` against the reference's `want` (check_row), and few near-tie differences.
+void compare_with_reference(const SelectCase& c, const Inputs& in, const HostTensor& got, const HostTensor& want,
+                            const std::string& what) {
   const std::int64_t n = in.q.sizes()[0];
   std::int64_t differing_rows = 0;
   for (int g = 0; g < c.hkv; ++g)
@@ -176,6 +179,15 @@ void check_case(const SelectCase& c, std::uint64_t salt) {
       }
   // Near-ties are rare with random inputs; many would point at a systematic score error.
   EXPECT_LE(differing_rows * 100, c.hkv * n) << what << ": " << differing_rows << " rows differ (near-ties)";
+}
+
+void check_case(const SelectCase& c, std::uint64_t salt) {
+  auto rng = rng_for_test(salt);
+  const NsaConfig config = config_of(c);
+  const Inputs in = make_inputs(c, config, rng);
+  const HostTensor got = run_gpu(c, config, in);
+  const HostTensor want = run_reference(c, config, in);
+  compare_with_reference(c, in, got, want, describe(c));
 }
 
 std::vector<std::int64_t> mixed_lengths(int l, int s) {
@@ -201,7 +213,9 @@ TEST_F(Gpu, SelectWorkedExample) {
 
 TEST_F(Gpu, SelectGroupSizesAndAggregation) {
   std::uint64_t salt = 0;
-  for (const int g : {1, 4, 16, 3})
+  // 24 and 64 heads: more m-tiles per token than one CTA keeps in shared memory at Dqk = 128 (Q rows
+  // reloaded per key tile).
+  for (const int g : {1, 4, 16, 3, 24, 64})
     for (const auto aggregation : {ScoreAggregation::kGroupSum, ScoreAggregation::kFirstHead}) {
       SelectCase c;
       c.lengths = mixed_lengths(32, 16);
@@ -253,6 +267,107 @@ TEST_F(Gpu, SelectHeadDimsAndDtypes) {
       c.dtype = dtype;
       check_case(c, ++salt);
     }
+  SelectCase c;  // Dqk = 256 with 24 heads a group: Q rows in two chunks per key tile
+  c.lengths = {900, 64};
+  c.dqk = 256;
+  c.hq = 48;
+  check_case(c, ++salt);
+}
+
+// Selection is deterministic (spec section 4): every sum has one owner and a fixed order, so
+// repeated runs give bitwise the same topk_idx, near-ties included. Large problems (many blocks per
+// row, many CTAs per sequence), a packed batch, the group sums of G = 4 and 16 and odd G = 3.
+TEST_F(Gpu, SelectIsReproducibleRunToRun) {
+  std::uint64_t salt = 400;
+  for (const int g : {4, 16, 3}) {
+    SelectCase c;
+    c.lengths = g == 3 ? std::vector<std::int64_t>{2500, 1, 1700} : std::vector<std::int64_t>{4096};
+    c.hq = 2 * g;
+    auto rng = rng_for_test(++salt);
+    const NsaConfig config = config_of(c);
+    const Inputs in = make_inputs(c, config, rng);
+    const HostTensor first = run_gpu(c, config, in);
+    for (int run = 1; run < 4; ++run) {
+      const HostTensor again = run_gpu(c, config, in);
+      std::int64_t differing = 0;
+      for (std::int64_t i = 0; i < first.numel(); ++i) differing += first.get(i) != again.get(i);
+      EXPECT_EQ(differing, 0) << describe(c) << ": run " << run << " differs from run 0 in " << differing
+                              << " entries";
+    }
+    compare_with_reference(c, in, first, run_reference(c, config, in), describe(c));
+  }
+}
+
+// Exact ties: every q row equal and every k~ row equal make all probabilities of a token equal, so
+// all blocks whose keys are all visible score exactly the same (the same sum in the same order) and
+// the lower block index must win, on the GPU as in the reference, with no near-tie allowance.
+TEST_F(Gpu, SelectBreaksExactTiesByLowerBlock) {
+  std::uint64_t salt = 500;
+  for (const int g : {1, 4, 16})
+    for (const int topk : {16, 64}) {
+      SelectCase c;
+      c.lengths = {3000, 700};
+      c.hq = 2 * g;
+      c.topk = topk;
+      auto rng = rng_for_test(++salt);
+      const NsaConfig config = config_of(c);
+      Inputs in = make_inputs(c, config, rng);
+      const std::int64_t n = in.q.sizes()[0], rows = in.k.sizes()[0];
+      for (std::int64_t t = 0; t < n; ++t)
+        for (int h = 0; h < c.hq; ++h)
+          for (int d = 0; d < c.dqk; ++d) in.q.set((t * c.hq + h) * c.dqk + d, in.q.get(d));
+      for (std::int64_t i = 0; i < rows; ++i)
+        for (int h = 0; h < c.hkv; ++h)
+          for (int d = 0; d < c.dqk; ++d) in.k.set((i * c.hkv + h) * c.dqk + d, in.k.get(d));
+      HostTensor v(DType::kFloat32, {rows, c.hkv, 16}), o(DType::kFloat32, {n, c.hq, 16});
+      v.fill_normal(rng);
+      FSA_EXPECT_OK(cmp_attn_forward(config, as_dtype(in.q, DType::kFloat32).view(),
+                                     as_dtype(in.k, DType::kFloat32).view(), v.view(), in.cu.view(), in.cu_cmp.view(),
+                                     o.view(), in.lse.view()));
+      const HostTensor got = run_gpu(c, config, in);
+      const HostTensor want = run_reference(c, config, in);
+      std::int64_t differing = 0;
+      for (std::int64_t i = 0; i < got.numel(); ++i) differing += got.get(i) != want.get(i);
+      EXPECT_EQ(differing, 0) << describe(c) << ": " << differing << " entries differ from the reference";
+    }
+}
+
+// select_blocks enqueues only kernel work on the current stream (no host synchronisation, no
+// allocation), so it can be captured in a CUDA graph; replays give the eager result bitwise.
+TEST_F(Gpu, SelectIsGraphCapturable) {
+  for (const int g : {4, 16}) {
+    SelectCase c;
+    c.lengths = {1500, 0, 333};
+    c.hq = 2 * g;
+    auto rng = rng_for_test(600 + g);
+    const NsaConfig config = config_of(c);
+    const Inputs in = make_inputs(c, config, rng);
+    const HostTensor eager = run_gpu(c, config, in);
+    HostTensor topk(DType::kInt32, eager.sizes());
+    topk.poison();
+    DeviceTensor gq(in.q), gk(in.k), glse(in.lse), gcu(in.cu), gcmp(in.cu_cmp), gt(topk);
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    cudaGraph_t graph;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    {
+      CudaStreamScope scope(stream);
+      FSA_EXPECT_OK(select_blocks(config, gq.view(), gk.view(), glse.view(), gcu.view(), gcmp.view(), gt.view()));
+    }
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (int replay = 0; replay < 2; ++replay) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const HostTensor got = gt.download();
+    std::int64_t differing = 0;
+    for (std::int64_t i = 0; i < got.numel(); ++i) differing += got.get(i) != eager.get(i);
+    EXPECT_EQ(differing, 0) << describe(c) << ": graph replay differs from the eager run in " << differing
+                            << " entries";
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
 }
 
 TEST_F(Gpu, SelectWidthAboveLimitIsNamed) {

@@ -1,314 +1,562 @@
 // Fused block selection (spec section 4): compressed-attention probabilities recomputed tile by
 // tile, summed over the group's heads, spread over the selection blocks with the overlap weights,
 // and a running top-K per token, all on chip. Global memory holds only the inputs and topk_idx.
+// No float atomics: every sum has one owner and a fixed order, so topk_idx is bitwise reproducible.
 //
-// One CTA per (tile of tokens_per_cta tokens of one sequence, kv head g), 4 warps. For each tile of
-// 64 compressed keys visible to the CTA's last token:
-//   1. S = Q K^T on tensor cores for the query rows (tokens x heads_used, 16 per warp), and
-//      p = exp(scale * S - lse) where visible (i*s + l - 1 <= t), summed per token in shared memory;
-//   2. each (token, key) adds w(i, j) * p to the scores of the blocks j it overlaps, kept in a
-//      per-token ring of the blocks still receiving keys;
-//   3. blocks that no later key can reach are final: a warp per token offers them to the token's
-//      top-K (a set of (score, block) ordered by score, then lower block first) and frees the slots.
-// Forced blocks (the first I, the last L up to bq) are never offered; they join the chosen ones at
-// the end, and the union is written ascending by rank, then -1 padding.
+// One CTA per (tile of tokens of one sequence, kv head g), 8 warps; the row layout and the split
+// of the group's heads over warps are select_tiling.hpp's. Per tile of 64 compressed keys visible
+// to the CTA's last token (Q resident in shared memory when it fits, else reloaded in chunks; one
+// K~ stage, copied with cp.async while phases B and C of the previous tile run):
+//   A. S = Q K~^T on tensor cores for all of the CTA's query rows against the one K~ tile, and
+//      p = exp2(S * scale * log2 e - lse * log2 e) (masked by i*s + l - 1 <= t only in the tiles
+//      that reach past the first token's visible keys), summed over the token's heads in the
+//      registers of the thread that holds its rows (heads 2m, then 2m + 1, m ascending), then
+//      over warps in part order: one float per (token, key) in shared memory;
+//   B. one thread per (token, block touched by the tile) continues the block's score
+//      S[j] += w(i, j) * p[i] over the tile's keys in ascending i (the reference's order and
+//      weights), starting from the value carried in the token's ring of open blocks; a final
+//      candidate that beats the token's current K-th best sets the token's offer bit for it;
+//   C. a warp per token with offers merges them into its list, kept sorted (higher score first,
+//      then lower block): ranks by ballot, one scatter (merge_offers). The chosen set is the top of
+//      a strict total order, whatever order the offers come in.
+// After the last tile the blocks no tile closed are offered, then each row is written ascending
+// (chosen plus forced blocks, rank = count of smaller values), then -1 padding.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <climits>
+#include <cstdint>
 #include <string>
 
 #include "cuda/runtime.hpp"
-#include "kernels/cmp_attn/cmp_attn_common.cuh"
+#include "kernels/common/mma_sm80.cuh"
 #include "kernels/common/tile_copy.cuh"
-#include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/select/select_params.hpp"
+#include "kernels/select/select_tiling.hpp"
 
 namespace fsa::cuda::sel {
 
-constexpr int kThreads = 128;
-constexpr int kRows = 64;  // query rows per S tile: 4 warps x 16
-constexpr int kKeys = 64;  // compressed keys per tile
-constexpr int kMaxTokens = 64;
-constexpr int kMaxTopk = 64;  // two chosen slots per lane (ChosenSlots)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned kFullMask = 0xffffffffu;
 
-// Dynamic shared memory, laid out from runtime sizes (tokens per CTA, ring slots, K) identically
-// on host and device.
-template <class Element, int kDqk>
-struct SelectSmem {
-  static constexpr int kLd = kDqk + common::kPadHalf;
-  static constexpr int kLdProb = kKeys + 1;
-  std::size_t q_offset = 0, k_offset, prob_offset, ring_offset, score_offset, index_offset, bytes;
-
-  __host__ __device__ SelectSmem(int tokens, int ring_slots, int topk) {
-    k_offset = q_offset + common::align_up(sizeof(Element) * kRows * kLd);
-    prob_offset = k_offset + common::align_up(sizeof(Element) * kKeys * kLd);
-    ring_offset = prob_offset + common::align_up(sizeof(float) * tokens * kLdProb);
-    score_offset = ring_offset + common::align_up(sizeof(float) * tokens * ring_slots);
-    index_offset = score_offset + common::align_up(sizeof(float) * tokens * topk);
-    bytes = index_offset + common::align_up(sizeof(int) * tokens * topk);
-  }
+// The tile of a packed sequence that CTA `index` covers, from shapes alone: sequence b's tiles take
+// the indices [floor(start_b / tile) + b, ... + ceil(n_b / tile)), disjoint and below
+// total / tile + nseq (the flash kernels' find_seq_tile with factor 1, copied to keep this op
+// self-contained).
+struct SeqTile {
+  int seq;
+  long long first;  // first token of the tile, local to the sequence
+  bool valid;
 };
+
+__device__ __forceinline__ SeqTile find_seq_tile(const std::int32_t* offsets, std::int64_t stride, int num_seqs,
+                                                 int tile, long long index) {
+  auto first_index = [&](int b) { return static_cast<long long>(offsets[b * stride]) / tile + b; };
+  int lo = 0, hi = num_seqs - 1;  // last b with first_index(b) <= index (strictly increasing)
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_index(mid) <= index) lo = mid; else hi = mid - 1;
+  }
+  const long long first = (index - first_index(lo)) * tile;
+  const long long units = static_cast<long long>(offsets[(lo + 1) * stride] - offsets[lo * stride]);
+  return {lo, first, first < units};
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // The total order of candidates: higher score first, then lower block index.
 __device__ __forceinline__ bool ranks_before(float score_a, int block_a, float score_b, int block_b) {
   return score_a > score_b || (score_a == score_b && block_a < block_b);
 }
 
-// A token's chosen set lives in registers while its warp offers it blocks: lane c holds slots c
-// and c + 32 (K <= 64), and in shared memory between offers (each lane writes back its own slots,
-// so no lane ever reads another's without the warp barrier that ends the token).
-struct ChosenSlots {
-  float score[2];
-  int block[2];
-};
-
-// The last-ranked entry of a token's chosen set [0, capacity), over the warp. Selects instead of
-// branches: branches around the shuffles made ptxas spill (sm_80 and sm_90a, Dqk = 128).
-struct Worst {
-  float score;
-  int block;
-  int slot;
-};
-
-// The entries must be pairwise distinct in (score, block), or lanes may end on different slots.
-__device__ __forceinline__ Worst find_worst(const ChosenSlots& mine, int capacity) {
-  const int lane = threadIdx.x % 32;
-  Worst w{INFINITY, -1, -1};
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int slot = lane + 32 * i;
-    const bool replace = slot < capacity && (w.slot < 0 || ranks_before(w.score, w.block, mine.score[i], mine.block[i]));
-    w.score = replace ? mine.score[i] : w.score;
-    w.block = replace ? mine.block[i] : w.block;
-    w.slot = replace ? slot : w.slot;
-  }
-#pragma unroll
-  for (int mask = 16; mask > 0; mask /= 2) {
-    const Worst other{__shfl_xor_sync(0xffffffffu, w.score, mask), __shfl_xor_sync(0xffffffffu, w.block, mask),
-                      __shfl_xor_sync(0xffffffffu, w.slot, mask)};
-    const bool replace = w.slot < 0 || (other.slot >= 0 && ranks_before(w.score, w.block, other.score, other.block));
-    w.score = replace ? other.score : w.score;
-    w.block = replace ? other.block : w.block;
-    w.slot = replace ? other.slot : w.slot;
-  }
-  return w;
-}
-
-// Blocks a token chooses beyond the forced ones: min(K, bq + 1) - |F|.
-__device__ __forceinline__ int forced_head(int bq, int init_blocks) { return min(init_blocks, bq + 1); }
-__device__ __forceinline__ int forced_tail_start(int bq, int init_blocks, int local_blocks) {
-  return max(init_blocks, bq - local_blocks + 1);
-}
-__device__ __forceinline__ int forced_count(int bq, int init_blocks, int local_blocks) {
-  return forced_head(bq, init_blocks) + max(0, bq - forced_tail_start(bq, init_blocks, local_blocks) + 1);
-}
-
-// Offers blocks [j_begin, j_end) (final: no more keys reach them) to the chosen set of every
-// token of the CTA (a warp per token) and frees their ring slots.
-__device__ __forceinline__ void finalize_blocks(const SelectParams& p, long long first_token, int tokens, float* ring_s,
-                                                float* score_s, int* block_s, int j_begin, int j_end) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, K = p.topk_width, R = p.ring_slots;
-  for (int tok = warp; tok < tokens; tok += kThreads / 32) {
-    const int bq = static_cast<int>((first_token + tok) / p.block_size);
-    const int capacity = min(K, bq + 1) - forced_count(bq, p.init_blocks, p.local_blocks);
-    float* scores = score_s + tok * K;
-    int* blocks = block_s + tok * K;
-    ChosenSlots mine;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int slot = lane + 32 * i;
-      mine.score[i] = slot < capacity ? scores[slot] : -INFINITY;
-      mine.block[i] = slot < capacity ? blocks[slot] : INT_MAX;
-    }
-    Worst worst = find_worst(mine, capacity);
-    for (int j0 = j_begin; j0 < j_end; j0 += 32) {
-      const int j = j0 + lane;
-      float score = -INFINITY;
-      bool candidate = false;
-      if (j < j_end) {
-        float* slot = ring_s + tok * R + j % R;
-        score = *slot;
-        *slot = 0.0f;
-        if (isnan(score)) score = -INFINITY;  // a NaN ranks lowest, as in the reference
-        candidate = capacity > 0 && j <= bq && j >= p.init_blocks && j <= bq - p.local_blocks;
-      }
-      unsigned offers = __ballot_sync(0xffffffffu, candidate && ranks_before(score, j, worst.score, worst.block));
-      while (offers != 0) {
-        const int src = __ffs(offers) - 1;
-        offers &= offers - 1;
-        const float offer_score = __shfl_sync(0xffffffffu, score, src);
-        const int offer_block = __shfl_sync(0xffffffffu, j, src);
-        // The offer may no longer beat the worst (it improved meanwhile). Written without a branch
-        // around the shuffles: a divergent region here made ptxas spill on sm_90a.
-        const bool take = ranks_before(offer_score, offer_block, worst.score, worst.block);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const bool mine_slot = take && worst.slot == lane + 32 * i;
-          mine.score[i] = mine_slot ? offer_score : mine.score[i];
-          mine.block[i] = mine_slot ? offer_block : mine.block[i];
-        }
-        worst = find_worst(mine, capacity);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int slot = lane + 32 * i;
-      if (slot < capacity) {
-        scores[slot] = mine.score[i];
-        blocks[slot] = mine.block[i];
-      }
-    }
-  }
-}
-
+// Query rows of round chunk `chunk` (select_tiling.hpp's layout: slot = local round * kWarps + warp,
+// 16 rows per slot): the offset of each row in q (-1: padding, zero-filled) and lse * log2 e (+inf
+// for padding, so that its probabilities are exp2(-inf) = 0), then the cp.async copies of the rows.
+// The caller commits, waits and synchronises.
 template <class Element, int kDqk>
-__global__ void __launch_bounds__(kThreads) select_blocks_kernel(const __grid_constant__ SelectParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ long long row_q_offset[kRows];  // -1: padding
-  __shared__ int row_token[kRows];           // token of the row in the CTA's tile
-  __shared__ float row_lse[kRows];
-  __shared__ int row_visible[kRows];
-  const SelectSmem<Element, kDqk> layout(p.tokens_per_cta, p.ring_slots, p.topk_width);
-  auto* q_s = reinterpret_cast<Element*>(smem + layout.q_offset);
-  auto* k_s = reinterpret_cast<Element*>(smem + layout.k_offset);
-  auto* prob_s = reinterpret_cast<float*>(smem + layout.prob_offset);
-  auto* ring_s = reinterpret_cast<float*>(smem + layout.ring_offset);
-  auto* score_s = reinterpret_cast<float*>(smem + layout.score_offset);
-  auto* block_s = reinterpret_cast<int*>(smem + layout.index_offset);
-  constexpr int kLdProb = SelectSmem<Element, kDqk>::kLdProb;
+__device__ __forceinline__ void load_q_chunk(const SelectParams& p, int chunk, int g, long long token0, int tokens,
+                                             Element* q_s, long long* row_offset_s, float* row_bias_s) {
+  const SelectShape& sh = p.shape;
+  const int rows = sh.rounds_per_chunk * kWarps * 16;
+  for (int row = threadIdx.x; row < rows; row += kThreads) {
+    const int slot = row / 16, r = row % 16;
+    const int warp = slot % kWarps, round = chunk * sh.rounds_per_chunk + slot / kWarps;
+    const int group = warp / sh.parts, part = warp % sh.parts;
+    const int m = round * sh.parts + part;
+    const bool rows_are_tokens = sh.tokens_per_mtile == 16;
+    const int head = rows_are_tokens ? 0 : 2 * m + r / 8;
+    const int tok = group * sh.tokens_per_mtile + (rows_are_tokens ? r : r % 8);
+    long long offset = -1;
+    float bias = INFINITY;
+    if (round < sh.rounds && m < sh.mtiles_per_group && head < sh.heads_used && tok < tokens) {
+      const long long token = token0 + tok;
+      const long long h = static_cast<long long>(g) * p.group + head;
+      offset = token * p.q_token_stride + h * p.q_head_stride;
+      bias = p.lse[h * p.lse_head_stride + token * p.lse_token_stride] * kLog2e;
+    }
+    row_offset_s[row] = offset;
+    row_bias_s[row] = bias;
+  }
+  __syncthreads();
+  constexpr int kVectors = kDqk / 8;
+  constexpr int kLd = kDqk + kPadHalf;
+  const auto* q = static_cast<const Element*>(p.q);
+  for (int idx = threadIdx.x; idx < rows * kVectors; idx += kThreads) {
+    const int row = idx / kVectors, vec = idx % kVectors;
+    const long long offset = row_offset_s[row];
+    uint4* dst = reinterpret_cast<uint4*>(q_s + row * kLd) + vec;
+    if (offset >= 0) {
+      common::cp_async_16(dst, reinterpret_cast<const uint4*>(q + offset) + vec);
+    } else {
+      *dst = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
 
-  const int g = blockIdx.y, G = p.group, used = p.heads_used, K = p.topk_width, R = p.ring_slots;
-  const int B = p.block_size, l = p.cmp_len, s = p.cmp_stride;
-  const cmp::SeqTile tile = cmp::find_seq_tile(p.cu_seqlens, p.cu_stride, p.num_seqs, 1, p.tokens_per_cta, blockIdx.x);
+// Keys [key0, key0 + kKeys) of the head's compressed keys into the K stage; keys past keys_total are
+// zero rows (their probabilities are masked). Offsets within the tile in 32 bits (kKeys rows).
+template <class Element, int kDqk>
+__device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_stride, int key0, int keys_total,
+                                            Element* dst) {
+  constexpr int kVectors = kDqk / 8;
+  constexpr int kLd = kDqk + kPadHalf;
+  const Element* base = k + static_cast<long long>(key0) * row_stride;
+  const int rows = keys_total - key0, stride = static_cast<int>(row_stride);
+#pragma unroll
+  for (int idx = threadIdx.x; idx < kKeys * kVectors; idx += kThreads) {
+    const int row = idx / kVectors, vec = idx % kVectors;
+    uint4* to = reinterpret_cast<uint4*>(dst + row * kLd) + vec;
+    if (row < rows) {
+      common::cp_async_16(to, base + row * stride + vec * 8);
+    } else {
+      *to = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// S for one or two m-tiles (q0, q1: their first rows) against the 64 keys of a K stage; the two
+// m-tiles share each B fragment.
+template <class Element, int kDqk, bool kTwo>
+__device__ __forceinline__ void qk_tiles(float (&acc0)[kKeys / 8][4], float (&acc1)[kKeys / 8][4], const Element* q0,
+                                         const Element* q1, const Element* k_s) {
+  constexpr int kLd = kDqk + kPadHalf;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      acc0[n][c] = 0.0f;
+      if constexpr (kTwo) acc1[n][c] = 0.0f;
+    }
+  const Element* a0 = q0 + (lane % 16) * kLd + (lane / 16) * 8;
+  const Element* a1 = q1 + (lane % 16) * kLd + (lane / 16) * 8;
+  const Element* b = k_s + (lane % 8 + (lane / 16) * 8) * kLd + ((lane / 8) % 2) * 8;
+#pragma unroll 2
+  for (int k0 = 0; k0 < kDqk; k0 += 16) {
+    std::uint32_t af0[4], af1[4];
+    mma::ldmatrix_x4(af0, a0 + k0);
+    if constexpr (kTwo) mma::ldmatrix_x4(af1, a1 + k0);
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; n += 2) {
+      std::uint32_t bf[4];
+      mma::ldmatrix_x4(bf, b + n * 8 * kLd + k0);
+      mma::mma_16816<Element>(acc0[n], af0, bf[0], bf[1]);
+      mma::mma_16816<Element>(acc0[n + 1], af0, bf[2], bf[3]);
+      if constexpr (kTwo) {
+        mma::mma_16816<Element>(acc1[n], af1, bf[0], bf[1]);
+        mma::mma_16816<Element>(acc1[n + 1], af1, bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+// One pass of a token's offers into its chosen list (cap > 0 slots in shared memory, sorted: best
+// first, empty slots (-inf, INT_MAX) last), by the warp that owns the token: lane c offers block
+// j0 + c with `score` where `offered` (a final candidate). Offers that beat the current K-th best
+// (`worst`) are merged in one step: each list entry moves down by the number of offers that rank
+// before it, and each offer lands at (offers before it) + (list entries before it), counted by a
+// ballot over the list held in the lanes (slots c and c + 32). Ranks in a strict total order are
+// distinct, so the scatter is a permutation, and the list does not depend on the offers' order.
+// Warp-uniform control flow only (every shuffle and ballot converged).
+template <bool kWide>
+__device__ __forceinline__ void merge_offers(TopEntry* list, int cap, TopEntry& worst, bool offered, float score,
+                                             int j0) {
+  const int lane = threadIdx.x % 32, j = j0 + lane;
+  offered = offered && ranks_before(score, j, worst.score, worst.block);
+  const unsigned offers = __ballot_sync(kFullMask, offered);
+  if (offers == 0) return;
+  const TopEntry empty{-INFINITY, INT_MAX};
+  const bool in_lo = lane < cap, in_hi = kWide && lane + 32 < cap;
+  const TopEntry lo = in_lo ? list[lane] : empty;
+  const TopEntry hi = in_hi ? list[lane + 32] : empty;
+  int lo_shift = 0, hi_shift = 0;  // offers that rank before this lane's list entries
+  int rank = 0;                    // this lane's offer: offers, then list entries, before it
+  for (unsigned pending = offers; pending != 0; pending &= pending - 1) {
+    const int src = __ffs(pending) - 1;
+    const float other_s = __shfl_sync(kFullMask, score, src);
+    const int other_b = j0 + src;
+    // An offer is never equal to a list entry (each block is offered once), so "entry before
+    // offer" is "not offer before entry".
+    const bool before_lo = ranks_before(other_s, other_b, lo.score, lo.block);
+    lo_shift += before_lo ? 1 : 0;
+    rank += ranks_before(other_s, other_b, score, j) ? 1 : 0;
+    int entries_before = __popc(__ballot_sync(kFullMask, in_lo && !before_lo));
+    if constexpr (kWide) {
+      const bool before_hi = ranks_before(other_s, other_b, hi.score, hi.block);
+      hi_shift += before_hi ? 1 : 0;
+      entries_before += __popc(__ballot_sync(kFullMask, in_hi && !before_hi));
+    }
+    rank += lane == src ? entries_before : 0;
+  }
+  __syncwarp();  // every lane has read the list
+  if (in_lo && lane + lo_shift < cap) list[lane + lo_shift] = lo;
+  if (in_hi && lane + 32 + hi_shift < cap) list[lane + 32 + hi_shift] = hi;
+  if (offered && rank < cap) list[rank] = {score, j};
+  __syncwarp();
+  worst = list[cap - 1];
+}
+
+template <class Fn>
+__device__ __forceinline__ void with_width(int cap, Fn&& fn) {
+  if (cap > 32) {
+    fn.template operator()<true>();
+  } else {
+    fn.template operator()<false>();
+  }
+}
+
+// p = exp2(S * scale * log2 e - bias) of one m-tile's S fragment in place: rows `group` (bias_lo)
+// and `group + 8` (bias_hi), keys 8n + 2 pair + e. kMasked: keys at or past limit_lo / limit_hi
+// (visible count - key0) give 0.
+template <bool kMasked>
+__device__ __forceinline__ void to_probs(float (&acc)[kKeys / 8][4], float scale_log2, float bias_lo, float bias_hi,
+                                         int limit_lo, int limit_hi) {
+  const int pair = threadIdx.x % 4;
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float p_lo = fast_exp2(fmaf(acc[n][e], scale_log2, -bias_lo));
+      float p_hi = fast_exp2(fmaf(acc[n][2 + e], scale_log2, -bias_hi));
+      if constexpr (kMasked) {
+        const int key = n * 8 + 2 * pair + e;
+        p_lo = key < limit_lo ? p_lo : 0.0f;
+        p_hi = key < limit_hi ? p_hi : 0.0f;
+      }
+      acc[n][e] = p_lo;
+      acc[n][2 + e] = p_hi;
+    }
+}
+
+template <class Element, int kDqk, int kCtasPerSm>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(const __grid_constant__ SelectParams p) {
+  // kCtasPerSm == 1: two m-tiles per K~ B fragment (up to ~200 registers); 2: one at a time (128).
+  constexpr bool kPairs = kCtasPerSm == 1;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SelectShape& sh = p.shape;
+  const SelectSmem layout(sh, kDqk, p.topk_width);
+  auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
+  auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
+  auto* prob_s = reinterpret_cast<float*>(smem + layout.prob);
+  auto* ring_s = reinterpret_cast<float*>(smem + layout.ring);
+  auto* top_s = reinterpret_cast<TopEntry*>(smem + layout.top);
+  auto* row_offset_s = reinterpret_cast<long long*>(smem + layout.row_offset);
+  auto* row_bias_s = reinterpret_cast<float*>(smem + layout.row_bias);
+  auto* weight_s = reinterpret_cast<float*>(smem + layout.weight);
+  auto* cap_s = reinterpret_cast<int*>(smem + layout.capacity);
+  auto* offers_s = reinterpret_cast<unsigned*>(smem + layout.offers);
+  auto* worst_s = reinterpret_cast<TopEntry*>(smem + layout.worst);
+  constexpr int kLd = kDqk + kPadHalf;
+
+  const int g = blockIdx.y, K = p.topk_width, R = sh.ring_slots, T = sh.tokens_per_cta;
+  const int B = p.block_size, l = p.cmp_len, s = p.cmp_stride, I = p.init_blocks, L = p.local_blocks;
+  const SeqTile tile = find_seq_tile(p.cu_seqlens, p.cu_stride, p.num_seqs, T, blockIdx.x);
   if (!tile.valid) return;
   const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
   const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
   const long long cmp_start = p.cu_cmp[tile.seq * p.cu_cmp_stride];
-  const int tokens = static_cast<int>(min(static_cast<long long>(p.tokens_per_cta), seq_len - tile.first));
-  const long long last_t = tile.first + tokens - 1;
-  const int keys_total = cmp::visible_count(last_t, l, s);
-  const int last_block = static_cast<int>(last_t / B);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+  const int tokens = static_cast<int>(min(static_cast<long long>(T), seq_len - tile.first));
+  // Local positions are below 2^31 (int32 cu_seqlens); s and B are powers of two (B is 32, 64 or
+  // 128 and s divides it), so block and key arithmetic is 32-bit shifts.
+  const int first_pos = static_cast<int>(tile.first);
+  const int s_shift = __ffs(s) - 1, b_shift = __ffs(B) - 1;
+  const int windows = l >> s_shift;  // c = l / s
+  const int keys_total = visible_count(first_pos + tokens - 1, l, s);
+  const int key_tiles = (keys_total + kKeys - 1) / kKeys;
+  const int chunks = (sh.rounds + sh.rounds_per_chunk - 1) / sh.rounds_per_chunk;
+  const bool q_resident = chunks == 1;
 
-  // Empty chosen sets and an empty ring. Every empty slot gets its own sentinel block (INT_MAX - idx,
-  // above any real block since idx < kMaxTokens * kMaxTopk), so no two entries of a chosen set tie and
-  // find_worst's butterfly gives all lanes the same slot. With one shared sentinel each lane kept its
-  // own empty slot as the worst and stored the next offer there: that block was chosen twice (equal
-  // output ranks, one slot of the row never written) and the block that should have joined was lost.
-  for (int idx = threadIdx.x; idx < tokens * K; idx += kThreads) {
-    score_s[idx] = -INFINITY;
-    block_s[idx] = INT_MAX - idx;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, pair = lane % 4;
+  const int my_group = warp / sh.parts, my_part = warp % sh.parts;
+  // Phase A: this thread's S rows `grp` and `grp + 8` belong to tokens tok_lo and tok_hi (equal
+  // unless rows are tokens).
+  const bool rows_are_tokens = sh.tokens_per_mtile == 16;
+  const int tok_lo = my_group * sh.tokens_per_mtile + grp;
+  const int tok_hi = rows_are_tokens ? tok_lo + 8 : tok_lo;
+  const int visible_lo = tok_lo < tokens ? visible_count(first_pos + tok_lo, l, s) : 0;
+  const int visible_hi = tok_hi < tokens ? visible_count(first_pos + tok_hi, l, s) : 0;
+  const int visible_first = visible_count(first_pos, l, s);
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int idx = threadIdx.x; idx < T * K; idx += kThreads) top_s[idx] = {-INFINITY, INT_MAX};
+  for (int k = threadIdx.x; k < sh.block_keys; k += kThreads) weight_s[k] = static_cast<float>(block_weight(k, l, s, B));
+  for (int t = threadIdx.x; t < T; t += kThreads) {
+    const int cap = chosen_capacity((first_pos + t) >> b_shift, K, I, L);
+    cap_s[t] = cap;
+    worst_s[t] = cap > 0 ? TopEntry{-INFINITY, INT_MAX} : TopEntry{INFINITY, -1};  // (+inf, -1): beaten by none
+    for (int w = 0; w < kOfferWords; ++w) offers_s[t * kOfferWords + w] = 0;
   }
-  for (int idx = threadIdx.x; idx < tokens * R; idx += kThreads) ring_s[idx] = 0.0f;
 
-  const int rows = tokens * used;
-  const bool single_chunk = rows <= kRows;
-  auto load_rows = [&](int chunk) {
-    __syncthreads();  // the previous chunk's tables and Q are no longer read
-    if (threadIdx.x < kRows) {
-      const int r = chunk + threadIdx.x;
-      long long offset = -1;
-      int tok = 0, visible = 0;
-      float lse = 0.0f;
-      if (r < rows) {
-        tok = r / used;
-        const int head = g * G + r % used;
-        const long long token = seq_start + tile.first + tok;
-        offset = token * p.q_token_stride + head * p.q_head_stride;
-        lse = p.lse[head * p.lse_head_stride + token * p.lse_token_stride];
-        visible = cmp::visible_count(tile.first + tok, l, s);
-      }
-      row_q_offset[threadIdx.x] = offset;
-      row_token[threadIdx.x] = tok;
-      row_lse[threadIdx.x] = lse;
-      row_visible[threadIdx.x] = visible;
-    }
-    __syncthreads();
-    const auto* q = static_cast<const Element*>(p.q);
-    common::copy_tile_async<kRows, kDqk, kThreads>(q_s, SelectSmem<Element, kDqk>::kLd, [&](int r) -> const Element* {
-      return row_q_offset[r] >= 0 ? q + row_q_offset[r] : nullptr;
-    });
-    common::cp_async_commit();
-  };
-  if (single_chunk) load_rows(0);
+  const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
+  const long long token0 = seq_start + first_pos;  // global row of the CTA's token 0
+  if (q_resident) load_q_chunk<Element, kDqk>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
+  if (key_tiles > 0) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, 0, keys_total, k_s);
+  common::cp_async_commit();
 
-  const auto* k = static_cast<const Element*>(p.k) + g * p.k_head_stride;
-  int done = 0;  // blocks below are final
-  for (int key0 = 0; key0 < keys_total; key0 += kKeys) {
-    __syncthreads();  // the previous tile is done with K and the probability sums
-    for (int idx = threadIdx.x; idx < tokens * kLdProb; idx += kThreads) prob_s[idx] = 0.0f;
-    common::copy_tile_async<kKeys, kDqk, kThreads>(k_s, SelectSmem<Element, kDqk>::kLd, [&](int r) -> const Element* {
-      return key0 + r < keys_total ? k + (cmp_start + key0 + r) * p.k_row_stride : nullptr;
-    });
-    common::cp_async_commit();
-    for (int chunk = 0; chunk < rows; chunk += kRows) {
-      if (!single_chunk) load_rows(chunk);
-      common::cp_async_wait<0>();
-      __syncthreads();
-      float sc[kKeys / 8][4];
-      common::zero_acc<kKeys>(sc);
-      common::warp_tile_mma<Element, kDqk, kKeys, false, false, (kDqk > 128 ? 2 : kDqk / 16)>(
-          sc, q_s, SelectSmem<Element, kDqk>::kLd, warp * 16, k_s, SelectSmem<Element, kDqk>::kLd, 0);
+  int cached_blocks = -1, step_t = 0, step_j = 0, t_start = 0, jj_start = 0;  // phase B's item walk
+  for (int kt = 0; kt < key_tiles; ++kt) {
+    const int key0 = kt * kKeys;
+    common::cp_async_wait<0>();
+    __syncthreads();  // K~ tile kt (and Q) landed; phase C of tile kt - 1 is done
+
+    // ---- A: probabilities, summed over the heads of each token ----
+    const bool masked = key0 + kKeys > visible_first;
+    const int limit_lo = visible_lo - key0, limit_hi = visible_hi - key0;
+    float* dst = prob_s + my_part * T * kLdProb;
+    if (sh.rounds == 1 && q_resident) {  // one m-tile per warp: no running sum
+      if (my_part < sh.mtiles_per_group) {
+        float acc[kKeys / 8][4];
+        qk_tiles<Element, kDqk, false>(acc, acc, q_s + warp * 16 * kLd, q_s, k_s);
+        const float bias_lo = row_bias_s[warp * 16 + grp], bias_hi = row_bias_s[warp * 16 + grp + 8];
+        if (masked) {
+          to_probs<true>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
+        } else {
+          to_probs<false>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
+        }
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = warp * 16 + group + 8 * h;
-        if (row_q_offset[r] < 0) continue;
-        float* prob_row = prob_s + row_token[r] * kLdProb;
-#pragma unroll
-        for (int j = 0; j < kKeys / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = j * 8 + 2 * pair + e;
-            if (key0 + key < row_visible[r]) atomicAdd(prob_row + key, __expf(sc[j][2 * h + e] * p.scale - row_lse[r]));
+        for (int n = 0; n < kKeys / 8; ++n) {
+          const int key = n * 8 + 2 * pair;
+          if (rows_are_tokens) {
+            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) = make_float2(acc[n][0], acc[n][1]);
+            *reinterpret_cast<float2*>(dst + tok_hi * kLdProb + key) = make_float2(acc[n][2], acc[n][3]);
+          } else {  // heads 2m and 2m + 1 of the token
+            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) =
+                make_float2(acc[n][0] + acc[n][2], acc[n][1] + acc[n][3]);
           }
+        }
       }
-      if (!single_chunk) __syncthreads();  // Q is reloaded by the next chunk
+    } else {
+      float sum[kKeys / 8][4];
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) sum[n][0] = sum[n][1] = sum[n][2] = sum[n][3] = 0.0f;
+      for (int chunk = 0; chunk < chunks; ++chunk) {
+        if (!q_resident) {
+          __syncthreads();  // the previous chunk's rows and tables are no longer read
+          load_q_chunk<Element, kDqk>(p, chunk, g, token0, tokens, q_s, row_offset_s, row_bias_s);
+          common::cp_async_commit();
+          common::cp_async_wait<0>();
+          __syncthreads();
+        }
+        const int round_begin = chunk * sh.rounds_per_chunk;
+        const int round_end = min(sh.rounds, round_begin + sh.rounds_per_chunk);
+        for (int round = round_begin; round < round_end; round += kPairs ? 2 : 1) {
+          if (round * sh.parts + my_part >= sh.mtiles_per_group) break;  // later rounds have none either
+          const bool two =
+              kPairs && round + 1 < round_end && (round + 1) * sh.parts + my_part < sh.mtiles_per_group;
+          const int slot0 = (round - round_begin) * kWarps + warp, slot1 = slot0 + kWarps;
+          float acc0[kKeys / 8][4], acc1[kKeys / 8][4];
+          if (two) {
+            qk_tiles<Element, kDqk, kPairs>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s + slot1 * 16 * kLd, k_s);
+          } else {
+            qk_tiles<Element, kDqk, false>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s, k_s);
+          }
+          const float bias0_lo = row_bias_s[slot0 * 16 + grp], bias0_hi = row_bias_s[slot0 * 16 + grp + 8];
+          if (masked) {
+            to_probs<true>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
+          } else {
+            to_probs<false>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
+          }
+#pragma unroll
+          for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) sum[n][c] += acc0[n][c];
+          if (kPairs && two) {
+            const float bias1_lo = row_bias_s[slot1 * 16 + grp], bias1_hi = row_bias_s[slot1 * 16 + grp + 8];
+            if (masked) {
+              to_probs<true>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
+            } else {
+              to_probs<false>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
+            }
+#pragma unroll
+            for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+              for (int c = 0; c < 4; ++c) sum[n][c] += acc1[n][c];
+          }
+        }
+      }
+      if (my_part < sh.active_parts) {
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+          const int key = n * 8 + 2 * pair;
+          if (rows_are_tokens) {
+            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) = make_float2(sum[n][0], sum[n][1]);
+            *reinterpret_cast<float2*>(dst + tok_hi * kLdProb + key) = make_float2(sum[n][2], sum[n][3]);
+          } else {  // even heads, then odd heads
+            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) =
+                make_float2(sum[n][0] + sum[n][2], sum[n][1] + sum[n][3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // sums written; every warp is done with the K~ stage
+    if (kt + 1 < key_tiles) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, key0 + kKeys, keys_total, k_s);
+    common::cp_async_commit();  // lands while phases B and C run
+    if (sh.active_parts > 1) {  // partial sums of the parts, added in part order, 4 keys at a time
+      for (int idx = threadIdx.x; idx < tokens * (kKeys / 4); idx += kThreads) {
+        float* at = prob_s + (idx / (kKeys / 4)) * kLdProb + (idx % (kKeys / 4)) * 4;
+        float4 total = *reinterpret_cast<const float4*>(at);
+        for (int part = 1; part < sh.active_parts; ++part) {
+          const float4 v = *reinterpret_cast<const float4*>(at + part * T * kLdProb);
+          total.x += v.x;
+          total.y += v.y;
+          total.z += v.z;
+          total.w += v.w;
+        }
+        *reinterpret_cast<float4*>(at) = total;
+      }
+      __syncthreads();
+    }
+
+    // ---- B: a thread per (token, block touched by the tile): the block's score ----
+    const int j_lo = (key0 << s_shift) >> b_shift;                          // tile_first_block
+    const int j_hi = (((key0 + kKeys - 1) << s_shift) + l - 1) >> b_shift;  // tile_last_block
+    const int j_final = ((key0 + kKeys) << s_shift) >> b_shift;             // tile_final_end
+    const int blocks = j_hi - j_lo + 1;  // the same for every tile unless B does not divide 64 s
+    const int ring_base = j_lo % R;
+    if (blocks != cached_blocks) {
+      cached_blocks = blocks;
+      step_t = kThreads / blocks;
+      step_j = kThreads % blocks;
+      t_start = threadIdx.x / blocks;
+      jj_start = threadIdx.x % blocks;
+    }
+    {
+      // Keys i = i_base + k, k in [0, block_keys), meet block j with weight_s[k] (block_weight); with
+      // j = j_lo + jj, i_base - key0 = rel_lo + jj * b. A block whose first key precedes the tile
+      // continues the sum carried in the ring (i_base < key0 and key0 > 0).
+      const int rel_lo = (j_lo << (b_shift - s_shift)) - key0 - windows + 1;
+      for (int t = t_start, jj = jj_start; t < tokens;) {
+        const int j = j_lo + jj;
+        const int bq = (first_pos + t) >> b_shift;
+        if (j <= bq) {
+          const int rel = rel_lo + (jj << (b_shift - s_shift));
+          const int k_begin = max(-rel, 0), k_end = min(sh.block_keys, kKeys - rel);
+          int slot = ring_base + jj;  // jj < blocks <= R: a tile's blocks have distinct slots
+          slot -= slot >= R ? R : 0;
+          float* ring = ring_s + t * R + slot;
+          float score = key0 > 0 && rel < 0 ? *ring : 0.0f;
+          const float* probs = prob_s + t * kLdProb + rel;
+          // In ascending i, as the reference: scores[j] += w * prob.
+          for (int k = k_begin; k < k_end; ++k) score = __fadd_rn(score, __fmul_rn(weight_s[k], probs[k]));
+          *ring = score;
+          if (j < j_final && is_candidate(j, bq, I, L)) {
+            const TopEntry worst = worst_s[t];  // (+inf, -1) when nothing is chosen by score
+            if (ranks_before(isnan(score) ? -INFINITY : score, j, worst.score, worst.block))
+              atomicOr(offers_s + t * kOfferWords + jj / 32, 1u << (jj % 32));
+          }
+        }
+        t += step_t;
+        jj += step_j;
+        if (jj >= blocks) {
+          jj -= blocks;
+          ++t;
+        }
+      }
     }
     __syncthreads();
-    // Spread each (token, key) probability over the blocks its window overlaps.
-    for (int idx = threadIdx.x; idx < tokens * kKeys; idx += kThreads) {
-      const int tok = idx / kKeys, key = idx % kKeys;
-      const int i = key0 + key;
-      const float prob = prob_s[tok * kLdProb + key];
-      if (i >= keys_total || prob == 0.0f) continue;
-      const int begin = i * s, end = i * s + l;
-      for (int j = begin / B; j * B < end; ++j) {
-        const int overlap = min(end, (j + 1) * B) - max(begin, j * B);
-        atomicAdd(ring_s + tok * R + j % R, static_cast<float>(overlap) / static_cast<float>(s) * prob);
+
+    // ---- C: a warp per token with offers: merged into its chosen list ----
+    for (int t = warp; t < tokens; t += kWarps) {
+      unsigned words[kOfferWords];
+#pragma unroll
+      for (int w = 0; w < kOfferWords; ++w) words[w] = offers_s[t * kOfferWords + w];
+      unsigned any = 0;
+#pragma unroll
+      for (int w = 0; w < kOfferWords; ++w) any |= words[w];
+      if (any == 0) continue;
+      const int cap = cap_s[t];
+      TopEntry* list = top_s + t * K;
+      TopEntry worst = worst_s[t];
+      const float* ring = ring_s + t * R;
+#pragma unroll
+      for (int w = 0; w < kOfferWords; ++w) {
+        if (words[w] == 0) continue;
+        const bool offered = (words[w] >> lane) & 1u;
+        float score = -INFINITY;
+        if (offered) {
+          int slot = ring_base + 32 * w + lane;
+          slot -= slot >= R ? R : 0;
+          score = ring[slot];
+          if (isnan(score)) score = -INFINITY;  // a NaN ranks lowest, as in the reference
+        }
+        with_width(cap, [&]<bool kWide>() { merge_offers<kWide>(list, cap, worst, offered, score, j_lo + 32 * w); });
       }
+      __syncwarp();  // every lane has read the words
+      if (lane < kOfferWords) offers_s[t * kOfferWords + lane] = 0;
+      if (lane == 0) worst_s[t] = worst;
     }
-    __syncthreads();
-    // Block j's last key is (j + 1) * B / s - 1: blocks below (key0 + kKeys) * s / B are final.
-    const int final_end = min(last_block + 1, (key0 + kKeys) * s / B);
-    finalize_blocks(p, tile.first, tokens, ring_s, score_s, block_s, done, final_end);
-    done = final_end;
   }
   common::cp_async_wait<0>();
-  __syncthreads();
-  finalize_blocks(p, tile.first, tokens, ring_s, score_s, block_s, done, last_block + 1);
-  __syncwarp();
+  __syncthreads();  // the lists' initial values (when no tile ran)
 
-  // Chosen plus forced blocks, ascending: each value's rank is the count of smaller ones.
+  // Blocks no tile closed: summed up to the last tile (ring) or touched by no visible key (0).
+  const int last_key0 = (key_tiles - 1) * kKeys;
+  const int j_done = key_tiles > 0 ? tile_final_end(last_key0, s, B) : 0;
+  const int j_touched = key_tiles > 0 ? tile_last_block(last_key0, l, s, B) : -1;
+  const int last_j_lo = key_tiles > 0 ? tile_first_block(last_key0, s, B) : 0;
+  const int last_ring_base = last_j_lo % R;
   auto* out = p.topk + g * p.topk_head_stride;
-  for (int tok = warp; tok < tokens; tok += kThreads / 32) {
-    const long long t = tile.first + tok;
-    const int bq = static_cast<int>(t / B);
-    const int head_end = forced_head(bq, p.init_blocks);
-    const int tail_start = forced_tail_start(bq, p.init_blocks, p.local_blocks);
-    const int forced = forced_count(bq, p.init_blocks, p.local_blocks);
+  for (int t = warp; t < tokens; t += kWarps) {
+    const int bq = (first_pos + t) >> b_shift;
+    const int cap = cap_s[t];
+    TopEntry* list = top_s + t * K;
+    if (cap > 0) {
+      const float* ring = ring_s + t * R;
+      TopEntry worst = list[cap - 1];
+      for (int j0 = j_done; j0 <= bq; j0 += 32) {
+        const int j = j0 + lane;
+        float score = 0.0f;
+        if (j <= j_touched) {
+          int slot = last_ring_base + (j - last_j_lo);  // j - last_j_lo < R for j <= j_touched
+          slot -= slot >= R ? R : 0;
+          score = ring[slot];
+          if (isnan(score)) score = -INFINITY;
+        }
+        const bool offered = j <= bq && is_candidate(j, bq, I, L);
+        with_width(cap, [&]<bool kWide>() { merge_offers<kWide>(list, cap, worst, offered, score, j0); });
+      }
+    }
+    __syncwarp();
+    // Chosen plus forced blocks, ascending: each value's rank is the count of smaller ones.
+    const int head_end = forced_head(bq, I);
+    const int tail_start = forced_tail_start(bq, I, L);
     const int total = min(K, bq + 1);
-    const int capacity = total - forced;
-    const int* blocks = block_s + tok * K;
-    int* row = out + (seq_start + t) * p.topk_token_stride;
+    std::int32_t* row = out + (token0 + t) * p.topk_token_stride;
     for (int u = lane; u < K; u += 32) {
       if (u >= total) {
         row[u] = -1;
         continue;
       }
-      const int f = u - capacity;
-      const int value = u < capacity ? blocks[u] : (f < head_end ? f : tail_start + (f - head_end));
+      const int f = u - cap;
+      const int value = u < cap ? list[u].block : (f < head_end ? f : tail_start + (f - head_end));
       int rank = min(value, head_end) + max(0, min(value, bq + 1) - tail_start);
-      for (int c = 0; c < capacity; ++c) rank += blocks[c] < value ? 1 : 0;
+      for (int c = 0; c < cap; ++c) rank += list[c].block < value ? 1 : 0;
       row[rank] = value;
     }
   }
@@ -321,10 +569,11 @@ namespace fsa::cuda {
 template <class Element, int kDqk>
 Status launch_select_blocks(const SelectParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0 || p.heads_kv == 0) return Status::ok();
-  const sel::SelectSmem<Element, kDqk> layout(p.tokens_per_cta, p.ring_slots, p.topk_width);
-  auto* kernel = sel::select_blocks_kernel<Element, kDqk>;
+  const sel::SelectSmem layout(p.shape, kDqk, p.topk_width);
+  auto* kernel = p.shape.ctas_per_sm == 2 ? sel::select_blocks_kernel<Element, kDqk, 2>
+                                          : sel::select_blocks_kernel<Element, kDqk, 1>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(layout.bytes)));
-  const long long tiles = p.tokens / p.tokens_per_cta + p.num_seqs;
+  const long long tiles = p.tokens / p.shape.tokens_per_cta + p.num_seqs;
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: " + std::to_string(tiles) + " token tiles exceed the grid limit");
   kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), sel::kThreads, layout.bytes, stream>>>(p);

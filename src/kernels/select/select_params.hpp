@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "kernels/select/select_tiling.hpp"
+
 namespace fsa::cuda {
 
 struct SelectParams {
@@ -25,10 +27,8 @@ struct SelectParams {
   int heads_used;  // heads of a group whose probabilities are summed: G, or 1 for kFirstHead
   int cmp_len, cmp_stride, block_size, topk_width, init_blocks, local_blocks;  // l, s, B, K, I, L
   float scale;
-  // Work decomposition, chosen by the launcher: tokens per CTA (tokens x heads_used query rows) and
-  // the slots per token of the ring of block scores still being summed.
-  int tokens_per_cta;
-  int ring_slots;
+  // Work decomposition, chosen by the launcher from shapes alone (sel::choose_shape).
+  sel::SelectShape shape;
 };
 
 }  // namespace fsa::cuda
