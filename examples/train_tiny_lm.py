@@ -28,7 +28,7 @@ class TrainArgs:
     hidden: int = 64
     heads: int = 4
     kv_heads: int = 2
-    head_dim: int = 16
+    head_dim: int = 0  # 0: 64 on CUDA (the smallest head dim the kernels serve), 16 on the CPU
     lag: int = 2
     seq_lengths: tuple = (160, 96, 64)
     lr: float = 1e-2
@@ -48,7 +48,8 @@ class TinyLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(args.vocab, args.hidden)
         self.norm_attn = nn.LayerNorm(args.hidden)
-        self.attn = fsa.NativeSparseAttention(args.hidden, args.heads, args.kv_heads, args.head_dim, config=CONFIG)
+        head_dim = args.head_dim or (64 if str(args.device).startswith("cuda") else 16)
+        self.attn = fsa.NativeSparseAttention(args.hidden, args.heads, args.kv_heads, head_dim, config=CONFIG)
         self.norm_mlp = nn.LayerNorm(args.hidden)
         self.mlp = nn.Sequential(nn.Linear(args.hidden, 4 * args.hidden), nn.GELU(),
                                  nn.Linear(4 * args.hidden, args.hidden))

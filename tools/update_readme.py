@@ -23,11 +23,44 @@ def table(path: Path) -> str:
     return "\n".join(out)
 
 
+LAYER_COLUMNS = ["layer fwd", "layer bwd", "layer fwd+bwd", "dense fwd", "dense fwd+bwd", "sdpa fwd", "sdpa fwd+bwd"]
+
+
+def layer_tables(path: Path) -> str:
+    """`fsa bench layer` rows (config, phase, ms, ...) pivoted: one row per configuration with the
+    layer's and the dense paths' times, the break-even lines, and the phase split of S64-G4."""
+    lines = path.read_text().splitlines()
+    caption = [l.lstrip("# ").strip() for l in lines if l.startswith("#")]
+    rows = list(csv.reader(l for l in lines if l and not l.startswith("#")))[1:]
+    ms, order, verdicts, phases = {}, [], [], []
+    for r in rows:
+        config, phase, value = r[0], r[1], r[2]
+        if config.startswith("BREAK-EVEN"):
+            verdicts.append(f"{config}: {phase}")
+            continue
+        if config not in order:
+            order.append(config)
+        ms[(config, phase)] = value
+        if config == "S64-G4" and (phase.startswith("fwd:") or phase.startswith("bwd:")):
+            phases.append((phase, value))
+    out = [f"**{path.name}** (pivoted; ms): " + "; ".join(caption), ""]
+    out.append("| config | " + " | ".join(LAYER_COLUMNS) + " |")
+    out.append("|" + "---|" * (len(LAYER_COLUMNS) + 1))
+    for config in order:
+        out.append(f"| {config} | " + " | ".join(ms.get((config, c), "-") for c in LAYER_COLUMNS) + " |")
+    if verdicts:
+        out += ["", "Break-even against the library's dense path: " + "; ".join(verdicts) + "."]
+    if phases:
+        out += ["", "S64-G4 by phase (ms): " + ", ".join(f"{p} {v}" for p, v in phases) + "."]
+    return "\n".join(out)
+
+
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    tables = [table(p) for p in sorted((ROOT / "bench" / "results").glob("*.csv"))]
+    tables = [layer_tables(p) if p.name.endswith("-layer.csv") else table(p)
+              for p in sorted((ROOT / "bench" / "results").glob("*.csv"))]
     body = "\n\n".join(tables) if tables else "No results recorded yet."
     readme.write_text(text[:start] + "\n" + body + "\n" + text[end:])
 

@@ -22,3 +22,7 @@ def pytest_runtest_makereport(item, call):
         if name == "seed" and call.excinfo is not None:
             item.add_report_section(call.when, "seed", f"torch.manual_seed({value})")
 
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
