@@ -55,7 +55,9 @@ if [[ -n ${FSA_GPU_CHECK_PYTHON:-} ]]; then
   run python-build env CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python3 -m pip install -q --no-build-isolation \
     --no-deps -C cmake.define.FSA_CUDA_ARCHITECTURES="$arch" -C build-dir=build/py-gpu .
   rm -rf /tmp/fsa-run && mkdir -p /tmp/fsa-run/tests && cp -r tests/python /tmp/fsa-run/tests/ && cp -r examples /tmp/fsa-run/
-  run python-tests bash -c "cd /tmp/fsa-run/tests/python && python3 -m pytest -q -ra -p no:cacheprovider ."
+  # FSA_PYTEST_ARGS: which tests (default all), e.g. "test_gpu.py test_tiny_lm.py".
+  run python-tests bash -c "cd /tmp/fsa-run/tests/python && python3 -m pytest -q -ra -p no:cacheprovider \
+    ${FSA_PYTEST_ARGS:-.}"
 fi
 # FSA_GPU_CHECK_BENCH=1 runs every bench; a comma list (selected,compressed,layer) picks some.
 bench_on() { [[ ${FSA_GPU_CHECK_BENCH:-} == 1 || ,${FSA_GPU_CHECK_BENCH:-}, == *,$1,* ]]; }
