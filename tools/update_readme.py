@@ -5,6 +5,7 @@ Each CSV starts with '#' comment lines (what was run, machine, commit, date) and
 row; the table shows the comment lines as a caption and the rows as they are.
 """
 import csv
+import math
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,10 +50,30 @@ def layer_tables(path: Path) -> str:
     for config in order:
         out.append(f"| {config} | " + " | ".join(ms.get((config, c), "-") for c in LAYER_COLUMNS) + " |")
     if verdicts:
-        out += ["", "Break-even against the library's dense path: " + "; ".join(verdicts) + "."]
+        out += ["", "Break-even against the library's dense path (from `fsa bench layer`): " + "; ".join(verdicts) + "."]
+    sdpa = [break_even(ms, g, "sdpa fwd+bwd") for g in (4, 16)]
+    if any(sdpa):
+        out += ["", "Break-even against torch SDPA (the sweep plus S64 at 65536 tokens): " +
+                "; ".join(f"G={g}: {v}" for g, v in zip((4, 16), sdpa) if v) + "."]
     if phases:
         out += ["", "S64-G4 by phase (ms): " + ", ".join(f"{p} {v}" for p, v in phases) + "."]
     return "\n".join(out)
+
+
+def break_even(ms, group, dense_phase):
+    """First length where the layer's forward + backward beats `dense_phase`, geometrically
+    interpolated between the swept lengths (SWEEP-G{g}-{n}K, then S64-G{g} as 65536 tokens)."""
+    points = [(k * 1024, f"SWEEP-G{group}-{k}K") for k in (2, 4, 8, 16, 32)] + [(65536, f"S64-G{group}")]
+    ratios = [(n, float(ms[(c, "layer fwd+bwd")]) / float(ms[(c, dense_phase)])) for n, c in points
+              if (c, "layer fwd+bwd") in ms and (c, dense_phase) in ms]
+    for i, (n, r) in enumerate(ratios):
+        if r < 1:
+            if i == 0:
+                return f"NSA faster already at {n} tokens"
+            n0, r0 = ratios[i - 1]
+            t = math.log(r0) / (math.log(r0) - math.log(r))
+            return f"~{round(math.exp(math.log(n0) + t * (math.log(n) - math.log(n0))))} tokens"
+    return "NSA slower at every measured length" if ratios else ""
 
 
 def main():

@@ -1,7 +1,7 @@
 """fsa: Native Sparse Attention for PyTorch (ops in torch.ops.fsa, functional API, module).
 
-Every op runs on the CPU reference backend of the C++ library and, where a CUDA kernel exists,
-on the GPU; an op without a CUDA kernel raises NotImplementedError on CUDA tensors.
+Every op runs on the CPU reference backend of the C++ library for CPU tensors and on the CUDA
+kernels for CUDA tensors; a shape the kernels do not serve raises NotImplementedError.
 """
 from . import _autograd, _fake  # noqa: F401  (registrations)
 from ._library import CUDA_DISPATCH, ops
