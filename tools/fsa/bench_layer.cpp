@@ -117,7 +117,7 @@ class LayerProblem {
            FSA_RETURN_IF_ERROR(compress_forward(c, view("k"), cu, cu_cmp, view("w_k"), view("pe_k"), kc));
            return compress_forward(c, view("v"), cu, cu_cmp, view("w_v"), TensorView{}, view("v_cmp"));
          }},
-        {"fwd: rope q, k, k_cmp", [=, this] {
+        {"fwd: rope q/k/k_cmp", [=, this] {
            FSA_RETURN_IF_ERROR(rope_forward(c.rope, view("q"), cu, 1, q));
            FSA_RETURN_IF_ERROR(rope_forward(c.rope, view("k"), cu, 1, k));
            return rope_forward(c.rope, kc, cu_cmp, c.cmp_stride, kc);
