@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <initializer_list>
-#include <utility>
 
 #include "cuda/runtime.hpp"
 #include "fsa/ops.hpp"
@@ -150,12 +149,6 @@ Status unrotate_into(const NsaConfig& c, const TensorView& src, const TensorView
   return copy_rows(dst, src);
 }
 
-// The kernels move rows as 16-byte vectors; the caller's tensors are named in the error.
-Status check_aligned(const char* op, std::initializer_list<std::pair<const char*, const TensorView*>> views) {
-  for (const auto& [name, t] : views) FSA_RETURN_IF_ERROR(common::check_rows_aligned(op, name, *t));
-  return Status::ok();
-}
-
 }  // namespace
 
 std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape) {
@@ -163,7 +156,9 @@ std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape)
 }
 
 Status nsa_forward(const NsaConfig& c, const NsaLayerInputs& in, const TensorView& o, const TensorView& saved) {
-  FSA_RETURN_IF_ERROR(check_aligned("nsa_forward", {{"q", &in.q}, {"k", &in.k}, {"v", &in.v}, {"o", &o}}));
+  // The kernels move rows as 16-byte vectors: the caller's tensors are named here, not as the
+  // branch ops' arguments.
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned("nsa_forward", {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"o", o}}));
   const DeviceGuard guard(in.q.device.index);
   cudaStream_t stream = current_stream();
   const Dims d = dims_of(c, NsaLayerShape::of(in));
@@ -191,8 +186,8 @@ Status nsa_forward(const NsaConfig& c, const NsaLayerInputs& in, const TensorVie
 
 Status nsa_backward(const NsaConfig& c, const NsaLayerInputs& in, const TensorView& saved, const TensorView& d_o,
                     const NsaLayerGrads& g) {
-  FSA_RETURN_IF_ERROR(check_aligned("nsa_backward", {{"q", &in.q}, {"k", &in.k}, {"v", &in.v}, {"d_o", &d_o},
-                                                     {"dq", &g.dq}, {"dk", &g.dk}, {"dv", &g.dv}}));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(
+      "nsa_backward", {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"d_o", d_o}, {"dq", g.dq}, {"dk", g.dk}, {"dv", g.dv}}));
   const DeviceGuard guard(in.q.device.index);
   cudaStream_t stream = current_stream();
   const Dims d = dims_of(c, NsaLayerShape::of(in));

@@ -35,7 +35,8 @@ TEST_F(Gpu, CombineMatchesReference) {
         const std::int64_t n = 1037;
         const int hq = 12;
         const CombineData d = make_data(mode, dtype, n, hq, dv, rng);
-        const std::string what = std::string(dtype_name(dtype)) + (mode == GateMode::kShared ? " shared" : " per-head") +
+        const std::string what = std::string(dtype_name(dtype)) +
+                                 (mode == GateMode::kShared ? " shared" : " per-head") +
                                  " Dv=" + std::to_string(dv);
         // Reference in fp32 on the rounded inputs.
         auto f32 = [](const HostTensor& t) { return as_dtype(t, DType::kFloat32); };

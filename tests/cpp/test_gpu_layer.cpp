@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <string>
+#include <type_traits>
 
 #include "gpu_compare.hpp"
 #include "layer_case.hpp"
@@ -66,11 +68,20 @@ const HostTensor* input_of(const LayerTensors& h, const std::string& name) {
   return &h.gates;
 }
 
-NsaLayerGrads grads_of(std::map<std::string, HostTensor>& g, std::map<std::string, std::unique_ptr<DeviceTensor>>* dev) {
-  auto view = [&](const std::string& name) -> TensorView {
-    if (g.count(name) == 0) return {};
-    if (dev == nullptr) return g[name].view();
-    return (*dev)[name]->view();
+using DeviceResults = std::map<std::string, std::unique_ptr<DeviceTensor>>;
+
+// The gradient outputs, named like their inputs (host tensors or device copies); a name missing
+// from `out` is left undefined.
+template <class Map>
+NsaLayerGrads grads_of(const Map& out) {
+  auto view = [&](const char* name) -> TensorView {
+    const auto it = out.find(name);
+    if (it == out.end()) return {};
+    if constexpr (std::is_same_v<typename Map::mapped_type, HostTensor>) {
+      return it->second.view();
+    } else {
+      return it->second->view();
+    }
   };
   return {view("q"), view("k"), view("v"), view("w_k"), view("pe_k"), view("w_v"), view("gates")};
 }
@@ -90,11 +101,7 @@ Results run_layer(const LayerCase& lc, const LayerTensors& h, const HostTensor& 
     const NsaLayerInputs in = h.inputs();
     HostTensor saved(DType::kUInt8, {static_cast<std::int64_t>(nsa_saved_bytes(lc.config, NsaLayerShape::of(in)))});
     FSA_EXPECT_OK(nsa_forward(lc.config, in, r["o"].view(), saved.view()));
-    std::map<std::string, HostTensor> g;
-    for (const char* name : kGradNames)
-      if (r.count(name)) g[name] = r[name];
-    FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), d_o.view(), grads_of(g, nullptr)));
-    for (auto& [name, x] : g) r[name] = x;
+    FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), d_o.view(), grads_of(r)));
     return r;
   }
   const DeviceLayer dev(h);
@@ -103,15 +110,11 @@ Results run_layer(const LayerCase& lc, const LayerTensors& h, const HostTensor& 
   HostTensor saved_host(DType::kUInt8, {bytes});
   saved_host.poison();
   DeviceTensor saved(saved_host), o(r["o"]), gd_o(d_o);
-  std::map<std::string, std::unique_ptr<DeviceTensor>> dg;
-  std::map<std::string, HostTensor> g;
+  DeviceResults dg;
   for (const char* name : kGradNames)
-    if (r.count(name)) {
-      g[name] = r[name];
-      dg[name] = std::make_unique<DeviceTensor>(r[name]);
-    }
+    if (r.count(name)) dg[name] = std::make_unique<DeviceTensor>(r[name]);
   FSA_EXPECT_OK(nsa_forward(lc.config, in, o.view(), saved.view()));
-  FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), gd_o.view(), grads_of(g, &dg)));
+  FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), gd_o.view(), grads_of(dg)));
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   r["o"] = o.download();
   for (auto& [name, x] : dg) r[name] = x->download();
@@ -188,7 +191,8 @@ void check_exact(const LayerCase& lc, std::uint64_t salt) {
 TEST_F(Gpu, LayerGroupSizesAndHeadDims) {
   std::uint64_t salt = 0;
   for (const int g : {1, 4, 16})
-    for (const auto [dqk, dv] : {std::pair{128, 128}, {192, 128}}) check_exact(model_case(g, dqk, dv, DType::kBFloat16), ++salt);
+    for (const auto [dqk, dv] : {std::pair{128, 128}, {192, 128}})
+      check_exact(model_case(g, dqk, dv, DType::kBFloat16), ++salt);
 }
 
 TEST_F(Gpu, LayerFp16MeanCompressionSharedGatesNoRope) {
@@ -267,13 +271,12 @@ TEST_F(Gpu, LayerInferenceAndGraphCapture) {
   const std::int64_t bytes = static_cast<std::int64_t>(nsa_saved_bytes(lc.config, NsaLayerShape::of(in)));
   HostTensor saved_host(DType::kUInt8, {bytes});
   DeviceTensor saved(saved_host), o(o_host), gd_o(d_o);
-  std::map<std::string, HostTensor> g;
-  std::map<std::string, std::unique_ptr<DeviceTensor>> dg;
+  DeviceResults dg;
   for (const char* name : kGradNames)
     if (eager.count(name)) {
-      g[name] = eager.at(name);
-      g[name].poison();
-      dg[name] = std::make_unique<DeviceTensor>(g[name]);
+      HostTensor poisoned = eager.at(name);
+      poisoned.poison();
+      dg[name] = std::make_unique<DeviceTensor>(poisoned);
     }
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
@@ -282,12 +285,12 @@ TEST_F(Gpu, LayerInferenceAndGraphCapture) {
     // One eager call first so lazily initialised state (pool attributes, function attributes) is
     // set outside the capture.
     FSA_EXPECT_OK(nsa_forward(lc.config, in, o.view(), saved.view()));
-    FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), gd_o.view(), grads_of(g, &dg)));
+    FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), gd_o.view(), grads_of(dg)));
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     cudaGraph_t graph;
     ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
     FSA_EXPECT_OK(nsa_forward(lc.config, in, o.view(), saved.view()));
-    FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), gd_o.view(), grads_of(g, &dg)));
+    FSA_EXPECT_OK(nsa_backward(lc.config, in, saved.view(), gd_o.view(), grads_of(dg)));
     ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
     cudaGraphExec_t exec;
     ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
@@ -301,7 +304,8 @@ TEST_F(Gpu, LayerInferenceAndGraphCapture) {
   // Selected attention's and compressed attention's backward add dq with atomics: equal up to
   // summation order.
   expect_close("o replayed", o.download().to_double(), eager.at("o").to_double(), 1e-6);
-  for (auto& [name, x] : dg) expect_close("d" + name + " replayed", x->download().to_double(), eager.at(name).to_double(), 1e-2);
+  for (auto& [name, x] : dg)
+    expect_close("d" + name + " replayed", x->download().to_double(), eager.at(name).to_double(), 1e-2);
 }
 
 TEST_F(Gpu, LayerErrorsNameTheArgument) {

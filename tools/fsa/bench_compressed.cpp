@@ -131,11 +131,8 @@ int run_bench_compressed(const BenchOptions& options) {
         {"cmp attn bwd + compress bwd", backward},
     };
     for (const auto& [name, body] : phases) {
-      reset_pool_peak();
-      Status status;
-      const Timing t = time_gpu(options.iterations, body, &status);
-      if (!status.is_ok()) {
-        std::fprintf(stderr, "%s %s: %s\n", c.name.c_str(), name.c_str(), status.to_string().c_str());
+      Timing t;
+      if (!time_phase(c.name, name, options.iterations, body, &t)) {
         ++failures;
         continue;
       }

@@ -249,16 +249,15 @@ int run_bench_layer(const BenchOptions& options) {
     });
     std::map<std::string, double> median;
     for (const auto& [name, body] : timed) {
-      reset_pool_peak();
-      Status status;
-      const Timing t = time_gpu(options.iterations, body, &status);
-      if (!status.is_ok()) {
-        std::fprintf(stderr, "%s %s: %s\n", c.name.c_str(), name.c_str(), status.to_string().c_str());
+      Timing t;
+      if (!time_phase(c.name, name, options.iterations, body, &t)) {
         ++failures;
         continue;
       }
       median[name] = t.median;
-      const double flop = name == "dense fwd" ? dense_fwd_flop(c, d) : name == "dense fwd+bwd" ? 3.5 * dense_fwd_flop(c, d) : 0;
+      const double flop = name == "dense fwd"       ? dense_fwd_flop(c, d)
+                          : name == "dense fwd+bwd" ? 3.5 * dense_fwd_flop(c, d)
+                                                    : 0.0;
       char line[320];
       std::snprintf(line, sizeof line, "%s,%s,%.3f,%.3f,%.3f,%.1f,%.0f", c.name.c_str(), name.c_str(), t.median,
                     t.min, t.max, flop > 0 ? flop / (t.median * 1e9) : 0.0, pool_peak_mib() + p.bytes_mib());
@@ -278,7 +277,8 @@ int run_bench_layer(const BenchOptions& options) {
         verdict = "NSA faster already at " + std::to_string(points[i].first) + " tokens";
       } else {
         const double r0 = points[i - 1].second.first / points[i - 1].second.second;
-        const double x0 = std::log(static_cast<double>(points[i - 1].first)), x1 = std::log(static_cast<double>(points[i].first));
+        const double x0 = std::log(static_cast<double>(points[i - 1].first));
+        const double x1 = std::log(static_cast<double>(points[i].first));
         const double t = std::log(r0) / (std::log(r0) - std::log(ratio));
         verdict = "break-even ~" + std::to_string(static_cast<long long>(std::exp(x0 + t * (x1 - x0)))) + " tokens";
       }

@@ -86,6 +86,18 @@ inline double pool_peak_mib() {
   return static_cast<double>(peak) / (1 << 20);
 }
 
+// One phase of a bench: the pool's peak reset, then time_gpu; a failure is printed as
+// "<config> <phase>: <error>" and returns false.
+template <class Fn>
+bool time_phase(const std::string& config, const std::string& phase, int iterations, Fn&& body, Timing* timing) {
+  reset_pool_peak();
+  Status status;
+  *timing = time_gpu(iterations, body, &status);
+  if (status.is_ok()) return true;
+  std::fprintf(stderr, "%s %s: %s\n", config.c_str(), phase.c_str(), status.to_string().c_str());
+  return false;
+}
+
 // A bench command's output: a banner and the CSV header on stdout, then each row on stdout and in
 // the CSV file (when a path is given), flushed per row so that a run cut short keeps its rows.
 class BenchOutput {

@@ -1,7 +1,6 @@
 // Host side of compressed attention on the GPU: the masked flash-attention kernels
 // (kernels/flash/) with the compressed-key rule i*s + l - 1 <= t over the rows of k_cmp / v_cmp that
 // cu_cmp gives each sequence.
-#include <utility>
 
 #include "cuda/runtime.hpp"
 #include "kernels/cmp_attn/cmp_attn.hpp"
@@ -29,9 +28,7 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
                         const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                         const TensorView& o, const TensorView& lse) {
   constexpr const char* kOp = "cmp_attn_forward";
-  for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"q", q}, {"k_cmp", k_cmp},
-                                {"v_cmp", v_cmp}, {"o", o}})
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, name, t));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
   return flash::forward(kOp, params_of(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse), q.dtype, q.size(2),
                         v_cmp.size(2), current_stream());
@@ -42,10 +39,8 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& o, const TensorView& lse, const TensorView& d_o, const TensorView& dq,
                          const TensorView& dk_cmp, const TensorView& dv_cmp) {
   constexpr const char* kOp = "cmp_attn_backward";
-  for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"q", q}, {"k_cmp", k_cmp},
-                                {"v_cmp", v_cmp}, {"d_o", d_o}, {"dq", dq}, {"dk_cmp", dk_cmp},
-                                {"dv_cmp", dv_cmp}})
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, name, t));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, {"d_o", d_o},
+                                                       {"dq", dq}, {"dk_cmp", dk_cmp}, {"dv_cmp", dv_cmp}}));
   const DeviceGuard guard(q.device.index);
   FlashParams p = params_of(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse);
   flash::set_gradients(p, d_o, dq, dk_cmp, dv_cmp);

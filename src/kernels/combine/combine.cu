@@ -185,11 +185,6 @@ CombineParams params_of(const NsaConfig& config, const TensorView& gates, const 
   return p;
 }
 
-Status check_all_aligned(const char* op, std::initializer_list<std::pair<const char*, const TensorView*>> views) {
-  for (const auto& [name, t] : views) FSA_RETURN_IF_ERROR(common::check_rows_aligned(op, name, *t));
-  return Status::ok();
-}
-
 }  // namespace
 
 Status combine_forward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,
@@ -197,7 +192,7 @@ Status combine_forward(const NsaConfig& config, const TensorView& gates, const T
   constexpr const char* kOp = "combine_forward";
   FSA_RETURN_IF_ERROR(check_vectors(kOp, o_cmp));
   FSA_RETURN_IF_ERROR(
-      check_all_aligned(kOp, {{"o_cmp", &o_cmp}, {"o_slc", &o_slc}, {"o_swa", &o_swa}, {"o", &o}}));
+      common::check_rows_aligned(kOp, {{"o_cmp", o_cmp}, {"o_slc", o_slc}, {"o_swa", o_swa}, {"o", o}}));
   CombineParams p = params_of(config, gates, o_cmp, o_slc, o_swa);
   p.o = Rows::of(o);
   if (p.tokens * p.heads == 0) return Status::ok();
@@ -216,9 +211,9 @@ Status combine_backward(const NsaConfig& config, const TensorView& gates, const 
                         const TensorView& d_o_swa) {
   constexpr const char* kOp = "combine_backward";
   FSA_RETURN_IF_ERROR(check_vectors(kOp, o_cmp));
-  FSA_RETURN_IF_ERROR(check_all_aligned(kOp, {{"o_cmp", &o_cmp}, {"o_slc", &o_slc}, {"o_swa", &o_swa},
-                                              {"d_o", &d_o}, {"d_o_cmp", &d_o_cmp}, {"d_o_slc", &d_o_slc},
-                                              {"d_o_swa", &d_o_swa}}));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"o_cmp", o_cmp}, {"o_slc", o_slc}, {"o_swa", o_swa},
+                                                       {"d_o", d_o}, {"d_o_cmp", d_o_cmp}, {"d_o_slc", d_o_slc},
+                                                       {"d_o_swa", d_o_swa}}));
   CombineParams p = params_of(config, gates, o_cmp, o_slc, o_swa);
   p.d_o = Rows::of(d_o);
   p.d_branch[0] = Rows::of(d_o_cmp);
@@ -241,7 +236,7 @@ Status add_into(const TensorView& dst, const TensorView& src) {
   if (dst.size(2) % kVec != 0)
     return FSA_ERROR(StatusCode::kNotImplemented, std::string("dst: ") + kOp + " on CUDA needs D a multiple of " +
                                                       std::to_string(kVec) + ", got " + std::to_string(dst.size(2)));
-  FSA_RETURN_IF_ERROR(check_all_aligned(kOp, {{"dst", &dst}, {"src", &src}}));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"dst", dst}, {"src", src}}));
   const std::int64_t rows = dst.size(0);
   const int heads = static_cast<int>(dst.size(1)), dim = static_cast<int>(dst.size(2));
   if (rows * heads == 0) return Status::ok();

@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "fsa/status.hpp"
@@ -28,6 +29,16 @@ inline Status check_rows_aligned(const char* op, const char* name, const TensorV
   return FSA_ERROR(StatusCode::kNotImplemented,
                    std::string(name) + ": " + op +
                        " on CUDA needs 16-byte aligned rows (data pointer and strides multiples of 16 bytes)");
+}
+
+// The same check for several named tensors of one call; the first misaligned one is reported.
+struct NamedView {
+  const char* name;
+  const TensorView& view;
+};
+inline Status check_rows_aligned(const char* op, std::initializer_list<NamedView> views) {
+  for (const NamedView& v : views) FSA_RETURN_IF_ERROR(check_rows_aligned(op, v.name, v.view));
+  return Status::ok();
 }
 
 // Calls fn.template operator()<Element>() for bf16 and fp16; `name` is the argument whose dtype

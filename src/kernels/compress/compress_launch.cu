@@ -80,9 +80,7 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
   const std::int64_t dim_out = y.size(2);
   FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dim_out));
   if (weight.defined()) {
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", "x", x));
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", "weight", weight));
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", "y", y));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", {{"x", x}, {"weight", weight}, {"y", y}}));
   }
   if (cu_seqlens.size(0) <= 1 && y.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);
@@ -105,9 +103,8 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
   const std::int64_t dim_out = dy.size(2);
   FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dim_out));
   if (weight.defined()) {
-    for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"x", x}, {"weight", weight}, {"dy", dy},
-                                  {"dx", dx}, {"d_weight", d_weight}})
-      FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_backward", name, t));
+    FSA_RETURN_IF_ERROR(common::check_rows_aligned(
+        "compress_backward", {{"x", x}, {"weight", weight}, {"dy", dy}, {"dx", dx}, {"d_weight", d_weight}}));
   }
   if (x.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);

@@ -51,8 +51,7 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
     return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: topk: the CUDA selection keeps at most " +
                                                       std::to_string(sel::kMaxTopk) + " blocks per token, got K=" +
                                                       std::to_string(config.topk));
-  FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", "q", q));
-  FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", "k_cmp", k_cmp));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", {{"q", q}, {"k_cmp", k_cmp}}));
   SelectParams p{};
   p.q = q.data;
   p.q_token_stride = q.stride(0);

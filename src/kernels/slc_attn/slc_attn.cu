@@ -31,9 +31,7 @@ Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k
     return FSA_ERROR(StatusCode::kNotImplemented, "topk_idx: the CUDA path supports rows of at most " +
                                                       std::to_string(SlcPlanShape::kMaxWidth) + " entries, got " +
                                                       std::to_string(topk_idx.size(2)));
-  FSA_RETURN_IF_ERROR(check_rows_aligned(op, "q", q));
-  FSA_RETURN_IF_ERROR(check_rows_aligned(op, "k", k));
-  return check_rows_aligned(op, "v", v);
+  return check_rows_aligned(op, {{"q", q}, {"k", k}, {"v", v}});
 }
 
 SlcPlanShape plan_shape(const NsaConfig& config, const TensorView& q, const TensorView& k,

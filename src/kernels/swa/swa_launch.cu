@@ -1,8 +1,6 @@
 // Host side of sliding-window attention on the GPU: the masked flash-attention kernels
 // (kernels/flash/) with query t seeing keys [max(0, t - w), t] of its own sequence (w = config.window;
 // w >= the sequence length is dense causal attention).
-#include <utility>
-
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/flash/flash.hpp"
@@ -26,8 +24,7 @@ FlashParams params_of(const NsaConfig& config, const TensorView& q, const Tensor
 Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
   constexpr const char* kOp = "swa_forward";
-  for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"q", q}, {"k", k}, {"v", v}, {"o", o}})
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, name, t));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k", k}, {"v", v}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
   return flash::forward(kOp, params_of(config, q, k, v, cu_seqlens, o, lse), q.dtype, q.size(2), v.size(2),
                         current_stream());
@@ -37,9 +34,8 @@ Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorVi
                     const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const TensorView& d_o,
                     const TensorView& dq, const TensorView& dk, const TensorView& dv) {
   constexpr const char* kOp = "swa_backward";
-  for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"q", q}, {"k", k}, {"v", v}, {"d_o", d_o},
-                                {"dq", dq}, {"dk", dk}, {"dv", dv}})
-    FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, name, t));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(
+      kOp, {{"q", q}, {"k", k}, {"v", v}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}));
   const DeviceGuard guard(q.device.index);
   FlashParams p = params_of(config, q, k, v, cu_seqlens, o, lse);
   flash::set_gradients(p, d_o, dq, dk, dv);
