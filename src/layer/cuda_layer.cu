@@ -118,35 +118,10 @@ struct BackwardScratch {
   }
 };
 
-// Copies src into dst (same shape and dtype, dst may be strided) via cudaMemcpy2DAsync per row
-// block: used where no RoPE^T pass writes the final gradient.
-Status copy_rows(const TensorView& dst, const TensorView& src) {
-  const std::size_t elem = dtype_size(src.dtype);
-  const std::size_t row_bytes = static_cast<std::size_t>(src.size(1) * src.size(2)) * elem;
-  const bool dst_packed_rows = dst.stride(1) == dst.size(2);
-  if (dst_packed_rows) {
-    FSA_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, static_cast<std::size_t>(dst.stride(0)) * elem, src.data, row_bytes,
-                                     row_bytes, static_cast<std::size_t>(src.size(0)), cudaMemcpyDeviceToDevice,
-                                     current_stream()));
-    return Status::ok();
-  }
-  for (std::int64_t h = 0; h < src.size(1); ++h)  // heads not adjacent in dst: one 2D copy per head
-    FSA_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<unsigned char*>(dst.data) + h * dst.stride(1) * elem,
-                                     static_cast<std::size_t>(dst.stride(0)) * elem,
-                                     static_cast<const unsigned char*>(src.data) + h * src.stride(1) * elem,
-                                     static_cast<std::size_t>(src.stride(0)) * elem,
-                                     static_cast<std::size_t>(src.size(2)) * elem,
-                                     static_cast<std::size_t>(src.size(0)), cudaMemcpyDeviceToDevice,
-                                     current_stream()));
-  return Status::ok();
-}
-
-// dst = rotate^T(src) with RoPE, else a copy; skipped when the caller did not ask for dst.
-Status unrotate_into(const NsaConfig& c, const TensorView& src, const TensorView& cu, int stride,
-                     const TensorView& dst) {
-  if (!dst.defined()) return Status::ok();
-  if (c.rope.enabled) return fsa::rope_backward(c.rope, src, cu, stride, dst);
-  return copy_rows(dst, src);
+// Where a gradient is summed: straight into the caller's tensor when no RoPE^T pass follows the
+// sum, else into scratch (also when the caller did not ask for it: the others still need the sum).
+TensorView sum_target(const TensorView& caller, const TensorView& scratch, bool rotated_after) {
+  return caller.defined() && !rotated_after ? caller : scratch;
 }
 
 }  // namespace
@@ -177,7 +152,8 @@ Status nsa_forward(const NsaConfig& c, const NsaLayerInputs& in, const TensorVie
   FSA_RETURN_IF_ERROR(fsa::compress_forward(c, in.v, in.cu_seqlens, s.cu_cmp, in.w_v, TensorView{}, s.v_cmp));
   FSA_RETURN_IF_ERROR(rotate(c, in, rot));
   if (c.rope.enabled) FSA_RETURN_IF_ERROR(fsa::rope_forward(c.rope, s.k_cmp, s.cu_cmp, c.cmp_stride, s.k_cmp));
-  FSA_RETURN_IF_ERROR(fsa::cmp_attn_forward(c, rot.q, s.k_cmp, s.v_cmp, in.cu_seqlens, s.cu_cmp, s.o_cmp, s.lse_cmp));
+  FSA_RETURN_IF_ERROR(
+      fsa::cmp_attn_forward(c, rot.q, s.k_cmp, s.v_cmp, in.cu_seqlens, s.cu_cmp, s.o_cmp, s.lse_cmp));
   FSA_RETURN_IF_ERROR(fsa::select_blocks(c, rot.q, s.k_cmp, s.lse_cmp, in.cu_seqlens, s.cu_cmp, s.topk));
   FSA_RETURN_IF_ERROR(fsa::slc_attn_forward(c, rot.q, rot.k, in.v, s.topk, in.cu_seqlens, s.o_slc, s.lse_slc));
   FSA_RETURN_IF_ERROR(fsa::swa_forward(c, rot.q, rot.k, in.v, in.cu_seqlens, s.o_swa, s.lse_swa));
@@ -204,32 +180,32 @@ Status nsa_backward(const NsaConfig& c, const NsaLayerInputs& in, const TensorVi
   FSA_RETURN_IF_ERROR(
       fsa::combine_backward(c, in.gates, s.o_cmp, s.o_slc, s.o_swa, d_o, g.d_gates, x.d_cmp, x.d_slc, x.d_swa));
   // Branch gradients w.r.t. the rotated q and k: the window's into dq/dk/dv, the others added.
-  FSA_RETURN_IF_ERROR(fsa::swa_backward(c, x.rot.q, x.rot.k, in.v, cu, s.o_swa, s.lse_swa, x.d_swa, x.dq, x.dk, x.dv));
+  const bool rope = c.rope.enabled;
+  const TensorView dq = sum_target(g.dq, x.dq, rope), dk = sum_target(g.dk, x.dk, rope);
+  const TensorView dv = sum_target(g.dv, x.dv, false);
+  FSA_RETURN_IF_ERROR(fsa::swa_backward(c, x.rot.q, x.rot.k, in.v, cu, s.o_swa, s.lse_swa, x.d_swa, dq, dk, dv));
   FSA_RETURN_IF_ERROR(fsa::slc_attn_backward(c, x.rot.q, x.rot.k, in.v, s.topk, cu, s.o_slc, s.lse_slc, x.d_slc,
-                                        x.dq_part, x.dk_part, x.dv_part));
-  FSA_RETURN_IF_ERROR(add_into(x.dq, x.dq_part));
-  FSA_RETURN_IF_ERROR(add_into(x.dk, x.dk_part));
-  FSA_RETURN_IF_ERROR(add_into(x.dv, x.dv_part));
+                                             x.dq_part, x.dk_part, x.dv_part));
+  FSA_RETURN_IF_ERROR(add_into(dq, x.dq_part));
+  FSA_RETURN_IF_ERROR(add_into(dk, x.dk_part));
+  FSA_RETURN_IF_ERROR(add_into(dv, x.dv_part));
   FSA_RETURN_IF_ERROR(fsa::cmp_attn_backward(c, x.rot.q, s.k_cmp, s.v_cmp, cu, s.cu_cmp, s.o_cmp, s.lse_cmp, x.d_cmp,
-                                        x.dq_part, x.dk_cmp, x.dv_cmp));
-  FSA_RETURN_IF_ERROR(add_into(x.dq, x.dq_part));
-  FSA_RETURN_IF_ERROR(unrotate_into(c, x.dq, cu, 1, g.dq));
+                                             x.dq_part, x.dk_cmp, x.dv_cmp));
+  FSA_RETURN_IF_ERROR(add_into(dq, x.dq_part));
+  if (rope && g.dq.defined()) FSA_RETURN_IF_ERROR(fsa::rope_backward(c.rope, dq, cu, 1, g.dq));
 
   // Keys: RoPE^T of the attention part, plus the compression backward of the compressed keys'
   // gradient (itself rotated back at the windows' start positions).
-  if (c.rope.enabled) FSA_RETURN_IF_ERROR(fsa::rope_backward(c.rope, x.dk_cmp, s.cu_cmp, c.cmp_stride, x.dk_cmp));
+  if (rope) FSA_RETURN_IF_ERROR(fsa::rope_backward(c.rope, x.dk_cmp, s.cu_cmp, c.cmp_stride, x.dk_cmp));
   FSA_RETURN_IF_ERROR(fsa::compress_backward(c, in.k, cu, s.cu_cmp, in.w_k, in.pe_k, x.dk_cmp, x.dk_part, g.dw_k,
-                                        g.dpe_k));
+                                             g.dpe_k));
   if (g.dk.defined()) {
-    FSA_RETURN_IF_ERROR(unrotate_into(c, x.dk, cu, 1, g.dk));
+    if (rope) FSA_RETURN_IF_ERROR(fsa::rope_backward(c.rope, dk, cu, 1, g.dk));
     FSA_RETURN_IF_ERROR(add_into(g.dk, x.dk_part));
   }
   FSA_RETURN_IF_ERROR(
       fsa::compress_backward(c, in.v, cu, s.cu_cmp, in.w_v, TensorView{}, x.dv_cmp, x.dv_part, g.dw_v, TensorView{}));
-  if (g.dv.defined()) {
-    FSA_RETURN_IF_ERROR(copy_rows(g.dv, x.dv));
-    FSA_RETURN_IF_ERROR(add_into(g.dv, x.dv_part));
-  }
+  if (g.dv.defined()) FSA_RETURN_IF_ERROR(add_into(g.dv, x.dv_part));
   return Status::ok();
 }
 
