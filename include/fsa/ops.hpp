@@ -90,11 +90,17 @@ struct SlcOptions {
   // block; 0 = the cost model's threshold (B / 4). With kSplit forced, 1 makes every pair dense.
   // (kAuto also sends a tile's pairs KV-outer when it has fewer than 4 dense blocks.)
   int dense_threshold = 0;
+  // Backward only: bitwise-reproducible gradients. Every partial has one writer and is reduced in a
+  // fixed order, at the price of memory for the per-slot dQ partials (N * Hq * Kw * Dqk fp32, twice
+  // for B = 128) and time (docs/kernels/slc_attn.md). The default adds with fp32 atomics, whose order
+  // varies from run to run in the last bits.
+  bool deterministic = false;
 };
 
 // Attention of each query over the union of its selected blocks (topk_idx int32 [Hkv, N, Kw], any
 // width Kw). Negative, future and out-of-range entries are ignored, duplicates count once.
-// `options` chooses the GPU path (the backward runs KV-outer whatever the option).
+// `options` chooses the GPU path (the backward runs KV-outer whatever the path) and the backward's
+// deterministic mode.
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                         const TensorView& lse, const SlcOptions& options = {});

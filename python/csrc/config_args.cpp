@@ -58,8 +58,9 @@ ScoreAggregation parse_aggregation(c10::string_view name) {
   TORCH_CHECK_VALUE(false, "config.aggregation: expected 'group_sum' or 'first_head', got '", std::string(name), "'");
 }
 
-SlcOptions slc_options(c10::string_view path, std::int64_t dense_threshold) {
+SlcOptions slc_options(c10::string_view path, std::int64_t dense_threshold, bool deterministic) {
   SlcOptions options;
+  options.deterministic = deterministic;
   if (path == "auto") options.path = SlcPath::kAuto;
   else if (path == "kv-outer") options.path = SlcPath::kKvOuter;
   else if (path == "split") options.path = SlcPath::kSplit;

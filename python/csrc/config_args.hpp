@@ -42,7 +42,7 @@ CompressionKind parse_compression(c10::string_view name);
 ScoreAggregation parse_aggregation(c10::string_view name);
 // Selected attention's GPU path and dense threshold ("auto", "kv-outer", "split", "query-outer");
 // an unknown name raises a ValueError naming `path`.
-SlcOptions slc_options(c10::string_view path, std::int64_t dense_threshold);
+SlcOptions slc_options(c10::string_view path, std::int64_t dense_threshold, bool deterministic);
 
 // An NsaConfig with the compression window fields set (ops that only read l and s).
 NsaConfig config_with_compression(std::int64_t cmp_len, std::int64_t cmp_stride);

@@ -187,7 +187,7 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
 
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
                          const Tensor& cu_seqlens, std::int64_t block_size, double scale, c10::string_view path,
-                         std::int64_t dense_threshold) {
+                         std::int64_t dense_threshold, bool deterministic) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -197,7 +197,7 @@ Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(fsa::slc_attn_forward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, to_view(o, "o"),
-                                       to_view(lse, "lse"), slc_options(path, dense_threshold)),
+                                       to_view(lse, "lse"), slc_options(path, dense_threshold, deterministic)),
                  "slc_attn_forward");
   return {o, lse};
 }
@@ -205,7 +205,7 @@ Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
                           const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
                           std::int64_t block_size, double scale, c10::string_view path,
-                          std::int64_t dense_threshold) {
+                          std::int64_t dense_threshold, bool deterministic) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -218,7 +218,7 @@ Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
   throw_if_error(fsa::slc_attn_backward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, o_view,
                                         lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv"),
-                                        slc_options(path, dense_threshold)),
+                                        slc_options(path, dense_threshold, deterministic)),
                  "slc_attn_backward");
   return {dq, dk, dv};
 }

@@ -51,11 +51,11 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
 
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
                          const Tensor& cu_seqlens, std::int64_t block_size, double scale, c10::string_view path,
-                         std::int64_t dense_threshold);
+                         std::int64_t dense_threshold, bool deterministic);  // deterministic: the backward's
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
                           const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
                           std::int64_t block_size, double scale, c10::string_view path,
-                          std::int64_t dense_threshold);
+                          std::int64_t dense_threshold, bool deterministic);
 
 Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, std::int64_t window,
                     double scale);

@@ -42,9 +42,9 @@ TORCH_LIBRARY(fsa, m) {
       "int cmp_stride, int block_size, int topk, int init_blocks, int local_blocks, float scale, "
       "str aggregation) -> Tensor");
   def("slc_attn_forward(Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens, int block_size, "
-      "float scale, str path=\"auto\", int dense_threshold=0) -> (Tensor o, Tensor lse)");
+      "float scale, str path=\"auto\", int dense_threshold=0, bool deterministic=False) -> (Tensor o, Tensor lse)");
   def("slc_attn_backward(Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens, Tensor o, Tensor lse, "
-      "Tensor d_o, int block_size, float scale, str path=\"auto\", int dense_threshold=0) "
+      "Tensor d_o, int block_size, float scale, str path=\"auto\", int dense_threshold=0, bool deterministic=False) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
   def("swa_forward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int window, float scale) "
       "-> (Tensor o, Tensor lse)");

@@ -63,12 +63,13 @@ def _(q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, cmp_len, cmp_stride, block_size, to
 
 
 @torch.library.register_fake("fsa::slc_attn_forward")
-def _(q, k, v, topk_idx, cu_seqlens, block_size, scale, path="auto", dense_threshold=0):
+def _(q, k, v, topk_idx, cu_seqlens, block_size, scale, path="auto", dense_threshold=0, deterministic=False):
     return _attention_outputs(q, v)
 
 
 @torch.library.register_fake("fsa::slc_attn_backward")
-def _(q, k, v, topk_idx, cu_seqlens, o, lse, d_o, block_size, scale, path="auto", dense_threshold=0):
+def _(q, k, v, topk_idx, cu_seqlens, o, lse, d_o, block_size, scale, path="auto", dense_threshold=0,
+      deterministic=False):
     return _like(q), _like(k), _like(v)
 
 

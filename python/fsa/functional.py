@@ -66,15 +66,17 @@ def select_blocks(q: Tensor, k_cmp: Tensor, lse_cmp: Tensor, cu_seqlens: Tensor,
 
 def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seqlens: Tensor,
                        config: NsaConfig = DEFAULT_CONFIG, path: str = "auto",
-                       dense_threshold: int = 0) -> Tuple[Tensor, Tensor]:
+                       dense_threshold: int = 0, deterministic: bool = False) -> Tuple[Tensor, Tensor]:
     """(o, lse) of attention over the union of each query's selected blocks of config.block_size
     keys (topk_idx int32 [Hkv, N, any width]; -1, future and duplicate entries are ignored).
 
     `path` forces the GPU forward's loop order ("auto", "kv-outer", "split", "query-outer") and
     `dense_threshold` the split's threshold (0: the library's); every path computes the same
-    function, the CPU ignores both (docs/kernels/slc_attn.md)."""
+    function, the CPU ignores both (docs/kernels/slc_attn.md). `deterministic` makes the GPU
+    backward bitwise reproducible (per-slot partials reduced in a fixed order, more memory); the
+    CPU backward always is."""
     return ops.slc_attn_forward(q, k, v, _int32(topk_idx), _int32(cu_seqlens), config.block_size, config.scale_arg,
-                                path, dense_threshold)
+                                path, dense_threshold, deterministic)
 
 
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,

@@ -1,8 +1,8 @@
 // Selected attention on the GPU against the CPU reference on the same rounded inputs: forward and
 // backward, every selection edge case of spec section 5, group sizes, head dims, block sizes,
-// widths, packed ragged batches, poisoned outputs, run-to-run determinism of the forward, and CUDA
-// graph capture; each forward path (KV-outer, dense/sparse split at several thresholds,
-// query-outer) forced separately, and the adaptive plan.
+// widths, packed ragged batches, poisoned outputs, run-to-run determinism of the forward and of the
+// deterministic backward, and CUDA graph capture; each forward path (KV-outer, dense/sparse split at
+// several thresholds, query-outer) forced separately, and the adaptive plan.
 #include <cmath>
 #include <limits>
 
@@ -71,9 +71,11 @@ HostTensor local_topk(const SlcCase& c, const HostTensor& cu, double noise, std:
 }
 
 // Every way the forward can run: the adaptive plan, each path forced, and the split with every
-// pair dense (threshold 1), with the default threshold, and with no pair dense (threshold > B).
+// pair dense (threshold 1), with the default threshold, and with no pair dense (threshold > B);
+// and the backward's deterministic mode.
 std::vector<std::pair<std::string, SlcOptions>> all_paths() {
   return {{"auto", {SlcPath::kAuto, 0}},
+          {"auto-deterministic", {SlcPath::kAuto, 0, true}},
           {"kv-outer", {SlcPath::kKvOuter, 0}},
           {"split-all-dense", {SlcPath::kSplit, 1}},
           {"split-default", {SlcPath::kSplit, 0}},
@@ -255,6 +257,49 @@ TEST_F(Gpu, SelectedAttentionForwardIsBitwiseReproducible) {
   }
 }
 
+// The deterministic backward gives the same bits on every run (the default one's fp32 atomics
+// may not), at every block size (B = 128: two key tiles write their own dq planes; B = 32: half a
+// tile masked), with long lists split over several runs of units (block 0 of a 3000-token
+// sequence is picked by every token: 3000 * G rows) and a packed batch.
+TEST_F(Gpu, SelectedAttentionDeterministicBackwardIsBitwiseReproducible) {
+  std::uint64_t salt = 500;
+  for (const int block : {32, 64, 128}) {
+    auto rng = rng_for_test(++salt);
+    SlcCase c;
+    c.lengths = {3000, 333, 5};
+    c.hq = 6;
+    c.hkv = 2;
+    c.block_size = block;
+    c.width = 8;
+    NsaConfig config;
+    config.block_size = block;
+    const HostTensor cu = make_cu_seqlens(c.lengths);
+    const std::int64_t n = cu.get(cu.numel() - 1);
+    HostTensor q(c.dtype, {n, c.hq, c.dqk}), k(c.dtype, {n, c.hkv, c.dqk}), v(c.dtype, {n, c.hkv, c.dv});
+    HostTensor d_o(c.dtype, {n, c.hq, c.dv});
+    q.fill_normal(rng);
+    k.fill_normal(rng);
+    v.fill_normal(rng);
+    d_o.fill_normal(rng);
+    HostTensor topk = random_topk(c, cu, rng);
+    for (std::int64_t row = 0; row < c.hkv * n; ++row) topk.set(row * c.width, 0.0);  // long lists
+    SlcOptions options;
+    options.deterministic = true;
+    const SlcResult first = run(c, config, cu, q, k, v, topk, d_o, true, options);
+    for (int again = 0; again < 2; ++again) {
+      const SlcResult next = run(c, config, cu, q, k, v, topk, d_o, true, options);
+      EXPECT_EQ(next.dq, first.dq) << "B=" << block << " run " << again + 1;
+      EXPECT_EQ(next.dk, first.dk) << "B=" << block << " run " << again + 1;
+      EXPECT_EQ(next.dv, first.dv) << "B=" << block << " run " << again + 1;
+    }
+    // And it computes the same gradients as the default mode, up to the order of the sums.
+    const SlcResult atomic = run(c, config, cu, q, k, v, topk, d_o, true);
+    EXPECT_LT(rel_frobenius(first.dq, atomic.dq), 1e-3) << "B=" << block;
+    EXPECT_LT(rel_frobenius(first.dk, atomic.dk), 1e-3) << "B=" << block;
+    EXPECT_LT(rel_frobenius(first.dv, atomic.dv), 1e-3) << "B=" << block;
+  }
+}
+
 TEST_F(Gpu, SelectedAttentionIsGraphCapturable) {
   auto rng = rng_for_test();
   SlcCase c;
@@ -293,7 +338,12 @@ TEST_F(Gpu, SelectedAttentionIsGraphCapturable) {
     for (int replay = 0; replay < 2; ++replay) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     EXPECT_EQ(go.download().to_double(), eager.o);
-    // The backward accumulates with fp32 atomics, whose order varies from run to run; rounding the
+    if (options.deterministic) {
+      EXPECT_EQ(gdq.download().to_double(), eager.dq);
+      EXPECT_EQ(gdk.download().to_double(), eager.dk);
+      EXPECT_EQ(gdv.download().to_double(), eager.dv);
+    }
+    // The default backward accumulates with fp32 atomics, whose order varies from run to run; rounding the
     // sums to bf16 then flips a few elements by one unit in the last place (measured: 5e-5).
     EXPECT_LT(rel_frobenius(gdq.download().to_double(), eager.dq), 1e-3);
     EXPECT_LT(rel_frobenius(gdk.download().to_double(), eager.dk), 1e-3);

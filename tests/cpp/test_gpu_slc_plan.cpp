@@ -204,8 +204,8 @@ ExpectedPlan expected_plan(const Problem& p) {
 
 // The plan's buffers copied back to the host.
 struct HostPlan {
-  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token;
-  std::vector<std::uint8_t> pair_slot;
+  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, fill_token;
+  std::vector<std::uint8_t> pair_slot, fill_slot;
   std::vector<std::uint64_t> slot_mask;
   std::vector<std::int32_t> dense_count, dense_block;  // split only
   std::vector<std::uint32_t> dense_tokens;
@@ -222,6 +222,8 @@ HostPlan download_plan(const SlcPlan& plan) {
   h.pair_rank = download(plan.pair_rank, s.max_pairs());
   h.pair_token = download(plan.pair_token, s.max_pairs());
   h.pair_slot = download(plan.pair_slot, s.max_pairs());
+  h.fill_token = download(plan.fill_token, s.max_pairs());
+  h.fill_slot = download(plan.fill_slot, s.max_pairs());
   h.slot_mask = download(plan.slot_mask, s.heads_kv * s.tokens);
   if (s.dense_threshold > 0) {
     h.dense_count = download(plan.dense_count, s.num_lists());
@@ -278,20 +280,27 @@ void check_plan(const Problem& p, const HostPlan& got, const std::string& where)
   }
   if (::testing::Test::HasFailure()) return;  // the checks below index with the offsets
 
-  std::size_t bad_lists = 0;
+  std::size_t bad_lists = 0, unsorted_lists = 0;
   for (std::size_t list = 0; list < e.lists.size(); ++list) {
     std::vector<std::pair<std::int32_t, std::int32_t>> entries;
     for (std::int32_t i = e.pair_offsets[list]; i < e.pair_offsets[list + 1]; ++i)
       entries.emplace_back(got.pair_token[static_cast<std::size_t>(i)], got.pair_slot[static_cast<std::size_t>(i)]);
+    // sorted_lists: tokens strictly ascending (a token is at most once in a list).
+    const bool ascending = std::adjacent_find(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+                             return a.first >= b.first;
+                           }) == entries.end();
+    if (s.sorted_lists && !ascending && unsorted_lists++ == 0)
+      ADD_FAILURE() << where << ": list " << list << " is not in ascending token order";
     std::sort(entries.begin(), entries.end());
     if (entries != e.lists[list] && bad_lists++ == 0)
       ADD_FAILURE() << where << ": list " << list << " holds other (token, slot) entries than expected ("
                     << entries.size() << " entries)";
   }
   EXPECT_EQ(bad_lists, 0u) << where;
+  EXPECT_EQ(unsorted_lists, 0u) << where;
 
-  // Each pair's rank points at its own CSR entry (so the ranks of a list are a permutation); every
-  // ignored entry has rank -1.
+  // Each pair's rank points at its own CSR entry in the fill order (so the ranks of a list are a
+  // permutation); every ignored entry has rank -1.
   std::size_t bad_ranks = 0;
   for (std::int64_t i = 0; i < s.max_pairs(); ++i) {
     const std::int32_t rank = got.pair_rank[static_cast<std::size_t>(i)];
@@ -301,8 +310,8 @@ void check_plan(const Problem& p, const HostPlan& got, const std::string& where)
       const std::int64_t row = i / s.width, k = i % s.width, t = row % s.tokens;
       const auto l = static_cast<std::size_t>(list);
       const std::int64_t entry = e.pair_offsets[l] + static_cast<std::int64_t>(rank);
-      ok = rank >= 0 && rank < e.pair_count[l] && got.pair_token[static_cast<std::size_t>(entry)] == t &&
-           got.pair_slot[static_cast<std::size_t>(entry)] == k;
+      ok = rank >= 0 && rank < e.pair_count[l] && got.fill_token[static_cast<std::size_t>(entry)] == t &&
+           got.fill_slot[static_cast<std::size_t>(entry)] == k;
     }
     if (!ok && bad_ranks++ == 0)
       ADD_FAILURE() << where << ": pair_rank[" << i << "] = " << rank << " (list " << list << ")";
@@ -536,6 +545,28 @@ TEST_F(SlcPlanGpu, ManySequencesAndLongLists) {
     for (std::int64_t t = 0; t < 20000; ++t) fill_selection_row(one_long, g, t, t / 32, rng);
   }
   build_and_check(one_long, "one long sequence: " + describe(one_long));
+}
+
+// The deterministic backward's plan: the same lists, each in ascending token order, on packed
+// batches with empty sequences and on a list far longer than a CTA's sort tile.
+TEST_F(SlcPlanGpu, SortedListsMatchHostPlan) {
+  auto rng = rng_for_test();
+  for (const int block_size : {32, 64, 128}) {
+    for (const int width : {1, 16, 64}) {
+      Problem p = make_problem({0, 1, 2 * block_size + 5, 0, 3 * block_size, 7, block_size + 1, 0}, 2, 3, width,
+                               block_size, /*spare_tokens=*/1);
+      p.shape.sorted_lists = true;
+      fill_random_topk(p, rng);
+      build_and_check(p, "sorted lists: " + describe(p));
+      if (HasFailure()) return;
+    }
+  }
+  Problem one_long = make_problem({20000}, 2, 4, 16, 64);
+  one_long.shape.sorted_lists = true;
+  for (int g = 0; g < 2; ++g) {
+    for (std::int64_t t = 0; t < 20000; ++t) fill_selection_row(one_long, g, t, t / 64, rng);
+  }
+  build_and_check(one_long, "sorted lists, one long sequence: " + describe(one_long));
 }
 
 // Shapes with nothing to do still give consistent offsets (all zero).

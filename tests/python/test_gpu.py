@@ -143,6 +143,31 @@ def test_selected_attention():
             [p.q, p.k, p.v])
 
 
+def test_selected_attention_deterministic_backward():
+    """deterministic=True: against the composition, and the same gradient bits on every run."""
+    p = problem()
+    topk = random_topk(2, p.cu_seqlens, width=CONFIG.topk, block_size=CONFIG.block_size).cuda()
+    cu = p.cu_seqlens.cuda()
+
+    def run(q, k, v):
+        return fsa.selected_attention(q, k, v, topk, cu, CONFIG, deterministic=True)
+
+    compare(run, lambda q, k, v: naive_nsa.selected_attention(q, k, v, topk.cpu(), p.cu_seqlens, CONFIG.block_size,
+                                                               p.scale),
+            [p.q, p.k, p.v])
+    inputs = [t.to(torch.bfloat16).cuda() for t in (p.q, p.k, p.v)]
+    d_o = torch.randn(p.q.shape[0], p.q.shape[1], p.v.shape[2], device="cuda", dtype=torch.bfloat16)
+    grads = []
+    for _ in range(3):
+        leaves_ = leaves(*inputs)
+        o, _ = run(*leaves_)
+        o.backward(d_o)
+        grads.append([t.grad for t in leaves_])
+    for again in grads[1:]:
+        for first, other in zip(grads[0], again):
+            assert torch.equal(first, other)
+
+
 def test_sliding_window_attention():
     p = problem()
     cu = p.cu_seqlens

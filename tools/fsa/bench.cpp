@@ -101,6 +101,7 @@ SlcOptions slc_options(const std::string& path, int dense_threshold) {
   if (path == "kv-outer") o.path = SlcPath::kKvOuter;
   if (path == "split") o.path = SlcPath::kSplit;
   if (path == "query-outer") o.path = SlcPath::kQueryOuter;
+  o.deterministic = path == "deterministic";  // the adaptive forward, the deterministic backward
   return o;
 }
 
@@ -166,7 +167,7 @@ int run_bench_selected(const BenchOptions& options) {
       for (const std::string& path : paths) {
         const SlcOptions slc = slc_options(path, options.dense_threshold);
         // The split's share for the paths that plan it (auto also needs 4 dense blocks per tile).
-        const double dense_pct = path == "auto"    ? 100.0 * dense_fraction(c, config, topk_host, threshold, 4)
+        const double dense_pct = path == "auto" || path == "deterministic" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 4)
                                  : path == "split" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 1)
                                                    : 0.0;
         reset_pool_peak();

@@ -28,8 +28,9 @@ commands:
             time the GPU selected attention (forward and backward) on the canonical configurations
             of benchmarks.md: --config NAME (repeatable; S64-G1..16, S8K-G4, S16K-G4, S32K-G4,
             VAR-G4, LLAMA8B; default all), --pattern random|local (default both),
-            --path auto|kv-outer|split|query-outer (repeatable; default auto), --dense-threshold N
-            (the split's; default the cost model's), --iters N (default 10), --csv PATH
+            --path auto|kv-outer|split|query-outer|deterministic (repeatable; default auto;
+            deterministic: auto with the deterministic backward), --dense-threshold N (the
+            split's; default the cost model's), --iters N (default 10), --csv PATH
   bench compressed
             time the GPU compression (k and v), compressed attention forward, selection, and the
             backward of compressed attention + compression: --config, --iters, --csv as above
@@ -186,8 +187,9 @@ int run_bench_command(int argc, char** argv) {
       if (value != "random" && value != "local") return usage_error("--pattern: expected random or local");
       options.patterns.push_back(value);
     } else if (opt == "--path") {
-      if (value != "auto" && value != "kv-outer" && value != "split" && value != "query-outer")
-        return usage_error("--path: expected auto, kv-outer, split or query-outer");
+      if (value != "auto" && value != "kv-outer" && value != "split" && value != "query-outer" &&
+          value != "deterministic")
+        return usage_error("--path: expected auto, kv-outer, split, query-outer or deterministic");
       options.paths.push_back(value);
     } else if (opt == "--dense-threshold") {
       long long n = 0;

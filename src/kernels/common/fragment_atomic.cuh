@@ -1,5 +1,5 @@
-// fp32 atomic accumulation of mma.sync m16n8 C fragments into a row-major global matrix, 16 bytes
-// per atomic: the two lanes of a quad pair (pair p, p ^ 1) swap half of their values with one
+// fp32 atomic accumulation (or stores) of mma.sync m16n8 C fragments into a row-major global
+// matrix, 16 bytes per access: the two lanes of a quad pair (pair p, p ^ 1) swap half of their values with one
 // shuffle so that each holds four consecutive columns (even pair: columns 2p..2p+3 of tile n; odd
 // pair: columns 2(p-1)..2p+1 of tile n + 1). A warp instruction then covers 8 rows x 16 columns in
 // whole 32-byte sectors, where per-float atomics would issue 4x the instructions and touch every
@@ -21,13 +21,12 @@ __device__ __forceinline__ void atomic_add4(float* address, float4 value) {
 #endif
 }
 
-// Adds scale * (row half h of the fragment's first kN columns: this thread's row group + 8 * h)
-// to row[0 .. kN) where `row` points at that row's first column, 16-byte aligned. Every lane of the
-// warp must call it (shuffles); `active` = false skips the atomics of this thread's row (both
-// lanes of a pair share the row, so they agree).
-template <int kN, int kTiles>
-__device__ __forceinline__ void atomic_add_fragment_row(float* row, const float (&acc)[kTiles][4], int h, float scale,
-                                                        bool active) {
+// Calls write(column, value) with scale * four consecutive columns of row half h of the fragment's
+// first kN columns (this thread's row group + 8 * h), covering the row once over the quad. Every
+// lane of the warp must call it (shuffles).
+template <int kN, int kTiles, class Write>
+__device__ __forceinline__ void for_fragment_row_quads(const float (&acc)[kTiles][4], int h, float scale,
+                                                       Write write) {
   static_assert(kN % 16 == 0 && kN <= kTiles * 8, "column tiles go in pairs, within the fragment");
   const int pair = threadIdx.x % 4;
   const bool odd = (pair & 1) != 0;
@@ -50,8 +49,28 @@ __device__ __forceinline__ void atomic_add_fragment_row(float* row, const float 
     value.y *= scale;
     value.z *= scale;
     value.w *= scale;
-    if (active) atomic_add4(row + column, value);
+    write(column, value);
   }
+}
+
+// Adds scale * (row half h of the fragment's first kN columns) to row[0 .. kN) where `row` points
+// at that row's first column, 16-byte aligned. `active` = false skips the atomics of this thread's
+// row (both lanes of a pair share the row, so they agree).
+template <int kN, int kTiles>
+__device__ __forceinline__ void atomic_add_fragment_row(float* row, const float (&acc)[kTiles][4], int h, float scale,
+                                                        bool active) {
+  for_fragment_row_quads<kN>(acc, h, scale, [&](int column, float4 value) {
+    if (active) atomic_add4(row + column, value);
+  });
+}
+
+// The same as plain 16-byte stores, for rows with a single writer (deterministic partials).
+template <int kN, int kTiles>
+__device__ __forceinline__ void store_fragment_row(float* row, const float (&acc)[kTiles][4], int h, float scale,
+                                                   bool active) {
+  for_fragment_row_quads<kN>(acc, h, scale, [&](int column, float4 value) {
+    if (active) *reinterpret_cast<float4*>(row + column) = value;
+  });
 }
 
 }  // namespace fsa::cuda::common

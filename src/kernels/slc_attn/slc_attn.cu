@@ -152,19 +152,27 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                         const TensorView& dv, const SlcOptions& /*options: the backward runs KV-outer*/) {
+                         const TensorView& dv, const SlcOptions& options) {
   FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_backward", q, k, v, topk_idx));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_backward", "d_o", d_o));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_backward", {{"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
-  const SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
+  SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);  // all pairs (the path is forward's)
+  // Deterministic sums over a list's rows need the same rows in the same chunks on every run.
+  shape.sorted_lists = options.deterministic;
   const std::int64_t n = shape.tokens, hq = q.size(1), hkv = k.size(1), dqk = q.size(2), dv_dim = v.size(2);
+  const int units_per_cta = options.deterministic ? kSlcBwdDeterministicUnitsPerCta : kSlcBwdUnitsPerCta;
+  const auto floats = [](std::int64_t count) { return align256(static_cast<std::size_t>(count) * sizeof(float)); };
   const std::size_t plan_bytes = align256(slc_plan_workspace_bytes(shape));
-  const std::size_t delta_bytes = align256(static_cast<std::size_t>(n * hq) * sizeof(float));
-  const std::size_t dq_bytes = align256(static_cast<std::size_t>(n * hq * dqk) * sizeof(float));
-  const std::size_t dk_bytes = align256(static_cast<std::size_t>(n * hkv * dqk) * sizeof(float));
-  const std::size_t dv_bytes = align256(static_cast<std::size_t>(n * hkv * dv_dim) * sizeof(float));
-  StreamWorkspace ws(plan_bytes + delta_bytes + dq_bytes + dk_bytes + dv_bytes, stream);
+  const std::size_t delta_bytes = floats(n * hq);
+  // Default: the dq, dk, dv accumulators; deterministic: the dq and kv partials (slc_params.hpp).
+  const std::size_t first_bytes = options.deterministic ? floats(slc_bwd_dq_part_floats(shape, hq, dqk))
+                                                        : floats(n * hq * dqk);
+  const std::size_t second_bytes = options.deterministic
+                                       ? floats(slc_bwd_kv_part_floats(shape, units_per_cta, dqk, dv_dim))
+                                       : floats(n * hkv * dqk);
+  const std::size_t third_bytes = options.deterministic ? 0 : floats(n * hkv * dv_dim);
+  StreamWorkspace ws(plan_bytes + delta_bytes + first_bytes + second_bytes + third_bytes, stream);
   FSA_RETURN_IF_ERROR(ws.status());
 
   SlcBackwardParams p{};
@@ -181,9 +189,18 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   p.lse_token_stride = lse.stride(1);
   unsigned char* cursor = ws.bytes() + plan_bytes;
   p.delta = reinterpret_cast<float*>(cursor);
-  p.dq_accum = reinterpret_cast<float*>(cursor += delta_bytes);
-  p.dk_accum = reinterpret_cast<float*>(cursor += dq_bytes);
-  p.dv_accum = reinterpret_cast<float*>(cursor += dk_bytes);
+  float* first = reinterpret_cast<float*>(cursor += delta_bytes);
+  float* second = reinterpret_cast<float*>(cursor += first_bytes);
+  float* third = reinterpret_cast<float*>(cursor += second_bytes);
+  if (options.deterministic) {
+    p.dq_part = first;
+    p.kv_part = second;
+  } else {
+    p.dq_accum = first;
+    p.dk_accum = second;
+    p.dv_accum = third;
+  }
+  p.units_per_cta = units_per_cta;
   p.dq = dq.data;
   p.dk = dk.data;
   p.dv = dv.data;

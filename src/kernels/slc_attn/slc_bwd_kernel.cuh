@@ -1,121 +1,46 @@
-// Backward of selected attention in the FSA (KV-outer) loop order, over the forward's plan.
+// Backward of selected attention in the FSA (KV-outer) loop order, over the all-pairs plan.
 //
 // 1. delta: delta[h, t] = rowsum(o * d_o) in fp32, one warp per (token, head).
-// 2. kv_outer: one CTA per (work unit, key tile of kKeyTile keys of the unit's block). It loads the
-//    tile's K and V once, then for each chunk of kRowChunk gathered rows (tokens x heads of the group)
-//    recomputes S = Q K^T and dP = dO V^T on tensor cores (WMMA), P = exp(scale * S - lse) under the
-//    causal and sequence-end masks and dS = P * (dP - delta). dV += P^T dO and dK += dS^T Q stay in
-//    WMMA accumulators (registers) across the unit's chunks and are added to the fp32 dk/dv
-//    accumulators at the end (by atomics: several units share a block); dQ = scale * dS K goes to
-//    the fp32 dq accumulator by atomics after each chunk (a row meets up to `width` blocks).
-// 3. convert: the fp32 accumulators -> dq, dk, dv in the input dtype, strided like q, k, v.
+// 2. Main kernel: one CTA per (run of units_per_cta work units of one list, 64-key tile of the
+//    list's block; B = 128 takes two tiles, B = 32 masks the tile's second half). The tile's K and
+//    V stay in shared memory while the CTA walks the run's rows (tokens of the block's list x the G
+//    heads, gathered through pair_token) in chunks, with the register-resident mma.sync core of the
+//    masked flash-attention backward (flash/flash_bwd_chunk.cuh): each row sees the keys of the
+//    block up to its own token. dK / dV stay in registers across the run.
+//    - default: dQ goes to the fp32 dq accumulator by 16-byte atomics after each chunk, dK / dV
+//      by 16-byte atomics at the end (several runs share a block); a convert kernel writes the
+//      gradients in the input dtype.
+//    - deterministic: dQ of each (row, slot) pair is stored in its own slot of dq_part, dK / dV in
+//      the run's own kv_part rows (plain stores, one writer each); reduction kernels add the slots
+//      of each row in ascending slot order and the runs of each block in ascending order, and write
+//      the gradients. Bitwise reproducible; costs the partials' memory (slc_params.hpp).
 // Rows whose lse is not finite (empty key set) get zero gradients, as in the reference.
 #pragma once
-
-#include <mma.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/fragment_atomic.cuh"
+#include "kernels/common/tile_copy.cuh"
+#include "kernels/flash/flash_bwd_chunk.cuh"
+#include "kernels/slc_attn/slc_bwd_launch.hpp"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 
 namespace fsa::cuda::slc {
 
-// Every tile size of the KV-outer backward kernel and its shared-memory layout.
-template <class Element, int kDqk_, int kDv_>
-struct BwdTraits {
-  static constexpr int kDqk = kDqk_;
-  static constexpr int kDv = kDv_;
-  static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims must be multiples of 16 for WMMA");
-
-  // Keys per CTA. A block of B = 128 keys takes two CTAs (gridDim.y) that gather the same rows: 128
-  // keys per CTA would double the dK/dV accumulator registers and the P/dS tiles.
-  static constexpr int kKeyTile = 64;
-  // Rows gathered per step; a unit (kRowsPerUnit rows) takes several steps.
-  static constexpr int kRowChunk = 64;
-  static constexpr int kKeyFrags = kKeyTile / 16;
-  static constexpr int kRowFrags = kRowChunk / 16;
-  static constexpr int kDqkFrags = kDqk / 16;
-  static constexpr int kDvFrags = kDv / 16;
-
-  // The 16-wide column tiles of [dK | dV] are spread over the warps, kColsPerWarp each; a warp keeps
-  // the kKeyFrags accumulators of each of its columns (8 fp32 registers per accumulator). The warp
-  // count follows from it: 8 warps for 64/64 and 128/128, 10 for 192/128, 16 for 256/256, so every
-  // warp holds at most 8 accumulators (64 registers).
-  static constexpr int kGradCols = kDqkFrags + kDvFrags;
-  static constexpr int kColsPerWarp = kGradCols >= 16 ? 2 : 1;
-  static constexpr int kWarps = kGradCols / kColsPerWarp;
-  static constexpr int kThreads = kWarps * 32;
-  static_assert(kGradCols % kColsPerWarp == 0, "the [dK | dV] column tiles must split evenly over the warps");
-  // Unrolling of the S and dP k-loops. At 16 warps (512 threads, 128 registers each) there is no
-  // room for fragments loaded ahead (sm80 spilled), and the warps themselves hide the latency.
-  static constexpr int kScoreUnroll = kWarps >= 16 ? 1 : 2;
-  static_assert(kThreads <= 1024 && kRowChunk <= kThreads, "one thread per gathered row fills the row tables");
-  static_assert(kKeyTile % 16 == 0 && kRowChunk % 16 == 0, "WMMA tiles are 16 x 16");
-
-  // Leading dimensions (elements) of the shared tiles; see kPadHalf in slc_common.cuh.
-  static constexpr int kLdK = kDqk + kPadHalf;  // K and Q rows
-  static constexpr int kLdV = kDv + kPadHalf;   // V and dO rows
-  static constexpr int kLdP = kKeyTile + kPadHalf;  // P and dS rows
-  static constexpr int kStageFloats = 2 * 16 * 16;  // per warp: the S and dP tiles of one fragment
-
-  static constexpr std::size_t kKOffset = 0;
-  static constexpr std::size_t kVOffset = kKOffset + align_up(sizeof(Element) * kKeyTile * kLdK);
-  static constexpr std::size_t kQOffset = kVOffset + align_up(sizeof(Element) * kKeyTile * kLdV);
-  static constexpr std::size_t kDoOffset = kQOffset + align_up(sizeof(Element) * kRowChunk * kLdK);
-  static constexpr std::size_t kPOffset = kDoOffset + align_up(sizeof(Element) * kRowChunk * kLdV);
-  static constexpr std::size_t kDsOffset = kPOffset + align_up(sizeof(Element) * kRowChunk * kLdP);
-  static constexpr std::size_t kStageOffset = kDsOffset + align_up(sizeof(Element) * kRowChunk * kLdP);
-  // Row tables: q, dO and dq offsets (int64), local token, lse * log2(e) and delta.
-  static constexpr std::size_t kRowsOffset = kStageOffset + align_up(sizeof(float) * kWarps * kStageFloats);
-  static constexpr std::size_t kSmemBytes =
-      kRowsOffset + align_up(kRowChunk * (3 * sizeof(long long) + sizeof(int) + 2 * sizeof(float)));
-
-  // sm90: 227 KB per CTA (opt-in), 228 KB per SM with 1 KB reserved per CTA. Two CTAs per SM where
-  // the shared memory allows it (64/64, 128/128), which caps registers at 128 per thread. Older
-  // GPUs (at most 164 KB per SM) cannot hold two such CTAs, so they get no register cap.
-  static constexpr std::size_t kSm90MaxSmemPerCta = 227 * 1024;
-  static constexpr std::size_t kSm90SmemPerSm = 228 * 1024;
-  static_assert(kSmemBytes <= kSm90MaxSmemPerCta, "the backward tiles must fit the sm90 shared memory");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  static constexpr int kMinBlocks = 1;
-#else
-  static constexpr int kMinBlocks = 2 * (kSmemBytes + 1024) <= kSm90SmemPerSm ? 2 : 1;
-#endif
-};
+// 64 keys (B = 64, the common block) with 8 warps and chunks of 32 rows. Two CTAs per SM where
+// registers allow it (head dims <= 128: 128 registers, ~82 KB of shared memory at 128/128).
+template <class Element, int kDqk, int kDv>
+using SlcBwdTraits = flash::BwdTraits<Element, kDqk, kDv, 64, 32>;
+template <int kDqk, int kDv>
+constexpr int kSlcBwdMinBlocks = (kDqk > kDv ? kDqk : kDv) <= 128 ? 2 : 1;
 
 constexpr float kBwdLog2e = 1.4426950408889634f;  // P = exp2(S * scale * log2(e) - lse * log2(e))
-
-// Issues cp.async copies of kRows rows of kDim elements (16-byte vectors: the launcher checks the
-// alignment; the caller waits with cp_async_wait_all before its next barrier) into shared rows of leading dimension `ld`: row r comes from base + row_offset(r), and is zero-filled
-// where row_offset(r) < 0 (padding rows must be zeros, not stale data: they meet zero probabilities
-// in the MMAs, and 0 * NaN would poison the sums).
-template <class Element, int kDim, int kRows, int kThreads, class RowOffset>
-__device__ __forceinline__ void bwd_gather_rows(Element* dst, int ld, const Element* base, RowOffset row_offset) {
-  constexpr int kVectors = kDim * static_cast<int>(sizeof(Element)) / 16;
-  // Each thread keeps one vector column and steps over rows, so successive iterations differ by
-  // constant offsets: no per-iteration addresses stay live next to the dK/dV accumulators.
-  constexpr int kRowStep = kThreads / kVectors;
-  static_assert(kRowStep > 0, "a row must fit in one pass of the CTA");
-  if (threadIdx.x >= kRowStep * kVectors) return;
-  const int vec = threadIdx.x % kVectors;
-  for (int row = threadIdx.x / kVectors; row < kRows; row += kRowStep) {
-    const long long offset = row_offset(row);
-    uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
-    if (offset >= 0) {
-      cp_async_16(to, reinterpret_cast<const uint4*>(base + offset) + vec);
-    } else {
-      *to = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-
-constexpr int kBwdRowThreads = 256;  // delta and convert kernels
+constexpr int kBwdRowThreads = 256;  // delta, convert and reduction kernels
 
 // One warp per (token, head) row: delta = rowsum(o * d_o) in fp32.
 template <class Element, int kDv>
@@ -138,220 +63,145 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_delta_kernel(const __g
   }
 }
 
-template <class Element, int kDqk, int kDv>
-__global__ void __launch_bounds__(BwdTraits<Element, kDqk, kDv>::kThreads, BwdTraits<Element, kDqk, kDv>::kMinBlocks)
-    slc_bwd_kv_outer_kernel(const __grid_constant__ SlcBackwardParams p) {
-  using namespace nvcuda;
-  using T = BwdTraits<Element, kDqk, kDv>;
-  using Cvt = Convert<Element>;
-  using Accumulator = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+// What a CTA of the main kernel knows about its run, read by the chunk loads from shared memory.
+struct RunRows {
+  long long seq_start;  // global token of the sequence's first token
+  int row_begin, row_end;  // rows of the list
+  int pair_base;        // pair_offsets[list]
+  int kv_head;
+  int block_end;        // local position one past the block's last key
+  int chunks;
+};
+
+template <class Element, int kDqk, int kDv, bool kDeterministic>
+__global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kSlcBwdMinBlocks<kDqk, kDv>)
+    slc_bwd_kernel(const __grid_constant__ SlcBackwardParams p) {
+  using T = SlcBwdTraits<Element, kDqk, kDv>;
   extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(16) flash::BwdRowTable<T::kRowChunk> tab[2];  // per copy stage
+  __shared__ RunRows run_shared;
 
   UnitWork w;
   if (!find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, blockIdx.x, &w)) return;
-  const int B = p.plan.shape.block_size, G = p.plan.shape.group;
-  const int key_first = static_cast<int>(blockIdx.y) * T::kKeyTile;  // first key of the tile in its block
-  const int key_count = min(T::kKeyTile, w.keys - key_first);
-  if (key_count <= 0) return;  // second tile of a block cut short by the sequence end
-  const int key_frags = (key_count + 15) / 16;
-  const long long key_begin = static_cast<long long>(w.block) * B + key_first;  // local position of key 0
+  const int U = p.units_per_cta;
+  const int unit_in_list = static_cast<int>(blockIdx.x) - p.plan.unit_offsets[w.list];
+  if (unit_in_list % U != 0) return;  // a run starts at every U-th unit of its list
+  const int G = p.plan.shape.group, B = p.plan.shape.block_size;
+  const int key_first = static_cast<int>(blockIdx.y) * T::kKeys;  // first key of the tile in its block
+  // A tile past the block's end (B = 128, the sequence's last block cut short) has no keys; in the
+  // deterministic mode it still runs (all keys masked) so that its dq_part plane holds zeros.
+  const int keys = max(0, min(T::kKeys, w.keys - key_first));
+  if (!kDeterministic && keys == 0) return;
+  RunRows run;
+  run.seq_start = w.seq_start;
+  run.row_begin = w.row_begin;
+  run.row_end = min(w.row_begin + U * SlcPlanShape::kRowsPerUnit, p.plan.pair_count[w.list] * G);
+  run.pair_base = w.pair_base;
+  run.kv_head = w.kv_head;
+  run.block_end = w.block * B + w.keys;
+  run.chunks = (run.row_end - run.row_begin + T::kRowChunk - 1) / T::kRowChunk;
+  if (threadIdx.x == 0) run_shared = run;
+  const int key0 = w.block * B + key_first;  // local position of the tile's first key
 
-  auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
-  auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
-  auto* q_s = reinterpret_cast<Element*>(smem + T::kQOffset);
-  auto* do_s = reinterpret_cast<Element*>(smem + T::kDoOffset);
-  auto* p_s = reinterpret_cast<Element*>(smem + T::kPOffset);
-  auto* ds_s = reinterpret_cast<Element*>(smem + T::kDsOffset);
-  auto* row_q_offset = reinterpret_cast<long long*>(smem + T::kRowsOffset);
-  long long* row_do_offset = row_q_offset + T::kRowChunk;
-  long long* row_dq_offset = row_do_offset + T::kRowChunk;  // -1: padding or inactive row
-  auto* row_t_local = reinterpret_cast<int*>(row_dq_offset + T::kRowChunk);  // -1 masks every key
-  auto* row_lse_log2 = reinterpret_cast<float*>(row_t_local + T::kRowChunk);
-  float* row_delta = row_lse_log2 + T::kRowChunk;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* stage = reinterpret_cast<float*>(smem + T::kStageOffset) + warp * T::kStageFloats;
+  const long long key_token = w.seq_start + key0;
+  const auto* k = static_cast<const Element*>(p.in.k) + key_token * p.in.k_token_stride + w.kv_head * p.in.k_head_stride;
+  const auto* v = static_cast<const Element*>(p.in.v) + key_token * p.in.v_token_stride + w.kv_head * p.in.v_head_stride;
+  common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(
+      reinterpret_cast<Element*>(smem + T::kKOffset), T::kLdQk,
+      [&](int r) -> const Element* { return r < keys ? k + r * p.in.k_token_stride : nullptr; });
+  common::copy_tile_async<T::kKeys, kDv, T::kThreads>(
+      reinterpret_cast<Element*>(smem + T::kVOffset), T::kLdV,
+      [&](int r) -> const Element* { return r < keys ? v + r * p.in.v_token_stride : nullptr; });
 
-  // The tile's keys and values, once for all rows of the unit.
-  const auto* k = static_cast<const Element*>(p.in.k) + (w.seq_start + key_begin) * p.in.k_token_stride +
-                  w.kv_head * p.in.k_head_stride;
-  const auto* v = static_cast<const Element*>(p.in.v) + (w.seq_start + key_begin) * p.in.v_token_stride +
-                  w.kv_head * p.in.v_head_stride;
-  bwd_gather_rows<Element, kDqk, T::kKeyTile, T::kThreads>(
-      k_s, T::kLdK, k, [&](int r) { return r < key_count ? r * p.in.k_token_stride : -1LL; });
-  bwd_gather_rows<Element, kDv, T::kKeyTile, T::kThreads>(
-      v_s, T::kLdV, v, [&](int r) { return r < key_count ? r * p.in.v_token_stride : -1LL; });
-  cp_async_wait_all();
-
+  // Chunk c into stage `stage`: thread i takes row i / kThreadsPerRow of the chunk (entry x / G of
+  // the list, head g * G + x % G) and, on the row's first thread, its row table entry.
   const auto* q = static_cast<const Element*>(p.in.q);
   const auto* d_o = static_cast<const Element*>(p.d_o);
-  const float scale = p.in.scale, scale_log2 = p.in.scale * kBwdLog2e;
   const long long n = p.plan.shape.tokens;
-
-  // dK and dV of this warp's [dK | dV] columns: acc[c][f] is rows 16f.. of column tile warp + c * kWarps.
-  Accumulator acc[T::kColsPerWarp][T::kKeyFrags];
-#pragma unroll
-  for (int c = 0; c < T::kColsPerWarp; ++c)
-#pragma unroll
-    for (int f = 0; f < T::kKeyFrags; ++f) wmma::fill_fragment(acc[c][f], 0.0f);
-
-  for (int chunk = w.row_begin; chunk < w.row_end; chunk += T::kRowChunk) {
-    const int rows = min(T::kRowChunk, w.row_end - chunk);
-    const int row_frags = (rows + 15) / 16;
-    __syncthreads();  // the previous chunk is done with the row tables, Q, dO, P and dS
-
-    if (threadIdx.x < T::kRowChunk) {
-      const int r = threadIdx.x;
-      long long q_offset = -1, do_offset = -1, dq_offset = -1;
-      int t_local = -1;
-      float lse_log2 = 0.0f, delta = 0.0f;
-      if (r < rows) {
-        const int row = chunk + r;
-        const long long token = p.plan.pair_token[w.pair_base + row / G];
-        const int head = w.kv_head * G + row % G;
-        const float lse = p.lse[head * p.lse_head_stride + token * p.lse_token_stride];
-        if (isfinite(lse)) {
-          q_offset = token * p.in.q_token_stride + head * p.in.q_head_stride;
-          do_offset = token * p.do_token_stride + head * p.do_head_stride;
-          dq_offset = (token * p.in.heads_q + head) * kDqk;
-          t_local = static_cast<int>(token - w.seq_start);
-          lse_log2 = lse * kBwdLog2e;
+  const long long dq_plane = kDeterministic ? static_cast<long long>(blockIdx.y) * n * p.in.heads_q *
+                                                  p.plan.shape.width * kDqk
+                                            : 0;
+  auto load_chunk = [&](int c, int stage, const RunRows& rows) {
+    const int r = threadIdx.x / T::kThreadsPerRow, part = threadIdx.x % T::kThreadsPerRow;
+    const int x = rows.row_begin + c * T::kRowChunk + r;
+    const bool valid = x < rows.row_end;
+    const int entry = rows.pair_base + (valid ? x / G : 0);
+    const long long token = p.plan.pair_token[entry];
+    const int head = rows.kv_head * G + x % G;
+    flash::bwd_copy_row<T, Element>(smem, stage, r, part, valid, q + token * p.in.q_token_stride +
+                                                                     head * p.in.q_head_stride,
+                                    d_o + token * p.do_token_stride + head * p.do_head_stride);
+    if (part == 0) {
+      int hi = 0;
+      float lse = 0.0f, delta = 0.0f;
+      long long dq = -1;
+      if (valid) {
+        const float row_lse = p.lse[head * p.lse_head_stride + token * p.lse_token_stride];
+        if (isfinite(row_lse)) {
+          hi = min(static_cast<int>(token - rows.seq_start) + 1, rows.block_end);
+          lse = row_lse * kBwdLog2e;
           delta = p.delta[head * n + token];
         }
-      }
-      row_q_offset[r] = q_offset;
-      row_do_offset[r] = do_offset;
-      row_dq_offset[r] = dq_offset;
-      row_t_local[r] = t_local;
-      row_lse_log2[r] = lse_log2;
-      row_delta[r] = delta;
-    }
-    __syncthreads();
-    bwd_gather_rows<Element, kDqk, T::kRowChunk, T::kThreads>(q_s, T::kLdK, q,
-                                                              [&](int r) { return row_q_offset[r]; });
-    bwd_gather_rows<Element, kDv, T::kRowChunk, T::kThreads>(do_s, T::kLdV, d_o,
-                                                             [&](int r) { return row_do_offset[r]; });
-    cp_async_wait_all();
-    __syncthreads();
-
-    // P and dS, one 16 x 16 (rows x keys) fragment per warp at a time. Fragments past the chunk's
-    // rows or the tile's keys are never read below, so they are skipped.
-    for (int tile = warp; tile < T::kRowFrags * T::kKeyFrags; tile += T::kWarps) {
-      const int rf = tile / T::kKeyFrags, kf = tile % T::kKeyFrags;
-      if (rf >= row_frags || kf >= key_frags) continue;
-      Accumulator s, dp;
-      wmma::fill_fragment(s, 0.0f);
-      wmma::fill_fragment(dp, 0.0f);
-#pragma unroll T::kScoreUnroll
-      for (int d = 0; d < kDqk; d += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, Element, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Element, wmma::col_major> k_t;  // K^T
-        wmma::load_matrix_sync(a, q_s + rf * 16 * T::kLdK + d, T::kLdK);
-        wmma::load_matrix_sync(k_t, k_s + kf * 16 * T::kLdK + d, T::kLdK);
-        wmma::mma_sync(s, a, k_t, s);
-      }
-#pragma unroll T::kScoreUnroll
-      for (int d = 0; d < kDv; d += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, Element, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Element, wmma::col_major> v_t;  // V^T
-        wmma::load_matrix_sync(a, do_s + rf * 16 * T::kLdV + d, T::kLdV);
-        wmma::load_matrix_sync(v_t, v_s + kf * 16 * T::kLdV + d, T::kLdV);
-        wmma::mma_sync(dp, a, v_t, dp);
-      }
-      wmma::store_matrix_sync(stage, s, 16, wmma::mem_row_major);
-      wmma::store_matrix_sync(stage + 256, dp, 16, wmma::mem_row_major);
-      __syncwarp();
-      const int c = kf * 16 + lane % 16;
-#pragma unroll
-      for (int tile_row = lane / 16; tile_row < 16; tile_row += 2) {  // a half-warp per row
-        const int idx = tile_row * 16 + lane % 16, r = rf * 16 + tile_row;
-        float prob = 0.0f, ds = 0.0f;
-        if (c < key_count && key_begin + c <= row_t_local[r]) {
-          prob = exp2f(fmaf(stage[idx], scale_log2, -row_lse_log2[r]));
-          ds = prob * (stage[256 + idx] - row_delta[r]);
-        }
-        p_s[r * T::kLdP + c] = Cvt::from_float(prob);
-        ds_s[r * T::kLdP + c] = Cvt::from_float(ds);
-      }
-      __syncwarp();  // the stage is rewritten by the next fragment
-    }
-    __syncthreads();
-
-    // dK += dS^T Q and dV += P^T dO for this warp's columns; dS^T and P^T are col-major views of
-    // the row-major dS and P tiles.
-#pragma unroll
-    for (int c = 0; c < T::kColsPerWarp; ++c) {
-      const int col = warp + c * T::kWarps;
-      const bool is_dk = col < T::kDqkFrags;
-      const Element* a_src = is_dk ? ds_s : p_s;
-      const Element* b_src = is_dk ? q_s + col * 16 : do_s + (col - T::kDqkFrags) * 16;
-      const int ld_b = is_dk ? T::kLdK : T::kLdV;
-      for (int rf = 0; rf < row_frags; ++rf) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Element, wmma::row_major> b;
-        wmma::load_matrix_sync(b, b_src + rf * 16 * ld_b, ld_b);
-#pragma unroll
-        for (int f = 0; f < T::kKeyFrags; ++f) {
-          if (f < key_frags) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, Element, wmma::col_major> a_t;
-            wmma::load_matrix_sync(a_t, a_src + rf * 16 * T::kLdP + f * 16, T::kLdP);
-            wmma::mma_sync(acc[c][f], a_t, b, acc[c][f]);
-          }
+        if constexpr (kDeterministic) {  // every pair's slot is written (zeros for an empty key set)
+          const int slot = p.plan.pair_slot[entry];
+          dq = dq_plane + ((token * p.in.heads_q + head) * p.plan.shape.width + slot) * kDqk;
+        } else if (isfinite(row_lse)) {
+          dq = (token * p.in.heads_q + head) * kDqk;
         }
       }
+      tab[stage].lo[r] = 0;
+      tab[stage].hi[r] = hi;
+      tab[stage].lse[r] = lse;
+      tab[stage].delta[r] = delta;
+      tab[stage].dq[r] = dq;
     }
+  };
+  load_chunk(0, 0, run);
+  common::cp_async_commit();  // K, V and chunk 0
 
-    // dQ = scale * dS K, added to the fp32 accumulator of each row.
-    for (int tile = warp; tile < T::kRowFrags * T::kDqkFrags; tile += T::kWarps) {
-      const int rf = tile / T::kDqkFrags, df = tile % T::kDqkFrags;
-      if (rf >= row_frags) break;  // tiles are ordered by row fragment
-      Accumulator dq;
-      wmma::fill_fragment(dq, 0.0f);
-      for (int f = 0; f < key_frags; ++f) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, Element, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, Element, wmma::row_major> b;
-        wmma::load_matrix_sync(a, ds_s + rf * 16 * T::kLdP + f * 16, T::kLdP);
-        wmma::load_matrix_sync(b, k_s + f * 16 * T::kLdK + df * 16, T::kLdK);
-        wmma::mma_sync(dq, a, b, dq);
-      }
-      wmma::store_matrix_sync(stage, dq, 16, wmma::mem_row_major);
-      __syncwarp();
-#pragma unroll 4
-      for (int tile_row = lane / 16; tile_row < 16; tile_row += 2) {  // a half-warp per row: 64 contiguous bytes
-        const long long offset = row_dq_offset[rf * 16 + tile_row];
-        if (offset >= 0) atomicAdd(p.dq_accum + offset + df * 16 + lane % 16, scale * stage[tile_row * 16 + lane % 16]);
-      }
-      __syncwarp();
-    }
+  const float scale_log2 = p.in.scale * kBwdLog2e;
+  float acc[T::kMaxD / 8][4];  // dV (P warps, kDv columns) or dK (dS warps, kDqk columns)
+  common::zero_acc<T::kMaxD>(acc);
+  for (int c = 0;; ++c) {  // run.chunks >= 1: a unit has at least one row
+    const int stage = c & 1;
+    common::cp_async_wait<0>();  // chunk c has landed ...
+    __syncthreads();             // ... for every thread's copies; every warp is done with chunk c - 1
+    const bool more = c + 1 < run_shared.chunks;
+    if (more) load_chunk(c + 1, stage ^ 1, run_shared);
+    common::cp_async_commit();
+    flash::bwd_chunk<T, Element, !kDeterministic>(acc, smem, stage, tab[stage], key0, scale_log2, p.in.scale,
+                                                  kDeterministic ? p.dq_part : p.dq_accum);
+    if (!more) break;
   }
 
-  // The tile's dK (times scale) and dV into the fp32 accumulators of its keys.
-  const int hkv = p.plan.shape.heads_kv;
+  // This warp's dK (times scale) or dV partial: atomics into the accumulators (row = key token x
+  // Hkv + g), or stores into the run's kv_part rows [B][Dqk | Dv].
+  const bool ds_warp = flash::bwd_is_ds_warp<T>();
+  const long long group_index = static_cast<long long>(p.plan.unit_offsets[w.list]) / U + w.list + unit_in_list / U;
 #pragma unroll
-  for (int c = 0; c < T::kColsPerWarp; ++c) {
-    const int col = warp + c * T::kWarps;
-    const bool is_dk = col < T::kDqkFrags;
-    float* dst = is_dk ? p.dk_accum + col * 16 : p.dv_accum + (col - T::kDqkFrags) * 16;
-    const int dim = is_dk ? kDqk : kDv;
-    const float factor = is_dk ? scale : 1.0f;
-#pragma unroll
-    for (int f = 0; f < T::kKeyFrags; ++f) {
-      if (f >= key_frags) continue;
-      wmma::store_matrix_sync(stage, acc[c][f], 16, wmma::mem_row_major);
-      __syncwarp();
-#pragma unroll 4
-      for (int tile_row = lane / 16; tile_row < 16; tile_row += 2) {
-        const int key = f * 16 + tile_row;
-        if (key < key_count) {
-          const long long kv_row = (w.seq_start + key_begin + key) * hkv + w.kv_head;
-          atomicAdd(dst + kv_row * dim + lane % 16, factor * stage[tile_row * 16 + lane % 16]);
-        }
-      }
-      __syncwarp();
+  for (int h = 0; h < 2; ++h) {
+    const int key = flash::bwd_key_row0<T>() + threadIdx.x % 32 / 4 + 8 * h;
+    const bool active = key < keys;
+    if constexpr (kDeterministic) {
+      float* row = p.kv_part + (group_index * B + key_first + (active ? key : 0)) * (kDqk + kDv);
+      if (ds_warp) common::store_fragment_row<kDqk>(row, acc, h, p.in.scale, active);
+      else common::store_fragment_row<kDv>(row + kDqk, acc, h, 1.0f, active);
+    } else {
+      const long long kv_row = (key_token + (active ? key : 0)) * p.plan.shape.heads_kv + w.kv_head;
+      if (ds_warp) common::atomic_add_fragment_row<kDqk>(p.dk_accum + kv_row * kDqk, acc, h, p.in.scale, active);
+      else common::atomic_add_fragment_row<kDv>(p.dv_accum + kv_row * kDv, acc, h, 1.0f, active);
     }
   }
 }
 
+// Four fp32 values into an output row of the input dtype (8 bytes: rows are 16-byte aligned).
+template <class Element>
+__device__ __forceinline__ void store_quad(Element* dst, float4 x) {
+  *reinterpret_cast<uint2*>(dst) = make_uint2(mma::pack2<Element>(x.x, x.y), mma::pack2<Element>(x.z, x.w));
+}
+
 // Rows [tokens * heads, kDim] of a contiguous fp32 accumulator into a strided output, 4 elements
-// per step (the accumulators are 16-byte aligned; the outputs may have any strides).
+// per step.
 template <class Element, int kDim>
 __device__ __forceinline__ void bwd_convert_rows(const float* src, Element* dst, long long rows, int heads,
                                                  std::int64_t token_stride, std::int64_t head_stride) {
@@ -364,16 +214,11 @@ __device__ __forceinline__ void bwd_convert_rows(const float* src, Element* dst,
     const int d = static_cast<int>(idx % kQuads) * 4;
     const long long t = row / heads;
     const int h = static_cast<int>(row - t * heads);
-    const float4 value = reinterpret_cast<const float4*>(src)[idx];
-    Element* out = dst + t * token_stride + h * head_stride + d;
-    out[0] = Convert<Element>::from_float(value.x);
-    out[1] = Convert<Element>::from_float(value.y);
-    out[2] = Convert<Element>::from_float(value.z);
-    out[3] = Convert<Element>::from_float(value.w);
+    store_quad(dst + t * token_stride + h * head_stride + d, reinterpret_cast<const float4*>(src)[idx]);
   }
 }
 
-// The fp32 accumulators into the outputs: blockIdx.y picks dq, dk or dv.
+// Default mode: the fp32 accumulators into the outputs; blockIdx.y picks dq, dk or dv.
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_convert_kernel(const __grid_constant__ SlcBackwardParams p) {
   const long long n = p.plan.shape.tokens;
@@ -389,21 +234,103 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_convert_kernel(const _
                                    p.dv_head_stride);
 }
 
+// Deterministic mode, dq: row (t, h) is the sum of its pairs' slots in ascending slot order, each
+// over the planes in order (rows without pairs: zeros). One thread per 4 columns.
+template <class Element, int kDqk>
+__global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_dq_kernel(const __grid_constant__ SlcBackwardParams p) {
+  constexpr int kQuads = kDqk / 4;
+  const long long n = p.plan.shape.tokens;
+  const int hq = p.in.heads_q, width = p.plan.shape.width, G = p.plan.shape.group;
+  const int planes = static_cast<int>(slc_bwd_planes(p.plan.shape));
+  const long long plane = n * hq * width * kDqk;
+  const long long quads = n * hq * kQuads;
+  for (long long idx = static_cast<long long>(blockIdx.x) * kBwdRowThreads + threadIdx.x; idx < quads;
+       idx += static_cast<long long>(gridDim.x) * kBwdRowThreads) {
+    const long long row = idx / kQuads;  // t * Hq + h
+    const int d = static_cast<int>(idx % kQuads) * 4;
+    const long long t = row / hq;
+    const int h = static_cast<int>(row - t * hq);
+    const std::uint64_t slots = p.plan.slot_mask[(h / G) * n + t];
+    const float* part = p.dq_part + row * width * kDqk + d;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int slot = 0; slot < width; ++slot) {
+      if (((slots >> slot) & 1) == 0) continue;
+      for (int y = 0; y < planes; ++y) {
+        const float4 x = *reinterpret_cast<const float4*>(part + y * plane + slot * kDqk);
+        sum.x += x.x;
+        sum.y += x.y;
+        sum.z += x.z;
+        sum.w += x.w;
+      }
+    }
+    store_quad(static_cast<Element*>(p.dq) + t * p.dq_token_stride + h * p.dq_head_stride + d, sum);
+  }
+}
+
+// Deterministic mode, dk and dv: key token t of kv head g (block j of its sequence, list s) is the
+// sum of the kv_part rows of the list's runs in ascending order (tokens past the last sequence:
+// zeros). One thread per 4 columns of [dK | dV].
+template <class Element, int kDqk, int kDv>
+__global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_kv_kernel(const __grid_constant__ SlcBackwardParams p) {
+  constexpr int kQuads = (kDqk + kDv) / 4;
+  const SlcPlanShape& shape = p.plan.shape;
+  const long long n = shape.tokens;
+  const int hkv = shape.heads_kv, B = shape.block_size, U = p.units_per_cta;
+  const long long total = p.in.cu_seqlens[shape.num_seqs * p.in.cu_stride];
+  const int max_blocks = static_cast<int>(shape.max_blocks());
+  const long long quads = n * hkv * kQuads;
+  for (long long idx = static_cast<long long>(blockIdx.x) * kBwdRowThreads + threadIdx.x; idx < quads;
+       idx += static_cast<long long>(gridDim.x) * kBwdRowThreads) {
+    const long long row = idx / kQuads;  // t * Hkv + g
+    const int d = static_cast<int>(idx % kQuads) * 4;
+    const long long t = row / hkv;
+    const int g = static_cast<int>(row - t * hkv);
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (t < total) {
+      const int b = upper_index(p.in.cu_seqlens, p.in.cu_stride, shape.num_seqs, t);
+      const long long local = t - p.in.cu_seqlens[b * p.in.cu_stride];
+      const int s = g * max_blocks + p.plan.block_offsets[b] + static_cast<int>(local / B);
+      const int first = p.plan.unit_offsets[s], units = p.plan.unit_offsets[s + 1] - first;
+      const long long base = first / U + s;
+      for (int i = 0; i < (units + U - 1) / U; ++i) {
+        const float4 x = *reinterpret_cast<const float4*>(p.kv_part + ((base + i) * B + local % B) * (kDqk + kDv) + d);
+        sum.x += x.x;
+        sum.y += x.y;
+        sum.z += x.z;
+        sum.w += x.w;
+      }
+    }
+    if (d < kDqk) store_quad(static_cast<Element*>(p.dk) + t * p.dk_token_stride + g * p.dk_head_stride + d, sum);
+    else store_quad(static_cast<Element*>(p.dv) + t * p.dv_token_stride + g * p.dv_head_stride + d - kDqk, sum);
+  }
+}
+
 // Grid-stride kernels need no more CTAs than this to fill any current GPU.
 constexpr long long kBwdMaxRowCtas = 1 << 16;
 
 inline unsigned bwd_row_ctas(long long threads) {
-  return static_cast<unsigned>(std::min(kBwdMaxRowCtas, (threads + kBwdRowThreads - 1) / kBwdRowThreads));
+  return static_cast<unsigned>(std::max(1LL, std::min(kBwdMaxRowCtas, (threads + kBwdRowThreads - 1) / kBwdRowThreads)));
 }
 
-// The KV-outer kernel moves rows as 16-byte vectors.
-template <class Element>
-Status check_bwd_rows_aligned(const char* name, const void* data, std::int64_t token_stride, std::int64_t head_stride) {
-  constexpr std::int64_t kVector = 16 / sizeof(Element);
-  if (reinterpret_cast<std::uintptr_t>(data) % 16 != 0 || token_stride % kVector != 0 || head_stride % kVector != 0)
-    return FSA_ERROR(StatusCode::kNotImplemented, std::string(name) +
-                                                      ": the CUDA selected attention backward needs 16-byte aligned "
-                                                      "rows (data pointer and token/head strides)");
+template <class Element, int kDqk, int kDv, bool kDeterministic>
+Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t stream) {
+  using T = SlcBwdTraits<Element, kDqk, kDv>;
+  int device = 0, smem_limit = 0;
+  FSA_CUDA_CHECK(cudaGetDevice(&device));
+  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (T::kSmemBytes > static_cast<std::size_t>(smem_limit))
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "slc_attn_backward: head dims " + std::to_string(kDqk) + "/" + std::to_string(kDv) + " need " +
+                         std::to_string(T::kSmemBytes) + " bytes of shared memory per CTA, the device offers " +
+                         std::to_string(smem_limit));
+  auto* kernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic>;
+  FSA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
+  FSA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  const dim3 grid(static_cast<unsigned>(units), static_cast<unsigned>(slc_bwd_planes(p.plan.shape)));
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  FSA_CHECK_LAUNCH("slc_bwd_kernel", stream);
   return Status::ok();
 }
 
@@ -411,59 +338,49 @@ Status check_bwd_rows_aligned(const char* name, const void* data, std::int64_t t
 
 namespace fsa::cuda {
 
+// Default mode: dq_accum / dk_accum / dv_accum set (zeroed here); deterministic: dq_part / kv_part
+// set (every value read is written first). units_per_cta must match the kv_part sizing.
 template <class Element, int kDqk, int kDv>
 Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
-  using Traits = slc::BwdTraits<Element, kDqk, kDv>;
   const SlcPlanShape& shape = p.plan.shape;
   const int B = shape.block_size;
   if (B != 32 && B != 64 && B != 128)
     return FSA_INVALID("block_size: expected 32, 64 or 128, got " + std::to_string(B));
   const long long n = shape.tokens, hq = p.in.heads_q, hkv = shape.heads_kv;
   if (n == 0 || hq == 0) return Status::ok();
-  FSA_RETURN_IF_ERROR(slc::check_bwd_rows_aligned<Element>("q", p.in.q, p.in.q_token_stride, p.in.q_head_stride));
-  FSA_RETURN_IF_ERROR(slc::check_bwd_rows_aligned<Element>("k", p.in.k, p.in.k_token_stride, p.in.k_head_stride));
-  FSA_RETURN_IF_ERROR(slc::check_bwd_rows_aligned<Element>("v", p.in.v, p.in.v_token_stride, p.in.v_head_stride));
-  FSA_RETURN_IF_ERROR(slc::check_bwd_rows_aligned<Element>("d_o", p.d_o, p.do_token_stride, p.do_head_stride));
-  for (const float* accum : {p.dq_accum, p.dk_accum, p.dv_accum})
-    if (reinterpret_cast<std::uintptr_t>(accum) % 16 != 0)
-      return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: the fp32 gradient accumulators must be 16-byte aligned");
-
-  int device = 0, smem_limit = 0;
-  FSA_CUDA_CHECK(cudaGetDevice(&device));
-  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  constexpr std::size_t kSmem = Traits::kSmemBytes;
-  if (kSmem > static_cast<std::size_t>(smem_limit))
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     "slc_attn_backward: head dims " + std::to_string(kDqk) + "/" + std::to_string(kDv) +
-                         " with block size " + std::to_string(B) + " need " + std::to_string(kSmem) +
-                         " bytes of shared memory per CTA, the device offers " + std::to_string(smem_limit));
-  auto* kv_outer = slc::slc_bwd_kv_outer_kernel<Element, kDqk, kDv>;
-  FSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
-  // Lets two CTAs share an SM where kMinBlocks promises it.
-  FSA_CUDA_CHECK(
-      cudaFuncSetAttribute(kv_outer, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  const bool deterministic = p.dq_part != nullptr;
   const long long units = shape.max_units();
   if (units > INT_MAX)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "slc_attn_backward: " + std::to_string(units) + " work units exceed the grid limit");
 
-  FSA_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, static_cast<std::size_t>(n * hq * kDqk) * sizeof(float), stream));
-  FSA_CUDA_CHECK(cudaMemsetAsync(p.dk_accum, 0, static_cast<std::size_t>(n * hkv * kDqk) * sizeof(float), stream));
-  FSA_CUDA_CHECK(cudaMemsetAsync(p.dv_accum, 0, static_cast<std::size_t>(n * hkv * kDv) * sizeof(float), stream));
-
+  if (!deterministic) {
+    FSA_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, static_cast<std::size_t>(n * hq * kDqk) * sizeof(float), stream));
+    FSA_CUDA_CHECK(cudaMemsetAsync(p.dk_accum, 0, static_cast<std::size_t>(n * hkv * kDqk) * sizeof(float), stream));
+    FSA_CUDA_CHECK(cudaMemsetAsync(p.dv_accum, 0, static_cast<std::size_t>(n * hkv * kDv) * sizeof(float), stream));
+  }
   slc::slc_bwd_delta_kernel<Element, kDv><<<slc::bwd_row_ctas(n * hq * 32), slc::kBwdRowThreads, 0, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_bwd_delta_kernel", stream);
-
   if (units > 0) {
-    const dim3 grid(static_cast<unsigned>(units), static_cast<unsigned>((B + Traits::kKeyTile - 1) / Traits::kKeyTile));
-    kv_outer<<<grid, Traits::kThreads, kSmem, stream>>>(p);
-    FSA_CHECK_LAUNCH("slc_bwd_kv_outer_kernel", stream);
+    if (deterministic) {
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true>(p, units, stream)));
+    } else {
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false>(p, units, stream)));
+    }
   }
-
-  const long long largest_quads = n * std::max(hq * kDqk, hkv * std::max(kDqk, kDv)) / 4;
-  slc::slc_bwd_convert_kernel<Element, kDqk, kDv>
-      <<<dim3(slc::bwd_row_ctas(largest_quads), 3), slc::kBwdRowThreads, 0, stream>>>(p);
-  FSA_CHECK_LAUNCH("slc_bwd_convert_kernel", stream);
+  if (deterministic) {
+    slc::slc_bwd_reduce_dq_kernel<Element, kDqk>
+        <<<slc::bwd_row_ctas(n * hq * kDqk / 4), slc::kBwdRowThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_bwd_reduce_dq_kernel", stream);
+    slc::slc_bwd_reduce_kv_kernel<Element, kDqk, kDv>
+        <<<slc::bwd_row_ctas(n * hkv * (kDqk + kDv) / 4), slc::kBwdRowThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_bwd_reduce_kv_kernel", stream);
+  } else {
+    const long long largest_quads = n * std::max(hq * kDqk, hkv * std::max(kDqk, kDv)) / 4;
+    slc::slc_bwd_convert_kernel<Element, kDqk, kDv>
+        <<<dim3(slc::bwd_row_ctas(largest_quads), 3), slc::kBwdRowThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_bwd_convert_kernel", stream);
+  }
   return Status::ok();
 }
 

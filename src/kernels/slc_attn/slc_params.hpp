@@ -55,6 +55,13 @@ struct SlcForwardParams {
   std::int64_t lse_head_stride, lse_token_stride;
 };
 
+// The backward's gradient sinks (docs/kernels/slc_attn.md, "Backward"):
+// - default: fp32 accumulators dq_accum [N, Hq, Dqk], dk_accum [N, Hkv, Dqk], dv_accum [N, Hkv, Dv]
+//   (contiguous, zeroed first) take dQ after each chunk and dK / dV at each CTA's end by atomics;
+// - deterministic: every value has one writer. dq_part [planes][N, Hq, width, Dqk] holds each
+//   (row, slot) pair's dQ per 64-key tile of its block (planes = ceil(B / 64)), kv_part
+//   [groups, B, Dqk + Dv] each CTA's dK | dV partial (group = the CTA's run of units_per_cta units of
+//   one list), and reduction kernels add them in a fixed order (slots ascending, groups ascending).
 struct SlcBackwardParams {
   SlcPlan plan;
   SlcTensors in;
@@ -64,13 +71,31 @@ struct SlcBackwardParams {
   const float* lse;  // [Hq, N] of the forward's output
   std::int64_t lse_head_stride, lse_token_stride;
   float* delta;     // [Hq, N] contiguous: rowsum(o * d_o) in fp32
-  float* dq_accum;  // [N, Hq, Dqk] contiguous fp32, zeroed before the backward kernel
-  float* dk_accum;  // [N, Hkv, Dqk] contiguous fp32, zeroed
-  float* dv_accum;  // [N, Hkv, Dv] contiguous fp32, zeroed
+  float* dq_accum;  // default mode, see above
+  float* dk_accum;
+  float* dv_accum;
+  float* dq_part;   // deterministic mode, see above
+  float* kv_part;
+  int units_per_cta;  // work units (SlcPlanShape::kRowsPerUnit rows each) of one list per CTA
   void* dq;         // outputs in the dtype of q, strided like q, k, v
   void* dk;
   void* dv;
   std::int64_t dq_token_stride, dq_head_stride, dk_token_stride, dk_head_stride, dv_token_stride, dv_head_stride;
 };
+
+// Sizes of the deterministic mode's partials, from shapes alone (constexpr: device code calls them).
+constexpr std::int64_t slc_bwd_planes(const SlcPlanShape& s) { return (s.block_size + 63) / 64; }
+constexpr std::int64_t slc_bwd_dq_part_floats(const SlcPlanShape& s, std::int64_t heads_q, std::int64_t dqk) {
+  return slc_bwd_planes(s) * s.tokens * heads_q * s.width * dqk;
+}
+// Group g of list s takes index floor(unit_offsets[s] / U) + s + g: disjoint over the lists (list
+// s has ceil(units_s / U) groups) and below max_units / U + num_lists + 1.
+constexpr std::int64_t slc_bwd_kv_groups(const SlcPlanShape& s, int units_per_cta) {
+  return s.max_units() / units_per_cta + s.num_lists() + 1;
+}
+constexpr std::int64_t slc_bwd_kv_part_floats(const SlcPlanShape& s, int units_per_cta, std::int64_t dqk,
+                                           std::int64_t dv) {
+  return slc_bwd_kv_groups(s, units_per_cta) * s.block_size * (dqk + dv);
+}
 
 }  // namespace fsa::cuda

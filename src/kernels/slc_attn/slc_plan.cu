@@ -12,9 +12,12 @@
 //      query tiles select the same forced blocks and would otherwise queue on one counter).
 //   4. pair_offsets and unit_offsets: device-wide exclusive scans (CUB) of the list sizes.
 //   5. fill: one thread per topk entry writes its pair into the CSR at offset + rank.
+//   6. with sorted_lists: a segmented radix sort (CUB, one CTA per list, no host synchronisation)
+//      puts each list's entries in ascending token order.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <algorithm>
 #include <climits>
@@ -59,10 +62,38 @@ cudaError_t run_scan(const SlcPlan& plan, std::int32_t* data, std::int64_t items
   return cub::DeviceScan::ExclusiveSum(plan.scan_temp, bytes, data, data, items, stream);
 }
 
+// The sort of sorted_lists: keys are tokens (< 2^token_bits), values slots. CUB sizes its scratch by
+// the types too, so every call goes through these two with the same types.
+int token_bits(const SlcPlanShape& shape) {
+  int bits = 1;
+  while (bits < 31 && (std::int64_t{1} << bits) < shape.tokens) ++bits;
+  return bits;
+}
+
+cudaError_t sort_temp_bytes(const SlcPlanShape& shape, std::size_t& bytes) {
+  bytes = 0;
+  const std::int32_t* const no_keys = nullptr;
+  const std::uint8_t* const no_values = nullptr;
+  return cub::DeviceSegmentedRadixSort::SortPairs(
+      nullptr, bytes, no_keys, static_cast<std::int32_t*>(nullptr), no_values, static_cast<std::uint8_t*>(nullptr),
+      static_cast<int>(shape.max_pairs()), static_cast<int>(shape.num_lists()), no_keys, no_keys, 0, token_bits(shape));
+}
+
+cudaError_t run_sort(const SlcPlan& plan, cudaStream_t stream) {
+  std::size_t bytes = plan.sort_temp_bytes;
+  const SlcPlanShape& shape = plan.shape;
+  return cub::DeviceSegmentedRadixSort::SortPairs(
+      plan.sort_temp, bytes, static_cast<const std::int32_t*>(plan.fill_token), plan.pair_token,
+      static_cast<const std::uint8_t*>(plan.fill_slot), plan.pair_slot, static_cast<int>(shape.max_pairs()),
+      static_cast<int>(shape.num_lists()), static_cast<const std::int32_t*>(plan.pair_offsets),
+      static_cast<const std::int32_t*>(plan.pair_offsets) + 1, 0, token_bits(shape), stream);
+}
+
 // Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned.
 struct PlanLayout {
-  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, pair_slot, slot_mask,
-      dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes, total;
+  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, pair_slot, fill_token,
+      fill_slot, slot_mask, dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes, sort_temp,
+      sort_temp_bytes, total;
 };
 
 PlanLayout plan_layout(const SlcPlanShape& shape) {
@@ -83,6 +114,8 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
   l.pair_rank = take(pairs * sizeof(std::int32_t));
   l.pair_token = take(pairs * sizeof(std::int32_t));
   l.pair_slot = take(pairs * sizeof(std::uint8_t));
+  l.fill_token = shape.sorted_lists ? take(pairs * sizeof(std::int32_t)) : l.pair_token;
+  l.fill_slot = shape.sorted_lists ? take(pairs * sizeof(std::uint8_t)) : l.pair_slot;
   l.slot_mask = take(rows * sizeof(std::uint64_t));
   const bool split = shape.dense_threshold > 0;
   const auto dense = split ? lists * static_cast<std::size_t>(shape.dense_capacity()) : 0;
@@ -98,6 +131,11 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
     l.scan_temp_bytes = 0;
   }
   l.scan_temp = take(l.scan_temp_bytes);
+  if (shape.sorted_lists && sort_temp_bytes(shape, l.sort_temp_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    l.sort_temp_bytes = 0;
+  }
+  l.sort_temp = take(l.sort_temp_bytes);
   l.total = cursor;
   return l;
 }
@@ -381,8 +419,8 @@ __global__ void __launch_bounds__(kThreads) slc_fill_pairs_kernel(const __grid_c
     const int b = sequence_of(p.in, shape.num_seqs, t);  // a pair's token lies inside the batch
     const std::int64_t list = g * max_blocks + p.plan.block_offsets[b] + j;
     const std::int64_t entry = static_cast<std::int64_t>(p.plan.pair_offsets[list]) + rank;
-    p.plan.pair_token[entry] = static_cast<std::int32_t>(t);
-    p.plan.pair_slot[entry] = static_cast<std::uint8_t>(k);
+    p.plan.fill_token[entry] = static_cast<std::int32_t>(t);
+    p.plan.fill_slot[entry] = static_cast<std::uint8_t>(k);
   }
 }
 
@@ -434,6 +472,8 @@ SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace) {
   plan.pair_rank = reinterpret_cast<std::int32_t*>(base + l.pair_rank);
   plan.pair_token = reinterpret_cast<std::int32_t*>(base + l.pair_token);
   plan.pair_slot = base + l.pair_slot;
+  plan.fill_token = reinterpret_cast<std::int32_t*>(base + l.fill_token);
+  plan.fill_slot = base + l.fill_slot;
   plan.slot_mask = reinterpret_cast<std::uint64_t*>(base + l.slot_mask);
   plan.dense_count = reinterpret_cast<std::int32_t*>(base + l.dense_count);
   plan.dense_block = reinterpret_cast<std::int32_t*>(base + l.dense_block);
@@ -441,6 +481,8 @@ SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace) {
   plan.dense_slots = reinterpret_cast<std::uint64_t*>(base + l.dense_slots);
   plan.scan_temp = base + l.scan_temp;
   plan.scan_temp_bytes = l.scan_temp_bytes;
+  plan.sort_temp = base + l.sort_temp;
+  plan.sort_temp_bytes = l.sort_temp_bytes;
   return plan;
 }
 
@@ -454,6 +496,12 @@ Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t
     return FSA_ERROR(StatusCode::kInternal, "plan.scan_temp: " + std::to_string(plan.scan_temp_bytes) +
                                                 " bytes, the scan needs " + std::to_string(needed) +
                                                 " (workspace sized on another device?)");
+  if (shape.sorted_lists) {
+    FSA_CUDA_CHECK(sort_temp_bytes(shape, needed));
+    if (plan.sort_temp_bytes < needed)
+      return FSA_ERROR(StatusCode::kInternal, "plan.sort_temp: " + std::to_string(plan.sort_temp_bytes) +
+                                                  " bytes, the sort needs " + std::to_string(needed));
+  }
 
   const PlanBuildParams p{plan, in};
   const std::int64_t rows = static_cast<std::int64_t>(shape.heads_kv) * shape.tokens;
@@ -478,6 +526,7 @@ Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t
   if (entries > 0) {
     slc_fill_pairs_kernel<<<grid_for(entries), kThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_fill_pairs_kernel", stream);
+    if (shape.sorted_lists && shape.num_lists() > 0) FSA_CUDA_CHECK(run_sort(plan, stream));
   }
   return Status::ok();
 }

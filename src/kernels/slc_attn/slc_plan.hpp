@@ -14,6 +14,11 @@
 // is not deterministic (atomic ranks); the kernels never let it change a result: every row of a
 // list is computed independently of the others.
 //
+// With shape.sorted_lists (the deterministic backward), a segmented radix sort then puts each
+// list's entries in ascending token order (a token occurs at most once per list), so that the
+// rows' grouping into chunks and work units, and with it every floating-point sum over a list's
+// rows, is the same on every run; pair_rank then refers to the fill order (fill_token, fill_slot).
+//
 // A "row" of list s is (entry e, head offset i) with row index r = e * G + i, i.e. query head
 // h = g * G + i of token pair_token[pair_offsets[s] + e]. Work units cut each list's rows into
 // pieces of at most kRowsPerUnit rows; unit_offsets is the exclusive prefix sum of the units of
@@ -51,6 +56,8 @@ struct SlcPlanShape {
   // S64-G4 with random selections, whose tiles share only their 3 forced blocks: the split was
   // 7.3 ms against 6.9 ms for KV-outer alone).
   int min_dense_blocks = 1;
+  // Each list's entries in ascending token order (see the numbering above); costs a sort.
+  bool sorted_lists = false;
 
   static constexpr int kMaxWidth = 64;        // slot masks are one uint64 per (g, t)
   static constexpr int kRowsPerUnit = 256;    // rows per work unit: amortises the K/V load and the dK/dV atomics
@@ -87,6 +94,8 @@ struct SlcPlan {
   std::int32_t* pair_rank;      // [heads_kv, N, width] rank of the entry in its list, -1 if ignored
   std::int32_t* pair_token;     // [max_pairs]          global token of each CSR entry
   std::uint8_t* pair_slot;      // [max_pairs]          slot k (< width) of each CSR entry
+  std::int32_t* fill_token;     // [max_pairs]          where the fill writes: pair_token, or before the sort
+  std::uint8_t* fill_slot;      // [max_pairs]          likewise for pair_slot
   std::uint64_t* slot_mask;     // [heads_kv, N]        bit k: entry k of the row is a (sparse) pair
   std::int32_t* dense_count;    // [num_lists]          dense blocks of each (kv head, tile); split only
   std::int32_t* dense_block;    // [num_lists, dense_capacity] local block index j, ascending
@@ -94,6 +103,8 @@ struct SlcPlan {
   std::uint64_t* dense_slots;   // [heads_kv, N]        bit k: entry k of the row went dense
   void* scan_temp;              // CUB scan scratch
   std::size_t scan_temp_bytes;
+  void* sort_temp;              // CUB segmented sort scratch (sorted_lists)
+  std::size_t sort_temp_bytes;
 };
 
 // Bytes of workspace the plan needs (aligned sub-buffers), from shapes alone.
