@@ -90,10 +90,10 @@ struct SlcOptions {
   // block; 0 = the cost model's threshold (B / 4). With kSplit forced, 1 makes every pair dense.
   // (kAuto also sends a tile's pairs KV-outer when it has fewer than 4 dense blocks.)
   int dense_threshold = 0;
-  // Backward only: bitwise-reproducible gradients. Every partial has one writer and is reduced in a
-  // fixed order, at the price of memory for the per-slot dQ partials (N * Hq * Kw * Dqk fp32, twice
-  // for B = 128) and time (docs/kernels/slc_attn.md). The default adds with fp32 atomics, whose order
-  // varies from run to run in the last bits.
+  // Backward only: bitwise-reproducible gradients. Every partial of dQ, dK and dV gets one writer
+  // and the partials are reduced in a fixed order over a sorted plan, at the price of memory and
+  // time (docs/kernels/slc_attn.md). The default adds with fp32 atomics, whose order varies from
+  // run to run in the last bits.
   bool deterministic = false;
 };
 

@@ -300,6 +300,34 @@ TEST_F(Gpu, SelectedAttentionDeterministicBackwardIsBitwiseReproducible) {
   }
 }
 
+// Past a dq accumulator of 4x L2 the default backward stores dQ per (row, slot) as the
+// deterministic mode does (slc_attn.cu): the same dq bits in both modes, dk / dv equal up to the
+// order of the sums. (Smaller shapes, every other test, take the atomic sink in the default mode.)
+TEST_F(Gpu, SelectedAttentionLargeBackwardStoresDqPerSlot) {
+  auto rng = rng_for_test();
+  SlcCase c;
+  c.lengths = {100000, 31072};  // N Hq Dqk * 4 bytes = 537 MB
+  c.hq = 8;
+  c.hkv = 2;
+  c.dqk = c.dv = 128;
+  c.width = 8;
+  NsaConfig config;
+  const HostTensor cu = make_cu_seqlens(c.lengths);
+  const std::int64_t n = cu.get(cu.numel() - 1);
+  HostTensor q(c.dtype, {n, c.hq, c.dqk}), k(c.dtype, {n, c.hkv, c.dqk}), v(c.dtype, {n, c.hkv, c.dv});
+  HostTensor d_o(c.dtype, {n, c.hq, c.dv});
+  for (HostTensor* t : {&q, &k, &v, &d_o}) t->fill_normal(rng);
+  const HostTensor topk = random_topk(c, cu, rng);
+  SlcOptions deterministic;
+  deterministic.deterministic = true;
+  const SlcResult slots = run(c, config, cu, q, k, v, topk, d_o, true);
+  const SlcResult reference = run(c, config, cu, q, k, v, topk, d_o, true, deterministic);
+  EXPECT_TRUE(all_finite(slots.dq) && all_finite(slots.dk) && all_finite(slots.dv));
+  EXPECT_EQ(slots.dq, reference.dq);
+  EXPECT_LT(rel_frobenius(slots.dk, reference.dk), 1e-3);
+  EXPECT_LT(rel_frobenius(slots.dv, reference.dv), 1e-3);
+}
+
 TEST_F(Gpu, SelectedAttentionIsGraphCapturable) {
   auto rng = rng_for_test();
   SlcCase c;

@@ -8,6 +8,8 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/common/mma_sm80.cuh"
+
 namespace fsa::cuda::common {
 
 __device__ __forceinline__ void atomic_add4(float* address, float4 value) {
@@ -70,6 +72,18 @@ __device__ __forceinline__ void store_fragment_row(float* row, const float (&acc
                                                    bool active) {
   for_fragment_row_quads<kN>(acc, h, scale, [&](int column, float4 value) {
     if (active) *reinterpret_cast<float4*>(row + column) = value;
+  });
+}
+
+// The same as plain 8-byte stores of four values converted to Element (16-bit), for rows with a
+// single writer; `row` is 8-byte aligned.
+template <class Element, int kN, int kTiles>
+__device__ __forceinline__ void store_fragment_row_as(Element* row, const float (&acc)[kTiles][4], int h,
+                                                      float scale, bool active) {
+  for_fragment_row_quads<kN>(acc, h, scale, [&](int column, float4 value) {
+    if (active)
+      *reinterpret_cast<uint2*>(row + column) =
+          make_uint2(mma::pack2<Element>(value.x, value.y), mma::pack2<Element>(value.z, value.w));
   });
 }
 

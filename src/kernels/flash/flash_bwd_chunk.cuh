@@ -12,7 +12,8 @@
 //            shared memory (input dtype), dK += dS^T Q.
 // Both warps of a group do two of the four products of a chunk, so neither waits for the other and S
 // is computed once. Then all warps compute dQ = scale dS K for the chunk and add it (16-byte fp32
-// atomics) or store it (rows with one writer) from the mma fragments (common/fragment_atomic.cuh).
+// atomics) or store it in the input dtype (rows with one writer) from the mma fragments
+// (common/fragment_atomic.cuh).
 #pragma once
 
 #include <cstddef>
@@ -73,6 +74,9 @@ struct BwdTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA on sm_90");
 };
 
+// Where a chunk's dQ rows go: added to fp32 rows by atomics, or stored as Element rows (one writer).
+enum class DqSink { kAtomicFloat, kStoreElement };
+
 // What the chunk needs of each of its rows, in shared memory, one table per copy stage: the row's
 // key interval [lo, hi) (keys numbered like the kernel's key0), lse * log2(e), delta, and its dQ
 // destination (an offset from the kernel's dq base; -1: nothing to write). Rows that see nothing
@@ -119,13 +123,12 @@ __device__ __forceinline__ bool bwd_is_ds_warp() {
 
 // The chunk in stage `stage` (landed and published by a barrier): accumulates this warp's dV (P
 // warps, kDv columns) or dK (dS warps, kDqk columns, not yet scaled) into acc and writes the chunk's
-// scale * dQ rows to dq_base + tab.dq[r] (atomically with kDqAtomic, else plain stores: each row
-// must then have one writer). key0 numbers the tile's first key in the rows' intervals. Two
+// scale * dQ rows to dq_base + tab.dq[r] (float or Element elements, by kSink). key0 numbers the tile's first key in the rows' intervals. Two
 // barriers inside; the caller's next barrier must come before the next chunk overwrites P or dS.
-template <class T, class Element, bool kDqAtomic = true>
+template <class T, class Element, DqSink kSink = DqSink::kAtomicFloat>
 __device__ __forceinline__ void bwd_chunk(float (&acc)[T::kMaxD / 8][4], unsigned char* smem, int stage,
                                           const BwdRowTable<T::kRowChunk>& tab, int key0, float scale_log2,
-                                          float scale, float* dq_base) {
+                                          float scale, void* dq_base) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int key_row0 = bwd_key_row0<T>();
   const bool ds_warp = bwd_is_ds_warp<T>();
@@ -222,9 +225,11 @@ __device__ __forceinline__ void bwd_chunk(float (&acc)[T::kMaxD / 8][4], unsigne
   for (int h = 0; h < 2; ++h) {
     const long long offset = tab.dq[dq_row0 + group + 8 * h];
     const bool active = offset >= 0;
-    float* dst = dq_base + (active ? offset + dq_col0 : 0);
-    if constexpr (kDqAtomic) common::atomic_add_fragment_row<T::kDqCols>(dst, dq, h, scale, active);
-    else common::store_fragment_row<T::kDqCols>(dst, dq, h, scale, active);
+    const long long at = active ? offset + dq_col0 : 0;
+    if constexpr (kSink == DqSink::kAtomicFloat)
+      common::atomic_add_fragment_row<T::kDqCols>(static_cast<float*>(dq_base) + at, dq, h, scale, active);
+    else
+      common::store_fragment_row_as<Element, T::kDqCols>(static_cast<Element*>(dq_base) + at, dq, h, scale, active);
   }
 }
 

@@ -165,9 +165,19 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   const auto floats = [](std::int64_t count) { return align256(static_cast<std::size_t>(count) * sizeof(float)); };
   const std::size_t plan_bytes = align256(slc_plan_workspace_bytes(shape));
   const std::size_t delta_bytes = floats(n * hq);
-  // Default: the dq, dk, dv accumulators; deterministic: the dq and kv partials (slc_params.hpp).
-  const std::size_t first_bytes = options.deterministic ? floats(slc_bwd_dq_part_floats(shape, hq, dqk))
-                                                        : floats(n * hq * dqk);
+  // dQ sink (docs/kernels/slc_attn.md, "Backward"): fp32 atomics while the [N, Hq, Dqk] accumulator
+  // is at most kDqAtomicsMaxL2 times L2 (its rows then mostly hit L2: measured faster at S64-G1,
+  // 134 MB, and with local selections), else the per-slot partials (S64-G4, 537 MB: 11.7 ms against
+  // 12.5 with atomics, which read and rewrite DRAM sectors at every pair; S64-G16: 44.8 against
+  // 50.3). The deterministic mode always takes the slots.
+  constexpr std::int64_t kDqAtomicsMaxL2 = 4;
+  int l2_bytes = 0;
+  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, q.device.index));
+  const bool dq_slots = options.deterministic || n * hq * dqk * 4 > kDqAtomicsMaxL2 * l2_bytes;
+  // The dq sink, then the dk and dv accumulators (default) or the kv partials (slc_params.hpp).
+  const std::size_t first_bytes =
+      dq_slots ? align256(static_cast<std::size_t>(slc_bwd_dq_part_elements(shape, hq, dqk)) * dtype_size(q.dtype))
+               : floats(n * hq * dqk);
   const std::size_t second_bytes = options.deterministic
                                        ? floats(slc_bwd_kv_part_floats(shape, units_per_cta, dqk, dv_dim))
                                        : floats(n * hkv * dqk);
@@ -189,14 +199,14 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   p.lse_token_stride = lse.stride(1);
   unsigned char* cursor = ws.bytes() + plan_bytes;
   p.delta = reinterpret_cast<float*>(cursor);
-  float* first = reinterpret_cast<float*>(cursor += delta_bytes);
+  cursor += delta_bytes;
+  if (dq_slots) p.dq_part = cursor;
+  else p.dq_accum = reinterpret_cast<float*>(cursor);
   float* second = reinterpret_cast<float*>(cursor += first_bytes);
   float* third = reinterpret_cast<float*>(cursor += second_bytes);
   if (options.deterministic) {
-    p.dq_part = first;
     p.kv_part = second;
   } else {
-    p.dq_accum = first;
     p.dk_accum = second;
     p.dv_accum = third;
   }

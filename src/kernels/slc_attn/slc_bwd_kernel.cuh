@@ -7,13 +7,17 @@
 //    heads, gathered through pair_token) in chunks, with the register-resident mma.sync core of the
 //    masked flash-attention backward (flash/flash_bwd_chunk.cuh): each row sees the keys of the
 //    block up to its own token. dK / dV stay in registers across the run.
-//    - default: dQ goes to the fp32 dq accumulator by 16-byte atomics after each chunk, dK / dV
-//      by 16-byte atomics at the end (several runs share a block); a convert kernel writes the
-//      gradients in the input dtype.
-//    - deterministic: dQ of each (row, slot) pair is stored in its own slot of dq_part, dK / dV in
-//      the run's own kv_part rows (plain stores, one writer each); reduction kernels add the slots
-//      of each row in ascending slot order and the runs of each block in ascending order, and write
-//      the gradients. Bitwise reproducible; costs the partials' memory (slc_params.hpp).
+//    dQ, two sinks (the host picks, slc_attn.cu):
+//    - slots: dQ of each (row, slot) pair is stored in its own slot of dq_part (input dtype, one
+//      writer), and a reduction kernel adds each row's slots in ascending slot order (fp32) into
+//      dq: rows of tokens far apart are not read and rewritten in DRAM at every pair;
+//    - atomics: added to the fp32 dq accumulator by 16-byte atomics after each chunk, cheaper
+//      while the accumulator's rows stay in L2.
+//    - default: dK / dV by 16-byte fp32 atomics at each CTA's end (several runs share a block); a
+//      convert kernel writes them in the input dtype.
+//    - deterministic: dK / dV in the run's own kv_part rows (plain stores), added by a reduction
+//      kernel in ascending run order; the plan's lists are sorted, so every run holds the same rows
+//      in the same chunks on every run. Bitwise reproducible; costs kv_part (slc_params.hpp).
 // Rows whose lse is not finite (empty key set) get zero gradients, as in the reference.
 #pragma once
 
@@ -73,7 +77,7 @@ struct RunRows {
   int chunks;
 };
 
-template <class Element, int kDqk, int kDv, bool kDeterministic>
+template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
 __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kSlcBwdMinBlocks<kDqk, kDv>)
     slc_bwd_kernel(const __grid_constant__ SlcBackwardParams p) {
   using T = SlcBwdTraits<Element, kDqk, kDv>;
@@ -88,10 +92,9 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   if (unit_in_list % U != 0) return;  // a run starts at every U-th unit of its list
   const int G = p.plan.shape.group, B = p.plan.shape.block_size;
   const int key_first = static_cast<int>(blockIdx.y) * T::kKeys;  // first key of the tile in its block
-  // A tile past the block's end (B = 128, the sequence's last block cut short) has no keys; in the
-  // deterministic mode it still runs (all keys masked) so that its dq_part plane holds zeros.
+  // A tile past the block's end (B = 128, the sequence's last block cut short) has no keys; it
+  // still runs (all keys masked) so that its dq_part plane holds zeros.
   const int keys = max(0, min(T::kKeys, w.keys - key_first));
-  if (!kDeterministic && keys == 0) return;
   RunRows run;
   run.seq_start = w.seq_start;
   run.row_begin = w.row_begin;
@@ -118,9 +121,7 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   const auto* q = static_cast<const Element*>(p.in.q);
   const auto* d_o = static_cast<const Element*>(p.d_o);
   const long long n = p.plan.shape.tokens;
-  const long long dq_plane = kDeterministic ? static_cast<long long>(blockIdx.y) * n * p.in.heads_q *
-                                                  p.plan.shape.width * kDqk
-                                            : 0;
+  const long long dq_plane = static_cast<long long>(blockIdx.y) * n * p.in.heads_q * p.plan.shape.width * kDqk;
   auto load_chunk = [&](int c, int stage, const RunRows& rows) {
     const int r = threadIdx.x / T::kThreadsPerRow, part = threadIdx.x % T::kThreadsPerRow;
     const int x = rows.row_begin + c * T::kRowChunk + r;
@@ -142,12 +143,11 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
           lse = row_lse * kBwdLog2e;
           delta = p.delta[head * n + token];
         }
-        if constexpr (kDeterministic) {  // every pair's slot is written (zeros for an empty key set)
-          const int slot = p.plan.pair_slot[entry];
-          dq = dq_plane + ((token * p.in.heads_q + head) * p.plan.shape.width + slot) * kDqk;
-        } else if (isfinite(row_lse)) {
+        // Every pair's slot is written (zeros for an empty key set): the reduction reads them all.
+        if constexpr (kDqSlots)
+          dq = dq_plane + ((token * p.in.heads_q + head) * p.plan.shape.width + p.plan.pair_slot[entry]) * kDqk;
+        else if (isfinite(row_lse))
           dq = (token * p.in.heads_q + head) * kDqk;
-        }
       }
       tab[stage].lo[r] = 0;
       tab[stage].hi[r] = hi;
@@ -169,8 +169,11 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
     const bool more = c + 1 < run_shared.chunks;
     if (more) load_chunk(c + 1, stage ^ 1, run_shared);
     common::cp_async_commit();
-    flash::bwd_chunk<T, Element, !kDeterministic>(acc, smem, stage, tab[stage], key0, scale_log2, p.in.scale,
-                                                  kDeterministic ? p.dq_part : p.dq_accum);
+    if constexpr (kDqSlots)
+      flash::bwd_chunk<T, Element, flash::DqSink::kStoreElement>(acc, smem, stage, tab[stage], key0, scale_log2,
+                                                                 p.in.scale, p.dq_part);
+    else
+      flash::bwd_chunk<T, Element>(acc, smem, stage, tab[stage], key0, scale_log2, p.in.scale, p.dq_accum);
     if (!more) break;
   }
 
@@ -218,15 +221,16 @@ __device__ __forceinline__ void bwd_convert_rows(const float* src, Element* dst,
   }
 }
 
-// Default mode: the fp32 accumulators into the outputs; blockIdx.y picks dq, dk or dv.
+// Default mode: the fp32 accumulators into the outputs; blockIdx.y picks dk, dv or (atomic dq
+// sink) dq.
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_convert_kernel(const __grid_constant__ SlcBackwardParams p) {
   const long long n = p.plan.shape.tokens;
-  const int hq = p.in.heads_q, hkv = p.plan.shape.heads_kv;
-  if (blockIdx.y == 0)
-    bwd_convert_rows<Element, kDqk>(p.dq_accum, static_cast<Element*>(p.dq), n * hq, hq, p.dq_token_stride,
-                                    p.dq_head_stride);
-  else if (blockIdx.y == 1)
+  const int hkv = p.plan.shape.heads_kv;
+  if (blockIdx.y == 2)
+    bwd_convert_rows<Element, kDqk>(p.dq_accum, static_cast<Element*>(p.dq), n * p.in.heads_q, p.in.heads_q,
+                                    p.dq_token_stride, p.dq_head_stride);
+  else if (blockIdx.y == 0)
     bwd_convert_rows<Element, kDqk>(p.dk_accum, static_cast<Element*>(p.dk), n * hkv, hkv, p.dk_token_stride,
                                     p.dk_head_stride);
   else
@@ -234,7 +238,7 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_convert_kernel(const _
                                    p.dv_head_stride);
 }
 
-// Deterministic mode, dq: row (t, h) is the sum of its pairs' slots in ascending slot order, each
+// dq: row (t, h) is the sum of its pairs' slots in ascending slot order, each
 // over the planes in order (rows without pairs: zeros). One thread per 4 columns.
 template <class Element, int kDqk>
 __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_dq_kernel(const __grid_constant__ SlcBackwardParams p) {
@@ -251,16 +255,17 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_dq_kernel(const
     const long long t = row / hq;
     const int h = static_cast<int>(row - t * hq);
     const std::uint64_t slots = p.plan.slot_mask[(h / G) * n + t];
-    const float* part = p.dq_part + row * width * kDqk + d;
+    const Element* part = static_cast<const Element*>(p.dq_part) + row * width * kDqk + d;
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int slot = 0; slot < width; ++slot) {
       if (((slots >> slot) & 1) == 0) continue;
       for (int y = 0; y < planes; ++y) {
-        const float4 x = *reinterpret_cast<const float4*>(part + y * plane + slot * kDqk);
-        sum.x += x.x;
-        sum.y += x.y;
-        sum.z += x.z;
-        sum.w += x.w;
+        float x[4];
+        load_vector<Element, 4>(part + y * plane + slot * kDqk, x);
+        sum.x += x[0];
+        sum.y += x[1];
+        sum.z += x[2];
+        sum.w += x[3];
       }
     }
     store_quad(static_cast<Element*>(p.dq) + t * p.dq_token_stride + h * p.dq_head_stride + d, sum);
@@ -312,7 +317,7 @@ inline unsigned bwd_row_ctas(long long threads) {
   return static_cast<unsigned>(std::max(1LL, std::min(kBwdMaxRowCtas, (threads + kBwdRowThreads - 1) / kBwdRowThreads)));
 }
 
-template <class Element, int kDqk, int kDv, bool kDeterministic>
+template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
 Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t stream) {
   using T = SlcBwdTraits<Element, kDqk, kDv>;
   int device = 0, smem_limit = 0;
@@ -323,7 +328,7 @@ Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t str
                      "slc_attn_backward: head dims " + std::to_string(kDqk) + "/" + std::to_string(kDv) + " need " +
                          std::to_string(T::kSmemBytes) + " bytes of shared memory per CTA, the device offers " +
                          std::to_string(smem_limit));
-  auto* kernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic>;
+  auto* kernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
   FSA_CUDA_CHECK(
@@ -338,8 +343,9 @@ Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t str
 
 namespace fsa::cuda {
 
-// Default mode: dq_accum / dk_accum / dv_accum set (zeroed here); deterministic: dq_part / kv_part
-// set (every value read is written first). units_per_cta must match the kv_part sizing.
+// dq_part (slots) or dq_accum (atomics) set, and dk_accum / dv_accum (default) or kv_part
+// (deterministic, with dq_part); accumulators are zeroed here, partials are written before they are
+// read. units_per_cta must match the kv_part sizing.
 template <class Element, int kDqk, int kDv>
 Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
   const SlcPlanShape& shape = p.plan.shape;
@@ -348,14 +354,17 @@ Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
     return FSA_INVALID("block_size: expected 32, 64 or 128, got " + std::to_string(B));
   const long long n = shape.tokens, hq = p.in.heads_q, hkv = shape.heads_kv;
   if (n == 0 || hq == 0) return Status::ok();
-  const bool deterministic = p.dq_part != nullptr;
+  const bool deterministic = p.kv_part != nullptr, dq_slots = p.dq_part != nullptr;
+  if (deterministic && !dq_slots)
+    return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: the deterministic mode needs the dq slots");
   const long long units = shape.max_units();
   if (units > INT_MAX)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "slc_attn_backward: " + std::to_string(units) + " work units exceed the grid limit");
 
-  if (!deterministic) {
+  if (!dq_slots)
     FSA_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, static_cast<std::size_t>(n * hq * kDqk) * sizeof(float), stream));
+  if (!deterministic) {
     FSA_CUDA_CHECK(cudaMemsetAsync(p.dk_accum, 0, static_cast<std::size_t>(n * hkv * kDqk) * sizeof(float), stream));
     FSA_CUDA_CHECK(cudaMemsetAsync(p.dv_accum, 0, static_cast<std::size_t>(n * hkv * kDv) * sizeof(float), stream));
   }
@@ -363,22 +372,26 @@ Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
   FSA_CHECK_LAUNCH("slc_bwd_delta_kernel", stream);
   if (units > 0) {
     if (deterministic) {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true>(p, units, stream)));
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true, true>(p, units, stream)));
+    } else if (dq_slots) {
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, true>(p, units, stream)));
     } else {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false>(p, units, stream)));
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, false>(p, units, stream)));
     }
   }
-  if (deterministic) {
+  if (dq_slots) {
     slc::slc_bwd_reduce_dq_kernel<Element, kDqk>
         <<<slc::bwd_row_ctas(n * hq * kDqk / 4), slc::kBwdRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_reduce_dq_kernel", stream);
+  }
+  if (deterministic) {
     slc::slc_bwd_reduce_kv_kernel<Element, kDqk, kDv>
         <<<slc::bwd_row_ctas(n * hkv * (kDqk + kDv) / 4), slc::kBwdRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_reduce_kv_kernel", stream);
   } else {
-    const long long largest_quads = n * std::max(hq * kDqk, hkv * std::max(kDqk, kDv)) / 4;
+    const long long largest_quads = n * std::max(dq_slots ? 0 : hq * kDqk, hkv * std::max(kDqk, kDv)) / 4;
     slc::slc_bwd_convert_kernel<Element, kDqk, kDv>
-        <<<dim3(slc::bwd_row_ctas(largest_quads), 3), slc::kBwdRowThreads, 0, stream>>>(p);
+        <<<dim3(slc::bwd_row_ctas(largest_quads), dq_slots ? 2 : 3), slc::kBwdRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_convert_kernel", stream);
   }
   return Status::ok();

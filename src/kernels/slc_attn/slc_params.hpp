@@ -56,12 +56,16 @@ struct SlcForwardParams {
 };
 
 // The backward's gradient sinks (docs/kernels/slc_attn.md, "Backward"):
-// - default: fp32 accumulators dq_accum [N, Hq, Dqk], dk_accum [N, Hkv, Dqk], dv_accum [N, Hkv, Dv]
-//   (contiguous, zeroed first) take dQ after each chunk and dK / dV at each CTA's end by atomics;
-// - deterministic: every value has one writer. dq_part [planes][N, Hq, width, Dqk] holds each
-//   (row, slot) pair's dQ per 64-key tile of its block (planes = ceil(B / 64)), kv_part
-//   [groups, B, Dqk + Dv] each CTA's dK | dV partial (group = the CTA's run of units_per_cta units of
-//   one list), and reduction kernels add them in a fixed order (slots ascending, groups ascending).
+// - dQ, slots (deterministic mode, and large accumulators): dq_part [planes][N, Hq, width, Dqk] in
+//   the dtype of q holds each (row, slot) pair's dQ per 64-key tile of its block (planes =
+//   ceil(B / 64)), one writer each; a reduction kernel adds a row's slots in ascending order in fp32.
+// - dQ, atomics (default below slc_bwd_dq_slots_threshold): fp32 accumulator dq_accum [N, Hq, Dqk]
+//   (contiguous, zeroed first) takes each chunk's dQ by 16-byte atomics.
+// - dK / dV, default: fp32 accumulators dk_accum [N, Hkv, Dqk], dv_accum [N, Hkv, Dv] (contiguous,
+//   zeroed first) take each CTA's partial by atomics.
+// - dK / dV, deterministic: kv_part [groups, B, Dqk + Dv] (fp32) holds each CTA's partial (group =
+//   the CTA's run of units_per_cta units of one list, whose rows the sorted plan fixes), added in
+//   ascending group order by a reduction kernel.
 struct SlcBackwardParams {
   SlcPlan plan;
   SlcTensors in;
@@ -71,11 +75,11 @@ struct SlcBackwardParams {
   const float* lse;  // [Hq, N] of the forward's output
   std::int64_t lse_head_stride, lse_token_stride;
   float* delta;     // [Hq, N] contiguous: rowsum(o * d_o) in fp32
-  float* dq_accum;  // default mode, see above
-  float* dk_accum;
+  void* dq_part;    // see above: one of dq_part, dq_accum
+  float* dq_accum;
+  float* dk_accum;  // default mode
   float* dv_accum;
-  float* dq_part;   // deterministic mode, see above
-  float* kv_part;
+  float* kv_part;   // deterministic mode
   int units_per_cta;  // work units (SlcPlanShape::kRowsPerUnit rows each) of one list per CTA
   void* dq;         // outputs in the dtype of q, strided like q, k, v
   void* dk;
@@ -83,9 +87,9 @@ struct SlcBackwardParams {
   std::int64_t dq_token_stride, dq_head_stride, dk_token_stride, dk_head_stride, dv_token_stride, dv_head_stride;
 };
 
-// Sizes of the deterministic mode's partials, from shapes alone (constexpr: device code calls them).
+// Sizes of the partials, from shapes alone (constexpr: device code calls them).
 constexpr std::int64_t slc_bwd_planes(const SlcPlanShape& s) { return (s.block_size + 63) / 64; }
-constexpr std::int64_t slc_bwd_dq_part_floats(const SlcPlanShape& s, std::int64_t heads_q, std::int64_t dqk) {
+constexpr std::int64_t slc_bwd_dq_part_elements(const SlcPlanShape& s, std::int64_t heads_q, std::int64_t dqk) {
   return slc_bwd_planes(s) * s.tokens * heads_q * s.width * dqk;
 }
 // Group g of list s takes index floor(unit_offsets[s] / U) + s + g: disjoint over the lists (list
