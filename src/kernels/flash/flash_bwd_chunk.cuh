@@ -88,6 +88,13 @@ struct BwdRowTable {
   float lse[kRows];
   float delta[kRows];
   long long dq[kRows];
+  __device__ __forceinline__ void set(int r, int lo_r, int hi_r, float lse_r, float delta_r, long long dq_r) {
+    lo[r] = lo_r;
+    hi[r] = hi_r;
+    lse[r] = lse_r;
+    delta[r] = delta_r;
+    dq[r] = dq_r;
+  }
 };
 
 // Thread `part` of the kThreadsPerRow threads of chunk row r copies its share of the row's Q and
@@ -108,6 +115,25 @@ __device__ __forceinline__ void bwd_copy_row(unsigned char* smem, int stage, int
     const int vec = (part + i * T::kThreadsPerRow) * 8;
     if (valid) common::cp_async_16(do_dst + vec, do_src + vec);
     else *reinterpret_cast<uint4*>(do_dst + vec) = make_uint4(0, 0, 0, 0);
+  }
+}
+
+// acc (16 keys x kN) += C^T B: the A operand is this warp's C fragments of 16 keys x kRows rows
+// (P^T or dS^T in registers), B the chunk's rows [kRows][kN] in shared memory (dO or Q).
+template <class Element, int kRows, int kN, int kChunkTiles, int kAccTiles>
+__device__ __forceinline__ void bwd_mma_rows(float (&acc)[kAccTiles][4], const float (&c)[kChunkTiles][4],
+                                             const Element* b, int ldb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kRows / 16; ++kk) {
+    std::uint32_t a[4];
+    common::c_to_a<Element>(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+    for (int n = 0; n < kN / 8; n += 2) {
+      std::uint32_t bf[4];
+      mma::ldmatrix_x4_trans(bf, b + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ldb + n * 8 + (lane / 16) * 8);
+      mma::mma_16816<Element>(acc[n], a, bf[0], bf[1]);
+      mma::mma_16816<Element>(acc[n + 1], a, bf[2], bf[3]);
+    }
   }
 }
 
@@ -169,20 +195,7 @@ __device__ __forceinline__ void bwd_chunk(float (&acc)[T::kMaxD / 8][4], unsigne
   __syncthreads();  // P^T of every key group is in shared memory
 
   if (!ds_warp) {
-    // dV += P^T dO.
-#pragma unroll
-    for (int kk = 0; kk < T::kRowChunk / 16; ++kk) {
-      std::uint32_t a[4];
-      common::c_to_a<Element>(a, st[2 * kk], st[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < T::kDv / 8; n += 2) {
-        std::uint32_t b[4];
-        mma::ldmatrix_x4_trans(b, do_c + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * T::kLdV + n * 8 +
-                                      (lane / 16) * 8);
-        mma::mma_16816<Element>(acc[n], a, b[0], b[1]);
-        mma::mma_16816<Element>(acc[n + 1], a, b[2], b[3]);
-      }
-    }
+    bwd_mma_rows<Element, T::kRowChunk, T::kDv>(acc, st, do_c, T::kLdV, lane);  // dV += P^T dO
   } else {
     // dS^T = P^T (dP^T - delta) into shared memory as dS [row][key]; dK += dS^T Q.
 #pragma unroll
@@ -199,19 +212,7 @@ __device__ __forceinline__ void bwd_chunk(float (&acc)[T::kMaxD / 8][4], unsigne
         ds_s[(r + (e & 1)) * T::kLdDs + key_row0 + group + 8 * (e / 2)] =
             common::Convert<Element>::from_float(st[j][e]);
     }
-#pragma unroll
-    for (int kk = 0; kk < T::kRowChunk / 16; ++kk) {
-      std::uint32_t a[4];
-      common::c_to_a<Element>(a, st[2 * kk], st[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < T::kDqk / 8; n += 2) {
-        std::uint32_t b[4];
-        mma::ldmatrix_x4_trans(b, q_c + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * T::kLdQk + n * 8 +
-                                      (lane / 16) * 8);
-        mma::mma_16816<Element>(acc[n], a, b[0], b[1]);
-        mma::mma_16816<Element>(acc[n + 1], a, b[2], b[3]);
-      }
-    }
+    bwd_mma_rows<Element, T::kRowChunk, T::kDqk>(acc, st, q_c, T::kLdQk, lane);  // dK += dS^T Q
   }
   __syncthreads();  // dS complete
 

@@ -115,11 +115,7 @@ __global__ void __launch_bounds__(BwdTraits<Element, kDqk, kDv>::kThreads, 1)
           dq = (token * p.heads_q + head) * kDqk;
         }
       }
-      tab[stage].lo[r] = lo;
-      tab[stage].hi[r] = hi;
-      tab[stage].lse[r] = lse;
-      tab[stage].delta[r] = delta;
-      tab[stage].dq[r] = dq;
+      tab[stage].set(r, lo, hi, lse, delta, dq);
     }
   };
   load_chunk(0, 0, cta);

@@ -1,5 +1,6 @@
 // The row-wise kernels around the masked flash-attention backward: delta = rowsum(o * d_o) before
-// it, and the conversion of the fp32 accumulators into dq / dk / dv after it.
+// it, and the conversion of the fp32 accumulators into dq / dk / dv after it. The device functions
+// take plain pointers and strides: the selected-attention backward's row kernels use them too.
 #pragma once
 
 #include <algorithm>
@@ -17,25 +18,40 @@ inline unsigned row_ctas(long long threads) {
   return static_cast<unsigned>(std::max(1LL, std::min(kMaxRowCtas, (threads + kRowThreads - 1) / kRowThreads)));
 }
 
-// delta[h, t] = sum_d o[t, h, d] * d_o[t, h, d] in fp32, one warp per (token, head).
+// delta[h, t] = sum_d o[t, h, d] * d_o[t, h, d] in fp32 (delta [heads, tokens] contiguous), one warp
+// per (token, head), grid-stride over kRowThreads-thread CTAs.
 template <class Element, int kDv>
-__global__ void __launch_bounds__(kRowThreads) flash_bwd_delta_kernel(const __grid_constant__ FlashParams p) {
+__device__ __forceinline__ void delta_rows(const void* o_base, std::int64_t o_token_stride, std::int64_t o_head_stride,
+                                           const void* do_base, std::int64_t do_token_stride,
+                                           std::int64_t do_head_stride, long long tokens, int heads, float* delta) {
   using Cvt = common::Convert<Element>;
-  const long long rows = p.tokens * p.heads_q;
+  const long long rows = tokens * heads;
   const long long warps = static_cast<long long>(gridDim.x) * (kRowThreads / 32);
   const int lane = threadIdx.x % 32;
   for (long long row = (static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x) / 32; row < rows;
        row += warps) {
-    const long long t = row / p.heads_q;
-    const int h = static_cast<int>(row % p.heads_q);
-    const auto* o = static_cast<const Element*>(p.o) + t * p.o_token_stride + h * p.o_head_stride;
-    const auto* d_o = static_cast<const Element*>(p.d_o) + t * p.do_token_stride + h * p.do_head_stride;
+    const long long t = row / heads;
+    const int h = static_cast<int>(row % heads);
+    const auto* o = static_cast<const Element*>(o_base) + t * o_token_stride + h * o_head_stride;
+    const auto* d_o = static_cast<const Element*>(do_base) + t * do_token_stride + h * do_head_stride;
     float sum = 0.0f;
     for (int d = lane; d < kDv; d += 32) sum += Cvt::to_float(o[d]) * Cvt::to_float(d_o[d]);
 #pragma unroll
     for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
-    if (lane == 0) p.delta[h * p.tokens + t] = sum;
+    if (lane == 0) delta[h * tokens + t] = sum;
   }
+}
+
+template <class Element, int kDv>
+__global__ void __launch_bounds__(kRowThreads) flash_bwd_delta_kernel(const __grid_constant__ FlashParams p) {
+  delta_rows<Element, kDv>(p.o, p.o_token_stride, p.o_head_stride, p.d_o, p.do_token_stride, p.do_head_stride,
+                           p.tokens, p.heads_q, p.delta);
+}
+
+// Four fp32 values into the input dtype at dst (8 bytes, 8-byte aligned).
+template <class Element>
+__device__ __forceinline__ void store4(Element* dst, float4 x) {
+  *reinterpret_cast<uint2*>(dst) = make_uint2(mma::pack2<Element>(x.x, x.y), mma::pack2<Element>(x.z, x.w));
 }
 
 // One fp32 accumulator [rows, heads, dim] (contiguous) into a strided tensor of the input dtype,
@@ -51,9 +67,8 @@ __device__ __forceinline__ void convert_rows(const float* accum, void* out, std:
     const int d = static_cast<int>(idx % (kDim / 4)) * 4;
     const long long row = row_head / heads;
     const int h = static_cast<int>(row_head % heads);
-    const float4 x = *reinterpret_cast<const float4*>(accum + row_head * kDim + d);
-    Element* dst = static_cast<Element*>(out) + row * row_stride + h * head_stride + d;
-    *reinterpret_cast<uint2*>(dst) = make_uint2(mma::pack2<Element>(x.x, x.y), mma::pack2<Element>(x.z, x.w));
+    store4(static_cast<Element*>(out) + row * row_stride + h * head_stride + d,
+           *reinterpret_cast<const float4*>(accum + row_head * kDim + d));
   }
 }
 

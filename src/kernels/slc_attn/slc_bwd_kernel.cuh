@@ -30,6 +30,7 @@
 #include "kernels/common/fragment_atomic.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
+#include "kernels/flash/flash_bwd_rows.cuh"
 #include "kernels/slc_attn/slc_bwd_launch.hpp"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
@@ -44,30 +45,21 @@ template <int kDqk, int kDv>
 constexpr int kSlcBwdMinBlocks = (kDqk > kDv ? kDqk : kDv) <= 128 ? 2 : 1;
 
 constexpr float kBwdLog2e = 1.4426950408889634f;  // P = exp2(S * scale * log2(e) - lse * log2(e))
-constexpr int kBwdRowThreads = 256;  // delta, convert and reduction kernels
+// The delta, convert and reduction kernels are shaped like the flash backward's row kernels.
+using flash::kRowThreads;
+using flash::row_ctas;
+using flash::store4;
 
 // One warp per (token, head) row: delta = rowsum(o * d_o) in fp32.
 template <class Element, int kDv>
-__global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_delta_kernel(const __grid_constant__ SlcBackwardParams p) {
-  const long long n = p.plan.shape.tokens;
-  const int hq = p.in.heads_q, lane = threadIdx.x % 32;
-  const long long rows = n * hq;
-  const long long warps = static_cast<long long>(gridDim.x) * (kBwdRowThreads / 32);
-  for (long long row = (static_cast<long long>(blockIdx.x) * kBwdRowThreads + threadIdx.x) / 32; row < rows;
-       row += warps) {
-    const long long t = row / hq;
-    const int h = static_cast<int>(row % hq);
-    const auto* o = static_cast<const Element*>(p.o) + t * p.o_token_stride + h * p.o_head_stride;
-    const auto* d_o = static_cast<const Element*>(p.d_o) + t * p.do_token_stride + h * p.do_head_stride;
-    float sum = 0.0f;
-    for (int d = lane; d < kDv; d += 32) sum += Convert<Element>::to_float(o[d]) * Convert<Element>::to_float(d_o[d]);
-#pragma unroll
-    for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
-    if (lane == 0) p.delta[h * n + t] = sum;
-  }
+__global__ void __launch_bounds__(kRowThreads) slc_bwd_delta_kernel(const __grid_constant__ SlcBackwardParams p) {
+  flash::delta_rows<Element, kDv>(p.o, p.o_token_stride, p.o_head_stride, p.d_o, p.do_token_stride, p.do_head_stride,
+                                  p.plan.shape.tokens, p.in.heads_q, p.delta);
 }
 
-// What a CTA of the main kernel knows about its run, read by the chunk loads from shared memory.
+// What a CTA of the main kernel knows about its run, read by the chunk loads and the epilogue from
+// shared memory, not registers: the kernel is at its 128-register cap at D = 128 (the atomic
+// variant spilled with the epilogue's key row kept in registers).
 struct RunRows {
   long long seq_start;  // global token of the sequence's first token
   int row_begin, row_end;  // rows of the list
@@ -149,11 +141,7 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
         else if (isfinite(row_lse))
           dq = (token * p.in.heads_q + head) * kDqk;
       }
-      tab[stage].lo[r] = 0;
-      tab[stage].hi[r] = hi;
-      tab[stage].lse[r] = lse;
-      tab[stage].delta[r] = delta;
-      tab[stage].dq[r] = dq;
+      tab[stage].set(r, 0, hi, lse, delta, dq);
     }
   };
   load_chunk(0, 0, run);
@@ -190,66 +178,43 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
       if (ds_warp) common::store_fragment_row<kDqk>(row, acc, h, p.in.scale, active);
       else common::store_fragment_row<kDv>(row + kDqk, acc, h, 1.0f, active);
     } else {
-      const long long kv_row = (key_token + (active ? key : 0)) * p.plan.shape.heads_kv + w.kv_head;
+      const long long kv_row =
+          (run_shared.seq_start + key0 + (active ? key : 0)) * p.plan.shape.heads_kv + run_shared.kv_head;
       if (ds_warp) common::atomic_add_fragment_row<kDqk>(p.dk_accum + kv_row * kDqk, acc, h, p.in.scale, active);
       else common::atomic_add_fragment_row<kDv>(p.dv_accum + kv_row * kDv, acc, h, 1.0f, active);
     }
   }
 }
 
-// Four fp32 values into an output row of the input dtype (8 bytes: rows are 16-byte aligned).
-template <class Element>
-__device__ __forceinline__ void store_quad(Element* dst, float4 x) {
-  *reinterpret_cast<uint2*>(dst) = make_uint2(mma::pack2<Element>(x.x, x.y), mma::pack2<Element>(x.z, x.w));
-}
-
-// Rows [tokens * heads, kDim] of a contiguous fp32 accumulator into a strided output, 4 elements
-// per step.
-template <class Element, int kDim>
-__device__ __forceinline__ void bwd_convert_rows(const float* src, Element* dst, long long rows, int heads,
-                                                 std::int64_t token_stride, std::int64_t head_stride) {
-  constexpr int kQuads = kDim / 4;
-  const long long quads = rows * kQuads;
-  const long long threads = static_cast<long long>(gridDim.x) * kBwdRowThreads;
-  for (long long idx = static_cast<long long>(blockIdx.x) * kBwdRowThreads + threadIdx.x; idx < quads;
-       idx += threads) {
-    const long long row = idx / kQuads;
-    const int d = static_cast<int>(idx % kQuads) * 4;
-    const long long t = row / heads;
-    const int h = static_cast<int>(row - t * heads);
-    store_quad(dst + t * token_stride + h * head_stride + d, reinterpret_cast<const float4*>(src)[idx]);
-  }
-}
-
 // Default mode: the fp32 accumulators into the outputs; blockIdx.y picks dk, dv or (atomic dq
 // sink) dq.
 template <class Element, int kDqk, int kDv>
-__global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_convert_kernel(const __grid_constant__ SlcBackwardParams p) {
+__global__ void __launch_bounds__(kRowThreads) slc_bwd_convert_kernel(const __grid_constant__ SlcBackwardParams p) {
   const long long n = p.plan.shape.tokens;
   const int hkv = p.plan.shape.heads_kv;
+  const long long step = static_cast<long long>(gridDim.x) * kRowThreads;
+  const long long first = static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x;
   if (blockIdx.y == 2)
-    bwd_convert_rows<Element, kDqk>(p.dq_accum, static_cast<Element*>(p.dq), n * p.in.heads_q, p.in.heads_q,
-                                    p.dq_token_stride, p.dq_head_stride);
+    flash::convert_rows<Element, kDqk>(p.dq_accum, p.dq, p.dq_token_stride, p.dq_head_stride, n, p.in.heads_q, first,
+                                       step);
   else if (blockIdx.y == 0)
-    bwd_convert_rows<Element, kDqk>(p.dk_accum, static_cast<Element*>(p.dk), n * hkv, hkv, p.dk_token_stride,
-                                    p.dk_head_stride);
+    flash::convert_rows<Element, kDqk>(p.dk_accum, p.dk, p.dk_token_stride, p.dk_head_stride, n, hkv, first, step);
   else
-    bwd_convert_rows<Element, kDv>(p.dv_accum, static_cast<Element*>(p.dv), n * hkv, hkv, p.dv_token_stride,
-                                   p.dv_head_stride);
+    flash::convert_rows<Element, kDv>(p.dv_accum, p.dv, p.dv_token_stride, p.dv_head_stride, n, hkv, first, step);
 }
 
 // dq: row (t, h) is the sum of its pairs' slots in ascending slot order, each
 // over the planes in order (rows without pairs: zeros). One thread per 4 columns.
 template <class Element, int kDqk>
-__global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_dq_kernel(const __grid_constant__ SlcBackwardParams p) {
+__global__ void __launch_bounds__(kRowThreads) slc_bwd_reduce_dq_kernel(const __grid_constant__ SlcBackwardParams p) {
   constexpr int kQuads = kDqk / 4;
   const long long n = p.plan.shape.tokens;
   const int hq = p.in.heads_q, width = p.plan.shape.width, G = p.plan.shape.group;
   const int planes = static_cast<int>(slc_bwd_planes(p.plan.shape));
   const long long plane = n * hq * width * kDqk;
   const long long quads = n * hq * kQuads;
-  for (long long idx = static_cast<long long>(blockIdx.x) * kBwdRowThreads + threadIdx.x; idx < quads;
-       idx += static_cast<long long>(gridDim.x) * kBwdRowThreads) {
+  for (long long idx = static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x; idx < quads;
+       idx += static_cast<long long>(gridDim.x) * kRowThreads) {
     const long long row = idx / kQuads;  // t * Hq + h
     const int d = static_cast<int>(idx % kQuads) * 4;
     const long long t = row / hq;
@@ -268,7 +233,7 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_dq_kernel(const
         sum.w += x[3];
       }
     }
-    store_quad(static_cast<Element*>(p.dq) + t * p.dq_token_stride + h * p.dq_head_stride + d, sum);
+    store4(static_cast<Element*>(p.dq) + t * p.dq_token_stride + h * p.dq_head_stride + d, sum);
   }
 }
 
@@ -276,7 +241,7 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_dq_kernel(const
 // sum of the kv_part rows of the list's runs in ascending order (tokens past the last sequence:
 // zeros). One thread per 4 columns of [dK | dV].
 template <class Element, int kDqk, int kDv>
-__global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_kv_kernel(const __grid_constant__ SlcBackwardParams p) {
+__global__ void __launch_bounds__(kRowThreads) slc_bwd_reduce_kv_kernel(const __grid_constant__ SlcBackwardParams p) {
   constexpr int kQuads = (kDqk + kDv) / 4;
   const SlcPlanShape& shape = p.plan.shape;
   const long long n = shape.tokens;
@@ -284,8 +249,8 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_kv_kernel(const
   const long long total = p.in.cu_seqlens[shape.num_seqs * p.in.cu_stride];
   const int max_blocks = static_cast<int>(shape.max_blocks());
   const long long quads = n * hkv * kQuads;
-  for (long long idx = static_cast<long long>(blockIdx.x) * kBwdRowThreads + threadIdx.x; idx < quads;
-       idx += static_cast<long long>(gridDim.x) * kBwdRowThreads) {
+  for (long long idx = static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x; idx < quads;
+       idx += static_cast<long long>(gridDim.x) * kRowThreads) {
     const long long row = idx / kQuads;  // t * Hkv + g
     const int d = static_cast<int>(idx % kQuads) * 4;
     const long long t = row / hkv;
@@ -305,16 +270,9 @@ __global__ void __launch_bounds__(kBwdRowThreads) slc_bwd_reduce_kv_kernel(const
         sum.w += x.w;
       }
     }
-    if (d < kDqk) store_quad(static_cast<Element*>(p.dk) + t * p.dk_token_stride + g * p.dk_head_stride + d, sum);
-    else store_quad(static_cast<Element*>(p.dv) + t * p.dv_token_stride + g * p.dv_head_stride + d - kDqk, sum);
+    if (d < kDqk) store4(static_cast<Element*>(p.dk) + t * p.dk_token_stride + g * p.dk_head_stride + d, sum);
+    else store4(static_cast<Element*>(p.dv) + t * p.dv_token_stride + g * p.dv_head_stride + d - kDqk, sum);
   }
-}
-
-// Grid-stride kernels need no more CTAs than this to fill any current GPU.
-constexpr long long kBwdMaxRowCtas = 1 << 16;
-
-inline unsigned bwd_row_ctas(long long threads) {
-  return static_cast<unsigned>(std::max(1LL, std::min(kBwdMaxRowCtas, (threads + kBwdRowThreads - 1) / kBwdRowThreads)));
 }
 
 template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
@@ -368,7 +326,7 @@ Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
     FSA_CUDA_CHECK(cudaMemsetAsync(p.dk_accum, 0, static_cast<std::size_t>(n * hkv * kDqk) * sizeof(float), stream));
     FSA_CUDA_CHECK(cudaMemsetAsync(p.dv_accum, 0, static_cast<std::size_t>(n * hkv * kDv) * sizeof(float), stream));
   }
-  slc::slc_bwd_delta_kernel<Element, kDv><<<slc::bwd_row_ctas(n * hq * 32), slc::kBwdRowThreads, 0, stream>>>(p);
+  slc::slc_bwd_delta_kernel<Element, kDv><<<slc::row_ctas(n * hq * 32), slc::kRowThreads, 0, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_bwd_delta_kernel", stream);
   if (units > 0) {
     if (deterministic) {
@@ -381,17 +339,17 @@ Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
   }
   if (dq_slots) {
     slc::slc_bwd_reduce_dq_kernel<Element, kDqk>
-        <<<slc::bwd_row_ctas(n * hq * kDqk / 4), slc::kBwdRowThreads, 0, stream>>>(p);
+        <<<slc::row_ctas(n * hq * kDqk / 4), slc::kRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_reduce_dq_kernel", stream);
   }
   if (deterministic) {
     slc::slc_bwd_reduce_kv_kernel<Element, kDqk, kDv>
-        <<<slc::bwd_row_ctas(n * hkv * (kDqk + kDv) / 4), slc::kBwdRowThreads, 0, stream>>>(p);
+        <<<slc::row_ctas(n * hkv * (kDqk + kDv) / 4), slc::kRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_reduce_kv_kernel", stream);
   } else {
     const long long largest_quads = n * std::max(dq_slots ? 0 : hq * kDqk, hkv * std::max(kDqk, kDv)) / 4;
     slc::slc_bwd_convert_kernel<Element, kDqk, kDv>
-        <<<dim3(slc::bwd_row_ctas(largest_quads), dq_slots ? 2 : 3), slc::kBwdRowThreads, 0, stream>>>(p);
+        <<<dim3(slc::row_ctas(largest_quads), dq_slots ? 2 : 3), slc::kRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_convert_kernel", stream);
   }
   return Status::ok();
