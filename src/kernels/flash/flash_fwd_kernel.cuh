@@ -15,12 +15,15 @@
 // stage would double the K/V shared memory, 87 KB per CTA at D = 128, and halve the CTAs per SM.)
 #pragma once
 
+#include <atomic>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/flash/flash_mask.cuh"
+#include "kernels/flash/flash_fwd_sm90_kernel.cuh"
 #include "kernels/flash/flash_params.hpp"
 #include "kernels/flash/flash_softmax.cuh"
 #include "kernels/flash/flash_tiles.cuh"
@@ -184,10 +187,54 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
 
 namespace fsa::cuda {
 
+namespace flash {
+
+// Whether the current device runs the sm_90a image of the Hopper kernel (a Hopper GPU and a build
+// that includes 90a; a build for sm_80 only runs its mma.sync kernel there too). FSA_DISABLE_WGMMA=1
+// in the environment forces the mma.sync kernel, to compare the two. Cached per device.
+template <class Element, int kDqk, int kDv>
+bool flash_forward_uses_sm90() {
+  static std::atomic<int> cached[64];  // 0: unknown, 1: yes, 2: no
+  static const bool disabled = [] {
+    const char* env = std::getenv("FSA_DISABLE_WGMMA");
+    return env != nullptr && *env != '\0' && *env != '0';
+  }();
+  int device = 0;
+  if (disabled || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  int state = cached[device].load(std::memory_order_relaxed);
+  if (state == 0) {
+    cudaFuncAttributes attributes{};
+    const bool ok = cudaFuncGetAttributes(&attributes, flash_fwd_sm90_kernel<Element, kDqk, kDv>) == cudaSuccess;
+    if (!ok) cudaGetLastError();
+    state = ok && attributes.binaryVersion / 10 == 9 ? 1 : 2;
+    cached[device].store(state, std::memory_order_relaxed);
+  }
+  return state == 1;
+}
+
+template <class Element, int kDqk, int kDv>
+Status launch_forward_sm90(const FlashParams& p, cudaStream_t stream) {
+  using T = FwdSm90Traits<Element, kDqk, kDv>;
+  auto* kernel = flash_fwd_sm90_kernel<Element, kDqk, kDv>;
+  FSA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
+  const long long tiles = p.tokens * p.group / T::kRows + p.num_seqs;
+  if (tiles > 0x7fffffffLL)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "q: " + std::to_string(tiles) + " query tiles of 128 rows exceed the grid limit");
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), T::kThreads, T::kSmemBytes, stream>>>(p);
+  FSA_CHECK_LAUNCH("flash_fwd_sm90_kernel", stream);
+  return Status::ok();
+}
+
+}  // namespace flash
+
 template <class Element, int kDqk, int kDv>
 Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
   using T = flash::FwdTraits<Element, kDqk, kDv>;
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
+  if (flash::flash_forward_uses_sm90<Element, kDqk, kDv>())
+    return flash::launch_forward_sm90<Element, kDqk, kDv>(p, stream);
   auto* kernel = flash::flash_fwd_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));

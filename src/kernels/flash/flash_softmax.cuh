@@ -11,34 +11,42 @@ namespace fsa::cuda::flash {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// s: raw scores q.k of the tile (in), unnormalised probabilities 2^(x - max) (out). acc: the
-// rows' output accumulators, rescaled to the new maximum. kMasked: visible(h, column) says whether
-// row h sees the key of that column of the tile (others count as -inf). A row that has seen no key
-// yet keeps max = -inf and sum = 0.
-template <bool kMasked, int kKeys, int kAccCols, class Visible>
-__device__ __forceinline__ void online_softmax_tile(float (&s)[kKeys / 8][4], float (&acc)[kAccCols / 8][4],
-                                                    float (&row_max)[2], float (&row_sum)[2], float scale_log2,
-                                                    Visible visible) {
+// 2^x in one MUFU instruction (ex2.approx.ftz: ~2 ulp, denormal results flush to 0, 2^-inf = 0);
+// exp2f adds range handling around it.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// s: raw scores q.k of the tile (in), unnormalised probabilities 2^(x * scale_log2 - max) (out).
+// kMasked: visible(h, column) says whether row h sees the key of that column of the tile (others
+// count as -inf). row_max / row_sum move to the new maximum; correction[h] is the factor by which
+// the row's output accumulators must be rescaled (rescale_rows). A row that has seen no key yet
+// keeps max = -inf and sum = 0. The maximum is taken on raw scores (scale_log2 > 0, as the API
+// guarantees) so that each probability costs one FFMA and one ex2.
+template <bool kMasked, int kKeys, class Visible>
+__device__ __forceinline__ void online_softmax_scores(float (&s)[kKeys / 8][4], float (&row_max)[2],
+                                                      float (&row_sum)[2], float (&correction)[2], float scale_log2,
+                                                      Visible visible) {
   const int pair = threadIdx.x % 4;
   float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int j = 0; j < kKeys / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x = s[j][e] * scale_log2;
-      if constexpr (kMasked) x = visible(e / 2, j * 8 + 2 * pair + (e & 1)) ? x : -INFINITY;
-      s[j][e] = x;
-      tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+      if constexpr (kMasked) s[j][e] = visible(e / 2, j * 8 + 2 * pair + (e & 1)) ? s[j][e] : -INFINITY;
+      tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
     }
-  float correction[2], base[2];
+  float base[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
     tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-    const float new_max = fmaxf(row_max[h], tile_max[h]);
+    const float new_max = fmaxf(row_max[h], tile_max[h] * scale_log2);
     // A row that has seen no key yet keeps max -inf: nothing to rescale (its sums are 0), and its
     // masked scores (-inf) must give 0, not exp(-inf + inf).
-    correction[h] = new_max == -INFINITY ? 1.0f : exp2f(row_max[h] - new_max);
+    correction[h] = new_max == -INFINITY ? 1.0f : fast_exp2(row_max[h] - new_max);
     base[h] = new_max == -INFINITY ? 0.0f : new_max;
     row_max[h] = new_max;
   }
@@ -47,7 +55,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[kKeys / 8][4], fl
   for (int j = 0; j < kKeys / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[j][e] = exp2f(s[j][e] - base[e / 2]);
+      s[j][e] = fast_exp2(fmaf(s[j][e], scale_log2, -base[e / 2]));
       tile_sum[e / 2] += s[j][e];
     }
 #pragma unroll
@@ -56,13 +64,28 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[kKeys / 8][4], fl
     tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 2);
     row_sum[h] = row_sum[h] * correction[h] + tile_sum[h];
   }
+}
+
+// Rows group / group + 8 of C fragments times correction[0] / [1].
+template <int kCols>
+__device__ __forceinline__ void rescale_rows(float (&acc)[kCols / 8][4], const float (&correction)[2]) {
 #pragma unroll
-  for (int n = 0; n < kAccCols / 8; ++n) {
+  for (int n = 0; n < kCols / 8; ++n) {
     acc[n][0] *= correction[0];
     acc[n][1] *= correction[0];
     acc[n][2] *= correction[1];
     acc[n][3] *= correction[1];
   }
+}
+
+// online_softmax_scores, then the output accumulators rescaled at once.
+template <bool kMasked, int kKeys, int kAccCols, class Visible>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[kKeys / 8][4], float (&acc)[kAccCols / 8][4],
+                                                    float (&row_max)[2], float (&row_sum)[2], float scale_log2,
+                                                    Visible visible) {
+  float correction[2];
+  online_softmax_scores<kMasked, kKeys>(s, row_max, row_sum, correction, scale_log2, visible);
+  rescale_rows<kAccCols>(acc, correction);
 }
 
 // Natural-log lse of a row from its log2-domain maximum and its sum; -inf for a row that saw nothing.
