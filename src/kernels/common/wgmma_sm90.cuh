@@ -68,6 +68,31 @@ __device__ __forceinline__ void copy_tile_swizzled_async(Element* dst, Source so
   }
 }
 
+// The same for rows at a constant stride (row r at src + r * row_stride elements), rows at or past
+// valid_rows zero-filled by cp.async's source size 0. Every thread copies one fixed 16-byte column
+// of rows kThreads / (kCols / 8) apart, so its swizzle phase and shared stride are constants: a few
+// instructions per vector (the general copy above spends ~30 on index arithmetic and a branch).
+template <int kRows, int kCols, int kThreads, class Element>
+__device__ __forceinline__ void copy_rows_swizzled_async(Element* dst, const Element* src, long long row_stride,
+                                                         int valid_rows) {
+  constexpr int kVectors = kCols / 8;
+  static_assert(kThreads % kVectors == 0 && (kRows * kVectors) % kThreads == 0, "whole rows per pass");
+  constexpr int kRowStep = kThreads / kVectors;
+  static_assert(kRowStep % 8 == 0, "a thread's rows share their swizzle phase (row % 8)");
+  const int vec = threadIdx.x % kVectors, row0 = threadIdx.x / kVectors;
+  const std::uint32_t to = mma::shared_address(dst) + swizzled_offset(kRows, row0, vec * 8);
+  const Element* from = src + row0 * row_stride + vec * 8;
+  const long long step = kRowStep * row_stride;
+#pragma unroll
+  for (int i = 0; i < kRows * kVectors / kThreads; ++i) {
+    const bool valid = row0 + i * kRowStep < valid_rows;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + i * kRowStep * kPanelRowBytes),
+                 "l"(valid ? from : src), "r"(valid ? 16 : 0)
+                 : "memory");
+    from += step;
+  }
+}
+
 // Matrix descriptor of a 128-byte-swizzled operand starting at `smem` (bits: start address >> 4 at
 // 0, LBO >> 4 at 16, SBO >> 4 at 32, swizzle mode 1 = 128 bytes at 62).
 __device__ __forceinline__ std::uint64_t descriptor(const void* smem, std::uint32_t lbo_bytes,
