@@ -103,6 +103,12 @@ __device__ __forceinline__ std::uint64_t descriptor(const void* smem, std::uint3
          (static_cast<std::uint64_t>((sbo_bytes >> 4) & 0x3fff) << 32) | (1ull << 62);
 }
 
+// The descriptor `desc` moved by `bytes` (start address field, in 16-byte units; shared addresses
+// stay below 2^18, so the 14-bit field does not carry).
+__device__ __forceinline__ std::uint64_t advance(std::uint64_t desc, std::uint32_t bytes) {
+  return desc + (bytes >> 4);
+}
+
 __device__ __forceinline__ void fence() {
 #if FSA_HAS_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -138,14 +144,15 @@ __device__ __forceinline__ void fence_operands(float (&d)[kN / 8][4]) {
 }
 
 #define FSA_WGMMA_STR(x) #x
-// A and B from shared memory: operands after the N/2 accumulators are desc_a, desc_b, accumulate, tnsp_b.
-#define FSA_WGMMA_SS(n, type, ia, ib, iacc, itnsp)                                                         \
+// A and B from shared memory: operands after the N/2 accumulators are desc_a, desc_b, accumulate,
+// tnsp_a, tnsp_b.
+#define FSA_WGMMA_SS(n, type, ia, ib, iacc, itnspa, itnspb)                                                \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" FSA_WGMMA_STR(iacc) ", 0;\n"                            \
                "wgmma.mma_async.sync.aligned.m64n" FSA_WGMMA_STR(n) "k16.f32." type "." type " "            \
-               FSA_WGMMA_D##n ", %" FSA_WGMMA_STR(ia) ", %" FSA_WGMMA_STR(ib) ", p, 1, 1, 0, %"              \
-               FSA_WGMMA_STR(itnsp) ";\n}\n"                                                                \
+               FSA_WGMMA_D##n ", %" FSA_WGMMA_STR(ia) ", %" FSA_WGMMA_STR(ib) ", p, 1, 1, %"                 \
+               FSA_WGMMA_STR(itnspa) ", %" FSA_WGMMA_STR(itnspb) ";\n}\n"                                   \
                : FSA_WGMMA_OUT##n(d)                                                                        \
-               : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransposeB))
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransposeA), "n"(kTransposeB))
 // A from registers (a[0..3]): operands after the accumulators are a0..a3, desc_b, accumulate, tnsp_b.
 #define FSA_WGMMA_RS(n, type, ia0, ia1, ia2, ia3, ib, iacc, itnsp)                                         \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" FSA_WGMMA_STR(iacc) ", 0;\n"                            \
@@ -157,8 +164,8 @@ __device__ __forceinline__ void fence_operands(float (&d)[kN / 8][4]) {
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransposeB))
 
 // d (+)= A B with A and B in shared memory; accumulate = 0 overwrites d. kTransposeB: B stored
-// [k][n] (MN-major) instead of [n][k].
-template <class Element, int kN, int kTransposeB>
+// [k][n] (MN-major) instead of [n][k]; kTransposeA: A stored [k][m] instead of [m][k].
+template <class Element, int kN, int kTransposeB, int kTransposeA = 0>
 __device__ __forceinline__ void mma_ss(float (&d)[kN / 8][4], std::uint64_t desc_a, std::uint64_t desc_b,
                                        int accumulate) {
 #if FSA_HAS_WGMMA
@@ -166,12 +173,14 @@ __device__ __forceinline__ void mma_ss(float (&d)[kN / 8][4], std::uint64_t desc
   static_assert(kBf16 || std::is_same_v<Element, __half>, "bf16 or fp16");
   static_assert(kN == 64 || kN == 128 || kN == 256, "instantiated widths");
   if constexpr (kN == 64) {
-    if constexpr (kBf16) FSA_WGMMA_SS(64, "bf16", 32, 33, 34, 35); else FSA_WGMMA_SS(64, "f16", 32, 33, 34, 35);
+    if constexpr (kBf16) FSA_WGMMA_SS(64, "bf16", 32, 33, 34, 35, 36);
+    else FSA_WGMMA_SS(64, "f16", 32, 33, 34, 35, 36);
   } else if constexpr (kN == 128) {
-    if constexpr (kBf16) FSA_WGMMA_SS(128, "bf16", 64, 65, 66, 67); else FSA_WGMMA_SS(128, "f16", 64, 65, 66, 67);
+    if constexpr (kBf16) FSA_WGMMA_SS(128, "bf16", 64, 65, 66, 67, 68);
+    else FSA_WGMMA_SS(128, "f16", 64, 65, 66, 67, 68);
   } else {
-    if constexpr (kBf16) FSA_WGMMA_SS(256, "bf16", 128, 129, 130, 131);
-    else FSA_WGMMA_SS(256, "f16", 128, 129, 130, 131);
+    if constexpr (kBf16) FSA_WGMMA_SS(256, "bf16", 128, 129, 130, 131, 132);
+    else FSA_WGMMA_SS(256, "f16", 128, 129, 130, 131, 132);
   }
 #endif
 }

@@ -18,8 +18,10 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/fragment_atomic.cuh"
+#include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
+#include "kernels/flash/flash_bwd_sm90_kernel.cuh"
 #include "kernels/flash/flash_bwd_rows.cuh"
 #include "kernels/flash/flash_mask.cuh"
 #include "kernels/flash/flash_params.hpp"
@@ -173,20 +175,37 @@ Status launch_flash_backward(const FlashParams& params, cudaStream_t stream) {
     FSA_CHECK_LAUNCH("flash_bwd_delta_kernel", stream);
   }
   if (n > 0 && p.num_seqs > 0 && p.key_rows > 0 && p.heads_kv > 0) {
-    const flash::BackwardSplit split = flash::plan_backward_split(p, T::kKeys, T::kRowChunk);
+    // Hopper: the wgmma main kernel (flash_bwd_sm90_kernel.cuh) where it serves the head dims.
+    using Sm90 = flash::BwdSm90Traits<Element, kDqk, kDv>;
+    bool sm90 = false;
+    if constexpr (Sm90::kSupported) sm90 = common::runs_sm90_image<flash::flash_bwd_sm90_kernel<Element, kDqk, kDv>>();
+    const int keys_per_tile = sm90 ? Sm90::kKeys : T::kKeys;
+    const flash::BackwardSplit split =
+        flash::plan_backward_split(p, keys_per_tile, sm90 ? Sm90::kRowChunk : T::kRowChunk);
     p.split_rows = split.rows;
     p.split_relative = split.relative ? 1 : 0;
-    const long long tiles = p.key_rows / T::kKeys + p.num_seqs;
+    const long long tiles = p.key_rows / keys_per_tile + p.num_seqs;
     if (tiles > 0x7fffffffLL || split.blocks > 65535)
       return FSA_ERROR(StatusCode::kNotImplemented, "k: " + std::to_string(tiles) + " key tiles x " +
                                                         std::to_string(split.blocks) +
                                                         " row blocks exceed the grid limits");
-    auto* kernel = flash::flash_bwd_kernel<Element, kDqk, kDv>;
-    FSA_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
-    kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv, static_cast<unsigned>(split.blocks)), T::kThreads,
-             T::kSmemBytes, stream>>>(p);
-    FSA_CHECK_LAUNCH("flash_bwd_kernel", stream);
+    const dim3 grid(static_cast<unsigned>(tiles), p.heads_kv, static_cast<unsigned>(split.blocks));
+    if constexpr (Sm90::kSupported) {
+      if (sm90) {
+        auto* kernel = flash::flash_bwd_sm90_kernel<Element, kDqk, kDv>;
+        FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(Sm90::kSmemBytes)));
+        kernel<<<grid, Sm90::kThreads, Sm90::kSmemBytes, stream>>>(p);
+        FSA_CHECK_LAUNCH("flash_bwd_sm90_kernel", stream);
+      }
+    }
+    if (!sm90) {
+      auto* kernel = flash::flash_bwd_kernel<Element, kDqk, kDv>;
+      FSA_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
+      kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+      FSA_CHECK_LAUNCH("flash_bwd_kernel", stream);
+    }
   }
   const long long largest =
       std::max<long long>(n * hq * kDqk, p.key_rows * p.heads_kv * std::max(kDqk, kDv)) / 4;

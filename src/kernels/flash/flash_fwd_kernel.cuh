@@ -15,11 +15,10 @@
 // stage would double the K/V shared memory, 87 KB per CTA at D = 128, and halve the CTAs per SM.)
 #pragma once
 
-#include <atomic>
-#include <cstdlib>
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/flash/flash_mask.cuh"
@@ -189,29 +188,6 @@ namespace fsa::cuda {
 
 namespace flash {
 
-// Whether the current device runs the sm_90a image of the Hopper kernel (a Hopper GPU and a build
-// that includes 90a; a build for sm_80 only runs its mma.sync kernel there too). FSA_DISABLE_WGMMA=1
-// in the environment forces the mma.sync kernel, to compare the two. Cached per device.
-template <class Element, int kDqk, int kDv>
-bool flash_forward_uses_sm90() {
-  static std::atomic<int> cached[64];  // 0: unknown, 1: yes, 2: no
-  static const bool disabled = [] {
-    const char* env = std::getenv("FSA_DISABLE_WGMMA");
-    return env != nullptr && *env != '\0' && *env != '0';
-  }();
-  int device = 0;
-  if (disabled || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
-  int state = cached[device].load(std::memory_order_relaxed);
-  if (state == 0) {
-    cudaFuncAttributes attributes{};
-    const bool ok = cudaFuncGetAttributes(&attributes, flash_fwd_sm90_kernel<Element, kDqk, kDv>) == cudaSuccess;
-    if (!ok) cudaGetLastError();
-    state = ok && attributes.binaryVersion / 10 == 9 ? 1 : 2;
-    cached[device].store(state, std::memory_order_relaxed);
-  }
-  return state == 1;
-}
-
 template <class Element, int kDqk, int kDv>
 Status launch_forward_sm90(const FlashParams& p, cudaStream_t stream) {
   using T = FwdSm90Traits<Element, kDqk, kDv>;
@@ -233,7 +209,7 @@ template <class Element, int kDqk, int kDv>
 Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
   using T = flash::FwdTraits<Element, kDqk, kDv>;
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
-  if (flash::flash_forward_uses_sm90<Element, kDqk, kDv>())
+  if (common::runs_sm90_image<flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>>())
     return flash::launch_forward_sm90<Element, kDqk, kDv>(p, stream);
   auto* kernel = flash::flash_fwd_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(

@@ -49,12 +49,6 @@ struct FwdSm90Traits {
   static constexpr std::uint32_t kVPanelBytes = kKeys * wgmma::kPanelRowBytes;
 };
 
-// The descriptor `desc` moved by `bytes` (start address field, in 16-byte units; shared addresses
-// stay below 2^18, so the 14-bit field does not carry).
-__device__ __forceinline__ std::uint64_t advance(std::uint64_t desc, std::uint32_t bytes) {
-  return desc + (bytes >> 4);
-}
-
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p) {
@@ -138,12 +132,12 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   };
   // Issues S = Q K^T of the tile in K stage `stage` (the caller commits and waits).
   auto issue_qk = [&](float (&s)[T::kKeys / 8][4], int stage) {
-    const std::uint64_t k_desc = advance(k_desc0, stage * static_cast<std::uint32_t>(T::kKBytes));
+    const std::uint64_t k_desc = wgmma::advance(k_desc0, stage * static_cast<std::uint32_t>(T::kKBytes));
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kDqk / 16; ++kk)
-      wgmma::mma_ss<Element, T::kKeys, 0>(s, advance(q_desc, qk_step_bytes(T::kRows, kk)),
-                                          advance(k_desc, qk_step_bytes(T::kKeys, kk)), kk > 0);
+      wgmma::mma_ss<Element, T::kKeys, 0>(s, wgmma::advance(q_desc, qk_step_bytes(T::kRows, kk)),
+                                          wgmma::advance(k_desc, qk_step_bytes(T::kKeys, kk)), kk > 0);
   };
 
   // Softmax of tile j's scores in s (masked where some row does not see the whole tile): P_j in s,
@@ -207,12 +201,12 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
       issue_qk(s, (it + 1) % 2);
       wgmma::commit_group();
     }
-    const std::uint64_t v_desc = advance(v_desc0, (it % 2) * static_cast<std::uint32_t>(T::kVBytes));
+    const std::uint64_t v_desc = wgmma::advance(v_desc0, (it % 2) * static_cast<std::uint32_t>(T::kVBytes));
     wgmma::fence_operands<kDv>(acc);
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < T::kKeys / 16; ++kk)
-      wgmma::mma_rs<Element, kDv, 1>(acc, a[kk], advance(v_desc, kk * 16 * wgmma::kPanelRowBytes), 1);
+      wgmma::mma_rs<Element, kDv, 1>(acc, a[kk], wgmma::advance(v_desc, kk * 16 * wgmma::kPanelRowBytes), 1);
     wgmma::commit_group();
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
@@ -249,7 +243,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (pair == 0) p.lse[head * p.lse_head_stride + token * p.lse_token_stride] = row_lse(row_max[h], row_sum[h]);
   }
 #else
-  __trap();  // launched only where the sm_90a image is the one loaded (flash_forward_uses_sm90)
+  __trap();  // launched only where the sm_90a image is the one loaded (runs_sm90_image)
 #endif
 }
 
