@@ -46,10 +46,9 @@ struct BwdSm90Traits {
   static constexpr std::size_t kVOffset = kKOffset + std::size_t{2} * kKeys * kDqk;
   static constexpr std::size_t kQOffset = kVOffset + std::size_t{2} * kKeys * kDv;
   static constexpr std::size_t kQStageBytes = std::size_t{2} * kRowChunk * kDqk;
-  static constexpr int kStages = 3;  // chunk c + 2 is copied while chunk c runs
-  static constexpr std::size_t kDoOffset = kQOffset + kStages * kQStageBytes;
+  static constexpr std::size_t kDoOffset = kQOffset + 2 * kQStageBytes;
   static constexpr std::size_t kDoStageBytes = std::size_t{2} * kRowChunk * kDv;
-  static constexpr std::size_t kDsOffset = kDoOffset + kStages * kDoStageBytes;  // dS^T [key][row], one panel
+  static constexpr std::size_t kDsOffset = kDoOffset + 2 * kDoStageBytes;  // dS^T [key][row], one panel
   static constexpr std::size_t kSmemBytes = kDsOffset + std::size_t{2} * kKeys * kRowChunk + 1024;
   static constexpr std::uint32_t kGroupBytes = 8 * wgmma::kPanelRowBytes;
 };
@@ -60,7 +59,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   using T = BwdSm90Traits<Element, kDqk, kDv>;
   static_assert(T::kSupported, "Dqk = Dv in {64, 128}");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  __shared__ __align__(16) BwdRowTable<T::kRowChunk> tab[T::kStages];
+  __shared__ __align__(16) BwdRowTable<T::kRowChunk> tab[2];
   unsigned char* smem = smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024);
 
   const int g = blockIdx.y, G = p.group;
@@ -140,8 +139,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   };
   load_chunk(0, 0);
   common::cp_async_commit();  // K, V and chunk 0
-  if (chunks > 1) load_chunk(1, 1);
-  common::cp_async_commit();  // chunk 1, possibly empty
 
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int group = lane / 4, pair = lane % 4;
@@ -175,9 +172,16 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   };
   constexpr std::uint32_t kRowStep16 = 16 * wgmma::kPanelRowBytes;
 
-  // S^T = K_w Q^T and dP^T = V_w dO^T of the chunk in `stage` (the caller commits).
-  float st[T::kRowChunk / 8][4], dpt[T::kRowChunk / 8][4];
-  auto issue_scores = [&](int stage) {
+  for (int c = 0; c < chunks; ++c) {
+    const int stage = c & 1;
+    common::cp_async_wait<0>();  // chunk c has landed for this thread's copies
+    wgmma::fence_async_shared();
+    __syncthreads();  // ... for every thread's; every warpgroup is done with chunk c - 1 and dS
+    if (c + 1 < chunks) load_chunk(c + 1, stage ^ 1);
+    common::cp_async_commit();
+
+    // S^T = K_w Q^T and dP^T = V_w dO^T.
+    float st[T::kRowChunk / 8][4], dpt[T::kRowChunk / 8][4];
     const std::uint64_t q_desc = wgmma::advance(q_desc0, stage * static_cast<std::uint32_t>(T::kQStageBytes));
     const std::uint64_t do_desc = wgmma::advance(do_desc0, stage * static_cast<std::uint32_t>(T::kDoStageBytes));
     wgmma::fence();
@@ -189,19 +193,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
     for (int kk = 0; kk < kDv / 16; ++kk)
       wgmma::mma_ss<Element, T::kRowChunk, 0>(dpt, wgmma::advance(vw_desc, kstep(T::kKeys, kk)),
                                               wgmma::advance(do_desc, kstep(T::kRowChunk, kk)), kk > 0);
-  };
-
-  // Pipeline: chunk c's dQ atomics run while S^T / dP^T of chunk c + 1 are on the tensor cores, and
-  // chunk c + 2 is copied during chunk c (three Q / dO stages). kNext (is there a chunk c + 1) is a
-  // template argument: a wgmma issued under a runtime condition makes ptxas serialise them (C7515).
-  auto step = [&]<bool kNext>(int c) {
-    const int stage = c % T::kStages;
-    wgmma::wait_group<0>();  // S^T / dP^T of chunk c
+    wgmma::commit_group();
+    wgmma::wait_group<0>();
     wgmma::fence_operands<T::kRowChunk>(st);
     wgmma::fence_operands<T::kRowChunk>(dpt);
-    __syncthreads();  // every warpgroup is done with chunk c - 1 (its stage and dS^T)
-    if (c + 2 < chunks) load_chunk(c + 2, (c + 2) % T::kStages);
-    common::cp_async_commit();  // possibly empty
 
     // P^T and dS^T; element e of tile j: key key_row0 + group + 8 (e / 2), row 8j + 2 pair + (e & 1).
     const BwdRowTable<T::kRowChunk>& rows = tab[stage];
@@ -250,11 +245,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
       wgmma::mma_rs<Element, kDqk, 1>(dk, da[kk], wgmma::advance(q_tdesc, kk * kRowStep16), 1);
     wgmma::commit_group();
 
-    common::cp_async_wait<1>();   // chunk c + 1 has landed for this thread's copies
-    wgmma::fence_async_shared();  // ... and, with the dS^T stores, is ordered before the wgmma reads
-    __syncthreads();              // ... for every thread
+    wgmma::fence_async_shared();  // dS^T stores before the dQ wgmma reads them ...
+    __syncthreads();              // ... from both warpgroups
 
-    // dQ (64 rows x 64 columns of this warpgroup) = dS K, then S^T / dP^T of chunk c + 1.
+    // dQ (64 rows x 64 columns of this warpgroup) = dS K.
     float dq[T::kDqCols / 8][4];
     wgmma::fence();
 #pragma unroll
@@ -262,13 +256,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
       wgmma::mma_ss<Element, T::kDqCols, 1, 1>(dq, wgmma::advance(ds_desc, kk * kRowStep16),
                                                wgmma::advance(kt_desc, kk * kRowStep16), kk > 0);
     wgmma::commit_group();
-    if constexpr (kNext) {
-      issue_scores((c + 1) % T::kStages);
-      wgmma::commit_group();
-      wgmma::wait_group<1>();  // all but chunk c + 1's scores: dV, dK and dQ of chunk c
-    } else {
-      wgmma::wait_group<0>();
-    }
+    wgmma::wait_group<0>();
     wgmma::fence_operands<kDv>(dv);
     wgmma::fence_operands<kDqk>(dk);
     wgmma::fence_operands<T::kDqCols>(dq);
@@ -279,15 +267,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
       common::atomic_add_fragment_row<T::kDqCols>(p.dq_accum + (active ? offset + dq_col0 : 0), dq, h, p.scale,
                                                   active);
     }
-  };
-
-  common::cp_async_wait<1>();  // K, V and chunk 0
-  wgmma::fence_async_shared();
-  __syncthreads();
-  issue_scores(0);
-  wgmma::commit_group();
-  for (int c = 0; c + 1 < chunks; ++c) step.template operator()<true>(c);
-  step.template operator()<false>(chunks - 1);
+  }
 
   // This warpgroup's dK (times scale) and dV into the accumulators (row = key row x Hkv + g).
   const long long first_row = (key_start + key0) * p.heads_kv + g;
