@@ -93,51 +93,64 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   // Chunk c into stage `stage`: 4 threads per row, one division for the row's token and head.
   const auto* q = static_cast<const Element*>(p.q);
   const auto* d_o = static_cast<const Element*>(p.d_o);
+  // Chunk c into stage `stage`, in two steps so that the global loads of the row table (lse, delta)
+  // do not stall the warp at the top of a chunk: load_chunk issues the Q / dO copies and those
+  // loads, store_row_table (called once the chunk's products are under way) writes the table entry
+  // and returns whether the row sees every key of the tile (a chunk whose rows all do skips the
+  // mask: __syncthreads_and at the next chunk's top barrier).
+  struct PendingRow {
+    long long token;
+    int head;
+    bool valid;
+    float lse, delta;
+  };
+  constexpr int kThreadsPerRow = T::kThreads / T::kRowChunk;
+  const int load_row = threadIdx.x / kThreadsPerRow, load_part = threadIdx.x % kThreadsPerRow;
   auto load_chunk = [&](int c, int stage) {
-    constexpr int kThreadsPerRow = T::kThreads / T::kRowChunk;
-    const int r = threadIdx.x / kThreadsPerRow, part = threadIdx.x % kThreadsPerRow;
-    const int x = c * T::kRowChunk + r;
+    const int x = c * T::kRowChunk + load_row;
     const int y = first_in_group + x;
-    const long long token = token_base + y / G;
-    const int head = g * G + y % G;
-    const bool valid = x < block_rows;
-    const Element* q_row = q + token * p.q_token_stride + head * p.q_head_stride;
-    const Element* do_row = d_o + token * p.do_token_stride + head * p.do_head_stride;
+    PendingRow row{token_base + y / G, g * G + y % G, x < block_rows, 0.0f, 0.0f};
+    const Element* q_row = q + row.token * p.q_token_stride + row.head * p.q_head_stride;
+    const Element* do_row = d_o + row.token * p.do_token_stride + row.head * p.do_head_stride;
+    if (load_part == 0 && row.valid) {
+      row.lse = p.lse[row.head * p.lse_head_stride + row.token * p.lse_token_stride];
+      row.delta = p.delta[row.head * p.tokens + row.token];
+    }
     unsigned char* q_dst = smem + T::kQOffset + stage * T::kQStageBytes;
     unsigned char* do_dst = smem + T::kDoOffset + stage * T::kDoStageBytes;
 #pragma unroll
     for (int i = 0; i < kDqk / 8 / kThreadsPerRow; ++i) {
-      const int col = (part + i * kThreadsPerRow) * 8;
-      void* to = q_dst + wgmma::swizzled_offset(T::kRowChunk, r, col);
-      if (valid) common::cp_async_16(to, q_row + col);
+      const int col = (load_part + i * kThreadsPerRow) * 8;
+      void* to = q_dst + wgmma::swizzled_offset(T::kRowChunk, load_row, col);
+      if (row.valid) common::cp_async_16(to, q_row + col);
       else *reinterpret_cast<uint4*>(to) = make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int i = 0; i < kDv / 8 / kThreadsPerRow; ++i) {
-      const int col = (part + i * kThreadsPerRow) * 8;
-      void* to = do_dst + wgmma::swizzled_offset(T::kRowChunk, r, col);
-      if (valid) common::cp_async_16(to, do_row + col);
+      const int col = (load_part + i * kThreadsPerRow) * 8;
+      void* to = do_dst + wgmma::swizzled_offset(T::kRowChunk, load_row, col);
+      if (row.valid) common::cp_async_16(to, do_row + col);
       else *reinterpret_cast<uint4*>(to) = make_uint4(0, 0, 0, 0);
     }
-    if (part == 0) {
-      int lo = 0, hi = 0;
-      float lse = 0.0f, delta = 0.0f;
-      long long dq = -1;
-      if (valid) {
-        const float row_lse_value = p.lse[head * p.lse_head_stride + token * p.lse_token_stride];
-        if (isfinite(row_lse_value)) {
-          const KeyInterval interval = key_interval(p, token - seq_start);
-          lo = interval.lo;
-          hi = interval.hi;
-          lse = row_lse_value * kLog2e;
-          delta = p.delta[head * p.tokens + token];
-          dq = (token * p.heads_q + head) * kDqk;
-        }
-      }
-      tab[stage].set(r, lo, hi, lse, delta, dq);
-    }
+    return row;
   };
-  load_chunk(0, 0);
+  auto store_row_table = [&](int stage, const PendingRow& row) -> bool {
+    if (load_part != 0) return true;
+    int lo = 0, hi = 0;
+    float lse = 0.0f, delta = 0.0f;
+    long long dq = -1;
+    if (row.valid && isfinite(row.lse)) {
+      const KeyInterval interval = key_interval(p, row.token - seq_start);
+      lo = interval.lo;
+      hi = interval.hi;
+      lse = row.lse * kLog2e;
+      delta = row.delta;
+      dq = (row.token * p.heads_q + row.head) * kDqk;
+    }
+    tab[stage].set(load_row, lo, hi, lse, delta, dq);
+    return lo <= key0 && hi >= key0 + keys;  // rows that see nothing have lo = hi = 0 < key0 + keys
+  };
+  bool row_covers = store_row_table(0, load_chunk(0, 0));
   common::cp_async_commit();  // K, V and chunk 0
 
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -176,8 +189,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
     const int stage = c & 1;
     common::cp_async_wait<0>();  // chunk c has landed for this thread's copies
     wgmma::fence_async_shared();
-    __syncthreads();  // ... for every thread's; every warpgroup is done with chunk c - 1 and dS
-    if (c + 1 < chunks) load_chunk(c + 1, stage ^ 1);
+    // ... for every thread's; every warpgroup is done with chunk c - 1 and dS; chunk c's table is
+    // complete, and whether all its rows see the whole tile.
+    const bool chunk_covers = __syncthreads_and(row_covers);
+    PendingRow next{};
+    if (c + 1 < chunks) next = load_chunk(c + 1, stage ^ 1);
     common::cp_async_commit();
 
     // S^T = K_w Q^T and dP^T = V_w dO^T.
@@ -200,30 +216,39 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
 
     // P^T and dS^T; element e of tile j: key key_row0 + group + 8 (e / 2), row 8j + 2 pair + (e & 1).
     const BwdRowTable<T::kRowChunk>& rows = tab[stage];
+    auto scores = [&]<bool kMasked>() {
 #pragma unroll
-    for (int j = 0; j < T::kRowChunk / 8; ++j) {
-      const int r = j * 8 + 2 * pair;
-      const int2 lo = *reinterpret_cast<const int2*>(&rows.lo[r]);
-      const int2 hi = *reinterpret_cast<const int2*>(&rows.hi[r]);
-      const float2 lse = *reinterpret_cast<const float2*>(&rows.lse[r]);
-      const float2 delta = *reinterpret_cast<const float2*>(&rows.delta[r]);
+      for (int j = 0; j < T::kRowChunk / 8; ++j) {
+        const int r = j * 8 + 2 * pair;
+        const float2 lse = *reinterpret_cast<const float2*>(&rows.lse[r]);
+        const float2 delta = *reinterpret_cast<const float2*>(&rows.delta[r]);
+        int2 lo{}, hi{};
+        if constexpr (kMasked) {
+          lo = *reinterpret_cast<const int2*>(&rows.lo[r]);
+          hi = *reinterpret_cast<const int2*>(&rows.hi[r]);
+        }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + key_row0 + group + 8 * (e / 2);
-        const bool second = (e & 1) != 0;
-        const bool visible = key >= (second ? lo.y : lo.x) && key < (second ? hi.y : hi.x);
-        const float pt = visible ? fast_exp2(fmaf(st[j][e], scale_log2, -(second ? lse.y : lse.x))) : 0.0f;
-        st[j][e] = pt;
-        dpt[j][e] = pt * (dpt[j][e] - (second ? delta.y : delta.x));
+        for (int e = 0; e < 4; ++e) {
+          const bool second = (e & 1) != 0;
+          float pt = fast_exp2(fmaf(st[j][e], scale_log2, -(second ? lse.y : lse.x)));
+          if constexpr (kMasked) {
+            const int key = key0 + key_row0 + group + 8 * (e / 2);
+            pt = key >= (second ? lo.y : lo.x) && key < (second ? hi.y : hi.x) ? pt : 0.0f;
+          }
+          st[j][e] = pt;
+          dpt[j][e] = pt * (dpt[j][e] - (second ? delta.y : delta.x));
+        }
+        // dS^T to shared memory as [key][row] (rows r, r + 1 share a 4-byte word).
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int key = key_row0 + group + 8 * h;
+          *reinterpret_cast<std::uint32_t*>(ds_s + wgmma::swizzled_offset(T::kKeys, key, j * 8) + 4 * pair) =
+              mma::pack2<Element>(dpt[j][2 * h], dpt[j][2 * h + 1]);
+        }
       }
-      // dS^T to shared memory as [key][row] (rows r, r + 1 share a 4-byte word).
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int key = key_row0 + group + 8 * h;
-        *reinterpret_cast<std::uint32_t*>(ds_s + wgmma::swizzled_offset(T::kKeys, key, j * 8) + 4 * pair) =
-            mma::pack2<Element>(dpt[j][2 * h], dpt[j][2 * h + 1]);
-      }
-    }
+    };
+    if (chunk_covers) scores.template operator()<false>();
+    else scores.template operator()<true>();
     std::uint32_t pa[T::kRowChunk / 16][4], da[T::kRowChunk / 16][4];
 #pragma unroll
     for (int kk = 0; kk < T::kRowChunk / 16; ++kk) {
@@ -244,6 +269,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
     for (int kk = 0; kk < T::kRowChunk / 16; ++kk)
       wgmma::mma_rs<Element, kDqk, 1>(dk, da[kk], wgmma::advance(q_tdesc, kk * kRowStep16), 1);
     wgmma::commit_group();
+    if (c + 1 < chunks) row_covers = store_row_table(stage ^ 1, next);
 
     wgmma::fence_async_shared();  // dS^T stores before the dQ wgmma reads them ...
     __syncthreads();              // ... from both warpgroups
