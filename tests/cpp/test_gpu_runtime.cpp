@@ -2,6 +2,7 @@
 // compressed_cu_seqlens and RoPE against the CPU reference, stream and graph capture, and the
 // "not implemented on CUDA" answer of the ops that have no kernels yet.
 #include <cstring>
+#include <utility>
 
 #include "gpu_test_util.hpp"
 
@@ -35,18 +36,20 @@ TEST_F(Gpu, CompressedCuSeqlensMatchesReference) {
 }
 
 // RoPE forward and backward on bf16 and fp16 against the reference (fp32 on the same rounded
-// inputs), with a stride-s compressed-key layout, spare rows, in-place use and llama3 scaling.
+// inputs), with a stride-s compressed-key layout, spare rows, in-place use and llama3 scaling; head
+// dims with an even number of pairs take the kernel's two-pairs-per-thread path, D = 126 (63 pairs)
+// the one-pair path.
 TEST_F(Gpu, RopeMatchesReference) {
   auto rng = rng_for_test();
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
     for (const bool llama3 : {false, true}) {
-      for (const int stride : {1, 16}) {
+      for (const auto [stride, dim] : {std::pair{1, 128}, {16, 128}, {1, 64}, {16, 126}, {1, 192}, {16, 256}}) {
         RopeConfig rope;
         rope.llama3_scaling = llama3;
         const std::vector<std::int64_t> lengths = {300, 0, 1, 77};
         HostTensor cu = make_cu_seqlens(lengths);
         const std::int64_t rows = 378 + 5;  // five spare rows past cu[nseq]
-        HostTensor x(dtype, {rows, 3, 128});
+        HostTensor x(dtype, {rows, 3, dim});
         x.fill_normal(rng);
         HostTensor x32(DType::kFloat32, x.sizes());
         x32.from_double(x.to_double());
@@ -63,7 +66,8 @@ TEST_F(Gpu, RopeMatchesReference) {
           const auto got = d_y.download().to_double();
           EXPECT_TRUE(all_finite(got));
           const double tol = dtype == DType::kBFloat16 ? 1e-2 : 5e-3;
-          EXPECT_LT(rel_frobenius(got, expected.to_double()), tol) << dtype_name(dtype) << " stride " << stride;
+          EXPECT_LT(rel_frobenius(got, expected.to_double()), tol)
+              << dtype_name(dtype) << " stride " << stride << " dim " << dim;
           EXPECT_EQ(d_x.download().to_double(), got) << "in-place result differs";
         }
       }

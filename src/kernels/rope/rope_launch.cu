@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/rope/rope.hpp"
@@ -36,6 +38,10 @@ Status rope(const RopeConfig& config, const TensorView& x, const TensorView& cu,
   p.pairs = pairs;
   p.position_stride = position_stride;
   p.sign = inverse ? -1.0f : 1.0f;
+  const auto even = [](std::int64_t v) { return v % 2 == 0; };
+  p.paired = pairs % 2 == 0 && even(p.x_row_stride) && even(p.x_head_stride) && even(p.y_row_stride) &&
+             even(p.y_head_stride) && reinterpret_cast<std::uintptr_t>(x.data) % 4 == 0 &&
+             reinterpret_cast<std::uintptr_t>(y.data) % 4 == 0;
   for (int i = 0; i < pairs; ++i) p.frequency[i] = ref::rope_frequency(config, i, static_cast<int>(x.size(2)));
   if (p.num_seqs == 0) return Status::ok();
 

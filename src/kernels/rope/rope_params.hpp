@@ -20,6 +20,7 @@ struct RopeParams {
   int heads, pairs;         // pairs = D / 2
   int position_stride;
   float sign;               // +1 forward, -1 backward (rotation by the negative angle)
+  int paired;               // pairs even, strides even, pointers 4-byte aligned: two pairs per thread
   // Computed on the host by the same function as the CPU reference, so both backends rotate by
   // bit-identical frequencies.
   float frequency[kMaxPairs];
