@@ -21,6 +21,7 @@
 #include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
+#include "kernels/flash/flash_fwd_rows.cuh"
 #include "kernels/flash/flash_mask.cuh"
 #include "kernels/flash/flash_fwd_sm90_kernel.cuh"
 #include "kernels/flash/flash_params.hpp"
@@ -55,41 +56,21 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
     flash_fwd_kernel(const __grid_constant__ FlashParams p) {
   using T = FwdTraits<Element, kDqk, kDv>;
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ long long row_q_offset[T::kRows];  // -1: past the sequence
-  __shared__ int row_lo[T::kRows], row_hi[T::kRows];
+  __shared__ FwdRowTable<T::kRows> rows;
 
   const int g = blockIdx.y, G = p.group;
-  const SeqTile tile = find_seq_tile(p.cu_seqlens, p.cu_stride, p.num_seqs, G, T::kRows, blockIdx.x);
+  const FwdTile tile = forward_tile<T::kRows>(p, rows);
   if (!tile.valid) return;
-  const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
-  const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
-  const long long key_start = p.key_base[tile.seq * p.key_base_stride];
+  const long long seq_start = tile.seq_start, key_start = tile.key_start;
+  const KeyInterval first = tile.first, last = tile.last;
+  const int key_begin = first.lo, key_end = last.hi;
   auto* q_s = reinterpret_cast<Element*>(smem + T::kQOffset);
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
-
-  // The tile's rows hold tokens [t_first, t_last]: they see keys [first.lo, last.hi), and every
-  // one of them sees all keys of [last.lo, first.hi).
-  const long long last_row = min(tile.first + T::kRows, seq_len * G) - 1;
-  const KeyInterval first = key_interval(p, tile.first / G), last = key_interval(p, last_row / G);
-  const int key_begin = first.lo, key_end = last.hi;
-
-  if (threadIdx.x < T::kRows) {
-    const long long row = tile.first + threadIdx.x;
-    long long offset = -1;
-    KeyInterval keys{0, 0};
-    if (row <= last_row) {
-      offset = (seq_start + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride;
-      keys = key_interval(p, row / G);
-    }
-    row_q_offset[threadIdx.x] = offset;
-    row_lo[threadIdx.x] = keys.lo;
-    row_hi[threadIdx.x] = keys.hi;
-  }
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
   common::copy_tile_async<T::kRows, kDqk, T::kThreads>(q_s, T::kLdQk, [&](int r) -> const Element* {
-    return row_q_offset[r] >= 0 ? q + row_q_offset[r] : nullptr;
+    return rows.q_offset[r] >= 0 ? q + rows.q_offset[r] : nullptr;
   });
   common::cp_async_commit();
 
@@ -112,8 +93,8 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
-  const int lo[2] = {row_lo[row0 + group], row_lo[row0 + group + 8]};
-  const int hi[2] = {row_hi[row0 + group], row_hi[row0 + group + 8]};
+  const int lo[2] = {rows.lo[row0 + group], rows.lo[row0 + group + 8]};
+  const int hi[2] = {rows.hi[row0 + group], rows.hi[row0 + group + 8]};
   const float scale_log2 = p.scale * kLog2e;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   float acc[T::kDvPart / 8][4];
@@ -167,8 +148,8 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = row0 + group + 8 * h;
-    const long long row = tile.first + r;
-    if (row_q_offset[r] < 0) continue;
+    const long long row = tile.first_row + r;
+    if (rows.q_offset[r] < 0) continue;
     const long long token = seq_start + row / G;
     const int head = g * G + static_cast<int>(row % G);
     const float inv_sum = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;

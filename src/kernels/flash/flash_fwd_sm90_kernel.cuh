@@ -19,6 +19,7 @@
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
+#include "kernels/flash/flash_fwd_rows.cuh"
 #include "kernels/flash/flash_mask.cuh"
 #include "kernels/flash/flash_params.hpp"
 #include "kernels/flash/flash_softmax.cuh"
@@ -55,42 +56,22 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
 #if FSA_HAS_WGMMA
   using T = FwdSm90Traits<Element, kDqk, kDv>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  __shared__ long long row_q_offset[T::kRows];  // -1: past the sequence
-  __shared__ int row_lo[T::kRows], row_hi[T::kRows];
+  __shared__ FwdRowTable<T::kRows> rows;
   unsigned char* smem = smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024);
 
   const int g = blockIdx.y, G = p.group;
-  const SeqTile tile = find_seq_tile(p.cu_seqlens, p.cu_stride, p.num_seqs, G, T::kRows, blockIdx.x);
+  const FwdTile tile = forward_tile<T::kRows>(p, rows);
   if (!tile.valid) return;
-  const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
-  const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
-  const long long key_start = p.key_base[tile.seq * p.key_base_stride];
+  const long long seq_start = tile.seq_start, key_start = tile.key_start;
+  const KeyInterval first = tile.first, last = tile.last;
+  const int key_begin = first.lo, key_end = last.hi;
   auto* q_s = reinterpret_cast<Element*>(smem);
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
-
-  // As in flash_fwd_kernel: rows of tokens [t_first, t_last] see keys [first.lo, last.hi), and all
-  // of them see [last.lo, first.hi).
-  const long long last_row = min(tile.first + T::kRows, seq_len * G) - 1;
-  const KeyInterval first = key_interval(p, tile.first / G), last = key_interval(p, last_row / G);
-  const int key_begin = first.lo, key_end = last.hi;
-
-  if (threadIdx.x < T::kRows) {
-    const long long row = tile.first + threadIdx.x;
-    long long offset = -1;
-    KeyInterval keys{0, 0};
-    if (row <= last_row) {
-      offset = (seq_start + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride;
-      keys = key_interval(p, row / G);
-    }
-    row_q_offset[threadIdx.x] = offset;
-    row_lo[threadIdx.x] = keys.lo;
-    row_hi[threadIdx.x] = keys.hi;
-  }
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
   wgmma::copy_tile_swizzled_async<T::kRows, kDqk, T::kThreads>(q_s, [&](int r) -> const Element* {
-    return row_q_offset[r] >= 0 ? q + row_q_offset[r] : nullptr;
+    return rows.q_offset[r] >= 0 ? q + rows.q_offset[r] : nullptr;
   });
 
   const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
@@ -116,8 +97,8 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int group = lane / 4, pair = lane % 4;
   const int row0 = warpgroup * 64 + warp * 16;  // this warp's first row of the CTA's tile
-  const int lo[2] = {row_lo[row0 + group], row_lo[row0 + group + 8]};
-  const int hi[2] = {row_hi[row0 + group], row_hi[row0 + group + 8]};
+  const int lo[2] = {rows.lo[row0 + group], rows.lo[row0 + group + 8]};
+  const int hi[2] = {rows.hi[row0 + group], rows.hi[row0 + group + 8]};
   const float scale_log2 = p.scale * kLog2e;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   float acc[kDv / 8][4];
@@ -230,8 +211,8 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = row0 + group + 8 * h;
-    const long long row = tile.first + r;
-    if (row_q_offset[r] < 0) continue;
+    const long long row = tile.first_row + r;
+    if (rows.q_offset[r] < 0) continue;
     const long long token = seq_start + row / G;
     const int head = g * G + static_cast<int>(row % G);
     const float inv_sum = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
