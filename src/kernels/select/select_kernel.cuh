@@ -40,6 +40,9 @@ namespace fsa::cuda::sel {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr unsigned kFullMask = 0xffffffffu;
+// Offers merged one by one (~26 instructions each) up to this many; more go through the bitonic
+// network (~21 compare-exchange steps of ~11 instructions).
+constexpr int kSerialMergeLimit = 8;
 
 // The tile of a packed sequence that CTA `index` covers, from shapes alone: sequence b's tiles take
 // the indices [floor(start_b / tile) + b, ... + ceil(n_b / tile)), disjoint and below
@@ -177,8 +180,8 @@ __device__ __forceinline__ void qk_tiles(float (&acc0)[kKeys / 8][4], float (&ac
 }
 
 // One pass of a token's offers into its chosen list (cap > 0 slots in shared memory, sorted: best
-// first, empty slots (-inf, INT_MAX) last), by the warp that owns the token: lane c offers block
-// j0 + c with `score` where `offered` (a final candidate). Offers that beat the current K-th best
+// first, empty slots (-inf, INT_MAX) last), by a whole warp: each lane offers (score, block) where
+// `offered` (a final candidate; a block is offered once). Offers that beat the current K-th best
 // (`worst`) are merged in one step: each list entry moves down by the number of offers that rank
 // before it, and each offer lands at (offers before it) + (list entries before it), counted by a
 // ballot over the list held in the lanes (slots c and c + 32). Ranks in a strict total order are
@@ -186,8 +189,8 @@ __device__ __forceinline__ void qk_tiles(float (&acc0)[kKeys / 8][4], float (&ac
 // Warp-uniform control flow only (every shuffle and ballot converged).
 template <bool kWide>
 __device__ __forceinline__ void merge_offers(TopEntry* list, int cap, TopEntry& worst, bool offered, float score,
-                                             int j0) {
-  const int lane = threadIdx.x % 32, j = j0 + lane;
+                                             int j) {
+  const int lane = threadIdx.x % 32;
   offered = offered && ranks_before(score, j, worst.score, worst.block);
   const unsigned offers = __ballot_sync(kFullMask, offered);
   if (offers == 0) return;
@@ -200,7 +203,7 @@ __device__ __forceinline__ void merge_offers(TopEntry* list, int cap, TopEntry& 
   for (unsigned pending = offers; pending != 0; pending &= pending - 1) {
     const int src = __ffs(pending) - 1;
     const float other_s = __shfl_sync(kFullMask, score, src);
-    const int other_b = j0 + src;
+    const int other_b = __shfl_sync(kFullMask, j, src);
     // An offer is never equal to a list entry (each block is offered once), so "entry before
     // offer" is "not offer before entry".
     const bool before_lo = ranks_before(other_s, other_b, lo.score, lo.block);
@@ -228,6 +231,62 @@ __device__ __forceinline__ void with_width(int cap, Fn&& fn) {
     fn.template operator()<true>();
   } else {
     fn.template operator()<false>();
+  }
+}
+
+// One compare-exchange step of a bitonic network over the warp's lanes (one entry per lane):
+// partner lane ^ `stride`; the pair ends in `first_lower ? best first : best last` order.
+__device__ __forceinline__ void bitonic_step(TopEntry& e, int stride, bool first_lower) {
+  const int lane = threadIdx.x % 32;
+  const float other_s = __shfl_xor_sync(kFullMask, e.score, stride);
+  const int other_b = __shfl_xor_sync(kFullMask, e.block, stride);
+  const bool other_first = ranks_before(other_s, other_b, e.score, e.block);
+  const bool lower = (lane & stride) == 0;
+  if (lower == first_lower ? other_first : !other_first && !(other_s == e.score && other_b == e.block)) {
+    e = {other_s, other_b};
+  }
+}
+
+// Up to 32 offers (one per lane, empty (-inf, INT_MAX) where none) merged into a list of cap <= 32
+// entries by a bitonic sort of the offers (best first), one half-cleaner step against the list
+// (lane i keeps the better of list[i] and offer[31 - i]: the best 32 of both, as a bitonic
+// sequence), and a bitonic merge; lanes below cap write back. The list becomes the best cap of
+// list and offers in the strict total order: the serial merge_offers' result, in ~21 steps
+// whatever the number of offers.
+__device__ __forceinline__ void merge_sorted(TopEntry* list, int cap, TopEntry offer) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int size = 2; size <= 32; size <<= 1)
+#pragma unroll
+    for (int stride = size / 2; stride > 0; stride >>= 1) bitonic_step(offer, stride, (lane & size) == 0);
+  TopEntry mine = lane < cap ? list[lane] : TopEntry{-INFINITY, INT_MAX};
+  const float reversed_s = __shfl_sync(kFullMask, offer.score, 31 - lane);
+  const int reversed_b = __shfl_sync(kFullMask, offer.block, 31 - lane);
+  if (ranks_before(reversed_s, reversed_b, mine.score, mine.block)) mine = {reversed_s, reversed_b};
+#pragma unroll
+  for (int stride = 16; stride > 0; stride >>= 1) bitonic_step(mine, stride, true);
+  __syncwarp();  // every lane has read the list
+  if (lane < cap) list[lane] = mine;
+  __syncwarp();
+}
+
+// A token's pending offers (count <= kMaxPending, in arrival order) merged into its list by a
+// whole warp, 32 at a time: a few one by one (merge_offers), more through the bitonic network
+// (lists of up to 32); `worst` becomes the list's new K-th best. The offers were written by lanes
+// of this warp: the caller has synchronised the warp.
+__device__ __forceinline__ void merge_pending(TopEntry* list, int cap, TopEntry& worst, const TopEntry* pending,
+                                              int count) {
+  const int lane = threadIdx.x % 32;
+  worst = list[cap - 1];
+  for (int base = 0; base < count; base += 32) {
+    const bool offered = base + lane < count;
+    const TopEntry offer = offered ? pending[base + lane] : TopEntry{-INFINITY, INT_MAX};
+    if (cap <= 32 && count - base > kSerialMergeLimit) {
+      merge_sorted(list, cap, offer);
+      worst = list[cap - 1];
+    } else {
+      with_width(cap, [&]<bool kWide>() { merge_offers<kWide>(list, cap, worst, offered, offer.score, offer.block); });
+    }
   }
 }
 
@@ -266,12 +325,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   auto* prob_s = reinterpret_cast<float*>(smem + layout.prob);
   auto* ring_s = reinterpret_cast<float*>(smem + layout.ring);
   auto* top_s = reinterpret_cast<TopEntry*>(smem + layout.top);
+  auto* pending_s = reinterpret_cast<TopEntry*>(smem + layout.pending);
   auto* row_offset_s = reinterpret_cast<long long*>(smem + layout.row_offset);
   auto* row_bias_s = reinterpret_cast<float*>(smem + layout.row_bias);
   auto* weight_s = reinterpret_cast<float*>(smem + layout.weight);
   auto* cap_s = reinterpret_cast<int*>(smem + layout.capacity);
-  auto* offers_s = reinterpret_cast<unsigned*>(smem + layout.offers);
   auto* worst_s = reinterpret_cast<TopEntry*>(smem + layout.worst);
+  auto* pending_count_s = reinterpret_cast<int*>(smem + layout.pending_count);
   constexpr int kLd = kDqk + kPadHalf;
 
   const int g = blockIdx.y, K = p.topk_width, R = sh.ring_slots, T = sh.tokens_per_cta;
@@ -303,6 +363,17 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   const int visible_hi = tok_hi < tokens ? visible_count(first_pos + tok_hi, l, s) : 0;
   const int visible_first = visible_count(first_pos, l, s);
   const float scale_log2 = p.scale * kLog2e;
+  // Phases B and C: token t belongs to half-warp t % 16 (lanes 16 (t % 2) + u of warp (t % 16) / 2),
+  // the same for every tile; T > 16 tokens take rounds t / 16. The token's 16 lanes sum its blocks
+  // of the tile and append the final candidates that beat the list's K-th best (worst_s) to its
+  // buffer of pending offers (pending_s, pending_count_s); the warp merges a token's buffer into
+  // its list when it could not take another tile's offers.
+  const int half = lane / 16, u = lane % 16;
+  const int token_rounds = (T + 15) / 16;
+  const int pending_limit = sh.pending_slots - sh.max_offers;  // merge above this: room for one more tile
+  // The default geometry (B = 4 s, l = 2 s): block j of the tile is keys 4j - 1 .. 4j + 3 relative to
+  // it with weights 1, 2, 2, 2, 1, one block per lane (the tile closes 16); else a loop per block.
+  const bool fast_blocks = B == 4 * s && l == 2 * s;
 
   for (int idx = threadIdx.x; idx < T * K; idx += kThreads) top_s[idx] = {-INFINITY, INT_MAX};
   for (int k = threadIdx.x; k < sh.block_keys; k += kThreads) weight_s[k] = static_cast<float>(block_weight(k, l, s, B));
@@ -310,8 +381,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
     const int cap = chosen_capacity((first_pos + t) >> b_shift, K, I, L);
     cap_s[t] = cap;
     worst_s[t] = cap > 0 ? TopEntry{-INFINITY, INT_MAX} : TopEntry{INFINITY, -1};  // (+inf, -1): beaten by none
-    for (int w = 0; w < kOfferWords; ++w) offers_s[t * kOfferWords + w] = 0;
+    pending_count_s[t] = 0;
   }
+  __syncthreads();  // the per-token tables, read by other threads even when no key tile runs
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
   const long long token0 = seq_start + first_pos;  // global row of the CTA's token 0
@@ -319,7 +391,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   if (key_tiles > 0) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, 0, keys_total, k_s);
   common::cp_async_commit();
 
-  int cached_blocks = -1, step_t = 0, step_j = 0, t_start = 0, jj_start = 0;  // phase B's item walk
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int key0 = kt * kKeys;
     common::cp_async_wait<0>();
@@ -417,100 +488,111 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
     __syncthreads();  // sums written; every warp is done with the K~ stage
     if (kt + 1 < key_tiles) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, key0 + kKeys, keys_total, k_s);
     common::cp_async_commit();  // lands while phases B and C run
-    if (sh.active_parts > 1) {  // partial sums of the parts, added in part order, 4 keys at a time
-      for (int idx = threadIdx.x; idx < tokens * (kKeys / 4); idx += kThreads) {
-        float* at = prob_s + (idx / (kKeys / 4)) * kLdProb + (idx % (kKeys / 4)) * 4;
-        float4 total = *reinterpret_cast<const float4*>(at);
-        for (int part = 1; part < sh.active_parts; ++part) {
-          const float4 v = *reinterpret_cast<const float4*>(at + part * T * kLdProb);
-          total.x += v.x;
-          total.y += v.y;
-          total.z += v.z;
-          total.w += v.w;
-        }
-        *reinterpret_cast<float4*>(at) = total;
-      }
-      __syncthreads();
-    }
 
-    // ---- B: a thread per (token, block touched by the tile): the block's score ----
+    // ---- B: each token's 16 lanes sum the blocks the tile touches and offer the final ones ----
     const int j_lo = (key0 << s_shift) >> b_shift;                          // tile_first_block
     const int j_hi = (((key0 + kKeys - 1) << s_shift) + l - 1) >> b_shift;  // tile_last_block
     const int j_final = ((key0 + kKeys) << s_shift) >> b_shift;             // tile_final_end
-    const int blocks = j_hi - j_lo + 1;  // the same for every tile unless B does not divide 64 s
+    const int blocks = j_hi - j_lo + 1;  // <= R; the same for every tile unless B does not divide 64 s
     const int ring_base = j_lo % R;
-    if (blocks != cached_blocks) {
-      cached_blocks = blocks;
-      step_t = kThreads / blocks;
-      step_j = kThreads % blocks;
-      t_start = threadIdx.x / blocks;
-      jj_start = threadIdx.x % blocks;
-    }
-    {
-      // Keys i = i_base + k, k in [0, block_keys), meet block j with weight_s[k] (block_weight); with
-      // j = j_lo + jj, i_base - key0 = rel_lo + jj * b. A block whose first key precedes the tile
-      // continues the sum carried in the ring (i_base < key0 and key0 > 0).
-      const int rel_lo = (j_lo << (b_shift - s_shift)) - key0 - windows + 1;
-      for (int t = t_start, jj = jj_start; t < tokens;) {
-        const int j = j_lo + jj;
-        const int bq = (first_pos + t) >> b_shift;
-        if (j <= bq) {
-          const int rel = rel_lo + (jj << (b_shift - s_shift));
-          const int k_begin = max(-rel, 0), k_end = min(sh.block_keys, kKeys - rel);
-          int slot = ring_base + jj;  // jj < blocks <= R: a tile's blocks have distinct slots
-          slot -= slot >= R ? R : 0;
-          float* ring = ring_s + t * R + slot;
-          float score = key0 > 0 && rel < 0 ? *ring : 0.0f;
-          const float* probs = prob_s + t * kLdProb + rel;
-          // In ascending i, as the reference: scores[j] += w * prob.
-          for (int k = k_begin; k < k_end; ++k) score = __fadd_rn(score, __fmul_rn(weight_s[k], probs[k]));
-          *ring = score;
-          if (j < j_final && is_candidate(j, bq, I, L)) {
-            const TopEntry worst = worst_s[t];  // (+inf, -1) when nothing is chosen by score
-            if (ranks_before(isnan(score) ? -INFINITY : score, j, worst.score, worst.block))
-              atomicOr(offers_s + t * kOfferWords + jj / 32, 1u << (jj % 32));
+    auto ring_slot = [&](int jj) {  // jj < blocks <= R: a tile's blocks have distinct slots
+      const int slot = ring_base + jj;
+      return slot >= R ? slot - R : slot;
+    };
+    for (int round = 0; round < token_rounds; ++round) {
+      const int t = round * 16 + warp * 2 + half;
+      const bool token_ok = t < tokens;
+      const int bq = (first_pos + t) >> b_shift;
+      const float* probs = prob_s + t * kLdProb;
+      float* ring = ring_s + t * R;
+      const TopEntry worst = token_ok ? worst_s[t] : TopEntry{INFINITY, -1};
+      int count = token_ok ? pending_count_s[t] : 0;
+      // Appends this round's offers (at most one per lane) to the token's buffer.
+      auto append = [&](bool offer, float score, int j) {
+        const unsigned offers = (__ballot_sync(kFullMask, offer) >> (16 * half)) & 0xffffu;
+        if (offer) pending_s[t * sh.pending_slots + count + __popc(offers & ((1u << u) - 1))] = {score, j};
+        count += __popc(offers);
+      };
+      auto offers_block = [&](float score, int j) {  // a final candidate that beats the K-th best
+        return token_ok && j <= bq && is_candidate(j, bq, I, L) &&
+               ranks_before(isnan(score) ? -INFINITY : score, j, worst.score, worst.block);
+      };
+      if (fast_blocks) {
+        // Lane u: keys 4u .. 4u + 3 of the tile (the parts' head sums added in part order) close
+        // block j_lo + u, whose first key 4u - 1 is lane u - 1's last, or for u = 0 the previous
+        // tile's key 63, carried in the ring as block j_lo's partial sum; key 63 starts block
+        // j_lo + 16 (= j_hi). In ascending i with the reference's weights: w * p is exact for w = 1
+        // and 2, so each fma is the reference's mul then add.
+        float4 p4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (token_ok) p4 = *reinterpret_cast<const float4*>(probs + 4 * u);
+        for (int part = 1; part < sh.active_parts && token_ok; ++part) {
+          const float4 v = *reinterpret_cast<const float4*>(probs + part * T * kLdProb + 4 * u);
+          p4.x += v.x;
+          p4.y += v.y;
+          p4.z += v.z;
+          p4.w += v.w;
+        }
+        const float previous = __shfl_up_sync(kFullMask, p4.w, 1);
+        float score = u > 0 ? previous : (key0 > 0 && token_ok ? ring[ring_slot(0)] : 0.0f);
+        score = fmaf(2.0f, p4.x, score);
+        score = fmaf(2.0f, p4.y, score);
+        score = fmaf(2.0f, p4.z, score);
+        score = __fadd_rn(score, p4.w);
+        if (u == 15 && token_ok) ring[ring_slot(16)] = p4.w;  // 0 + 1 * p[63]
+        const int j = j_lo + u;
+        const bool offer = offers_block(score, j);
+        append(offer, isnan(score) ? -INFINITY : score, j);
+      } else {
+        // Keys i = i_base + k, k in [0, block_keys), meet block j with weight_s[k] (block_weight);
+        // with j = j_lo + jj, i_base - key0 = rel_lo + jj * b. A block whose first key precedes the
+        // tile continues the sum carried in the ring (i_base < key0 and key0 > 0).
+        const int rel_lo = (j_lo << (b_shift - s_shift)) - key0 - windows + 1;
+        for (int jj = u; jj - u < blocks; jj += 16) {  // warp-uniform trip count
+          const int j = j_lo + jj;
+          float score = 0.0f;
+          bool offer = false;
+          if (token_ok && jj < blocks && j <= bq) {
+            const int rel = rel_lo + (jj << (b_shift - s_shift));
+            const int k_begin = max(-rel, 0), k_end = min(sh.block_keys, kKeys - rel);
+            score = key0 > 0 && rel < 0 ? ring[ring_slot(jj)] : 0.0f;
+            // In ascending i, as the reference: scores[j] += w * prob, the key's probability being
+            // the sum of the parts' head sums in part order.
+            for (int k = k_begin; k < k_end; ++k) {
+              const float* at = probs + rel + k;
+              float prob = at[0];
+              for (int part = 1; part < sh.active_parts; ++part) prob += at[part * T * kLdProb];
+              score = __fadd_rn(score, __fmul_rn(weight_s[k], prob));
+            }
+            ring[ring_slot(jj)] = score;
+            offer = j < j_final && offers_block(score, j);
           }
-        }
-        t += step_t;
-        jj += step_j;
-        if (jj >= blocks) {
-          jj -= blocks;
-          ++t;
+          append(offer, isnan(score) ? -INFINITY : score, j);
         }
       }
+      if (token_ok && u == 0) pending_count_s[t] = count;
     }
-    __syncthreads();
 
-    // ---- C: a warp per token with offers: merged into its chosen list ----
-    for (int t = warp; t < tokens; t += kWarps) {
-      unsigned words[kOfferWords];
-#pragma unroll
-      for (int w = 0; w < kOfferWords; ++w) words[w] = offers_s[t * kOfferWords + w];
-      unsigned any = 0;
-#pragma unroll
-      for (int w = 0; w < kOfferWords; ++w) any |= words[w];
-      if (any == 0) continue;
-      const int cap = cap_s[t];
-      TopEntry* list = top_s + t * K;
-      TopEntry worst = worst_s[t];
-      const float* ring = ring_s + t * R;
-#pragma unroll
-      for (int w = 0; w < kOfferWords; ++w) {
-        if (words[w] == 0) continue;
-        const bool offered = (words[w] >> lane) & 1u;
-        float score = -INFINITY;
-        if (offered) {
-          int slot = ring_base + 32 * w + lane;
-          slot -= slot >= R ? R : 0;
-          score = ring[slot];
-          if (isnan(score)) score = -INFINITY;  // a NaN ranks lowest, as in the reference
-        }
-        with_width(cap, [&]<bool kWide>() { merge_offers<kWide>(list, cap, worst, offered, score, j_lo + 32 * w); });
+    // ---- C: each warp merges the buffers of its tokens that could not take another tile ----
+    __syncwarp();  // the buffers and counts written by the warp's lanes are visible to all of them
+    for (int t = warp * 2; t < tokens; t += (t % 2 == 0 ? 1 : 15)) {  // t % 16 in {2 warp, 2 warp + 1}
+      const int count = pending_count_s[t];
+      if (count <= pending_limit) continue;  // warp-uniform
+      TopEntry worst;
+      merge_pending(top_s + t * K, cap_s[t], worst, pending_s + t * sh.pending_slots, count);
+      if (lane == 0) {
+        worst_s[t] = worst;
+        pending_count_s[t] = 0;
       }
-      __syncwarp();  // every lane has read the words
-      if (lane < kOfferWords) offers_s[t * kOfferWords + lane] = 0;
-      if (lane == 0) worst_s[t] = worst;
+      __syncwarp();
     }
+  }
+  // The offers still pending, merged before the lists are read by other warps.
+  __syncwarp();
+  for (int t = warp * 2; t < tokens; t += (t % 2 == 0 ? 1 : 15)) {
+    const int count = pending_count_s[t];
+    if (count == 0) continue;  // warp-uniform
+    TopEntry worst;
+    merge_pending(top_s + t * K, cap_s[t], worst, pending_s + t * sh.pending_slots, count);
   }
   common::cp_async_wait<0>();
   __syncthreads();  // the lists' initial values (when no tile ran)
@@ -539,7 +621,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
           if (isnan(score)) score = -INFINITY;
         }
         const bool offered = j <= bq && is_candidate(j, bq, I, L);
-        with_width(cap, [&]<bool kWide>() { merge_offers<kWide>(list, cap, worst, offered, score, j0); });
+        with_width(cap, [&]<bool kWide>() { merge_offers<kWide>(list, cap, worst, offered, score, j); });
       }
     }
     __syncwarp();

@@ -30,7 +30,7 @@ constexpr int kMaxTopk = 64;        // two list slots per lane of the warp that 
 constexpr int kLdProb = kKeys + 8;  // floats per token row of summed probabilities: the float2
                                     // stores of a fragment (8 tokens x 4 pairs) hit 16 distinct banks
 constexpr int kPadHalf = 8;         // 16-bit elements of padding per shared Q/K row (ldmatrix banks)
-constexpr int kOfferWords = 2;      // bits per token for the blocks a tile closes: 64 s / B <= 64
+constexpr int kMaxPending = 64;     // offers a token holds between merges into its list (2 per lane)
 
 struct SelectShape {
   int heads_used;        // heads whose probabilities are summed: G, or 1 (first_head)
@@ -44,6 +44,8 @@ struct SelectShape {
   int tokens_per_cta;    // groups * tokens_per_mtile (<= 64)
   int ring_slots;        // per-token slots of block scores still being summed (ring_slots_for)
   int block_keys;        // keys whose window can meet a block: (B + l) / s - 1 (block_weight)
+  int max_offers;        // blocks one key tile closes, at most: ceil(kKeys s / B) (max_offers_per_tile)
+  int pending_slots;     // per-token buffer of offers not yet merged into the list (pending_slots_for)
   int ctas_per_sm;       // 2: the kernel variant limited to 128 registers, smem within half an SM
 };
 
@@ -57,7 +59,7 @@ struct TopEntry {
 
 // Dynamic shared memory of one CTA, in bytes from the start of the buffer.
 struct SelectSmem {
-  std::size_t q, k, prob, ring, top, row_offset, row_bias, weight, capacity, offers, worst, bytes;
+  std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, bytes;
   FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk) {
     const std::size_t ld = static_cast<std::size_t>(dqk + kPadHalf) * 2;  // bytes per Q/K row
     const std::size_t q_rows = static_cast<std::size_t>(sh.rounds_per_chunk) * kWarps * 16;
@@ -67,13 +69,14 @@ struct SelectSmem {
     prob = k + align_bytes(kKeys * ld);  // one K stage: loaded while phase B runs
     ring = prob + align_bytes(static_cast<std::size_t>(sh.active_parts) * tokens * kLdProb * sizeof(float));
     top = ring + align_bytes(tokens * static_cast<std::size_t>(sh.ring_slots) * sizeof(float));
-    row_offset = top + align_bytes(tokens * static_cast<std::size_t>(topk) * sizeof(TopEntry));
+    pending = top + align_bytes(tokens * static_cast<std::size_t>(topk) * sizeof(TopEntry));
+    row_offset = pending + align_bytes(tokens * static_cast<std::size_t>(sh.pending_slots) * sizeof(TopEntry));
     row_bias = row_offset + align_bytes(q_rows * sizeof(long long));
     weight = row_bias + align_bytes(q_rows * sizeof(float));
     capacity = weight + align_bytes(static_cast<std::size_t>(sh.block_keys) * sizeof(float));
-    offers = capacity + align_bytes(tokens * sizeof(int));
-    worst = offers + align_bytes(tokens * kOfferWords * sizeof(unsigned));
-    bytes = worst + align_bytes(tokens * sizeof(TopEntry));
+    worst = capacity + align_bytes(tokens * sizeof(int));
+    pending_count = worst + align_bytes(tokens * sizeof(TopEntry));
+    bytes = pending_count + align_bytes(tokens * sizeof(int));
   }
 };
 
@@ -96,6 +99,15 @@ FSA_SEL_HD int tile_final_end(int key0, int s, int B) {
 FSA_SEL_HD int ring_slots_for(int l, int s, int B) {
   return static_cast<int>((static_cast<long long>(kKeys - 1) * s + l - 1) / B) + 2;
 }
+// Blocks closed by one key tile (tile_final_end - tile_first_block), at most: ceil(kKeys s / B).
+FSA_SEL_HD int max_offers_per_tile(int s, int B) { return (kKeys * s + B - 1) / B; }
+// A token's pending offers are merged into its list once they could not take another tile's
+// offers: the buffer holds at least two tiles' worth (one merge per two tiles while every
+// candidate is offered, the list filling up), 32 or 64 entries (one or two per lane of the merge).
+FSA_SEL_HD int pending_slots_for(int s, int B) {
+  return 2 * max_offers_per_tile(s, B) <= 32 ? 32 : kMaxPending;
+}
+
 // The overlap weight w(i, j) = |[i s, i s + l) n [j B, (j + 1) B)| / s (an integer: s divides l
 // and B) by the key's place in the block: in units of s, block j is [j b, j b + b) with b = B / s
 // and key i covers [i, i + c) with c = l / s, so the keys that meet it are i = j b - c + 1 + k for
@@ -134,6 +146,8 @@ inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_st
   sh.mtiles_per_group = heads_used == 1 ? 1 : (heads_used + 1) / 2;
   sh.ring_slots = ring_slots_for(cmp_len, cmp_stride, block_size);
   sh.block_keys = (block_size + cmp_len) / cmp_stride - 1;
+  sh.max_offers = max_offers_per_tile(cmp_stride, block_size);
+  sh.pending_slots = pending_slots_for(cmp_stride, block_size);
   sh.ctas_per_sm = ctas_per_sm;
   const int max_groups = 64 / sh.tokens_per_mtile;
   const int target_mtiles = target_rows / 16;
@@ -148,7 +162,10 @@ inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_st
     sh.rounds_per_chunk = sh.rounds < chunk_cap ? sh.rounds : chunk_cap;
     sh.tokens_per_cta = groups * sh.tokens_per_mtile;
     if (SelectSmem(sh, dqk, topk).bytes <= max_smem) return sh;
-    if (groups > 1) {
+    if (sh.pending_slots > sh.max_offers) {  // a merge after every tile with offers before fewer tokens
+      sh.pending_slots = sh.max_offers;
+    } else if (groups > 1) {
+      sh.pending_slots = pending_slots_for(cmp_stride, block_size);
       groups /= 2;
     } else if (chunk_cap > 1) {
       --chunk_cap;
