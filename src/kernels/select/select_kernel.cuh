@@ -391,6 +391,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   if (key_tiles > 0) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, 0, keys_total, k_s);
   common::cp_async_commit();
 
+  int ring_base = 0, ring_j_lo = 0;  // block ring_j_lo's ring slot (tile 0: block 0, slot 0)
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int key0 = kt * kKeys;
     common::cp_async_wait<0>();
@@ -494,7 +495,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
     const int j_hi = (((key0 + kKeys - 1) << s_shift) + l - 1) >> b_shift;  // tile_last_block
     const int j_final = ((key0 + kKeys) << s_shift) >> b_shift;             // tile_final_end
     const int blocks = j_hi - j_lo + 1;  // <= R; the same for every tile unless B does not divide 64 s
-    const int ring_base = j_lo % R;
+    // Ring slot of block j_lo: j_lo mod R, advanced from the previous tile's (a tile's first block
+    // moves by at most ceil(64 s / B) < R), so no division per tile.
+    ring_base += j_lo - ring_j_lo;
+    ring_base -= ring_base >= R ? R : 0;
+    ring_j_lo = j_lo;
     auto ring_slot = [&](int jj) {  // jj < blocks <= R: a tile's blocks have distinct slots
       const int slot = ring_base + jj;
       return slot >= R ? slot - R : slot;
