@@ -6,19 +6,21 @@
 // One CTA per (tile of tokens of one sequence, kv head g), 8 warps; the row layout and the split
 // of the group's heads over warps are select_tiling.hpp's. Per tile of 64 compressed keys visible
 // to the CTA's last token (Q resident in shared memory when it fits, else reloaded in chunks; one
-// K~ stage, copied with cp.async while phases B and C of the previous tile run):
+// K~ stage, copied with cp.async while phases B and C of the tile run):
 //   A. S = Q K~^T on tensor cores for all of the CTA's query rows against the one K~ tile, and
 //      p = exp2(S * scale * log2 e - lse * log2 e) (masked by i*s + l - 1 <= t only in the tiles
 //      that reach past the first token's visible keys), summed over the token's heads in the
-//      registers of the thread that holds its rows (heads 2m, then 2m + 1, m ascending), then
-//      over warps in part order: one float per (token, key) in shared memory;
-//   B. one thread per (token, block touched by the tile) continues the block's score
-//      S[j] += w(i, j) * p[i] over the tile's keys in ascending i (the reference's order and
-//      weights), starting from the value carried in the token's ring of open blocks; a final
-//      candidate that beats the token's current K-th best sets the token's offer bit for it;
-//   C. a warp per token with offers merges them into its list, kept sorted (higher score first,
-//      then lower block): ranks by ballot, one scatter (merge_offers). The chosen set is the top of
-//      a strict total order, whatever order the offers come in.
+//      registers of the thread that holds its rows (heads 2m, then 2m + 1, m ascending): one
+//      float per (part, token, key) in shared memory, the parts added in part order in B;
+//   B. the 16 lanes that own a token for the CTA's lifetime continue the scores of the blocks the
+//      tile touches, S[j] += w(i, j) * p[i] over the tile's keys in ascending i (the reference's
+//      order and weights), from the value carried in the token's ring of open blocks (default
+//      geometry B = 4 s, l = 2 s: one block per lane from a float4 of sums and a shuffle); a final
+//      candidate that beats the token's K-th best is appended to its buffer of pending offers;
+//   C. the owning warp merges a token's buffer into its list, kept sorted (higher score first, then
+//      lower block), when the buffer could not take another tile's offers: a few offers one by one
+//      (ranks by ballot, one scatter: merge_offers), more by a bitonic network (merge_sorted). The
+//      chosen set is the top of a strict total order, whatever order the offers come in.
 // After the last tile the blocks no tile closed are offered, then each row is written ascending
 // (chosen plus forced blocks, rank = count of smaller values), then -1 padding.
 #pragma once
