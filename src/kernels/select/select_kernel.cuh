@@ -125,7 +125,9 @@ __device__ __forceinline__ void load_q_chunk(const SelectParams& p, int chunk, i
 }
 
 // Keys [key0, key0 + kKeys) of the head's compressed keys into the K stage; keys past keys_total are
-// zero rows (their probabilities are masked). Offsets within the tile in 32 bits (kKeys rows).
+// zero rows (their probabilities are masked). Offsets within the tile in 32 bits (kKeys rows). When
+// the row's vectors divide the CTA, each thread copies one column of every kRowsPerPass-th row:
+// its offsets are computed once.
 template <class Element, int kDqk>
 __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_stride, int key0, int keys_total,
                                             Element* dst) {
@@ -133,14 +135,29 @@ __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_s
   constexpr int kLd = kDqk + kPadHalf;
   const Element* base = k + static_cast<long long>(key0) * row_stride;
   const int rows = keys_total - key0, stride = static_cast<int>(row_stride);
+  if constexpr (kThreads % kVectors == 0) {
+    constexpr int kRowsPerPass = kThreads / kVectors;
+    const int row0 = threadIdx.x / kVectors, vec = threadIdx.x % kVectors;
+    const Element* from = base + row0 * stride + vec * 8;
+    Element* to = dst + row0 * kLd + vec * 8;
 #pragma unroll
-  for (int idx = threadIdx.x; idx < kKeys * kVectors; idx += kThreads) {
-    const int row = idx / kVectors, vec = idx % kVectors;
-    uint4* to = reinterpret_cast<uint4*>(dst + row * kLd) + vec;
-    if (row < rows) {
-      common::cp_async_16(to, base + row * stride + vec * 8);
-    } else {
-      *to = make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
+      if (row0 + i * kRowsPerPass < rows) {
+        common::cp_async_16(to + i * kRowsPerPass * kLd, from + i * kRowsPerPass * stride);
+      } else {
+        *reinterpret_cast<uint4*>(to + i * kRowsPerPass * kLd) = make_uint4(0, 0, 0, 0);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int idx = threadIdx.x; idx < kKeys * kVectors; idx += kThreads) {
+      const int row = idx / kVectors, vec = idx % kVectors;
+      uint4* to = reinterpret_cast<uint4*>(dst + row * kLd) + vec;
+      if (row < rows) {
+        common::cp_async_16(to, base + row * stride + vec * 8);
+      } else {
+        *to = make_uint4(0, 0, 0, 0);
+      }
     }
   }
 }
@@ -321,7 +338,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   constexpr bool kPairs = kCtasPerSm == 1;
   extern __shared__ __align__(128) unsigned char smem[];
   const SelectShape& sh = p.shape;
-  const SelectSmem layout(sh, kDqk, p.topk_width);
+  const SelectSmem& layout = p.layout;
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
   auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
   auto* prob_s = reinterpret_cast<float*>(smem + layout.prob);
@@ -365,6 +382,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   const int visible_hi = tok_hi < tokens ? visible_count(first_pos + tok_hi, l, s) : 0;
   const int visible_first = visible_count(first_pos, l, s);
   const float scale_log2 = p.scale * kLog2e;
+  // Where this thread's head sums of rows tok_lo / tok_hi go (key 8n + 2 pair at + 8n).
+  float* const sum_lo = prob_s + (my_part * T + tok_lo) * kLdProb + 2 * pair;
+  float* const sum_hi = prob_s + (my_part * T + tok_hi) * kLdProb + 2 * pair;
   // Phases B and C: token t belongs to half-warp t % 16 (lanes 16 (t % 2) + u of warp (t % 16) / 2),
   // the same for every tile; T > 16 tokens take rounds t / 16. The token's 16 lanes sum its blocks
   // of the tile and append the final candidates that beat the list's K-th best (worst_s) to its
@@ -402,7 +422,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;
     const int limit_lo = visible_lo - key0, limit_hi = visible_hi - key0;
-    float* dst = prob_s + my_part * T * kLdProb;
     if (sh.rounds == 1 && q_resident) {  // one m-tile per warp: no running sum
       if (my_part < sh.mtiles_per_group) {
         float acc[kKeys / 8][4];
@@ -415,12 +434,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
         }
 #pragma unroll
         for (int n = 0; n < kKeys / 8; ++n) {
-          const int key = n * 8 + 2 * pair;
           if (rows_are_tokens) {
-            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) = make_float2(acc[n][0], acc[n][1]);
-            *reinterpret_cast<float2*>(dst + tok_hi * kLdProb + key) = make_float2(acc[n][2], acc[n][3]);
+            *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(acc[n][0], acc[n][1]);
+            *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(acc[n][2], acc[n][3]);
           } else {  // heads 2m and 2m + 1 of the token
-            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) =
+            *reinterpret_cast<float2*>(sum_lo + n * 8) =
                 make_float2(acc[n][0] + acc[n][2], acc[n][1] + acc[n][3]);
           }
         }
@@ -477,12 +495,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
       if (my_part < sh.active_parts) {
 #pragma unroll
         for (int n = 0; n < kKeys / 8; ++n) {
-          const int key = n * 8 + 2 * pair;
           if (rows_are_tokens) {
-            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) = make_float2(sum[n][0], sum[n][1]);
-            *reinterpret_cast<float2*>(dst + tok_hi * kLdProb + key) = make_float2(sum[n][2], sum[n][3]);
+            *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(sum[n][0], sum[n][1]);
+            *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(sum[n][2], sum[n][3]);
           } else {  // even heads, then odd heads
-            *reinterpret_cast<float2*>(dst + tok_lo * kLdProb + key) =
+            *reinterpret_cast<float2*>(sum_lo + n * 8) =
                 make_float2(sum[n][0] + sum[n][2], sum[n][1] + sum[n][3]);
           }
         }
@@ -658,14 +675,16 @@ namespace fsa::cuda {
 template <class Element, int kDqk>
 Status launch_select_blocks(const SelectParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0 || p.heads_kv == 0) return Status::ok();
-  const sel::SelectSmem layout(p.shape, kDqk, p.topk_width);
+  SelectParams params = p;
+  params.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width);
+  const sel::SelectSmem& layout = params.layout;
   auto* kernel = p.shape.ctas_per_sm == 2 ? sel::select_blocks_kernel<Element, kDqk, 2>
                                           : sel::select_blocks_kernel<Element, kDqk, 1>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(layout.bytes)));
   const long long tiles = p.tokens / p.shape.tokens_per_cta + p.num_seqs;
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: " + std::to_string(tiles) + " token tiles exceed the grid limit");
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), sel::kThreads, layout.bytes, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), sel::kThreads, layout.bytes, stream>>>(params);
   FSA_CHECK_LAUNCH("select_blocks_kernel", stream);
   return Status::ok();
 }

@@ -29,6 +29,9 @@ struct SelectParams {
   float scale;
   // Work decomposition, chosen by the launcher from shapes alone (sel::choose_shape).
   sel::SelectShape shape;
+  // Its shared-memory layout (sel::SelectSmem of shape, Dqk and K), computed by the launcher: read
+  // from the parameter space, the kernel's offsets take no registers and no arithmetic.
+  sel::SelectSmem layout;
 };
 
 }  // namespace fsa::cuda

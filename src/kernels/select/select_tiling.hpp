@@ -60,6 +60,7 @@ struct TopEntry {
 // Dynamic shared memory of one CTA, in bytes from the start of the buffer.
 struct SelectSmem {
   std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, bytes;
+  SelectSmem() = default;
   FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk) {
     const std::size_t ld = static_cast<std::size_t>(dqk + kPadHalf) * 2;  // bytes per Q/K row
     const std::size_t q_rows = static_cast<std::size_t>(sh.rounds_per_chunk) * kWarps * 16;
