@@ -253,39 +253,52 @@ __device__ __forceinline__ void with_width(int cap, Fn&& fn) {
   }
 }
 
-// One compare-exchange step of a bitonic network over the warp's lanes (one entry per lane):
+// A candidate as one 64-bit key whose unsigned order is the strict order of ranks_before: the
+// score's bits mapped to an order-preserving unsigned (scores are never NaN here: NaN is offered
+// as -inf; -0 is made +0, equal as floats), then the block complemented (a lower block ranks
+// first). Distinct blocks give distinct keys; the empty entry (-inf, INT_MAX) ranks below every
+// block with a score.
+__device__ __forceinline__ unsigned long long rank_key(float score, int block) {
+  const unsigned bits = __float_as_uint(score + 0.0f);
+  const unsigned ordered = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+  return static_cast<unsigned long long>(ordered) << 32 | ~static_cast<unsigned>(block);
+}
+__device__ __forceinline__ TopEntry entry_of(unsigned long long key) {
+  const unsigned ordered = static_cast<unsigned>(key >> 32);
+  const unsigned bits = ordered & 0x80000000u ? ordered & 0x7fffffffu : ~ordered;
+  return {__uint_as_float(bits), static_cast<int>(~static_cast<unsigned>(key))};
+}
+
+// One compare-exchange step of a bitonic network over the warp's lanes (one key per lane):
 // partner lane ^ `stride`; the pair ends in `first_lower ? best first : best last` order.
-__device__ __forceinline__ void bitonic_step(TopEntry& e, int stride, bool first_lower) {
+__device__ __forceinline__ void bitonic_step(unsigned long long& key, int stride, bool first_lower) {
   const int lane = threadIdx.x % 32;
-  const float other_s = __shfl_xor_sync(kFullMask, e.score, stride);
-  const int other_b = __shfl_xor_sync(kFullMask, e.block, stride);
-  const bool other_first = ranks_before(other_s, other_b, e.score, e.block);
+  const unsigned long long other = __shfl_xor_sync(kFullMask, key, stride);
   const bool lower = (lane & stride) == 0;
-  if (lower == first_lower ? other_first : !other_first && !(other_s == e.score && other_b == e.block)) {
-    e = {other_s, other_b};
-  }
+  if (lower == first_lower ? other > key : other < key) key = other;
 }
 
 // Up to 32 offers (one per lane, empty (-inf, INT_MAX) where none) merged into a list of cap <= 32
 // entries by a bitonic sort of the offers (best first), one half-cleaner step against the list
 // (lane i keeps the better of list[i] and offer[31 - i]: the best 32 of both, as a bitonic
 // sequence), and a bitonic merge; lanes below cap write back. The list becomes the best cap of
-// list and offers in the strict total order: the serial merge_offers' result, in ~21 steps
-// whatever the number of offers.
+// list and offers in the strict total order: the serial merge_offers' result, in 21 steps of a
+// 64-bit shuffle, compare and select (rank_key) whatever the number of offers.
 __device__ __forceinline__ void merge_sorted(TopEntry* list, int cap, TopEntry offer) {
   const int lane = threadIdx.x % 32;
+  unsigned long long key = rank_key(offer.score, offer.block);
 #pragma unroll
   for (int size = 2; size <= 32; size <<= 1)
 #pragma unroll
-    for (int stride = size / 2; stride > 0; stride >>= 1) bitonic_step(offer, stride, (lane & size) == 0);
-  TopEntry mine = lane < cap ? list[lane] : TopEntry{-INFINITY, INT_MAX};
-  const float reversed_s = __shfl_sync(kFullMask, offer.score, 31 - lane);
-  const int reversed_b = __shfl_sync(kFullMask, offer.block, 31 - lane);
-  if (ranks_before(reversed_s, reversed_b, mine.score, mine.block)) mine = {reversed_s, reversed_b};
+    for (int stride = size / 2; stride > 0; stride >>= 1) bitonic_step(key, stride, (lane & size) == 0);
+  const TopEntry held = lane < cap ? list[lane] : TopEntry{-INFINITY, INT_MAX};
+  unsigned long long mine = rank_key(held.score, held.block);
+  const unsigned long long reversed = __shfl_sync(kFullMask, key, 31 - lane);
+  mine = reversed > mine ? reversed : mine;
 #pragma unroll
   for (int stride = 16; stride > 0; stride >>= 1) bitonic_step(mine, stride, true);
   __syncwarp();  // every lane has read the list
-  if (lane < cap) list[lane] = mine;
+  if (lane < cap) list[lane] = entry_of(mine);
   __syncwarp();
 }
 
