@@ -22,6 +22,7 @@
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
+#include "kernels/flash/flash_bwd_block.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
 #include "kernels/flash/flash_mask.cuh"
 #include "kernels/flash/flash_params.hpp"
@@ -63,20 +64,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   unsigned char* smem = smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024);
 
   const int g = blockIdx.y, G = p.group;
-  const SeqTile tile = find_seq_tile(p.key_base, p.key_base_stride, p.num_seqs, 1, T::kKeys, blockIdx.x);
-  if (!tile.valid) return;
-  const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
-  const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
-  const long long key_start = p.key_base[tile.seq * p.key_base_stride];
-  const long long key_count = p.key_base[(tile.seq + 1) * p.key_base_stride] - key_start;
-  const int key0 = static_cast<int>(tile.first);
-  const int keys = static_cast<int>(min(static_cast<long long>(T::kKeys), key_count - key0));
-  const TokenRange tokens = tokens_seeing(p, key0, key0 + keys - 1, seq_len);
-  const long long rows_begin = tokens.first * G, rows_end = tokens.end * G;
-  const long long block = p.split_relative ? rows_begin / p.split_rows + blockIdx.z : blockIdx.z;
-  const long long row_first = max(rows_begin, block * p.split_rows);
-  const long long row_end = min(rows_end, (block + 1) * p.split_rows);
-  if (row_first >= row_end) return;
+  const BwdBlock work = backward_block<T::kKeys>(p);
+  if (!work.valid) return;
+  const long long seq_start = work.seq_start, key_start = work.key_start;
+  const long long row_first = work.row_first, row_end = work.row_end;
+  const int key0 = work.key0, keys = work.keys;  // the tile: local keys [key0, key0 + keys)
   const long long token_base = seq_start + row_first / G;
   const int first_in_group = static_cast<int>(row_first % G);
   const int block_rows = static_cast<int>(row_end - row_first);

@@ -169,18 +169,19 @@ namespace fsa::cuda {
 
 namespace flash {
 
-template <class Element, int kDqk, int kDv>
-Status launch_forward_sm90(const FlashParams& p, cudaStream_t stream) {
-  using T = FwdSm90Traits<Element, kDqk, kDv>;
-  auto* kernel = flash_fwd_sm90_kernel<Element, kDqk, kDv>;
-  FSA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
-  const long long tiles = p.tokens * p.group / T::kRows + p.num_seqs;
+// Either forward kernel (Traits: its rows per CTA, threads and shared memory), one CTA per (query
+// tile of Traits::kRows rows of one sequence, kv head).
+template <class Traits>
+Status launch_forward_tiles(void (*kernel)(FlashParams), const char* name, const FlashParams& p,
+                            cudaStream_t stream) {
+  FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(Traits::kSmemBytes)));
+  const long long tiles = p.tokens * p.group / Traits::kRows + p.num_seqs;
   if (tiles > 0x7fffffffLL)
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     "q: " + std::to_string(tiles) + " query tiles of 128 rows exceed the grid limit");
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), T::kThreads, T::kSmemBytes, stream>>>(p);
-  FSA_CHECK_LAUNCH("flash_fwd_sm90_kernel", stream);
+    return FSA_ERROR(StatusCode::kNotImplemented, "q: " + std::to_string(tiles) + " query tiles of " +
+                                                      std::to_string(Traits::kRows) + " rows exceed the grid limit");
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
+  FSA_CHECK_LAUNCH(name, stream);
   return Status::ok();
 }
 
@@ -188,20 +189,12 @@ Status launch_forward_sm90(const FlashParams& p, cudaStream_t stream) {
 
 template <class Element, int kDqk, int kDv>
 Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
-  using T = flash::FwdTraits<Element, kDqk, kDv>;
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
   if (common::runs_sm90_image<flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>>())
-    return flash::launch_forward_sm90<Element, kDqk, kDv>(p, stream);
-  auto* kernel = flash::flash_fwd_kernel<Element, kDqk, kDv>;
-  FSA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
-  const long long tiles = p.tokens * p.group / T::kRows + p.num_seqs;
-  if (tiles > 0x7fffffffLL)
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     "q: " + std::to_string(tiles) + " query tiles of 64 rows exceed the grid limit");
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), T::kThreads, T::kSmemBytes, stream>>>(p);
-  FSA_CHECK_LAUNCH("flash_fwd_kernel", stream);
-  return Status::ok();
+    return flash::launch_forward_tiles<flash::FwdSm90Traits<Element, kDqk, kDv>>(
+        flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>, "flash_fwd_sm90_kernel", p, stream);
+  return flash::launch_forward_tiles<flash::FwdTraits<Element, kDqk, kDv>>(
+      flash::flash_fwd_kernel<Element, kDqk, kDv>, "flash_fwd_kernel", p, stream);
 }
 
 }  // namespace fsa::cuda
