@@ -38,10 +38,10 @@ else
 fi
 run fsa-info ./build/gpu/fsa info
 run gpu-tests ctest --test-dir build/gpu -L gpu --output-on-failure -j 1
-# On Hopper the flash-attention forward runs its wgmma kernel; FSA_DISABLE_WGMMA=1 runs the tests of
+# On Hopper the flash-attention kernels and the selection run their wgmma variants; FSA_DISABLE_WGMMA=1 runs the tests of
 # its users again on the mma.sync kernel (the one sm80 runs), so both stay tested on this machine.
 run gpu-tests-mma-sync env FSA_DISABLE_WGMMA=1 ctest --test-dir build/gpu -L gpu --output-on-failure -j 1 \
-  -R "Gpu\.(Swa|CmpAttn|Layer)"
+  -R "Gpu\.(Swa|CmpAttn|Layer|Select)"
 run cpu-tests ctest --test-dir build/gpu -L cpu --output-on-failure -j "$(nproc)"
 run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_runtime
 run memcheck-slc compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_slc_attn \

@@ -95,12 +95,16 @@ __device__ __forceinline__ void copy_rows_swizzled_async(Element* dst, const Ele
 
 // Matrix descriptor of a 128-byte-swizzled operand starting at `smem` (bits: start address >> 4 at
 // 0, LBO >> 4 at 16, SBO >> 4 at 32, swizzle mode 1 = 128 bytes at 62).
-__device__ __forceinline__ std::uint64_t descriptor(const void* smem, std::uint32_t lbo_bytes,
-                                                    std::uint32_t sbo_bytes) {
-  const std::uint32_t address = mma::shared_address(smem);
+// descriptor_at takes the shared-window address itself.
+__device__ __forceinline__ std::uint64_t descriptor_at(std::uint32_t address, std::uint32_t lbo_bytes,
+                                                       std::uint32_t sbo_bytes) {
   return static_cast<std::uint64_t>((address & 0x3ffff) >> 4) |
          (static_cast<std::uint64_t>((lbo_bytes >> 4) & 0x3fff) << 16) |
          (static_cast<std::uint64_t>((sbo_bytes >> 4) & 0x3fff) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ std::uint64_t descriptor(const void* smem, std::uint32_t lbo_bytes,
+                                                    std::uint32_t sbo_bytes) {
+  return descriptor_at(mma::shared_address(smem), lbo_bytes, sbo_bytes);
 }
 
 // The descriptor `desc` moved by `bytes` (start address field, in 16-byte units; shared addresses

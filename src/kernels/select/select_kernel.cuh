@@ -34,7 +34,9 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/mma_sm80.cuh"
+#include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
+#include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/select/select_params.hpp"
 #include "kernels/select/select_tiling.hpp"
 
@@ -84,7 +86,7 @@ __device__ __forceinline__ bool ranks_before(float score_a, int block_a, float s
 // 16 rows per slot): the offset of each row in q (-1: padding, zero-filled) and lse * log2 e (+inf
 // for padding, so that its probabilities are exp2(-inf) = 0), then the cp.async copies of the rows.
 // The caller commits, waits and synchronises.
-template <class Element, int kDqk>
+template <class Element, int kDqk, bool kSwizzled>
 __device__ __forceinline__ void load_q_chunk(const SelectParams& p, int chunk, int g, long long token0, int tokens,
                                              Element* q_s, long long* row_offset_s, float* row_bias_s) {
   const SelectShape& sh = p.shape;
@@ -115,7 +117,9 @@ __device__ __forceinline__ void load_q_chunk(const SelectParams& p, int chunk, i
   for (int idx = threadIdx.x; idx < rows * kVectors; idx += kThreads) {
     const int row = idx / kVectors, vec = idx % kVectors;
     const long long offset = row_offset_s[row];
-    uint4* dst = reinterpret_cast<uint4*>(q_s + row * kLd) + vec;
+    uint4* dst = kSwizzled ? reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(q_s) +
+                                                      wgmma::swizzled_offset(rows, row, vec * 8))
+                           : reinterpret_cast<uint4*>(q_s + row * kLd) + vec;
     if (offset >= 0) {
       common::cp_async_16(dst, reinterpret_cast<const uint4*>(q + offset) + vec);
     } else {
@@ -128,14 +132,19 @@ __device__ __forceinline__ void load_q_chunk(const SelectParams& p, int chunk, i
 // zero rows (their probabilities are masked). Offsets within the tile in 32 bits (kKeys rows). When
 // the row's vectors divide the CTA, each thread copies one column of every kRowsPerPass-th row:
 // its offsets are computed once.
-template <class Element, int kDqk>
+template <class Element, int kDqk, bool kSwizzled>
 __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_stride, int key0, int keys_total,
                                             Element* dst) {
   constexpr int kVectors = kDqk / 8;
   constexpr int kLd = kDqk + kPadHalf;
   const Element* base = k + static_cast<long long>(key0) * row_stride;
   const int rows = keys_total - key0, stride = static_cast<int>(row_stride);
-  if constexpr (kThreads % kVectors == 0) {
+  if constexpr (kSwizzled && kThreads % kVectors == 0) {
+    wgmma::copy_rows_swizzled_async<kKeys, kDqk, kThreads>(dst, base, row_stride, rows);
+  } else if constexpr (kSwizzled) {
+    wgmma::copy_tile_swizzled_async<kKeys, kDqk, kThreads>(
+        dst, [&](int row) { return row < rows ? base + row * stride : nullptr; });
+  } else if constexpr (kThreads % kVectors == 0) {
     constexpr int kRowsPerPass = kThreads / kVectors;
     const int row0 = threadIdx.x / kVectors, vec = threadIdx.x % kVectors;
     const Element* from = base + row0 * stride + vec * 8;
@@ -196,6 +205,37 @@ __device__ __forceinline__ void qk_tiles(float (&acc0)[kKeys / 8][4], float (&ac
       }
     }
   }
+}
+
+// S of the 64 rows from `first_row` of the swizzled Q tile (q_rows rows: this warpgroup's four
+// m-tiles of a round, 16 rows per warp) against the 64 keys of the swizzled K stage, by wgmma
+// (sm_90a): the accumulators have qk_tiles' layout (wgmma_sm90.cuh). All 4 warps of the group take
+// part; the shared operands were fenced (fence_async_shared) and synchronised by the caller.
+template <class Element, int kDqk>
+__device__ __forceinline__ void qk_wgmma(float (&acc)[kKeys / 8][4], const Element* q_s, int q_rows, int first_row,
+                                         const Element* k_s) {
+  constexpr std::uint32_t kGroupBytes = 8 * wgmma::kPanelRowBytes;  // 8-row groups (K-major operands)
+  // The operands' addresses pass through an opaque move: otherwise the compiler hoists all the
+  // steps' descriptors (loop-invariant across key tiles) and, at Dqk = 256, spills them.
+  std::uint32_t q_address, k_address;
+  asm volatile("mov.u32 %0, %1;"
+               : "=r"(q_address)
+               : "r"(mma::shared_address(q_s) + first_row * wgmma::kPanelRowBytes));
+  asm volatile("mov.u32 %0, %1;" : "=r"(k_address) : "r"(mma::shared_address(k_s)));
+  const std::uint64_t q_desc = wgmma::descriptor_at(q_address, 0, kGroupBytes);
+  const std::uint64_t k_desc = wgmma::descriptor_at(k_address, 0, kGroupBytes);
+  // k step kk of 16 columns: panel kk / 4 (panels of rows x 128 bytes), 32 bytes per step within it.
+  auto step = [](int rows, int kk) {
+    return static_cast<std::uint32_t>((kk / 4) * rows * wgmma::kPanelRowBytes + (kk % 4) * 32);
+  };
+  wgmma::fence();
+#pragma unroll
+  for (int kk = 0; kk < kDqk / 16; ++kk)
+    wgmma::mma_ss<Element, kKeys, 0>(acc, wgmma::advance(q_desc, step(q_rows, kk)),
+                                     wgmma::advance(k_desc, step(kKeys, kk)), kk > 0);
+  wgmma::commit_group();
+  wgmma::wait_group<0>();
+  wgmma::fence_operands<kKeys>(acc);
 }
 
 // One pass of a token's offers into its chosen list (cap > 0 slots in shared memory, sorted: best
@@ -345,11 +385,16 @@ __device__ __forceinline__ void to_probs(float (&acc)[kKeys / 8][4], float scale
     }
 }
 
-template <class Element, int kDqk, int kCtasPerSm>
-__global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(const __grid_constant__ SelectParams p) {
+// The kernel's body (select_blocks_kernel below). kWgmma (sm_90a, two CTAs per SM): phase A's
+// products by wgmma from swizzled Q and K~ tiles.
+template <class Element, int kDqk, int kCtasPerSm, bool kWgmma>
+__device__ __forceinline__ void select_blocks(const SelectParams& p) {
   // kCtasPerSm == 1: two m-tiles per K~ B fragment (up to ~200 registers); 2: one at a time (128).
   constexpr bool kPairs = kCtasPerSm == 1;
-  extern __shared__ __align__(128) unsigned char smem[];
+  static_assert(!(kWgmma && kPairs), "the wgmma variant runs one m-tile per warp and round");
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The swizzle is a function of the address bits: the wgmma variant's tiles start on 1024 bytes.
+  unsigned char* smem = kWgmma ? smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024) : smem_raw;
   const SelectShape& sh = p.shape;
   const SelectSmem& layout = p.layout;
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
@@ -383,6 +428,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   const int key_tiles = (keys_total + kKeys - 1) / kKeys;
   const int chunks = (sh.rounds + sh.rounds_per_chunk - 1) / sh.rounds_per_chunk;
   const bool q_resident = chunks == 1;
+  const int q_rows = sh.rounds_per_chunk * kWarps * 16;  // rows of the Q tile in shared memory
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, pair = lane % 4;
   const int my_group = warp / sh.parts, my_part = warp % sh.parts;
@@ -422,23 +468,25 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
   const long long token0 = seq_start + first_pos;  // global row of the CTA's token 0
-  if (q_resident) load_q_chunk<Element, kDqk>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
-  if (key_tiles > 0) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, 0, keys_total, k_s);
+  if (q_resident) load_q_chunk<Element, kDqk, kWgmma>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
+  if (key_tiles > 0) load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, 0, keys_total, k_s);
   common::cp_async_commit();
 
   int ring_base = 0, ring_j_lo = 0;  // block ring_j_lo's ring slot (tile 0: block 0, slot 0)
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int key0 = kt * kKeys;
     common::cp_async_wait<0>();
+    if constexpr (kWgmma) wgmma::fence_async_shared();  // the copies and zero fills, before wgmma reads
     __syncthreads();  // K~ tile kt (and Q) landed; phase C of tile kt - 1 is done
 
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;
     const int limit_lo = visible_lo - key0, limit_hi = visible_hi - key0;
     if (sh.rounds == 1 && q_resident) {  // one m-tile per warp: no running sum
+      float acc[kKeys / 8][4];
+      if constexpr (kWgmma) qk_wgmma<Element, kDqk>(acc, q_s, q_rows, (warp / 4) * 64, k_s);  // all 4 warps
       if (my_part < sh.mtiles_per_group) {
-        float acc[kKeys / 8][4];
-        qk_tiles<Element, kDqk, false>(acc, acc, q_s + warp * 16 * kLd, q_s, k_s);
+        if constexpr (!kWgmma) qk_tiles<Element, kDqk, false>(acc, acc, q_s + warp * 16 * kLd, q_s, k_s);
         const float bias_lo = row_bias_s[warp * 16 + grp], bias_hi = row_bias_s[warp * 16 + grp + 8];
         if (masked) {
           to_probs<true>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
@@ -463,20 +511,25 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
       for (int chunk = 0; chunk < chunks; ++chunk) {
         if (!q_resident) {
           __syncthreads();  // the previous chunk's rows and tables are no longer read
-          load_q_chunk<Element, kDqk>(p, chunk, g, token0, tokens, q_s, row_offset_s, row_bias_s);
+          load_q_chunk<Element, kDqk, kWgmma>(p, chunk, g, token0, tokens, q_s, row_offset_s, row_bias_s);
           common::cp_async_commit();
           common::cp_async_wait<0>();
+          if constexpr (kWgmma) wgmma::fence_async_shared();
           __syncthreads();
         }
         const int round_begin = chunk * sh.rounds_per_chunk;
         const int round_end = min(sh.rounds, round_begin + sh.rounds_per_chunk);
         for (int round = round_begin; round < round_end; round += kPairs ? 2 : 1) {
-          if (round * sh.parts + my_part >= sh.mtiles_per_group) break;  // later rounds have none either
+          // Later rounds have no m-tile for this warp either. The wgmma variant runs every round in
+          // all 4 warps of a group (its padding rows are zero with probability 0: load_q_chunk).
+          if (!kWgmma && round * sh.parts + my_part >= sh.mtiles_per_group) break;
           const bool two =
               kPairs && round + 1 < round_end && (round + 1) * sh.parts + my_part < sh.mtiles_per_group;
           const int slot0 = (round - round_begin) * kWarps + warp, slot1 = slot0 + kWarps;
           float acc0[kKeys / 8][4], acc1[kKeys / 8][4];
-          if (two) {
+          if constexpr (kWgmma) {
+            qk_wgmma<Element, kDqk>(acc0, q_s, q_rows, (slot0 - warp % 4) * 16, k_s);
+          } else if (two) {
             qk_tiles<Element, kDqk, kPairs>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s + slot1 * 16 * kLd, k_s);
           } else {
             qk_tiles<Element, kDqk, false>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s, k_s);
@@ -519,7 +572,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
       }
     }
     __syncthreads();  // sums written; every warp is done with the K~ stage
-    if (kt + 1 < key_tiles) load_k_tile<Element, kDqk>(k_head, p.k_row_stride, key0 + kKeys, keys_total, k_s);
+    if (kt + 1 < key_tiles) load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0 + kKeys, keys_total, k_s);
     common::cp_async_commit();  // lands while phases B and C run
 
     // ---- B: each token's 16 lanes sum the blocks the tile touches and offer the final ones ----
@@ -681,6 +734,15 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
   }
 }
 
+template <class Element, int kDqk, int kCtasPerSm, bool kWgmma>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(const __grid_constant__ SelectParams p) {
+  if constexpr (kWgmma && !FSA_HAS_WGMMA) {
+    __trap();  // wgmma is sm_90a only; the launcher picks this variant where that image runs
+  } else {
+    select_blocks<Element, kDqk, kCtasPerSm, kWgmma>(p);
+  }
+}
+
 }  // namespace fsa::cuda::sel
 
 namespace fsa::cuda {
@@ -688,11 +750,15 @@ namespace fsa::cuda {
 template <class Element, int kDqk>
 Status launch_select_blocks(const SelectParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0 || p.heads_kv == 0) return Status::ok();
+  // On Hopper (the sm_90a image loaded) the two-CTA shape runs its wgmma variant.
+  const bool wgmma = p.shape.ctas_per_sm == 2 &&
+                     common::runs_sm90_image<sel::select_blocks_kernel<Element, kDqk, 2, true>>();
   SelectParams params = p;
-  params.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width);
+  params.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width, wgmma);
   const sel::SelectSmem& layout = params.layout;
-  auto* kernel = p.shape.ctas_per_sm == 2 ? sel::select_blocks_kernel<Element, kDqk, 2>
-                                          : sel::select_blocks_kernel<Element, kDqk, 1>;
+  auto* kernel = wgmma                      ? sel::select_blocks_kernel<Element, kDqk, 2, true>
+                 : p.shape.ctas_per_sm == 2 ? sel::select_blocks_kernel<Element, kDqk, 2, false>
+                                            : sel::select_blocks_kernel<Element, kDqk, 1, false>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(layout.bytes)));
   const long long tiles = p.tokens / p.shape.tokens_per_cta + p.num_seqs;
   if (tiles > 0x7fffffffLL)

@@ -57,16 +57,19 @@ struct TopEntry {
   int block;
 };
 
-// Dynamic shared memory of one CTA, in bytes from the start of the buffer.
+// Dynamic shared memory of one CTA, in bytes from the start of the buffer. `swizzled`: the Hopper
+// (wgmma) variant's Q and K~ tiles, unpadded in the 128-byte swizzle on 1024-byte boundaries
+// (wgmma_sm90.cuh), the buffer realigned to 1024 bytes by the kernel (1024 more bytes); never more
+// than the padded layout, so a shape chosen for one fits the other.
 struct SelectSmem {
   std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, bytes;
   SelectSmem() = default;
-  FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk) {
-    const std::size_t ld = static_cast<std::size_t>(dqk + kPadHalf) * 2;  // bytes per Q/K row
+  FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk, bool swizzled = false) {
+    const std::size_t ld = static_cast<std::size_t>(swizzled ? dqk : dqk + kPadHalf) * 2;  // bytes per Q/K row
     const std::size_t q_rows = static_cast<std::size_t>(sh.rounds_per_chunk) * kWarps * 16;
     const std::size_t tokens = static_cast<std::size_t>(sh.tokens_per_cta);
     q = 0;
-    k = q + align_bytes(q_rows * ld);
+    k = q + (swizzled ? (q_rows * ld + 1023) / 1024 * 1024 : align_bytes(q_rows * ld));
     prob = k + align_bytes(kKeys * ld);  // one K stage: loaded while phase B runs
     ring = prob + align_bytes(static_cast<std::size_t>(sh.active_parts) * tokens * kLdProb * sizeof(float));
     top = ring + align_bytes(tokens * static_cast<std::size_t>(sh.ring_slots) * sizeof(float));
@@ -77,7 +80,7 @@ struct SelectSmem {
     capacity = weight + align_bytes(static_cast<std::size_t>(sh.block_keys) * sizeof(float));
     worst = capacity + align_bytes(tokens * sizeof(int));
     pending_count = worst + align_bytes(tokens * sizeof(TopEntry));
-    bytes = pending_count + align_bytes(tokens * sizeof(int));
+    bytes = pending_count + align_bytes(tokens * sizeof(int)) + (swizzled ? 1024 : 0);
   }
 };
 
