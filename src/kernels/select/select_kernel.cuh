@@ -215,13 +215,15 @@ template <class Element, int kDqk>
 __device__ __forceinline__ void qk_wgmma(float (&acc)[kKeys / 8][4], const Element* q_s, int q_rows, int first_row,
                                          const Element* k_s) {
   constexpr std::uint32_t kGroupBytes = 8 * wgmma::kPanelRowBytes;  // 8-row groups (K-major operands)
-  // The operands' addresses pass through an opaque move: otherwise the compiler hoists all the
-  // steps' descriptors (loop-invariant across key tiles) and, at Dqk = 256, spills them.
-  std::uint32_t q_address, k_address;
-  asm volatile("mov.u32 %0, %1;"
-               : "=r"(q_address)
-               : "r"(mma::shared_address(q_s) + first_row * wgmma::kPanelRowBytes));
-  asm volatile("mov.u32 %0, %1;" : "=r"(k_address) : "r"(mma::shared_address(k_s)));
+  // The steps' descriptors are loop-invariant across key tiles: up to Dqk = 128 the compiler keeps
+  // them hoisted in uniform registers; above, they do not fit and spilled (116 B at Dqk = 256), so
+  // the addresses pass through an opaque move that makes them per call (~16 instructions a step).
+  std::uint32_t q_address = mma::shared_address(q_s) + first_row * wgmma::kPanelRowBytes;
+  std::uint32_t k_address = mma::shared_address(k_s);
+  if constexpr (kDqk > 128) {
+    asm volatile("mov.u32 %0, %0;" : "+r"(q_address));
+    asm volatile("mov.u32 %0, %0;" : "+r"(k_address));
+  }
   const std::uint64_t q_desc = wgmma::descriptor_at(q_address, 0, kGroupBytes);
   const std::uint64_t k_desc = wgmma::descriptor_at(k_address, 0, kGroupBytes);
   // k step kk of 16 columns: panel kk / 4 (panels of rows x 128 bytes), 32 bytes per step within it.
