@@ -42,6 +42,12 @@ namespace fsa::cuda::wgmma {
 constexpr int kPanelCols = 64;      // 16-bit elements per 128-byte swizzled row
 constexpr int kPanelRowBytes = 128;
 
+// The first 1024-byte boundary at or after `smem` (dynamic shared memory, allocated 1024 bytes
+// larger): the swizzle is a function of the address bits, so swizzled tiles start there.
+__device__ __forceinline__ unsigned char* swizzle_aligned(unsigned char* smem) {
+  return smem + (1024 - mma::shared_address(smem) % 1024) % 1024;
+}
+
 // Byte offset of element (row, col) in a swizzled [rows x cols] tile (col a multiple of 8 for a
 // whole 16-byte chunk).
 __host__ __device__ constexpr int swizzled_offset(int rows, int row, int col) {

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   static_assert(T::kSupported, "Dqk = Dv in {64, 128}");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ __align__(16) BwdRowTable<T::kRowChunk> tab[2];
-  unsigned char* smem = smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024);
+  unsigned char* smem = wgmma::swizzle_aligned(smem_raw);
 
   const int g = blockIdx.y, G = p.group;
   const BwdBlock work = backward_block<T::kKeys>(p);

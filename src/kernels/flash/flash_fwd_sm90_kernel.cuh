@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   using T = FwdSm90Traits<Element, kDqk, kDv>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ FwdRowTable<T::kRows> rows;
-  unsigned char* smem = smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024);
+  unsigned char* smem = wgmma::swizzle_aligned(smem_raw);
 
   const int g = blockIdx.y, G = p.group;
   const FwdTile tile = forward_tile<T::kRows>(p, rows);

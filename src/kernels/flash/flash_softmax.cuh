@@ -7,17 +7,12 @@
 
 #include <cmath>
 
+#include "kernels/common/fast_exp.cuh"
+
 namespace fsa::cuda::flash {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x in one MUFU instruction (ex2.approx.ftz: ~2 ulp, denormal results flush to 0, 2^-inf = 0);
-// exp2f adds range handling around it.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+using common::fast_exp2;
+using common::kLog2e;
 
 // s: raw scores q.k of the tile (in), unnormalised probabilities 2^(x * scale_log2 - max) (out).
 // kMasked: visible(h, column) says whether row h sees the key of that column of the tile (others

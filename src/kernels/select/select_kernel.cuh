@@ -33,6 +33,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/fast_exp.cuh"
 #include "kernels/common/mma_sm80.cuh"
 #include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
@@ -42,7 +43,8 @@
 
 namespace fsa::cuda::sel {
 
-constexpr float kLog2e = 1.4426950408889634f;
+using common::fast_exp2;
+using common::kLog2e;
 constexpr unsigned kFullMask = 0xffffffffu;
 // Offers merged one by one (~26 instructions each) up to this many; more go through the bitonic
 // network (~21 compare-exchange steps of ~11 instructions).
@@ -69,12 +71,6 @@ __device__ __forceinline__ SeqTile find_seq_tile(const std::int32_t* offsets, st
   const long long first = (index - first_index(lo)) * tile;
   const long long units = static_cast<long long>(offsets[(lo + 1) * stride] - offsets[lo * stride]);
   return {lo, first, first < units};
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // The total order of candidates: higher score first, then lower block index.
@@ -396,7 +392,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   static_assert(!(kWgmma && kPairs), "the wgmma variant runs one m-tile per warp and round");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // The swizzle is a function of the address bits: the wgmma variant's tiles start on 1024 bytes.
-  unsigned char* smem = kWgmma ? smem_raw + ((1024 - mma::shared_address(smem_raw) % 1024) % 1024) : smem_raw;
+  unsigned char* smem = kWgmma ? wgmma::swizzle_aligned(smem_raw) : smem_raw;
   const SelectShape& sh = p.shape;
   const SelectSmem& layout = p.layout;
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
