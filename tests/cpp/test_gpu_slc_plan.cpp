@@ -204,7 +204,8 @@ ExpectedPlan expected_plan(const Problem& p) {
 
 // The plan's buffers copied back to the host.
 struct HostPlan {
-  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, fill_token;
+  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, unit_list, pair_rank, pair_token,
+      fill_token;
   std::vector<std::uint8_t> pair_slot, fill_slot;
   std::vector<std::uint64_t> slot_mask;
   std::vector<std::int32_t> dense_count, dense_block;  // split only
@@ -219,6 +220,7 @@ HostPlan download_plan(const SlcPlan& plan) {
   h.pair_count = download(plan.pair_count, s.num_lists());
   h.pair_offsets = download(plan.pair_offsets, s.num_lists() + 1);
   h.unit_offsets = download(plan.unit_offsets, s.num_lists() + 1);
+  h.unit_list = download(plan.unit_list, s.max_units());
   h.pair_rank = download(plan.pair_rank, s.max_pairs());
   h.pair_token = download(plan.pair_token, s.max_pairs());
   h.pair_slot = download(plan.pair_slot, s.max_pairs());
@@ -253,6 +255,14 @@ void check_plan(const Problem& p, const HostPlan& got, const std::string& where)
   expect_same("pair_count", got.pair_count, e.pair_count, where);
   expect_same("pair_offsets", got.pair_offsets, e.pair_offsets, where);
   expect_same("unit_offsets", got.unit_offsets, e.unit_offsets, where);
+  // unit_list: the list of every unit below the total (the rest of the buffer is never read).
+  std::vector<std::int32_t> unit_list;
+  for (std::size_t list = 0; list + 1 < e.unit_offsets.size(); ++list)
+    unit_list.insert(unit_list.end(), static_cast<std::size_t>(e.unit_offsets[list + 1] - e.unit_offsets[list]),
+                     static_cast<std::int32_t>(list));
+  ASSERT_LE(unit_list.size(), got.unit_list.size()) << where << ": more units than max_units";
+  expect_same("unit_list", std::vector<std::int32_t>(got.unit_list.begin(), got.unit_list.begin() + unit_list.size()),
+              unit_list, where);
   expect_same("slot_mask", got.slot_mask, e.slot_mask, where);
   if (s.dense_threshold > 0) {
     // dense_slots of rows outside every sequence are never written (nor read).
@@ -437,6 +447,7 @@ TEST_F(SlcPlanGpu, LayoutIsAlignedAndDisjoint) {
       {plan.pair_count, static_cast<std::size_t>(s.num_lists()) * sizeof(std::int32_t)},
       {plan.pair_offsets, static_cast<std::size_t>(s.num_lists() + 1) * sizeof(std::int32_t)},
       {plan.unit_offsets, static_cast<std::size_t>(s.num_lists() + 1) * sizeof(std::int32_t)},
+      {plan.unit_list, static_cast<std::size_t>(s.max_units()) * sizeof(std::int32_t)},
       {plan.pair_rank, static_cast<std::size_t>(s.max_pairs()) * sizeof(std::int32_t)},
       {plan.pair_token, static_cast<std::size_t>(s.max_pairs()) * sizeof(std::int32_t)},
       {plan.pair_slot, static_cast<std::size_t>(s.max_pairs())},

@@ -21,6 +21,10 @@ __host__ __device__ constexpr std::size_t align_up(std::size_t bytes, std::size_
 __device__ __forceinline__ void cp_async_16(void* shared_dst, const void* global_src) {
   __pipeline_memcpy_async(shared_dst, global_src, 16);
 }
+// A 4-byte scalar (a row's lse or delta) copied with the same groups as the rows it belongs to.
+__device__ __forceinline__ void cp_async_4(void* shared_dst, const void* global_src) {
+  __pipeline_memcpy_async(shared_dst, global_src, 4);
+}
 __device__ __forceinline__ void cp_async_commit() { __pipeline_commit(); }
 // Waits until at most `kPending` of this thread's committed groups are still in flight.
 template <int kPending>

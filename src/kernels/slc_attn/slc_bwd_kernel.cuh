@@ -63,19 +63,33 @@ __global__ void __launch_bounds__(kRowThreads) slc_bwd_delta_kernel(const __grid
 struct RunRows {
   long long seq_start;  // global token of the sequence's first token
   int row_begin, row_end;  // rows of the list
-  int pair_base;        // pair_offsets[list]
+  int entry_begin;      // the run's first list entry, row_begin / G
   int kv_head;
   int block_end;        // local position one past the block's last key
   int chunks;
 };
 
+// The list entries one run can span: units_per_cta * kRowsPerUnit rows, one entry each at G = 1,
+// plus one when G does not divide the run's first row.
+template <bool kDeterministic>
+constexpr int kSlcBwdRunEntries =
+    (kDeterministic ? kSlcBwdDeterministicUnitsPerCta : kSlcBwdUnitsPerCta) * SlcPlanShape::kRowsPerUnit + 1;
+
 template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
 __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kSlcBwdMinBlocks<kDqk, kDv>)
     slc_bwd_kernel(const __grid_constant__ SlcBackwardParams p) {
   using T = SlcBwdTraits<Element, kDqk, kDv>;
+  constexpr int kRunEntries = kSlcBwdRunEntries<kDeterministic>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(16) flash::BwdRowTable<T::kRowChunk> tab[2];  // per copy stage
   __shared__ RunRows run_shared;
+  // The run's list entries, read from the plan once at the start: a chunk's copies then depend
+  // on no global load.
+  __shared__ int run_token[kRunEntries];
+  __shared__ std::uint8_t run_slot[kRunEntries];
+  // Each chunk row's lse and delta as copied (cp.async, with the row's Q / dO); the row's first
+  // thread turns them into its row table entry once its copies have landed.
+  __shared__ float raw_lse[2][T::kRowChunk], raw_delta[2][T::kRowChunk];
 
   UnitWork w;
   if (!find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, blockIdx.x, &w)) return;
@@ -91,7 +105,7 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   run.seq_start = w.seq_start;
   run.row_begin = w.row_begin;
   run.row_end = min(w.row_begin + U * SlcPlanShape::kRowsPerUnit, p.plan.pair_count[w.list] * G);
-  run.pair_base = w.pair_base;
+  run.entry_begin = w.row_begin / G;
   run.kv_head = w.kv_head;
   run.block_end = w.block * B + w.keys;
   run.chunks = (run.row_end - run.row_begin + T::kRowChunk - 1) / T::kRowChunk;
@@ -107,53 +121,69 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   common::copy_tile_async<T::kKeys, kDv, T::kThreads>(
       reinterpret_cast<Element*>(smem + T::kVOffset), T::kLdV,
       [&](int r) -> const Element* { return r < keys ? v + r * p.in.v_token_stride : nullptr; });
+  const int entries = (run.row_end - 1) / G - run.entry_begin + 1;  // <= kRunEntries (host-checked U)
+  for (int e = threadIdx.x; e < entries; e += T::kThreads) {
+    run_token[e] = p.plan.pair_token[w.pair_base + run.entry_begin + e];
+    run_slot[e] = p.plan.pair_slot[w.pair_base + run.entry_begin + e];
+  }
+  __syncthreads();  // run_token, run_slot and run_shared
 
   // Chunk c into stage `stage`: thread i takes row i / kThreadsPerRow of the chunk (entry x / G of
-  // the list, head g * G + x % G) and, on the row's first thread, its row table entry.
+  // the list, head g * G + x % G); the row's first thread also copies its lse and delta.
   const auto* q = static_cast<const Element*>(p.in.q);
   const auto* d_o = static_cast<const Element*>(p.d_o);
-  const long long n = p.plan.shape.tokens;
-  const long long dq_plane = static_cast<long long>(blockIdx.y) * n * p.in.heads_q * p.plan.shape.width * kDqk;
   auto load_chunk = [&](int c, int stage, const RunRows& rows) {
     const int r = threadIdx.x / T::kThreadsPerRow, part = threadIdx.x % T::kThreadsPerRow;
     const int x = rows.row_begin + c * T::kRowChunk + r;
     const bool valid = x < rows.row_end;
-    const int entry = rows.pair_base + (valid ? x / G : 0);
-    const long long token = p.plan.pair_token[entry];
+    const long long token = run_token[valid ? x / G - rows.entry_begin : 0];
     const int head = rows.kv_head * G + x % G;
     flash::bwd_copy_row<T, Element>(smem, stage, r, part, valid, q + token * p.in.q_token_stride +
                                                                      head * p.in.q_head_stride,
                                     d_o + token * p.do_token_stride + head * p.do_head_stride);
-    if (part == 0) {
-      int hi = 0;
-      float lse = 0.0f, delta = 0.0f;
-      long long dq = -1;
-      if (valid) {
-        const float row_lse = p.lse[head * p.lse_head_stride + token * p.lse_token_stride];
-        if (isfinite(row_lse)) {
-          hi = min(static_cast<int>(token - rows.seq_start) + 1, rows.block_end);
-          lse = row_lse * kBwdLog2e;
-          delta = p.delta[head * n + token];
-        }
-        // Every pair's slot is written (zeros for an empty key set): the reduction reads them all.
-        if constexpr (kDqSlots)
-          dq = dq_plane + ((token * p.in.heads_q + head) * p.plan.shape.width + p.plan.pair_slot[entry]) * kDqk;
-        else if (isfinite(row_lse))
-          dq = (token * p.in.heads_q + head) * kDqk;
-      }
-      tab[stage].set(r, 0, hi, lse, delta, dq);
+    if (part == 0 && valid) {
+      common::cp_async_4(&raw_lse[stage][r], p.lse + head * p.lse_head_stride + token * p.lse_token_stride);
+      common::cp_async_4(&raw_delta[stage][r], p.delta + head * p.plan.shape.tokens + token);
     }
+  };
+  // The row table entry of chunk c's row r, on the row's first thread once its copies landed.
+  auto set_row = [&](int c, int stage, const RunRows& rows) {
+    const int r = threadIdx.x / T::kThreadsPerRow;
+    if (threadIdx.x % T::kThreadsPerRow != 0) return;
+    const int x = rows.row_begin + c * T::kRowChunk + r;
+    int hi = 0;
+    float lse = 0.0f, delta = 0.0f;
+    long long dq = -1;
+    if (x < rows.row_end) {
+      const int e = x / G - rows.entry_begin;
+      const long long token = run_token[e];
+      const int head = rows.kv_head * G + x % G;
+      const float row_lse = raw_lse[stage][r];
+      if (isfinite(row_lse)) {
+        hi = min(static_cast<int>(token - rows.seq_start) + 1, rows.block_end);
+        lse = row_lse * kBwdLog2e;
+        delta = raw_delta[stage][r];
+      }
+      // Every pair's slot is written (zeros for an empty key set): the reduction reads them all.
+      if constexpr (kDqSlots)
+        dq = static_cast<long long>(blockIdx.y) * p.plan.shape.tokens * p.in.heads_q * p.plan.shape.width * kDqk +
+             ((token * p.in.heads_q + head) * p.plan.shape.width + run_slot[e]) * kDqk;
+      else if (isfinite(row_lse))
+        dq = (token * p.in.heads_q + head) * kDqk;
+    }
+    tab[stage].set(r, 0, hi, lse, delta, dq);
   };
   load_chunk(0, 0, run);
   common::cp_async_commit();  // K, V and chunk 0
+  common::cp_async_wait<0>();
+  set_row(0, 0, run);
 
   const float scale_log2 = p.in.scale * kBwdLog2e;
   float acc[T::kMaxD / 8][4];  // dV (P warps, kDv columns) or dK (dS warps, kDqk columns)
   common::zero_acc<T::kMaxD>(acc);
   for (int c = 0;; ++c) {  // run.chunks >= 1: a unit has at least one row
     const int stage = c & 1;
-    common::cp_async_wait<0>();  // chunk c has landed ...
-    __syncthreads();             // ... for every thread's copies; every warp is done with chunk c - 1
+    __syncthreads();  // chunk c's copies and table have landed for every thread; every warp is done with chunk c - 1
     const bool more = c + 1 < run_shared.chunks;
     if (more) load_chunk(c + 1, stage ^ 1, run_shared);
     common::cp_async_commit();
@@ -163,6 +193,8 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
     else
       flash::bwd_chunk<T, Element>(acc, smem, stage, tab[stage], key0, scale_log2, p.in.scale, p.dq_accum);
     if (!more) break;
+    common::cp_async_wait<0>();  // this thread's copies of chunk c + 1 (tab[stage ^ 1] was chunk c - 1's)
+    set_row(c + 1, stage ^ 1, run_shared);
   }
 
   // This warp's dK (times scale) or dV partial: atomics into the accumulators (row = key token x
@@ -278,15 +310,20 @@ __global__ void __launch_bounds__(kRowThreads) slc_bwd_reduce_kv_kernel(const __
 template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
 Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t stream) {
   using T = SlcBwdTraits<Element, kDqk, kDv>;
+  if (p.units_per_cta < 1 || p.units_per_cta * SlcPlanShape::kRowsPerUnit + 1 > kSlcBwdRunEntries<kDeterministic>)
+    return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: units_per_cta " + std::to_string(p.units_per_cta) +
+                                                " exceeds the run table of the main kernel");
+  auto* kernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
   int device = 0, smem_limit = 0;
   FSA_CUDA_CHECK(cudaGetDevice(&device));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (T::kSmemBytes > static_cast<std::size_t>(smem_limit))
+  cudaFuncAttributes attributes{};
+  FSA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (T::kSmemBytes + attributes.sharedSizeBytes > static_cast<std::size_t>(smem_limit))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "slc_attn_backward: head dims " + std::to_string(kDqk) + "/" + std::to_string(kDv) + " need " +
-                         std::to_string(T::kSmemBytes) + " bytes of shared memory per CTA, the device offers " +
-                         std::to_string(smem_limit));
-  auto* kernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
+                         std::to_string(T::kSmemBytes + attributes.sharedSizeBytes) +
+                         " bytes of shared memory per CTA, the device offers " + std::to_string(smem_limit));
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
   FSA_CUDA_CHECK(

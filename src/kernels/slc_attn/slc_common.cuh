@@ -44,7 +44,7 @@ __device__ __forceinline__ bool find_unit(const SlcPlan& plan, const std::int32_
                                           long long unit, UnitWork* w) {
   const int lists = static_cast<int>(plan.shape.num_lists());
   if (unit >= plan.unit_offsets[lists]) return false;
-  const int s = upper_index(plan.unit_offsets, 1, lists, unit);
+  const int s = plan.unit_list[unit];
   const int max_blocks = static_cast<int>(plan.shape.max_blocks());
   const int gb = s % max_blocks;
   const int b = upper_index(plan.block_offsets, 1, plan.shape.num_seqs, gb);

@@ -25,9 +25,9 @@ namespace fsa::cuda::slc {
 constexpr int kFwdThreads = 128;  // 4 warps x 16 rows = one chunk of 64 rows
 constexpr int kFwdChunkRows = 64;
 
-// Shared memory of the KV-outer kernel: the block's K and V, one chunk of gathered query rows and
-// the chunk's row table. Scores, probabilities and outputs stay in registers (mma.sync fragments),
-// which keeps a CTA at ~51 KB for D = 128, B = 64: four CTAs (16 warps) per SM.
+// Shared memory of the KV-outer kernel: the block's K and V, two chunks of gathered query rows
+// and the unit's row table. Scores, probabilities and outputs stay in registers (mma.sync
+// fragments): ~71 KB for D = 128, B = 64, three CTAs (12 warps) per SM.
 template <class Element, int kDqk, int kDv, int kB>
 struct FwdSmem {
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0 && kB % 16 == 0, "tiles of 16 for mma.m16n8k16");
@@ -36,12 +36,14 @@ struct FwdSmem {
   static constexpr std::size_t kKOffset = 0;
   static constexpr std::size_t kVOffset = kKOffset + align_up(sizeof(Element) * kB * kLdQk);
   static constexpr std::size_t kQOffset = kVOffset + align_up(sizeof(Element) * kB * kLdV);
-  // Two buffers of gathered query rows and their row tables: the next chunk's rows load while this
-  // chunk computes.
+  // Two buffers of gathered query rows: the next chunk's rows load while this chunk computes.
   static constexpr std::size_t kQBytes = align_up(sizeof(Element) * kFwdChunkRows * kLdQk);
+  // The unit's row table, read from the plan once at the start (a chunk's copies then depend on
+  // no global load): per row its global token (-1 past the unit's rows), query head and slot.
+  static constexpr int kTableRows = SlcPlanShape::kRowsPerUnit;
+  static_assert(kTableRows % kFwdChunkRows == 0, "a unit is whole chunks");
   static constexpr std::size_t kRowsOffset = kQOffset + 2 * kQBytes;
-  static constexpr std::size_t kRowTableBytes = align_up(sizeof(int) * 4 * kFwdChunkRows);
-  static constexpr std::size_t kBytes = kRowsOffset + 2 * kRowTableBytes;
+  static constexpr std::size_t kBytes = kRowsOffset + align_up(sizeof(int) * 3 * kTableRows);
 };
 
 template <class Element, int kDqk, int kDv, int kB>
@@ -59,66 +61,73 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   const int G = p.plan.shape.group, width = p.plan.shape.width;
   auto* k_s = reinterpret_cast<Element*>(smem + Smem::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + Smem::kVOffset);
-  // K rows then V rows; later the two chunk buffers' Q rows.
-  __shared__ const Element* sources[2 * (kB > kFwdChunkRows ? kB : kFwdChunkRows)];
 
-  // The block's keys and values, once for all rows of the unit.
-  const auto* k = static_cast<const Element*>(p.in.k);
-  const auto* v = static_cast<const Element*>(p.in.v);
+  // The block's keys and values (rows at a constant stride), once for all rows of the unit.
   const long long key0 = w.seq_start + static_cast<long long>(w.block) * kB;
-  for (int c = threadIdx.x; c < kB; c += blockDim.x) {
-    sources[c] = c < w.keys ? k + (key0 + c) * p.in.k_token_stride + w.kv_head * p.in.k_head_stride : nullptr;
-    sources[kB + c] = c < w.keys ? v + (key0 + c) * p.in.v_token_stride + w.kv_head * p.in.v_head_stride : nullptr;
+  issue_strided_rows<Element, kDqk, kFwdThreads>(
+      k_s, Smem::kLdQk, kB, w.keys,
+      static_cast<const Element*>(p.in.k) + key0 * p.in.k_token_stride + w.kv_head * p.in.k_head_stride,
+      p.in.k_token_stride);
+  issue_strided_rows<Element, kDv, kFwdThreads>(
+      v_s, Smem::kLdV, kB, w.keys,
+      static_cast<const Element*>(p.in.v) + key0 * p.in.v_token_stride + w.kv_head * p.in.v_head_stride,
+      p.in.v_token_stride);
+  cp_async_commit();
+
+  // The unit's rows r = row_begin + i: entry r / G of the list, head g * G + r % G.
+  int* row_token = reinterpret_cast<int*>(smem + Smem::kRowsOffset);
+  int* row_head = row_token + Smem::kTableRows;
+  int* row_slot = row_head + Smem::kTableRows;
+  for (int i = threadIdx.x; i < Smem::kTableRows; i += kFwdThreads) {
+    const int r = w.row_begin + i;
+    int token = -1, slot = 0;
+    if (r < w.row_end) {
+      const int entry = w.pair_base + r / G;
+      token = p.plan.pair_token[entry];
+      slot = p.plan.pair_slot[entry];
+    }
+    row_token[i] = token;
+    row_head[i] = w.kv_head * G + r % G;
+    row_slot[i] = slot;
   }
   __syncthreads();
-  issue_rows<Element, kDqk>(k_s, Smem::kLdQk, kB, sources);
-  issue_rows<Element, kDv>(v_s, Smem::kLdV, kB, sources + kB);
-  cp_async_commit();
-  __syncthreads();  // sources is reused for the query rows
 
+  // Issues chunk c's query rows (table rows c * 64 ..) into buffer `buffer` as one cp.async
+  // group; padding rows are zero-filled.
   const auto* q = static_cast<const Element*>(p.in.q);
-  // Fills buffer `buffer`'s row table for the chunk starting at row `chunk` and issues its query
-  // row copies as one cp.async group. Row tables: global token (-1 = padding), head, slot, and
-  // the token's position in its sequence (-1 for padding: masks every key).
-  auto stage_chunk = [&](int chunk, int buffer) {
-    int* table = reinterpret_cast<int*>(smem + Smem::kRowsOffset + buffer * Smem::kRowTableBytes);
-    if (threadIdx.x < kFwdChunkRows) {
-      const int r = chunk + threadIdx.x;
-      int token = -1, head = 0, slot = 0;
-      if (r < w.row_end) {
-        const int entry = w.pair_base + r / G;
-        token = p.plan.pair_token[entry];
-        slot = p.plan.pair_slot[entry];
-        head = w.kv_head * G + r % G;
+  auto stage_chunk = [&](int c, int buffer) {
+    constexpr int kVectors = kDqk * static_cast<int>(sizeof(Element)) / 16;
+    auto* dst = reinterpret_cast<Element*>(smem + Smem::kQOffset + buffer * Smem::kQBytes);
+    for (int idx = threadIdx.x; idx < kFwdChunkRows * kVectors; idx += kFwdThreads) {
+      const int row = idx / kVectors, vec = idx % kVectors;
+      const int i = c * kFwdChunkRows + row;
+      const long long token = row_token[i];
+      uint4* to = reinterpret_cast<uint4*>(dst + row * Smem::kLdQk) + vec;
+      if (token >= 0) {
+        cp_async_16(to, reinterpret_cast<const uint4*>(q + token * p.in.q_token_stride +
+                                                       row_head[i] * p.in.q_head_stride) + vec);
+      } else {
+        *to = make_uint4(0, 0, 0, 0);
       }
-      table[threadIdx.x] = token;
-      table[kFwdChunkRows + threadIdx.x] = head;
-      table[2 * kFwdChunkRows + threadIdx.x] = slot;
-      table[3 * kFwdChunkRows + threadIdx.x] = token >= 0 ? static_cast<int>(token - w.seq_start) : -1;
-      sources[buffer * kFwdChunkRows + threadIdx.x] =
-          token >= 0 ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
     }
-    __syncthreads();
-    issue_rows<Element, kDqk>(reinterpret_cast<Element*>(smem + Smem::kQOffset + buffer * Smem::kQBytes), Smem::kLdQk,
-                              kFwdChunkRows, sources + buffer * kFwdChunkRows);
     cp_async_commit();
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, pair = lane % 4;
   const long long first_key = static_cast<long long>(w.block) * kB;
-  stage_chunk(w.row_begin, 0);
-  for (int chunk = w.row_begin, buffer = 0; chunk < w.row_end; chunk += kFwdChunkRows, buffer ^= 1) {
+  const int unit_rows = w.row_end - w.row_begin;  // >= 1
+  stage_chunk(0, 0);
+  for (int c = 0, buffer = 0; c * kFwdChunkRows < unit_rows; ++c, buffer ^= 1) {
     // The next chunk's rows go to the other buffer, free since the end of the previous iteration.
-    if (chunk + kFwdChunkRows < w.row_end) stage_chunk(chunk + kFwdChunkRows, buffer ^ 1);
+    if ((c + 1) * kFwdChunkRows < unit_rows) stage_chunk(c + 1, buffer ^ 1);
     else cp_async_commit();  // an empty group keeps "all but the newest" meaning this chunk
     cp_async_wait<1>();      // K, V and this chunk's query rows
     __syncthreads();
     const auto* q_s = reinterpret_cast<const Element*>(smem + Smem::kQOffset + buffer * Smem::kQBytes);
-    const int* row_token = reinterpret_cast<const int*>(smem + Smem::kRowsOffset + buffer * Smem::kRowTableBytes);
-    const int* row_head = row_token + kFwdChunkRows;
-    const int* row_slot = row_head + kFwdChunkRows;
-    const int* row_t_local = row_slot + kFwdChunkRows;
+    const int* chunk_token = row_token + c * kFwdChunkRows;
+    const int* chunk_head = row_head + c * kFwdChunkRows;
+    const int* chunk_slot = row_slot + c * kFwdChunkRows;
 
     // S = Q K^T for this warp's 16 rows and all kB keys, in registers.
     const int row0 = warp * 16;
@@ -140,7 +149,13 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
 
     // Softmax of rows group (c0, c1) and group + 8 (c2, c3) over the block's keys; the four threads
     // of a quad share a row.
-    const int t_local[2] = {row_t_local[row0 + group], row_t_local[row0 + group + 8]};
+    // Position of each row's token in its sequence (-1 for padding: masks every key).
+    int t_local[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int token = chunk_token[row0 + group + 8 * h];
+      t_local[h] = token >= 0 ? static_cast<int>(token - w.seq_start) : -1;
+    }
     float row_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < kKeyTiles; ++j)
@@ -181,10 +196,10 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = row0 + group + 8 * h;
-      slot_row[h] = row_token[row] < 0 ? -1
-                                       : (static_cast<long long>(row_token[row]) * p.in.heads_q + row_head[row]) *
-                                                 width +
-                                             row_slot[row];
+      slot_row[h] = chunk_token[row] < 0
+                        ? -1
+                        : (static_cast<long long>(chunk_token[row]) * p.in.heads_q + chunk_head[row]) * width +
+                              chunk_slot[row];
     }
 #pragma unroll
     for (int pass = 0; pass < kOutPasses; ++pass) {

@@ -10,7 +10,8 @@
 //   3. count: one thread per (kv head, token) walks its topk row, keeps the valid first occurrences
 //      and takes a rank in each pair's list with an atomic (aggregated over the warp, since whole
 //      query tiles select the same forced blocks and would otherwise queue on one counter).
-//   4. pair_offsets and unit_offsets: device-wide exclusive scans (CUB) of the list sizes.
+//   4. pair_offsets and unit_offsets: device-wide exclusive scans (CUB) of the list sizes; then
+//      unit_list, the list of each work unit (one warp per list).
 //   5. fill: one thread per topk entry writes its pair into the CSR at offset + rank.
 //   6. with sorted_lists: a segmented radix sort (CUB, one CTA per list, no host synchronisation)
 //      puts each list's entries in ascending token order.
@@ -91,7 +92,7 @@ cudaError_t run_sort(const SlcPlan& plan, cudaStream_t stream) {
 
 // Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned.
 struct PlanLayout {
-  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, pair_rank, pair_token, pair_slot, fill_token,
+  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, unit_list, pair_rank, pair_token, pair_slot, fill_token,
       fill_slot, slot_mask, dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes, sort_temp,
       sort_temp_bytes, total;
 };
@@ -111,6 +112,7 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
   l.pair_count = take(lists * sizeof(std::int32_t));
   l.pair_offsets = take((lists + 1) * sizeof(std::int32_t));
   l.unit_offsets = take((lists + 1) * sizeof(std::int32_t));
+  l.unit_list = take(static_cast<std::size_t>(shape.max_units()) * sizeof(std::int32_t));
   l.pair_rank = take(pairs * sizeof(std::int32_t));
   l.pair_token = take(pairs * sizeof(std::int32_t));
   l.pair_slot = take(pairs * sizeof(std::uint8_t));
@@ -400,6 +402,19 @@ __global__ void __launch_bounds__(kThreads) slc_list_sizes_kernel(const __grid_c
   }
 }
 
+// One warp per list s: unit_list[u] = s for the list's units u.
+__global__ void __launch_bounds__(kThreads) slc_unit_lists_kernel(const __grid_constant__ PlanBuildParams p) {
+  const std::int64_t lists = p.plan.shape.num_lists();
+  const int lane = threadIdx.x % kWarpSize;
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (kThreads / kWarpSize);
+  for (std::int64_t s = (static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x) / kWarpSize; s < lists;
+       s += warps) {
+    const std::int32_t end = p.plan.unit_offsets[s + 1];
+    for (std::int32_t u = p.plan.unit_offsets[s] + lane; u < end; u += kWarpSize)
+      p.plan.unit_list[u] = static_cast<std::int32_t>(s);
+  }
+}
+
 // One thread per topk entry (g, t, k): a pair goes to its list's slice of the CSR at its rank.
 __global__ void __launch_bounds__(kThreads) slc_fill_pairs_kernel(const __grid_constant__ PlanBuildParams p) {
   const SlcPlanShape& shape = p.plan.shape;
@@ -469,6 +484,7 @@ SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace) {
   plan.pair_count = reinterpret_cast<std::int32_t*>(base + l.pair_count);
   plan.pair_offsets = reinterpret_cast<std::int32_t*>(base + l.pair_offsets);
   plan.unit_offsets = reinterpret_cast<std::int32_t*>(base + l.unit_offsets);
+  plan.unit_list = reinterpret_cast<std::int32_t*>(base + l.unit_list);
   plan.pair_rank = reinterpret_cast<std::int32_t*>(base + l.pair_rank);
   plan.pair_token = reinterpret_cast<std::int32_t*>(base + l.pair_token);
   plan.pair_slot = base + l.pair_slot;
@@ -523,6 +539,10 @@ Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t
   // The two scans share the scratch, one after the other on the stream.
   FSA_CUDA_CHECK(run_scan(plan, plan.pair_offsets, items, stream));
   FSA_CUDA_CHECK(run_scan(plan, plan.unit_offsets, items, stream));
+  if (shape.num_lists() > 0) {
+    slc_unit_lists_kernel<<<grid_for(shape.num_lists() * kWarpSize), kThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_unit_lists_kernel", stream);
+  }
   if (entries > 0) {
     slc_fill_pairs_kernel<<<grid_for(entries), kThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_fill_pairs_kernel", stream);

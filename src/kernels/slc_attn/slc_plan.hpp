@@ -22,7 +22,9 @@
 // A "row" of list s is (entry e, head offset i) with row index r = e * G + i, i.e. query head
 // h = g * G + i of token pair_token[pair_offsets[s] + e]. Work units cut each list's rows into
 // pieces of at most kRowsPerUnit rows; unit_offsets is the exclusive prefix sum of the units of
-// the lists, so unit u belongs to the list s with unit_offsets[s] <= u < unit_offsets[s+1].
+// the lists, so unit u belongs to the list s with unit_offsets[s] <= u < unit_offsets[s+1], which
+// unit_list[u] holds: a CTA finds its list with one load instead of a binary search over the
+// lists (a dozen dependent loads before its first copy).
 //
 // Dense/sparse split (shape.dense_threshold > 0). Query tile gb is the B tokens of global block gb
 // (the tokens of key block j of sequence b), so the (kv head, tile) pairs are numbered like the
@@ -91,6 +93,7 @@ struct SlcPlan {
   std::int32_t* pair_count;     // [num_lists]          pairs of each list
   std::int32_t* pair_offsets;   // [num_lists + 1]      exclusive scan of pair_count (last = total)
   std::int32_t* unit_offsets;   // [num_lists + 1]      exclusive scan of ceil(pair_count * G / R)
+  std::int32_t* unit_list;      // [max_units]          list s of each unit (entries past the total unused)
   std::int32_t* pair_rank;      // [heads_kv, N, width] rank of the entry in its list, -1 if ignored
   std::int32_t* pair_token;     // [max_pairs]          global token of each CSR entry
   std::uint8_t* pair_slot;      // [max_pairs]          slot k (< width) of each CSR entry
