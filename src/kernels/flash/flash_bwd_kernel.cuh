@@ -39,6 +39,7 @@ struct CtaRows {
   long long key_row;     // key row of the tile's first key
   int first_in_group;    // head of the block's first row within its group
   int block_rows, chunks, keys;
+  int rotation;          // chunk_rotation: step c walks chunk (c + rotation) mod chunks
 };
 
 template <class Element, int kDqk, int kDv>
@@ -68,6 +69,7 @@ __global__ void __launch_bounds__(BwdTraits<Element, kDqk, kDv>::kThreads, 1)
   cta.block_rows = static_cast<int>(row_end - row_first);
   cta.chunks = (cta.block_rows + T::kRowChunk - 1) / T::kRowChunk;
   cta.keys = keys;
+  cta.rotation = chunk_rotation(p, work, T::kRowChunk, cta.chunks);
   if (threadIdx.x == 0) cta_shared = cta;
 
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
@@ -86,7 +88,8 @@ __global__ void __launch_bounds__(BwdTraits<Element, kDqk, kDv>::kThreads, 1)
   const auto* d_o = static_cast<const Element*>(p.d_o);
   auto load_chunk = [&](int c, int stage, const CtaRows& rows) {
     const int r = threadIdx.x / T::kThreadsPerRow, part = threadIdx.x % T::kThreadsPerRow;
-    const int x = c * T::kRowChunk + r;
+    const int walked = c + rows.rotation;
+    const int x = (walked < rows.chunks ? walked : walked - rows.chunks) * T::kRowChunk + r;
     const int y = rows.first_in_group + x;
     const long long token = rows.token_base + y / G;
     const int head = g * G + y % G;
@@ -175,6 +178,7 @@ Status launch_flash_backward(const FlashParams& params, cudaStream_t stream) {
         flash::plan_backward_split(p, keys_per_tile, sm90 ? Sm90::kRowChunk : T::kRowChunk);
     p.split_rows = split.rows;
     p.split_relative = split.relative ? 1 : 0;
+    p.split_period = split.period;
     const long long tiles = p.key_rows / keys_per_tile + p.num_seqs;
     if (tiles > 0x7fffffffLL || split.blocks > 65535)
       return FSA_ERROR(StatusCode::kNotImplemented, "k: " + std::to_string(tiles) + " key tiles x " +

@@ -73,6 +73,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   const int first_in_group = static_cast<int>(row_first % G);
   const int block_rows = static_cast<int>(row_end - row_first);
   const int chunks = (block_rows + T::kRowChunk - 1) / T::kRowChunk;
+  const int rotation = chunk_rotation(p, work, T::kRowChunk, chunks);
 
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
@@ -99,7 +100,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   constexpr int kThreadsPerRow = T::kThreads / T::kRowChunk;
   const int load_row = threadIdx.x / kThreadsPerRow, load_part = threadIdx.x % kThreadsPerRow;
   auto load_chunk = [&](int c, int stage) {
-    const int x = c * T::kRowChunk + load_row;
+    const int walked = c + rotation;  // chunk_rotation
+    const int x = (walked < chunks ? walked : walked - chunks) * T::kRowChunk + load_row;
     const int y = first_in_group + x;
     PendingRow row{token_base + y / G, g * G + y % G, x < block_rows, 0.0f, 0.0f};
     const Element* q_row = q + row.token * p.q_token_stride + row.head * p.q_head_stride;

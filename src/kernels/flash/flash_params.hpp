@@ -62,10 +62,13 @@ struct FlashParams {
 
   // Backward work split, set by the launcher: a CTA takes the query rows of one key tile that lie
   // in one block of `split_rows` consecutive rows of the sequence (rows = tokens x G). Block
-  // blockIdx.z counts from the block of the tile's first row when split_relative, else from row 0
-  // of the sequence (so that the CTAs launched together work on the same rows).
+  // blockIdx.z starts at the tile's first row when split_relative, else at row z * split_rows of
+  // the sequence (so that the CTAs launched together work on the same rows). split_period > 0:
+  // the CTA walks its chunks in the order of their index in the sequence modulo split_period
+  // (flash_bwd_block.cuh, chunk_rotation).
   std::int64_t split_rows;
   int split_relative;
+  int split_period;
 };
 
 }  // namespace fsa::cuda

@@ -15,8 +15,11 @@
 //   tiles of one block) read the same q / d_o rows and add into the same dq rows while those are in
 //   L2. CTAs of blocks before a tile's first row exit at once.
 // - relative blocks (windows shorter than N): a tile's rows span at most (tile + w) * G rows,
-//   so z counts from the block of the tile's first row and the grid has ceil(span / rows) + 1
-//   blocks per tile, not N * G / rows; neighbouring tiles share most rows anyway.
+//   so block z starts z * rows after the tile's first row and the grid has ceil(span / rows)
+//   blocks per tile, not N * G / rows (one at S64, w = 512). Neighbouring tiles share most of
+//   their rows, each starting tile * G rows after the previous one: the CTAs walk their chunks in
+//   a rotated order (period = the chunks of a full tile's rows) so that those launched together
+//   take a shared row at the same step (flash_bwd_block.cuh, chunk_rotation).
 // Workspace: dq, dk and dv accumulators in fp32 (N * Hq * Dqk + key_rows * Hkv * (Dqk + Dv)
 // floats) and delta (N * Hq floats), whatever the split.
 #pragma once
@@ -38,6 +41,7 @@ struct BackwardSplit {
   long long rows;   // rows per block, a multiple of the row chunk
   bool relative;    // blocks counted from the tile's first row
   long long blocks; // grid z
+  int period;       // chunks of the rotated walk (relative blocks), else 0
 };
 
 inline BackwardSplit plan_backward_split(const FlashParams& p, int keys_per_tile, int row_chunk) {
@@ -49,9 +53,9 @@ inline BackwardSplit plan_backward_split(const FlashParams& p, int keys_per_tile
   long long rows = ceil_div(std::max(1LL, rows_total), kTargetSplits);
   rows = std::max(kMinSplitRows, ceil_div(rows, row_chunk) * row_chunk);
   const bool relative = span_tokens < p.tokens;
-  // A run of `span` rows meets at most ceil(span / rows) + 1 blocks.
-  const long long blocks = relative ? ceil_div(span_tokens * p.group, rows) + 1 : ceil_div(rows_total, rows);
-  return {rows, relative, std::max(1LL, blocks)};
+  const long long blocks = relative ? ceil_div(span_tokens * p.group, rows) : ceil_div(rows_total, rows);
+  const long long period = relative ? ceil_div(std::min(rows, span_tokens * p.group), row_chunk) : 0;
+  return {rows, relative, std::max(1LL, blocks), static_cast<int>(period)};
 }
 
 }  // namespace fsa::cuda::flash
