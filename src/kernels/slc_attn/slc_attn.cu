@@ -182,7 +182,8 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                                        ? floats(slc_bwd_kv_part_floats(shape, units_per_cta, dqk, dv_dim))
                                        : floats(n * hkv * dqk);
   const std::size_t third_bytes = options.deterministic ? 0 : floats(n * hkv * dv_dim);
-  StreamWorkspace ws(plan_bytes + delta_bytes + first_bytes + second_bytes + third_bytes, stream);
+  const std::size_t run_bytes = align256(static_cast<std::size_t>(slc_bwd_kv_groups(shape, units_per_cta)) * 4);
+  StreamWorkspace ws(plan_bytes + delta_bytes + first_bytes + second_bytes + third_bytes + run_bytes, stream);
   FSA_RETURN_IF_ERROR(ws.status());
 
   SlcBackwardParams p{};
@@ -204,6 +205,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   else p.dq_accum = reinterpret_cast<float*>(cursor);
   float* second = reinterpret_cast<float*>(cursor += first_bytes);
   float* third = reinterpret_cast<float*>(cursor += second_bytes);
+  p.run_unit = reinterpret_cast<std::int32_t*>(cursor += third_bytes);
   if (options.deterministic) {
     p.kv_part = second;
   } else {

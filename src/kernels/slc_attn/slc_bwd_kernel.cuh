@@ -2,7 +2,10 @@
 //
 // 1. delta: delta[h, t] = rowsum(o * d_o) in fp32, one warp per (token, head).
 // 2. Main kernel: one CTA per (run of units_per_cta work units of one list, 64-key tile of the
-//    list's block; B = 128 takes two tiles, B = 32 masks the tile's second half). The tile's K and
+//    list's block; B = 128 takes two tiles, B = 32 masks the tile's second half). The runs are
+//    numbered by their group index (slc_params.hpp), listed first by slc_bwd_runs_kernel: a grid
+//    over every unit, with all but each run's first CTA exiting, spent ~3 of 4 CTA slots on
+//    CTAs that did nothing. The tile's K and
 //    V stay in shared memory while the CTA walks the run's rows (tokens of the block's list x the G
 //    heads, gathered through pair_token) in chunks, with the register-resident mma.sync core of the
 //    masked flash-attention backward (flash/flash_bwd_chunk.cuh): each row sees the keys of the
@@ -67,6 +70,7 @@ struct RunRows {
   int kv_head;
   int block_end;        // local position one past the block's last key
   int chunks;
+  int keys;             // keys of the CTA's tile
 };
 
 // The list entries one run can span: units_per_cta * kRowsPerUnit rows, one entry each at G = 1,
@@ -74,6 +78,20 @@ struct RunRows {
 template <bool kDeterministic>
 constexpr int kSlcBwdRunEntries =
     (kDeterministic ? kSlcBwdDeterministicUnitsPerCta : kSlcBwdUnitsPerCta) * SlcPlanShape::kRowsPerUnit + 1;
+
+// One thread per list: run_unit[group] = the run's first unit, for each run of the list (the
+// caller set run_unit to -1 first). A template only so that every instantiation file may define it.
+template <bool kDeterministic>
+__global__ void __launch_bounds__(kRowThreads) slc_bwd_runs_kernel(const __grid_constant__ SlcBackwardParams p) {
+  const long long lists = p.plan.shape.num_lists();
+  const int U = p.units_per_cta;
+  for (long long s = static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x; s < lists;
+       s += static_cast<long long>(gridDim.x) * kRowThreads) {
+    const int first = p.plan.unit_offsets[s], units = p.plan.unit_offsets[s + 1] - first;
+    const long long group0 = first / U + s;
+    for (int run = 0; run * U < units; ++run) p.run_unit[group0 + run] = first + run * U;
+  }
+}
 
 template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
 __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kSlcBwdMinBlocks<kDqk, kDv>)
@@ -91,11 +109,10 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   // thread turns them into its row table entry once its copies have landed.
   __shared__ float raw_lse[2][T::kRowChunk], raw_delta[2][T::kRowChunk];
 
+  const int unit = p.run_unit[blockIdx.x];  // blockIdx.x: the run's group index
   UnitWork w;
-  if (!find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, blockIdx.x, &w)) return;
+  if (unit < 0 || !find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, unit, &w)) return;
   const int U = p.units_per_cta;
-  const int unit_in_list = static_cast<int>(blockIdx.x) - p.plan.unit_offsets[w.list];
-  if (unit_in_list % U != 0) return;  // a run starts at every U-th unit of its list
   const int G = p.plan.shape.group, B = p.plan.shape.block_size;
   const int key_first = static_cast<int>(blockIdx.y) * T::kKeys;  // first key of the tile in its block
   // A tile past the block's end (B = 128, the sequence's last block cut short) has no keys; it
@@ -109,6 +126,7 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   run.kv_head = w.kv_head;
   run.block_end = w.block * B + w.keys;
   run.chunks = (run.row_end - run.row_begin + T::kRowChunk - 1) / T::kRowChunk;
+  run.keys = keys;
   if (threadIdx.x == 0) run_shared = run;
   const int key0 = w.block * B + key_first;  // local position of the tile's first key
 
@@ -200,13 +218,14 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   // This warp's dK (times scale) or dV partial: atomics into the accumulators (row = key token x
   // Hkv + g), or stores into the run's kv_part rows [B][Dqk | Dv].
   const bool ds_warp = flash::bwd_is_ds_warp<T>();
-  const long long group_index = static_cast<long long>(p.plan.unit_offsets[w.list]) / U + w.list + unit_in_list / U;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int key = flash::bwd_key_row0<T>() + threadIdx.x % 32 / 4 + 8 * h;
-    const bool active = key < keys;
+    const bool active = key < run_shared.keys;
     if constexpr (kDeterministic) {
-      float* row = p.kv_part + (group_index * B + key_first + (active ? key : 0)) * (kDqk + kDv);
+      // The run's rows of kv_part: its group index (blockIdx.x) x B, from the tile's first key.
+      const long long first = static_cast<long long>(blockIdx.x) * p.plan.shape.block_size + blockIdx.y * T::kKeys;
+      float* row = p.kv_part + (first + (active ? key : 0)) * (kDqk + kDv);
       if (ds_warp) common::store_fragment_row<kDqk>(row, acc, h, p.in.scale, active);
       else common::store_fragment_row<kDv>(row + kDqk, acc, h, 1.0f, active);
     } else {
@@ -308,7 +327,7 @@ __global__ void __launch_bounds__(kRowThreads) slc_bwd_reduce_kv_kernel(const __
 }
 
 template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
-Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t stream) {
+Status launch_main(const SlcBackwardParams& p, cudaStream_t stream) {
   using T = SlcBwdTraits<Element, kDqk, kDv>;
   if (p.units_per_cta < 1 || p.units_per_cta * SlcPlanShape::kRowsPerUnit + 1 > kSlcBwdRunEntries<kDeterministic>)
     return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: units_per_cta " + std::to_string(p.units_per_cta) +
@@ -328,7 +347,11 @@ Status launch_main(const SlcBackwardParams& p, long long units, cudaStream_t str
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  const dim3 grid(static_cast<unsigned>(units), static_cast<unsigned>(slc_bwd_planes(p.plan.shape)));
+  const long long runs = slc_bwd_kv_groups(p.plan.shape, p.units_per_cta);
+  FSA_CUDA_CHECK(cudaMemsetAsync(p.run_unit, 0xff, static_cast<std::size_t>(runs) * sizeof(std::int32_t), stream));
+  slc_bwd_runs_kernel<kDeterministic><<<row_ctas(p.plan.shape.num_lists()), kRowThreads, 0, stream>>>(p);
+  FSA_CHECK_LAUNCH("slc_bwd_runs_kernel", stream);
+  const dim3 grid(static_cast<unsigned>(runs), static_cast<unsigned>(slc_bwd_planes(p.plan.shape)));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_bwd_kernel", stream);
   return Status::ok();
@@ -367,11 +390,11 @@ Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
   FSA_CHECK_LAUNCH("slc_bwd_delta_kernel", stream);
   if (units > 0) {
     if (deterministic) {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true, true>(p, units, stream)));
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true, true>(p, stream)));
     } else if (dq_slots) {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, true>(p, units, stream)));
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, true>(p, stream)));
     } else {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, false>(p, units, stream)));
+      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, false>(p, stream)));
     }
   }
   if (dq_slots) {

@@ -81,6 +81,9 @@ struct SlcBackwardParams {
   float* dv_accum;
   float* kv_part;   // deterministic mode
   int units_per_cta;  // work units (SlcPlanShape::kRowsPerUnit rows each) of one list per CTA
+  // [slc_bwd_kv_groups] the first unit of each run (a CTA of the main kernel), indexed by the run's
+  // group (below), -1 for the group indices no run takes; written by the backward's launcher.
+  std::int32_t* run_unit;
   void* dq;         // outputs in the dtype of q, strided like q, k, v
   void* dk;
   void* dv;
@@ -92,8 +95,9 @@ constexpr std::int64_t slc_bwd_planes(const SlcPlanShape& s) { return (s.block_s
 constexpr std::int64_t slc_bwd_dq_part_elements(const SlcPlanShape& s, std::int64_t heads_q, std::int64_t dqk) {
   return slc_bwd_planes(s) * s.tokens * heads_q * s.width * dqk;
 }
-// Group g of list s takes index floor(unit_offsets[s] / U) + s + g: disjoint over the lists (list
-// s has ceil(units_s / U) groups) and below max_units / U + num_lists + 1.
+// Group g of list s (the run of its units gU .. gU + U - 1) takes index
+// floor(unit_offsets[s] / U) + s + g: disjoint over the lists (list s has ceil(units_s / U)
+// groups) and below max_units / U + num_lists + 1. The main kernel's grid is these indices.
 constexpr std::int64_t slc_bwd_kv_groups(const SlcPlanShape& s, int units_per_cta) {
   return s.max_units() / units_per_cta + s.num_lists() + 1;
 }
