@@ -4,6 +4,8 @@
 // of the spec's models, window/stride pairs, bf16 and fp16. Outputs are poisoned before each run;
 // the spare rows of y (sized by max_compressed_tokens) must come back as zeros.
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "gpu_compare.hpp"
 
@@ -124,6 +126,24 @@ TEST_F(Gpu, CompressLinearHeadDims) {
       c.dtype = dtype;
       check_case(c, ++salt);
     }
+}
+
+// The linear forward's split of the l*D reduction (compress_fwd_k_splits): the automatic count
+// (several splits at these sizes), none (the direct epilogue), an uneven split and more splits than
+// some CTAs have chunks for.
+TEST_F(Gpu, CompressLinearSplitK) {
+  std::uint64_t salt = 50;
+  for (const char* splits : {"", "1", "3", "64"}) {
+    SCOPED_TRACE(std::string("FSA_COMPRESS_K_SPLITS=") + splits);
+    if (*splits != '\0') setenv("FSA_COMPRESS_K_SPLITS", splits, 1);
+    for (const bool pe : {true, false}) {
+      CompressCase c;
+      c.lengths = mixed_lengths(32, 16);
+      c.pos_emb = pe;
+      check_case(c, ++salt);
+    }
+    unsetenv("FSA_COMPRESS_K_SPLITS");
+  }
 }
 
 TEST_F(Gpu, CompressWindowsAndStrides) {

@@ -1,8 +1,10 @@
 // Compression kernels (spec section 1), forward and backward, for bf16/fp16.
 //
 // Linear (per kv head g, W [l*D, Dout], windows X_i = x rows i*s .. i*s+l-1 flattened to l*D):
-//   forward   y_i = X_i W + PE W            tile GEMM over compressed rows; PE W is one fp32
-//                                           vector per head (head_vector), computed once.
+//   forward   y_i = X_i W + PE W            tile GEMM over compressed rows, its l*D reduction split
+//                                           over CTAs where the tiles are few (fp32 partials
+//                                           summed in split order); PE W is one fp32 vector per
+//                                           head (head_vector), computed once.
 //   dW        = sum_i X_i^T dy_i + PE^T (sum_i dy_i)     tile GEMM reducing over all compressed rows.
 //   dPE       = W (sum_i dy_i)              one warp per row of W.
 //   dx        raw rows m*s .. m*s+s-1 (a "stride block" m) are covered by windows m-c, c < l/s, at
@@ -40,13 +42,18 @@ __device__ __forceinline__ long long window_start(const CompressParams& p, long 
 
 // ---- Linear forward ----------------------------------------------------------------------------
 
-// grid (ceil(Ncmp / 64), Dout / kN, H). Rows past cu_cmp[nseq] are written as zeros.
+// grid (ceil(Ncmp / 64), Dout / kN x k_splits, H). Rows past cu_cmp[nseq] are written as zeros.
+// With k_splits > 1 the CTA sums chunks [c0, c0 + count) of the l*D / 64 into its fp32 partial.
 template <class Element, int kN>
 __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const __grid_constant__ CompressParams p) {
   using S = GemmSmem<Element, kN, true>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long row_offset[kTileM];  // x offset of the window's first row for head g; -1: none
-  const int g = blockIdx.z, n0 = blockIdx.y * kN;
+  const int col_tiles = p.dim_out / kN;
+  const int g = blockIdx.z, n0 = static_cast<int>(blockIdx.y % col_tiles) * kN;
+  const int split = static_cast<int>(blockIdx.y / col_tiles);
+  const int chunks = p.cmp_len * p.dim / kTileK, per_split = (chunks + p.k_splits - 1) / p.k_splits;
+  const int c0 = split * per_split, count = max(0, min(chunks, c0 + per_split) - c0);
   const long long m0 = static_cast<long long>(blockIdx.x) * kTileM;
   if (threadIdx.x < kTileM) {
     const long long cr = m0 + threadIdx.x;
@@ -57,7 +64,8 @@ __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const
   const auto* x = static_cast<const Element*>(p.x);
   const auto* w = static_cast<const Element*>(p.weight) + g * p.w_head_stride + n0;
   const int dim = p.dim;
-  auto load_chunk = [&](int c, Element* a_tile, Element* b_tile) {
+  auto load_chunk = [&](int chunk, Element* a_tile, Element* b_tile) {
+    const int c = c0 + chunk;
     const int j = c * kTileK / dim, d0 = c * kTileK % dim;  // D % 64 == 0: a chunk is in one window row
     common::copy_tile_async<kTileM, kTileK, kGemmThreads>(a_tile, S::kLdA, [&](int r) -> const Element* {
       const long long offset = row_offset[r];
@@ -67,9 +75,21 @@ __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const
         b_tile, S::kLdB, [&](int r) -> const Element* { return w + (static_cast<long long>(c) * kTileK + r) * p.w_row_stride; });
   };
   float acc[kN / 8][4];
-  gemm_mainloop<Element, kN, false, true>(acc, smem, p.cmp_len * dim / kTileK, load_chunk);
+  gemm_mainloop<Element, kN, false, true>(acc, smem, count, load_chunk);
 
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+  if (p.k_splits > 1) {  // the fp32 partial; zero-filled rows (no window) give zeros
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const long long cr = m0 + (threadIdx.x / 32) * 16 + group + 8 * h;
+      if (cr >= p.cmp_rows) continue;
+      float* prow = p.y_partial + ((split * p.cmp_rows + cr) * p.heads + g) * p.dim_out + n0;
+#pragma unroll
+      for (int n = 0; n < kN / 8; ++n)
+        *reinterpret_cast<float2*>(prow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+    }
+    return;
+  }
   const float* bias = p.head_vector != nullptr ? p.head_vector + g * p.dim_out + n0 : nullptr;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -88,6 +108,39 @@ __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const
       }
       *reinterpret_cast<std::uint32_t*>(yrow + col) = mma::pack2<Element>(v0, v1);
     }
+  }
+}
+
+// Split-K forward: y = sum of the k_splits partials in split order (+ head_vector) for rows with a
+// window, zeros for the rest. One thread per 4 consecutive outputs of a row.
+template <class Element>
+__global__ void __launch_bounds__(256) compress_fwd_reduce_kernel(const __grid_constant__ CompressParams p) {
+  const long long row_width = static_cast<long long>(p.heads) * p.dim_out;
+  const long long plane = p.cmp_rows * row_width;
+  const int total = total_compressed(p);
+  for (long long i = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; i < plane / 4;
+       i += static_cast<long long>(gridDim.x) * 256) {
+    const long long e = i * 4, cr = e / row_width;
+    const int g = static_cast<int>(e % row_width / p.dim_out), col = static_cast<int>(e % p.dim_out);
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (cr < total) {
+      for (int split = 0; split < p.k_splits; ++split) {
+        const float4 part = *reinterpret_cast<const float4*>(p.y_partial + split * plane + e);
+        sum.x += part.x;
+        sum.y += part.y;
+        sum.z += part.z;
+        sum.w += part.w;
+      }
+      if (p.head_vector != nullptr) {
+        const float* bias = p.head_vector + g * p.dim_out + col;
+        sum.x += bias[0];
+        sum.y += bias[1];
+        sum.z += bias[2];
+        sum.w += bias[3];
+      }
+    }
+    Element* y = static_cast<Element*>(p.y) + cr * p.y_row_stride + g * p.y_head_stride + col;
+    *reinterpret_cast<uint2*>(y) = make_uint2(mma::pack2<Element>(sum.x, sum.y), mma::pack2<Element>(sum.z, sum.w));
   }
 }
 
@@ -395,9 +448,16 @@ Status launch_compress_forward(const CompressParams& p, cudaStream_t stream) {
     auto* kernel = compress_fwd_linear_kernel<Element, kN>;
     constexpr std::size_t kSmem = GemmSmem<Element, kN, true>::kBytes;
     FSA_RETURN_IF_ERROR(set_dynamic_smem(kernel, kSmem));
-    const dim3 grid(static_cast<unsigned>((p.cmp_rows + kTileM - 1) / kTileM), p.dim_out / kN, p.heads);
+    const dim3 grid(static_cast<unsigned>((p.cmp_rows + kTileM - 1) / kTileM), p.dim_out / kN * p.k_splits,
+                    p.heads);
     kernel<<<grid, kGemmThreads, kSmem, stream>>>(p);
     FSA_CHECK_LAUNCH("compress_fwd_linear_kernel", stream);
+    if (p.k_splits > 1) {
+      const long long quads = p.cmp_rows * p.heads * p.dim_out / 4;
+      const auto ctas = static_cast<unsigned>(std::min<long long>((quads + 255) / 256, 1 << 16));
+      compress_fwd_reduce_kernel<Element><<<ctas, 256, 0, stream>>>(p);
+      FSA_CHECK_LAUNCH("compress_fwd_reduce_kernel", stream);
+    }
     return Status::ok();
   });
 }

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/runtime.hpp"
@@ -89,9 +90,19 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
   p.y = y.data;
   p.y_row_stride = y.stride(0);
   p.y_head_stride = y.stride(1);
-  common::StreamWorkspace ws(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float), stream);
+  p.k_splits = 1;
+  if (weight.defined()) {
+    const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");  // tests: both epilogues, uneven splits
+    p.k_splits = compress_fwd_k_splits(p.cmp_rows, p.heads, p.dim, p.dim_out, p.cmp_len,
+                                       forced != nullptr ? std::atoi(forced) : 0);
+  }
+  const std::size_t vector_bytes = static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float);
+  const std::size_t partial_bytes =
+      p.k_splits > 1 ? static_cast<std::size_t>(p.k_splits * p.cmp_rows * p.heads * p.dim_out) * sizeof(float) : 0;
+  common::StreamWorkspace ws((vector_bytes + 255) / 256 * 256 + partial_bytes, stream);
   FSA_RETURN_IF_ERROR(ws.status());
   p.head_vector = pos_emb.defined() ? reinterpret_cast<float*>(ws.bytes()) : nullptr;
+  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(ws.bytes() + (vector_bytes + 255) / 256 * 256) : nullptr;
   return common::dispatch_dtype("compress_forward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_forward<Element>(p, stream); });
 }

@@ -38,6 +38,32 @@ struct CompressParams {
   // fp32 workspace [H, Dout]: forward, the positional embedding's share of every compressed token
   // (PE through W, or the mean of PE); backward, the sum of dy over all compressed tokens.
   float* head_vector;
+
+  // Linear forward, split K (compress_fwd_k_splits): CTA split z of k_splits sums its share of the
+  // l*D products into y_partial [k_splits, Ncmp, H, Dout] (fp32), which a reduction kernel adds
+  // in split order (+ head_vector) into y. k_splits = 1 writes y directly.
+  int k_splits;
+  float* y_partial;
 };
+
+// How many CTAs split the K = l*D reduction of each 64 x kN output tile of the linear forward. The
+// tiles alone are few (Ncmp / 64 x Dout / kN x H: 256 at S64, Hkv = 4), and each walks
+// l*D / 64 = 64 chunks serially, latency-bound at two CTA waves: measured 0.19 ms per call at
+// S64 and still 0.14 ms at 8K tokens. Splitting aims at kTargetCtas CTAs with at least
+// kMinChunks chunks each; the fp32 partials are at most kTargetCtas 64 x kN tiles (32 MB).
+// `override_splits` > 0 (FSA_COMPRESS_K_SPLITS, for tests) forces a count, capped at the chunks.
+constexpr int compress_fwd_k_splits(std::int64_t cmp_rows, int heads, int dim, int dim_out, int cmp_len,
+                                    int override_splits = 0) {
+  constexpr std::int64_t kTargetCtas = 1024;
+  constexpr int kMinChunks = 4;
+  const int tile_n = dim_out % 128 == 0 ? 128 : 64;
+  const std::int64_t tiles = (cmp_rows + 63) / 64 * (dim_out / tile_n) * heads;
+  const int chunks = cmp_len * dim / 64;
+  if (override_splits > 0) return override_splits < chunks ? override_splits : chunks;
+  if (tiles <= 0 || tiles >= kTargetCtas) return 1;
+  const std::int64_t wanted = (kTargetCtas + tiles - 1) / tiles;
+  const int most = chunks / kMinChunks > 1 ? chunks / kMinChunks : 1;
+  return static_cast<int>(wanted < most ? wanted : most);
+}
 
 }  // namespace fsa::cuda
