@@ -144,33 +144,55 @@ __global__ void __launch_bounds__(256) compress_fwd_reduce_kernel(const __grid_c
   }
 }
 
-// head_vector[g, e] = sum_r PE[g, r] W[g, r, e] (linear) or mean_j PE[g, j, e] (mean).
-// grid (ceil(Dout / 32), H), 256 threads: 32 columns x 8 partial sums.
-template <class Element>
-__global__ void __launch_bounds__(256) compress_pe_vector_kernel(const __grid_constant__ CompressParams p) {
+// The 32 columns e of blockIdx.x and head g = blockIdx.y: sum over rows r in share blockIdx.z of
+// [0, rows) of term(r, e), 8 row groups of 32 threads, into sum_partial[blockIdx.z, g, e].
+template <class Term>
+__device__ __forceinline__ void column_sum_share(const CompressParams& p, int rows, Term term) {
   __shared__ float partial[8][33];
-  const int g = blockIdx.y, e = blockIdx.x * 32 + threadIdx.x % 32, split = threadIdx.x / 32;
-  const auto* pe = static_cast<const Element*>(p.pos_emb) + g * p.pe_head_stride;
+  const int g = blockIdx.y, e = blockIdx.x * 32 + threadIdx.x % 32, group = threadIdx.x / 32;
+  const int per_split = (rows + kColumnSumSplits - 1) / kColumnSumSplits;
+  const int r0 = static_cast<int>(blockIdx.z) * per_split, r1 = min(rows, r0 + per_split);
   float sum = 0.0f;
-  if (e < p.dim_out) {
-    if (p.weight != nullptr) {
-      const auto* w = static_cast<const Element*>(p.weight) + g * p.w_head_stride + e;
-      for (int r = split; r < p.cmp_len * p.dim; r += 8)
-        sum += Convert<Element>::to_float(pe[(r / p.dim) * p.pe_row_stride + r % p.dim]) *
-               Convert<Element>::to_float(w[r * p.w_row_stride]);
-    } else {
-      for (int j = split; j < p.cmp_len; j += 8) sum += Convert<Element>::to_float(pe[j * p.pe_row_stride + e]);
-      sum /= static_cast<float>(p.cmp_len);
-    }
-  }
-  partial[split][threadIdx.x % 32] = sum;
+  if (e < p.dim_out)
+    for (int r = r0 + group; r < r1; r += 8) sum += term(r, e);
+  partial[group][threadIdx.x % 32] = sum;
   __syncthreads();
-  if (split == 0 && e < p.dim_out) {
+  if (group == 0 && e < p.dim_out) {
     float total = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) total += partial[i][threadIdx.x];
-    p.head_vector[g * p.dim_out + e] = total;
+    p.sum_partial[(static_cast<long long>(blockIdx.z) * p.heads + g) * p.dim_out + e] = total;
   }
+}
+
+// head_vector[g, e] = sum_r PE[g, r] W[g, r, e] (linear) or mean_j PE[g, j, e] (mean), by row
+// shares. grid (ceil(Dout / 32), H, kColumnSumSplits), 256 threads.
+template <class Element>
+__global__ void __launch_bounds__(256) compress_pe_vector_kernel(const __grid_constant__ CompressParams p) {
+  const int g = blockIdx.y;
+  const auto* pe = static_cast<const Element*>(p.pos_emb) + g * p.pe_head_stride;
+  if (p.weight != nullptr) {
+    const auto* w = static_cast<const Element*>(p.weight) + g * p.w_head_stride;
+    column_sum_share(p, p.cmp_len * p.dim, [&](int r, int e) {
+      return Convert<Element>::to_float(pe[(r / p.dim) * p.pe_row_stride + r % p.dim]) *
+             Convert<Element>::to_float(w[static_cast<long long>(r) * p.w_row_stride + e]);
+    });
+  } else {
+    const float inv_l = 1.0f / static_cast<float>(p.cmp_len);
+    column_sum_share(p, p.cmp_len,
+                     [&](int j, int e) { return Convert<Element>::to_float(pe[j * p.pe_row_stride + e]) * inv_l; });
+  }
+}
+
+// head_vector[g, e] = the kColumnSumSplits partials in order. One thread per (g, e). (Element only
+// gives each instantiation file its own copy, like every kernel here.)
+template <class Element>
+__global__ void __launch_bounds__(256) compress_sum_partials_kernel(const __grid_constant__ CompressParams p) {
+  const int i = blockIdx.x * 256 + threadIdx.x;
+  if (i >= p.heads * p.dim_out) return;
+  float total = 0.0f;
+  for (int z = 0; z < kColumnSumSplits; ++z) total += p.sum_partial[static_cast<long long>(z) * p.heads * p.dim_out + i];
+  p.head_vector[i] = total;
 }
 
 // ---- Mean forward ------------------------------------------------------------------------------
@@ -201,24 +223,14 @@ __global__ void __launch_bounds__(kRowThreads) compress_fwd_mean_kernel(const __
 
 // ---- Backward ------------------------------------------------------------------------------------
 
-// head_vector[g, e] = sum over compressed rows of dy[i, g, e]. grid (ceil(Dout / 32), H), 256 threads.
+// head_vector[g, e] = sum over compressed rows of dy[i, g, e], by row shares. grid (ceil(Dout / 32),
+// H, kColumnSumSplits), 256 threads.
 template <class Element>
 __global__ void __launch_bounds__(256) compress_dy_sum_kernel(const __grid_constant__ CompressParams p) {
-  __shared__ float partial[8][33];
-  const int g = blockIdx.y, e = blockIdx.x * 32 + threadIdx.x % 32, split = threadIdx.x / 32;
-  const auto* dy = static_cast<const Element*>(p.dy) + g * p.dy_head_stride;
-  const int total = total_compressed(p);
-  float sum = 0.0f;
-  if (e < p.dim_out)
-    for (long long i = split; i < total; i += 8) sum += Convert<Element>::to_float(dy[i * p.dy_row_stride + e]);
-  partial[split][threadIdx.x % 32] = sum;
-  __syncthreads();
-  if (split == 0 && e < p.dim_out) {
-    float s = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) s += partial[k][threadIdx.x];
-    p.head_vector[g * p.dim_out + e] = s;
-  }
+  const auto* dy = static_cast<const Element*>(p.dy) + blockIdx.y * p.dy_head_stride;
+  column_sum_share(p, total_compressed(p), [&](int i, int e) {
+    return Convert<Element>::to_float(dy[static_cast<long long>(i) * p.dy_row_stride + e]);
+  });
 }
 
 // d_pos_emb[g, j, d] = W[g, j*D + d, :] . dy_sum[g] (linear, one warp per row of W) or
@@ -436,8 +448,10 @@ Status launch_compress_forward(const CompressParams& p, cudaStream_t stream) {
   using namespace compress;
   if (p.cmp_rows == 0) return Status::ok();
   if (p.pos_emb != nullptr) {
-    compress_pe_vector_kernel<Element><<<dim3((p.dim_out + 31) / 32, p.heads), 256, 0, stream>>>(p);
+    compress_pe_vector_kernel<Element><<<dim3((p.dim_out + 31) / 32, p.heads, kColumnSumSplits), 256, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("compress_pe_vector_kernel", stream);
+    compress_sum_partials_kernel<Element><<<(p.heads * p.dim_out + 255) / 256, 256, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("compress_sum_partials_kernel", stream);
   }
   if (p.weight == nullptr) {
     compress_fwd_mean_kernel<Element><<<static_cast<unsigned>(p.cmp_rows), kRowThreads, 0, stream>>>(p);
@@ -468,8 +482,10 @@ Status launch_compress_backward(const CompressParams& p, cudaStream_t stream) {
   if (p.tokens == 0) return Status::ok();
   // dy summed over compressed rows: the PE share of dW and the whole of d_pos_emb.
   if (p.d_pos_emb != nullptr || (p.d_weight != nullptr && p.pos_emb != nullptr)) {
-    compress_dy_sum_kernel<Element><<<dim3((p.dim_out + 31) / 32, p.heads), 256, 0, stream>>>(p);
+    compress_dy_sum_kernel<Element><<<dim3((p.dim_out + 31) / 32, p.heads, kColumnSumSplits), 256, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("compress_dy_sum_kernel", stream);
+    compress_sum_partials_kernel<Element><<<(p.heads * p.dim_out + 255) / 256, 256, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("compress_sum_partials_kernel", stream);
   }
   if (p.d_pos_emb != nullptr) {
     const long long warps = static_cast<long long>(p.heads) * p.cmp_len * p.dim;

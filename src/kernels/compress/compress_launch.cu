@@ -25,6 +25,8 @@ namespace {
 
 Status not_supported(const std::string& message) { return FSA_ERROR(StatusCode::kNotImplemented, message); }
 
+std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+
 Status check_gpu_limits(const NsaConfig& config, const TensorView& x, const TensorView& weight,
                         std::int64_t dim_out) {
   if (x.dtype != DType::kBFloat16 && x.dtype != DType::kFloat16)
@@ -96,13 +98,14 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
     p.k_splits = compress_fwd_k_splits(p.cmp_rows, p.heads, p.dim, p.dim_out, p.cmp_len,
                                        forced != nullptr ? std::atoi(forced) : 0);
   }
-  const std::size_t vector_bytes = static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float);
+  const std::size_t vector_bytes = align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
   const std::size_t partial_bytes =
       p.k_splits > 1 ? static_cast<std::size_t>(p.k_splits * p.cmp_rows * p.heads * p.dim_out) * sizeof(float) : 0;
-  common::StreamWorkspace ws((vector_bytes + 255) / 256 * 256 + partial_bytes, stream);
+  common::StreamWorkspace ws(vector_bytes * (1 + kColumnSumSplits) + partial_bytes, stream);
   FSA_RETURN_IF_ERROR(ws.status());
   p.head_vector = pos_emb.defined() ? reinterpret_cast<float*>(ws.bytes()) : nullptr;
-  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(ws.bytes() + (vector_bytes + 255) / 256 * 256) : nullptr;
+  p.sum_partial = reinterpret_cast<float*>(ws.bytes() + vector_bytes);
+  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(ws.bytes() + vector_bytes * (1 + kColumnSumSplits)) : nullptr;
   return common::dispatch_dtype("compress_forward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_forward<Element>(p, stream); });
 }
@@ -137,9 +140,11 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     p.dpe_head_stride = d_pos_emb.stride(0);
     p.dpe_row_stride = d_pos_emb.stride(1);
   }
-  common::StreamWorkspace ws(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float), stream);
+  const std::size_t vector_bytes = align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
+  common::StreamWorkspace ws(vector_bytes * (1 + kColumnSumSplits), stream);
   FSA_RETURN_IF_ERROR(ws.status());
   p.head_vector = reinterpret_cast<float*>(ws.bytes());
+  p.sum_partial = reinterpret_cast<float*>(ws.bytes() + vector_bytes);
   return common::dispatch_dtype("compress_backward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_backward<Element>(p, stream); });
 }

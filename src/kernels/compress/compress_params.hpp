@@ -44,7 +44,15 @@ struct CompressParams {
   // in split order (+ head_vector) into y. k_splits = 1 writes y directly.
   int k_splits;
   float* y_partial;
+  // [kColumnSumSplits, H, Dout] fp32: the row-split partials of head_vector.
+  float* sum_partial;
 };
+
+// head_vector is a sum over many rows (PE through W: l*D rows; dy: every compressed row). One CTA
+// per (32 columns, head) walking them all was latency-bound (~0.1-0.2 ms at l*D = 4096 or 4096
+// compressed rows, most of the compression forward's time at S64); kColumnSumSplits CTAs per
+// (32 columns, head) each sum a contiguous share into sum_partial, added in split order after.
+constexpr int kColumnSumSplits = 16;
 
 // How many CTAs split the K = l*D reduction of each 64 x kN output tile of the linear forward. The
 // tiles alone are few (Ncmp / 64 x Dout / kN x H: 256 at S64, Hkv = 4), and each walks
