@@ -128,9 +128,9 @@ TEST_F(Gpu, CompressLinearHeadDims) {
     }
 }
 
-// The linear forward's split of the l*D reduction (compress_fwd_k_splits): the automatic count
-// (several splits at these sizes), none (the direct epilogue), an uneven split and more splits than
-// some CTAs have chunks for.
+// The split of the K reductions (compress_k_splits) of the linear forward (l*D) and of dW (the
+// compressed rows): the automatic count (several splits at these sizes), none (the direct
+// epilogues), an uneven split and more splits than some CTAs have chunks for.
 TEST_F(Gpu, CompressLinearSplitK) {
   std::uint64_t salt = 50;
   for (const char* splits : {"", "1", "3", "64"}) {

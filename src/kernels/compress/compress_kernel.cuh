@@ -266,12 +266,20 @@ template <class Element, int kN>
 __global__ void __launch_bounds__(kGemmThreads) compress_bwd_weight_kernel(const __grid_constant__ CompressParams p) {
   using S = GemmSmem<Element, kN, true>;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int g = blockIdx.z, n0 = blockIdx.y * kN, m0 = blockIdx.x * kTileM;
+  const int col_tiles = p.dim_out / kN;
+  const int g = blockIdx.z, n0 = static_cast<int>(blockIdx.y % col_tiles) * kN, m0 = blockIdx.x * kTileM;
+  const int split = static_cast<int>(blockIdx.y / col_tiles);
   const int j = m0 / p.dim, d0 = m0 % p.dim;  // the tile's rows r = j*D + d0 .. +63 (D % 64 == 0)
   const int total = total_compressed(p);
+  // K chunks of 64 compressed rows; split z takes its share of them (the split count comes from
+  // the shape's bound cmp_rows, the chunks from the batch's total).
+  const int chunks = (total + kTileK - 1) / kTileK;
+  const int per_split = (chunks + p.k_splits - 1) / p.k_splits;
+  const int c0 = split * per_split, count = max(0, min(chunks, c0 + per_split) - c0);
   const auto* x = static_cast<const Element*>(p.x) + g * p.x_head_stride + j * p.x_row_stride + d0;
   const auto* dy = static_cast<const Element*>(p.dy) + g * p.dy_head_stride + n0;
-  auto load_chunk = [&](int c, Element* a_tile, Element* b_tile) {
+  auto load_chunk = [&](int chunk, Element* a_tile, Element* b_tile) {
+    const int c = c0 + chunk;
     // A^T: row k of the tile is compressed row i = 64c + k, columns r (its window's row j).
     common::copy_tile_async<kTileK, kTileM, kGemmThreads>(a_tile, S::kLdA, [&](int k) -> const Element* {
       const long long i = static_cast<long long>(c) * kTileK + k;
@@ -283,9 +291,21 @@ __global__ void __launch_bounds__(kGemmThreads) compress_bwd_weight_kernel(const
     });
   };
   float acc[kN / 8][4];
-  gemm_mainloop<Element, kN, true, true>(acc, smem, (total + kTileK - 1) / kTileK, load_chunk);
+  gemm_mainloop<Element, kN, true, true>(acc, smem, count, load_chunk);
 
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+  if (p.k_splits > 1) {  // the fp32 partial of rows m0.. of W
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = (threadIdx.x / 32) * 16 + group + 8 * h;
+      float* prow = p.y_partial + ((static_cast<long long>(split) * p.heads + g) * p.cmp_len * p.dim + m0 + r) *
+                                      p.dim_out + n0;
+#pragma unroll
+      for (int n = 0; n < kN / 8; ++n)
+        *reinterpret_cast<float2*>(prow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+    }
+    return;
+  }
   const auto* pe = static_cast<const Element*>(p.pos_emb);
   // Without PE the dy sums are not computed (the workspace is uninitialised): never read them.
   const float* dy_sum = pe != nullptr ? p.head_vector + g * p.dim_out + n0 : nullptr;
@@ -302,6 +322,38 @@ __global__ void __launch_bounds__(kGemmThreads) compress_bwd_weight_kernel(const
       const float pe1 = dy_sum != nullptr ? pe_value * dy_sum[col + 1] : 0.0f;
       *reinterpret_cast<std::uint32_t*>(dst + col) = mma::pack2<Element>(acc[n][2 * h] + pe0, acc[n][2 * h + 1] + pe1);
     }
+  }
+}
+
+// Split-K dW: d_weight[g, r, :] = the k_splits partials in split order + PE[g, r] * dy_sum[g, :].
+// One thread per 4 consecutive columns of a row of W.
+template <class Element>
+__global__ void __launch_bounds__(256) compress_bwd_weight_reduce_kernel(const __grid_constant__ CompressParams p) {
+  const long long rows = static_cast<long long>(p.cmp_len) * p.dim;
+  const long long plane = p.heads * rows * p.dim_out;
+  const auto* pe = static_cast<const Element*>(p.pos_emb);
+  for (long long i = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; i < plane / 4;
+       i += static_cast<long long>(gridDim.x) * 256) {
+    const long long e = i * 4, row = e / p.dim_out;  // row = g * l*D + r
+    const int g = static_cast<int>(row / rows), r = static_cast<int>(row % rows), col = static_cast<int>(e % p.dim_out);
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int split = 0; split < p.k_splits; ++split) {
+      const float4 part = *reinterpret_cast<const float4*>(p.y_partial + split * plane + e);
+      sum.x += part.x;
+      sum.y += part.y;
+      sum.z += part.z;
+      sum.w += part.w;
+    }
+    if (pe != nullptr) {  // dy_sum (head_vector) exists only with PE
+      const float pe_value = Convert<Element>::to_float(pe[g * p.pe_head_stride + (r / p.dim) * p.pe_row_stride + r % p.dim]);
+      const float* dy_sum = p.head_vector + g * p.dim_out + col;
+      sum.x += pe_value * dy_sum[0];
+      sum.y += pe_value * dy_sum[1];
+      sum.z += pe_value * dy_sum[2];
+      sum.w += pe_value * dy_sum[3];
+    }
+    Element* dst = static_cast<Element*>(p.d_weight) + g * p.dw_head_stride + r * p.dw_row_stride + col;
+    *reinterpret_cast<uint2*>(dst) = make_uint2(mma::pack2<Element>(sum.x, sum.y), mma::pack2<Element>(sum.z, sum.w));
   }
 }
 
@@ -502,9 +554,15 @@ Status launch_compress_backward(const CompressParams& p, cudaStream_t stream) {
       auto* kernel = compress_bwd_weight_kernel<Element, kN>;
       constexpr std::size_t kSmem = GemmSmem<Element, kN, true>::kBytes;
       FSA_RETURN_IF_ERROR(set_dynamic_smem(kernel, kSmem));
-      const dim3 grid(static_cast<unsigned>(p.cmp_len * p.dim / kTileM), p.dim_out / kN, p.heads);
+      const dim3 grid(static_cast<unsigned>(p.cmp_len * p.dim / kTileM), p.dim_out / kN * p.k_splits, p.heads);
       kernel<<<grid, kGemmThreads, kSmem, stream>>>(p);
       FSA_CHECK_LAUNCH("compress_bwd_weight_kernel", stream);
+      if (p.k_splits > 1) {
+        const long long quads = static_cast<long long>(p.heads) * p.cmp_len * p.dim * p.dim_out / 4;
+        const auto ctas = static_cast<unsigned>(std::min<long long>((quads + 255) / 256, 1 << 16));
+        compress_bwd_weight_reduce_kernel<Element><<<ctas, 256, 0, stream>>>(p);
+        FSA_CHECK_LAUNCH("compress_bwd_weight_reduce_kernel", stream);
+      }
       return Status::ok();
     }));
   }

@@ -95,8 +95,8 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
   p.k_splits = 1;
   if (weight.defined()) {
     const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");  // tests: both epilogues, uneven splits
-    p.k_splits = compress_fwd_k_splits(p.cmp_rows, p.heads, p.dim, p.dim_out, p.cmp_len,
-                                       forced != nullptr ? std::atoi(forced) : 0);
+    const std::int64_t tiles = (p.cmp_rows + 63) / 64 * (p.dim_out / compress_tile_n(p.dim_out)) * p.heads;
+    p.k_splits = compress_k_splits(tiles, p.cmp_len * p.dim / 64, forced != nullptr ? std::atoi(forced) : 0);
   }
   const std::size_t vector_bytes = align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
   const std::size_t partial_bytes =
@@ -140,11 +140,23 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     p.dpe_head_stride = d_pos_emb.stride(0);
     p.dpe_row_stride = d_pos_emb.stride(1);
   }
+  p.k_splits = 1;
+  if (d_weight.defined()) {
+    const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");  // tests: both epilogues, uneven splits
+    const std::int64_t tiles = static_cast<std::int64_t>(p.cmp_len) * p.dim / 64 *
+                               (p.dim_out / compress_tile_n(p.dim_out)) * p.heads;
+    p.k_splits = compress_k_splits(tiles, (p.cmp_rows + 63) / 64, forced != nullptr ? std::atoi(forced) : 0);
+  }
   const std::size_t vector_bytes = align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
-  common::StreamWorkspace ws(vector_bytes * (1 + kColumnSumSplits), stream);
+  const std::size_t partial_bytes =
+      p.k_splits > 1
+          ? static_cast<std::size_t>(p.k_splits) * p.heads * p.cmp_len * p.dim * p.dim_out * sizeof(float)
+          : 0;
+  common::StreamWorkspace ws(vector_bytes * (1 + kColumnSumSplits) + partial_bytes, stream);
   FSA_RETURN_IF_ERROR(ws.status());
   p.head_vector = reinterpret_cast<float*>(ws.bytes());
   p.sum_partial = reinterpret_cast<float*>(ws.bytes() + vector_bytes);
+  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(ws.bytes() + vector_bytes * (1 + kColumnSumSplits)) : nullptr;
   return common::dispatch_dtype("compress_backward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_backward<Element>(p, stream); });
 }

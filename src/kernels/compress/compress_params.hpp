@@ -39,9 +39,10 @@ struct CompressParams {
   // (PE through W, or the mean of PE); backward, the sum of dy over all compressed tokens.
   float* head_vector;
 
-  // Linear forward, split K (compress_fwd_k_splits): CTA split z of k_splits sums its share of the
+  // Split K (compress_k_splits). Linear forward: CTA split z of k_splits sums its share of the
   // l*D products into y_partial [k_splits, Ncmp, H, Dout] (fp32), which a reduction kernel adds
-  // in split order (+ head_vector) into y. k_splits = 1 writes y directly.
+  // in split order (+ head_vector) into y. dW: the same over the compressed rows, into
+  // y_partial [k_splits, H, l*D, Dout]. k_splits = 1 writes y / d_weight directly.
   int k_splits;
   float* y_partial;
   // [kColumnSumSplits, H, Dout] fp32: the row-split partials of head_vector.
@@ -54,24 +55,22 @@ struct CompressParams {
 // (32 columns, head) each sum a contiguous share into sum_partial, added in split order after.
 constexpr int kColumnSumSplits = 16;
 
-// How many CTAs split the K = l*D reduction of each 64 x kN output tile of the linear forward. The
-// tiles alone are few (Ncmp / 64 x Dout / kN x H: 256 at S64, Hkv = 4), and each walks
-// l*D / 64 = 64 chunks serially, latency-bound at two CTA waves: measured 0.19 ms per call at
-// S64 and still 0.14 ms at 8K tokens. Splitting aims at kTargetCtas CTAs with at least
+// How many CTAs split the K reduction of each 64 x kN output tile of the linear forward (K = l*D)
+// and of dW (K = the compressed rows). The tiles alone are few (forward: Ncmp / 64 x Dout / kN x H,
+// dW: l*D / 64 x Dout / kN x H; 256 of either at S64, Hkv = 4), and each walked its 64 K chunks
+// serially, latency-bound in two CTA waves. Splitting aims at kTargetCtas CTAs with at least
 // kMinChunks chunks each; the fp32 partials are at most kTargetCtas 64 x kN tiles (32 MB).
 // `override_splits` > 0 (FSA_COMPRESS_K_SPLITS, for tests) forces a count, capped at the chunks.
-constexpr int compress_fwd_k_splits(std::int64_t cmp_rows, int heads, int dim, int dim_out, int cmp_len,
-                                    int override_splits = 0) {
+constexpr int compress_k_splits(std::int64_t tiles, std::int64_t k_chunks, int override_splits = 0) {
   constexpr std::int64_t kTargetCtas = 1024;
-  constexpr int kMinChunks = 4;
-  const int tile_n = dim_out % 128 == 0 ? 128 : 64;
-  const std::int64_t tiles = (cmp_rows + 63) / 64 * (dim_out / tile_n) * heads;
-  const int chunks = cmp_len * dim / 64;
-  if (override_splits > 0) return override_splits < chunks ? override_splits : chunks;
+  constexpr std::int64_t kMinChunks = 4;
+  const std::int64_t chunks = k_chunks > 1 ? k_chunks : 1;
+  if (override_splits > 0) return static_cast<int>(override_splits < chunks ? override_splits : chunks);
   if (tiles <= 0 || tiles >= kTargetCtas) return 1;
   const std::int64_t wanted = (kTargetCtas + tiles - 1) / tiles;
-  const int most = chunks / kMinChunks > 1 ? chunks / kMinChunks : 1;
+  const std::int64_t most = chunks / kMinChunks > 1 ? chunks / kMinChunks : 1;
   return static_cast<int>(wanted < most ? wanted : most);
 }
+constexpr int compress_tile_n(int dim_out) { return dim_out % 128 == 0 ? 128 : 64; }
 
 }  // namespace fsa::cuda
