@@ -111,6 +111,20 @@ __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const
   }
 }
 
+// Elements e .. e + 3 of the k_splits partial planes of y_partial (`plane` floats apart), added in
+// split order.
+__device__ __forceinline__ float4 split_sum(const CompressParams& p, long long plane, long long e) {
+  float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int split = 0; split < p.k_splits; ++split) {
+    const float4 part = *reinterpret_cast<const float4*>(p.y_partial + split * plane + e);
+    sum.x += part.x;
+    sum.y += part.y;
+    sum.z += part.z;
+    sum.w += part.w;
+  }
+  return sum;
+}
+
 // Split-K forward: y = sum of the k_splits partials in split order (+ head_vector) for rows with a
 // window, zeros for the rest. One thread per 4 consecutive outputs of a row.
 template <class Element>
@@ -124,13 +138,7 @@ __global__ void __launch_bounds__(256) compress_fwd_reduce_kernel(const __grid_c
     const int g = static_cast<int>(e % row_width / p.dim_out), col = static_cast<int>(e % p.dim_out);
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (cr < total) {
-      for (int split = 0; split < p.k_splits; ++split) {
-        const float4 part = *reinterpret_cast<const float4*>(p.y_partial + split * plane + e);
-        sum.x += part.x;
-        sum.y += part.y;
-        sum.z += part.z;
-        sum.w += part.w;
-      }
+      sum = split_sum(p, plane, e);
       if (p.head_vector != nullptr) {
         const float* bias = p.head_vector + g * p.dim_out + col;
         sum.x += bias[0];
@@ -336,14 +344,7 @@ __global__ void __launch_bounds__(256) compress_bwd_weight_reduce_kernel(const _
        i += static_cast<long long>(gridDim.x) * 256) {
     const long long e = i * 4, row = e / p.dim_out;  // row = g * l*D + r
     const int g = static_cast<int>(row / rows), r = static_cast<int>(row % rows), col = static_cast<int>(e % p.dim_out);
-    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int split = 0; split < p.k_splits; ++split) {
-      const float4 part = *reinterpret_cast<const float4*>(p.y_partial + split * plane + e);
-      sum.x += part.x;
-      sum.y += part.y;
-      sum.z += part.z;
-      sum.w += part.w;
-    }
+    float4 sum = split_sum(p, plane, e);
     if (pe != nullptr) {  // dy_sum (head_vector) exists only with PE
       const float pe_value = Convert<Element>::to_float(pe[g * p.pe_head_stride + (r / p.dim) * p.pe_row_stride + r % p.dim]);
       const float* dy_sum = p.head_vector + g * p.dim_out + col;
