@@ -485,10 +485,10 @@ Status set_dynamic_smem(Kernel kernel, std::size_t bytes) {
                      "cudaFuncSetAttribute", __FILE__, __LINE__);
 }
 
-// 128-column tiles where the width allows, else 64 (widths are multiples of 64).
+// 128-column tiles where the width allows, else 64 (compress_tile_n; widths are multiples of 64).
 template <class Fn>
 Status with_column_tile(int width, Fn&& fn) {
-  if (width % 128 == 0) return fn.template operator()<128>();
+  if (compress_tile_n(width) == 128) return fn.template operator()<128>();
   return fn.template operator()<64>();
 }
 

@@ -27,6 +27,28 @@ Status not_supported(const std::string& message) { return FSA_ERROR(StatusCode::
 
 std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// compress_k_splits for `tiles` output tiles over `k_chunks` K chunks; FSA_COMPRESS_K_SPLITS forces a
+// count (tests: both epilogues, uneven splits).
+int k_splits(std::int64_t tiles, std::int64_t k_chunks) {
+  const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");
+  return compress_k_splits(tiles, k_chunks, forced != nullptr ? std::atoi(forced) : 0);
+}
+
+// The fp32 workspace of both directions: head_vector [H, Dout], its kColumnSumSplits row-share
+// partials, then (k_splits > 1) k_splits planes of `plane` partial floats.
+std::size_t vector_bytes(const CompressParams& p) {
+  return align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
+}
+std::size_t workspace_bytes(const CompressParams& p, std::int64_t plane) {
+  const std::size_t partials = p.k_splits > 1 ? static_cast<std::size_t>(p.k_splits * plane) * sizeof(float) : 0;
+  return vector_bytes(p) * (1 + kColumnSumSplits) + partials;
+}
+void carve_workspace(CompressParams& p, unsigned char* base) {
+  p.head_vector = reinterpret_cast<float*>(base);
+  p.sum_partial = reinterpret_cast<float*>(base + vector_bytes(p));
+  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(base + vector_bytes(p) * (1 + kColumnSumSplits)) : nullptr;
+}
+
 Status check_gpu_limits(const NsaConfig& config, const TensorView& x, const TensorView& weight,
                         std::int64_t dim_out) {
   if (x.dtype != DType::kBFloat16 && x.dtype != DType::kFloat16)
@@ -72,6 +94,7 @@ CompressParams params_of(const NsaConfig& config, const TensorView& x, const Ten
   p.dim_out = static_cast<int>(dim_out);
   p.cmp_len = config.cmp_len;
   p.cmp_stride = config.cmp_stride;
+  p.k_splits = 1;
   return p;
 }
 
@@ -92,20 +115,15 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
   p.y = y.data;
   p.y_row_stride = y.stride(0);
   p.y_head_stride = y.stride(1);
-  p.k_splits = 1;
-  if (weight.defined()) {
-    const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");  // tests: both epilogues, uneven splits
-    const std::int64_t tiles = (p.cmp_rows + 63) / 64 * (p.dim_out / compress_tile_n(p.dim_out)) * p.heads;
-    p.k_splits = compress_k_splits(tiles, p.cmp_len * p.dim / 64, forced != nullptr ? std::atoi(forced) : 0);
-  }
-  const std::size_t vector_bytes = align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
-  const std::size_t partial_bytes =
-      p.k_splits > 1 ? static_cast<std::size_t>(p.k_splits * p.cmp_rows * p.heads * p.dim_out) * sizeof(float) : 0;
-  common::StreamWorkspace ws(vector_bytes * (1 + kColumnSumSplits) + partial_bytes, stream);
+  // Split K of y = X W: output tiles over compressed rows, K = l*D.
+  if (weight.defined())
+    p.k_splits = k_splits((p.cmp_rows + 63) / 64 * (p.dim_out / compress_tile_n(p.dim_out)) * p.heads,
+                          p.cmp_len * p.dim / 64);
+  const std::int64_t plane = p.cmp_rows * p.heads * p.dim_out;  // y_partial floats per split
+  common::StreamWorkspace ws(workspace_bytes(p, plane), stream);
   FSA_RETURN_IF_ERROR(ws.status());
-  p.head_vector = pos_emb.defined() ? reinterpret_cast<float*>(ws.bytes()) : nullptr;
-  p.sum_partial = reinterpret_cast<float*>(ws.bytes() + vector_bytes);
-  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(ws.bytes() + vector_bytes * (1 + kColumnSumSplits)) : nullptr;
+  carve_workspace(p, ws.bytes());
+  if (!pos_emb.defined()) p.head_vector = nullptr;  // no PE: no bias
   return common::dispatch_dtype("compress_forward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_forward<Element>(p, stream); });
 }
@@ -140,23 +158,15 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     p.dpe_head_stride = d_pos_emb.stride(0);
     p.dpe_row_stride = d_pos_emb.stride(1);
   }
-  p.k_splits = 1;
-  if (d_weight.defined()) {
-    const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");  // tests: both epilogues, uneven splits
-    const std::int64_t tiles = static_cast<std::int64_t>(p.cmp_len) * p.dim / 64 *
-                               (p.dim_out / compress_tile_n(p.dim_out)) * p.heads;
-    p.k_splits = compress_k_splits(tiles, (p.cmp_rows + 63) / 64, forced != nullptr ? std::atoi(forced) : 0);
-  }
-  const std::size_t vector_bytes = align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
-  const std::size_t partial_bytes =
-      p.k_splits > 1
-          ? static_cast<std::size_t>(p.k_splits) * p.heads * p.cmp_len * p.dim * p.dim_out * sizeof(float)
-          : 0;
-  common::StreamWorkspace ws(vector_bytes * (1 + kColumnSumSplits) + partial_bytes, stream);
+  // Split K of dW = X^T dy: output tiles over the rows of W, K = the compressed rows.
+  if (d_weight.defined())
+    p.k_splits = k_splits(static_cast<std::int64_t>(p.cmp_len) * p.dim / 64 * (p.dim_out / compress_tile_n(p.dim_out)) *
+                              p.heads,
+                          (p.cmp_rows + 63) / 64);
+  const std::int64_t plane = static_cast<std::int64_t>(p.heads) * p.cmp_len * p.dim * p.dim_out;  // dW floats
+  common::StreamWorkspace ws(workspace_bytes(p, plane), stream);
   FSA_RETURN_IF_ERROR(ws.status());
-  p.head_vector = reinterpret_cast<float*>(ws.bytes());
-  p.sum_partial = reinterpret_cast<float*>(ws.bytes() + vector_bytes);
-  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(ws.bytes() + vector_bytes * (1 + kColumnSumSplits)) : nullptr;
+  carve_workspace(p, ws.bytes());
   return common::dispatch_dtype("compress_backward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_backward<Element>(p, stream); });
 }

@@ -71,6 +71,7 @@ constexpr int compress_k_splits(std::int64_t tiles, std::int64_t k_chunks, int o
   const std::int64_t most = chunks / kMinChunks > 1 ? chunks / kMinChunks : 1;
   return static_cast<int>(wanted < most ? wanted : most);
 }
-constexpr int compress_tile_n(int dim_out) { return dim_out % 128 == 0 ? 128 : 64; }
+// Output columns per GEMM tile (kN): 128 where the width allows, else 64.
+constexpr int compress_tile_n(int width) { return width % 128 == 0 ? 128 : 64; }
 
 }  // namespace fsa::cuda
