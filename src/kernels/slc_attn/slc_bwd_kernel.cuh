@@ -9,7 +9,9 @@
 //    V stay in shared memory while the CTA walks the run's rows (tokens of the block's list x the G
 //    heads, gathered through pair_token) in chunks, with the register-resident mma.sync core of the
 //    masked flash-attention backward (flash/flash_bwd_chunk.cuh): each row sees the keys of the
-//    block up to its own token. dK / dV stay in registers across the run.
+//    block up to its own token. dK / dV stay in registers across the run. On Hopper, at Dqk = Dv
+//    in {64, 128}, slc_bwd_sm90_kernel.cuh does the same with warpgroup MMAs and 64-row chunks;
+//    both take their runs and row tables from slc_bwd_run.cuh.
 //    dQ, two sinks (the host picks, slc_attn.cu):
 //    - slots: dQ of each (row, slot) pair is stored in its own slot of dq_part (input dtype, one
 //      writer), and a reduction kernel adds each row's slots in ascending slot order (fp32) into
@@ -31,10 +33,13 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/fragment_atomic.cuh"
+#include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
 #include "kernels/flash/flash_bwd_rows.cuh"
 #include "kernels/slc_attn/slc_bwd_launch.hpp"
+#include "kernels/slc_attn/slc_bwd_run.cuh"
+#include "kernels/slc_attn/slc_bwd_sm90_kernel.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 
@@ -47,7 +52,6 @@ using SlcBwdTraits = flash::BwdTraits<Element, kDqk, kDv, 64, 32>;
 template <int kDqk, int kDv>
 constexpr int kSlcBwdMinBlocks = (kDqk > kDv ? kDqk : kDv) <= 128 ? 2 : 1;
 
-constexpr float kBwdLog2e = 1.4426950408889634f;  // P = exp2(S * scale * log2(e) - lse * log2(e))
 // The delta, convert and reduction kernels are shaped like the flash backward's row kernels.
 using flash::kRowThreads;
 using flash::row_ctas;
@@ -59,25 +63,6 @@ __global__ void __launch_bounds__(kRowThreads) slc_bwd_delta_kernel(const __grid
   flash::delta_rows<Element, kDv>(p.o, p.o_token_stride, p.o_head_stride, p.d_o, p.do_token_stride, p.do_head_stride,
                                   p.plan.shape.tokens, p.in.heads_q, p.delta);
 }
-
-// What a CTA of the main kernel knows about its run, read by the chunk loads and the epilogue from
-// shared memory, not registers: the kernel is at its 128-register cap at D = 128 (the atomic
-// variant spilled with the epilogue's key row kept in registers).
-struct RunRows {
-  long long seq_start;  // global token of the sequence's first token
-  int row_begin, row_end;  // rows of the list
-  int entry_begin;      // the run's first list entry, row_begin / G
-  int kv_head;
-  int block_end;        // local position one past the block's last key
-  int chunks;
-  int keys;             // keys of the CTA's tile
-};
-
-// The list entries one run can span: units_per_cta * kRowsPerUnit rows, one entry each at G = 1,
-// plus one when G does not divide the run's first row.
-template <bool kDeterministic>
-constexpr int kSlcBwdRunEntries =
-    (kDeterministic ? kSlcBwdDeterministicUnitsPerCta : kSlcBwdUnitsPerCta) * SlcPlanShape::kRowsPerUnit + 1;
 
 // One thread per list: run_unit[group] = the run's first unit, for each run of the list (the
 // caller set run_unit to -1 first). A template only so that every instantiation file may define it.
@@ -97,99 +82,52 @@ template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
 __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kSlcBwdMinBlocks<kDqk, kDv>)
     slc_bwd_kernel(const __grid_constant__ SlcBackwardParams p) {
   using T = SlcBwdTraits<Element, kDqk, kDv>;
-  constexpr int kRunEntries = kSlcBwdRunEntries<kDeterministic>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(16) flash::BwdRowTable<T::kRowChunk> tab[2];  // per copy stage
+  // The run, in shared memory rather than registers: the kernel is at its 128-register cap at
+  // D = 128 (the atomic variant spilled with the epilogue's key row kept in registers).
   __shared__ RunRows run_shared;
-  // The run's list entries, read from the plan once at the start: a chunk's copies then depend
-  // on no global load.
-  __shared__ int run_token[kRunEntries];
-  __shared__ std::uint8_t run_slot[kRunEntries];
+  __shared__ RunTable<kSlcBwdRunEntries<kDeterministic>> table;
   // Each chunk row's lse and delta as copied (cp.async, with the row's Q / dO); the row's first
   // thread turns them into its row table entry once its copies have landed.
   __shared__ float raw_lse[2][T::kRowChunk], raw_delta[2][T::kRowChunk];
 
-  const int unit = p.run_unit[blockIdx.x];  // blockIdx.x: the run's group index
-  UnitWork w;
-  if (unit < 0 || !find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, unit, &w)) return;
-  const int U = p.units_per_cta;
-  const int G = p.plan.shape.group, B = p.plan.shape.block_size;
-  const int key_first = static_cast<int>(blockIdx.y) * T::kKeys;  // first key of the tile in its block
-  // A tile past the block's end (B = 128, the sequence's last block cut short) has no keys; it
-  // still runs (all keys masked) so that its dq_part plane holds zeros.
-  const int keys = max(0, min(T::kKeys, w.keys - key_first));
   RunRows run;
-  run.seq_start = w.seq_start;
-  run.row_begin = w.row_begin;
-  run.row_end = min(w.row_begin + U * SlcPlanShape::kRowsPerUnit, p.plan.pair_count[w.list] * G);
-  run.entry_begin = w.row_begin / G;
-  run.kv_head = w.kv_head;
-  run.block_end = w.block * B + w.keys;
-  run.chunks = (run.row_end - run.row_begin + T::kRowChunk - 1) / T::kRowChunk;
-  run.keys = keys;
+  int key0;  // local position of the tile's first key
+  if (!begin_run<T::kKeys>(p, T::kRowChunk, run, key0, table)) return;
   if (threadIdx.x == 0) run_shared = run;
-  const int key0 = w.block * B + key_first;  // local position of the tile's first key
-
-  const long long key_token = w.seq_start + key0;
-  const auto* k = static_cast<const Element*>(p.in.k) + key_token * p.in.k_token_stride + w.kv_head * p.in.k_head_stride;
-  const auto* v = static_cast<const Element*>(p.in.v) + key_token * p.in.v_token_stride + w.kv_head * p.in.v_head_stride;
+  const int G = p.plan.shape.group;
+  const long long key_token = run.seq_start + key0;
+  const int keys = run.keys;
+  const auto* k = static_cast<const Element*>(p.in.k) + key_token * p.in.k_token_stride + run.kv_head * p.in.k_head_stride;
+  const auto* v = static_cast<const Element*>(p.in.v) + key_token * p.in.v_token_stride + run.kv_head * p.in.v_head_stride;
   common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(
       reinterpret_cast<Element*>(smem + T::kKOffset), T::kLdQk,
       [&](int r) -> const Element* { return r < keys ? k + r * p.in.k_token_stride : nullptr; });
   common::copy_tile_async<T::kKeys, kDv, T::kThreads>(
       reinterpret_cast<Element*>(smem + T::kVOffset), T::kLdV,
       [&](int r) -> const Element* { return r < keys ? v + r * p.in.v_token_stride : nullptr; });
-  const int entries = (run.row_end - 1) / G - run.entry_begin + 1;  // <= kRunEntries (host-checked U)
-  for (int e = threadIdx.x; e < entries; e += T::kThreads) {
-    run_token[e] = p.plan.pair_token[w.pair_base + run.entry_begin + e];
-    run_slot[e] = p.plan.pair_slot[w.pair_base + run.entry_begin + e];
-  }
-  __syncthreads();  // run_token, run_slot and run_shared
+  __syncthreads();  // the run table and run_shared
 
-  // Chunk c into stage `stage`: thread i takes row i / kThreadsPerRow of the chunk (entry x / G of
-  // the list, head g * G + x % G); the row's first thread also copies its lse and delta.
+  // Chunk c into stage `stage`: thread i takes row i / kThreadsPerRow of the chunk; the row's first
+  // thread also copies its lse and delta.
   const auto* q = static_cast<const Element*>(p.in.q);
   const auto* d_o = static_cast<const Element*>(p.d_o);
   auto load_chunk = [&](int c, int stage, const RunRows& rows) {
     const int r = threadIdx.x / T::kThreadsPerRow, part = threadIdx.x % T::kThreadsPerRow;
-    const int x = rows.row_begin + c * T::kRowChunk + r;
-    const bool valid = x < rows.row_end;
-    const long long token = run_token[valid ? x / G - rows.entry_begin : 0];
-    const int head = rows.kv_head * G + x % G;
-    flash::bwd_copy_row<T, Element>(smem, stage, r, part, valid, q + token * p.in.q_token_stride +
-                                                                     head * p.in.q_head_stride,
-                                    d_o + token * p.do_token_stride + head * p.do_head_stride);
-    if (part == 0 && valid) {
-      common::cp_async_4(&raw_lse[stage][r], p.lse + head * p.lse_head_stride + token * p.lse_token_stride);
-      common::cp_async_4(&raw_delta[stage][r], p.delta + head * p.plan.shape.tokens + token);
-    }
+    const RunRow row = run_row(rows, table, G, rows.row_begin + c * T::kRowChunk + r);
+    flash::bwd_copy_row<T, Element>(smem, stage, r, part, row.valid,
+                                    q + row.token * p.in.q_token_stride + row.head * p.in.q_head_stride,
+                                    d_o + row.token * p.do_token_stride + row.head * p.do_head_stride);
+    if (part == 0 && row.valid) copy_row_stats(p, row, &raw_lse[stage][r], &raw_delta[stage][r]);
   };
   // The row table entry of chunk c's row r, on the row's first thread once its copies landed.
   auto set_row = [&](int c, int stage, const RunRows& rows) {
     const int r = threadIdx.x / T::kThreadsPerRow;
     if (threadIdx.x % T::kThreadsPerRow != 0) return;
-    const int x = rows.row_begin + c * T::kRowChunk + r;
-    int hi = 0;
-    float lse = 0.0f, delta = 0.0f;
-    long long dq = -1;
-    if (x < rows.row_end) {
-      const int e = x / G - rows.entry_begin;
-      const long long token = run_token[e];
-      const int head = rows.kv_head * G + x % G;
-      const float row_lse = raw_lse[stage][r];
-      if (isfinite(row_lse)) {
-        hi = min(static_cast<int>(token - rows.seq_start) + 1, rows.block_end);
-        lse = row_lse * kBwdLog2e;
-        delta = raw_delta[stage][r];
-      }
-      // Every pair's slot is written (zeros for an empty key set): the reduction reads them all.
-      if constexpr (kDqSlots)
-        dq = static_cast<long long>(blockIdx.y) * p.plan.shape.tokens * p.in.heads_q * p.plan.shape.width * kDqk +
-             ((token * p.in.heads_q + head) * p.plan.shape.width + run_slot[e]) * kDqk;
-      else if (isfinite(row_lse))
-        dq = (token * p.in.heads_q + head) * kDqk;
-    }
-    tab[stage].set(r, 0, hi, lse, delta, dq);
+    const RunRow row = run_row(rows, table, G, rows.row_begin + c * T::kRowChunk + r);
+    const RowEntry e = row_entry<kDqk, kDqSlots>(p, rows, table, row, raw_lse[stage][r], raw_delta[stage][r]);
+    tab[stage].set(r, 0, e.hi, e.lse, e.delta, e.dq);
   };
   load_chunk(0, 0, run);
   common::cp_async_commit();  // K, V and chunk 0
@@ -326,33 +264,52 @@ __global__ void __launch_bounds__(kRowThreads) slc_bwd_reduce_kv_kernel(const __
   }
 }
 
-template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
-Status launch_main(const SlcBackwardParams& p, cudaStream_t stream) {
-  using T = SlcBwdTraits<Element, kDqk, kDv>;
-  if (p.units_per_cta < 1 || p.units_per_cta * SlcPlanShape::kRowsPerUnit + 1 > kSlcBwdRunEntries<kDeterministic>)
-    return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: units_per_cta " + std::to_string(p.units_per_cta) +
-                                                " exceeds the run table of the main kernel");
-  auto* kernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
+// Sets the kernel's dynamic shared memory (checked against the device's limit with its static
+// part) and the carveout.
+template <auto kKernel>
+Status set_smem(std::size_t dynamic_bytes, int kDqk, int kDv) {
   int device = 0, smem_limit = 0;
   FSA_CUDA_CHECK(cudaGetDevice(&device));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attributes{};
-  FSA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  if (T::kSmemBytes + attributes.sharedSizeBytes > static_cast<std::size_t>(smem_limit))
+  FSA_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kKernel));
+  if (dynamic_bytes + attributes.sharedSizeBytes > static_cast<std::size_t>(smem_limit))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "slc_attn_backward: head dims " + std::to_string(kDqk) + "/" + std::to_string(kDv) + " need " +
-                         std::to_string(T::kSmemBytes + attributes.sharedSizeBytes) +
+                         std::to_string(dynamic_bytes + attributes.sharedSizeBytes) +
                          " bytes of shared memory per CTA, the device offers " + std::to_string(smem_limit));
   FSA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_bytes)));
   FSA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  return Status::ok();
+}
+
+template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
+Status launch_main(const SlcBackwardParams& p, cudaStream_t stream) {
+  if (p.units_per_cta < 1 || p.units_per_cta * SlcPlanShape::kRowsPerUnit + 1 > kSlcBwdRunEntries<kDeterministic>)
+    return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: units_per_cta " + std::to_string(p.units_per_cta) +
+                                                " exceeds the run table of the main kernel");
   const long long runs = slc_bwd_kv_groups(p.plan.shape, p.units_per_cta);
   FSA_CUDA_CHECK(cudaMemsetAsync(p.run_unit, 0xff, static_cast<std::size_t>(runs) * sizeof(std::int32_t), stream));
   slc_bwd_runs_kernel<kDeterministic><<<row_ctas(p.plan.shape.num_lists()), kRowThreads, 0, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_bwd_runs_kernel", stream);
   const dim3 grid(static_cast<unsigned>(runs), static_cast<unsigned>(slc_bwd_planes(p.plan.shape)));
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  // Hopper: the wgmma kernel where it serves the head dims (both kernels take the same grid).
+  using Sm90 = SlcBwdSm90Traits<kDqk, kDv>;
+  if constexpr (Sm90::kSupported) {
+    constexpr auto kSm90Kernel = slc_bwd_sm90_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
+    if (common::runs_sm90_image<kSm90Kernel>()) {
+      FSA_RETURN_IF_ERROR(set_smem<kSm90Kernel>(Sm90::kSmemBytes, kDqk, kDv));
+      kSm90Kernel<<<grid, Sm90::kThreads, Sm90::kSmemBytes, stream>>>(p);
+      FSA_CHECK_LAUNCH("slc_bwd_sm90_kernel", stream);
+      return Status::ok();
+    }
+  }
+  using T = SlcBwdTraits<Element, kDqk, kDv>;
+  constexpr auto kKernel = slc_bwd_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
+  FSA_RETURN_IF_ERROR(set_smem<kKernel>(T::kSmemBytes, kDqk, kDv));
+  kKernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_bwd_kernel", stream);
   return Status::ok();
 }
