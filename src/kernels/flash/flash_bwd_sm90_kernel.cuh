@@ -24,6 +24,7 @@
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/flash/flash_bwd_block.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
+#include "kernels/flash/flash_bwd_sm90_scores.cuh"
 #include "kernels/flash/flash_mask.cuh"
 #include "kernels/flash/flash_params.hpp"
 #include "kernels/flash/flash_softmax.cuh"
@@ -148,7 +149,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   common::cp_async_commit();  // K, V and chunk 0
 
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int group = lane / 4, pair = lane % 4;
+  const int group = lane / 4;
   const int key_row0 = warpgroup * 64 + warp * 16;  // this warp's first key of the tile
   const float scale_log2 = p.scale * kLog2e;
   float dk[kDqk / 8][4], dv[kDv / 8][4];
@@ -208,47 +209,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
     wgmma::fence_operands<T::kRowChunk>(st);
     wgmma::fence_operands<T::kRowChunk>(dpt);
 
-    // P^T and dS^T; element e of tile j: key key_row0 + group + 8 (e / 2), row 8j + 2 pair + (e & 1).
+    // P^T and dS^T (dS^T also to shared memory for dQ).
     const BwdRowTable<T::kRowChunk>& rows = tab[stage];
-    auto scores = [&]<bool kMasked>() {
-#pragma unroll
-      for (int j = 0; j < T::kRowChunk / 8; ++j) {
-        const int r = j * 8 + 2 * pair;
-        const float2 lse = *reinterpret_cast<const float2*>(&rows.lse[r]);
-        const float2 delta = *reinterpret_cast<const float2*>(&rows.delta[r]);
-        int2 lo{}, hi{};
-        if constexpr (kMasked) {
-          lo = *reinterpret_cast<const int2*>(&rows.lo[r]);
-          hi = *reinterpret_cast<const int2*>(&rows.hi[r]);
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool second = (e & 1) != 0;
-          float pt = fast_exp2(fmaf(st[j][e], scale_log2, -(second ? lse.y : lse.x)));
-          if constexpr (kMasked) {
-            const int key = key0 + key_row0 + group + 8 * (e / 2);
-            pt = key >= (second ? lo.y : lo.x) && key < (second ? hi.y : hi.x) ? pt : 0.0f;
-          }
-          st[j][e] = pt;
-          dpt[j][e] = pt * (dpt[j][e] - (second ? delta.y : delta.x));
-        }
-        // dS^T to shared memory as [key][row] (rows r, r + 1 share a 4-byte word).
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int key = key_row0 + group + 8 * h;
-          *reinterpret_cast<std::uint32_t*>(ds_s + wgmma::swizzled_offset(T::kKeys, key, j * 8) + 4 * pair) =
-              mma::pack2<Element>(dpt[j][2 * h], dpt[j][2 * h + 1]);
-        }
-      }
-    };
-    if (chunk_covers) scores.template operator()<false>();
-    else scores.template operator()<true>();
+    const int first_key = key0 + key_row0 + group, ds_key = key_row0 + group;  // this thread's, for the scores
+    if (chunk_covers)
+      bwd_scores_sm90<false, T::kKeys, Element>(st, dpt, rows, first_key, ds_key, scale_log2, ds_s);
+    else
+      bwd_scores_sm90<true, T::kKeys, Element>(st, dpt, rows, first_key, ds_key, scale_log2, ds_s);
     std::uint32_t pa[T::kRowChunk / 16][4], da[T::kRowChunk / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < T::kRowChunk / 16; ++kk) {
-      common::c_to_a<Element>(pa[kk], st[2 * kk], st[2 * kk + 1]);
-      common::c_to_a<Element>(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
-    }
+    bwd_operands_sm90<Element, T::kRowChunk>(pa, da, st, dpt);
 
     // dV += P^T dO, dK += dS^T Q.
     const std::uint64_t do_tdesc = wgmma::advance(do_tdesc0, stage * static_cast<std::uint32_t>(T::kDoStageBytes));

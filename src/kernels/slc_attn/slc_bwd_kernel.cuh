@@ -99,8 +99,10 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   const int G = p.plan.shape.group;
   const long long key_token = run.seq_start + key0;
   const int keys = run.keys;
-  const auto* k = static_cast<const Element*>(p.in.k) + key_token * p.in.k_token_stride + run.kv_head * p.in.k_head_stride;
-  const auto* v = static_cast<const Element*>(p.in.v) + key_token * p.in.v_token_stride + run.kv_head * p.in.v_head_stride;
+  const auto* k =
+      static_cast<const Element*>(p.in.k) + key_token * p.in.k_token_stride + run.kv_head * p.in.k_head_stride;
+  const auto* v =
+      static_cast<const Element*>(p.in.v) + key_token * p.in.v_token_stride + run.kv_head * p.in.v_head_stride;
   common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(
       reinterpret_cast<Element*>(smem + T::kKOffset), T::kLdQk,
       [&](int r) -> const Element* { return r < keys ? k + r * p.in.k_token_stride : nullptr; });

@@ -28,6 +28,7 @@
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
+#include "kernels/flash/flash_bwd_sm90_scores.cuh"
 #include "kernels/slc_attn/slc_bwd_run.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(256, 1) slc_bwd_sm90_kernel(const __grid_const
   __syncthreads();
 
   const int warp = wg_thread / 32, lane = threadIdx.x % 32;
-  const int group = lane / 4, pair = lane % 4;
+  const int group = lane / 4;
   const int key_row0 = warp * 16;  // this warp's first key of the tile (and first dQ row of a chunk)
   const float scale_log2 = p.in.scale * kBwdLog2e;
   float dk[kD / 8][4], dv[kD / 8][4];  // dK not yet scaled
@@ -209,43 +210,17 @@ __global__ void __launch_bounds__(256, 1) slc_bwd_sm90_kernel(const __grid_const
       wgmma::fence_operands<T::kRowChunk>(dpt);
     }
 
-    // P^T and dS^T; element e of tile j: key key_row0 + group + 8 (e / 2), row 8j + 2 pair + (e & 1).
-    auto scores = [&]<bool kMasked>() {
-#pragma unroll
-      for (int j = 0; j < T::kRowChunk / 8; ++j) {
-        const int r = j * 8 + 2 * pair;
-        const float2 lse = *reinterpret_cast<const float2*>(&rows.lse[r]);
-        const float2 delta = *reinterpret_cast<const float2*>(&rows.delta[r]);
-        int2 hi{};
-        if constexpr (kMasked) hi = *reinterpret_cast<const int2*>(&rows.hi[r]);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool second = (e & 1) != 0;
-          float pt = common::fast_exp2(fmaf(st[j][e], scale_log2, -(second ? lse.y : lse.x)));
-          if constexpr (kMasked) pt = key0 + key_row0 + group + 8 * (e / 2) < (second ? hi.y : hi.x) ? pt : 0.0f;
-          st[j][e] = pt;
-          dpt[j][e] = pt * (dpt[j][e] - (second ? delta.y : delta.x));
-        }
-        // dS^T to shared memory as [key][row] (rows r, r + 1 share a 4-byte word).
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int key = key_row0 + group + 8 * h;
-          *reinterpret_cast<std::uint32_t*>(ds_s + wgmma::swizzled_offset(T::kKeys, key, j * 8) + 4 * pair) =
-              mma::pack2<Element>(dpt[j][2 * h], dpt[j][2 * h + 1]);
-        }
-      }
-    };
-    if (chunk_covers) scores.template operator()<false>();
-    else scores.template operator()<true>();
+    // P^T and dS^T (dS^T also to shared memory for dQ); the rows' key intervals start at 0.
+    const int first_key = key0 + key_row0 + group, ds_key = key_row0 + group;  // this thread's, for the scores
+    if (chunk_covers)
+      flash::bwd_scores_sm90<false, T::kKeys, Element>(st, dpt, rows, first_key, ds_key, scale_log2, ds_s);
+    else
+      flash::bwd_scores_sm90<true, T::kKeys, Element>(st, dpt, rows, first_key, ds_key, scale_log2, ds_s);
 
     // dV += P^T dO, dK += dS^T Q.
     {
       std::uint32_t pa[T::kRowChunk / 16][4], da[T::kRowChunk / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < T::kRowChunk / 16; ++kk) {
-        common::c_to_a<Element>(pa[kk], st[2 * kk], st[2 * kk + 1]);
-        common::c_to_a<Element>(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
-      }
+      flash::bwd_operands_sm90<Element, T::kRowChunk>(pa, da, st, dpt);
       const std::uint64_t do_tdesc = wgmma::descriptor(do_s, T::kPanelBytes, T::kGroupBytes);
       const std::uint64_t q_tdesc = wgmma::descriptor(q_s, T::kPanelBytes, T::kGroupBytes);
       wgmma::fence_operands<kD>(dv);
