@@ -63,8 +63,9 @@ demo options (defaults give the embedded problem):
 
 environment:
   FSA_NUM_THREADS             threads of the CPU reference (default: all cores)
-  FSA_DISABLE_WGMMA=1         on Hopper, run the sm80 (mma.sync) flash-attention and selection
-                              kernels instead of the wgmma ones (to compare them)
+  FSA_DISABLE_WGMMA=1         on Hopper, run the sm80 (mma.sync) flash-attention, selection and
+                              selected-attention backward kernels instead of the wgmma ones (to
+                              compare them)
 )";
 
 bool parse_int(const char* text, long long* out) {

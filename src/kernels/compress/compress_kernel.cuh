@@ -199,7 +199,8 @@ __global__ void __launch_bounds__(256) compress_sum_partials_kernel(const __grid
   const int i = blockIdx.x * 256 + threadIdx.x;
   if (i >= p.heads * p.dim_out) return;
   float total = 0.0f;
-  for (int z = 0; z < kColumnSumSplits; ++z) total += p.sum_partial[static_cast<long long>(z) * p.heads * p.dim_out + i];
+  for (int z = 0; z < kColumnSumSplits; ++z)
+    total += p.sum_partial[static_cast<long long>(z) * p.heads * p.dim_out + i];
   p.head_vector[i] = total;
 }
 
@@ -346,7 +347,8 @@ __global__ void __launch_bounds__(256) compress_bwd_weight_reduce_kernel(const _
     const int g = static_cast<int>(row / rows), r = static_cast<int>(row % rows), col = static_cast<int>(e % p.dim_out);
     float4 sum = split_sum(p, plane, e);
     if (pe != nullptr) {  // dy_sum (head_vector) exists only with PE
-      const float pe_value = Convert<Element>::to_float(pe[g * p.pe_head_stride + (r / p.dim) * p.pe_row_stride + r % p.dim]);
+      const float pe_value =
+          Convert<Element>::to_float(pe[g * p.pe_head_stride + (r / p.dim) * p.pe_row_stride + r % p.dim]);
       const float* dy_sum = p.head_vector + g * p.dim_out + col;
       sum.x += pe_value * dy_sum[0];
       sum.y += pe_value * dy_sum[1];

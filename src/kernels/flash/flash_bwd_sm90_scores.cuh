@@ -8,6 +8,7 @@
 
 #include "kernels/common/fast_exp.cuh"
 #include "kernels/common/mma_sm80.cuh"
+#include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
 

@@ -4,14 +4,14 @@
 // 2. Main kernel: one CTA per (run of units_per_cta work units of one list, 64-key tile of the
 //    list's block; B = 128 takes two tiles, B = 32 masks the tile's second half). The runs are
 //    numbered by their group index (slc_params.hpp), listed first by slc_bwd_runs_kernel: a grid
-//    over every unit, with all but each run's first CTA exiting, spent ~3 of 4 CTA slots on
-//    CTAs that did nothing. The tile's K and
-//    V stay in shared memory while the CTA walks the run's rows (tokens of the block's list x the G
-//    heads, gathered through pair_token) in chunks, with the register-resident mma.sync core of the
-//    masked flash-attention backward (flash/flash_bwd_chunk.cuh): each row sees the keys of the
-//    block up to its own token. dK / dV stay in registers across the run. On Hopper, at Dqk = Dv
-//    in {64, 128}, slc_bwd_sm90_kernel.cuh does the same with warpgroup MMAs and 64-row chunks;
-//    both take their runs and row tables from slc_bwd_run.cuh.
+//    over every unit, with all but each run's first CTA exiting, spent ~3 of 4 CTA slots on CTAs
+//    that did nothing. The tile's K and V stay in shared memory while the CTA walks the run's rows
+//    (tokens of the block's list x the G heads, gathered through pair_token) in chunks, with the
+//    register-resident mma.sync core of the masked flash-attention backward
+//    (flash/flash_bwd_chunk.cuh): each row sees the keys of the block up to its own token. dK / dV
+//    stay in registers across the run. On Hopper, at Dqk = Dv in {64, 128},
+//    slc_bwd_sm90_kernel.cuh does the same with warpgroup MMAs and 64-row chunks; both take their
+//    runs and row tables from slc_bwd_run.cuh.
 //    dQ, two sinks (the host picks, slc_attn.cu):
 //    - slots: dQ of each (row, slot) pair is stored in its own slot of dq_part (input dtype, one
 //      writer), and a reduction kernel adds each row's slots in ascending slot order (fp32) into
@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   common::zero_acc<T::kMaxD>(acc);
   for (int c = 0;; ++c) {  // run.chunks >= 1: a unit has at least one row
     const int stage = c & 1;
-    __syncthreads();  // chunk c's copies and table have landed for every thread; every warp is done with chunk c - 1
+    // Chunk c's copies and table have landed for every thread; every warp is done with chunk c - 1.
+    __syncthreads();
     const bool more = c + 1 < run_shared.chunks;
     if (more) load_chunk(c + 1, stage ^ 1, run_shared);
     common::cp_async_commit();

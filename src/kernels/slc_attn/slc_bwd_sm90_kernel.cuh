@@ -22,10 +22,8 @@
 
 #include <cstdint>
 
-#include "kernels/common/fast_exp.cuh"
 #include "kernels/common/fragment_atomic.cuh"
 #include "kernels/common/tile_copy.cuh"
-#include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
 #include "kernels/flash/flash_bwd_sm90_scores.cuh"
@@ -41,7 +39,9 @@ struct SlcBwdSm90Traits {
   static constexpr int kKeys = 64;
   static constexpr int kRowChunk = 64;
   static constexpr int kGroups = 2;          // warpgroups
-  static constexpr int kStages = 2;          // copy stages per warpgroup: the next chunk lands during this one
+  // Copy stages per warpgroup: chunk i + 1 is copied while chunk i computes, into the stage chunk
+  // i - 1 used (the loop's wait for all copies at its top relies on that one-chunk distance).
+  static constexpr int kStages = 2;
   static constexpr int kThreads = 128 * kGroups;
   static constexpr int kThreadsPerRow = 128 / kRowChunk;  // a warpgroup's gathered copies: 2 threads per row
   // Every tile is 64 rows (keys or chunk rows) x kD 16-bit elements: kD / 64 panels of 8 KB.
@@ -76,7 +76,8 @@ __device__ __forceinline__ bool warpgroup_sync_and(int id, bool predicate) {
 }
 
 template <class Element, int kDqk, int kDv, bool kDeterministic, bool kDqSlots>
-__global__ void __launch_bounds__(256, 1) slc_bwd_sm90_kernel(const __grid_constant__ SlcBackwardParams p) {
+__global__ void __launch_bounds__(SlcBwdSm90Traits<kDqk, kDv>::kThreads, 1)
+    slc_bwd_sm90_kernel(const __grid_constant__ SlcBackwardParams p) {
 #if FSA_HAS_WGMMA
   using T = SlcBwdSm90Traits<kDqk, kDv>;
   static_assert(T::kSupported, "Dqk = Dv in {64, 128}");

@@ -92,9 +92,9 @@ cudaError_t run_sort(const SlcPlan& plan, cudaStream_t stream) {
 
 // Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned.
 struct PlanLayout {
-  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, unit_list, pair_rank, pair_token, pair_slot, fill_token,
-      fill_slot, slot_mask, dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes, sort_temp,
-      sort_temp_bytes, total;
+  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, unit_list, pair_rank, pair_token, pair_slot,
+      fill_token, fill_slot, slot_mask, dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes,
+      sort_temp, sort_temp_bytes, total;
 };
 
 PlanLayout plan_layout(const SlcPlanShape& shape) {
