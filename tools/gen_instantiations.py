@@ -45,7 +45,7 @@ TABLE = {
                   "Status {fn}<{args}>(const FlashParams&, cudaStream_t);", attention_combos()),
     # Selection reads q and compressed k only: one instantiation per q/k head dim.
     "select": ("select", "fsa::cuda", "kernels/select/select_kernel.cuh", "launch_select_blocks",
-               "Status {fn}<{args}>(const SelectParams&, cudaStream_t);",
+               "Status {fn}<{args}>(SelectParams, const sel::SmemLimits&, cudaStream_t);",
                [(f"{name}_{dqk}", f"{ctype}, {dqk}") for name, ctype in DTYPES.items()
                 for dqk in sorted({dqk for dqk, _ in ATTENTION_DIMS})]),
 }

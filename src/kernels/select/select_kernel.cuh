@@ -207,9 +207,11 @@ __device__ __forceinline__ void qk_tiles(float (&acc0)[kKeys / 8][4], float (&ac
 // m-tiles of a round, 16 rows per warp) against the 64 keys of the swizzled K stage, by wgmma
 // (sm_90a): the accumulators have qk_tiles' layout (wgmma_sm90.cuh). All 4 warps of the group take
 // part; the shared operands were fenced (fence_async_shared) and synchronised by the caller.
+// qk_wgmma_issue issues the products as one wgmma group and returns; the caller waits for it
+// (wgmma::wait_group, then fence_operands) before reading acc.
 template <class Element, int kDqk>
-__device__ __forceinline__ void qk_wgmma(float (&acc)[kKeys / 8][4], const Element* q_s, int q_rows, int first_row,
-                                         const Element* k_s) {
+__device__ __forceinline__ void qk_wgmma_issue(float (&acc)[kKeys / 8][4], const Element* q_s, int q_rows,
+                                               int first_row, const Element* k_s) {
   constexpr std::uint32_t kGroupBytes = 8 * wgmma::kPanelRowBytes;  // 8-row groups (K-major operands)
   // The steps' descriptors are loop-invariant across key tiles: up to Dqk = 128 the compiler keeps
   // them hoisted in uniform registers; above, they do not fit and spilled (116 B at Dqk = 256), so
@@ -232,6 +234,11 @@ __device__ __forceinline__ void qk_wgmma(float (&acc)[kKeys / 8][4], const Eleme
     wgmma::mma_ss<Element, kKeys, 0>(acc, wgmma::advance(q_desc, step(q_rows, kk)),
                                      wgmma::advance(k_desc, step(kKeys, kk)), kk > 0);
   wgmma::commit_group();
+}
+template <class Element, int kDqk>
+__device__ __forceinline__ void qk_wgmma(float (&acc)[kKeys / 8][4], const Element* q_s, int q_rows, int first_row,
+                                         const Element* k_s) {
+  qk_wgmma_issue<Element, kDqk>(acc, q_s, q_rows, first_row, k_s);
   wgmma::wait_group<0>();
   wgmma::fence_operands<kKeys>(acc);
 }
@@ -502,6 +509,44 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
           }
         }
       }
+    } else if (kWgmma && sh.rounds == 2 && q_resident) {
+      // Two m-tiles per warp (G = 9..16): both rounds' products issued at once, the first round's
+      // probabilities computed while the second's run; acc0 becomes the sum (0 + p0 + p1 = p0 + p1,
+      // the general path's value).
+      float acc0[kKeys / 8][4], acc1[kKeys / 8][4];
+      qk_wgmma_issue<Element, kDqk>(acc0, q_s, q_rows, (warp / 4) * 64, k_s);
+      qk_wgmma_issue<Element, kDqk>(acc1, q_s, q_rows, (kWarps + warp - warp % 4) * 16, k_s);
+      wgmma::wait_group<1>();
+      wgmma::fence_operands<kKeys>(acc0);
+      const int slot1 = kWarps + warp;
+      const float bias0_lo = row_bias_s[warp * 16 + grp], bias0_hi = row_bias_s[warp * 16 + grp + 8];
+      const float bias1_lo = row_bias_s[slot1 * 16 + grp], bias1_hi = row_bias_s[slot1 * 16 + grp + 8];
+      if (masked) {
+        to_probs<true>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
+      } else {
+        to_probs<false>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
+      }
+      wgmma::wait_group<0>();
+      wgmma::fence_operands<kKeys>(acc1);
+      if (masked) {
+        to_probs<true>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
+      } else {
+        to_probs<false>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
+      }
+      if (my_part < sh.active_parts) {
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc0[n][c] += acc1[n][c];
+          if (rows_are_tokens) {
+            *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(acc0[n][0], acc0[n][1]);
+            *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(acc0[n][2], acc0[n][3]);
+          } else {  // even heads, then odd heads
+            *reinterpret_cast<float2*>(sum_lo + n * 8) =
+                make_float2(acc0[n][0] + acc0[n][2], acc0[n][1] + acc0[n][3]);
+          }
+        }
+      }
     } else {
       float sum[kKeys / 8][4];
 #pragma unroll
@@ -745,15 +790,23 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) select_blocks_kernel(con
 
 namespace fsa::cuda {
 
+// Picks the shape (sel::choose_launch_shape) knowing whether the wgmma variant runs, its layout,
+// then launches one CTA per (token tile, kv head).
 template <class Element, int kDqk>
-Status launch_select_blocks(const SelectParams& p, cudaStream_t stream) {
+Status launch_select_blocks(SelectParams p, const sel::SmemLimits& limits, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0 || p.heads_kv == 0) return Status::ok();
   // On Hopper (the sm_90a image loaded) the two-CTA shape runs its wgmma variant.
-  const bool wgmma = p.shape.ctas_per_sm == 2 &&
-                     common::runs_sm90_image<sel::select_blocks_kernel<Element, kDqk, 2, true>>();
-  SelectParams params = p;
-  params.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width, wgmma);
-  const sel::SelectSmem& layout = params.layout;
+  const bool wgmma_image = common::runs_sm90_image<sel::select_blocks_kernel<Element, kDqk, 2, true>>();
+  p.shape = sel::choose_launch_shape(p.heads_used, kDqk, p.cmp_len, p.cmp_stride, p.block_size, p.topk_width,
+                                     limits, wgmma_image);
+  if (p.shape.tokens_per_cta == 0)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "select_blocks: cmp_len: the per-token ring of block scores (l=" + std::to_string(p.cmp_len) +
+                         ", s=" + std::to_string(p.cmp_stride) + ", B=" + std::to_string(p.block_size) +
+                         ") and K=" + std::to_string(p.topk_width) + " do not fit in shared memory");
+  const bool wgmma = wgmma_image && p.shape.ctas_per_sm == 2;
+  p.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width, wgmma);
+  const sel::SelectSmem& layout = p.layout;
   auto* kernel = wgmma                      ? sel::select_blocks_kernel<Element, kDqk, 2, true>
                  : p.shape.ctas_per_sm == 2 ? sel::select_blocks_kernel<Element, kDqk, 2, false>
                                             : sel::select_blocks_kernel<Element, kDqk, 1, false>;
@@ -761,7 +814,7 @@ Status launch_select_blocks(const SelectParams& p, cudaStream_t stream) {
   const long long tiles = p.tokens / p.shape.tokens_per_cta + p.num_seqs;
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented, "select_blocks: " + std::to_string(tiles) + " token tiles exceed the grid limit");
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), sel::kThreads, layout.bytes, stream>>>(params);
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.heads_kv), sel::kThreads, layout.bytes, stream>>>(p);
   FSA_CHECK_LAUNCH("select_blocks_kernel", stream);
   return Status::ok();
 }

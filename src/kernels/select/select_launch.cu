@@ -17,14 +17,10 @@
 namespace fsa::cuda {
 
 template <class Element, int kDqk>
-Status launch_select_blocks(const SelectParams& p, cudaStream_t stream);  // instantiations/select_*.cu
+Status launch_select_blocks(SelectParams p, const sel::SmemLimits& limits,
+                            cudaStream_t stream);  // instantiations/select_*.cu
 
 namespace {
-
-// Query rows per K~ tile the launcher aims for (sel::choose_shape): each K~ tile is read from L2 once
-// per CTA, so more rows per CTA means less L2 traffic; 256 rows of Q plus two K~ stages fit one CTA
-// per SM up to Dqk = 192, 128 rows at Dqk = 256.
-int target_rows(std::int64_t dqk) { return dqk <= 192 ? 256 : 128; }
 
 // The head dims of q and k_cmp that selection is instantiated for, as template arguments.
 template <class Fn>
@@ -87,27 +83,11 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device.index));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, q.device.index));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, q.device.index));
-  const int dqk = static_cast<int>(q.size(2));
-  // Two CTAs per SM (the 128-register kernel, half an SM's shared memory each) when its Q rows stay
-  // resident and it keeps at least half the rows per K~ tile of one CTA per SM (K~ is read from L2
-  // once per CTA); else one CTA per SM with up to 256 resident rows and two m-tiles per B fragment.
-  auto shape_for = [&](int ctas_per_sm) {
-    const int limit = ctas_per_sm == 2 ? std::min(max_smem, sm_smem / 2 - reserved) : max_smem;
-    return sel::choose_shape(p.heads_used, dqk, p.cmp_len, p.cmp_stride, p.block_size, p.topk_width,
-                             static_cast<std::size_t>(limit), target_rows(dqk), ctas_per_sm);
-  };
-  auto resident = [](const sel::SelectShape& sh) { return sh.tokens_per_cta > 0 && sh.rounds <= sh.rounds_per_chunk; };
-  const sel::SelectShape two = shape_for(2), one = shape_for(1);
-  const bool prefer_two = resident(two) && (!resident(one) || 2 * two.tokens_per_cta >= one.tokens_per_cta);
-  p.shape = prefer_two || (!resident(one) && two.tokens_per_cta > 0) ? two : one;
-  if (p.shape.tokens_per_cta == 0)
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     "select_blocks: cmp_len: the per-token ring of block scores (l=" + std::to_string(p.cmp_len) +
-                         ", s=" + std::to_string(p.cmp_stride) + ", B=" + std::to_string(p.block_size) +
-                         ") and K=" + std::to_string(p.topk_width) + " do not fit in shared memory");
+  const sel::SmemLimits limits{static_cast<std::size_t>(std::min(max_smem, sm_smem / 2 - reserved)),
+                                static_cast<std::size_t>(max_smem)};
   cudaStream_t stream = current_stream();
   return dispatch(q.dtype, q.size(2),
-                  [&]<class Element, int kDqk>() { return launch_select_blocks<Element, kDqk>(p, stream); });
+                  [&]<class Element, int kDqk>() { return launch_select_blocks<Element, kDqk>(p, limits, stream); });
 }
 
 }  // namespace fsa::cuda

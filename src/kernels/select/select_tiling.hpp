@@ -140,10 +140,11 @@ FSA_SEL_HD bool is_candidate(int j, int bq, int init_blocks, int local_blocks) {
 }
 
 // The CTA shape for a head count and head dim: about `target_rows` query rows per key tile (each K~
-// tile loaded once for that many rows), at most 64 tokens, within `max_smem` bytes. Returns
-// tokens_per_cta == 0 when nothing fits. `target_rows` is a multiple of 16 * kWarps.
+// tile loaded once for that many rows), at most 64 tokens, within `max_smem` bytes of the layout
+// (SelectSmem; `swizzled`: the wgmma variant's). Returns tokens_per_cta == 0 when nothing fits.
+// `target_rows` is a multiple of 16 * kWarps.
 inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_stride, int block_size, int topk,
-                                std::size_t max_smem, int target_rows, int ctas_per_sm) {
+                                std::size_t max_smem, int target_rows, int ctas_per_sm, bool swizzled = false) {
   SelectShape sh{};
   sh.heads_used = heads_used;
   sh.tokens_per_mtile = heads_used == 1 ? 16 : 8;
@@ -165,7 +166,7 @@ inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_st
     sh.rounds = (sh.mtiles_per_group + sh.parts - 1) / sh.parts;
     sh.rounds_per_chunk = sh.rounds < chunk_cap ? sh.rounds : chunk_cap;
     sh.tokens_per_cta = groups * sh.tokens_per_mtile;
-    if (SelectSmem(sh, dqk, topk).bytes <= max_smem) return sh;
+    if (SelectSmem(sh, dqk, topk, swizzled).bytes <= max_smem) return sh;
     if (sh.pending_slots > sh.max_offers) {  // a merge after every tile with offers before fewer tokens
       sh.pending_slots = sh.max_offers;
     } else if (groups > 1) {
@@ -178,6 +179,34 @@ inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_st
       return sh;
     }
   }
+}
+
+// Shared memory a CTA may use: with two CTAs per SM (half an SM's, less the per-CTA reservation)
+// and with one.
+struct SmemLimits {
+  std::size_t two_per_sm, one_per_sm;
+};
+
+// Query rows per K~ tile to aim for: each K~ tile is read from L2 once per CTA, so more rows per
+// CTA means less L2 traffic; 256 rows of Q plus the K~ stage fit one CTA per SM up to Dqk = 192,
+// 128 rows at Dqk = 256.
+inline int target_rows(int dqk) { return dqk <= 192 ? 256 : 128; }
+
+// The launch shape. Two CTAs per SM (the 128-register kernel, half an SM's shared memory each) when
+// its Q rows stay resident and it keeps at least half the rows per K~ tile of one CTA per SM (K~ is
+// read from L2 once per CTA); else one CTA per SM with up to 256 resident rows and two m-tiles per B
+// fragment. `wgmma`: the two-CTA shape runs the Hopper variant, whose swizzled tiles are unpadded,
+// so its shape is chosen against that smaller layout (e.g. 32 pending offers per token at G = 16,
+// D = 128 instead of 16: half the merges). tokens_per_cta == 0: nothing fits.
+inline SelectShape choose_launch_shape(int heads_used, int dqk, int cmp_len, int cmp_stride, int block_size, int topk,
+                                       const SmemLimits& limits, bool wgmma) {
+  const SelectShape two = choose_shape(heads_used, dqk, cmp_len, cmp_stride, block_size, topk, limits.two_per_sm,
+                                       target_rows(dqk), 2, wgmma);
+  const SelectShape one = choose_shape(heads_used, dqk, cmp_len, cmp_stride, block_size, topk, limits.one_per_sm,
+                                       target_rows(dqk), 1);
+  auto resident = [](const SelectShape& sh) { return sh.tokens_per_cta > 0 && sh.rounds <= sh.rounds_per_chunk; };
+  const bool prefer_two = resident(two) && (!resident(one) || 2 * two.tokens_per_cta >= one.tokens_per_cta);
+  return prefer_two || (!resident(one) && two.tokens_per_cta > 0) ? two : one;
 }
 
 }  // namespace fsa::cuda::sel

@@ -2,5 +2,5 @@
 #include "kernels/select/select_kernel.cuh"
 
 namespace fsa::cuda {
-template Status launch_select_blocks<__half, 256>(const SelectParams&, cudaStream_t);
+template Status launch_select_blocks<__half, 256>(SelectParams, const sel::SmemLimits&, cudaStream_t);
 }  // namespace fsa::cuda
