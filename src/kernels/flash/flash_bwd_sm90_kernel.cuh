@@ -187,9 +187,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
     // ... for every thread's; every warpgroup is done with chunk c - 1 and dS; chunk c's table is
     // complete, and whether all its rows see the whole tile.
     const bool chunk_covers = __syncthreads_and(row_covers);
-    PendingRow next{};
-    if (c + 1 < chunks) next = load_chunk(c + 1, stage ^ 1);
-    common::cp_async_commit();
 
     // S^T = K_w Q^T and dP^T = V_w dO^T.
     float st[T::kRowChunk / 8][4], dpt[T::kRowChunk / 8][4];
@@ -205,6 +202,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
       wgmma::mma_ss<Element, T::kRowChunk, 0>(dpt, wgmma::advance(vw_desc, kstep(T::kKeys, kk)),
                                               wgmma::advance(do_desc, kstep(T::kRowChunk, kk)), kk > 0);
     wgmma::commit_group();
+    // The next chunk's copies into the other stage (free: chunk c - 1's products are complete),
+    // issued while the tensor cores run these products: their address arithmetic is off the path.
+    PendingRow next{};
+    if (c + 1 < chunks) next = load_chunk(c + 1, stage ^ 1);
+    common::cp_async_commit();
     wgmma::wait_group<0>();
     wgmma::fence_operands<T::kRowChunk>(st);
     wgmma::fence_operands<T::kRowChunk>(dpt);

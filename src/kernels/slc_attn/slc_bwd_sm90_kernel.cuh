@@ -184,8 +184,6 @@ __global__ void __launch_bounds__(SlcBwdSm90Traits<kDqk, kDv>::kThreads, 1)
     // Chunk i and its table are complete; the warpgroup is done with chunk i - 1 (whose stage chunk
     // i + 1 now overwrites) and with dS^T.
     const bool chunk_covers = warpgroup_sync_and(barrier_id, row_covers);
-    if (i + 1 < local_chunks) load_chunk(i + 1);
-    common::cp_async_commit();
 
     unsigned char* q_s = q_stage(i);
     unsigned char* do_s = q_s + T::kTileBytes;
@@ -206,6 +204,9 @@ __global__ void __launch_bounds__(SlcBwdSm90Traits<kDqk, kDv>::kThreads, 1)
         wgmma::mma_ss<Element, T::kRowChunk, 0>(dpt, wgmma::advance(v_desc, kstep(kk)),
                                                 wgmma::advance(do_desc, kstep(kk)), kk > 0);
       wgmma::commit_group();
+      // The next chunk's gathers, issued while the tensor cores run these products.
+      if (i + 1 < local_chunks) load_chunk(i + 1);
+      common::cp_async_commit();
       wgmma::wait_group<0>();
       wgmma::fence_operands<T::kRowChunk>(st);
       wgmma::fence_operands<T::kRowChunk>(dpt);
