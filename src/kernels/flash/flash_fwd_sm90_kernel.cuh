@@ -145,9 +145,9 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   // Pipeline (FlashAttention-3's intra-warpgroup overlap): iteration j issues S_{j+1} = Q K_{j+1}^T
   // and O += P_j V_j back to back, then runs the softmax of S_{j+1} on the CUDA cores while
   // P_j V_j runs on the tensor cores; O is rescaled once P_j V_j is done. Live registers: S (kKeys
-  // / 2), O (kDv / 2) and P_j (kKeys / 4). K and V have two stages each: at the top of iteration j
-  // (after the barrier) K stage j % 2 (S_j is done) and V stage (j + 1) % 2 (PV_{j-1} is done) are
-  // free, and receive K_{j+2} and V_{j+1}: every copy has a whole iteration to land.
+  // / 2), O (kDv / 2) and P_j (kKeys / 4). K and V have two stages each: after the barrier at the
+  // top of iteration j, K stage j % 2 (S_j is done) and V stage (j + 1) % 2 (PV_{j-1} is done) are
+  // free, and receive K_{j+2} and V_{j+1}: every copy has most of an iteration to land.
   float s[T::kKeys / 8][4];
   if (num_tiles > 0) load_k(0, key_begin);
   common::cp_async_commit();  // Q and K_0
@@ -174,10 +174,6 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     wgmma::fence_async_shared();
     __syncthreads();  // ... for every thread's; every warpgroup is done with S_j and PV_{j-1}
     const int key0 = key_begin + it * T::kKeys;
-    if (it + 2 < num_tiles) load_k(it % 2, key0 + 2 * T::kKeys);
-    if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
-    common::cp_async_commit();  // possibly empty
-
     if constexpr (kNext) {
       issue_qk(s, (it + 1) % 2);
       wgmma::commit_group();
@@ -189,6 +185,11 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     for (int kk = 0; kk < T::kKeys / 16; ++kk)
       wgmma::mma_rs<Element, kDv, 1>(acc, a[kk], wgmma::advance(v_desc, kk * 16 * wgmma::kPanelRowBytes), 1);
     wgmma::commit_group();
+    // The copies into the free stages (K_{j+2}, V_{j+1}), issued once the products are on the
+    // tensor cores: their address arithmetic runs under them.
+    if (it + 2 < num_tiles) load_k(it % 2, key0 + 2 * T::kKeys);
+    if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
+    common::cp_async_commit();  // possibly empty
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
       wgmma::fence_operands<T::kKeys>(s);
