@@ -12,14 +12,22 @@
 
 namespace fsa::cuda::common {
 
-__device__ __forceinline__ void atomic_add4(float* address, float4 value) {
+// address[0..4) += value where `active`: on sm_90 one predicated 16-byte reduction (no branch
+// around it), on older targets four float atomics.
+__device__ __forceinline__ void atomic_add4_if(float* address, float4 value, bool active) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float4*>(address), value);
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %5, 0;\n"
+      "@p red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(address),
+      "f"(value.x), "f"(value.y), "f"(value.z), "f"(value.w), "r"(static_cast<int>(active))
+      : "memory");
 #else
-  atomicAdd(address, value.x);
-  atomicAdd(address + 1, value.y);
-  atomicAdd(address + 2, value.z);
-  atomicAdd(address + 3, value.w);
+  if (active) {
+    atomicAdd(address, value.x);
+    atomicAdd(address + 1, value.y);
+    atomicAdd(address + 2, value.z);
+    atomicAdd(address + 3, value.w);
+  }
 #endif
 }
 
@@ -32,21 +40,18 @@ __device__ __forceinline__ void for_fragment_row_quads(const float (&acc)[kTiles
   static_assert(kN % 16 == 0 && kN <= kTiles * 8, "column tiles go in pairs, within the fragment");
   const int pair = threadIdx.x % 4;
   const bool odd = (pair & 1) != 0;
+  // This lane's first column: 2p (even pair, tile n) or 2(p - 1) + 8 (odd pair, tile n + 1), then
+  // 16 more per pair of tiles (constant offsets from one address).
+  const int first_column = odd ? 2 * pair + 6 : 2 * pair;
 #pragma unroll
   for (int n = 0; n < kN / 8; n += 2) {
     const float send0 = odd ? acc[n][2 * h] : acc[n + 1][2 * h];
     const float send1 = odd ? acc[n][2 * h + 1] : acc[n + 1][2 * h + 1];
     const float recv0 = __shfl_xor_sync(0xffffffffu, send0, 1);
     const float recv1 = __shfl_xor_sync(0xffffffffu, send1, 1);
-    float4 value;
-    int column;
-    if (odd) {
-      value = make_float4(recv0, recv1, acc[n + 1][2 * h], acc[n + 1][2 * h + 1]);
-      column = (n + 1) * 8 + 2 * (pair - 1);
-    } else {
-      value = make_float4(acc[n][2 * h], acc[n][2 * h + 1], recv0, recv1);
-      column = n * 8 + 2 * pair;
-    }
+    float4 value = odd ? make_float4(recv0, recv1, acc[n + 1][2 * h], acc[n + 1][2 * h + 1])
+                       : make_float4(acc[n][2 * h], acc[n][2 * h + 1], recv0, recv1);
+    const int column = first_column + n * 8;
     value.x *= scale;
     value.y *= scale;
     value.z *= scale;
@@ -61,9 +66,8 @@ __device__ __forceinline__ void for_fragment_row_quads(const float (&acc)[kTiles
 template <int kN, int kTiles>
 __device__ __forceinline__ void atomic_add_fragment_row(float* row, const float (&acc)[kTiles][4], int h, float scale,
                                                         bool active) {
-  for_fragment_row_quads<kN>(acc, h, scale, [&](int column, float4 value) {
-    if (active) atomic_add4(row + column, value);
-  });
+  for_fragment_row_quads<kN>(acc, h, scale,
+                             [&](int column, float4 value) { atomic_add4_if(row + column, value, active); });
 }
 
 // The same as plain 16-byte stores, for rows with a single writer (deterministic partials).

@@ -148,7 +148,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const __grid_con
   bool row_covers = store_row_table(0, load_chunk(0, 0));
   common::cp_async_commit();  // K, V and chunk 0
 
-  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // The warpgroup index through a shuffle: visibly warp-uniform, so that the descriptors derived
+  // from it stay in uniform registers (no register-to-uniform moves before every wgmma).
+  const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int group = lane / 4;
   const int key_row0 = warpgroup * 64 + warp * 16;  // this warp's first key of the tile
   const float scale_log2 = p.scale * kLog2e;
