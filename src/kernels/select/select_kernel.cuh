@@ -487,27 +487,36 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;
     const int limit_lo = visible_lo - key0, limit_hi = visible_hi - key0;
+    // Probabilities of the m-tile in Q slot `slot` (its rows' lse from row_bias_s), in place; the
+    // mask only in the tiles that reach past the first token's visible keys.
+    auto probs = [&](float (&acc)[kKeys / 8][4], int slot) {
+      const float bias_lo = row_bias_s[slot * 16 + grp], bias_hi = row_bias_s[slot * 16 + grp + 8];
+      if (masked) {
+        to_probs<true>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
+      } else {
+        to_probs<false>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
+      }
+    };
+    // This thread's sums (rows grp, grp + 8) into its part's rows of prob_s: two tokens, or the
+    // token's even heads plus its odd heads.
+    auto store_sums = [&](const float (&sum)[kKeys / 8][4]) {
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+        if (rows_are_tokens) {
+          *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(sum[n][0], sum[n][1]);
+          *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(sum[n][2], sum[n][3]);
+        } else {
+          *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(sum[n][0] + sum[n][2], sum[n][1] + sum[n][3]);
+        }
+      }
+    };
     if (sh.rounds == 1 && q_resident) {  // one m-tile per warp: no running sum
       float acc[kKeys / 8][4];
       if constexpr (kWgmma) qk_wgmma<Element, kDqk>(acc, q_s, q_rows, (warp / 4) * 64, k_s);  // all 4 warps
       if (my_part < sh.mtiles_per_group) {
         if constexpr (!kWgmma) qk_tiles<Element, kDqk, false>(acc, acc, q_s + warp * 16 * kLd, q_s, k_s);
-        const float bias_lo = row_bias_s[warp * 16 + grp], bias_hi = row_bias_s[warp * 16 + grp + 8];
-        if (masked) {
-          to_probs<true>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
-        } else {
-          to_probs<false>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
-        }
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
-          if (rows_are_tokens) {
-            *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(acc[n][0], acc[n][1]);
-            *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(acc[n][2], acc[n][3]);
-          } else {  // heads 2m and 2m + 1 of the token
-            *reinterpret_cast<float2*>(sum_lo + n * 8) =
-                make_float2(acc[n][0] + acc[n][2], acc[n][1] + acc[n][3]);
-          }
-        }
+        probs(acc, warp);
+        store_sums(acc);
       }
     } else if (kWgmma && sh.rounds == 2 && q_resident) {
       // Two m-tiles per warp (G = 9..16): both rounds' products issued at once, the first round's
@@ -518,34 +527,16 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       qk_wgmma_issue<Element, kDqk>(acc1, q_s, q_rows, (kWarps + warp - warp % 4) * 16, k_s);
       wgmma::wait_group<1>();
       wgmma::fence_operands<kKeys>(acc0);
-      const int slot1 = kWarps + warp;
-      const float bias0_lo = row_bias_s[warp * 16 + grp], bias0_hi = row_bias_s[warp * 16 + grp + 8];
-      const float bias1_lo = row_bias_s[slot1 * 16 + grp], bias1_hi = row_bias_s[slot1 * 16 + grp + 8];
-      if (masked) {
-        to_probs<true>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
-      } else {
-        to_probs<false>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
-      }
+      probs(acc0, warp);
       wgmma::wait_group<0>();
       wgmma::fence_operands<kKeys>(acc1);
-      if (masked) {
-        to_probs<true>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
-      } else {
-        to_probs<false>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
-      }
+      probs(acc1, kWarps + warp);
       if (my_part < sh.active_parts) {
 #pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
+        for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
           for (int c = 0; c < 4; ++c) acc0[n][c] += acc1[n][c];
-          if (rows_are_tokens) {
-            *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(acc0[n][0], acc0[n][1]);
-            *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(acc0[n][2], acc0[n][3]);
-          } else {  // even heads, then odd heads
-            *reinterpret_cast<float2*>(sum_lo + n * 8) =
-                make_float2(acc0[n][0] + acc0[n][2], acc0[n][1] + acc0[n][3]);
-          }
-        }
+        store_sums(acc0);
       }
     } else {
       float sum[kKeys / 8][4];
@@ -577,23 +568,13 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
           } else {
             qk_tiles<Element, kDqk, false>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s, k_s);
           }
-          const float bias0_lo = row_bias_s[slot0 * 16 + grp], bias0_hi = row_bias_s[slot0 * 16 + grp + 8];
-          if (masked) {
-            to_probs<true>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
-          } else {
-            to_probs<false>(acc0, scale_log2, bias0_lo, bias0_hi, limit_lo, limit_hi);
-          }
+          probs(acc0, slot0);
 #pragma unroll
           for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
             for (int c = 0; c < 4; ++c) sum[n][c] += acc0[n][c];
           if (kPairs && two) {
-            const float bias1_lo = row_bias_s[slot1 * 16 + grp], bias1_hi = row_bias_s[slot1 * 16 + grp + 8];
-            if (masked) {
-              to_probs<true>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
-            } else {
-              to_probs<false>(acc1, scale_log2, bias1_lo, bias1_hi, limit_lo, limit_hi);
-            }
+            probs(acc1, slot1);
 #pragma unroll
             for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
@@ -601,18 +582,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
           }
         }
       }
-      if (my_part < sh.active_parts) {
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
-          if (rows_are_tokens) {
-            *reinterpret_cast<float2*>(sum_lo + n * 8) = make_float2(sum[n][0], sum[n][1]);
-            *reinterpret_cast<float2*>(sum_hi + n * 8) = make_float2(sum[n][2], sum[n][3]);
-          } else {  // even heads, then odd heads
-            *reinterpret_cast<float2*>(sum_lo + n * 8) =
-                make_float2(sum[n][0] + sum[n][2], sum[n][1] + sum[n][3]);
-          }
-        }
-      }
+      if (my_part < sh.active_parts) store_sums(sum);
     }
     __syncthreads();  // sums written; every warp is done with the K~ stage
     if (kt + 1 < key_tiles) load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0 + kKeys, keys_total, k_s);
