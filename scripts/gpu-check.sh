@@ -38,9 +38,9 @@ else
 fi
 run fsa-info ./build/gpu/fsa info
 run gpu-tests ctest --test-dir build/gpu -L gpu --output-on-failure -j 1
-# On Hopper the flash-attention kernels, the selection and the selected-attention backward run their wgmma variants;
-# FSA_DISABLE_WGMMA=1 runs the tests of
-# its users again on the mma.sync kernel (the one sm80 runs), so both stay tested on this machine.
+# On Hopper the flash-attention kernels, the selection and the selected-attention backward run their
+# wgmma variants; FSA_DISABLE_WGMMA=1 runs the tests of their users again on the mma.sync kernels
+# (the ones sm80 runs), so both stay tested on this machine.
 run gpu-tests-mma-sync env FSA_DISABLE_WGMMA=1 ctest --test-dir build/gpu -L gpu --output-on-failure -j 1 \
   -R "Gpu\.(Swa|CmpAttn|Layer|Select)"
 run cpu-tests ctest --test-dir build/gpu -L cpu --output-on-failure -j "$(nproc)"

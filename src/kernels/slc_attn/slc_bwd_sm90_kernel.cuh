@@ -15,7 +15,7 @@
 //   dQ = scale dS K (dS^T through shared memory, read transposed) into the rows' dQ sink.
 // dK and dV stay in registers (fp32 wgmma accumulators) over the run; at its end the warpgroups
 // exchange halves through shared memory (WG 0 sums and writes dV, WG 1 dK), so each key row gets
-// one write, in a fixed order (the deterministic mode's partials stay bitwise reproducible).
+// one write of one two-term sum (the deterministic mode's partials stay bitwise reproducible).
 // Tiles sit in 128-byte-swizzled shared memory (wgmma_sm90.cuh): K, V, 2 x 2 stages of Q / dO,
 // 2 dS^T buffers = 176 KB at D = 128, one CTA (8 warps, up to 255 registers) per SM.
 #pragma once
@@ -277,20 +277,19 @@ __global__ void __launch_bounds__(SlcBwdSm90Traits<kDqk, kDv>::kThreads, 1)
   if (wg == 0) send(dk);
   else send(dv);
   __syncthreads();
-  // Adds the other warpgroup's partial (WG 0's + WG 1's, a fixed order: the sum is the same on
-  // every run) and writes the sum times `scale`: atomics into the accumulator (row = key token x
-  // Hkv + g), or stores into the run's kv_part rows [B][Dqk | Dv] at column `part_column`.
+  // Adds the other warpgroup's partial (one addition of two values, the same bits whichever
+  // warpgroup does it: the deterministic mode stays reproducible) and writes the sum times `scale`:
+  // atomics into the accumulator (row = key token x Hkv + g), or stores into the run's kv_part rows
+  // [B][Dqk | Dv] at column `part_column`.
   auto finish = [&](float (&acc)[kD / 8][4], float* accum, int part_column, float scale) {
     const float4* in = reinterpret_cast<const float4*>(smem + T::kStageOffset + (1 - wg) * T::kStages * T::kStageBytes);
 #pragma unroll
     for (int n = 0; n < kD / 8; ++n) {
       const float4 other = in[n * 128 + wg_thread];
-      const float from0[4] = {wg == 0 ? acc[n][0] : other.x, wg == 0 ? acc[n][1] : other.y,
-                              wg == 0 ? acc[n][2] : other.z, wg == 0 ? acc[n][3] : other.w};
-      const float from1[4] = {wg == 0 ? other.x : acc[n][0], wg == 0 ? other.y : acc[n][1],
-                               wg == 0 ? other.z : acc[n][2], wg == 0 ? other.w : acc[n][3]};
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = from0[e] + from1[e];
+      acc[n][0] += other.x;
+      acc[n][1] += other.y;
+      acc[n][2] += other.z;
+      acc[n][3] += other.w;
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
