@@ -436,6 +436,9 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   const int q_rows = sh.rounds_per_chunk * kWarps * 16;  // rows of the Q tile in shared memory
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, pair = lane % 4;
+  // The wgmma variant's warpgroup through a shuffle: visibly warp-uniform, so that the Q descriptors
+  // derived from it are computed in uniform registers, not moved there before every wgmma.
+  const int warpgroup = __shfl_sync(kFullMask, threadIdx.x / 128, 0);
   const int my_group = warp / sh.parts, my_part = warp % sh.parts;
   // Phase A: this thread's S rows `grp` and `grp + 8` belong to tokens tok_lo and tok_hi (equal
   // unless rows are tokens).
@@ -487,14 +490,16 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;
     const int limit_lo = visible_lo - key0, limit_hi = visible_hi - key0;
-    // Probabilities of the m-tile in Q slot `slot` (its rows' lse from row_bias_s), in place; the
-    // mask only in the tiles that reach past the first token's visible keys.
-    auto probs = [&](float (&acc)[kKeys / 8][4], int slot) {
-      const float bias_lo = row_bias_s[slot * 16 + grp], bias_hi = row_bias_s[slot * 16 + grp + 8];
+    // This thread's rows of Q slot `slot`: their lse * log2 e (row_bias_s). The wgmma paths read
+    // them before waiting for the products, so that the loads' latency hides under the wait.
+    auto bias_of = [&](int slot) { return make_float2(row_bias_s[slot * 16 + grp], row_bias_s[slot * 16 + grp + 8]); };
+    // Probabilities of an m-tile with row biases `bias`, in place; the mask only in the tiles that
+    // reach past the first token's visible keys.
+    auto probs = [&](float (&acc)[kKeys / 8][4], float2 bias) {
       if (masked) {
-        to_probs<true>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
+        to_probs<true>(acc, scale_log2, bias.x, bias.y, limit_lo, limit_hi);
       } else {
-        to_probs<false>(acc, scale_log2, bias_lo, bias_hi, limit_lo, limit_hi);
+        to_probs<false>(acc, scale_log2, bias.x, bias.y, limit_lo, limit_hi);
       }
     };
     // This thread's sums (rows grp, grp + 8) into its part's rows of prob_s: two tokens, or the
@@ -512,10 +517,15 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     };
     if (sh.rounds == 1 && q_resident) {  // one m-tile per warp: no running sum
       float acc[kKeys / 8][4];
-      if constexpr (kWgmma) qk_wgmma<Element, kDqk>(acc, q_s, q_rows, (warp / 4) * 64, k_s);  // all 4 warps
+      if constexpr (kWgmma) qk_wgmma_issue<Element, kDqk>(acc, q_s, q_rows, warpgroup * 64, k_s);  // all 4 warps
+      const float2 bias = bias_of(warp);
+      if constexpr (kWgmma) {
+        wgmma::wait_group<0>();
+        wgmma::fence_operands<kKeys>(acc);
+      }
       if (my_part < sh.mtiles_per_group) {
         if constexpr (!kWgmma) qk_tiles<Element, kDqk, false>(acc, acc, q_s + warp * 16 * kLd, q_s, k_s);
-        probs(acc, warp);
+        probs(acc, bias);
         store_sums(acc);
       }
     } else if (kWgmma && sh.rounds == 2 && q_resident) {
@@ -523,14 +533,15 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       // probabilities computed while the second's run; acc0 becomes the sum (0 + p0 + p1 = p0 + p1,
       // the general path's value).
       float acc0[kKeys / 8][4], acc1[kKeys / 8][4];
-      qk_wgmma_issue<Element, kDqk>(acc0, q_s, q_rows, (warp / 4) * 64, k_s);
-      qk_wgmma_issue<Element, kDqk>(acc1, q_s, q_rows, (kWarps + warp - warp % 4) * 16, k_s);
+      qk_wgmma_issue<Element, kDqk>(acc0, q_s, q_rows, warpgroup * 64, k_s);
+      qk_wgmma_issue<Element, kDqk>(acc1, q_s, q_rows, kWarps * 16 + warpgroup * 64, k_s);
+      const float2 bias0 = bias_of(warp), bias1 = bias_of(kWarps + warp);
       wgmma::wait_group<1>();
       wgmma::fence_operands<kKeys>(acc0);
-      probs(acc0, warp);
+      probs(acc0, bias0);
       wgmma::wait_group<0>();
       wgmma::fence_operands<kKeys>(acc1);
-      probs(acc1, kWarps + warp);
+      probs(acc1, bias1);
       if (my_part < sh.active_parts) {
 #pragma unroll
         for (int n = 0; n < kKeys / 8; ++n)
@@ -562,19 +573,19 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
           const int slot0 = (round - round_begin) * kWarps + warp, slot1 = slot0 + kWarps;
           float acc0[kKeys / 8][4], acc1[kKeys / 8][4];
           if constexpr (kWgmma) {
-            qk_wgmma<Element, kDqk>(acc0, q_s, q_rows, (slot0 - warp % 4) * 16, k_s);
+            qk_wgmma<Element, kDqk>(acc0, q_s, q_rows, (round - round_begin) * kWarps * 16 + warpgroup * 64, k_s);
           } else if (two) {
             qk_tiles<Element, kDqk, kPairs>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s + slot1 * 16 * kLd, k_s);
           } else {
             qk_tiles<Element, kDqk, false>(acc0, acc1, q_s + slot0 * 16 * kLd, q_s, k_s);
           }
-          probs(acc0, slot0);
+          probs(acc0, bias_of(slot0));
 #pragma unroll
           for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
             for (int c = 0; c < 4; ++c) sum[n][c] += acc0[n][c];
           if (kPairs && two) {
-            probs(acc1, slot1);
+            probs(acc1, bias_of(slot1));
 #pragma unroll
             for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
