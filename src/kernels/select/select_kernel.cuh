@@ -464,25 +464,6 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   // it with weights 1, 2, 2, 2, 1, one block per lane (the tile closes 16); else a loop per block.
   const bool fast_blocks = B == 4 * s && l == 2 * s;
 
-  // Phase C: the warp merges the buffers of its tokens that could not take another tile's offers
-  // (t % 16 in {2 warp, 2 warp + 1}). It runs at the start of the next tile's phase A, after the
-  // tile barrier: in the wgmma variant while that tile's products run on the tensor cores, so that
-  // the few warps with merges to do overlap them with their products instead of holding the
-  // others at the barrier; before any of the next tile's offers, as the buffer's capacity needs.
-  auto merge_overflowing = [&]() {
-    for (int t = warp * 2; t < tokens; t += (t % 2 == 0 ? 1 : 15)) {
-      const int count = pending_count_s[t];
-      if (count <= pending_limit) continue;  // warp-uniform
-      TopEntry worst;
-      merge_pending(top_s + t * K, cap_s[t], worst, pending_s + t * sh.pending_slots, count);
-      if (lane == 0) {
-        worst_s[t] = worst;
-        pending_count_s[t] = 0;
-      }
-      __syncwarp();
-    }
-  };
-
   for (int idx = threadIdx.x; idx < T * K; idx += kThreads) top_s[idx] = {-INFINITY, INT_MAX};
   for (int k = threadIdx.x; k < sh.block_keys; k += kThreads) weight_s[k] = static_cast<float>(block_weight(k, l, s, B));
   for (int t = threadIdx.x; t < T; t += kThreads) {
@@ -534,15 +515,9 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
         }
       }
     };
-    // The previous tile's phase C: under the products where wgmma issues them asynchronously.
-    const bool merges_under_products = kWgmma && q_resident && sh.rounds <= 2;
-    if (!merges_under_products) merge_overflowing();
     if (sh.rounds == 1 && q_resident) {  // one m-tile per warp: no running sum
       float acc[kKeys / 8][4];
-      if constexpr (kWgmma) {
-        qk_wgmma_issue<Element, kDqk>(acc, q_s, q_rows, warpgroup * 64, k_s);  // all 4 warps
-        merge_overflowing();
-      }
+      if constexpr (kWgmma) qk_wgmma_issue<Element, kDqk>(acc, q_s, q_rows, warpgroup * 64, k_s);  // all 4 warps
       const float2 bias = bias_of(warp);
       if constexpr (kWgmma) {
         wgmma::wait_group<0>();
@@ -560,7 +535,6 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       float acc0[kKeys / 8][4], acc1[kKeys / 8][4];
       qk_wgmma_issue<Element, kDqk>(acc0, q_s, q_rows, warpgroup * 64, k_s);
       qk_wgmma_issue<Element, kDqk>(acc1, q_s, q_rows, kWarps * 16 + warpgroup * 64, k_s);
-      merge_overflowing();
       const float2 bias0 = bias_of(warp), bias1 = bias_of(kWarps + warp);
       wgmma::wait_group<1>();
       wgmma::fence_operands<kKeys>(acc0);
@@ -712,7 +686,19 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       if (token_ok && u == 0) pending_count_s[t] = count;
     }
 
-    // Phase C of this tile runs in the next tile's phase A (merge_overflowing).
+    // ---- C: each warp merges the buffers of its tokens that could not take another tile ----
+    __syncwarp();  // the buffers and counts written by the warp's lanes are visible to all of them
+    for (int t = warp * 2; t < tokens; t += (t % 2 == 0 ? 1 : 15)) {  // t % 16 in {2 warp, 2 warp + 1}
+      const int count = pending_count_s[t];
+      if (count <= pending_limit) continue;  // warp-uniform
+      TopEntry worst;
+      merge_pending(top_s + t * K, cap_s[t], worst, pending_s + t * sh.pending_slots, count);
+      if (lane == 0) {
+        worst_s[t] = worst;
+        pending_count_s[t] = 0;
+      }
+      __syncwarp();
+    }
   }
   // The offers still pending, merged before the lists are read by other warps.
   __syncwarp();
