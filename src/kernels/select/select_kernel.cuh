@@ -213,9 +213,10 @@ template <class Element, int kDqk>
 __device__ __forceinline__ void qk_wgmma_issue(float (&acc)[kKeys / 8][4], const Element* q_s, int q_rows,
                                                int first_row, const Element* k_s) {
   constexpr std::uint32_t kGroupBytes = 8 * wgmma::kPanelRowBytes;  // 8-row groups (K-major operands)
-  // The steps' descriptors are loop-invariant across key tiles: up to Dqk = 128 the compiler keeps
-  // them hoisted in uniform registers; above, they do not fit and spilled (116 B at Dqk = 256), so
-  // the addresses pass through an opaque move that makes them per call (~16 instructions a step).
+  // With first_row visibly warp-uniform (the caller's warpgroup index comes through a shuffle), the
+  // compiler builds the steps' descriptors in uniform registers, a few uniform instructions a step.
+  // Above Dqk = 128 it hoisted all steps' descriptors out of the tile loop and spilled them (116 B
+  // at Dqk = 256), so there the addresses pass through an opaque move that keeps them per call.
   std::uint32_t q_address = mma::shared_address(q_s) + first_row * wgmma::kPanelRowBytes;
   std::uint32_t k_address = mma::shared_address(k_s);
   if constexpr (kDqk > 128) {
