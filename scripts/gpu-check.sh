@@ -15,9 +15,16 @@ arch=${FSA_CUDA_ARCHITECTURES:-90a}
 targets=${FSA_GPU_CHECK_TARGETS:-all}
 status=()
 
+# FSA_GPU_CHECK_SKIP: a comma list of step names not to run (e.g. gpu-tests-mma-sync,memcheck-slc):
+# the whole check with the benchmarks takes more than one 600 s device call, so a call can run the
+# tests and the next the benchmarks (FSA_GPU_CHECK_SKIP=gpu-tests,gpu-tests-mma-sync,...).
 run() {  # run NAME CMD...: log to $out/NAME.log, remember pass/fail
   local name=$1
   shift
+  if [[ ,${FSA_GPU_CHECK_SKIP:-}, == *,$name,* ]]; then
+    status+=("$(printf '%-22s %-5s' "$name" skip)")
+    return 0
+  fi
   local t0=$(date +%s%N)
   "$@" >"$out/$name.log" 2>&1
   local rc=$?
