@@ -43,7 +43,10 @@
 namespace fsa::cuda {
 
 struct SlcPlanShape {
-  std::int64_t tokens = 0;  // N
+  std::int64_t tokens = 0;  // N: the query rows (topk_idx rows) the plan covers
+  // Key rows the queries can reach, for the bound on global blocks; 0 means `tokens`. A query chunk
+  // (queries [t0, t1) of a longer batch, cu_seqlens shifted by -t0) reaches the keys before t0.
+  std::int64_t key_tokens = 0;
   int num_seqs = 0;
   int heads_kv = 0;
   int group = 1;       // G
@@ -71,7 +74,10 @@ struct SlcPlanShape {
 
   // constexpr so device code can call them too (built with --expt-relaxed-constexpr).
   // Upper bound of the global blocks (== query tiles) of any packed batch of these shapes.
-  constexpr std::int64_t max_blocks() const { return (tokens + block_size - 1) / block_size + num_seqs; }
+  constexpr std::int64_t max_blocks() const {
+    const std::int64_t keys = key_tokens > 0 ? key_tokens : tokens;
+    return (keys + block_size - 1) / block_size + num_seqs;
+  }
   constexpr std::int64_t num_lists() const { return static_cast<std::int64_t>(heads_kv) * max_blocks(); }
   constexpr std::int64_t max_pairs() const { return static_cast<std::int64_t>(heads_kv) * tokens * width; }
   // sum_s ceil(rows_s / R) <= sum_s rows_s / R + num_lists, with sum_s rows_s <= max_pairs * G.
