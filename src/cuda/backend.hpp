@@ -83,6 +83,9 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv, const SlcOptions& options, const TensorView& plan,
                          const Workspace& workspace);
+// Chunk plans built by this process so far (the tests check that a layer forward + backward
+// builds its plan once).
+std::int64_t slc_plan_builds();
 
 // ---- Gated combination (kernels/combine) -------------------------------------------------------
 Status combine_forward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,

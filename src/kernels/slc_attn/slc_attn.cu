@@ -16,6 +16,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <string>
 
 #include "common/workspace_carver.hpp"
@@ -46,6 +48,8 @@ SlcProblem SlcProblem::of(const NsaConfig& config, const TensorView& q, const Te
 }
 
 namespace {
+
+std::atomic<std::int64_t> plan_builds{0};
 
 using common::check_rows_aligned;
 using common::dispatch_attention;
@@ -216,17 +220,26 @@ std::size_t worst_bytes(const SlcProblem& p, const SlcOptions& options, std::int
 }
 
 // The largest chunk whose scratch fits the cap, balanced over the chunks it takes. The smallest
-// chunk is kMinChunkTokens tokens (fewer tokens per launch leave the GPU idle): below that the
-// workspace exceeds the cap and the queries report it. The deterministic backward never chunks.
-constexpr std::int64_t kMinChunkTokens = 4096;
+// chunk is 4096 tokens (fewer tokens per launch leave the GPU idle): below that the workspace
+// exceeds the cap and the queries report it. FSA_SLC_MIN_CHUNK_TOKENS lowers the floor (tests:
+// chunk boundaries inside short, ragged sequences). The deterministic backward never chunks.
+std::int64_t min_chunk_tokens() {
+  static const std::int64_t tokens = [] {
+    const char* forced = std::getenv("FSA_SLC_MIN_CHUNK_TOKENS");
+    const long long value = forced != nullptr ? std::atoll(forced) : 0;
+    return value > 0 ? static_cast<std::int64_t>(value) : std::int64_t{4096};
+  }();
+  return tokens;
+}
 
 Chunking chunking(const SlcProblem& p, const SlcOptions& options) {
+  const std::int64_t floor = min_chunk_tokens();
   Chunking c;
   c.chunk_tokens = std::max<std::int64_t>(p.tokens, 1);
-  if (options.deterministic || p.tokens <= kMinChunkTokens ||
+  if (options.deterministic || p.tokens <= floor ||
       worst_bytes(p, options, p.tokens, false) <= options.workspace_cap)
     return c;
-  std::int64_t lo = kMinChunkTokens, hi = p.tokens - 1;  // lo fits or is the floor
+  std::int64_t lo = floor, hi = p.tokens - 1;  // lo fits or is the floor
   while (lo < hi) {
     const std::int64_t mid = lo + (hi - lo + 1) / 2;
     if (worst_bytes(p, options, mid, true) <= options.workspace_cap) lo = mid; else hi = mid - 1;
@@ -306,6 +319,7 @@ Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const Re
     FSA_RETURN_IF_ERROR(shift_cu_seqlens(cu_seqlens.ptr<const std::int32_t>(), cu_seqlens.stride(0), p.num_seqs, t0,
                                          l.cu, stream));
   if (!build) return Status::ok();
+  plan_builds.fetch_add(1, std::memory_order_relaxed);
   const SlcPlanInputs in{topk_idx.ptr<const std::int32_t>() + t0 * topk_idx.stride(1), topk_idx.stride(0),
                          topk_idx.stride(1), out->cu, out->cu_stride};
   return build_slc_plan(out->plan, in, stream);
@@ -321,6 +335,8 @@ Status check_cap(const SlcProblem& p, const SlcOptions& options, bool plan_given
 }
 
 }  // namespace
+
+std::int64_t slc_plan_builds() { return plan_builds.load(std::memory_order_relaxed); }
 
 // ---- Queries ---------------------------------------------------------------------------------
 
