@@ -29,6 +29,7 @@ NsaLayerShape NsaLayerShape::of(const NsaLayerInputs& in) {
 // The CPU keeps activations in its compute type (fp32/fp64), the GPU in the input dtype: the
 // layouts differ, so the buffer's size depends on the device too.
 std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape, const NsaLayerOptions& options) {
+  if (!config.validate().is_ok()) return 0;  // the op itself reports the invalid field
 #ifdef FSA_WITH_CUDA
   if (shape.device.kind == DeviceKind::kCUDA) return cuda::nsa_saved_bytes(config, shape, options);
 #endif
@@ -99,6 +100,9 @@ Status check_saved(const NsaConfig& config, const NsaLayerInputs& in, const Tens
   if (saved.size(0) < bytes)
     return FSA_INVALID("saved: expected at least nsa_saved_bytes() = " + std::to_string(bytes) + " bytes, got " +
                        std::to_string(saved.size(0)));
+  // The saved tensors (16-byte rows, the plan) are carved from it at 256-byte offsets.
+  if (reinterpret_cast<std::uintptr_t>(saved.data) % kWorkspaceAlignment != 0)
+    return FSA_INVALID("saved: expected a " + std::to_string(kWorkspaceAlignment) + "-byte aligned pointer");
   return Status::ok();
 }
 

@@ -325,13 +325,23 @@ Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const Re
   return build_slc_plan(out->plan, in, stream);
 }
 
-Status check_cap(const SlcProblem& p, const SlcOptions& options) {
+// The deterministic mode runs unchunked (its plan's sorted lists and its kv partials span the
+// batch): its capped scratch (the pass's own, plus the plan when the caller gives none) must fit.
+Status check_cap(const SlcProblem& p, const SlcOptions& options, bool backward, bool plan_given) {
   if (!options.deterministic) return Status::ok();
-  const std::size_t bytes = capped_bytes(p, options, p.tokens, false);
-  if (bytes <= options.workspace_cap) return Status::ok();
-  return FSA_INVALID("options.workspace_cap: the deterministic backward does not run in query chunks and needs " +
-                     std::to_string(bytes) + " bytes of workspace, above the cap of " +
-                     std::to_string(options.workspace_cap) + "; raise the cap or use the default backward");
+  const ResolvedPath path = backward && !plan_given ? ResolvedPath{SlcKernelPath::kKvOuter, 0, 1}
+                                                    : resolve_path(options, p, false);
+  const SlcPlanShape shape = plan_shape(p, p.tokens, path, options);
+  WorkspaceCarver sizing;
+  BackwardScratch unused;
+  if (!plan_given) chunk_plan_layout(sizing, p, shape, false);
+  if (backward) backward_chunk_scratch(sizing, p, options, shape, true, &unused);
+  else forward_scratch(sizing, p, p.tokens, path.path != SlcKernelPath::kQueryOuter);
+  if (sizing.bytes() <= options.workspace_cap) return Status::ok();
+  return FSA_INVALID(std::string("options.workspace_cap: the deterministic mode does not run in query chunks and its ") +
+                     (backward ? "backward" : "forward") + " needs " + std::to_string(sizing.bytes()) +
+                     " bytes of capped workspace, above the cap of " + std::to_string(options.workspace_cap) +
+                     "; raise the cap or use the default backward");
 }
 
 }  // namespace
@@ -394,10 +404,11 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
   const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
+  const bool plan_given = plan.defined();
+  FSA_RETURN_IF_ERROR(check_cap(p, options, /*backward=*/false, plan_given));
   const Chunking c = chunking(p, options);
   const ResolvedPath path = resolve_path(options, p, c.chunked());
   const bool planned = path.path != SlcKernelPath::kQueryOuter;  // query-outer reads topk_idx directly
-  const bool plan_given = plan.defined();
   const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
   WorkspaceCarver carve(workspace.data);
   // Without a plan buffer, one chunk's slot in the workspace (query-outer uses only its cu_seqlens).
@@ -451,7 +462,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   cudaStream_t stream = current_stream();
   const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
   const bool plan_given = plan.defined();
-  FSA_RETURN_IF_ERROR(check_cap(p, options));
+  FSA_RETURN_IF_ERROR(check_cap(p, options, /*backward=*/true, plan_given));
   const Chunking c = chunking(p, options);
   // A plan the backward builds for itself needs no split (it runs every pair KV-outer); one built
   // for the forward serves through its backward view (all pairs).
