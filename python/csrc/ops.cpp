@@ -34,32 +34,34 @@ Tensor empty_lse(const Tensor& q) {
   return at::empty({size_or_zero(q, 1), size_or_zero(q, 0)}, q.options().dtype(at::kFloat));
 }
 
-NsaConfig attention_config(std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, double scale) {
-  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
-  config.block_size = static_cast<int>(block_size);
-  config.scale = static_cast<float>(scale);
+// gate_mode follows the rank of the gates: [N, 3] is shared, anything else per head (and the API
+// then reports the expected [N, Hq, 3]).
+GateMode gate_mode_of(const Tensor& gates) { return gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead; }
+
+NsaConfig with_gate_mode(NsaConfig config, const Tensor& gates) {
+  config.gate_mode = gate_mode_of(gates);
   return config;
 }
 
 }  // namespace
 
-Tensor compressed_cu_seqlens(const Tensor& cu_seqlens, std::int64_t cmp_len, std::int64_t cmp_stride) {
+Tensor compressed_cu_seqlens(const Tensor& cu_seqlens FSA_PARAMS(FSA_COMPRESSION_ARGS)) {
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   Tensor cu_cmp = empty_like_contiguous(cu_seqlens);
-  throw_if_error(fsa::compressed_cu_seqlens(config_with_compression(cmp_len, cmp_stride), cu_seqlens_view,
-                                            to_view(cu_cmp, "cu_cmp")),
+  throw_if_error(fsa::compressed_cu_seqlens(config, cu_seqlens_view, to_view(cu_cmp, "cu_cmp")),
                  "compressed_cu_seqlens");
   return cu_cmp;
 }
 
 Tensor compress_forward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
-                        const OptionalTensor& pos_emb, std::int64_t cmp_len, std::int64_t cmp_stride) {
+                        const OptionalTensor& pos_emb FSA_PARAMS(FSA_COMPRESSION_ARGS)) {
   const TensorView x_view = to_view(x, "x");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
   const TensorView weight_view = to_view(weight, "weight");
   const TensorView pos_emb_view = to_view(pos_emb, "pos_emb");
-  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   const bool linear = weight.has_value() && weight->defined();
   config.compression = linear ? CompressionKind::kLinear : CompressionKind::kMean;
   const std::int64_t out_dim = linear ? size_or_zero(*weight, 2) : size_or_zero(x, 2);
@@ -71,15 +73,14 @@ Tensor compress_forward(const Tensor& x, const Tensor& cu_seqlens, const Tensor&
 }
 
 Tensor3 compress_backward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
-                          const OptionalTensor& pos_emb, const Tensor& dy, std::int64_t cmp_len,
-                          std::int64_t cmp_stride) {
+                          const OptionalTensor& pos_emb, const Tensor& dy FSA_PARAMS(FSA_COMPRESSION_ARGS)) {
   const TensorView x_view = to_view(x, "x");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
   const TensorView weight_view = to_view(weight, "weight");
   const TensorView pos_emb_view = to_view(pos_emb, "pos_emb");
   const TensorView dy_view = to_view(dy, "dy");
-  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   config.compression = weight.has_value() && weight->defined() ? CompressionKind::kLinear : CompressionKind::kMean;
   Tensor dx = empty_like_contiguous(x);
   Tensor d_weight = grad_for(weight, x), d_pos_emb = grad_for(pos_emb, x);
@@ -90,52 +91,34 @@ Tensor3 compress_backward(const Tensor& x, const Tensor& cu_seqlens, const Tenso
   return {dx, d_weight, d_pos_emb};
 }
 
-Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_stride, double theta, bool llama3_scaling,
-                    double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
-                    std::int64_t llama3_original_max_position) {
+Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_stride FSA_PARAMS(FSA_ROPE_ARGS)) {
   const TensorView x_view = to_view(x, "x");
   const TensorView cu_view = to_view(cu, "cu");
-  const RopeArgs rope{true,
-                      theta,
-                      llama3_scaling,
-                      llama3_factor,
-                      llama3_low_freq_factor,
-                      llama3_high_freq_factor,
-                      llama3_original_max_position};
+  const RopeConfig rope = FSA_SETTINGS(FSA_ROPE_ARGS).config.rope;
   Tensor y = empty_like_contiguous(x);
-  throw_if_error(
-      fsa::rope_forward(rope.to_config(), x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")),
-      "rope_forward");
+  throw_if_error(fsa::rope_forward(rope, x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")),
+                 "rope_forward");
   return y;
 }
 
-Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_stride, double theta,
-                     bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
-                     double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
+Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_stride FSA_PARAMS(FSA_ROPE_ARGS)) {
   const TensorView dy_view = to_view(dy, "dy");
   const TensorView cu_view = to_view(cu, "cu");
-  const RopeArgs rope{true,
-                      theta,
-                      llama3_scaling,
-                      llama3_factor,
-                      llama3_low_freq_factor,
-                      llama3_high_freq_factor,
-                      llama3_original_max_position};
+  const RopeConfig rope = FSA_SETTINGS(FSA_ROPE_ARGS).config.rope;
   Tensor dx = empty_like_contiguous(dy);
-  throw_if_error(
-      fsa::rope_backward(rope.to_config(), dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")),
-      "rope_backward");
+  throw_if_error(fsa::rope_backward(rope, dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")),
+                 "rope_backward");
   return dx;
 }
 
 Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
-                         const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, double scale) {
+                         const Tensor& cu_cmp FSA_PARAMS(FSA_CMP_ATTN_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
   const TensorView v_cmp_view = to_view(v_cmp, "v_cmp");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
-  const NsaConfig config = attention_config(cmp_len, cmp_stride, NsaConfig{}.block_size, scale);
+  const NsaConfig config = FSA_SETTINGS(FSA_CMP_ATTN_ARGS).config;
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v_cmp, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(fsa::cmp_attn_forward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view,
@@ -145,8 +128,8 @@ Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_c
 }
 
 Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
-                          const Tensor& cu_cmp, const Tensor& o, const Tensor& lse, const Tensor& d_o,
-                          std::int64_t cmp_len, std::int64_t cmp_stride, double scale) {
+                          const Tensor& cu_cmp, const Tensor& o, const Tensor& lse,
+                          const Tensor& d_o FSA_PARAMS(FSA_CMP_ATTN_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
   const TensorView v_cmp_view = to_view(v_cmp, "v_cmp");
@@ -155,7 +138,7 @@ Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_
   const TensorView o_view = to_view(o, "o");
   const TensorView lse_view = to_view(lse, "lse");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  const NsaConfig config = attention_config(cmp_len, cmp_stride, NsaConfig{}.block_size, scale);
+  const NsaConfig config = FSA_SETTINGS(FSA_CMP_ATTN_ARGS).config;
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k_cmp), dv = empty_like_contiguous(v_cmp);
   throw_if_error(
       fsa::cmp_attn_backward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view, o_view, lse_view,
@@ -165,20 +148,15 @@ Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_
 }
 
 Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp, const Tensor& cu_seqlens,
-                     const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
-                     std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, double scale,
-                     c10::string_view aggregation) {
+                     const Tensor& cu_cmp FSA_PARAMS(FSA_SELECT_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
   const TensorView lse_cmp_view = to_view(lse_cmp, "lse_cmp");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
-  NsaConfig config = attention_config(cmp_len, cmp_stride, block_size, scale);
-  config.topk = static_cast<int>(topk);
-  config.init_blocks = static_cast<int>(init_blocks);
-  config.local_blocks = static_cast<int>(local_blocks);
-  config.aggregation = parse_aggregation(aggregation);
-  Tensor topk_idx = at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), topk}, q.options().dtype(at::kInt));
+  const NsaConfig config = FSA_SETTINGS(FSA_SELECT_ARGS).config;
+  Tensor topk_idx =
+      at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), config.topk}, q.options().dtype(at::kInt));
   throw_if_error(fsa::select_blocks(config, q_view, k_cmp_view, lse_cmp_view, cu_seqlens_view, cu_cmp_view,
                                     to_view(topk_idx, "topk_idx")),
                  "select_blocks");
@@ -186,26 +164,24 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
 }
 
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                         const Tensor& cu_seqlens, std::int64_t block_size, double scale, c10::string_view path,
-                         std::int64_t dense_threshold, bool deterministic) {
+                         const Tensor& cu_seqlens FSA_PARAMS(FSA_SLC_ATTN_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
   const TensorView topk_idx_view = to_view(topk_idx, "topk_idx");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
-  const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
+  const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
-  throw_if_error(fsa::slc_attn_forward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, to_view(o, "o"),
-                                       to_view(lse, "lse"), slc_options(path, dense_threshold, deterministic)),
+  throw_if_error(fsa::slc_attn_forward(settings.config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view,
+                                       to_view(o, "o"), to_view(lse, "lse"), settings.selected),
                  "slc_attn_forward");
   return {o, lse};
 }
 
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                          const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
-                          std::int64_t block_size, double scale, c10::string_view path,
-                          std::int64_t dense_threshold, bool deterministic) {
+                          const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse,
+                          const Tensor& d_o FSA_PARAMS(FSA_SLC_ATTN_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -214,23 +190,22 @@ Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
   const TensorView o_view = to_view(o, "o");
   const TensorView lse_view = to_view(lse, "lse");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
+  const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
-  throw_if_error(fsa::slc_attn_backward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, o_view,
-                                        lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv"),
-                                        slc_options(path, dense_threshold, deterministic)),
+  throw_if_error(fsa::slc_attn_backward(settings.config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view,
+                                        o_view, lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"),
+                                        to_view(dv, "dv"), settings.selected),
                  "slc_attn_backward");
   return {dq, dk, dv};
 }
 
-Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, std::int64_t window,
-                    double scale) {
+Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens
+                        FSA_PARAMS(FSA_SWA_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
-  NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, NsaConfig{}.block_size, scale);
-  config.window = static_cast<int>(window);
+  const NsaConfig config = FSA_SETTINGS(FSA_SWA_ARGS).config;
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(
@@ -240,7 +215,7 @@ Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
 }
 
 Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const Tensor& o,
-                     const Tensor& lse, const Tensor& d_o, std::int64_t window, double scale) {
+                     const Tensor& lse, const Tensor& d_o FSA_PARAMS(FSA_SWA_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -248,8 +223,7 @@ Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const TensorView o_view = to_view(o, "o");
   const TensorView lse_view = to_view(lse, "lse");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, NsaConfig{}.block_size, scale);
-  config.window = static_cast<int>(window);
+  const NsaConfig config = FSA_SETTINGS(FSA_SWA_ARGS).config;
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
   throw_if_error(fsa::swa_backward(config, q_view, k_view, v_view, cu_seqlens_view, o_view, lse_view, d_o_view,
                                    to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv")),
@@ -263,7 +237,7 @@ Tensor combine_forward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o
   const TensorView o_slc_view = to_view(o_slc, "o_slc");
   const TensorView o_swa_view = to_view(o_swa, "o_swa");
   NsaConfig config;
-  config.gate_mode = gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead;
+  config.gate_mode = gate_mode_of(gates);
   Tensor o = empty_like_contiguous(o_cmp);
   throw_if_error(fsa::combine_forward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, to_view(o, "o")),
                  "combine_forward");
@@ -278,7 +252,7 @@ Tensor4 combine_backward(const Tensor& gates, const Tensor& o_cmp, const Tensor&
   const TensorView o_swa_view = to_view(o_swa, "o_swa");
   const TensorView d_o_view = to_view(d_o, "d_o");
   NsaConfig config;
-  config.gate_mode = gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead;
+  config.gate_mode = gate_mode_of(gates);
   Tensor d_gates = empty_like_contiguous(gates), d_cmp = empty_like_contiguous(o_cmp),
          d_slc = empty_like_contiguous(o_slc), d_swa = empty_like_contiguous(o_swa);
   throw_if_error(fsa::combine_backward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, d_o_view,
@@ -309,24 +283,8 @@ NsaLayerInputs layer_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
 
 Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                     const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
-                    const Tensor& gates, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
-                    std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window,
-                    double scale, c10::string_view compression, c10::string_view aggregation, bool rope,
-                    double rope_theta, bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
-                    double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
-  const LayerArgs args{cmp_len,
-                       cmp_stride,
-                       block_size,
-                       topk,
-                       init_blocks,
-                       local_blocks,
-                       window,
-                       scale,
-                       compression,
-                       aggregation,
-                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
-                                llama3_high_freq_factor, llama3_original_max_position}};
-  const NsaConfig config = args.to_config(gates.dim());
+                    const Tensor& gates FSA_PARAMS(FSA_LAYER_ARGS)) {
+  const NsaConfig config = with_gate_mode(FSA_SETTINGS(FSA_LAYER_ARGS).config, gates);
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   const auto bytes = static_cast<std::int64_t>(fsa::nsa_saved_bytes(config, NsaLayerShape::of(in)));
@@ -337,27 +295,10 @@ Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
 
 Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                      const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
-                     const Tensor& gates, const Tensor& saved, const Tensor& d_o, std::int64_t cmp_len,
-                     std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk, std::int64_t init_blocks,
-                     std::int64_t local_blocks, std::int64_t window, double scale, c10::string_view compression,
-                     c10::string_view aggregation, bool rope, double rope_theta, bool llama3_scaling,
-                     double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
-                     std::int64_t llama3_original_max_position) {
+                     const Tensor& gates, const Tensor& saved, const Tensor& d_o FSA_PARAMS(FSA_LAYER_ARGS)) {
   const TensorView saved_view = to_view(saved, "saved");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  const LayerArgs args{cmp_len,
-                       cmp_stride,
-                       block_size,
-                       topk,
-                       init_blocks,
-                       local_blocks,
-                       window,
-                       scale,
-                       compression,
-                       aggregation,
-                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
-                                llama3_high_freq_factor, llama3_original_max_position}};
-  const NsaConfig config = args.to_config(gates.dim());
+  const NsaConfig config = with_gate_mode(FSA_SETTINGS(FSA_LAYER_ARGS).config, gates);
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
   Tensor dw_k = grad_for(w_k, q), dpe_k = grad_for(pe_k, q), dw_v = grad_for(w_v, q);
@@ -375,23 +316,7 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
 std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
                              std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
-                             c10::Device device, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
-                             std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window, double scale,
-                             c10::string_view compression, c10::string_view aggregation, bool rope, double rope_theta,
-                             bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
-                             double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
-  const LayerArgs args{cmp_len,
-                       cmp_stride,
-                       block_size,
-                       topk,
-                       init_blocks,
-                       local_blocks,
-                       window,
-                       scale,
-                       compression,
-                       aggregation,
-                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
-                                llama3_high_freq_factor, llama3_original_max_position}};
+                             c10::Device device FSA_PARAMS(FSA_LAYER_ARGS)) {
   NsaLayerShape shape;
   shape.tokens = tokens;
   shape.num_seqs = static_cast<int>(num_seqs);
@@ -402,7 +327,7 @@ std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::in
   shape.dtype = to_fsa_dtype(dtype, "dtype");
   // The CPU and GPU lay the buffer out differently (see fsa::nsa_saved_bytes).
   shape.device = device.is_cuda() ? Device::cuda(device.has_index() ? device.index() : 0) : Device::cpu();
-  return static_cast<std::int64_t>(fsa::nsa_saved_bytes(args.to_config(3), shape));
+  return static_cast<std::int64_t>(fsa::nsa_saved_bytes(FSA_SETTINGS(FSA_LAYER_ARGS).config, shape));
 }
 
 }  // namespace fsa::torch_ext
