@@ -3,6 +3,8 @@
 # build parallelises and a 2-core machine finishes in minutes.
 set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/cuda/runtime.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/cuda/scratch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/varlen/shift_cu_seqlens.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/varlen/compressed_cu_seqlens.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/rope/rope_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/slc_attn/slc_plan.cu

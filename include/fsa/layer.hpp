@@ -7,8 +7,10 @@
 #include <cstdint>
 
 #include "fsa/config.hpp"
+#include "fsa/ops.hpp"
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
+#include "fsa/workspace.hpp"
 
 namespace fsa {
 
@@ -39,15 +41,33 @@ struct NsaLayerShape {
   static NsaLayerShape of(const NsaLayerInputs& inputs);
 };
 
+// How the layer runs on the GPU (ignored on the CPU). The same options must be given to
+// nsa_saved_bytes, nsa_forward, nsa_backward and the workspace queries of one problem.
+struct NsaLayerOptions {
+  SlcOptions selected{};  // path, deterministic backward, workspace_cap (the cap of every step)
+};
+
 // Bytes of the opaque buffer (uint8 [bytes], on the inputs' device) that nsa_forward fills and
-// nsa_backward reads. Depends on shapes only.
-std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape);
+// nsa_backward reads: compressed keys and values, each branch's output and LSE, topk_idx and, on
+// the GPU, the selected-attention plan (built once by the forward, reused by the backward).
+// Depends on shapes only.
+std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape, const NsaLayerOptions& options = {});
+
+// Workspace (workspace.hpp) of nsa_forward, with (`with_saved`) or without a saved buffer
+// (inference: the saved tensors then live in the workspace), and of nsa_backward. It holds the
+// rotated q and k, the backward's per-branch gradients and the largest step's scratch; 0 on the
+// CPU.
+std::size_t nsa_forward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape, bool with_saved,
+                                        const NsaLayerOptions& options = {});
+std::size_t nsa_backward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape,
+                                         const NsaLayerOptions& options = {});
 
 // o [N, Hq, Dv]. `saved` may be undefined for inference (nothing is kept for the backward).
 Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& o,
-                   const TensorView& saved);
+                   const TensorView& saved, const NsaLayerOptions& options = {}, const Workspace& workspace = {});
 // Gradients of nsa_forward given d_o [N, Hq, Dv] and the `saved` buffer it filled.
 Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& saved,
-                    const TensorView& d_o, const NsaLayerGrads& grads);
+                    const TensorView& d_o, const NsaLayerGrads& grads, const NsaLayerOptions& options = {},
+                    const Workspace& workspace = {});
 
 }  // namespace fsa

@@ -12,11 +12,17 @@
 // - Every tensor of a call must be on the same device; the call runs there. A device without an
 //   implementation of the op returns StatusCode::kNotImplemented.
 // - Gradient outputs are overwritten, not accumulated into.
+// - Ops that need GPU scratch take a trailing `Workspace` and have a `*_workspace_bytes` query
+//   with the same arguments (workspace.hpp). The others (compressed_cu_seqlens, rope_*,
+//   cmp_attn_forward, select_blocks, swa_forward, combine_*) need none.
 #pragma once
+
+#include <cstddef>
 
 #include "fsa/config.hpp"
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
+#include "fsa/workspace.hpp"
 
 namespace fsa {
 
@@ -33,13 +39,22 @@ Status compressed_cu_seqlens(const NsaConfig& config, const TensorView& cu_seqle
 // (undefined = none); the layer passes it for keys only.
 Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
-                        const TensorView& y);
+                        const TensorView& y, const Workspace& workspace = {});
 // Gradients of compress_forward. `d_weight` (kLinear) and `d_pos_emb` (when pos_emb is given) may
 // be undefined to skip them.
 Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                          const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                          const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
-                         const TensorView& d_pos_emb);
+                         const TensorView& d_pos_emb, const Workspace& workspace = {});
+std::size_t compress_forward_workspace_bytes(const NsaConfig& config, const TensorView& x,
+                                             const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                                             const TensorView& weight, const TensorView& pos_emb,
+                                             const TensorView& y);
+std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const TensorView& x,
+                                              const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                                              const TensorView& weight, const TensorView& pos_emb,
+                                              const TensorView& dy, const TensorView& dx,
+                                              const TensorView& d_weight, const TensorView& d_pos_emb);
 
 // ---- Rotary embedding (spec section 2) ---------------------------------------------------------
 
@@ -62,7 +77,15 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
 Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                          const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                          const TensorView& o, const TensorView& lse, const TensorView& d_o,
-                         const TensorView& dq, const TensorView& dk_cmp, const TensorView& dv_cmp);
+                         const TensorView& dq, const TensorView& dk_cmp, const TensorView& dv_cmp,
+                         const Workspace& workspace = {});
+// fp32 accumulators of dq, dk_cmp, dv_cmp and the row sums of o * d_o (not capped: they are the
+// size of q, k_cmp and v_cmp in fp32).
+std::size_t cmp_attn_backward_workspace_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                                              const TensorView& v_cmp, const TensorView& cu_seqlens,
+                                              const TensorView& cu_cmp, const TensorView& o, const TensorView& lse,
+                                              const TensorView& d_o, const TensorView& dq,
+                                              const TensorView& dk_cmp, const TensorView& dv_cmp);
 
 // ---- Block selection (spec section 4) ----------------------------------------------------------
 
@@ -93,21 +116,54 @@ struct SlcOptions {
   // Backward only: bitwise-reproducible gradients. Every partial of dQ, dK and dV gets one writer
   // and the partials are reduced in a fixed order over a sorted plan, at the price of memory and
   // time (docs/kernels/slc_attn.md). The default adds with fp32 atomics, whose order varies from
-  // run to run in the last bits.
+  // run to run in the last bits. A plan built for the deterministic backward has sorted lists.
   bool deterministic = false;
+  // Cap of the scratch that grows with N * Hq * topk (plan, partial outputs, dQ slots): queries
+  // run in chunks of consecutive tokens whose scratch fits. The backward's fp32 dK / dV sums over
+  // all key rows (N * Hkv * (Dqk + Dv) * 4 bytes) count against it too; when they alone leave no
+  // room, the op takes the smallest chunk and its workspace query reports the bytes that needs.
+  // The deterministic backward does not run in chunks: it fails with an error naming
+  // workspace_cap when its scratch exceeds the cap. The forward, the backward and the plan of one
+  // problem must be given the same options.
+  std::size_t workspace_cap = kDefaultWorkspaceCap;
 };
+
+// The selected-attention plan (docs/kernels/slc_attn.md): per query chunk, the CSR of (kv head,
+// key block) -> query rows and the dense/sparse split, built on the device from topk_idx and
+// cu_seqlens with no host synchronisation, into a caller-owned uint8 buffer of slc_plan_bytes()
+// bytes. The forward and the backward of one problem both take it (the whole layer builds it once
+// in its forward and its backward reuses it). On the CPU the plan is empty (0 bytes) and ignored.
+std::size_t slc_plan_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                           const TensorView& topk_idx, const TensorView& cu_seqlens, const SlcOptions& options = {});
+Status slc_plan_build(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& plan,
+                      const SlcOptions& options = {});
 
 // Attention of each query over the union of its selected blocks (topk_idx int32 [Hkv, N, Kw], any
 // width Kw). Negative, future and out-of-range entries are ignored, duplicates count once.
 // `options` chooses the GPU path (the backward runs KV-outer whatever the path) and the backward's
-// deterministic mode.
+// deterministic mode. `plan`: a plan built by slc_plan_build for these arguments and options, or
+// undefined to build one in the workspace.
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
-                        const TensorView& lse, const SlcOptions& options = {});
+                        const TensorView& lse, const SlcOptions& options = {}, const TensorView& plan = {},
+                        const Workspace& workspace = {});
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq,
-                         const TensorView& dk, const TensorView& dv, const SlcOptions& options = {});
+                         const TensorView& dk, const TensorView& dv, const SlcOptions& options = {},
+                         const TensorView& plan = {}, const Workspace& workspace = {});
+std::size_t slc_attn_forward_workspace_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k,
+                                             const TensorView& v, const TensorView& topk_idx,
+                                             const TensorView& cu_seqlens, const TensorView& o,
+                                             const TensorView& lse, const SlcOptions& options = {},
+                                             const TensorView& plan = {});
+std::size_t slc_attn_backward_workspace_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k,
+                                              const TensorView& v, const TensorView& topk_idx,
+                                              const TensorView& cu_seqlens, const TensorView& o,
+                                              const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                                              const TensorView& dk, const TensorView& dv,
+                                              const SlcOptions& options = {}, const TensorView& plan = {});
 
 // ---- Sliding-window attention (spec section 6) -------------------------------------------------
 
@@ -116,7 +172,14 @@ Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorVie
                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
 Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse,
-                    const TensorView& d_o, const TensorView& dq, const TensorView& dk, const TensorView& dv);
+                    const TensorView& d_o, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                    const Workspace& workspace = {});
+// fp32 accumulators of dq, dk, dv and the row sums of o * d_o (not capped: the size of q, k, v in
+// fp32).
+std::size_t swa_backward_workspace_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k,
+                                         const TensorView& v, const TensorView& cu_seqlens, const TensorView& o,
+                                         const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                                         const TensorView& dk, const TensorView& dv);
 
 // ---- Gated combination (spec section 7) --------------------------------------------------------
 

@@ -1,11 +1,8 @@
-// combine_forward / combine_backward: validation and dispatch.
-#include "dispatch.hpp"
+// combine_forward / combine_backward: validation and the route to a backend.
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
+#include "route.hpp"
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "kernels/combine/combine.hpp"
-#endif
 
 namespace fsa {
 
@@ -36,15 +33,10 @@ Status combine_forward(const NsaConfig& config, const TensorView& gates, const T
                        const TensorView& o_slc, const TensorView& o_swa, const TensorView& o) {
   FSA_RETURN_IF_ERROR(check_combine(config, gates, o_cmp, o_slc, o_swa));
   FSA_RETURN_IF_ERROR(detail::check_like({"o", o}, {"o_cmp", o_cmp}));
-  if (!detail::on_cpu(o_cmp)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::combine_forward(config, gates, o_cmp, o_slc, o_swa, o);
-#else
-    return detail::not_implemented_on(o_cmp.device, "combine_forward");
-#endif
-  }
-  return detail::run_reference("combine_forward",
-                               [&] { ref::combine_forward(config, gates, o_cmp, o_slc, o_swa, o); });
+  constexpr const char* kOp = "combine_forward";
+  return detail::route(
+      kOp, o_cmp.device, [&] { ref::combine_forward(config, gates, o_cmp, o_slc, o_swa, o); },
+      [&] { return FSA_CUDA_BACKEND(kOp, o_cmp.device, cuda::combine_forward(config, gates, o_cmp, o_slc, o_swa, o)); });
 }
 
 Status combine_backward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,
@@ -59,16 +51,14 @@ Status combine_backward(const NsaConfig& config, const TensorView& gates, const 
   if (d_o_cmp.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_cmp", d_o_cmp}, a));
   if (d_o_slc.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_slc", d_o_slc}, a));
   if (d_o_swa.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_swa", d_o_swa}, a));
-  if (!detail::on_cpu(o_cmp)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::combine_backward(config, gates, o_cmp, o_slc, o_swa, d_o, d_gates, d_o_cmp, d_o_slc, d_o_swa);
-#else
-    return detail::not_implemented_on(o_cmp.device, "combine_backward");
-#endif
-  }
-  return detail::run_reference("combine_backward", [&] {
-    ref::combine_backward(config, gates, o_cmp, o_slc, o_swa, d_o, d_gates, d_o_cmp, d_o_slc, d_o_swa);
-  });
+  constexpr const char* kOp = "combine_backward";
+  return detail::route(
+      kOp, o_cmp.device,
+      [&] { ref::combine_backward(config, gates, o_cmp, o_slc, o_swa, d_o, d_gates, d_o_cmp, d_o_slc, d_o_swa); },
+      [&] {
+        return FSA_CUDA_BACKEND(kOp, o_cmp.device, cuda::combine_backward(config, gates, o_cmp, o_slc, o_swa, d_o,
+                                                                          d_gates, d_o_cmp, d_o_slc, d_o_swa));
+      });
 }
 
 }  // namespace fsa

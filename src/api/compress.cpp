@@ -1,11 +1,8 @@
-// compress_forward / compress_backward: validation and dispatch.
-#include "dispatch.hpp"
+// compress_forward / compress_backward: validation, workspace queries and the route to a backend.
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
+#include "route.hpp"
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "kernels/compress/compress.hpp"
-#endif
 
 namespace fsa {
 
@@ -54,27 +51,10 @@ Status check_compress_inputs(const NsaConfig& config, const TensorView& x, const
   return detail::check_cu_cmp({"cu_cmp", cu_cmp}, cu_seqlens, config, compressed.view.size(0));
 }
 
-}  // namespace
-
-Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
-                        const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
-                        const TensorView& y) {
-  FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"y", y}));
-  if (!detail::on_cpu(x)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y);
-#else
-    return detail::not_implemented_on(x.device, "compress_forward");
-#endif
-  }
-  return detail::run_reference("compress_forward",
-                               [&] { ref::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y); });
-}
-
-Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
-                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
-                         const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
-                         const TensorView& d_pos_emb) {
+Status check_compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                               const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                               const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
+                               const TensorView& d_pos_emb) {
   FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"dy", dy}));
   FSA_RETURN_IF_ERROR(detail::check_like({"dx", dx}, {"x", x}));
   if (d_weight.defined()) {
@@ -85,16 +65,60 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     if (!pos_emb.defined()) return FSA_INVALID("d_pos_emb: expected none when pos_emb is none");
     FSA_RETURN_IF_ERROR(detail::check_like({"d_pos_emb", d_pos_emb}, {"pos_emb", pos_emb}));
   }
-  if (!detail::on_cpu(x)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb);
-#else
-    return detail::not_implemented_on(x.device, "compress_backward");
-#endif
-  }
-  return detail::run_reference("compress_backward", [&] {
-    ref::compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb);
-  });
+  return Status::ok();
+}
+
+}  // namespace
+
+std::size_t compress_forward_workspace_bytes(const NsaConfig& config, const TensorView& x,
+                                             const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                                             const TensorView& weight, const TensorView& pos_emb,
+                                             const TensorView& y) {
+  return detail::query_bytes(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"y", y}),
+                             x.device,
+                             [&] { return FSA_CUDA_QUERY(cuda::compress_forward_workspace_bytes(config, x, weight, y)); });
+}
+
+std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const TensorView& x,
+                                              const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                                              const TensorView& weight, const TensorView& pos_emb,
+                                              const TensorView& dy, const TensorView& dx,
+                                              const TensorView& d_weight, const TensorView& d_pos_emb) {
+  return detail::query_bytes(
+      check_compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb), x.device,
+      [&] { return FSA_CUDA_QUERY(cuda::compress_backward_workspace_bytes(config, x, dy, d_weight)); });
+}
+
+Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                        const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                        const TensorView& y, const Workspace& workspace) {
+  constexpr const char* kOp = "compress_forward";
+  FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"y", y}));
+  const std::size_t needed =
+      detail::on_gpu_bytes(x, [&] { return FSA_CUDA_QUERY(cuda::compress_forward_workspace_bytes(config, x, weight, y)); });
+  return detail::route(
+      kOp, x.device, [&] { ref::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y); }, workspace,
+      needed, [&](const Workspace& ws) {
+        return FSA_CUDA_BACKEND(kOp, x.device, cuda::compress_forward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y, ws));
+      });
+}
+
+Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                         const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
+                         const TensorView& d_pos_emb, const Workspace& workspace) {
+  constexpr const char* kOp = "compress_backward";
+  FSA_RETURN_IF_ERROR(
+      check_compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb));
+  const std::size_t needed = detail::on_gpu_bytes(
+      x, [&] { return FSA_CUDA_QUERY(cuda::compress_backward_workspace_bytes(config, x, dy, d_weight)); });
+  return detail::route(
+      kOp, x.device,
+      [&] { ref::compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb); },
+      workspace, needed, [&](const Workspace& ws) {
+        return FSA_CUDA_BACKEND(kOp, x.device, cuda::compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb,
+                                                                       dy, dx, d_weight, d_pos_emb, ws));
+      });
 }
 
 }  // namespace fsa

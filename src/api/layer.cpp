@@ -1,11 +1,9 @@
-// nsa_forward / nsa_backward: validation of the whole layer's arguments and dispatch.
-#include "dispatch.hpp"
+// nsa_forward / nsa_backward: validation of the whole layer's arguments, the workspace queries and
+// the route to a backend.
 #include "fsa/layer.hpp"
 #include "reference/layer.hpp"
+#include "route.hpp"
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "layer/cuda_layer.hpp"
-#endif
 
 namespace fsa {
 
@@ -30,11 +28,26 @@ NsaLayerShape NsaLayerShape::of(const NsaLayerInputs& in) {
 
 // The CPU keeps activations in its compute type (fp32/fp64), the GPU in the input dtype: the
 // layouts differ, so the buffer's size depends on the device too.
-std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape) {
+std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape, const NsaLayerOptions& options) {
 #ifdef FSA_WITH_CUDA
-  if (shape.device.kind == DeviceKind::kCUDA) return cuda::nsa_saved_bytes(config, shape);
+  if (shape.device.kind == DeviceKind::kCUDA) return cuda::nsa_saved_bytes(config, shape, options);
 #endif
+  (void)options;
   return ref::nsa_saved_bytes(config, shape);
+}
+
+std::size_t nsa_forward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape, bool with_saved,
+                                        const NsaLayerOptions& options) {
+  return detail::query_bytes(config.validate(), shape.device, [&] {
+    return FSA_CUDA_QUERY(cuda::nsa_forward_workspace_bytes(config, shape, with_saved, options));
+  });
+}
+
+std::size_t nsa_backward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape,
+                                         const NsaLayerOptions& options) {
+  return detail::query_bytes(config.validate(), shape.device, [&] {
+    return FSA_CUDA_QUERY(cuda::nsa_backward_workspace_bytes(config, shape, options));
+  });
 }
 
 namespace {
@@ -76,11 +89,12 @@ Status check_layer_inputs(const NsaConfig& config, const NsaLayerInputs& in, Att
   return detail::check_tensor(g, {{dims->tokens, "N"}, {3, "3"}});
 }
 
-Status check_saved(const NsaConfig& config, const NsaLayerInputs& in, const TensorView& saved) {
+Status check_saved(const NsaConfig& config, const NsaLayerInputs& in, const TensorView& saved,
+                   const NsaLayerOptions& options) {
   const Arg s{"saved", saved};
   FSA_RETURN_IF_ERROR(detail::check_dtype(s, DType::kUInt8));
   FSA_RETURN_IF_ERROR(detail::check_same_device(s, {"q", in.q}));
-  const std::int64_t bytes = static_cast<std::int64_t>(nsa_saved_bytes(config, NsaLayerShape::of(in)));
+  const std::int64_t bytes = static_cast<std::int64_t>(nsa_saved_bytes(config, NsaLayerShape::of(in), options));
   FSA_RETURN_IF_ERROR(detail::check_tensor(s, {{Dim::kAnyDim, "bytes"}}));
   if (saved.size(0) < bytes)
     return FSA_INVALID("saved: expected at least nsa_saved_bytes() = " + std::to_string(bytes) + " bytes, got " +
@@ -94,32 +108,53 @@ Status check_grad(const char* name, const TensorView& grad, const char* input_na
   return detail::check_like({name, grad}, {input_name, input});
 }
 
+Status check_options(const NsaLayerOptions& options) {
+  const SlcOptions& o = options.selected;
+  switch (o.path) {
+    case SlcPath::kAuto:
+    case SlcPath::kKvOuter:
+    case SlcPath::kSplit:
+    case SlcPath::kQueryOuter: break;
+    default:
+      return FSA_INVALID("options.selected.path: unknown SlcPath value " + std::to_string(static_cast<int>(o.path)));
+  }
+  if (o.dense_threshold < 0)
+    return FSA_INVALID("options.selected.dense_threshold: expected >= 0, got " + std::to_string(o.dense_threshold));
+  return Status::ok();
+}
+
 }  // namespace
 
 Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& o,
-                   const TensorView& saved) {
+                   const TensorView& saved, const NsaLayerOptions& options, const Workspace& workspace) {
+  constexpr const char* kOp = "nsa_forward";
   AttnDims dims;
   FSA_RETURN_IF_ERROR(check_layer_inputs(config, inputs, &dims));
+  FSA_RETURN_IF_ERROR(check_options(options));
   const Arg q{"q", inputs.q}, oa{"o", o};
   FSA_RETURN_IF_ERROR(detail::check_same_dtype(oa, q));
   FSA_RETURN_IF_ERROR(detail::check_same_device(oa, q));
   FSA_RETURN_IF_ERROR(detail::check_tensor(oa, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}}));
-  if (saved.defined()) FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved));
-  if (!detail::on_cpu(inputs.q)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::nsa_forward(config, inputs, o, saved);
-#else
-    return detail::not_implemented_on(inputs.q.device, "nsa_forward");
-#endif
-  }
-  return detail::run_reference("nsa_forward", [&] { ref::nsa_forward(config, inputs, o, saved); });
+  if (saved.defined()) FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved, options));
+  const NsaLayerShape shape = NsaLayerShape::of(inputs);
+  const std::size_t needed = detail::on_gpu_bytes(inputs.q, [&] {
+    return FSA_CUDA_QUERY(cuda::nsa_forward_workspace_bytes(config, shape, saved.defined(), options));
+  });
+  return detail::route(
+      kOp, inputs.q.device, [&] { ref::nsa_forward(config, inputs, o, saved); }, workspace, needed,
+      [&](const Workspace& ws) {
+        return FSA_CUDA_BACKEND(kOp, inputs.q.device, cuda::nsa_forward(config, inputs, o, saved, options, ws));
+      });
 }
 
 Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& saved,
-                    const TensorView& d_o, const NsaLayerGrads& grads) {
+                    const TensorView& d_o, const NsaLayerGrads& grads, const NsaLayerOptions& options,
+                    const Workspace& workspace) {
+  constexpr const char* kOp = "nsa_backward";
   AttnDims dims;
   FSA_RETURN_IF_ERROR(check_layer_inputs(config, inputs, &dims));
-  FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved));
+  FSA_RETURN_IF_ERROR(check_options(options));
+  FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved, options));
   const Arg q{"q", inputs.q}, da{"d_o", d_o};
   FSA_RETURN_IF_ERROR(detail::check_same_dtype(da, q));
   FSA_RETURN_IF_ERROR(detail::check_same_device(da, q));
@@ -131,14 +166,15 @@ Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const
   FSA_RETURN_IF_ERROR(check_grad("dpe_k", grads.dpe_k, "pe_k", inputs.pe_k));
   FSA_RETURN_IF_ERROR(check_grad("dw_v", grads.dw_v, "w_v", inputs.w_v));
   FSA_RETURN_IF_ERROR(check_grad("d_gates", grads.d_gates, "gates", inputs.gates));
-  if (!detail::on_cpu(inputs.q)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::nsa_backward(config, inputs, saved, d_o, grads);
-#else
-    return detail::not_implemented_on(inputs.q.device, "nsa_backward");
-#endif
-  }
-  return detail::run_reference("nsa_backward", [&] { ref::nsa_backward(config, inputs, saved, d_o, grads); });
+  const NsaLayerShape shape = NsaLayerShape::of(inputs);
+  const std::size_t needed = detail::on_gpu_bytes(
+      inputs.q, [&] { return FSA_CUDA_QUERY(cuda::nsa_backward_workspace_bytes(config, shape, options)); });
+  return detail::route(
+      kOp, inputs.q.device, [&] { ref::nsa_backward(config, inputs, saved, d_o, grads); }, workspace, needed,
+      [&](const Workspace& ws) {
+        return FSA_CUDA_BACKEND(kOp, inputs.q.device,
+                                cuda::nsa_backward(config, inputs, saved, d_o, grads, options, ws));
+      });
 }
 
 }  // namespace fsa

@@ -1,11 +1,8 @@
 // compressed_cu_seqlens: cu_cmp from cu_seqlens, on the tensors' device.
-#include "dispatch.hpp"
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
+#include "route.hpp"
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "kernels/varlen/compressed_cu_seqlens.hpp"
-#endif
 
 namespace fsa {
 
@@ -18,13 +15,10 @@ Status compressed_cu_seqlens(const NsaConfig& config, const TensorView& cu_seqle
   FSA_RETURN_IF_ERROR(detail::check_dtype(out, DType::kInt32));
   FSA_RETURN_IF_ERROR(detail::check_same_device(out, cu));
   FSA_RETURN_IF_ERROR(detail::check_tensor(out, {{cu_seqlens.size(0), "nseq+1"}}));
-  if (detail::on_cpu(cu_seqlens))
-    return detail::run_reference("compressed_cu_seqlens", [&] { ref::compressed_cu_seqlens(config, cu_seqlens, cu_cmp); });
-#ifdef FSA_WITH_CUDA
-  return cuda::compressed_cu_seqlens(config, cu_seqlens, cu_cmp);
-#else
-  return detail::not_implemented_on(cu_seqlens.device, "compressed_cu_seqlens");
-#endif
+  constexpr const char* kOp = "compressed_cu_seqlens";
+  return detail::route(
+      kOp, cu_seqlens.device, [&] { ref::compressed_cu_seqlens(config, cu_seqlens, cu_cmp); },
+      [&] { return FSA_CUDA_BACKEND(kOp, cu_seqlens.device, cuda::compressed_cu_seqlens(config, cu_seqlens, cu_cmp)); });
 }
 
 }  // namespace fsa

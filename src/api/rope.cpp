@@ -1,11 +1,8 @@
-// rope_forward / rope_backward: validation and dispatch.
-#include "dispatch.hpp"
+// rope_forward / rope_backward: validation and the route to a backend.
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
+#include "route.hpp"
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "kernels/rope/rope.hpp"
-#endif
 
 namespace fsa {
 
@@ -29,14 +26,9 @@ Status rope(const char* op, const char* in_name, const char* out_name, const Rop
   if (position_stride < 1)
     return FSA_INVALID("position_stride: expected >= 1, got " + std::to_string(position_stride));
   FSA_RETURN_IF_ERROR(detail::check_like({out_name, y}, xa));
-  if (!detail::on_cpu(x)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::rope(config, x, cu, position_stride, y, inverse);
-#else
-    return detail::not_implemented_on(x.device, op);
-#endif
-  }
-  return detail::run_reference(op, [&] { ref::rope(config, x, cu, position_stride, y, inverse); });
+  return detail::route(
+      op, x.device, [&] { ref::rope(config, x, cu, position_stride, y, inverse); },
+      [&] { return FSA_CUDA_BACKEND(op, x.device, cuda::rope(config, x, cu, position_stride, y, inverse)); });
 }
 
 }  // namespace

@@ -1,11 +1,8 @@
-// select_blocks: validation and dispatch.
-#include "dispatch.hpp"
+// select_blocks: validation and the route to a backend.
 #include "fsa/ops.hpp"
 #include "reference/ops.hpp"
+#include "route.hpp"
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "kernels/select/select.hpp"
-#endif
 
 namespace fsa {
 
@@ -35,15 +32,13 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
   FSA_RETURN_IF_ERROR(detail::check_dtype(out, DType::kInt32));
   FSA_RETURN_IF_ERROR(detail::check_same_device(out, qa));
   FSA_RETURN_IF_ERROR(detail::check_tensor(out, {{hkv, "Hkv"}, {n, "N"}, {config.topk, "K"}}));
-  if (!detail::on_cpu(q)) {
-#ifdef FSA_WITH_CUDA
-    return cuda::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx);
-#else
-    return detail::not_implemented_on(q.device, "select_blocks");
-#endif
-  }
-  return detail::run_reference(
-      "select_blocks", [&] { ref::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx); });
+  constexpr const char* kOp = "select_blocks";
+  return detail::route(
+      kOp, q.device, [&] { ref::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx); },
+      [&] {
+        return FSA_CUDA_BACKEND(kOp, q.device,
+                                cuda::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx));
+      });
 }
 
 }  // namespace fsa

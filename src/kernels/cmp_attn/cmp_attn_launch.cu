@@ -3,7 +3,7 @@
 // cu_cmp gives each sequence.
 
 #include "cuda/runtime.hpp"
-#include "kernels/cmp_attn/cmp_attn.hpp"
+#include "cuda/backend.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/flash/flash.hpp"
 
@@ -37,14 +37,14 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
 Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                          const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                          const TensorView& o, const TensorView& lse, const TensorView& d_o, const TensorView& dq,
-                         const TensorView& dk_cmp, const TensorView& dv_cmp) {
+                         const TensorView& dk_cmp, const TensorView& dv_cmp, const Workspace& workspace) {
   constexpr const char* kOp = "cmp_attn_backward";
   FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, {"d_o", d_o},
                                                        {"dq", dq}, {"dk_cmp", dk_cmp}, {"dv_cmp", dv_cmp}}));
   const DeviceGuard guard(q.device.index);
   FlashParams p = params_of(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse);
   flash::set_gradients(p, d_o, dq, dk_cmp, dv_cmp);
-  return flash::backward(kOp, p, q.dtype, q.size(2), v_cmp.size(2), current_stream());
+  return flash::backward(kOp, p, q.dtype, q.size(2), v_cmp.size(2), current_stream(), workspace);
 }
 
 }  // namespace fsa::cuda

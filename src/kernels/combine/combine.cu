@@ -13,7 +13,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
-#include "kernels/combine/combine.hpp"
+#include "cuda/backend.hpp"
 #include "kernels/common/convert.cuh"
 #include "kernels/common/launch_checks.hpp"
 

@@ -1,5 +1,5 @@
-// Host side of compression on the GPU: checks the GPU path's limits, fills the params, allocates
-// the small fp32 workspace on the stream and turns the runtime dtype into the template argument
+// Host side of compression on the GPU: checks the GPU path's limits, fills the params, lays out
+// the small fp32 workspace (the caller's) and turns the runtime dtype into the template argument
 // (the one place it happens for this op).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,10 +8,10 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/workspace_carver.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/common/stream_workspace.hpp"
-#include "kernels/compress/compress.hpp"
+#include "cuda/backend.hpp"
 #include "kernels/compress/compress_params.hpp"
 
 namespace fsa::cuda {
@@ -25,8 +25,6 @@ namespace {
 
 Status not_supported(const std::string& message) { return FSA_ERROR(StatusCode::kNotImplemented, message); }
 
-std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 // compress_k_splits for `tiles` output tiles over `k_chunks` K chunks; FSA_COMPRESS_K_SPLITS forces a
 // count (tests: both epilogues, uneven splits).
 int k_splits(std::int64_t tiles, std::int64_t k_chunks) {
@@ -35,18 +33,13 @@ int k_splits(std::int64_t tiles, std::int64_t k_chunks) {
 }
 
 // The fp32 workspace of both directions: head_vector [H, Dout], its kColumnSumSplits row-share
-// partials, then (k_splits > 1) k_splits planes of `plane` partial floats.
-std::size_t vector_bytes(const CompressParams& p) {
-  return align256(static_cast<std::size_t>(p.heads) * p.dim_out * sizeof(float));
-}
-std::size_t workspace_bytes(const CompressParams& p, std::int64_t plane) {
-  const std::size_t partials = p.k_splits > 1 ? static_cast<std::size_t>(p.k_splits * plane) * sizeof(float) : 0;
-  return vector_bytes(p) * (1 + kColumnSumSplits) + partials;
-}
-void carve_workspace(CompressParams& p, unsigned char* base) {
-  p.head_vector = reinterpret_cast<float*>(base);
-  p.sum_partial = reinterpret_cast<float*>(base + vector_bytes(p));
-  p.y_partial = p.k_splits > 1 ? reinterpret_cast<float*>(base + vector_bytes(p) * (1 + kColumnSumSplits)) : nullptr;
+// partials, then (k_splits > 1) k_splits planes of `plane` partial floats. Sizes (no base) or
+// carves.
+void workspace_layout(detail::WorkspaceCarver& c, CompressParams& p, std::int64_t plane) {
+  const std::int64_t vector = static_cast<std::int64_t>(p.heads) * p.dim_out;
+  p.head_vector = c.take<float>(vector);
+  p.sum_partial = c.take<float>(vector * kColumnSumSplits);
+  p.y_partial = p.k_splits > 1 ? c.take<float>(p.k_splits * plane) : nullptr;
 }
 
 Status check_gpu_limits(const NsaConfig& config, const TensorView& x, const TensorView& weight,
@@ -100,29 +93,73 @@ CompressParams params_of(const NsaConfig& config, const TensorView& x, const Ten
 
 }  // namespace
 
+namespace {
+
+// The forward's params without the output pointer: split K of y = X W (output tiles over
+// compressed rows, K = l*D); `plane` = y_partial floats per split.
+CompressParams forward_params(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                              const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                              const TensorView& y, std::int64_t* plane) {
+  CompressParams p = params_of(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y.size(0), y.size(2));
+  if (weight.defined())
+    p.k_splits = k_splits((p.cmp_rows + 63) / 64 * (p.dim_out / compress_tile_n(p.dim_out)) * p.heads,
+                          p.cmp_len * p.dim / 64);
+  *plane = p.cmp_rows * p.heads * p.dim_out;
+  return p;
+}
+
+// The backward's: split K of dW = X^T dy (output tiles over the rows of W, K = the compressed rows);
+// `plane` = dW floats.
+CompressParams backward_params(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                               const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                               const TensorView& dy, const TensorView& d_weight, std::int64_t* plane) {
+  CompressParams p = params_of(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy.size(0), dy.size(2));
+  if (d_weight.defined())
+    p.k_splits = k_splits(static_cast<std::int64_t>(p.cmp_len) * p.dim / 64 * (p.dim_out / compress_tile_n(p.dim_out)) *
+                              p.heads,
+                          (p.cmp_rows + 63) / 64);
+  *plane = static_cast<std::int64_t>(p.heads) * p.cmp_len * p.dim * p.dim_out;
+  return p;
+}
+
+}  // namespace
+
+std::size_t compress_forward_workspace_bytes(const NsaConfig& config, const TensorView& x, const TensorView& weight,
+                                             const TensorView& y) {
+  std::int64_t plane = 0;
+  CompressParams p = forward_params(config, x, TensorView{}, TensorView{}, weight, TensorView{}, y, &plane);
+  detail::WorkspaceCarver sizing;
+  workspace_layout(sizing, p, plane);
+  return sizing.bytes();
+}
+
+std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const TensorView& x, const TensorView& dy,
+                                              const TensorView& d_weight) {
+  std::int64_t plane = 0;
+  CompressParams p =
+      backward_params(config, x, TensorView{}, TensorView{}, d_weight, TensorView{}, dy, d_weight, &plane);
+  detail::WorkspaceCarver sizing;
+  workspace_layout(sizing, p, plane);
+  return sizing.bytes();
+}
+
 Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
-                        const TensorView& y) {
-  const std::int64_t dim_out = y.size(2);
-  FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dim_out));
+                        const TensorView& y, const Workspace& workspace) {
+  FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, y.size(2)));
   if (weight.defined()) {
     FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", {{"x", x}, {"weight", weight}, {"y", y}}));
   }
   if (cu_seqlens.size(0) <= 1 && y.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);
   cudaStream_t stream = current_stream();
-  CompressParams p = params_of(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y.size(0), dim_out);
+  std::int64_t plane = 0;
+  CompressParams p = forward_params(config, x, cu_seqlens, cu_cmp, weight, pos_emb, y, &plane);
   p.y = y.data;
   p.y_row_stride = y.stride(0);
   p.y_head_stride = y.stride(1);
-  // Split K of y = X W: output tiles over compressed rows, K = l*D.
-  if (weight.defined())
-    p.k_splits = k_splits((p.cmp_rows + 63) / 64 * (p.dim_out / compress_tile_n(p.dim_out)) * p.heads,
-                          p.cmp_len * p.dim / 64);
-  const std::int64_t plane = p.cmp_rows * p.heads * p.dim_out;  // y_partial floats per split
-  common::StreamWorkspace ws(workspace_bytes(p, plane), stream);
-  FSA_RETURN_IF_ERROR(ws.status());
-  carve_workspace(p, ws.bytes());
+  detail::WorkspaceCarver carve(workspace.data);
+  workspace_layout(carve, p, plane);
   if (!pos_emb.defined()) p.head_vector = nullptr;  // no PE: no bias
   return common::dispatch_dtype("compress_forward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_forward<Element>(p, stream); });
@@ -131,9 +168,8 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
 Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                          const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                          const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
-                         const TensorView& d_pos_emb) {
-  const std::int64_t dim_out = dy.size(2);
-  FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dim_out));
+                         const TensorView& d_pos_emb, const Workspace& workspace) {
+  FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dy.size(2)));
   if (weight.defined()) {
     FSA_RETURN_IF_ERROR(common::check_rows_aligned(
         "compress_backward", {{"x", x}, {"weight", weight}, {"dy", dy}, {"dx", dx}, {"d_weight", d_weight}}));
@@ -141,7 +177,8 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
   if (x.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);
   cudaStream_t stream = current_stream();
-  CompressParams p = params_of(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy.size(0), dim_out);
+  std::int64_t plane = 0;
+  CompressParams p = backward_params(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, d_weight, &plane);
   p.dy = dy.data;
   p.dy_row_stride = dy.stride(0);
   p.dy_head_stride = dy.stride(1);
@@ -158,15 +195,8 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     p.dpe_head_stride = d_pos_emb.stride(0);
     p.dpe_row_stride = d_pos_emb.stride(1);
   }
-  // Split K of dW = X^T dy: output tiles over the rows of W, K = the compressed rows.
-  if (d_weight.defined())
-    p.k_splits = k_splits(static_cast<std::int64_t>(p.cmp_len) * p.dim / 64 * (p.dim_out / compress_tile_n(p.dim_out)) *
-                              p.heads,
-                          (p.cmp_rows + 63) / 64);
-  const std::int64_t plane = static_cast<std::int64_t>(p.heads) * p.cmp_len * p.dim * p.dim_out;  // dW floats
-  common::StreamWorkspace ws(workspace_bytes(p, plane), stream);
-  FSA_RETURN_IF_ERROR(ws.status());
-  carve_workspace(p, ws.bytes());
+  detail::WorkspaceCarver carve(workspace.data);
+  workspace_layout(carve, p, plane);
   return common::dispatch_dtype("compress_backward", "x", x.dtype,
                                 [&]<class Element>() { return launch_compress_backward<Element>(p, stream); });
 }

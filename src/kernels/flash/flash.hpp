@@ -10,6 +10,7 @@
 
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
+#include "fsa/workspace.hpp"
 #include "kernels/flash/flash_params.hpp"
 
 namespace fsa::cuda::flash {
@@ -25,8 +26,9 @@ void set_gradients(FlashParams& p, const TensorView& d_o, const TensorView& dq, 
 // o and lse of every query row.
 Status forward(const char* op, const FlashParams& p, DType dtype, std::int64_t dqk, std::int64_t dv,
                cudaStream_t stream);
-// dq, dk and dv (every row written; key rows past key_base[nseq] get zeros). Allocates its fp32
-// workspace (sized from shapes alone) stream-ordered on `stream`: no host synchronisation.
-Status backward(const char* op, FlashParams p, DType dtype, std::int64_t dqk, std::int64_t dv, cudaStream_t stream);
+// dq, dk and dv (every row written; key rows past key_base[nseq] get zeros), with the fp32
+// accumulators in `workspace` (flash_backward_workspace_bytes, cuda/backend.hpp).
+Status backward(const char* op, FlashParams p, DType dtype, std::int64_t dqk, std::int64_t dv, cudaStream_t stream,
+                const Workspace& workspace);
 
 }  // namespace fsa::cuda::flash

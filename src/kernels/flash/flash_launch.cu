@@ -1,11 +1,12 @@
-// Host side of the masked flash-attention kernels: params, workspace and dispatch (flash.hpp).
+// Host side of the masked flash-attention kernels: params, workspace layout and dispatch (flash.hpp).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
 
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/common/stream_workspace.hpp"
+#include "common/workspace_carver.hpp"
+#include "cuda/backend.hpp"
 #include "kernels/flash/flash.hpp"
 
 namespace fsa::cuda {
@@ -72,22 +73,36 @@ Status forward(const char* op, const FlashParams& p, DType dtype, std::int64_t d
   });
 }
 
-Status backward(const char* op, FlashParams p, DType dtype, std::int64_t dqk, std::int64_t dv, cudaStream_t stream) {
-  return common::dispatch_attention(op, dtype, dqk, dv, [&]<class Element, int kDqk, int kDv>() -> Status {
-    const auto floats = [](std::int64_t count) { return common::align256(static_cast<std::size_t>(count) * 4); };
-    const std::size_t delta_bytes = floats(p.tokens * p.heads_q);
-    const std::size_t dq_bytes = floats(p.tokens * p.heads_q * kDqk);
-    const std::size_t dk_bytes = floats(p.key_rows * p.heads_kv * kDqk);
-    const std::size_t dv_bytes = floats(p.key_rows * p.heads_kv * kDv);
-    common::StreamWorkspace ws(delta_bytes + dq_bytes + dk_bytes + dv_bytes, stream);
-    FSA_RETURN_IF_ERROR(ws.status());
-    p.delta = reinterpret_cast<float*>(ws.bytes());
-    p.dq_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes);
-    p.dk_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes + dq_bytes);
-    p.dv_accum = reinterpret_cast<float*>(ws.bytes() + delta_bytes + dq_bytes + dk_bytes);
+namespace {
+
+// The backward's fp32 workspace (flash_params.hpp): delta [Hq, N], then the dq, dk and dv
+// accumulators. Sizes (no base) or carves.
+void backward_layout(detail::WorkspaceCarver& c, std::int64_t tokens, std::int64_t heads_q, std::int64_t key_rows,
+                     std::int64_t heads_kv, std::int64_t dqk, std::int64_t dv, FlashParams* p) {
+  p->delta = c.take<float>(tokens * heads_q);
+  p->dq_accum = c.take<float>(tokens * heads_q * dqk);
+  p->dk_accum = c.take<float>(key_rows * heads_kv * dqk);
+  p->dv_accum = c.take<float>(key_rows * heads_kv * dv);
+}
+
+}  // namespace
+
+Status backward(const char* op, FlashParams p, DType dtype, std::int64_t dqk, std::int64_t dv, cudaStream_t stream,
+                const Workspace& workspace) {
+  detail::WorkspaceCarver carve(workspace.data);
+  backward_layout(carve, p.tokens, p.heads_q, p.key_rows, p.heads_kv, dqk, dv, &p);
+  return common::dispatch_attention(op, dtype, dqk, dv, [&]<class Element, int kDqk, int kDv>() {
     return launch_flash_backward<Element, kDqk, kDv>(p, stream);
   });
 }
 
 }  // namespace flash
+
+std::size_t flash_backward_workspace_bytes(const TensorView& q, const TensorView& k, const TensorView& v) {
+  detail::WorkspaceCarver sizing;
+  FlashParams unused{};
+  flash::backward_layout(sizing, q.size(0), q.size(1), k.size(0), k.size(1), q.size(2), v.size(2), &unused);
+  return sizing.bytes();
+}
+
 }  // namespace fsa::cuda

@@ -7,7 +7,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/rope/rope.hpp"
+#include "cuda/backend.hpp"
 #include "kernels/rope/rope_params.hpp"
 #include "reference/reference.hpp"
 

@@ -10,7 +10,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/select/select.hpp"
+#include "cuda/backend.hpp"
 #include "kernels/select/select_params.hpp"
 #include "kernels/select/select_tiling.hpp"
 

@@ -1,29 +1,60 @@
-// Host side of selected attention on the GPU: checks the GPU path's limits, sizes the workspace
-// from shapes alone (stream-ordered allocation, so no host synchronisation and graph capture
-// works), builds the plan and launches the kernels. The runtime dtype and head dims become
-// template arguments in common::dispatch_attention, and nowhere else.
+// Host side of selected attention on the GPU: the plan (built on the device, in caller memory),
+// the query chunks that keep the scratch under SlcOptions::workspace_cap, the workspace layout
+// (sized from shapes alone) and the launches. The runtime dtype and head dims become template
+// arguments in common::dispatch_attention, and nowhere else.
+//
+// Query chunks. Scratch that grows with N * Hq * topk (partials, dQ slots, the plan's pairs) is
+// bounded by running consecutive tokens [t0, t0 + C) at a time. A chunk is the whole-batch problem
+// seen from token t0: every pointer indexed by token (q, k, v, o, lse, topk_idx, d_o, dq, dk, dv and
+// the dK / dV accumulators) is advanced by t0 rows and cu_seqlens is shifted by -t0
+// (shift_cu_seqlens). The kernels then find each chunk token's sequence and position as before and
+// read the keys before the chunk at negative rows, inside the caller's tensors; the plan's global
+// block numbering spans all key rows (SlcPlanShape::key_tokens). dK / dV accumulate over the chunks
+// in fp32 and are converted once at the end. With several chunks every pair runs KV-outer: the
+// dense/sparse split's query tiles would straddle the chunk boundaries.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <string>
 
+#include "common/workspace_carver.hpp"
+#include "cuda/backend.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/common/stream_workspace.hpp"
-#include "kernels/slc_attn/slc_attn.hpp"
 #include "kernels/slc_attn/slc_bwd_launch.hpp"
 #include "kernels/slc_attn/slc_fwd_launch.hpp"
 #include "kernels/slc_attn/slc_plan_build.hpp"
+#include "kernels/varlen/shift_cu_seqlens.hpp"
 
 namespace fsa::cuda {
 
+SlcProblem SlcProblem::of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                          const TensorView& topk_idx, const TensorView& cu_seqlens) {
+  SlcProblem p;
+  p.tokens = q.size(0);
+  p.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
+  p.heads_q = static_cast<int>(q.size(1));
+  p.heads_kv = static_cast<int>(k.size(1));
+  p.dim_qk = static_cast<int>(q.size(2));
+  p.dim_v = static_cast<int>(v.size(2));
+  p.width = static_cast<int>(topk_idx.size(2));
+  p.block_size = config.block_size;
+  p.dtype = q.dtype;
+  p.device = q.device.index;
+  return p;
+}
+
 namespace {
 
-using common::align256;
+std::atomic<std::int64_t> plan_builds{0};
+
 using common::check_rows_aligned;
 using common::dispatch_attention;
-using common::StreamWorkspace;
+using detail::align_workspace;
+using detail::WorkspaceCarver;
 
 Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx) {
@@ -33,46 +64,6 @@ Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k
                                                       std::to_string(topk_idx.size(2)));
   return check_rows_aligned(op, {{"q", q}, {"k", k}, {"v", v}});
 }
-
-SlcPlanShape plan_shape(const NsaConfig& config, const TensorView& q, const TensorView& k,
-                        const TensorView& topk_idx, const TensorView& cu_seqlens) {
-  SlcPlanShape s;
-  s.tokens = q.size(0);
-  s.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
-  s.heads_kv = static_cast<int>(k.size(1));
-  s.group = static_cast<int>(q.size(1) / k.size(1));
-  s.width = static_cast<int>(topk_idx.size(2));
-  s.block_size = config.block_size;
-  return s;
-}
-
-SlcTensors tensors_of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
-                      const TensorView& topk_idx, const TensorView& cu_seqlens) {
-  SlcTensors t{};
-  t.q = q.data;
-  t.k = k.data;
-  t.v = v.data;
-  t.q_token_stride = q.stride(0);
-  t.q_head_stride = q.stride(1);
-  t.k_token_stride = k.stride(0);
-  t.k_head_stride = k.stride(1);
-  t.v_token_stride = v.stride(0);
-  t.v_head_stride = v.stride(1);
-  t.cu_seqlens = cu_seqlens.ptr<const std::int32_t>();
-  t.cu_stride = cu_seqlens.stride(0);
-  t.heads_q = static_cast<int>(q.size(1));
-  t.scale = config.softmax_scale(static_cast<int>(q.size(2)));
-  t.topk = topk_idx.ptr<const std::int32_t>();
-  t.topk_head_stride = topk_idx.stride(0);
-  t.topk_token_stride = topk_idx.stride(1);
-  return t;
-}
-
-SlcPlanInputs plan_inputs(const TensorView& topk_idx, const TensorView& cu_seqlens) {
-  return {topk_idx.ptr<const std::int32_t>(), topk_idx.stride(0), topk_idx.stride(1),
-          cu_seqlens.ptr<const std::int32_t>(), cu_seqlens.stride(0)};
-}
-
 
 // The planner's choice (docs/kernels/slc_attn.md, "Choosing a path"): the forced path, or for
 // kAuto the split with two rules measured on H100 (bench/results/h100-selected.csv):
@@ -85,6 +76,7 @@ SlcPlanInputs plan_inputs(const TensorView& topk_idx, const TensorView& cu_seqle
 // 4.0 ms against 6.7 ms KV-outer), and random ones, whose tiles share only the 3 forced blocks, run
 // KV-outer. Query-outer is never chosen: at G = 16, where a token's heads fill an MMA tile, its
 // L2 traffic (32 KB of K/V per pair) still made it slower than KV-outer (27.7 against 26.0 ms).
+// Several query chunks: no split (see the top of this file).
 struct ResolvedPath {
   SlcKernelPath path;
   int dense_threshold;   // the plan shape's (0 = no split)
@@ -93,138 +85,449 @@ struct ResolvedPath {
 
 constexpr int kAutoMinDenseBlocks = 4;
 
-ResolvedPath resolve_path(const SlcOptions& options, const SlcPlanShape& shape) {
-  const int threshold = options.dense_threshold > 0 ? options.dense_threshold : std::max(1, shape.block_size / 4);
+ResolvedPath resolve_path(const SlcOptions& options, const SlcProblem& problem, bool chunked) {
+  const int threshold = options.dense_threshold > 0 ? options.dense_threshold : std::max(1, problem.block_size / 4);
+  const SlcPlanShape bound{.tokens = problem.tokens, .num_seqs = problem.num_seqs, .block_size = problem.block_size};
   switch (options.path) {
     case SlcPath::kKvOuter: return {SlcKernelPath::kKvOuter, 0, 1};
     case SlcPath::kQueryOuter: return {SlcKernelPath::kQueryOuter, 0, 1};
-    case SlcPath::kSplit: return {SlcKernelPath::kSplit, threshold, 1};  // forced: the threshold alone decides
+    case SlcPath::kSplit:  // forced: the threshold alone decides
+      return chunked ? ResolvedPath{SlcKernelPath::kKvOuter, 0, 1} : ResolvedPath{SlcKernelPath::kSplit, threshold, 1};
     case SlcPath::kAuto: break;
   }
   // The split's sort keys hold 19 bits of block index; beyond that every pair goes KV-outer.
-  if (shape.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0, 1};
+  if (chunked || bound.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0, 1};
   return {SlcKernelPath::kSplit, threshold, kAutoMinDenseBlocks};
+}
+
+// The plan of `tokens` query rows (one chunk) reaching every key row of the batch.
+SlcPlanShape plan_shape(const SlcProblem& problem, std::int64_t tokens, const ResolvedPath& path,
+                        const SlcOptions& options) {
+  SlcPlanShape s;
+  s.tokens = tokens;
+  s.key_tokens = problem.tokens;
+  s.num_seqs = problem.num_seqs;
+  s.heads_kv = problem.heads_kv;
+  s.group = problem.heads_kv > 0 ? problem.heads_q / problem.heads_kv : 1;
+  s.width = problem.width;
+  s.block_size = problem.block_size;
+  s.dense_threshold = path.dense_threshold;
+  s.min_dense_blocks = path.min_dense_blocks;
+  // Deterministic sums over a list's rows need the same rows in the same chunks on every run.
+  s.sorted_lists = options.deterministic;
+  return s;
+}
+
+std::size_t element_bytes(const SlcProblem& p) { return dtype_size(p.dtype); }
+
+// dQ sink (docs/kernels/slc_attn.md, "Backward"): fp32 atomics while the [N, Hq, Dqk] accumulator
+// is at most kDqAtomicsMaxL2 times L2 (its rows then mostly hit L2: measured faster at S64-G1,
+// 134 MB, and with local selections), else the per-slot partials (S64-G4, 537 MB: 11.7 ms against
+// 12.5 with atomics, which read and rewrite DRAM sectors at every pair; S64-G16: 44.8 against
+// 50.3). The deterministic mode always takes the slots. Decided per chunk size.
+bool uses_dq_slots(const SlcProblem& p, const SlcOptions& options, std::int64_t chunk_tokens) {
+  constexpr std::int64_t kDqAtomicsMaxL2 = 4;
+  if (options.deterministic) return true;
+  int l2_bytes = 0;
+  if (cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, p.device) != cudaSuccess) {
+    cudaGetLastError();
+    l2_bytes = 50 << 20;  // H100's: only sizes a workspace; the launch reports a missing device
+  }
+  return chunk_tokens * p.heads_q * p.dim_qk * 4 > kDqAtomicsMaxL2 * l2_bytes;
+}
+
+int units_per_cta(const SlcOptions& options) {
+  return options.deterministic ? kSlcBwdDeterministicUnitsPerCta : kSlcBwdUnitsPerCta;
+}
+
+// ---- Sizes and layouts (one function each, for sizing and for carving) ---------------------------
+
+// One chunk's plan: the shifted cu_seqlens (several chunks only), then the plan's buffers.
+struct ChunkPlanLayout {
+  std::int32_t* cu = nullptr;
+  void* plan = nullptr;
+};
+ChunkPlanLayout chunk_plan_layout(WorkspaceCarver& c, const SlcProblem& p, const SlcPlanShape& shape, bool chunked) {
+  ChunkPlanLayout l;
+  if (chunked) l.cu = c.take<std::int32_t>(p.num_seqs + 1);
+  l.plan = c.take_bytes(slc_plan_workspace_bytes(shape));
+  return l;
+}
+
+// The forward's per-chunk scratch: the KV-outer partials (none for query-outer).
+struct ForwardScratch {
+  SlcPartials part{};
+};
+ForwardScratch forward_scratch(WorkspaceCarver& c, const SlcProblem& p, std::int64_t chunk_tokens, bool planned) {
+  const std::int64_t slots = planned ? chunk_tokens * p.heads_q * p.width : 0;
+  ForwardScratch s;
+  s.part.o = c.take_bytes(static_cast<std::size_t>(slots * p.dim_v) * element_bytes(p));
+  s.part.lse = c.take<float>(slots);
+  return s;
+}
+
+// The backward's scratch: the dK / dV accumulators of every key row (default mode), then the
+// per-chunk delta, dQ sink, kv partials (deterministic) and run table.
+struct BackwardScratch {
+  float* dk_accum = nullptr;
+  float* dv_accum = nullptr;
+  float* delta = nullptr;
+  void* dq_part = nullptr;
+  float* dq_accum = nullptr;
+  float* kv_part = nullptr;
+  std::int32_t* run_unit = nullptr;
+};
+void backward_accumulators(WorkspaceCarver& c, const SlcProblem& p, const SlcOptions& options, BackwardScratch* s) {
+  if (options.deterministic) return;
+  s->dk_accum = c.take<float>(p.tokens * p.heads_kv * p.dim_qk);
+  s->dv_accum = c.take<float>(p.tokens * p.heads_kv * p.dim_v);
+}
+void backward_chunk_scratch(WorkspaceCarver& c, const SlcProblem& p, const SlcOptions& options,
+                            const SlcPlanShape& shape, bool dq_slots, BackwardScratch* s) {
+  const int units = units_per_cta(options);
+  s->delta = c.take<float>(shape.tokens * p.heads_q);
+  if (dq_slots) {
+    s->dq_part =
+        c.take_bytes(static_cast<std::size_t>(slc_bwd_dq_part_elements(shape, p.heads_q, p.dim_qk)) * element_bytes(p));
+  } else {
+    s->dq_accum = c.take<float>(shape.tokens * p.heads_q * p.dim_qk);
+  }
+  if (options.deterministic) s->kv_part = c.take<float>(slc_bwd_kv_part_floats(shape, units, p.dim_qk, p.dim_v));
+  s->run_unit = c.take<std::int32_t>(slc_bwd_kv_groups(shape, units));
+}
+
+// ---- Query chunks ----------------------------------------------------------------------------
+
+struct Chunking {
+  std::int64_t chunk_tokens = 0;  // C: every chunk but the last has C tokens
+  std::int64_t chunks = 1;
+  bool chunked() const { return chunks > 1; }
+};
+
+// The most scratch any call of the problem takes with chunks of C tokens: the backward's fixed
+// accumulators, one chunk's plan and the larger of one chunk's forward and backward scratch
+// (the backward taken with dQ slots, its larger sink).
+std::size_t worst_bytes(const SlcProblem& p, const SlcOptions& options, std::int64_t chunk_tokens, bool chunked) {
+  const ResolvedPath path = resolve_path(options, p, chunked);
+  const SlcPlanShape shape = plan_shape(p, chunk_tokens, path, options);
+  WorkspaceCarver fixed, plan, fwd, bwd;
+  BackwardScratch unused;
+  backward_accumulators(fixed, p, options, &unused);
+  chunk_plan_layout(plan, p, shape, chunked);
+  forward_scratch(fwd, p, chunk_tokens, true);
+  backward_chunk_scratch(bwd, p, options, shape, true, &unused);
+  return fixed.bytes() + plan.bytes() + std::max(fwd.bytes(), bwd.bytes());
+}
+
+// The largest chunk whose scratch fits the cap, balanced over the chunks it takes. The smallest
+// chunk is 4096 tokens (fewer tokens per launch leave the GPU idle): below that the workspace
+// exceeds the cap and the queries report it. FSA_SLC_MIN_CHUNK_TOKENS lowers the floor (tests:
+// chunk boundaries inside short, ragged sequences). The deterministic backward never chunks.
+std::int64_t min_chunk_tokens() {
+  static const std::int64_t tokens = [] {
+    const char* forced = std::getenv("FSA_SLC_MIN_CHUNK_TOKENS");
+    const long long value = forced != nullptr ? std::atoll(forced) : 0;
+    return value > 0 ? static_cast<std::int64_t>(value) : std::int64_t{4096};
+  }();
+  return tokens;
+}
+
+Chunking chunking(const SlcProblem& p, const SlcOptions& options) {
+  const std::int64_t floor = min_chunk_tokens();
+  Chunking c;
+  c.chunk_tokens = std::max<std::int64_t>(p.tokens, 1);
+  if (options.deterministic || p.tokens <= floor ||
+      worst_bytes(p, options, p.tokens, false) <= options.workspace_cap)
+    return c;
+  std::int64_t lo = floor, hi = p.tokens - 1;  // lo fits or is the floor
+  while (lo < hi) {
+    const std::int64_t mid = lo + (hi - lo + 1) / 2;
+    if (worst_bytes(p, options, mid, true) <= options.workspace_cap) lo = mid; else hi = mid - 1;
+  }
+  c.chunks = (p.tokens + lo - 1) / lo;
+  c.chunk_tokens = (p.tokens + c.chunks - 1) / c.chunks;
+  return c;
+}
+
+std::int64_t chunk_begin(const Chunking& c, std::int64_t chunk) { return chunk * c.chunk_tokens; }
+std::int64_t chunk_size(const SlcProblem& p, const Chunking& c, std::int64_t chunk) {
+  return std::min(c.chunk_tokens, p.tokens - chunk_begin(c, chunk));
+}
+
+// Bytes of one chunk's slot in a plan buffer (every chunk's slot has the size of a full chunk's).
+std::size_t chunk_plan_bytes(const SlcProblem& p, const SlcOptions& options, const Chunking& c) {
+  WorkspaceCarver sizing;
+  chunk_plan_layout(sizing, p, plan_shape(p, c.chunk_tokens, resolve_path(options, p, c.chunked()), options),
+                    c.chunked());
+  return sizing.bytes();
+}
+
+// ---- Views of one chunk ----------------------------------------------------------------------
+
+const void* advance(const void* data, std::int64_t rows, std::int64_t row_stride, std::size_t element) {
+  return static_cast<const unsigned char*>(data) + rows * row_stride * static_cast<std::int64_t>(element);
+}
+void* advance(void* data, std::int64_t rows, std::int64_t row_stride, std::size_t element) {
+  return static_cast<unsigned char*>(data) + rows * row_stride * static_cast<std::int64_t>(element);
+}
+
+// q, k, v, topk_idx and the sequences as chunk [t0, ...) sees them.
+SlcTensors chunk_tensors(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                         const TensorView& topk_idx, const std::int32_t* cu, std::int64_t cu_stride,
+                         std::int64_t t0) {
+  const std::size_t e = dtype_size(q.dtype);
+  SlcTensors t{};
+  t.q = advance(q.data, t0, q.stride(0), e);
+  t.k = advance(k.data, t0, k.stride(0), e);
+  t.v = advance(v.data, t0, v.stride(0), e);
+  t.q_token_stride = q.stride(0);
+  t.q_head_stride = q.stride(1);
+  t.k_token_stride = k.stride(0);
+  t.k_head_stride = k.stride(1);
+  t.v_token_stride = v.stride(0);
+  t.v_head_stride = v.stride(1);
+  t.cu_seqlens = cu;
+  t.cu_stride = cu_stride;
+  t.heads_q = static_cast<int>(q.size(1));
+  t.scale = config.softmax_scale(static_cast<int>(q.size(2)));
+  t.topk = topk_idx.ptr<const std::int32_t>() + t0 * topk_idx.stride(1);
+  t.topk_head_stride = topk_idx.stride(0);
+  t.topk_token_stride = topk_idx.stride(1);
+  return t;
+}
+
+// The plan of chunk `chunk`: its slot in the caller's plan buffer (built by slc_plan_build), or
+// `scratch` (one slot in the workspace) built now.
+struct ChunkPlan {
+  SlcPlan plan;
+  const std::int32_t* cu;
+  std::int64_t cu_stride;
+};
+
+// `shift`: write the chunk's shifted cu_seqlens into its slot; `build`: build its plan there.
+Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const ResolvedPath& path,
+                        const Chunking& c, std::int64_t chunk, void* slot, const TensorView& topk_idx,
+                        const TensorView& cu_seqlens, bool shift, bool build, cudaStream_t stream, ChunkPlan* out) {
+  const std::int64_t t0 = chunk_begin(c, chunk);
+  const SlcPlanShape shape = plan_shape(p, chunk_size(p, c, chunk), path, options);
+  WorkspaceCarver carve(slot);
+  const ChunkPlanLayout l = chunk_plan_layout(carve, p, shape, c.chunked());
+  out->plan = slc_plan_layout(shape, l.plan);
+  out->cu = c.chunked() ? l.cu : cu_seqlens.ptr<const std::int32_t>();
+  out->cu_stride = c.chunked() ? 1 : cu_seqlens.stride(0);
+  if (shift && c.chunked())
+    FSA_RETURN_IF_ERROR(shift_cu_seqlens(cu_seqlens.ptr<const std::int32_t>(), cu_seqlens.stride(0), p.num_seqs, t0,
+                                         l.cu, stream));
+  if (!build) return Status::ok();
+  plan_builds.fetch_add(1, std::memory_order_relaxed);
+  const SlcPlanInputs in{topk_idx.ptr<const std::int32_t>() + t0 * topk_idx.stride(1), topk_idx.stride(0),
+                         topk_idx.stride(1), out->cu, out->cu_stride};
+  return build_slc_plan(out->plan, in, stream);
+}
+
+Status check_cap(const SlcProblem& p, const SlcOptions& options, bool plan_given) {
+  if (!options.deterministic) return Status::ok();
+  const std::size_t bytes = slc_backward_workspace_bytes(p, options, plan_given);
+  if (bytes <= options.workspace_cap) return Status::ok();
+  return FSA_INVALID("options.workspace_cap: the deterministic backward does not run in query chunks and needs " +
+                     std::to_string(bytes) + " bytes of workspace, above the cap of " +
+                     std::to_string(options.workspace_cap) + "; raise the cap or use the default backward");
 }
 
 }  // namespace
 
+std::int64_t slc_plan_builds() { return plan_builds.load(std::memory_order_relaxed); }
+
+// ---- Queries ---------------------------------------------------------------------------------
+
+std::size_t slc_plan_bytes(const SlcProblem& p, const SlcOptions& options) {
+  const Chunking c = chunking(p, options);
+  return static_cast<std::size_t>(c.chunks) * chunk_plan_bytes(p, options, c);
+}
+
+std::size_t slc_forward_workspace_bytes(const SlcProblem& p, const SlcOptions& options, bool plan_given) {
+  const Chunking c = chunking(p, options);
+  const bool planned = resolve_path(options, p, c.chunked()).path != SlcKernelPath::kQueryOuter;
+  WorkspaceCarver sizing;
+  if (!plan_given && (planned || c.chunked())) sizing.take_bytes(chunk_plan_bytes(p, options, c));
+  forward_scratch(sizing, p, c.chunk_tokens, planned);
+  return sizing.bytes();
+}
+
+std::size_t slc_backward_workspace_bytes(const SlcProblem& p, const SlcOptions& options, bool plan_given) {
+  const Chunking c = chunking(p, options);
+  WorkspaceCarver sizing;
+  if (!plan_given) sizing.take_bytes(chunk_plan_bytes(p, options, c));
+  BackwardScratch unused;
+  backward_accumulators(sizing, p, options, &unused);
+  const SlcPlanShape shape = plan_shape(p, c.chunk_tokens, resolve_path(options, p, c.chunked()), options);
+  backward_chunk_scratch(sizing, p, options, shape, uses_dq_slots(p, options, c.chunk_tokens), &unused);
+  return sizing.bytes();
+}
+
+// ---- Runs ------------------------------------------------------------------------------------
+
+Status slc_plan_build(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& plan,
+                      const SlcOptions& options) {
+  FSA_RETURN_IF_ERROR(check_gpu_limits("slc_plan_build", q, k, v, topk_idx));
+  const DeviceGuard guard(q.device.index);
+  cudaStream_t stream = current_stream();
+  const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
+  const Chunking c = chunking(p, options);
+  const ResolvedPath path = resolve_path(options, p, c.chunked());
+  const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
+  for (std::int64_t chunk = 0; chunk < c.chunks; ++chunk) {
+    ChunkPlan unused;
+    FSA_RETURN_IF_ERROR(place_chunk_plan(p, options, path, c, chunk, plan.ptr<unsigned char>() + chunk * slot_bytes,
+                                         topk_idx, cu_seqlens, true, true, stream, &unused));
+  }
+  return Status::ok();
+}
+
 Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
-                        const TensorView& lse, const SlcOptions& options) {
+                        const TensorView& lse, const SlcOptions& options, const TensorView& plan,
+                        const Workspace& workspace) {
   FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, k, v, topk_idx));
   FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_forward", "o", o));  // written in 4-16 byte vectors
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
-  SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);
-  const ResolvedPath resolved = resolve_path(options, shape);
-  shape.dense_threshold = resolved.dense_threshold;
-  shape.min_dense_blocks = resolved.min_dense_blocks;
-  // The query-outer path reads topk_idx directly: no plan, no partials.
-  const bool planned = resolved.path != SlcKernelPath::kQueryOuter;
-  const std::int64_t slots = planned ? shape.tokens * q.size(1) * shape.width : 0;
-  const std::size_t plan_bytes = planned ? align256(slc_plan_workspace_bytes(shape)) : 0;
-  const std::size_t o_part_bytes = align256(static_cast<std::size_t>(slots * v.size(2)) * dtype_size(q.dtype));
-  const std::size_t lse_part_bytes = align256(static_cast<std::size_t>(slots) * sizeof(float));
-  StreamWorkspace ws(plan_bytes + o_part_bytes + lse_part_bytes, stream);
-  FSA_RETURN_IF_ERROR(ws.status());
+  const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
+  const Chunking c = chunking(p, options);
+  const ResolvedPath path = resolve_path(options, p, c.chunked());
+  const bool planned = path.path != SlcKernelPath::kQueryOuter;  // query-outer reads topk_idx directly
+  const bool plan_given = plan.defined();
+  const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
+  WorkspaceCarver carve(workspace.data);
+  // Without a plan buffer, one chunk's slot in the workspace (query-outer uses only its cu_seqlens).
+  const bool own_slot = !plan_given && (planned || c.chunked());
+  void* own_plan = own_slot ? carve.take_bytes(slot_bytes) : nullptr;
+  const ForwardScratch scratch = forward_scratch(carve, p, c.chunk_tokens, planned);
+  const std::size_t e = dtype_size(q.dtype);
 
-  SlcForwardParams p{};
-  p.path = resolved.path;
-  if (planned) {
-    p.plan = slc_plan_layout(shape, ws.bytes());
-  } else {
-    p.plan.shape = shape;
+  for (std::int64_t chunk = 0; chunk < c.chunks; ++chunk) {
+    const std::int64_t t0 = chunk_begin(c, chunk);
+    ChunkPlan cp{};
+    void* slot = plan_given ? plan.ptr<unsigned char>() + chunk * slot_bytes : own_plan;
+    if (slot != nullptr) {
+      FSA_RETURN_IF_ERROR(place_chunk_plan(p, options, path, c, chunk, slot, topk_idx, cu_seqlens, own_slot,
+                                           own_slot && planned, stream, &cp));
+    } else {
+      cp.cu = cu_seqlens.ptr<const std::int32_t>();
+      cp.cu_stride = cu_seqlens.stride(0);
+    }
+    SlcForwardParams f{};
+    f.path = path.path;
+    if (planned) {
+      f.plan = slc_plan_forward_view(cp.plan);
+    } else {
+      f.plan.shape = plan_shape(p, chunk_size(p, c, chunk), path, options);
+    }
+    f.in = chunk_tensors(config, q, k, v, topk_idx, cp.cu, cp.cu_stride, t0);
+    f.part = scratch.part;
+    f.o = advance(o.data, t0, o.stride(0), e);
+    f.o_token_stride = o.stride(0);
+    f.o_head_stride = o.stride(1);
+    f.lse = lse.ptr<float>() + t0 * lse.stride(1);
+    f.lse_head_stride = lse.stride(0);
+    f.lse_token_stride = lse.stride(1);
+    FSA_RETURN_IF_ERROR(dispatch_attention("slc_attn_forward", q.dtype, q.size(2), v.size(2),
+                                           [&]<class Element, int kDqk, int kDv>() {
+                                             return slc::launch_slc_forward<Element, kDqk, kDv>(f, stream);
+                                           }));
   }
-  p.in = tensors_of(config, q, k, v, topk_idx, cu_seqlens);
-  p.part.o = ws.bytes() + plan_bytes;
-  p.part.lse = reinterpret_cast<float*>(ws.bytes() + plan_bytes + o_part_bytes);
-  p.o = o.data;
-  p.o_token_stride = o.stride(0);
-  p.o_head_stride = o.stride(1);
-  p.lse = lse.ptr<float>();
-  p.lse_head_stride = lse.stride(0);
-  p.lse_token_stride = lse.stride(1);
-  if (planned) FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
-  return dispatch_attention("slc_attn_forward", q.dtype, q.size(2), v.size(2),
-                  [&]<class Element, int kDqk, int kDv>() { return slc::launch_slc_forward<Element, kDqk, kDv>(p, stream); });
+  return Status::ok();
 }
 
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                         const TensorView& dv, const SlcOptions& options) {
+                         const TensorView& dv, const SlcOptions& options, const TensorView& plan,
+                         const Workspace& workspace) {
   FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_backward", q, k, v, topk_idx));
   FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_backward", {{"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}));
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
-  SlcPlanShape shape = plan_shape(config, q, k, topk_idx, cu_seqlens);  // all pairs (the path is forward's)
-  // Deterministic sums over a list's rows need the same rows in the same chunks on every run.
-  shape.sorted_lists = options.deterministic;
-  const std::int64_t n = shape.tokens, hq = q.size(1), hkv = k.size(1), dqk = q.size(2), dv_dim = v.size(2);
-  const int units_per_cta = options.deterministic ? kSlcBwdDeterministicUnitsPerCta : kSlcBwdUnitsPerCta;
-  const auto floats = [](std::int64_t count) { return align256(static_cast<std::size_t>(count) * sizeof(float)); };
-  const std::size_t plan_bytes = align256(slc_plan_workspace_bytes(shape));
-  const std::size_t delta_bytes = floats(n * hq);
-  // dQ sink (docs/kernels/slc_attn.md, "Backward"): fp32 atomics while the [N, Hq, Dqk] accumulator
-  // is at most kDqAtomicsMaxL2 times L2 (its rows then mostly hit L2: measured faster at S64-G1,
-  // 134 MB, and with local selections), else the per-slot partials (S64-G4, 537 MB: 11.7 ms against
-  // 12.5 with atomics, which read and rewrite DRAM sectors at every pair; S64-G16: 44.8 against
-  // 50.3). The deterministic mode always takes the slots.
-  constexpr std::int64_t kDqAtomicsMaxL2 = 4;
-  int l2_bytes = 0;
-  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, q.device.index));
-  const bool dq_slots = options.deterministic || n * hq * dqk * 4 > kDqAtomicsMaxL2 * l2_bytes;
-  // The dq sink, then the dk and dv accumulators (default) or the kv partials (slc_params.hpp).
-  const std::size_t first_bytes =
-      dq_slots ? align256(static_cast<std::size_t>(slc_bwd_dq_part_elements(shape, hq, dqk)) * dtype_size(q.dtype))
-               : floats(n * hq * dqk);
-  const std::size_t second_bytes = options.deterministic
-                                       ? floats(slc_bwd_kv_part_floats(shape, units_per_cta, dqk, dv_dim))
-                                       : floats(n * hkv * dqk);
-  const std::size_t third_bytes = options.deterministic ? 0 : floats(n * hkv * dv_dim);
-  const std::size_t run_bytes = align256(static_cast<std::size_t>(slc_bwd_kv_groups(shape, units_per_cta)) * 4);
-  StreamWorkspace ws(plan_bytes + delta_bytes + first_bytes + second_bytes + third_bytes + run_bytes, stream);
-  FSA_RETURN_IF_ERROR(ws.status());
+  const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
+  const bool plan_given = plan.defined();
+  FSA_RETURN_IF_ERROR(check_cap(p, options, plan_given));
+  const Chunking c = chunking(p, options);
+  // A plan the backward builds for itself needs no split (it runs every pair KV-outer); one built
+  // for the forward serves through its backward view (all pairs).
+  const ResolvedPath own_path{SlcKernelPath::kKvOuter, 0, 1};
+  const ResolvedPath path = plan_given ? resolve_path(options, p, c.chunked()) : own_path;
+  const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
+  const bool dq_slots = uses_dq_slots(p, options, c.chunk_tokens);
+  WorkspaceCarver carve(workspace.data);
+  void* own_plan = plan_given ? nullptr : carve.take_bytes(slot_bytes);
+  BackwardScratch s;
+  backward_accumulators(carve, p, options, &s);
+  backward_chunk_scratch(carve, p, options, plan_shape(p, c.chunk_tokens, path, options), dq_slots, &s);
+  const std::size_t e = dtype_size(q.dtype);
+  const std::int64_t hkv = p.heads_kv;
 
-  SlcBackwardParams p{};
-  p.plan = slc_plan_layout(shape, ws.bytes());
-  p.in = tensors_of(config, q, k, v, topk_idx, cu_seqlens);
-  p.o = o.data;
-  p.d_o = d_o.data;
-  p.o_token_stride = o.stride(0);
-  p.o_head_stride = o.stride(1);
-  p.do_token_stride = d_o.stride(0);
-  p.do_head_stride = d_o.stride(1);
-  p.lse = lse.ptr<const float>();
-  p.lse_head_stride = lse.stride(0);
-  p.lse_token_stride = lse.stride(1);
-  unsigned char* cursor = ws.bytes() + plan_bytes;
-  p.delta = reinterpret_cast<float*>(cursor);
-  cursor += delta_bytes;
-  if (dq_slots) p.dq_part = cursor;
-  else p.dq_accum = reinterpret_cast<float*>(cursor);
-  float* second = reinterpret_cast<float*>(cursor += first_bytes);
-  float* third = reinterpret_cast<float*>(cursor += second_bytes);
-  p.run_unit = reinterpret_cast<std::int32_t*>(cursor += third_bytes);
-  if (options.deterministic) {
-    p.kv_part = second;
-  } else {
-    p.dk_accum = second;
-    p.dv_accum = third;
+  SlcBackwardParams b{};
+  b.units_per_cta = units_per_cta(options);
+  b.kv_tokens = p.tokens;
+  b.o_token_stride = o.stride(0);
+  b.o_head_stride = o.stride(1);
+  b.do_token_stride = d_o.stride(0);
+  b.do_head_stride = d_o.stride(1);
+  b.lse_head_stride = lse.stride(0);
+  b.lse_token_stride = lse.stride(1);
+  b.delta = s.delta;
+  b.dq_part = s.dq_part;
+  b.dq_accum = s.dq_accum;
+  b.kv_part = s.kv_part;
+  b.run_unit = s.run_unit;
+  b.dq_token_stride = dq.stride(0);
+  b.dq_head_stride = dq.stride(1);
+  b.dk_token_stride = dk.stride(0);
+  b.dk_head_stride = dk.stride(1);
+  b.dv_token_stride = dv.stride(0);
+  b.dv_head_stride = dv.stride(1);
+  const auto launch = [&](const SlcBackwardParams& params) {
+    return dispatch_attention("slc_attn_backward", q.dtype, p.dim_qk, p.dim_v,
+                              [&]<class Element, int kDqk, int kDv>() {
+                                return launch_slc_backward<Element, kDqk, kDv>(params, stream);
+                              });
+  };
+
+  for (std::int64_t chunk = 0; chunk < c.chunks; ++chunk) {
+    const std::int64_t t0 = chunk_begin(c, chunk);
+    ChunkPlan cp{};
+    void* slot = plan_given ? plan.ptr<unsigned char>() + chunk * slot_bytes : own_plan;
+    FSA_RETURN_IF_ERROR(place_chunk_plan(p, options, path, c, chunk, slot, topk_idx, cu_seqlens, !plan_given,
+                                         !plan_given, stream, &cp));
+    SlcBackwardParams x = b;
+    x.plan = slc_plan_backward_view(cp.plan);
+    x.in = chunk_tensors(config, q, k, v, topk_idx, cp.cu, cp.cu_stride, t0);
+    x.o = advance(o.data, t0, o.stride(0), e);
+    x.d_o = advance(d_o.data, t0, d_o.stride(0), e);
+    x.lse = lse.ptr<const float>() + t0 * lse.stride(1);
+    x.dq = advance(dq.data, t0, dq.stride(0), e);
+    // Key rows are reached from the chunk's first token: the accumulators and dk / dv too.
+    x.dk = advance(dk.data, t0, dk.stride(0), e);
+    x.dv = advance(dv.data, t0, dv.stride(0), e);
+    if (s.dk_accum != nullptr) {
+      x.dk_accum = s.dk_accum + t0 * hkv * p.dim_qk;
+      x.dv_accum = s.dv_accum + t0 * hkv * p.dim_v;
+    }
+    x.steps = kSlcBwdChunk | (chunk == 0 ? kSlcBwdZeroKv : 0) | (chunk + 1 == c.chunks ? kSlcBwdFinishKv : 0);
+    if (c.chunked() && (x.steps & kSlcBwdFinishKv) != 0) {
+      // The conversion of dK / dV covers every key row: run it from the batch's first token.
+      x.steps &= ~kSlcBwdFinishKv;
+      FSA_RETURN_IF_ERROR(launch(x));
+      x.steps = kSlcBwdFinishKv;
+      x.dk = dk.data;
+      x.dv = dv.data;
+      x.dk_accum = s.dk_accum;
+      x.dv_accum = s.dv_accum;
+    }
+    FSA_RETURN_IF_ERROR(launch(x));
   }
-  p.units_per_cta = units_per_cta;
-  p.dq = dq.data;
-  p.dk = dk.data;
-  p.dv = dv.data;
-  p.dq_token_stride = dq.stride(0);
-  p.dq_head_stride = dq.stride(1);
-  p.dk_token_stride = dk.stride(0);
-  p.dk_head_stride = dk.stride(1);
-  p.dv_token_stride = dv.stride(0);
-  p.dv_head_stride = dv.stride(1);
-  FSA_RETURN_IF_ERROR(build_slc_plan(p.plan, plan_inputs(topk_idx, cu_seqlens), stream));
-  return dispatch_attention("slc_attn_backward", q.dtype, dqk, dv_dim,
-                  [&]<class Element, int kDqk, int kDv>() { return launch_slc_backward<Element, kDqk, kDv>(p, stream); });
+  return Status::ok();
 }
 
 }  // namespace fsa::cuda

@@ -178,21 +178,26 @@ __global__ void __launch_bounds__(SlcBwdTraits<Element, kDqk, kDv>::kThreads, kS
   }
 }
 
-// Default mode: the fp32 accumulators into the outputs; blockIdx.y picks dk, dv or (atomic dq
-// sink) dq.
+// Default mode: the fp32 accumulators into the outputs; blockIdx.y picks dk, dv (kv_tokens key
+// rows, with kSlcBwdFinishKv) or, for the atomic dq sink, dq (the plan's tokens, with kSlcBwdChunk).
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(kRowThreads) slc_bwd_convert_kernel(const __grid_constant__ SlcBackwardParams p) {
-  const long long n = p.plan.shape.tokens;
   const int hkv = p.plan.shape.heads_kv;
   const long long step = static_cast<long long>(gridDim.x) * kRowThreads;
   const long long first = static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x;
-  if (blockIdx.y == 2)
-    flash::convert_rows<Element, kDqk>(p.dq_accum, p.dq, p.dq_token_stride, p.dq_head_stride, n, p.in.heads_q, first,
+  if (blockIdx.y == 2) {
+    if ((p.steps & kSlcBwdChunk) == 0 || p.dq_part != nullptr) return;
+    flash::convert_rows<Element, kDqk>(p.dq_accum, p.dq, p.dq_token_stride, p.dq_head_stride, p.plan.shape.tokens,
+                                       p.in.heads_q, first, step);
+  } else if ((p.steps & kSlcBwdFinishKv) == 0) {
+    return;
+  } else if (blockIdx.y == 0) {
+    flash::convert_rows<Element, kDqk>(p.dk_accum, p.dk, p.dk_token_stride, p.dk_head_stride, p.kv_tokens, hkv, first,
                                        step);
-  else if (blockIdx.y == 0)
-    flash::convert_rows<Element, kDqk>(p.dk_accum, p.dk, p.dk_token_stride, p.dk_head_stride, n, hkv, first, step);
-  else
-    flash::convert_rows<Element, kDv>(p.dv_accum, p.dv, p.dv_token_stride, p.dv_head_stride, n, hkv, first, step);
+  } else {
+    flash::convert_rows<Element, kDv>(p.dv_accum, p.dv, p.dv_token_stride, p.dv_head_stride, p.kv_tokens, hkv, first,
+                                      step);
+  }
 }
 
 // dq: row (t, h) is the sum of its pairs' slots in ascending slot order, each over the planes in
@@ -350,39 +355,51 @@ Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "slc_attn_backward: " + std::to_string(units) + " work units exceed the grid limit");
 
-  if (!dq_slots)
-    FSA_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, static_cast<std::size_t>(n * hq * kDqk) * sizeof(float), stream));
-  if (!deterministic) {
-    FSA_CUDA_CHECK(cudaMemsetAsync(p.dk_accum, 0, static_cast<std::size_t>(n * hkv * kDqk) * sizeof(float), stream));
-    FSA_CUDA_CHECK(cudaMemsetAsync(p.dv_accum, 0, static_cast<std::size_t>(n * hkv * kDv) * sizeof(float), stream));
+  const int steps = p.steps;
+  if (deterministic && steps != (kSlcBwdZeroKv | kSlcBwdChunk | kSlcBwdFinishKv))
+    return FSA_ERROR(StatusCode::kInternal, "slc_attn_backward: the deterministic mode runs in one launch");
+  const long long kv_rows = p.kv_tokens;
+  if (!deterministic && (steps & kSlcBwdZeroKv) != 0) {
+    FSA_CUDA_CHECK(cudaMemsetAsync(p.dk_accum, 0, static_cast<std::size_t>(kv_rows * hkv * kDqk) * sizeof(float), stream));
+    FSA_CUDA_CHECK(cudaMemsetAsync(p.dv_accum, 0, static_cast<std::size_t>(kv_rows * hkv * kDv) * sizeof(float), stream));
   }
-  slc::slc_bwd_delta_kernel<Element, kDv><<<slc::row_ctas(n * hq * 32), slc::kRowThreads, 0, stream>>>(p);
-  FSA_CHECK_LAUNCH("slc_bwd_delta_kernel", stream);
-  if (units > 0) {
-    if (deterministic) {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true, true>(p, stream)));
-    } else if (dq_slots) {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, true>(p, stream)));
-    } else {
-      FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, false>(p, stream)));
+  if ((steps & kSlcBwdChunk) != 0) {
+    if (!dq_slots)
+      FSA_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, static_cast<std::size_t>(n * hq * kDqk) * sizeof(float), stream));
+    slc::slc_bwd_delta_kernel<Element, kDv><<<slc::row_ctas(n * hq * 32), slc::kRowThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("slc_bwd_delta_kernel", stream);
+    if (units > 0) {
+      if (deterministic) {
+        FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, true, true>(p, stream)));
+      } else if (dq_slots) {
+        FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, true>(p, stream)));
+      } else {
+        FSA_RETURN_IF_ERROR((slc::launch_main<Element, kDqk, kDv, false, false>(p, stream)));
+      }
     }
-  }
-  if (dq_slots) {
-    const unsigned ctas = slc::row_ctas(n * hq * kDqk / 8);
-    if (slc_bwd_planes(shape) == 1)
-      slc::slc_bwd_reduce_dq_kernel<Element, kDqk, 1><<<ctas, slc::kRowThreads, 0, stream>>>(p);
-    else
-      slc::slc_bwd_reduce_dq_kernel<Element, kDqk, 2><<<ctas, slc::kRowThreads, 0, stream>>>(p);
-    FSA_CHECK_LAUNCH("slc_bwd_reduce_dq_kernel", stream);
+    if (dq_slots) {
+      const unsigned ctas = slc::row_ctas(n * hq * kDqk / 8);
+      if (slc_bwd_planes(shape) == 1)
+        slc::slc_bwd_reduce_dq_kernel<Element, kDqk, 1><<<ctas, slc::kRowThreads, 0, stream>>>(p);
+      else
+        slc::slc_bwd_reduce_dq_kernel<Element, kDqk, 2><<<ctas, slc::kRowThreads, 0, stream>>>(p);
+      FSA_CHECK_LAUNCH("slc_bwd_reduce_dq_kernel", stream);
+    }
   }
   if (deterministic) {
     slc::slc_bwd_reduce_kv_kernel<Element, kDqk, kDv>
         <<<slc::row_ctas(n * hkv * (kDqk + kDv) / 4), slc::kRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_reduce_kv_kernel", stream);
-  } else {
-    const long long largest_quads = n * std::max(dq_slots ? 0 : hq * kDqk, hkv * std::max(kDqk, kDv)) / 4;
+    return Status::ok();
+  }
+  // One conversion launch for what this launch finishes: dq (atomic sink) and / or dk, dv.
+  const bool convert_dq = (steps & kSlcBwdChunk) != 0 && !dq_slots;
+  const bool convert_kv = (steps & kSlcBwdFinishKv) != 0;
+  const long long largest_quads =
+      std::max(convert_dq ? n * hq * kDqk : 0LL, convert_kv ? kv_rows * hkv * std::max(kDqk, kDv) : 0LL) / 4;
+  if (largest_quads > 0) {
     slc::slc_bwd_convert_kernel<Element, kDqk, kDv>
-        <<<dim3(slc::row_ctas(largest_quads), dq_slots ? 2 : 3), slc::kRowThreads, 0, stream>>>(p);
+        <<<dim3(slc::row_ctas(largest_quads), convert_dq ? 3 : 2), slc::kRowThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_bwd_convert_kernel", stream);
   }
   return Status::ok();

@@ -66,6 +66,13 @@ struct SlcForwardParams {
 // - dK / dV, deterministic: kv_part [groups, B, Dqk + Dv] (fp32) holds each CTA's partial (group =
 //   the CTA's run of units_per_cta units of one list, whose rows the sorted plan fixes), added in
 //   ascending group order by a reduction kernel.
+// The steps of one backward launch (SlcBackwardParams::steps). A whole problem takes all three in
+// one launch; query chunks (slc_attn.cu) zero the dK / dV accumulators with the first chunk, run
+// each chunk, and convert the accumulators of every key row after the last.
+constexpr int kSlcBwdZeroKv = 1;    // zero dk_accum / dv_accum ([kv_tokens, Hkv, D])
+constexpr int kSlcBwdChunk = 2;     // delta, the main kernel and the dQ sink of the plan's tokens
+constexpr int kSlcBwdFinishKv = 4;  // dk / dv of kv_tokens key rows from the accumulators
+
 struct SlcBackwardParams {
   SlcPlan plan;
   SlcTensors in;
@@ -84,6 +91,8 @@ struct SlcBackwardParams {
   // [slc_bwd_kv_groups] the first unit of each run (a CTA of the main kernel), indexed by the run's
   // group (below), -1 for the group indices no run takes; written by the backward's launcher.
   std::int32_t* run_unit;
+  int steps;             // kSlcBwd* bits (above)
+  std::int64_t kv_tokens;  // key rows of dk_accum / dv_accum and of dk / dv: N of the whole batch
   void* dq;         // outputs in the dtype of q, strided like q, k, v
   void* dk;
   void* dv;

@@ -122,4 +122,9 @@ std::size_t slc_plan_workspace_bytes(const SlcPlanShape& shape);
 // aligned).
 SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace);
 
+// The plan as the forward and as the backward kernels read it. (Interim: the same plan; a split
+// plan's backward view is being added on its own branch.)
+inline SlcPlan slc_plan_forward_view(const SlcPlan& plan) { return plan; }
+inline SlcPlan slc_plan_backward_view(const SlcPlan& plan) { return plan; }
+
 }  // namespace fsa::cuda

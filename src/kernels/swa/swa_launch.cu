@@ -4,7 +4,7 @@
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/flash/flash.hpp"
-#include "kernels/swa/swa.hpp"
+#include "cuda/backend.hpp"
 
 namespace fsa::cuda {
 
@@ -32,14 +32,14 @@ Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorVie
 
 Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const TensorView& d_o,
-                    const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+                    const TensorView& dq, const TensorView& dk, const TensorView& dv, const Workspace& workspace) {
   constexpr const char* kOp = "swa_backward";
   FSA_RETURN_IF_ERROR(common::check_rows_aligned(
       kOp, {{"q", q}, {"k", k}, {"v", v}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}));
   const DeviceGuard guard(q.device.index);
   FlashParams p = params_of(config, q, k, v, cu_seqlens, o, lse);
   flash::set_gradients(p, d_o, dq, dk, dv);
-  return flash::backward(kOp, p, q.dtype, q.size(2), v.size(2), current_stream());
+  return flash::backward(kOp, p, q.dtype, q.size(2), v.size(2), current_stream(), workspace);
 }
 
 }  // namespace fsa::cuda

@@ -4,7 +4,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "cuda/runtime.hpp"
-#include "kernels/varlen/compressed_cu_seqlens.hpp"
+#include "cuda/backend.hpp"
 
 namespace fsa::cuda {
 

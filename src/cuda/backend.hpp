@@ -1,0 +1,132 @@
+// The CUDA backend: every GPU entry point of the library in one list. src/api validates the
+// arguments (once) and routes CUDA tensors here; the GPU layer (src/layer) calls these directly.
+// What only the GPU path limits (16-byte rows, supported head dims, topk width) is checked here,
+// with errors naming the argument. Workspaces are the caller's (fsa/workspace.hpp): no function
+// here allocates device memory, and each *_workspace_bytes reads sizes only.
+#pragma once
+
+#include <cstddef>
+
+#include "fsa/config.hpp"
+#include "fsa/layer.hpp"
+#include "fsa/ops.hpp"
+#include "fsa/types.hpp"
+#include "fsa/workspace.hpp"
+
+namespace fsa::cuda {
+
+// ---- Sequence metadata (kernels/varlen) --------------------------------------------------------
+Status compressed_cu_seqlens(const NsaConfig& config, const TensorView& cu_seqlens, const TensorView& cu_cmp);
+
+// ---- Compression (kernels/compress) ------------------------------------------------------------
+std::size_t compress_forward_workspace_bytes(const NsaConfig& config, const TensorView& x, const TensorView& weight,
+                                             const TensorView& y);
+std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const TensorView& x, const TensorView& dy,
+                                              const TensorView& d_weight);
+Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                        const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                        const TensorView& y, const Workspace& workspace);
+Status compress_backward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
+                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
+                         const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
+                         const TensorView& d_pos_emb, const Workspace& workspace);
+
+// ---- Rotary embedding (kernels/rope) -----------------------------------------------------------
+Status rope(const RopeConfig& rope, const TensorView& x, const TensorView& cu, int position_stride,
+            const TensorView& y, bool inverse);
+
+// ---- Compressed and sliding-window attention (kernels/flash, kernels/cmp_attn, kernels/swa) -----
+// The backward's fp32 accumulators of dq, dk, dv and the row sums of o * d_o.
+std::size_t flash_backward_workspace_bytes(const TensorView& q, const TensorView& k, const TensorView& v);
+Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                        const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                        const TensorView& o, const TensorView& lse);
+Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                         const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                         const TensorView& o, const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                         const TensorView& dk_cmp, const TensorView& dv_cmp, const Workspace& workspace);
+Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                   const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
+Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                    const TensorView& dq, const TensorView& dk, const TensorView& dv, const Workspace& workspace);
+
+// ---- Block selection (kernels/select) ----------------------------------------------------------
+Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                     const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                     const TensorView& topk_idx);
+
+// ---- Selected attention (kernels/slc_attn) -----------------------------------------------------
+// The problem of one selected-attention call, from its tensors' sizes.
+struct SlcProblem {
+  std::int64_t tokens = 0;
+  int num_seqs = 0, heads_q = 0, heads_kv = 0, dim_qk = 0, dim_v = 0, width = 0, block_size = 64;
+  DType dtype = DType::kBFloat16;
+  int device = 0;
+
+  static SlcProblem of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& topk_idx, const TensorView& cu_seqlens);
+};
+std::size_t slc_plan_bytes(const SlcProblem& problem, const SlcOptions& options);
+std::size_t slc_forward_workspace_bytes(const SlcProblem& problem, const SlcOptions& options, bool plan_given);
+std::size_t slc_backward_workspace_bytes(const SlcProblem& problem, const SlcOptions& options, bool plan_given);
+Status slc_plan_build(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& plan,
+                      const SlcOptions& options);
+// `plan`: built by slc_plan_build, or undefined (then built per chunk in the workspace).
+Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                        const TensorView& lse, const SlcOptions& options, const TensorView& plan,
+                        const Workspace& workspace);
+Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                         const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                         const TensorView& dv, const SlcOptions& options, const TensorView& plan,
+                         const Workspace& workspace);
+// Chunk plans built by this process so far (the tests check that a layer forward + backward
+// builds its plan once).
+std::int64_t slc_plan_builds();
+
+// ---- Gated combination (kernels/combine) -------------------------------------------------------
+Status combine_forward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,
+                       const TensorView& o_slc, const TensorView& o_swa, const TensorView& o);
+Status combine_backward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,
+                        const TensorView& o_slc, const TensorView& o_swa, const TensorView& d_o,
+                        const TensorView& d_gates, const TensorView& d_o_cmp, const TensorView& d_o_slc,
+                        const TensorView& d_o_swa);
+// dst += src, elementwise, in the input dtype (the layer's gradient sums).
+Status add_into(const TensorView& dst, const TensorView& src);
+
+// ---- The whole layer (layer/cuda_layer.cu) -----------------------------------------------------
+std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape, const NsaLayerOptions& options);
+std::size_t nsa_forward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape, bool with_saved,
+                                        const NsaLayerOptions& options);
+std::size_t nsa_backward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape,
+                                         const NsaLayerOptions& options);
+Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& o,
+                   const TensorView& saved, const NsaLayerOptions& options, const Workspace& workspace);
+Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& saved,
+                    const TensorView& d_o, const NsaLayerGrads& grads, const NsaLayerOptions& options,
+                    const Workspace& workspace);
+
+// ---- The convenience allocation (cuda/scratch.cu) ----------------------------------------------
+// Stream-ordered device memory for a caller that passed an empty Workspace: cudaMallocAsync on the
+// current stream, cudaFreeAsync at the end of the scope. The only device allocation of the library.
+class StreamScratch {
+ public:
+  StreamScratch(std::size_t bytes, int device);
+  ~StreamScratch();
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  const Status& status() const { return status_; }
+  Workspace workspace() const { return {data_, bytes_}; }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  void* stream_ = nullptr;
+  int device_ = 0;
+  Status status_;
+};
+
+}  // namespace fsa::cuda
