@@ -54,6 +54,11 @@ void NonNegativeIntField::assign(int& member, Arg value, const char* label) {
   member = static_cast<int>(value);
 }
 
+void ByteCountField::assign(std::size_t& member, Arg value, const char* label) {
+  TORCH_CHECK_VALUE(value >= 0, label, ": expected a byte count >= 0, got ", value);
+  member = static_cast<std::size_t>(value);
+}
+
 std::string FloatField::literal(float value) {
   // 9 significant digits read back as the same float.
   char text[32];

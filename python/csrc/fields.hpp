@@ -52,6 +52,15 @@ struct NonNegativeIntField : IntField {
   static void assign(int& member, Arg value, const char* label);
 };
 
+// A byte count (std::size_t) from a schema int; negative values are an error.
+struct ByteCountField {
+  using Arg = std::int64_t;
+  using Member = std::size_t;
+  static std::string schema_type() { return "int"; }
+  static void assign(std::size_t& member, Arg value, const char* label);
+  static std::string literal(std::size_t value) { return std::to_string(value); }
+};
+
 struct FloatField {
   using Arg = double;
   using Member = float;
@@ -83,7 +92,7 @@ extern template struct EnumField<ScoreAggregation>;
 extern template struct EnumField<SlcPath>;
 
 // `Field` or None; None keeps the member's default (NsaConfig's scale 0 = 1/sqrt(Dqk), Python's
-// scale=None).
+// scale=None; SlcOptions' workspace_cap kDefaultWorkspaceCap, Python's workspace_cap=None).
 template <class Field>
 struct Optional {
   using Arg = std::optional<typename Field::Arg>;
@@ -99,6 +108,7 @@ using CompressionField = EnumField<CompressionKind>;
 using AggregationField = EnumField<ScoreAggregation>;
 using SlcPathField = EnumField<SlcPath>;
 using OptionalFloatField = Optional<FloatField>;
+using OptionalByteCountField = Optional<ByteCountField>;
 
 // ---- the fields ----------------------------------------------------------------------------------
 
@@ -125,6 +135,7 @@ using OptionalFloatField = Optional<FloatField>;
 #define FSA_FIELD_path(X) X(SlcPathField, path, selected.path)
 #define FSA_FIELD_dense_threshold(X) X(NonNegativeIntField, dense_threshold, selected.dense_threshold)
 #define FSA_FIELD_deterministic(X) X(BoolField, deterministic, selected.deterministic)
+#define FSA_FIELD_workspace_cap(X) X(OptionalByteCountField, workspace_cap, selected.workspace_cap)
 
 // ---- the ops' lists, in schema order -------------------------------------------------------------
 
@@ -155,7 +166,8 @@ using OptionalFloatField = Optional<FloatField>;
 #define FSA_SLC_OPTION_ARGS(X) \
   FSA_FIELD_path(X)            \
   FSA_FIELD_dense_threshold(X) \
-  FSA_FIELD_deterministic(X)
+  FSA_FIELD_deterministic(X)   \
+  FSA_FIELD_workspace_cap(X)
 #define FSA_SLC_ATTN_ARGS(X) \
   FSA_FIELD_block_size(X)    \
   FSA_FIELD_scale(X)         \
@@ -163,7 +175,8 @@ using OptionalFloatField = Optional<FloatField>;
 #define FSA_SWA_ARGS(X) \
   FSA_FIELD_window(X)   \
   FSA_FIELD_scale(X)
-// The whole layer: every config field (gate_mode follows the rank of the gates).
+// The whole layer: every config field (gate_mode follows the rank of the gates), then the run
+// options it takes (NsaLayerOptions::selected).
 #define FSA_LAYER_ARGS(X)   \
   FSA_COMPRESSION_ARGS(X)   \
   FSA_FIELD_block_size(X)   \
@@ -175,8 +188,9 @@ using OptionalFloatField = Optional<FloatField>;
   FSA_FIELD_compression(X)  \
   FSA_FIELD_aggregation(X)  \
   FSA_FIELD_rope_enabled(X) \
-  FSA_ROPE_ARGS(X)
-// Every row once, for the checks at the end.
+  FSA_ROPE_ARGS(X)          \
+  FSA_FIELD_workspace_cap(X)
+// Every row (workspace_cap twice), for the checks at the end.
 #define FSA_ALL_ARGS(X) \
   FSA_LAYER_ARGS(X)     \
   FSA_SLC_OPTION_ARGS(X)

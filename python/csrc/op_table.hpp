@@ -13,7 +13,11 @@
 #include "fields.hpp"
 
 // The layer's tensors: q, k, v [N, H, D], cu_seqlens, the compression weights and the gates.
-#define FSA_LAYER_TENSORS "Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor? w_k, Tensor? pe_k, Tensor? w_v, Tensor gates"
+#define FSA_LAYER_TENSORS \
+  "Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor? w_k, Tensor? pe_k, Tensor? w_v, Tensor gates"
+// A problem's shape, as the shape ops take it (FSA_SHAPE_PARAMS in ops.hpp).
+#define FSA_SHAPE_ARGUMENTS \
+  "int tokens, int num_seqs, int heads_q, int heads_kv, int head_dim_qk, int head_dim_v, ScalarType dtype, Device device"
 
 #define FSA_OPS(X)                                                                                             \
   X(compressed_cu_seqlens, "Tensor cu_seqlens", FSA_COMPRESSION_ARGS, "Tensor")                                \
@@ -30,10 +34,12 @@
     FSA_CMP_ATTN_ARGS, "(Tensor dq, Tensor dk_cmp, Tensor dv_cmp)")                                            \
   X(select_blocks, "Tensor q, Tensor k_cmp, Tensor lse_cmp, Tensor cu_seqlens, Tensor cu_cmp",                 \
     FSA_SELECT_ARGS, "Tensor")                                                                                 \
-  X(slc_attn_forward, "Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens", FSA_SLC_ATTN_ARGS,   \
-    "(Tensor o, Tensor lse)")                                                                                  \
+  X(slc_plan, "Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens", FSA_SLC_ATTN_ARGS, "Tensor")  \
+  X(slc_attn_forward, "Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens, Tensor? plan",        \
+    FSA_SLC_ATTN_ARGS, "(Tensor o, Tensor lse)")                                                               \
   X(slc_attn_backward,                                                                                         \
-    "Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens, Tensor o, Tensor lse, Tensor d_o",      \
+    "Tensor q, Tensor k, Tensor v, Tensor topk_idx, Tensor cu_seqlens, Tensor? plan, Tensor o, Tensor lse, "   \
+    "Tensor d_o",                                                                                              \
     FSA_SLC_ATTN_ARGS, "(Tensor dq, Tensor dk, Tensor dv)")                                                    \
   X(swa_forward, "Tensor q, Tensor k, Tensor v, Tensor cu_seqlens", FSA_SWA_ARGS, "(Tensor o, Tensor lse)")    \
   X(swa_backward, "Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor o, Tensor lse, Tensor d_o",         \
@@ -45,10 +51,10 @@
   X(nsa_backward, FSA_LAYER_TENSORS ", Tensor saved, Tensor d_o", FSA_LAYER_ARGS,                              \
     "(Tensor dq, Tensor dk, Tensor dv, Tensor dw_k, Tensor dpe_k, Tensor dw_v, Tensor d_gates)")
 
-// Shape helpers without tensor arguments (one kernel for every dispatch key): what the fake
-// implementations need to size the layer's outputs.
-#define FSA_SHAPE_OPS(X)                                                                                       \
-  X(nsa_saved_bytes,                                                                                           \
-    "int tokens, int num_seqs, int heads_q, int heads_kv, int head_dim_qk, int head_dim_v, ScalarType dtype, " \
-    "Device device",                                                                                           \
-    FSA_LAYER_ARGS, "int")
+// Shape ops, without tensor arguments (one kernel for every dispatch key): the bytes the ops
+// allocate, from shapes alone, for the fake implementations (the layer's saved buffer, the plan)
+// and for accounting (the layer's workspaces, 0 on the CPU).
+#define FSA_SHAPE_OPS(X)                                                                                     \
+  X(nsa_layer_bytes, FSA_SHAPE_ARGUMENTS, FSA_LAYER_ARGS,                                                     \
+    "(int saved, int forward_workspace, int backward_workspace)")                                             \
+  X(slc_plan_bytes, FSA_SHAPE_ARGUMENTS ", int topk_width", FSA_SLC_ATTN_ARGS, "int")

@@ -4,6 +4,11 @@
 // the CPU, cuda_registration.cpp wraps them in torch's CUDA device and stream. The scalar
 // parameters come from each op's list of fields (FSA_PARAMS, fields.hpp); op_table.hpp gives the
 // schemas.
+//
+// Memory: every op that has a workspace query allocates its workspace with torch (uint8, on the
+// op's device and current stream), so torch's memory statistics and caching allocator see it; on
+// the GPU the op never gets an empty Workspace, so the library's own stream-ordered allocation is
+// never reached from here.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -44,11 +49,16 @@ Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_
 Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp, const Tensor& cu_seqlens,
                      const Tensor& cu_cmp FSA_PARAMS(FSA_SELECT_ARGS));
 
-// `deterministic` is the backward's; the forward takes it so that both share one list.
+// Selected attention's plan (fsa::slc_plan_build): uint8 [slc_plan_bytes], empty on the CPU. The
+// plan, the forward and the backward of one problem take the same scalars.
+Tensor slc_plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
+                const Tensor& cu_seqlens FSA_PARAMS(FSA_SLC_ATTN_ARGS));
+// `plan`: one built by slc_plan, or none (the op builds one in its workspace). `deterministic` is
+// the backward's; the forward and the plan take it so that all three share one list.
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                         const Tensor& cu_seqlens FSA_PARAMS(FSA_SLC_ATTN_ARGS));
+                         const Tensor& cu_seqlens, const OptionalTensor& plan FSA_PARAMS(FSA_SLC_ATTN_ARGS));
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                          const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse,
+                          const Tensor& cu_seqlens, const OptionalTensor& plan, const Tensor& o, const Tensor& lse,
                           const Tensor& d_o FSA_PARAMS(FSA_SLC_ATTN_ARGS));
 
 Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens
@@ -68,9 +78,17 @@ Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
 Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                      const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
                      const Tensor& gates, const Tensor& saved, const Tensor& d_o FSA_PARAMS(FSA_LAYER_ARGS));
-// Bytes of nsa_forward's `saved` output: shapes and device only, so that fake tensors can size it.
-std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
-                             std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
-                             c10::Device device FSA_PARAMS(FSA_LAYER_ARGS));
+// ---- shape ops: bytes from shapes and device alone (fake implementations, memory accounting) ----
+
+// A problem's shape (FSA_SHAPE_ARGUMENTS in op_table.hpp).
+#define FSA_SHAPE_PARAMS                                                                                   \
+  std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,                 \
+      std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype, c10::Device device
+
+// (bytes of nsa_forward's `saved` output, of nsa_forward's workspace, of nsa_backward's workspace):
+// what the layer ops allocate besides their outputs and gradients. The workspaces are 0 on the CPU.
+std::tuple<std::int64_t, std::int64_t, std::int64_t> nsa_layer_bytes(FSA_SHAPE_PARAMS FSA_PARAMS(FSA_LAYER_ARGS));
+// Bytes of slc_plan's output for topk_idx [Hkv, N, topk_width].
+std::int64_t slc_plan_bytes(FSA_SHAPE_PARAMS, std::int64_t topk_width FSA_PARAMS(FSA_SLC_ATTN_ARGS));
 
 }  // namespace fsa::torch_ext

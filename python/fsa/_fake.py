@@ -97,20 +97,32 @@ def _(a):
     return _like(a.gates), _like(a.o_cmp), _like(a.o_slc), _like(a.o_swa)
 
 
-def _saved_bytes(a):
-    """The exact size when the shapes are concrete; an unbacked size under dynamic shapes (the
-    layout is the C++ library's business, not re-derived here)."""
+def _shape_op(shape_op, faked_op, a, *extra):
+    """Shape op `shape_op` (the C++ library's exact bytes) on the problem's sizes, `extra` and the
+    scalars of the call of `faked_op` (the shape ops take the same list of fields)."""
     sizes = (a.q.shape[0], a.cu_seqlens.shape[0] - 1, a.q.shape[1], a.k.shape[1], a.q.shape[2], a.v.shape[2])
-    if all(isinstance(s, int) for s in sizes):
-        scalars = {name: getattr(a, name) for name in _schema.scalar_names("nsa_forward")}
-        return ops.nsa_saved_bytes(*sizes, a.q.dtype, a.q.device, **scalars)
-    return torch.library.get_ctx().new_dynamic_size()
+    scalars = {name: getattr(a, name) for name in _schema.scalar_names(faked_op)}
+    return getattr(ops, shape_op)(*sizes, a.q.dtype, a.q.device, *extra, **scalars)
+
+
+def _byte_buffer(a, bytes_fn, sized_by):
+    """uint8 [bytes_fn()] when the shapes of the tensors `sized_by` are concrete, else an unbacked
+    size under dynamic shapes (the layout is the C++ library's business, not re-derived here)."""
+    concrete = all(isinstance(s, int) for t in sized_by for s in t.shape)
+    size = bytes_fn() if concrete else torch.library.get_ctx().new_dynamic_size()
+    return a.q.new_empty((size,), dtype=torch.uint8)
+
+
+@_fake("slc_plan")
+def _(a):
+    return _byte_buffer(a, lambda: _shape_op("slc_plan_bytes", "slc_plan", a, a.topk_idx.shape[2]),
+                        (a.q, a.k, a.v, a.cu_seqlens, a.topk_idx))
 
 
 @_fake("nsa_forward")
 def _(a):
     o = a.q.new_empty((a.q.shape[0], a.q.shape[1], a.v.shape[2]))
-    saved = a.q.new_empty((_saved_bytes(a),), dtype=torch.uint8)
+    saved = _byte_buffer(a, lambda: _shape_op("nsa_layer_bytes", "nsa_forward", a)[0], (a.q, a.k, a.v, a.cu_seqlens))
     return o, saved
 
 
@@ -124,7 +136,7 @@ def _register(name, fn):
     torch.library.register_fake(f"fsa::{name}", lambda *args, **kwargs: fn(_schema.bind(name, args, kwargs)))
 
 
-_needed = {name for name in _schema.op_names() if _schema.has_tensors(name)}  # nsa_saved_bytes runs as is
+_needed = {name for name in _schema.op_names() if _schema.has_tensors(name)}  # the shape ops run as they are
 if _needed != set(_FAKES):
     raise ImportError(f"fsa/_fake.py is out of step with the library's ops: no fake implementation for "
                       f"{sorted(_needed - set(_FAKES))}, one for unknown ops {sorted(set(_FAKES) - _needed)}")

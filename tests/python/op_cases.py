@@ -23,20 +23,22 @@ def op_cases(lengths, dtype=torch.float64, heads_q=4, heads_kv=2, dim_qk=8, dim_
     cu, cu_cmp = p.cu_seqlens, p.cu_cmp
 
     def case(name, *leading, differentiable=(), **options):
-        op_name = name.removesuffix("_mean").removesuffix("_compressed")  # variants of one op
+        op_name = name.removesuffix("_mean").removesuffix("_compressed").removesuffix("_unplanned")  # variants
         return getattr(ops, op_name), op_args(op_name, *leading, config=config, **options), differentiable
 
     with torch.no_grad():
         k_cmp = naive_nsa.compress(p.k.double(), cu, p.w_k.double(), p.pe_k.double(), l, s).to(dtype)
         v_cmp = naive_nsa.compress(p.v.double(), cu, p.w_v.double(), None, l, s).to(dtype)
     topk = random_topk(heads_kv, cu, width=4, block_size=config.block_size)
-    slc_options = dict(path="auto", dense_threshold=0, deterministic=False)
+    slc_options = dict(path="auto", dense_threshold=0, deterministic=False, workspace_cap=None)
+    plan = ops.slc_plan(*op_args("slc_plan", p.q, p.k, p.v, topk, cu, config=config, **slc_options))
     o_cmp, lse_cmp = ops.cmp_attn_forward(*op_args("cmp_attn_forward", p.q, k_cmp, v_cmp, cu, cu_cmp, config=config))
-    o_slc, lse_slc = ops.slc_attn_forward(*op_args("slc_attn_forward", p.q, p.k, p.v, topk, cu, config=config,
+    o_slc, lse_slc = ops.slc_attn_forward(*op_args("slc_attn_forward", p.q, p.k, p.v, topk, cu, plan, config=config,
                                                    **slc_options))
     o_swa, lse_swa = ops.swa_forward(*op_args("swa_forward", p.q, p.k, p.v, cu, config=config))
     layer = (p.q, p.k, p.v, cu, p.w_k, p.pe_k, p.w_v, p.gates)
-    _, saved = ops.nsa_forward(*op_args("nsa_forward", *layer, config=config))
+    layer_options = dict(workspace_cap=1 << 30)  # not the default: the fakes and autograd must pass it on
+    _, saved = ops.nsa_forward(*op_args("nsa_forward", *layer, config=config, **layer_options))
 
     return {
         "compressed_cu_seqlens": case("compressed_cu_seqlens", cu),
@@ -50,16 +52,19 @@ def op_cases(lengths, dtype=torch.float64, heads_q=4, heads_kv=2, dim_qk=8, dim_
         "cmp_attn_backward": case("cmp_attn_backward", p.q, k_cmp, v_cmp, cu, cu_cmp, o_cmp, lse_cmp,
                                   _grad_like(o_cmp)),
         "select_blocks": case("select_blocks", p.q, k_cmp, lse_cmp, cu, cu_cmp),
-        "slc_attn_forward": case("slc_attn_forward", p.q, p.k, p.v, topk, cu, differentiable=(0, 1, 2),
+        "slc_plan": case("slc_plan", p.q, p.k, p.v, topk, cu, **slc_options),
+        "slc_attn_forward": case("slc_attn_forward", p.q, p.k, p.v, topk, cu, plan, differentiable=(0, 1, 2),
                                  **slc_options),
-        "slc_attn_backward": case("slc_attn_backward", p.q, p.k, p.v, topk, cu, o_slc, lse_slc, _grad_like(o_slc),
-                                  **slc_options),
+        "slc_attn_forward_unplanned": case("slc_attn_forward_unplanned", p.q, p.k, p.v, topk, cu, None,
+                                           differentiable=(0, 1, 2), **slc_options),
+        "slc_attn_backward": case("slc_attn_backward", p.q, p.k, p.v, topk, cu, plan, o_slc, lse_slc,
+                                  _grad_like(o_slc), **slc_options),
         "swa_forward": case("swa_forward", p.q, p.k, p.v, cu, differentiable=(0, 1, 2)),
         "swa_backward": case("swa_backward", p.q, p.k, p.v, cu, o_swa, lse_swa, _grad_like(o_swa)),
         "combine_forward": case("combine_forward", p.gates, o_cmp, o_slc, o_swa, differentiable=(0, 1, 2, 3)),
         "combine_backward": case("combine_backward", p.gates, o_cmp, o_slc, o_swa, _grad_like(o_cmp)),
-        "nsa_forward": case("nsa_forward", *layer, differentiable=(0, 1, 2, 4, 5, 6, 7)),
-        "nsa_backward": case("nsa_backward", *layer, saved, _grad_like(o_cmp)),
+        "nsa_forward": case("nsa_forward", *layer, differentiable=(0, 1, 2, 4, 5, 6, 7), **layer_options),
+        "nsa_backward": case("nsa_backward", *layer, saved, _grad_like(o_cmp), **layer_options),
     }
 
 

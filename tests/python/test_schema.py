@@ -32,9 +32,12 @@ def test_config_fields_are_the_layer_schema_with_the_same_defaults():
     assert options <= layer_keywords, f"layer op arguments neither in NsaConfig nor nsa_attention: {options}"
     for name, value in fields.items():
         assert schema[name] == value, f"{name}: C++ default {schema[name]!r}, Python default {value!r}"
-    # nsa_backward and nsa_saved_bytes take the same scalars in the same order
+    # the backward, the shape op and the selected-attention ops take the same scalars in the same order
     assert _schema.scalar_names("nsa_backward") == _schema.scalar_names("nsa_forward")
-    assert _schema.scalar_names("nsa_saved_bytes")[-len(schema):] == _schema.scalar_names("nsa_forward")
+    assert _schema.scalar_names("nsa_layer_bytes")[-len(schema):] == _schema.scalar_names("nsa_forward")
+    slc = _schema.scalar_names("slc_plan")
+    assert _schema.scalar_names("slc_attn_forward") == _schema.scalar_names("slc_attn_backward") == slc
+    assert _schema.scalar_names("slc_plan_bytes")[-len(slc):] == slc
 
 
 def test_every_op_scalar_is_a_config_field_or_a_functional_keyword():
@@ -49,8 +52,9 @@ def test_every_op_scalar_is_a_config_field_or_a_functional_keyword():
 def test_op_args_fill_scalars_by_name_and_reject_drift():
     config = fsa.NsaConfig(window=77, rope=fsa.RopeConfig(theta=123.0))
     args = dict(zip((a.name for a in _schema.arguments("nsa_forward")),
-                    _schema.op_args("nsa_forward", *range(8), config=config)))
+                    _schema.op_args("nsa_forward", *range(8), config=config, workspace_cap=5)))
     assert args["window"] == 77 and args["rope_theta"] == 123.0 and args["rope_enabled"] is True
+    assert args["workspace_cap"] == 5
     with pytest.raises(TypeError, match="takes no argument 'bogus'"):
         _schema.op_args("swa_forward", *range(4), config=config, bogus=1)
     with pytest.raises(TypeError, match="'window' is neither a field of RopeConfig"):
