@@ -8,3 +8,4 @@
 #include "fsa/runtime.hpp"
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
+#include "fsa/workspace.hpp"

@@ -118,13 +118,13 @@ struct SlcOptions {
   // time (docs/kernels/slc_attn.md). The default adds with fp32 atomics, whose order varies from
   // run to run in the last bits. A plan built for the deterministic backward has sorted lists.
   bool deterministic = false;
-  // Cap of the scratch that grows with N * Hq * topk (plan, partial outputs, dQ slots): queries
-  // run in chunks of consecutive tokens whose scratch fits. The backward's fp32 dK / dV sums over
-  // all key rows (N * Hkv * (Dqk + Dv) * 4 bytes) count against it too; when they alone leave no
-  // room, the op takes the smallest chunk and its workspace query reports the bytes that needs.
-  // The deterministic backward does not run in chunks: it fails with an error naming
-  // workspace_cap when its scratch exceeds the cap. The forward, the backward and the plan of one
-  // problem must be given the same options.
+  // Cap of the scratch that grows with N * Hq * topk (one chunk's plan, the partial outputs, the
+  // dQ slots): queries run in chunks of consecutive tokens whose scratch fits (at least 4096
+  // tokens a chunk: below that the workspace query reports more than the cap). Not capped: the
+  // backward's fp32 dK / dV sums over all key rows (N * Hkv * (Dqk + Dv) * 4 bytes, the size of
+  // k and v in fp32, like the flash backward's accumulators). The deterministic backward does not
+  // run in chunks: it fails with an error naming workspace_cap when its scratch exceeds the cap.
+  // The forward, the backward and the plan of one problem must be given the same options.
   std::size_t workspace_cap = kDefaultWorkspaceCap;
 };
 

@@ -16,7 +16,8 @@
 //
 // Bounded memory: scratch that grows with N * Hq * topk (selected attention's partial outputs, its
 // dQ slots, its plan) stays under a cap, SlcOptions::workspace_cap (default kDefaultWorkspaceCap);
-// larger problems run in query chunks inside the same call. See docs/architecture.md.
+// larger problems run in query chunks inside the same call. The other scratch is at most the size
+// of the op's own tensors in fp32 (accumulators of dq, dk, dv). See docs/architecture.md.
 #pragma once
 
 #include <cstddef>

@@ -124,6 +124,7 @@ int run_bench_selected(const BenchOptions& options) {
   const std::vector<std::string> paths = options.paths.empty() ? std::vector<std::string>{"auto"} : options.paths;
   NsaConfig config;
   int failures = 0;
+  BenchWorkspace workspace;
   for (const BenchConfig& c : canonical_configs()) {
     if (!options.configs.empty() &&
         std::find(options.configs.begin(), options.configs.end(), c.name) == options.configs.end())
@@ -165,22 +166,29 @@ int run_bench_selected(const BenchOptions& options) {
       if (s.is_ok()) s = topk.upload(topk_host);
       const int threshold = options.dense_threshold > 0 ? options.dense_threshold : config.block_size / 4;
       for (const std::string& path : paths) {
-        const SlcOptions slc = slc_options(path, options.dense_threshold);
+        SlcOptions slc = slc_options(path, options.dense_threshold);
+        slc.workspace_cap = options.workspace_cap;
         // The split's share for the paths that plan it (auto also needs 4 dense blocks per tile).
         const double dense_pct = path == "auto" || path == "deterministic" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 4)
                                  : path == "split" ? 100.0 * dense_fraction(c, config, topk_host, threshold, 1)
                                                    : 0.0;
-        reset_pool_peak();
+        workspace.reset_peak();
         Status run_status = s;
         const Timing fwd = time_gpu(options.iterations, [&] {
+          const std::size_t bytes = slc_attn_forward_workspace_bytes(config, q.view(), k.view(), v.view(), topk.view(),
+                                                                     cu.view(), o.view(), lse.view(), slc);
           return slc_attn_forward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(),
-                                  lse.view(), slc);
+                                  lse.view(), slc, TensorView{}, workspace.take(bytes));
         }, &run_status);
         Timing bwd{0, 0, 0};
         if (run_status.is_ok())
           bwd = time_gpu(options.iterations, [&] {
+            const std::size_t bytes =
+                slc_attn_backward_workspace_bytes(config, q.view(), k.view(), v.view(), topk.view(), cu.view(),
+                                                  o.view(), lse.view(), d_o.view(), dq.view(), dk.view(), dv.view(), slc);
             return slc_attn_backward(config, q.view(), k.view(), v.view(), topk.view(), cu.view(), o.view(),
-                                     lse.view(), d_o.view(), dq.view(), dk.view(), dv.view(), slc);
+                                     lse.view(), d_o.view(), dq.view(), dk.view(), dv.view(), slc, TensorView{},
+                                     workspace.take(bytes));
           }, &run_status);
         if (!run_status.is_ok()) {
           std::fprintf(stderr, "%s %s %s: %s\n", c.name.c_str(), pattern.c_str(), path.c_str(),
@@ -197,7 +205,7 @@ int run_bench_selected(const BenchOptions& options) {
         char line[512];
         std::snprintf(line, sizeof line, "%s,%s,%s,%.3f,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.1f,%.0f,%.1f",
                       c.name.c_str(), pattern.c_str(), path.c_str(), fwd.median, fwd.min, fwd.max, fwd_tflops,
-                      bwd.median, bwd.min, bwd.max, bwd_tflops, pool_peak_mib(), dense_pct);
+                      bwd.median, bwd.min, bwd.max, bwd_tflops, workspace.peak_mib(), dense_pct);
         out.row(line);
       }
     }

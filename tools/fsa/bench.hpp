@@ -2,8 +2,11 @@
 // benchmarks.md and writes CSV rows.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <vector>
+
+#include "fsa/workspace.hpp"
 
 namespace fsa::tool {
 
@@ -13,6 +16,7 @@ struct BenchOptions {
   std::vector<std::string> paths;     // "auto", "kv-outer", "split", "query-outer"; empty = auto
   int dense_threshold = 0;            // SlcOptions::dense_threshold (0 = the cost model's)
   int iterations = 10;
+  std::size_t workspace_cap = kDefaultWorkspaceCap;  // SlcOptions::workspace_cap of every call
   std::string csv_path;
 };
 

@@ -91,6 +91,7 @@ int run_bench_compressed(const BenchOptions& options) {
   NsaConfig config;
   const int d = 128;
   int failures = 0;
+  BenchWorkspace workspace;
   for (const BenchConfig& c : canonical_configs()) {
     if (!selected(options.configs, c.name)) continue;
     CompressedProblem p(c, config, d);
@@ -101,8 +102,13 @@ int run_bench_compressed(const BenchOptions& options) {
     }
     const TensorView cu = p.cu.view(), cu_cmp = p.cu_cmp.view();
     auto compress_kv = [&] {
-      FSA_RETURN_IF_ERROR(compress_forward(config, p.k.view(), cu, cu_cmp, p.w_k.view(), p.pe_k.view(), p.k_cmp.view()));
-      return compress_forward(config, p.v.view(), cu, cu_cmp, p.w_v.view(), TensorView{}, p.v_cmp.view());
+      const TensorView k = p.k.view(), v = p.v.view(), wk = p.w_k.view(), wv = p.w_v.view(), pe = p.pe_k.view();
+      FSA_RETURN_IF_ERROR(compress_forward(
+          config, k, cu, cu_cmp, wk, pe, p.k_cmp.view(),
+          workspace.take(compress_forward_workspace_bytes(config, k, cu, cu_cmp, wk, pe, p.k_cmp.view()))));
+      return compress_forward(
+          config, v, cu, cu_cmp, wv, TensorView{}, p.v_cmp.view(),
+          workspace.take(compress_forward_workspace_bytes(config, v, cu, cu_cmp, wv, TensorView{}, p.v_cmp.view())));
     };
     auto attention = [&] {
       return cmp_attn_forward(config, p.q.view(), p.k_cmp.view(), p.v_cmp.view(), cu, cu_cmp, p.o.view(),
@@ -112,13 +118,20 @@ int run_bench_compressed(const BenchOptions& options) {
       return select_blocks(config, p.q.view(), p.k_cmp.view(), p.lse.view(), cu, cu_cmp, p.topk.view());
     };
     auto backward = [&] {
-      FSA_RETURN_IF_ERROR(cmp_attn_backward(config, p.q.view(), p.k_cmp.view(), p.v_cmp.view(), cu, cu_cmp,
-                                            p.o.view(), p.lse.view(), p.d_o.view(), p.dq.view(), p.dk_cmp.view(),
-                                            p.dv_cmp.view()));
-      FSA_RETURN_IF_ERROR(compress_backward(config, p.k.view(), cu, cu_cmp, p.w_k.view(), p.pe_k.view(),
-                                            p.dk_cmp.view(), p.dk.view(), p.dw_k.view(), p.dpe_k.view()));
-      return compress_backward(config, p.v.view(), cu, cu_cmp, p.w_v.view(), TensorView{}, p.dv_cmp.view(),
-                               p.dv.view(), p.dw_v.view(), TensorView{});
+      const TensorView q = p.q.view(), kc = p.k_cmp.view(), vc = p.v_cmp.view(), o = p.o.view(), lse = p.lse.view();
+      const TensorView d_o = p.d_o.view(), dq = p.dq.view(), dkc = p.dk_cmp.view(), dvc = p.dv_cmp.view();
+      FSA_RETURN_IF_ERROR(cmp_attn_backward(
+          config, q, kc, vc, cu, cu_cmp, o, lse, d_o, dq, dkc, dvc,
+          workspace.take(cmp_attn_backward_workspace_bytes(config, q, kc, vc, cu, cu_cmp, o, lse, d_o, dq, dkc, dvc))));
+      const TensorView k = p.k.view(), wk = p.w_k.view(), pe = p.pe_k.view(), dk = p.dk.view(), dwk = p.dw_k.view(),
+                       dpe = p.dpe_k.view();
+      FSA_RETURN_IF_ERROR(compress_backward(
+          config, k, cu, cu_cmp, wk, pe, dkc, dk, dwk, dpe,
+          workspace.take(compress_backward_workspace_bytes(config, k, cu, cu_cmp, wk, pe, dkc, dk, dwk, dpe))));
+      const TensorView v = p.v.view(), wv = p.w_v.view(), dv = p.dv.view(), dwv = p.dw_v.view();
+      return compress_backward(config, v, cu, cu_cmp, wv, TensorView{}, dvc, dv, dwv, TensorView{},
+                               workspace.take(compress_backward_workspace_bytes(config, v, cu, cu_cmp, wv, TensorView{},
+                                                                                dvc, dv, dwv, TensorView{})));
     };
     const std::vector<std::pair<std::string, std::function<Status()>>> phases = {
         {"compress k+v fwd", compress_kv},
@@ -132,13 +145,13 @@ int run_bench_compressed(const BenchOptions& options) {
     };
     for (const auto& [name, body] : phases) {
       Timing t;
-      if (!time_phase(c.name, name, options.iterations, body, &t)) {
+      if (!time_phase(c.name, name, options.iterations, body, &t, &workspace)) {
         ++failures;
         continue;
       }
       char line[256];
       std::snprintf(line, sizeof line, "%s,%s,%.3f,%.3f,%.3f,%.0f", c.name.c_str(), name.c_str(), t.median, t.min,
-                    t.max, pool_peak_mib());
+                    t.max, workspace.peak_mib());
       out.row(line);
     }
   }

@@ -1,5 +1,5 @@
 // Shared pieces of the `fsa bench` commands: the canonical configurations of benchmarks.md, a
-// CUDA-event timer, the memory pool's peak, and the output (stdout and a CSV file).
+// CUDA-event timer, the caller-owned workspace, and the output (stdout and a CSV file).
 #pragma once
 
 #ifdef FSA_WITH_CUDA
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer.hpp"
 #include "fsa/fsa.hpp"
 
 namespace fsa::tool {
@@ -70,27 +71,35 @@ Timing time_gpu(int iterations, Fn&& body, Status* status) {
   return {ms[ms.size() / 2], ms.front(), ms.back()};
 }
 
-// Peak bytes allocated from the device's memory pool (the workspaces are stream-ordered allocations
-// from it) since the last reset.
-inline void reset_pool_peak() {
-  cudaMemPool_t pool;
-  if (cudaDeviceGetDefaultMemPool(&pool, 0) != cudaSuccess) return;
-  std::uint64_t zero = 0;
-  cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
-}
-inline double pool_peak_mib() {
-  cudaMemPool_t pool;
-  std::uint64_t peak = 0;
-  if (cudaDeviceGetDefaultMemPool(&pool, 0) == cudaSuccess)
-    cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak);
-  return static_cast<double>(peak) / (1 << 20);
-}
+// The caller-owned workspace of the benches (fsa/workspace.hpp): one device buffer that grows to
+// the largest query it is asked for, so that no timed iteration allocates (a growth happens in a
+// phase's warm-up iteration). peak_mib() is the largest request since reset_peak().
+class BenchWorkspace {
+ public:
+  Workspace take(std::size_t bytes) {
+    peak_ = std::max(peak_, bytes);
+    if (bytes > capacity_) {
+      std::string error;
+      buffer_ = Buffer();  // free the old one first: the new one may need its memory
+      buffer_ = Buffer(Device::cuda(0), DType::kUInt8, {static_cast<std::int64_t>(bytes)}, &error);
+      capacity_ = error.empty() ? bytes : 0;
+    }
+    return capacity_ >= bytes ? Workspace{buffer_.view().data, capacity_} : Workspace{nullptr, 0};
+  }
+  void reset_peak() { peak_ = 0; }
+  double peak_mib() const { return static_cast<double>(peak_) / (1 << 20); }
 
-// One phase of a bench: the pool's peak reset, then time_gpu; a failure is printed as
+ private:
+  Buffer buffer_;
+  std::size_t capacity_ = 0, peak_ = 0;
+};
+
+// One phase of a bench: the workspace's peak reset, then time_gpu; a failure is printed as
 // "<config> <phase>: <error>" and returns false.
 template <class Fn>
-bool time_phase(const std::string& config, const std::string& phase, int iterations, Fn&& body, Timing* timing) {
-  reset_pool_peak();
+bool time_phase(const std::string& config, const std::string& phase, int iterations, Fn&& body, Timing* timing,
+                BenchWorkspace* ws) {
+  ws->reset_peak();
   Status status;
   *timing = time_gpu(iterations, body, &status);
   if (status.is_ok()) return true;

@@ -1,5 +1,6 @@
 // The `fsa` command-line tool.
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -39,7 +40,12 @@ commands:
             nsa_backward, and the library's dense causal attention (forward, forward + backward) in
             the same run, on the canonical configurations plus a length sweep SWEEP-G{4,16}-{2..32}K
             that reports where NSA forward + backward becomes faster than dense: --config, --iters,
-            --csv as above
+            --csv as above; the memory beyond the layer's inputs, outputs and gradients is in the
+            saved_mib and workspace_mib columns. --config S256K-G4|S512K-G4|S1M-G4 (only when named)
+            times the layer alone on one long sequence
+  bench options shared by all three: --workspace-cap BYTES|unlimited, the cap of selected
+            attention's scratch (SlcOptions::workspace_cap; default 4 GiB), above which it runs in
+            query chunks
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help      print this text
 
@@ -204,6 +210,11 @@ int run_bench_command(int argc, char** argv) {
       options.iterations = static_cast<int>(n);
     } else if (opt == "--csv") {
       options.csv_path = value;
+    } else if (opt == "--workspace-cap") {
+      long long n = 0;
+      if (value == "unlimited") options.workspace_cap = SIZE_MAX;
+      else if (parse_int(value.c_str(), &n) && n >= 1) options.workspace_cap = static_cast<std::size_t>(n);
+      else return usage_error("--workspace-cap: expected a positive number of bytes or 'unlimited'");
     } else {
       return usage_error("unknown option " + opt);
     }

@@ -204,19 +204,19 @@ struct Chunking {
   bool chunked() const { return chunks > 1; }
 };
 
-// The most scratch any call of the problem takes with chunks of C tokens: the backward's fixed
-// accumulators, one chunk's plan and the larger of one chunk's forward and backward scratch
-// (the backward taken with dQ slots, its larger sink).
-std::size_t worst_bytes(const SlcProblem& p, const SlcOptions& options, std::int64_t chunk_tokens, bool chunked) {
+// The capped scratch of any call of the problem with chunks of C tokens: one chunk's plan and the
+// larger of one chunk's forward and backward scratch (the backward taken with dQ slots, its larger
+// sink). The backward's dK / dV accumulators are not counted: like the flash backward's, they are
+// the size of k and v in fp32 whatever the chunks.
+std::size_t capped_bytes(const SlcProblem& p, const SlcOptions& options, std::int64_t chunk_tokens, bool chunked) {
   const ResolvedPath path = resolve_path(options, p, chunked);
   const SlcPlanShape shape = plan_shape(p, chunk_tokens, path, options);
-  WorkspaceCarver fixed, plan, fwd, bwd;
+  WorkspaceCarver plan, fwd, bwd;
   BackwardScratch unused;
-  backward_accumulators(fixed, p, options, &unused);
   chunk_plan_layout(plan, p, shape, chunked);
   forward_scratch(fwd, p, chunk_tokens, true);
   backward_chunk_scratch(bwd, p, options, shape, true, &unused);
-  return fixed.bytes() + plan.bytes() + std::max(fwd.bytes(), bwd.bytes());
+  return plan.bytes() + std::max(fwd.bytes(), bwd.bytes());
 }
 
 // The largest chunk whose scratch fits the cap, balanced over the chunks it takes. The smallest
@@ -237,12 +237,12 @@ Chunking chunking(const SlcProblem& p, const SlcOptions& options) {
   Chunking c;
   c.chunk_tokens = std::max<std::int64_t>(p.tokens, 1);
   if (options.deterministic || p.tokens <= floor ||
-      worst_bytes(p, options, p.tokens, false) <= options.workspace_cap)
+      capped_bytes(p, options, p.tokens, false) <= options.workspace_cap)
     return c;
   std::int64_t lo = floor, hi = p.tokens - 1;  // lo fits or is the floor
   while (lo < hi) {
     const std::int64_t mid = lo + (hi - lo + 1) / 2;
-    if (worst_bytes(p, options, mid, true) <= options.workspace_cap) lo = mid; else hi = mid - 1;
+    if (capped_bytes(p, options, mid, true) <= options.workspace_cap) lo = mid; else hi = mid - 1;
   }
   c.chunks = (p.tokens + lo - 1) / lo;
   c.chunk_tokens = (p.tokens + c.chunks - 1) / c.chunks;
@@ -325,9 +325,9 @@ Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const Re
   return build_slc_plan(out->plan, in, stream);
 }
 
-Status check_cap(const SlcProblem& p, const SlcOptions& options, bool plan_given) {
+Status check_cap(const SlcProblem& p, const SlcOptions& options) {
   if (!options.deterministic) return Status::ok();
-  const std::size_t bytes = slc_backward_workspace_bytes(p, options, plan_given);
+  const std::size_t bytes = capped_bytes(p, options, p.tokens, false);
   if (bytes <= options.workspace_cap) return Status::ok();
   return FSA_INVALID("options.workspace_cap: the deterministic backward does not run in query chunks and needs " +
                      std::to_string(bytes) + " bytes of workspace, above the cap of " +
@@ -451,7 +451,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   cudaStream_t stream = current_stream();
   const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
   const bool plan_given = plan.defined();
-  FSA_RETURN_IF_ERROR(check_cap(p, options, plan_given));
+  FSA_RETURN_IF_ERROR(check_cap(p, options));
   const Chunking c = chunking(p, options);
   // A plan the backward builds for itself needs no split (it runs every pair KV-outer); one built
   // for the forward serves through its backward view (all pairs).
