@@ -1,7 +1,8 @@
-// CUDA kernels of the `fsa` torch library: the same ops as on the CPU (the fsa API dispatches on
-// the tensors' device), run on the device of the op's first tensor and on torch's current stream
-// of that device, so they order correctly with the surrounding torch work and can be captured in
-// CUDA graphs. Ops without a CUDA kernel yet raise NotImplementedError from the fsa API's Status.
+// CUDA kernels of the `fsa` torch library (op_table.hpp): the same ops as on the CPU (the fsa API
+// dispatches on the tensors' device), run on the device of the op's first tensor and on torch's
+// current stream of that device, so they order correctly with the surrounding torch work and can
+// be captured in CUDA graphs. Ops without a CUDA kernel yet raise NotImplementedError from the fsa
+// API's Status.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -10,6 +11,7 @@
 #include <type_traits>
 
 #include "fsa/runtime.hpp"
+#include "op_table.hpp"
 #include "ops.hpp"
 
 namespace fsa::torch_ext {
@@ -52,20 +54,7 @@ constexpr auto on_current_stream() {
 
 TORCH_LIBRARY_IMPL(fsa, CUDA, m) {
   using namespace fsa::torch_ext;
-  m.impl("compressed_cu_seqlens", on_current_stream<&compressed_cu_seqlens>());
-  m.impl("compress_forward", on_current_stream<&compress_forward>());
-  m.impl("compress_backward", on_current_stream<&compress_backward>());
-  m.impl("rope_forward", on_current_stream<&rope_forward>());
-  m.impl("rope_backward", on_current_stream<&rope_backward>());
-  m.impl("cmp_attn_forward", on_current_stream<&cmp_attn_forward>());
-  m.impl("cmp_attn_backward", on_current_stream<&cmp_attn_backward>());
-  m.impl("select_blocks", on_current_stream<&select_blocks>());
-  m.impl("slc_attn_forward", on_current_stream<&slc_attn_forward>());
-  m.impl("slc_attn_backward", on_current_stream<&slc_attn_backward>());
-  m.impl("swa_forward", on_current_stream<&swa_forward>());
-  m.impl("swa_backward", on_current_stream<&swa_backward>());
-  m.impl("combine_forward", on_current_stream<&combine_forward>());
-  m.impl("combine_backward", on_current_stream<&combine_backward>());
-  m.impl("nsa_forward", on_current_stream<&nsa_forward>());
-  m.impl("nsa_backward", on_current_stream<&nsa_backward>());
+#define FSA_IMPLEMENT_(name, arguments, scalars, returns) m.impl(#name, on_current_stream<&name>());
+  FSA_OPS(FSA_IMPLEMENT_)
+#undef FSA_IMPLEMENT_
 }

@@ -2,6 +2,8 @@
 
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
+
 #include "fsa/layer.hpp"
 #include "fsa/ops.hpp"
 #include "torch_view.hpp"
@@ -34,108 +36,119 @@ Tensor empty_lse(const Tensor& q) {
   return at::empty({size_or_zero(q, 1), size_or_zero(q, 0)}, q.options().dtype(at::kFloat));
 }
 
-NsaConfig attention_config(std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, double scale) {
-  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
-  config.block_size = static_cast<int>(block_size);
-  config.scale = static_cast<float>(scale);
+// gate_mode follows the rank of the gates: [N, 3] is shared, anything else per head (and the API
+// then reports the expected [N, Hq, 3]).
+GateMode gate_mode_of(const Tensor& gates) { return gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead; }
+
+NsaConfig with_gate_mode(NsaConfig config, const Tensor& gates) {
+  config.gate_mode = gate_mode_of(gates);
   return config;
+}
+
+// The workspace of one call, from torch's allocator: uint8 [bytes] on `like`'s device (on the GPU
+// the caching allocator, on the current stream that cuda_registration.cpp set; given back,
+// stream-ordered, when the call returns). Never empty on the GPU (at least one byte), so the
+// library never falls back to allocating itself: a query that reported too few bytes fails with an
+// error naming `workspace` instead. The CPU reference needs none.
+class TorchWorkspace {
+ public:
+  TorchWorkspace(std::size_t bytes, const Tensor& like) {
+    if (!like.is_cuda()) return;
+    buffer_ = at::empty({static_cast<std::int64_t>(std::max<std::size_t>(bytes, 1))}, like.options().dtype(at::kByte));
+    workspace_ = Workspace{buffer_.data_ptr(), static_cast<std::size_t>(buffer_.numel())};
+  }
+  const Workspace& get() const { return workspace_; }
+
+ private:
+  Tensor buffer_;
+  Workspace workspace_{};
+};
+
+// op(args..., workspace) with a TorchWorkspace of query(args...) bytes: the fsa API's queries take
+// their op's own arguments.
+template <class Query, class Op, class... Args>
+Status run_with_workspace(const Tensor& like, Query query, Op op, const Args&... args) {
+  const TorchWorkspace workspace(query(args...), like);
+  return op(args..., workspace.get());
 }
 
 }  // namespace
 
-Tensor compressed_cu_seqlens(const Tensor& cu_seqlens, std::int64_t cmp_len, std::int64_t cmp_stride) {
+Tensor compressed_cu_seqlens(const Tensor& cu_seqlens FSA_PARAMS(FSA_COMPRESSION_ARGS)) {
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+  const NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   Tensor cu_cmp = empty_like_contiguous(cu_seqlens);
-  throw_if_error(fsa::compressed_cu_seqlens(config_with_compression(cmp_len, cmp_stride), cu_seqlens_view,
-                                            to_view(cu_cmp, "cu_cmp")),
+  throw_if_error(fsa::compressed_cu_seqlens(config, cu_seqlens_view, to_view(cu_cmp, "cu_cmp")),
                  "compressed_cu_seqlens");
   return cu_cmp;
 }
 
 Tensor compress_forward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
-                        const OptionalTensor& pos_emb, std::int64_t cmp_len, std::int64_t cmp_stride) {
+                        const OptionalTensor& pos_emb FSA_PARAMS(FSA_COMPRESSION_ARGS)) {
   const TensorView x_view = to_view(x, "x");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
   const TensorView weight_view = to_view(weight, "weight");
   const TensorView pos_emb_view = to_view(pos_emb, "pos_emb");
-  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   const bool linear = weight.has_value() && weight->defined();
   config.compression = linear ? CompressionKind::kLinear : CompressionKind::kMean;
   const std::int64_t out_dim = linear ? size_or_zero(*weight, 2) : size_or_zero(x, 2);
   Tensor y = at::empty({max_compressed_tokens(size_or_zero(x, 0), config), size_or_zero(x, 1), out_dim}, x.options());
-  throw_if_error(
-      fsa::compress_forward(config, x_view, cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, to_view(y, "y")),
-      "compress_forward");
+  throw_if_error(run_with_workspace(x, fsa::compress_forward_workspace_bytes, fsa::compress_forward, config, x_view,
+                                    cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, to_view(y, "y")),
+                 "compress_forward");
   return y;
 }
 
 Tensor3 compress_backward(const Tensor& x, const Tensor& cu_seqlens, const Tensor& cu_cmp, const OptionalTensor& weight,
-                          const OptionalTensor& pos_emb, const Tensor& dy, std::int64_t cmp_len,
-                          std::int64_t cmp_stride) {
+                          const OptionalTensor& pos_emb, const Tensor& dy FSA_PARAMS(FSA_COMPRESSION_ARGS)) {
   const TensorView x_view = to_view(x, "x");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
   const TensorView weight_view = to_view(weight, "weight");
   const TensorView pos_emb_view = to_view(pos_emb, "pos_emb");
   const TensorView dy_view = to_view(dy, "dy");
-  NsaConfig config = config_with_compression(cmp_len, cmp_stride);
+  NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   config.compression = weight.has_value() && weight->defined() ? CompressionKind::kLinear : CompressionKind::kMean;
   Tensor dx = empty_like_contiguous(x);
   Tensor d_weight = grad_for(weight, x), d_pos_emb = grad_for(pos_emb, x);
-  throw_if_error(fsa::compress_backward(config, x_view, cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view,
-                                        dy_view, to_view(dx, "dx"), view_or_none(d_weight, weight, "d_weight"),
-                                        view_or_none(d_pos_emb, pos_emb, "d_pos_emb")),
+  throw_if_error(run_with_workspace(x, fsa::compress_backward_workspace_bytes, fsa::compress_backward, config, x_view,
+                                    cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, dy_view,
+                                    to_view(dx, "dx"), view_or_none(d_weight, weight, "d_weight"),
+                                    view_or_none(d_pos_emb, pos_emb, "d_pos_emb")),
                  "compress_backward");
   return {dx, d_weight, d_pos_emb};
 }
 
-Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_stride, double theta, bool llama3_scaling,
-                    double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
-                    std::int64_t llama3_original_max_position) {
+Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_stride FSA_PARAMS(FSA_ROPE_ARGS)) {
   const TensorView x_view = to_view(x, "x");
   const TensorView cu_view = to_view(cu, "cu");
-  const RopeArgs rope{true,
-                      theta,
-                      llama3_scaling,
-                      llama3_factor,
-                      llama3_low_freq_factor,
-                      llama3_high_freq_factor,
-                      llama3_original_max_position};
+  const RopeConfig rope = FSA_SETTINGS(FSA_ROPE_ARGS).config.rope;
   Tensor y = empty_like_contiguous(x);
-  throw_if_error(
-      fsa::rope_forward(rope.to_config(), x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")),
-      "rope_forward");
+  throw_if_error(fsa::rope_forward(rope, x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")),
+                 "rope_forward");
   return y;
 }
 
-Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_stride, double theta,
-                     bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
-                     double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
+Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_stride FSA_PARAMS(FSA_ROPE_ARGS)) {
   const TensorView dy_view = to_view(dy, "dy");
   const TensorView cu_view = to_view(cu, "cu");
-  const RopeArgs rope{true,
-                      theta,
-                      llama3_scaling,
-                      llama3_factor,
-                      llama3_low_freq_factor,
-                      llama3_high_freq_factor,
-                      llama3_original_max_position};
+  const RopeConfig rope = FSA_SETTINGS(FSA_ROPE_ARGS).config.rope;
   Tensor dx = empty_like_contiguous(dy);
-  throw_if_error(
-      fsa::rope_backward(rope.to_config(), dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")),
-      "rope_backward");
+  throw_if_error(fsa::rope_backward(rope, dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")),
+                 "rope_backward");
   return dx;
 }
 
 Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
-                         const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, double scale) {
+                         const Tensor& cu_cmp FSA_PARAMS(FSA_CMP_ATTN_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
   const TensorView v_cmp_view = to_view(v_cmp, "v_cmp");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
-  const NsaConfig config = attention_config(cmp_len, cmp_stride, NsaConfig{}.block_size, scale);
+  const NsaConfig config = FSA_SETTINGS(FSA_CMP_ATTN_ARGS).config;
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v_cmp, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(fsa::cmp_attn_forward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view,
@@ -145,8 +158,8 @@ Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_c
 }
 
 Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& cu_seqlens,
-                          const Tensor& cu_cmp, const Tensor& o, const Tensor& lse, const Tensor& d_o,
-                          std::int64_t cmp_len, std::int64_t cmp_stride, double scale) {
+                          const Tensor& cu_cmp, const Tensor& o, const Tensor& lse,
+                          const Tensor& d_o FSA_PARAMS(FSA_CMP_ATTN_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
   const TensorView v_cmp_view = to_view(v_cmp, "v_cmp");
@@ -155,82 +168,99 @@ Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_
   const TensorView o_view = to_view(o, "o");
   const TensorView lse_view = to_view(lse, "lse");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  const NsaConfig config = attention_config(cmp_len, cmp_stride, NsaConfig{}.block_size, scale);
+  const NsaConfig config = FSA_SETTINGS(FSA_CMP_ATTN_ARGS).config;
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k_cmp), dv = empty_like_contiguous(v_cmp);
-  throw_if_error(
-      fsa::cmp_attn_backward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view, o_view, lse_view,
-                             d_o_view, to_view(dq, "dq"), to_view(dk, "dk_cmp"), to_view(dv, "dv_cmp")),
-      "cmp_attn_backward");
+  throw_if_error(run_with_workspace(q, fsa::cmp_attn_backward_workspace_bytes, fsa::cmp_attn_backward, config, q_view,
+                                    k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view, o_view, lse_view, d_o_view,
+                                    to_view(dq, "dq"), to_view(dk, "dk_cmp"), to_view(dv, "dv_cmp")),
+                 "cmp_attn_backward");
   return {dq, dk, dv};
 }
 
 Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp, const Tensor& cu_seqlens,
-                     const Tensor& cu_cmp, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
-                     std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, double scale,
-                     c10::string_view aggregation) {
+                     const Tensor& cu_cmp FSA_PARAMS(FSA_SELECT_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_cmp_view = to_view(k_cmp, "k_cmp");
   const TensorView lse_cmp_view = to_view(lse_cmp, "lse_cmp");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
-  NsaConfig config = attention_config(cmp_len, cmp_stride, block_size, scale);
-  config.topk = static_cast<int>(topk);
-  config.init_blocks = static_cast<int>(init_blocks);
-  config.local_blocks = static_cast<int>(local_blocks);
-  config.aggregation = parse_aggregation(aggregation);
-  Tensor topk_idx = at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), topk}, q.options().dtype(at::kInt));
+  const NsaConfig config = FSA_SETTINGS(FSA_SELECT_ARGS).config;
+  Tensor topk_idx =
+      at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), config.topk}, q.options().dtype(at::kInt));
   throw_if_error(fsa::select_blocks(config, q_view, k_cmp_view, lse_cmp_view, cu_seqlens_view, cu_cmp_view,
                                     to_view(topk_idx, "topk_idx")),
                  "select_blocks");
   return topk_idx;
 }
 
+namespace {
+
+// The arguments every selected-attention op starts with.
+struct SlcInputs {
+  TensorView q, k, v, topk_idx, cu_seqlens;
+
+  SlcInputs(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& topk_idx_, const Tensor& cu_seqlens_)
+      : q(to_view(q_, "q")),
+        k(to_view(k_, "k")),
+        v(to_view(v_, "v")),
+        topk_idx(to_view(topk_idx_, "topk_idx")),
+        cu_seqlens(to_view(cu_seqlens_, "cu_seqlens")) {}
+};
+
+}  // namespace
+
+Tensor slc_plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
+                const Tensor& cu_seqlens FSA_PARAMS(FSA_SLC_ATTN_ARGS)) {
+  const SlcInputs in(q, k, v, topk_idx, cu_seqlens);
+  const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
+  const std::size_t bytes =
+      fsa::slc_plan_bytes(settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, settings.selected);
+  Tensor plan = at::empty({static_cast<std::int64_t>(bytes)}, q.options().dtype(at::kByte));
+  throw_if_error(fsa::slc_plan_build(settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens,
+                                     to_view(plan, "plan"), settings.selected),
+                 "slc_plan");
+  return plan;
+}
+
 Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                         const Tensor& cu_seqlens, std::int64_t block_size, double scale, c10::string_view path,
-                         std::int64_t dense_threshold, bool deterministic) {
-  const TensorView q_view = to_view(q, "q");
-  const TensorView k_view = to_view(k, "k");
-  const TensorView v_view = to_view(v, "v");
-  const TensorView topk_idx_view = to_view(topk_idx, "topk_idx");
-  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
-  const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
+                         const Tensor& cu_seqlens, const OptionalTensor& plan FSA_PARAMS(FSA_SLC_ATTN_ARGS)) {
+  const SlcInputs in(q, k, v, topk_idx, cu_seqlens);
+  const TensorView plan_view = to_view(plan, "plan");
+  const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
-  throw_if_error(fsa::slc_attn_forward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, to_view(o, "o"),
-                                       to_view(lse, "lse"), slc_options(path, dense_threshold, deterministic)),
+  throw_if_error(run_with_workspace(q, fsa::slc_attn_forward_workspace_bytes, fsa::slc_attn_forward, settings.config,
+                                    in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, to_view(o, "o"),
+                                    to_view(lse, "lse"), settings.selected, plan_view),
                  "slc_attn_forward");
   return {o, lse};
 }
 
 Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& topk_idx,
-                          const Tensor& cu_seqlens, const Tensor& o, const Tensor& lse, const Tensor& d_o,
-                          std::int64_t block_size, double scale, c10::string_view path,
-                          std::int64_t dense_threshold, bool deterministic) {
-  const TensorView q_view = to_view(q, "q");
-  const TensorView k_view = to_view(k, "k");
-  const TensorView v_view = to_view(v, "v");
-  const TensorView topk_idx_view = to_view(topk_idx, "topk_idx");
-  const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
+                          const Tensor& cu_seqlens, const OptionalTensor& plan, const Tensor& o, const Tensor& lse,
+                          const Tensor& d_o FSA_PARAMS(FSA_SLC_ATTN_ARGS)) {
+  const SlcInputs in(q, k, v, topk_idx, cu_seqlens);
+  const TensorView plan_view = to_view(plan, "plan");
   const TensorView o_view = to_view(o, "o");
   const TensorView lse_view = to_view(lse, "lse");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  const NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, block_size, scale);
+  const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
-  throw_if_error(fsa::slc_attn_backward(config, q_view, k_view, v_view, topk_idx_view, cu_seqlens_view, o_view,
-                                        lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv"),
-                                        slc_options(path, dense_threshold, deterministic)),
+  throw_if_error(run_with_workspace(q, fsa::slc_attn_backward_workspace_bytes, fsa::slc_attn_backward,
+                                    settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, o_view,
+                                    lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv"),
+                                    settings.selected, plan_view),
                  "slc_attn_backward");
   return {dq, dk, dv};
 }
 
-Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, std::int64_t window,
-                    double scale) {
+Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens
+                        FSA_PARAMS(FSA_SWA_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
-  NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, NsaConfig{}.block_size, scale);
-  config.window = static_cast<int>(window);
+  const NsaConfig config = FSA_SETTINGS(FSA_SWA_ARGS).config;
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(
@@ -240,7 +270,7 @@ Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
 }
 
 Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const Tensor& o,
-                     const Tensor& lse, const Tensor& d_o, std::int64_t window, double scale) {
+                     const Tensor& lse, const Tensor& d_o FSA_PARAMS(FSA_SWA_ARGS)) {
   const TensorView q_view = to_view(q, "q");
   const TensorView k_view = to_view(k, "k");
   const TensorView v_view = to_view(v, "v");
@@ -248,11 +278,11 @@ Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const TensorView o_view = to_view(o, "o");
   const TensorView lse_view = to_view(lse, "lse");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  NsaConfig config = attention_config(NsaConfig{}.cmp_len, NsaConfig{}.cmp_stride, NsaConfig{}.block_size, scale);
-  config.window = static_cast<int>(window);
+  const NsaConfig config = FSA_SETTINGS(FSA_SWA_ARGS).config;
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
-  throw_if_error(fsa::swa_backward(config, q_view, k_view, v_view, cu_seqlens_view, o_view, lse_view, d_o_view,
-                                   to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv")),
+  throw_if_error(run_with_workspace(q, fsa::swa_backward_workspace_bytes, fsa::swa_backward, config, q_view, k_view,
+                                    v_view, cu_seqlens_view, o_view, lse_view, d_o_view, to_view(dq, "dq"),
+                                    to_view(dk, "dk"), to_view(dv, "dv")),
                  "swa_backward");
   return {dq, dk, dv};
 }
@@ -263,7 +293,7 @@ Tensor combine_forward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o
   const TensorView o_slc_view = to_view(o_slc, "o_slc");
   const TensorView o_swa_view = to_view(o_swa, "o_swa");
   NsaConfig config;
-  config.gate_mode = gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead;
+  config.gate_mode = gate_mode_of(gates);
   Tensor o = empty_like_contiguous(o_cmp);
   throw_if_error(fsa::combine_forward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, to_view(o, "o")),
                  "combine_forward");
@@ -278,7 +308,7 @@ Tensor4 combine_backward(const Tensor& gates, const Tensor& o_cmp, const Tensor&
   const TensorView o_swa_view = to_view(o_swa, "o_swa");
   const TensorView d_o_view = to_view(d_o, "d_o");
   NsaConfig config;
-  config.gate_mode = gates.dim() == 2 ? GateMode::kShared : GateMode::kPerHead;
+  config.gate_mode = gate_mode_of(gates);
   Tensor d_gates = empty_like_contiguous(gates), d_cmp = empty_like_contiguous(o_cmp),
          d_slc = empty_like_contiguous(o_slc), d_swa = empty_like_contiguous(o_swa);
   throw_if_error(fsa::combine_backward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, d_o_view,
@@ -309,55 +339,29 @@ NsaLayerInputs layer_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
 
 Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                     const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
-                    const Tensor& gates, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size,
-                    std::int64_t topk, std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window,
-                    double scale, c10::string_view compression, c10::string_view aggregation, bool rope,
-                    double rope_theta, bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
-                    double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
-  const LayerArgs args{cmp_len,
-                       cmp_stride,
-                       block_size,
-                       topk,
-                       init_blocks,
-                       local_blocks,
-                       window,
-                       scale,
-                       compression,
-                       aggregation,
-                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
-                                llama3_high_freq_factor, llama3_original_max_position}};
-  const NsaConfig config = args.to_config(gates.dim());
+                    const Tensor& gates FSA_PARAMS(FSA_LAYER_ARGS)) {
+  const OpSettings settings = FSA_SETTINGS(FSA_LAYER_ARGS);
+  const NsaConfig config = with_gate_mode(settings.config, gates);
+  const NsaLayerOptions options{settings.selected};
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
+  const NsaLayerShape shape = NsaLayerShape::of(in);
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
-  const auto bytes = static_cast<std::int64_t>(fsa::nsa_saved_bytes(config, NsaLayerShape::of(in)));
-  Tensor saved = at::empty({bytes}, q.options().dtype(at::kByte));
-  throw_if_error(fsa::nsa_forward(config, in, to_view(o, "o"), to_view(saved, "saved")), "nsa_forward");
+  const auto saved_bytes = static_cast<std::int64_t>(fsa::nsa_saved_bytes(config, shape, options));
+  Tensor saved = at::empty({saved_bytes}, q.options().dtype(at::kByte));
+  const TorchWorkspace workspace(fsa::nsa_forward_workspace_bytes(config, shape, true, options), q);
+  throw_if_error(fsa::nsa_forward(config, in, to_view(o, "o"), to_view(saved, "saved"), options, workspace.get()),
+                 "nsa_forward");
   return {o, saved};
 }
 
 Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                      const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
-                     const Tensor& gates, const Tensor& saved, const Tensor& d_o, std::int64_t cmp_len,
-                     std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk, std::int64_t init_blocks,
-                     std::int64_t local_blocks, std::int64_t window, double scale, c10::string_view compression,
-                     c10::string_view aggregation, bool rope, double rope_theta, bool llama3_scaling,
-                     double llama3_factor, double llama3_low_freq_factor, double llama3_high_freq_factor,
-                     std::int64_t llama3_original_max_position) {
+                     const Tensor& gates, const Tensor& saved, const Tensor& d_o FSA_PARAMS(FSA_LAYER_ARGS)) {
   const TensorView saved_view = to_view(saved, "saved");
   const TensorView d_o_view = to_view(d_o, "d_o");
-  const LayerArgs args{cmp_len,
-                       cmp_stride,
-                       block_size,
-                       topk,
-                       init_blocks,
-                       local_blocks,
-                       window,
-                       scale,
-                       compression,
-                       aggregation,
-                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
-                                llama3_high_freq_factor, llama3_original_max_position}};
-  const NsaConfig config = args.to_config(gates.dim());
+  const OpSettings settings = FSA_SETTINGS(FSA_LAYER_ARGS);
+  const NsaConfig config = with_gate_mode(settings.config, gates);
+  const NsaLayerOptions options{settings.selected};
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
   Tensor dw_k = grad_for(w_k, q), dpe_k = grad_for(pe_k, q), dw_v = grad_for(w_v, q);
@@ -369,29 +373,18 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                             view_or_none(dpe_k, pe_k, "dpe_k"),
                             view_or_none(dw_v, w_v, "dw_v"),
                             to_view(d_gates, "d_gates")};
-  throw_if_error(fsa::nsa_backward(config, in, saved_view, d_o_view, grads), "nsa_backward");
+  const TorchWorkspace workspace(fsa::nsa_backward_workspace_bytes(config, NsaLayerShape::of(in), options), q);
+  throw_if_error(fsa::nsa_backward(config, in, saved_view, d_o_view, grads, options, workspace.get()), "nsa_backward");
   return {dq, dk, dv, dw_k, dpe_k, dw_v, d_gates};
 }
 
-std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::int64_t heads_q, std::int64_t heads_kv,
-                             std::int64_t head_dim_qk, std::int64_t head_dim_v, at::ScalarType dtype,
-                             c10::Device device, std::int64_t cmp_len, std::int64_t cmp_stride, std::int64_t block_size, std::int64_t topk,
-                             std::int64_t init_blocks, std::int64_t local_blocks, std::int64_t window, double scale,
-                             c10::string_view compression, c10::string_view aggregation, bool rope, double rope_theta,
-                             bool llama3_scaling, double llama3_factor, double llama3_low_freq_factor,
-                             double llama3_high_freq_factor, std::int64_t llama3_original_max_position) {
-  const LayerArgs args{cmp_len,
-                       cmp_stride,
-                       block_size,
-                       topk,
-                       init_blocks,
-                       local_blocks,
-                       window,
-                       scale,
-                       compression,
-                       aggregation,
-                       RopeArgs{rope, rope_theta, llama3_scaling, llama3_factor, llama3_low_freq_factor,
-                                llama3_high_freq_factor, llama3_original_max_position}};
+namespace {
+
+Device fsa_device(const c10::Device& device) {
+  return device.is_cuda() ? Device::cuda(device.has_index() ? device.index() : 0) : Device::cpu();
+}
+
+NsaLayerShape layer_shape(FSA_SHAPE_PARAMS) {
   NsaLayerShape shape;
   shape.tokens = tokens;
   shape.num_seqs = static_cast<int>(num_seqs);
@@ -400,9 +393,35 @@ std::int64_t nsa_saved_bytes(std::int64_t tokens, std::int64_t num_seqs, std::in
   shape.head_dim_qk = static_cast<int>(head_dim_qk);
   shape.head_dim_v = static_cast<int>(head_dim_v);
   shape.dtype = to_fsa_dtype(dtype, "dtype");
-  // The CPU and GPU lay the buffer out differently (see fsa::nsa_saved_bytes).
-  shape.device = device.is_cuda() ? Device::cuda(device.has_index() ? device.index() : 0) : Device::cpu();
-  return static_cast<std::int64_t>(fsa::nsa_saved_bytes(args.to_config(3), shape));
+  // The CPU and GPU lay the saved buffer out differently (see fsa::nsa_saved_bytes).
+  shape.device = fsa_device(device);
+  return shape;
+}
+
+}  // namespace
+
+std::tuple<std::int64_t, std::int64_t, std::int64_t> nsa_layer_bytes(FSA_SHAPE_PARAMS FSA_PARAMS(FSA_LAYER_ARGS)) {
+  const NsaLayerShape shape = layer_shape(tokens, num_seqs, heads_q, heads_kv, head_dim_qk, head_dim_v, dtype, device);
+  const OpSettings settings = FSA_SETTINGS(FSA_LAYER_ARGS);
+  const NsaLayerOptions options{settings.selected};
+  return {static_cast<std::int64_t>(fsa::nsa_saved_bytes(settings.config, shape, options)),
+          static_cast<std::int64_t>(fsa::nsa_forward_workspace_bytes(settings.config, shape, true, options)),
+          static_cast<std::int64_t>(fsa::nsa_backward_workspace_bytes(settings.config, shape, options))};
+}
+
+std::int64_t slc_plan_bytes(FSA_SHAPE_PARAMS, std::int64_t topk_width FSA_PARAMS(FSA_SLC_ATTN_ARGS)) {
+  const NsaLayerShape s = layer_shape(tokens, num_seqs, heads_q, heads_kv, head_dim_qk, head_dim_v, dtype, device);
+  if (s.device.kind == DeviceKind::kCPU) return 0;  // the CPU needs no plan (and would read cu_seqlens' values)
+  // Views without data: the query reads sizes only.
+  const TensorView q = TensorView::contiguous(nullptr, s.dtype, {s.tokens, s.heads_q, s.head_dim_qk}, s.device);
+  const TensorView k = TensorView::contiguous(nullptr, s.dtype, {s.tokens, s.heads_kv, s.head_dim_qk}, s.device);
+  const TensorView v = TensorView::contiguous(nullptr, s.dtype, {s.tokens, s.heads_kv, s.head_dim_v}, s.device);
+  const TensorView topk_idx =
+      TensorView::contiguous(nullptr, DType::kInt32, {s.heads_kv, s.tokens, topk_width}, s.device);
+  const TensorView cu_seqlens = TensorView::contiguous(nullptr, DType::kInt32, {s.num_seqs + 1}, s.device);
+  const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
+  return static_cast<std::int64_t>(
+      fsa::slc_plan_bytes(settings.config, q, k, v, topk_idx, cu_seqlens, settings.selected));
 }
 
 }  // namespace fsa::torch_ext

@@ -15,6 +15,7 @@ from .functional import (
     rope,
     select_blocks,
     selected_attention,
+    selected_attention_plan,
     sliding_window_attention,
 )
 from .module import NativeSparseAttention
@@ -35,5 +36,6 @@ __all__ = [
     "rope",
     "select_blocks",
     "selected_attention",
+    "selected_attention_plan",
     "sliding_window_attention",
 ]

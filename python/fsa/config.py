@@ -1,10 +1,11 @@
 """Hyperparameters of an NSA layer (nsa-spec section 0), mirroring fsa::NsaConfig in config.hpp.
 
-The ops take them as plain scalars; `layer_args` and `rope_args` flatten a config in the order of
-the op schemas (python/csrc/registration.cpp).
+The ops take them as plain scalars named after the attributes here, nested configs flattened with
+'_' (`rope.theta` -> `rope_theta`): fsa/_schema.py fills an op's arguments from a config by those
+names, and the tests check that the fields and their defaults are the schema's.
 """
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -35,44 +36,6 @@ class NsaConfig:
     compression: str = "linear"  # "linear" (learned projection) or "mean"
     aggregation: str = "group_sum"  # "group_sum" (NSA paper) or "first_head"
     rope: RopeConfig = field(default_factory=RopeConfig)
-
-    @property
-    def scale_arg(self) -> float:
-        """The scale as the ops take it: 0 means 1/sqrt(Dqk)."""
-        return 0.0 if self.scale is None else float(self.scale)
-
-
-def rope_args(rope: RopeConfig) -> Tuple:
-    """The RoPE scalars after `position_stride` in rope_forward / rope_backward."""
-    return (
-        float(rope.theta),
-        bool(rope.llama3_scaling),
-        float(rope.llama3_factor),
-        float(rope.llama3_low_freq_factor),
-        float(rope.llama3_high_freq_factor),
-        int(rope.llama3_original_max_position),
-    )
-
-
-def layer_args(config: NsaConfig) -> Tuple:
-    """The config scalars of nsa_forward / nsa_backward / nsa_saved_bytes, in schema order."""
-    return (
-        int(config.cmp_len),
-        int(config.cmp_stride),
-        int(config.block_size),
-        int(config.topk),
-        int(config.init_blocks),
-        int(config.local_blocks),
-        int(config.window),
-        config.scale_arg,
-        str(config.compression),
-        str(config.aggregation),
-        bool(config.rope.enabled),
-    ) + rope_args(config.rope)
-
-
-# Number of config scalars that layer_args produces (the tail of the layer ops' inputs).
-LAYER_ARG_COUNT = len(layer_args(NsaConfig()))
 
 
 def max_compressed_tokens(total_tokens, cmp_stride: int):

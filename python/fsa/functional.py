@@ -2,13 +2,17 @@
 spec says gradients flow. Every function takes the layer's `NsaConfig` and reads the fields it
 needs. Layouts (nsa-spec section 0): packed varlen rows, q [N, Hq, Dqk], k [N, Hkv, Dqk],
 v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer dtypes are converted).
+
+Each function passes its tensors and options; the op's config scalars are filled from `config` by
+name (fsa/_schema.py), so adding a field to the layer needs no edit here.
 """
 from typing import Optional, Tuple
 
 import torch
 
 from ._library import ops
-from .config import NsaConfig, layer_args, rope_args
+from ._schema import call
+from .config import NsaConfig
 
 Tensor = torch.Tensor
 DEFAULT_CONFIG = NsaConfig()
@@ -18,9 +22,21 @@ def _int32(cu: Tensor) -> Tensor:
     return cu if cu.dtype == torch.int32 else cu.to(torch.int32)
 
 
+def check_workspace_cap(workspace_cap: Optional[int]) -> Optional[int]:
+    """workspace_cap as the ops take it: None (the library's cap) or an int >= 0, else an error
+    naming it."""
+    if workspace_cap is None:
+        return None
+    if isinstance(workspace_cap, bool) or not isinstance(workspace_cap, int):
+        raise TypeError(f"workspace_cap: expected None or an int (bytes), got {type(workspace_cap).__name__}")
+    if workspace_cap < 0:
+        raise ValueError(f"workspace_cap: expected a byte count >= 0, got {workspace_cap}")
+    return workspace_cap
+
+
 def compressed_cu_seqlens(cu_seqlens: Tensor, config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
     """Row offsets of each sequence's compressed tokens: cu_cmp[b+1] = cu_cmp[b] + n_cmp(n_b)."""
-    return ops.compressed_cu_seqlens(_int32(cu_seqlens), config.cmp_len, config.cmp_stride)
+    return call("compressed_cu_seqlens", _int32(cu_seqlens), config=config)
 
 
 def _cu_cmp(cu_seqlens: Tensor, cu_cmp: Optional[Tensor], config: NsaConfig) -> Tensor:
@@ -35,14 +51,14 @@ def compress(x: Tensor, cu_seqlens: Tensor, weight: Optional[Tensor] = None, pos
     is added to every window (the layer passes it for keys only).
     """
     cu_seqlens = _int32(cu_seqlens)
-    return ops.compress_forward(x, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), weight, pos_emb,
-                                config.cmp_len, config.cmp_stride)
+    return call("compress_forward", x, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), weight, pos_emb,
+                config=config)
 
 
 def rope(x: Tensor, cu: Tensor, position_stride: int = 1, config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
     """Rotates x [rows, H, D]; row r of sequence b is at position (r - cu[b]) * position_stride
     (1 for q and k; s for compressed keys, with cu = cu_cmp). Ignores config.rope.enabled."""
-    return ops.rope_forward(x, _int32(cu), position_stride, *rope_args(config.rope))
+    return call("rope_forward", x, _int32(cu), position_stride, config=config)
 
 
 def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, cu_seqlens: Tensor,
@@ -50,8 +66,7 @@ def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, cu_seqlens: Te
     """(o [N, Hq, Dv], lse fp32 [Hq, N]) of attention over the compressed tokens each query sees
     whole (i*s + l - 1 <= t). lse is not differentiable: it only feeds the block selection."""
     cu_seqlens = _int32(cu_seqlens)
-    return ops.cmp_attn_forward(q, k_cmp, v_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config.cmp_len,
-                                config.cmp_stride, config.scale_arg)
+    return call("cmp_attn_forward", q, k_cmp, v_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config=config)
 
 
 def select_blocks(q: Tensor, k_cmp: Tensor, lse_cmp: Tensor, cu_seqlens: Tensor, config: NsaConfig = DEFAULT_CONFIG,
@@ -59,14 +74,25 @@ def select_blocks(q: Tensor, k_cmp: Tensor, lse_cmp: Tensor, cu_seqlens: Tensor,
     """topk_idx int32 [Hkv, N, K]: forced plus highest-scoring blocks per token and kv group,
     ascending, -1 padded. Not differentiable."""
     cu_seqlens = _int32(cu_seqlens)
-    return ops.select_blocks(q, k_cmp, lse_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config.cmp_len,
-                             config.cmp_stride, config.block_size, config.topk, config.init_blocks,
-                             config.local_blocks, config.scale_arg, config.aggregation)
+    return call("select_blocks", q, k_cmp, lse_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config=config)
+
+
+def selected_attention_plan(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seqlens: Tensor,
+                            config: NsaConfig = DEFAULT_CONFIG, path: str = "auto", dense_threshold: int = 0,
+                            deterministic: bool = False, workspace_cap: Optional[int] = None) -> Tensor:
+    """The plan of selected attention (uint8; per query chunk, the key blocks' query rows and the
+    dense/sparse split), built on the device from topk_idx and cu_seqlens; empty on the CPU. Pass
+    it to selected_attention with the same arguments and options to skip building it there (the
+    forward and the backward then share it). The options are selected_attention's."""
+    return call("slc_plan", q, k, v, _int32(topk_idx), _int32(cu_seqlens), config=config, path=path,
+                dense_threshold=dense_threshold, deterministic=deterministic,
+                workspace_cap=check_workspace_cap(workspace_cap))
 
 
 def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seqlens: Tensor,
                        config: NsaConfig = DEFAULT_CONFIG, path: str = "auto",
-                       dense_threshold: int = 0, deterministic: bool = False) -> Tuple[Tensor, Tensor]:
+                       dense_threshold: int = 0, deterministic: bool = False, workspace_cap: Optional[int] = None,
+                       plan: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(o, lse) of attention over the union of each query's selected blocks of config.block_size
     keys (topk_idx int32 [Hkv, N, any width]; -1, future and duplicate entries are ignored).
 
@@ -74,15 +100,27 @@ def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seq
     `dense_threshold` the split's threshold (0: the library's); every path computes the same
     function, the CPU ignores both (docs/kernels/slc_attn.md). `deterministic` makes the GPU
     backward bitwise reproducible (per-slot partials reduced in a fixed order, more memory); the
-    CPU backward always is."""
-    return ops.slc_attn_forward(q, k, v, _int32(topk_idx), _int32(cu_seqlens), config.block_size, config.scale_arg,
-                                path, dense_threshold, deterministic)
+    CPU backward always is.
+
+    `workspace_cap` (bytes; None: the library's, 4 GiB) caps the GPU scratch that grows with
+    N * Hq * topk (the plan, partial outputs, dQ slots): longer problems run in query chunks inside
+    the same call, with the same results. Every workspace comes from torch's allocator, so
+    torch.cuda.memory_allocated() and max_memory_allocated() include it. The CPU ignores it.
+
+    `plan`: one from selected_attention_plan for the same arguments and options, or None: one is
+    built here, and the forward and the backward share it."""
+    topk_idx, cu_seqlens = _int32(topk_idx), _int32(cu_seqlens)
+    options = dict(path=path, dense_threshold=dense_threshold, deterministic=deterministic,
+                   workspace_cap=check_workspace_cap(workspace_cap))
+    if plan is None:
+        plan = call("slc_plan", q, k, v, topk_idx, cu_seqlens, config=config, **options)
+    return call("slc_attn_forward", q, k, v, topk_idx, cu_seqlens, plan, config=config, **options)
 
 
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
                              config: NsaConfig = DEFAULT_CONFIG) -> Tuple[Tensor, Tensor]:
     """(o, lse) of causal attention over keys [t - config.window, t] of the query's sequence."""
-    return ops.swa_forward(q, k, v, _int32(cu_seqlens), config.window, config.scale_arg)
+    return call("swa_forward", q, k, v, _int32(cu_seqlens), config=config)
 
 
 def combine(gates: Tensor, o_cmp: Tensor, o_slc: Tensor, o_swa: Tensor) -> Tensor:
@@ -92,11 +130,17 @@ def combine(gates: Tensor, o_cmp: Tensor, o_slc: Tensor, o_swa: Tensor) -> Tenso
 
 def nsa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, gates: Tensor, w_k: Optional[Tensor] = None,
                   w_v: Optional[Tensor] = None, pe_k: Optional[Tensor] = None,
-                  config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
+                  config: NsaConfig = DEFAULT_CONFIG, workspace_cap: Optional[int] = None) -> Tensor:
     """The whole NSA attention (spec sections 1-7) on pre-RoPE q, k, v: o [N, Hq, Dv].
 
     w_k [Hkv, l*Dqk, Dqk] and w_v [Hkv, l*Dv, Dv] for config.compression == "linear" (None for
     "mean"), pe_k [Hkv, l, Dqk] optional, gates already activated ([N, Hq, 3] or [N, 3]).
+
+    `workspace_cap` (bytes; None: the library's, 4 GiB) caps the GPU scratch of the layer's
+    selected attention (see selected_attention), in the forward and, with the same value, the
+    backward; a smaller cap runs more query chunks, with the same results. Every workspace and the
+    saved activations come from torch's allocator, so torch's memory statistics include them.
     """
-    o, _ = ops.nsa_forward(q, k, v, _int32(cu_seqlens), w_k, pe_k, w_v, gates, *layer_args(config))
+    o, _ = call("nsa_forward", q, k, v, _int32(cu_seqlens), w_k, pe_k, w_v, gates, config=config,
+                workspace_cap=check_workspace_cap(workspace_cap))
     return o

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import NsaConfig
-from .functional import nsa_attention
+from .functional import check_workspace_cap, nsa_attention
 
 
 def _xavier_uniform_per_head(param: torch.Tensor) -> None:
@@ -26,12 +26,18 @@ class NativeSparseAttention(nn.Module):
     parameters (linear: W_k [Hkv, l*Dqk, Dqk], W_v [Hkv, l*Dv, Dv]; both kinds: the key positional
     embedding PE [Hkv, l, Dqk]) are xavier-uniform initialised per kv head. RoPE follows
     config.rope.
+
+    `workspace_cap` (bytes; None: the library's, 4 GiB) caps the GPU scratch of selected attention
+    that grows with N * Hq * topk, forward and backward alike: longer batches run in query chunks,
+    with the same results (fsa.nsa_attention). Workspaces and saved activations come from torch's
+    allocator, so torch's memory statistics include them.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  head_dim_v: Optional[int] = None, config: NsaConfig = NsaConfig(), shared_gates: bool = False,
-                 device=None, dtype=None):
+                 device=None, dtype=None, workspace_cap: Optional[int] = None):
         super().__init__()
+        self.workspace_cap = check_workspace_cap(workspace_cap)
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         factory = {"device": device, "dtype": dtype}
@@ -74,9 +80,11 @@ class NativeSparseAttention(nn.Module):
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim_v)
-        o = nsa_attention(q, k, v, cu_seqlens, self.gates(x), self.w_k, self.w_v, self.pe_k, self.config)
+        o = nsa_attention(q, k, v, cu_seqlens, self.gates(x), self.w_k, self.w_v, self.pe_k, self.config,
+                          workspace_cap=self.workspace_cap)
         return self.o_proj(o.reshape(n, self.num_heads * self.head_dim_v))
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
-                f"head_dim_v={self.head_dim_v}, shared_gates={self.shared_gates}, config={self.config}")
+                f"head_dim_v={self.head_dim_v}, shared_gates={self.shared_gates}, config={self.config}, "
+                f"workspace_cap={self.workspace_cap}")

@@ -45,7 +45,7 @@ def test_forced_path_passes_opcheck():
     p = make_problem()
     topk = _topk(p)
     torch.library.opcheck(ops.slc_attn_forward,
-                          (p.q, p.k, p.v, topk, p.cu_seqlens, SMALL.block_size, p.scale, "split", 2))
+                          (p.q, p.k, p.v, topk, p.cu_seqlens, None, SMALL.block_size, p.scale, "split", 2))
 
 
 def test_bad_path_or_threshold_names_the_argument():
