@@ -1,10 +1,12 @@
 // GPU tests of the selected-attention plan builder (label gpu: they need a CUDA device). The plan
 // built on the device is compared with a host computation that follows spec section 5 literally:
-// block offsets, list sizes and offsets, work-unit offsets and slot masks exactly; the entries of
-// each list as a multiset (their order inside a list is not deterministic); and every pair_rank
-// against the CSR entry it points to. With the dense/sparse split (dense_threshold > 0) also each
-// tile's dense blocks, their token masks and the rows' dense slots exactly, and the lists without
-// the dense pairs. Workspaces are poisoned first, so unwritten outputs show.
+// block offsets, list offsets, and through each of the two views (slc_plan.hpp) its list sizes,
+// work-unit offsets and lists and slot masks exactly; the entries of each list's sparse and dense
+// parts as multisets (their order inside a part is not deterministic unless sorted); and every
+// pair_rank against the CSR entry it points to. With the dense/sparse split (dense_threshold > 0)
+// also each tile's dense blocks, their token masks and the rows' dense slots exactly, the forward
+// view without the dense pairs and the backward view with them. Workspaces are poisoned first, so
+// unwritten outputs show.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -113,17 +115,41 @@ Problem make_problem(const std::vector<std::int32_t>& lengths, int heads_kv, int
 
 int blocks_of(std::int64_t n, int block_size) { return static_cast<int>((n + block_size - 1) / block_size); }
 
+using ListEntries = std::vector<std::pair<std::int32_t, std::int32_t>>;  // (token, slot)
+
+// What one view shows of its pairs: per list their count and work-unit offsets, per row the slots.
+struct ExpectedTables {
+  std::vector<std::int32_t> count, unit_offsets;
+  std::vector<std::uint64_t> slot_mask;
+};
+
 // The plan as the spec defines it, computed sequence by sequence (no search over cu).
 struct ExpectedPlan {
-  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets;
-  std::vector<std::uint64_t> slot_mask;
+  std::vector<std::int32_t> block_offsets, pair_offsets;
+  ExpectedTables sparse, kept;  // the forward view's pairs and the backward view's (all)
   // Split only: per (kv head, tile) its dense blocks ascending with their token masks; per row the
   // slots that went dense.
   std::vector<std::vector<std::pair<std::int32_t, std::vector<std::uint32_t>>>> dense;
   std::vector<std::uint64_t> dense_slots;
   std::vector<std::int64_t> list_of_entry;  // [heads_kv, N, width]: list of a pair, -1 for ignored entries
-  std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> lists;  // (token, slot), sorted
+  std::vector<ListEntries> sparse_lists, dense_lists;  // each list's two parts, sorted
 };
+
+// Sizes to offsets: an exclusive scan with the total at the end.
+std::vector<std::int32_t> exclusive_scan(const std::vector<std::int32_t>& sizes) {
+  std::vector<std::int32_t> offsets = {0};
+  for (const std::int32_t size : sizes) offsets.push_back(offsets.back() + size);
+  return offsets;
+}
+
+ExpectedTables tables_of(const std::vector<std::int32_t>& count, std::vector<std::uint64_t> slot_mask, int group) {
+  std::vector<std::int32_t> units;
+  for (const std::int32_t c : count) {
+    const std::int64_t rows = static_cast<std::int64_t>(c) * group;
+    units.push_back(static_cast<std::int32_t>((rows + SlcPlanShape::kRowsPerUnit - 1) / SlcPlanShape::kRowsPerUnit));
+  }
+  return {count, exclusive_scan(units), std::move(slot_mask)};
+}
 
 ExpectedPlan expected_plan(const Problem& p) {
   const SlcPlanShape& s = p.shape;
@@ -133,9 +159,11 @@ ExpectedPlan expected_plan(const Problem& p) {
   for (int b = 0; b < s.num_seqs; ++b)
     e.block_offsets.push_back(e.block_offsets.back() + blocks_of(p.cu_at(b + 1) - p.cu_at(b), B));
   const auto lists = static_cast<std::size_t>(s.num_lists());
-  e.pair_count.assign(lists, 0);
-  e.lists.resize(lists);
-  e.slot_mask.assign(static_cast<std::size_t>(s.heads_kv * s.tokens), 0);
+  std::vector<std::int32_t> sparse_count(lists, 0), kept_count(lists, 0);
+  std::vector<std::uint64_t> sparse_mask(static_cast<std::size_t>(s.heads_kv * s.tokens), 0);
+  std::vector<std::uint64_t> kept_mask = sparse_mask;
+  e.sparse_lists.resize(lists);
+  e.dense_lists.resize(lists);
   e.dense_slots.assign(static_cast<std::size_t>(s.heads_kv * s.tokens), 0);
   e.dense.resize(lists);
   e.list_of_entry.assign(static_cast<std::size_t>(s.max_pairs()), -1);
@@ -178,36 +206,49 @@ ExpectedPlan expected_plan(const Problem& p) {
         const std::int64_t bq = (t - start) / B;
         for (int k = 0; k < s.width; ++k) {
           if (!is_pair(g, t, k, bq, nblk)) continue;
-          const std::int64_t row = g * s.tokens + t;
-          if ((e.dense_slots[static_cast<std::size_t>(row)] >> k) & 1u) continue;
+          const auto row = static_cast<std::size_t>(g * s.tokens + t);
+          const bool dense = (e.dense_slots[row] >> k) & 1u;
           const std::int64_t j = p.topk_at(g, t, k);
-          const std::int64_t list = g * s.max_blocks() + e.block_offsets[static_cast<std::size_t>(b)] + j;
-          e.list_of_entry[static_cast<std::size_t>(row * s.width + k)] = list;
-          e.slot_mask[static_cast<std::size_t>(row)] |= std::uint64_t{1} << k;
-          ++e.pair_count[static_cast<std::size_t>(list)];
-          e.lists[static_cast<std::size_t>(list)].emplace_back(static_cast<std::int32_t>(t), k);
+          const auto list =
+              static_cast<std::size_t>(g * s.max_blocks() + e.block_offsets[static_cast<std::size_t>(b)] + j);
+          e.list_of_entry[row * static_cast<std::size_t>(s.width) + static_cast<std::size_t>(k)] =
+              static_cast<std::int64_t>(list);
+          kept_mask[row] |= std::uint64_t{1} << k;
+          ++kept_count[list];
+          if (!dense) {
+            sparse_mask[row] |= std::uint64_t{1} << k;
+            ++sparse_count[list];
+          }
+          (dense ? e.dense_lists : e.sparse_lists)[list].emplace_back(static_cast<std::int32_t>(t), k);
         }
       }
     }
   }
-  e.pair_offsets.push_back(0);
-  e.unit_offsets.push_back(0);
-  for (const std::int32_t count : e.pair_count) {
-    const std::int64_t rows = static_cast<std::int64_t>(count) * s.group;
-    e.pair_offsets.push_back(e.pair_offsets.back() + count);
-    const std::int64_t units = (rows + SlcPlanShape::kRowsPerUnit - 1) / SlcPlanShape::kRowsPerUnit;
-    e.unit_offsets.push_back(e.unit_offsets.back() + static_cast<std::int32_t>(units));
-  }
-  for (auto& list : e.lists) std::sort(list.begin(), list.end());
+  e.pair_offsets = exclusive_scan(kept_count);
+  e.sparse = tables_of(sparse_count, std::move(sparse_mask), s.group);
+  e.kept = tables_of(kept_count, std::move(kept_mask), s.group);
+  for (auto& list : e.sparse_lists) std::sort(list.begin(), list.end());
+  for (auto& list : e.dense_lists) std::sort(list.begin(), list.end());
   return e;
+}
+
+// What the kernels of one pass read through a view, copied back to the host.
+struct HostView {
+  std::vector<std::int32_t> pair_count, unit_offsets, unit_list;
+  std::vector<std::uint64_t> slot_mask;
+};
+
+HostView download_view(const SlcPlan& view) {
+  const SlcPlanShape& s = view.shape;
+  return {download(view.pair_count, s.num_lists()), download(view.unit_offsets, s.num_lists() + 1),
+          download(view.unit_list, s.max_units()), download(view.slot_mask, s.heads_kv * s.tokens)};
 }
 
 // The plan's buffers copied back to the host.
 struct HostPlan {
-  std::vector<std::int32_t> block_offsets, pair_count, pair_offsets, unit_offsets, unit_list, pair_rank, pair_token,
-      fill_token;
+  std::vector<std::int32_t> block_offsets, pair_offsets, pair_rank, pair_token, fill_token;
   std::vector<std::uint8_t> pair_slot, fill_slot;
-  std::vector<std::uint64_t> slot_mask;
+  HostView forward, backward;  // through slc_plan_forward_view and slc_plan_backward_view
   std::vector<std::int32_t> dense_count, dense_block;  // split only
   std::vector<std::uint32_t> dense_tokens;
   std::vector<std::uint64_t> dense_slots;
@@ -217,16 +258,14 @@ HostPlan download_plan(const SlcPlan& plan) {
   const SlcPlanShape& s = plan.shape;
   HostPlan h;
   h.block_offsets = download(plan.block_offsets, s.num_seqs + 1);
-  h.pair_count = download(plan.pair_count, s.num_lists());
   h.pair_offsets = download(plan.pair_offsets, s.num_lists() + 1);
-  h.unit_offsets = download(plan.unit_offsets, s.num_lists() + 1);
-  h.unit_list = download(plan.unit_list, s.max_units());
+  h.forward = download_view(cuda::slc_plan_forward_view(plan));
+  h.backward = download_view(cuda::slc_plan_backward_view(plan));
   h.pair_rank = download(plan.pair_rank, s.max_pairs());
   h.pair_token = download(plan.pair_token, s.max_pairs());
   h.pair_slot = download(plan.pair_slot, s.max_pairs());
   h.fill_token = download(plan.fill_token, s.max_pairs());
   h.fill_slot = download(plan.fill_slot, s.max_pairs());
-  h.slot_mask = download(plan.slot_mask, s.heads_kv * s.tokens);
   if (s.dense_threshold > 0) {
     h.dense_count = download(plan.dense_count, s.num_lists());
     h.dense_block = download(plan.dense_block, s.num_lists() * s.dense_capacity());
@@ -248,22 +287,43 @@ void expect_same(const char* name, const std::vector<T>& got, const std::vector<
                              << static_cast<long long>(got[first]) << ", want " << static_cast<long long>(want[first]);
 }
 
+// One view's tables against the expected ones: list sizes, unit offsets, the list of every unit
+// below the total (the rest of the buffer is never read) and the slot masks.
+void check_view(const char* view, const HostView& got, const ExpectedTables& want, const std::string& where) {
+  const std::string at = where + " (" + view + " view)";
+  expect_same("pair_count", got.pair_count, want.count, at);
+  expect_same("unit_offsets", got.unit_offsets, want.unit_offsets, at);
+  std::vector<std::int32_t> unit_list;
+  for (std::size_t list = 0; list + 1 < want.unit_offsets.size(); ++list)
+    unit_list.insert(unit_list.end(), static_cast<std::size_t>(want.unit_offsets[list + 1] - want.unit_offsets[list]),
+                     static_cast<std::int32_t>(list));
+  ASSERT_LE(unit_list.size(), got.unit_list.size()) << at << ": more units than max_units";
+  expect_same("unit_list", std::vector<std::int32_t>(got.unit_list.begin(), got.unit_list.begin() + unit_list.size()),
+              unit_list, at);
+  expect_same("slot_mask", got.slot_mask, want.slot_mask, at);
+}
+
+// The CSR entries [begin, end) as (token, slot).
+ListEntries entries_of(const HostPlan& got, std::int64_t begin, std::int64_t end) {
+  ListEntries entries;
+  for (std::int64_t i = begin; i < end; ++i)
+    entries.emplace_back(got.pair_token[static_cast<std::size_t>(i)], got.pair_slot[static_cast<std::size_t>(i)]);
+  return entries;
+}
+
+// Tokens strictly ascending (a token is at most once in a list).
+bool ascending(const ListEntries& entries) {
+  return std::adjacent_find(entries.begin(), entries.end(),
+                            [](const auto& a, const auto& b) { return a.first >= b.first; }) == entries.end();
+}
+
 void check_plan(const Problem& p, const HostPlan& got, const std::string& where) {
   const ExpectedPlan e = expected_plan(p);
   const SlcPlanShape& s = p.shape;
   expect_same("block_offsets", got.block_offsets, e.block_offsets, where);
-  expect_same("pair_count", got.pair_count, e.pair_count, where);
   expect_same("pair_offsets", got.pair_offsets, e.pair_offsets, where);
-  expect_same("unit_offsets", got.unit_offsets, e.unit_offsets, where);
-  // unit_list: the list of every unit below the total (the rest of the buffer is never read).
-  std::vector<std::int32_t> unit_list;
-  for (std::size_t list = 0; list + 1 < e.unit_offsets.size(); ++list)
-    unit_list.insert(unit_list.end(), static_cast<std::size_t>(e.unit_offsets[list + 1] - e.unit_offsets[list]),
-                     static_cast<std::int32_t>(list));
-  ASSERT_LE(unit_list.size(), got.unit_list.size()) << where << ": more units than max_units";
-  expect_same("unit_list", std::vector<std::int32_t>(got.unit_list.begin(), got.unit_list.begin() + unit_list.size()),
-              unit_list, where);
-  expect_same("slot_mask", got.slot_mask, e.slot_mask, where);
+  check_view("forward", got.forward, e.sparse, where);
+  check_view("backward", got.backward, e.kept, where);
   if (s.dense_threshold > 0) {
     // dense_slots of rows outside every sequence are never written (nor read).
     std::vector<std::uint64_t> dense_slots = got.dense_slots;
@@ -290,27 +350,32 @@ void check_plan(const Problem& p, const HostPlan& got, const std::string& where)
   }
   if (::testing::Test::HasFailure()) return;  // the checks below index with the offsets
 
+  // Each list: its sparse pairs first (the forward view's list), then its dense ones; with
+  // sorted_lists each part in ascending token order.
   std::size_t bad_lists = 0, unsorted_lists = 0;
-  for (std::size_t list = 0; list < e.lists.size(); ++list) {
-    std::vector<std::pair<std::int32_t, std::int32_t>> entries;
-    for (std::int32_t i = e.pair_offsets[list]; i < e.pair_offsets[list + 1]; ++i)
-      entries.emplace_back(got.pair_token[static_cast<std::size_t>(i)], got.pair_slot[static_cast<std::size_t>(i)]);
-    // sorted_lists: tokens strictly ascending (a token is at most once in a list).
-    const bool ascending = std::adjacent_find(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
-                             return a.first >= b.first;
-                           }) == entries.end();
-    if (s.sorted_lists && !ascending && unsorted_lists++ == 0)
-      ADD_FAILURE() << where << ": list " << list << " is not in ascending token order";
-    std::sort(entries.begin(), entries.end());
-    if (entries != e.lists[list] && bad_lists++ == 0)
-      ADD_FAILURE() << where << ": list " << list << " holds other (token, slot) entries than expected ("
-                    << entries.size() << " entries)";
+  for (std::size_t list = 0; list < e.sparse_lists.size(); ++list) {
+    auto check_part = [&](const char* name, ListEntries part, const ListEntries& want) {
+      if (s.sorted_lists && !ascending(part) && unsorted_lists++ == 0)
+        ADD_FAILURE() << where << ": list " << list << "'s " << name << " part is not in ascending token order";
+      std::sort(part.begin(), part.end());
+      if (part != want && bad_lists++ == 0)
+        ADD_FAILURE() << where << ": list " << list << "'s " << name << " part holds other (token, slot) entries "
+                      << "than expected (" << part.size() << " entries)";
+    };
+    const std::int64_t begin = e.pair_offsets[list], middle = begin + e.sparse.count[list];
+    check_part("sparse", entries_of(got, begin, middle), e.sparse_lists[list]);
+    check_part("dense", entries_of(got, middle, e.pair_offsets[list + 1]), e.dense_lists[list]);
   }
   EXPECT_EQ(bad_lists, 0u) << where;
   EXPECT_EQ(unsorted_lists, 0u) << where;
 
-  // Each pair's rank points at its own CSR entry in the fill order (so the ranks of a list are a
-  // permutation); every ignored entry has rank -1.
+  // Each pair's rank points at its own CSR entry in the fill order, inside its list's sparse or
+  // dense part (so the ranks of a part are a permutation); every ignored entry has rank -1. Sorted
+  // split lists are filled with sort keys: a dense pair's token plus the power of two 2^b (b >= 1)
+  // at or above N.
+  int token_bits = 1;
+  while (token_bits < 31 && (std::int64_t{1} << token_bits) < s.tokens) ++token_bits;
+  const std::int64_t dense_key_bit = s.sorted_lists ? std::int64_t{1} << token_bits : 0;
   std::size_t bad_ranks = 0;
   for (std::int64_t i = 0; i < s.max_pairs(); ++i) {
     const std::int32_t rank = got.pair_rank[static_cast<std::size_t>(i)];
@@ -319,8 +384,13 @@ void check_plan(const Problem& p, const HostPlan& got, const std::string& where)
     if (list >= 0) {
       const std::int64_t row = i / s.width, k = i % s.width, t = row % s.tokens;
       const auto l = static_cast<std::size_t>(list);
-      const std::int64_t entry = e.pair_offsets[l] + static_cast<std::int64_t>(rank);
-      ok = rank >= 0 && rank < e.pair_count[l] && got.fill_token[static_cast<std::size_t>(entry)] == t &&
+      const bool dense = s.dense_threshold > 0 && ((e.dense_slots[static_cast<std::size_t>(row)] >> k) & 1u);
+      const std::int32_t part_begin = e.pair_offsets[l] + (dense ? e.sparse.count[l] : 0);
+      const std::int32_t part_size = dense ? e.kept.count[l] - e.sparse.count[l] : e.sparse.count[l];
+      const std::int64_t entry = part_begin + static_cast<std::int64_t>(rank);
+      const std::int64_t key = t + (dense ? dense_key_bit : 0);
+      ok = rank >= 0 && rank < part_size &&
+           static_cast<std::uint32_t>(got.fill_token[static_cast<std::size_t>(entry)]) == key &&
            got.fill_slot[static_cast<std::size_t>(entry)] == k;
     }
     if (!ok && bad_ranks++ == 0)
@@ -425,45 +495,119 @@ void fill_random_topk(Problem& p, std::mt19937_64& rng) {
   }
 }
 
+// The plan's buffers are 256-byte aligned (but sparse.count, which follows kept.count in one
+// buffer), disjoint, inside the workspace, and nothing else is in it. Without the split the two
+// views' tables are the same arrays: the plan costs what it did before the views.
+// Rows of a local selection pattern: besides the forced blocks (0, bq - 1, bq), each token of a
+// query tile picks each of a few blocks its tile shares with probability 3/4, so that many
+// (tile, block) pairs are dense. Ascending, padded with -1; every tenth row ends in a duplicate.
+void fill_local_topk(Problem& p, std::mt19937_64& rng) {
+  const SlcPlanShape& s = p.shape;
+  for (int g = 0; g < s.heads_kv; ++g) {
+    for (int b = 0; b < s.num_seqs; ++b) {
+      const std::int64_t start = p.cu_at(b), n = p.cu_at(b + 1) - start;
+      for (std::int64_t tile = 0; tile < blocks_of(n, s.block_size); ++tile) {
+        std::vector<std::int32_t> shared;
+        for (std::int32_t j = 0; j <= tile; ++j)
+          if (rng() % 3 == 0) shared.push_back(j);
+        for (std::int64_t t = start + tile * s.block_size; t < std::min(start + n, start + (tile + 1) * s.block_size);
+             ++t) {
+          std::vector<std::int32_t> chosen = {0, static_cast<std::int32_t>(tile)};
+          if (tile >= 1) chosen.push_back(static_cast<std::int32_t>(tile - 1));
+          for (const std::int32_t j : shared)
+            if (rng() % 4 != 0) chosen.push_back(j);
+          std::sort(chosen.begin(), chosen.end());
+          chosen.erase(std::unique(chosen.begin(), chosen.end()), chosen.end());
+          chosen.resize(std::min<std::size_t>(chosen.size(), static_cast<std::size_t>(s.width)));
+          for (int k = 0; k < s.width; ++k)
+            p.topk_at(g, t, k) = k < static_cast<int>(chosen.size()) ? chosen[static_cast<std::size_t>(k)] : -1;
+          if (t % 10 == 0 && s.width >= 2) p.topk_at(g, t, s.width - 1) = chosen[0];
+        }
+      }
+    }
+  }
+}
+
 TEST_F(SlcPlanGpu, LayoutIsAlignedAndDisjoint) {
-  SlcPlanShape s;
-  s.tokens = 1000;
-  s.num_seqs = 7;
-  s.heads_kv = 3;
-  s.group = 5;
-  s.width = 13;
-  s.block_size = 64;
-  const std::size_t bytes = cuda::slc_plan_workspace_bytes(s);
-  DeviceBuffer<unsigned char> workspace(bytes);
-  const unsigned char* base = workspace.get();
-  const SlcPlan plan = cuda::slc_plan_layout(s, workspace.get());
-  EXPECT_GT(plan.scan_temp_bytes, 0u);
-  struct Piece {
-    const void* begin;
-    std::size_t bytes;
-  };
-  std::vector<Piece> pieces = {
-      {plan.block_offsets, (s.num_seqs + 1) * sizeof(std::int32_t)},
-      {plan.pair_count, static_cast<std::size_t>(s.num_lists()) * sizeof(std::int32_t)},
-      {plan.pair_offsets, static_cast<std::size_t>(s.num_lists() + 1) * sizeof(std::int32_t)},
-      {plan.unit_offsets, static_cast<std::size_t>(s.num_lists() + 1) * sizeof(std::int32_t)},
-      {plan.unit_list, static_cast<std::size_t>(s.max_units()) * sizeof(std::int32_t)},
-      {plan.pair_rank, static_cast<std::size_t>(s.max_pairs()) * sizeof(std::int32_t)},
-      {plan.pair_token, static_cast<std::size_t>(s.max_pairs()) * sizeof(std::int32_t)},
-      {plan.pair_slot, static_cast<std::size_t>(s.max_pairs())},
-      {plan.slot_mask, static_cast<std::size_t>(s.heads_kv * s.tokens) * sizeof(std::uint64_t)},
-      {plan.scan_temp, plan.scan_temp_bytes},
-  };
-  std::sort(pieces.begin(), pieces.end(),
-            [](const Piece& a, const Piece& b) { return std::less<const void*>()(a.begin, b.begin); });
-  for (std::size_t i = 0; i < pieces.size(); ++i) {
-    const auto at = static_cast<std::size_t>(static_cast<const unsigned char*>(pieces[i].begin) - base);
-    EXPECT_EQ(at % 256, 0u) << "piece at offset " << at;
-    const std::size_t end = at + pieces[i].bytes;
-    const std::size_t limit =
-        i + 1 < pieces.size() ? static_cast<std::size_t>(static_cast<const unsigned char*>(pieces[i + 1].begin) - base)
-                              : bytes;
-    EXPECT_LE(end, limit) << "piece at offset " << at << " overlaps the next or runs past the workspace";
+  for (const auto [threshold, sorted] : {std::pair{0, false}, {0, true}, {16, false}, {16, true}}) {
+    SlcPlanShape s;
+    s.tokens = 1000;
+    s.num_seqs = 7;
+    s.heads_kv = 3;
+    s.group = 5;
+    s.width = 13;
+    s.block_size = 64;
+    s.dense_threshold = threshold;
+    s.sorted_lists = sorted;
+    const bool split = threshold > 0;
+    const std::string where = "threshold=" + std::to_string(threshold) + " sorted=" + std::to_string(sorted);
+    const std::size_t bytes = cuda::slc_plan_workspace_bytes(s);
+    DeviceBuffer<unsigned char> workspace(bytes);
+    const unsigned char* base = workspace.get();
+    const SlcPlan plan = cuda::slc_plan_layout(s, workspace.get());
+    EXPECT_GT(plan.scan_temp_bytes, 0u) << where;
+    // The fields the kernels read are the views' to set.
+    EXPECT_EQ(plan.pair_count, nullptr) << where;
+    EXPECT_EQ(plan.unit_offsets, nullptr) << where;
+    EXPECT_EQ(plan.unit_list, nullptr) << where;
+    EXPECT_EQ(plan.slot_mask, nullptr) << where;
+    const auto lists = static_cast<std::size_t>(s.num_lists());
+    const auto pairs = static_cast<std::size_t>(s.max_pairs());
+    const auto units = static_cast<std::size_t>(s.max_units());
+    const auto rows = static_cast<std::size_t>(s.heads_kv * s.tokens);
+    const auto dense = lists * static_cast<std::size_t>(s.dense_capacity());
+    struct Piece {
+      const void* begin;
+      std::size_t bytes;
+    };
+    std::vector<Piece> pieces = {
+        {plan.block_offsets, (s.num_seqs + 1) * sizeof(std::int32_t)},
+        {plan.kept.count, (split ? 2 : 1) * lists * sizeof(std::int32_t)},
+        {plan.pair_offsets, (lists + 1) * sizeof(std::int32_t)},
+        {plan.kept.unit_offsets, (lists + 1) * sizeof(std::int32_t)},
+        {plan.kept.unit_list, units * sizeof(std::int32_t)},
+        {plan.kept.slot_mask, rows * sizeof(std::uint64_t)},
+        {plan.pair_rank, pairs * sizeof(std::int32_t)},
+        {plan.pair_token, pairs * sizeof(std::int32_t)},
+        {plan.pair_slot, pairs},
+        {plan.scan_temp, plan.scan_temp_bytes},
+    };
+    if (split) {
+      EXPECT_EQ(plan.sparse.count, plan.kept.count + s.num_lists()) << where;
+      pieces.insert(pieces.end(), {{plan.sparse.unit_offsets, (lists + 1) * sizeof(std::int32_t)},
+                                   {plan.sparse.unit_list, units * sizeof(std::int32_t)},
+                                   {plan.sparse.slot_mask, rows * sizeof(std::uint64_t)},
+                                   {plan.dense_count, lists * sizeof(std::int32_t)},
+                                   {plan.dense_block, dense * sizeof(std::int32_t)},
+                                   {plan.dense_tokens, dense * SlcPlanShape::kMaskWords * sizeof(std::uint32_t)},
+                                   {plan.dense_slots, rows * sizeof(std::uint64_t)}});
+    } else {
+      EXPECT_EQ(plan.sparse.count, plan.kept.count) << where;
+      EXPECT_EQ(plan.sparse.unit_offsets, plan.kept.unit_offsets) << where;
+      EXPECT_EQ(plan.sparse.unit_list, plan.kept.unit_list) << where;
+      EXPECT_EQ(plan.sparse.slot_mask, plan.kept.slot_mask) << where;
+    }
+    if (sorted) {
+      EXPECT_GT(plan.sort_temp_bytes, 0u) << where;
+      pieces.insert(pieces.end(), {{plan.fill_token, pairs * sizeof(std::int32_t)},
+                                   {plan.fill_slot, pairs},
+                                   {plan.sort_temp, plan.sort_temp_bytes}});
+    }
+    std::sort(pieces.begin(), pieces.end(),
+              [](const Piece& a, const Piece& b) { return std::less<const void*>()(a.begin, b.begin); });
+    std::size_t used = 0;
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      const auto at = static_cast<std::size_t>(static_cast<const unsigned char*>(pieces[i].begin) - base);
+      EXPECT_EQ(at % 256, 0u) << where << ": piece at offset " << at;
+      const std::size_t end = at + pieces[i].bytes;
+      const std::size_t limit =
+          i + 1 < pieces.size()
+              ? static_cast<std::size_t>(static_cast<const unsigned char*>(pieces[i + 1].begin) - base)
+              : bytes;
+      EXPECT_LE(end, limit) << where << ": piece at offset " << at << " overlaps the next or runs past the workspace";
+      used += (pieces[i].bytes + 255) / 256 * 256;
+    }
+    EXPECT_EQ(used, bytes) << where << ": the workspace holds more than the plan's buffers";
   }
 }
 
@@ -481,14 +625,16 @@ TEST_F(SlcPlanGpu, HandWrittenRows) {
     for (int k = 0; k < 6; ++k) p.topk_at(0, t, k) = values[static_cast<std::size_t>(k)];
   }
   const ExpectedPlan e = expected_plan(p);
-  EXPECT_EQ(e.slot_mask[150], 0b000101u);
-  EXPECT_EQ(e.slot_mask[199], 0b000101u);
-  EXPECT_EQ(e.slot_mask[10], 0b000001u);
-  EXPECT_EQ(e.slot_mask[64], 0b100000u);
-  EXPECT_EQ(e.slot_mask[63], 0u);
+  EXPECT_EQ(e.kept.slot_mask[150], 0b000101u);
+  EXPECT_EQ(e.kept.slot_mask[199], 0b000101u);
+  EXPECT_EQ(e.kept.slot_mask[10], 0b000001u);
+  EXPECT_EQ(e.kept.slot_mask[64], 0b100000u);
+  EXPECT_EQ(e.kept.slot_mask[63], 0u);
   EXPECT_EQ(e.pair_offsets, (std::vector<std::int32_t>{0, 2, 4, 5, 6, 6}));
-  EXPECT_EQ(e.unit_offsets, (std::vector<std::int32_t>{0, 1, 2, 3, 4, 4}));
-  EXPECT_EQ(e.lists[1], (std::vector<std::pair<std::int32_t, std::int32_t>>{{64, 5}, {199, 2}}));
+  EXPECT_EQ(e.kept.unit_offsets, (std::vector<std::int32_t>{0, 1, 2, 3, 4, 4}));
+  EXPECT_EQ(e.sparse_lists[1], (ListEntries{{64, 5}, {199, 2}}));
+  EXPECT_EQ(e.sparse.slot_mask, e.kept.slot_mask);  // no split: the views are the same
+  EXPECT_TRUE(e.dense_lists[1].empty());
   build_and_check(p, "hand-written rows");
 }
 
@@ -558,26 +704,107 @@ TEST_F(SlcPlanGpu, ManySequencesAndLongLists) {
   build_and_check(one_long, "one long sequence: " + describe(one_long));
 }
 
-// The deterministic backward's plan: the same lists, each in ascending token order, on packed
-// batches with empty sequences and on a list far longer than a CTA's sort tile.
+// The deterministic backward's plan: the same lists, each in ascending token order (with the
+// split each list's sparse part and its dense part), on packed batches with empty sequences and on
+// lists far longer than a CTA's sort tile.
 TEST_F(SlcPlanGpu, SortedListsMatchHostPlan) {
   auto rng = rng_for_test();
   for (const int block_size : {32, 64, 128}) {
     for (const int width : {1, 16, 64}) {
-      Problem p = make_problem({0, 1, 2 * block_size + 5, 0, 3 * block_size, 7, block_size + 1, 0}, 2, 3, width,
-                               block_size, /*spare_tokens=*/1);
-      p.shape.sorted_lists = true;
-      fill_random_topk(p, rng);
-      build_and_check(p, "sorted lists: " + describe(p));
+      for (const int threshold : {0, 3}) {
+        Problem p = make_problem({0, 1, 2 * block_size + 5, 0, 3 * block_size, 7, block_size + 1, 0}, 2, 3, width,
+                                 block_size, /*spare_tokens=*/1);
+        p.shape.sorted_lists = true;
+        p.shape.dense_threshold = threshold;
+        fill_random_topk(p, rng);
+        build_and_check(p, "sorted lists: " + describe(p));
+        if (HasFailure()) return;
+      }
+    }
+  }
+  for (const int threshold : {0, 16}) {
+    Problem one_long = make_problem({20000}, 2, 4, 16, 64);
+    one_long.shape.sorted_lists = true;
+    one_long.shape.dense_threshold = threshold;
+    if (threshold > 0) {
+      fill_local_topk(one_long, rng);
+    } else {
+      for (int g = 0; g < 2; ++g) {
+        for (std::int64_t t = 0; t < 20000; ++t) fill_selection_row(one_long, g, t, t / 64, rng);
+      }
+    }
+    build_and_check(one_long, "sorted lists, one long sequence: " + describe(one_long));
+  }
+}
+
+// One plan serves both passes: the split plan's backward view walks the pairs of the plan without
+// the split (the backward's own plan before the views): the same list offsets, list sizes, unit
+// tables and slot masks, and each list the same entries; with sorted_lists its two sorted parts
+// merge into the no-split plan's sorted list, and a rebuild gives the same CSR bit for bit (every
+// sum over a list's rows keeps its order from run to run).
+TEST_F(SlcPlanGpu, SplitBackwardViewMatchesNoSplitPlan) {
+  auto rng = rng_for_test();
+  for (const bool sorted : {false, true}) {
+    for (const int block_size : {32, 64, 128}) {
+      Problem no_split = make_problem({0, 1, 3 * block_size + 5, 7, 4 * block_size, block_size + 1}, 2, 4, 16,
+                                      block_size, /*spare_tokens=*/1, /*row_padding=*/3);
+      no_split.shape.sorted_lists = sorted;
+      fill_local_topk(no_split, rng);
+      Problem split = no_split;
+      split.shape.dense_threshold = block_size / 4;
+      const std::string where = std::string(sorted ? "sorted, " : "") + describe(split);
+      DevicePlan reference(no_split), d(split);
+      reference.poison(nullptr);
+      d.poison(nullptr);
+      FSA_ASSERT_OK(cuda::build_slc_plan(reference.plan(), reference.inputs(), nullptr));
+      FSA_ASSERT_OK(cuda::build_slc_plan(d.plan(), d.inputs(), nullptr));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << where;
+      const HostPlan want = download_plan(reference.plan()), got = download_plan(d.plan());
+      check_plan(split, got, where);
+      if (HasFailure()) return;
+
+      expect_same("pair_offsets", got.pair_offsets, want.pair_offsets, where);
+      expect_same("pair_count", got.backward.pair_count, want.backward.pair_count, where);
+      expect_same("unit_offsets", got.backward.unit_offsets, want.backward.unit_offsets, where);
+      expect_same("unit_list", got.backward.unit_list, want.backward.unit_list, where);
+      expect_same("slot_mask", got.backward.slot_mask, want.backward.slot_mask, where);
+      std::int64_t dense_pairs = 0;
+      std::size_t bad_lists = 0;
+      for (std::size_t list = 0; list + 1 < want.pair_offsets.size(); ++list) {
+        const std::int64_t begin = want.pair_offsets[list], end = want.pair_offsets[list + 1];
+        const std::int64_t middle = begin + got.forward.pair_count[list];
+        dense_pairs += end - middle;
+        ListEntries mine = entries_of(got, begin, end), theirs = entries_of(want, begin, end);
+        if (sorted) {
+          // The sorted sparse and dense parts merge into the no-split plan's (sorted) list.
+          ListEntries merged;
+          std::merge(mine.begin(), mine.begin() + (middle - begin), mine.begin() + (middle - begin), mine.end(),
+                     std::back_inserter(merged));
+          mine = merged;
+        } else {
+          std::sort(mine.begin(), mine.end());
+          std::sort(theirs.begin(), theirs.end());
+        }
+        if (mine != theirs && bad_lists++ == 0)
+          ADD_FAILURE() << where << ": list " << list << " holds other entries than the no-split plan's";
+      }
+      EXPECT_EQ(bad_lists, 0u) << where;
+      EXPECT_GT(dense_pairs, 0) << where << ": no dense pair, the test checks nothing of the split";
+
+      if (sorted) {
+        d.poison(nullptr);
+        FSA_ASSERT_OK(cuda::build_slc_plan(d.plan(), d.inputs(), nullptr));
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << where;
+        const HostPlan again = download_plan(d.plan());
+        const auto used = static_cast<std::size_t>(got.pair_offsets.back());
+        expect_same("pair_token (rebuilt)", std::vector<std::int32_t>(again.pair_token.begin(), again.pair_token.begin() + used),
+                    std::vector<std::int32_t>(got.pair_token.begin(), got.pair_token.begin() + used), where);
+        expect_same("pair_slot (rebuilt)", std::vector<std::uint8_t>(again.pair_slot.begin(), again.pair_slot.begin() + used),
+                    std::vector<std::uint8_t>(got.pair_slot.begin(), got.pair_slot.begin() + used), where);
+      }
       if (HasFailure()) return;
     }
   }
-  Problem one_long = make_problem({20000}, 2, 4, 16, 64);
-  one_long.shape.sorted_lists = true;
-  for (int g = 0; g < 2; ++g) {
-    for (std::int64_t t = 0; t < 20000; ++t) fill_selection_row(one_long, g, t, t / 64, rng);
-  }
-  build_and_check(one_long, "sorted lists, one long sequence: " + describe(one_long));
 }
 
 // Shapes with nothing to do still give consistent offsets (all zero).
@@ -598,11 +825,20 @@ TEST_F(SlcPlanGpu, RejectsRowsWiderThanTheSlotMask) {
 }
 
 // The builder only enqueues work on its stream, so it can be captured into a CUDA graph; replaying
-// the graph after new topk values are uploaded builds the plan of the new values.
-TEST_F(SlcPlanGpu, GraphCaptureAndReplay) {
-  auto rng = rng_for_test();
+// the graph after new topk values are uploaded builds the plan of the new values. With the split
+// the plan is also sorted, so the graph holds every step (the third scan, the two-part sort).
+void capture_and_replay(bool split) {
+  auto rng = rng_for_test(split ? 1 : 0);
   Problem p = make_problem({300, 0, 1, 129, 64}, 2, 3, 16, 64);
-  fill_random_topk(p, rng);
+  if (split) {
+    p.shape.dense_threshold = 8;
+    p.shape.sorted_lists = true;
+  }
+  auto fill = [&] {
+    if (split) fill_local_topk(p, rng);
+    else fill_random_topk(p, rng);
+  };
+  fill();
   DevicePlan d(p);
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
@@ -614,17 +850,24 @@ TEST_F(SlcPlanGpu, GraphCaptureAndReplay) {
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   for (int replay = 0; replay < 2; ++replay) {
     if (replay > 0) {
-      fill_random_topk(p, rng);
+      fill();
       d.upload_topk(p);
     }
     d.poison(stream);
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    check_plan(p, download_plan(d.plan()), "graph replay " + std::to_string(replay));
+    check_plan(p, download_plan(d.plan()), "graph replay " + std::to_string(replay) + ": " + describe(p));
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+TEST_F(SlcPlanGpu, GraphCaptureAndReplay) {
+  for (const bool split : {false, true}) {
+    capture_and_replay(split);
+    if (HasFailure()) return;
+  }
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // The selected-attention plan on the GPU: workspace layout and the builder. Six steps on one
 // stream, no host synchronisation:
 //   1. block_offsets: one CTA scans nblk(n_b) over the sequences (nseq is small).
-//   2. pair_count = 0.
+//   2. the list counters = 0 (one memset: with the split, sparse.count follows kept.count).
 //   2b. with the dense/sparse split, tile plan: one CTA per (kv head, query tile) sorts the tile's
 //      valid (block, token, slot) entries, so each block's tokens form a run; runs of at least
 //      dense_threshold tokens become the tile's dense blocks (in ascending order, by a block scan,
@@ -9,12 +9,35 @@
 //      entries are marked in dense_slots.
 //   3. count: one thread per (kv head, token) walks its topk row, keeps the valid first occurrences
 //      and takes a rank in each pair's list with an atomic (aggregated over the warp, since whole
-//      query tiles select the same forced blocks and would otherwise queue on one counter).
-//   4. pair_offsets and unit_offsets: device-wide exclusive scans (CUB) of the list sizes; then
-//      unit_list, the list of each work unit (one warp per list).
-//   5. fill: one thread per topk entry writes its pair into the CSR at offset + rank.
+//      query tiles select the same forced blocks and would otherwise queue on one counter). With
+//      the split a list's sparse and dense pairs rank separately (sparse.count, and kept.count
+//      until step 4 adds the two), so each part's ranks start at 0.
+//   4. sizes, then pair_offsets and the unit offsets of each table: device-wide exclusive scans
+//      (CUB; three with the split, two without); then unit_list, the list of each work unit, in
+//      each table (one warp per list).
+//   5. fill: one thread per topk entry writes its pair into the CSR at the list's offset + rank,
+//      past the list's sparse pairs for a dense one.
 //   6. with sorted_lists: a segmented radix sort (CUB, one CTA per list, no host synchronisation)
-//      puts each list's entries in ascending token order.
+//      puts each list's entries in ascending token order. With the split the fill marks a dense
+//      pair's key with a bit above every token, so that the sort puts the list's dense part after
+//      its sparse part, each ascending, and a last kernel clears the bit. (The sort's CTAs cost
+//      even for short segments: sorting each part as its own segment, twice the segments, took
+//      1.44 ms against 1.22 for the whole split plan at S64-G4, random selections, on H100; 0.02
+//      of it was the count kernel's since-fixed registers.)
+//
+// Cost of the two views. Without the split none: the same buffers and kernels as before them.
+// With it the plan counts, fills (and sorts) the dense pairs too, which the forward-only split plan
+// before the views left out, and holds a second count, unit table and slot mask (kept.slot_mask,
+// 8 bytes per (kv head, token); sparse.count, sparse.unit_offsets and sparse.unit_list, 4 bytes per
+// list and per unit). Measured on H100 at S64-G4 (N = 64K, Hkv = 4, G = 4, width 16, B = 64,
+// threshold 16; median of 30 builds, ms), before the views -> with them:
+//   no split, random / local selections:            0.31 / 0.17 -> 0.31 / 0.17, 40.2 MB both
+//   split, random (the 3 forced blocks dense, 19%):  0.475 -> 0.56;  local (all dense): 0.354 -> 0.42
+//   split, workspace:                                47.5 -> 50.0 MB (89.5 -> 91.9 MB sorted)
+//   split and sorted_lists, random / local:          0.90 / 0.39 -> 1.22 / 1.06
+// Built once per layer, the plan replaces the forward's split plan and the backward's own plan
+// without the split: random 0.475 + 0.31 -> 0.56 ms, local 0.354 + 0.17 -> 0.42; with the
+// deterministic backward's sort, random 0.475 + 0.85 -> 1.22, local 0.354 + 0.70 -> 1.06.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -63,39 +86,59 @@ cudaError_t run_scan(const SlcPlan& plan, std::int32_t* data, std::int64_t items
   return cub::DeviceScan::ExclusiveSum(plan.scan_temp, bytes, data, data, items, stream);
 }
 
-// The sort of sorted_lists: keys are tokens (< 2^token_bits), values slots. CUB sizes its scratch by
-// the types too, so every call goes through these two with the same types.
+// The sort of sorted_lists: keys are tokens (< 2^token_bits), with the split plus the dense bit
+// 2^token_bits, sorted as uint32 (the bit may be bit 31); values are slots. CUB sizes its scratch
+// by the types too, so every call goes through these two with the same types.
 int token_bits(const SlcPlanShape& shape) {
   int bits = 1;
   while (bits < 31 && (std::int64_t{1} << bits) < shape.tokens) ++bits;
   return bits;
 }
 
+int sort_key_bits(const SlcPlanShape& shape) { return token_bits(shape) + (shape.dense_threshold > 0 ? 1 : 0); }
+
+// The key bit of a dense pair in the sort (0 when there is no sort of split lists).
+std::uint32_t dense_key_bit(const SlcPlanShape& shape) {
+  return shape.sorted_lists && shape.dense_threshold > 0 ? std::uint32_t{1} << token_bits(shape) : 0u;
+}
+
 cudaError_t sort_temp_bytes(const SlcPlanShape& shape, std::size_t& bytes) {
   bytes = 0;
-  const std::int32_t* const no_keys = nullptr;
+  const std::uint32_t* const no_keys = nullptr;
   const std::uint8_t* const no_values = nullptr;
+  const std::int32_t* const no_offsets = nullptr;
   return cub::DeviceSegmentedRadixSort::SortPairs(
-      nullptr, bytes, no_keys, static_cast<std::int32_t*>(nullptr), no_values, static_cast<std::uint8_t*>(nullptr),
-      static_cast<int>(shape.max_pairs()), static_cast<int>(shape.num_lists()), no_keys, no_keys, 0, token_bits(shape));
+      nullptr, bytes, no_keys, static_cast<std::uint32_t*>(nullptr), no_values, static_cast<std::uint8_t*>(nullptr),
+      static_cast<int>(shape.max_pairs()), static_cast<int>(shape.num_lists()), no_offsets, no_offsets, 0,
+      sort_key_bits(shape));
 }
 
 cudaError_t run_sort(const SlcPlan& plan, cudaStream_t stream) {
   std::size_t bytes = plan.sort_temp_bytes;
   const SlcPlanShape& shape = plan.shape;
+  // Tokens are below 2^31: the same values as uint32.
   return cub::DeviceSegmentedRadixSort::SortPairs(
-      plan.sort_temp, bytes, static_cast<const std::int32_t*>(plan.fill_token), plan.pair_token,
-      static_cast<const std::uint8_t*>(plan.fill_slot), plan.pair_slot, static_cast<int>(shape.max_pairs()),
-      static_cast<int>(shape.num_lists()), static_cast<const std::int32_t*>(plan.pair_offsets),
-      static_cast<const std::int32_t*>(plan.pair_offsets) + 1, 0, token_bits(shape), stream);
+      plan.sort_temp, bytes, reinterpret_cast<const std::uint32_t*>(plan.fill_token),
+      reinterpret_cast<std::uint32_t*>(plan.pair_token), static_cast<const std::uint8_t*>(plan.fill_slot),
+      plan.pair_slot, static_cast<int>(shape.max_pairs()), static_cast<int>(shape.num_lists()),
+      static_cast<const std::int32_t*>(plan.pair_offsets), static_cast<const std::int32_t*>(plan.pair_offsets) + 1, 0,
+      sort_key_bits(shape), stream);
 }
 
-// Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned.
+// Byte offsets of the plan's buffers inside the workspace, every one 256-byte aligned but
+// sparse_count, which follows kept_count in one buffer (one memset zeroes both). Without the split
+// the sparse table is the kept one.
 struct PlanLayout {
-  std::size_t block_offsets, pair_count, pair_offsets, unit_offsets, unit_list, pair_rank, pair_token, pair_slot,
-      fill_token, fill_slot, slot_mask, dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes,
+  std::size_t block_offsets, kept_count, sparse_count, pair_offsets, kept_unit_offsets, sparse_unit_offsets,
+      kept_unit_list, sparse_unit_list, pair_rank, pair_token, pair_slot, fill_token, fill_slot, kept_slot_mask,
+      sparse_slot_mask, dense_count, dense_block, dense_tokens, dense_slots, scan_temp, scan_temp_bytes,
       sort_temp, sort_temp_bytes, total;
 };
+
+// Bytes of the list counters: kept.count, then sparse.count with the split.
+std::size_t counter_bytes(const SlcPlanShape& shape) {
+  return static_cast<std::size_t>(shape.num_lists()) * (shape.dense_threshold > 0 ? 2 : 1) * sizeof(std::int32_t);
+}
 
 PlanLayout plan_layout(const SlcPlanShape& shape) {
   const auto lists = static_cast<std::size_t>(shape.num_lists());
@@ -108,18 +151,24 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
     cursor += align_up(bytes);
     return at;
   };
+  const bool split = shape.dense_threshold > 0;
+  const std::size_t unit_offsets_bytes = (lists + 1) * sizeof(std::int32_t);
+  const std::size_t unit_list_bytes = static_cast<std::size_t>(shape.max_units()) * sizeof(std::int32_t);
   l.block_offsets = take((static_cast<std::size_t>(shape.num_seqs) + 1) * sizeof(std::int32_t));
-  l.pair_count = take(lists * sizeof(std::int32_t));
+  l.kept_count = take(counter_bytes(shape));
+  l.sparse_count = split ? l.kept_count + lists * sizeof(std::int32_t) : l.kept_count;
   l.pair_offsets = take((lists + 1) * sizeof(std::int32_t));
-  l.unit_offsets = take((lists + 1) * sizeof(std::int32_t));
-  l.unit_list = take(static_cast<std::size_t>(shape.max_units()) * sizeof(std::int32_t));
+  l.kept_unit_offsets = take(unit_offsets_bytes);
+  l.sparse_unit_offsets = split ? take(unit_offsets_bytes) : l.kept_unit_offsets;
+  l.kept_unit_list = take(unit_list_bytes);
+  l.sparse_unit_list = split ? take(unit_list_bytes) : l.kept_unit_list;
   l.pair_rank = take(pairs * sizeof(std::int32_t));
   l.pair_token = take(pairs * sizeof(std::int32_t));
   l.pair_slot = take(pairs * sizeof(std::uint8_t));
   l.fill_token = shape.sorted_lists ? take(pairs * sizeof(std::int32_t)) : l.pair_token;
   l.fill_slot = shape.sorted_lists ? take(pairs * sizeof(std::uint8_t)) : l.pair_slot;
-  l.slot_mask = take(rows * sizeof(std::uint64_t));
-  const bool split = shape.dense_threshold > 0;
+  l.kept_slot_mask = take(rows * sizeof(std::uint64_t));
+  l.sparse_slot_mask = split ? take(rows * sizeof(std::uint64_t)) : l.kept_slot_mask;
   const auto dense = split ? lists * static_cast<std::size_t>(shape.dense_capacity()) : 0;
   l.dense_count = take(split ? lists * sizeof(std::int32_t) : 0);
   l.dense_block = take(dense * sizeof(std::int32_t));
@@ -145,6 +194,7 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
 struct PlanBuildParams {
   SlcPlan plan;
   SlcPlanInputs in;
+  std::uint32_t dense_key_bit;  // dense_key_bit(plan.shape)
 };
 
 __device__ __forceinline__ std::int32_t cu_at(const SlcPlanInputs& in, std::int64_t b) {
@@ -204,12 +254,20 @@ __global__ void __launch_bounds__(kThreads) slc_block_offsets_kernel(const __gri
 
 // One thread per row (g, t) of topk. The loops are warp-uniform (whole warps step through the rows
 // and the row width together) so that lanes meet at __match_any_sync: lanes whose entry k falls
-// in the same list take consecutive ranks from one atomicAdd of their leader.
-__global__ void __launch_bounds__(kThreads) slc_count_pairs_kernel(const __grid_constant__ PlanBuildParams p) {
+// in the same list (and, with the split, the same part of it) take consecutive ranks from one
+// atomicAdd of their leader. kSplit: shape.dense_threshold > 0. The kernel waits on atomics and
+// dependent loads, so it wants every warp slot: without the split it fits 32 registers (8 CTAs per
+// SM, no spill); one kernel for both cases took 43, and the plan without the split took 0.08 ms
+// more at S64-G4 with random selections on H100. With the split (37 registers, 6 CTAs) a 32-register
+// cap spilled 16 bytes.
+template <bool kSplit>
+__global__ void __launch_bounds__(kThreads, kSplit ? 6 : 8)
+    slc_count_pairs_kernel(const __grid_constant__ PlanBuildParams p) {
   const SlcPlanShape& shape = p.plan.shape;
   const std::int64_t tokens = shape.tokens;
   const std::int64_t rows = static_cast<std::int64_t>(shape.heads_kv) * tokens;
   const std::int64_t max_blocks = shape.max_blocks();
+  const std::int64_t lists = shape.num_lists();
   const int width = shape.width;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const unsigned lanes_below = (1u << lane) - 1u;
@@ -232,36 +290,43 @@ __global__ void __launch_bounds__(kThreads) slc_count_pairs_kernel(const __grid_
       const int b = sequence_of(p.in, shape.num_seqs, t);
       last_block = (t - cu_at(p.in, b)) / shape.block_size;
       list_base = g * max_blocks + p.plan.block_offsets[b];
-      if (shape.dense_threshold > 0) dense = p.plan.dense_slots[row];
+      if constexpr (kSplit) dense = p.plan.dense_slots[row];
     }
     const std::int32_t* topk_row = p.in.topk + g * p.in.topk_head_stride + t * p.in.topk_token_stride;
-    std::uint64_t kept = 0;   // first occurrences of valid blocks, dense or not
-    std::uint64_t pairs = 0;  // the kept entries that stay pairs of the KV-outer lists
+    std::uint64_t kept = 0;    // first occurrences of valid blocks, dense or not: the pairs
+    std::uint64_t sparse = 0;  // the pairs that the forward's KV-outer kernel runs
     std::int32_t largest_kept = -1;  // a valid value above every earlier kept one cannot be a duplicate
     for (int k = 0; k < width; ++k) {
       std::int32_t j = -1;
-      bool is_pair = false;
+      bool is_kept = false, is_dense = false;
       if (last_block >= 0) {
         j = topk_row[k];
-        const bool is_kept =
-            j >= 0 && j <= last_block && (j > largest_kept || !among_earlier_pairs(topk_row, kept, j));
+        is_kept = j >= 0 && j <= last_block && (j > largest_kept || !among_earlier_pairs(topk_row, kept, j));
         if (is_kept) {
           kept |= std::uint64_t{1} << k;
           largest_kept = max(largest_kept, j);
         }
-        is_pair = is_kept && ((dense >> k) & 1u) == 0;
+        is_dense = is_kept && ((dense >> k) & 1u) != 0;
       }
-      // check_shape keeps num_lists (<= max_units) within int32, so the 32-bit match suffices.
-      const int list = is_pair ? static_cast<int>(list_base + j) : -1;
-      const unsigned peers = __match_any_sync(kFullWarp, list);
+      // The counter of the pair's part of its list: sparse.count[list], or kept.count[list] for a
+      // dense pair (its part's size until slc_list_sizes_kernel). Lanes match on the counter's
+      // index, list or num_lists + list; check_shape keeps num_lists (<= max_units), and with the
+      // split 2 * num_lists, within int32, so the 32-bit match suffices.
+      const std::int64_t list = list_base + j;
+      const int counter = is_kept ? static_cast<int>(is_dense ? lists + list : list) : -1;
+      const unsigned peers = __match_any_sync(kFullWarp, counter);
       const int leader = __ffs(static_cast<int>(peers)) - 1;
       int base = 0;
-      if (is_pair && lane == leader) base = atomicAdd(p.plan.pair_count + list, __popc(peers));
+      if (is_kept && lane == leader)
+        base = atomicAdd((is_dense ? p.plan.kept.count : p.plan.sparse.count) + list, __popc(peers));
       base = __shfl_sync(kFullWarp, base, leader);
-      if (in_grid) p.plan.pair_rank[row * width + k] = is_pair ? base + __popc(peers & lanes_below) : -1;
-      if (is_pair) pairs |= std::uint64_t{1} << k;
+      if (in_grid) p.plan.pair_rank[row * width + k] = is_kept ? base + __popc(peers & lanes_below) : -1;
+      if (is_kept && !is_dense) sparse |= std::uint64_t{1} << k;
     }
-    if (in_grid) p.plan.slot_mask[row] = pairs;
+    if (in_grid) {
+      p.plan.sparse.slot_mask[row] = sparse;
+      if constexpr (kSplit) p.plan.kept.slot_mask[row] = kept;  // else the same array, and kept == sparse
+    }
   }
 }
 
@@ -388,40 +453,58 @@ Status launch_tile_plan(const PlanBuildParams& p, cudaStream_t stream) {
   return Status::ok();
 }
 
-// Item s < num_lists gets the size of list s, the trailing item 0; the in-place scans that follow
-// turn them into offsets with the totals at the end.
+// Item s < num_lists gets the sizes of list s (pairs, and work units of each table), the trailing
+// item 0; the in-place scans that follow turn them into offsets with the totals at the end. With
+// the split the count left the list's dense pairs in kept.count, which becomes all its pairs here.
 __global__ void __launch_bounds__(kThreads) slc_list_sizes_kernel(const __grid_constant__ PlanBuildParams p) {
   const std::int64_t lists = p.plan.shape.num_lists();
   const std::int64_t group = p.plan.shape.group;
+  const bool split = p.plan.shape.dense_threshold > 0;
   constexpr std::int64_t kRows = SlcPlanShape::kRowsPerUnit;
+  auto units = [&](std::int32_t count) { return static_cast<std::int32_t>((count * group + kRows - 1) / kRows); };
   for (std::int64_t s = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; s <= lists;
        s += static_cast<std::int64_t>(gridDim.x) * kThreads) {
-    const std::int32_t count = s < lists ? p.plan.pair_count[s] : 0;
-    p.plan.pair_offsets[s] = count;
-    p.plan.unit_offsets[s] = static_cast<std::int32_t>((count * group + kRows - 1) / kRows);
+    std::int32_t sparse = 0, kept = 0;
+    if (s < lists) {
+      sparse = p.plan.sparse.count[s];
+      kept = split ? sparse + p.plan.kept.count[s] : sparse;
+      if (split) p.plan.kept.count[s] = kept;
+    }
+    p.plan.pair_offsets[s] = kept;
+    p.plan.kept.unit_offsets[s] = units(kept);
+    if (split) p.plan.sparse.unit_offsets[s] = units(sparse);
   }
 }
 
-// One warp per list s: unit_list[u] = s for the list's units u.
+// unit_list[u] = s for the units u of list s in one table (the lanes of a warp).
+__device__ __forceinline__ void write_unit_list(const SlcPairTables& table, std::int64_t s, int lane) {
+  const std::int32_t end = table.unit_offsets[s + 1];
+  for (std::int32_t u = table.unit_offsets[s] + lane; u < end; u += kWarpSize)
+    table.unit_list[u] = static_cast<std::int32_t>(s);
+}
+
+// One warp per list s: its units in each table.
 __global__ void __launch_bounds__(kThreads) slc_unit_lists_kernel(const __grid_constant__ PlanBuildParams p) {
   const std::int64_t lists = p.plan.shape.num_lists();
+  const bool split = p.plan.shape.dense_threshold > 0;  // else the sparse table is the kept one
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (kThreads / kWarpSize);
   for (std::int64_t s = (static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x) / kWarpSize; s < lists;
        s += warps) {
-    const std::int32_t end = p.plan.unit_offsets[s + 1];
-    for (std::int32_t u = p.plan.unit_offsets[s] + lane; u < end; u += kWarpSize)
-      p.plan.unit_list[u] = static_cast<std::int32_t>(s);
+    write_unit_list(p.plan.kept, s, lane);
+    if (split) write_unit_list(p.plan.sparse, s, lane);
   }
 }
 
-// One thread per topk entry (g, t, k): a pair goes to its list's slice of the CSR at its rank.
+// One thread per topk entry (g, t, k): a pair goes to its list's slice of the CSR at its rank, a
+// dense one after the list's sparse pairs (its token marked with dense_key_bit for the sort).
 __global__ void __launch_bounds__(kThreads) slc_fill_pairs_kernel(const __grid_constant__ PlanBuildParams p) {
   const SlcPlanShape& shape = p.plan.shape;
   const std::int64_t tokens = shape.tokens;
   const std::int64_t width = shape.width;
   const std::int64_t entries = static_cast<std::int64_t>(shape.heads_kv) * tokens * width;
   const std::int64_t max_blocks = shape.max_blocks();
+  const bool split = shape.dense_threshold > 0;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < entries;
        i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
     const std::int32_t rank = p.plan.pair_rank[i];  // [g, t, k] contiguous: i = (g * N + t) * width + k
@@ -433,10 +516,24 @@ __global__ void __launch_bounds__(kThreads) slc_fill_pairs_kernel(const __grid_c
     const std::int32_t j = p.in.topk[g * p.in.topk_head_stride + t * p.in.topk_token_stride + k];
     const int b = sequence_of(p.in, shape.num_seqs, t);  // a pair's token lies inside the batch
     const std::int64_t list = g * max_blocks + p.plan.block_offsets[b] + j;
-    const std::int64_t entry = static_cast<std::int64_t>(p.plan.pair_offsets[list]) + rank;
-    p.plan.fill_token[entry] = static_cast<std::int32_t>(t);
+    std::int64_t entry = static_cast<std::int64_t>(p.plan.pair_offsets[list]) + rank;
+    std::uint32_t key = static_cast<std::uint32_t>(t);
+    if (split && ((p.plan.dense_slots[row] >> k) & 1u) != 0) {
+      entry += p.plan.sparse.count[list];
+      key |= p.dense_key_bit;
+    }
+    p.plan.fill_token[entry] = static_cast<std::int32_t>(key);
     p.plan.fill_slot[entry] = static_cast<std::uint8_t>(k);
   }
+}
+
+// After the sort of split lists: clears dense_key_bit from the pairs' tokens.
+__global__ void __launch_bounds__(kThreads) slc_clear_key_bit_kernel(const __grid_constant__ PlanBuildParams p) {
+  const std::int32_t pairs = p.plan.pair_offsets[p.plan.shape.num_lists()];
+  const auto keep = static_cast<std::int32_t>(~p.dense_key_bit);
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < pairs;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads)
+    p.plan.pair_token[i] &= keep;
 }
 
 unsigned grid_for(std::int64_t items) {
@@ -468,6 +565,11 @@ Status check_shape(const SlcPlanShape& s) {
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "topk_idx: heads_kv * N * width = " + std::to_string(s.max_pairs()) +
                          " pairs (or their work units) exceed the int32 offsets of the selected-attention plan");
+  // The split counts each list's two parts apart.
+  if (s.dense_threshold > 0 && 2 * s.num_lists() > INT32_MAX)
+    return FSA_ERROR(StatusCode::kNotImplemented, "dense_threshold: the dense/sparse split supports up to " +
+                                                      std::to_string(INT32_MAX / 2) + " (kv head, block) lists, got " +
+                                                      std::to_string(s.num_lists()));
   return Status::ok();
 }
 
@@ -481,16 +583,20 @@ SlcPlan slc_plan_layout(const SlcPlanShape& shape, void* workspace) {
   SlcPlan plan{};
   plan.shape = shape;
   plan.block_offsets = reinterpret_cast<std::int32_t*>(base + l.block_offsets);
-  plan.pair_count = reinterpret_cast<std::int32_t*>(base + l.pair_count);
+  plan.kept.count = reinterpret_cast<std::int32_t*>(base + l.kept_count);
+  plan.kept.unit_offsets = reinterpret_cast<std::int32_t*>(base + l.kept_unit_offsets);
+  plan.kept.unit_list = reinterpret_cast<std::int32_t*>(base + l.kept_unit_list);
+  plan.kept.slot_mask = reinterpret_cast<std::uint64_t*>(base + l.kept_slot_mask);
+  plan.sparse.count = reinterpret_cast<std::int32_t*>(base + l.sparse_count);
+  plan.sparse.unit_offsets = reinterpret_cast<std::int32_t*>(base + l.sparse_unit_offsets);
+  plan.sparse.unit_list = reinterpret_cast<std::int32_t*>(base + l.sparse_unit_list);
+  plan.sparse.slot_mask = reinterpret_cast<std::uint64_t*>(base + l.sparse_slot_mask);
   plan.pair_offsets = reinterpret_cast<std::int32_t*>(base + l.pair_offsets);
-  plan.unit_offsets = reinterpret_cast<std::int32_t*>(base + l.unit_offsets);
-  plan.unit_list = reinterpret_cast<std::int32_t*>(base + l.unit_list);
   plan.pair_rank = reinterpret_cast<std::int32_t*>(base + l.pair_rank);
   plan.pair_token = reinterpret_cast<std::int32_t*>(base + l.pair_token);
   plan.pair_slot = base + l.pair_slot;
   plan.fill_token = reinterpret_cast<std::int32_t*>(base + l.fill_token);
   plan.fill_slot = base + l.fill_slot;
-  plan.slot_mask = reinterpret_cast<std::uint64_t*>(base + l.slot_mask);
   plan.dense_count = reinterpret_cast<std::int32_t*>(base + l.dense_count);
   plan.dense_block = reinterpret_cast<std::int32_t*>(base + l.dense_block);
   plan.dense_tokens = reinterpret_cast<std::uint32_t*>(base + l.dense_tokens);
@@ -519,26 +625,25 @@ Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t
                                                   " bytes, the sort needs " + std::to_string(needed));
   }
 
-  const PlanBuildParams p{plan, in};
+  const PlanBuildParams p{plan, in, dense_key_bit(shape)};
   const std::int64_t rows = static_cast<std::int64_t>(shape.heads_kv) * shape.tokens;
   const std::int64_t entries = shape.max_pairs();
 
   slc_block_offsets_kernel<<<1, kThreads, 0, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_block_offsets_kernel", stream);
-  if (shape.num_lists() > 0) {
-    FSA_CUDA_CHECK(cudaMemsetAsync(plan.pair_count, 0,
-                                   static_cast<std::size_t>(shape.num_lists()) * sizeof(std::int32_t), stream));
-  }
+  if (shape.num_lists() > 0) FSA_CUDA_CHECK(cudaMemsetAsync(plan.kept.count, 0, counter_bytes(shape), stream));
   if (shape.dense_threshold > 0) FSA_RETURN_IF_ERROR(launch_tile_plan(p, stream));
   if (rows > 0) {
-    slc_count_pairs_kernel<<<grid_for(rows), kThreads, 0, stream>>>(p);
+    if (shape.dense_threshold > 0) slc_count_pairs_kernel<true><<<grid_for(rows), kThreads, 0, stream>>>(p);
+    else slc_count_pairs_kernel<false><<<grid_for(rows), kThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_count_pairs_kernel", stream);
   }
   slc_list_sizes_kernel<<<grid_for(items), kThreads, 0, stream>>>(p);
   FSA_CHECK_LAUNCH("slc_list_sizes_kernel", stream);
-  // The two scans share the scratch, one after the other on the stream.
+  // The scans share the scratch, one after the other on the stream.
   FSA_CUDA_CHECK(run_scan(plan, plan.pair_offsets, items, stream));
-  FSA_CUDA_CHECK(run_scan(plan, plan.unit_offsets, items, stream));
+  FSA_CUDA_CHECK(run_scan(plan, plan.kept.unit_offsets, items, stream));
+  if (shape.dense_threshold > 0) FSA_CUDA_CHECK(run_scan(plan, plan.sparse.unit_offsets, items, stream));
   if (shape.num_lists() > 0) {
     slc_unit_lists_kernel<<<grid_for(shape.num_lists() * kWarpSize), kThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_unit_lists_kernel", stream);
@@ -546,7 +651,13 @@ Status build_slc_plan(const SlcPlan& plan, const SlcPlanInputs& in, cudaStream_t
   if (entries > 0) {
     slc_fill_pairs_kernel<<<grid_for(entries), kThreads, 0, stream>>>(p);
     FSA_CHECK_LAUNCH("slc_fill_pairs_kernel", stream);
-    if (shape.sorted_lists && shape.num_lists() > 0) FSA_CUDA_CHECK(run_sort(plan, stream));
+    if (shape.sorted_lists && shape.num_lists() > 0) {
+      FSA_CUDA_CHECK(run_sort(plan, stream));
+      if (p.dense_key_bit != 0) {
+        slc_clear_key_bit_kernel<<<grid_for(entries), kThreads, 0, stream>>>(p);
+        FSA_CHECK_LAUNCH("slc_clear_key_bit_kernel", stream);
+      }
+    }
   }
   return Status::ok();
 }
