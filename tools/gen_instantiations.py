@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the explicit kernel instantiation files, one small .cu per (op, dtype[, head dims]).
 
-Each kernel family is a template in a header (src/kernels/<directory>/*_kernel.cuh); compiling every
+Each kernel family's launcher is a template in a header (src/kernels/<directory>/*.cuh); compiling every
 combination in its own translation unit lets the build run in parallel and keeps any one file
 fast to compile. The table below is the only place that lists the combinations.
 
@@ -44,7 +44,7 @@ TABLE = {
     "flash_bwd": ("flash", "fsa::cuda", "kernels/flash/flash_bwd_kernel.cuh", "launch_flash_backward",
                   "Status {fn}<{args}>(const FlashParams&, cudaStream_t);", attention_combos()),
     # Selection reads q and compressed k only: one instantiation per q/k head dim.
-    "select": ("select", "fsa::cuda", "kernels/select/select_kernel.cuh", "launch_select_blocks",
+    "select": ("select", "fsa::cuda", "kernels/select/select_launch_impl.cuh", "launch_select_blocks",
                "Status {fn}<{args}>(SelectParams, const sel::SmemLimits&, cudaStream_t);",
                [(f"{name}_{dqk}", f"{ctype}, {dqk}") for name, ctype in DTYPES.items()
                 for dqk in sorted({dqk for dqk, _ in ATTENTION_DIMS})]),
