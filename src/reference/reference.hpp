@@ -43,12 +43,11 @@ void compress_backward(const NsaConfig& config, const Varlen& seqs, const Varlen
 
 // ---- RoPE --------------------------------------------------------------------------------------
 // Rotates x [rows, H, D] at position (row - cu[b]) * position_stride; `inverse` rotates by the
-// negative angle (the backward). y may alias x.
+// negative angle (the backward). y may alias x. The angles are fp32, from rope_frequency
+// (common/rope_frequency.hpp) as on the GPU.
 template <class T>
 void rope_apply(const RopeConfig& rope, const Varlen& rows, int position_stride, int heads, int dim, const T* x,
                 T* y, bool inverse);
-// The frequency w_i of pair i (i < D/2), llama3 scaling applied when enabled (fp32 like the GPU).
-float rope_frequency(const RopeConfig& rope, int pair, int dim);
 
 // ---- Attention over per-query key ranges ---------------------------------------------------------
 // Every attention of NSA is softmax attention of query (t, h) over a set of key positions of its own

@@ -42,10 +42,9 @@ void workspace_layout(detail::WorkspaceCarver& c, CompressParams& p, std::int64_
   p.y_partial = p.k_splits > 1 ? c.take<float>(p.k_splits * plane) : nullptr;
 }
 
-Status check_gpu_limits(const NsaConfig& config, const TensorView& x, const TensorView& weight,
+Status check_gpu_limits(const char* op, const NsaConfig& config, const TensorView& x, const TensorView& weight,
                         std::int64_t dim_out) {
-  if (x.dtype != DType::kBFloat16 && x.dtype != DType::kFloat16)
-    return not_supported(std::string("x: the CUDA compression supports bf16 and fp16, got ") + dtype_name(x.dtype));
+  FSA_RETURN_IF_ERROR(common::check_dtype(op, "x", x.dtype));
   if (config.compression == CompressionKind::kLinear) {
     if (x.size(2) % 64 != 0)
       return not_supported("x: the CUDA linear compression needs a head dim D that is a multiple of 64, got " +
@@ -146,7 +145,7 @@ std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const Ten
 Status compress_forward(const NsaConfig& config, const TensorView& x, const TensorView& cu_seqlens,
                         const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                         const TensorView& y, const Workspace& workspace) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, y.size(2)));
+  FSA_RETURN_IF_ERROR(check_gpu_limits("compress_forward", config, x, weight, y.size(2)));
   if (weight.defined()) {
     FSA_RETURN_IF_ERROR(common::check_rows_aligned("compress_forward", {{"x", x}, {"weight", weight}, {"y", y}}));
   }
@@ -169,7 +168,7 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
                          const TensorView& cu_cmp, const TensorView& weight, const TensorView& pos_emb,
                          const TensorView& dy, const TensorView& dx, const TensorView& d_weight,
                          const TensorView& d_pos_emb, const Workspace& workspace) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits(config, x, weight, dy.size(2)));
+  FSA_RETURN_IF_ERROR(check_gpu_limits("compress_backward", config, x, weight, dy.size(2)));
   if (weight.defined()) {
     FSA_RETURN_IF_ERROR(common::check_rows_aligned(
         "compress_backward", {{"x", x}, {"weight", weight}, {"dy", dy}, {"dx", dx}, {"d_weight", d_weight}}));

@@ -5,11 +5,11 @@
 
 #include <cstdint>
 
+#include "common/rope_frequency.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "cuda/backend.hpp"
 #include "kernels/rope/rope_params.hpp"
-#include "reference/reference.hpp"
 
 namespace fsa::cuda {
 
@@ -42,7 +42,7 @@ Status rope(const RopeConfig& config, const TensorView& x, const TensorView& cu,
   p.paired = pairs % 2 == 0 && even(p.x_row_stride) && even(p.x_head_stride) && even(p.y_row_stride) &&
              even(p.y_head_stride) && reinterpret_cast<std::uintptr_t>(x.data) % 4 == 0 &&
              reinterpret_cast<std::uintptr_t>(y.data) % 4 == 0;
-  for (int i = 0; i < pairs; ++i) p.frequency[i] = ref::rope_frequency(config, i, static_cast<int>(x.size(2)));
+  for (int i = 0; i < pairs; ++i) p.frequency[i] = rope_frequency(config, i, static_cast<int>(x.size(2)));
   if (p.num_seqs == 0) return Status::ok();
 
   const DeviceGuard guard(x.device.index);

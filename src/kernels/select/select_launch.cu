@@ -1,6 +1,7 @@
 // Host side of the fused block selection: checks the GPU path's limits, picks the work
-// decomposition and turns the runtime dtype and head dim into template arguments (the one place
-// it happens for this op). No workspace: everything but topk_idx stays on chip.
+// decomposition and turns the runtime dtype and head dim into template arguments
+// (common::dispatch_select, the one place it happens for this op). No workspace: everything but
+// topk_idx stays on chip.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -19,26 +20,6 @@ namespace fsa::cuda {
 template <class Element, int kDqk>
 Status launch_select_blocks(SelectParams p, const sel::SmemLimits& limits,
                             cudaStream_t stream);  // instantiations/select_*.cu
-
-namespace {
-
-// The head dims of q and k_cmp that selection is instantiated for, as template arguments.
-template <class Fn>
-Status dispatch(DType dtype, std::int64_t dqk, Fn&& fn) {
-  return common::dispatch_dtype("select_blocks", "q", dtype, [&]<class Element>() -> Status {
-    switch (dqk) {
-      case 64: return fn.template operator()<Element, 64>();
-      case 128: return fn.template operator()<Element, 128>();
-      case 192: return fn.template operator()<Element, 192>();
-      case 256: return fn.template operator()<Element, 256>();
-      default:
-        return FSA_ERROR(StatusCode::kNotImplemented, "q: select_blocks on CUDA supports head dims Dqk 64, 128, 192 "
-                                                      "and 256, got " + std::to_string(dqk));
-    }
-  });
-}
-
-}  // namespace
 
 Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                      const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
@@ -86,8 +67,9 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
   const sel::SmemLimits limits{static_cast<std::size_t>(std::min(max_smem, sm_smem / 2 - reserved)),
                                 static_cast<std::size_t>(max_smem)};
   cudaStream_t stream = current_stream();
-  return dispatch(q.dtype, q.size(2),
-                  [&]<class Element, int kDqk>() { return launch_select_blocks<Element, kDqk>(p, limits, stream); });
+  return common::dispatch_select("select_blocks", q.dtype, q.size(2), [&]<class Element, int kDqk>() {
+    return launch_select_blocks<Element, kDqk>(p, limits, stream);
+  });
 }
 
 }  // namespace fsa::cuda

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/fragment_atomic.cuh"
 #include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/common/tile_copy.cuh"
@@ -343,8 +344,7 @@ template <class Element, int kDqk, int kDv>
 Status launch_slc_backward(const SlcBackwardParams& p, cudaStream_t stream) {
   const SlcPlanShape& shape = p.plan.shape;
   const int B = shape.block_size;
-  if (B != 32 && B != 64 && B != 128)
-    return FSA_INVALID("block_size: expected 32, 64 or 128, got " + std::to_string(B));
+  FSA_RETURN_IF_ERROR(common::check_block_size("slc_attn_backward", B));
   const long long n = shape.tokens, hq = p.in.heads_q, hkv = shape.heads_kv;
   if (n == 0 || hq == 0) return Status::ok();
   const bool deterministic = p.kv_part != nullptr, dq_slots = p.dq_part != nullptr;

@@ -15,6 +15,7 @@
 
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/mma_sm80.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
@@ -350,15 +351,8 @@ Status launch_path(const SlcForwardParams& p, cudaStream_t stream) {
 
 template <class Element, int kDqk, int kDv>
 Status launch_slc_forward(const SlcForwardParams& p, cudaStream_t stream) {
-  switch (p.plan.shape.block_size) {
-    case 32: return launch_path<Element, kDqk, kDv, 32>(p, stream);
-    case 64: return launch_path<Element, kDqk, kDv, 64>(p, stream);
-    case 128: return launch_path<Element, kDqk, kDv, 128>(p, stream);
-    default:
-      return FSA_ERROR(StatusCode::kNotImplemented, "slc_attn_forward: block size " +
-                                                        std::to_string(p.plan.shape.block_size) +
-                                                        " (supported: 32, 64, 128)");
-  }
+  return common::dispatch_block_size("slc_attn_forward", p.plan.shape.block_size,
+                                     [&]<int kB>() { return launch_path<Element, kDqk, kDv, kB>(p, stream); });
 }
 
 }  // namespace fsa::cuda::slc
