@@ -380,7 +380,8 @@ void expect_slc_matches_reference(const std::string& what, const SlcOut& got, co
 
 // Two GPU runs: the forward bit for bit (every row is computed alone, whatever rows share its list
 // or chunk), or within kOtherPathTol when the two ran different forward paths; the backward up to
-// the order of its atomics.
+// the order of its atomics (or, after different forward paths, whose o and lse differ in their
+// last bits, within kOtherPathTol: measured 2.6e-3 for the split against KV-outer in chunks).
 void expect_slc_same(const std::string& what, const SlcOut& got, const SlcOut& want, bool same_forward_path = true) {
   if (same_forward_path) {
     expect_identical("o " + what, got.o, want.o);
@@ -389,9 +390,10 @@ void expect_slc_same(const std::string& what, const SlcOut& got, const SlcOut& w
     expect_close("o " + what, got.o.to_double(), want.o.to_double(), kOtherPathTol);
     expect_lse_near("lse " + what, got.lse, want.lse, 1e-3, 1e-4);
   }
-  expect_close("dq " + what, got.dq.to_double(), want.dq.to_double(), kAtomicTol);
-  expect_close("dk " + what, got.dk.to_double(), want.dk.to_double(), kAtomicTol);
-  expect_close("dv " + what, got.dv.to_double(), want.dv.to_double(), kAtomicTol);
+  const double grad_tol = same_forward_path ? kAtomicTol : kOtherPathTol;
+  expect_close("dq " + what, got.dq.to_double(), want.dq.to_double(), grad_tol);
+  expect_close("dk " + what, got.dk.to_double(), want.dk.to_double(), grad_tol);
+  expect_close("dv " + what, got.dv.to_double(), want.dv.to_double(), grad_tol);
 }
 
 // ---- Choosing a cap that forces query chunks -------------------------------------------------
