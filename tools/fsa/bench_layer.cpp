@@ -87,14 +87,20 @@ class LayerProblem {
     Status s = buffers_["cu"].upload(cu_host);
     for (const auto& [name, scale] : std::vector<std::pair<std::string, double>>{
              {"q", 1.0}, {"k", 1.0}, {"v", 1.0}, {"d_o", 1.0}, {"w_k", w_scale}, {"w_v", w_scale}, {"pe_k", 0.1}})
-      if (s.is_ok()) s = buffers_[name].upload(rng.values(buffers_[name].numel(), scale));
+      if (s.is_ok()) s = buffers_[name].upload_repeating(rng.values(block(buffers_[name].numel()), scale));
     // Gates in (0.05, 0.95), the range of the module's sigmoid gates.
-    if (s.is_ok()) s = buffers_["gates"].upload(rng.values(buffers_["gates"].numel(), 0.45 / std::sqrt(3.0), 0.5));
+    if (s.is_ok())
+      s = buffers_["gates"].upload_repeating(rng.values(block(buffers_["gates"].numel()), 0.45 / std::sqrt(3.0), 0.5));
     if (s.is_ok() && phases) s = compressed_cu_seqlens(config, view("cu"), view("cu_cmp"));
     if (!s.is_ok()) error_ = s.to_string();
   }
 
   const std::string& error() const { return error_; }
+  // Random values for every element up to 2^29 elements (every canonical configuration), beyond
+  // that a block of 2^26 repeated (S1M-G4's q alone is 2^31 elements, 16 GiB of host doubles).
+  static std::int64_t block(std::int64_t numel) {
+    return numel <= (std::int64_t{1} << 29) ? numel : std::int64_t{1} << 26;
+  }
   std::size_t saved_bytes() const { return nsa_saved_bytes(config_, NsaLayerShape::of(inputs()), options_); }
   double bytes_mib() const {
     double bytes = 0;

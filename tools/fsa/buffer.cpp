@@ -1,6 +1,7 @@
 #include "buffer.hpp"
 
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 
 #ifdef FSA_WITH_CUDA
@@ -109,6 +110,29 @@ Status Buffer::upload(const std::vector<double>& values) {
   if (cudaMemcpy(data_, bytes.data(), bytes.size(), cudaMemcpyHostToDevice) != cudaSuccess)
     return FSA_ERROR(StatusCode::kCudaError, "upload: cudaMemcpy failed");
 #endif
+  return Status::ok();
+}
+
+Status Buffer::upload_repeating(const std::vector<double>& block) {
+  if (block.empty() || static_cast<std::int64_t>(block.size()) >= numel()) {
+    std::vector<double> values(static_cast<std::size_t>(numel()));
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = block.empty() ? 0.0 : block[i % block.size()];
+    return upload(values);
+  }
+  const std::vector<unsigned char> bytes = encode(block, dtype_);
+  const std::size_t total = this->bytes();
+  for (std::size_t at = 0; at < total; at += bytes.size()) {
+    const std::size_t n = std::min(bytes.size(), total - at);
+    auto* dst = static_cast<unsigned char*>(data_) + at;
+    if (device_.kind == DeviceKind::kCPU) {
+      std::memcpy(dst, bytes.data(), n);
+      continue;
+    }
+#ifdef FSA_WITH_CUDA
+    if (cudaMemcpy(dst, bytes.data(), n, cudaMemcpyHostToDevice) != cudaSuccess)
+      return FSA_ERROR(StatusCode::kCudaError, "upload: cudaMemcpy failed");
+#endif
+  }
   return Status::ok();
 }
 

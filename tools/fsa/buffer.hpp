@@ -28,6 +28,8 @@ class Buffer {
 
   // Converts to the buffer's dtype (rounding to nearest even) and copies to its device.
   Status upload(const std::vector<double>& values);
+  // Fills the buffer with `block` repeated (long benchmark inputs without billions of host values).
+  Status upload_repeating(const std::vector<double>& block);
   Status download(std::vector<double>* values) const;
 
  private:
