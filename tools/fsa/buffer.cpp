@@ -1,7 +1,7 @@
 #include "buffer.hpp"
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #ifdef FSA_WITH_CUDA
