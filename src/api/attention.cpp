@@ -93,12 +93,10 @@ Status check_slc_inputs(const NsaConfig& config, const TensorView& q, const Tens
   return check_slc_options(options);
 }
 
-#ifdef FSA_WITH_CUDA
 cuda::SlcProblem slc_problem(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                              const TensorView& topk_idx, const TensorView& cu_seqlens) {
   return cuda::SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
 }
-#endif
 
 // A plan argument: undefined, or uint8 [>= slc_plan_bytes] on the tensors' device.
 Status check_plan(const TensorView& plan, const Arg& q, std::size_t bytes) {

@@ -10,16 +10,16 @@
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
 #include "fsa/workspace.hpp"
+#include "cuda/backend.hpp"  // declarations only: a build without CUDA names them unevaluated
 #include "validate.hpp"
-#ifdef FSA_WITH_CUDA
-#include "cuda/backend.hpp"
-#endif
 
-// The CUDA backend's call, or (a build without CUDA) kNotImplemented naming the op and device.
+// The CUDA backend's call, or (a build without CUDA) kNotImplemented naming the op and device; the
+// call then stays an unevaluated operand, so its arguments count as used.
 #ifdef FSA_WITH_CUDA
 #define FSA_CUDA_BACKEND(op, device, call) (call)
 #else
-#define FSA_CUDA_BACKEND(op, device, call) ::fsa::detail::not_implemented_on((device), (op))
+#define FSA_CUDA_BACKEND(op, device, call) \
+  (static_cast<void>(sizeof(call)), ::fsa::detail::not_implemented_on((device), (op)))
 #endif
 
 namespace fsa::detail {
@@ -71,7 +71,7 @@ Status route(const char* op, Device device, Cpu&& cpu, Gpu&& gpu) {
 #ifdef FSA_WITH_CUDA
 #define FSA_CUDA_QUERY(call) (call)
 #else
-#define FSA_CUDA_QUERY(call) std::size_t{0}
+#define FSA_CUDA_QUERY(call) (static_cast<void>(sizeof(call)), std::size_t{0})
 #endif
 
 namespace fsa::detail {

@@ -65,7 +65,20 @@ struct SlcProblem {
   int device = 0;
 
   static SlcProblem of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& topk_idx, const TensorView& cu_seqlens);
+                       const TensorView& topk_idx, const TensorView& cu_seqlens) {
+    SlcProblem p;
+    p.tokens = q.size(0);
+    p.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
+    p.heads_q = static_cast<int>(q.size(1));
+    p.heads_kv = static_cast<int>(k.size(1));
+    p.dim_qk = static_cast<int>(q.size(2));
+    p.dim_v = static_cast<int>(v.size(2));
+    p.width = static_cast<int>(topk_idx.size(2));
+    p.block_size = config.block_size;
+    p.dtype = q.dtype;
+    p.device = q.device.index;
+    return p;
+  }
 };
 std::size_t slc_plan_bytes(const SlcProblem& problem, const SlcOptions& options);
 std::size_t slc_forward_workspace_bytes(const SlcProblem& problem, const SlcOptions& options, bool plan_given);

@@ -44,22 +44,6 @@ Dims dims_of(const NsaConfig& c, const NsaLayerShape& s) {
           s.head_dim_v, c.topk, s.dtype};
 }
 
-// The selected-attention problem of the layer (topk_idx is [Hkv, N, topk]).
-SlcProblem slc_problem(const NsaConfig& c, const Dims& d, int device) {
-  SlcProblem p;
-  p.tokens = d.n;
-  p.num_seqs = d.nseq;
-  p.heads_q = d.hq;
-  p.heads_kv = d.hkv;
-  p.dim_qk = d.dqk;
-  p.dim_v = d.dv;
-  p.width = d.topk;
-  p.block_size = c.block_size;
-  p.dtype = d.dtype;
-  p.device = device;
-  return p;
-}
-
 // Everything the backward reads from the forward.
 struct SavedLayout {
   TensorView cu_cmp, k_cmp, v_cmp, o_cmp, lse_cmp, o_slc, lse_slc, o_swa, lse_swa, topk, plan;
@@ -112,6 +96,14 @@ struct StepShapes {
     }
   }
 };
+
+// The selected-attention problem of the layer (topk_idx is [Hkv, N, topk]).
+SlcProblem slc_problem(const NsaConfig& c, const Dims& d, Device device) {
+  const StepShapes t(d, c, device);
+  const TensorView topk = TensorView::contiguous(nullptr, DType::kInt32, {d.hkv, d.n, d.topk}, device);
+  const TensorView cu = TensorView::contiguous(nullptr, DType::kInt32, {d.nseq + 1}, device);
+  return SlcProblem::of(c, t.q, t.k, t.v, topk, cu);
+}
 
 // The largest scratch of the forward's steps (they run one after the other on the stream); the
 // plan lives in the saved buffer (or, for inference, next to it).
@@ -183,7 +175,7 @@ TensorView sum_target(const TensorView& caller, const TensorView& scratch, bool 
 std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape, const NsaLayerOptions& options) {
   const Dims d = dims_of(config, shape);
   WorkspaceCarver sizing;
-  SavedLayout(sizing, d, slc_plan_bytes(slc_problem(config, d, shape.device.index), options.selected));
+  SavedLayout(sizing, d, slc_plan_bytes(slc_problem(config, d, shape.device), options.selected));
   return sizing.bytes();
 }
 
@@ -192,7 +184,7 @@ std::size_t nsa_forward_workspace_bytes(const NsaConfig& config, const NsaLayerS
   const Dims d = dims_of(config, shape);
   NsaLayerInputs none;
   WorkspaceCarver sizing;
-  ForwardWorkspace(sizing, config, d, none, slc_problem(config, d, shape.device.index), options, with_saved);
+  ForwardWorkspace(sizing, config, d, none, slc_problem(config, d, shape.device), options, with_saved);
   return sizing.bytes();
 }
 
@@ -201,7 +193,7 @@ std::size_t nsa_backward_workspace_bytes(const NsaConfig& config, const NsaLayer
   const Dims d = dims_of(config, shape);
   NsaLayerInputs none;
   WorkspaceCarver sizing;
-  BackwardWorkspace(sizing, config, d, none, slc_problem(config, d, shape.device.index), options);
+  BackwardWorkspace(sizing, config, d, none, slc_problem(config, d, shape.device), options);
   return sizing.bytes();
 }
 
@@ -212,7 +204,7 @@ Status nsa_forward(const NsaConfig& c, const NsaLayerInputs& in, const TensorVie
   FSA_RETURN_IF_ERROR(common::check_rows_aligned("nsa_forward", {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"o", o}}));
   const DeviceGuard guard(in.q.device.index);
   const Dims d = dims_of(c, NsaLayerShape::of(in));
-  const SlcProblem problem = slc_problem(c, d, in.q.device.index);
+  const SlcProblem problem = slc_problem(c, d, in.q.device);
   const SlcOptions& slc = options.selected;
   WorkspaceCarver carve(workspace.data, in.q.device);
   const ForwardWorkspace w(carve, c, d, in, problem, options, saved.defined());
@@ -241,7 +233,7 @@ Status nsa_backward(const NsaConfig& c, const NsaLayerInputs& in, const TensorVi
       "nsa_backward", {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"d_o", d_o}, {"dq", g.dq}, {"dk", g.dk}, {"dv", g.dv}}));
   const DeviceGuard guard(in.q.device.index);
   const Dims d = dims_of(c, NsaLayerShape::of(in));
-  const SlcProblem problem = slc_problem(c, d, in.q.device.index);
+  const SlcProblem problem = slc_problem(c, d, in.q.device);
   const SlcOptions& slc = options.selected;
   WorkspaceCarver saved_carve(saved.data, in.q.device);
   const SavedLayout s(saved_carve, d, slc_plan_bytes(problem, slc));
