@@ -5,7 +5,7 @@ random first tokens: the next token is predictable only by attending `lag` token
 loss can fall below the uniform guess log(vocab) only through the attention layer.
 
     python examples/train_tiny_lm.py                   # CPU reference (small sizes, about a minute)
-    python examples/train_tiny_lm.py --device cuda     # GPU, bf16 (ops without a kernel yet raise)
+    python examples/train_tiny_lm.py --device cuda     # GPU, bf16 (head dim 64, the smallest the kernels serve)
 """
 import argparse
 import math
