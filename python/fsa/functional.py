@@ -102,7 +102,7 @@ def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seq
     backward bitwise reproducible (per-slot partials reduced in a fixed order, more memory); the
     CPU backward always is.
 
-    `workspace_cap` (bytes; None: the library's, 4 GiB) caps the GPU scratch that grows with
+    `workspace_cap` (bytes; None: the library's, 8 GiB) caps the GPU scratch that grows with
     N * Hq * topk (the plan, partial outputs, dQ slots): longer problems run in query chunks inside
     the same call, with the same results. Every workspace comes from torch's allocator, so
     torch.cuda.memory_allocated() and max_memory_allocated() include it. The CPU ignores it.
@@ -136,7 +136,7 @@ def nsa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, gates: Te
     w_k [Hkv, l*Dqk, Dqk] and w_v [Hkv, l*Dv, Dv] for config.compression == "linear" (None for
     "mean"), pe_k [Hkv, l, Dqk] optional, gates already activated ([N, Hq, 3] or [N, 3]).
 
-    `workspace_cap` (bytes; None: the library's, 4 GiB) caps the GPU scratch of the layer's
+    `workspace_cap` (bytes; None: the library's, 8 GiB) caps the GPU scratch of the layer's
     selected attention (see selected_attention), in the forward and, with the same value, the
     backward; a smaller cap runs more query chunks, with the same results. Every workspace and the
     saved activations come from torch's allocator, so torch's memory statistics include them.

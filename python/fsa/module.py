@@ -27,7 +27,7 @@ class NativeSparseAttention(nn.Module):
     embedding PE [Hkv, l, Dqk]) are xavier-uniform initialised per kv head. RoPE follows
     config.rope.
 
-    `workspace_cap` (bytes; None: the library's, 4 GiB) caps the GPU scratch of selected attention
+    `workspace_cap` (bytes; None: the library's, 8 GiB) caps the GPU scratch of selected attention
     that grows with N * Hq * topk, forward and backward alike: longer batches run in query chunks,
     with the same results (fsa.nsa_attention). Workspaces and saved activations come from torch's
     allocator, so torch's memory statistics include them.

@@ -44,7 +44,7 @@ commands:
             saved_mib and workspace_mib columns. --config S256K-G4|S512K-G4|S1M-G4 (only when named)
             times the layer alone on one long sequence
   bench options shared by all three: --workspace-cap BYTES|unlimited, the cap of selected
-            attention's scratch (SlcOptions::workspace_cap; default 4 GiB), above which it runs in
+            attention's scratch (SlcOptions::workspace_cap; default 8 GiB), above which it runs in
             query chunks
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help      print this text
