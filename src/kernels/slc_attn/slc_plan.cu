@@ -47,6 +47,7 @@
 #include <climits>
 #include <string>
 
+#include "common/workspace_carver.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/slc_attn/slc_plan.hpp"
 #include "kernels/slc_attn/slc_plan_build.hpp"
@@ -55,7 +56,6 @@ namespace fsa::cuda {
 
 namespace {
 
-constexpr std::size_t kAlignment = 256;
 constexpr int kThreads = 256;
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullWarp = 0xffffffffu;
@@ -67,7 +67,6 @@ static_assert(kThreads % kWarpSize == 0, "the count kernel works in whole warps"
 static_assert(SlcPlanShape::kMaxWidth <= 64, "slot masks are one uint64 per row");
 static_assert(SlcPlanShape::kMaxWidth <= 256, "slots are stored as uint8");
 
-std::size_t align_up(std::size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
 
 // Items of the two scans: the lists plus one trailing item that reads as 0, so that the exclusive
 // scan leaves the total in the last entry.
@@ -145,10 +144,10 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
   const auto pairs = static_cast<std::size_t>(shape.max_pairs());
   const auto rows = static_cast<std::size_t>(shape.heads_kv) * static_cast<std::size_t>(shape.tokens);
   PlanLayout l{};
-  std::size_t cursor = 0;
-  auto take = [&cursor](std::size_t bytes) {
-    const std::size_t at = cursor;
-    cursor += align_up(bytes);
+  detail::WorkspaceCarver sizing;  // the one carving rule; an offset is its byte count so far
+  auto take = [&sizing](std::size_t bytes) {
+    const std::size_t at = sizing.bytes();
+    sizing.take_bytes(bytes);
     return at;
   };
   const bool split = shape.dense_threshold > 0;
@@ -187,7 +186,7 @@ PlanLayout plan_layout(const SlcPlanShape& shape) {
     l.sort_temp_bytes = 0;
   }
   l.sort_temp = take(l.sort_temp_bytes);
-  l.total = cursor;
+  l.total = sizing.bytes();
   return l;
 }
 
