@@ -98,6 +98,14 @@ cuda::SlcProblem slc_problem(const NsaConfig& config, const TensorView& q, const
   return cuda::SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
 }
 
+// slc_plan_bytes of arguments already validated (the public query validates them first).
+std::size_t plan_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& topk_idx, const TensorView& cu_seqlens, const SlcOptions& options) {
+  return detail::on_gpu_bytes(q, [&] {
+    return FSA_CUDA_QUERY(cuda::slc_plan_bytes(slc_problem(config, q, k, v, topk_idx, cu_seqlens), options));
+  });
+}
+
 // A plan argument: undefined, or uint8 [>= slc_plan_bytes] on the tensors' device.
 Status check_plan(const TensorView& plan, const Arg& q, std::size_t bytes) {
   if (!plan.defined()) return Status::ok();
@@ -121,7 +129,7 @@ Status check_slc_forward(const NsaConfig& config, const TensorView& q, const Ten
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(check_topk(topk_idx, dims, {"q", q}));
   FSA_RETURN_IF_ERROR(check_slc_options(options));
-  return check_plan(plan, {"q", q}, slc_plan_bytes(config, q, k, v, topk_idx, cu_seqlens, options));
+  return check_plan(plan, {"q", q}, plan_bytes(config, q, k, v, topk_idx, cu_seqlens, options));
 }
 
 Status check_slc_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -183,9 +191,8 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
 
 std::size_t slc_plan_bytes(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                            const TensorView& topk_idx, const TensorView& cu_seqlens, const SlcOptions& options) {
-  return detail::query_bytes(check_slc_inputs(config, q, k, v, topk_idx, cu_seqlens, options), q.device, [&] {
-    return FSA_CUDA_QUERY(cuda::slc_plan_bytes(slc_problem(config, q, k, v, topk_idx, cu_seqlens), options));
-  });
+  if (!check_slc_inputs(config, q, k, v, topk_idx, cu_seqlens, options).is_ok()) return 0;
+  return plan_bytes(config, q, k, v, topk_idx, cu_seqlens, options);
 }
 
 Status slc_plan_build(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -193,7 +200,7 @@ Status slc_plan_build(const NsaConfig& config, const TensorView& q, const Tensor
                       const SlcOptions& options) {
   constexpr const char* kOp = "slc_plan_build";
   FSA_RETURN_IF_ERROR(check_slc_inputs(config, q, k, v, topk_idx, cu_seqlens, options));
-  const std::size_t bytes = slc_plan_bytes(config, q, k, v, topk_idx, cu_seqlens, options);
+  const std::size_t bytes = plan_bytes(config, q, k, v, topk_idx, cu_seqlens, options);
   if (!plan.defined() && bytes > 0) return FSA_INVALID("plan: expected a uint8 tensor of slc_plan_bytes() bytes");
   FSA_RETURN_IF_ERROR(check_plan(plan, {"q", q}, bytes));
   return detail::route(

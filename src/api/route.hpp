@@ -28,10 +28,9 @@ inline bool on_cpu(const TensorView& t) { return t.device.kind == DeviceKind::kC
 
 // `given` against the `needed` bytes of the op's *_workspace_bytes query.
 inline Status check_workspace(const char* op, const Workspace& given, std::size_t needed) {
-  const std::string query = std::string(op) + "_workspace_bytes";
   if (given.bytes < needed)
-    return FSA_INVALID("workspace: " + std::string(op) + " needs " + std::to_string(needed) + " bytes (" + query +
-                       "), got " + std::to_string(given.bytes));
+    return FSA_INVALID("workspace: " + std::string(op) + " needs " + std::to_string(needed) + " bytes (" +
+                       std::string(op) + "_workspace_bytes), got " + std::to_string(given.bytes));
   if (given.data == nullptr && given.bytes > 0)
     return FSA_INVALID("workspace: a null data pointer with " + std::to_string(given.bytes) + " bytes");
   if (reinterpret_cast<std::uintptr_t>(given.data) % kWorkspaceAlignment != 0)

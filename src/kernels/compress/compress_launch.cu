@@ -136,7 +136,7 @@ std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const Ten
                                               const TensorView& d_weight) {
   std::int64_t plane = 0;
   CompressParams p =
-      backward_params(config, x, TensorView{}, TensorView{}, d_weight, TensorView{}, dy, d_weight, &plane);
+      backward_params(config, x, TensorView{}, TensorView{}, TensorView{}, TensorView{}, dy, d_weight, &plane);
   detail::WorkspaceCarver sizing;
   workspace_layout(sizing, p, plane);
   return sizing.bytes();

@@ -309,12 +309,17 @@ Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const Re
   return build_slc_plan(out->plan, in, stream);
 }
 
+// The plan a backward reads: the forward's (the caller's, through its backward view), or one it
+// builds for itself, which needs no split since the backward runs every pair KV-outer.
+ResolvedPath backward_path(const SlcOptions& options, const SlcProblem& p, bool chunked, bool plan_given) {
+  return plan_given ? resolve_path(options, p, chunked) : ResolvedPath{SlcKernelPath::kKvOuter, 0, 1};
+}
+
 // The deterministic mode runs unchunked (its plan's sorted lists and its kv partials span the
 // batch): its capped scratch (the pass's own, plus the plan when the caller gives none) must fit.
 Status check_cap(const SlcProblem& p, const SlcOptions& options, bool backward, bool plan_given) {
   if (!options.deterministic) return Status::ok();
-  const ResolvedPath path = backward && !plan_given ? ResolvedPath{SlcKernelPath::kKvOuter, 0, 1}
-                                                    : resolve_path(options, p, false);
+  const ResolvedPath path = backward ? backward_path(options, p, false, plan_given) : resolve_path(options, p, false);
   const SlcPlanShape shape = plan_shape(p, p.tokens, path, options);
   WorkspaceCarver sizing;
   BackwardScratch unused;
@@ -354,7 +359,7 @@ std::size_t slc_backward_workspace_bytes(const SlcProblem& p, const SlcOptions& 
   if (!plan_given) sizing.take_bytes(chunk_plan_bytes(p, options, c));
   BackwardScratch unused;
   backward_accumulators(sizing, p, options, &unused);
-  const SlcPlanShape shape = plan_shape(p, c.chunk_tokens, resolve_path(options, p, c.chunked()), options);
+  const SlcPlanShape shape = plan_shape(p, c.chunk_tokens, backward_path(options, p, c.chunked(), plan_given), options);
   backward_chunk_scratch(sizing, p, options, shape, uses_dq_slots(p, options, c.chunk_tokens), &unused);
   return sizing.bytes();
 }
@@ -448,10 +453,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   const bool plan_given = plan.defined();
   FSA_RETURN_IF_ERROR(check_cap(p, options, /*backward=*/true, plan_given));
   const Chunking c = chunking(p, options);
-  // A plan the backward builds for itself needs no split (it runs every pair KV-outer); one built
-  // for the forward serves through its backward view (all pairs).
-  const ResolvedPath own_path{SlcKernelPath::kKvOuter, 0, 1};
-  const ResolvedPath path = plan_given ? resolve_path(options, p, c.chunked()) : own_path;
+  const ResolvedPath path = backward_path(options, p, c.chunked(), plan_given);
   const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
   const bool dq_slots = uses_dq_slots(p, options, c.chunk_tokens);
   WorkspaceCarver carve(workspace.data);
