@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Dense causal attention with torch SDPA on the GPU, for `fsa bench layer`'s comparison.
 
-Times torch.nn.functional.scaled_dot_product_attention (causal, bf16, D=128, GQA with Hkv=4 as in
-benchmarks.md; the flash backend) forward and forward + backward for the configurations of the
+Times torch.nn.functional.scaled_dot_product_attention (causal, bf16, D=128, GQA with Hkv=4 as in the
+canonical configurations of tools/fsa/bench_util.hpp; the flash backend) forward and forward + backward for the configurations of the
 layer benchmark, with CUDA events, median of --iters runs after two warm-ups, and writes rows in
 the CSV format of `fsa bench layer` (phases "sdpa fwd" and "sdpa fwd+bwd"). Packed batches
 (VAR-G4) run one SDPA call per sequence, as a user without varlen SDPA would.

@@ -1,5 +1,5 @@
 // `fsa bench selected|compressed|layer`: times GPU phases on the canonical configurations of
-// benchmarks.md and writes CSV rows.
+// bench_util.hpp (canonical_configs) and writes CSV rows.
 #pragma once
 
 #include <cstddef>
@@ -11,7 +11,7 @@
 namespace fsa::tool {
 
 struct BenchOptions {
-  std::vector<std::string> configs;   // names from benchmarks.md; empty = all
+  std::vector<std::string> configs;   // names from canonical_configs(); empty = all
   std::vector<std::string> patterns;  // "random", "local"; empty = both
   std::vector<std::string> paths;     // "auto", "kv-outer", "split", "query-outer"; empty = auto
   int dense_threshold = 0;            // SlcOptions::dense_threshold (0 = the cost model's)

@@ -1,7 +1,7 @@
 // `fsa bench compressed`: times the GPU compression, compressed attention and block selection on
-// the canonical configurations of benchmarks.md, phase by phase as issue 4 states its targets:
-// compression of k and v (forward), compressed attention forward + selection, and the backward of
-// compressed attention and compression.
+// the canonical configurations (bench_util.hpp), phase by phase: compression of k and v
+// (forward), compressed attention forward + selection, and the backward of compressed attention
+// and compression (the phases docs/kernels/cmp_attn.md sets its floors for).
 #include <cmath>
 #include <cstdio>
 #include <functional>

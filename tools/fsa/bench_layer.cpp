@@ -1,5 +1,5 @@
 // `fsa bench layer`: the whole NSA layer on the GPU against dense causal attention measured in the
-// same run (issue 5). For each canonical configuration of benchmarks.md: every forward and
+// same run. For each canonical configuration (bench_util.hpp): every forward and
 // backward phase through the public ops, the layer entry points (nsa_forward, nsa_backward), and
 // the library's own dense causal attention (the sliding-window kernels with a window as long as
 // the longest sequence) forward and forward + backward. Then a sweep of sequence lengths at G = 4
@@ -270,7 +270,7 @@ int run_bench_layer(const BenchOptions& options) {
   if (!bench_device(&info)) return 2;
   BenchOutput out("layer", info, options.csv_path,
                   "config,phase,ms,min,max,tflops,peak_mib,saved_mib,workspace_mib");
-  const NsaConfig config;  // benchmarks.md: l=32, s=16, B=64, K=16, I=1, L=2, w=512
+  const NsaConfig config;  // the defaults: l=32, s=16, B=64, K=16, I=1, L=2, w=512
   const int d = 128;
   int failures = 0;
   // NSA and dense forward + backward per sweep length, for the break-even summary.

@@ -1,4 +1,4 @@
-// Shared pieces of the `fsa bench` commands: the canonical configurations of benchmarks.md, a
+// Shared pieces of the `fsa bench` commands: the canonical configurations, a
 // CUDA-event timer, the caller-owned workspace, and the output (stdout and a CSV file).
 #pragma once
 
@@ -22,7 +22,8 @@ struct BenchConfig {
   int heads_kv, group;
 };
 
-// benchmarks.md: bf16, D=128, l=32, s=16, B=64, K=16, I=1, L=2.
+// The canonical configurations of every bench: bf16, D=128, l=32, s=16, B=64, K=16, I=1, L=2;
+// S<len>-G<g> is one sequence with Hkv = 4 and G query heads per kv head.
 inline std::vector<BenchConfig> canonical_configs() {
   std::vector<BenchConfig> c;
   for (const int g : {1, 2, 4, 8, 16}) c.push_back({"S64-G" + std::to_string(g), {65536}, 4, g});

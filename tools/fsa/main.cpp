@@ -27,7 +27,7 @@ commands:
             one is present and every op has a CUDA implementation, else on the CPU reference.
   bench selected
             time the GPU selected attention (forward and backward) on the canonical configurations
-            of benchmarks.md: --config NAME (repeatable; S64-G1..16, S8K-G4, S16K-G4, S32K-G4,
+            (bf16, D=128, B=64, K=16): --config NAME (repeatable; S64-G1..16, S8K-G4, S16K-G4, S32K-G4,
             VAR-G4, LLAMA8B; default all), --pattern random|local (default both),
             --path auto|kv-outer|split|query-outer|deterministic (repeatable; default auto;
             deterministic: auto with the deterministic backward), --dense-threshold N (the
