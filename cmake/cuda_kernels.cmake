@@ -4,6 +4,7 @@
 set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/cuda/runtime.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/cuda/scratch.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/common/kernel_arch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/varlen/shift_cu_seqlens.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/varlen/compressed_cu_seqlens.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/rope/rope_launch.cu

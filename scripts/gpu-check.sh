@@ -49,7 +49,7 @@ run gpu-tests ctest --test-dir build/gpu -L gpu --output-on-failure -j 1
 # wgmma variants; FSA_DISABLE_WGMMA=1 runs the tests of their users again on the mma.sync kernels
 # (the ones sm80 runs), so both stay tested on this machine.
 run gpu-tests-mma-sync env FSA_DISABLE_WGMMA=1 ctest --test-dir build/gpu -L gpu --output-on-failure -j 1 \
-  -R "Gpu\.(Swa|CmpAttn|Layer|Select)"
+  -R "Gpu\.(Swa|CmpAttn|Layer|Select|KernelSet)"
 run cpu-tests ctest --test-dir build/gpu -L cpu --output-on-failure -j "$(nproc)"
 run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_runtime
 run memcheck-slc compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_slc_attn \

@@ -89,7 +89,8 @@ DISPATCH_HEADER = """\
 // types, head dims and selection block sizes that src/kernels/*/instantiations/ instantiate (the
 // same table wrote both). Each dispatch_* calls fn.template operator()<...>() with the matching
 // compile-time values, or returns kNotImplemented naming the argument, the op, the supported
-// values and the value given.
+// values and the value given. Also the architecture choice (kernel_arch), which the ops make once
+// per call and carry in their params to the launchers.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -100,8 +101,15 @@ DISPATCH_HEADER = """\
 
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
+#include "kernels/common/kernel_arch.hpp"
 
 namespace fsa::cuda::common {{
+
+// The kernel set the current device runs (kernel_arch.cu): kSm90a where it is a Hopper GPU, the
+// build includes sm_90a and FSA_DISABLE_WGMMA is unset; kSm80 otherwise. Probed once per device.
+// Each op calls it once and stores the result in its params (FlashParams, SelectParams,
+// SlcBackwardParams::arch); a launcher with a wgmma variant reads it there.
+KernelArch kernel_arch();
 
 // The table, as the errors print it.
 inline constexpr char kSupportedDtypes[] = "{dtype_list}";

@@ -11,6 +11,9 @@ struct CudaDeviceInfo {
   std::string name;        // of device 0
   int sm_major = 0, sm_minor = 0;
   int multiprocessors = 0;
+  // The kernel set device 0 runs: "sm_90a (wgmma)" on a Hopper GPU with a build that includes
+  // sm_90a (and FSA_DISABLE_WGMMA unset), else "sm80 (mma.sync)".
+  std::string kernel_set;
   std::string reason;      // why not available, when it is not
 };
 

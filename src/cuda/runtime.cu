@@ -1,5 +1,7 @@
 #include "cuda/runtime.hpp"
 
+#include "kernels/common/dispatch_table.hpp"
+
 namespace fsa::cuda {
 
 CudaDeviceInfo query_device() {
@@ -23,6 +25,9 @@ CudaDeviceInfo query_device() {
   info.sm_major = prop.major;
   info.sm_minor = prop.minor;
   info.multiprocessors = prop.multiProcessorCount;
+  int current = 0;
+  if (cudaGetDevice(&current) == cudaSuccess && current == 0)
+    info.kernel_set = common::kernel_arch() == common::KernelArch::kSm90a ? "sm_90a (wgmma)" : "sm80 (mma.sync)";
   return info;
 }
 

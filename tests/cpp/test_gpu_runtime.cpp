@@ -1,6 +1,7 @@
 // GPU tests of the device components built so far (label gpu: they need a CUDA device):
 // compressed_cu_seqlens and RoPE against the CPU reference, stream and graph capture, and the
 // "not implemented on CUDA" answer of the ops that have no kernels yet.
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -14,6 +15,22 @@ TEST_F(Gpu, DeviceInfo) {
   EXPECT_GE(info.sm_major, 8) << "the kernels target sm80 and newer";
   EXPECT_GT(info.multiprocessors, 0);
   EXPECT_FALSE(info.name.empty());
+}
+
+// The architecture choice (common::kernel_arch, probed once per device): the wgmma kernels exactly
+// where a Hopper GPU loaded the build's sm_90a image and FSA_DISABLE_WGMMA does not forbid them.
+TEST_F(Gpu, KernelSetFollowsDeviceAndBuild) {
+  const CudaDeviceInfo info = cuda_device_info();
+  const char* disable = std::getenv("FSA_DISABLE_WGMMA");
+  const bool disabled = disable != nullptr && *disable != '\0' && std::strcmp(disable, "0") != 0;
+#ifdef FSA_TEST_BUILD_HAS_SM90A
+  const bool build_has_sm90a = true;
+#else
+  const bool build_has_sm90a = false;
+#endif
+  const bool hopper = info.sm_major == 9 && info.sm_minor == 0;
+  EXPECT_EQ(info.kernel_set, hopper && build_has_sm90a && !disabled ? "sm_90a (wgmma)" : "sm80 (mma.sync)")
+      << info.name << " sm_" << info.sm_major << info.sm_minor;
 }
 
 TEST_F(Gpu, CompressedCuSeqlensMatchesReference) {

@@ -89,8 +89,8 @@ int run_info() {
   const fsa::CudaDeviceInfo info = fsa::cuda_device_info();
   std::printf("fsa %s\nCUDA kernels built: %s\n", fsa::version(), fsa::built_with_cuda() ? "yes" : "no");
   if (info.available) {
-    std::printf("CUDA devices: %d; device 0: %s, sm_%d%d, %d SMs\n", info.device_count, info.name.c_str(),
-                info.sm_major, info.sm_minor, info.multiprocessors);
+    std::printf("CUDA devices: %d; device 0: %s, sm_%d%d, %d SMs, kernels %s\n", info.device_count,
+                info.name.c_str(), info.sm_major, info.sm_minor, info.multiprocessors, info.kernel_set.c_str());
   } else {
     std::printf("CUDA device: none (%s)\n", info.reason.c_str());
   }

@@ -18,7 +18,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/fragment_atomic.cuh"
-#include "kernels/common/sm90_dispatch.hpp"
+#include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/flash/flash_bwd_block.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
@@ -172,7 +172,7 @@ Status launch_flash_backward(const FlashParams& params, cudaStream_t stream) {
     // Hopper: the wgmma main kernel (flash_bwd_sm90_kernel.cuh) where it serves the head dims.
     using Sm90 = flash::BwdSm90Traits<Element, kDqk, kDv>;
     bool sm90 = false;
-    if constexpr (Sm90::kSupported) sm90 = common::runs_sm90_image<flash::flash_bwd_sm90_kernel<Element, kDqk, kDv>>();
+    if constexpr (Sm90::kSupported) sm90 = p.arch == common::KernelArch::kSm90a;
     const int keys_per_tile = sm90 ? Sm90::kKeys : T::kKeys;
     const flash::BackwardSplit split =
         flash::plan_backward_split(p, keys_per_tile, sm90 ? Sm90::kRowChunk : T::kRowChunk);

@@ -18,7 +18,7 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
-#include "kernels/common/sm90_dispatch.hpp"
+#include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/flash/flash_fwd_rows.cuh"
@@ -190,7 +190,7 @@ Status launch_forward_tiles(void (*kernel)(FlashParams), const char* name, const
 template <class Element, int kDqk, int kDv>
 Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
-  if (common::runs_sm90_image<flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>>())
+  if (p.arch == common::KernelArch::kSm90a)
     return flash::launch_forward_tiles<flash::FwdSm90Traits<Element, kDqk, kDv>>(
         flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>, "flash_fwd_sm90_kernel", p, stream);
   return flash::launch_forward_tiles<flash::FwdTraits<Element, kDqk, kDv>>(

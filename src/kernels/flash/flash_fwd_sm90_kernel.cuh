@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (pair == 0) p.lse[head * p.lse_head_stride + token * p.lse_token_stride] = row_lse(row_max[h], row_sum[h]);
   }
 #else
-  __trap();  // launched only where the sm_90a image is the one loaded (runs_sm90_image)
+  __trap();  // launched only where the sm_90a image is the one loaded (common::kernel_arch)
 #endif
 }
 

@@ -21,6 +21,7 @@ namespace flash {
 FlashParams make_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& cu_seqlens,
                         const TensorView& key_base, const TensorView& o, const TensorView& lse, float scale) {
   FlashParams p{};
+  p.arch = common::kernel_arch();
   p.q = q.data;
   p.q_token_stride = q.stride(0);
   p.q_head_stride = q.stride(1);

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/kernel_arch.hpp"
+
 namespace fsa::cuda {
 
 enum class FlashMask : std::int32_t {
@@ -69,6 +71,7 @@ struct FlashParams {
   std::int64_t split_rows;
   int split_relative;
   int split_period;
+  common::KernelArch arch;  // the kernel set (common::kernel_arch), chosen once per op call
 };
 
 }  // namespace fsa::cuda

@@ -30,6 +30,7 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
                                                       std::to_string(config.topk));
   FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", {{"q", q}, {"k_cmp", k_cmp}}));
   SelectParams p{};
+  p.arch = common::kernel_arch();
   p.q = q.data;
   p.q_token_stride = q.stride(0);
   p.q_head_stride = q.stride(1);

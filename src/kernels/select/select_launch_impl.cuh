@@ -8,7 +8,6 @@
 #include <string>
 
 #include "cuda/runtime.hpp"
-#include "kernels/common/sm90_dispatch.hpp"
 #include "kernels/select/select_kernel.cuh"
 #include "kernels/select/select_params.hpp"
 #include "kernels/select/select_tiling.hpp"
@@ -21,7 +20,7 @@ template <class Element, int kDqk>
 Status launch_select_blocks(SelectParams p, const sel::SmemLimits& limits, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0 || p.heads_kv == 0) return Status::ok();
   // On Hopper (the sm_90a image loaded) the two-CTA shape runs its wgmma variant.
-  const bool wgmma_image = common::runs_sm90_image<sel::select_blocks_kernel<Element, kDqk, 2, true>>();
+  const bool wgmma_image = p.arch == common::KernelArch::kSm90a;
   p.shape = sel::choose_launch_shape(p.heads_used, kDqk, p.cmp_len, p.cmp_stride, p.block_size, p.topk_width,
                                      limits, wgmma_image);
   if (p.shape.tokens_per_cta == 0)

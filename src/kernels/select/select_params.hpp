@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/kernel_arch.hpp"
 #include "kernels/select/select_tiling.hpp"
 
 namespace fsa::cuda {
@@ -32,6 +33,7 @@ struct SelectParams {
   // Its shared-memory layout (sel::SelectSmem of shape, Dqk and K), computed by the launcher: read
   // from the parameter space, the kernel's offsets take no registers and no arithmetic.
   sel::SelectSmem layout;
+  common::KernelArch arch;  // the kernel set (common::kernel_arch), chosen once per op call
 };
 
 }  // namespace fsa::cuda

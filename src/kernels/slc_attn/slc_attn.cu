@@ -465,6 +465,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   const std::int64_t hkv = p.heads_kv;
 
   SlcBackwardParams b{};
+  b.arch = common::kernel_arch();
   b.units_per_cta = units_per_cta(options);
   b.kv_tokens = p.tokens;
   b.o_token_stride = o.stride(0);

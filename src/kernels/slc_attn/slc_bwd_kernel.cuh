@@ -34,7 +34,7 @@
 #include "cuda/runtime.hpp"
 #include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/fragment_atomic.cuh"
-#include "kernels/common/sm90_dispatch.hpp"
+#include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/flash/flash_bwd_chunk.cuh"
 #include "kernels/flash/flash_bwd_rows.cuh"
@@ -318,7 +318,7 @@ Status launch_main(const SlcBackwardParams& p, cudaStream_t stream) {
   using Sm90 = SlcBwdSm90Traits<kDqk, kDv>;
   if constexpr (Sm90::kSupported) {
     constexpr auto kSm90Kernel = slc_bwd_sm90_kernel<Element, kDqk, kDv, kDeterministic, kDqSlots>;
-    if (common::runs_sm90_image<kSm90Kernel>()) {
+    if (p.arch == common::KernelArch::kSm90a) {
       FSA_RETURN_IF_ERROR(set_smem<kSm90Kernel>(Sm90::kSmemBytes, kDqk, kDv));
       kSm90Kernel<<<grid, Sm90::kThreads, Sm90::kSmemBytes, stream>>>(p);
       FSA_CHECK_LAUNCH("slc_bwd_sm90_kernel", stream);

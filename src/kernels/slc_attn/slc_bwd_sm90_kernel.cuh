@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(SlcBwdSm90Traits<kDqk, kDv>::kThreads, 1)
   if (wg == 0) finish(dv, p.dv_accum, kDqk, 1.0f);
   else finish(dk, p.dk_accum, 0, p.in.scale);
 #else
-  __trap();  // launched only where the sm_90a image is the one loaded (runs_sm90_image)
+  __trap();  // launched only where the sm_90a image is the one loaded (common::kernel_arch)
 #endif
 }
 

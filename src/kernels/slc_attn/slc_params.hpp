@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/kernel_arch.hpp"
 #include "kernels/slc_attn/slc_plan.hpp"
 
 namespace fsa::cuda {
@@ -97,6 +98,7 @@ struct SlcBackwardParams {
   void* dk;
   void* dv;
   std::int64_t dq_token_stride, dq_head_stride, dk_token_stride, dk_head_stride, dv_token_stride, dv_head_stride;
+  common::KernelArch arch;  // the kernel set (common::kernel_arch), chosen once per op call
 };
 
 // Sizes of the partials, from shapes alone (constexpr: device code calls them).

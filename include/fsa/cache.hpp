@@ -1,0 +1,94 @@
+// Inference with a cache: the key/value cache of an NSA layer, owned by the caller (a serving
+// engine allocates the pools once and hands out pages), and the two calls that use it:
+// nsa_prefill (append a chunk of any length per sequence) and nsa_decode (1-8 new tokens per
+// sequence, for speculative verification). Both produce, for every new token, the output a
+// one-shot nsa_forward over the whole sequence gives for that token.
+//
+// What the cache holds, per sequence (docs/inference.md says why):
+//   - raw keys, rotated at their position, and raw values, in pages of `page_size` tokens
+//     (a multiple of the selection block B, so a selected block never straddles pages);
+//   - compressed keys, rotated at i*s, and compressed values, in pages of `cmp_page_size`
+//     compressed tokens, addressed by their own per-sequence table;
+//   - the pre-RoPE keys of the last l tokens (a ring indexed by position mod l), from which the
+//     next compression windows are finished: the rotated keys cannot be un-rotated exactly in
+//     bf16/fp16, and values are never rotated, so their raw pages serve as they are.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fsa/config.hpp"
+#include "fsa/layer.hpp"
+#include "fsa/status.hpp"
+#include "fsa/types.hpp"
+#include "fsa/workspace.hpp"
+
+namespace fsa {
+
+// Sizes of a cache's pools: enough to size them without touching data.
+struct NsaCacheShape {
+  int heads_kv = 0, head_dim_qk = 0, head_dim_v = 0;
+  std::int64_t num_pages = 0;      // pages of the raw pool
+  int page_size = 0;               // raw tokens per page: a positive multiple of config.block_size
+  std::int64_t num_cmp_pages = 0;  // pages of the compressed pool
+  int cmp_page_size = 0;           // compressed tokens per page (positive)
+  std::int64_t num_slots = 0;      // sequences whose window state the cache holds at once
+  DType dtype = DType::kBFloat16;
+  Device device{};
+};
+
+// The pools, caller-owned (every view on the cache's device, last dim contiguous). nsa_prefill and
+// nsa_decode write into them; nothing else does.
+struct NsaCache {
+  TensorView k_pages;      // [num_pages, page_size, Hkv, Dqk] keys rotated at their position
+  TensorView v_pages;      // [num_pages, page_size, Hkv, Dv]
+  TensorView k_cmp_pages;  // [num_cmp_pages, cmp_page_size, Hkv, Dqk] compressed keys rotated at i*s
+  TensorView v_cmp_pages;  // [num_cmp_pages, cmp_page_size, Hkv, Dv]
+  TensorView k_tail;       // [num_slots, l, Hkv, Dqk] pre-RoPE keys; token p of a sequence at row p % l
+};
+
+// Which sequences one call works on and where their pages are (int32, on the cache's device; the
+// caller advances cache_seqlens by the new tokens after the call).
+struct NsaCacheBatch {
+  TensorView block_table;      // [nseq, max_pages]: raw pool page of the sequence's j-th page
+  TensorView cmp_block_table;  // [nseq, max_cmp_pages]: compressed pool page of its j-th page
+  TensorView cache_seqlens;    // [nseq]: tokens already in the cache (the new ones go after them)
+  TensorView slots;            // [nseq]: the sequence's row of k_tail
+};
+
+// Bytes of each pool (on the cache's device), from shapes alone.
+struct NsaCacheBytes {
+  std::size_t k_pages = 0, v_pages = 0, k_cmp_pages = 0, v_cmp_pages = 0, k_tail = 0;
+  std::size_t total() const { return k_pages + v_pages + k_cmp_pages + v_cmp_pages + k_tail; }
+};
+NsaCacheBytes nsa_cache_bytes(const NsaConfig& config, const NsaCacheShape& shape);
+
+// Pages a sequence of `tokens` tokens needs in each pool (the block tables' widths for a maximum
+// context).
+std::int64_t nsa_cache_pages(const NsaCacheShape& shape, std::int64_t tokens);
+std::int64_t nsa_cache_cmp_pages(const NsaConfig& config, const NsaCacheShape& shape, std::int64_t tokens);
+
+// Optional per-branch results of the new tokens (any may be undefined): for tests and analysis.
+struct NsaInferenceBranches {
+  TensorView o_cmp, o_slc, o_swa;  // [N, Hq, Dv]
+  TensorView topk_idx;             // int32 [Hkv, N, K], as select_blocks writes it
+};
+
+// Appends the new tokens of every sequence of `batch` (inputs.cu_seqlens: the packed chunk, any
+// length per sequence, 0 included) after its cache_seqlens cached tokens: rotates them, writes
+// raw keys and values, the compressed tokens whose windows they complete and the key tail into
+// `cache`, and writes o [N, Hq, Dv], each token attending to its prefix and the chunk causally.
+Status nsa_prefill(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
+                   const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches = {},
+                   const Workspace& workspace = {});
+
+// The most new tokens a sequence brings to one nsa_decode call.
+inline constexpr int kMaxDecodeTokens = 8;
+
+// nsa_prefill for 1..kMaxDecodeTokens new tokens per sequence (ragged across the batch; a
+// sequence with 0 new tokens is skipped).
+Status nsa_decode(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
+                  const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches = {},
+                  const Workspace& workspace = {});
+
+}  // namespace fsa
