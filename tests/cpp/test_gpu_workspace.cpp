@@ -623,8 +623,8 @@ void expect_layer_close(const std::string& what, const LayerOut& got, const Laye
 // ---- 1. Query chunks of selected attention -----------------------------------------------------
 
 // Chunks whose boundaries cut sequences (and blocks) in the middle: the keys before a chunk are
-// reached at negative rows and dK / dV accumulate over the chunks. Equal to the reference, and to
-// the unchunked KV-outer run (every chunked run is KV-outer): the forward bit for bit.
+// reached at negative rows and dK / dV accumulate over the chunks. Equal to the reference, and,
+// KV-outer both, to the unchunked KV-outer run: the forward bit for bit.
 TEST_F(Gpu, WorkspaceSelectedQueryChunksMatchReferenceAndUnchunkedRun) {
   std::uint64_t salt = 0;
   for (const int g : {1, 4}) {
@@ -632,9 +632,10 @@ TEST_F(Gpu, WorkspaceSelectedQueryChunksMatchReferenceAndUnchunkedRun) {
     SCOPED_TRACE(what);
     auto rng = rng_for_test(++salt);
     const SlcData s = make_slc(kLengths, g, rng);
-    const Chunks chunks = choose_cap(s, {});
-    ASSERT_GE(chunks.count, 3);
     SlcOptions small;
+    small.path = SlcPath::kKvOuter;
+    const Chunks chunks = choose_cap(s, small);
+    ASSERT_GE(chunks.count, 3);
     small.workspace_cap = chunks.cap;
     {
       // The queries read sizes only: a chunked call needs less than the whole problem, and (chunks
@@ -679,37 +680,45 @@ TEST_F(Gpu, WorkspaceSelectedQueryChunksMatchReferenceAndUnchunkedRun) {
   }
 }
 
-// Every forced path under the same small cap: kSplit runs KV-outer in chunks, query-outer reads its
+// Every path under the same small cap, on random selections and on local ones (whose tiles share
+// blocks, so the split's tile kernel runs): a split tile that a chunk boundary cuts is planned and
+// computed in each chunk for that chunk's tokens (a chunked split call is not bit-equal to the
+// unchunked one: the tile's dense blocks are chosen from fewer tokens); query-outer reads its
 // shifted cu_seqlens from the plan's chunk slot (given or in the workspace).
 TEST_F(Gpu, WorkspaceSelectedForcedPathsUnderQueryChunks) {
-  auto rng = rng_for_test();
-  const SlcData s = make_slc(kLengths, 4, rng);
-  const Chunks chunks = choose_cap(s, {});
-  ASSERT_GE(chunks.count, 3);
-  const SlcOut ref = run_slc_cpu(s);
-  const std::vector<std::pair<std::string, SlcOptions>> paths = {{"kv-outer", {SlcPath::kKvOuter, 0}},
-                                                                 {"query-outer", {SlcPath::kQueryOuter, 0}},
-                                                                 {"split-default", {SlcPath::kSplit, 0}},
-                                                                 {"split-all-dense", {SlcPath::kSplit, 1}}};
-  for (const auto& [name, options] : paths) {
-    SCOPED_TRACE(name);
-    const bool split = options.path == SlcPath::kSplit;
-    const SlcOut unchunked = run_slc_gpu(s, {options});
-    expect_slc_matches_reference(name + " unchunked", unchunked, ref);
-    SlcOptions small = options;
-    small.workspace_cap = chunks.cap;
-    for (const bool explicit_plan : {false, true}) {
-      const std::string what = name + (explicit_plan ? ", chunks, explicit plan" : ", chunks, plan built inside");
-      const SlcOut chunked = run_slc_gpu(s, {small, explicit_plan, explicit_plan});
-      expect_slc_matches_reference(what, chunked, ref);
-      expect_slc_same(what + " vs unchunked", chunked, unchunked, !split);
-      if (explicit_plan) {
-        EXPECT_EQ(chunked.plan_builds, chunks.count) << what;
-        EXPECT_EQ(chunked.forward_builds + chunked.backward_builds, 0) << what;
-      } else {
-        // Query-outer reads topk_idx directly: its forward builds no plan.
-        EXPECT_EQ(chunked.forward_builds, options.path == SlcPath::kQueryOuter ? 0 : chunks.count) << what;
-        EXPECT_EQ(chunked.backward_builds, chunks.count) << what;
+  for (const bool local : {false, true}) {
+    auto rng = rng_for_test(local ? 2 : 1);
+    const SlcData s = make_slc(kLengths, 4, rng, local);
+    const SlcOut ref = run_slc_cpu(s);
+    const std::vector<std::pair<std::string, SlcOptions>> paths = {{"kv-outer", {SlcPath::kKvOuter, 0}},
+                                                                   {"query-outer", {SlcPath::kQueryOuter, 0}},
+                                                                   {"auto", {SlcPath::kAuto, 0}},
+                                                                   {"split-default", {SlcPath::kSplit, 0}},
+                                                                   {"split-all-dense", {SlcPath::kSplit, 1}}};
+    for (const auto& [path_name, options] : paths) {
+      const std::string name = path_name + (local ? " local" : " random");
+      SCOPED_TRACE(name);
+      // The cap that cuts this path's problem into 3 or more chunks (each path's plan has its size).
+      const Chunks chunks = choose_cap(s, options);
+      ASSERT_GE(chunks.count, 3);
+      const bool split = options.path == SlcPath::kSplit || options.path == SlcPath::kAuto;
+      const SlcOut unchunked = run_slc_gpu(s, {options});
+      expect_slc_matches_reference(name + " unchunked", unchunked, ref);
+      SlcOptions small = options;
+      small.workspace_cap = chunks.cap;
+      for (const bool explicit_plan : {false, true}) {
+        const std::string what = name + (explicit_plan ? ", chunks, explicit plan" : ", chunks, plan built inside");
+        const SlcOut chunked = run_slc_gpu(s, {small, explicit_plan, explicit_plan});
+        expect_slc_matches_reference(what, chunked, ref);
+        expect_slc_same(what + " vs unchunked", chunked, unchunked, !split);
+        if (explicit_plan) {
+          EXPECT_EQ(chunked.plan_builds, chunks.count) << what;
+          EXPECT_EQ(chunked.forward_builds + chunked.backward_builds, 0) << what;
+        } else {
+          // Query-outer reads topk_idx directly: its forward builds no plan.
+          EXPECT_EQ(chunked.forward_builds, options.path == SlcPath::kQueryOuter ? 0 : chunks.count) << what;
+          EXPECT_EQ(chunked.backward_builds, chunks.count) << what;
+        }
       }
     }
   }
@@ -1095,7 +1104,7 @@ TEST_F(Gpu, WorkspaceLayerUnderASmallCapMatchesReferenceAndDefaultCap) {
   expect_layer_matches_reference("default cap", default_cap.out, ref);
   expect_layer_matches_reference("small cap, caller workspace", chunked.out, ref);
   expect_layer_matches_reference("small cap, library workspace", chunked_library.out, ref);
-  // The chunked selected attention runs KV-outer, the default one the split: another path.
+  // The chunks' split tiles choose their dense blocks from their own tokens only: another path.
   expect_layer_close("small cap vs default cap", chunked.out, default_cap.out, kOtherPathTol, kLayerAtomicTol);
   expect_layer_close("small cap, caller vs library workspace", chunked.out, chunked_library.out, 0, kLayerAtomicTol);
   expect_identical("o without saved, small cap", run_layer_inference(l, small, true), chunked.out.at("o"));

@@ -10,8 +10,8 @@
 // (shift_cu_seqlens). The kernels then find each chunk token's sequence and position as before and
 // read the keys before the chunk at negative rows, inside the caller's tensors; the plan's global
 // block numbering spans all key rows (SlcPlanShape::key_tokens). dK / dV accumulate over the chunks
-// in fp32 and are converted once at the end. With several chunks every pair runs KV-outer: the
-// dense/sparse split's query tiles would straddle the chunk boundaries.
+// in fp32 and are converted once at the end. A split tile that a chunk boundary cuts is planned and
+// computed in each chunk for that chunk's tokens only (its other rows are padding there).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -60,7 +60,6 @@ Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k
 // 4.0 ms against 6.7 ms KV-outer), and random ones, whose tiles share only the 3 forced blocks, run
 // KV-outer. Query-outer is never chosen: at G = 16, where a token's heads fill an MMA tile, its
 // L2 traffic (32 KB of K/V per pair) still made it slower than KV-outer (27.7 against 26.0 ms).
-// Several query chunks: no split (see the top of this file).
 struct ResolvedPath {
   SlcKernelPath path;
   int dense_threshold;   // the plan shape's (0 = no split)
@@ -69,18 +68,18 @@ struct ResolvedPath {
 
 constexpr int kAutoMinDenseBlocks = 4;
 
-ResolvedPath resolve_path(const SlcOptions& options, const SlcProblem& problem, bool chunked) {
+ResolvedPath resolve_path(const SlcOptions& options, const SlcProblem& problem) {
   const int threshold = options.dense_threshold > 0 ? options.dense_threshold : std::max(1, problem.block_size / 4);
   const SlcPlanShape bound{.tokens = problem.tokens, .num_seqs = problem.num_seqs, .block_size = problem.block_size};
   switch (options.path) {
     case SlcPath::kKvOuter: return {SlcKernelPath::kKvOuter, 0, 1};
     case SlcPath::kQueryOuter: return {SlcKernelPath::kQueryOuter, 0, 1};
     case SlcPath::kSplit:  // forced: the threshold alone decides
-      return chunked ? ResolvedPath{SlcKernelPath::kKvOuter, 0, 1} : ResolvedPath{SlcKernelPath::kSplit, threshold, 1};
+      return {SlcKernelPath::kSplit, threshold, 1};
     case SlcPath::kAuto: break;
   }
   // The split's sort keys hold 19 bits of block index; beyond that every pair goes KV-outer.
-  if (chunked || bound.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0, 1};
+  if (bound.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0, 1};
   return {SlcKernelPath::kSplit, threshold, kAutoMinDenseBlocks};
 }
 
@@ -193,7 +192,7 @@ struct Chunking {
 // sink). The backward's dK / dV accumulators are not counted: like the flash backward's, they are
 // the size of k and v in fp32 whatever the chunks.
 std::size_t capped_bytes(const SlcProblem& p, const SlcOptions& options, std::int64_t chunk_tokens, bool chunked) {
-  const ResolvedPath path = resolve_path(options, p, chunked);
+  const ResolvedPath path = resolve_path(options, p);
   const SlcPlanShape shape = plan_shape(p, chunk_tokens, path, options);
   WorkspaceCarver plan, fwd, bwd;
   BackwardScratch unused;
@@ -241,16 +240,14 @@ std::int64_t chunk_size(const SlcProblem& p, const Chunking& c, std::int64_t chu
 // Bytes of one chunk's slot in a plan buffer (every chunk's slot has the size of a full chunk's).
 std::size_t chunk_plan_bytes(const SlcProblem& p, const SlcOptions& options, const Chunking& c) {
   WorkspaceCarver sizing;
-  chunk_plan_layout(sizing, p, plan_shape(p, c.chunk_tokens, resolve_path(options, p, c.chunked()), options),
+  chunk_plan_layout(sizing, p, plan_shape(p, c.chunk_tokens, resolve_path(options, p), options),
                     c.chunked());
   return sizing.bytes();
 }
 
 // ---- Views of one chunk ----------------------------------------------------------------------
 
-const void* advance(const void* data, std::int64_t rows, std::int64_t row_stride, std::size_t element) {
-  return static_cast<const unsigned char*>(data) + rows * row_stride * static_cast<std::int64_t>(element);
-}
+// The pointer `rows` rows past data (TensorView::data is void* even for inputs).
 void* advance(void* data, std::int64_t rows, std::int64_t row_stride, std::size_t element) {
   return static_cast<unsigned char*>(data) + rows * row_stride * static_cast<std::int64_t>(element);
 }
@@ -311,15 +308,15 @@ Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const Re
 
 // The plan a backward reads: the forward's (the caller's, through its backward view), or one it
 // builds for itself, which needs no split since the backward runs every pair KV-outer.
-ResolvedPath backward_path(const SlcOptions& options, const SlcProblem& p, bool chunked, bool plan_given) {
-  return plan_given ? resolve_path(options, p, chunked) : ResolvedPath{SlcKernelPath::kKvOuter, 0, 1};
+ResolvedPath backward_path(const SlcOptions& options, const SlcProblem& p, bool plan_given) {
+  return plan_given ? resolve_path(options, p) : ResolvedPath{SlcKernelPath::kKvOuter, 0, 1};
 }
 
 // The deterministic mode runs unchunked (its plan's sorted lists and its kv partials span the
 // batch): its capped scratch (the pass's own, plus the plan when the caller gives none) must fit.
 Status check_cap(const SlcProblem& p, const SlcOptions& options, bool backward, bool plan_given) {
   if (!options.deterministic) return Status::ok();
-  const ResolvedPath path = backward ? backward_path(options, p, false, plan_given) : resolve_path(options, p, false);
+  const ResolvedPath path = backward ? backward_path(options, p, plan_given) : resolve_path(options, p);
   const SlcPlanShape shape = plan_shape(p, p.tokens, path, options);
   WorkspaceCarver sizing;
   BackwardScratch unused;
@@ -346,7 +343,7 @@ std::size_t slc_plan_bytes(const SlcProblem& p, const SlcOptions& options) {
 
 std::size_t slc_forward_workspace_bytes(const SlcProblem& p, const SlcOptions& options, bool plan_given) {
   const Chunking c = chunking(p, options);
-  const bool planned = resolve_path(options, p, c.chunked()).path != SlcKernelPath::kQueryOuter;
+  const bool planned = resolve_path(options, p).path != SlcKernelPath::kQueryOuter;
   WorkspaceCarver sizing;
   if (!plan_given && (planned || c.chunked())) sizing.take_bytes(chunk_plan_bytes(p, options, c));
   forward_scratch(sizing, p, c.chunk_tokens, planned);
@@ -359,7 +356,7 @@ std::size_t slc_backward_workspace_bytes(const SlcProblem& p, const SlcOptions& 
   if (!plan_given) sizing.take_bytes(chunk_plan_bytes(p, options, c));
   BackwardScratch unused;
   backward_accumulators(sizing, p, options, &unused);
-  const SlcPlanShape shape = plan_shape(p, c.chunk_tokens, backward_path(options, p, c.chunked(), plan_given), options);
+  const SlcPlanShape shape = plan_shape(p, c.chunk_tokens, backward_path(options, p, plan_given), options);
   backward_chunk_scratch(sizing, p, options, shape, uses_dq_slots(p, options, c.chunk_tokens), &unused);
   return sizing.bytes();
 }
@@ -374,7 +371,7 @@ Status slc_plan_build(const NsaConfig& config, const TensorView& q, const Tensor
   cudaStream_t stream = current_stream();
   const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
   const Chunking c = chunking(p, options);
-  const ResolvedPath path = resolve_path(options, p, c.chunked());
+  const ResolvedPath path = resolve_path(options, p);
   const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
   for (std::int64_t chunk = 0; chunk < c.chunks; ++chunk) {
     ChunkPlan unused;
@@ -396,7 +393,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   const bool plan_given = plan.defined();
   FSA_RETURN_IF_ERROR(check_cap(p, options, /*backward=*/false, plan_given));
   const Chunking c = chunking(p, options);
-  const ResolvedPath path = resolve_path(options, p, c.chunked());
+  const ResolvedPath path = resolve_path(options, p);
   const bool planned = path.path != SlcKernelPath::kQueryOuter;  // query-outer reads topk_idx directly
   const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
   WorkspaceCarver carve(workspace.data);
@@ -453,7 +450,7 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
   const bool plan_given = plan.defined();
   FSA_RETURN_IF_ERROR(check_cap(p, options, /*backward=*/true, plan_given));
   const Chunking c = chunking(p, options);
-  const ResolvedPath path = backward_path(options, p, c.chunked(), plan_given);
+  const ResolvedPath path = backward_path(options, p, plan_given);
   const std::size_t slot_bytes = chunk_plan_bytes(p, options, c);
   const bool dq_slots = uses_dq_slots(p, options, c.chunk_tokens);
   WorkspaceCarver carve(workspace.data);

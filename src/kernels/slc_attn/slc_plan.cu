@@ -373,7 +373,9 @@ __global__ void __launch_bounds__(kThreads) slc_tile_plan_kernel(const __grid_co
     const int e = static_cast<int>(threadIdx.x) * kItems + i;
     const int u = e / width, k = e - u * width;
     keys[i] = kNoKey;
-    if (u < tokens) {
+    // Only the chunk's own tokens (rows [0, shape.tokens)): a tile that a query chunk boundary cuts
+    // is planned in each chunk for that chunk's tokens.
+    if (u < tokens && t0 + u >= 0 && t0 + u < shape.tokens) {
       const std::int32_t* row = p.in.topk + g * p.in.topk_head_stride + (t0 + u) * p.in.topk_token_stride;
       const std::int32_t j = row[k];
       bool first = j >= 0 && j <= jt;
@@ -433,7 +435,8 @@ __global__ void __launch_bounds__(kThreads) slc_tile_plan_kernel(const __grid_co
   __syncthreads();
   if (threadIdx.x == 0) p.plan.dense_count[s] = total;
   for (int u = threadIdx.x; u < tokens; u += kThreads)
-    p.plan.dense_slots[g * shape.tokens + t0 + u] =
+    if (t0 + u >= 0 && t0 + u < shape.tokens)
+      p.plan.dense_slots[g * shape.tokens + t0 + u] =
         static_cast<std::uint64_t>(dense_slot_words[u][1]) << 32 | dense_slot_words[u][0];
 }
 

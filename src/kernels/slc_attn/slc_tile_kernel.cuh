@@ -156,8 +156,10 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
   const auto* q = static_cast<const Element*>(p.in.q);
   for (int i = threadIdx.x; i < kRows; i += kThreads) {
     const int r = chunk * kRows + i;
-    const bool valid = r < tile_tokens * G;
     const long long token = t0 + r / G;
+    // Split tiles cut by a query chunk boundary: the rows of the other chunk's tokens are padding
+    // here (their chunk computes and writes them).
+    const bool valid = r < tile_tokens * G && (kQueryOuter || (token >= 0 && token < p.plan.shape.tokens));
     const int head = kv_head * G + r % G;
     q_sources[i] = valid ? q + token * p.in.q_token_stride + head * p.in.q_head_stride : nullptr;
     row_t_local[i] = valid ? static_cast<int>(token - seq_start) : -1;
