@@ -60,6 +60,32 @@ def layer_tables(path: Path) -> str:
     return "\n".join(out)
 
 
+BEFORE_AFTER_LAYER_PHASES = ["layer fwd", "layer bwd", "layer fwd+bwd", "fwd: slc attn", "bwd: slc attn"]
+
+
+def before_after_table(path: Path) -> str:
+    """Rows (call, build, bench, config, phase, ms, ...) pivoted: one row per (bench, config, phase)
+    with a column per (call, build); of the layer, its totals and its selected-attention phases."""
+    lines = path.read_text().splitlines()
+    caption = [l.lstrip("# ").strip() for l in lines if l.startswith("#")]
+    rows = list(csv.DictReader(l for l in lines if l and not l.startswith("#")))
+    columns, keys, ms = [], [], {}
+    for r in rows:
+        if r["bench"] == "layer" and r["phase"] not in BEFORE_AFTER_LAYER_PHASES:
+            continue
+        column, key = f"call {r['call']}: {r['build']}", (r["bench"], r["config"], r["phase"])
+        if column not in columns:
+            columns.append(column)
+        if key not in keys:
+            keys.append(key)
+        ms[(key, column)] = r["ms"]
+    out = [f"**{path.name}** (pivoted; ms): " + "; ".join(caption), ""]
+    out.append("| bench | config | phase | " + " | ".join(columns) + " |")
+    out.append("|" + "---|" * (len(columns) + 3))
+    out += ["| " + " | ".join(key) + " | " + " | ".join(ms.get((key, c), "-") for c in columns) + " |" for key in keys]
+    return "\n".join(out)
+
+
 def break_even(ms, group, dense_phase):
     """First length where the layer's forward + backward beats `dense_phase`, geometrically
     interpolated between the swept lengths (SWEEP-G{g}-{n}K, then S64-G{g} as 65536 tokens)."""
@@ -80,7 +106,8 @@ def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    tables = [layer_tables(p) if p.name.endswith("-layer.csv") else table(p)
+    tables = [layer_tables(p) if p.name.endswith("-layer.csv")
+              else before_after_table(p) if p.name.endswith("-before-after.csv") else table(p)
               for p in sorted((ROOT / "bench" / "results").glob("*.csv"))]
     body = "\n\n".join(tables) if tables else "No results recorded yet."
     readme.write_text(text[:start] + "\n" + body + "\n" + text[end:])
