@@ -16,6 +16,10 @@ set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/swa/swa_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/select/select_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/combine/combine.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_append.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_merge.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_topk.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_step.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/layer/cuda_layer.cu
 )
 file(GLOB FSA_CUDA_INSTANTIATIONS CONFIGURE_DEPENDS

@@ -91,4 +91,25 @@ Status nsa_decode(const NsaConfig& config, const NsaLayerInputs& inputs, const N
                   const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches = {},
                   const Workspace& workspace = {});
 
+// ---- GPU workspace ----------------------------------------------------------------------------
+// The sizes a GPU call's workspace depends on, from shapes alone (no tensor data is read). The
+// bytes only grow with each field, so one workspace sized for the largest batch and context a
+// serving loop or a CUDA graph will see serves every call up to them.
+struct NsaInferenceShape {
+  std::int64_t tokens = 0;       // N: new tokens of the call (rows of the packed chunk)
+  int num_seqs = 0;              // sequences of the batch
+  std::int64_t max_context = 0;  // tokens of the longest sequence after the call, at most
+  int heads_q = 0, heads_kv = 0, head_dim_qk = 0, head_dim_v = 0;
+  DType dtype = DType::kBFloat16;
+  Device device{};
+
+  // A call's shape: N and the heads from the inputs, the sequences from the batch, and as context
+  // the most its block table can address (block_table.size(1) * page_size).
+  static NsaInferenceShape of(const NsaLayerInputs& inputs, const NsaCache& cache, const NsaCacheBatch& batch);
+};
+
+// Workspace bytes of nsa_prefill and nsa_decode (0 on the CPU, which needs none).
+std::size_t nsa_prefill_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape);
+std::size_t nsa_decode_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape);
+
 }  // namespace fsa

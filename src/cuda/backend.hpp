@@ -7,6 +7,7 @@
 
 #include <cstddef>
 
+#include "fsa/cache.hpp"
 #include "fsa/config.hpp"
 #include "fsa/layer.hpp"
 #include "fsa/ops.hpp"
@@ -121,6 +122,21 @@ Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const 
 Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& saved,
                     const TensorView& d_o, const NsaLayerGrads& grads, const NsaLayerOptions& options,
                     const Workspace& workspace);
+
+// ---- Inference with a paged cache (kernels/decode) ----------------------------------------------
+// Arguments validated by src/api (shapes, dtypes, devices; the device-side metadata is read only by
+// the kernels). Workspaces sized from the call's shape alone (NsaInferenceShape), so a step is
+// capturable in a CUDA graph: nothing here allocates, synchronises or reads device memory.
+std::size_t nsa_prefill_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape);
+std::size_t nsa_decode_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape);
+Status nsa_prefill(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
+                   const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches,
+                   const Workspace& workspace);
+// nsa_prefill for at most kMaxDecodeTokens new tokens per sequence: its workspace is sized for
+// min(N, kMaxDecodeTokens * nseq) tokens.
+Status nsa_decode(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
+                  const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches,
+                  const Workspace& workspace);
 
 // ---- The convenience allocation (cuda/scratch.cu) ----------------------------------------------
 // Stream-ordered device memory for a caller that passed an empty Workspace: cudaMallocAsync on the

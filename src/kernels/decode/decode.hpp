@@ -1,0 +1,40 @@
+// Host side of the inference kernels: the launchers decode_step.cu composes into nsa_prefill /
+// nsa_decode. Each launches on `stream`, reads sizes from its params only, and never waits for the
+// device, so a step can be captured in a CUDA graph.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "fsa/status.hpp"
+#include "fsa/types.hpp"
+#include "kernels/decode/decode_params.hpp"
+
+namespace fsa::cuda::decode {
+
+// ---- decode_append.cu ----
+// The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows: reads the old key
+// tail, so it runs before launch_append_tokens overwrites it.
+Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream);
+// The compressed tokens (k_cmp_new / v_cmp_new, compressed from the staged windows) rotated at i*s
+// and written into the compressed pools.
+Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t stream);
+// q rotated into q_rot; k rotated and v into the pools; the key tail's last l positions.
+Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream);
+
+// ---- decode_attn_kernel.cuh (instantiations/decode_attn_*.cu) ----
+template <class Element, int kDqk, int kDv>
+Status launch_decode_attention(const AttnParams& p, cudaStream_t stream);
+
+// ---- decode_merge.cu ----
+// o and lse of the launched branches that ran in several splits.
+Status launch_merge_splits(const AttnParams& p, DType dtype, int dim_v, cudaStream_t stream);
+
+// ---- decode_select_kernel.cuh (instantiations/decode_select_*.cu) ----
+template <class Element, int kDqk>
+Status launch_decode_select(const SelectParams& p, cudaStream_t stream);
+
+// ---- decode_topk.cu ----
+// topk_idx from the ranges' candidates and the forced blocks.
+Status launch_finalize_topk(const SelectParams& p, cudaStream_t stream);
+
+}  // namespace fsa::cuda::decode

@@ -1,0 +1,244 @@
+// Appending a chunk of new tokens to the paged cache (the first steps of nsa_prefill / nsa_decode):
+//
+//   1. stage_offsets_kernel + stage_windows_kernel: for every sequence whose chunk completes at
+//      least one compression window, the pre-RoPE keys and the values of positions
+//      [n_cmp(P) * s, P + c) are gathered into a packed staging buffer (keys before P from the key
+//      tail, values before P from the value pages, the rest from the chunk). These are exactly the
+//      windows of the new compressed tokens n_cmp(P) .. n_cmp(P + c) - 1, and every position before
+//      P that they need is among the tail's last l positions (n_cmp(P) * s > P - l). The
+//      compression kernels (kernels/compress) then run on the staged batch unchanged.
+//   2. append_compressed_kernel: the new compressed keys rotated at i*s and the compressed values
+//      written into their pages.
+//   3. append_tokens_kernel: q rotated into the workspace, k rotated and v written into the pages,
+//      and the key tail's rows of the chunk's last l positions overwritten. It runs after step 1
+//      (stream order), which read the old tail.
+//
+// RoPE as the rope kernel (kernels/rope): fp32 angles position * w_i with the frequencies the host
+// computed by the reference's function, accurate sincosf, one rounding to the element type.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cub/block/block_scan.cuh>
+
+#include <cstdint>
+
+#include "cuda/runtime.hpp"
+#include "kernels/common/convert.cuh"
+#include "kernels/common/launch_checks.hpp"
+#include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_paged.cuh"
+#include "kernels/decode/decode_tiling.hpp"
+
+namespace fsa::cuda::decode {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kScanThreads = 256;
+
+// Staged rows of sequence b: the positions [n_cmp(P) s, P + c) when the chunk completes a window,
+// else none; and its new compressed tokens.
+struct StageExtent {
+  long long rows, compressed;
+};
+
+__device__ __forceinline__ StageExtent stage_extent(const AppendParams& p, int b) {
+  const SeqInfo seq = seq_info(p.batch, b);
+  const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride;
+  const long long before = compressed_count(seq.cached, l, s);
+  const long long after = compressed_count(seq.cached + seq.new_tokens, l, s);
+  if (after <= before) return {0, 0};
+  return {seq.cached + seq.new_tokens - before * s, after - before};
+}
+
+// cu_stage / cu_cmp_stage: exclusive prefix sums of the staged rows and compressed tokens over the
+// sequences, by one CTA (the batch is at most a few thousand sequences).
+__global__ void __launch_bounds__(kScanThreads) stage_offsets_kernel(const __grid_constant__ AppendParams p) {
+  using Scan = cub::BlockScan<int, kScanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  int rows_before = 0, compressed_before = 0;
+  for (int base = 0; base < p.batch.num_seqs; base += kScanThreads) {
+    const int b = base + static_cast<int>(threadIdx.x);
+    const StageExtent e = b < p.batch.num_seqs ? stage_extent(p, b) : StageExtent{0, 0};
+    int rows_offset, rows_total, cmp_offset, cmp_total;
+    Scan(scan_storage).ExclusiveSum(static_cast<int>(e.rows), rows_offset, rows_total);
+    __syncthreads();  // the scan storage is reused
+    Scan(scan_storage).ExclusiveSum(static_cast<int>(e.compressed), cmp_offset, cmp_total);
+    __syncthreads();
+    if (b < p.batch.num_seqs) {
+      p.cu_stage[b] = rows_before + rows_offset;
+      p.cu_cmp_stage[b] = compressed_before + cmp_offset;
+    }
+    rows_before += rows_total;
+    compressed_before += cmp_total;
+  }
+  if (threadIdx.x == 0) {
+    p.cu_stage[p.batch.num_seqs] = rows_before;
+    p.cu_cmp_stage[p.batch.num_seqs] = compressed_before;
+  }
+}
+
+// Copies `count` 16-byte vectors from src (null: zeros) to dst, by the CTA's threads starting at
+// `first`. Rows are whole vectors (the head dims are multiples of 8 elements).
+__device__ __forceinline__ void copy_vectors(uint4* dst, const uint4* src, int count, int first, int step) {
+  for (int i = first; i < count; i += step) dst[i] = src != nullptr ? src[i] : make_uint4(0, 0, 0, 0);
+}
+
+// One staged row per CTA: the pre-RoPE key (tail or chunk) and the value (pages or chunk) of one
+// position, all heads.
+template <class Element>
+__global__ void __launch_bounds__(kThreads) stage_windows_kernel(const __grid_constant__ AppendParams p) {
+  const long long row = blockIdx.x;
+  const int nseq = p.batch.num_seqs;
+  if (row >= p.stage_rows || row >= p.cu_stage[nseq]) return;
+  const int b = seq_of_row(p.cu_stage, 1, nseq, row);
+  if (b < 0) return;
+  const SeqInfo seq = seq_info(p.batch, b);
+  const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride;
+  const long long position = compressed_count(seq.cached, l, s) * s + (row - p.cu_stage[b]);
+  const int hkv = p.nsa.heads_kv;
+  const int k_vectors = p.dim_qk / 8, v_vectors = p.dim_v / 8;
+  auto* k_dst = static_cast<Element*>(p.k_stage) + row * hkv * p.dim_qk;
+  auto* v_dst = static_cast<Element*>(p.v_stage) + row * hkv * p.dim_v;
+  for (int h = 0; h < hkv; ++h) {
+    const Element* k_src = nullptr;
+    const Element* v_src = nullptr;
+    if (position < seq.cached) {
+      const long long slot = p.batch.slots[b * p.batch.slot_stride];
+      if (slot >= 0 && slot < p.num_slots)
+        k_src = static_cast<const Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % l) * p.tail_row_stride +
+                h * p.tail_head_stride;
+      v_src = pool_row<const Element>(p.v_pages, locate(p.block_table, p.v_pages, b, position), h);
+    } else {
+      const long long input_row = seq.row0 + (position - seq.cached);
+      k_src = static_cast<const Element*>(p.k) + input_row * p.k_row_stride + h * p.k_head_stride;
+      v_src = static_cast<const Element*>(p.v) + input_row * p.v_row_stride + h * p.v_head_stride;
+    }
+    copy_vectors(reinterpret_cast<uint4*>(k_dst + h * p.dim_qk), reinterpret_cast<const uint4*>(k_src), k_vectors,
+                 threadIdx.x, kThreads);
+    copy_vectors(reinterpret_cast<uint4*>(v_dst + h * p.dim_v), reinterpret_cast<const uint4*>(v_src), v_vectors,
+                 threadIdx.x, kThreads);
+  }
+}
+
+// dst = src rotated at `position` (heads x Dqk), or copied without RoPE; by the CTA's threads.
+template <class Element>
+__device__ __forceinline__ void rotate_heads(const AppendParams& p, long long position, int heads, const Element* src,
+                                             std::int64_t src_head_stride, Element* dst,
+                                             std::int64_t dst_head_stride) {
+  using Cvt = common::Convert<Element>;
+  const int pairs = p.dim_qk / 2;
+  for (int idx = threadIdx.x; idx < heads * pairs; idx += kThreads) {
+    const int h = idx / pairs, i = idx % pairs;
+    const Element* x = src + h * src_head_stride;
+    Element* y = dst + h * dst_head_stride;
+    if (!p.rope) {
+      y[i] = x[i];
+      y[i + pairs] = x[i + pairs];
+      continue;
+    }
+    float sin_a, cos_a;
+    sincosf(static_cast<float>(position) * p.frequency[i], &sin_a, &cos_a);
+    const float a = Cvt::to_float(x[i]), c = Cvt::to_float(x[i + pairs]);
+    y[i] = Cvt::from_float(a * cos_a - c * sin_a);
+    y[i + pairs] = Cvt::from_float(c * cos_a + a * sin_a);
+  }
+}
+
+// One new compressed token per CTA: k~ rotated at i*s into the compressed key pages, v~ into the
+// value pages.
+template <class Element>
+__global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __grid_constant__ AppendParams p) {
+  const long long row = blockIdx.x;
+  const int nseq = p.batch.num_seqs;
+  if (row >= p.cmp_rows || row >= p.cu_cmp_stage[nseq]) return;
+  const int b = seq_of_row(p.cu_cmp_stage, 1, nseq, row);
+  if (b < 0) return;
+  const SeqInfo seq = seq_info(p.batch, b);
+  const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, hkv = p.nsa.heads_kv;
+  const long long index = compressed_count(seq.cached, l, s) + (row - p.cu_cmp_stage[b]);
+  const PageRow at = locate(p.cmp_block_table, p.k_cmp_pages, b, index);
+  if (at.page < 0) return;
+  rotate_heads<Element>(p, index * s, hkv, static_cast<const Element*>(p.k_cmp_new) + row * hkv * p.dim_qk, p.dim_qk,
+                        pool_row<Element>(p.k_cmp_pages, at, 0), p.k_cmp_pages.head_stride);
+  const auto* v_src = static_cast<const Element*>(p.v_cmp_new) + row * hkv * p.dim_v;
+  for (int h = 0; h < hkv; ++h)
+    copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_cmp_pages, at, h)),
+                 reinterpret_cast<const uint4*>(v_src + h * p.dim_v), p.dim_v / 8, threadIdx.x, kThreads);
+}
+
+// One new token per CTA: q rotated into q_rot, k rotated into the key pages, v into the value
+// pages, and the pre-RoPE k into the tail when the position is among the sequence's last l.
+template <class Element>
+__global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_constant__ AppendParams p) {
+  const long long row = blockIdx.x;
+  const int b = seq_of_row(p.batch.cu_seqlens, p.batch.cu_stride, p.batch.num_seqs, row);
+  if (b < 0) return;
+  const SeqInfo seq = seq_info(p.batch, b);
+  const long long position = seq.cached + (row - seq.row0);
+  const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv, l = p.nsa.cmp_len;
+  const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride;
+  rotate_heads<Element>(p, position, hq, q, p.q_head_stride, static_cast<Element*>(p.q_rot) + row * hq * p.dim_qk,
+                        p.dim_qk);
+  const auto* k = static_cast<const Element*>(p.k) + row * p.k_row_stride;
+  const auto* v = static_cast<const Element*>(p.v) + row * p.v_row_stride;
+  const PageRow at = locate(p.block_table, p.k_pages, b, position);
+  if (at.page >= 0) {
+    rotate_heads<Element>(p, position, hkv, k, p.k_head_stride, pool_row<Element>(p.k_pages, at, 0),
+                          p.k_pages.head_stride);
+    for (int h = 0; h < hkv; ++h)
+      copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_pages, at, h)),
+                   reinterpret_cast<const uint4*>(v + h * p.v_head_stride), p.dim_v / 8, threadIdx.x, kThreads);
+  }
+  const long long slot = p.batch.slots[b * p.batch.slot_stride];
+  if (position >= seq.cached + seq.new_tokens - l && slot >= 0 && slot < p.num_slots) {
+    auto* tail = static_cast<Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % l) * p.tail_row_stride;
+    for (int h = 0; h < hkv; ++h)
+      copy_vectors(reinterpret_cast<uint4*>(tail + h * p.tail_head_stride),
+                   reinterpret_cast<const uint4*>(k + h * p.k_head_stride), p.dim_qk / 8, threadIdx.x, kThreads);
+  }
+}
+
+// A grid of `rows` CTAs, one row each (the rows past the batch's return at once).
+Status check_grid(const char* what, long long rows) {
+  if (rows <= 0x7fffffffLL) return Status::ok();
+  return FSA_ERROR(StatusCode::kNotImplemented,
+                   std::string("q: ") + what + ": " + std::to_string(rows) + " rows exceed the grid limit");
+}
+
+}  // namespace
+
+Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream) {
+  if (p.batch.num_seqs == 0) return Status::ok();
+  FSA_RETURN_IF_ERROR(check_grid("stage_windows", p.stage_rows));
+  stage_offsets_kernel<<<1, kScanThreads, 0, stream>>>(p);
+  FSA_CHECK_LAUNCH("stage_offsets_kernel", stream);
+  if (p.stage_rows == 0) return Status::ok();
+  return common::dispatch_dtype("nsa_prefill", "k", dtype, [&]<class Element>() -> Status {
+    stage_windows_kernel<Element><<<static_cast<unsigned>(p.stage_rows), kThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("stage_windows_kernel", stream);
+    return Status::ok();
+  });
+}
+
+Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t stream) {
+  if (p.batch.num_seqs == 0 || p.cmp_rows == 0) return Status::ok();
+  FSA_RETURN_IF_ERROR(check_grid("append_compressed", p.cmp_rows));
+  return common::dispatch_dtype("nsa_prefill", "k", dtype, [&]<class Element>() -> Status {
+    append_compressed_kernel<Element><<<static_cast<unsigned>(p.cmp_rows), kThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("append_compressed_kernel", stream);
+    return Status::ok();
+  });
+}
+
+Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream) {
+  if (p.batch.num_seqs == 0 || p.batch.tokens == 0) return Status::ok();
+  FSA_RETURN_IF_ERROR(check_grid("append_tokens", p.batch.tokens));
+  return common::dispatch_dtype("nsa_prefill", "q", dtype, [&]<class Element>() -> Status {
+    append_tokens_kernel<Element><<<static_cast<unsigned>(p.batch.tokens), kThreads, 0, stream>>>(p);
+    FSA_CHECK_LAUNCH("append_tokens_kernel", stream);
+    return Status::ok();
+  });
+}
+
+}  // namespace fsa::cuda::decode

@@ -1,0 +1,278 @@
+// Attention of the new tokens over the paged cache, for the three branches (decode_params.hpp,
+// Branch): compressed tokens, selected blocks, sliding window.
+//
+// One CTA per (tile of 64 query rows of one sequence, kv head g, branch and split). Rows are the
+// sequence's new tokens x G heads, token-major (row r: token r / G, head g*G + r % G), so every
+// key tile is loaded once for all heads of the group and the handful of tokens of a decode step
+// fill the tensor-core tiles together. The branch defines a list of keys for the tile's tokens:
+//   compressed: compressed tokens [0, visible(last token)), from the compressed pages;
+//   window:     raw positions [first token - w, last token], from the raw pages;
+//   selected:   the union of the blocks the tile's tokens selected (decode_union.cuh), each block's
+//               B raw positions, from the raw pages;
+// and every row is masked to its own token's keys (visible compressed keys; keys in [t - w, t];
+// keys <= t of blocks its token selected). The list is cut in `splits` equal parts per sequence,
+// one per CTA (split over the context so that a few long sequences still fill the GPU); a split
+// writes its unnormalised output and row statistics, which decode_merge.cu combines in split order.
+// With one split the CTA writes o and lse itself.
+//
+// Per key tile: the tile's 64 key rows are located in the pools (page table lookups, one thread per
+// key, bounds-checked; rows without a page and positions not yet written read as zeros and are
+// masked), K and V copied with cp.async (V lands while S = Q K^T runs), then the online softmax of
+// the masked flash-attention forward (kernels/flash) and O += P V on mma.sync. For Dv = 256 the
+// output columns are split over two warp groups, as in the flash forward. A deeper cp.async
+// pipeline (the next tile's K during this tile's softmax) is where the next speedup of long
+// prefill chunks belongs; a decode step is bound by its bytes, which this order reads once.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "cuda/runtime.hpp"
+#include "kernels/common/tile_copy.cuh"
+#include "kernels/common/warp_tile_mma.cuh"
+#include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_paged.cuh"
+#include "kernels/decode/decode_params.hpp"
+#include "kernels/decode/decode_tiling.hpp"
+#include "kernels/decode/decode_union.cuh"
+#include "kernels/flash/flash_softmax.cuh"
+#include "kernels/flash/flash_tiles.cuh"
+
+namespace fsa::cuda::decode {
+
+template <class Element, int kDqk_, int kDv_>
+struct AttnTraits {
+  static constexpr int kDqk = kDqk_;
+  static constexpr int kDv = kDv_;
+  static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in steps of 16 for mma.m16n8k16");
+  static_assert(sizeof(Element) == 2, "16-bit elements");
+  static constexpr int kColSplit = kDv > 128 ? 2 : 1;
+  static constexpr int kDvPart = kDv / kColSplit;  // output columns per warp
+  static_assert(kDvPart % 16 == 0, "output tiles go in pairs");
+  static constexpr int kThreads = 128 * kColSplit;
+  static constexpr int kQkUnroll = kDqk > 128 ? 2 : kDqk / 16;
+  static constexpr int kLdQk = kDqk + kPad;
+  static constexpr int kLdV = kDv + kPad;
+  static_assert(kRows == 64 && kKeys == 64, "4 warps of 16 rows; 64-key tiles");
+};
+
+// Where key list position v0 + r of the current tile lives, and what it is: `key` is the compressed
+// token index (compressed branch) or the position (raw branches), INT_MAX for a list position past
+// the split's end; `unit` is the union entry of the selected branch.
+struct KeySlot {
+  PageRow at;
+  int key;
+  int unit;
+};
+
+template <class Element, int kDqk, int kDv>
+__global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
+    decode_attn_kernel(const __grid_constant__ AttnParams p) {
+  using T = AttnTraits<Element, kDqk, kDv>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ long long q_offset[kRows];  // -1: no row
+  __shared__ KeySlot slots[kKeys];
+  __shared__ int union_count;
+
+  // The branch and split of blockIdx.z.
+  int launch = 0;
+  while (launch + 1 < p.num_launch_branches && static_cast<int>(blockIdx.z) >= p.z_begin[launch + 1]) ++launch;
+  const Branch branch = p.launch_branch[launch];
+  const BranchOutput& out = p.out[static_cast<int>(branch)];
+  const int split = static_cast<int>(blockIdx.z) - p.z_begin[launch];
+  if (split < 0 || split >= out.splits) return;
+
+  const BatchInfo& batch = p.batch;
+  const int g = blockIdx.y, G = p.nsa.group;
+  const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
+  const flash::SeqTile tile = flash::find_seq_tile(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, G, kRows,
+                                                   blockIdx.x);
+  if (!tile.valid) return;
+  const int b = tile.seq;
+  const SeqInfo seq = seq_info(batch, b);
+  const long long seq_len = seq.cached + seq.new_tokens;  // cached tokens after the append
+  const long long first_row = tile.first;
+  const long long last_row = min(first_row + kRows, seq.new_tokens * G) - 1;
+  const long long t_first = first_row / G, t_last = last_row / G;
+  const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
+
+  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity);
+  auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
+  auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
+  auto* v_s = reinterpret_cast<Element*>(smem + layout.v);
+  const UnionView uni{reinterpret_cast<std::uint32_t*>(smem + layout.bitmap),
+                      reinterpret_cast<std::int32_t*>(smem + layout.blocks),
+                      reinterpret_cast<unsigned long long*>(smem + layout.token_masks)};
+
+  if (threadIdx.x < kRows) {
+    const long long row = first_row + threadIdx.x;
+    q_offset[threadIdx.x] =
+        row <= last_row ? (seq.row0 + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride : -1;
+  }
+  __syncthreads();
+  const auto* q = static_cast<const Element*>(p.q);
+  common::copy_tile_async<kRows, kDqk, T::kThreads>(
+      q_s, T::kLdQk, [&](int r) -> const Element* { return q_offset[r] >= 0 ? q + q_offset[r] : nullptr; });
+  common::cp_async_commit();
+
+  // The tile's key list: [0, total) positions.
+  long long total = 0, window_lo = 0;
+  if (branch == Branch::kCompressed) {
+    total = visible_count(pos_last, l, s);
+  } else if (branch == Branch::kWindow) {
+    window_lo = pos_first > p.nsa.window ? pos_first - p.nsa.window : 0;
+    total = pos_last + 1 - window_lo;
+  } else {
+    const int count = build_union<T::kThreads>(p, uni, g, seq.row0, seq.cached, t_first, t_last,
+                                               static_cast<int>(pos_last / B + 1), &union_count);
+    total = static_cast<long long>(count) * B;
+  }
+  // This split's part, in whole key tiles.
+  const long long per_split = (total + out.splits - 1) / out.splits;
+  const long long split_keys = (per_split + kKeys - 1) / kKeys * kKeys;
+  const long long v_begin = min(total, split * split_keys), v_end = min(total, v_begin + split_keys);
+  const int num_tiles = static_cast<int>((v_end - v_begin + kKeys - 1) / kKeys);
+  const long long num_compressed = compressed_count(seq_len, l, s);
+
+  // List position v as a key slot (thread r of the first kKeys).
+  auto slot_of = [&](long long v) -> KeySlot {
+    if (v >= v_end) return {{-1, 0}, INT_MAX, 0};
+    if (branch == Branch::kCompressed) {
+      if (v >= num_compressed) return {{-1, 0}, static_cast<int>(v), 0};
+      return {locate(p.cmp_block_table, p.k_cmp_pages, b, v), static_cast<int>(v), 0};
+    }
+    long long position;
+    int unit = 0;
+    if (branch == Branch::kWindow) {
+      position = window_lo + v;
+    } else {
+      unit = static_cast<int>(v / B);
+      position = static_cast<long long>(uni.blocks[unit]) * B + v % B;
+    }
+    // Positions at or past seq_len were never written: zeros (and masked: they are after every token).
+    const PageRow at = position < seq_len ? locate(p.block_table, p.k_pages, b, position) : PageRow{-1, 0};
+    return {at, static_cast<int>(position), unit};
+  };
+  const PagedPool& k_pool = branch == Branch::kCompressed ? p.k_cmp_pages : p.k_pages;
+  const PagedPool& v_pool = branch == Branch::kCompressed ? p.v_cmp_pages : p.v_pages;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+  const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
+  // This thread's two rows (group, group + 8): valid, position, token index in the tile, and what
+  // the mask needs.
+  bool row_valid[2];
+  long long row_position[2], row_visible[2];
+  int row_token_bit[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const long long row = first_row + row0 + group + 8 * h;
+    row_valid[h] = row <= last_row;
+    const long long t = row / G;
+    row_position[h] = seq.cached + t;
+    row_visible[h] = visible_count(row_position[h], l, s);
+    row_token_bit[h] = static_cast<int>(t - t_first);
+  }
+  const long long window = p.nsa.window;
+  auto visible = [&](int h, int column) -> bool {
+    if (!row_valid[h]) return false;
+    const KeySlot& key = slots[column];
+    if (branch == Branch::kCompressed) return key.key < row_visible[h];
+    if (key.key > row_position[h]) return false;  // also every list position past the split (INT_MAX)
+    if (branch == Branch::kWindow) return key.key >= row_position[h] - window;
+    return (uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull;
+  };
+
+  const float scale_log2 = p.nsa.scale * flash::kLog2e;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  float acc[T::kDvPart / 8][4];
+  common::zero_acc<T::kDvPart>(acc);
+
+  for (int it = 0; it < num_tiles; ++it) {
+    const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
+    __syncthreads();  // every warp is done with the previous tile's K, V and slots
+    if (threadIdx.x < kKeys) slots[threadIdx.x] = slot_of(v0 + threadIdx.x);
+    __syncthreads();
+    common::copy_tile_async<kKeys, kDqk, T::kThreads>(k_s, T::kLdQk, [&](int r) -> const Element* {
+      return pool_row<const Element>(k_pool, slots[r].at, g);
+    });
+    common::cp_async_commit();
+    common::copy_tile_async<kKeys, kDv, T::kThreads>(v_s, T::kLdV, [&](int r) -> const Element* {
+      return pool_row<const Element>(v_pool, slots[r].at, g);
+    });
+    common::cp_async_commit();
+
+    common::cp_async_wait<1>();  // Q (first tile) and K have landed; V may be in flight
+    __syncthreads();
+    float sc[kKeys / 8][4];
+    common::zero_acc<kKeys>(sc);
+    common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s, T::kLdQk,
+                                                                             0);
+    flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, visible);
+
+    common::cp_async_wait<0>();  // V has landed
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      std::uint32_t a[4];
+      common::c_to_a<Element>(a, sc[2 * kk], sc[2 * kk + 1]);
+#pragma unroll
+      for (int n = 0; n < T::kDvPart / 8; n += 2) {
+        std::uint32_t bf[4];
+        mma::ldmatrix_x4_trans(bf, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * T::kLdV + col0 + n * 8 +
+                                       (lane / 16) * 8);
+        mma::mma_16816<Element>(acc[n], a, bf[0], bf[1]);
+        mma::mma_16816<Element>(acc[n + 1], a, bf[2], bf[3]);
+      }
+    }
+  }
+  common::cp_async_wait<0>();  // the Q copies, when no key tile ran
+
+  const long long tokens = batch.tokens;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!row_valid[h]) continue;
+    const long long row = first_row + row0 + group + 8 * h;
+    const long long token = seq.row0 + row / G;
+    const int head = g * G + static_cast<int>(row % G);
+    if (out.splits == 1) {
+      const float inv_sum = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
+      Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride + col0;
+#pragma unroll
+      for (int n = 0; n < T::kDvPart / 8; ++n)
+        *reinterpret_cast<std::uint32_t*>(orow + n * 8 + 2 * pair) =
+            mma::pack2<Element>(acc[n][2 * h] * inv_sum, acc[n][2 * h + 1] * inv_sum);
+      if (out.lse != nullptr && pair == 0 && col0 == 0)
+        out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(row_max[h], row_sum[h]);
+      continue;
+    }
+    const long long index = (static_cast<long long>(split) * tokens + token) * p.nsa.heads_q + head;
+    if (pair == 0 && col0 == 0) out.stats[index] = {row_max[h], row_sum[h]};
+    if (row_sum[h] > 0.0f) {  // the merge reads no output of a split without keys
+      float* prow = out.o_part + index * kDv + col0;
+#pragma unroll
+      for (int n = 0; n < T::kDvPart / 8; ++n)
+        *reinterpret_cast<float2*>(prow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+    }
+  }
+}
+
+// One CTA per (attention tile, kv head, branch split); the branches of `p` run in one launch.
+template <class Element, int kDqk, int kDv>
+Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
+  using T = AttnTraits<Element, kDqk, kDv>;
+  if (p.batch.tokens == 0 || p.batch.num_seqs == 0 || p.num_launch_branches == 0) return Status::ok();
+  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity).bytes;
+  auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
+  FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
+  if (tiles > 0x7fffffffLL)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
+  const int last = p.num_launch_branches - 1;
+  const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(p);
+  FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
+  return Status::ok();
+}
+
+}  // namespace fsa::cuda::decode

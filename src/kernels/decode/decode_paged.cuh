@@ -1,0 +1,58 @@
+// Device-side addressing of the paged cache and of the batch: where token p of sequence b lives in
+// a pool, and what a sequence's lengths are. Every table entry is bounds-checked, so a bad entry
+// (which the host cannot see without reading device memory) costs a zero row, never a stray access.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/tile_copy.cuh"
+#include "kernels/decode/decode_params.hpp"
+
+namespace fsa::cuda::decode {
+
+// A pool row: page -1 when the index has no valid page (outside the table or the pool).
+struct PageRow {
+  int page;
+  int row;
+};
+
+// Row `index` (a token position, or a compressed token index) of sequence b in `pool` through
+// `table`.
+__device__ __forceinline__ PageRow locate(const PageTable& table, const PagedPool& pool, int b, long long index) {
+  if (index < 0 || pool.page_rows <= 0) return {-1, 0};
+  const long long column = index / pool.page_rows;
+  if (column >= table.width) return {-1, 0};
+  const int page = table.data[b * table.seq_stride + column * table.col_stride];
+  if (page < 0 || page >= pool.pages) return {-1, 0};
+  return {page, static_cast<int>(index % pool.page_rows)};
+}
+
+// The first element of head `head` of a located row, or null for a row without a page.
+template <class Element>
+__device__ __forceinline__ Element* pool_row(const PagedPool& pool, PageRow at, int head) {
+  if (at.page < 0) return nullptr;
+  return static_cast<Element*>(pool.data) + at.page * pool.page_stride + at.row * pool.row_stride +
+         head * pool.head_stride;
+}
+
+// Sequence b of the batch: its first row in the packed chunk, its new tokens and its cached tokens
+// (a negative cache length, a caller error, counts as 0).
+struct SeqInfo {
+  long long row0, new_tokens, cached;
+};
+
+__device__ __forceinline__ SeqInfo seq_info(const BatchInfo& batch, int b) {
+  const long long row0 = batch.cu_seqlens[b * batch.cu_stride];
+  const long long end = batch.cu_seqlens[(b + 1) * batch.cu_stride];
+  const long long cached = batch.cache_seqlens[b * batch.cache_stride];
+  return {row0, end > row0 ? end - row0 : 0, cached > 0 ? cached : 0};
+}
+
+// The sequence holding packed row `row`, or -1 for a row past the last sequence.
+__device__ __forceinline__ int seq_of_row(const std::int32_t* offsets, std::int64_t stride, int num_seqs,
+                                          long long row) {
+  if (num_seqs <= 0 || row >= offsets[num_seqs * stride]) return -1;
+  return common::last_at_or_below(offsets, stride, num_seqs, row);
+}
+
+}  // namespace fsa::cuda::decode

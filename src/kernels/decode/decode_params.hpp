@@ -1,0 +1,170 @@
+// Parameters of the inference kernels (nsa_prefill / nsa_decode with a paged cache), shared by host
+// and device (trivially copyable, passed as __grid_constant__ arguments). Strides are in elements.
+//
+// Everything a kernel learns about the batch comes from device memory (cu_seqlens, cache_seqlens,
+// the page tables, slots): the host fills these structs from shapes alone, so a step can be
+// captured in a CUDA graph and replayed with new lengths. A table entry that points outside its
+// pool (a caller error the host cannot see without reading device memory) is never dereferenced:
+// such a row reads as zeros and is not written.
+#pragma once
+
+#include <cstdint>
+
+namespace fsa::cuda::decode {
+
+// The kernels' fixed tiling (the host sizes grids and workspaces with the same numbers).
+constexpr int kRows = 64;          // query rows (token x head pairs) per attention / selection tile
+constexpr int kKeys = 64;          // keys per key tile
+constexpr int kMaxSplits = 64;     // context splits of one attention tile, at most
+constexpr int kScoreFloats = 8192;  // block scores one selection CTA keeps in shared memory (32 KB)
+constexpr int kMaxTopk = 64;       // topk width served (the finalize kernel's per-warp list)
+
+// A paged pool [pages, page_rows, H, D].
+struct PagedPool {
+  void* data;
+  std::int64_t page_stride, row_stride, head_stride;
+  std::int64_t pages;  // pool pages: table entries outside [0, pages) are never dereferenced
+  int page_rows;       // rows (tokens) per page
+};
+
+// A per-sequence page table [nseq, width] (int32): entry [b][j] is the pool page of the sequence's
+// j-th page.
+struct PageTable {
+  const std::int32_t* data;
+  std::int64_t seq_stride, col_stride;
+  std::int64_t width;
+};
+
+// The sequences of one call: the packed chunk of new tokens and where each sequence's cache stands.
+struct BatchInfo {
+  const std::int32_t* cu_seqlens;  // [nseq + 1]: new tokens of sequence b are rows [cu[b], cu[b+1])
+  std::int64_t cu_stride;
+  const std::int32_t* cache_seqlens;  // [nseq]: tokens already cached (the new ones follow)
+  std::int64_t cache_stride;
+  const std::int32_t* slots;  // [nseq]: the sequence's row of k_tail
+  std::int64_t slot_stride;
+  int num_seqs;
+  std::int64_t tokens;  // N: rows of the packed chunk
+};
+
+// The spec's hyperparameters as the kernels read them.
+struct NsaNumbers {
+  int cmp_len, cmp_stride, block_size, topk, init_blocks, local_blocks;  // l, s, B, K, I, L
+  std::int64_t window;                                                  // w
+  int heads_q, heads_kv, group;                                         // Hq, Hkv, G
+  int heads_used;  // heads whose probabilities select blocks: G (group sum) or 1 (first head)
+  float scale;
+};
+
+// ---- Append (decode_append.cu): rotate and store the new tokens, finish compression windows ----
+struct AppendParams {
+  static constexpr int kMaxPairs = 128;  // D <= 256
+
+  BatchInfo batch;
+  NsaNumbers nsa;
+  // The chunk's inputs (pre-RoPE q, k; v).
+  const void* q;
+  std::int64_t q_row_stride, q_head_stride;
+  const void* k;
+  std::int64_t k_row_stride, k_head_stride;
+  const void* v;
+  std::int64_t v_row_stride, v_head_stride;
+  void* q_rot;  // [N, Hq, Dqk] contiguous (workspace): q rotated at its position
+  PagedPool k_pages, v_pages, k_cmp_pages, v_cmp_pages;
+  PageTable block_table, cmp_block_table;
+  void* k_tail;  // [num_slots, l, Hkv, Dqk]: pre-RoPE keys, position p at row p % l
+  std::int64_t tail_slot_stride, tail_row_stride, tail_head_stride;
+  std::int64_t num_slots;
+  // Staging of the windows that complete in this call (workspace, contiguous): per sequence the
+  // pre-RoPE keys and the values of positions [n_cmp(P) * s, P + c) when a window completes, else
+  // nothing; the compression kernels see them as a packed batch (cu_stage / cu_cmp_stage).
+  std::int32_t* cu_stage;      // [nseq + 1]
+  std::int32_t* cu_cmp_stage;  // [nseq + 1]
+  void* k_stage;               // [stage_rows, Hkv, Dqk]
+  void* v_stage;               // [stage_rows, Hkv, Dv]
+  std::int64_t stage_rows;
+  const void* k_cmp_new;  // [cmp_rows, Hkv, Dqk]: the compression of the staged windows
+  const void* v_cmp_new;  // [cmp_rows, Hkv, Dv]
+  std::int64_t cmp_rows;
+  int dim_qk, dim_v;
+  int rope;  // rotate q, k and compressed k (config.rope.enabled)
+  // RoPE frequencies of the Dqk / 2 pairs, computed on the host by the reference's function.
+  float frequency[kMaxPairs];
+};
+
+// ---- Attention over the cache (decode_attn_kernel.cuh, decode_merge.cu) -----------------------
+enum class Branch : std::int32_t {
+  kCompressed = 0,  // compressed tokens visible to the row's token (i*s + l - 1 <= t)
+  kSelected = 1,    // raw keys of the blocks the row's token selected, keys <= t
+  kWindow = 2,      // raw keys [t - w, t]
+};
+constexpr int kBranches = 3;
+
+// One branch's outputs. With splits == 1 the attention kernel writes o and lse; with more, every
+// split writes its unnormalised fp32 output (o_part [splits, N, Hq, Dv]) and its row statistics
+// (stats [splits, N, Hq]: the log2-domain maximum and the sum of exponentials), and the merge
+// kernel writes o and lse.
+struct RowStats {
+  float max_log2;  // max of scale * log2(e) * q.k over the split's keys (-inf: none)
+  float sum;       // sum of 2^(x - max_log2) over them
+};
+
+struct BranchOutput {
+  void* o;  // [N, Hq, Dv]
+  std::int64_t o_token_stride, o_head_stride;
+  float* lse;  // [Hq, N] natural log, or null
+  std::int64_t lse_head_stride, lse_token_stride;
+  float* o_part;
+  RowStats* stats;
+  int splits;
+};
+
+struct AttnParams {
+  BatchInfo batch;
+  NsaNumbers nsa;
+  const void* q;  // [N, Hq, Dqk] rotated
+  std::int64_t q_token_stride, q_head_stride;
+  PagedPool k_pages, v_pages, k_cmp_pages, v_cmp_pages;
+  PageTable block_table, cmp_block_table;
+  const std::int32_t* topk;  // [Hkv, N, K] (kSelected)
+  std::int64_t topk_head_stride, topk_token_stride, topk_col_stride;
+  BranchOutput out[kBranches];
+  // The branches of this launch, in blockIdx.z order: branch launch_branch[i] takes
+  // z in [z_begin[i], z_begin[i] + out[branch].splits).
+  int num_launch_branches;
+  Branch launch_branch[kBranches];
+  int z_begin[kBranches];
+  // The selected branch's union of blocks in shared memory: bitmap words over the sequence's blocks
+  // and the list of distinct blocks with the mask of tokens that selected each (sizes from the
+  // largest context the page tables can address).
+  int union_words, union_capacity;
+};
+
+// ---- Block selection (decode_select_kernel.cuh, decode_topk.cu) -------------------------------
+// A candidate of a token's top-K: score and block (-1: none).
+struct Candidate {
+  float score;
+  std::int32_t block;
+};
+
+struct SelectParams {
+  BatchInfo batch;
+  NsaNumbers nsa;
+  const void* q;  // [N, Hq, Dqk] rotated
+  std::int64_t q_token_stride, q_head_stride;
+  PagedPool k_cmp_pages;
+  PageTable cmp_block_table;
+  const float* lse;  // compressed attention's [Hq, N]
+  std::int64_t lse_head_stride, lse_token_stride;
+  // Each selection CTA scores one range of a token tile's blocks and keeps, per token, its range's
+  // best candidates: candidates [Hkv, N, ranges, K] (contiguous). The finalize kernel merges them.
+  Candidate* candidates;
+  int ranges;
+  int tile_tokens;  // tokens per selection tile (their rows tile_tokens x G in chunks of kRows)
+  int row_chunks;   // ceil(tile_tokens * G / kRows)
+  int range_capacity;  // blocks of one range, at most (kScoreFloats / tile_tokens)
+  std::int32_t* topk;  // [Hkv, N, K] (finalize)
+  std::int64_t topk_head_stride, topk_token_stride, topk_col_stride;
+};
+
+}  // namespace fsa::cuda::decode

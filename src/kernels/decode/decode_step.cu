@@ -1,0 +1,367 @@
+// GPU path of nsa_prefill / nsa_decode (include/fsa/cache.hpp): one step appends every sequence's
+// new tokens to its paged cache and computes their outputs, in stream order:
+//
+//   1. stage the pre-RoPE windows the chunk completes, compress them (kernels/compress, unchanged),
+//      rotate the new compressed keys at i*s into their pages (decode_append.cu);
+//   2. rotate q (workspace) and k (pages), store v, update the key tail (after 1 read the old tail);
+//   3. compressed attention over the compressed pages: o_cmp and lse_cmp (decode_attn_kernel.cuh,
+//      split over the context, decode_merge.cu);
+//   4. block selection from q, the compressed keys and lse_cmp: per-range top-K in shared memory
+//      (decode_select_kernel.cuh), merged with the forced blocks into topk_idx (decode_topk.cu);
+//   5. selected and sliding-window attention in one launch (decode_attn_kernel.cuh, merged);
+//   6. gated combination (kernels/combine).
+//
+// The plan (grids, splits, ranges) and the workspace layout come from the call's shape alone
+// (NsaInferenceShape: N, sequences, the context the block tables address); lengths, tables and
+// slots are read by the kernels. Nothing here allocates, waits for the device or reads device
+// memory, so the step can be captured in a CUDA graph and replayed as cache_seqlens advance.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "common/rope_frequency.hpp"
+#include "common/workspace_carver.hpp"
+#include "cuda/backend.hpp"
+#include "cuda/runtime.hpp"
+#include "kernels/common/launch_checks.hpp"
+#include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_params.hpp"
+#include "kernels/decode/decode_tiling.hpp"
+
+namespace fsa::cuda {
+
+namespace {
+
+using detail::WorkspaceCarver;
+using decode::StepPlan;
+
+decode::NsaNumbers numbers_of(const NsaConfig& c, const NsaInferenceShape& s) {
+  decode::NsaNumbers n{};
+  n.cmp_len = c.cmp_len;
+  n.cmp_stride = c.cmp_stride;
+  n.block_size = c.block_size;
+  n.topk = c.topk;
+  n.init_blocks = c.init_blocks;
+  n.local_blocks = c.local_blocks;
+  n.window = c.window;
+  n.heads_q = s.heads_q;
+  n.heads_kv = s.heads_kv;
+  n.group = s.heads_kv > 0 ? s.heads_q / s.heads_kv : 1;
+  n.heads_used = c.aggregation == ScoreAggregation::kFirstHead ? 1 : n.group;
+  n.scale = c.softmax_scale(s.head_dim_qk);
+  return n;
+}
+
+StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
+  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context);
+}
+
+// A decode call serves at most kMaxDecodeTokens new tokens per sequence: its shape's N.
+NsaInferenceShape decode_shape(NsaInferenceShape s) {
+  s.tokens = std::min<std::int64_t>(s.tokens, static_cast<std::int64_t>(kMaxDecodeTokens) * s.num_seqs);
+  return s;
+}
+
+// The compression's workspace for the staged windows (k, then v: the same piece). Its size is not
+// monotone in the compressed rows (the split-K count falls as the row tiles grow), so the bound is
+// the largest over every row count up to the shape's: one query per 64-row tile count until the
+// split stops (1024 tiles, compress_k_splits).
+std::size_t compress_bytes(const NsaConfig& c, const NsaInferenceShape& s, std::int64_t stage_rows,
+                           std::int64_t cmp_rows) {
+  const std::int64_t l = c.cmp_len, hkv = s.heads_kv;
+  auto bytes_at = [&](std::int64_t rows, std::int64_t dim) {
+    const TensorView x = TensorView::contiguous(nullptr, s.dtype, {stage_rows, hkv, dim}, s.device);
+    const TensorView y = TensorView::contiguous(nullptr, s.dtype, {rows, hkv, dim}, s.device);
+    const TensorView w = c.compression == CompressionKind::kLinear
+                             ? TensorView::contiguous(nullptr, s.dtype, {hkv, l * dim, dim}, s.device)
+                             : TensorView{};
+    return compress_forward_workspace_bytes(c, x, w, y);
+  };
+  std::size_t most = 0;
+  const std::int64_t tiles = std::min<std::int64_t>((cmp_rows + 63) / 64, 1024);
+  for (std::int64_t m = 1; m <= tiles; ++m) {
+    const std::int64_t rows = std::min<std::int64_t>(64 * m, cmp_rows);
+    most = std::max({most, bytes_at(rows, s.head_dim_qk), bytes_at(rows, s.head_dim_v)});
+  }
+  return std::max({most, bytes_at(cmp_rows, s.head_dim_qk), bytes_at(cmp_rows, s.head_dim_v)});
+}
+
+// The step's scratch, carved from the caller's workspace (sizing: no base).
+struct StepWorkspace {
+  TensorView q_rot, cu_stage, cu_cmp_stage, k_stage, v_stage, k_cmp_new, v_cmp_new;
+  Workspace compress;
+  TensorView o_cmp, o_slc, o_swa, lse_cmp, topk;
+  float* o_part[decode::kBranches] = {};
+  decode::RowStats* stats[decode::kBranches] = {};
+  decode::Candidate* candidates = nullptr;
+
+  StepWorkspace(WorkspaceCarver& w, const NsaConfig& c, const NsaInferenceShape& s, const StepPlan& plan) {
+    const std::int64_t n = s.tokens, hq = s.heads_q, hkv = s.heads_kv, dqk = s.head_dim_qk, dv = s.head_dim_v;
+    q_rot = w.take_tensor(s.dtype, {n, hq, dqk});
+    cu_stage = w.take_tensor(DType::kInt32, {s.num_seqs + 1});
+    cu_cmp_stage = w.take_tensor(DType::kInt32, {s.num_seqs + 1});
+    k_stage = w.take_tensor(s.dtype, {plan.stage_rows, hkv, dqk});
+    v_stage = w.take_tensor(s.dtype, {plan.stage_rows, hkv, dv});
+    k_cmp_new = w.take_tensor(s.dtype, {plan.cmp_rows, hkv, dqk});
+    v_cmp_new = w.take_tensor(s.dtype, {plan.cmp_rows, hkv, dv});
+    compress = w.take_workspace(compress_bytes(c, s, plan.stage_rows, plan.cmp_rows));
+    o_cmp = w.take_tensor(s.dtype, {n, hq, dv});
+    o_slc = w.take_tensor(s.dtype, {n, hq, dv});
+    o_swa = w.take_tensor(s.dtype, {n, hq, dv});
+    lse_cmp = w.take_tensor(DType::kFloat32, {hq, n});
+    topk = w.take_tensor(DType::kInt32, {hkv, n, c.topk});
+    for (int b = 0; b < decode::kBranches; ++b) {
+      o_part[b] = w.take<float>(plan.split_tokens[b] * hq * dv);
+      stats[b] = w.take<decode::RowStats>(plan.split_tokens[b] * hq);
+    }
+    candidates = w.take<decode::Candidate>(plan.range_tokens * hkv * c.topk);
+  }
+};
+
+std::size_t workspace_bytes(const NsaConfig& c, const NsaInferenceShape& s) {
+  if (s.tokens == 0 || s.num_seqs == 0) return 0;
+  WorkspaceCarver sizing;
+  StepWorkspace(sizing, c, s, plan_of(c, s));
+  return sizing.bytes();
+}
+
+decode::PagedPool pool_of(const TensorView& t) {
+  return {t.data, t.stride(0), t.stride(1), t.stride(2), t.size(0), static_cast<int>(t.size(1))};
+}
+
+decode::PageTable table_of(const TensorView& t) {
+  return {t.ptr<const std::int32_t>(), t.stride(0), t.stride(1), t.size(1)};
+}
+
+decode::BatchInfo batch_of(const NsaLayerInputs& in, const NsaCacheBatch& batch, const NsaInferenceShape& s) {
+  decode::BatchInfo info{};
+  info.cu_seqlens = in.cu_seqlens.ptr<const std::int32_t>();
+  info.cu_stride = in.cu_seqlens.stride(0);
+  info.cache_seqlens = batch.cache_seqlens.ptr<const std::int32_t>();
+  info.cache_stride = batch.cache_seqlens.stride(0);
+  info.slots = batch.slots.ptr<const std::int32_t>();
+  info.slot_stride = batch.slots.stride(0);
+  info.num_seqs = s.num_seqs;
+  info.tokens = s.tokens;
+  return info;
+}
+
+// Accepts every (Element, Dqk, Dv) the dispatch table serves: the head-dim check without a launch.
+struct AcceptAttention {
+  template <class, int, int>
+  Status operator()() const {
+    return Status::ok();
+  }
+};
+
+// What only the GPU path limits, checked before anything is written into the cache.
+Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
+                        const NsaInferenceBranches& br, const TensorView& o, const NsaInferenceShape& s,
+                        const StepPlan& plan) {
+  FSA_RETURN_IF_ERROR(common::dispatch_attention(op, s.dtype, s.head_dim_qk, s.head_dim_v, AcceptAttention{}));
+  if (c.topk > decode::kMaxTopk)
+    return FSA_ERROR(StatusCode::kNotImplemented, std::string("topk: ") + op + " on CUDA keeps at most " +
+                                                      std::to_string(decode::kMaxTopk) + " blocks per token, got K=" +
+                                                      std::to_string(c.topk));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(
+      op, {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"o", o}, {"cache.k_pages", cache.k_pages},
+           {"cache.v_pages", cache.v_pages}, {"cache.k_cmp_pages", cache.k_cmp_pages},
+           {"cache.v_cmp_pages", cache.v_cmp_pages}, {"cache.k_tail", cache.k_tail}, {"branches.o_cmp", br.o_cmp},
+           {"branches.o_slc", br.o_slc}, {"branches.o_swa", br.o_swa}}));
+  int max_smem = 0;
+  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
+  const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity).bytes;
+  if (attn > static_cast<std::size_t>(max_smem))
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     std::string("batch.block_table: ") + op + " on CUDA keeps the selected blocks of a tile over " +
+                         std::to_string(s.max_context) + " tokens (block_table.size(1) x page_size) in " +
+                         std::to_string(attn) + " bytes of shared memory, more than the device's " +
+                         std::to_string(max_smem));
+  const std::size_t sel =
+      decode::SelectSmem(s.head_dim_qk, plan.row_chunks, plan.tile_tokens, plan.range_capacity).bytes;
+  if (sel > static_cast<std::size_t>(max_smem))
+    return FSA_ERROR(StatusCode::kNotImplemented, std::string("q: ") + op + " on CUDA selects blocks for G=" +
+                                                      std::to_string(s.heads_q / std::max(1, s.heads_kv)) +
+                                                      " heads in " + std::to_string(sel) +
+                                                      " bytes of shared memory, more than the device's " +
+                                                      std::to_string(max_smem));
+  return Status::ok();
+}
+
+Status run_step(const char* op, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
+                const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& br,
+                const Workspace& workspace, const NsaInferenceShape& s) {
+  if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
+  const DeviceGuard guard(in.q.device.index);
+  const StepPlan plan = plan_of(c, s);
+  FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
+  cudaStream_t stream = current_stream();
+  WorkspaceCarver carve(workspace.data, in.q.device);
+  const StepWorkspace w(carve, c, s, plan);
+  const decode::NsaNumbers nsa = numbers_of(c, s);
+  const decode::BatchInfo info = batch_of(in, batch, s);
+  const decode::PagedPool k_pages = pool_of(cache.k_pages), v_pages = pool_of(cache.v_pages);
+  const decode::PagedPool k_cmp_pages = pool_of(cache.k_cmp_pages), v_cmp_pages = pool_of(cache.v_cmp_pages);
+  const decode::PageTable block_table = table_of(batch.block_table), cmp_table = table_of(batch.cmp_block_table);
+
+  // ---- 1, 2: append ----
+  decode::AppendParams ap{};
+  ap.batch = info;
+  ap.nsa = nsa;
+  ap.q = in.q.data;
+  ap.q_row_stride = in.q.stride(0);
+  ap.q_head_stride = in.q.stride(1);
+  ap.k = in.k.data;
+  ap.k_row_stride = in.k.stride(0);
+  ap.k_head_stride = in.k.stride(1);
+  ap.v = in.v.data;
+  ap.v_row_stride = in.v.stride(0);
+  ap.v_head_stride = in.v.stride(1);
+  ap.q_rot = w.q_rot.data;
+  ap.k_pages = k_pages;
+  ap.v_pages = v_pages;
+  ap.k_cmp_pages = k_cmp_pages;
+  ap.v_cmp_pages = v_cmp_pages;
+  ap.block_table = block_table;
+  ap.cmp_block_table = cmp_table;
+  ap.k_tail = cache.k_tail.data;
+  ap.tail_slot_stride = cache.k_tail.stride(0);
+  ap.tail_row_stride = cache.k_tail.stride(1);
+  ap.tail_head_stride = cache.k_tail.stride(2);
+  ap.num_slots = cache.k_tail.size(0);
+  ap.cu_stage = w.cu_stage.ptr<std::int32_t>();
+  ap.cu_cmp_stage = w.cu_cmp_stage.ptr<std::int32_t>();
+  ap.k_stage = w.k_stage.data;
+  ap.v_stage = w.v_stage.data;
+  ap.stage_rows = plan.stage_rows;
+  ap.k_cmp_new = w.k_cmp_new.data;
+  ap.v_cmp_new = w.v_cmp_new.data;
+  ap.cmp_rows = plan.cmp_rows;
+  ap.dim_qk = s.head_dim_qk;
+  ap.dim_v = s.head_dim_v;
+  ap.rope = c.rope.enabled ? 1 : 0;
+  for (int i = 0; i < s.head_dim_qk / 2 && i < decode::AppendParams::kMaxPairs; ++i)
+    ap.frequency[i] = rope_frequency(c.rope, i, s.head_dim_qk);
+  FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
+  FSA_RETURN_IF_ERROR(
+      cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
+  FSA_RETURN_IF_ERROR(
+      cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{}, w.v_cmp_new, w.compress));
+  FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
+  FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
+
+  // ---- 3, 5: attention ----
+  const TensorView o_cmp = br.o_cmp.defined() ? br.o_cmp : w.o_cmp;
+  const TensorView o_slc = br.o_slc.defined() ? br.o_slc : w.o_slc;
+  const TensorView o_swa = br.o_swa.defined() ? br.o_swa : w.o_swa;
+  const TensorView topk = br.topk_idx.defined() ? br.topk_idx : w.topk;
+  decode::AttnParams at{};
+  at.batch = info;
+  at.nsa = nsa;
+  at.q = w.q_rot.data;
+  at.q_token_stride = w.q_rot.stride(0);
+  at.q_head_stride = w.q_rot.stride(1);
+  at.k_pages = k_pages;
+  at.v_pages = v_pages;
+  at.k_cmp_pages = k_cmp_pages;
+  at.v_cmp_pages = v_cmp_pages;
+  at.block_table = block_table;
+  at.cmp_block_table = cmp_table;
+  at.topk = topk.ptr<const std::int32_t>();
+  at.topk_head_stride = topk.stride(0);
+  at.topk_token_stride = topk.stride(1);
+  at.topk_col_stride = topk.stride(2);
+  const TensorView* outputs[decode::kBranches] = {&o_cmp, &o_slc, &o_swa};
+  for (int b = 0; b < decode::kBranches; ++b) {
+    decode::BranchOutput& out = at.out[b];
+    out.o = outputs[b]->data;
+    out.o_token_stride = outputs[b]->stride(0);
+    out.o_head_stride = outputs[b]->stride(1);
+    out.splits = plan.splits[b];
+    out.o_part = w.o_part[b];
+    out.stats = w.stats[b];
+  }
+  at.out[static_cast<int>(decode::Branch::kCompressed)].lse = w.lse_cmp.ptr<float>();
+  at.out[static_cast<int>(decode::Branch::kCompressed)].lse_head_stride = w.lse_cmp.stride(0);
+  at.out[static_cast<int>(decode::Branch::kCompressed)].lse_token_stride = w.lse_cmp.stride(1);
+  at.union_words = plan.union_words;
+  at.union_capacity = plan.union_capacity;
+  auto attend = [&](std::initializer_list<decode::Branch> branches) -> Status {
+    at.num_launch_branches = 0;
+    int z = 0;
+    for (const decode::Branch branch : branches) {
+      at.launch_branch[at.num_launch_branches] = branch;
+      at.z_begin[at.num_launch_branches] = z;
+      z += at.out[static_cast<int>(branch)].splits;
+      ++at.num_launch_branches;
+    }
+    FSA_RETURN_IF_ERROR(common::dispatch_attention(
+        op, s.dtype, s.head_dim_qk, s.head_dim_v,
+        [&]<class Element, int kDqk, int kDv>() { return decode::launch_decode_attention<Element, kDqk, kDv>(at, stream); }));
+    return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
+  };
+  FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed}));
+
+  // ---- 4: selection ----
+  decode::SelectParams sp{};
+  sp.batch = info;
+  sp.nsa = nsa;
+  sp.q = w.q_rot.data;
+  sp.q_token_stride = w.q_rot.stride(0);
+  sp.q_head_stride = w.q_rot.stride(1);
+  sp.k_cmp_pages = k_cmp_pages;
+  sp.cmp_block_table = cmp_table;
+  sp.lse = w.lse_cmp.ptr<const float>();
+  sp.lse_head_stride = w.lse_cmp.stride(0);
+  sp.lse_token_stride = w.lse_cmp.stride(1);
+  sp.candidates = w.candidates;
+  sp.ranges = plan.ranges;
+  sp.tile_tokens = plan.tile_tokens;
+  sp.row_chunks = plan.row_chunks;
+  sp.range_capacity = plan.range_capacity;
+  sp.topk = topk.ptr<std::int32_t>();
+  sp.topk_head_stride = topk.stride(0);
+  sp.topk_token_stride = topk.stride(1);
+  sp.topk_col_stride = topk.stride(2);
+  FSA_RETURN_IF_ERROR(common::dispatch_select(op, s.dtype, s.head_dim_qk, [&]<class Element, int kDqk>() {
+    return decode::launch_decode_select<Element, kDqk>(sp, stream);
+  }));
+  FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
+
+  // ---- 5, 6 ----
+  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected, decode::Branch::kWindow}));
+  return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
+}
+
+}  // namespace
+
+std::size_t nsa_prefill_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape) {
+  return workspace_bytes(config, shape);
+}
+
+std::size_t nsa_decode_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape) {
+  return workspace_bytes(config, decode_shape(shape));
+}
+
+Status nsa_prefill(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
+                   const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches,
+                   const Workspace& workspace) {
+  return run_step("nsa_prefill", config, inputs, cache, batch, o, branches, workspace,
+                  NsaInferenceShape::of(inputs, cache, batch));
+}
+
+Status nsa_decode(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
+                  const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches,
+                  const Workspace& workspace) {
+  const NsaInferenceShape shape = NsaInferenceShape::of(inputs, cache, batch);
+  if (shape.tokens > static_cast<std::int64_t>(kMaxDecodeTokens) * shape.num_seqs)
+    return FSA_INVALID("q: nsa_decode takes at most " + std::to_string(kMaxDecodeTokens) +
+                       " new tokens per sequence, got N=" + std::to_string(shape.tokens) + " for " +
+                       std::to_string(shape.num_seqs) + " sequences");
+  return run_step("nsa_decode", config, inputs, cache, batch, o, branches, workspace, decode_shape(shape));
+}
+
+}  // namespace fsa::cuda

@@ -1,0 +1,179 @@
+// Index arithmetic of the inference kernels and the work plan of one step, from shapes alone.
+// Plain C++ (no CUDA headers): the host sizes grids and the workspace with the same functions the
+// kernels index with.
+//
+// The plan depends on the call's shape only (new tokens N, sequences, the longest context the page
+// tables can address): a CUDA graph captured for a maximum batch and context replays with any
+// lengths up to them, and the kernels read the actual lengths on the device.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/decode/decode_params.hpp"
+
+#ifdef __CUDACC__
+#define FSA_DECODE_HD __host__ __device__ __forceinline__
+#else
+#define FSA_DECODE_HD inline
+#endif
+
+namespace fsa::cuda::decode {
+
+// Compressed tokens of a sequence of n tokens: (n - l) / s + 1 when n >= l, else 0.
+FSA_DECODE_HD long long compressed_count(long long n, int l, int s) { return n >= l ? (n - l) / s + 1 : 0; }
+
+// Compressed keys visible to the token at position t: i*s + l - 1 <= t  <=>  i < visible_count(t).
+FSA_DECODE_HD long long visible_count(long long t, int l, int s) { return t >= l - 1 ? (t - l + 1) / s + 1 : 0; }
+
+// The compressed keys whose window [i*s, i*s + l) meets block j ([j*B, (j+1)*B)):
+// [first_key_of_block(j), end_key_of_block(j)).
+FSA_DECODE_HD long long first_key_of_block(long long j, int l, int s, int B) {
+  const long long x = j * B - l;
+  return x >= 0 ? x / s + 1 : 0;
+}
+FSA_DECODE_HD long long end_key_of_block(long long j, int s, int B) { return (j + 1) * B / s; }
+
+// w(i, j) = |[i*s, i*s + l) n [j*B, (j+1)*B)| / s (an integer: s divides l and B).
+FSA_DECODE_HD int overlap_weight(long long i, long long j, int l, int s, int B) {
+  const long long lo = i * s > j * B ? i * s : j * B;
+  const long long hi = i * s + l < (j + 1) * B ? i * s + l : (j + 1) * B;
+  return hi > lo ? static_cast<int>((hi - lo) / s) : 0;
+}
+
+// Tokens an attention tile of kRows rows (tokens x G heads, token-major) can touch: a tile may
+// start and end inside a token's heads.
+FSA_DECODE_HD int attn_tile_tokens(int group) {
+  const int t = (kRows - 1) / group + 2;
+  return t < kRows ? t : kRows;
+}
+
+// Tokens of a selection tile: whole tokens (a token's group sum needs all its heads in one CTA),
+// about kRows rows, at most 16 tokens so that a range of block scores stays long (kScoreFloats /
+// tokens). Above kRows heads a tile is one token whose rows run in several chunks.
+FSA_DECODE_HD int select_tile_tokens(int group) {
+  const int t = kRows / group;
+  return t < 1 ? 1 : (t > 16 ? 16 : t);
+}
+
+// ---- Shared-memory layouts (bytes from the start of the dynamic buffer, 128-byte aligned pieces) --
+FSA_DECODE_HD std::size_t align_smem(std::size_t bytes) { return (bytes + 127) / 128 * 128; }
+// Rows in shared memory are padded by 8 16-bit elements (ldmatrix bank spread, 16-byte alignment).
+constexpr int kPad = 8;
+constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probability tiles
+
+// The attention kernel: Q tile, one K and one V tile, and the selected branch's union of blocks
+// (bitmap words over the sequence's blocks, the distinct blocks, the tokens that chose each).
+struct AttnSmem {
+  std::size_t q, k, v, bitmap, blocks, token_masks, bytes;
+  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity) {
+    q = 0;
+    k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
+    v = k + align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
+    bitmap = v + align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
+    blocks = bitmap + align_smem(static_cast<std::size_t>(union_words) * 4);
+    token_masks = blocks + align_smem(static_cast<std::size_t>(union_capacity) * 4);
+    bytes = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
+  }
+};
+
+// The selection kernel: the tile's Q rows (all chunks), one K~ tile, the probabilities of one row
+// chunk, their per-token sums, the range's block scores, and per row its lse (log2) and visible
+// compressed keys and q offset.
+struct SelectSmem {
+  std::size_t q, k, prob, token_prob, scores, row_bias, row_visible, q_offset, bytes;
+  FSA_DECODE_HD SelectSmem(int dim_qk, int row_chunks, int tile_tokens, int range_capacity) {
+    const std::size_t rows = static_cast<std::size_t>(row_chunks) * kRows;
+    q = 0;
+    k = q + align_smem(rows * (dim_qk + kPad) * 2);
+    prob = k + align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
+    token_prob = prob + align_smem(static_cast<std::size_t>(kRows) * kLdProb * 4);
+    scores = token_prob + align_smem(static_cast<std::size_t>(tile_tokens) * kLdProb * 4);
+    row_bias = scores + align_smem(static_cast<std::size_t>(tile_tokens) * range_capacity * 4);
+    row_visible = row_bias + align_smem(rows * 4);
+    q_offset = row_visible + align_smem(rows * 4);
+    bytes = q_offset + align_smem(rows * 8);
+  }
+};
+
+// The work of one step. Grids: attention (attn_tiles, Hkv, sum of the launched branches' splits),
+// selection (select_tiles, Hkv, ranges).
+//
+// The split and range counts depend on the shape in both directions (more tiles, fewer splits),
+// so the scratch they need is sized by bounds that only grow with the shape: a workspace sized
+// for the largest batch and context then serves every smaller call.
+struct StepPlan {
+  std::int64_t tokens = 0;       // N
+  int num_seqs = 0;
+  std::int64_t max_context = 0;  // tokens of the longest sequence after the step, at most
+  std::int64_t stage_rows = 0;   // staged window rows, at most: N + nseq (l - 1)
+  std::int64_t cmp_rows = 0;     // new compressed tokens, at most: N / s + nseq
+  std::int64_t attn_tiles = 0;   // attention grid x: N G / kRows + nseq
+  int splits[kBranches] = {1, 1, 1};
+  // Bound of splits x N of each branch (its partial outputs hold that many token rows), 0 when the
+  // branch can never run in several splits at this shape's context.
+  std::int64_t split_tokens[kBranches] = {0, 0, 0};
+  std::int64_t select_tiles = 0;  // selection grid x: N / tile_tokens + nseq
+  int tile_tokens = 1, row_chunks = 1, range_capacity = 1, ranges = 1;
+  std::int64_t range_tokens = 0;  // bound of ranges x N (the candidates hold that many token lists)
+  int union_words = 1, union_capacity = 1;
+};
+
+// CTAs an attention or selection launch aims at: two waves of an H100's 132 SMs, so that a decode
+// step with few sequences still spreads over the GPU (the split count is fixed by the shape; each
+// sequence divides its own keys among the splits on the device).
+constexpr long long kTargetCtas = 256;
+
+inline long long ceil_div(long long a, long long b) { return b > 0 ? (a + b - 1) / b : 0; }
+inline long long clamp_ll(long long v, long long lo, long long hi) { return v < lo ? lo : (v > hi ? hi : v); }
+inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
+inline long long max_ll(long long a, long long b) { return a > b ? a : b; }
+
+inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context) {
+  StepPlan p;
+  const long long G = nsa.group, hkv = nsa.heads_kv > 0 ? nsa.heads_kv : 1;
+  const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, K = nsa.topk;
+  p.tokens = tokens;
+  p.num_seqs = num_seqs;
+  p.max_context = max_ll(max_context, tokens);
+  p.stage_rows = tokens + static_cast<std::int64_t>(num_seqs) * (l - 1);
+  p.cmp_rows = tokens / s + num_seqs;
+  p.attn_tiles = tokens * G / kRows + num_seqs;
+
+  // Attention splits: about kTargetCtas CTAs when the row tiles are few, never more splits than
+  // key tiles. splits x N <= (kTargetCtas / (row_tiles Hkv) + 1) N <= kTargetCtas kRows / (G Hkv) + N
+  // (row_tiles >= N G / kRows), and <= cap x N: the partials' bound.
+  const long long row_tiles = max_ll(ceil_div(tokens * G, kRows), num_seqs);
+  const long long wanted = ceil_div(kTargetCtas, max_ll(row_tiles * hkv, 1));
+  const long long max_blocks = ceil_div(p.max_context, B);
+  const long long tile_tokens = attn_tile_tokens(static_cast<int>(G));
+  const long long union_blocks = min_ll(tile_tokens * K, max_blocks);
+  const long long key_tiles[kBranches] = {
+      ceil_div(compressed_count(p.max_context, l, s), kKeys),               // compressed
+      ceil_div(union_blocks * B, kKeys),                                    // selected
+      ceil_div(min_ll(nsa.window + tile_tokens, p.max_context), kKeys)};   // window
+  for (int b = 0; b < kBranches; ++b) {
+    const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
+    p.splits[b] = static_cast<int>(clamp_ll(wanted, 1, cap));
+    p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, ceil_div(kTargetCtas * kRows, G * hkv) + tokens) : 0;
+  }
+  p.union_words = static_cast<int>(max_ll(ceil_div(max_blocks, 32), 1));
+  p.union_capacity = static_cast<int>(max_ll(union_blocks, 1));
+
+  // Selection: ranges of at most range_capacity blocks; more ranges than shared memory needs when
+  // the tiles are few (each range keeps K candidates per token and kv head, 8 bytes each).
+  p.tile_tokens = select_tile_tokens(static_cast<int>(G));
+  p.row_chunks = static_cast<int>(ceil_div(p.tile_tokens * G, kRows));
+  p.range_capacity = kScoreFloats / p.tile_tokens;
+  p.select_tiles = tokens / p.tile_tokens + num_seqs;
+  const long long select_row_tiles = max_ll(ceil_div(tokens, p.tile_tokens), num_seqs);
+  const long long needed = max_ll(ceil_div(max_blocks, p.range_capacity), 1);
+  const long long extra_cap = clamp_ll(ceil_div(max_blocks, 64), 1, kMaxSplits);
+  const long long wanted_ranges = clamp_ll(ceil_div(kTargetCtas, max_ll(select_row_tiles * hkv, 1)), 1, extra_cap);
+  p.ranges = static_cast<int>(max_ll(needed, wanted_ranges));
+  // ranges x N <= needed N + wanted_ranges N, and wanted_ranges N <= kTargetCtas tile_tokens / Hkv + N.
+  p.range_tokens = needed * tokens + min_ll(extra_cap * tokens, ceil_div(kTargetCtas * p.tile_tokens, hkv) + tokens);
+  return p;
+}
+
+}  // namespace fsa::cuda::decode
