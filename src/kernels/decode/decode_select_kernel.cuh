@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
       // for keys the row's token sees (and that meet the range), else 0.
       float sc[kKeys / 8][4];
       common::zero_acc<kKeys>(sc);
-      common::warp_tile_mma<Element, kDqk, kKeys, false, false, (kDqk > 128 ? 2 : kDqk / 16)>(
-          sc, q_s + chunk * kRows * kLd, kLd, warp * 16, k_s, kLd, 0);
+      common::warp_tile_mma<Element, kDqk, kKeys, false, false, 2>(sc, q_s + chunk * kRows * kLd, kLd, warp * 16,
+                                                                   k_s, kLd, 0);
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
