@@ -149,6 +149,9 @@ decode::BatchInfo batch_of(const NsaLayerInputs& in, const NsaCacheBatch& batch,
   return info;
 }
 
+// The kernels' static shared memory (row and key tables, below 2 KB), on top of the dynamic layouts.
+constexpr int kStaticSmem = 2048;
+
 // Accepts every (Element, Dqk, Dv) the dispatch table serves: the head-dim check without a launch.
 struct AcceptAttention {
   template <class, int, int>
@@ -173,6 +176,7 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
            {"branches.o_slc", br.o_slc}, {"branches.o_swa", br.o_swa}}));
   int max_smem = 0;
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
+  max_smem -= kStaticSmem;
   const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity).bytes;
   if (attn > static_cast<std::size_t>(max_smem))
     return FSA_ERROR(StatusCode::kNotImplemented,
