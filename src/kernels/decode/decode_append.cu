@@ -36,19 +36,9 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kScanThreads = 256;
 
-// Staged rows of sequence b: the positions [n_cmp(P) s, P + c) when the chunk completes a window,
-// else none; and its new compressed tokens.
-struct StageExtent {
-  long long rows, compressed;
-};
-
-__device__ __forceinline__ StageExtent stage_extent(const AppendParams& p, int b) {
+__device__ __forceinline__ StagedWindows staged_windows_of(const AppendParams& p, int b) {
   const SeqInfo seq = seq_info(p.batch, b);
-  const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride;
-  const long long before = compressed_count(seq.cached, l, s);
-  const long long after = compressed_count(seq.cached + seq.new_tokens, l, s);
-  if (after <= before) return {0, 0};
-  return {seq.cached + seq.new_tokens - before * s, after - before};
+  return staged_windows(seq.cached, seq.new_tokens, p.nsa.cmp_len, p.nsa.cmp_stride);
 }
 
 // cu_stage / cu_cmp_stage: exclusive prefix sums of the staged rows and compressed tokens over the
@@ -59,11 +49,11 @@ __global__ void __launch_bounds__(kScanThreads) stage_offsets_kernel(const __gri
   int rows_before = 0, compressed_before = 0;
   for (int base = 0; base < p.batch.num_seqs; base += kScanThreads) {
     const int b = base + static_cast<int>(threadIdx.x);
-    const StageExtent e = b < p.batch.num_seqs ? stage_extent(p, b) : StageExtent{0, 0};
+    const StagedWindows e = b < p.batch.num_seqs ? staged_windows_of(p, b) : StagedWindows{0, 0, 0};
     int rows_offset, rows_total, cmp_offset, cmp_total;
     Scan(scan_storage).ExclusiveSum(static_cast<int>(e.rows), rows_offset, rows_total);
     __syncthreads();  // the scan storage is reused
-    Scan(scan_storage).ExclusiveSum(static_cast<int>(e.compressed), cmp_offset, cmp_total);
+    Scan(scan_storage).ExclusiveSum(static_cast<int>(e.count), cmp_offset, cmp_total);
     __syncthreads();
     if (b < p.batch.num_seqs) {
       p.cu_stage[b] = rows_before + rows_offset;

@@ -41,6 +41,20 @@ FSA_DECODE_HD int overlap_weight(long long i, long long j, int l, int s, int B) 
   return hi > lo ? static_cast<int>((hi - lo) / s) : 0;
 }
 
+// The windows a chunk of c new tokens after P cached ones completes: compressed tokens
+// [first, first + count) with first = n_cmp(P), whose windows cover the positions
+// [first * s, P + c) (`rows` of them, staged for the compression); all zero when none completes.
+// The cached positions among them are the key tail's: first * s > P - l.
+struct StagedWindows {
+  long long first, count, rows;
+};
+FSA_DECODE_HD StagedWindows staged_windows(long long cached, long long new_tokens, int l, int s) {
+  const long long before = compressed_count(cached, l, s);
+  const long long after = compressed_count(cached + new_tokens, l, s);
+  if (after <= before) return {before, 0, 0};
+  return {before, after - before, cached + new_tokens - before * s};
+}
+
 // Tokens an attention tile of kRows rows (tokens x G heads, token-major) can touch: a tile may
 // start and end inside a token's heads.
 FSA_DECODE_HD int attn_tile_tokens(int group) {

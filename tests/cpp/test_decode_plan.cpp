@@ -1,0 +1,112 @@
+// The index arithmetic and the shape-only plan of the GPU inference kernels
+// (src/kernels/decode/decode_tiling.hpp), on the host: the block / compressed-key correspondence
+// against the overlap weights, the staged windows of a chunk against the compressed counts, the
+// tokens an attention tile can touch, and the plan's bounds (partials, candidates, shared-memory
+// capacities) over a grid of shapes. Plain C++: no device needed.
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/decode/decode_tiling.hpp"
+#include "test_util.hpp"
+
+namespace fsa::test {
+namespace {
+
+using namespace fsa::cuda::decode;
+
+struct Hyper {
+  int l, s, B;
+};
+const Hyper kHypers[] = {{32, 16, 64}, {32, 16, 32}, {32, 16, 128}, {16, 16, 64}, {64, 16, 64}, {32, 32, 64}, {8, 4, 32}};
+
+TEST(DecodePlan, BlockKeysAreThoseWithOverlap) {
+  for (const Hyper& h : kHypers)
+    for (long long j = 0; j < 40; ++j) {
+      const long long first = first_key_of_block(j, h.l, h.s, h.B), end = end_key_of_block(j, h.s, h.B);
+      for (long long i = 0; i < end + 8; ++i)
+        EXPECT_EQ(overlap_weight(i, j, h.l, h.s, h.B) > 0, i >= first && i < end)
+            << "l=" << h.l << " s=" << h.s << " B=" << h.B << " block " << j << " key " << i;
+    }
+  // Every compressed key spreads l / s over the blocks; the spec's example: block j collects
+  // keys 4j-1 .. 4j+3 with weights 1, 2, 2, 2, 1 (l 32, s 16, B 64).
+  for (const Hyper& h : kHypers)
+    for (long long i = 0; i < 100; ++i) {
+      int total = 0;
+      for (long long j = 0; j < 100; ++j) total += overlap_weight(i, j, h.l, h.s, h.B);
+      EXPECT_EQ(total, h.l / h.s);
+    }
+  const int expected[] = {1, 2, 2, 2, 1};
+  for (int k = 0; k < 5; ++k) EXPECT_EQ(overlap_weight(4 * 3 - 1 + k, 3, 32, 16, 64), expected[k]);
+}
+
+TEST(DecodePlan, StagedWindowsAreTheNewCompressedTokens) {
+  for (const Hyper& h : kHypers)
+    for (long long cached = 0; cached < 300; ++cached)
+      for (long long c : {0LL, 1LL, 2LL, 7LL, 8LL, 15LL, 16LL, 17LL, 33LL, 100LL}) {
+        const StagedWindows w = staged_windows(cached, c, h.l, h.s);
+        const long long before = compressed_count(cached, h.l, h.s), after = compressed_count(cached + c, h.l, h.s);
+        EXPECT_EQ(w.count, after - before);
+        if (w.count == 0) {
+          EXPECT_EQ(w.rows, 0);
+          continue;
+        }
+        // The staged positions [first * s, cached + c) form a sequence whose windows are exactly
+        // the new ones, the cached positions among them are in the tail, and the rows are bounded.
+        EXPECT_EQ(w.first, before);
+        EXPECT_EQ(compressed_count(w.rows, h.l, h.s), w.count);
+        EXPECT_GT(w.first * h.s, cached - h.l);
+        EXPECT_LE(w.rows, c + h.l - 1);
+        EXPECT_LE(w.count, c / h.s + 1);
+      }
+}
+
+TEST(DecodePlan, AttentionTilesTouchAtMostTheirTokens) {
+  for (int G = 1; G <= 130; ++G) {
+    long long most = 0;
+    for (long long r0 = 0; r0 < 3LL * G * kRows; ++r0) most = std::max(most, (r0 + kRows - 1) / G - r0 / G + 1);
+    EXPECT_LE(most, attn_tile_tokens(G)) << "G=" << G;
+    EXPECT_LE(attn_tile_tokens(G), kRows);  // one bit per token in the union's masks
+    const int t = select_tile_tokens(G);
+    EXPECT_GE(t, 1);
+    EXPECT_LE(t * G, std::max(G, kRows));
+  }
+}
+
+TEST(DecodePlan, BoundsHoldOverShapes) {
+  for (const Hyper& h : kHypers)
+    for (const auto& [hq, hkv] : {std::pair{64, 4}, {16, 4}, {4, 4}, {8, 1}, {3, 1}, {128, 1}})
+      for (long long tokens = 1; tokens <= 5000; tokens = tokens * 2 + 1)
+        for (int seqs = 1; seqs <= 128; seqs *= 4)
+          for (long long context = 1; context <= (1LL << 21); context *= 8) {
+            NsaNumbers nsa{};
+            nsa.cmp_len = h.l;
+            nsa.cmp_stride = h.s;
+            nsa.block_size = h.B;
+            nsa.topk = 16;
+            nsa.window = 512;
+            nsa.heads_q = hq;
+            nsa.heads_kv = hkv;
+            nsa.group = hq / hkv;
+            const StepPlan p = plan_step(nsa, tokens, seqs, context);
+            const std::string where = "l=" + std::to_string(h.l) + " B=" + std::to_string(h.B) +
+                                      " G=" + std::to_string(nsa.group) + " N=" + std::to_string(tokens) +
+                                      " nseq=" + std::to_string(seqs) + " context=" + std::to_string(context);
+            for (int b = 0; b < kBranches; ++b) {
+              EXPECT_GE(p.splits[b], 1) << where;
+              EXPECT_LE(p.splits[b], kMaxSplits) << where;
+              if (p.splits[b] > 1) EXPECT_LE(p.splits[b] * tokens, p.split_tokens[b]) << where << " branch " << b;
+            }
+            const long long blocks = (p.max_context + h.B - 1) / h.B;
+            EXPECT_LE(static_cast<long long>(p.ranges) * tokens, p.range_tokens) << where;
+            EXPECT_GE(static_cast<long long>(p.ranges) * p.range_capacity, blocks) << where;
+            EXPECT_LE(p.tile_tokens * p.range_capacity, kScoreFloats) << where;
+            EXPECT_GE(p.row_chunks * kRows, p.tile_tokens * nsa.group) << where;
+            EXPECT_GE(static_cast<long long>(p.union_words) * 32, blocks) << where;
+            EXPECT_GE(p.union_capacity, std::min<long long>(attn_tile_tokens(nsa.group) * nsa.topk, blocks)) << where;
+            EXPECT_EQ(p.stage_rows, tokens + seqs * (h.l - 1)) << where;
+            if (::testing::Test::HasFailure()) return;
+          }
+}
+
+}  // namespace
+}  // namespace fsa::test
