@@ -5,6 +5,8 @@
 // capacities) over a grid of shapes. Plain C++: no device needed.
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <utility>
 
 #include "kernels/decode/decode_tiling.hpp"
 #include "test_util.hpp"
@@ -94,7 +96,9 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             for (int b = 0; b < kBranches; ++b) {
               EXPECT_GE(p.splits[b], 1) << where;
               EXPECT_LE(p.splits[b], kMaxSplits) << where;
-              if (p.splits[b] > 1) EXPECT_LE(p.splits[b] * tokens, p.split_tokens[b]) << where << " branch " << b;
+              if (p.splits[b] > 1) {
+                EXPECT_LE(p.splits[b] * tokens, p.split_tokens[b]) << where << " branch " << b;
+              }
             }
             const long long blocks = (p.max_context + h.B - 1) / h.B;
             EXPECT_LE(static_cast<long long>(p.ranges) * tokens, p.range_tokens) << where;
@@ -106,6 +110,40 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             EXPECT_EQ(p.stage_rows, tokens + seqs * (h.l - 1)) << where;
             if (::testing::Test::HasFailure()) return;
           }
+}
+
+// The scratch bounds only grow with each dimension of the shape (what makes one workspace serve
+// every smaller call), and so do the staging and compressed rows.
+TEST(DecodePlan, BoundsGrowWithTheShape) {
+  for (const auto& [hq, hkv] : {std::pair{64, 4}, {16, 4}, {4, 4}, {8, 1}, {3, 1}, {128, 1}}) {
+    NsaNumbers nsa{};
+    nsa.cmp_len = 32;
+    nsa.cmp_stride = 16;
+    nsa.block_size = 64;
+    nsa.topk = 16;
+    nsa.window = 512;
+    nsa.heads_q = hq;
+    nsa.heads_kv = hkv;
+    nsa.group = hq / hkv;
+    auto no_smaller = [&](const StepPlan& a, const StepPlan& b, const std::string& where) {
+      for (int i = 0; i < kBranches; ++i) EXPECT_LE(a.split_tokens[i], b.split_tokens[i]) << where << " branch " << i;
+      EXPECT_LE(a.range_tokens, b.range_tokens) << where;
+      EXPECT_LE(a.stage_rows, b.stage_rows) << where;
+      EXPECT_LE(a.cmp_rows, b.cmp_rows) << where;
+    };
+    for (long long tokens = 1; tokens <= 20000; tokens = tokens * 3 / 2 + 1)
+      for (int seqs = 1; seqs <= 256; seqs *= 2)
+        for (long long context = 1; context <= (1LL << 21); context *= 4) {
+          const std::string where = "G=" + std::to_string(nsa.group) + " N=" + std::to_string(tokens) +
+                                    " nseq=" + std::to_string(seqs) + " context=" + std::to_string(context);
+          const StepPlan p = plan_step(nsa, tokens, seqs, context);
+          no_smaller(p, plan_step(nsa, tokens + 1, seqs, context), where + " (N + 1)");
+          no_smaller(p, plan_step(nsa, tokens, seqs + 1, context), where + " (nseq + 1)");
+          no_smaller(p, plan_step(nsa, tokens, seqs, context + 1), where + " (context + 1)");
+          no_smaller(p, plan_step(nsa, tokens, seqs, context * 3), where + " (context x 3)");
+          if (::testing::Test::HasFailure()) return;
+        }
+  }
 }
 
 }  // namespace

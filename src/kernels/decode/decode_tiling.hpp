@@ -155,8 +155,10 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   p.attn_tiles = tokens * G / kRows + num_seqs;
 
   // Attention splits: about kTargetCtas CTAs when the row tiles are few, never more splits than
-  // key tiles. splits x N <= (kTargetCtas / (row_tiles Hkv) + 1) N <= kTargetCtas kRows / (G Hkv) + N
-  // (row_tiles >= N G / kRows), and <= cap x N: the partials' bound.
+  // key tiles. With C = kTargetCtas kRows / (G Hkv): a call of N' tokens splits only when its row
+  // tiles are fewer than kTargetCtas / Hkv, so N' < C, and then splits x N' <=
+  // (kTargetCtas / (row_tiles Hkv) + 1) N' <= C + N' (row_tiles >= N' G / kRows); also <= cap x N'.
+  // The partials' bound min(cap N, C + min(N, C)) covers every N' <= N and grows with N.
   const long long row_tiles = max_ll(ceil_div(tokens * G, kRows), num_seqs);
   const long long wanted = ceil_div(kTargetCtas, max_ll(row_tiles * hkv, 1));
   const long long max_blocks = ceil_div(p.max_context, B);
@@ -169,7 +171,8 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   for (int b = 0; b < kBranches; ++b) {
     const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
     p.splits[b] = static_cast<int>(clamp_ll(wanted, 1, cap));
-    p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, ceil_div(kTargetCtas * kRows, G * hkv) + tokens) : 0;
+    const long long c = ceil_div(kTargetCtas * kRows, G * hkv);
+    p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, c + min_ll(tokens, c)) : 0;
   }
   p.union_words = static_cast<int>(max_ll(ceil_div(max_blocks, 32), 1));
   p.union_capacity = static_cast<int>(max_ll(union_blocks, 1));
@@ -185,8 +188,10 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   const long long extra_cap = clamp_ll(ceil_div(max_blocks, 64), 1, kMaxSplits);
   const long long wanted_ranges = clamp_ll(ceil_div(kTargetCtas, max_ll(select_row_tiles * hkv, 1)), 1, extra_cap);
   p.ranges = static_cast<int>(max_ll(needed, wanted_ranges));
-  // ranges x N <= needed N + wanted_ranges N, and wanted_ranges N <= kTargetCtas tile_tokens / Hkv + N.
-  p.range_tokens = needed * tokens + min_ll(extra_cap * tokens, ceil_div(kTargetCtas * p.tile_tokens, hkv) + tokens);
+  // ranges x N' <= needed N' + wanted_ranges N' where wanted_ranges > 1 only for N' < C_r =
+  // kTargetCtas tile_tokens / Hkv, and then wanted_ranges N' <= C_r + N' (as for the splits).
+  const long long c_r = ceil_div(kTargetCtas * p.tile_tokens, hkv);
+  p.range_tokens = needed * tokens + min_ll(extra_cap * tokens, c_r + min_ll(tokens, c_r));
   return p;
 }
 
