@@ -29,7 +29,7 @@ TEST(DecodePlan, BlockKeysAreThoseWithOverlap) {
         EXPECT_EQ(overlap_weight(i, j, h.l, h.s, h.B) > 0, i >= first && i < end)
             << "l=" << h.l << " s=" << h.s << " B=" << h.B << " block " << j << " key " << i;
     }
-  // Every compressed key spreads l / s over the blocks; the spec's example: block j collects
+  // Every compressed key spreads l / s over the blocks; at l 32, s 16, B 64 block j collects
   // keys 4j-1 .. 4j+3 with weights 1, 2, 2, 2, 1 (l 32, s 16, B 64).
   for (const Hyper& h : kHypers)
     for (long long i = 0; i < 100; ++i) {

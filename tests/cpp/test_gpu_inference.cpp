@@ -358,7 +358,7 @@ StepOut run_gpu(const CacheCase& c, const Params& p, const Chunk& x, DeviceCache
 
 // ---- Comparison ------------------------------------------------------------------------------
 
-// x rotated at `position` in fp64 (the spec's rotate-half with the frequencies both backends use).
+// x rotated at `position` in fp64 (GPT-NeoX rotate-half with the frequencies both backends use).
 std::vector<double> rotated(const CacheCase& c, const std::vector<double>& x, std::int64_t position) {
   if (!c.config.rope.enabled) return x;
   const int half = static_cast<int>(x.size()) / 2;
@@ -372,7 +372,8 @@ std::vector<double> rotated(const CacheCase& c, const std::vector<double>& x, st
 }
 
 // Block scores of new token t of sequence b (position `position`, packed row `row`) in kv group g,
-// in fp64 from the chunk's q and the reference's compressed keys after the step (spec section 4).
+// in fp64 from the chunk's q and the reference's compressed keys after the step: group-summed
+// probabilities spread over the blocks with the overlap weights.
 std::vector<double> block_scores_fp64(const CacheCase& c, const Chunk& x, const CacheState& cpu, std::int64_t b,
                                       std::int64_t row, std::int64_t position, int g) {
   const NsaConfig& cfg = c.config;

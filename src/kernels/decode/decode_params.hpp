@@ -47,7 +47,7 @@ struct BatchInfo {
   std::int64_t tokens;  // N: rows of the packed chunk
 };
 
-// The spec's hyperparameters as the kernels read them.
+// The layer's hyperparameters (NsaConfig) and head counts as the kernels read them.
 struct NsaNumbers {
   int cmp_len, cmp_stride, block_size, topk, init_blocks, local_blocks;  // l, s, B, K, I, L
   std::int64_t window;                                                  // w

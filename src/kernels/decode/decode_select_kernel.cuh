@@ -1,4 +1,4 @@
-// Block selection of the new tokens (spec section 4) over the paged compressed keys, pass 2 of the
+// Block selection of the new tokens over the paged compressed keys, pass 2 of the
 // compressed branch: the compressed attention (pass 1, decode_attn_kernel.cuh + merge) gave each
 // row its lse; here the probabilities are recomputed tile by tile, summed over the group's heads,
 // spread over the selection blocks with the overlap weights into block scores held in shared

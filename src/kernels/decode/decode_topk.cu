@@ -1,7 +1,7 @@
 // topk_idx of the new tokens from the selection's per-range candidates (decode_select_kernel.cuh):
 // per (kv head, token), one warp takes the best chosen_capacity(bq) of the token's ranges' lists in
 // the strict order (higher score, then lower block), adds the forced blocks (the first I and the
-// last L of {0..bq}), and writes the min(K, bq + 1) blocks ascending, then -1 (spec section 4).
+// last L of {0..bq}), and writes the min(K, bq + 1) blocks ascending, then -1 (select_blocks' rows).
 // The global best are within the union of each range's best (a block outranked by K blocks of its
 // own range is outranked by them globally), so the result is the one-pass selection's.
 #include <climits>

@@ -4,9 +4,8 @@
 // union are then walked as one list (block u covers list positions [u*B, (u+1)*B)), each row
 // masked to its own token's blocks.
 //
-// Entries are taken as the spec's selected attention takes any producer's (section 5's input
-// contract): negative, past the token's own block or past the sequence's blocks are ignored,
-// duplicates count once.
+// Entries are taken as selected attention takes any producer's: negative, past the token's own
+// block or past the sequence's blocks are ignored, duplicates count once.
 #pragma once
 
 #include <cstdint>
