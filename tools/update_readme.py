@@ -1,23 +1,46 @@
 #!/usr/bin/env python3
-"""Regenerates the "Measured" tables of README.md from bench/results/*.csv.
+"""Regenerates the generated parts of README.md from bench/results/*.csv: the headline figures of
+the status section and the "Measured" tables (docs/benchmarks.md describes the files).
 
 Each CSV starts with '#' comment lines (what was run, machine, commit, date) and then a header
-row; the table shows the comment lines as a caption and the rows as they are.
+row; the table shows the comment lines as a caption and the rows as they are. A comment line
+"# status: ..." marks a file that no longer describes the current code (what supersedes it, what
+it still shows): it is printed before the caption and the file's table comes after the others.
 """
 import csv
 import math
+import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 BEGIN = "<!-- BEGIN GENERATED: tools/update_readme.py from bench/results -->"
 END = "<!-- END GENERATED -->"
+SUMMARY_BEGIN = "<!-- BEGIN GENERATED SUMMARY: tools/update_readme.py from bench/results -->"
+SUMMARY_END = "<!-- END GENERATED SUMMARY -->"
+STATUS = "status:"
+
+
+def comments(path: Path):
+    """(caption lines, status lines) of a result file, without their leading '#'."""
+    lines = [l.lstrip("# ").strip() for l in path.read_text().splitlines() if l.startswith("#")]
+    status = [l[len(STATUS):].strip() for l in lines if l.startswith(STATUS)]
+    return [l for l in lines if not l.startswith(STATUS)], status
+
+
+def heading(path: Path, note: str = "") -> str:
+    caption, status = comments(path)
+    head = f"**{path.name}**{note}: "
+    if status:
+        head = f"**{path.name}** (status: " + "; ".join(status) + f"){note}: "
+    return head + "; ".join(caption)
 
 
 def table(path: Path) -> str:
     lines = path.read_text().splitlines()
-    caption = [l.lstrip("# ").strip() for l in lines if l.startswith("#")]
     rows = list(csv.reader(l for l in lines if l and not l.startswith("#")))
-    out = [f"**{path.name}**: " + "; ".join(caption), ""]
+    out = [heading(path), ""]
     out.append("| " + " | ".join(rows[0]) + " |")
     out.append("|" + "---|" * len(rows[0]))
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -31,7 +54,6 @@ def layer_tables(path: Path) -> str:
     """`fsa bench layer` rows (config, phase, ms, ...) pivoted: one row per configuration with the
     layer's and the dense paths' times, the break-even lines, and the phase split of S64-G4."""
     lines = path.read_text().splitlines()
-    caption = [l.lstrip("# ").strip() for l in lines if l.startswith("#")]
     rows = list(csv.reader(l for l in lines if l and not l.startswith("#")))[1:]
     ms, order, verdicts, phases = {}, [], [], []
     for r in rows:
@@ -44,7 +66,7 @@ def layer_tables(path: Path) -> str:
         ms[(config, phase)] = value
         if config == "S64-G4" and (phase.startswith("fwd:") or phase.startswith("bwd:")):
             phases.append((phase, value))
-    out = [f"**{path.name}** (pivoted; ms): " + "; ".join(caption), ""]
+    out = [heading(path, " (pivoted; ms)"), ""]
     out.append("| config | " + " | ".join(LAYER_COLUMNS) + " |")
     out.append("|" + "---|" * (len(LAYER_COLUMNS) + 1))
     for config in order:
@@ -66,9 +88,7 @@ BEFORE_AFTER_LAYER_PHASES = ["layer fwd", "layer bwd", "layer fwd+bwd", "fwd: sl
 def before_after_table(path: Path) -> str:
     """Rows (call, build, bench, config, phase, ms, ...) pivoted: one row per (bench, config, phase)
     with a column per (call, build); of the layer, its totals and its selected-attention phases."""
-    lines = path.read_text().splitlines()
-    caption = [l.lstrip("# ").strip() for l in lines if l.startswith("#")]
-    rows = list(csv.DictReader(l for l in lines if l and not l.startswith("#")))
+    rows = read_rows(path)
     columns, keys, ms = [], [], {}
     for r in rows:
         if r["bench"] == "layer" and r["phase"] not in BEFORE_AFTER_LAYER_PHASES:
@@ -79,7 +99,7 @@ def before_after_table(path: Path) -> str:
         if key not in keys:
             keys.append(key)
         ms[(key, column)] = r["ms"]
-    out = [f"**{path.name}** (pivoted; ms): " + "; ".join(caption), ""]
+    out = [heading(path, " (pivoted; ms)"), ""]
     out.append("| bench | config | phase | " + " | ".join(columns) + " |")
     out.append("|" + "---|" * (len(columns) + 3))
     out += ["| " + " | ".join(key) + " | " + " | ".join(ms.get((key, c), "-") for c in columns) + " |" for key in keys]
@@ -102,15 +122,96 @@ def break_even(ms, group, dense_phase):
     return "NSA slower at every measured length" if ratios else ""
 
 
+def read_rows(path: Path):
+    lines = path.read_text().splitlines()
+    return list(csv.DictReader(l for l in lines if l and not l.startswith("#")))
+
+
+# The status section's headline figures: (measure, file, the row's column values, the value's
+# column). Each names the newest file that measures it; when a newer run replaces a file, point
+# its rows here at the new file.
+S64_G4 = "S64-G4: one sequence of 65536 tokens, Hq 16, Hkv 4"
+HEADLINES = [
+    (f"compression of k and v, forward ({S64_G4})", "h100-compressed-s64-5c80e3a.csv",
+     {"config": "S64-G4", "phase": "compress k+v fwd"}, "ms"),
+    (f"compressed attention forward + selection ({S64_G4})", "h100-compressed-s64-5c80e3a.csv",
+     {"config": "S64-G4", "phase": "cmp attn fwd + select"}, "ms"),
+    (f"compressed attention + compression backward ({S64_G4})", "h100-compressed-s64-5c80e3a.csv",
+     {"config": "S64-G4", "phase": "cmp attn bwd + compress bwd"}, "ms"),
+    (f"selected attention forward, random selections ({S64_G4})", "h100-s64-before-after.csv",
+     {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "random fwd"}, "ms"),
+    (f"selected attention backward, random selections ({S64_G4})", "h100-s64-before-after.csv",
+     {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "random bwd"}, "ms"),
+    (f"selected attention forward, local selections ({S64_G4})", "h100-s64-before-after.csv",
+     {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "local fwd"}, "ms"),
+    (f"whole layer forward, `nsa_forward` ({S64_G4})", "h100-s64-before-after.csv",
+     {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "layer fwd"}, "ms"),
+    (f"whole layer forward + backward ({S64_G4})", "h100-s64-before-after.csv",
+     {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "layer fwd+bwd"}, "ms"),
+    (f"the library's dense causal attention, forward + backward, same run ({S64_G4})",
+     "h100-s64-before-after.csv",
+     {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "dense fwd+bwd"}, "ms"),
+    (f"torch SDPA dense causal attention, forward + backward ({S64_G4})", "h100-layer.csv",
+     {"config": "S64-G4", "phase": "sdpa fwd+bwd"}, "ms"),
+    ("whole layer forward + backward, one sequence of 1M tokens (S1M-G4), default 8 GiB cap",
+     "h100-layer-long-8gib.csv", {"config": "S1M-G4", "workspace_cap": "8 GiB", "phase": "layer fwd+bwd"}, "ms"),
+    ("peak GPU memory of that run (MiB)", "h100-layer-long-8gib.csv",
+     {"config": "S1M-G4", "workspace_cap": "8 GiB", "phase": "layer fwd+bwd"}, "peak_mib"),
+    ("CPU reference, `nsa_forward` (N 8192, Hq 8, Hkv 2, D 128)", "cpu-reference.csv",
+     {"phase": "layer: nsa_forward"}, "ms"),
+    ("CPU reference, `nsa_backward` (same problem)", "cpu-reference.csv", {"phase": "layer: nsa_backward"}, "ms"),
+]
+
+
+def commit_of(path: Path, row) -> str:
+    if row.get("build"):
+        return row["build"]
+    found = re.search(r"commit ([0-9a-f]{7,40})", " ".join(comments(path)[0]))
+    return found.group(1) if found else "?"
+
+
+def summary() -> str:
+    """The headline table, and the break-even lengths of the layer file's sweep."""
+    out = ["| measure | value | from (commit) |", "|---|---|---|"]
+    for measure, name, match, column in HEADLINES:
+        path = RESULTS / name
+        if not path.exists():
+            sys.exit(f"update_readme.py: headline '{measure}': {name} not in bench/results (update HEADLINES)")
+        rows = [r for r in read_rows(path) if all(r.get(k) == v for k, v in match.items())]
+        if len(rows) != 1 or column not in rows[0]:
+            sys.exit(f"update_readme.py: headline '{measure}': {len(rows)} rows of {name} match {match} "
+                     f"with a column {column} (update HEADLINES)")
+        out.append(f"| {measure} | {rows[0][column]} | `{name}` ({commit_of(path, rows[0])}) |")
+    layer = RESULTS / "h100-layer.csv"
+    if layer.exists():
+        ms = {(r["config"], r["phase"]): r["ms"] for r in read_rows(layer)}
+        commit = commit_of(layer, {})
+        for g in (4, 16):
+            found = [(break_even(ms, g, phase), against) for phase, against in
+                     (("dense fwd+bwd", "the library's dense path"), ("sdpa fwd+bwd", "torch SDPA"))]
+            if any(value for value, _ in found):
+                out.append(f"| sequence length from which the layer's forward + backward beats dense causal "
+                           f"attention, G = {g}, Hkv 4 (interpolated between the swept lengths) | " +
+                           "; ".join(f"{value} ({against})" for value, against in found if value) +
+                           f" | `{layer.name}` ({commit}) |")
+    return "\n".join(out)
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + "\n" + body + "\n" + text[stop:]
+
+
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    paths = sorted(RESULTS.glob("*.csv"), key=lambda p: (bool(comments(p)[1]), p.name))
     tables = [layer_tables(p) if p.name.endswith("-layer.csv")
               else before_after_table(p) if p.name.endswith("-before-after.csv") else table(p)
-              for p in sorted((ROOT / "bench" / "results").glob("*.csv"))]
-    body = "\n\n".join(tables) if tables else "No results recorded yet."
-    readme.write_text(text[:start] + "\n" + body + "\n" + text[end:])
+              for p in paths]
+    text = replace_between(text, BEGIN, END, "\n\n".join(tables) if tables else "No results recorded yet.")
+    text = replace_between(text, SUMMARY_BEGIN, SUMMARY_END, summary())
+    readme.write_text(text)
 
 
 if __name__ == "__main__":
