@@ -118,7 +118,8 @@ def break_even(ms, group, dense_phase):
                 return f"NSA faster already at {n} tokens"
             n0, r0 = ratios[i - 1]
             t = math.log(r0) / (math.log(r0) - math.log(r))
-            return f"~{round(math.exp(math.log(n0) + t * (math.log(n) - math.log(n0))))} tokens"
+            # Truncated, as `fsa bench layer` writes its own BREAK-EVEN rows.
+            return f"~{int(math.exp(math.log(n0) + t * (math.log(n) - math.log(n0))))} tokens"
     return "NSA slower at every measured length" if ratios else ""
 
 
@@ -127,39 +128,40 @@ def read_rows(path: Path):
     return list(csv.DictReader(l for l in lines if l and not l.startswith("#")))
 
 
-# The status section's headline figures: (measure, file, the row's column values, the value's
-# column). Each names the newest file that measures it; when a newer run replaces a file, point
-# its rows here at the new file.
-S64_G4 = "S64-G4: one sequence of 65536 tokens, Hq 16, Hkv 4"
+# The status section's headline figures: (configuration, measure, file, the row's column values,
+# the value's column). Each names the newest file that measures it; when a newer run replaces a
+# file, point its rows here at the new file.
+S64 = "S64-G4 (H100)"
+S1M = "S1M-G4 (H100)"
+CPU = "CPU reference: one sequence of 8192 tokens, Hq 8, Hkv 2, D 128"
+COMPRESSED = "h100-compressed-s64-5c80e3a.csv"
+BEFORE_AFTER = "h100-s64-before-after.csv"
 HEADLINES = [
-    (f"compression of k and v, forward ({S64_G4})", "h100-compressed-s64-5c80e3a.csv",
-     {"config": "S64-G4", "phase": "compress k+v fwd"}, "ms"),
-    (f"compressed attention forward + selection ({S64_G4})", "h100-compressed-s64-5c80e3a.csv",
+    (S64, "compression of k and v, forward", COMPRESSED, {"config": "S64-G4", "phase": "compress k+v fwd"}, "ms"),
+    (S64, "compressed attention forward + selection", COMPRESSED,
      {"config": "S64-G4", "phase": "cmp attn fwd + select"}, "ms"),
-    (f"compressed attention + compression backward ({S64_G4})", "h100-compressed-s64-5c80e3a.csv",
+    (S64, "compressed attention + compression, backward", COMPRESSED,
      {"config": "S64-G4", "phase": "cmp attn bwd + compress bwd"}, "ms"),
-    (f"selected attention forward, random selections ({S64_G4})", "h100-s64-before-after.csv",
+    (S64, "selected attention forward, random selections", BEFORE_AFTER,
      {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "random fwd"}, "ms"),
-    (f"selected attention backward, random selections ({S64_G4})", "h100-s64-before-after.csv",
+    (S64, "selected attention backward, random selections", BEFORE_AFTER,
      {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "random bwd"}, "ms"),
-    (f"selected attention forward, local selections ({S64_G4})", "h100-s64-before-after.csv",
+    (S64, "selected attention forward, local selections", BEFORE_AFTER,
      {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "local fwd"}, "ms"),
-    (f"whole layer forward, `nsa_forward` ({S64_G4})", "h100-s64-before-after.csv",
+    (S64, "whole layer forward (`nsa_forward`)", BEFORE_AFTER,
      {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "layer fwd"}, "ms"),
-    (f"whole layer forward + backward ({S64_G4})", "h100-s64-before-after.csv",
+    (S64, "whole layer forward + backward", BEFORE_AFTER,
      {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "layer fwd+bwd"}, "ms"),
-    (f"the library's dense causal attention, forward + backward, same run ({S64_G4})",
-     "h100-s64-before-after.csv",
+    (S64, "the library's dense causal attention, forward + backward (same run as the layer)", BEFORE_AFTER,
      {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "dense fwd+bwd"}, "ms"),
-    (f"torch SDPA dense causal attention, forward + backward ({S64_G4})", "h100-layer.csv",
+    (S64, "torch SDPA dense causal attention, forward + backward", "h100-layer.csv",
      {"config": "S64-G4", "phase": "sdpa fwd+bwd"}, "ms"),
-    ("whole layer forward + backward, one sequence of 1M tokens (S1M-G4), default 8 GiB cap",
-     "h100-layer-long-8gib.csv", {"config": "S1M-G4", "workspace_cap": "8 GiB", "phase": "layer fwd+bwd"}, "ms"),
-    ("peak GPU memory of that run (MiB)", "h100-layer-long-8gib.csv",
+    (S1M, "whole layer forward + backward, default 8 GiB cap", "h100-layer-long-8gib.csv",
+     {"config": "S1M-G4", "workspace_cap": "8 GiB", "phase": "layer fwd+bwd"}, "ms"),
+    (S1M, "peak GPU memory of that run, MiB", "h100-layer-long-8gib.csv",
      {"config": "S1M-G4", "workspace_cap": "8 GiB", "phase": "layer fwd+bwd"}, "peak_mib"),
-    ("CPU reference, `nsa_forward` (N 8192, Hq 8, Hkv 2, D 128)", "cpu-reference.csv",
-     {"phase": "layer: nsa_forward"}, "ms"),
-    ("CPU reference, `nsa_backward` (same problem)", "cpu-reference.csv", {"phase": "layer: nsa_backward"}, "ms"),
+    (CPU, "`nsa_forward`", "cpu-reference.csv", {"phase": "layer: nsa_forward"}, "ms"),
+    (CPU, "`nsa_backward`", "cpu-reference.csv", {"phase": "layer: nsa_backward"}, "ms"),
 ]
 
 
@@ -172,8 +174,8 @@ def commit_of(path: Path, row) -> str:
 
 def summary() -> str:
     """The headline table, and the break-even lengths of the layer file's sweep."""
-    out = ["| measure | value | from (commit) |", "|---|---|---|"]
-    for measure, name, match, column in HEADLINES:
+    out = ["| configuration | measure | value | from (commit) |", "|---|---|---|---|"]
+    for config, measure, name, match, column in HEADLINES:
         path = RESULTS / name
         if not path.exists():
             sys.exit(f"update_readme.py: headline '{measure}': {name} not in bench/results (update HEADLINES)")
@@ -181,7 +183,7 @@ def summary() -> str:
         if len(rows) != 1 or column not in rows[0]:
             sys.exit(f"update_readme.py: headline '{measure}': {len(rows)} rows of {name} match {match} "
                      f"with a column {column} (update HEADLINES)")
-        out.append(f"| {measure} | {rows[0][column]} | `{name}` ({commit_of(path, rows[0])}) |")
+        out.append(f"| {config} | {measure} | {rows[0][column]} | `{name}` ({commit_of(path, rows[0])}) |")
     layer = RESULTS / "h100-layer.csv"
     if layer.exists():
         ms = {(r["config"], r["phase"]): r["ms"] for r in read_rows(layer)}
@@ -190,8 +192,8 @@ def summary() -> str:
             found = [(break_even(ms, g, phase), against) for phase, against in
                      (("dense fwd+bwd", "the library's dense path"), ("sdpa fwd+bwd", "torch SDPA"))]
             if any(value for value, _ in found):
-                out.append(f"| sequence length from which the layer's forward + backward beats dense causal "
-                           f"attention, G = {g}, Hkv 4 (interpolated between the swept lengths) | " +
+                out.append(f"| SWEEP-G{g} (H100) | length from which the layer's forward + backward beats dense "
+                           f"causal attention (interpolated between the swept lengths) | " +
                            "; ".join(f"{value} ({against})" for value, against in found if value) +
                            f" | `{layer.name}` ({commit}) |")
     return "\n".join(out)
