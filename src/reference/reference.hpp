@@ -1,4 +1,4 @@
-// The CPU reference backend: every NSA op of the spec, forward and backward, on contiguous
+// The CPU reference backend: every NSA op of docs/semantics.md, forward and backward, on contiguous
 // row-major host arrays of T = float or double. It is the test oracle and the no-GPU path.
 // Tensors are [rows, heads, dim] unless said otherwise; lse is [Hq, N].
 #pragma once
@@ -21,7 +21,7 @@ struct Varlen {
   std::int64_t total() const { return cu.back(); }
 };
 
-// The compressed tokens' offsets (spec section 1).
+// The compressed tokens' offsets (docs/semantics.md section 1).
 Varlen compressed_varlen(const Varlen& seqs, const NsaConfig& config);
 
 struct HeadDims {
@@ -80,17 +80,18 @@ AttentionProblem selected_attention_problem(const NsaConfig& config, const Varle
                                             const std::int32_t* topk, int width);
 AttentionProblem window_attention_problem(const NsaConfig& config, const Varlen& seqs, HeadDims dims, double scale);
 
-// The valid blocks of one topk row, sanitised as spec section 5 says: sorted, unique, in
-// [0, min(bq(t), nblk(n) - 1)].
+// The valid blocks of one topk row, sanitised as docs/semantics.md section 5 says: sorted, unique,
+// in [0, min(bq(t), nblk(n) - 1)].
 std::vector<std::int32_t> sanitize_blocks(const std::int32_t* row, int width, std::int64_t t, std::int64_t n,
                                           int block_size);
 
 // ---- Block selection ---------------------------------------------------------------------------
-// Block scores S[t, g, j] for j in 0..bq(t) of one query row (spec section 4 steps 1-3).
+// Block scores S[t, g, j] for j in 0..bq(t) of one query row (docs/semantics.md section 4,
+// steps 1-3).
 template <class T>
 std::vector<T> block_scores(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp, HeadDims dims,
                             double scale, const T* q, const T* k_cmp, const T* lse_cmp, int b, std::int64_t t, int g);
-// topk [Hkv, N, K] (spec section 4 steps 4-5).
+// topk [Hkv, N, K] (docs/semantics.md section 4 steps 4-5).
 template <class T>
 void select_blocks(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp, HeadDims dims, double scale,
                    const T* q, const T* k_cmp, const T* lse_cmp, std::int32_t* topk);

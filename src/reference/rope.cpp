@@ -1,4 +1,4 @@
-// Rotary embedding, GPT-NeoX rotate-half (spec section 2).
+// Rotary embedding, GPT-NeoX rotate-half (docs/semantics.md section 2).
 #include <algorithm>
 #include <array>
 #include <cmath>

@@ -1,5 +1,5 @@
-// Block selection (spec section 4): score the selection blocks of each query from its compressed
-// attention probabilities, keep the forced blocks and the best-scoring others.
+// Block selection (docs/semantics.md section 4): score the selection blocks of each query from its
+// compressed attention probabilities, keep the forced blocks and the best-scoring others.
 #include <algorithm>
 #include <array>
 #include <cmath>

@@ -23,7 +23,7 @@ HostTensor run_forward(const LayerCase& lc, const LayerTensors& t, HostTensor* s
   return o;
 }
 
-// The layer written out as the spec's sequence of public ops (section 2's order).
+// The layer written out as a sequence of public ops, in the order of docs/semantics.md section 2.
 HostTensor run_composition(const LayerCase& lc, const LayerTensors& t) {
   const NsaConfig& c = lc.config;
   const std::int64_t n = t.q.sizes()[0], ncmp = max_compressed_tokens(n, c);
@@ -162,7 +162,7 @@ TEST(Layer, GradientsMatchFiniteDifferencesMeanSharedGatesG1) {
   check_layer_gradients(lc, rng);
 }
 
-// bf16 and fp16 inputs: the layer computes in fp32 and must stay within the spec's tolerance of the
+// bf16 and fp16 inputs: the layer computes in fp32 and must stay within the tolerance (docs/semantics.md section 10) of the
 // fp64 layer on the same rounded inputs.
 TEST(Layer, HalfPrecisionInputsMatchFp64) {
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {

@@ -1,5 +1,5 @@
-// Block selection (spec section 4): the worked example, overlap weights, row invariants, an
-// independent brute-force selection and the tie rule.
+// Block selection (docs/semantics.md section 4): the worked example, overlap weights, row
+// invariants, an independent brute-force selection and the tie rule.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -133,7 +133,7 @@ std::vector<double> brute_force_scores(const Selection& s, int b, std::int64_t t
   return scores;
 }
 
-// The selection the spec defines for these scores: forced blocks, then the best others by
+// The selection section 4 defines for these scores: forced blocks, then the best others by
 // (score descending, index ascending).
 std::vector<std::int32_t> brute_force_row(const NsaConfig& config, std::int64_t t, const std::vector<double>& scores) {
   const std::int64_t bq = t / config.block_size;
@@ -175,7 +175,7 @@ std::string describe(const std::vector<std::int32_t>& row) {
   return out + "]";
 }
 
-// ---- The spec's worked example -------------------------------------------------------------------
+// ---- The worked example of docs/semantics.md section 4 ------------------------------------------
 
 void check_worked_example(DType dtype) {
   auto rng = rng_for_test(static_cast<std::uint64_t>(dtype));
@@ -195,8 +195,8 @@ TEST(SelectBlocks, WorkedExampleBf16) { check_worked_example(DType::kBFloat16); 
 // ---- Overlap weights through the typed reference ---------------------------------------------------
 
 // For l = 32, s = 16, B = 64, block j collects tokens i = 4j-1 .. 4j+3 with weights 1,2,2,2,1
-// (spec section 4). Every query row of a 200-token sequence is checked, so each token's weights
-// are pinned by the rows where it is the last visible one.
+// (docs/semantics.md section 4). Every query row of a 200-token sequence is checked, so each
+// token's weights are pinned by the rows where it is the last visible one.
 void check_overlap_weights(ScoreAggregation aggregation) {
   NsaConfig config;
   config.aggregation = aggregation;
