@@ -522,9 +522,9 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::st
 
     if (device.kind == DeviceKind::kCPU) {
       std::printf("\nGPU comparison: skipped (%s)\n",
-                  !info.available ? "no CUDA device found"
-                  : preference == DevicePreference::kCpu ? "--device cpu"
-                                                         : "the GPU path does not cover this problem");
+                  preference == DevicePreference::kCpu ? "--device cpu"
+                  : !info.available                     ? "no CUDA device found"
+                                                        : "the GPU path does not cover this problem");
     }
     bool skipped = false;
     bool check_pass = true;

@@ -455,7 +455,7 @@ int run_bench_command(int argc, char** argv) {
         options.workspace_cap = SIZE_MAX;
       } else {
         error = parse_count(o.name, v, 1, std::numeric_limits<std::int64_t>::max(), "", &n);
-        if (!error.empty()) error += " (or 'unlimited')";
+        if (!error.empty()) error = "--workspace-cap: expected a positive number of bytes or 'unlimited', got '" + v + "'";
         options.workspace_cap = static_cast<std::size_t>(n);
       }
     }
@@ -484,17 +484,17 @@ int main(int argc, char** argv) {
   if (command == "help") {
     if (argc == 2) return print_usage(global_usage());
     const std::string topic = argv[2];
-    if (argc > 3 && topic != "bench") return usage_error("help", "unexpected argument '" + std::string(argv[3]) + "'");
+    if (argc > 3 && topic != "bench") return usage_error("", "help: unexpected argument '" + std::string(argv[3]) + "'");
     if (topic == "demo") return print_usage(kDemoUsage);
     if (topic == "info") return print_usage(kInfoUsage);
     if (topic == "bench") {
       const std::string what = argc > 3 ? argv[3] : "";
       if (!what.empty() && what != "selected" && what != "compressed" && what != "layer")
-        return usage_error("help", "bench: expected 'selected', 'compressed' or 'layer', got '" + what + "'");
-      if (argc > 4) return usage_error("help", "unexpected argument '" + std::string(argv[4]) + "'");
+        return usage_error("", "help bench: expected 'selected', 'compressed' or 'layer', got '" + what + "'");
+      if (argc > 4) return usage_error("", "help: unexpected argument '" + std::string(argv[4]) + "'");
       return print_usage(bench_usage(what));
     }
-    return usage_error("help", "unknown command '" + topic + "' (expected demo, bench or info)");
+    return usage_error("", "help: unknown command '" + topic + "' (expected demo, bench or info)");
   }
   if (command == "--version") {
     if (argc > 2) return usage_error("", "--version: unexpected argument '" + std::string(argv[2]) + "'");
