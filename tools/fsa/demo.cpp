@@ -451,8 +451,8 @@ bool check_against_reference(const ProblemSpec& spec, Device device, bool* skipp
     }
     const bool ok = finite && error <= limit;
     pass = pass && ok;
-    std::printf("  %-10s %14.3e %12.1e  %s%s\n", name.c_str(), error, limit, ok ? "ok" : finite ? "FAIL" : "FAIL (non-finite)",
-                note);
+    std::printf("  %-10s %14.3e %12.1e  %s%s\n", name.c_str(), error, limit,
+                ok ? "ok" : finite ? "FAIL" : "FAIL (non-finite)", note);
   }
   return pass;
 }

@@ -37,7 +37,7 @@ commands:
 
 )";
 
-constexpr const char* kDemoUsage = R"(usage: fsa demo [options]
+constexpr const char* kDemoDescription = R"(usage: fsa demo [options]
 
 Runs the full NSA layer forward and backward, phase by phase (per-phase times) and through the
 whole-layer entry points (nsa_forward, nsa_backward), on the GPU when one is present and every op
@@ -48,7 +48,9 @@ CPU reference in fp32 on a small problem with the same shapes and inputs rounded
 the same comparison of the run's dtype against fp32). PASS: exit code 0; FAIL: exit code 1. The
 hyperparameters are those of docs/semantics.md section 0.
 
-demo options (defaults give the embedded problem):
+)";
+
+constexpr const char* kDemoOptions = R"(demo options (defaults give the embedded problem):
   --device auto|cpu|cuda      where to run (default auto: the GPU if usable, else the CPU)
   --dtype bf16|fp16|fp32      element type of inputs and outputs (default bf16; fp32 is CPU only)
   --seqlens A,B,...           lengths of the packed sequences (default 1536,700,250,31); the total
@@ -95,10 +97,11 @@ constexpr const char* kBenchLayerText = R"(  bench layer
             times the layer alone on one long sequence
 )";
 
-constexpr const char* kBenchShared = R"(  bench options shared by all three: --workspace-cap BYTES|unlimited, the cap of selected
-            attention's scratch (SlcOptions::workspace_cap; default 8 GiB), above which it runs in
-            query chunks; --iters N, the timed iterations after two warm-up runs (default 10);
-            --csv PATH. The benchmark protocol is docs/benchmarks.md's. Needs a CUDA device.
+constexpr const char* kBenchShared = R"(  bench options shared by all three:
+            --workspace-cap BYTES|unlimited, the cap of selected attention's scratch
+            (SlcOptions::workspace_cap; default 8 GiB), above which it runs in query chunks;
+            --iters N, the timed iterations after two warm-up runs (default 10); --csv PATH.
+            The benchmark protocol is docs/benchmarks.md's. Needs a CUDA device.
 
 )";
 
@@ -120,9 +123,11 @@ docs/benchmarks.md (the benchmark protocol)
 )";
 
 std::string global_usage() {
-  return std::string(kOverview) + kDemoUsage + "bench commands:\n" + kBenchSelectedText + kBenchCompressedText +
+  return std::string(kOverview) + kDemoOptions + "bench commands:\n" + kBenchSelectedText + kBenchCompressedText +
          kBenchLayerText + kBenchShared + kEnvironment;
 }
+
+std::string demo_usage() { return std::string(kDemoDescription) + kDemoOptions + kEnvironment; }
 
 std::string bench_usage(const std::string& what) {
   std::string text = "usage: fsa bench " + (what.empty() ? std::string("selected|compressed|layer") : what) +
@@ -310,7 +315,7 @@ int run_demo_command(int argc, char** argv) {
   bool help = false;
   if (const std::string e = read_options(argc, argv, table, &options, &help); !e.empty())
     return usage_error("demo", e);
-  if (help) return print_usage(kDemoUsage);
+  if (help) return print_usage(demo_usage());
 
   ProblemSpec spec;
   DevicePreference device = DevicePreference::kAuto;
@@ -455,7 +460,8 @@ int run_bench_command(int argc, char** argv) {
         options.workspace_cap = SIZE_MAX;
       } else {
         error = parse_count(o.name, v, 1, std::numeric_limits<std::int64_t>::max(), "", &n);
-        if (!error.empty()) error = "--workspace-cap: expected a positive number of bytes or 'unlimited', got '" + v + "'";
+        if (!error.empty())
+          error = "--workspace-cap: expected a positive number of bytes or 'unlimited', got '" + v + "'";
         options.workspace_cap = static_cast<std::size_t>(n);
       }
     }
@@ -484,8 +490,9 @@ int main(int argc, char** argv) {
   if (command == "help") {
     if (argc == 2) return print_usage(global_usage());
     const std::string topic = argv[2];
-    if (argc > 3 && topic != "bench") return usage_error("", "help: unexpected argument '" + std::string(argv[3]) + "'");
-    if (topic == "demo") return print_usage(kDemoUsage);
+    if (argc > 3 && topic != "bench")
+      return usage_error("", "help: unexpected argument '" + std::string(argv[3]) + "'");
+    if (topic == "demo") return print_usage(demo_usage());
     if (topic == "info") return print_usage(kInfoUsage);
     if (topic == "bench") {
       const std::string what = argc > 3 ? argv[3] : "";
