@@ -300,35 +300,36 @@ bool print_report(const DemoRun& run, Device device, const ProblemSpec& spec) {
   return finite;
 }
 
-
 // Writes one `phase,ms` row per phase; "" or the reason it could not.
 std::string write_csv(const DemoRun& run, Device device, const ProblemSpec& spec, const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (f == nullptr) return "--csv: cannot write " + path + ": " + std::strerror(errno);
   std::fprintf(f, "# fsa demo on %s: %s\nphase,ms\n", device_name(device).c_str(), spec.describe().c_str());
   for (const PhaseTime& t : run.times()) std::fprintf(f, "\"%s\",%.3f\n", t.name.c_str(), t.ms);
-  if (std::ferror(f) != 0 || std::fclose(f) != 0) return "--csv: cannot write " + path + ": " + std::strerror(errno);
+  const bool failed = std::ferror(f) != 0;
+  if (std::fclose(f) != 0 || failed) return "--csv: cannot write " + path + ": " + std::strerror(errno);
   return "";
 }
 
-// "" when the run fits the machine: the host's physical memory (the fp64 staging, and when the
-// CPU may run the layer its tensors and the reference's working copies) and, when the GPU runs it,
-// the device's free memory (the tensors, the saved activations and the larger layer workspace).
-// Else the message, naming the options that size the largest tensor.
-std::string check_fits(const ProblemSpec& spec, bool cpu_may_run, bool gpu_runs) {
+// "" when a run on `device` fits the machine: the host's physical memory (the fp64 staging, and
+// when the CPU runs the layer its tensors and the reference's working copies) and, on a GPU, the
+// device's free memory (the tensors, the saved activations and the larger layer workspace). Else
+// the message, naming the options that size the largest tensor.
+std::string check_fits(const ProblemSpec& spec, Device device) {
+  const bool cpu_runs = device.kind == DeviceKind::kCPU;
   const DemoFootprint f = demo_footprint(spec);
   const std::string largest = "; its largest tensor is " + f.largest;
   if (f.overflow) return f.largest_options + ": the run's byte count overflows 64 bits" + largest;
-  const std::uint64_t host = f.host_bytes(cpu_may_run), host_total = host_memory_bytes();
+  const std::uint64_t host = f.host_bytes(cpu_runs), host_total = host_memory_bytes();
   if (host_total > 0 && host > host_total)
     return f.largest_options + ": the run needs about " + format_bytes(host) + " of host memory (" +
-           (cpu_may_run ? "the tensors, their fp64 staging and the CPU reference's working copies"
-                        : "the fp64 staging of the inputs and results") +
+           (cpu_runs ? "the tensors, their fp64 staging and the CPU reference's working copies"
+                     : "the fp64 staging of the inputs and results") +
            "), more than this machine's " + format_bytes(host_total) + largest;
   std::uint64_t free_bytes = 0, total_bytes = 0;
-  if (!gpu_runs || !cuda_memory_info(&free_bytes, &total_bytes)) return "";
-  std::uint64_t device = f.buffers;
-  if (device <= total_bytes) {
+  if (cpu_runs || !cuda_memory_info(&free_bytes, &total_bytes)) return "";
+  std::uint64_t device_bytes = f.buffers;
+  if (device_bytes <= total_bytes) {
     // Sizes are now known to be moderate, so the library's own (unchecked) byte counts are safe.
     NsaLayerShape shape;
     shape.tokens = spec.tokens();
@@ -339,11 +340,11 @@ std::string check_fits(const ProblemSpec& spec, bool cpu_may_run, bool gpu_runs)
     shape.head_dim_v = spec.head_dim_v;
     shape.dtype = spec.dtype;
     shape.device = Device::cuda(0);
-    device += std::max<std::uint64_t>(nsa_forward_workspace_bytes(spec.config, shape, true),
-                                      nsa_backward_workspace_bytes(spec.config, shape));
+    device_bytes += std::max<std::uint64_t>(nsa_forward_workspace_bytes(spec.config, shape, true),
+                                            nsa_backward_workspace_bytes(spec.config, shape));
   }
-  if (device > free_bytes)
-    return f.largest_options + ": the run needs about " + format_bytes(device) +
+  if (device_bytes > free_bytes)
+    return f.largest_options + ": the run needs about " + format_bytes(device_bytes) +
            " of GPU memory (the tensors, the saved activations and the layer's workspace), more than the " +
            format_bytes(free_bytes) + " free on CUDA device 0" + largest;
   return "";
@@ -475,12 +476,13 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::st
     return 2;
   }
   std::vector<Device> attempts;
-  if (preference != DevicePreference::kCpu && info.available) attempts.push_back(Device::cuda(0));
+  // fp32 is the CPU reference's alone (the GPU takes bf16 or fp16): auto runs it on the CPU.
+  const bool gpu_dtype = spec.dtype != DType::kFloat32;
+  if (preference != DevicePreference::kCpu && info.available && gpu_dtype) attempts.push_back(Device::cuda(0));
   if (preference != DevicePreference::kCuda) attempts.push_back(Device::cpu());
-  // Before anything is allocated: the problem must fit wherever it may run.
-  const bool gpu_runs = attempts.front().kind == DeviceKind::kCUDA;
-  const bool cpu_may_run = attempts.back().kind == DeviceKind::kCPU;
-  if (const std::string e = check_fits(spec, cpu_may_run, gpu_runs); !e.empty()) {
+  // Before anything is allocated: the problem must fit where it runs first (and a fallback to the
+  // CPU is checked again before it allocates).
+  if (const std::string e = check_fits(spec, attempts.front()); !e.empty()) {
     std::fprintf(stderr, "fsa demo: %s\n", e.c_str());
     return 2;
   }
@@ -495,6 +497,12 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::st
   const ProblemData data = make_problem(spec);
 
   for (const Device device : attempts) {
+    if (device.kind != attempts.front().kind) {
+      if (const std::string e = check_fits(spec, device); !e.empty()) {
+        std::fprintf(stderr, "fsa demo: on %s: %s\n", device_name(device).c_str(), e.c_str());
+        return 2;
+      }
+    }
     DemoRun run(spec, data, device);
     try {
       run.run();
@@ -507,7 +515,13 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::st
         std::printf("the GPU path does not cover this problem; running on the CPU reference instead\n");
         continue;
       }
-      // An invalid argument is the problem the options describe, not a failed run.
+      // An invalid argument is the problem the options describe, and so is a problem that
+      // --device cuda asks of a GPU path that does not serve it: not a failed run.
+      if (failure.status.code() == StatusCode::kNotImplemented && preference == DevicePreference::kCuda) {
+        std::fprintf(stderr, "fsa demo: --device cuda: the GPU path does not cover this problem (--device auto "
+                             "runs it on the CPU reference)\n");
+        return 2;
+      }
       return failure.status.code() == StatusCode::kInvalidArgument ? 2 : 1;
     }
     std::printf("running on %s%s\n", device_name(device).c_str(),
@@ -524,6 +538,7 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::st
       std::printf("\nGPU comparison: skipped (%s)\n",
                   preference == DevicePreference::kCpu ? "--device cpu"
                   : !info.available                     ? "no CUDA device found"
+                  : !gpu_dtype                          ? "--dtype fp32: the GPU takes bf16 or fp16"
                                                         : "the GPU path does not cover this problem");
     }
     bool skipped = false;
