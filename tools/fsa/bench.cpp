@@ -207,8 +207,8 @@ int run_bench_selected(const BenchOptions& options) {
           ++failures;
           continue;
         }
-        // Useful FLOPs count only the attended keys (docs/semantics.md section 5): the forward's
-        // two GEMMs, the backward's five.
+        // Useful FLOPs count only the attended keys (docs/benchmarks.md, useful TFLOP/s; the keys
+        // of docs/semantics.md section 5): the forward's two GEMMs, the backward's five.
         const double per_key_fwd = 2.0 * (d + d) * hq / c.heads_kv;
         const double per_key_bwd = 2.0 * (3 * d + 2 * d) * hq / c.heads_kv;
         const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);
