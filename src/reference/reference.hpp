@@ -24,6 +24,19 @@ struct Varlen {
 // The compressed tokens' offsets (docs/semantics.md section 1).
 Varlen compressed_varlen(const Varlen& seqs, const NsaConfig& config);
 
+// Rows of a packed batch and the positions they stand at: row t of sequence b of `rows` is position
+// first[b] + t of its sequence. The layer's rows start their sequences (starting()); the new tokens
+// of an inference call (inference.hpp) start after their sequence's cached tokens.
+struct RowPositions {
+  const Varlen* rows = nullptr;
+  std::vector<std::int64_t> first;  // one per sequence
+
+  static RowPositions starting(const Varlen& rows) {
+    return {&rows, std::vector<std::int64_t>(static_cast<std::size_t>(rows.num_seqs()), 0)};
+  }
+  std::int64_t position(int b, std::int64_t t) const { return first[static_cast<std::size_t>(b)] + t; }
+};
+
 struct HeadDims {
   int hq = 1, hkv = 1, dqk = 1, dv = 1;
   int group() const { return hq / hkv; }
@@ -47,6 +60,10 @@ void compress_backward(const NsaConfig& config, const Varlen& seqs, const Varlen
 // (common/rope_frequency.hpp) as on the GPU.
 template <class T>
 void rope_apply(const RopeConfig& rope, const Varlen& rows, int position_stride, int heads, int dim, const T* x,
+                T* y, bool inverse);
+// The same at position rows.position(b, row - cu[b]) * position_stride.
+template <class T>
+void rope_apply(const RopeConfig& rope, const RowPositions& rows, int position_stride, int heads, int dim, const T* x,
                 T* y, bool inverse);
 
 // ---- Attention over per-query key ranges ---------------------------------------------------------
@@ -79,6 +96,14 @@ AttentionProblem compressed_attention_problem(const NsaConfig& config, const Var
 AttentionProblem selected_attention_problem(const NsaConfig& config, const Varlen& seqs, HeadDims dims, double scale,
                                             const std::int32_t* topk, int width);
 AttentionProblem window_attention_problem(const NsaConfig& config, const Varlen& seqs, HeadDims dims, double scale);
+// The same key sets for queries that stand anywhere in their sequences (the rows of q, o, lse and
+// topk follow `queries`); the keys are the rows of `cmp` or of the whole sequences `seqs`.
+AttentionProblem compressed_attention_problem(const NsaConfig& config, const RowPositions& queries, const Varlen& cmp,
+                                              HeadDims dims, double scale);
+AttentionProblem selected_attention_problem(const NsaConfig& config, const RowPositions& queries, const Varlen& seqs,
+                                            HeadDims dims, double scale, const std::int32_t* topk, int width);
+AttentionProblem window_attention_problem(const NsaConfig& config, const RowPositions& queries, const Varlen& seqs,
+                                          HeadDims dims, double scale);
 
 // The valid blocks of one topk row, sanitised as docs/semantics.md section 5 says: sorted, unique,
 // in [0, min(bq(t), nblk(n) - 1)].
@@ -95,6 +120,10 @@ std::vector<T> block_scores(const NsaConfig& config, const Varlen& seqs, const V
 template <class T>
 void select_blocks(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp, HeadDims dims, double scale,
                    const T* q, const T* k_cmp, const T* lse_cmp, std::int32_t* topk);
+// The same for queries that stand anywhere in their sequences: q, lse_cmp and topk follow `queries`.
+template <class T>
+void select_blocks(const NsaConfig& config, const RowPositions& queries, const Varlen& cmp, HeadDims dims,
+                   double scale, const T* q, const T* k_cmp, const T* lse_cmp, std::int32_t* topk);
 // Steps 4-5 for one row given its scores (size bq+1): the chosen blocks, ascending, -1 padded to K.
 template <class T>
 void choose_blocks(const NsaConfig& config, std::int64_t query_block, const std::vector<T>& scores,
