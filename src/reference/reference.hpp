@@ -129,6 +129,21 @@ template <class T>
 void choose_blocks(const NsaConfig& config, std::int64_t query_block, const std::vector<T>& scores,
                    std::int32_t* out_row);
 
+// ---- The branches of the layer ------------------------------------------------------------------
+// Spec sections 3-6 composed as the layer runs them: compressed attention, selection, selected and
+// sliding-window attention of the queries `queries` (rows of q_rot and of every output) over the
+// whole sequences `seqs` (rows of k_rot, v) and their compressed tokens `cmp` (rows of k_cmp,
+// v_cmp). Keys are rotated; the scale is config.softmax_scale(Dqk).
+template <class T>
+struct BranchOutputs {
+  std::vector<T> o_cmp, lse_cmp, o_slc, lse_slc, o_swa, lse_swa;  // [N, Hq, Dv] and [Hq, N]
+  std::vector<std::int32_t> topk;                                  // [Hkv, N, K]
+};
+template <class T>
+BranchOutputs<T> branches_forward(const NsaConfig& config, const RowPositions& queries, const Varlen& seqs,
+                                  const Varlen& cmp, HeadDims dims, const T* q_rot, const T* k_rot, const T* v,
+                                  const T* k_cmp, const T* v_cmp);
+
 // ---- Gated combination -------------------------------------------------------------------------
 // gates [N, Hq, 3] or, when shared, [N, 3].
 template <class T>
