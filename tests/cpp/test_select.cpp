@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "reference/reference.hpp"
+#include "selection_check.hpp"
 #include "test_util.hpp"
 
 namespace fsa::test {
@@ -78,35 +79,6 @@ Selection run_selection(const NsaConfig& config, const std::vector<std::int64_t>
   return s;
 }
 
-bool is_forced(const NsaConfig& config, std::int64_t j, std::int64_t query_block) {
-  return j < config.init_blocks || j > query_block - config.local_blocks;
-}
-
-// Properties every row must have whatever the scores: min(K, bq+1) valid entries, ascending,
-// unique, within 0..bq, every forced block present, -1 padding.
-void check_row_invariants(const NsaConfig& config, std::int64_t t, const std::vector<std::int32_t>& row) {
-  const std::int64_t bq = t / config.block_size;
-  const std::int64_t valid = std::min<std::int64_t>(config.topk, bq + 1);
-  for (std::int64_t c = 0; c < config.topk; ++c) {
-    const std::int32_t v = row[static_cast<std::size_t>(c)];
-    if (c < valid) {
-      ASSERT_GE(v, 0) << "t=" << t << " column " << c;
-      ASSERT_LE(v, bq) << "t=" << t << " column " << c;
-      if (c > 0) {
-        ASSERT_GT(v, row[static_cast<std::size_t>(c - 1)]) << "t=" << t << " not ascending/unique";
-      }
-    } else {
-      ASSERT_EQ(v, -1) << "t=" << t << " column " << c << " should be padding";
-    }
-  }
-  for (std::int64_t j = 0; j <= bq; ++j) {
-    if (is_forced(config, j, bq)) {
-      ASSERT_NE(std::find(row.begin(), row.begin() + valid, j), row.begin() + valid)
-          << "t=" << t << " forced block " << j << " missing";
-    }
-  }
-}
-
 // fp64 block scores of local query t of sequence b in kv group g, written independently of the
 // library: every raw position p of token i's window gives block p / B a share 1/s of Pg[i].
 std::vector<double> brute_force_scores(const Selection& s, int b, std::int64_t t, int g) {
@@ -148,25 +120,6 @@ std::vector<std::int32_t> brute_force_row(const NsaConfig& config, std::int64_t 
   std::sort(chosen.begin(), chosen.end());
   chosen.resize(static_cast<std::size_t>(config.topk), -1);
   return chosen;
-}
-
-// Whether `row` is a correct selection for fp64 `scores` up to a relative `tolerance`: every
-// non-forced block it took scores at least as high as every one it left, within the tolerance.
-bool is_selection_within(const NsaConfig& config, std::int64_t t, const std::vector<double>& scores,
-                         const std::vector<std::int32_t>& row, double tolerance) {
-  const std::int64_t bq = t / config.block_size;
-  double lowest_taken = std::numeric_limits<double>::infinity(), highest_left = -1, largest = 0;
-  for (std::int32_t j = 0; j <= bq; ++j) {
-    largest = std::max(largest, scores[static_cast<std::size_t>(j)]);
-    if (is_forced(config, j, bq)) continue;
-    const double score = scores[static_cast<std::size_t>(j)];
-    if (std::find(row.begin(), row.end(), j) != row.end()) {
-      lowest_taken = std::min(lowest_taken, score);
-    } else {
-      highest_left = std::max(highest_left, score);
-    }
-  }
-  return lowest_taken >= highest_left - tolerance * largest;
 }
 
 std::string describe(const std::vector<std::int32_t>& row) {
