@@ -25,8 +25,9 @@ std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; 
 
 // What a size query can check without tensors: the config and every field of the shape.
 bool is_valid_shape(const NsaConfig& config, const NsaCacheShape& s) {
+  const bool cpu_only = s.dtype == DType::kFloat32 || s.dtype == DType::kFloat64;
   const bool dtype_ok = s.dtype == DType::kBFloat16 || s.dtype == DType::kFloat16 ||
-                        ((s.dtype == DType::kFloat32 || s.dtype == DType::kFloat64) && s.device.kind == DeviceKind::kCPU);
+                        (cpu_only && s.device.kind == DeviceKind::kCPU);
   return config.validate().is_ok() && dtype_ok && s.heads_kv > 0 && s.head_dim_qk > 0 && s.head_dim_v > 0 &&
          s.num_pages >= 0 && s.page_size > 0 && s.page_size % config.block_size == 0 && s.num_cmp_pages >= 0 &&
          s.cmp_page_size > 0 && s.num_slots >= 0;
@@ -66,7 +67,8 @@ namespace {
 // ---- Shapes, dtypes, devices, strides ---------------------------------------------------------------
 
 Status check_branches(const NsaConfig& config, const NsaInferenceBranches& br, const Arg& q, const AttnDims& dims) {
-  for (const Arg& out : {Arg{"branches.o_cmp", br.o_cmp}, Arg{"branches.o_slc", br.o_slc}, Arg{"branches.o_swa", br.o_swa}})
+  const Arg outputs[] = {{"branches.o_cmp", br.o_cmp}, {"branches.o_slc", br.o_slc}, {"branches.o_swa", br.o_swa}};
+  for (const Arg& out : outputs)
     if (out.view.defined()) FSA_RETURN_IF_ERROR(detail::check_layer_output(out, q, dims));
   if (!br.topk_idx.defined()) return Status::ok();
   const Arg topk{"branches.topk_idx", br.topk_idx};
@@ -100,8 +102,10 @@ Status check_cache(const NsaConfig& config, const NsaCache& cache, const Arg& q,
   if (cmp_page_size <= 0)
     return FSA_INVALID("cache.k_cmp_pages: expected a positive cmp_page_size (dim 1), got " +
                        std::to_string(cmp_page_size));
-  FSA_RETURN_IF_ERROR(detail::check_tensor(
-      v_cmp, {{cache.k_cmp_pages.size(0), "num_cmp_pages"}, {cmp_page_size, "cmp_page_size"}, {hkv, "Hkv"}, {dv, "Dv"}}));
+  FSA_RETURN_IF_ERROR(detail::check_tensor(v_cmp, {{cache.k_cmp_pages.size(0), "num_cmp_pages"},
+                                                   {cmp_page_size, "cmp_page_size"},
+                                                   {hkv, "Hkv"},
+                                                   {dv, "Dv"}}));
   return detail::check_tensor(
       tail, {{Dim::kAnyDim, "num_slots"}, {nsa_cache_tail_rows(config), "nsa_cache_tail_rows(config)"}, {hkv, "Hkv"},
              {dqk, "Dqk"}});
@@ -196,7 +200,9 @@ Status check_batch_values(const NsaConfig& config, const TensorView& cu_seqlens,
     const std::int64_t fresh = cu(b + 1) - cu(b), P = cached(b), total = P + fresh;
     if (fresh == 0) continue;  // skipped: none of its entries is read
     const std::string seq = "sequence " + std::to_string(b);
-    if (P < 0) return FSA_INVALID("batch.cache_seqlens: expected values >= 0, got [" + std::to_string(b) + "] = " + std::to_string(P));
+    if (P < 0)
+      return FSA_INVALID("batch.cache_seqlens: expected values >= 0, got [" + std::to_string(b) +
+                         "] = " + std::to_string(P));
     if (total > INT32_MAX || ceil_div(total, page_size) > max_pages)
       return FSA_INVALID("batch.cache_seqlens: " + seq + " would hold " + std::to_string(P) + " + " +
                          std::to_string(fresh) + " tokens, more than its batch.block_table row holds (" +

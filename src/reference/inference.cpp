@@ -124,17 +124,15 @@ struct NewCompressed {
   std::vector<T> k, v;              // k rotated at i*s
 };
 
-// Pre-RoPE rows [begin, P + c) of sequence b: positions before P from the cache (`cached`), the
-// others from the new rows `fresh`.
+// Rows [begin, P + c) of sequence b, begin <= P: the positions before P from the cache
+// (`cached`), the new ones from the chunk's rows `fresh`.
 template <class T>
 void gather_window_rows(const Call& call, int b, std::int64_t begin, const PagedSequence& cached, const T* fresh,
                         T* out) {
-  const std::int64_t P = call.cached[static_cast<std::size_t>(b)], end = call.total(b);
-  const std::int64_t row = cached.row_elements();
+  const std::int64_t P = call.cached[static_cast<std::size_t>(b)], row = cached.row_elements();
   cached.read(begin, P, out);
-  const std::int64_t from = std::max(begin, P);
-  std::copy(fresh + (call.news.start(b) + from - P) * row, fresh + (call.news.start(b) + end - P) * row,
-            out + (from - begin) * row);
+  const T* new_rows = fresh + call.news.start(b) * row;
+  std::copy(new_rows, new_rows + call.news.length(b) * row, out + (P - begin) * row);
 }
 
 // Windows start at multiples of s, so the first new token i = n_cmp(P) starts at i*s > P - l: the
@@ -148,10 +146,11 @@ NewCompressed<T> compress_new_tokens(const NsaConfig& config, const Call& call, 
   NewCompressed<T> out;
   Varlen windows;  // per sequence, the rows [n_cmp(P) * s, P + c) when a window completes, else none
   for (int b = 0; b < call.news.num_seqs(); ++b) {
+    const std::int64_t end = call.whole.length(b);  // P + c, or 0 for a skipped sequence
     const std::int64_t first = compressed_length(call.cached[static_cast<std::size_t>(b)], config);
-    const std::int64_t last = compressed_length(call.news.length(b) > 0 ? call.total(b) : 0, config);
+    const std::int64_t last = compressed_length(end, config);
     out.first.push_back(first);
-    windows.cu.push_back(static_cast<std::int32_t>(windows.cu.back() + (last > first ? call.total(b) - first * s : 0)));
+    windows.cu.push_back(static_cast<std::int32_t>(windows.cu.back() + (last > first ? end - first * s : 0)));
   }
   out.tokens = compressed_varlen(windows, config);
   std::vector<T> k_windows(static_cast<std::size_t>(windows.total() * d.hkv * d.dqk));
@@ -159,9 +158,10 @@ NewCompressed<T> compress_new_tokens(const NsaConfig& config, const Call& call, 
   for (int b = 0; b < windows.num_seqs(); ++b) {
     if (windows.length(b) == 0) continue;
     const std::int64_t begin = out.first[static_cast<std::size_t>(b)] * s;
-    gather_window_rows(call, b, begin, call.key_ring(b), k.data(), k_windows.data() + windows.start(b) * d.hkv * d.dqk);
+    const std::int64_t row0 = windows.start(b);
+    gather_window_rows(call, b, begin, call.key_ring(b), k.data(), k_windows.data() + row0 * d.hkv * d.dqk);
     gather_window_rows(call, b, begin, call.raw(call.cache->v_pages, b), v.data(),
-                       v_windows.data() + windows.start(b) * d.hkv * d.dv);
+                       v_windows.data() + row0 * d.hkv * d.dv);
   }
   const auto w_k = load<T>(in.w_k), pe_k = load<T>(in.pe_k), w_v = load<T>(in.w_v);
   std::vector<T> k_cmp(static_cast<std::size_t>(out.tokens.total() * d.hkv * d.dqk));
@@ -187,9 +187,10 @@ void append_new_tokens(const Call& call, const std::vector<T>& k_rot, const std:
     const std::int64_t P = call.cached[static_cast<std::size_t>(b)], end = call.total(b), row0 = call.news.start(b);
     call.raw(cache.k_pages, b).write(P, end, k_rot.data() + row0 * d.hkv * d.dqk);
     call.raw(cache.v_pages, b).write(P, end, v.data() + row0 * d.hkv * d.dv);
-    const std::int64_t first = cmp.first[static_cast<std::size_t>(b)], count = cmp.tokens.length(b);
-    call.compressed(cache.k_cmp_pages, b).write(first, first + count, cmp.k.data() + cmp.tokens.start(b) * d.hkv * d.dqk);
-    call.compressed(cache.v_cmp_pages, b).write(first, first + count, cmp.v.data() + cmp.tokens.start(b) * d.hkv * d.dv);
+    const std::int64_t first = cmp.first[static_cast<std::size_t>(b)], last = first + cmp.tokens.length(b);
+    const std::int64_t cmp_row0 = cmp.tokens.start(b);
+    call.compressed(cache.k_cmp_pages, b).write(first, last, cmp.k.data() + cmp_row0 * d.hkv * d.dqk);
+    call.compressed(cache.v_cmp_pages, b).write(first, last, cmp.v.data() + cmp_row0 * d.hkv * d.dv);
     // A chunk longer than the ring overwrites its own first rows: only its last positions stay.
     const std::int64_t ring_begin = std::max(P, end - ring_rows);
     call.key_ring(b).write(ring_begin, end, k.data() + (row0 + ring_begin - P) * d.hkv * d.dqk);

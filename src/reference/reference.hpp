@@ -130,10 +130,10 @@ void choose_blocks(const NsaConfig& config, std::int64_t query_block, const std:
                    std::int32_t* out_row);
 
 // ---- The branches of the layer ------------------------------------------------------------------
-// Spec sections 3-6 composed as the layer runs them: compressed attention, selection, selected and
-// sliding-window attention of the queries `queries` (rows of q_rot and of every output) over the
-// whole sequences `seqs` (rows of k_rot, v) and their compressed tokens `cmp` (rows of k_cmp,
-// v_cmp). Keys are rotated; the scale is config.softmax_scale(Dqk).
+// docs/semantics.md sections 3-6 composed as the layer runs them: compressed attention, selection,
+// selected and sliding-window attention of the queries `queries` (rows of q_rot and of every
+// output) over the whole sequences `seqs` (rows of k_rot, v) and their compressed tokens `cmp` (rows
+// of k_cmp, v_cmp). Keys are rotated; the scale is config.softmax_scale(Dqk).
 template <class T>
 struct BranchOutputs {
   std::vector<T> o_cmp, lse_cmp, o_slc, lse_slc, o_swa, lse_swa;  // [N, Hq, Dv] and [Hq, N]

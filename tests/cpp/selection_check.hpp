@@ -1,4 +1,4 @@
-// Checks of a selection row (spec section 4) shared by the selection and inference tests.
+// Checks of a selection row (docs/semantics.md section 4) shared by the selection and inference tests.
 #pragma once
 
 #include <gtest/gtest.h>

@@ -121,7 +121,8 @@ HostTensor table_of(const std::vector<std::vector<std::int32_t>>& rows, std::int
   HostTensor t(DType::kInt32, {static_cast<std::int64_t>(rows.size()), width});
   t.fill(-1);
   for (std::size_t b = 0; b < rows.size(); ++b)
-    for (std::size_t j = 0; j < rows[b].size(); ++j) t.set(static_cast<std::int64_t>(b) * width + static_cast<std::int64_t>(j), rows[b][j]);
+    for (std::size_t j = 0; j < rows[b].size(); ++j)
+      t.set(static_cast<std::int64_t>(b) * width + static_cast<std::int64_t>(j), rows[b][j]);
   return t;
 }
 
@@ -184,8 +185,8 @@ struct Gathered {
 
 // Runs one call; the outputs of the tokens it keeps (all, or kept[b]) go into `out` and the cache
 // then holds those tokens.
-void run_call(const LayerCase& lc, const LayerTensors& whole, EngineCache& cache, const std::vector<std::int64_t>& counts,
-              bool decode, Gathered& out, const LayerTensors* drafts = nullptr,
+void run_call(const LayerCase& lc, const LayerTensors& whole, EngineCache& cache,
+              const std::vector<std::int64_t>& counts, bool decode, Gathered& out, const LayerTensors* drafts = nullptr,
               const std::vector<std::int64_t>* kept = nullptr) {
   const CacheCall call = make_call(lc, whole, cache, counts, drafts, kept);
   const NsaLayerInputs in = call.inputs();
@@ -286,7 +287,7 @@ OneShot one_shot(const LayerCase& lc, const LayerTensors& whole) {
 
 // How close a cached run must be: fp32 and fp64 pools hold the one-shot's values, so only the
 // operation order may differ; bf16/fp16 pools round keys the one-shot keeps in fp32, within the
-// spec's tolerance, and may decide near-ties of the selection the other way.
+// tolerance of docs/semantics.md section 10, and may decide near-ties of the selection the other way.
 struct Tolerance {
   double outputs;       // relative Frobenius error of each output
   double scores;        // a differing selection row: relative to the row's largest one-shot score
@@ -379,7 +380,7 @@ LayerCase small_case(DType dtype) {
   return lc;
 }
 
-// The spec's cache lengths worth a check: nothing, one token, a window short of complete and
+// The cache lengths worth a check: nothing, one token, a window short of complete and
 // complete, the next window's last token, a selection block short, exact, one over, several
 // blocks, a long context.
 std::vector<std::int64_t> prefix_lengths(const NsaConfig& c) {
@@ -431,8 +432,13 @@ LayerCase default_case(DType dtype) {
   return lc;
 }
 
-TEST(Inference, DecodeDefaultHyperparametersFp32) { check_decode_after_prefixes(default_case(DType::kFloat32), {1, 8, 0}, 3); }
-TEST(Inference, DecodeDefaultHyperparametersBf16) { check_decode_after_prefixes(default_case(DType::kBFloat16), {3, 0}, 4); }
+TEST(Inference, DecodeDefaultHyperparametersFp32) {
+  check_decode_after_prefixes(default_case(DType::kFloat32), {1, 8, 0}, 3);
+}
+
+TEST(Inference, DecodeDefaultHyperparametersBf16) {
+  check_decode_after_prefixes(default_case(DType::kBFloat16), {3, 0}, 4);
+}
 
 // Mean compression, shared gates, G = 3, RoPE off or with llama3 scaling, fp64 and fp16 pools.
 TEST(Inference, DecodeOtherLayerVariants) {
@@ -549,7 +555,8 @@ class InferenceErrors : public ::testing::Test {
     const Status s = decode ? nsa_decode(a.config, a.inputs, a.cache, a.batch, a.o, a.branches)
                             : nsa_prefill(a.config, a.inputs, a.cache, a.batch, a.o, a.branches);
     expect_invalid(s, name);
-    for (std::size_t i = 0; i < written.size(); ++i) EXPECT_EQ(bytes(*written[i]), before[i]) << name << ": tensor " << i << " written";
+    for (std::size_t i = 0; i < written.size(); ++i)
+      EXPECT_EQ(bytes(*written[i]), before[i]) << name << ": tensor " << i << " of the cache and outputs written";
   }
 
   // `t` spoiled in each way a check must catch: another dtype, a wrong size of dim `dim`, another
@@ -652,13 +659,16 @@ TEST_F(InferenceErrors, DecodeTakesAtMostEightTokensPerSequence) {
 TEST_F(InferenceErrors, PoolsDtypeShapeDeviceStride) {
   const DType other = DType::kFloat64;
   const EngineCache& c = *cache_;
-  expect_each_spoil_rejected("cache.k_pages", c.k_pages, other, 2, [](Args& a, const TensorView& t) { a.cache.k_pages = t; });
-  expect_each_spoil_rejected("cache.v_pages", c.v_pages, other, 3, [](Args& a, const TensorView& t) { a.cache.v_pages = t; });
+  expect_each_spoil_rejected("cache.k_pages", c.k_pages, other, 2,
+                             [](Args& a, const TensorView& t) { a.cache.k_pages = t; });
+  expect_each_spoil_rejected("cache.v_pages", c.v_pages, other, 3,
+                             [](Args& a, const TensorView& t) { a.cache.v_pages = t; });
   expect_each_spoil_rejected("cache.k_cmp_pages", c.k_cmp_pages, other, 2,
                              [](Args& a, const TensorView& t) { a.cache.k_cmp_pages = t; });
   expect_each_spoil_rejected("cache.v_cmp_pages", c.v_cmp_pages, other, 0,
                              [](Args& a, const TensorView& t) { a.cache.v_cmp_pages = t; });
-  expect_each_spoil_rejected("cache.k_tail", c.k_tail, other, 1, [](Args& a, const TensorView& t) { a.cache.k_tail = t; });
+  expect_each_spoil_rejected("cache.k_tail", c.k_tail, other, 1,
+                             [](Args& a, const TensorView& t) { a.cache.k_tail = t; });
   expect_rejected("cache.k_pages", [](Args& a) { a.cache.k_pages = TensorView{}; });
 }
 
