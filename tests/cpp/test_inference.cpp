@@ -656,32 +656,40 @@ TEST_F(InferenceErrors, DecodeTakesAtMostEightTokensPerSequence) {
   EXPECT_TRUE(all_finite(nine.o.to_double()));
 }
 
+// Each pool with another dtype (fp64 for fp32 inputs), a wrong size of a dim the inputs fix, on
+// another device, with a strided last dim.
 TEST_F(InferenceErrors, PoolsDtypeShapeDeviceStride) {
-  const DType other = DType::kFloat64;
   const EngineCache& c = *cache_;
-  expect_each_spoil_rejected("cache.k_pages", c.k_pages, other, 2,
-                             [](Args& a, const TensorView& t) { a.cache.k_pages = t; });
-  expect_each_spoil_rejected("cache.v_pages", c.v_pages, other, 3,
-                             [](Args& a, const TensorView& t) { a.cache.v_pages = t; });
-  expect_each_spoil_rejected("cache.k_cmp_pages", c.k_cmp_pages, other, 2,
-                             [](Args& a, const TensorView& t) { a.cache.k_cmp_pages = t; });
-  expect_each_spoil_rejected("cache.v_cmp_pages", c.v_cmp_pages, other, 0,
-                             [](Args& a, const TensorView& t) { a.cache.v_cmp_pages = t; });
-  expect_each_spoil_rejected("cache.k_tail", c.k_tail, other, 1,
-                             [](Args& a, const TensorView& t) { a.cache.k_tail = t; });
+  const struct {
+    const char* name;
+    const HostTensor& pool;
+    int dim;  // Hkv, Dv, Hkv, num_cmp_pages (must match k_cmp_pages), ring rows
+    TensorView NsaCache::*field;
+  } pools[] = {{"cache.k_pages", c.k_pages, 2, &NsaCache::k_pages},
+               {"cache.v_pages", c.v_pages, 3, &NsaCache::v_pages},
+               {"cache.k_cmp_pages", c.k_cmp_pages, 2, &NsaCache::k_cmp_pages},
+               {"cache.v_cmp_pages", c.v_cmp_pages, 0, &NsaCache::v_cmp_pages},
+               {"cache.k_tail", c.k_tail, 1, &NsaCache::k_tail}};
+  for (const auto& p : pools)
+    expect_each_spoil_rejected(p.name, p.pool, DType::kFloat64, p.dim,
+                               [&](Args& a, const TensorView& t) { a.cache.*p.field = t; });
   expect_rejected("cache.k_pages", [](Args& a) { a.cache.k_pages = TensorView{}; });
 }
 
+// Each batch tensor as fp32, with a wrong number of sequences, on another device, strided.
 TEST_F(InferenceErrors, BatchDtypeShapeDeviceStride) {
-  const DType other = DType::kFloat32;
   const CacheCall& c = *call_;
-  expect_each_spoil_rejected("batch.block_table", c.block_table, other, 0,
-                             [](Args& a, const TensorView& t) { a.batch.block_table = t; });
-  expect_each_spoil_rejected("batch.cmp_block_table", c.cmp_block_table, other, 0,
-                             [](Args& a, const TensorView& t) { a.batch.cmp_block_table = t; });
-  expect_each_spoil_rejected("batch.cache_seqlens", c.cache_seqlens, other, 0,
-                             [](Args& a, const TensorView& t) { a.batch.cache_seqlens = t; });
-  expect_each_spoil_rejected("batch.slots", c.slots, other, 0, [](Args& a, const TensorView& t) { a.batch.slots = t; });
+  const struct {
+    const char* name;
+    const HostTensor& values;
+    TensorView NsaCacheBatch::*field;
+  } tensors[] = {{"batch.block_table", c.block_table, &NsaCacheBatch::block_table},
+                 {"batch.cmp_block_table", c.cmp_block_table, &NsaCacheBatch::cmp_block_table},
+                 {"batch.cache_seqlens", c.cache_seqlens, &NsaCacheBatch::cache_seqlens},
+                 {"batch.slots", c.slots, &NsaCacheBatch::slots}};
+  for (const auto& b : tensors)
+    expect_each_spoil_rejected(b.name, b.values, DType::kFloat32, 0,
+                               [&](Args& a, const TensorView& t) { a.batch.*b.field = t; });
 }
 
 TEST_F(InferenceErrors, PageSizesAndTheKeyRing) {
