@@ -3,7 +3,8 @@
 the status section and the "Measured" tables (docs/benchmarks.md describes the files).
 
 Each CSV starts with '#' comment lines (what was run, machine, commit, date) and then a header
-row; the table shows the comment lines as a caption and the rows as they are. A comment line
+row; the table shows the comment lines as a caption and the rows as they are. `*-peers.csv` files
+(bench/peers.py) are pivoted to a column per implementation. A comment line
 "# status: ..." marks a file that no longer describes the current code (what supersedes it, what
 it still shows): it is printed before the caption and the file's table comes after the others.
 """
@@ -103,6 +104,38 @@ def before_after_table(path: Path) -> str:
     out.append("| bench | config | phase | " + " | ".join(columns) + " |")
     out.append("|" + "---|" * (len(columns) + 3))
     out += ["| " + " | ".join(key) + " | " + " | ".join(ms.get((key, c), "-") for c in columns) + " |" for key in keys]
+    return "\n".join(out)
+
+
+def peers_table(path: Path) -> str:
+    """bench/peers.py rows (part, config, impl, phase, ms, ..., ours_over_peer, vs, check, note)
+    pivoted: one row per (part, config, phase), a column per implementation with its ms and, in
+    brackets, ours / it (below 1: ours faster; "ours" there is the row named in its `vs` column);
+    implementations skipped or failed, and checks that disagree, are listed under the table."""
+    rows = read_rows(path)
+    impls, keys, cells, remarks = [], [], {}, {}
+    for r in rows:
+        if r["impl"] not in impls:
+            impls.append(r["impl"])
+        if not r["ms"]:
+            remarks.setdefault((r["impl"], r["check"], r["note"]), []).append(f"{r['part']} {r['config']}")
+            continue
+        key = (r["part"], r["config"], r["phase"])
+        if key not in keys:
+            keys.append(key)
+        ratio = f" ({r['ours_over_peer']}x)" if r.get("ours_over_peer") else ""
+        flag = " **DISAGREES**" if r["check"].startswith("DISAGREES") else ""
+        cells[(key, r["impl"])] = r["ms"] + ratio + flag
+    out = [heading(path, " (pivoted; ms, in brackets ours / that implementation)"), ""]
+    out.append("| part | config | phase | " + " | ".join(impls) + " |")
+    out.append("|" + "---|" * (len(impls) + 3))
+    out += ["| " + " | ".join(key) + " | " + " | ".join(cells.get((key, i), "-") for i in impls) + " |" for key in keys]
+    if remarks:
+        out += [""] + [f"- {impl}: {check} in {', '.join(where)} ({note})" for (impl, check, note), where in remarks.items()]
+    disagreements = sorted({f"{r['part']} {r['config']} {r['impl']}: {r['check']}" for r in rows
+                            if r["check"].startswith("DISAGREES")})
+    if disagreements:
+        out += ["", "Checks against ours that failed: " + "; ".join(disagreements) + "."]
     return "\n".join(out)
 
 
@@ -209,7 +242,8 @@ def main():
     text = readme.read_text()
     paths = sorted(RESULTS.glob("*.csv"), key=lambda p: (bool(comments(p)[1]), p.name))
     tables = [layer_tables(p) if p.name.endswith("-layer.csv")
-              else before_after_table(p) if p.name.endswith("-before-after.csv") else table(p)
+              else before_after_table(p) if p.name.endswith("-before-after.csv")
+              else peers_table(p) if p.name.endswith("-peers.csv") else table(p)
               for p in paths]
     text = replace_between(text, BEGIN, END, "\n\n".join(tables) if tables else "No results recorded yet.")
     text = replace_between(text, SUMMARY_BEGIN, SUMMARY_END, summary())
