@@ -160,11 +160,13 @@ class NsaCache:
 
     def add_sequence(self, seq_id: Optional[Hashable] = None) -> Hashable:
         """Starts an empty sequence and returns its id: `seq_id` when given (the same id in every
-        layer's cache), else the next int. Takes a slot; pages come as the sequence grows."""
+        layer's cache), else the next int not yet given out. Takes a slot; pages come as the
+        sequence grows."""
         if seq_id is None:
             while self._next_id in self._sequences:
                 self._next_id += 1
             seq_id = self._next_id
+            self._next_id += 1  # never reuse an id: a stale id then names no sequence
         elif seq_id in self._sequences:
             raise ValueError(f"seq_id: sequence {seq_id!r} is already in the cache")
         if not self._free_slots:
