@@ -82,10 +82,10 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 // packed chunk of every sequence of the batch), the pools, which the call writes, and the batch's
 // tables. Returns o [N, Hq, Dv]. nsa_decode: at most fsa::kMaxDecodeTokens new tokens per sequence.
 #define FSA_CACHE_CALL_PARAMS                                                                                     \
-  const Tensor &q, const Tensor &k, const Tensor &v, const Tensor &cu_seqlens, const OptionalTensor &w_k,         \
-      const OptionalTensor &pe_k, const OptionalTensor &w_v, const Tensor &gates, const Tensor &k_pages,          \
-      const Tensor &v_pages, const Tensor &k_cmp_pages, const Tensor &v_cmp_pages, const Tensor &k_tail,          \
-      const Tensor &block_table, const Tensor &cmp_block_table, const Tensor &cache_seqlens, const Tensor &slots
+  const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const OptionalTensor& w_k,         \
+      const OptionalTensor& pe_k, const OptionalTensor& w_v, const Tensor& gates, const Tensor& k_pages,          \
+      const Tensor& v_pages, const Tensor& k_cmp_pages, const Tensor& v_cmp_pages, const Tensor& k_tail,          \
+      const Tensor& block_table, const Tensor& cmp_block_table, const Tensor& cache_seqlens, const Tensor& slots
 Tensor nsa_prefill(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS));
 Tensor nsa_decode(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS));
 
