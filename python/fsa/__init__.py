@@ -5,6 +5,7 @@ kernels for CUDA tensors; a shape the kernels do not serve raises NotImplemented
 """
 from . import _autograd, _fake  # noqa: F401  (registrations)
 from ._library import CUDA_DISPATCH, ops
+from .cache import MAX_DECODE_TOKENS, CacheBatch, NsaCache
 from .config import NsaConfig, RopeConfig
 from .functional import (
     combine,
@@ -12,6 +13,8 @@ from .functional import (
     compressed_attention,
     compressed_cu_seqlens,
     nsa_attention,
+    nsa_decode,
+    nsa_prefill,
     rope,
     select_blocks,
     selected_attention,
@@ -24,7 +27,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CUDA_DISPATCH",
+    "CacheBatch",
+    "MAX_DECODE_TOKENS",
     "NativeSparseAttention",
+    "NsaCache",
     "NsaConfig",
     "RopeConfig",
     "combine",
@@ -32,6 +38,8 @@ __all__ = [
     "compressed_attention",
     "compressed_cu_seqlens",
     "nsa_attention",
+    "nsa_decode",
+    "nsa_prefill",
     "ops",
     "rope",
     "select_blocks",
