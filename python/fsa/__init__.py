@@ -4,6 +4,7 @@ Every op runs on the CPU reference backend of the C++ library for CPU tensors an
 kernels for CUDA tensors; a shape the kernels do not serve raises NotImplementedError.
 """
 from . import _autograd, _fake  # noqa: F401  (registrations)
+from . import distributed  # noqa: F401  (fsa.distributed: context parallelism)
 from ._library import CUDA_DISPATCH, ops
 from .cache import MAX_DECODE_TOKENS, CacheBatch, NsaCache
 from .config import NsaConfig, RopeConfig
@@ -37,6 +38,7 @@ __all__ = [
     "compress",
     "compressed_attention",
     "compressed_cu_seqlens",
+    "distributed",
     "nsa_attention",
     "nsa_decode",
     "nsa_prefill",
