@@ -1,7 +1,8 @@
 """fsa.distributed.nsa_attention_cp on 2 and 4 gloo processes of this machine against the
 single-process fsa.nsa_attention on the same packed batch, fp32: the output and every gradient
 (q, k, v, gates, and w_k, w_v, pe_k summed over the ranks) for both shardings, ragged batches with a
-sequence crossing rank boundaries and sequences shorter than one rank's share, G in {1, 4}."""
+sequence crossing rank boundaries and sequences shorter than one rank's share, G in {1, 4}; and
+NativeSparseAttention given the process group."""
 from dataclasses import replace
 
 import pytest
@@ -78,12 +79,39 @@ def _check_case(world_size, seed, lengths, heads, sharding, expect=None, shared_
         assert t.grad.abs().sum() > 0, f"{what}: no gradient reached {name}"
 
 
+def _check_module(world_size, seed):
+    """NativeSparseAttention with the group: this rank's rows of y and of x's gradient, and the
+    parameters' gradients summed over the ranks, equal the single-process module's."""
+    torch.manual_seed(seed)  # the same parameters on every rank
+    single = fsa.NativeSparseAttention(24, 8, 2, 8, 6, config=_config(), dtype=torch.float32)
+    parallel = fsa.NativeSparseAttention(24, 8, 2, 8, 6, config=_config(), dtype=torch.float32,
+                                         process_group=dist.group.WORLD)
+    parallel.load_state_dict(single.state_dict())
+    cu = torch.tensor([0, 130, 167, 172, 172, 192], dtype=torch.int32)
+    x = torch.randn(192, 24)
+    d_y = torch.randn(192, 24)
+    x_ref = x.clone().requires_grad_(True)
+    y_ref = single(x_ref, cu)
+    y_ref.backward(d_y)
+    x_local = cp.shard_rows(x, cu).requires_grad_(True)
+    y = parallel(x_local, cu)
+    y.backward(cp.shard_rows(d_y, cu))
+    tol = dict(atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(y, cp.shard_rows(y_ref.detach(), cu), **tol)
+    torch.testing.assert_close(x_local.grad, cp.shard_rows(x_ref.grad, cu), **tol)
+    for (name, p), p_ref in zip(parallel.named_parameters(), single.parameters()):
+        total = p.grad.clone()
+        dist.all_reduce(total)
+        torch.testing.assert_close(total, p_ref.grad, **tol, msg=lambda m, name=name: f"module, grad of {name}: {m}")
+
+
 def _worker(rank, world_size, store_path, seed):
     torch.set_num_threads(1)  # the processes share the machine's cores
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
     try:
         for i, case in enumerate(CASES):
             _check_case(world_size, seed + 10 * i, **case)
+        _check_module(world_size, seed)
     finally:
         dist.destroy_process_group()
 
