@@ -303,7 +303,7 @@ class _ContextParallelNsa(torch.autograd.Function):
     next slice's backward runs."""
 
     @staticmethod
-    def forward(ctx, q, k, v, gates, w_k, w_v, pe_k, plan, config, comm, slice_heads, workspace_cap):
+    def forward(ctx, q, k, v, gates, w_k, w_v, pe_k, plan, config, comm, slice_heads, workspace_cap, keep_graph):
         group_size = q.shape[1] // k.shape[1]
         slices = _head_slices(k.shape[1], slice_heads)
         shared_gates = gates.dim() == 2
@@ -314,13 +314,14 @@ class _ContextParallelNsa(torch.autograd.Function):
             if i + 1 < len(slices):
                 pending = (comm.all_gather(k[:, slices[i + 1]]), comm.all_gather(v[:, slices[i + 1]]))
             qh = slice(kv.start * group_size, kv.stop * group_size)
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None
+            with torch.set_grad_enabled(keep_graph):
+                leaves = [None if t is None else t.detach().requires_grad_(keep_graph and t.is_floating_point())
                           for t in (q[:, qh], k_all, v_all, gates if shared_gates else gates[:, qh],
                                     _optional_slice(w_k, kv), _optional_slice(w_v, kv), _optional_slice(pe_k, kv))]
                 o = _slice_forward(plan, config, *leaves, workspace_cap=workspace_cap)
             outputs.append(o.detach())
-            graphs.append((o, leaves))
+            if keep_graph:
+                graphs.append((o, leaves))
         ctx.graphs, ctx.slices, ctx.group_size, ctx.comm = graphs, slices, group_size, comm
         ctx.shared_gates = shared_gates
         ctx.shapes = [None if t is None else (t.shape, t.dtype) for t in (q, k, v, gates, w_k, w_v, pe_k)]
@@ -350,7 +351,7 @@ class _ContextParallelNsa(torch.autograd.Function):
         dk = torch.cat([p.result() for p in dk_parts], dim=1).to(k_meta[1])
         dv = torch.cat([p.result() for p in dv_parts], dim=1).to(v_meta[1])
         ctx.graphs = None
-        return (dq, dk, dv, d_gates, *d_weights) + (None,) * 5
+        return (dq, dk, dv, d_gates, *d_weights) + (None,) * 6
 
 
 def _zero_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
@@ -388,5 +389,8 @@ def nsa_attention_cp(q: Tensor, k: Tensor, v: Tensor, cu_seqlens, gates: Tensor,
                              f"{plan.local_rows * plan.world_size} tokens over {plan.world_size} ranks), got "
                              f"{t.shape[0]}")
     plan = plan.to(q.device)
+    # Without autograd (inference) no slice keeps its graph or its gathered K / V.
+    keep_graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in (q, k, v, gates, w_k, w_v, pe_k))
     return _ContextParallelNsa.apply(q, k, v, gates, w_k, w_v, pe_k, plan, config, comm, slice_heads,
-                                     F.check_workspace_cap(workspace_cap))
+                                     F.check_workspace_cap(workspace_cap), keep_graph)

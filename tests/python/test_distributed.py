@@ -61,6 +61,11 @@ def _check_case(world_size, seed, lengths, heads, sharding, expect=None, shared_
     o = cp.nsa_attention_cp(*local[:3], p.cu_seqlens, local[3], *weights, config=config, sharding=sharding,
                             slice_heads=slice_heads)
     o.backward(cp.shard_rows(d_o, p.cu_seqlens, sharding=sharding))
+    with torch.no_grad():  # inference: no graph kept, the same output
+        o_no_grad = cp.nsa_attention_cp(*local[:3], p.cu_seqlens, local[3], *weights, config=config,
+                                        sharding=sharding, slice_heads=slice_heads)
+    assert o_no_grad.grad_fn is None
+    torch.testing.assert_close(o_no_grad, o.detach(), atol=0, rtol=0)
 
     what = f"case {lengths} heads {heads} {sharding} on rank {dist.get_rank()} of {world_size}"
     tol = dict(atol=2e-5, rtol=1e-4)
