@@ -161,7 +161,16 @@ class CpPlan:
     local_in_halo: Tensor  # [local rows]
 
     def to(self, device) -> "CpPlan":
-        moved = {name: getattr(self, name).to(device, non_blocking=True)
+        """The plan on `device`. To a GPU the copies start from pinned memory, so that they do not
+        wait for the work already queued on the stream (a pageable copy would)."""
+        device = torch.device(device)
+
+        def move(t: Tensor) -> Tensor:
+            if t.device == device:
+                return t
+            return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+        moved = {name: move(getattr(self, name))
                  for name in ("prefix_src", "cu_prefix", "local_in_prefix", "prefix_is_local", "halo_in_prefix",
                               "cu_halo", "local_in_halo")}
         return CpPlan(self.sharding, self.world_size, self.rank, self.local_rows, **moved)
