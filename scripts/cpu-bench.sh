@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Times the CPU reference on the foundation issue's problem (N=8192 in one sequence, Hkv=2, G=4,
+# Times the CPU reference on its benchmark problem (N=8192 in one sequence, Hkv=2, G=4,
 # D=128, bf16 inputs, default hyperparameters): the full layer forward and backward must finish in
 # under 30 s on a 2-core machine. Writes bench/results/cpu-reference.csv and regenerates the
 # README tables.

@@ -16,8 +16,9 @@ Adding a head dim (or an element type): add it to ATTENTION_DIMS (or DTYPES) and
 follows from the q/k head dims. Adding a selection block size: add it to BLOCK_SIZES and rerun;
 the selected-attention forward takes B as a template argument through dispatch_block_size. Then
 reconfigure (the build globs the instantiation files) and build. The kernels' traits hold the
-tile sizes and static_asserts that a new value must satisfy, and the spec's config rule
-(NsaConfig::validate, B in {32, 64, 128}) bounds B for every backend, not only this table.
+tile sizes and static_asserts that a new value must satisfy, and the config rule of
+docs/semantics.md section 0 (NsaConfig::validate, B in {32, 64, 128}) bounds B for every
+backend, not only this table.
 
 Usage: python3 tools/gen_instantiations.py   (rewrites the files above)
 """
@@ -28,13 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Element types: the name fsa's dtype_name prints (also the file suffix) -> (C++ type, DType enumerator).
 DTYPES = {"bf16": ("__nv_bfloat16", "kBFloat16"), "fp16": ("__half", "kFloat16")}
 
-# Head dims (q/k, v) of the attention kernels: those of the spec's models, including MLA-style 192/128.
+# Head dims (q/k, v) of the attention kernels: those of common models, including MLA-style 192/128.
 ATTENTION_DIMS = [(64, 64), (128, 128), (192, 128), (256, 256)]
 
 # Selection reads q and compressed k only: one instantiation per q/k head dim.
 SELECT_DIMS = sorted({dqk for dqk, _ in ATTENTION_DIMS})
 
-# Selection block sizes B (the spec's set); the selected-attention forward's kernels are templates of B.
+# Selection block sizes B (all that docs/semantics.md section 0 allows); the selected-attention forward's kernels are templates of B.
 BLOCK_SIZES = [32, 64, 128]
 
 

@@ -9,9 +9,14 @@
 //     (a multiple of the selection block B, so a selected block never straddles pages);
 //   - compressed keys, rotated at i*s, and compressed values, in pages of `cmp_page_size`
 //     compressed tokens, addressed by their own per-sequence table;
-//   - the pre-RoPE keys of the last l tokens (a ring indexed by position mod l), from which the
-//     next compression windows are finished: the rotated keys cannot be un-rotated exactly in
-//     bf16/fp16, and values are never rotated, so their raw pages serve as they are.
+//   - the pre-RoPE keys of the last tokens (a ring of nsa_cache_tail_rows(config) rows indexed by
+//     position mod its rows), from which the next compression windows are finished: the rotated
+//     keys cannot be un-rotated exactly in bf16/fp16, and values are never rotated, so their raw
+//     pages serve as they are. l - 1 rows would finish every window; kMaxDecodeTokens more let a
+//     caller drop the rejected tail of an nsa_decode call (speculative decoding) and go on.
+//
+// Every attention of a call reads its keys back from the cache after the call has written the new
+// ones, so the outputs do not depend on how a sequence is cut into calls.
 #pragma once
 
 #include <cstddef>
@@ -44,11 +49,13 @@ struct NsaCache {
   TensorView v_pages;      // [num_pages, page_size, Hkv, Dv]
   TensorView k_cmp_pages;  // [num_cmp_pages, cmp_page_size, Hkv, Dqk] compressed keys rotated at i*s
   TensorView v_cmp_pages;  // [num_cmp_pages, cmp_page_size, Hkv, Dv]
-  TensorView k_tail;       // [num_slots, l, Hkv, Dqk] pre-RoPE keys; token p of a sequence at row p % l
+  TensorView k_tail;       // [num_slots, R, Hkv, Dqk] pre-RoPE keys, R = nsa_cache_tail_rows(config);
+                           // token p of a sequence at row p % R
 };
 
 // Which sequences one call works on and where their pages are (int32, on the cache's device; the
-// caller advances cache_seqlens by the new tokens after the call).
+// caller advances cache_seqlens by the new tokens after the call). A sequence with no new tokens is
+// skipped: none of its entries is read.
 struct NsaCacheBatch {
   TensorView block_table;      // [nseq, max_pages]: raw pool page of the sequence's j-th page
   TensorView cmp_block_table;  // [nseq, max_cmp_pages]: compressed pool page of its j-th page
@@ -56,7 +63,18 @@ struct NsaCacheBatch {
   TensorView slots;            // [nseq]: the sequence's row of k_tail
 };
 
-// Bytes of each pool (on the cache's device), from shapes alone.
+// The most new tokens a sequence brings to one nsa_decode call.
+inline constexpr int kMaxDecodeTokens = 8;
+
+// Rows of k_tail per slot: l + kMaxDecodeTokens - 1. After a call that brought c <= kMaxDecodeTokens
+// new tokens to a sequence of P cached ones, the caller may keep the first 0..c of them (pass
+// P + kept as the next cache_seqlens): the ring still holds every pre-RoPE key the next windows
+// need, and what the dropped tokens wrote is overwritten before it is read. (A longer chunk must be
+// kept whole.)
+int nsa_cache_tail_rows(const NsaConfig& config);
+
+// Bytes of each pool (on the cache's device), from shapes alone; all 0 for an invalid config or
+// shape (the calls name the invalid field).
 struct NsaCacheBytes {
   std::size_t k_pages = 0, v_pages = 0, k_cmp_pages = 0, v_cmp_pages = 0, k_tail = 0;
   std::size_t total() const { return k_pages + v_pages + k_cmp_pages + v_cmp_pages + k_tail; }
@@ -64,7 +82,7 @@ struct NsaCacheBytes {
 NsaCacheBytes nsa_cache_bytes(const NsaConfig& config, const NsaCacheShape& shape);
 
 // Pages a sequence of `tokens` tokens needs in each pool (the block tables' widths for a maximum
-// context).
+// context); 0 for an invalid shape or a negative count.
 std::int64_t nsa_cache_pages(const NsaCacheShape& shape, std::int64_t tokens);
 std::int64_t nsa_cache_cmp_pages(const NsaConfig& config, const NsaCacheShape& shape, std::int64_t tokens);
 
@@ -81,9 +99,6 @@ struct NsaInferenceBranches {
 Status nsa_prefill(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
                    const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches = {},
                    const Workspace& workspace = {});
-
-// The most new tokens a sequence brings to one nsa_decode call.
-inline constexpr int kMaxDecodeTokens = 8;
 
 // nsa_prefill for 1..kMaxDecodeTokens new tokens per sequence (ragged across the batch; a
 // sequence with 0 new tokens is skipped).

@@ -1,4 +1,4 @@
-// Hyperparameters of an NSA layer (nsa-spec section 0) and their validation.
+// Hyperparameters of an NSA layer (docs/semantics.md section 0) and their validation.
 #pragma once
 
 #include <cstdint>
@@ -7,25 +7,27 @@
 
 namespace fsa {
 
-// How compressed keys/values summarise a window of l raw tokens (spec section 1).
+// How compressed keys/values summarise a window of l raw tokens (docs/semantics.md section 1).
 enum class CompressionKind : std::uint8_t {
   kLinear,  // per kv head learned projection W [Hkv, l*D, Dout], positional embedding on keys
   kMean,    // average of the window (positional embedding still added to keys)
 };
 
-// How per-head compressed-attention probabilities become one score per kv group (spec section 4).
+// How per-head compressed-attention probabilities become one score per kv group
+// (docs/semantics.md section 4).
 enum class ScoreAggregation : std::uint8_t {
   kGroupSum,   // sum over the G heads of the group (the NSA paper)
   kFirstHead,  // only head g*G, for parity with the FSA repository's module
 };
 
-// Shape of the gate tensor of the combination (spec section 7).
+// Shape of the gate tensor of the combination (docs/semantics.md section 7).
 enum class GateMode : std::uint8_t {
   kPerHead,  // gates [N, Hq, 3]
   kShared,   // gates [N, 3], one triple per token broadcast over heads
 };
 
-// Rotary embedding (spec section 2): GPT-NeoX rotate-half with optional llama3 frequency scaling.
+// Rotary embedding (docs/semantics.md section 2): GPT-NeoX rotate-half with optional llama3
+// frequency scaling.
 struct RopeConfig {
   bool enabled = true;  // the whole layer rotates q, k and compressed k when set
   float theta = 10000.0f;
@@ -52,7 +54,7 @@ struct NsaConfig {
   GateMode gate_mode = GateMode::kPerHead;
   RopeConfig rope{};
 
-  // Checks every constraint of spec section 0; the message names the field.
+  // Checks every constraint of docs/semantics.md section 0; the message names the field.
   Status validate() const;
   // The scale actually used for a given query/key head dim.
   float softmax_scale(int head_dim_qk) const;

@@ -1,6 +1,7 @@
 // Umbrella header of the public C++ API.
 #pragma once
 
+#include "fsa/cache.hpp"
 #include "fsa/config.hpp"
 #include "fsa/convert.hpp"
 #include "fsa/layer.hpp"

@@ -1,4 +1,4 @@
-// The whole NSA attention layer (spec sections 1-7 composed as in section 2's order):
+// The whole NSA attention layer (docs/semantics.md sections 1-7 composed as in section 2's order):
 // compress pre-RoPE k, v -> rotate q, k, compressed k -> compressed attention -> selection ->
 // selected attention and sliding window -> gated combination.
 #pragma once

@@ -1,4 +1,4 @@
-// Entry points of every NSA op, forward and backward (semantics: nsa-spec sections 1-7).
+// Entry points of every NSA op, forward and backward (semantics: docs/semantics.md sections 1-7).
 //
 // Conventions shared by all ops:
 // - Tensors are caller-allocated TensorViews; outputs are fully overwritten.
@@ -32,7 +32,7 @@ namespace fsa {
 // host synchronisation. cu_seqlens and cu_cmp: int32 [nseq+1].
 Status compressed_cu_seqlens(const NsaConfig& config, const TensorView& cu_seqlens, const TensorView& cu_cmp);
 
-// ---- Compression (spec section 1) --------------------------------------------------------------
+// ---- Compression (docs/semantics.md section 1) --------------------------------------------------
 
 // Compresses x [N, Hkv, D] into y [Ncmp, Hkv, Dout]. `weight` [Hkv, l*D, Dout] for kLinear, must be
 // undefined (a default TensorView) for kMean (then Dout = D). `pos_emb` [Hkv, l, D] is optional
@@ -56,7 +56,7 @@ std::size_t compress_backward_workspace_bytes(const NsaConfig& config, const Ten
                                               const TensorView& dy, const TensorView& dx,
                                               const TensorView& d_weight, const TensorView& d_pos_emb);
 
-// ---- Rotary embedding (spec section 2) ---------------------------------------------------------
+// ---- Rotary embedding (docs/semantics.md section 2) ---------------------------------------------
 
 // y = rotate(x) for x [rows, H, D] (D even). Row r of sequence b is at position
 // (r - cu[b]) * position_stride: 1 for q and k, s for compressed keys (with cu = cu_cmp).
@@ -67,7 +67,7 @@ Status rope_forward(const RopeConfig& rope, const TensorView& x, const TensorVie
 Status rope_backward(const RopeConfig& rope, const TensorView& dy, const TensorView& cu, int position_stride,
                      const TensorView& dx);
 
-// ---- Compressed attention (spec section 3) -----------------------------------------------------
+// ---- Compressed attention (docs/semantics.md section 3) -----------------------------------------
 
 // o [N, Hq, Dv], lse [Hq, N] over compressed keys k_cmp [Ncmp, Hkv, Dqk], v_cmp [Ncmp, Hkv, Dv]
 // visible under i*s + l - 1 <= t. Queries that see nothing get o = 0 and lse = -inf.
@@ -87,16 +87,16 @@ std::size_t cmp_attn_backward_workspace_bytes(const NsaConfig& config, const Ten
                                               const TensorView& d_o, const TensorView& dq,
                                               const TensorView& dk_cmp, const TensorView& dv_cmp);
 
-// ---- Block selection (spec section 4) ----------------------------------------------------------
+// ---- Block selection (docs/semantics.md section 4) ----------------------------------------------
 
 // topk_idx int32 [Hkv, N, K]: per token and kv group, the forced blocks plus the highest-scoring
 // ones, ascending, -1 padded. lse_cmp is the compressed attention's lse [Hq, N]. Selection has no
-// backward: no gradient flows through it (spec section 8).
+// backward: no gradient flows through it (docs/semantics.md section 8).
 Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                      const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                      const TensorView& topk_idx);
 
-// ---- Selected attention (spec section 5) -------------------------------------------------------
+// ---- Selected attention (docs/semantics.md section 5) -------------------------------------------
 
 // How the GPU runs selected attention (docs/kernels/slc_attn.md). Every path computes the same
 // function; the CPU reference ignores the choice.
@@ -165,7 +165,7 @@ std::size_t slc_attn_backward_workspace_bytes(const NsaConfig& config, const Ten
                                               const TensorView& dk, const TensorView& dv,
                                               const SlcOptions& options = {}, const TensorView& plan = {});
 
-// ---- Sliding-window attention (spec section 6) -------------------------------------------------
+// ---- Sliding-window attention (docs/semantics.md section 6) -------------------------------------
 
 // Keys [max(0, t - w), t] of the query's own sequence.
 Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -181,7 +181,7 @@ std::size_t swa_backward_workspace_bytes(const NsaConfig& config, const TensorVi
                                          const TensorView& lse, const TensorView& d_o, const TensorView& dq,
                                          const TensorView& dk, const TensorView& dv);
 
-// ---- Gated combination (spec section 7) --------------------------------------------------------
+// ---- Gated combination (docs/semantics.md section 7) --------------------------------------------
 
 // o = g0 * o_cmp + g1 * o_slc + g2 * o_swa with gates [N, Hq, 3] (kPerHead) or [N, 3] (kShared).
 Status combine_forward(const NsaConfig& config, const TensorView& gates, const TensorView& o_cmp,

@@ -3,6 +3,8 @@
 
 #include <string>
 
+#include "fsa/status.hpp"
+
 namespace fsa {
 
 struct CudaDeviceInfo {
@@ -39,5 +41,11 @@ class CudaStreamScope {
 };
 CudaDeviceInfo cuda_device_info();
 const char* version();
+
+// The threads the CPU reference runs on: FSA_NUM_THREADS when set, else every core. An error
+// naming FSA_NUM_THREADS when it is set to anything but an integer from 1 to 1024; the CPU
+// reference then uses every core (and says so once on stderr), so a program can refuse the
+// setting up front instead.
+Status cpu_threads(int* threads);
 
 }  // namespace fsa

@@ -175,20 +175,23 @@ using OptionalByteCountField = Optional<ByteCountField>;
 #define FSA_SWA_ARGS(X) \
   FSA_FIELD_window(X)   \
   FSA_FIELD_scale(X)
-// The whole layer: every config field (gate_mode follows the rank of the gates), then the run
-// options it takes (NsaLayerOptions::selected).
+// Every config field of the layer (gate_mode follows the rank of the gates). The cache calls
+// (nsa_prefill, nsa_decode) and their shape ops take these alone: they have no run options.
+#define FSA_LAYER_CONFIG_ARGS(X) \
+  FSA_COMPRESSION_ARGS(X)        \
+  FSA_FIELD_block_size(X)        \
+  FSA_FIELD_topk(X)              \
+  FSA_FIELD_init_blocks(X)       \
+  FSA_FIELD_local_blocks(X)      \
+  FSA_FIELD_window(X)            \
+  FSA_FIELD_scale(X)             \
+  FSA_FIELD_compression(X)       \
+  FSA_FIELD_aggregation(X)       \
+  FSA_FIELD_rope_enabled(X)      \
+  FSA_ROPE_ARGS(X)
+// The whole layer: its config, then the run options it takes (NsaLayerOptions::selected).
 #define FSA_LAYER_ARGS(X)   \
-  FSA_COMPRESSION_ARGS(X)   \
-  FSA_FIELD_block_size(X)   \
-  FSA_FIELD_topk(X)         \
-  FSA_FIELD_init_blocks(X)  \
-  FSA_FIELD_local_blocks(X) \
-  FSA_FIELD_window(X)       \
-  FSA_FIELD_scale(X)        \
-  FSA_FIELD_compression(X)  \
-  FSA_FIELD_aggregation(X)  \
-  FSA_FIELD_rope_enabled(X) \
-  FSA_ROPE_ARGS(X)          \
+  FSA_LAYER_CONFIG_ARGS(X)  \
   FSA_FIELD_workspace_cap(X)
 // Every row (workspace_cap twice), for the checks at the end.
 #define FSA_ALL_ARGS(X) \

@@ -19,6 +19,16 @@
 #define FSA_SHAPE_ARGUMENTS \
   "int tokens, int num_seqs, int heads_q, int heads_kv, int head_dim_qk, int head_dim_v, ScalarType dtype, Device device"
 
+// The pools of an NSA layer's cache, which the cache calls write (mutated arguments), then the
+// tables of one call's sequences (fsa/cache.hpp: NsaCache, NsaCacheBatch).
+#define FSA_CACHE_TENSORS                                                                                \
+  "Tensor(a!) k_pages, Tensor(b!) v_pages, Tensor(c!) k_cmp_pages, Tensor(d!) v_cmp_pages, Tensor(e!) k_tail, " \
+  "Tensor block_table, Tensor cmp_block_table, Tensor cache_seqlens, Tensor slots"
+// A cache's shape (fsa::NsaCacheShape), as nsa_cache_bytes takes it.
+#define FSA_CACHE_SHAPE_ARGUMENTS                                                                    \
+  "int heads_kv, int head_dim_qk, int head_dim_v, int num_pages, int page_size, int num_cmp_pages, " \
+  "int cmp_page_size, int num_slots, ScalarType dtype, Device device"
+
 #define FSA_OPS(X)                                                                                             \
   X(compressed_cu_seqlens, "Tensor cu_seqlens", FSA_COMPRESSION_ARGS, "Tensor")                                \
   X(compress_forward, "Tensor x, Tensor cu_seqlens, Tensor cu_cmp, Tensor? weight, Tensor? pos_emb",           \
@@ -49,12 +59,19 @@
     "(Tensor d_gates, Tensor d_o_cmp, Tensor d_o_slc, Tensor d_o_swa)")                                        \
   X(nsa_forward, FSA_LAYER_TENSORS, FSA_LAYER_ARGS, "(Tensor o, Tensor saved)")                                \
   X(nsa_backward, FSA_LAYER_TENSORS ", Tensor saved, Tensor d_o", FSA_LAYER_ARGS,                              \
-    "(Tensor dq, Tensor dk, Tensor dv, Tensor dw_k, Tensor dpe_k, Tensor dw_v, Tensor d_gates)")
+    "(Tensor dq, Tensor dk, Tensor dv, Tensor dw_k, Tensor dpe_k, Tensor dw_v, Tensor d_gates)")              \
+  X(nsa_prefill, FSA_LAYER_TENSORS ", " FSA_CACHE_TENSORS, FSA_LAYER_CONFIG_ARGS, "Tensor")                     \
+  X(nsa_decode, FSA_LAYER_TENSORS ", " FSA_CACHE_TENSORS, FSA_LAYER_CONFIG_ARGS, "Tensor")
 
 // Shape ops, without tensor arguments (one kernel for every dispatch key): the bytes the ops
 // allocate, from shapes alone, for the fake implementations (the layer's saved buffer, the plan)
-// and for accounting (the layer's workspaces, 0 on the CPU).
+// and for accounting (the layer's workspaces, 0 on the CPU); a cache's pool bytes and what one
+// sequence needs of it (python/fsa/cache.py sizes the pools and hands out pages with them).
 #define FSA_SHAPE_OPS(X)                                                                                     \
   X(nsa_layer_bytes, FSA_SHAPE_ARGUMENTS, FSA_LAYER_ARGS,                                                     \
     "(int saved, int forward_workspace, int backward_workspace)")                                             \
-  X(slc_plan_bytes, FSA_SHAPE_ARGUMENTS ", int topk_width", FSA_SLC_ATTN_ARGS, "int")
+  X(slc_plan_bytes, FSA_SHAPE_ARGUMENTS ", int topk_width", FSA_SLC_ATTN_ARGS, "int")                         \
+  X(nsa_cache_bytes, FSA_CACHE_SHAPE_ARGUMENTS, FSA_LAYER_CONFIG_ARGS,                                         \
+    "(int k_pages, int v_pages, int k_cmp_pages, int v_cmp_pages, int k_tail)")                                \
+  X(nsa_cache_pages, "int tokens, int page_size, int cmp_page_size", FSA_LAYER_CONFIG_ARGS,                    \
+    "(int pages, int cmp_pages, int tail_rows)")

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "fsa/cache.hpp"
 #include "fsa/layer.hpp"
 #include "fsa/ops.hpp"
 #include "torch_view.hpp"
@@ -380,6 +381,45 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
 namespace {
 
+// nsa_prefill or nsa_decode (`call`) on the views of the op's tensors.
+using CacheCall = Status (*)(const NsaConfig&, const NsaLayerInputs&, const NsaCache&, const NsaCacheBatch&,
+                             const TensorView&, const NsaInferenceBranches&, const Workspace&);
+
+Tensor run_cache_call(CacheCall call, const char* op, const NsaConfig& layer_config, FSA_CACHE_CALL_PARAMS) {
+  const NsaConfig config = with_gate_mode(layer_config, gates);
+  const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
+  const NsaCache cache{to_view(k_pages, "k_pages"), to_view(v_pages, "v_pages"), to_view(k_cmp_pages, "k_cmp_pages"),
+                       to_view(v_cmp_pages, "v_cmp_pages"), to_view(k_tail, "k_tail")};
+  const NsaCacheBatch batch{to_view(block_table, "block_table"), to_view(cmp_block_table, "cmp_block_table"),
+                            to_view(cache_seqlens, "cache_seqlens"), to_view(slots, "slots")};
+  Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
+  // The cache calls have no workspace query yet (no GPU kernels: CUDA tensors get the
+  // not-implemented error); the kernels' query replaces the 0 here when they land.
+  const TorchWorkspace workspace(0, q);
+  throw_if_error(call(config, in, cache, batch, to_view(o, "o"), NsaInferenceBranches{}, workspace.get()), op);
+  return o;
+}
+
+}  // namespace
+
+#define FSA_CACHE_CALL_ARGS_                                                                                      \
+  q, k, v, cu_seqlens, w_k, pe_k, w_v, gates, k_pages, v_pages, k_cmp_pages, v_cmp_pages, k_tail, block_table, \
+      cmp_block_table, cache_seqlens, slots
+
+Tensor nsa_prefill(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
+  return run_cache_call(&fsa::nsa_prefill, "nsa_prefill", FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+                        FSA_CACHE_CALL_ARGS_);
+}
+
+Tensor nsa_decode(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
+  return run_cache_call(&fsa::nsa_decode, "nsa_decode", FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+                        FSA_CACHE_CALL_ARGS_);
+}
+
+#undef FSA_CACHE_CALL_ARGS_
+
+namespace {
+
 Device fsa_device(const c10::Device& device) {
   return device.is_cuda() ? Device::cuda(device.has_index() ? device.index() : 0) : Device::cpu();
 }
@@ -422,6 +462,43 @@ std::int64_t slc_plan_bytes(FSA_SHAPE_PARAMS, std::int64_t topk_width FSA_PARAMS
   const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
   return static_cast<std::int64_t>(
       fsa::slc_plan_bytes(settings.config, q, k, v, topk_idx, cu_seqlens, settings.selected));
+}
+
+std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t> nsa_cache_bytes(
+    std::int64_t heads_kv, std::int64_t head_dim_qk, std::int64_t head_dim_v, std::int64_t num_pages,
+    std::int64_t page_size, std::int64_t num_cmp_pages, std::int64_t cmp_page_size, std::int64_t num_slots,
+    at::ScalarType dtype, c10::Device device FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
+  const auto narrow = [](std::int64_t value, const char* name) {
+    TORCH_CHECK_VALUE(value >= INT32_MIN && value <= INT32_MAX, name, ": ", value, " does not fit in an int");
+    return static_cast<int>(value);
+  };
+  NsaCacheShape shape;
+  shape.heads_kv = narrow(heads_kv, "heads_kv");
+  shape.head_dim_qk = narrow(head_dim_qk, "head_dim_qk");
+  shape.head_dim_v = narrow(head_dim_v, "head_dim_v");
+  shape.num_pages = num_pages;
+  shape.page_size = narrow(page_size, "page_size");
+  shape.num_cmp_pages = num_cmp_pages;
+  shape.cmp_page_size = narrow(cmp_page_size, "cmp_page_size");
+  shape.num_slots = num_slots;
+  shape.dtype = to_fsa_dtype(dtype, "dtype");
+  shape.device = fsa_device(device);
+  const NsaCacheBytes bytes = fsa::nsa_cache_bytes(FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config, shape);
+  const auto as_int = [](std::size_t b) { return static_cast<std::int64_t>(b); };
+  return {as_int(bytes.k_pages), as_int(bytes.v_pages), as_int(bytes.k_cmp_pages), as_int(bytes.v_cmp_pages),
+          as_int(bytes.k_tail)};
+}
+
+std::tuple<std::int64_t, std::int64_t, std::int64_t> nsa_cache_pages(std::int64_t tokens, std::int64_t page_size,
+                                                                     std::int64_t cmp_page_size
+                                                                         FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
+  const NsaConfig config = FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config;
+  NsaCacheShape shape;
+  // Out-of-range sizes read as invalid (0 pages), like the C++ queries' other invalid shapes.
+  shape.page_size = page_size > 0 && page_size <= INT32_MAX ? static_cast<int>(page_size) : 0;
+  shape.cmp_page_size = cmp_page_size > 0 && cmp_page_size <= INT32_MAX ? static_cast<int>(cmp_page_size) : 0;
+  return {fsa::nsa_cache_pages(shape, tokens), fsa::nsa_cache_cmp_pages(config, shape, tokens),
+          fsa::nsa_cache_tail_rows(config)};
 }
 
 }  // namespace fsa::torch_ext

@@ -78,6 +78,17 @@ Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
 Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens,
                      const OptionalTensor& w_k, const OptionalTensor& pe_k, const OptionalTensor& w_v,
                      const Tensor& gates, const Tensor& saved, const Tensor& d_o FSA_PARAMS(FSA_LAYER_ARGS));
+// Inference with a cache (fsa/cache.hpp): the layer's tensors for the new tokens (cu_seqlens: the
+// packed chunk of every sequence of the batch), the pools, which the call writes, and the batch's
+// tables. Returns o [N, Hq, Dv]. nsa_decode: at most fsa::kMaxDecodeTokens new tokens per sequence.
+#define FSA_CACHE_CALL_PARAMS                                                                                     \
+  const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const OptionalTensor& w_k,         \
+      const OptionalTensor& pe_k, const OptionalTensor& w_v, const Tensor& gates, const Tensor& k_pages,          \
+      const Tensor& v_pages, const Tensor& k_cmp_pages, const Tensor& v_cmp_pages, const Tensor& k_tail,          \
+      const Tensor& block_table, const Tensor& cmp_block_table, const Tensor& cache_seqlens, const Tensor& slots
+Tensor nsa_prefill(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS));
+Tensor nsa_decode(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS));
+
 // ---- shape ops: bytes from shapes and device alone (fake implementations, memory accounting) ----
 
 // A problem's shape (FSA_SHAPE_ARGUMENTS in op_table.hpp).
@@ -90,5 +101,17 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 std::tuple<std::int64_t, std::int64_t, std::int64_t> nsa_layer_bytes(FSA_SHAPE_PARAMS FSA_PARAMS(FSA_LAYER_ARGS));
 // Bytes of slc_plan's output for topk_idx [Hkv, N, topk_width].
 std::int64_t slc_plan_bytes(FSA_SHAPE_PARAMS, std::int64_t topk_width FSA_PARAMS(FSA_SLC_ATTN_ARGS));
+
+// Bytes of each pool of a cache (fsa::nsa_cache_bytes; all 0 for an invalid config or shape).
+std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t> nsa_cache_bytes(
+    std::int64_t heads_kv, std::int64_t head_dim_qk, std::int64_t head_dim_v, std::int64_t num_pages,
+    std::int64_t page_size, std::int64_t num_cmp_pages, std::int64_t cmp_page_size, std::int64_t num_slots,
+    at::ScalarType dtype, c10::Device device FSA_PARAMS(FSA_LAYER_CONFIG_ARGS));
+// (raw pages, compressed pages) a sequence of `tokens` tokens needs (fsa::nsa_cache_pages,
+// nsa_cache_cmp_pages; 0 for an invalid shape), and the rows of k_tail per slot
+// (fsa::nsa_cache_tail_rows).
+std::tuple<std::int64_t, std::int64_t, std::int64_t> nsa_cache_pages(std::int64_t tokens, std::int64_t page_size,
+                                                                     std::int64_t cmp_page_size
+                                                                         FSA_PARAMS(FSA_LAYER_CONFIG_ARGS));
 
 }  // namespace fsa::torch_ext

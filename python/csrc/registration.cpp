@@ -21,7 +21,9 @@ std::string schema(const char* name, const char* arguments, const std::string& s
 
 TORCH_LIBRARY(fsa, m) {
   using namespace fsa::torch_ext;
-  // Every op is functional (fresh outputs, no aliasing, no mutation) and traceable by torch.compile.
+  // Every op but the cache calls is functional (fresh outputs, no aliasing, no mutation); the cache
+  // calls write their pools, which their schemas mark mutated (Tensor(a!)), so torch.compile
+  // functionalizes them. All are traceable by torch.compile.
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
 #define FSA_DEFINE_(name, arguments, scalars, returns) \
   m.def(schema(#name, arguments, FSA_SCHEMA(scalars), returns).c_str(), tags);

@@ -6,12 +6,13 @@ v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer dtypes are converted
 Each function passes its tensors and options; the op's config scalars are filled from `config` by
 name (fsa/_schema.py), so adding a field to the layer needs no edit here.
 """
-from typing import Optional, Tuple
+from typing import Hashable, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ._library import ops
 from ._schema import call
+from .cache import MAX_DECODE_TOKENS, NsaCache
 from .config import NsaConfig
 
 Tensor = torch.Tensor
@@ -144,3 +145,65 @@ def nsa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, gates: Te
     o, _ = call("nsa_forward", q, k, v, _int32(cu_seqlens), w_k, pe_k, w_v, gates, config=config,
                 workspace_cap=check_workspace_cap(workspace_cap))
     return o
+
+
+def _cache_call(name: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Union[Tensor, Sequence[int]],
+                cache: NsaCache, seq_ids: Sequence[Hashable], gates: Tensor, w_k: Optional[Tensor],
+                w_v: Optional[Tensor], pe_k: Optional[Tensor], config: Optional[NsaConfig]) -> Tensor:
+    if not isinstance(cache, NsaCache):
+        raise TypeError(f"cache: expected an fsa.NsaCache, got {type(cache).__name__}")
+    if config is not None and config != cache.config:
+        raise ValueError(f"config: {config} is not the cache's config {cache.config} (the cache holds keys "
+                         "compressed and rotated under its own)")
+    seq_ids = list(seq_ids)
+    cu_host = torch.as_tensor(cu_seqlens).to("cpu", torch.int64)  # the new tokens' counts, on the host
+    if cu_host.dim() != 1 or cu_host.numel() != len(seq_ids) + 1:
+        raise ValueError(f"cu_seqlens: expected {len(seq_ids) + 1} offsets (one sequence per id of seq_ids), "
+                         f"got shape {tuple(cu_host.shape)}")
+    new_tokens = (cu_host[1:] - cu_host[:-1]).tolist()
+    if name == "nsa_decode":
+        for seq_id, count in zip(seq_ids, new_tokens):
+            if count > MAX_DECODE_TOKENS:
+                raise ValueError(f"cu_seqlens: nsa_decode takes at most {MAX_DECODE_TOKENS} new tokens per sequence, "
+                                 f"sequence {seq_id!r} brings {count} (use nsa_prefill)")
+    if not isinstance(cu_seqlens, torch.Tensor):
+        cu_seqlens = torch.tensor(cu_seqlens, dtype=torch.int32, device=q.device)
+    batch = cache.batch(seq_ids, new_tokens)
+
+    def detached(t):
+        return None if t is None else t.detach()
+
+    # Inference only: no gradient flows into the cache or out of the outputs.
+    o = call(name, *map(detached, (q, k, v)), _int32(cu_seqlens), *map(detached, (w_k, pe_k, w_v, gates)),
+             *cache.pools, *batch, config=cache.config)
+    cache.advance(seq_ids, new_tokens)
+    return o
+
+
+def nsa_prefill(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Union[Tensor, Sequence[int]], cache: NsaCache,
+                seq_ids: Sequence[Hashable], *, gates: Tensor, w_k: Optional[Tensor] = None,
+                w_v: Optional[Tensor] = None, pe_k: Optional[Tensor] = None,
+                config: Optional[NsaConfig] = None) -> Tensor:
+    """nsa_attention for new tokens appended to sequences held in `cache` (chunked prefill, prefix
+    reuse): o [N, Hq, Dv], each new token attending to its sequence's cached tokens and the chunk
+    causally, equal to the rows of nsa_attention over the whole sequences.
+
+    q, k, v, gates: the new tokens' rows (pre-RoPE), packed by `cu_seqlens` [len(seq_ids) + 1]
+    (any count per sequence, 0 included); sequence i of the chunk is appended to cache sequence
+    seq_ids[i]. w_k, w_v, pe_k, config: the layer's, as nsa_attention takes them (config: the
+    cache's; None means the cache's). The call hands out the pages the sequences grow into (an
+    error naming num_pages when the cache is full), writes the new keys, values, compressed tokens
+    and key tail into the cache and advances the sequences' lengths. It reads cu_seqlens on the
+    host. Not differentiable.
+    """
+    return _cache_call("nsa_prefill", q, k, v, cu_seqlens, cache, seq_ids, gates, w_k, w_v, pe_k, config)
+
+
+def nsa_decode(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Union[Tensor, Sequence[int]], cache: NsaCache,
+               seq_ids: Sequence[Hashable], *, gates: Tensor, w_k: Optional[Tensor] = None,
+               w_v: Optional[Tensor] = None, pe_k: Optional[Tensor] = None,
+               config: Optional[NsaConfig] = None) -> Tensor:
+    """nsa_prefill for 1..MAX_DECODE_TOKENS (8) new tokens per sequence, ragged across the batch
+    (0: the sequence is skipped): one decode step, or the draft tokens of speculative decoding,
+    each with its own selection (NsaCache.truncate drops the rejected ones afterwards)."""
+    return _cache_call("nsa_decode", q, k, v, cu_seqlens, cache, seq_ids, gates, w_k, w_v, pe_k, config)

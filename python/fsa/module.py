@@ -1,12 +1,14 @@
 """NativeSparseAttention: the NSA layer as a torch module (nsa-spec section 8)."""
 import math
-from typing import Optional
+from typing import Hashable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .cache import NsaCache
 from .config import NsaConfig
-from .functional import check_workspace_cap, nsa_attention
+from .distributed import nsa_attention_cp
+from .functional import check_workspace_cap, nsa_attention, nsa_decode, nsa_prefill
 
 
 def _xavier_uniform_per_head(param: torch.Tensor) -> None:
@@ -31,13 +33,25 @@ class NativeSparseAttention(nn.Module):
     that grows with N * Hq * topk, forward and backward alike: longer batches run in query chunks,
     with the same results (fsa.nsa_attention). Workspaces and saved activations come from torch's
     allocator, so torch's memory statistics include them.
+
+    Inference with a cache: forward(x, cu_seqlens, cache, seq_ids) takes x [N, hidden_size], the
+    new tokens of the sequences seq_ids of `cache` (an NsaCache for this layer, see
+    NsaCache.for_layer) packed by cu_seqlens, and returns their outputs, appending them to the
+    cache (fsa.nsa_prefill); with decode=True every sequence brings at most MAX_DECODE_TOKENS (8)
+    tokens and the step runs fsa.nsa_decode. Not differentiable.
+
+    `process_group` (None: one process) runs the attention context-parallel over its ranks
+    (fsa.distributed.nsa_attention_cp): x is then this rank's rows of the packed batch in the order
+    of `cp_sharding`, cu_seqlens the whole batch's offsets, the same on every rank.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  head_dim_v: Optional[int] = None, config: NsaConfig = NsaConfig(), shared_gates: bool = False,
-                 device=None, dtype=None, workspace_cap: Optional[int] = None):
+                 device=None, dtype=None, workspace_cap: Optional[int] = None, process_group=None,
+                 cp_sharding: str = "auto"):
         super().__init__()
         self.workspace_cap = check_workspace_cap(workspace_cap)
+        self.process_group, self.cp_sharding = process_group, cp_sharding
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         factory = {"device": device, "dtype": dtype}
@@ -75,13 +89,29 @@ class NativeSparseAttention(nn.Module):
         g = torch.sigmoid(self.gate_proj(x))
         return g if self.shared_gates else g.view(x.shape[0], self.num_heads, 3)
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, cache: Optional[NsaCache] = None,
+                seq_ids: Optional[Sequence[Hashable]] = None, decode: bool = False) -> torch.Tensor:
+        if cache is None and (seq_ids is not None or decode):
+            raise ValueError("cache: seq_ids and decode=True need a cache (an fsa.NsaCache)")
+        if cache is not None and seq_ids is None:
+            raise ValueError("seq_ids: a forward with a cache needs the cache's ids of the sequences in x")
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim_v)
-        o = nsa_attention(q, k, v, cu_seqlens, self.gates(x), self.w_k, self.w_v, self.pe_k, self.config,
-                          workspace_cap=self.workspace_cap)
+        if cache is not None:
+            if self.process_group is not None:
+                raise ValueError("cache: inference with a cache runs on one process (process_group must be None)")
+            cached_call = nsa_decode if decode else nsa_prefill
+            o = cached_call(q, k, v, cu_seqlens, cache, seq_ids, gates=self.gates(x), w_k=self.w_k, w_v=self.w_v,
+                            pe_k=self.pe_k, config=self.config)
+        elif self.process_group is None:
+            o = nsa_attention(q, k, v, cu_seqlens, self.gates(x), self.w_k, self.w_v, self.pe_k, self.config,
+                              workspace_cap=self.workspace_cap)
+        else:
+            o = nsa_attention_cp(q, k, v, cu_seqlens, self.gates(x), self.w_k, self.w_v, self.pe_k, self.config,
+                                 group=self.process_group, sharding=self.cp_sharding,
+                                 workspace_cap=self.workspace_cap)
         return self.o_proj(o.reshape(n, self.num_heads * self.head_dim_v))
 
     def extra_repr(self) -> str:

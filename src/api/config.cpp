@@ -1,4 +1,5 @@
-// Validation of the hyperparameters (spec section 0) and the length formulas derived from them.
+// Validation of the hyperparameters (docs/semantics.md section 0) and the length formulas derived
+// from them.
 #include <cmath>
 #include <string>
 

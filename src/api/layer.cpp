@@ -53,43 +53,6 @@ std::size_t nsa_backward_workspace_bytes(const NsaConfig& config, const NsaLayer
 
 namespace {
 
-Status check_param(const NsaConfig& config, const char* name, const TensorView& t, const Arg& q,
-                   std::initializer_list<Dim> dims, bool required_for_linear) {
-  const Arg a{name, t};
-  if (config.compression == CompressionKind::kMean && required_for_linear) {
-    if (t.defined()) return FSA_INVALID(std::string(name) + ": expected none for CompressionKind::kMean");
-    return Status::ok();
-  }
-  if (!t.defined()) {
-    if (required_for_linear) return FSA_INVALID(std::string(name) + ": expected a tensor for CompressionKind::kLinear");
-    return Status::ok();
-  }
-  FSA_RETURN_IF_ERROR(detail::check_same_dtype(a, q));
-  FSA_RETURN_IF_ERROR(detail::check_same_device(a, q));
-  return detail::check_tensor(a, dims);
-}
-
-Status check_layer_inputs(const NsaConfig& config, const NsaLayerInputs& in, AttnDims* dims) {
-  FSA_RETURN_IF_ERROR(config.validate());
-  const Arg q{"q", in.q};
-  FSA_RETURN_IF_ERROR(detail::check_qkv(q, {"k", in.k}, {"v", in.v}, in.q.ndim == 3 ? in.q.size(0) : 0, dims));
-  if (config.rope.enabled && dims->dim_qk % 2 != 0)
-    return FSA_INVALID("q: expected an even Dqk for RoPE, got " + std::to_string(dims->dim_qk));
-  const Arg cu{"cu_seqlens", in.cu_seqlens};
-  FSA_RETURN_IF_ERROR(detail::check_same_device(cu, q));
-  FSA_RETURN_IF_ERROR(detail::check_cu_seqlens(cu, dims->tokens, "N (q.size(0))"));
-  const std::int64_t l = config.cmp_len, hkv = dims->heads_kv, dqk = dims->dim_qk, dv = dims->dim_v;
-  FSA_RETURN_IF_ERROR(check_param(config, "w_k", in.w_k, q, {{hkv, "Hkv"}, {l * dqk, "l*Dqk"}, {dqk, "Dqk"}}, true));
-  FSA_RETURN_IF_ERROR(check_param(config, "w_v", in.w_v, q, {{hkv, "Hkv"}, {l * dv, "l*Dv"}, {dv, "Dv"}}, true));
-  FSA_RETURN_IF_ERROR(check_param(config, "pe_k", in.pe_k, q, {{hkv, "Hkv"}, {l, "l"}, {dqk, "Dqk"}}, false));
-  const Arg g{"gates", in.gates};
-  FSA_RETURN_IF_ERROR(detail::check_same_dtype(g, q));
-  FSA_RETURN_IF_ERROR(detail::check_same_device(g, q));
-  if (config.gate_mode == GateMode::kPerHead)
-    return detail::check_tensor(g, {{dims->tokens, "N"}, {dims->heads_q, "Hq"}, {3, "3"}});
-  return detail::check_tensor(g, {{dims->tokens, "N"}, {3, "3"}});
-}
-
 Status check_saved(const NsaConfig& config, const NsaLayerInputs& in, const TensorView& saved,
                    const NsaLayerOptions& options) {
   const Arg s{"saved", saved};
@@ -133,12 +96,9 @@ Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const 
                    const TensorView& saved, const NsaLayerOptions& options, const Workspace& workspace) {
   constexpr const char* kOp = "nsa_forward";
   AttnDims dims;
-  FSA_RETURN_IF_ERROR(check_layer_inputs(config, inputs, &dims));
+  FSA_RETURN_IF_ERROR(detail::check_layer_inputs(config, inputs, &dims));
   FSA_RETURN_IF_ERROR(check_options(options));
-  const Arg q{"q", inputs.q}, oa{"o", o};
-  FSA_RETURN_IF_ERROR(detail::check_same_dtype(oa, q));
-  FSA_RETURN_IF_ERROR(detail::check_same_device(oa, q));
-  FSA_RETURN_IF_ERROR(detail::check_tensor(oa, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}}));
+  FSA_RETURN_IF_ERROR(detail::check_layer_output({"o", o}, {"q", inputs.q}, dims));
   if (saved.defined()) FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved, options));
   const NsaLayerShape shape = NsaLayerShape::of(inputs);
   const std::size_t needed = detail::on_gpu_bytes(inputs.q, [&] {
@@ -156,13 +116,10 @@ Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const
                     const Workspace& workspace) {
   constexpr const char* kOp = "nsa_backward";
   AttnDims dims;
-  FSA_RETURN_IF_ERROR(check_layer_inputs(config, inputs, &dims));
+  FSA_RETURN_IF_ERROR(detail::check_layer_inputs(config, inputs, &dims));
   FSA_RETURN_IF_ERROR(check_options(options));
   FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved, options));
-  const Arg q{"q", inputs.q}, da{"d_o", d_o};
-  FSA_RETURN_IF_ERROR(detail::check_same_dtype(da, q));
-  FSA_RETURN_IF_ERROR(detail::check_same_device(da, q));
-  FSA_RETURN_IF_ERROR(detail::check_tensor(da, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}}));
+  FSA_RETURN_IF_ERROR(detail::check_layer_output({"d_o", d_o}, {"q", inputs.q}, dims));
   FSA_RETURN_IF_ERROR(check_grad("dq", grads.dq, "q", inputs.q));
   FSA_RETURN_IF_ERROR(check_grad("dk", grads.dk, "k", inputs.k));
   FSA_RETURN_IF_ERROR(check_grad("dv", grads.dv, "v", inputs.v));

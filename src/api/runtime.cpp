@@ -1,6 +1,11 @@
 // Build and machine information.
 #include "fsa/runtime.hpp"
 
+#include <algorithm>
+#include <thread>
+
+#include "reference/parallel.hpp"
+
 #ifdef FSA_WITH_CUDA
 #include "cuda/runtime.hpp"
 #endif
@@ -33,5 +38,12 @@ void set_cuda_stream(void* stream) { current_cuda_stream = stream; }
 void* cuda_stream() { return current_cuda_stream; }
 
 const char* version() { return "0.1.0"; }
+
+Status cpu_threads(int* threads) {
+  int n = 0;
+  const Status s = ref::env_num_threads(&n);
+  *threads = n > 0 ? n : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return s;
+}
 
 }  // namespace fsa

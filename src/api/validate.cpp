@@ -222,4 +222,53 @@ Status check_lse(const Arg& lse, std::int64_t heads_q, std::int64_t tokens, cons
   return check_tensor(lse, {{heads_q, "Hq"}, {tokens, "N"}});
 }
 
+namespace {
+
+// A parameter of the compression: required (or forbidden) by the config's CompressionKind when
+// `required_for_linear`, else optional.
+Status check_param(const NsaConfig& config, const char* name, const TensorView& t, const Arg& q,
+                   std::initializer_list<Dim> dims, bool required_for_linear) {
+  const Arg a{name, t};
+  if (config.compression == CompressionKind::kMean && required_for_linear) {
+    if (t.defined()) return FSA_INVALID(std::string(name) + ": expected none for CompressionKind::kMean");
+    return Status::ok();
+  }
+  if (!t.defined()) {
+    if (required_for_linear) return FSA_INVALID(std::string(name) + ": expected a tensor for CompressionKind::kLinear");
+    return Status::ok();
+  }
+  FSA_RETURN_IF_ERROR(check_same_dtype(a, q));
+  FSA_RETURN_IF_ERROR(check_same_device(a, q));
+  return check_tensor(a, dims);
+}
+
+}  // namespace
+
+Status check_layer_inputs(const NsaConfig& config, const NsaLayerInputs& in, AttnDims* dims) {
+  FSA_RETURN_IF_ERROR(config.validate());
+  const Arg q{"q", in.q};
+  FSA_RETURN_IF_ERROR(check_qkv(q, {"k", in.k}, {"v", in.v}, in.q.ndim == 3 ? in.q.size(0) : 0, dims));
+  if (config.rope.enabled && dims->dim_qk % 2 != 0)
+    return FSA_INVALID("q: expected an even Dqk for RoPE, got " + std::to_string(dims->dim_qk));
+  const Arg cu{"cu_seqlens", in.cu_seqlens};
+  FSA_RETURN_IF_ERROR(check_same_device(cu, q));
+  FSA_RETURN_IF_ERROR(check_cu_seqlens(cu, dims->tokens, "N (q.size(0))"));
+  const std::int64_t l = config.cmp_len, hkv = dims->heads_kv, dqk = dims->dim_qk, dv = dims->dim_v;
+  FSA_RETURN_IF_ERROR(check_param(config, "w_k", in.w_k, q, {{hkv, "Hkv"}, {l * dqk, "l*Dqk"}, {dqk, "Dqk"}}, true));
+  FSA_RETURN_IF_ERROR(check_param(config, "w_v", in.w_v, q, {{hkv, "Hkv"}, {l * dv, "l*Dv"}, {dv, "Dv"}}, true));
+  FSA_RETURN_IF_ERROR(check_param(config, "pe_k", in.pe_k, q, {{hkv, "Hkv"}, {l, "l"}, {dqk, "Dqk"}}, false));
+  const Arg g{"gates", in.gates};
+  FSA_RETURN_IF_ERROR(check_same_dtype(g, q));
+  FSA_RETURN_IF_ERROR(check_same_device(g, q));
+  if (config.gate_mode == GateMode::kPerHead)
+    return check_tensor(g, {{dims->tokens, "N"}, {dims->heads_q, "Hq"}, {3, "3"}});
+  return check_tensor(g, {{dims->tokens, "N"}, {3, "3"}});
+}
+
+Status check_layer_output(const Arg& out, const Arg& q, const AttnDims& dims) {
+  FSA_RETURN_IF_ERROR(check_same_dtype(out, q));
+  FSA_RETURN_IF_ERROR(check_same_device(out, q));
+  return check_tensor(out, {{dims.tokens, "N"}, {dims.heads_q, "Hq"}, {dims.dim_v, "Dv"}});
+}
+
 }  // namespace fsa::detail

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "fsa/config.hpp"
+#include "fsa/layer.hpp"
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
 
@@ -63,6 +64,12 @@ namespace fsa::detail {
 Status check_like(const Arg& arg, const Arg& reference);
 // lse: fp32 [Hq, N] on the device of `reference`.
 Status check_lse(const Arg& lse, std::int64_t heads_q, std::int64_t tokens, const Arg& reference);
+
+// The whole layer's inputs (layer.hpp): config, q, k, v, cu_seqlens (values on the CPU), the
+// compression parameters the config asks for, gates; fills `dims`.
+Status check_layer_inputs(const NsaConfig& config, const NsaLayerInputs& inputs, AttnDims* dims);
+// An output (or its gradient) of the layer: [N, Hq, Dv], q's dtype and device.
+Status check_layer_output(const Arg& out, const Arg& q, const AttnDims& dims);
 
 // Runs a reference-backend call, turning an escaped exception (out of memory) into a Status.
 template <class Fn>

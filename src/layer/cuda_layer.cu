@@ -1,6 +1,6 @@
-// GPU path of nsa_forward / nsa_backward (spec sections 1-7 in the order of include/fsa/layer.hpp).
-// Arguments were validated once by src/api/layer.cpp; the steps call the CUDA backend
-// (cuda/backend.hpp) directly, with scratch carved from the caller's workspace.
+// GPU path of nsa_forward / nsa_backward (docs/semantics.md sections 1-7 in the order of
+// include/fsa/layer.hpp). Arguments were validated once by src/api/layer.cpp; the steps call the
+// CUDA backend (cuda/backend.hpp) directly, with scratch carved from the caller's workspace.
 //
 // Saved for the backward (the `saved` buffer, GPU layout): cu_cmp, the rotated compressed keys and
 // the compressed values, each branch's output and LSE, topk_idx and the selected-attention plan

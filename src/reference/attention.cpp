@@ -136,14 +136,20 @@ template void attention_backward<double>(const AttentionProblem&, const double*,
 
 AttentionProblem compressed_attention_problem(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp,
                                               HeadDims dims, double scale) {
+  return compressed_attention_problem(config, RowPositions::starting(seqs), cmp, dims, scale);
+}
+
+AttentionProblem compressed_attention_problem(const NsaConfig& config, const RowPositions& queries, const Varlen& cmp,
+                                              HeadDims dims, double scale) {
   AttentionProblem p;
-  p.q_seqs = &seqs;
+  p.q_seqs = queries.rows;
   p.kv_seqs = &cmp;
   p.dims = dims;
   p.scale = scale;
   const std::int64_t l = config.cmp_len, s = config.cmp_stride;
-  // Compressed token i covers [i*s, i*s + l - 1]; query t sees it iff i*s + l - 1 <= t.
-  p.keys = [l, s](int, std::int64_t t, int, std::vector<KeyRange>& ranges) {
+  // Compressed token i covers [i*s, i*s + l - 1]; the query at position t sees it iff i*s + l - 1 <= t.
+  p.keys = [l, s, queries](int b, std::int64_t row, int, std::vector<KeyRange>& ranges) {
+    const std::int64_t t = queries.position(b, row);
     if (t >= l - 1) ranges.push_back({0, (t - l + 1) / s + 1});
   };
   return p;
@@ -162,16 +168,21 @@ std::vector<std::int32_t> sanitize_blocks(const std::int32_t* row, int width, st
 
 AttentionProblem selected_attention_problem(const NsaConfig& config, const Varlen& seqs, HeadDims dims, double scale,
                                             const std::int32_t* topk, int width) {
+  return selected_attention_problem(config, RowPositions::starting(seqs), seqs, dims, scale, topk, width);
+}
+
+AttentionProblem selected_attention_problem(const NsaConfig& config, const RowPositions& queries, const Varlen& seqs,
+                                            HeadDims dims, double scale, const std::int32_t* topk, int width) {
   AttentionProblem p;
-  p.q_seqs = &seqs;
+  p.q_seqs = queries.rows;
   p.kv_seqs = &seqs;
   p.dims = dims;
   p.scale = scale;
   const std::int64_t B = config.block_size;
-  const std::int64_t N = seqs.total();
-  p.keys = [B, N, topk, width, &seqs](int b, std::int64_t t, int g, std::vector<KeyRange>& ranges) {
-    const std::int64_t n = seqs.length(b);
-    const std::int32_t* row = topk + (static_cast<std::int64_t>(g) * N + seqs.start(b) + t) * width;
+  const std::int64_t N = queries.rows->total();
+  p.keys = [B, N, topk, width, &seqs, queries](int b, std::int64_t q_row, int g, std::vector<KeyRange>& ranges) {
+    const std::int64_t n = seqs.length(b), t = queries.position(b, q_row);
+    const std::int32_t* row = topk + (static_cast<std::int64_t>(g) * N + queries.rows->start(b) + q_row) * width;
     for (std::int32_t j : sanitize_blocks(row, width, t, n, static_cast<int>(B)))
       ranges.push_back({j * B, std::min({(j + 1) * B, n, t + 1})});
   };
@@ -179,13 +190,19 @@ AttentionProblem selected_attention_problem(const NsaConfig& config, const Varle
 }
 
 AttentionProblem window_attention_problem(const NsaConfig& config, const Varlen& seqs, HeadDims dims, double scale) {
+  return window_attention_problem(config, RowPositions::starting(seqs), seqs, dims, scale);
+}
+
+AttentionProblem window_attention_problem(const NsaConfig& config, const RowPositions& queries, const Varlen& seqs,
+                                          HeadDims dims, double scale) {
   AttentionProblem p;
-  p.q_seqs = &seqs;
+  p.q_seqs = queries.rows;
   p.kv_seqs = &seqs;
   p.dims = dims;
   p.scale = scale;
   const std::int64_t w = config.window;
-  p.keys = [w](int, std::int64_t t, int, std::vector<KeyRange>& ranges) {
+  p.keys = [w, queries](int b, std::int64_t row, int, std::vector<KeyRange>& ranges) {
+    const std::int64_t t = queries.position(b, row);
     ranges.push_back({std::max<std::int64_t>(0, t - w), t + 1});
   };
   return p;

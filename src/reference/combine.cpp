@@ -1,4 +1,4 @@
-// Gated combination of the three branches (spec section 7).
+// Gated combination of the three branches (docs/semantics.md section 7).
 #include <algorithm>
 
 #include "parallel.hpp"

@@ -1,4 +1,5 @@
-// Compression of windows of l raw tokens into compressed tokens (spec section 1), forward and backward.
+// Compression of windows of l raw tokens into compressed tokens (docs/semantics.md section 1),
+// forward and backward.
 #include <algorithm>
 #include <array>
 #include <vector>

@@ -58,10 +58,8 @@ template <class T>
 struct Activations {
   Varlen seqs, cmp;
   HeadDims dims;
-  double scale = 1;
   std::vector<T> q_rot, k_rot, k_cmp, v_cmp;  // k_cmp is rotated when RoPE is on
-  std::vector<T> o_cmp, lse_cmp, o_slc, lse_slc, o_swa, lse_swa;
-  std::vector<std::int32_t> topk;
+  BranchOutputs<T> branches;
 };
 
 template <class T>
@@ -84,7 +82,6 @@ void forward_typed(const NsaConfig& c, const NsaLayerInputs& in, const TensorVie
   a.cmp = compressed_varlen(a.seqs, c);
   const NsaLayerShape shape = NsaLayerShape::of(in);
   a.dims = {shape.heads_q, shape.heads_kv, shape.head_dim_qk, shape.head_dim_v};
-  a.scale = c.softmax_scale(a.dims.dqk);
   const std::size_t n = static_cast<std::size_t>(shape.tokens), ncmp = static_cast<std::size_t>(a.cmp.total());
   const auto q = load<T>(in.q), k = load<T>(in.k), v = load<T>(in.v);
   const auto w_k = load<T>(in.w_k), pe_k = load<T>(in.pe_k), w_v = load<T>(in.w_v), gates = load<T>(in.gates);
@@ -102,25 +99,13 @@ void forward_typed(const NsaConfig& c, const NsaLayerInputs& in, const TensorVie
   a.k_rot = rotated(c, k, a.seqs, 1, hkv, dqk);
   a.k_cmp = rotated(c, k_cmp, a.cmp, c.cmp_stride, hkv, dqk);
   // 3. The three branches.
-  a.o_cmp.resize(n * hq * dv);
-  a.lse_cmp.resize(n * hq);
-  attention_forward<T>(compressed_attention_problem(c, a.seqs, a.cmp, a.dims, a.scale), a.q_rot.data(),
-                       a.k_cmp.data(), a.v_cmp.data(), a.o_cmp.data(), a.lse_cmp.data());
-  a.topk.resize(static_cast<std::size_t>(hkv) * n * static_cast<std::size_t>(c.topk));
-  select_blocks<T>(c, a.seqs, a.cmp, a.dims, a.scale, a.q_rot.data(), a.k_cmp.data(), a.lse_cmp.data(),
-                   a.topk.data());
-  a.o_slc.resize(n * hq * dv);
-  a.lse_slc.resize(n * hq);
-  attention_forward<T>(selected_attention_problem(c, a.seqs, a.dims, a.scale, a.topk.data(), c.topk),
-                       a.q_rot.data(), a.k_rot.data(), v.data(), a.o_slc.data(), a.lse_slc.data());
-  a.o_swa.resize(n * hq * dv);
-  a.lse_swa.resize(n * hq);
-  attention_forward<T>(window_attention_problem(c, a.seqs, a.dims, a.scale), a.q_rot.data(), a.k_rot.data(),
-                       v.data(), a.o_swa.data(), a.lse_swa.data());
+  a.branches = branches_forward<T>(c, RowPositions::starting(a.seqs), a.seqs, a.cmp, a.dims, a.q_rot.data(),
+                                   a.k_rot.data(), v.data(), a.k_cmp.data(), a.v_cmp.data());
+  const BranchOutputs<T>& br = a.branches;
   // 4. Gates.
   std::vector<T> o(n * hq * dv);
-  combine_forward<T>(shape.tokens, hq, dv, c.gate_mode == GateMode::kShared, gates.data(), a.o_cmp.data(),
-                     a.o_slc.data(), a.o_swa.data(), o.data());
+  combine_forward<T>(shape.tokens, hq, dv, c.gate_mode == GateMode::kShared, gates.data(), br.o_cmp.data(),
+                     br.o_slc.data(), br.o_swa.data(), o.data());
   store(o, o_view);
 
   if (!saved.defined()) return;
@@ -129,13 +114,13 @@ void forward_typed(const NsaConfig& c, const NsaLayerInputs& in, const TensorVie
   std::memset(base, 0, layout.bytes);
   save(base, layout.k_cmp, a.k_cmp);
   save(base, layout.v_cmp, a.v_cmp);
-  save(base, layout.o_cmp, a.o_cmp);
-  save(base, layout.lse_cmp, a.lse_cmp);
-  save(base, layout.o_slc, a.o_slc);
-  save(base, layout.lse_slc, a.lse_slc);
-  save(base, layout.o_swa, a.o_swa);
-  save(base, layout.lse_swa, a.lse_swa);
-  save(base, layout.topk, a.topk);
+  save(base, layout.o_cmp, br.o_cmp);
+  save(base, layout.lse_cmp, br.lse_cmp);
+  save(base, layout.o_slc, br.o_slc);
+  save(base, layout.lse_slc, br.lse_slc);
+  save(base, layout.o_swa, br.o_swa);
+  save(base, layout.lse_swa, br.lse_swa);
+  save(base, layout.topk, br.topk);
   save(base, layout.cu_cmp, a.cmp.cu);
 }
 
@@ -211,6 +196,33 @@ void backward_typed(const NsaConfig& c, const NsaLayerInputs& in, const TensorVi
 }
 
 }  // namespace
+
+template <class T>
+BranchOutputs<T> branches_forward(const NsaConfig& config, const RowPositions& queries, const Varlen& seqs,
+                                  const Varlen& cmp, HeadDims dims, const T* q_rot, const T* k_rot, const T* v,
+                                  const T* k_cmp, const T* v_cmp) {
+  const double scale = config.softmax_scale(dims.dqk);
+  const std::size_t n = static_cast<std::size_t>(queries.rows->total());
+  const std::size_t outputs = n * dims.hq * dims.dv, lse = n * dims.hq;
+  BranchOutputs<T> br{std::vector<T>(outputs), std::vector<T>(lse), std::vector<T>(outputs),
+                      std::vector<T>(lse),     std::vector<T>(outputs), std::vector<T>(lse),
+                      std::vector<std::int32_t>(n * dims.hkv * static_cast<std::size_t>(config.topk))};
+  attention_forward<T>(compressed_attention_problem(config, queries, cmp, dims, scale), q_rot, k_cmp, v_cmp,
+                       br.o_cmp.data(), br.lse_cmp.data());
+  select_blocks<T>(config, queries, cmp, dims, scale, q_rot, k_cmp, br.lse_cmp.data(), br.topk.data());
+  attention_forward<T>(selected_attention_problem(config, queries, seqs, dims, scale, br.topk.data(), config.topk),
+                       q_rot, k_rot, v, br.o_slc.data(), br.lse_slc.data());
+  attention_forward<T>(window_attention_problem(config, queries, seqs, dims, scale), q_rot, k_rot, v,
+                       br.o_swa.data(), br.lse_swa.data());
+  return br;
+}
+
+template BranchOutputs<float> branches_forward<float>(const NsaConfig&, const RowPositions&, const Varlen&,
+                                                      const Varlen&, HeadDims, const float*, const float*,
+                                                      const float*, const float*, const float*);
+template BranchOutputs<double> branches_forward<double>(const NsaConfig&, const RowPositions&, const Varlen&,
+                                                        const Varlen&, HeadDims, const double*, const double*,
+                                                        const double*, const double*, const double*);
 
 std::size_t nsa_saved_bytes(const NsaConfig& config, const NsaLayerShape& shape) {
   return SavedLayout(config, shape).bytes;

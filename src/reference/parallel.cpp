@@ -2,20 +2,45 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace fsa::ref {
 
-int num_threads() {
-  if (const char* env = std::getenv("FSA_NUM_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
+Status env_num_threads(int* threads) {
+  *threads = 0;
+  const char* env = std::getenv("FSA_NUM_THREADS");
+  if (env == nullptr || *env == '\0') return Status::ok();
+  // Digits only: no sign, spaces or suffix, so "4x", "-1" and "+4" are refused, not read as 4, 0 or 4.
+  long long n = 0;
+  for (const char* p = env; *p != '\0'; ++p) {
+    if (*p < '0' || *p > '9' || n > kMaxThreads) {
+      n = -1;
+      break;
+    }
+    n = n * 10 + (*p - '0');
   }
-  return std::max(1u, std::thread::hardware_concurrency());
+  if (n < 1 || n > kMaxThreads)
+    return FSA_INVALID("FSA_NUM_THREADS: expected an integer from 1 to " + std::to_string(kMaxThreads) + ", got '" +
+                       env + "'");
+  *threads = static_cast<int>(n);
+  return Status::ok();
+}
+
+int num_threads() {
+  int threads = 0;
+  if (const Status s = env_num_threads(&threads); !s.is_ok()) {
+    static std::once_flag reported;  // a bad value is reported once per process, not per loop
+    std::call_once(reported, [&] {
+      std::fprintf(stderr, "fsa: %s; the CPU reference uses every core\n", s.message().c_str());
+    });
+  }
+  return threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 void parallel_for(std::int64_t items, const std::function<void(std::int64_t)>& body) {

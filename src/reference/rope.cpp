@@ -1,4 +1,4 @@
-// Rotary embedding, GPT-NeoX rotate-half (spec section 2).
+// Rotary embedding, GPT-NeoX rotate-half (docs/semantics.md section 2).
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -17,6 +17,13 @@ constexpr std::int64_t kRowsPerItem = 256;
 template <class T>
 void rope_apply(const RopeConfig& rope, const Varlen& rows, int position_stride, int heads, int dim, const T* x,
                 T* y, bool inverse) {
+  rope_apply(rope, RowPositions::starting(rows), position_stride, heads, dim, x, y, inverse);
+}
+
+template <class T>
+void rope_apply(const RopeConfig& rope, const RowPositions& positions, int position_stride, int heads, int dim,
+                const T* x, T* y, bool inverse) {
+  const Varlen& rows = *positions.rows;
   const int half = dim / 2;
   std::vector<float> frequency(static_cast<std::size_t>(half));
   for (int i = 0; i < half; ++i) frequency[static_cast<std::size_t>(i)] = rope_frequency(rope, i, dim);
@@ -29,7 +36,7 @@ void rope_apply(const RopeConfig& rope, const Varlen& rows, int position_stride,
     const std::int64_t r_end = std::min(rows.length(b), items[item][1] + kRowsPerItem);
     std::vector<T> cosines(static_cast<std::size_t>(half)), sines(static_cast<std::size_t>(half));
     for (std::int64_t r = items[item][1]; r < r_end; ++r) {
-      const std::int64_t position = r * position_stride;
+      const std::int64_t position = positions.position(b, r) * position_stride;
       // Angles in fp32, as the GPU computes them; the rotation itself in T.
       for (int i = 0; i < half; ++i) {
         const float angle = static_cast<float>(position) * frequency[static_cast<std::size_t>(i)];
@@ -54,5 +61,8 @@ void rope_apply(const RopeConfig& rope, const Varlen& rows, int position_stride,
 
 template void rope_apply<float>(const RopeConfig&, const Varlen&, int, int, int, const float*, float*, bool);
 template void rope_apply<double>(const RopeConfig&, const Varlen&, int, int, int, const double*, double*, bool);
+template void rope_apply<float>(const RopeConfig&, const RowPositions&, int, int, int, const float*, float*, bool);
+template void rope_apply<double>(const RopeConfig&, const RowPositions&, int, int, int, const double*, double*,
+                                 bool);
 
 }  // namespace fsa::ref

@@ -1,5 +1,5 @@
-// Block selection (spec section 4): score the selection blocks of each query from its compressed
-// attention probabilities, keep the forced blocks and the best-scoring others.
+// Block selection (docs/semantics.md section 4): score the selection blocks of each query from its
+// compressed attention probabilities, keep the forced blocks and the best-scoring others.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -17,20 +17,22 @@ namespace {
 // Query tokens per work item: small enough to balance threads over one long sequence.
 constexpr std::int64_t kTokensPerItem = 64;
 
-// Scores of blocks 0..bq(t) of query t of sequence b in kv group g. `probs` is scratch.
+// Scores of blocks 0..bq(t) of query row q_row of sequence b, at position t, in kv group g. `probs`
+// is scratch.
 template <class T>
-void row_block_scores(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp, HeadDims dims, double scale,
-                      const T* q, const T* k_cmp, const T* lse_cmp, int b, std::int64_t t, int g,
+void row_block_scores(const NsaConfig& config, const RowPositions& queries, const Varlen& cmp, HeadDims dims,
+                      double scale, const T* q, const T* k_cmp, const T* lse_cmp, int b, std::int64_t q_row, int g,
                       std::vector<T>& probs, std::vector<T>& scores) {
   const std::int64_t l = config.cmp_len, s = config.cmp_stride, block = config.block_size;
+  const std::int64_t t = queries.position(b, q_row);
   scores.assign(static_cast<std::size_t>(t / block + 1), T(0));
   const std::int64_t visible = t >= l - 1 ? (t - l + 1) / s + 1 : 0;
   if (visible == 0) return;
   probs.assign(static_cast<std::size_t>(visible), T(0));
   const int G = dims.group();
   const int heads_used = config.aggregation == ScoreAggregation::kFirstHead ? 1 : G;
-  const std::int64_t N = seqs.total();
-  const std::int64_t row = seqs.start(b) + t;
+  const std::int64_t N = queries.rows->total();
+  const std::int64_t row = queries.rows->start(b) + q_row;
   const T scale_t = static_cast<T>(scale);
   for (int h = g * G; h < g * G + heads_used; ++h) {
     const T* qrow = q + (row * dims.hq + h) * dims.dqk;
@@ -58,7 +60,7 @@ template <class T>
 std::vector<T> block_scores(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp, HeadDims dims,
                             double scale, const T* q, const T* k_cmp, const T* lse_cmp, int b, std::int64_t t, int g) {
   std::vector<T> probs, scores;
-  row_block_scores(config, seqs, cmp, dims, scale, q, k_cmp, lse_cmp, b, t, g, probs, scores);
+  row_block_scores(config, RowPositions::starting(seqs), cmp, dims, scale, q, k_cmp, lse_cmp, b, t, g, probs, scores);
   return scores;
 }
 
@@ -99,22 +101,29 @@ void choose_blocks(const NsaConfig& config, std::int64_t query_block, const std:
 template <class T>
 void select_blocks(const NsaConfig& config, const Varlen& seqs, const Varlen& cmp, HeadDims dims, double scale,
                    const T* q, const T* k_cmp, const T* lse_cmp, std::int32_t* topk) {
-  const std::int64_t N = seqs.total();
+  select_blocks(config, RowPositions::starting(seqs), cmp, dims, scale, q, k_cmp, lse_cmp, topk);
+}
+
+template <class T>
+void select_blocks(const NsaConfig& config, const RowPositions& queries, const Varlen& cmp, HeadDims dims,
+                   double scale, const T* q, const T* k_cmp, const T* lse_cmp, std::int32_t* topk) {
+  const Varlen& rows = *queries.rows;
+  const std::int64_t N = rows.total();
   const std::int64_t K = config.topk;
   // Work items: (sequence, kv head, chunk of tokens); each owns its rows of topk.
   std::vector<std::array<std::int64_t, 3>> items;
-  for (int b = 0; b < seqs.num_seqs(); ++b)
+  for (int b = 0; b < rows.num_seqs(); ++b)
     for (int g = 0; g < dims.hkv; ++g)
-      for (std::int64_t t0 = 0; t0 < seqs.length(b); t0 += kTokensPerItem) items.push_back({b, g, t0});
+      for (std::int64_t t0 = 0; t0 < rows.length(b); t0 += kTokensPerItem) items.push_back({b, g, t0});
 
   parallel_for(static_cast<std::int64_t>(items.size()), [&](std::int64_t item) {
     const int b = static_cast<int>(items[item][0]);
     const int g = static_cast<int>(items[item][1]);
-    const std::int64_t t_end = std::min(seqs.length(b), items[item][2] + kTokensPerItem);
+    const std::int64_t r_end = std::min(rows.length(b), items[item][2] + kTokensPerItem);
     std::vector<T> probs, scores;
-    for (std::int64_t t = items[item][2]; t < t_end; ++t) {
-      row_block_scores(config, seqs, cmp, dims, scale, q, k_cmp, lse_cmp, b, t, g, probs, scores);
-      choose_blocks(config, t / config.block_size, scores, topk + (g * N + seqs.start(b) + t) * K);
+    for (std::int64_t r = items[item][2]; r < r_end; ++r) {
+      row_block_scores(config, queries, cmp, dims, scale, q, k_cmp, lse_cmp, b, r, g, probs, scores);
+      choose_blocks(config, queries.position(b, r) / config.block_size, scores, topk + (g * N + rows.start(b) + r) * K);
     }
   });
 }
@@ -129,6 +138,10 @@ template void choose_blocks<double>(const NsaConfig&, std::int64_t, const std::v
 template void select_blocks<float>(const NsaConfig&, const Varlen&, const Varlen&, HeadDims, double, const float*,
                                    const float*, const float*, std::int32_t*);
 template void select_blocks<double>(const NsaConfig&, const Varlen&, const Varlen&, HeadDims, double,
+                                    const double*, const double*, const double*, std::int32_t*);
+template void select_blocks<float>(const NsaConfig&, const RowPositions&, const Varlen&, HeadDims, double,
+                                   const float*, const float*, const float*, std::int32_t*);
+template void select_blocks<double>(const NsaConfig&, const RowPositions&, const Varlen&, HeadDims, double,
                                     const double*, const double*, const double*, std::int32_t*);
 
 }  // namespace fsa::ref

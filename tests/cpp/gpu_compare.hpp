@@ -1,6 +1,6 @@
 // Comparison helpers of the GPU tests of compression, compressed attention and selection: the
-// error metrics of spec section 10 with diagnostics that locate a failure (max error and where,
-// first non-finite element).
+// error metrics of docs/semantics.md section 10 with diagnostics that locate a failure (max error
+// and where, first non-finite element).
 #pragma once
 
 #include <cmath>

@@ -56,6 +56,18 @@ struct LayerTensors {
     gates.fill_uniform(rng, 0.05, 0.95);
   }
 
+  // The same values in another dtype (rounded to it): the fp32 reference of a bf16 run.
+  LayerTensors converted(DType dtype) const {
+    LayerTensors out = *this;
+    for (HostTensor* t : {&out.q, &out.k, &out.v, &out.w_k, &out.pe_k, &out.w_v, &out.gates}) {
+      if (t->sizes().empty()) continue;
+      HostTensor copy(dtype, t->sizes());
+      copy.from_double(t->to_double());
+      *t = copy;
+    }
+    return out;
+  }
+
   NsaLayerInputs inputs() const {
     NsaLayerInputs in;
     in.q = q.view();
@@ -69,5 +81,46 @@ struct LayerTensors {
     return in;
   }
 };
+
+// The layer written out as a sequence of public ops, in the order of docs/semantics.md section 2,
+// every intermediate in the case's dtype.
+struct LayerComposition {
+  HostTensor cu_cmp, q_rot, k_rot, k_cmp_rot, v_cmp;
+  HostTensor o_cmp, lse_cmp, topk, o_slc, lse_slc, o_swa, lse_swa, o;
+};
+
+inline LayerComposition compose_layer(const LayerCase& lc, const LayerTensors& t) {
+  const NsaConfig& c = lc.config;
+  const std::int64_t n = t.q.sizes()[0], ncmp = max_compressed_tokens(n, c);
+  const DType dt = lc.dtype;
+  LayerComposition r;
+  r.cu_cmp = make_cu_cmp(c, t.cu);
+  HostTensor k_cmp(dt, {ncmp, lc.hkv, lc.dqk});
+  r.v_cmp = HostTensor(dt, {ncmp, lc.hkv, lc.dv});
+  const NsaLayerInputs in = t.inputs();
+  FSA_EXPECT_OK(compress_forward(c, t.k.view(), t.cu.view(), r.cu_cmp.view(), in.w_k, t.pe_k.view(), k_cmp.view()));
+  FSA_EXPECT_OK(compress_forward(c, t.v.view(), t.cu.view(), r.cu_cmp.view(), in.w_v, TensorView{}, r.v_cmp.view()));
+  r.q_rot = t.q;
+  r.k_rot = t.k;
+  r.k_cmp_rot = k_cmp;
+  if (c.rope.enabled) {
+    FSA_EXPECT_OK(rope_forward(c.rope, t.q.view(), t.cu.view(), 1, r.q_rot.view()));
+    FSA_EXPECT_OK(rope_forward(c.rope, t.k.view(), t.cu.view(), 1, r.k_rot.view()));
+    FSA_EXPECT_OK(rope_forward(c.rope, k_cmp.view(), r.cu_cmp.view(), c.cmp_stride, r.k_cmp_rot.view()));
+  }
+  for (HostTensor* out : {&r.o_cmp, &r.o_slc, &r.o_swa, &r.o}) *out = HostTensor(dt, {n, lc.hq, lc.dv});
+  for (HostTensor* lse : {&r.lse_cmp, &r.lse_slc, &r.lse_swa}) *lse = HostTensor(DType::kFloat32, {lc.hq, n});
+  r.topk = HostTensor(DType::kInt32, {lc.hkv, n, c.topk});
+  FSA_EXPECT_OK(cmp_attn_forward(c, r.q_rot.view(), r.k_cmp_rot.view(), r.v_cmp.view(), t.cu.view(),
+                                 r.cu_cmp.view(), r.o_cmp.view(), r.lse_cmp.view()));
+  FSA_EXPECT_OK(select_blocks(c, r.q_rot.view(), r.k_cmp_rot.view(), r.lse_cmp.view(), t.cu.view(), r.cu_cmp.view(),
+                              r.topk.view()));
+  FSA_EXPECT_OK(slc_attn_forward(c, r.q_rot.view(), r.k_rot.view(), t.v.view(), r.topk.view(), t.cu.view(),
+                                 r.o_slc.view(), r.lse_slc.view()));
+  FSA_EXPECT_OK(swa_forward(c, r.q_rot.view(), r.k_rot.view(), t.v.view(), t.cu.view(), r.o_swa.view(),
+                            r.lse_swa.view()));
+  FSA_EXPECT_OK(combine_forward(c, t.gates.view(), r.o_cmp.view(), r.o_slc.view(), r.o_swa.view(), r.o.view()));
+  return r;
+}
 
 }  // namespace fsa::test

@@ -161,7 +161,8 @@ inline NaiveGrads naive_attention_backward(const NaiveAttentionShape& s, const s
 // ---- Comparison helpers ------------------------------------------------------------------------
 
 // Relative Frobenius tolerance of an output of `dtype` against fp64 on the same rounded inputs
-// (nsa-spec section 10; fp32 tightened since the CPU reference computes in fp32 or better).
+// (docs/semantics.md section 10; fp32 tightened since the CPU reference computes in fp32 or
+// better).
 inline double tolerance_for(DType dtype) {
   switch (dtype) {
     case DType::kBFloat16: return 1e-2;

@@ -1,4 +1,5 @@
-// Compressed attention (nsa-spec section 3) through the public API, against the naive fp64 oracle.
+// Compressed attention (docs/semantics.md section 3) through the public API, against the naive fp64
+// oracle.
 #include <cmath>
 #include <cstdint>
 #include <limits>

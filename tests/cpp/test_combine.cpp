@@ -1,4 +1,4 @@
-// Gated combination of the three branches (nsa-spec section 7) through the public API.
+// Gated combination of the three branches (docs/semantics.md section 7) through the public API.
 #include <cmath>
 #include <cstdint>
 #include <string>

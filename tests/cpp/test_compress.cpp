@@ -1,5 +1,5 @@
-// Compression (spec section 1): lengths, forward against an fp64 loop, gradients against finite
-// differences.
+// Compression (docs/semantics.md section 1): lengths, forward against an fp64 loop, gradients
+// against finite differences.
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -15,8 +15,8 @@ std::vector<std::int64_t> cu_of(const HostTensor& cu) {
   return out;
 }
 
-// y[i, g, e] of every compressed token, straight from the formulas of spec section 1. `weight`
-// empty means mean compression, `pos_emb` empty means none.
+// y[i, g, e] of every compressed token, straight from the formulas of docs/semantics.md section 1.
+// `weight` empty means mean compression, `pos_emb` empty means none.
 std::vector<double> naive_compress(const NsaConfig& config, const std::vector<std::int64_t>& cu,
                                    const std::vector<std::int64_t>& cu_cmp, int heads, int dim, int dim_out,
                                    const std::vector<double>& x, const std::vector<double>& weight,

@@ -1,9 +1,9 @@
-// Compressed attention on the GPU (spec section 3) against the CPU reference on the same rounded
-// inputs: forward (o, natural-log lse, -inf and o = 0 for queries that see nothing) and backward
-// (dq, dk_cmp, dv_cmp), packed batches with sequences shorter than l, exactly l, l + s - 1 and a
-// few thousand tokens, G in {1, 4, 16}, the head dims of the spec's models, bf16 and fp16.
-// Outputs are poisoned before each run; spare compressed rows of dk/dv must come back as zeros.
-// Also: CUDA graph capture of forward + backward.
+// Compressed attention on the GPU (docs/semantics.md section 3) against the CPU reference on the
+// same rounded inputs: forward (o, natural-log lse, -inf and o = 0 for queries that see nothing)
+// and backward (dq, dk_cmp, dv_cmp), packed batches with sequences shorter than l, exactly l, l + s
+// - 1 and a few thousand tokens, G in {1, 4, 16}, the head dims the library instantiates, bf16 and
+// fp16. Outputs are poisoned before each run; spare compressed rows of dk/dv must come back as
+// zeros. Also: CUDA graph capture of forward + backward.
 #include <cmath>
 
 #include "gpu_compare.hpp"
@@ -146,7 +146,8 @@ TEST_F(Gpu, CmpAttnLogitSpreadStaysFinite) {
   check_case(c, 300);
 }
 
-// Spec section 3: t = 30 sees nothing (lse = -inf, o = 0), t = 31 and t = 46 see {0}, t = 47 sees {0, 1}.
+// docs/semantics.md section 3: t = 30 sees nothing (lse = -inf, o = 0), t = 31 and t = 46 see {0},
+// t = 47 sees {0, 1}.
 TEST_F(Gpu, CmpAttnVisibilityRule) {
   auto rng = rng_for_test();
   NsaConfig config;

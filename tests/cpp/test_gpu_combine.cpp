@@ -1,6 +1,6 @@
-// Gated combination on the GPU (spec section 7) against the CPU reference on the same rounded
-// inputs: per-head and shared gates, bf16 and fp16, Dv of the spec's models, a strided output
-// view, gradients skipped when undefined, d_gates bitwise reproducible (no atomics), and the
+// Gated combination on the GPU (docs/semantics.md section 7) against the CPU reference on the same
+// rounded inputs: per-head and shared gates, bf16 and fp16, the Dv the library instantiates, a strided
+// output view, gradients skipped when undefined, d_gates bitwise reproducible (no atomics), and the
 // error for a Dv that is not a multiple of 8.
 #include <cuda_runtime.h>
 

@@ -1,8 +1,8 @@
-// Compression on the GPU (spec section 1) against the CPU reference on the same rounded inputs:
-// linear and mean, with and without the positional embedding, forward and every gradient, packed
-// batches with sequences shorter than l, exactly l, l + s - 1 and a few thousand tokens, head dims
-// of the spec's models, window/stride pairs, bf16 and fp16. Outputs are poisoned before each run;
-// the spare rows of y (sized by max_compressed_tokens) must come back as zeros.
+// Compression on the GPU (docs/semantics.md section 1) against the CPU reference on the same
+// rounded inputs: linear and mean, with and without the positional embedding, forward and every
+// gradient, packed batches with sequences shorter than l, exactly l, l + s - 1 and a few thousand
+// tokens, the head dims the library instantiates, window/stride pairs, bf16 and fp16. Outputs are poisoned
+// before each run; the spare rows of y (sized by max_compressed_tokens) must come back as zeros.
 #include <cmath>
 #include <cstdlib>
 #include <string>

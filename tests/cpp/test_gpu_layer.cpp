@@ -148,7 +148,7 @@ std::string describe(const LayerCase& lc) {
   return s;
 }
 
-// The hyperparameters of the spec's models, with a window short enough to matter here.
+// The default hyperparameters (docs/semantics.md section 0), with a window short enough to matter here.
 LayerCase model_case(int g, int dqk, int dv, DType dtype) {
   LayerCase lc;
   lc.hkv = 2;

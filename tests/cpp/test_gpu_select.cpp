@@ -1,12 +1,12 @@
-// Fused block selection on the GPU (spec section 4) against the CPU reference on the same rounded
-// inputs. topk_idx must equal the reference row by row, except that two blocks may swap places when
-// their scores, recomputed here in fp64 from the same rounded q, k~ and lse, are within 1e-5
-// relative of each other (the GPU sums in another order and uses a fast exp). Every row must also
-// be a well-formed selection: ascending, -1 padded, min(K, bq + 1) entries, forced blocks present.
-// Also: the spec's 200-token worked example, G in {1, 3, 4, 16, 24, 64}, first-head aggregation,
-// block sizes, widths up to 64, window/stride pairs, head dims, bf16 and fp16, packed short and long
-// sequences; bitwise run-to-run reproducibility, exact ties broken by the lower block (no
-// tolerance), and CUDA-graph capture.
+// Fused block selection on the GPU (docs/semantics.md section 4) against the CPU reference on the
+// same rounded inputs. topk_idx must equal the reference row by row, except that two blocks may
+// swap places when their scores, recomputed here in fp64 from the same rounded q, k~ and lse, are
+// within 1e-5 relative of each other (the GPU sums in another order and uses a fast exp). Every row
+// must also be a well-formed selection: ascending, -1 padded, min(K, bq + 1) entries, forced blocks
+// present. Also: the 200-token worked example of section 4, G in {1, 3, 4, 16, 24, 64}, first-head
+// aggregation, block sizes, widths up to 64, window/stride pairs, head dims, bf16 and fp16, packed
+// short and long sequences; bitwise run-to-run reproducibility, exact ties broken by the lower
+// block (no tolerance), and CUDA-graph capture.
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -194,7 +194,8 @@ std::vector<std::int64_t> mixed_lengths(int l, int s) {
   return {static_cast<std::int64_t>(l) - 1, l, static_cast<std::int64_t>(l) + s - 1, 0, 3000, 200, 1};
 }
 
-// Spec section 4: a 200-token sequence with K = 16, I = 1, L = 2, B = 64 selects every candidate.
+// docs/semantics.md section 4: a 200-token sequence with K = 16, I = 1, L = 2, B = 64 selects every
+// candidate.
 TEST_F(Gpu, SelectWorkedExample) {
   SelectCase c;
   c.lengths = {200};
@@ -274,9 +275,10 @@ TEST_F(Gpu, SelectHeadDimsAndDtypes) {
   check_case(c, ++salt);
 }
 
-// Selection is deterministic (spec section 4): every sum has one owner and a fixed order, so
-// repeated runs give bitwise the same topk_idx, near-ties included. Large problems (many blocks per
-// row, many CTAs per sequence), a packed batch, the group sums of G = 4 and 16 and odd G = 3.
+// Selection is deterministic (docs/semantics.md section 4): every sum has one owner and a fixed
+// order, so repeated runs give bitwise the same topk_idx, near-ties included. Large problems (many
+// blocks per row, many CTAs per sequence), a packed batch, the group sums of G = 4 and 16 and of
+// the odd G = 3.
 TEST_F(Gpu, SelectIsReproducibleRunToRun) {
   std::uint64_t salt = 400;
   for (const int g : {4, 16, 3}) {

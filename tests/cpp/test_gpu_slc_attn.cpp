@@ -1,8 +1,8 @@
 // Selected attention on the GPU against the CPU reference on the same rounded inputs: forward and
-// backward, every selection edge case of spec section 5, group sizes, head dims, block sizes,
-// widths, packed ragged batches, poisoned outputs, run-to-run determinism of the forward and of the
-// deterministic backward, and CUDA graph capture; each forward path (KV-outer, dense/sparse split at
-// several thresholds, query-outer) forced separately, and the adaptive plan.
+// backward, every selection edge case of docs/semantics.md section 5, group sizes, head dims, block
+// sizes, widths, packed ragged batches, poisoned outputs, run-to-run determinism of the forward and
+// of the deterministic backward, and CUDA graph capture; each forward path (KV-outer, dense/sparse
+// split at several thresholds, query-outer) forced separately, and the adaptive plan.
 #include <cmath>
 #include <limits>
 

@@ -1,12 +1,12 @@
 // GPU tests of the selected-attention plan builder (label gpu: they need a CUDA device). The plan
-// built on the device is compared with a host computation that follows spec section 5 literally:
-// block offsets, list offsets, and through each of the two views (slc_plan.hpp) its list sizes,
-// work-unit offsets and lists and slot masks exactly; the entries of each list's sparse and dense
-// parts as multisets (their order inside a part is not deterministic unless sorted); and every
-// pair_rank against the CSR entry it points to. With the dense/sparse split (dense_threshold > 0)
-// also each tile's dense blocks, their token masks and the rows' dense slots exactly, the forward
-// view without the dense pairs and the backward view with them. Workspaces are poisoned first, so
-// unwritten outputs show.
+// built on the device is compared with a host computation that follows docs/semantics.md section 5
+// literally: block offsets, list offsets, and through each of the two views (slc_plan.hpp) its list
+// sizes, work-unit offsets and lists and slot masks exactly; the entries of each list's sparse and
+// dense parts as multisets (their order inside a part is not deterministic unless sorted); and
+// every pair_rank against the CSR entry it points to. With the dense/sparse split
+// (dense_threshold > 0) also each tile's dense blocks, their token masks and the rows' dense slots exactly, the
+// forward view without the dense pairs and the backward view with them. Workspaces are poisoned
+// first, so unwritten outputs show.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -123,7 +123,8 @@ struct ExpectedTables {
   std::vector<std::uint64_t> slot_mask;
 };
 
-// The plan as the spec defines it, computed sequence by sequence (no search over cu).
+// The plan as the attended sets of docs/semantics.md section 5 define it, computed sequence by
+// sequence (no search over cu).
 struct ExpectedPlan {
   std::vector<std::int32_t> block_offsets, pair_offsets;
   ExpectedTables sparse, kept;  // the forward view's pairs and the backward view's (all)
@@ -442,8 +443,8 @@ std::string describe(const Problem& p) {
          " G=" + std::to_string(s.group) + " width=" + std::to_string(s.width) + " B=" + std::to_string(s.block_size);
 }
 
-// A row as the selection producer writes it (spec section 4): the forced blocks (0, bq - 1, bq)
-// and random others, ascending, then -1 padding.
+// A row as the selection producer writes it (docs/semantics.md section 4): the forced blocks
+// (0, bq - 1, bq) and random others, ascending, then -1 padding.
 void fill_selection_row(Problem& p, int g, std::int64_t t, std::int64_t bq, std::mt19937_64& rng) {
   std::vector<std::int32_t> candidates;
   for (std::int64_t j = 1; j + 1 < bq; ++j) candidates.push_back(static_cast<std::int32_t>(j));
@@ -643,7 +644,7 @@ TEST_F(SlcPlanGpu, HandWrittenRows) {
   build_and_check(p, "hand-written rows");
 }
 
-// Packed batches with empty, length-1 and ragged sequences over the spec's block sizes, group
+// Packed batches with empty, length-1 and ragged sequences over the block sizes of section 0, group
 // sizes and widths, with strided inputs and random rows of every kind.
 TEST_F(SlcPlanGpu, RandomRowsMatchHostPlan) {
   auto rng = rng_for_test();

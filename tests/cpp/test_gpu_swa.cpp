@@ -1,10 +1,11 @@
-// Sliding-window attention on the GPU (spec section 6: query t sees keys [max(0, t - w), t] of its
-// sequence) against the CPU reference on the same rounded inputs: forward (o, natural-log lse) and
-// backward (dq, dk, dv) on packed batches with lengths 1, 2, 3, 7, w - 1, w, w + 1 and a few hundred
-// (0 where w - 1 = 0), windows 1, 16, 64, 512 and w >= N (dense causal attention, the library's
-// own dense baseline), G in {1, 2, 3, 4, 8, 16}, the head dims of the spec's models, bf16 and fp16.
-// Outputs are poisoned before each run. Also: bitwise run-to-run equality of the forward, CUDA
-// graph capture of forward + backward, and misaligned rows refused with the argument's name.
+// Sliding-window attention on the GPU (docs/semantics.md section 6: query t sees keys
+// [max(0, t - w), t] of its sequence) against the CPU reference on the same rounded inputs: forward
+// (o, natural-log lse) and backward (dq, dk, dv) on packed batches with lengths 1, 2, 3, 7, w - 1,
+// w, w + 1 and a few hundred (0 where w - 1 = 0), windows 1, 16, 64, 512 and w >= N (dense causal
+// attention, the library's own dense baseline), G in {1, 2, 3, 4, 8, 16}, the head dims the
+// library instantiates, bf16 and fp16. Outputs are poisoned before each run. Also: bitwise run-to-run
+// equality of the forward, CUDA graph capture of forward + backward, and misaligned rows refused
+// with the argument's name.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -172,8 +173,9 @@ TEST_F(Gpu, SwaLogitSpreadStaysFinite) {
   check_case(c, 400);
 }
 
-// Spec section 6: t = 1000 with w = 512 sees keys 488..1000, so its output is a softmax over
-// exactly those keys (checked here against a direct sum over them, independent of the reference).
+// docs/semantics.md section 6: t = 1000 with w = 512 sees keys 488..1000, so its output is a
+// softmax over exactly those keys (checked here against a direct sum over them, independent of the
+// reference).
 TEST_F(Gpu, SwaWindowRule) {
   SwaCase c;
   c.lengths = {1001};

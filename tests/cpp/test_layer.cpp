@@ -23,37 +23,7 @@ HostTensor run_forward(const LayerCase& lc, const LayerTensors& t, HostTensor* s
   return o;
 }
 
-// The layer written out as the spec's sequence of public ops (section 2's order).
-HostTensor run_composition(const LayerCase& lc, const LayerTensors& t) {
-  const NsaConfig& c = lc.config;
-  const std::int64_t n = t.q.sizes()[0], ncmp = max_compressed_tokens(n, c);
-  const DType dt = lc.dtype;
-  HostTensor cu_cmp = make_cu_cmp(c, t.cu);
-  HostTensor k_cmp(dt, {ncmp, lc.hkv, lc.dqk}), v_cmp(dt, {ncmp, lc.hkv, lc.dv});
-  const NsaLayerInputs in = t.inputs();
-  EXPECT_TRUE(compress_forward(c, t.k.view(), t.cu.view(), cu_cmp.view(), in.w_k, t.pe_k.view(), k_cmp.view()).is_ok());
-  EXPECT_TRUE(compress_forward(c, t.v.view(), t.cu.view(), cu_cmp.view(), in.w_v, TensorView{}, v_cmp.view()).is_ok());
-  HostTensor q_rot = t.q, k_rot = t.k, kc_rot = k_cmp;
-  if (c.rope.enabled) {
-    EXPECT_TRUE(rope_forward(c.rope, t.q.view(), t.cu.view(), 1, q_rot.view()).is_ok());
-    EXPECT_TRUE(rope_forward(c.rope, t.k.view(), t.cu.view(), 1, k_rot.view()).is_ok());
-    EXPECT_TRUE(rope_forward(c.rope, k_cmp.view(), cu_cmp.view(), c.cmp_stride, kc_rot.view()).is_ok());
-  }
-  HostTensor o_cmp(dt, {n, lc.hq, lc.dv}), o_slc(dt, {n, lc.hq, lc.dv}), o_swa(dt, {n, lc.hq, lc.dv});
-  HostTensor lse_cmp(DType::kFloat32, {lc.hq, n}), lse_slc(DType::kFloat32, {lc.hq, n}),
-      lse_swa(DType::kFloat32, {lc.hq, n});
-  HostTensor topk(DType::kInt32, {lc.hkv, n, c.topk});
-  EXPECT_TRUE(cmp_attn_forward(c, q_rot.view(), kc_rot.view(), v_cmp.view(), t.cu.view(), cu_cmp.view(),
-                               o_cmp.view(), lse_cmp.view()).is_ok());
-  EXPECT_TRUE(select_blocks(c, q_rot.view(), kc_rot.view(), lse_cmp.view(), t.cu.view(), cu_cmp.view(),
-                            topk.view()).is_ok());
-  EXPECT_TRUE(slc_attn_forward(c, q_rot.view(), k_rot.view(), t.v.view(), topk.view(), t.cu.view(), o_slc.view(),
-                               lse_slc.view()).is_ok());
-  EXPECT_TRUE(swa_forward(c, q_rot.view(), k_rot.view(), t.v.view(), t.cu.view(), o_swa.view(), lse_swa.view()).is_ok());
-  HostTensor o(dt, {n, lc.hq, lc.dv});
-  EXPECT_TRUE(combine_forward(c, t.gates.view(), o_cmp.view(), o_slc.view(), o_swa.view(), o.view()).is_ok());
-  return o;
-}
+HostTensor run_composition(const LayerCase& lc, const LayerTensors& t) { return compose_layer(lc, t).o; }
 
 LayerCase default_case() {
   LayerCase lc;
@@ -162,7 +132,7 @@ TEST(Layer, GradientsMatchFiniteDifferencesMeanSharedGatesG1) {
   check_layer_gradients(lc, rng);
 }
 
-// bf16 and fp16 inputs: the layer computes in fp32 and must stay within the spec's tolerance of the
+// bf16 and fp16 inputs: the layer computes in fp32 and must stay within the tolerance (docs/semantics.md section 10) of the
 // fp64 layer on the same rounded inputs.
 TEST(Layer, HalfPrecisionInputsMatchFp64) {
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {

@@ -1,5 +1,5 @@
-// Rotary embedding (spec section 2): forward against an fp64 formula, llama3 scaling, the backward
-// as inverse and transpose, aliasing, argument checks.
+// Rotary embedding (docs/semantics.md section 2): forward against an fp64 formula, llama3 scaling,
+// the backward as inverse and transpose, aliasing, argument checks.
 #include <cmath>
 #include <cstdint>
 #include <numbers>
@@ -51,7 +51,8 @@ std::int64_t sum_of(const std::vector<std::int64_t>& lengths) {
 }
 
 // Runs rope_forward on random inputs and compares with naive_rope. The reference's angles are fp32
-// (spec section 2): at positions below ~400 that costs at most ~2e-5 of each rotated pair.
+// (docs/semantics.md section 2): at positions below ~400 that costs at most ~2e-5 of each rotated
+// pair.
 void check_forward(const RopeConfig& rope, DType dtype, const std::vector<std::int64_t>& lengths, int stride,
                    int heads, int dim) {
   auto rng = rng_for_test(static_cast<std::uint64_t>(dim) * 131 + static_cast<std::uint64_t>(stride));

@@ -1,5 +1,5 @@
-// Block selection (spec section 4): the worked example, overlap weights, row invariants, an
-// independent brute-force selection and the tie rule.
+// Block selection (docs/semantics.md section 4): the worked example, overlap weights, row
+// invariants, an independent brute-force selection and the tie rule.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "reference/reference.hpp"
+#include "selection_check.hpp"
 #include "test_util.hpp"
 
 namespace fsa::test {
@@ -78,35 +79,6 @@ Selection run_selection(const NsaConfig& config, const std::vector<std::int64_t>
   return s;
 }
 
-bool is_forced(const NsaConfig& config, std::int64_t j, std::int64_t query_block) {
-  return j < config.init_blocks || j > query_block - config.local_blocks;
-}
-
-// Properties every row must have whatever the scores: min(K, bq+1) valid entries, ascending,
-// unique, within 0..bq, every forced block present, -1 padding.
-void check_row_invariants(const NsaConfig& config, std::int64_t t, const std::vector<std::int32_t>& row) {
-  const std::int64_t bq = t / config.block_size;
-  const std::int64_t valid = std::min<std::int64_t>(config.topk, bq + 1);
-  for (std::int64_t c = 0; c < config.topk; ++c) {
-    const std::int32_t v = row[static_cast<std::size_t>(c)];
-    if (c < valid) {
-      ASSERT_GE(v, 0) << "t=" << t << " column " << c;
-      ASSERT_LE(v, bq) << "t=" << t << " column " << c;
-      if (c > 0) {
-        ASSERT_GT(v, row[static_cast<std::size_t>(c - 1)]) << "t=" << t << " not ascending/unique";
-      }
-    } else {
-      ASSERT_EQ(v, -1) << "t=" << t << " column " << c << " should be padding";
-    }
-  }
-  for (std::int64_t j = 0; j <= bq; ++j) {
-    if (is_forced(config, j, bq)) {
-      ASSERT_NE(std::find(row.begin(), row.begin() + valid, j), row.begin() + valid)
-          << "t=" << t << " forced block " << j << " missing";
-    }
-  }
-}
-
 // fp64 block scores of local query t of sequence b in kv group g, written independently of the
 // library: every raw position p of token i's window gives block p / B a share 1/s of Pg[i].
 std::vector<double> brute_force_scores(const Selection& s, int b, std::int64_t t, int g) {
@@ -133,7 +105,7 @@ std::vector<double> brute_force_scores(const Selection& s, int b, std::int64_t t
   return scores;
 }
 
-// The selection the spec defines for these scores: forced blocks, then the best others by
+// The selection section 4 defines for these scores: forced blocks, then the best others by
 // (score descending, index ascending).
 std::vector<std::int32_t> brute_force_row(const NsaConfig& config, std::int64_t t, const std::vector<double>& scores) {
   const std::int64_t bq = t / config.block_size;
@@ -150,32 +122,13 @@ std::vector<std::int32_t> brute_force_row(const NsaConfig& config, std::int64_t 
   return chosen;
 }
 
-// Whether `row` is a correct selection for fp64 `scores` up to a relative `tolerance`: every
-// non-forced block it took scores at least as high as every one it left, within the tolerance.
-bool is_selection_within(const NsaConfig& config, std::int64_t t, const std::vector<double>& scores,
-                         const std::vector<std::int32_t>& row, double tolerance) {
-  const std::int64_t bq = t / config.block_size;
-  double lowest_taken = std::numeric_limits<double>::infinity(), highest_left = -1, largest = 0;
-  for (std::int32_t j = 0; j <= bq; ++j) {
-    largest = std::max(largest, scores[static_cast<std::size_t>(j)]);
-    if (is_forced(config, j, bq)) continue;
-    const double score = scores[static_cast<std::size_t>(j)];
-    if (std::find(row.begin(), row.end(), j) != row.end()) {
-      lowest_taken = std::min(lowest_taken, score);
-    } else {
-      highest_left = std::max(highest_left, score);
-    }
-  }
-  return lowest_taken >= highest_left - tolerance * largest;
-}
-
 std::string describe(const std::vector<std::int32_t>& row) {
   std::string out = "[";
   for (std::size_t i = 0; i < row.size(); ++i) out += (i ? "," : "") + std::to_string(row[i]);
   return out + "]";
 }
 
-// ---- The spec's worked example -------------------------------------------------------------------
+// ---- The worked example of docs/semantics.md section 4 ------------------------------------------
 
 void check_worked_example(DType dtype) {
   auto rng = rng_for_test(static_cast<std::uint64_t>(dtype));
@@ -195,8 +148,8 @@ TEST(SelectBlocks, WorkedExampleBf16) { check_worked_example(DType::kBFloat16); 
 // ---- Overlap weights through the typed reference ---------------------------------------------------
 
 // For l = 32, s = 16, B = 64, block j collects tokens i = 4j-1 .. 4j+3 with weights 1,2,2,2,1
-// (spec section 4). Every query row of a 200-token sequence is checked, so each token's weights
-// are pinned by the rows where it is the last visible one.
+// (docs/semantics.md section 4). Every query row of a 200-token sequence is checked, so each
+// token's weights are pinned by the rows where it is the last visible one.
 void check_overlap_weights(ScoreAggregation aggregation) {
   NsaConfig config;
   config.aggregation = aggregation;

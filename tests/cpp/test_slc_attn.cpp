@@ -1,5 +1,5 @@
-// Selected attention (nsa-spec section 5) through the public API, against the naive fp64 oracle
-// under the union-of-selected-blocks mask.
+// Selected attention (docs/semantics.md section 5) through the public API, against the naive fp64
+// oracle under the union-of-selected-blocks mask.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,7 +34,7 @@ struct SlcProblem {
 
   // Key p is attended iff p <= t and the block holding p is listed in the query's row: a listed
   // block that is negative, in the future or past the sequence can never hold such a p, so this
-  // is the spec's rule without restating its list of ignored entries.
+  // is the rule of docs/semantics.md section 5 without restating its list of ignored entries.
   AttentionMask mask() const {
     std::vector<std::int32_t> rows;
     for (double x : topk.to_double()) rows.push_back(static_cast<std::int32_t>(x));

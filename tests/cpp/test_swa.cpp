@@ -1,5 +1,5 @@
-// Sliding-window attention (nsa-spec section 6) through the public API, against the naive fp64
-// oracle under the mask p in [max(0, t - w), t].
+// Sliding-window attention (docs/semantics.md section 6) through the public API, against the naive
+// fp64 oracle under the mask p in [max(0, t - w), t].
 #include <cmath>
 #include <cstdint>
 #include <string>

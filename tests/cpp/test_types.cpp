@@ -1,10 +1,16 @@
 // Public types: dtype conversions, TensorView, Status, NsaConfig validation and the length
 // formulas; and the reference's parallel loop.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "reference/parallel.hpp"
 #include "test_util.hpp"
@@ -165,6 +171,38 @@ TEST(Parallel, RunsEveryItemOnceAndPropagatesErrors) {
                  if (i == 42) throw std::runtime_error("boom");
                }),
                std::runtime_error);
+}
+
+// FSA_NUM_THREADS: a positive integer up to 1024 is taken; anything else is an error naming the
+// variable from fsa::cpu_threads (for a program to refuse it), while the reference's loops fall
+// back to every core rather than to a wrong count ("4x" is not 4, "-1" is not 1).
+TEST(Parallel, NumThreadsFromTheEnvironment) {
+  const char* saved = std::getenv("FSA_NUM_THREADS");
+  const std::string previous = saved ? saved : "";
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = 0;
+  ::unsetenv("FSA_NUM_THREADS");
+  EXPECT_TRUE(cpu_threads(&threads).is_ok());
+  EXPECT_EQ(threads, cores);
+  for (const auto& [value, want] : std::vector<std::pair<const char*, int>>{{"1", 1}, {"3", 3}, {"1024", 1024}}) {
+    ::setenv("FSA_NUM_THREADS", value, 1);
+    EXPECT_TRUE(cpu_threads(&threads).is_ok()) << value;
+    EXPECT_EQ(threads, want) << value;
+    EXPECT_EQ(ref::num_threads(), want) << value;
+  }
+  for (const char* value : {"abc", "0", "-1", "+4", "4x", " 4", "1025", "99999999999999999999999"}) {
+    ::setenv("FSA_NUM_THREADS", value, 1);
+    const Status s = cpu_threads(&threads);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << value;
+    EXPECT_NE(s.message().find("FSA_NUM_THREADS"), std::string::npos) << s.message();
+    EXPECT_EQ(threads, cores) << value;
+    EXPECT_EQ(ref::num_threads(), cores) << value;
+  }
+  if (saved) {
+    ::setenv("FSA_NUM_THREADS", previous.c_str(), 1);
+  } else {
+    ::unsetenv("FSA_NUM_THREADS");
+  }
 }
 
 }  // namespace

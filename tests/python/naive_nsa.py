@@ -1,4 +1,4 @@
-"""A pure-PyTorch composition of the NSA spec (nsa-spec sections 1-8), written from the spec alone:
+"""A pure-PyTorch composition of the NSA spec (docs/semantics.md sections 1-8), written from the spec alone:
 dense masks, Python loops over sequences and tokens, differentiable by autograd. Small sizes only.
 It is the independent computation the tests compare the library against.
 """
@@ -211,7 +211,7 @@ def nsa_attention(q, k, v, cu_seqlens, gates, w_k, w_v, pe_k, config):
 
 
 def nsa_module(module, x, cu_seqlens):
-    """NativeSparseAttention.forward per spec section 8, from the module's parameters."""
+    """NativeSparseAttention.forward per docs/semantics.md section 8, from the module's parameters."""
     n = x.shape[0]
     q = (x @ module.q_proj.weight.T).view(n, module.num_heads, module.head_dim)
     k = (x @ module.k_proj.weight.T).view(n, module.num_kv_heads, module.head_dim)

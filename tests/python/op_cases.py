@@ -40,7 +40,31 @@ def op_cases(lengths, dtype=torch.float64, heads_q=4, heads_kv=2, dim_qk=8, dim_
     layer_options = dict(workspace_cap=1 << 30)  # not the default: the fakes and autograd must pass it on
     _, saved = ops.nsa_forward(*op_args("nsa_forward", *layer, config=config, **layer_options))
 
+    # The cache calls: a prefill of the whole problem into a fresh cache, then a decode step of
+    # 3, 8, 1 and 0 tokens onto a cache holding it. The cases leave cache_seqlens where it is, so
+    # running one again rewrites the same rows with the same values.
+    def cache_for(problem):
+        cache = fsa.NsaCache(config, heads_kv, dim_qk, dim_v, max_seqs=len(lengths) + 1, num_pages=24,
+                             page_size=config.block_size, dtype=dtype)
+        seq_ids = [cache.add_sequence() for _ in lengths]
+        return cache, seq_ids
+
+    def cache_case(name, problem, cache, seq_ids):
+        new_tokens = (problem.cu_seqlens[1:] - problem.cu_seqlens[:-1]).tolist()
+        tensors = (problem.q, problem.k, problem.v, problem.cu_seqlens, problem.w_k, problem.pe_k, problem.w_v,
+                   problem.gates)
+        return case(name, *tensors, *cache.pools, *cache.batch(seq_ids, new_tokens))
+
+    prefill_cache, prefill_ids = cache_for(p)
+    decode_cache, decode_ids = cache_for(p)
+    fsa.nsa_prefill(p.q, p.k, p.v, cu, decode_cache, decode_ids, gates=p.gates, w_k=p.w_k, w_v=p.w_v, pe_k=p.pe_k)
+    step = make_problem(lengths=(3, 8, 1, 0)[:len(lengths)], heads_q=heads_q, heads_kv=heads_kv, dim_qk=dim_qk,
+                        dim_v=dim_v, config=config, dtype=dtype)
+    step.w_k, step.w_v, step.pe_k = p.w_k, p.w_v, p.pe_k  # the layer's parameters
+
     return {
+        "nsa_prefill": cache_case("nsa_prefill", p, prefill_cache, prefill_ids),
+        "nsa_decode": cache_case("nsa_decode", step, decode_cache, decode_ids),
         "compressed_cu_seqlens": case("compressed_cu_seqlens", cu),
         "compress_forward": case("compress_forward", p.k, cu, cu_cmp, p.w_k, p.pe_k, differentiable=(0, 3, 4)),
         "compress_forward_mean": case("compress_forward_mean", p.v, cu, cu_cmp, None, None, differentiable=(0,)),

@@ -1,4 +1,4 @@
-"""Random packed-varlen problems for the tests: fresh random inputs on every call (spec section 10)."""
+"""Random packed-varlen problems for the tests: fresh random inputs on every call (docs/semantics.md section 10)."""
 import math
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -81,7 +81,7 @@ def make_problem(lengths=LENGTHS, heads_q=4, heads_kv=2, dim_qk=8, dim_v=6, conf
 
 
 def random_topk(heads_kv, cu_seqlens, width, block_size, gen=None):
-    """Arbitrary producer's topk_idx (spec section 5's input contract): valid, -1, future,
+    """Arbitrary producer's topk_idx (docs/semantics.md section 5's input contract): valid, -1, future,
     out-of-range and duplicate entries in any order."""
     n = int(cu_seqlens[-1])
     topk = torch.randint(-1, 6, (heads_kv, n, width), generator=gen, dtype=torch.int32)

@@ -1,5 +1,5 @@
 """GPU runs of every op and of the module: bf16 on CUDA against the spec's composition (naive_nsa)
-in fp32 on the same bf16-rounded inputs, relative Frobenius error <= 1e-2 (spec section 10).
+in fp32 on the same bf16-rounded inputs, relative Frobenius error <= 1e-2 (docs/semantics.md section 10).
 
 Skipped without a CUDA device. An op without a CUDA kernel yet raises NotImplementedError (the
 C++ API's kNotImplemented); its test is then skipped with that message, so it starts running by
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 
 BF16_TOLERANCE = 1e-2
 # Head dims the CUDA kernels support (rope: even D <= 256; slc_attn: 64, 128, 192/128, 256), with
-# the spec's B in {32, 64, 128}.
+# the B in {32, 64, 128} of docs/semantics.md section 0.
 CONFIG = fsa.NsaConfig(cmp_len=32, cmp_stride=16, block_size=64, topk=4, init_blocks=1, local_blocks=2, window=96)
 LENGTHS = (700, 130, 64, 5)
 

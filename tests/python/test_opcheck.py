@@ -20,4 +20,5 @@ def test_every_registered_op_is_checked():
     assert {"nsa_forward", "nsa_backward", "select_blocks"} <= registered
     checked = {name.removesuffix("_mean").removesuffix("_compressed").removesuffix("_unplanned") for name in ALL_OPS}
     # the shape ops take no tensors: helpers of the fake implementations (tested through them)
-    assert registered - checked == {"nsa_layer_bytes", "slc_plan_bytes"}, registered - checked
+    assert registered - checked == {"nsa_layer_bytes", "slc_plan_bytes", "nsa_cache_bytes", "nsa_cache_pages"}, \
+        registered - checked

@@ -80,7 +80,7 @@ def test_compressed_attention():
     o_ref, lse_ref = naive_nsa.compressed_attention(q_ref, k_ref, v_ref, p.cu_seqlens, p.cu_cmp, l, s, p.scale)
     torch.testing.assert_close(lse, lse_ref.float(), atol=1e-5, rtol=1e-6)
     assert not lse.requires_grad  # feeds only the selection
-    # queries that see no compressed token: o = 0 exactly, lse = -inf (spec section 3)
+    # queries that see no compressed token: o = 0 exactly, lse = -inf (docs/semantics.md section 3)
     early = torch.cat([torch.arange(a, min(b, a + l - 1)) for a, b in naive_nsa.bounds(p.cu_seqlens)])
     assert torch.all(o[early] == 0) and torch.all(torch.isneginf(lse[:, early]))
     assert_same_values_and_grads([o], [o_ref], [q, k, v], [q_ref, k_ref, v_ref], **ATTENTION_TOL)

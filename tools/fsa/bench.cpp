@@ -10,6 +10,17 @@
 
 namespace fsa::tool {
 
+std::vector<std::string> bench_config_names(const std::string& command) {
+  std::vector<BenchConfig> configs = canonical_configs();
+  if (command == "layer") {
+    for (const BenchConfig& c : sweep_configs()) configs.push_back(c);
+    for (const BenchConfig& c : long_configs()) configs.push_back(c);
+  }
+  std::vector<std::string> names;
+  for (const BenchConfig& c : configs) names.push_back(c.name);
+  return names;
+}
+
 #ifdef FSA_WITH_CUDA
 namespace {
 
@@ -196,8 +207,8 @@ int run_bench_selected(const BenchOptions& options) {
           ++failures;
           continue;
         }
-        // Useful FLOPs count only the attended keys (spec section 5): the forward's two GEMMs, the
-        // backward's five.
+        // Useful FLOPs count only the attended keys (docs/benchmarks.md, useful TFLOP/s; the keys
+        // of docs/semantics.md section 5): the forward's two GEMMs, the backward's five.
         const double per_key_fwd = 2.0 * (d + d) * hq / c.heads_kv;
         const double per_key_bwd = 2.0 * (3 * d + 2 * d) * hq / c.heads_kv;
         const double fwd_tflops = per_key_fwd * static_cast<double>(keys) / (fwd.median * 1e9);

@@ -20,6 +20,9 @@ struct BenchOptions {
   std::string csv_path;
 };
 
+// The --config names `fsa bench <command>` accepts (command: selected, compressed or layer).
+std::vector<std::string> bench_config_names(const std::string& command);
+
 int run_bench_selected(const BenchOptions& options);
 // `fsa bench compressed`: compression, compressed attention and selection phase by phase (uses
 // configs, iters and csv_path of the options).

@@ -244,19 +244,6 @@ double dense_fwd_flop(const BenchConfig& c, int d) {
   return 4.0 * d * pairs * c.heads_kv * c.group;
 }
 
-// One long sequence at G = 4: the bounded-memory runs (the layer alone).
-std::vector<BenchConfig> long_configs() {
-  return {{"S256K-G4", {262144}, 4, 4}, {"S512K-G4", {524288}, 4, 4}, {"S1M-G4", {1048576}, 4, 4}};
-}
-
-std::vector<BenchConfig> sweep_configs() {
-  std::vector<BenchConfig> sweep;
-  for (const int g : {4, 16})
-    for (const int kib : {2, 4, 8, 16, 32})
-      sweep.push_back({"SWEEP-G" + std::to_string(g) + "-" + std::to_string(kib) + "K", {kib * 1024LL}, 4, g});
-  return sweep;
-}
-
 }  // namespace
 #endif
 

@@ -1,18 +1,12 @@
-// Shared pieces of the `fsa bench` commands: the canonical configurations, a
-// CUDA-event timer, the caller-owned workspace, and the output (stdout and a CSV file).
+// Shared pieces of the `fsa bench` commands: the canonical configurations (also read without CUDA,
+// to check --config), a CUDA-event timer, the caller-owned workspace, and the output (stdout and a
+// CSV file).
 #pragma once
-
-#ifdef FSA_WITH_CUDA
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <vector>
-
-#include "buffer.hpp"
-#include "fsa/fsa.hpp"
 
 namespace fsa::tool {
 
@@ -35,6 +29,21 @@ inline std::vector<BenchConfig> canonical_configs() {
   return c;
 }
 
+// `fsa bench layer` only: one long sequence at G = 4, the bounded-memory runs (the layer alone,
+// run only when named).
+inline std::vector<BenchConfig> long_configs() {
+  return {{"S256K-G4", {262144}, 4, 4}, {"S512K-G4", {524288}, 4, 4}, {"S1M-G4", {1048576}, 4, 4}};
+}
+
+// `fsa bench layer` only: the length sweep of the NSA / dense break-even.
+inline std::vector<BenchConfig> sweep_configs() {
+  std::vector<BenchConfig> sweep;
+  for (const int g : {4, 16})
+    for (const int kib : {2, 4, 8, 16, 32})
+      sweep.push_back({"SWEEP-G" + std::to_string(g) + "-" + std::to_string(kib) + "K", {kib * 1024LL}, 4, g});
+  return sweep;
+}
+
 inline std::int64_t total_tokens(const BenchConfig& c) {
   std::int64_t n = 0;
   for (std::int64_t s : c.seqlens) n += s;
@@ -44,6 +53,18 @@ inline std::int64_t total_tokens(const BenchConfig& c) {
 inline bool selected(const std::vector<std::string>& names, const std::string& name) {
   return names.empty() || std::find(names.begin(), names.end(), name) != names.end();
 }
+
+}  // namespace fsa::tool
+
+#ifdef FSA_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "buffer.hpp"
+#include "fsa/fsa.hpp"
+
+namespace fsa::tool {
 
 struct Timing {
   double median, min, max;
@@ -140,7 +161,7 @@ class BenchOutput {
 // The CUDA device the benches run on; prints why and returns false when there is none.
 inline bool bench_device(CudaDeviceInfo* info) {
   *info = cuda_device_info();
-  if (!info->available) std::fprintf(stderr, "fsa bench: no CUDA device (%s)\n", info->reason.c_str());
+  if (!info->available) std::fprintf(stderr, "fsa bench: no CUDA device found\n  (%s)\n", info->reason.c_str());
   return info->available;
 }
 

@@ -152,6 +152,22 @@ Status Buffer::download(std::vector<double>* values) const {
 
 bool cuda_usable() { return cuda_device_info().available; }
 
+bool cuda_memory_info(std::uint64_t* free_bytes, std::uint64_t* total_bytes) {
+  *free_bytes = *total_bytes = 0;
+#ifdef FSA_WITH_CUDA
+  std::size_t free_now = 0, total = 0;
+  if (cudaMemGetInfo(&free_now, &total) != cudaSuccess) {
+    cudaGetLastError();  // clear the error of the failed query
+    return false;
+  }
+  *free_bytes = free_now;
+  *total_bytes = total;
+  return true;
+#else
+  return false;
+#endif
+}
+
 Status synchronize(Device device) {
   if (device.kind == DeviceKind::kCPU) return Status::ok();
 #ifdef FSA_WITH_CUDA

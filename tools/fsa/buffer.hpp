@@ -43,6 +43,8 @@ class Buffer {
 
 // Whether the tool can allocate on and synchronise with CUDA device 0.
 bool cuda_usable();
+// Free and total memory of CUDA device 0 (cudaMemGetInfo); false without CUDA or when the query fails.
+bool cuda_memory_info(std::uint64_t* free_bytes, std::uint64_t* total_bytes);
 // Blocks until the device's queued work is done (no-op on the CPU); the timer uses it.
 Status synchronize(Device device);
 

@@ -1,8 +1,11 @@
 #include "demo.hpp"
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <string>
@@ -27,11 +30,17 @@ struct PhaseTime {
 // Allocates, uploads and runs everything on one device; throws Failure on the first error.
 class DemoRun {
  public:
-  DemoRun(const ProblemSpec& spec, const ProblemData& data, Device device)
-      : spec_(spec), data_(data), device_(device) {}
+  // `phases`: run every phase on its own before the whole layer (the demo's timed run); without,
+  // only nsa_forward and nsa_backward (the check's runs).
+  DemoRun(const ProblemSpec& spec, const ProblemData& data, Device device, bool phases = true)
+      : spec_(spec), data_(data), device_(device), phases_(phases) {}
 
   void run() {
     upload_inputs();
+    if (!phases_) {
+      whole_layer();
+      return;
+    }
     if (device_.kind == DeviceKind::kCUDA) {
       // A first pass pays one-time costs (kernel attributes, the memory pool growing to the
       // workspaces' size); the times printed are those of the second.
@@ -216,6 +225,7 @@ class DemoRun {
     in.gates = view("gates");
     const std::int64_t saved_bytes = static_cast<std::int64_t>(nsa_saved_bytes(c, NsaLayerShape::of(in)));
     make("saved", DType::kUInt8, {saved_bytes});
+    if (!phases_) make("o", spec_.dtype, {spec_.tokens(), spec_.heads_q, spec_.head_dim_v});
     NsaLayerGrads g;
     const std::vector<std::pair<std::string, std::string>> grads = {
         {"dq", "q"}, {"dk", "k"}, {"dv", "v"}, {"dw_k", "w_k"}, {"dpe_k", "pe_k"}, {"dw_v", "w_v"}, {"d_gates", "gates"}};
@@ -236,6 +246,7 @@ class DemoRun {
     results_["o"] = download("o");
     for (const auto& [grad, input] : grads)
       if (buffers_.count(grad)) results_[grad] = download(grad);
+    if (!phases_) return;
     const std::vector<double> phases = download("o_phases");
     double diff = 0, norm = 0;
     for (std::size_t i = 0; i < phases.size(); ++i) {
@@ -248,6 +259,7 @@ class DemoRun {
   const ProblemSpec& spec_;
   const ProblemData& data_;
   Device device_;
+  bool phases_;
   std::int64_t ncmp_ = 0;
   std::string q_name_, k_name_, kc_name_;
   std::map<std::string, Buffer> buffers_;
@@ -256,7 +268,8 @@ class DemoRun {
   double layer_vs_phases_ = 0;
 };
 
-void print_report(const DemoRun& run, Device device, const ProblemSpec& spec) {
+// Prints the times and checksums; returns whether every output is finite.
+bool print_report(const DemoRun& run, Device device, const ProblemSpec& spec) {
   double forward = 0, backward = 0;
   std::printf("\n%-28s %12s\n", "phase", "time (ms)");
   for (const PhaseTime& t : run.times()) {
@@ -284,45 +297,212 @@ void print_report(const DemoRun& run, Device device, const ProblemSpec& spec) {
               run.layer_vs_phases_rel_diff(), dtype_name(spec.dtype));
   std::printf("device: %s\n", device_name(device).c_str());
   if (!finite) std::printf("error: non-finite values in the outputs\n");
+  return finite;
+}
+
+// Writes one `phase,ms` row per phase; "" or the reason it could not.
+std::string write_csv(const DemoRun& run, Device device, const ProblemSpec& spec, const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return "--csv: cannot write " + path + ": " + std::strerror(errno);
+  std::fprintf(f, "# fsa demo on %s: %s\nphase,ms\n", device_name(device).c_str(), spec.describe().c_str());
+  for (const PhaseTime& t : run.times()) std::fprintf(f, "\"%s\",%.3f\n", t.name.c_str(), t.ms);
+  const bool failed = std::ferror(f) != 0;
+  if (std::fclose(f) != 0 || failed) return "--csv: cannot write " + path + ": " + std::strerror(errno);
+  return "";
+}
+
+// "" when a run on `device` fits the machine: the host's physical memory (the fp64 staging, and
+// when the CPU runs the layer its tensors and the reference's working copies) and, on a GPU, the
+// device's free memory (the tensors, the saved activations and the larger layer workspace). Else
+// the message, naming the options that size the largest tensor.
+std::string check_fits(const ProblemSpec& spec, Device device) {
+  const bool cpu_runs = device.kind == DeviceKind::kCPU;
+  const DemoFootprint f = demo_footprint(spec);
+  const std::string largest = "; its largest tensor is " + f.largest;
+  if (f.overflow) return f.largest_options + ": the run's byte count overflows 64 bits" + largest;
+  const std::uint64_t host = f.host_bytes(cpu_runs), host_total = host_memory_bytes();
+  if (host_total > 0 && host > host_total)
+    return f.largest_options + ": the run needs about " + format_bytes(host) + " of host memory (" +
+           (cpu_runs ? "the tensors, their fp64 staging and the CPU reference's working copies"
+                     : "the fp64 staging of the inputs and results") +
+           "), more than this machine's " + format_bytes(host_total) + largest;
+  std::uint64_t free_bytes = 0, total_bytes = 0;
+  if (cpu_runs || !cuda_memory_info(&free_bytes, &total_bytes)) return "";
+  std::uint64_t device_bytes = f.buffers;
+  if (device_bytes <= total_bytes) {
+    // Sizes are now known to be moderate, so the library's own (unchecked) byte counts are safe.
+    NsaLayerShape shape;
+    shape.tokens = spec.tokens();
+    shape.num_seqs = static_cast<int>(spec.seqlens.size());
+    shape.heads_q = spec.heads_q;
+    shape.heads_kv = spec.heads_kv;
+    shape.head_dim_qk = spec.head_dim_qk;
+    shape.head_dim_v = spec.head_dim_v;
+    shape.dtype = spec.dtype;
+    shape.device = Device::cuda(0);
+    device_bytes += std::max<std::uint64_t>(nsa_forward_workspace_bytes(spec.config, shape, true),
+                                            nsa_backward_workspace_bytes(spec.config, shape));
+  }
+  if (device_bytes > free_bytes)
+    return f.largest_options + ": the run needs about " + format_bytes(device_bytes) +
+           " of GPU memory (the tensors, the saved activations and the layer's workspace), more than the " +
+           format_bytes(free_bytes) + " free on CUDA device 0" + largest;
+  return "";
+}
+
+// The check's problem: the run's shapes and hyperparameters on at most four sequences of at most
+// min(K * B, 256) tokens. A sequence of at most K blocks has every visible block selected, so the
+// selection cannot differ by rounding between the device (rotated q, k in the input dtype) and the
+// fp32 reference; and the reference stays quick.
+ProblemSpec check_problem(const ProblemSpec& spec) {
+  ProblemSpec check = spec;
+  const std::int64_t longest = std::min<std::int64_t>(static_cast<std::int64_t>(spec.config.topk) *
+                                                           spec.config.block_size, 256);
+  check.seqlens.clear();
+  for (std::size_t i = 0; i < spec.seqlens.size() && i < 4; ++i)
+    check.seqlens.push_back(std::min(spec.seqlens[i], longest));
+  return check;
+}
+
+std::vector<double> rounded(const std::vector<double>& values, DType dtype) {
+  std::vector<double> out(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const float x = static_cast<float>(values[i]);
+    out[i] = dtype == DType::kBFloat16 ? bf16_to_float(float_to_bf16(x))
+             : dtype == DType::kFloat16 ? half_to_float(float_to_half(x))
+                                        : x;
+  }
+  return out;
+}
+
+double norm(const std::vector<double>& v) {
+  double s = 0;
+  for (const double x : v) s += x * x;
+  return std::sqrt(s);
+}
+
+// The tolerance of the output against the fp32 reference (relative Frobenius norm); gradients get
+// three times as much. The values of the GPU layer tests (tests/cpp/gpu_compare.hpp, test_gpu_layer.cpp).
+double output_tolerance(DType dtype) {
+  return dtype == DType::kBFloat16 ? 1e-2 : dtype == DType::kFloat16 ? 5e-3 : 1e-4;
+}
+
+// Runs the check's problem on `device` in the run's dtype and on the CPU reference in fp32 on the
+// same rounded inputs, prints each result's relative error against its tolerance; returns whether
+// every result is finite and within it. A failed call is reported and fails the check, except a
+// kNotImplemented on the GPU, which skips it (*skipped set).
+bool check_against_reference(const ProblemSpec& spec, Device device, bool* skipped) {
+  *skipped = false;
+  const ProblemSpec check = check_problem(spec);
+  ProblemSpec check32 = check;
+  check32.dtype = DType::kFloat32;
+  const ProblemData data = make_problem(check);
+  ProblemData data32 = data;
+  for (std::vector<double>* v : {&data32.q, &data32.k, &data32.v, &data32.w_k, &data32.pe_k, &data32.w_v,
+                                 &data32.gates, &data32.d_o})
+    *v = rounded(*v, check.dtype);
+  std::printf("\ncheck: %s %s against the CPU reference in fp32 on the same rounded inputs, seqlens [",
+              device_name(device).c_str(), dtype_name(check.dtype));
+  for (std::size_t i = 0; i < check.seqlens.size(); ++i)
+    std::printf("%s%lld", i ? "," : "", static_cast<long long>(check.seqlens[i]));
+  std::printf("] (otherwise the same problem)\n");
+  DemoRun run(check, data, device, false), reference(check32, data32, Device::cpu(), false);
+  try {
+    run.run();
+  } catch (const Failure& failure) {
+    *skipped = device.kind == DeviceKind::kCUDA && failure.status.code() == StatusCode::kNotImplemented;
+    std::printf("  %s on %s: %s\n", *skipped ? "skipped" : "FAILED", device_name(device).c_str(),
+                failure.status.to_string().c_str());
+    return *skipped;
+  }
+  try {
+    reference.run();
+  } catch (const Failure& failure) {
+    std::printf("  FAILED: the CPU reference: %s\n", failure.status.to_string().c_str());
+    return false;
+  }
+  const double tol = output_tolerance(check.dtype);
+  std::printf("  %-10s %14s %12s\n", "result", "rel. error", "tolerance");
+  bool pass = true;
+  for (const auto& [name, want] : reference.results()) {
+    const auto it = run.results().find(name);
+    if (it == run.results().end() || it->second.size() != want.size()) {
+      std::printf("  %-10s missing\n", name.c_str());
+      pass = false;
+      continue;
+    }
+    const std::vector<double>& got = it->second;
+    bool finite = true;
+    std::vector<double> diff(got.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      finite = finite && std::isfinite(got[i]);
+      diff[i] = got[i] - want[i];
+    }
+    double error = 0, limit = name == "o" ? tol : 3 * tol;
+    const char* note = "";
+    if (name == "dpe_k" && !check.config.rope.enabled) {
+      // Without RoPE, adding one vector to every compressed key leaves each softmax unchanged:
+      // d pe_k is exactly zero and both sides hold rounding noise, small against d k.
+      error = norm(got) / std::max(norm(reference.results().at("dk")), 1e-300);
+      limit = tol;
+      note = " (|dpe_k| / |dk|: exactly 0 without RoPE)";
+    } else {
+      const double scale = norm(want);
+      error = scale > 0 ? norm(diff) / scale : norm(diff);
+    }
+    const bool ok = finite && error <= limit;
+    pass = pass && ok;
+    std::printf("  %-10s %14.3e %12.1e  %s%s\n", name.c_str(), error, limit,
+                ok ? "ok" : finite ? "FAIL" : "FAIL (non-finite)", note);
+  }
+  return pass;
+}
+
+// "no CUDA device found", and the runtime's reason on a second line.
+void print_no_device(std::FILE* out, const char* prefix, const CudaDeviceInfo& info) {
+  std::fprintf(out, "%sno CUDA device found\n  (%s)\n", prefix, info.reason.c_str());
 }
 
 }  // namespace
 
-void write_csv(const DemoRun& run, Device device, const ProblemSpec& spec, const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "w");
-  if (f == nullptr) {
-    std::fprintf(stderr, "fsa demo: cannot write %s\n", path.c_str());
-    return;
-  }
-  std::fprintf(f, "# fsa demo on %s: %s\nphase,ms\n", device_name(device).c_str(), spec.describe().c_str());
-  for (const PhaseTime& t : run.times()) std::fprintf(f, "\"%s\",%.3f\n", t.name.c_str(), t.ms);
-  std::fclose(f);
-}
-
 int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::string& csv_path) {
   if (const Status s = spec.config.validate(); !s.is_ok()) {
-    std::fprintf(stderr, "fsa demo: %s\n", s.to_string().c_str());
+    std::fprintf(stderr, "fsa demo: %s\n", s.message().c_str());
     return 2;
   }
-  const ProblemData data = make_problem(spec);
   const CudaDeviceInfo info = cuda_device_info();
+  if (preference == DevicePreference::kCuda && !info.available) {
+    print_no_device(stderr, "fsa demo: --device cuda: ", info);
+    return 2;
+  }
+  std::vector<Device> attempts;
+  // fp32 is the CPU reference's alone (the GPU takes bf16 or fp16): auto runs it on the CPU.
+  const bool gpu_dtype = spec.dtype != DType::kFloat32;
+  if (preference != DevicePreference::kCpu && info.available && gpu_dtype) attempts.push_back(Device::cuda(0));
+  if (preference != DevicePreference::kCuda) attempts.push_back(Device::cpu());
+  // Before anything is allocated: the problem must fit where it runs first (and a fallback to the
+  // CPU is checked again before it allocates).
+  if (const std::string e = check_fits(spec, attempts.front()); !e.empty()) {
+    std::fprintf(stderr, "fsa demo: %s\n", e.c_str());
+    return 2;
+  }
+
   std::printf("fsa %s demo: %s\n", version(), spec.describe().c_str());
   if (info.available) {
     std::printf("CUDA device 0: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.sm_major, info.sm_minor,
                 info.multiprocessors);
   } else {
-    std::printf("CUDA: %s\n", info.reason.c_str());
+    print_no_device(stdout, "CUDA: ", info);
   }
-
-  std::vector<Device> attempts;
-  if (preference != DevicePreference::kCpu && info.available) attempts.push_back(Device::cuda(0));
-  if (preference == DevicePreference::kCuda && !info.available) {
-    std::fprintf(stderr, "fsa demo: --device cuda requested but %s\n", info.reason.c_str());
-    return 2;
-  }
-  if (preference != DevicePreference::kCuda) attempts.push_back(Device::cpu());
+  const ProblemData data = make_problem(spec);
 
   for (const Device device : attempts) {
+    if (device.kind != attempts.front().kind) {
+      if (const std::string e = check_fits(spec, device); !e.empty()) {
+        std::fprintf(stderr, "fsa demo: on %s: %s\n", device_name(device).c_str(), e.c_str());
+        return 2;
+      }
+    }
     DemoRun run(spec, data, device);
     try {
       run.run();
@@ -332,16 +512,54 @@ int run_demo(const ProblemSpec& spec, DevicePreference preference, const std::st
       std::fprintf(stderr, "%s on %s: %s\n", fallback ? "note" : "fsa demo: error", device_name(device).c_str(),
                    failure.status.to_string().c_str());
       if (fallback) {
-        std::printf("the GPU path is not complete yet; running on the CPU reference instead\n");
+        std::printf("the GPU path does not cover this problem; running on the CPU reference instead\n");
         continue;
       }
-      return 1;
+      // An invalid argument is the problem the options describe, and so is a problem that
+      // --device cuda asks of a GPU path that does not serve it: not a failed run.
+      if (failure.status.code() == StatusCode::kNotImplemented && preference == DevicePreference::kCuda) {
+        std::fprintf(stderr, "fsa demo: --device cuda: the GPU path does not cover this problem (--device auto "
+                             "runs it on the CPU reference)\n");
+        return 2;
+      }
+      return failure.status.code() == StatusCode::kInvalidArgument ? 2 : 1;
     }
     std::printf("running on %s%s\n", device_name(device).c_str(),
                 device.kind == DeviceKind::kCPU ? " (CPU reference backend)" : " (CUDA kernels)");
-    print_report(run, device, spec);
-    if (!csv_path.empty()) write_csv(run, device, spec, csv_path);
-    return 0;
+    const bool finite = print_report(run, device, spec);
+    if (!csv_path.empty()) {
+      if (const std::string e = write_csv(run, device, spec, csv_path); !e.empty()) {
+        std::fprintf(stderr, "fsa demo: %s\n", e.c_str());
+        return 2;
+      }
+    }
+
+    if (device.kind == DeviceKind::kCPU) {
+      std::printf("\nGPU comparison: skipped (%s)\n",
+                  preference == DevicePreference::kCpu ? "--device cpu"
+                  : !info.available                     ? "no CUDA device found"
+                  : !gpu_dtype                          ? "--dtype fp32: the GPU takes bf16 or fp16"
+                                                        : "the GPU path does not cover this problem");
+    }
+    bool skipped = false;
+    bool check_pass = true;
+    if (device.kind == DeviceKind::kCPU && spec.dtype == DType::kFloat32) {
+      std::printf("check: the fp32 CPU run is the reference itself; nothing to compare\n");
+    } else {
+      check_pass = check_against_reference(spec, device, &skipped);
+    }
+    const bool pass = finite && check_pass;
+    std::string what = finite ? "every output finite" : "non-finite outputs";
+    if (device.kind == DeviceKind::kCUDA) {
+      what += skipped ? "; GPU comparison skipped"
+              : check_pass ? "; every GPU result within its tolerance of the CPU reference"
+                           : "; GPU results outside their tolerance of the CPU reference";
+    } else if (spec.dtype != DType::kFloat32) {
+      what += check_pass ? std::string("; the CPU ") + dtype_name(spec.dtype) + " run within its tolerance of fp32"
+                         : std::string("; the CPU ") + dtype_name(spec.dtype) + " run outside its tolerance of fp32";
+    }
+    std::printf("\nverdict: %s (%s)\n", pass ? "PASS" : "FAIL", what.c_str());
+    return pass ? 0 : 1;
   }
   return 1;
 }

@@ -1,5 +1,6 @@
-// Gated combination (spec section 7) and the gradient sum of the whole layer: memory-bound
-// elementwise kernels over rows (token, head) of Dv elements, moved as 16-byte vectors.
+// Gated combination (docs/semantics.md section 7) and the gradient sum of the whole layer:
+// memory-bound elementwise kernels over rows (token, head) of Dv elements, moved as 16-byte
+// vectors.
 //
 // Forward: one thread per 8-element vector, o = g0 o_cmp + g1 o_slc + g2 o_swa in fp32.
 // Backward: one warp per gate triple (a (token, head) row for per-head gates, a token's Hq rows for

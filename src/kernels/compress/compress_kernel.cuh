@@ -1,4 +1,4 @@
-// Compression kernels (spec section 1), forward and backward, for bf16/fp16.
+// Compression kernels (docs/semantics.md section 1), forward and backward, for bf16/fp16.
 //
 // Linear (per kv head g, W [l*D, Dout], windows X_i = x rows i*s .. i*s+l-1 flattened to l*D):
 //   forward   y_i = X_i W + PE W            tile GEMM over compressed rows, its l*D reduction split

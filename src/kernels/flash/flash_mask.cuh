@@ -8,7 +8,8 @@
 
 namespace fsa::cuda::flash {
 
-// Compressed keys visible to local query t: i*s + l - 1 <= t  <=>  i < visible_count(t) (spec section 3).
+// Compressed keys visible to local query t: i*s + l - 1 <= t  <=>  i < visible_count(t)
+// (docs/semantics.md section 3).
 __device__ __forceinline__ int visible_count(long long t, int l, int s) {
   return t >= l - 1 ? static_cast<int>((t - l + 1) / s) + 1 : 0;
 }

@@ -5,9 +5,9 @@
 // Query token t (local index in its sequence) sees the contiguous keys [lo(t), hi(t)) of its
 // sequence, whose key rows start at key_base[b]:
 //   kCompressed: lo = 0, hi = visible_count(t) (compressed keys i with i*s + l - 1 <= t), key_base =
-//                cu_cmp (spec section 3);
-//   kWindow:     lo = max(0, t - w), hi = t + 1, key_base = cu_seqlens (spec section 6; w >= the
-//                sequence length is dense causal attention).
+//                cu_cmp (docs/semantics.md section 3);
+//   kWindow:     lo = max(0, t - w), hi = t + 1, key_base = cu_seqlens (docs/semantics.md
+//                section 6; w >= the sequence length is dense causal attention).
 // The mask kind is a runtime value: one instantiation per (dtype, head dims) serves both.
 #pragma once
 

@@ -1,7 +1,8 @@
-// Fused block selection (spec section 4): compressed-attention probabilities recomputed tile by
-// tile, summed over the group's heads, spread over the selection blocks with the overlap weights,
-// and a running top-K per token, all on chip. Global memory holds only the inputs and topk_idx.
-// No float atomics: every sum has one owner and a fixed order, so topk_idx is bitwise reproducible.
+// Fused block selection (docs/semantics.md section 4): compressed-attention probabilities
+// recomputed tile by tile, summed over the group's heads, spread over the selection blocks with the
+// overlap weights, and a running top-K per token, all on chip. Global memory holds only the inputs
+// and topk_idx. No float atomics: every sum has one owner and a fixed order, so topk_idx is bitwise
+// reproducible.
 //
 // One CTA per (tile of tokens of one sequence, kv head g), 8 warps; the row layout and the split
 // of the group's heads over warps are select_tiling.hpp's. Per tile of 64 compressed keys visible

@@ -6,14 +6,14 @@
 // block_offsets the exclusive prefix sum of nblk(n_b) = ceil(n_b / B). A (kv head g, global block)
 // pair is the "list" s = g * max_blocks + gb.
 //
-// A "pair" is one valid, de-duplicated entry k of the row topk_idx[g, t, :] (spec section 5:
-// negative, future (> t / B) and out-of-range (>= nblk) entries are ignored, duplicates count once;
-// the first occurrence is kept). Each pair owns the output slot (t, h, k) of the partial buffers for
-// the G heads h of group g. The pairs of list s are stored contiguously (a CSR over lists):
-// entries pair_offsets[s] .. pair_offsets[s+1] of pair_token / pair_slot. Their order inside a list
-// (inside its sparse and dense parts with the split, below) is not deterministic (atomic ranks);
-// the kernels never let it change a result: every row of a list is computed independently of the
-// others.
+// A "pair" is one valid, de-duplicated entry k of the row topk_idx[g, t, :] (docs/semantics.md
+// section 5: negative, future (> t / B) and out-of-range (>= nblk) entries are ignored, duplicates
+// count once; the first occurrence is kept). Each pair owns the output slot (t, h, k) of the
+// partial buffers for the G heads h of group g. The pairs of list s are stored contiguously (a CSR
+// over lists): entries pair_offsets[s] .. pair_offsets[s+1] of pair_token / pair_slot. Their order
+// inside a list (inside its sparse and dense parts with the split, below) is not deterministic
+// (atomic ranks); the kernels never let it change a result: every row of a list is computed
+// independently of the others.
 //
 // A "row" of list s is (entry e, head offset i) with row index r = e * G + i, i.e. query head
 // h = g * G + i of token pair_token[pair_offsets[s] + e]. Work units cut each list's rows into

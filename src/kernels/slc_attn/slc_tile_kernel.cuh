@@ -1,6 +1,6 @@
 // Tile kernel of selected attention: flash attention of a set of query rows over a list of key
 // blocks with a token mask per block.
-// One body serves two plans (design.md section 2):
+// One body serves two plans (docs/kernels/slc_attn.md, "Pipeline"):
 //  - split (kQueryOuter = false): one CTA per (kv head, query tile gb, chunk of rows). The list is
 //    the tile's dense blocks (plan.dense_block, ascending), the rows are tokens x G heads of the
 //    tile's B tokens; rows whose token did not pick a block are masked for it. It writes each row's
