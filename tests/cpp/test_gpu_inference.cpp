@@ -52,6 +52,9 @@ struct CacheCase {
   int cmp_page_size = 5;   // compressed tokens per page: windows cross pages
   std::vector<std::int64_t> cached;                  // tokens cached before the steps, per sequence
   std::vector<std::vector<std::int64_t>> steps;      // new tokens per step, per sequence
+  // Tokens kept after each step (the caller's next cache_seqlens - P: speculative decoding drops
+  // the rejected tail); empty: all of them.
+  std::vector<std::vector<std::int64_t>> kept;
 };
 
 std::string describe(const CacheCase& c) {
@@ -169,7 +172,7 @@ CacheState make_cache(const CacheCase& c, std::mt19937_64& rng) {
   s.v_pages = HostTensor(DType::kFloat32, {pages + 1, c.page_size, c.hkv, c.dv});
   s.k_cmp_pages = HostTensor(DType::kFloat32, {cmp_pages + 1, c.cmp_page_size, c.hkv, c.dqk});
   s.v_cmp_pages = HostTensor(DType::kFloat32, {cmp_pages + 1, c.cmp_page_size, c.hkv, c.dv});
-  s.k_tail = HostTensor(DType::kFloat32, {num_slots, cfg.cmp_len, c.hkv, c.dqk});
+  s.k_tail = HostTensor(DType::kFloat32, {num_slots, nsa_cache_tail_rows(cfg), c.hkv, c.dqk});
   for (HostTensor* t : s.pools()) t->poison();
   auto assign = [&](std::int64_t total, std::int64_t columns, auto need) {
     std::vector<std::int32_t> order(static_cast<std::size_t>(total));
@@ -221,8 +224,10 @@ bool is_decode(const std::vector<std::int64_t>& lengths) {
          std::any_of(lengths.begin(), lengths.end(), [](std::int64_t n) { return n > 0; });
 }
 
-// The reference: one call in fp32 (params and chunk already fp32), then the lengths advance.
-StepOut run_cpu(const CacheCase& c, const Params& p32, const Chunk& x32, CacheState& cpu) {
+// The reference: one call in fp32 (params and chunk already fp32), then the lengths advance by
+// `kept` (all the new tokens when empty).
+StepOut run_cpu(const CacheCase& c, const Params& p32, const Chunk& x32, CacheState& cpu,
+                const std::vector<std::int64_t>& kept = {}) {
   StepOut out = poisoned_outputs(c, DType::kFloat32, x32.tokens());
   const NsaLayerInputs in = inputs_of(x32, p32);
   if (is_decode(x32.lengths)) {
@@ -230,7 +235,7 @@ StepOut run_cpu(const CacheCase& c, const Params& p32, const Chunk& x32, CacheSt
   } else {
     FSA_EXPECT_OK(nsa_prefill(c.config, in, cpu.cache(), cpu.batch(), out.o.view(), out.branches()));
   }
-  cpu.advance(x32.lengths);
+  cpu.advance(kept.empty() ? x32.lengths : kept);
   return out;
 }
 
@@ -339,7 +344,8 @@ struct DeviceStep {
 };
 
 // The GPU: one call with a caller workspace sized by the query (poisoned), then the lengths advance.
-StepOut run_gpu(const CacheCase& c, const Params& p, const Chunk& x, DeviceCache& gpu) {
+StepOut run_gpu(const CacheCase& c, const Params& p, const Chunk& x, DeviceCache& gpu,
+                const std::vector<std::int64_t>& kept = {}) {
   const DeviceStep dev(x, p, poisoned_outputs(c, c.dtype, x.tokens()));
   const NsaLayerInputs in = dev.inputs();
   const NsaInferenceShape shape = NsaInferenceShape::of(in, gpu.cache(), gpu.batch());
@@ -351,7 +357,7 @@ StepOut run_gpu(const CacheCase& c, const Params& p, const Chunk& x, DeviceCache
     FSA_EXPECT_OK(nsa_prefill(c.config, in, gpu.cache(), gpu.batch(), dev.view("o"), dev.branches(), ws.workspace()));
   }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  gpu.advance(x.lengths);
+  gpu.advance(kept.empty() ? x.lengths : kept);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return dev.download();
 }
@@ -521,44 +527,60 @@ std::vector<std::int64_t> pool_rows(const HostTensor& table, std::int64_t b, std
 }
 
 // The GPU's cache after a step against the reference's: every row the sequences hold (raw keys and
-// values, compressed keys and values, the tail's last l positions) close, and every other row of
-// the pools as it was before the step (`before`, the GPU's own state then): no stray writes.
+// values, compressed keys and values, the key ring's positions still in it) close, and every other
+// row of the pools as it was before the step (`before`, the GPU's own state then): no stray writes.
+// `written_end` is each sequence's end of the call (P + c); a caller that kept fewer tokens
+// (cache_seqlens short of it) leaves rows the call wrote for the dropped tokens, which are neither
+// held nor strays.
 void compare_cache(const CacheCase& c, const CacheState& gpu, const CacheState& cpu, const CacheState& before,
-                   const std::string& what) {
+                   const std::vector<std::int64_t>& written_end, const std::string& what) {
   const NsaConfig& cfg = c.config;
   const double tol = bf16_or_fp16_tolerance(c.dtype);
-  const std::int64_t nseq = gpu.cache_seqlens.numel(), l = cfg.cmp_len;
+  const std::int64_t nseq = gpu.cache_seqlens.numel(), ring = nsa_cache_tail_rows(cfg);
   struct Pool {
     const char* name;
     const HostTensor *got, *want, *old;
-    std::int64_t page_rows, row_size;
-    std::vector<std::int64_t> rows;
+    std::int64_t row_size;
+    std::vector<std::int64_t> rows, dropped;
   };
-  Pool pools[] = {{"k_pages", &gpu.k_pages, &cpu.k_pages, &before.k_pages, c.page_size, c.hkv * c.dqk, {}},
-                  {"v_pages", &gpu.v_pages, &cpu.v_pages, &before.v_pages, c.page_size, c.hkv * c.dv, {}},
-                  {"k_cmp_pages", &gpu.k_cmp_pages, &cpu.k_cmp_pages, &before.k_cmp_pages, c.cmp_page_size, c.hkv * c.dqk, {}},
-                  {"v_cmp_pages", &gpu.v_cmp_pages, &cpu.v_cmp_pages, &before.v_cmp_pages, c.cmp_page_size, c.hkv * c.dv, {}},
-                  {"k_tail", &gpu.k_tail, &cpu.k_tail, &before.k_tail, l, c.hkv * c.dqk, {}}};
+  Pool pools[] = {{"k_pages", &gpu.k_pages, &cpu.k_pages, &before.k_pages, c.hkv * c.dqk, {}, {}},
+                  {"v_pages", &gpu.v_pages, &cpu.v_pages, &before.v_pages, c.hkv * c.dv, {}, {}},
+                  {"k_cmp_pages", &gpu.k_cmp_pages, &cpu.k_cmp_pages, &before.k_cmp_pages, c.hkv * c.dqk, {}, {}},
+                  {"v_cmp_pages", &gpu.v_cmp_pages, &cpu.v_cmp_pages, &before.v_cmp_pages, c.hkv * c.dv, {}, {}},
+                  {"k_tail", &gpu.k_tail, &cpu.k_tail, &before.k_tail, c.hkv * c.dqk, {}, {}}};
+  auto add = [](std::vector<std::int64_t>& to, const std::vector<std::int64_t>& rows, std::size_t from) {
+    to.insert(to.end(), rows.begin() + static_cast<std::ptrdiff_t>(std::min(from, rows.size())), rows.end());
+  };
   for (std::int64_t b = 0; b < nseq; ++b) {
     const std::int64_t total = static_cast<std::int64_t>(gpu.cache_seqlens.get(b));
+    const std::int64_t end =
+        static_cast<std::size_t>(b) < written_end.size() ? std::max(total, written_end[static_cast<std::size_t>(b)]) : total;
+    const auto raw = pool_rows(gpu.block_table, b, end, c.page_size);
+    const auto cmp = pool_rows(gpu.cmp_block_table, b, compressed_length(end, cfg), c.cmp_page_size);
+    const std::size_t held_raw = static_cast<std::size_t>(total);
+    const std::size_t held_cmp = static_cast<std::size_t>(compressed_length(total, cfg));
     for (int i = 0; i < 2; ++i) {
-      const auto r = pool_rows(gpu.block_table, b, total, c.page_size);
-      pools[i].rows.insert(pools[i].rows.end(), r.begin(), r.end());
+      pools[i].rows.insert(pools[i].rows.end(), raw.begin(), raw.begin() + static_cast<std::ptrdiff_t>(held_raw));
+      add(pools[i].dropped, raw, held_raw);
     }
     for (int i = 2; i < 4; ++i) {
-      const auto r = pool_rows(gpu.cmp_block_table, b, compressed_length(total, cfg), c.cmp_page_size);
-      pools[i].rows.insert(pools[i].rows.end(), r.begin(), r.end());
+      pools[i].rows.insert(pools[i].rows.end(), cmp.begin(), cmp.begin() + static_cast<std::ptrdiff_t>(held_cmp));
+      add(pools[i].dropped, cmp, held_cmp);
     }
+    // The ring holds the call's last `ring` positions; those before `total` are the sequence's.
     const std::int64_t slot = static_cast<std::int64_t>(gpu.slots.get(b));
-    for (std::int64_t p = std::max<std::int64_t>(0, total - l); p < total; ++p) pools[4].rows.push_back(slot * l + p % l);
+    for (std::int64_t p = std::max<std::int64_t>(0, end - ring); p < total; ++p)
+      pools[4].rows.push_back(slot * ring + p % ring);
+    for (std::int64_t p = total; p < end; ++p) pools[4].dropped.push_back(slot * ring + p % ring);
   }
   for (Pool& pool : pools) {
     expect_close(std::string(pool.name) + " " + what, rows_of(*pool.got, pool.rows, pool.row_size),
                  rows_of(*pool.want, pool.rows, pool.row_size), tol);
-    const std::set<std::int64_t> held(pool.rows.begin(), pool.rows.end());
+    std::set<std::int64_t> known(pool.rows.begin(), pool.rows.end());
+    known.insert(pool.dropped.begin(), pool.dropped.end());
     const std::int64_t rows = pool.got->numel() / pool.row_size;
     for (std::int64_t r = 0; r < rows; ++r) {
-      if (held.count(r)) continue;
+      if (known.count(r)) continue;
       bool same = true;
       for (std::int64_t e = 0; e < pool.row_size && same; ++e) {
         const double a = pool.got->get(r * pool.row_size + e), o = pool.old->get(r * pool.row_size + e);
@@ -595,10 +617,13 @@ void check_case(const CacheCase& c, std::uint64_t salt) {
       cached_before[b] = static_cast<std::int64_t>(cpu.cache_seqlens.get(static_cast<std::int64_t>(b)));
     const Chunk x = make_chunk(c, c.steps[step], rng);
     const CacheState before = gpu.download();
-    const StepOut want = run_cpu(c, params32, x.to(DType::kFloat32), cpu);
-    const StepOut got = run_gpu(c, params, x, gpu);
+    const std::vector<std::int64_t> kept = c.kept.empty() ? x.lengths : c.kept[step];
+    const StepOut want = run_cpu(c, params32, x.to(DType::kFloat32), cpu, kept);
+    const StepOut got = run_gpu(c, params, x, gpu, kept);
     compare_step(c, x, cached_before, got, want, cpu, where);
-    compare_cache(c, gpu.download(), cpu, before, where);
+    std::vector<std::int64_t> written_end(cached_before.size());
+    for (std::size_t b = 0; b < written_end.size(); ++b) written_end[b] = cached_before[b] + x.lengths[b];
+    compare_cache(c, gpu.download(), cpu, before, written_end, where);
     if (::testing::Test::HasFailure()) return;  // later steps build on this one
   }
 }
@@ -644,6 +669,17 @@ TEST_F(Gpu, InferenceDecodeFirstHeadFp16MeanSharedGatesNoRope) {
   c.config.gate_mode = GateMode::kShared;
   c.config.rope.enabled = false;
   check_case(c, 21);
+}
+
+// Speculative decoding: a step of up to 8 tokens per sequence of which the caller keeps only the
+// first few (0 included), then steps from the shorter lengths; windows completed by dropped tokens
+// are completed again.
+TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
+  CacheCase c = decode_case(8, 2, 128, 128);
+  c.cached = {30, 31, 46, 63, 127, 1000};
+  c.steps = {{8, 8, 4, 8, 2, 5}, {8, 3, 8, 1, 8, 4}, {2, 2, 2, 2, 2, 2}};
+  c.kept = {{1, 0, 4, 3, 1, 2}, {5, 3, 0, 1, 8, 4}, {2, 2, 2, 2, 2, 2}};
+  check_case(c, 25);
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the
@@ -700,7 +736,7 @@ TEST_F(Gpu, InferenceDecodeGraphReplay) {
     gpu.advance(q_len, stream);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     compare_step(c, x, cached_before, dev.download(), want, cpu, "eager step");
-    compare_cache(c, gpu.download(), cpu, before, "eager step");
+    compare_cache(c, gpu.download(), cpu, before, {}, "eager step");
 
     cudaGraph_t graph = nullptr;
     ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
@@ -735,7 +771,7 @@ TEST_F(Gpu, InferenceDecodeGraphReplay) {
     gpu.advance(q_len, stream);  // the lengths the next replay reads, on the device
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     compare_step(c, x, cached_before, dev.download(), want, cpu, where);
-    compare_cache(c, gpu.download(), cpu, before, where);
+    compare_cache(c, gpu.download(), cpu, before, {}, where);
   }
   cudaGraphExecDestroy(exec);
   cudaStreamDestroy(stream);

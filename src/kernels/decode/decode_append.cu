@@ -10,8 +10,8 @@
 //   2. append_compressed_kernel: the new compressed keys rotated at i*s and the compressed values
 //      written into their pages.
 //   3. append_tokens_kernel: q rotated into the workspace, k rotated and v written into the pages,
-//      and the key tail's rows of the chunk's last l positions overwritten. It runs after step 1
-//      (stream order), which read the old tail.
+//      and the key tail's rows of the chunk's last tail_rows positions overwritten. It runs after
+//      step 1 (stream order), which read the old tail.
 //
 // RoPE as the rope kernel (kernels/rope): fp32 angles position * w_i with the frequencies the host
 // computed by the reference's function, accurate sincosf, one rounding to the element type.
@@ -96,8 +96,8 @@ __global__ void __launch_bounds__(kThreads) stage_windows_kernel(const __grid_co
     if (position < seq.cached) {
       const long long slot = p.batch.slots[b * p.batch.slot_stride];
       if (slot >= 0 && slot < p.num_slots)
-        k_src = static_cast<const Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % l) * p.tail_row_stride +
-                h * p.tail_head_stride;
+        k_src = static_cast<const Element*>(p.k_tail) + slot * p.tail_slot_stride +
+                (position % p.tail_rows) * p.tail_row_stride + h * p.tail_head_stride;
       v_src = pool_row<const Element>(p.v_pages, locate(p.block_table, p.v_pages, b, position), h);
     } else {
       const long long input_row = seq.row0 + (position - seq.cached);
@@ -158,7 +158,8 @@ __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __gri
 }
 
 // One new token per CTA: q rotated into q_rot, k rotated into the key pages, v into the value
-// pages, and the pre-RoPE k into the tail when the position is among the sequence's last l.
+// pages, and the pre-RoPE k into the tail when the position is among the sequence's last tail_rows
+// (a chunk longer than the ring keeps only its last positions there).
 template <class Element>
 __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_constant__ AppendParams p) {
   const long long row = blockIdx.x;
@@ -166,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
   if (b < 0) return;
   const SeqInfo seq = seq_info(p.batch, b);
   const long long position = seq.cached + (row - seq.row0);
-  const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv, l = p.nsa.cmp_len;
+  const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv;
   const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride;
   rotate_heads<Element>(p, position, hq, q, p.q_head_stride, static_cast<Element*>(p.q_rot) + row * hq * p.dim_qk,
                         p.dim_qk);
@@ -181,8 +182,9 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
                    reinterpret_cast<const uint4*>(v + h * p.v_head_stride), p.dim_v / 8, threadIdx.x, kThreads);
   }
   const long long slot = p.batch.slots[b * p.batch.slot_stride];
-  if (position >= seq.cached + seq.new_tokens - l && slot >= 0 && slot < p.num_slots) {
-    auto* tail = static_cast<Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % l) * p.tail_row_stride;
+  if (position >= seq.cached + seq.new_tokens - p.tail_rows && slot >= 0 && slot < p.num_slots) {
+    auto* tail =
+        static_cast<Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % p.tail_rows) * p.tail_row_stride;
     for (int h = 0; h < hkv; ++h)
       copy_vectors(reinterpret_cast<uint4*>(tail + h * p.tail_head_stride),
                    reinterpret_cast<const uint4*>(k + h * p.k_head_stride), p.dim_qk / 8, threadIdx.x, kThreads);

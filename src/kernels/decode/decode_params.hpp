@@ -72,9 +72,10 @@ struct AppendParams {
   void* q_rot;  // [N, Hq, Dqk] contiguous (workspace): q rotated at its position
   PagedPool k_pages, v_pages, k_cmp_pages, v_cmp_pages;
   PageTable block_table, cmp_block_table;
-  void* k_tail;  // [num_slots, l, Hkv, Dqk]: pre-RoPE keys, position p at row p % l
+  void* k_tail;  // [num_slots, tail_rows, Hkv, Dqk]: pre-RoPE keys, position p at row p % tail_rows
   std::int64_t tail_slot_stride, tail_row_stride, tail_head_stride;
   std::int64_t num_slots;
+  int tail_rows;  // nsa_cache_tail_rows(config) = l + kMaxDecodeTokens - 1 (>= l)
   // Staging of the windows that complete in this call (workspace, contiguous): per sequence the
   // pre-RoPE keys and the values of positions [n_cmp(P) * s, P + c) when a window completes, else
   // nothing; the compression kernels see them as a packed batch (cu_stage / cu_cmp_stage).

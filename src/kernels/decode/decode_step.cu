@@ -236,6 +236,7 @@ Status run_step(const char* op, const NsaConfig& c, const NsaLayerInputs& in, co
   ap.tail_row_stride = cache.k_tail.stride(1);
   ap.tail_head_stride = cache.k_tail.stride(2);
   ap.num_slots = cache.k_tail.size(0);
+  ap.tail_rows = static_cast<int>(cache.k_tail.size(1));
   ap.cu_stage = w.cu_stage.ptr<std::int32_t>();
   ap.cu_cmp_stage = w.cu_cmp_stage.ptr<std::int32_t>();
   ap.k_stage = w.k_stage.data;
