@@ -254,10 +254,18 @@ Status run(const char* op, bool decode, const NsaConfig& config, const NsaLayerI
            const Workspace& workspace) {
   FSA_RETURN_IF_ERROR(check_call(decode, config, inputs, cache, batch, o, branches));
   const Device device = inputs.q.device;
-  // The GPU kernels are not written yet: CUDA tensors get the not-implemented error.
+  const NsaInferenceShape shape = NsaInferenceShape::of(inputs, cache, batch);
+  const std::size_t needed = detail::on_gpu_bytes(inputs.q, [&] {
+    return FSA_CUDA_QUERY(decode ? cuda::nsa_decode_workspace_bytes(config, shape)
+                                 : cuda::nsa_prefill_workspace_bytes(config, shape));
+  });
   return detail::route(
-      op, device, [&] { ref::nsa_prefill(config, inputs, cache, batch, o, branches); }, workspace, 0,
-      [&](const Workspace&) { return detail::not_implemented_on(device, op); });
+      op, device, [&] { ref::nsa_prefill(config, inputs, cache, batch, o, branches); }, workspace, needed,
+      [&](const Workspace& ws) {
+        return FSA_CUDA_BACKEND(op, device,
+                                decode ? cuda::nsa_decode(config, inputs, cache, batch, o, branches, ws)
+                                       : cuda::nsa_prefill(config, inputs, cache, batch, o, branches, ws));
+      });
 }
 
 }  // namespace
