@@ -384,8 +384,11 @@ namespace {
 // nsa_prefill or nsa_decode (`call`) on the views of the op's tensors.
 using CacheCall = Status (*)(const NsaConfig&, const NsaLayerInputs&, const NsaCache&, const NsaCacheBatch&,
                              const TensorView&, const NsaInferenceBranches&, const Workspace&);
+// Its workspace query (0 on the CPU).
+using CacheQuery = std::size_t (*)(const NsaConfig&, const fsa::NsaInferenceShape&);
 
-Tensor run_cache_call(CacheCall call, const char* op, const NsaConfig& layer_config, FSA_CACHE_CALL_PARAMS) {
+Tensor run_cache_call(CacheCall call, CacheQuery query, const char* op, const NsaConfig& layer_config,
+                      FSA_CACHE_CALL_PARAMS) {
   const NsaConfig config = with_gate_mode(layer_config, gates);
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
   const NsaCache cache{to_view(k_pages, "k_pages"), to_view(v_pages, "v_pages"), to_view(k_cmp_pages, "k_cmp_pages"),
@@ -393,9 +396,7 @@ Tensor run_cache_call(CacheCall call, const char* op, const NsaConfig& layer_con
   const NsaCacheBatch batch{to_view(block_table, "block_table"), to_view(cmp_block_table, "cmp_block_table"),
                             to_view(cache_seqlens, "cache_seqlens"), to_view(slots, "slots")};
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
-  // The cache calls have no workspace query yet (no GPU kernels: CUDA tensors get the
-  // not-implemented error); the kernels' query replaces the 0 here when they land.
-  const TorchWorkspace workspace(0, q);
+  const TorchWorkspace workspace(query(config, fsa::NsaInferenceShape::of(in, cache, batch)), q);
   throw_if_error(call(config, in, cache, batch, to_view(o, "o"), NsaInferenceBranches{}, workspace.get()), op);
   return o;
 }
@@ -407,12 +408,14 @@ Tensor run_cache_call(CacheCall call, const char* op, const NsaConfig& layer_con
       cmp_block_table, cache_seqlens, slots
 
 Tensor nsa_prefill(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
-  return run_cache_call(&fsa::nsa_prefill, "nsa_prefill", FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+  return run_cache_call(&fsa::nsa_prefill, &fsa::nsa_prefill_workspace_bytes, "nsa_prefill",
+                        FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
                         FSA_CACHE_CALL_ARGS_);
 }
 
 Tensor nsa_decode(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
-  return run_cache_call(&fsa::nsa_decode, "nsa_decode", FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+  return run_cache_call(&fsa::nsa_decode, &fsa::nsa_decode_workspace_bytes, "nsa_decode",
+                        FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
                         FSA_CACHE_CALL_ARGS_);
 }
 
