@@ -1,5 +1,5 @@
-// `fsa bench selected|compressed|layer`: times GPU phases on the canonical configurations of
-// bench_util.hpp (canonical_configs) and writes CSV rows.
+// `fsa bench selected|compressed|layer|decode`: times GPU phases on the canonical configurations
+// of bench_util.hpp (canonical_configs; decode: bench_decode_model.hpp) and writes CSV rows.
 #pragma once
 
 #include <cstddef>
@@ -18,6 +18,10 @@ struct BenchOptions {
   int iterations = 10;
   std::size_t workspace_cap = kDefaultWorkspaceCap;  // SlcOptions::workspace_cap of every call
   std::string csv_path;
+  // `fsa bench decode` only.
+  bool all = false;             // --all: the whole grid (decode_grid) and the prefill comparison
+  double hbm_bandwidth = 0;     // --hbm-bandwidth, bytes/s (0 = by the device's name, hbm_bandwidth_of)
+  std::string command_line;     // the command as run, for the CSV caption
 };
 
 // The --config names `fsa bench <command>` accepts (command: selected, compressed or layer).
@@ -30,5 +34,10 @@ int run_bench_compressed(const BenchOptions& options);
 // `fsa bench layer`: the whole layer phase by phase and through nsa_forward/nsa_backward against the
 // library's dense causal attention, plus the break-even sweep (uses configs, iters and csv_path).
 int run_bench_layer(const BenchOptions& options);
+// `fsa bench decode`: one nsa_decode step over a paged cache of random values, eager and replayed
+// from a CUDA graph, against its byte model's HBM floor and dense attention over the same cache,
+// plus chunked nsa_prefill against one nsa_forward (uses configs (decode names), all, iters,
+// csv_path, hbm_bandwidth, command_line).
+int run_bench_decode(const BenchOptions& options);
 
 }  // namespace fsa::tool

@@ -27,27 +27,6 @@ namespace fsa::tool {
 #ifdef FSA_WITH_CUDA
 namespace {
 
-// Uniform values of unit variance from a 64-bit xorshift: the inputs of a 64K-token problem are
-// hundreds of millions of elements, too many for std::normal_distribution in a benchmark's setup.
-class FastRandom {
- public:
-  explicit FastRandom(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  std::vector<double> values(std::int64_t count, double scale, double offset = 0.0) {
-    std::vector<double> v(static_cast<std::size_t>(count));
-    for (double& x : v) x = offset + scale * std::sqrt(3.0) * (2.0 * uniform() - 1.0);
-    return v;
-  }
-
- private:
-  double uniform() {
-    state_ ^= state_ << 13;
-    state_ ^= state_ >> 7;
-    state_ ^= state_ << 17;
-    return static_cast<double>(state_ >> 11) * (1.0 / 9007199254740992.0);
-  }
-  std::uint64_t state_;
-};
-
 // Device buffers of one problem: the layer's inputs and gradients, and each phase's outputs.
 class LayerProblem {
  public:

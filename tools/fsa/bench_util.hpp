@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -43,6 +44,27 @@ inline std::vector<BenchConfig> sweep_configs() {
       sweep.push_back({"SWEEP-G" + std::to_string(g) + "-" + std::to_string(kib) + "K", {kib * 1024LL}, 4, g});
   return sweep;
 }
+
+// Uniform values of unit variance from a 64-bit xorshift: the inputs of a 64K-token problem are
+// hundreds of millions of elements, too many for std::normal_distribution in a benchmark's setup.
+class FastRandom {
+ public:
+  explicit FastRandom(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  std::vector<double> values(std::int64_t count, double scale, double offset = 0.0) {
+    std::vector<double> v(static_cast<std::size_t>(count));
+    for (double& x : v) x = offset + scale * std::sqrt(3.0) * (2.0 * uniform() - 1.0);
+    return v;
+  }
+
+ private:
+  double uniform() {
+    state_ ^= state_ << 13;
+    state_ ^= state_ >> 7;
+    state_ ^= state_ << 17;
+    return static_cast<double>(state_ >> 11) * (1.0 / 9007199254740992.0);
+  }
+  std::uint64_t state_;
+};
 
 inline std::int64_t total_tokens(const BenchConfig& c) {
   std::int64_t n = 0;
@@ -133,17 +155,36 @@ bool time_phase(const std::string& config, const std::string& phase, int iterati
 // the CSV file (when a path is given), flushed per row so that a run cut short keeps its rows.
 class BenchOutput {
  public:
-  BenchOutput(const char* command, const CudaDeviceInfo& info, const std::string& csv_path, const std::string& header)
+  // `caption`: more '#' lines of the CSV file's caption (docs/benchmarks.md), written (and printed)
+  // before the header.
+  BenchOutput(const char* command, const CudaDeviceInfo& info, const std::string& csv_path, const std::string& header,
+              const std::vector<std::string>& caption = {})
       : csv_(csv_path.empty() ? nullptr : std::fopen(csv_path.c_str(), "w")) {
-    std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n%s\n", info.name.c_str(), info.sm_major, info.sm_minor,
-                info.multiprocessors, version(), header.c_str());
-    if (csv_) std::fprintf(csv_, "# fsa bench %s on %s\n%s\n", command, info.name.c_str(), header.c_str());
+    std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n", info.name.c_str(), info.sm_major, info.sm_minor,
+                info.multiprocessors, version());
+    if (csv_) std::fprintf(csv_, "# fsa bench %s on %s\n", command, info.name.c_str());
+    for (const std::string& line : caption) {
+      std::printf("# %s\n", line.c_str());
+      if (csv_) std::fprintf(csv_, "# %s\n", line.c_str());
+    }
+    std::printf("%s\n", header.c_str());
+    if (csv_) std::fprintf(csv_, "%s\n", header.c_str());
   }
   ~BenchOutput() {
     if (csv_) std::fclose(csv_);
   }
   BenchOutput(const BenchOutput&) = delete;
   BenchOutput& operator=(const BenchOutput&) = delete;
+
+  // A '#' line among the rows (a configuration skipped, and why): printed, and kept in the CSV file.
+  void comment(const std::string& line) {
+    std::printf("# %s\n", line.c_str());
+    std::fflush(stdout);
+    if (csv_) {
+      std::fprintf(csv_, "# %s\n", line.c_str());
+      std::fflush(csv_);
+    }
+  }
 
   void row(const char* line) {
     std::printf("%s\n", line);
