@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "bench_decode_model.hpp"
 #include "demo.hpp"
 #include "fsa/fsa.hpp"
 
@@ -29,8 +30,9 @@ commands:
   demo      run the full NSA layer forward and backward on a problem (an embedded default, or the
             one the options describe), phase by phase and through the whole-layer entry points;
             check the results and end with a verdict (PASS, or FAIL and exit code 1)
-  bench selected|compressed|layer
-            time GPU phases on the canonical configurations and write CSV rows
+  bench selected|compressed|layer|decode
+            time GPU phases on the canonical configurations (decode: a decode step over a paged
+            cache) and write CSV rows
   info      print the version, whether CUDA kernels were built, and the CUDA device found
   help [COMMAND]
             print this text, or a command's
@@ -97,7 +99,26 @@ constexpr const char* kBenchLayerText = R"(  bench layer
             times the layer alone on one long sequence
 )";
 
-constexpr const char* kBenchShared = R"(  bench options shared by all three:
+constexpr const char* kBenchDecodeText = R"(  bench decode
+            time one nsa_decode step over a paged cache filled with random values (cache_seqlens =
+            context, never advanced: every step does the same work), eager and replayed from a CUDA
+            graph, against the HBM floor of its byte model (docs/kernels/decode.md) and against dense
+            attention over the same cache (nsa_decode with w >= context, less the NSA step); then
+            S64-G4 through nsa_prefill in 4 chunks against one nsa_forward. Hkv 4, D 128, bf16.
+            --config D<batch>x<context>K-G<G>-Q<q_len> (repeatable, in the order given; e.g.
+            D16x128K-G16-Q1; batch 1-1024, context 1K-1024K, G 1-16, q_len 1-8; S64-G4-PREFILL: the
+            prefill comparison); default: D16x128K-G16-Q1, D16x128K-G16-Q4, D64x32K-G4-Q1,
+            D64x32K-G4-Q4, D1x128K-G4-Q1 and the prefill comparison (about a minute on an H100);
+            --all: batch {1,16,64,128} x context {4K,32K,128K,512K} x G {1,4,16} x q_len {1,4}
+            and the prefill comparison (about 10 minutes); a configuration whose cache does not fit
+            the GPU's free memory is skipped with a '#' line saying so (128 x 512K needs 130 GiB);
+            --hbm-bandwidth B/S, the floor's bandwidth in bytes/s (default by the device's name:
+            H100 SXM 3.35e12, H100 PCIe 2.0e12, H200 4.8e12, else 3.35e12); --iters N (samples of
+            10 steps; default 10); --csv PATH (the caption names the device, the commit (FSA_COMMIT,
+            else git), the date and the protocol)
+)";
+
+constexpr const char* kBenchShared = R"(  bench options shared by selected, compressed and layer:
             --workspace-cap BYTES|unlimited, the cap of selected attention's scratch
             (SlcOptions::workspace_cap; default 8 GiB), above which it runs in query chunks;
             --iters N, the timed iterations after two warm-up runs (default 10); --csv PATH.
@@ -114,6 +135,8 @@ capability, SMs and the kernel set it runs), or why none is usable. Takes no opt
 
 constexpr const char* kEnvironment = R"(environment:
   FSA_NUM_THREADS             threads of the CPU reference, 1 to 1024 (default: all cores)
+  FSA_COMMIT                  the commit bench decode names in its CSV caption (default: git
+                              rev-parse in the working directory)
   FSA_DISABLE_WGMMA=0|1       1: on Hopper, run the sm80 (mma.sync) flash-attention, selection and
                               selected-attention backward kernels instead of the wgmma ones (to
                               compare them)
@@ -124,18 +147,19 @@ docs/benchmarks.md (the benchmark protocol)
 
 std::string global_usage() {
   return std::string(kOverview) + kDemoOptions + "bench commands:\n" + kBenchSelectedText + kBenchCompressedText +
-         kBenchLayerText + kBenchShared + kEnvironment;
+         kBenchLayerText + kBenchDecodeText + kBenchShared + kEnvironment;
 }
 
 std::string demo_usage() { return std::string(kDemoDescription) + kDemoOptions + kEnvironment; }
 
 std::string bench_usage(const std::string& what) {
-  std::string text = "usage: fsa bench " + (what.empty() ? std::string("selected|compressed|layer") : what) +
-                     " [options]\n\n";
+  std::string text = "usage: fsa bench " +
+                     (what.empty() ? std::string("selected|compressed|layer|decode") : what) + " [options]\n\n";
   if (what.empty() || what == "selected") text += kBenchSelectedText;
   if (what.empty() || what == "compressed") text += kBenchCompressedText;
   if (what.empty() || what == "layer") text += kBenchLayerText;
-  return text + kBenchShared + kEnvironment;
+  if (what.empty() || what == "decode") text += kBenchDecodeText;
+  return text + (what == "decode" ? "" : kBenchShared) + kEnvironment;
 }
 
 int print_usage(const std::string& text) {
@@ -232,6 +256,19 @@ std::string parse_int_option(const Option& o, std::uint64_t min, int* out, const
   std::string error = parse_count(o.name, o.value, min, kIntMax, why, &v);
   if (error.empty()) *out = static_cast<int>(v);
   return error;
+}
+
+// --hbm-bandwidth: bytes per second, a plain decimal or exponent form (3.35e12), from 1e9 to 1e14
+// (1 GB/s to 100 TB/s: a value outside is a unit mistake).
+std::string parse_bandwidth(const Option& o, double* out) {
+  const std::string expected = o.name + ": expected bytes per second from 1e9 to 1e14 (e.g. 3.35e12), got '" + o.value + "'";
+  const bool plain = !o.value.empty() && o.value.find_first_not_of("0123456789.eE+") == std::string::npos &&
+                     o.value[0] >= '0' && o.value[0] <= '9';
+  char* end = nullptr;
+  const double v = plain ? std::strtod(o.value.c_str(), &end) : 0.0;
+  if (!plain || end != o.value.c_str() + o.value.size() || !(v >= 1e9 && v <= 1e14)) return expected;
+  *out = v;
+  return "";
 }
 
 // Whether `path` can be written, checked before a run so that a bad --csv costs nothing. The file
@@ -408,12 +445,18 @@ int run_demo_command(int argc, char** argv) {
 int run_bench_command(int argc, char** argv) {
   const std::string what = argc >= 1 ? argv[0] : "";
   if (what == "--help" || what == "-h") return print_usage(bench_usage(""));
-  if (what.empty()) return usage_error("bench", "expected 'selected', 'compressed' or 'layer'");
-  if (what != "selected" && what != "compressed" && what != "layer")
-    return usage_error("bench", "expected 'selected', 'compressed' or 'layer', got '" + what + "'");
+  const char* kinds = "'selected', 'compressed', 'layer' or 'decode'";
+  if (what.empty()) return usage_error("bench", std::string("expected ") + kinds);
+  if (what != "selected" && what != "compressed" && what != "layer" && what != "decode")
+    return usage_error("bench", std::string("expected ") + kinds + ", got '" + what + "'");
   const std::string command = "bench " + what;
-  std::vector<OptionSpec> table = {
-      {"--config", true}, {"--iters", true}, {"--csv", true}, {"--workspace-cap", true}};
+  std::vector<OptionSpec> table = {{"--config", true}, {"--iters", true}, {"--csv", true}};
+  if (what == "decode") {
+    table.push_back({"--all", false});
+    table.push_back({"--hbm-bandwidth", true});
+  } else {
+    table.push_back({"--workspace-cap", true});
+  }
   if (what == "selected") {
     table.push_back({"--pattern", true});
     table.push_back({"--path", true});
@@ -427,10 +470,21 @@ int run_bench_command(int argc, char** argv) {
 
   fsa::tool::BenchOptions options;
   const std::vector<std::string> names = fsa::tool::bench_config_names(what);
+  options.command_line = "fsa " + command;
+  for (int i = 1; i < argc; ++i) options.command_line += std::string(" ") + argv[i];
   for (const Option& o : parsed) {
     std::string error;
     const std::string& v = o.value;
-    if (o.name == "--config") {
+    if (o.name == "--config" && what == "decode") {
+      fsa::tool::DecodeConfig c;
+      if (v != fsa::tool::kDecodePrefillConfig)
+        if (const std::string e = fsa::tool::parse_decode_config(v, &c); !e.empty()) error = "--config: " + e;
+      options.configs.push_back(v);
+    } else if (o.name == "--all") {
+      options.all = true;
+    } else if (o.name == "--hbm-bandwidth") {
+      error = parse_bandwidth(o, &options.hbm_bandwidth);
+    } else if (o.name == "--config") {
       if (std::find(names.begin(), names.end(), v) == names.end()) {
         std::string list;
         for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
@@ -467,6 +521,8 @@ int run_bench_command(int argc, char** argv) {
     }
     if (!error.empty()) return usage_error(command, error);
   }
+  if (options.all && !options.configs.empty())
+    return usage_error(command, "--all: runs every configuration; drop --config or --all");
   if (const std::string e = check_environment(); !e.empty()) return usage_error(command, e);
   const fsa::CudaDeviceInfo info = fsa::cuda_device_info();
   if (!info.available) {
@@ -475,6 +531,7 @@ int run_bench_command(int argc, char** argv) {
     return 2;
   }
   if (what == "layer") return fsa::tool::run_bench_layer(options);
+  if (what == "decode") return fsa::tool::run_bench_decode(options);
   return what == "selected" ? fsa::tool::run_bench_selected(options) : fsa::tool::run_bench_compressed(options);
 }
 
@@ -496,8 +553,9 @@ int main(int argc, char** argv) {
     if (topic == "info") return print_usage(kInfoUsage);
     if (topic == "bench") {
       const std::string what = argc > 3 ? argv[3] : "";
-      if (!what.empty() && what != "selected" && what != "compressed" && what != "layer")
-        return usage_error("", "help bench: expected 'selected', 'compressed' or 'layer', got '" + what + "'");
+      if (!what.empty() && what != "selected" && what != "compressed" && what != "layer" && what != "decode")
+        return usage_error("", "help bench: expected 'selected', 'compressed', 'layer' or 'decode', got '" + what +
+                                   "'");
       if (argc > 4) return usage_error("", "help: unexpected argument '" + std::string(argv[4]) + "'");
       return print_usage(bench_usage(what));
     }
