@@ -71,7 +71,9 @@ if [[ -n ${FSA_GPU_CHECK_PYTHON:-} ]]; then
   run python-tests bash -c "cd /tmp/fsa-run/tests/python && python3 -m pytest -q -ra -p no:cacheprovider \
     ${FSA_PYTEST_ARGS:-.}"
 fi
-# FSA_GPU_CHECK_BENCH=1 runs every bench; a comma list (selected,compressed,layer) picks some.
+# FSA_GPU_CHECK_BENCH=1 runs every bench; a comma list (selected,compressed,layer,decode) picks some.
+# The decode bench names FSA_COMMIT in its CSV caption (the device's copy of the tree has no .git:
+# pass FSA_COMMIT=<sha> there).
 bench_on() { [[ ${FSA_GPU_CHECK_BENCH:-} == 1 || ,${FSA_GPU_CHECK_BENCH:-}, == *,$1,* ]]; }
 # shellcheck disable=SC2086  # the *_ARGS variables hold several options
 if bench_on selected; then
@@ -86,6 +88,9 @@ if bench_on layer; then
   # Dense causal attention of torch SDPA on the same shapes, appended to the layer CSV (fails
   # harmlessly when torch is missing).
   run bench-sdpa python3 bench/sdpa_dense.py --csv "$out/bench-layer.csv" ${FSA_BENCH_SDPA_ARGS:-}
+fi
+if bench_on decode; then
+  run bench-decode ./build/gpu/fsa bench decode --csv "$out/bench-decode.csv" ${FSA_BENCH_DECODE_ARGS:-}
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv >"$out/gpu.csv" 2>&1
 

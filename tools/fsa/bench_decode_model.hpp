@@ -42,7 +42,7 @@ inline std::vector<DecodeConfig> decode_grid() {
   return grid;
 }
 
-// The default subset (about a minute on an H100): the targets (16 x 128K at G 16; 64 x
+// The default subset (under a minute on an H100): the targets (16 x 128K at G 16; 64 x
 // 32K at G 4, q_len 1 and 4), one long sequence, and q_len 4 at the 128K target shape.
 inline std::vector<std::string> default_decode_configs() {
   return {"D16x128K-G16-Q1", "D16x128K-G16-Q4", "D64x32K-G4-Q1", "D64x32K-G4-Q4", "D1x128K-G4-Q1"};

@@ -108,10 +108,10 @@ constexpr const char* kBenchDecodeText = R"(  bench decode
             --config D<batch>x<context>K-G<G>-Q<q_len> (repeatable, in the order given; e.g.
             D16x128K-G16-Q1; batch 1-1024, context 1K-1024K, G 1-16, q_len 1-8; S64-G4-PREFILL: the
             prefill comparison); default: D16x128K-G16-Q1, D16x128K-G16-Q4, D64x32K-G4-Q1,
-            D64x32K-G4-Q4, D1x128K-G4-Q1 and the prefill comparison (about a minute on an H100);
+            D64x32K-G4-Q4, D1x128K-G4-Q1 and the prefill comparison (under a minute on an H100);
             --all: batch {1,16,64,128} x context {4K,32K,128K,512K} x G {1,4,16} x q_len {1,4}
-            and the prefill comparison (about 10 minutes); a configuration whose cache does not fit
-            the GPU's free memory is skipped with a '#' line saying so (128 x 512K needs 130 GiB);
+            and the prefill comparison (about 5 minutes); a configuration whose cache does not fit
+            the GPU's free memory is skipped with a '#' line saying so (128 x 512K: 136 GiB);
             --hbm-bandwidth B/S, the floor's bandwidth in bytes/s (default by the device's name:
             H100 SXM 3.35e12, H100 PCIe 2.0e12, H200 4.8e12, else 3.35e12); --iters N (samples of
             10 steps; default 10); --csv PATH (the caption names the device, the commit (FSA_COMMIT,
@@ -159,7 +159,7 @@ std::string bench_usage(const std::string& what) {
   if (what.empty() || what == "compressed") text += kBenchCompressedText;
   if (what.empty() || what == "layer") text += kBenchLayerText;
   if (what.empty() || what == "decode") text += kBenchDecodeText;
-  return text + (what == "decode" ? "" : kBenchShared) + kEnvironment;
+  return text + (what == "decode" ? "\n" : kBenchShared) + kEnvironment;
 }
 
 int print_usage(const std::string& text) {
