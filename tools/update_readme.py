@@ -4,7 +4,8 @@ the status section and the "Measured" tables (docs/benchmarks.md describes the f
 
 Each CSV starts with '#' comment lines (what was run, machine, commit, date) and then a header
 row; the table shows the comment lines as a caption and the rows as they are. `*-peers.csv` files
-(bench/peers.py) are pivoted to a column per implementation. A comment line
+(bench/peers.py) are pivoted to a column per implementation, `*-decode.csv` files (`fsa bench decode`)
+to a row per decode configuration. A comment line
 "# status: ..." marks a file that no longer describes the current code (what supersedes it, what
 it still shows): it is printed before the caption and the file's table comes after the others.
 """
@@ -104,6 +105,37 @@ def before_after_table(path: Path) -> str:
     out.append("| bench | config | phase | " + " | ".join(columns) + " |")
     out.append("|" + "---|" * (len(columns) + 3))
     out += ["| " + " | ".join(key) + " | " + " | ".join(ms.get((key, c), "-") for c in columns) + " |" for key in keys]
+    return "\n".join(out)
+
+
+def decode_tables(path: Path) -> str:
+    """`fsa bench decode` rows (config, batch, context, G, q_len, mode, ms, ..., speedup_vs_dense)
+    pivoted: one row per configuration with the eager and graph times and the graph mode's floor and
+    dense comparison, then the prefill comparison (nsa_prefill in chunks / nsa_forward)."""
+    rows = read_rows(path)
+    order, by_mode, prefill = [], {}, {}
+    for r in rows:
+        if r["mode"] in ("eager", "graph"):
+            if r["config"] not in order:
+                order.append(r["config"])
+            by_mode[(r["config"], r["mode"])] = r
+        else:
+            prefill[r["mode"]] = r["ms"]
+    columns = ["config", "eager ms", "graph ms", "MB moved", "floor ms", "floor / graph", "dense ms (graph)",
+               "graph speedup vs dense"]
+    out = [heading(path, " (pivoted)"), ""]
+    out.append("| " + " | ".join(columns) + " |")
+    out.append("|" + "---|" * len(columns))
+    for config in order:
+        eager, graph = by_mode.get((config, "eager"), {}), by_mode.get((config, "graph"), {})
+        cells = [config, eager.get("ms", "-"), graph.get("ms", "-"), graph.get("bytes_mb", "-"),
+                 graph.get("floor_ms", "-"), graph.get("floor_frac", "-"), graph.get("dense_ms", "-"),
+                 graph.get("speedup_vs_dense") or "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    chunks, forward = prefill.get("prefill 4 chunks"), prefill.get("nsa_forward")
+    if chunks and forward:
+        out += ["", f"S64-G4, nsa_prefill in 4 chunks: {chunks} ms; one nsa_forward: {forward} ms "
+                    f"(chunks / forward = {float(chunks) / float(forward):.2f})."]
     return "\n".join(out)
 
 
@@ -243,6 +275,7 @@ def main():
     paths = sorted(RESULTS.glob("*.csv"), key=lambda p: (bool(comments(p)[1]), p.name))
     tables = [layer_tables(p) if p.name.endswith("-layer.csv")
               else before_after_table(p) if p.name.endswith("-before-after.csv")
+              else decode_tables(p) if p.name.endswith("-decode.csv")
               else peers_table(p) if p.name.endswith("-peers.csv") else table(p)
               for p in paths]
     text = replace_between(text, BEGIN, END, "\n\n".join(tables) if tables else "No results recorded yet.")
