@@ -1,5 +1,5 @@
 // Shared pieces of the `fsa bench` commands: the canonical configurations (also read without CUDA,
-// to check --config), a CUDA-event timer, the caller-owned workspace, and the output (stdout and a
+// to check --config), fast random values, a CUDA-event timer, the caller-owned workspace, and the output (stdout and a
 // CSV file).
 #pragma once
 
