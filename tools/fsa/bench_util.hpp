@@ -1,6 +1,6 @@
 // Shared pieces of the `fsa bench` commands: the canonical configurations (also read without CUDA,
-// to check --config), fast random values, a CUDA-event timer, the caller-owned workspace, and the output (stdout and a
-// CSV file).
+// to check --config), fast random values, a CUDA-event timer, the caller-owned workspace, and the
+// output (stdout and a CSV file).
 #pragma once
 
 #include <algorithm>
