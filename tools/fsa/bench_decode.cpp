@@ -343,7 +343,8 @@ bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int itera
     s = nsa_decode(config, in, cache, batch, o, branches, ws);  // the selections, for the byte model
     if (s.is_ok()) s = cuda_status(cudaStreamSynchronize(stream), "step");
     if (s.is_ok()) s = b["topk"].download(&topk);
-    if (s.is_ok()) s = time_modes(stream, iterations, [&] { return nsa_decode(config, in, cache, batch, o, {}, ws); }, &nsa);
+    if (s.is_ok())
+      s = time_modes(stream, iterations, [&] { return nsa_decode(config, in, cache, batch, o, {}, ws); }, &nsa);
     if (s.is_ok())
       s = time_modes(stream, iterations, [&] { return nsa_decode(dense, in, cache, batch, o, {}, ws); }, &full);
   }

@@ -261,7 +261,8 @@ std::string parse_int_option(const Option& o, std::uint64_t min, int* out, const
 // --hbm-bandwidth: bytes per second, a plain decimal or exponent form (3.35e12), from 1e9 to 1e14
 // (1 GB/s to 100 TB/s: a value outside is a unit mistake).
 std::string parse_bandwidth(const Option& o, double* out) {
-  const std::string expected = o.name + ": expected bytes per second from 1e9 to 1e14 (e.g. 3.35e12), got '" + o.value + "'";
+  const std::string expected =
+      o.name + ": expected bytes per second from 1e9 to 1e14 (e.g. 3.35e12), got '" + o.value + "'";
   const bool plain = !o.value.empty() && o.value.find_first_not_of("0123456789.eE+") == std::string::npos &&
                      o.value[0] >= '0' && o.value[0] <= '9';
   char* end = nullptr;
