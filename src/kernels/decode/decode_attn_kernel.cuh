@@ -150,6 +150,9 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
       position = static_cast<long long>(uni.blocks[unit]) * B + v % B;
     }
     // Positions at or past seq_len were never written: zeros (and masked: they are after every token).
+    // REVIEW: a position below seq_len whose table entry is invalid (caller error) is not masked: its
+    // zero key scores 0 and still takes softmax weight (with a zero value). Documented as "reads as
+    // zeros", but a NaN-free exclusion would need the mask to test slots[c].at.page too.
     const PageRow at = position < seq_len ? locate(p.block_table, p.k_pages, b, position) : PageRow{-1, 0};
     return {at, static_cast<int>(position), unit};
   };

@@ -147,6 +147,9 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
           const long long i = k0 + column;
           const int rr = chunk * kRows + r;
           const bool seen = i < visible_s[rr] && i < key_hi;
+          // REVIEW: fast_exp2 (ex2.approx, flushes denormals) where the reference uses exp: a block
+          // whose keys all have probabilities below ~1e-38 scores exactly 0 here and a denormal on
+          // the CPU, which can reorder near-zero candidates (only a tie-aware compare accepts it).
           prob_s[r * kLdProb + column] = seen ? common::fast_exp2(fmaf(sc[n][e], scale_log2, -bias_s[rr])) : 0.0f;
         }
       __syncthreads();
