@@ -23,7 +23,8 @@ fi
 pip=("$venv/bin/python" -m pip)
 index=()
 [[ -n ${FSA_TORCH_INDEX_URL:-} ]] && index=(--index-url "$FSA_TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple)
-"${pip[@]}" install -q "${index[@]}" "torch>=2.4" "pytest>=7" "scikit-build-core>=0.10" ninja
+# numpy: torch imports it when present and warns on every import when it is not.
+"${pip[@]}" install -q "${index[@]}" "torch>=2.4" "pytest>=7" "scikit-build-core>=0.10" ninja numpy
 echo "torch ready in $(( $(date +%s) - start )) s"
 # --no-build-isolation: compile against the torch just installed (an extension is tied to the
 # torch version it was built with) instead of downloading a second torch into a build environment.
