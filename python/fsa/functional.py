@@ -1,8 +1,8 @@
 """Functional API: one function per NSA op and one for the whole layer, differentiable where
 docs/semantics.md says gradients flow. Every function takes the layer's `NsaConfig` and reads the
-fields it needs. Layouts (docs/semantics.md section 0): packed varlen rows, q [N, Hq, Dqk], k [N, Hkv, Dqk],
-v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer tensors and lists of ints are converted
-once their values are known to fit, floating ones refused: see _int32).
+fields it needs. Layouts (docs/semantics.md section 0): packed varlen rows, q [N, Hq, Dqk],
+k [N, Hkv, Dqk], v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer tensors and lists of
+ints are converted once their values are known to fit, floating ones refused: see _int32).
 
 Each function passes its tensors and options; the op's config scalars are filled from `config` by
 name (fsa/_schema.py), so adding a field to the layer needs no edit here.
@@ -39,8 +39,11 @@ def _int32(value, name: str, like: Optional[Tensor] = None) -> Tensor:
     if isinstance(value, (list, tuple)):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise TypeError(f"{name}: expected a list of ints, got {[type(v).__name__ for v in value]}")
-        value = torch.tensor(value, dtype=torch.int64, device=like.device if like is not None else None)
-    elif not isinstance(value, Tensor):
+        for v in value:
+            if not _INT32_MIN <= v <= _INT32_MAX:
+                raise ValueError(f"{name}: value {v} does not fit in int32 (the ops take int32 {name})")
+        return torch.tensor(value, dtype=torch.int32, device=like.device if like is not None else None)
+    if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected an int32 tensor (or a list of ints), got {type(value).__name__}")
     if value.dtype == torch.int32:
         return value

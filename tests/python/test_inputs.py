@@ -105,8 +105,24 @@ def test_other_index_objects_are_refused_by_name(case):
         call([0, 1.5])
     with pytest.raises(TypeError, match=rf"^{argument}: expected an int32 tensor \(or a list of ints\), got str"):
         call("0, 70, 107")
-    with pytest.raises(ValueError, match=rf"^{argument}: value 4294967296 does not fit in int32"):
-        call([0, 2**32])
+    for past in (2**32, 2**70):  # 2**70 does not even fit in int64
+        with pytest.raises(ValueError, match=rf"^{argument}: value {past} does not fit in int32"):
+            call([0, past])
+
+
+def test_compiled_module_checks_int64_offsets_inside_the_graph():
+    """A traced graph cannot branch on values: under torch.compile the range check is an assert
+    inside the graph (a RuntimeError naming the argument) instead of a ValueError."""
+    torch._dynamo.reset()
+    module = fsa.NativeSparseAttention(24, 4, 2, 8, config=SMALL)
+    cu = torch.tensor([0, 70, 107], dtype=torch.int64)
+    x = torch.randn(107, 24)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, cu), module(x, cu))
+    wide = cu.clone()
+    wide[-1] += 2**32
+    with pytest.raises(RuntimeError, match=r"cu_seqlens: a value does not fit in int32"):
+        compiled(x, wide)
 
 
 # ---- errors name the op, not a source location --------------------------------------------------
@@ -167,29 +183,27 @@ def test_every_op_runs_an_empty_batch(name, lengths):
 def _functional_calls(p):
     """{name: call()} of every differentiable function of the API on problem p, returning its
     differentiable output."""
-    k_cmp = fsa.compress(p.k, p.cu_seqlens, p.w_k, p.pe_k, SMALL)
-    v_cmp = fsa.compress(p.v, p.cu_seqlens, p.w_v, None, SMALL)
-    topk = torch.zeros(2, p.q.shape[0], 3, dtype=torch.int32)
+    config = p.config
+    k_cmp = fsa.compress(p.k, p.cu_seqlens, p.w_k, p.pe_k, config)
+    v_cmp = fsa.compress(p.v, p.cu_seqlens, p.w_v, None, config)
+    topk = torch.zeros(2, p.q.shape[0], 3, dtype=torch.int32, device=p.q.device)
     return {
-        "compress": lambda: fsa.compress(p.k, p.cu_seqlens, p.w_k, p.pe_k, SMALL),
-        "compress_mean": lambda: fsa.compress(p.v, p.cu_seqlens, None, None, SMALL),
-        "rope": lambda: fsa.rope(p.q, p.cu_seqlens, 1, SMALL),
-        "compressed_attention": lambda: fsa.compressed_attention(p.q, k_cmp, v_cmp, p.cu_seqlens, SMALL)[0],
-        "selected_attention": lambda: fsa.selected_attention(p.q, p.k, p.v, topk, p.cu_seqlens, SMALL)[0],
-        "sliding_window_attention": lambda: fsa.sliding_window_attention(p.q, p.k, p.v, p.cu_seqlens, SMALL)[0],
-        "combine": lambda: fsa.combine(p.gates, p.q[..., :6], p.q[..., :6], p.q[..., :6]),
+        "compress": lambda: fsa.compress(p.k, p.cu_seqlens, p.w_k, p.pe_k, config),
+        "compress_mean": lambda: fsa.compress(p.v, p.cu_seqlens, None, None, config),
+        "rope": lambda: fsa.rope(p.q, p.cu_seqlens, 1, config),
+        "compressed_attention": lambda: fsa.compressed_attention(p.q, k_cmp, v_cmp, p.cu_seqlens, config)[0],
+        "selected_attention": lambda: fsa.selected_attention(p.q, p.k, p.v, topk, p.cu_seqlens, config)[0],
+        "sliding_window_attention": lambda: fsa.sliding_window_attention(p.q, p.k, p.v, p.cu_seqlens, config)[0],
+        "combine": lambda: fsa.combine(p.gates, p.q, p.q, p.q),
         "nsa_attention": lambda: fsa.nsa_attention(p.q, p.k, p.v, p.cu_seqlens, p.gates, p.w_k, p.w_v, p.pe_k,
-                                                   SMALL),
+                                                   config),
     }
 
 
 _FUNCTIONS = sorted(_functional_calls(make_problem(lengths=(3,))))
 
 
-@pytest.mark.parametrize("lengths", EMPTY_BATCHES.values(), ids=EMPTY_BATCHES.keys())
-@pytest.mark.parametrize("name", _FUNCTIONS)
-def test_every_function_runs_an_empty_batch_forward_and_backward(name, lengths):
-    p = make_problem(lengths=lengths)
+def _run_empty_function(name, p):
     leaves = {}
     for field in ("q", "k", "v", "w_k", "w_v", "pe_k", "gates"):
         leaves[field] = getattr(p, field).detach().requires_grad_(True)
@@ -204,6 +218,28 @@ def test_every_function_runs_an_empty_batch_forward_and_backward(name, lengths):
 
 
 @pytest.mark.parametrize("lengths", EMPTY_BATCHES.values(), ids=EMPTY_BATCHES.keys())
+@pytest.mark.parametrize("name", _FUNCTIONS)
+def test_every_function_runs_an_empty_batch_forward_and_backward(name, lengths):
+    _run_empty_function(name, make_problem(lengths=lengths))
+
+
+# Head dims and a config that the CUDA kernels serve (test_gpu.py's).
+GPU_CONFIG = fsa.NsaConfig(cmp_len=32, cmp_stride=16, block_size=64, topk=4, init_blocks=1, local_blocks=2, window=96)
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("lengths", EMPTY_BATCHES.values(), ids=EMPTY_BATCHES.keys())
+@pytest.mark.parametrize("name", _FUNCTIONS)
+def test_every_function_runs_an_empty_batch_on_the_gpu(name, lengths):
+    p = make_problem(lengths=lengths, heads_q=8, heads_kv=2, dim_qk=128, dim_v=128, config=GPU_CONFIG,
+                     dtype=torch.float32).to("cuda", torch.bfloat16)
+    _run_empty_function(name, p)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("lengths", EMPTY_BATCHES.values(), ids=EMPTY_BATCHES.keys())
 @pytest.mark.parametrize("compression", ["linear", "mean"])
 def test_module_runs_an_empty_batch_forward_and_backward(lengths, compression):
     config = fsa.NsaConfig(**{**SMALL.__dict__, "compression": compression})
@@ -213,6 +249,20 @@ def test_module_runs_an_empty_batch_forward_and_backward(lengths, compression):
     assert y.shape == (0, 24)
     y.sum().backward()
     assert x.grad.shape == (0, 24)
+    for name, param in module.named_parameters():
+        assert param.grad is not None and (param.grad == 0).all(), name
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("lengths", EMPTY_BATCHES.values(), ids=EMPTY_BATCHES.keys())
+def test_module_runs_an_empty_batch_on_the_gpu(lengths):
+    module = fsa.NativeSparseAttention(256, 8, 2, 128, config=GPU_CONFIG, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(0, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = module(x, [0, *lengths])
+    y.sum().backward()
+    torch.cuda.synchronize()
+    assert y.shape == (0, 256) and x.grad.shape == (0, 256)
     for name, param in module.named_parameters():
         assert param.grad is not None and (param.grad == 0).all(), name
 
