@@ -23,14 +23,24 @@ fi
 pip=("$venv/bin/python" -m pip)
 index=()
 [[ -n ${FSA_TORCH_INDEX_URL:-} ]] && index=(--index-url "$FSA_TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple)
-"${pip[@]}" install -q "${index[@]}" "torch>=2.4" "pytest>=7" "scikit-build-core>=0.10" ninja
+# numpy: torch imports it when present and warns on every import when it is not.
+"${pip[@]}" install -q "${index[@]}" "torch>=2.4" "pytest>=7" "scikit-build-core>=0.10" ninja numpy
 echo "torch ready in $(( $(date +%s) - start )) s"
 # --no-build-isolation: compile against the torch just installed (an extension is tied to the
 # torch version it was built with) instead of downloading a second torch into a build environment.
 export CMAKE_BUILD_PARALLEL_LEVEL=$FSA_JOBS
 # FSA_PIP_ARGS: extra pip options, e.g. "-C cmake.define.FSA_ENABLE_CUDA=OFF" for a CPU-only build.
+# The build takes minutes: its whole output goes to a log and its progress lines ([n/total] and the
+# file) to the terminal; on failure the log's tail is printed.
+log=build/py-build.log
+echo "building the extension (full output in $log)"
 # shellcheck disable=SC2086  # the variable holds several options
-"${pip[@]}" install -q --no-build-isolation ${FSA_PIP_ARGS:-} .
+if ! "${pip[@]}" install -v --no-build-isolation ${FSA_PIP_ARGS:-} . 2>&1 | tee "$log" |
+  awk '/^ *\[[0-9]+\/[0-9]+\]/ { print "  " $1 " " $NF; fflush() }'; then
+  tail -n 40 "$log"
+  echo "python-test.sh: building the extension failed (full output in $log)" >&2
+  exit 1
+fi
 echo "package built in $(( $(date +%s) - start )) s"
 "$venv/bin/python" -m pytest tests/python -q -ra "$@"
 echo "python tests finished in $(( $(date +%s) - start )) s"

@@ -31,7 +31,8 @@ class [[nodiscard]] Status {
   const std::string& message() const { return message_; }
   const char* file() const { return file_; }
   int line() const { return line_; }
-  // "invalid argument: q: expected ... (src/api/validate.cpp:42)"
+  // "invalid argument: q: expected ... (src/api/validate.cpp:42)", for C++ callers' diagnostics.
+  // The Python extension shows message() alone, with the op's name (python/csrc/named_op.hpp).
   std::string to_string() const;
 
  private:

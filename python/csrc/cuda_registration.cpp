@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "fsa/runtime.hpp"
+#include "named_op.hpp"
 #include "op_table.hpp"
 #include "ops.hpp"
 
@@ -54,7 +55,7 @@ constexpr auto on_current_stream() {
 
 TORCH_LIBRARY_IMPL(fsa, CUDA, m) {
   using namespace fsa::torch_ext;
-#define FSA_IMPLEMENT_(name, arguments, scalars, returns) m.impl(#name, on_current_stream<&name>());
+#define FSA_IMPLEMENT_(name, arguments, scalars, returns) m.impl(#name, on_current_stream<&FSA_NAMED_OP(name)>());
   FSA_OPS(FSA_IMPLEMENT_)
 #undef FSA_IMPLEMENT_
 }

@@ -5,9 +5,10 @@
 //   to the C++ parameters (FSA_PARAMS);
 // - returns: the schema of the results.
 // registration.cpp expands the table into the schemas and the CPU kernels, cuda_registration.cpp
-// into the CUDA kernels; the Python package registers a fake implementation for every op of the
-// library and an autograd formula for every `*_forward` op with a `*_backward` op, and fails at
-// import when one is missing (python/fsa/_fake.py, _autograd.py).
+// into the CUDA kernels, both through named_op.hpp (every error an op raises ends with its name);
+// the Python package registers a fake implementation for every op of the library and an autograd
+// formula for every `*_forward` op with a `*_backward` op, and fails at import when one is missing
+// (python/fsa/_fake.py, _autograd.py).
 #pragma once
 
 #include "fields.hpp"

@@ -79,8 +79,7 @@ Tensor compressed_cu_seqlens(const Tensor& cu_seqlens FSA_PARAMS(FSA_COMPRESSION
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const NsaConfig config = FSA_SETTINGS(FSA_COMPRESSION_ARGS).config;
   Tensor cu_cmp = empty_like_contiguous(cu_seqlens);
-  throw_if_error(fsa::compressed_cu_seqlens(config, cu_seqlens_view, to_view(cu_cmp, "cu_cmp")),
-                 "compressed_cu_seqlens");
+  throw_if_error(fsa::compressed_cu_seqlens(config, cu_seqlens_view, to_view(cu_cmp, "cu_cmp")));
   return cu_cmp;
 }
 
@@ -97,8 +96,7 @@ Tensor compress_forward(const Tensor& x, const Tensor& cu_seqlens, const Tensor&
   const std::int64_t out_dim = linear ? size_or_zero(*weight, 2) : size_or_zero(x, 2);
   Tensor y = at::empty({max_compressed_tokens(size_or_zero(x, 0), config), size_or_zero(x, 1), out_dim}, x.options());
   throw_if_error(run_with_workspace(x, fsa::compress_forward_workspace_bytes, fsa::compress_forward, config, x_view,
-                                    cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, to_view(y, "y")),
-                 "compress_forward");
+                                    cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, to_view(y, "y")));
   return y;
 }
 
@@ -117,8 +115,7 @@ Tensor3 compress_backward(const Tensor& x, const Tensor& cu_seqlens, const Tenso
   throw_if_error(run_with_workspace(x, fsa::compress_backward_workspace_bytes, fsa::compress_backward, config, x_view,
                                     cu_seqlens_view, cu_cmp_view, weight_view, pos_emb_view, dy_view,
                                     to_view(dx, "dx"), view_or_none(d_weight, weight, "d_weight"),
-                                    view_or_none(d_pos_emb, pos_emb, "d_pos_emb")),
-                 "compress_backward");
+                                    view_or_none(d_pos_emb, pos_emb, "d_pos_emb")));
   return {dx, d_weight, d_pos_emb};
 }
 
@@ -127,8 +124,7 @@ Tensor rope_forward(const Tensor& x, const Tensor& cu, std::int64_t position_str
   const TensorView cu_view = to_view(cu, "cu");
   const RopeConfig rope = FSA_SETTINGS(FSA_ROPE_ARGS).config.rope;
   Tensor y = empty_like_contiguous(x);
-  throw_if_error(fsa::rope_forward(rope, x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")),
-                 "rope_forward");
+  throw_if_error(fsa::rope_forward(rope, x_view, cu_view, static_cast<int>(position_stride), to_view(y, "y")));
   return y;
 }
 
@@ -137,8 +133,7 @@ Tensor rope_backward(const Tensor& dy, const Tensor& cu, std::int64_t position_s
   const TensorView cu_view = to_view(cu, "cu");
   const RopeConfig rope = FSA_SETTINGS(FSA_ROPE_ARGS).config.rope;
   Tensor dx = empty_like_contiguous(dy);
-  throw_if_error(fsa::rope_backward(rope, dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")),
-                 "rope_backward");
+  throw_if_error(fsa::rope_backward(rope, dy_view, cu_view, static_cast<int>(position_stride), to_view(dx, "dx")));
   return dx;
 }
 
@@ -153,8 +148,7 @@ Tensor2 cmp_attn_forward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_c
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v_cmp, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(fsa::cmp_attn_forward(config, q_view, k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view,
-                                       to_view(o, "o"), to_view(lse, "lse")),
-                 "cmp_attn_forward");
+                                       to_view(o, "o"), to_view(lse, "lse")));
   return {o, lse};
 }
 
@@ -173,8 +167,7 @@ Tensor3 cmp_attn_backward(const Tensor& q, const Tensor& k_cmp, const Tensor& v_
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k_cmp), dv = empty_like_contiguous(v_cmp);
   throw_if_error(run_with_workspace(q, fsa::cmp_attn_backward_workspace_bytes, fsa::cmp_attn_backward, config, q_view,
                                     k_cmp_view, v_cmp_view, cu_seqlens_view, cu_cmp_view, o_view, lse_view, d_o_view,
-                                    to_view(dq, "dq"), to_view(dk, "dk_cmp"), to_view(dv, "dv_cmp")),
-                 "cmp_attn_backward");
+                                    to_view(dq, "dq"), to_view(dk, "dk_cmp"), to_view(dv, "dv_cmp")));
   return {dq, dk, dv};
 }
 
@@ -189,8 +182,7 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
   Tensor topk_idx =
       at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), config.topk}, q.options().dtype(at::kInt));
   throw_if_error(fsa::select_blocks(config, q_view, k_cmp_view, lse_cmp_view, cu_seqlens_view, cu_cmp_view,
-                                    to_view(topk_idx, "topk_idx")),
-                 "select_blocks");
+                                    to_view(topk_idx, "topk_idx")));
   return topk_idx;
 }
 
@@ -218,8 +210,7 @@ Tensor slc_plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
       fsa::slc_plan_bytes(settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, settings.selected);
   Tensor plan = at::empty({static_cast<std::int64_t>(bytes)}, q.options().dtype(at::kByte));
   throw_if_error(fsa::slc_plan_build(settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens,
-                                     to_view(plan, "plan"), settings.selected),
-                 "slc_plan");
+                                     to_view(plan, "plan"), settings.selected));
   return plan;
 }
 
@@ -232,8 +223,7 @@ Tensor2 slc_attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
   Tensor lse = empty_lse(q);
   throw_if_error(run_with_workspace(q, fsa::slc_attn_forward_workspace_bytes, fsa::slc_attn_forward, settings.config,
                                     in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, to_view(o, "o"),
-                                    to_view(lse, "lse"), settings.selected, plan_view),
-                 "slc_attn_forward");
+                                    to_view(lse, "lse"), settings.selected, plan_view));
   return {o, lse};
 }
 
@@ -250,8 +240,7 @@ Tensor3 slc_attn_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
   throw_if_error(run_with_workspace(q, fsa::slc_attn_backward_workspace_bytes, fsa::slc_attn_backward,
                                     settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, o_view,
                                     lse_view, d_o_view, to_view(dq, "dq"), to_view(dk, "dk"), to_view(dv, "dv"),
-                                    settings.selected, plan_view),
-                 "slc_attn_backward");
+                                    settings.selected, plan_view));
   return {dq, dk, dv};
 }
 
@@ -265,8 +254,7 @@ Tensor2 swa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   Tensor lse = empty_lse(q);
   throw_if_error(
-      fsa::swa_forward(config, q_view, k_view, v_view, cu_seqlens_view, to_view(o, "o"), to_view(lse, "lse")),
-      "swa_forward");
+      fsa::swa_forward(config, q_view, k_view, v_view, cu_seqlens_view, to_view(o, "o"), to_view(lse, "lse")));
   return {o, lse};
 }
 
@@ -283,8 +271,7 @@ Tensor3 swa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   Tensor dq = empty_like_contiguous(q), dk = empty_like_contiguous(k), dv = empty_like_contiguous(v);
   throw_if_error(run_with_workspace(q, fsa::swa_backward_workspace_bytes, fsa::swa_backward, config, q_view, k_view,
                                     v_view, cu_seqlens_view, o_view, lse_view, d_o_view, to_view(dq, "dq"),
-                                    to_view(dk, "dk"), to_view(dv, "dv")),
-                 "swa_backward");
+                                    to_view(dk, "dk"), to_view(dv, "dv")));
   return {dq, dk, dv};
 }
 
@@ -296,8 +283,7 @@ Tensor combine_forward(const Tensor& gates, const Tensor& o_cmp, const Tensor& o
   NsaConfig config;
   config.gate_mode = gate_mode_of(gates);
   Tensor o = empty_like_contiguous(o_cmp);
-  throw_if_error(fsa::combine_forward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, to_view(o, "o")),
-                 "combine_forward");
+  throw_if_error(fsa::combine_forward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, to_view(o, "o")));
   return o;
 }
 
@@ -314,8 +300,7 @@ Tensor4 combine_backward(const Tensor& gates, const Tensor& o_cmp, const Tensor&
          d_slc = empty_like_contiguous(o_slc), d_swa = empty_like_contiguous(o_swa);
   throw_if_error(fsa::combine_backward(config, gates_view, o_cmp_view, o_slc_view, o_swa_view, d_o_view,
                                        to_view(d_gates, "d_gates"), to_view(d_cmp, "d_o_cmp"),
-                                       to_view(d_slc, "d_o_slc"), to_view(d_swa, "d_o_swa")),
-                 "combine_backward");
+                                       to_view(d_slc, "d_o_slc"), to_view(d_swa, "d_o_swa")));
   return {d_gates, d_cmp, d_slc, d_swa};
 }
 
@@ -350,8 +335,7 @@ Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
   const auto saved_bytes = static_cast<std::int64_t>(fsa::nsa_saved_bytes(config, shape, options));
   Tensor saved = at::empty({saved_bytes}, q.options().dtype(at::kByte));
   const TorchWorkspace workspace(fsa::nsa_forward_workspace_bytes(config, shape, true, options), q);
-  throw_if_error(fsa::nsa_forward(config, in, to_view(o, "o"), to_view(saved, "saved"), options, workspace.get()),
-                 "nsa_forward");
+  throw_if_error(fsa::nsa_forward(config, in, to_view(o, "o"), to_view(saved, "saved"), options, workspace.get()));
   return {o, saved};
 }
 
@@ -375,7 +359,7 @@ Tensor7 nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                             view_or_none(dw_v, w_v, "dw_v"),
                             to_view(d_gates, "d_gates")};
   const TorchWorkspace workspace(fsa::nsa_backward_workspace_bytes(config, NsaLayerShape::of(in), options), q);
-  throw_if_error(fsa::nsa_backward(config, in, saved_view, d_o_view, grads, options, workspace.get()), "nsa_backward");
+  throw_if_error(fsa::nsa_backward(config, in, saved_view, d_o_view, grads, options, workspace.get()));
   return {dq, dk, dv, dw_k, dpe_k, dw_v, d_gates};
 }
 
@@ -387,8 +371,7 @@ using CacheCall = Status (*)(const NsaConfig&, const NsaLayerInputs&, const NsaC
 // Its workspace query (0 on the CPU).
 using CacheQuery = std::size_t (*)(const NsaConfig&, const fsa::NsaInferenceShape&);
 
-Tensor run_cache_call(CacheCall call, CacheQuery query, const char* op, const NsaConfig& layer_config,
-                      FSA_CACHE_CALL_PARAMS) {
+Tensor run_cache_call(CacheCall call, CacheQuery query, const NsaConfig& layer_config, FSA_CACHE_CALL_PARAMS) {
   const NsaConfig config = with_gate_mode(layer_config, gates);
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
   const NsaCache cache{to_view(k_pages, "k_pages"), to_view(v_pages, "v_pages"), to_view(k_cmp_pages, "k_cmp_pages"),
@@ -397,7 +380,7 @@ Tensor run_cache_call(CacheCall call, CacheQuery query, const char* op, const Ns
                             to_view(cache_seqlens, "cache_seqlens"), to_view(slots, "slots")};
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   const TorchWorkspace workspace(query(config, fsa::NsaInferenceShape::of(in, cache, batch)), q);
-  throw_if_error(call(config, in, cache, batch, to_view(o, "o"), NsaInferenceBranches{}, workspace.get()), op);
+  throw_if_error(call(config, in, cache, batch, to_view(o, "o"), NsaInferenceBranches{}, workspace.get()));
   return o;
 }
 
@@ -408,14 +391,12 @@ Tensor run_cache_call(CacheCall call, CacheQuery query, const char* op, const Ns
       cmp_block_table, cache_seqlens, slots
 
 Tensor nsa_prefill(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
-  return run_cache_call(&fsa::nsa_prefill, &fsa::nsa_prefill_workspace_bytes, "nsa_prefill",
-                        FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+  return run_cache_call(&fsa::nsa_prefill, &fsa::nsa_prefill_workspace_bytes, FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
                         FSA_CACHE_CALL_ARGS_);
 }
 
 Tensor nsa_decode(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
-  return run_cache_call(&fsa::nsa_decode, &fsa::nsa_decode_workspace_bytes, "nsa_decode",
-                        FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+  return run_cache_call(&fsa::nsa_decode, &fsa::nsa_decode_workspace_bytes, FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
                         FSA_CACHE_CALL_ARGS_);
 }
 

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "named_op.hpp"
 #include "op_table.hpp"
 #include "ops.hpp"
 
@@ -31,14 +32,14 @@ TORCH_LIBRARY(fsa, m) {
 #undef FSA_DEFINE_
   // No tensor arguments: one kernel for every dispatch key.
 #define FSA_DEFINE_SHAPE_OP_(name, arguments, scalars, returns) \
-  m.def(schema(#name, arguments, FSA_SCHEMA(scalars), returns).c_str(), TORCH_FN(name));
+  m.def(schema(#name, arguments, FSA_SCHEMA(scalars), returns).c_str(), TORCH_FN(FSA_NAMED_OP(name)));
   FSA_SHAPE_OPS(FSA_DEFINE_SHAPE_OP_)
 #undef FSA_DEFINE_SHAPE_OP_
 }
 
 TORCH_LIBRARY_IMPL(fsa, CPU, m) {
   using namespace fsa::torch_ext;
-#define FSA_IMPLEMENT_(name, arguments, scalars, returns) m.impl(#name, TORCH_FN(name));
+#define FSA_IMPLEMENT_(name, arguments, scalars, returns) m.impl(#name, TORCH_FN(FSA_NAMED_OP(name)));
   FSA_OPS(FSA_IMPLEMENT_)
 #undef FSA_IMPLEMENT_
 }

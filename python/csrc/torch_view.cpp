@@ -58,16 +58,20 @@ TensorView to_view(const std::optional<at::Tensor>& tensor, const char* name) {
   return to_view(*tensor, name);
 }
 
-void throw_if_error(const Status& status, const char* op) {
+void throw_if_error(const Status& status) {
   if (status.is_ok()) return;
-  const std::string message = std::string("fsa::") + op + ": " + status.to_string();
+  // The message alone, "d_o: expected ...": the exception's type says the code, the op registration
+  // appends the op (named_op.hpp), and the source location stays with the Status (to_string()) for
+  // C++ callers: every validation failure is raised by the same helper, so to a Python user the
+  // location says nothing.
   switch (status.code()) {
     case StatusCode::kNotImplemented:
-      TORCH_CHECK_NOT_IMPLEMENTED(false, message);
+      TORCH_CHECK_NOT_IMPLEMENTED(false, status.message());
     case StatusCode::kInvalidArgument:
-      TORCH_CHECK_VALUE(false, message);
+      TORCH_CHECK_VALUE(false, status.message());
     default:
-      TORCH_CHECK(false, message);
+      // A RuntimeError is every kind of failure; say which (CUDA error, internal error).
+      TORCH_CHECK(false, status_code_name(status.code()), ": ", status.message());
   }
 }
 

@@ -23,7 +23,8 @@ TensorView to_view(const std::optional<at::Tensor>& tensor, const char* name);
 
 // Raises the Python exception matching a failed Status: NotImplementedError for kNotImplemented
 // (an op without a CUDA kernel yet), ValueError for kInvalidArgument, RuntimeError otherwise. The
-// message starts with the op's name and carries the Status's own message.
-void throw_if_error(const Status& status, const char* op);
+// message is the Status's own, which starts with the argument it names; the registration adds the
+// op's name at its end (named_op.hpp). The Status's source location is left out (see the .cpp).
+void throw_if_error(const Status& status);
 
 }  // namespace fsa::torch_ext

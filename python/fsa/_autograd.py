@@ -1,9 +1,11 @@
 """Autograd formulas of the forward ops: each backward is the matching `*_backward` op.
 
-No gradient flows through block selection (spec section 8): select_blocks has no formula, and the
+No gradient flows through block selection (docs/semantics.md section 8): select_blocks has no formula, and the
 log-sum-exp outputs, which only feed the selection, are marked non-differentiable. The `saved`
 buffer of nsa_forward is opaque and non-differentiable too. Incoming gradients are made contiguous
-because autograd hands out expanded (stride 0) gradients, which the C++ API rejects.
+because autograd hands out expanded (stride 0) gradients, which the C++ API rejects; an empty one
+(N = 0) stays expanded, since torch calls every empty tensor contiguous, and the API accepts it: a
+tensor without elements has no layout to check.
 
 A backward op takes the forward's tensors, then its own, then the forward's scalars in the same
 order (the C++ op table gives both the same list of fields), so the formulas pass the scalars

@@ -1,4 +1,4 @@
-"""Hyperparameters of an NSA layer (nsa-spec section 0), mirroring fsa::NsaConfig in config.hpp.
+"""Hyperparameters of an NSA layer (docs/semantics.md section 0), mirroring fsa::NsaConfig in config.hpp.
 
 The ops take them as plain scalars named after the attributes here, nested configs flattened with
 '_' (`rope.theta` -> `rope_theta`): fsa/_schema.py fills an op's arguments from a config by those
@@ -10,7 +10,7 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """GPT-NeoX rotate-half RoPE with optional llama3 frequency scaling (spec section 2)."""
+    """GPT-NeoX rotate-half RoPE with optional llama3 frequency scaling (docs/semantics.md section 2)."""
 
     enabled: bool = True
     theta: float = 10000.0

@@ -1,7 +1,8 @@
-"""Functional API: one function per NSA op and one for the whole layer, differentiable where the
-spec says gradients flow. Every function takes the layer's `NsaConfig` and reads the fields it
-needs. Layouts (nsa-spec section 0): packed varlen rows, q [N, Hq, Dqk], k [N, Hkv, Dqk],
-v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer dtypes are converted).
+"""Functional API: one function per NSA op and one for the whole layer, differentiable where
+docs/semantics.md says gradients flow. Every function takes the layer's `NsaConfig` and reads the
+fields it needs. Layouts (docs/semantics.md section 0): packed varlen rows, q [N, Hq, Dqk],
+k [N, Hkv, Dqk], v [N, Hkv, Dv], cu_seqlens [nseq + 1] (int32; other integer tensors and lists of
+ints are converted once their values are known to fit, floating ones refused: see _int32).
 
 Each function passes its tensors and options; the op's config scalars are filled from `config` by
 name (fsa/_schema.py), so adding a field to the layer needs no edit here.
@@ -19,8 +20,46 @@ Tensor = torch.Tensor
 DEFAULT_CONFIG = NsaConfig()
 
 
-def _int32(cu: Tensor) -> Tensor:
-    return cu if cu.dtype == torch.int32 else cu.to(torch.int32)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+# Integer dtypes whose every value is an int32 value: converted without looking at the values.
+_FITS_INT32 = (torch.int8, torch.int16, torch.uint8)
+
+
+def _int32(value, name: str, like: Optional[Tensor] = None) -> Tensor:
+    """`value` (argument `name`: offsets such as cu_seqlens, or topk_idx's block indices) as the
+    int32 tensor the ops take, else an error naming it.
+
+    An int32 tensor passes as it is. Other integer tensors are converted once their values are
+    known to fit in int32: a value that wrapped around would read as another, valid-looking offset
+    or block (2**32 as block 0). The check reads the values, which on the GPU waits for them;
+    int32 inputs skip it. A list or tuple of ints is converted the same way, onto the device of
+    `like`. Floating, complex and bool tensors and other objects are a TypeError: indices are
+    integers, and truncating 12.7 to 12 would hide the bug that produced it.
+    """
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{name}: expected a list of ints, got {[type(v).__name__ for v in value]}")
+        for v in value:
+            if not _INT32_MIN <= v <= _INT32_MAX:
+                raise ValueError(f"{name}: value {v} does not fit in int32 (the ops take int32 {name})")
+        return torch.tensor(value, dtype=torch.int32, device=like.device if like is not None else None)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected an int32 tensor (or a list of ints), got {type(value).__name__}")
+    if value.dtype == torch.int32:
+        return value
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor (int32; other integer dtypes are converted), "
+                        f"got dtype {value.dtype}")
+    if value.dtype not in _FITS_INT32 and value.numel() > 0:
+        outside = (value < _INT32_MIN) | (value > _INT32_MAX)
+        if torch.compiler.is_compiling():
+            # No data-dependent branch in a traced graph: the check runs inside it.
+            torch._assert_async(~outside.any(), f"{name}: a value does not fit in int32")
+        elif outside.any():
+            first = value[outside][0].item()
+            raise ValueError(f"{name}: value {first} does not fit in int32 (the ops take int32 {name}; "
+                             f"got dtype {value.dtype})")
+    return value.to(torch.int32)
 
 
 def check_workspace_cap(workspace_cap: Optional[int]) -> Optional[int]:
@@ -37,11 +76,11 @@ def check_workspace_cap(workspace_cap: Optional[int]) -> Optional[int]:
 
 def compressed_cu_seqlens(cu_seqlens: Tensor, config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
     """Row offsets of each sequence's compressed tokens: cu_cmp[b+1] = cu_cmp[b] + n_cmp(n_b)."""
-    return call("compressed_cu_seqlens", _int32(cu_seqlens), config=config)
+    return call("compressed_cu_seqlens", _int32(cu_seqlens, "cu_seqlens"), config=config)
 
 
 def _cu_cmp(cu_seqlens: Tensor, cu_cmp: Optional[Tensor], config: NsaConfig) -> Tensor:
-    return compressed_cu_seqlens(cu_seqlens, config) if cu_cmp is None else _int32(cu_cmp)
+    return compressed_cu_seqlens(cu_seqlens, config) if cu_cmp is None else _int32(cu_cmp, "cu_cmp", cu_seqlens)
 
 
 def compress(x: Tensor, cu_seqlens: Tensor, weight: Optional[Tensor] = None, pos_emb: Optional[Tensor] = None,
@@ -51,7 +90,7 @@ def compress(x: Tensor, cu_seqlens: Tensor, weight: Optional[Tensor] = None, pos
     `weight` [Hkv, l*D, Dout] selects the linear compression, None the mean; `pos_emb` [Hkv, l, D]
     is added to every window (the layer passes it for keys only).
     """
-    cu_seqlens = _int32(cu_seqlens)
+    cu_seqlens = _int32(cu_seqlens, "cu_seqlens", x)
     return call("compress_forward", x, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), weight, pos_emb,
                 config=config)
 
@@ -59,14 +98,14 @@ def compress(x: Tensor, cu_seqlens: Tensor, weight: Optional[Tensor] = None, pos
 def rope(x: Tensor, cu: Tensor, position_stride: int = 1, config: NsaConfig = DEFAULT_CONFIG) -> Tensor:
     """Rotates x [rows, H, D]; row r of sequence b is at position (r - cu[b]) * position_stride
     (1 for q and k; s for compressed keys, with cu = cu_cmp). Ignores config.rope.enabled."""
-    return call("rope_forward", x, _int32(cu), position_stride, config=config)
+    return call("rope_forward", x, _int32(cu, "cu", x), position_stride, config=config)
 
 
 def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, cu_seqlens: Tensor,
                          config: NsaConfig = DEFAULT_CONFIG, cu_cmp: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(o [N, Hq, Dv], lse fp32 [Hq, N]) of attention over the compressed tokens each query sees
     whole (i*s + l - 1 <= t). lse is not differentiable: it only feeds the block selection."""
-    cu_seqlens = _int32(cu_seqlens)
+    cu_seqlens = _int32(cu_seqlens, "cu_seqlens", q)
     return call("cmp_attn_forward", q, k_cmp, v_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config=config)
 
 
@@ -74,7 +113,7 @@ def select_blocks(q: Tensor, k_cmp: Tensor, lse_cmp: Tensor, cu_seqlens: Tensor,
                   cu_cmp: Optional[Tensor] = None) -> Tensor:
     """topk_idx int32 [Hkv, N, K]: forced plus highest-scoring blocks per token and kv group,
     ascending, -1 padded. Not differentiable."""
-    cu_seqlens = _int32(cu_seqlens)
+    cu_seqlens = _int32(cu_seqlens, "cu_seqlens", q)
     return call("select_blocks", q, k_cmp, lse_cmp, cu_seqlens, _cu_cmp(cu_seqlens, cu_cmp, config), config=config)
 
 
@@ -85,8 +124,8 @@ def selected_attention_plan(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, c
     dense/sparse split), built on the device from topk_idx and cu_seqlens; empty on the CPU. Pass
     it to selected_attention with the same arguments and options to skip building it there (the
     forward and the backward then share it). The options are selected_attention's."""
-    return call("slc_plan", q, k, v, _int32(topk_idx), _int32(cu_seqlens), config=config, path=path,
-                dense_threshold=dense_threshold, deterministic=deterministic,
+    return call("slc_plan", q, k, v, _int32(topk_idx, "topk_idx", q), _int32(cu_seqlens, "cu_seqlens", q),
+                config=config, path=path, dense_threshold=dense_threshold, deterministic=deterministic,
                 workspace_cap=check_workspace_cap(workspace_cap))
 
 
@@ -110,7 +149,7 @@ def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seq
 
     `plan`: one from selected_attention_plan for the same arguments and options, or None: one is
     built here, and the forward and the backward share it."""
-    topk_idx, cu_seqlens = _int32(topk_idx), _int32(cu_seqlens)
+    topk_idx, cu_seqlens = _int32(topk_idx, "topk_idx", q), _int32(cu_seqlens, "cu_seqlens", q)
     options = dict(path=path, dense_threshold=dense_threshold, deterministic=deterministic,
                    workspace_cap=check_workspace_cap(workspace_cap))
     if plan is None:
@@ -121,7 +160,7 @@ def selected_attention(q: Tensor, k: Tensor, v: Tensor, topk_idx: Tensor, cu_seq
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
                              config: NsaConfig = DEFAULT_CONFIG) -> Tuple[Tensor, Tensor]:
     """(o, lse) of causal attention over keys [t - config.window, t] of the query's sequence."""
-    return call("swa_forward", q, k, v, _int32(cu_seqlens), config=config)
+    return call("swa_forward", q, k, v, _int32(cu_seqlens, "cu_seqlens", q), config=config)
 
 
 def combine(gates: Tensor, o_cmp: Tensor, o_slc: Tensor, o_swa: Tensor) -> Tensor:
@@ -132,7 +171,7 @@ def combine(gates: Tensor, o_cmp: Tensor, o_slc: Tensor, o_swa: Tensor) -> Tenso
 def nsa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, gates: Tensor, w_k: Optional[Tensor] = None,
                   w_v: Optional[Tensor] = None, pe_k: Optional[Tensor] = None,
                   config: NsaConfig = DEFAULT_CONFIG, workspace_cap: Optional[int] = None) -> Tensor:
-    """The whole NSA attention (spec sections 1-7) on pre-RoPE q, k, v: o [N, Hq, Dv].
+    """The whole NSA attention (docs/semantics.md sections 1-7) on pre-RoPE q, k, v: o [N, Hq, Dv].
 
     w_k [Hkv, l*Dqk, Dqk] and w_v [Hkv, l*Dv, Dv] for config.compression == "linear" (None for
     "mean"), pe_k [Hkv, l, Dqk] optional, gates already activated ([N, Hq, 3] or [N, 3]).
@@ -142,7 +181,7 @@ def nsa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, gates: Te
     backward; a smaller cap runs more query chunks, with the same results. Every workspace and the
     saved activations come from torch's allocator, so torch's memory statistics include them.
     """
-    o, _ = call("nsa_forward", q, k, v, _int32(cu_seqlens), w_k, pe_k, w_v, gates, config=config,
+    o, _ = call("nsa_forward", q, k, v, _int32(cu_seqlens, "cu_seqlens", q), w_k, pe_k, w_v, gates, config=config,
                 workspace_cap=check_workspace_cap(workspace_cap))
     return o
 
@@ -156,7 +195,8 @@ def _cache_call(name: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Union[Te
         raise ValueError(f"config: {config} is not the cache's config {cache.config} (the cache holds keys "
                          "compressed and rotated under its own)")
     seq_ids = list(seq_ids)
-    cu_host = torch.as_tensor(cu_seqlens).to("cpu", torch.int64)  # the new tokens' counts, on the host
+    cu_seqlens = _int32(cu_seqlens, "cu_seqlens", q)
+    cu_host = cu_seqlens.to("cpu", torch.int64)  # the new tokens' counts, on the host
     if cu_host.dim() != 1 or cu_host.numel() != len(seq_ids) + 1:
         raise ValueError(f"cu_seqlens: expected {len(seq_ids) + 1} offsets (one sequence per id of seq_ids), "
                          f"got shape {tuple(cu_host.shape)}")
@@ -166,15 +206,13 @@ def _cache_call(name: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Union[Te
             if count > MAX_DECODE_TOKENS:
                 raise ValueError(f"cu_seqlens: nsa_decode takes at most {MAX_DECODE_TOKENS} new tokens per sequence, "
                                  f"sequence {seq_id!r} brings {count} (use nsa_prefill)")
-    if not isinstance(cu_seqlens, torch.Tensor):
-        cu_seqlens = torch.tensor(cu_seqlens, dtype=torch.int32, device=q.device)
     batch = cache.batch(seq_ids, new_tokens)
 
     def detached(t):
         return None if t is None else t.detach()
 
     # Inference only: no gradient flows into the cache or out of the outputs.
-    o = call(name, *map(detached, (q, k, v)), _int32(cu_seqlens), *map(detached, (w_k, pe_k, w_v, gates)),
+    o = call(name, *map(detached, (q, k, v)), cu_seqlens, *map(detached, (w_k, pe_k, w_v, gates)),
              *cache.pools, *batch, config=cache.config)
     cache.advance(seq_ids, new_tokens)
     return o

@@ -1,4 +1,4 @@
-"""NativeSparseAttention: the NSA layer as a torch module (nsa-spec section 8)."""
+"""NativeSparseAttention: the NSA layer as a torch module (docs/semantics.md section 8)."""
 import math
 from typing import Hashable, Optional, Sequence
 
@@ -57,6 +57,7 @@ class NativeSparseAttention(nn.Module):
         factory = {"device": device, "dtype": dtype}
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         self.config = config
+        self.hidden_size = hidden_size
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim, self.head_dim_v = head_dim, head_dim_v
         self.shared_gates = shared_gates
@@ -91,6 +92,9 @@ class NativeSparseAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, cache: Optional[NsaCache] = None,
                 seq_ids: Optional[Sequence[Hashable]] = None, decode: bool = False) -> torch.Tensor:
+        """x [N, hidden_size]: the batch's sequences packed one after another, sequence b in rows
+        cu_seqlens[b] to cu_seqlens[b + 1] (int32 [nseq + 1]; see fsa.nsa_attention)."""
+        self._check_layout(x)
         if cache is None and (seq_ids is not None or decode):
             raise ValueError("cache: seq_ids and decode=True need a cache (an fsa.NsaCache)")
         if cache is not None and seq_ids is None:
@@ -113,6 +117,17 @@ class NativeSparseAttention(nn.Module):
                                  group=self.process_group, sharding=self.cp_sharding,
                                  workspace_cap=self.workspace_cap)
         return self.o_proj(o.reshape(n, self.num_heads * self.head_dim_v))
+
+    def _check_layout(self, x: torch.Tensor) -> None:
+        """A padded batch [B, T, hidden] would otherwise fail deep inside with a reshape error."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a tensor [N, hidden_size={self.hidden_size}], got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"x: expected a packed varlen batch [N, hidden_size={self.hidden_size}] (the sequences "
+                             f"one after another, with cu_seqlens marking where each starts), got shape "
+                             f"{list(x.shape)}; a padded [B, T, hidden] batch must be packed first")
+        if x.shape[1] != self.hidden_size:
+            raise ValueError(f"x: expected [N, hidden_size={self.hidden_size}], got shape {list(x.shape)}")
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "

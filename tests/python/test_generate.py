@@ -1,18 +1,8 @@
 """examples/generate.py: greedy generation with the cache gives the tokens and logits of recomputing
 the whole prefix at every step (small sizes), and its check catches a cache that goes wrong."""
-import importlib.util
-import os
-
 import fsa
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "generate.py")
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("generate", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from examples_loader import load_example
 
 
 def small_args(example):
@@ -21,7 +11,7 @@ def small_args(example):
 
 
 def test_cached_generation_matches_recomputing_the_prefix():
-    example = load_example()
+    example = load_example("generate")
     result = example.generate(small_args(example))
     assert result["mismatches"] == []
     assert [len(t) for t in result["tokens"]] == [105, 53]
@@ -30,6 +20,6 @@ def test_cached_generation_matches_recomputing_the_prefix():
 
 def test_a_cache_that_forgets_its_lengths_is_caught(monkeypatch):
     """With lengths that never advance, every call overwrites the first tokens: the check reports it."""
-    example = load_example()
+    example = load_example("generate")
     monkeypatch.setattr(fsa.NsaCache, "advance", lambda self, seq_ids, new_tokens: None)
     assert example.generate(small_args(example))["mismatches"]

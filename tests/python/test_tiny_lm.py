@@ -1,18 +1,8 @@
 """The example's tiny language model (examples/train_tiny_lm.py): the loss falls over 50 steps."""
-import importlib.util
-import os
-
 import pytest
 import torch
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "train_tiny_lm.py")
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("train_tiny_lm", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from examples_loader import load_example
 
 
 @pytest.mark.parametrize("device", [
@@ -21,7 +11,7 @@ def load_example():
                                 pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
 ])
 def test_loss_falls_over_50_steps(device):
-    example = load_example()
+    example = load_example("train_tiny_lm")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         losses = example.train(example.TrainArgs(steps=50, device=device, dtype=dtype, log_every=0))
