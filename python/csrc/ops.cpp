@@ -371,7 +371,8 @@ using CacheCall = Status (*)(const NsaConfig&, const NsaLayerInputs&, const NsaC
 // Its workspace query (0 on the CPU).
 using CacheQuery = std::size_t (*)(const NsaConfig&, const fsa::NsaInferenceShape&);
 
-Tensor run_cache_call(CacheCall call, CacheQuery query, const NsaConfig& layer_config, FSA_CACHE_CALL_PARAMS) {
+Tensor run_cache_call(CacheCall call, CacheQuery query, const NsaConfig& layer_config,
+                      FSA_CACHE_CALL_PARAMS) {
   const NsaConfig config = with_gate_mode(layer_config, gates);
   const NsaLayerInputs in = layer_inputs(q, k, v, cu_seqlens, w_k, pe_k, w_v, gates);
   const NsaCache cache{to_view(k_pages, "k_pages"), to_view(v_pages, "v_pages"), to_view(k_cmp_pages, "k_cmp_pages"),
@@ -391,12 +392,14 @@ Tensor run_cache_call(CacheCall call, CacheQuery query, const NsaConfig& layer_c
       cmp_block_table, cache_seqlens, slots
 
 Tensor nsa_prefill(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
-  return run_cache_call(&fsa::nsa_prefill, &fsa::nsa_prefill_workspace_bytes, FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+  return run_cache_call(&fsa::nsa_prefill, &fsa::nsa_prefill_workspace_bytes,
+                        FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
                         FSA_CACHE_CALL_ARGS_);
 }
 
 Tensor nsa_decode(FSA_CACHE_CALL_PARAMS FSA_PARAMS(FSA_LAYER_CONFIG_ARGS)) {
-  return run_cache_call(&fsa::nsa_decode, &fsa::nsa_decode_workspace_bytes, FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
+  return run_cache_call(&fsa::nsa_decode, &fsa::nsa_decode_workspace_bytes,
+                        FSA_SETTINGS(FSA_LAYER_CONFIG_ARGS).config,
                         FSA_CACHE_CALL_ARGS_);
 }
 
