@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Our selected attention and layer next to every public NSA implementation importable here, in one
-process, on the same inputs and the same topk_idx (issue 20, item 1). bench/peers.md says how to
+process, on the same inputs and the same topk_idx. bench/peers.md says how to
 run it on the device machine; docs/benchmarks.md how result files reach the README.
 
 Implementations (each optional: one that cannot be imported is skipped with the reason printed and
