@@ -58,6 +58,8 @@ run memcheck-plan compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu
   --gtest_filter='*HandWritten*:*EmptyShapes*'
 run memcheck-layer compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_layer \
   --gtest_filter='*HeadDims64And256*'
+run memcheck-inference compute-sanitizer --tool memcheck --error-exitcode 1 \
+  build/gpu/tests/cpp/test_gpu_inference --gtest_filter='*GroupSizes*:*DropsRejected*:*ChunkedPrefill*'
 run memcheck-combine compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_combine
 run demo ./build/gpu/fsa demo
 # FSA_GPU_CHECK_PYTHON=1: the extension built against the machine's torch (with the kernels for
