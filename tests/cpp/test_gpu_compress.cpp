@@ -185,6 +185,26 @@ TEST_F(Gpu, CompressOnlyShortSequences) {
   check_case(c, 301);
 }
 
+// N = 0 (no sequence, or only empty ones): nothing to sum, so dW and dPE are zeros, written over
+// the poisoned buffers (an early return would leave the caller's stale memory as the gradient).
+TEST_F(Gpu, CompressEmptyBatchZeroesParameterGradients) {
+  for (const std::vector<std::int64_t>& lengths : {std::vector<std::int64_t>{}, std::vector<std::int64_t>{0, 0}}) {
+    CompressCase c;
+    c.lengths = lengths;
+    NsaConfig config;
+    config.block_size = 64;
+    const HostTensor cu = make_cu_seqlens(lengths);
+    const HostTensor cu_cmp = make_cu_cmp(config, cu);
+    HostTensor x(c.dtype, {0, c.heads, c.dim}), dy(c.dtype, {0, c.heads, c.dim_out});
+    HostTensor weight(c.dtype, {c.heads, static_cast<std::int64_t>(c.cmp_len) * c.dim, c.dim_out});
+    HostTensor pos_emb(c.dtype, {c.heads, c.cmp_len, c.dim});
+    const CompressResult r = run(c, config, cu, cu_cmp, x, weight, pos_emb, dy, true);
+    const std::string what = "empty batch of " + std::to_string(lengths.size()) + " sequences";
+    expect_zero_rows("d_weight, " + what, r.d_weight, 0);
+    expect_zero_rows("d_pos_emb, " + what, r.d_pos_emb, 0);
+  }
+}
+
 TEST_F(Gpu, CompressUnsupportedHeadDimIsNamed) {
   NsaConfig config;
   const HostTensor cu = make_cu_seqlens({64});

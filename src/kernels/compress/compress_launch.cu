@@ -121,6 +121,20 @@ CompressParams backward_params(const NsaConfig& config, const TensorView& x, con
   return p;
 }
 
+// Zeroes a [H, rows, cols] gradient whose rows are contiguous (strides may pad rows and heads):
+// with no tokens the backward has nothing to sum, and dW = 0 (not the caller's stale memory).
+Status zero_parameter_grad(const TensorView& t, cudaStream_t stream) {
+  if (!t.defined() || t.numel() == 0) return Status::ok();
+  const std::size_t bytes = dtype_size(t.dtype);
+  for (std::int64_t h = 0; h < t.size(0); ++h) {
+    void* head = static_cast<char*>(t.data) + static_cast<std::size_t>(h * t.stride(0)) * bytes;
+    FSA_CUDA_CHECK(cudaMemset2DAsync(head, static_cast<std::size_t>(t.stride(1)) * bytes, 0,
+                                     static_cast<std::size_t>(t.size(2)) * bytes, static_cast<std::size_t>(t.size(1)),
+                                     stream));
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 std::size_t compress_forward_workspace_bytes(const NsaConfig& config, const TensorView& x, const TensorView& weight,
@@ -173,9 +187,12 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
     FSA_RETURN_IF_ERROR(common::check_rows_aligned(
         "compress_backward", {{"x", x}, {"weight", weight}, {"dy", dy}, {"dx", dx}, {"d_weight", d_weight}}));
   }
-  if (x.size(0) == 0) return Status::ok();
   const DeviceGuard guard(x.device.index);
   cudaStream_t stream = current_stream();
+  if (x.size(0) == 0) {
+    FSA_RETURN_IF_ERROR(zero_parameter_grad(d_weight, stream));
+    return zero_parameter_grad(d_pos_emb, stream);
+  }
   std::int64_t plane = 0;
   CompressParams p = backward_params(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, d_weight, &plane);
   p.dy = dy.data;
