@@ -23,7 +23,7 @@ holding nsa_ref/ and fsa/ops/; default peers/Flash-Sparse-Attention), FSA_PEER_N
 checkout of the Triton NSA library holding flash_nsa/; default
 peers/Scalable-Flash-Native-Sparse-Attention). Their commits come from `git rev-parse` in the
 checkout, a PEER_COMMIT file in it, or FSA_PEER_FSA_COMMIT / FSA_PEER_NSA_COMMIT. Our commit from
-`git rev-parse` or FSA_COMMIT. FLA is whatever `import fla` finds (its version is recorded).
+FSA_COMMIT, else `git rev-parse`. FLA is whatever `import fla` finds (its version is recorded).
 
 Layouts and conversions (done once, outside the timed region, except free views):
   * ours, fsa-nsa-order, fsa-fsa-order: packed rows q [N, Hq, D], k, v [N, Hkv, D], int32
@@ -123,8 +123,9 @@ def peer_commit(path: Path, env_name: str) -> str:
 
 
 def our_commit() -> str:
-    found = git_commit(ROOT)
-    return found or os.environ.get("FSA_COMMIT", "unknown")
+    # FSA_COMMIT first: the device machine's copy of the tree may carry a .git of an older commit
+    # (seen: it reported the last landed commit under newer, uncommitted-there files).
+    return os.environ.get("FSA_COMMIT") or git_commit(ROOT) or "unknown"
 
 
 def fsa_repo_path() -> Path:
