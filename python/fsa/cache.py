@@ -19,6 +19,7 @@ tables for its maximum batch and advances cache_seqlens in place on the device a
 (the C++ API takes the tables as they are); this class is the simple host-driven form of the same
 bookkeeping.
 """
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -91,11 +92,19 @@ class NsaCache:
         self.dtype = torch.get_default_dtype() if dtype is None else dtype
         self.device = torch.device("cpu") if device is None else torch.device(device)
         factory = dict(dtype=self.dtype, device=self.device)
-        self.k_pages = torch.zeros(num_pages, page_size, num_kv_heads, head_dim, **factory)
-        self.v_pages = torch.zeros(num_pages, page_size, num_kv_heads, head_dim_v, **factory)
-        self.k_cmp_pages = torch.zeros(num_cmp_pages, cmp_page_size, num_kv_heads, head_dim, **factory)
-        self.v_cmp_pages = torch.zeros(num_cmp_pages, cmp_page_size, num_kv_heads, head_dim_v, **factory)
-        self.k_tail = torch.zeros(max_seqs, self.tail_rows, num_kv_heads, head_dim, **factory)
+        shapes = {"k_pages": (num_pages, page_size, num_kv_heads, head_dim),
+                  "v_pages": (num_pages, page_size, num_kv_heads, head_dim_v),
+                  "k_cmp_pages": (num_cmp_pages, cmp_page_size, num_kv_heads, head_dim),
+                  "v_cmp_pages": (num_cmp_pages, cmp_page_size, num_kv_heads, head_dim_v),
+                  "k_tail": (max_seqs, self.tail_rows, num_kv_heads, head_dim)}
+        for pool, shape in shapes.items():
+            try:
+                setattr(self, pool, torch.zeros(shape, **factory))
+            except RuntimeError as e:  # torch's out-of-memory errors (CPU and CUDA) are RuntimeErrors
+                nbytes = math.prod(shape) * torch.empty((), dtype=self.dtype).element_size()
+                argument = "max_seqs" if pool == "k_tail" else "num_cmp_pages" if "cmp" in pool else "num_pages"
+                raise MemoryError(f"{argument}: the cache's {pool} {list(shape)} needs {nbytes} bytes, which "
+                                  f"{self.device} could not allocate") from e
         expected = self.pool_bytes()
         if sum(expected.values()) == 0:
             raise ValueError(f"config: the library takes no cache for this config, dtype {self.dtype} on "

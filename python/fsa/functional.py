@@ -194,6 +194,9 @@ def _cache_call(name: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Union[Te
     if config is not None and config != cache.config:
         raise ValueError(f"config: {config} is not the cache's config {cache.config} (the cache holds keys "
                          "compressed and rotated under its own)")
+    if isinstance(seq_ids, (str, bytes)) or not hasattr(seq_ids, "__iter__"):
+        raise TypeError(f"seq_ids: expected a sequence of the cache's sequence ids (one per sequence of "
+                        f"cu_seqlens), got {type(seq_ids).__name__}")
     seq_ids = list(seq_ids)
     cu_seqlens = _int32(cu_seqlens, "cu_seqlens", q)
     cu_host = cu_seqlens.to("cpu", torch.int64)  # the new tokens' counts, on the host

@@ -212,6 +212,8 @@ def test_errors_name_the_argument():
         fsa.nsa_prefill(p.q, p.k, p.v, p.cu_seqlens, cache, [a, b], config=fsa.NsaConfig(), **kw)
     with pytest.raises(TypeError, match=r"^cache: expected an fsa.NsaCache"):
         fsa.nsa_prefill(p.q, p.k, p.v, p.cu_seqlens, object(), [a, b], **kw)
+    with pytest.raises(TypeError, match=r"^seq_ids: expected a sequence of the cache's sequence ids"):
+        fsa.nsa_prefill(p.q, p.k, p.v, p.cu_seqlens, cache, 5, **kw)
     with pytest.raises(ValueError, match=r"seq_id: sequence 0 is already in the cache"):
         cache.add_sequence(a)
     with pytest.raises(KeyError, match=r"seq_id: no sequence 'x'"):
@@ -220,6 +222,9 @@ def test_errors_name_the_argument():
         make_cache(page_size=48)
     with pytest.raises(ValueError, match=r"^num_pages: expected a positive int"):
         make_cache(num_pages=0)
+    # pools larger than memory: the argument that sized them, not torch's allocator message
+    with pytest.raises(MemoryError, match=r"^num_pages: the cache's k_pages \[1099511627776, "):
+        make_cache(num_pages=2**40)
     # the C++ API's own checks come through as well, naming the pool
     wrong_dtype = make_cache(dtype=torch.float32)
     ids = [wrong_dtype.add_sequence(), wrong_dtype.add_sequence()]
