@@ -3,6 +3,8 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <iomanip>
+#include <sstream>
 
 #include "fsa/cache.hpp"
 #include "fsa/layer.hpp"
@@ -22,6 +24,22 @@ namespace {
 std::int64_t size_or_zero(const Tensor& t, std::int64_t d) { return t.dim() > d ? t.size(d) : 0; }
 
 Tensor empty_like_contiguous(const Tensor& t) { return at::empty(t.sizes(), t.options()); }
+
+// at::empty for a buffer whose size comes from the config or a size query rather than from an
+// input's shape: a failed allocation is torch's OutOfMemoryError naming `what` (the argument that
+// sized it) and the bytes, not the allocator's text.
+Tensor allocate(at::IntArrayRef sizes, const at::TensorOptions& options, const char* what) {
+  try {
+    return at::empty(sizes, options);
+  } catch (const c10::Error&) {
+    long double bytes = static_cast<long double>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+    for (const std::int64_t size : sizes) bytes *= static_cast<long double>(size);
+    std::ostringstream count;  // every digit (the product may exceed int64)
+    count << std::fixed << std::setprecision(0) << bytes;
+    TORCH_CHECK_WITH(OutOfMemoryError, false, what, ": ", count.str(), " bytes on ", options.device(),
+                     " could not be allocated");
+  }
+}
 
 // A gradient buffer for an optional input: shaped like it, or empty when it is absent.
 Tensor grad_for(const OptionalTensor& input, const Tensor& reference) {
@@ -55,7 +73,8 @@ class TorchWorkspace {
  public:
   TorchWorkspace(std::size_t bytes, const Tensor& like) {
     if (!like.is_cuda()) return;
-    buffer_ = at::empty({static_cast<std::int64_t>(std::max<std::size_t>(bytes, 1))}, like.options().dtype(at::kByte));
+    buffer_ = allocate({static_cast<std::int64_t>(std::max<std::size_t>(bytes, 1))}, like.options().dtype(at::kByte),
+                       "workspace (the call's scratch; workspace_cap bounds selected attention's)");
     workspace_ = Workspace{buffer_.data_ptr(), static_cast<std::size_t>(buffer_.numel())};
   }
   const Workspace& get() const { return workspace_; }
@@ -179,8 +198,9 @@ Tensor select_blocks(const Tensor& q, const Tensor& k_cmp, const Tensor& lse_cmp
   const TensorView cu_seqlens_view = to_view(cu_seqlens, "cu_seqlens");
   const TensorView cu_cmp_view = to_view(cu_cmp, "cu_cmp");
   const NsaConfig config = FSA_SETTINGS(FSA_SELECT_ARGS).config;
-  Tensor topk_idx =
-      at::empty({size_or_zero(k_cmp, 1), size_or_zero(q, 0), config.topk}, q.options().dtype(at::kInt));
+  // A negative K gets an empty output, so that the API's validation names config.topk.
+  Tensor topk_idx = allocate({size_or_zero(k_cmp, 1), size_or_zero(q, 0), std::max<std::int64_t>(config.topk, 0)},
+                             q.options().dtype(at::kInt), "config.topk (topk_idx [Hkv, N, K])");
   throw_if_error(fsa::select_blocks(config, q_view, k_cmp_view, lse_cmp_view, cu_seqlens_view, cu_cmp_view,
                                     to_view(topk_idx, "topk_idx")));
   return topk_idx;
@@ -208,7 +228,7 @@ Tensor slc_plan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   const OpSettings settings = FSA_SETTINGS(FSA_SLC_ATTN_ARGS);
   const std::size_t bytes =
       fsa::slc_plan_bytes(settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens, settings.selected);
-  Tensor plan = at::empty({static_cast<std::int64_t>(bytes)}, q.options().dtype(at::kByte));
+  Tensor plan = allocate({static_cast<std::int64_t>(bytes)}, q.options().dtype(at::kByte), "plan");
   throw_if_error(fsa::slc_plan_build(settings.config, in.q, in.k, in.v, in.topk_idx, in.cu_seqlens,
                                      to_view(plan, "plan"), settings.selected));
   return plan;
@@ -333,7 +353,8 @@ Tensor2 nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
   const NsaLayerShape shape = NsaLayerShape::of(in);
   Tensor o = at::empty({size_or_zero(q, 0), size_or_zero(q, 1), size_or_zero(v, 2)}, q.options());
   const auto saved_bytes = static_cast<std::int64_t>(fsa::nsa_saved_bytes(config, shape, options));
-  Tensor saved = at::empty({saved_bytes}, q.options().dtype(at::kByte));
+  Tensor saved =
+      allocate({saved_bytes}, q.options().dtype(at::kByte), "saved (the layer's activations for its backward)");
   const TorchWorkspace workspace(fsa::nsa_forward_workspace_bytes(config, shape, true, options), q);
   throw_if_error(fsa::nsa_forward(config, in, to_view(o, "o"), to_view(saved, "saved"), options, workspace.get()));
   return {o, saved};

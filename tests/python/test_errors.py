@@ -50,3 +50,16 @@ def test_backward_accepts_expanded_gradients():
     o, _ = fsa.sliding_window_attention(q, p.k, p.v, p.cu_seqlens, SMALL)
     o.sum().backward()
     assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_buffer_sized_by_the_config_that_does_not_fit_memory_names_it():
+    """topk_idx is [Hkv, N, config.topk]: 859 TB here, past any address space (so no overcommit
+    setting lets it through). The allocation fails as torch's OutOfMemoryError naming config.topk
+    and the bytes, not with the allocator's own text; it comes before the values are read."""
+    config = fsa.NsaConfig(cmp_len=16, cmp_stride=8, block_size=32, topk=2**31 - 1, window=32, compression="mean")
+    n = 50000
+    q, k_cmp, lse = torch.randn(n, 4, 16), torch.randn(n // 8, 2, 16), torch.zeros(4, n)
+    cu = torch.tensor([0, n], dtype=torch.int32)
+    expected = r"^config\.topk \(topk_idx \[Hkv, N, K\]\): 858993458800000 bytes on cpu could not be allocated"
+    with pytest.raises(torch.OutOfMemoryError, match=expected):
+        fsa.select_blocks(q, k_cmp, lse, cu, config)

@@ -55,9 +55,9 @@ OPS = {
 CONFIG_MUTATIONS = {
     "cmp_len 0": dict(cmp_len=0), "cmp_stride 0": dict(cmp_stride=0), "cmp_stride > cmp_len": dict(cmp_stride=32),
     "block_size 7": dict(block_size=7), "block_size 2^30": dict(block_size=2**30), "topk 0": dict(topk=0),
-    "topk 10^6": dict(topk=10**6), "init_blocks 10^6": dict(init_blocks=10**6), "local_blocks -1": dict(local_blocks=-1),
-    "window -1": dict(window=-1), "window 2^31-1": dict(window=2**31 - 1), "scale nan": dict(scale=float("nan")),
-    "scale -1": dict(scale=-1.0),
+    "topk -1": dict(topk=-1), "topk 10^6": dict(topk=10**6), "init_blocks 10^6": dict(init_blocks=10**6),
+    "local_blocks -1": dict(local_blocks=-1), "window -1": dict(window=-1), "window 2^31-1": dict(window=2**31 - 1),
+    "scale nan": dict(scale=float("nan")), "scale -1": dict(scale=-1.0),
 }
 
 
