@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <iomanip>
 #include <sstream>
+#include <string>
 
 #include "fsa/cache.hpp"
 #include "fsa/layer.hpp"
@@ -27,17 +28,24 @@ Tensor empty_like_contiguous(const Tensor& t) { return at::empty(t.sizes(), t.op
 
 // at::empty for a buffer whose size comes from the config or a size query rather than from an
 // input's shape: a failed allocation is torch's OutOfMemoryError naming `what` (the argument that
-// sized it) and the bytes, not the allocator's text.
+// sized it) and the bytes, not the allocator's text alone.
 Tensor allocate(at::IntArrayRef sizes, const at::TensorOptions& options, const char* what) {
   try {
     return at::empty(sizes, options);
-  } catch (const c10::Error&) {
+  } catch (const c10::Error& error) {
+    // On the GPU, torch's first line says how much is free and reserved: worth keeping. The CPU
+    // allocator's names its own source file instead.
+    std::string detail;
+    if (options.device().is_cuda()) {
+      const std::string text = error.what_without_backtrace();
+      detail = " (" + text.substr(0, text.find('\n')) + ")";
+    }
     long double bytes = static_cast<long double>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
     for (const std::int64_t size : sizes) bytes *= static_cast<long double>(size);
     std::ostringstream count;  // every digit (the product may exceed int64)
     count << std::fixed << std::setprecision(0) << bytes;
     TORCH_CHECK_WITH(OutOfMemoryError, false, what, ": ", count.str(), " bytes on ", options.device(),
-                     " could not be allocated");
+                     " could not be allocated", detail);
   }
 }
 
