@@ -269,9 +269,9 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
     return text[:start] + "\n" + body + "\n" + text[stop:]
 
 
-def main():
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def generated_readme() -> str:
+    """README.md as the results make it (the generated sections replaced, the rest as it is)."""
+    text = (ROOT / "README.md").read_text()
     paths = sorted(RESULTS.glob("*.csv"), key=lambda p: (bool(comments(p)[1]), p.name))
     tables = [layer_tables(p) if p.name.endswith("-layer.csv")
               else before_after_table(p) if p.name.endswith("-before-after.csv")
@@ -279,9 +279,22 @@ def main():
               else peers_table(p) if p.name.endswith("-peers.csv") else table(p)
               for p in paths]
     text = replace_between(text, BEGIN, END, "\n\n".join(tables) if tables else "No results recorded yet.")
-    text = replace_between(text, SUMMARY_BEGIN, SUMMARY_END, summary())
+    return replace_between(text, SUMMARY_BEGIN, SUMMARY_END, summary())
+
+
+def main():
+    # --check: exit 1 when README.md is not what the results make it (CI: no hand-edited figures).
+    text = generated_readme()
+    readme = ROOT / "README.md"
+    if "--check" in sys.argv[1:]:
+        if readme.read_text() != text:
+            print("README.md: its generated sections differ from bench/results (run python3 tools/update_readme.py)",
+                  file=sys.stderr)
+            return 1
+        return 0
     readme.write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
