@@ -173,3 +173,69 @@ def test_rejects_wrong_row_counts(tmp_path):
     finally:
         dist.destroy_process_group()
 
+
+
+# ---- on the GPU ----------------------------------------------------------------------------------
+# The same comparison on CUDA tensors (bf16, head dim 128, a config the kernels serve), each rank on
+# GPU rank % device_count. With a GPU per rank the ranks talk over NCCL; with fewer (one GPU, as on
+# a one-GPU machine) over gloo, which moves CUDA tensors through the host: a correctness run, not a
+# speed claim (NCCL refuses two ranks on one GPU). The reference is the single-process GPU layer on
+# the same inputs; bf16 tolerances as in test_gpu.py.
+GPU_CONFIG = fsa.NsaConfig(cmp_len=32, cmp_stride=16, block_size=64, topk=4, init_blocks=1, local_blocks=2,
+                           window=96)
+GPU_LENGTHS = (700, 213, 37, 0, 74)  # 1024 tokens: zig-zag on 2 and 4 ranks; 37 shorter than l
+
+
+def _check_case_gpu(world_size, seed, sharding, device):
+    p = make_problem(GPU_LENGTHS, heads_q=8, heads_kv=2, dim_qk=128, dim_v=128, config=GPU_CONFIG,
+                     dtype=torch.float32, generator_seed=seed).to(device, torch.bfloat16)
+    whole = [p.q, p.k, p.v, p.gates, p.w_k, p.w_v, p.pe_k]
+    names = ["q", "k", "v", "gates", "w_k", "w_v", "pe_k"]
+    d_o = torch.randn(p.q.shape[0], 8, 128, generator=torch.Generator().manual_seed(seed + 1)).to(device,
+                                                                                                  torch.bfloat16)
+    cu = p.cu_seqlens.cpu()
+    ref_in = [t.detach().clone().requires_grad_(True) for t in whole]
+    o_ref = fsa.nsa_attention(*ref_in[:3], p.cu_seqlens, *ref_in[3:], GPU_CONFIG)
+    o_ref.backward(d_o)
+    local = [cp.shard_rows(t.detach(), cu, sharding=sharding).clone().requires_grad_(True) for t in whole[:4]]
+    weights = [t.detach().clone().requires_grad_(True) for t in whole[4:]]
+    o = cp.nsa_attention_cp(*local[:3], cu, local[3], *weights, config=GPU_CONFIG, sharding=sharding, slice_heads=1)
+    o.backward(cp.shard_rows(d_o, cu, sharding=sharding))
+    torch.cuda.synchronize(device)
+
+    def rel(a, b):
+        return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+    what = f"{sharding} on rank {dist.get_rank()} of {world_size}"
+    errors = {"o": rel(o, cp.shard_rows(o_ref.detach(), cu, sharding=sharding))}
+    for name, t, t_ref in zip(names[:4], local, ref_in[:4]):
+        errors[name] = rel(t.grad, cp.shard_rows(t_ref.grad, cu, sharding=sharding))
+    for name, t, t_ref in zip(names[4:], weights, ref_in[4:]):
+        total = t.grad.float()
+        dist.all_reduce(total)
+        errors[name] = rel(total, t_ref.grad.float())
+    bad = {name: err for name, err in errors.items() if not err < 2e-2}
+    assert not bad, f"{what}: relative errors above 2e-2: {bad} (all: {errors})"
+
+
+def _worker_gpu(rank, world_size, store_path, seed, backend):
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    try:
+        for i, sharding in enumerate(("contiguous", "zigzag")):
+            _check_case_gpu(world_size, seed + 10 * i, sharding, device)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not fsa.CUDA_DISPATCH, reason="needs a CUDA device and build")
+@pytest.mark.parametrize("world_size", [2])
+def test_matches_the_single_process_layer_on_the_gpu(world_size, tmp_path, monkeypatch):
+    for variable in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"):
+        monkeypatch.setenv(variable, "0" if variable == "NCCL_NVLS_ENABLE" else "1")  # no NVLink multicast
+    backend = "nccl" if torch.cuda.device_count() >= world_size and dist.is_nccl_available() else "gloo"
+    seed = int(torch.randint(0, 2**30, ()))
+    torch.multiprocessing.spawn(_worker_gpu, args=(world_size, str(tmp_path / "store"), seed, backend),
+                                nprocs=world_size, join=True)
