@@ -96,6 +96,8 @@ struct NsaInferenceBranches {
 // length per sequence, 0 included) after its cache_seqlens cached tokens: rotates them, writes
 // raw keys and values, the compressed tokens whose windows they complete and the key tail into
 // `cache`, and writes o [N, Hq, Dv], each token attending to its prefix and the chunk causally.
+// The outputs, branches and pools are written: none may share memory with the inputs, the batch
+// or one another (an error naming it, as for every op: ops.hpp).
 Status nsa_prefill(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
                    const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches = {},
                    const Workspace& workspace = {});

@@ -62,7 +62,8 @@ std::size_t nsa_forward_workspace_bytes(const NsaConfig& config, const NsaLayerS
 std::size_t nsa_backward_workspace_bytes(const NsaConfig& config, const NsaLayerShape& shape,
                                          const NsaLayerOptions& options = {});
 
-// o [N, Hq, Dv]. `saved` may be undefined for inference (nothing is kept for the backward).
+// o [N, Hq, Dv]. `saved` may be undefined for inference (nothing is kept for the backward). o,
+// saved and the backward's gradients may not share memory with the inputs (ops.hpp conventions).
 Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& o,
                    const TensorView& saved, const NsaLayerOptions& options = {}, const Workspace& workspace = {});
 // Gradients of nsa_forward given d_o [N, Hq, Dv] and the `saved` buffer it filled.

@@ -12,6 +12,9 @@
 // - Every tensor of a call must be on the same device; the call runs there. A device without an
 //   implementation of the op returns StatusCode::kNotImplemented.
 // - Gradient outputs are overwritten, not accumulated into.
+// - No output may share memory with an input, another output or the workspace (an error naming the
+//   output, before anything runs), except where an op says it may be its input itself (RoPE). The
+//   check is exact for dense tensors; strided views (slices of one fused buffer) are not refused.
 // - Ops that need GPU scratch take a trailing `Workspace` and have a `*_workspace_bytes` query
 //   with the same arguments (workspace.hpp). The others (compressed_cu_seqlens, rope_*,
 //   cmp_attn_forward, select_blocks, swa_forward, combine_*) need none.

@@ -153,6 +153,9 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   FSA_RETURN_IF_ERROR(check_attention(config, {"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, true, cu_seqlens,
                                       {"o", o}, {"lse", lse}, &dims));
   FSA_RETURN_IF_ERROR(detail::check_cu_cmp({"cu_cmp", cu_cmp}, cu_seqlens, config, k_cmp.size(0)));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"o", o}, {"lse", lse}},
+      {{"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, {"cu_seqlens", cu_seqlens}, {"cu_cmp", cu_cmp}}));
   return detail::route(
       kOp, q.device, [&] { ref::cmp_attn_forward(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse); },
       [&] {
@@ -176,6 +179,11 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& dk_cmp, const TensorView& dv_cmp, const Workspace& workspace) {
   constexpr const char* kOp = "cmp_attn_backward";
   FSA_RETURN_IF_ERROR(check_cmp_backward(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse, d_o, dq, dk_cmp, dv_cmp));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"dq", dq}, {"dk_cmp", dk_cmp}, {"dv_cmp", dv_cmp}},
+      {{"q", q}, {"k_cmp", k_cmp}, {"v_cmp", v_cmp}, {"cu_seqlens", cu_seqlens}, {"cu_cmp", cu_cmp}, {"o", o},
+       {"lse", lse}, {"d_o", d_o}},
+      workspace));
   const std::size_t needed =
       detail::on_gpu_bytes(q, [&] { return FSA_CUDA_QUERY(cuda::flash_backward_workspace_bytes(q, k_cmp, v_cmp)); });
   return detail::route(
@@ -203,6 +211,8 @@ Status slc_plan_build(const NsaConfig& config, const TensorView& q, const Tensor
   const std::size_t bytes = plan_bytes(config, q, k, v, topk_idx, cu_seqlens, options);
   if (!plan.defined() && bytes > 0) return FSA_INVALID("plan: expected a uint8 tensor of slc_plan_bytes() bytes");
   FSA_RETURN_IF_ERROR(check_plan(plan, {"q", q}, bytes));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"plan", plan}}, {{"q", q}, {"k", k}, {"v", v}, {"topk_idx", topk_idx}, {"cu_seqlens", cu_seqlens}}));
   return detail::route(
       kOp, q.device, [] {},  // the CPU reference needs no plan
       [&] {
@@ -229,6 +239,10 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
                         const Workspace& workspace) {
   constexpr const char* kOp = "slc_attn_forward";
   FSA_RETURN_IF_ERROR(check_slc_forward(config, q, k, v, topk_idx, cu_seqlens, o, lse, options, plan));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"o", o}, {"lse", lse}},
+      {{"q", q}, {"k", k}, {"v", v}, {"topk_idx", topk_idx}, {"cu_seqlens", cu_seqlens}, {"plan", plan}},
+      workspace));
   const std::size_t needed = detail::on_gpu_bytes(q, [&] {
     return FSA_CUDA_QUERY(cuda::slc_forward_workspace_bytes(slc_problem(config, q, k, v, topk_idx, cu_seqlens),
                                                             options, plan.defined()));
@@ -262,6 +276,11 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& plan, const Workspace& workspace) {
   constexpr const char* kOp = "slc_attn_backward";
   FSA_RETURN_IF_ERROR(check_slc_backward(config, q, k, v, topk_idx, cu_seqlens, o, lse, d_o, dq, dk, dv, options, plan));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"dq", dq}, {"dk", dk}, {"dv", dv}},
+      {{"q", q}, {"k", k}, {"v", v}, {"topk_idx", topk_idx}, {"cu_seqlens", cu_seqlens}, {"o", o}, {"lse", lse},
+       {"d_o", d_o}, {"plan", plan}},
+      workspace));
   const std::size_t needed = detail::on_gpu_bytes(q, [&] {
     return FSA_CUDA_QUERY(cuda::slc_backward_workspace_bytes(slc_problem(config, q, k, v, topk_idx, cu_seqlens),
                                                              options, plan.defined()));
@@ -283,6 +302,8 @@ Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorVie
   AttnDims dims;
   FSA_RETURN_IF_ERROR(
       check_attention(config, {"q", q}, {"k", k}, {"v", v}, false, cu_seqlens, {"o", o}, {"lse", lse}, &dims));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap({{"o", o}, {"lse", lse}},
+                                               {{"q", q}, {"k", k}, {"v", v}, {"cu_seqlens", cu_seqlens}}));
   return detail::route(
       kOp, q.device, [&] { ref::swa_forward(config, q, k, v, cu_seqlens, o, lse); },
       [&] { return FSA_CUDA_BACKEND(kOp, q.device, cuda::swa_forward(config, q, k, v, cu_seqlens, o, lse)); });
@@ -301,6 +322,9 @@ Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorVi
                     const TensorView& dq, const TensorView& dk, const TensorView& dv, const Workspace& workspace) {
   constexpr const char* kOp = "swa_backward";
   FSA_RETURN_IF_ERROR(check_swa_backward(config, q, k, v, cu_seqlens, o, lse, d_o, dq, dk, dv));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"dq", dq}, {"dk", dk}, {"dv", dv}},
+      {{"q", q}, {"k", k}, {"v", v}, {"cu_seqlens", cu_seqlens}, {"o", o}, {"lse", lse}, {"d_o", d_o}}, workspace));
   const std::size_t needed =
       detail::on_gpu_bytes(q, [&] { return FSA_CUDA_QUERY(cuda::flash_backward_workspace_bytes(q, k, v)); });
   return detail::route(

@@ -253,6 +253,31 @@ Status run(const char* op, bool decode, const NsaConfig& config, const NsaLayerI
            const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches,
            const Workspace& workspace) {
   FSA_RETURN_IF_ERROR(check_call(decode, config, inputs, cache, batch, o, branches));
+  // Written: the outputs and the pools (which are also read); only read: the inputs and the batch.
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"o", o},
+       {"branches.o_cmp", branches.o_cmp},
+       {"branches.o_slc", branches.o_slc},
+       {"branches.o_swa", branches.o_swa},
+       {"branches.topk_idx", branches.topk_idx},
+       {"cache.k_pages", cache.k_pages},
+       {"cache.v_pages", cache.v_pages},
+       {"cache.k_cmp_pages", cache.k_cmp_pages},
+       {"cache.v_cmp_pages", cache.v_cmp_pages},
+       {"cache.k_tail", cache.k_tail}},
+      {{"q", inputs.q},
+       {"k", inputs.k},
+       {"v", inputs.v},
+       {"cu_seqlens", inputs.cu_seqlens},
+       {"w_k", inputs.w_k},
+       {"pe_k", inputs.pe_k},
+       {"w_v", inputs.w_v},
+       {"gates", inputs.gates},
+       {"batch.block_table", batch.block_table},
+       {"batch.cmp_block_table", batch.cmp_block_table},
+       {"batch.cache_seqlens", batch.cache_seqlens},
+       {"batch.slots", batch.slots}},
+      workspace));
   const Device device = inputs.q.device;
   const NsaInferenceShape shape = NsaInferenceShape::of(inputs, cache, batch);
   const std::size_t needed = detail::on_gpu_bytes(inputs.q, [&] {

@@ -33,6 +33,8 @@ Status combine_forward(const NsaConfig& config, const TensorView& gates, const T
                        const TensorView& o_slc, const TensorView& o_swa, const TensorView& o) {
   FSA_RETURN_IF_ERROR(check_combine(config, gates, o_cmp, o_slc, o_swa));
   FSA_RETURN_IF_ERROR(detail::check_like({"o", o}, {"o_cmp", o_cmp}));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"o", o}}, {{"gates", gates}, {"o_cmp", o_cmp}, {"o_slc", o_slc}, {"o_swa", o_swa}}));
   constexpr const char* kOp = "combine_forward";
   return detail::route(
       kOp, o_cmp.device, [&] { ref::combine_forward(config, gates, o_cmp, o_slc, o_swa, o); },
@@ -51,6 +53,9 @@ Status combine_backward(const NsaConfig& config, const TensorView& gates, const 
   if (d_o_cmp.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_cmp", d_o_cmp}, a));
   if (d_o_slc.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_slc", d_o_slc}, a));
   if (d_o_swa.defined()) FSA_RETURN_IF_ERROR(detail::check_like({"d_o_swa", d_o_swa}, a));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"d_gates", d_gates}, {"d_o_cmp", d_o_cmp}, {"d_o_slc", d_o_slc}, {"d_o_swa", d_o_swa}},
+      {{"gates", gates}, {"o_cmp", o_cmp}, {"o_slc", o_slc}, {"o_swa", o_swa}, {"d_o", d_o}}));
   constexpr const char* kOp = "combine_backward";
   return detail::route(
       kOp, o_cmp.device,

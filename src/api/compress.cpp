@@ -94,6 +94,10 @@ Status compress_forward(const NsaConfig& config, const TensorView& x, const Tens
                         const TensorView& y, const Workspace& workspace) {
   constexpr const char* kOp = "compress_forward";
   FSA_RETURN_IF_ERROR(check_compress_inputs(config, x, cu_seqlens, cu_cmp, weight, pos_emb, {"y", y}));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"y", y}},
+      {{"x", x}, {"cu_seqlens", cu_seqlens}, {"cu_cmp", cu_cmp}, {"weight", weight}, {"pos_emb", pos_emb}},
+      workspace));
   const std::size_t needed =
       detail::on_gpu_bytes(x, [&] { return FSA_CUDA_QUERY(cuda::compress_forward_workspace_bytes(config, x, weight, y)); });
   return detail::route(
@@ -110,6 +114,10 @@ Status compress_backward(const NsaConfig& config, const TensorView& x, const Ten
   constexpr const char* kOp = "compress_backward";
   FSA_RETURN_IF_ERROR(
       check_compress_backward(config, x, cu_seqlens, cu_cmp, weight, pos_emb, dy, dx, d_weight, d_pos_emb));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"dx", dx}, {"d_weight", d_weight}, {"d_pos_emb", d_pos_emb}},
+      {{"x", x}, {"cu_seqlens", cu_seqlens}, {"cu_cmp", cu_cmp}, {"weight", weight}, {"pos_emb", pos_emb}, {"dy", dy}},
+      workspace));
   const std::size_t needed = detail::on_gpu_bytes(
       x, [&] { return FSA_CUDA_QUERY(cuda::compress_backward_workspace_bytes(config, x, dy, d_weight)); });
   return detail::route(

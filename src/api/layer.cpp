@@ -1,5 +1,7 @@
 // nsa_forward / nsa_backward: validation of the whole layer's arguments, the workspace queries and
 // the route to a backend.
+#include <vector>
+
 #include "fsa/layer.hpp"
 #include "reference/layer.hpp"
 #include "route.hpp"
@@ -90,6 +92,12 @@ Status check_options(const NsaLayerOptions& options) {
   return Status::ok();
 }
 
+// The layer's inputs as named arguments, for the overlap check.
+std::vector<detail::Arg> layer_args(const NsaLayerInputs& in) {
+  return {{"q", in.q},       {"k", in.k},       {"v", in.v},       {"cu_seqlens", in.cu_seqlens},
+          {"w_k", in.w_k},   {"pe_k", in.pe_k}, {"w_v", in.w_v},   {"gates", in.gates}};
+}
+
 }  // namespace
 
 Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const TensorView& o,
@@ -100,6 +108,7 @@ Status nsa_forward(const NsaConfig& config, const NsaLayerInputs& inputs, const 
   FSA_RETURN_IF_ERROR(check_options(options));
   FSA_RETURN_IF_ERROR(detail::check_layer_output({"o", o}, {"q", inputs.q}, dims));
   if (saved.defined()) FSA_RETURN_IF_ERROR(check_saved(config, inputs, saved, options));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap({{"o", o}, {"saved", saved}}, layer_args(inputs), workspace));
   const NsaLayerShape shape = NsaLayerShape::of(inputs);
   const std::size_t needed = detail::on_gpu_bytes(inputs.q, [&] {
     return FSA_CUDA_QUERY(cuda::nsa_forward_workspace_bytes(config, shape, saved.defined(), options));
@@ -127,6 +136,13 @@ Status nsa_backward(const NsaConfig& config, const NsaLayerInputs& inputs, const
   FSA_RETURN_IF_ERROR(check_grad("dpe_k", grads.dpe_k, "pe_k", inputs.pe_k));
   FSA_RETURN_IF_ERROR(check_grad("dw_v", grads.dw_v, "w_v", inputs.w_v));
   FSA_RETURN_IF_ERROR(check_grad("d_gates", grads.d_gates, "gates", inputs.gates));
+  std::vector<detail::Arg> read = layer_args(inputs);
+  read.push_back({"saved", saved});
+  read.push_back({"d_o", d_o});
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {{"dq", grads.dq}, {"dk", grads.dk}, {"dv", grads.dv}, {"dw_k", grads.dw_k}, {"dpe_k", grads.dpe_k},
+       {"dw_v", grads.dw_v}, {"d_gates", grads.d_gates}},
+      read, workspace));
   const NsaLayerShape shape = NsaLayerShape::of(inputs);
   const std::size_t needed = detail::on_gpu_bytes(
       inputs.q, [&] { return FSA_CUDA_QUERY(cuda::nsa_backward_workspace_bytes(config, shape, options)); });

@@ -15,6 +15,7 @@ Status compressed_cu_seqlens(const NsaConfig& config, const TensorView& cu_seqle
   FSA_RETURN_IF_ERROR(detail::check_dtype(out, DType::kInt32));
   FSA_RETURN_IF_ERROR(detail::check_same_device(out, cu));
   FSA_RETURN_IF_ERROR(detail::check_tensor(out, {{cu_seqlens.size(0), "nseq+1"}}));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap({out}, {cu}));
   constexpr const char* kOp = "compressed_cu_seqlens";
   return detail::route(
       kOp, cu_seqlens.device, [&] { ref::compressed_cu_seqlens(config, cu_seqlens, cu_cmp); },

@@ -26,6 +26,8 @@ Status rope(const char* op, const char* in_name, const char* out_name, const Rop
   if (position_stride < 1)
     return FSA_INVALID("position_stride: expected >= 1, got " + std::to_string(position_stride));
   FSA_RETURN_IF_ERROR(detail::check_like({out_name, y}, xa));
+  // The output may be the input itself (each thread rotates the pairs it reads), nothing else.
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap({{out_name, y}}, {xa, cua}, {}, {out_name, in_name}));
   return detail::route(
       op, x.device, [&] { ref::rope(config, x, cu, position_stride, y, inverse); },
       [&] { return FSA_CUDA_BACKEND(op, x.device, cuda::rope(config, x, cu, position_stride, y, inverse)); });

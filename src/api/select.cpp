@@ -32,6 +32,8 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
   FSA_RETURN_IF_ERROR(detail::check_dtype(out, DType::kInt32));
   FSA_RETURN_IF_ERROR(detail::check_same_device(out, qa));
   FSA_RETURN_IF_ERROR(detail::check_tensor(out, {{hkv, "Hkv"}, {n, "N"}, {config.topk, "K"}}));
+  FSA_RETURN_IF_ERROR(detail::check_no_overlap(
+      {out}, {qa, ka, {"lse_cmp", lse_cmp}, {"cu_seqlens", cu_seqlens}, {"cu_cmp", cu_cmp}}));
   constexpr const char* kOp = "select_blocks";
   return detail::route(
       kOp, q.device, [&] { ref::select_blocks(config, q, k_cmp, lse_cmp, cu_seqlens, cu_cmp, topk_idx); },

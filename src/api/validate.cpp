@@ -60,6 +60,93 @@ Status check_strides(const Arg& arg) {
 
 }  // namespace
 
+namespace {
+
+// A dense tensor's (or the workspace's) bytes, or none when the overlap test cannot be exact.
+struct Region {
+  const char* name = nullptr;
+  Device device{};
+  std::uintptr_t begin = 0, end = 0;
+  const TensorView* view = nullptr;  // null for the workspace
+  bool known = false;
+};
+
+Region region_of(const Arg& arg) {
+  Region r;
+  r.name = arg.name;
+  r.view = &arg.view;
+  const TensorView& t = arg.view;
+  if (!t.defined() || t.ndim <= 0 || t.data == nullptr || t.numel() <= 0) return r;
+  std::vector<std::array<std::int64_t, 2>> dims;  // (stride, size) of dims with size > 1
+  for (int d = 0; d < t.ndim; ++d)
+    if (t.size(d) > 1) dims.push_back({t.stride(d), t.size(d)});
+  std::sort(dims.begin(), dims.end());
+  std::int64_t extent = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != extent) return r;  // a gap (or an overlap, refused elsewhere): not provable by range
+    extent *= size;
+  }
+  r.device = t.device;
+  r.begin = reinterpret_cast<std::uintptr_t>(t.data);
+  r.end = r.begin + static_cast<std::uintptr_t>(extent) * dtype_size(t.dtype);
+  r.known = true;
+  return r;
+}
+
+bool same_tensor(const Region& a, const Region& b) {
+  if (a.view == nullptr || b.view == nullptr || a.begin != b.begin || a.end != b.end) return false;
+  if (a.view->ndim != b.view->ndim || a.view->dtype != b.view->dtype) return false;
+  for (int d = 0; d < a.view->ndim; ++d)
+    if (a.view->size(d) != b.view->size(d) || a.view->stride(d) != b.view->stride(d)) return false;
+  return true;
+}
+
+}  // namespace
+
+Status check_no_overlap(const std::vector<Arg>& outputs, const std::vector<Arg>& inputs,
+                        const Workspace& workspace, InPlace in_place) {
+  std::vector<Region> outs, others;
+  for (const Arg& a : outputs) outs.push_back(region_of(a));
+  for (const Arg& a : inputs) others.push_back(region_of(a));
+  const Region* device_of = nullptr;
+  for (const Region& r : outs)
+    if (r.known) device_of = &r;
+  if (device_of != nullptr && workspace.data != nullptr && workspace.bytes > 0) {
+    Region w;
+    w.name = "workspace";
+    w.device = device_of->device;
+    w.begin = reinterpret_cast<std::uintptr_t>(workspace.data);
+    w.end = w.begin + workspace.bytes;
+    w.known = true;
+    others.push_back(w);
+  }
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    const Region& out = outs[i];
+    if (!out.known) continue;
+    auto clash = [&](const Region& other) {
+      return other.known && other.device == out.device && other.begin < out.end && out.begin < other.end;
+    };
+    for (std::size_t j = i + 1; j < outs.size(); ++j)
+      if (clash(outs[j]))
+        return FSA_INVALID(std::string(out.name) + ": shares memory with " + outs[j].name +
+                           " (two outputs of one call must not overlap; pass separate buffers)");
+    for (const Region& other : others) {
+      if (!clash(other)) continue;
+      const bool allowed = in_place.output != nullptr && std::string(out.name) == in_place.output &&
+                           std::string(other.name) == in_place.input && same_tensor(out, other);
+      if (allowed) continue;
+      return FSA_INVALID(std::string(out.name) + ": shares memory with " + other.name +
+                         " (an output must not overlap an input or the workspace: the call would overwrite what it "
+                         "reads; pass separate buffers" +
+                         (in_place.output != nullptr && std::string(out.name) == in_place.output
+                              ? std::string(", or ") + in_place.input + " itself for in place"
+                              : std::string()) +
+                         ")");
+    }
+  }
+  return Status::ok();
+}
+
 Status check_tensor(const Arg& arg, std::initializer_list<Dim> dims) {
   const TensorView& t = arg.view;
   if (!t.defined()) return bad(arg, "expected a tensor of shape " + dims_string(dims) + ", got none");

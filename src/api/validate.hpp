@@ -6,11 +6,13 @@
 #include <exception>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "fsa/config.hpp"
 #include "fsa/layer.hpp"
 #include "fsa/status.hpp"
 #include "fsa/types.hpp"
+#include "fsa/workspace.hpp"
 
 namespace fsa::detail {
 
@@ -55,6 +57,20 @@ struct AttnDims {
 Status check_qkv(const Arg& q, const Arg& k, const Arg& v, std::int64_t kv_rows, AttnDims* dims);
 
 Status not_implemented_on(Device device, const char* op);
+
+// Outputs may not share memory with an input, with another output or with the workspace: the op
+// would overwrite what it still reads, or two of its results would land in one place (nothing the
+// caller gave may be overwritten). Proven for dense tensors (elements without gaps, in any dim
+// order), whose byte ranges are exactly their elements; strided views, such as slices of one fused
+// qkv buffer, are let through rather than refused on a range test that cannot tell. Undefined and
+// empty tensors take no part. `in_place` names the one (output, input) pair the op allows to be the
+// very same tensor (RoPE), or is {nullptr, nullptr}.
+struct InPlace {
+  const char* output = nullptr;
+  const char* input = nullptr;
+};
+Status check_no_overlap(const std::vector<Arg>& outputs, const std::vector<Arg>& inputs,
+                        const Workspace& workspace = {}, InPlace in_place = {});
 
 }  // namespace fsa::detail
 

@@ -599,6 +599,16 @@ TEST_F(InferenceErrors, ValidCallRuns) {
   EXPECT_TRUE(all_finite(call_->o.to_double()));
 }
 
+TEST_F(InferenceErrors, OutputsAndPoolsSharingMemoryAreRejected) {
+  // The outputs and the pools are written: none may share memory with an input, the batch or
+  // another of them (the call would overwrite what it reads). Nothing is written.
+  expect_rejected("o", [&](Args& a) { a.o.data = a.inputs.q.data; });
+  expect_rejected("branches.o_swa", [&](Args& a) { a.branches.o_swa.data = a.branches.o_slc.data; });
+  expect_rejected("cache.k_pages", [&](Args& a) { a.cache.k_pages.data = a.cache.v_pages.data; });
+  expect_rejected("cache.k_tail", [&](Args& a) { a.cache.k_tail.data = a.inputs.k.data; });
+  expect_rejected("branches.topk_idx", [&](Args& a) { a.branches.topk_idx.data = a.batch.block_table.data; });
+}
+
 TEST_F(InferenceErrors, BlockTableValues) {
   const std::int64_t width = cache_->max_pages, num_pages = cache_->shape.num_pages;
   const HostTensor past_end = changed(call_->block_table, 1 * width + 1, static_cast<double>(num_pages));

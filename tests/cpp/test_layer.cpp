@@ -197,6 +197,18 @@ TEST(Layer, RejectsBadArguments) {
   NsaConfig bad = lc.config;
   bad.topk = 1;  // < I + L
   expect_invalid(nsa_forward(bad, in, o.view(), TensorView{}), "topk");
+  // An output on an input's memory: the layer would overwrite q while reading it.
+  TensorView o_on_q = o.view();
+  o_on_q.data = in.q.data;
+  expect_invalid(nsa_forward(lc.config, in, o_on_q, TensorView{}), "o");
+  HostTensor dq(lc.dtype, t.q.sizes()), d_o(lc.dtype, {t.q.sizes()[0], lc.hq, lc.dv});
+  const std::size_t saved_bytes = nsa_saved_bytes(lc.config, NsaLayerShape::of(in));
+  HostTensor saved(DType::kUInt8, {static_cast<std::int64_t>(saved_bytes)});
+  FSA_EXPECT_OK(nsa_forward(lc.config, in, o.view(), saved.view()));
+  NsaLayerGrads grads;
+  grads.dq = dq.view();
+  grads.dq.data = d_o.view().data;  // dq written over d_o, which the backward reads
+  expect_invalid(nsa_backward(lc.config, in, saved.view(), d_o.view(), grads), "dq");
 }
 
 }  // namespace

@@ -787,7 +787,7 @@ TEST(Validation, CombineArguments) {
   const std::vector<Op> ops = all_ops(in);
   const Op& forward = find_op(ops, "combine_forward");
   const Op& backward = find_op(ops, "combine_backward");
-  HostTensor shared_gates(in.dtype, {in.n, 3});
+  HostTensor shared_gates(in.dtype, {in.n, 3}), shared_d_gates(in.dtype, {in.n, 3});
   NsaConfig shared = in.config;
   shared.gate_mode = GateMode::kShared;
   // Gate shapes follow config.gate_mode.
@@ -798,7 +798,7 @@ TEST(Validation, CombineArguments) {
   expect_names(forward.call(shared, forward.views()), "gates");
   views = backward.views();
   views["gates"] = shared_gates.view();
-  views["d_gates"] = shared_gates.view();
+  views["d_gates"] = shared_d_gates.view();
   FSA_EXPECT_OK(backward.call(shared, views));
   views["d_gates"] = in.d_gates.view();  // per-head gradient of shared gates
   expect_names(backward.call(shared, views), "d_gates");
@@ -815,6 +815,87 @@ TEST(Validation, CombineArguments) {
   expect_names(broken(backward, "d_o", 2, in.dv - 1), "d_o");
   expect_names(broken(backward, "d_o_swa", 0, in.n + 1), "d_o_swa");
   expect_names(broken(backward, "d_gates", 1, in.hq + 1), "d_gates");
+}
+
+// What each op writes; it only reads its other arguments.
+const std::map<std::string, std::set<std::string>>& op_outputs() {
+  static const std::map<std::string, std::set<std::string>> outputs = {
+      {"compressed_cu_seqlens", {"cu_cmp"}},
+      {"compress_forward", {"y"}},
+      {"compress_backward", {"dx", "d_weight", "d_pos_emb"}},
+      {"rope_forward", {"y"}},
+      {"rope_backward", {"dx"}},
+      {"cmp_attn_forward", {"o", "lse"}},
+      {"cmp_attn_backward", {"dq", "dk_cmp", "dv_cmp"}},
+      {"select_blocks", {"topk_idx"}},
+      {"slc_attn_forward", {"o", "lse"}},
+      {"slc_attn_backward", {"dq", "dk", "dv"}},
+      {"swa_forward", {"o", "lse"}},
+      {"swa_backward", {"dq", "dk", "dv"}},
+      {"combine_forward", {"o"}},
+      {"combine_backward", {"d_gates", "d_o_cmp", "d_o_slc", "d_o_swa"}},
+  };
+  return outputs;
+}
+
+TEST(Validation, OutputSharingMemoryWithAnotherArgumentIsRefused) {
+  // Every output of every op, pointed at the memory of each other argument (an input it would
+  // overwrite while reading it, or another output), and every input pointed at an output's memory:
+  // refused, the error naming one of the two (the overlap names the output; an input whose values
+  // the CPU reads first may fail its own check), and nothing runs. The one exception is RoPE's
+  // documented in-place form: the output the very same tensor as the input.
+  const ValidInputs in;
+  for (const Op& op : all_ops(in)) {
+    ASSERT_TRUE(op_outputs().count(op.name)) << op.name << " has no entry in op_outputs()";
+    const std::set<std::string>& outputs = op_outputs().at(op.name);
+    for (const auto& [a, tensor_a] : op.args)
+      for (const auto& [b, tensor_b] : op.args) {
+        if (a == b || (!outputs.count(a) && !outputs.count(b))) continue;
+        SCOPED_TRACE(op.name + ": " + a + " at the memory of " + b);
+        Views views = op.views();
+        views[a].data = views[b].data;
+        const Status status = op.call(in.config, views);
+        const bool in_place = (op.name == "rope_forward" && a == "y" && b == "x") ||
+                              (op.name == "rope_backward" && a == "dx" && b == "dy") ||
+                              (op.name == "rope_forward" && a == "x" && b == "y") ||
+                              (op.name == "rope_backward" && a == "dy" && b == "dx");
+        if (in_place) {
+          FSA_EXPECT_OK(status);
+          continue;
+        }
+        ASSERT_FALSE(status.is_ok());
+        // Named: a or b, or (a view moved onto b's memory may run past b's buffer into a third
+        // argument's: the test's host buffers lie side by side) another output it now overlaps.
+        const std::string& message = status.message();
+        bool named = message.rfind(a + ":", 0) == 0 || message.rfind(b + ":", 0) == 0;
+        for (const std::string& out : outputs) named = named || message.rfind(out + ": shares memory", 0) == 0;
+        EXPECT_TRUE(named) << status.to_string();
+      }
+  }
+}
+
+TEST(Validation, OverlapNamesTheOutputAndLetsStridedSlicesThrough) {
+  const ValidInputs in;
+  const std::vector<Op> ops = all_ops(in);
+  const Op& swa = find_op(ops, "swa_forward");
+  // o starting one row into q: a partial overlap, named by the output.
+  Views views = swa.views();
+  views["o"].data = static_cast<char*>(views["q"].data) + in.hq * in.dqk * dtype_size(in.dtype);
+  const Status partial = swa.call(in.config, views);
+  EXPECT_EQ(partial.message().rfind("o: shares memory with q", 0), 0u) << partial.to_string();
+  // dq, dk, dv as interleaved slices of one fused buffer (rows of [dq | dk | dv]): their byte ranges
+  // meet, their elements do not; the check cannot prove an overlap and lets them through.
+  const Op& backward = find_op(ops, "swa_backward");
+  const std::int64_t row = in.hq * in.dqk + in.hkv * in.dqk + in.hkv * in.dv;
+  HostTensor fused(in.dtype, {in.n, row});
+  auto* base = static_cast<char*>(fused.view().data);
+  const std::size_t e = dtype_size(in.dtype);
+  views = backward.views();
+  views["dq"] = TensorView::strided(base, in.dtype, {in.n, in.hq, in.dqk}, {row, in.dqk, 1});
+  views["dk"] = TensorView::strided(base + in.hq * in.dqk * e, in.dtype, {in.n, in.hkv, in.dqk}, {row, in.dqk, 1});
+  views["dv"] = TensorView::strided(base + (in.hq + in.hkv) * in.dqk * e, in.dtype, {in.n, in.hkv, in.dv},
+                                    {row, in.dv, 1});
+  FSA_EXPECT_OK(backward.call(in.config, views));
 }
 
 TEST(Validation, CudaTensorsGiveNotImplementedWithoutCrashing) {
