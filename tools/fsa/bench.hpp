@@ -27,6 +27,8 @@ struct BenchOptions {
 // The --config names `fsa bench <command>` accepts (command: selected, compressed or layer).
 std::vector<std::string> bench_config_names(const std::string& command);
 
+// The commands (bench*.cpp, built only with CUDA; main.cpp refuses them without a device first).
+#ifdef FSA_WITH_CUDA
 int run_bench_selected(const BenchOptions& options);
 // `fsa bench compressed`: compression, compressed attention and selection phase by phase (uses
 // configs, iters and csv_path of the options).
@@ -39,5 +41,6 @@ int run_bench_layer(const BenchOptions& options);
 // plus chunked nsa_prefill against one nsa_forward (uses configs (decode names), all, iters,
 // csv_path, hbm_bandwidth, command_line).
 int run_bench_decode(const BenchOptions& options);
+#endif
 
 }  // namespace fsa::tool

@@ -531,9 +531,13 @@ int run_bench_command(int argc, char** argv) {
                  info.reason.c_str());
     return 2;
   }
+#ifdef FSA_WITH_CUDA
   if (what == "layer") return fsa::tool::run_bench_layer(options);
   if (what == "decode") return fsa::tool::run_bench_decode(options);
   return what == "selected" ? fsa::tool::run_bench_selected(options) : fsa::tool::run_bench_compressed(options);
+#else
+  return 2;  // not reached: without CUDA, cuda_device_info() reports no device
+#endif
 }
 
 }  // namespace
