@@ -4,6 +4,10 @@
 
 #include <cuda_runtime.h>
 
+#include <map>
+#include <memory>
+#include <string>
+
 #include "test_util.hpp"
 
 namespace fsa::test {
@@ -43,6 +47,28 @@ class DeviceTensor {
   HostTensor host_;
   void* data_ = nullptr;
   std::size_t bytes_ = 0;
+};
+
+// Device copies of named host tensors. add() skips a host tensor without sizes (an absent optional
+// argument), and a name without a copy views as an undefined tensor.
+class DeviceTensors {
+ public:
+  void add(const std::string& name, const HostTensor& host) {
+    if (!host.sizes().empty()) tensors_[name] = std::make_unique<DeviceTensor>(host);
+  }
+  TensorView view(const std::string& name) const {
+    const auto it = tensors_.find(name);
+    return it == tensors_.end() ? TensorView{} : it->second->view();
+  }
+  const DeviceTensor& at(const std::string& name) const { return *tensors_.at(name); }
+  HostTensor download(const std::string& name) const { return at(name).download(); }
+  // The layer's inputs from the copies named q, k, v, cu, w_k, pe_k, w_v and gates.
+  NsaLayerInputs layer_inputs() const {
+    return {view("q"), view("k"), view("v"), view("cu"), view("w_k"), view("pe_k"), view("w_v"), view("gates")};
+  }
+
+ private:
+  std::map<std::string, std::unique_ptr<DeviceTensor>> tensors_;
 };
 
 }  // namespace fsa::test

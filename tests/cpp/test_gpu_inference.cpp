@@ -309,37 +309,19 @@ struct DeviceCache {
 };
 
 // Device copies of a call's inputs and outputs.
-struct DeviceStep {
-  std::map<std::string, std::unique_ptr<DeviceTensor>> t;
-
+struct DeviceStep : DeviceTensors {
   DeviceStep(const Chunk& x, const Params& p, const StepOut& out) {
     for (const auto& [name, h] : std::map<std::string, const HostTensor*>{
              {"cu", &x.cu}, {"q", &x.q}, {"k", &x.k}, {"v", &x.v}, {"gates", &x.gates}, {"pe_k", &p.pe_k},
-             {"o", &out.o}, {"o_cmp", &out.o_cmp}, {"o_slc", &out.o_slc}, {"o_swa", &out.o_swa}, {"topk", &out.topk}})
-      t[name] = std::make_unique<DeviceTensor>(*h);
-    if (!p.w_k.sizes().empty()) t["w_k"] = std::make_unique<DeviceTensor>(p.w_k);
-    if (!p.w_v.sizes().empty()) t["w_v"] = std::make_unique<DeviceTensor>(p.w_v);
+             {"w_k", &p.w_k}, {"w_v", &p.w_v}, {"o", &out.o}, {"o_cmp", &out.o_cmp}, {"o_slc", &out.o_slc},
+             {"o_swa", &out.o_swa}, {"topk", &out.topk}})
+      add(name, *h);
   }
-  TensorView view(const std::string& name) const {
-    const auto it = t.find(name);
-    return it == t.end() ? TensorView{} : it->second->view();
-  }
-  NsaLayerInputs inputs() const {
-    NsaLayerInputs in;
-    in.q = view("q");
-    in.k = view("k");
-    in.v = view("v");
-    in.cu_seqlens = view("cu");
-    in.w_k = view("w_k");
-    in.pe_k = view("pe_k");
-    in.w_v = view("w_v");
-    in.gates = view("gates");
-    return in;
-  }
+  NsaLayerInputs inputs() const { return layer_inputs(); }
   NsaInferenceBranches branches() const { return {view("o_cmp"), view("o_slc"), view("o_swa"), view("topk")}; }
   StepOut download() const {
-    return {t.at("o")->download(), t.at("o_cmp")->download(), t.at("o_slc")->download(), t.at("o_swa")->download(),
-            t.at("topk")->download()};
+    return {DeviceTensors::download("o"), DeviceTensors::download("o_cmp"), DeviceTensors::download("o_slc"),
+            DeviceTensors::download("o_swa"), DeviceTensors::download("topk")};
   }
 };
 
@@ -420,48 +402,14 @@ std::vector<double> block_scores_fp64(const CacheCase& c, const Chunk& x, const 
   return scores;
 }
 
-std::string row_text(const std::vector<std::int32_t>& row) {
-  std::string s;
-  for (auto v : row) s += std::to_string(v) + " ";
-  return s;
-}
-
 // One topk row of the GPU: well formed, and equal to the reference's up to near-ties. Returns
 // whether it equals the reference's; reports a failure otherwise.
 bool check_topk_row(const CacheCase& c, const Chunk& x, const CacheState& cpu, const std::vector<std::int32_t>& got,
                     const std::vector<std::int32_t>& want, std::int64_t b, std::int64_t row, std::int64_t position, int g,
                     const std::string& where) {
   const NsaConfig& cfg = c.config;
-  const std::int64_t bq = position / cfg.block_size;
-  const std::int64_t valid = std::min<std::int64_t>(cfg.topk, bq + 1);
-  for (std::int64_t i = 0; i < cfg.topk; ++i) {
-    const bool ok = i < valid ? (got[i] >= 0 && got[i] <= bq && (i == 0 || got[i] > got[i - 1])) : got[i] == -1;
-    if (!ok) {
-      ADD_FAILURE() << where << ": malformed row at entry " << i << ": got " << row_text(got) << "; want " << row_text(want);
-      return false;
-    }
-  }
-  const std::set<std::int32_t> got_set(got.begin(), got.begin() + valid);
-  for (std::int64_t j = 0; j <= bq; ++j)
-    if ((j < cfg.init_blocks || j > bq - cfg.local_blocks) && !got_set.count(static_cast<std::int32_t>(j))) {
-      ADD_FAILURE() << where << ": forced block " << j << " missing: got " << row_text(got);
-      return false;
-    }
-  if (got == want) return true;
-  const std::set<std::int32_t> want_set(want.begin(), want.begin() + valid);
-  std::vector<std::int32_t> only_got, only_want;
-  std::set_difference(got_set.begin(), got_set.end(), want_set.begin(), want_set.end(), std::back_inserter(only_got));
-  std::set_difference(want_set.begin(), want_set.end(), got_set.begin(), got_set.end(), std::back_inserter(only_want));
-  const std::vector<double> scores = block_scores_fp64(c, x, cpu, b, row, position, g);
-  for (auto a : only_got)
-    for (auto w : only_want) {
-      const double sa = scores[static_cast<std::size_t>(a)], sw = scores[static_cast<std::size_t>(w)];
-      if (std::fabs(sa - sw) > kNearTie * std::max(std::fabs(sa), std::fabs(sw))) {
-        ADD_FAILURE() << where << ": GPU chose block " << a << " (fp64 score " << sa << "), reference block " << w
-                      << " (fp64 score " << sw << "), not a near-tie. got " << row_text(got) << "; want " << row_text(want);
-      }
-    }
-  return false;
+  return compare_topk_row(got, want, position / cfg.block_size, cfg.init_blocks, cfg.local_blocks, kNearTie,
+                          [&] { return block_scores_fp64(c, x, cpu, b, row, position, g); }, where) == TopkRow::kEqual;
 }
 
 // Values of the rows of `t` (rows of `row_size` elements) selected by `rows`.
@@ -757,12 +705,12 @@ TEST_F(Gpu, InferenceDecodeGraphReplay) {
     x = make_chunk(c, q_len, rng);  // new values in the captured input buffers
     for (const auto& [name, host] : std::map<std::string, const HostTensor*>{
              {"q", &x.q}, {"k", &x.k}, {"v", &x.v}, {"gates", &x.gates}})
-      upload(*dev.t.at(name), *host, stream);
+      upload(dev.at(name), *host, stream);
     StepOut poisoned = poisoned_outputs(c, c.dtype, x.tokens());
     for (const auto& [name, host] : std::map<std::string, const HostTensor*>{
              {"o", &poisoned.o}, {"o_cmp", &poisoned.o_cmp}, {"o_slc", &poisoned.o_slc}, {"o_swa", &poisoned.o_swa},
              {"topk", &poisoned.topk}})
-      upload(*dev.t.at(name), *host, stream);
+      upload(dev.at(name), *host, stream);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     const CacheState before = gpu.download();
     const StepOut want = run_cpu(c, params32, x.to(DType::kFloat32), cpu);

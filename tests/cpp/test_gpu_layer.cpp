@@ -24,33 +24,15 @@
 namespace fsa::test {
 namespace {
 
-// The inputs on the device, and the gradient outputs of a backward.
-struct DeviceLayer {
-  std::map<std::string, std::unique_ptr<DeviceTensor>> t;
-
+// The inputs on the device.
+struct DeviceLayer : DeviceTensors {
   explicit DeviceLayer(const LayerTensors& h) {
     for (const auto& [name, x] : std::map<std::string, const HostTensor*>{
-             {"cu", &h.cu}, {"q", &h.q}, {"k", &h.k}, {"v", &h.v}, {"pe_k", &h.pe_k}, {"gates", &h.gates}})
-      t[name] = std::make_unique<DeviceTensor>(*x);
-    if (!h.w_k.sizes().empty()) t["w_k"] = std::make_unique<DeviceTensor>(h.w_k);
-    if (!h.w_v.sizes().empty()) t["w_v"] = std::make_unique<DeviceTensor>(h.w_v);
+             {"cu", &h.cu}, {"q", &h.q}, {"k", &h.k}, {"v", &h.v}, {"pe_k", &h.pe_k}, {"gates", &h.gates},
+             {"w_k", &h.w_k}, {"w_v", &h.w_v}})
+      add(name, *x);
   }
-  TensorView view(const std::string& name) const {
-    const auto it = t.find(name);
-    return it == t.end() ? TensorView{} : it->second->view();
-  }
-  NsaLayerInputs inputs() const {
-    NsaLayerInputs in;
-    in.q = view("q");
-    in.k = view("k");
-    in.v = view("v");
-    in.cu_seqlens = view("cu");
-    in.w_k = view("w_k");
-    in.pe_k = view("pe_k");
-    in.w_v = view("w_v");
-    in.gates = view("gates");
-    return in;
-  }
+  NsaLayerInputs inputs() const { return layer_inputs(); }
 };
 
 // Output and gradients, named like the inputs ("o", "q", "k", ...).

@@ -109,45 +109,9 @@ std::vector<double> block_scores_fp64(const SelectCase& c, const Inputs& in, std
 // Returns false (after reporting) on the first problem.
 bool check_row(const SelectCase& c, const Inputs& in, const std::vector<std::int32_t>& got,
                const std::vector<std::int32_t>& want, std::int64_t b, std::int64_t t, int g, const std::string& what) {
-  const std::int64_t bq = t / c.block_size;
-  const std::int64_t valid = std::min<std::int64_t>(c.topk, bq + 1);
   const std::string where = what + " g=" + std::to_string(g) + " seq=" + std::to_string(b) + " t=" + std::to_string(t);
-  auto row_text = [](const std::vector<std::int32_t>& row) {
-    std::string s;
-    for (auto v : row) s += std::to_string(v) + " ";
-    return s;
-  };
-  for (std::int64_t i = 0; i < c.topk; ++i) {
-    const bool ok = i < valid ? (got[i] >= 0 && got[i] <= bq && (i == 0 || got[i] > got[i - 1])) : got[i] == -1;
-    if (!ok) {
-      ADD_FAILURE() << where << ": malformed row at entry " << i << ": got " << row_text(got) << "; want "
-                    << row_text(want);
-      return false;
-    }
-  }
-  const std::set<std::int32_t> got_set(got.begin(), got.begin() + valid);
-  for (std::int64_t j = 0; j <= bq; ++j)
-    if ((j < c.init_blocks || j > bq - c.local_blocks) && !got_set.count(static_cast<std::int32_t>(j))) {
-      ADD_FAILURE() << where << ": forced block " << j << " missing: got " << row_text(got);
-      return false;
-    }
-  if (got == want) return true;
-  const std::set<std::int32_t> want_set(want.begin(), want.begin() + valid);
-  std::vector<std::int32_t> only_got, only_want;
-  std::set_difference(got_set.begin(), got_set.end(), want_set.begin(), want_set.end(), std::back_inserter(only_got));
-  std::set_difference(want_set.begin(), want_set.end(), got_set.begin(), got_set.end(), std::back_inserter(only_want));
-  const std::vector<double> scores = block_scores_fp64(c, in, b, t, g);
-  for (auto a : only_got)
-    for (auto w : only_want) {
-      const double sa = scores[static_cast<std::size_t>(a)], sw = scores[static_cast<std::size_t>(w)];
-      if (std::fabs(sa - sw) > 1e-5 * std::max(std::fabs(sa), std::fabs(sw))) {
-        ADD_FAILURE() << where << ": GPU chose block " << a << " (fp64 score " << sa << "), reference block " << w
-                      << " (fp64 score " << sw << "), not a near-tie. got " << row_text(got) << "; want "
-                      << row_text(want);
-        return false;
-      }
-    }
-  return true;
+  return compare_topk_row(got, want, t / c.block_size, c.init_blocks, c.local_blocks, 1e-5,
+                          [&] { return block_scores_fp64(c, in, b, t, g); }, where) != TopkRow::kWrong;
 }
 
 std::string describe(const SelectCase& c) {
