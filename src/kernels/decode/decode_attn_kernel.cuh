@@ -35,26 +35,15 @@
 #include "kernels/decode/decode_params.hpp"
 #include "kernels/decode/decode_tiling.hpp"
 #include "kernels/decode/decode_union.cuh"
+#include "kernels/flash/flash_fwd_traits.cuh"
 #include "kernels/flash/flash_softmax.cuh"
 #include "kernels/flash/flash_tiles.cuh"
 
 namespace fsa::cuda::decode {
 
-template <class Element, int kDqk_, int kDv_>
-struct AttnTraits {
-  static constexpr int kDqk = kDqk_;
-  static constexpr int kDv = kDv_;
-  static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in steps of 16 for mma.m16n8k16");
-  static_assert(sizeof(Element) == 2, "16-bit elements");
-  static constexpr int kColSplit = kDv > 128 ? 2 : 1;
-  static constexpr int kDvPart = kDv / kColSplit;  // output columns per warp
-  static_assert(kDvPart % 16 == 0, "output tiles go in pairs");
-  static constexpr int kThreads = 128 * kColSplit;
-  static constexpr int kQkUnroll = kDqk > 128 ? 2 : kDqk / 16;
-  static constexpr int kLdQk = kDqk + kPad;
-  static constexpr int kLdV = kDv + kPad;
-  static_assert(kRows == 64 && kKeys == 64, "4 warps of 16 rows; 64-key tiles");
-};
+// The flash forward's tiling: the same rows, key tiles, warps and padded shared-memory rows.
+template <class Element, int kDqk, int kDv>
+using AttnTraits = flash::FwdTraits<Element, kDqk, kDv>;
 
 // Where key list position v0 + r of the current tile lives, and what it is: `key` is the compressed
 // token index (compressed branch) or the position (raw branches), INT_MAX for a list position past
@@ -69,6 +58,9 @@ template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
   using T = AttnTraits<Element, kDqk, kDv>;
+  static_assert(T::kRows == kRows && T::kKeys == kKeys && T::kLdQk == kDqk + kPad && T::kLdV == kDv + kPad,
+                "the flash tiling is the decode layout's (AttnSmem)");
+  static_assert(sizeof(Element) == 2, "16-bit elements");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kRows];  // -1: no row
   __shared__ KeySlot slots[kKeys];
