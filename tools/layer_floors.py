@@ -83,14 +83,11 @@ def phase_model(n, group):
 
 
 def measured(path):
-    caption, rows = [], {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#"):
-                caption.append(line[1:].strip())
-    with open(path) as f:
-        for row in csv.DictReader(line for line in f if not line.startswith("#")):
-            rows[(row["config"], row["phase"])] = float(row["ms"])
+    """(caption lines, {(config, phase): ms}) of a results file."""
+    lines = Path(path).read_text().splitlines()
+    caption = [line[1:].strip() for line in lines if line.startswith("#")]
+    rows = {(row["config"], row["phase"]): float(row["ms"])
+            for row in csv.DictReader(line for line in lines if not line.startswith("#"))}
     return caption, rows
 
 
