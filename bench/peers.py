@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Our selected attention and layer next to every public NSA implementation importable here, in one
 process, on the same inputs and the same topk_idx. bench/peers.md says how to
-run it on the device machine; docs/benchmarks.md how result files reach the README.
+run it on the device machine; docs/measuring.md how result files reach the README.
 
 Implementations (each optional: one that cannot be imported is skipped with the reason printed and
 written to the CSV caption):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerates the generated parts of README.md from bench/results/*.csv: the headline figures of
-the status section and the "Measured" tables (docs/benchmarks.md describes the files).
+the status section and the "Measured" tables (docs/measuring.md describes the files).
 
 Each CSV starts with '#' comment lines (what was run, machine, commit, date) and then a header
 row; the table shows the comment lines as a caption and the rows as they are. `*-peers.csv` files

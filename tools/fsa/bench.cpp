@@ -201,7 +201,7 @@ int run_bench_selected(const BenchOptions& options) {
           ++failures;
           continue;
         }
-        // Useful FLOPs count only the attended keys (docs/benchmarks.md, useful TFLOP/s; the keys
+        // Useful FLOPs count only the attended keys (docs/measuring.md, useful TFLOP/s; the keys
         // of docs/semantics.md section 5): the forward's two GEMMs, the backward's five.
         const double per_key_fwd = 2.0 * (d + d) * hq / c.heads_kv;
         const double per_key_bwd = 2.0 * (3 * d + 2 * d) * hq / c.heads_kv;

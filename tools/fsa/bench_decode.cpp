@@ -1,6 +1,6 @@
 // `fsa bench decode`: one nsa_decode step over a paged cache, eager and replayed from a CUDA graph,
 // against the HBM floor of its byte model and against dense attention over the same cache, plus
-// chunked nsa_prefill against one nsa_forward (docs/benchmarks.md, docs/kernels/decode.md).
+// chunked nsa_prefill against one nsa_forward (docs/measuring.md, docs/kernels/decode.md).
 //
 // The cache is not built by prefills (a 128K-token prefill per sequence would take longer than the
 // whole bench): the pools are filled with random values, the page tables are shuffled pages, every

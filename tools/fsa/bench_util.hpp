@@ -155,7 +155,7 @@ bool time_phase(const std::string& config, const std::string& phase, int iterati
 // the CSV file (when a path is given), flushed per row so that a run cut short keeps its rows.
 class BenchOutput {
  public:
-  // `caption`: more '#' lines of the CSV file's caption (docs/benchmarks.md), written (and printed)
+  // `caption`: more '#' lines of the CSV file's caption (docs/measuring.md), written (and printed)
   // before the header.
   BenchOutput(const char* command, const CudaDeviceInfo& info, const std::string& csv_path, const std::string& header,
               const std::vector<std::string>& caption = {})

@@ -122,7 +122,7 @@ constexpr const char* kBenchShared = R"(  bench options shared by selected, comp
             --workspace-cap BYTES|unlimited, the cap of selected attention's scratch
             (SlcOptions::workspace_cap; default 8 GiB), above which it runs in query chunks;
             --iters N, the timed iterations after two warm-up runs (default 10); --csv PATH.
-            The benchmark protocol is docs/benchmarks.md's. Needs a CUDA device.
+            The benchmark protocol is docs/measuring.md's. Needs a CUDA device.
 
 )";
 
@@ -142,7 +142,7 @@ constexpr const char* kEnvironment = R"(environment:
                               compare them)
 
 documents: docs/semantics.md (the NSA semantics the library implements, sections 0-11) and
-docs/benchmarks.md (the benchmark protocol)
+docs/measuring.md (the benchmark protocol)
 )";
 
 std::string global_usage() {
