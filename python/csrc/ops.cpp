@@ -33,13 +33,15 @@ Tensor allocate(at::IntArrayRef sizes, const at::TensorOptions& options, const c
   try {
     return at::empty(sizes, options);
   } catch (const c10::Error& error) {
+    // Only a failed allocation is renamed: torch's GPU allocator raises OutOfMemoryError, its CPU
+    // allocator a plain error saying so; anything else leaves as it came.
+    const std::string text = error.what_without_backtrace();
+    const bool out_of_memory = dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr ||
+                               text.find("can't allocate memory") != std::string::npos;
+    if (!out_of_memory) throw;
     // On the GPU, torch's first line says how much is free and reserved: worth keeping. The CPU
     // allocator's names its own source file instead.
-    std::string detail;
-    if (options.device().is_cuda()) {
-      const std::string text = error.what_without_backtrace();
-      detail = " (" + text.substr(0, text.find('\n')) + ")";
-    }
+    const std::string detail = options.device().is_cuda() ? " (" + text.substr(0, text.find('\n')) + ")" : "";
     long double bytes = static_cast<long double>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
     for (const std::int64_t size : sizes) bytes *= static_cast<long double>(size);
     std::ostringstream count;  // every digit (the product may exceed int64)

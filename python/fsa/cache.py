@@ -100,7 +100,10 @@ class NsaCache:
         for pool, shape in shapes.items():
             try:
                 setattr(self, pool, torch.zeros(shape, **factory))
-            except RuntimeError as e:  # torch's out-of-memory errors (CPU and CUDA) are RuntimeErrors
+            except RuntimeError as e:
+                # Only a failed allocation: torch.OutOfMemoryError on the GPU, the CPU allocator's own words.
+                if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+                    raise
                 nbytes = math.prod(shape) * torch.empty((), dtype=self.dtype).element_size()
                 argument = "max_seqs" if pool == "k_tail" else "num_cmp_pages" if "cmp" in pool else "num_pages"
                 raise MemoryError(f"{argument}: the cache's {pool} {list(shape)} needs {nbytes} bytes, which "
