@@ -61,6 +61,9 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
 // The problem of one selected-attention call, from its tensors' sizes.
 struct SlcProblem {
   std::int64_t tokens = 0;
+  // Key rows the queries can reach, a bound (SlcPlanShape::key_tokens): 0 means `tokens`; with a
+  // paged cache, the chunk and every sequence's context.
+  std::int64_t key_tokens = 0;
   int num_seqs = 0, heads_q = 0, heads_kv = 0, dim_qk = 0, dim_v = 0, width = 0, block_size = 64;
   DType dtype = DType::kBFloat16;
   int device = 0;
@@ -97,6 +100,24 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv, const SlcOptions& options, const TensorView& plan,
                          const Workspace& workspace);
+// The selected attention of a chunk of new tokens over keys in a paged cache (nsa_prefill's
+// selected branch, KV-outer kernels, no split): sequence b's queries are its positions
+// P_b = key_prefix[b] .. P_b + n_b - 1, its keys positions 0 .. P_b + n_b - 1, position r at row
+// r % page_size of page block_table[b, r / page_size] of k_pages / v_pages ([pages, page_size, Hkv,
+// D], page_size a multiple of B). max_context bounds P_b + n_b (it sizes the plan).
+struct SlcPagedInputs {
+  TensorView key_prefix;   // [nseq] int32
+  TensorView block_table;  // [nseq, max_pages] int32
+  TensorView k_pages, v_pages;
+  std::int64_t max_context = 0;
+};
+SlcProblem slc_paged_problem(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+                             const TensorView& topk_idx, const TensorView& cu_seqlens);
+std::size_t slc_paged_forward_workspace_bytes(const SlcProblem& problem, const SlcOptions& options);
+// o [N, Hq, Dv], lse [Hq, N] (fp32) as slc_attn_forward's.
+Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                         const TensorView& lse, const SlcOptions& options, const Workspace& workspace);
 // Chunk plans built by this process so far (the tests check that a layer forward + backward
 // builds its plan once).
 std::int64_t slc_plan_builds();

@@ -18,13 +18,15 @@
 //
 // Cases: cache lengths {1, l-1, l, l+s-1, B-1, B, B+1, 4B+7, ~3000} with 1..8 new tokens in one
 // ragged batch (G = 1, 4, 16; first-head aggregation; fp16 with mean compression, shared gates and
-// no RoPE), chunked prefill (long chunks, an empty chunk, an empty cache), several decode steps in a
+// no RoPE), chunked prefill (long chunks, an empty chunk, an empty cache; the selected branch in the
+// KV-outer kernels and in the decode kernel), several decode steps in a
 // row, and one decode step captured in a CUDA graph and replayed as cache_seqlens advance on the
 // device (steps that complete a compression window and steps that do not).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -631,18 +633,26 @@ TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the
-// window, stride and block grids; then decode steps after them.
+// window, stride and block grids; then decode steps after them. Every case runs twice: with the
+// selected branch of each prefill call in the KV-outer kernels (keys read from the pages, queries
+// after the cached prefix) and in the decode attention kernel, the two routes of nsa_prefill.
 TEST_F(Gpu, InferenceChunkedPrefill) {
   CacheCase c;
   c.config = model_config();
   c.config.window = 200;
-  c.hq = 8;
   c.hkv = 2;
   c.cached = {0, 5, 100, 1000, 70, 31};
   c.steps = {{300, 1, 64, 700, 0, 1}, {17, 200, 0, 1, 129, 33}, {1, 1, 1, 1, 1, 1}};
-  check_case(c, 30);
-  c.hq = 2;  // G = 1: 64 tokens per attention tile
-  check_case(c, 31);
+  std::uint64_t salt = 30;
+  for (const char* min_tokens : {"1", "1000000000"}) {
+    SCOPED_TRACE(std::string("FSA_PREFILL_KV_OUTER_MIN_TOKENS=") + min_tokens);
+    ::setenv("FSA_PREFILL_KV_OUTER_MIN_TOKENS", min_tokens, 1);
+    for (const int hq : {8, 2, 32}) {  // G = 4; 1 (64 tokens per attention tile); 16
+      c.hq = hq;
+      check_case(c, ++salt);
+    }
+  }
+  ::unsetenv("FSA_PREFILL_KV_OUTER_MIN_TOKENS");
 }
 
 // A decode step captured in a CUDA graph (caller workspace sized by the query for the tables'

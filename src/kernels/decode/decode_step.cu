@@ -11,6 +11,13 @@
 //   5. selected and sliding-window attention in one launch (decode_attn_kernel.cuh, merged);
 //   6. gated combination (kernels/combine).
 //
+// Long prefill chunks (selected_kv_outer) take the selected branch of step 5 to the training's
+// KV-outer kernels instead (kernels/slc_attn, slc_paged_forward: keys read from the pages, queries
+// at positions after the cached prefix): a decode tile of 16 tokens attends to the union of its
+// tokens' blocks, up to 13x the key tiles each token needs, which is where a chunked prefill of
+// thousands of tokens spent its time. Decode steps keep the fused launch (the KV-outer plan's fixed
+// cost of a few launches is most of a decode step).
+//
 // The plan (grids, splits, ranges) and the workspace layout come from the call's shape alone
 // (NsaInferenceShape: N, sequences, the context the block tables address); lengths, tables and
 // slots are read by the kernels. Nothing here allocates, waits for the device or reads device
@@ -19,6 +26,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 #include <string>
 
@@ -59,6 +67,33 @@ StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
   return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context);
 }
 
+// Whether a prefill call's selected branch runs KV-outer (see the top of the file): at least
+// kKvOuterMinTokens new tokens. Not tuned beyond the two ends measured (bench/results/
+// h100-decode.csv: 16K-token chunks; decode steps of 1-8 tokens per sequence); FSA_PREFILL_KV_OUTER_MIN_TOKENS
+// overrides it (the tests run chunked prefills both ways).
+constexpr std::int64_t kKvOuterMinTokens = 512;
+bool selected_kv_outer(const NsaInferenceShape& s, bool prefill) {
+  if (!prefill) return false;
+  const char* forced = std::getenv("FSA_PREFILL_KV_OUTER_MIN_TOKENS");
+  const long long min_tokens = forced != nullptr && std::atoll(forced) > 0 ? std::atoll(forced) : kKvOuterMinTokens;
+  return s.tokens >= min_tokens;
+}
+
+// The KV-outer selected branch's problem from the shape alone (the views carry sizes, no data):
+// the same SlcProblem the run derives from the call's tensors.
+SlcProblem paged_problem(const NsaConfig& c, const NsaInferenceShape& s) {
+  const auto view = [&](DType dtype, std::initializer_list<std::int64_t> sizes) {
+    return TensorView::contiguous(nullptr, dtype, sizes, s.device);
+  };
+  SlcPagedInputs keys;
+  keys.k_pages = view(s.dtype, {1, c.block_size, s.heads_kv, s.head_dim_qk});
+  keys.v_pages = view(s.dtype, {1, c.block_size, s.heads_kv, s.head_dim_v});
+  keys.max_context = s.max_context;
+  return slc_paged_problem(c, view(s.dtype, {s.tokens, s.heads_q, s.head_dim_qk}), keys,
+                           view(DType::kInt32, {s.heads_kv, s.tokens, c.topk}),
+                           view(DType::kInt32, {s.num_seqs + 1}));
+}
+
 // A decode call serves at most kMaxDecodeTokens new tokens per sequence: its shape's N.
 NsaInferenceShape decode_shape(NsaInferenceShape s) {
   s.tokens = std::min<std::int64_t>(s.tokens, static_cast<std::int64_t>(kMaxDecodeTokens) * s.num_seqs);
@@ -97,8 +132,12 @@ struct StepWorkspace {
   float* o_part[decode::kBranches] = {};
   decode::RowStats* stats[decode::kBranches] = {};
   decode::Candidate* candidates = nullptr;
+  // The KV-outer selected branch (selected_kv_outer): its lse and its own workspace.
+  TensorView slc_lse;
+  Workspace slc;
 
-  StepWorkspace(WorkspaceCarver& w, const NsaConfig& c, const NsaInferenceShape& s, const StepPlan& plan) {
+  StepWorkspace(WorkspaceCarver& w, const NsaConfig& c, const NsaInferenceShape& s, const StepPlan& plan,
+                bool kv_outer) {
     const std::int64_t n = s.tokens, hq = s.heads_q, hkv = s.heads_kv, dqk = s.head_dim_qk, dv = s.head_dim_v;
     q_rot = w.take_tensor(s.dtype, {n, hq, dqk});
     cu_stage = w.take_tensor(DType::kInt32, {s.num_seqs + 1});
@@ -118,13 +157,17 @@ struct StepWorkspace {
       stats[b] = w.take<decode::RowStats>(plan.split_tokens[b] * hq);
     }
     candidates = w.take<decode::Candidate>(plan.range_tokens * hkv * c.topk);
+    if (kv_outer) {
+      slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
+      slc = w.take_workspace(slc_paged_forward_workspace_bytes(paged_problem(c, s), SlcOptions{}));
+    }
   }
 };
 
-std::size_t workspace_bytes(const NsaConfig& c, const NsaInferenceShape& s) {
+std::size_t workspace_bytes(const NsaConfig& c, const NsaInferenceShape& s, bool prefill) {
   if (s.tokens == 0 || s.num_seqs == 0) return 0;
   WorkspaceCarver sizing;
-  StepWorkspace(sizing, c, s, plan_of(c, s));
+  StepWorkspace(sizing, c, s, plan_of(c, s), selected_kv_outer(s, prefill));
   return sizing.bytes();
 }
 
@@ -195,7 +238,7 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   return Status::ok();
 }
 
-Status run_step(const char* op, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
+Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
                 const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& br,
                 const Workspace& workspace, const NsaInferenceShape& s) {
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
@@ -203,8 +246,9 @@ Status run_step(const char* op, const NsaConfig& c, const NsaLayerInputs& in, co
   const StepPlan plan = plan_of(c, s);
   FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
   cudaStream_t stream = current_stream();
+  const bool sized_kv_outer = selected_kv_outer(s, prefill);
   WorkspaceCarver carve(workspace.data, in.q.device);
-  const StepWorkspace w(carve, c, s, plan);
+  const StepWorkspace w(carve, c, s, plan, sized_kv_outer);
   const decode::NsaNumbers nsa = numbers_of(c, s);
   const decode::BatchInfo info = batch_of(in, batch, s);
   const decode::PagedPool k_pages = pool_of(cache.k_pages), v_pages = pool_of(cache.v_pages);
@@ -263,6 +307,9 @@ Status run_step(const char* op, const NsaConfig& c, const NsaLayerInputs& in, co
   const TensorView o_slc = br.o_slc.defined() ? br.o_slc : w.o_slc;
   const TensorView o_swa = br.o_swa.defined() ? br.o_swa : w.o_swa;
   const TensorView topk = br.topk_idx.defined() ? br.topk_idx : w.topk;
+  // The KV-outer plan reads topk_idx rows with a unit last stride; a caller's strided topk_idx
+  // keeps the fused launch (the workspace is the same size either way).
+  const bool kv_outer = sized_kv_outer && topk.stride(2) == 1;
   decode::AttnParams at{};
   at.batch = info;
   at.nsa = nsa;
@@ -337,24 +384,36 @@ Status run_step(const char* op, const NsaConfig& c, const NsaLayerInputs& in, co
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
   // ---- 5, 6 ----
-  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected, decode::Branch::kWindow}));
+  if (kv_outer) {
+    SlcPagedInputs keys;
+    keys.key_prefix = batch.cache_seqlens;
+    keys.block_table = batch.block_table;
+    keys.k_pages = cache.k_pages;
+    keys.v_pages = cache.v_pages;
+    keys.max_context = s.max_context;
+    FSA_RETURN_IF_ERROR(
+        slc_paged_forward(c, w.q_rot, keys, topk, in.cu_seqlens, o_slc, w.slc_lse, SlcOptions{}, w.slc));
+    FSA_RETURN_IF_ERROR(attend({decode::Branch::kWindow}));
+  } else {
+    FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected, decode::Branch::kWindow}));
+  }
   return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
 }
 
 }  // namespace
 
 std::size_t nsa_prefill_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape) {
-  return workspace_bytes(config, shape);
+  return workspace_bytes(config, shape, /*prefill=*/true);
 }
 
 std::size_t nsa_decode_workspace_bytes(const NsaConfig& config, const NsaInferenceShape& shape) {
-  return workspace_bytes(config, decode_shape(shape));
+  return workspace_bytes(config, decode_shape(shape), /*prefill=*/false);
 }
 
 Status nsa_prefill(const NsaConfig& config, const NsaLayerInputs& inputs, const NsaCache& cache,
                    const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& branches,
                    const Workspace& workspace) {
-  return run_step("nsa_prefill", config, inputs, cache, batch, o, branches, workspace,
+  return run_step("nsa_prefill", /*prefill=*/true, config, inputs, cache, batch, o, branches, workspace,
                   NsaInferenceShape::of(inputs, cache, batch));
 }
 
@@ -366,7 +425,7 @@ Status nsa_decode(const NsaConfig& config, const NsaLayerInputs& inputs, const N
     return FSA_INVALID("q: nsa_decode takes at most " + std::to_string(kMaxDecodeTokens) +
                        " new tokens per sequence, got N=" + std::to_string(shape.tokens) + " for " +
                        std::to_string(shape.num_seqs) + " sequences");
-  return run_step("nsa_decode", config, inputs, cache, batch, o, branches, workspace, decode_shape(shape));
+  return run_step("nsa_decode", /*prefill=*/false, config, inputs, cache, batch, o, branches, workspace, decode_shape(shape));
 }
 
 }  // namespace fsa::cuda

@@ -88,7 +88,7 @@ SlcPlanShape plan_shape(const SlcProblem& problem, std::int64_t tokens, const Re
                         const SlcOptions& options) {
   SlcPlanShape s;
   s.tokens = tokens;
-  s.key_tokens = problem.tokens;
+  s.key_tokens = problem.key_tokens > 0 ? problem.key_tokens : problem.tokens;
   s.num_seqs = problem.num_seqs;
   s.heads_kv = problem.heads_kv;
   s.group = problem.heads_kv > 0 ? problem.heads_q / problem.heads_kv : 1;
@@ -252,21 +252,40 @@ void* advance(void* data, std::int64_t rows, std::int64_t row_stride, std::size_
   return static_cast<unsigned char*>(data) + rows * row_stride * static_cast<std::int64_t>(element);
 }
 
-// q, k, v, topk_idx and the sequences as chunk [t0, ...) sees them.
+SlcKeyPrefix key_prefix_of(const SlcPagedInputs* paged) {
+  if (paged == nullptr) return {};
+  return {paged->key_prefix.ptr<const std::int32_t>(), paged->key_prefix.stride(0)};
+}
+
+// q, k, v, topk_idx and the sequences as chunk [t0, ...) sees them. With a paged cache (`paged`;
+// k and v unused) the keys stay where they are: the pages are addressed by position.
 SlcTensors chunk_tensors(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const std::int32_t* cu, std::int64_t cu_stride,
-                         std::int64_t t0) {
+                         std::int64_t t0, const SlcPagedInputs* paged = nullptr) {
   const std::size_t e = dtype_size(q.dtype);
   SlcTensors t{};
   t.q = advance(q.data, t0, q.stride(0), e);
-  t.k = advance(k.data, t0, k.stride(0), e);
-  t.v = advance(v.data, t0, v.stride(0), e);
   t.q_token_stride = q.stride(0);
   t.q_head_stride = q.stride(1);
-  t.k_token_stride = k.stride(0);
-  t.k_head_stride = k.stride(1);
-  t.v_token_stride = v.stride(0);
-  t.v_head_stride = v.stride(1);
+  if (paged == nullptr) {
+    t.k = advance(k.data, t0, k.stride(0), e);
+    t.v = advance(v.data, t0, v.stride(0), e);
+    t.k_token_stride = k.stride(0);
+    t.k_head_stride = k.stride(1);
+    t.v_token_stride = v.stride(0);
+    t.v_head_stride = v.stride(1);
+  } else {
+    const TensorView &kp = paged->k_pages, &vp = paged->v_pages, &table = paged->block_table;
+    t.k = kp.data;
+    t.v = vp.data;
+    t.k_token_stride = kp.stride(1);
+    t.k_head_stride = kp.stride(2);
+    t.v_token_stride = vp.stride(1);
+    t.v_head_stride = vp.stride(2);
+    t.prefix = key_prefix_of(paged);
+    t.pages = {table.ptr<const std::int32_t>(), table.stride(0), table.stride(1), kp.stride(0), vp.stride(0),
+               static_cast<int>(kp.size(1))};
+  }
   t.cu_seqlens = cu;
   t.cu_stride = cu_stride;
   t.heads_q = static_cast<int>(q.size(1));
@@ -288,7 +307,8 @@ struct ChunkPlan {
 // `shift`: write the chunk's shifted cu_seqlens into its slot; `build`: build its plan there.
 Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const ResolvedPath& path,
                         const Chunking& c, std::int64_t chunk, void* slot, const TensorView& topk_idx,
-                        const TensorView& cu_seqlens, bool shift, bool build, cudaStream_t stream, ChunkPlan* out) {
+                        const TensorView& cu_seqlens, bool shift, bool build, cudaStream_t stream, ChunkPlan* out,
+                        SlcKeyPrefix prefix = {}) {
   const std::int64_t t0 = chunk_begin(c, chunk);
   const SlcPlanShape shape = plan_shape(p, chunk_size(p, c, chunk), path, options);
   WorkspaceCarver carve(slot);
@@ -302,7 +322,7 @@ Status place_chunk_plan(const SlcProblem& p, const SlcOptions& options, const Re
   if (!build) return Status::ok();
   plan_builds.fetch_add(1, std::memory_order_relaxed);
   const SlcPlanInputs in{topk_idx.ptr<const std::int32_t>() + t0 * topk_idx.stride(1), topk_idx.stride(0),
-                         topk_idx.stride(1), out->cu, out->cu_stride};
+                         topk_idx.stride(1), out->cu, out->cu_stride, prefix};
   return build_slc_plan(out->plan, in, stream);
 }
 
@@ -381,15 +401,15 @@ Status slc_plan_build(const NsaConfig& config, const TensorView& q, const Tensor
   return Status::ok();
 }
 
-Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
-                        const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
-                        const TensorView& lse, const SlcOptions& options, const TensorView& plan,
-                        const Workspace& workspace) {
-  FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, k, v, topk_idx));
-  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_forward", "o", o));  // written in 4-16 byte vectors
+namespace {
+
+// The forward of `p` over the caller's k / v rows, or (`paged`) a paged cache.
+Status run_forward(const NsaConfig& config, const SlcProblem& p, const TensorView& q, const TensorView& k,
+                   const TensorView& v, const SlcPagedInputs* paged, const TensorView& topk_idx,
+                   const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const SlcOptions& options,
+                   const TensorView& plan, const Workspace& workspace) {
   const DeviceGuard guard(q.device.index);
   cudaStream_t stream = current_stream();
-  const SlcProblem p = SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens);
   const bool plan_given = plan.defined();
   FSA_RETURN_IF_ERROR(check_cap(p, options, /*backward=*/false, plan_given));
   const Chunking c = chunking(p, options);
@@ -409,7 +429,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
     void* slot = plan_given ? plan.ptr<unsigned char>() + chunk * slot_bytes : own_plan;
     if (slot != nullptr) {
       FSA_RETURN_IF_ERROR(place_chunk_plan(p, options, path, c, chunk, slot, topk_idx, cu_seqlens, own_slot,
-                                           own_slot && planned, stream, &cp));
+                                           own_slot && planned, stream, &cp, key_prefix_of(paged)));
     } else {
       cp.cu = cu_seqlens.ptr<const std::int32_t>();
       cp.cu_stride = cu_seqlens.stride(0);
@@ -421,7 +441,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
     } else {
       f.plan.shape = plan_shape(p, chunk_size(p, c, chunk), path, options);
     }
-    f.in = chunk_tensors(config, q, k, v, topk_idx, cp.cu, cp.cu_stride, t0);
+    f.in = chunk_tensors(config, q, k, v, topk_idx, cp.cu, cp.cu_stride, t0, paged);
     f.part = scratch.part;
     f.o = advance(o.data, t0, o.stride(0), e);
     f.o_token_stride = o.stride(0);
@@ -429,12 +449,68 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
     f.lse = lse.ptr<float>() + t0 * lse.stride(1);
     f.lse_head_stride = lse.stride(0);
     f.lse_token_stride = lse.stride(1);
-    FSA_RETURN_IF_ERROR(dispatch_attention("slc_attn_forward", q.dtype, q.size(2), v.size(2),
+    FSA_RETURN_IF_ERROR(dispatch_attention("slc_attn_forward", q.dtype, p.dim_qk, p.dim_v,
                                            [&]<class Element, int kDqk, int kDv>() {
                                              return slc::launch_slc_forward<Element, kDqk, kDv>(f, stream);
                                            }));
   }
   return Status::ok();
+}
+
+// The paged forward's options: KV-outer without the split (the tile and query-outer kernels read
+// keys as rows of the batch), never deterministic (the forward has no such mode to keep).
+SlcOptions paged_options(const SlcOptions& options) {
+  SlcOptions o = options;
+  o.path = SlcPath::kKvOuter;
+  o.deterministic = false;
+  return o;
+}
+
+}  // namespace
+
+Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                        const TensorView& lse, const SlcOptions& options, const TensorView& plan,
+                        const Workspace& workspace) {
+  FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, k, v, topk_idx));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_forward", "o", o));  // written in 4-16 byte vectors
+  return run_forward(config, SlcProblem::of(config, q, k, v, topk_idx, cu_seqlens), q, k, v, nullptr, topk_idx,
+                     cu_seqlens, o, lse, options, plan, workspace);
+}
+
+SlcProblem slc_paged_problem(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+                             const TensorView& topk_idx, const TensorView& cu_seqlens) {
+  SlcProblem p;
+  p.tokens = q.size(0);
+  p.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
+  p.key_tokens = p.tokens + p.num_seqs * keys.max_context;
+  p.heads_q = static_cast<int>(q.size(1));
+  p.heads_kv = static_cast<int>(keys.k_pages.size(2));
+  p.dim_qk = static_cast<int>(q.size(2));
+  p.dim_v = static_cast<int>(keys.v_pages.size(3));
+  p.width = static_cast<int>(topk_idx.size(2));
+  p.block_size = config.block_size;
+  p.dtype = q.dtype;
+  p.device = q.device.index;
+  return p;
+}
+
+std::size_t slc_paged_forward_workspace_bytes(const SlcProblem& problem, const SlcOptions& options) {
+  return slc_forward_workspace_bytes(problem, paged_options(options), false);
+}
+
+Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+                         const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
+                         const TensorView& lse, const SlcOptions& options, const Workspace& workspace) {
+  if (keys.k_pages.size(1) % config.block_size != 0)
+    return FSA_INVALID("cache.k_pages: the paged selected attention needs pages of a multiple of the block size " +
+                       std::to_string(config.block_size) + " tokens, got " + std::to_string(keys.k_pages.size(1)));
+  if (topk_idx.stride(2) != 1)
+    return FSA_INVALID("topk_idx: the paged selected attention reads rows with a unit last stride");
+  FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, keys.k_pages, keys.v_pages, topk_idx));
+  FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_forward", "o", o));
+  return run_forward(config, slc_paged_problem(config, q, keys, topk_idx, cu_seqlens), q, TensorView{}, TensorView{},
+                     &keys, topk_idx, cu_seqlens, o, lse, paged_options(options), TensorView{}, workspace);
 }
 
 Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,

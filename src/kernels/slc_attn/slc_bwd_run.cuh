@@ -51,7 +51,7 @@ __device__ __forceinline__ bool begin_run(const SlcBackwardParams& p, int chunk_
                                           RunTable<kEntries>& table) {
   const int unit = p.run_unit[blockIdx.x];
   UnitWork w;
-  if (unit < 0 || !find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, unit, &w)) return false;
+  if (unit < 0 || !find_unit<false>(p.plan, p.in, unit, &w)) return false;
   const int G = p.plan.shape.group, B = p.plan.shape.block_size;
   const int key_first = static_cast<int>(blockIdx.y) * kKeys;  // first key of the tile in its block
   run.seq_start = w.seq_start;

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/common/convert.cuh"
+#include "kernels/slc_attn/slc_params.hpp"
 #include "kernels/slc_attn/slc_plan.hpp"
 
 namespace fsa::cuda::slc {
@@ -27,21 +28,31 @@ __device__ __forceinline__ int upper_index(const std::int32_t* values, std::int6
   return lo;
 }
 
+// P_b: the keys of sequence b before its queries (0 without a prefix).
+__device__ __forceinline__ long long key_prefix_of(const SlcKeyPrefix& prefix, int b) {
+  return prefix.key_prefix != nullptr ? prefix.key_prefix[b * prefix.stride] : 0;
+}
+
 // Where a work unit of a KV-outer kernel works: its list, kv head, key block and rows.
 struct UnitWork {
   int list;            // s = g * max_blocks + gb
   int kv_head;         // g
+  int seq;             // b
   int block;           // j, local to the sequence
-  long long seq_start; // cu[b]
-  int seq_len;         // n_b
-  int keys;            // valid keys of the block: min(B, n_b - j*B)
+  // cu[b] - P_b: query token t is at position t - seq_start, and (unpaged keys) key position r is
+  // row seq_start + r of k / v.
+  long long seq_start;
+  int seq_len;         // keys of the sequence: P_b + n_b
+  int keys;            // valid keys of the block: min(B, seq_len - j*B)
   int row_begin, row_end;  // rows r of the list: entry r / G, head g*G + r % G
   int pair_base;       // pair_offsets[s]
 };
 
 // Returns false when the unit index is past the plan's units (the grid is sized by a bound).
-__device__ __forceinline__ bool find_unit(const SlcPlan& plan, const std::int32_t* cu_seqlens, std::int64_t cu_stride,
-                                          long long unit, UnitWork* w) {
+// kPrefix: read in.prefix (the forward's; the backward never has keys before its queries, and the
+// load and branch cost its mma.sync kernel 16 more bytes of spills).
+template <bool kPrefix>
+__device__ __forceinline__ bool find_unit(const SlcPlan& plan, const SlcTensors& in, long long unit, UnitWork* w) {
   const int lists = static_cast<int>(plan.shape.num_lists());
   if (unit >= plan.unit_offsets[lists]) return false;
   const int s = plan.unit_list[unit];
@@ -49,16 +60,33 @@ __device__ __forceinline__ bool find_unit(const SlcPlan& plan, const std::int32_
   const int gb = s % max_blocks;
   const int b = upper_index(plan.block_offsets, 1, plan.shape.num_seqs, gb);
   const int B = plan.shape.block_size;
+  const long long prefix = kPrefix ? key_prefix_of(in.prefix, b) : 0;
   w->list = s;
   w->kv_head = s / max_blocks;
+  w->seq = b;
   w->block = gb - plan.block_offsets[b];
-  w->seq_start = cu_seqlens[b * cu_stride];
-  w->seq_len = static_cast<int>(cu_seqlens[(b + 1) * cu_stride] - w->seq_start);
+  w->seq_start = in.cu_seqlens[b * in.cu_stride] - prefix;
+  w->seq_len = static_cast<int>(in.cu_seqlens[(b + 1) * in.cu_stride] - w->seq_start);
   w->keys = min(B, w->seq_len - w->block * B);
   w->row_begin = static_cast<int>(unit - plan.unit_offsets[s]) * SlcPlanShape::kRowsPerUnit;
   w->row_end = min(w->row_begin + SlcPlanShape::kRowsPerUnit, plan.pair_count[s] * plan.shape.group);
   w->pair_base = plan.pair_offsets[s];
   return true;
+}
+
+// The first key (or value) row of the unit's block, at its kv head: row seq_start + j*B of `rows`,
+// or with paged keys row (j*B) % page_size of the page that holds the block (a block never
+// crosses a page). Its rows follow at token_stride either way.
+template <class Element>
+__device__ __forceinline__ const Element* block_rows(const SlcTensors& in, const UnitWork& w, int B, const void* rows,
+                                                     long long token_stride, long long head_stride,
+                                                     long long page_stride) {
+  const auto* base = static_cast<const Element*>(rows) + w.kv_head * head_stride;
+  const long long first = static_cast<long long>(w.block) * B;
+  if (in.pages.block_table == nullptr) return base + (w.seq_start + first) * token_stride;
+  const SlcPagedKeys& pg = in.pages;
+  const long long page = pg.block_table[w.seq * pg.table_seq_stride + (first / pg.page_size) * pg.table_page_stride];
+  return base + page * page_stride + (first % pg.page_size) * token_stride;
 }
 
 // Asynchronous 16-byte global -> shared copies (cp.async, sm80+): a thread issues all its copies

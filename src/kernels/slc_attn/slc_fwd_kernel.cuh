@@ -58,20 +58,19 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   constexpr int kQkUnroll = kDqk > 128 ? 2 : kDqk / 16;
   extern __shared__ __align__(128) unsigned char smem[];
   UnitWork w;
-  if (!find_unit(p.plan, p.in.cu_seqlens, p.in.cu_stride, blockIdx.x, &w)) return;
+  if (!find_unit<true>(p.plan, p.in, blockIdx.x, &w)) return;
   const int G = p.plan.shape.group, width = p.plan.shape.width;
   auto* k_s = reinterpret_cast<Element*>(smem + Smem::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + Smem::kVOffset);
 
   // The block's keys and values (rows at a constant stride), once for all rows of the unit.
-  const long long key0 = w.seq_start + static_cast<long long>(w.block) * kB;
   issue_strided_rows<Element, kDqk, kFwdThreads>(
       k_s, Smem::kLdQk, kB, w.keys,
-      static_cast<const Element*>(p.in.k) + key0 * p.in.k_token_stride + w.kv_head * p.in.k_head_stride,
+      block_rows<Element>(p.in, w, kB, p.in.k, p.in.k_token_stride, p.in.k_head_stride, p.in.pages.k_page_stride),
       p.in.k_token_stride);
   issue_strided_rows<Element, kDv, kFwdThreads>(
       v_s, Smem::kLdV, kB, w.keys,
-      static_cast<const Element*>(p.in.v) + key0 * p.in.v_token_stride + w.kv_head * p.in.v_head_stride,
+      block_rows<Element>(p.in, w, kB, p.in.v, p.in.v_token_stride, p.in.v_head_stride, p.in.pages.v_page_stride),
       p.in.v_token_stride);
   cp_async_commit();
 

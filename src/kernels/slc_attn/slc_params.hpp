@@ -9,12 +9,32 @@
 
 namespace fsa::cuda {
 
+// Keys before the queries (nsa_prefill: the cached prefix). With key_prefix null every sequence's
+// keys are its queries' rows (training). Otherwise sequence b has P_b = key_prefix[b] keys before
+// its n_b queries: query t is at position P_b + t - cu[b] and the sequence has P_b + n_b keys.
+struct SlcKeyPrefix {
+  const std::int32_t* key_prefix = nullptr;  // [num_seqs]
+  std::int64_t stride = 0;
+};
+
+// Keys in a paged cache (nsa_prefill): with block_table set, key position r of sequence b is row
+// r % page_size of page block_table[b, r / page_size] of k / v ([pages, page_size, Hkv, D], the
+// token stride within a page k_token_stride). page_size is a multiple of the block size, so a key
+// block lies in one page. Null: key position r of sequence b is row cu[b] - P_b + r of k / v.
+struct SlcPagedKeys {
+  const std::int32_t* block_table = nullptr;  // [num_seqs, max_pages]
+  std::int64_t table_seq_stride = 0, table_page_stride = 0;
+  std::int64_t k_page_stride = 0, v_page_stride = 0;
+  int page_size = 0;
+};
+
 // Inputs of the plan builder.
 struct SlcPlanInputs {
   const std::int32_t* topk;  // [Hkv, N, width]
   std::int64_t topk_head_stride, topk_token_stride;  // last stride is 1
   const std::int32_t* cu_seqlens;
   std::int64_t cu_stride;
+  SlcKeyPrefix prefix;
 };
 
 // q [N, Hq, Dqk], k [N, Hkv, Dqk], v [N, Hkv, Dv] (last dim contiguous) and the sequences.
@@ -33,6 +53,10 @@ struct SlcTensors {
   // the plan instead).
   const std::int32_t* topk;
   std::int64_t topk_head_stride, topk_token_stride;
+  // Keys before the queries and paged keys (nsa_prefill's selected branch): the KV-outer forward
+  // alone reads them; the host gives them to no other kernel (slc_attn.cu).
+  SlcKeyPrefix prefix;
+  SlcPagedKeys pages;
 };
 
 // Per-pair partial results of the KV-outer forward: normalized output and natural-log lse of the

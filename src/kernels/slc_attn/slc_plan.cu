@@ -200,6 +200,11 @@ __device__ __forceinline__ std::int32_t cu_at(const SlcPlanInputs& in, std::int6
   return in.cu_seqlens[b * in.cu_stride];
 }
 
+// P_b, the keys of sequence b before its queries (SlcKeyPrefix; 0 without one).
+__device__ __forceinline__ std::int32_t prefix_at(const SlcPlanInputs& in, std::int64_t b) {
+  return in.prefix.key_prefix != nullptr ? in.prefix.key_prefix[b * in.prefix.stride] : 0;
+}
+
 // The sequence b of global token t: the last b with cu[b] <= t, which skips the empty sequences
 // that start at t. Needs cu[0] <= t < cu[num_seqs].
 __device__ __forceinline__ int sequence_of(const SlcPlanInputs& in, int num_seqs, std::int64_t t) {
@@ -239,7 +244,8 @@ __global__ void __launch_bounds__(kThreads) slc_block_offsets_kernel(const __gri
     const int b = base + static_cast<int>(threadIdx.x);
     std::int32_t blocks = 0;
     if (b < num_seqs) {
-      const std::int32_t n = cu_at(p.in, b + 1) - cu_at(p.in, b);
+      // The sequence's keys: its queries and the keys before them (SlcKeyPrefix).
+      const std::int32_t n = cu_at(p.in, b + 1) - cu_at(p.in, b) + prefix_at(p.in, b);
       blocks = n / block_size + (n % block_size != 0 ? 1 : 0);  // ceil without overflow near INT32_MAX
     }
     std::int32_t inclusive = 0, chunk_total = 0;
@@ -279,15 +285,15 @@ __global__ void __launch_bounds__(kThreads, kSplit ? 6 : 8)
     const bool in_grid = row < rows;
     const std::int64_t g = in_grid ? row / tokens : 0;
     const std::int64_t t = in_grid ? row - g * tokens : 0;
-    // The largest valid block of the row is the query's own block t_local / B; it is also
-    // < nblk(n) because t_local < n. -1 marks rows with no valid entry: past the grid, or tokens
+    // The largest valid block of the row is the query's own block (its position / B); it is also
+    // < nblk(n) because the position is below the sequence's n keys. -1 marks rows with no valid entry: past the grid, or tokens
     // outside the batch's sequences.
     std::int64_t last_block = -1;
     std::int64_t list_base = 0;
     std::uint64_t dense = 0;  // entries the tile plan sent to the tile kernel
     if (in_grid && t >= first_token && t < end_token) {
       const int b = sequence_of(p.in, shape.num_seqs, t);
-      last_block = (t - cu_at(p.in, b)) / shape.block_size;
+      last_block = (t - cu_at(p.in, b) + prefix_at(p.in, b)) / shape.block_size;
       list_base = g * max_blocks + p.plan.block_offsets[b];
       if constexpr (kSplit) dense = p.plan.dense_slots[row];
     }
