@@ -336,15 +336,19 @@ __global__ void __launch_bounds__(kGemmThreads) compress_bwd_weight_kernel(const
 
 // Split-K dW: d_weight[g, r, :] = the k_splits partials in split order + PE[g, r] * dy_sum[g, :].
 // One thread per 4 consecutive columns of a row of W.
+// Index math in 32 bits (the launcher checks that dW's quads fit): the 64-bit divisions it replaces
+// were calls whose saved registers spilled 8 bytes on sm_80.
 template <class Element>
 __global__ void __launch_bounds__(256) compress_bwd_weight_reduce_kernel(const __grid_constant__ CompressParams p) {
-  const long long rows = static_cast<long long>(p.cmp_len) * p.dim;
-  const long long plane = p.heads * rows * p.dim_out;
+  const unsigned rows = static_cast<unsigned>(p.cmp_len) * p.dim, quads_per_row = p.dim_out / 4;
+  const unsigned quads = static_cast<unsigned>(p.heads) * rows * quads_per_row;
+  const long long plane = static_cast<long long>(quads) * 4;
   const auto* pe = static_cast<const Element*>(p.pos_emb);
-  for (long long i = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; i < plane / 4;
-       i += static_cast<long long>(gridDim.x) * 256) {
-    const long long e = i * 4, row = e / p.dim_out;  // row = g * l*D + r
-    const int g = static_cast<int>(row / rows), r = static_cast<int>(row % rows), col = static_cast<int>(e % p.dim_out);
+  for (unsigned i = blockIdx.x * 256 + threadIdx.x; i < quads; i += gridDim.x * 256) {
+    const unsigned row = i / quads_per_row;  // row = g * l*D + r
+    const int g = static_cast<int>(row / rows), r = static_cast<int>(row % rows);
+    const int col = static_cast<int>(i % quads_per_row) * 4;
+    const long long e = static_cast<long long>(i) * 4;
     float4 sum = split_sum(p, plane, e);
     if (pe != nullptr) {  // dy_sum (head_vector) exists only with PE
       const float pe_value =
@@ -562,6 +566,10 @@ Status launch_compress_backward(const CompressParams& p, cudaStream_t stream) {
       FSA_CHECK_LAUNCH("compress_bwd_weight_kernel", stream);
       if (p.k_splits > 1) {
         const long long quads = static_cast<long long>(p.heads) * p.cmp_len * p.dim * p.dim_out / 4;
+        if (quads > 0x7fffffffLL)  // the reduce kernel's 32-bit index math
+          return FSA_ERROR(StatusCode::kNotImplemented,
+                           "d_weight: compress_backward on CUDA takes at most 2^31 groups of 4 weights, got " +
+                               std::to_string(quads));
         const auto ctas = static_cast<unsigned>(std::min<long long>((quads + 255) / 256, 1 << 16));
         compress_bwd_weight_reduce_kernel<Element><<<ctas, 256, 0, stream>>>(p);
         FSA_CHECK_LAUNCH("compress_bwd_weight_reduce_kernel", stream);
