@@ -111,9 +111,24 @@ __global__ void __launch_bounds__(kThreads) stage_windows_kernel(const __grid_co
   }
 }
 
-// dst = src rotated at `position` (heads x Dqk), or copied without RoPE; by the CTA's threads.
+// (cos, sin) of `position` x frequency i for every pair i, into the CTA's `angles`: one sincosf per
+// pair, shared by every head rotated at that position (the accurate sincosf takes its slow argument
+// reduction at long positions; per head and pair it was most of a decode step's append time).
+// Every thread of the CTA calls it (it synchronises); nothing without RoPE.
+__device__ __forceinline__ void rope_angles(const AppendParams& p, long long position, float2* angles) {
+  if (!p.rope) return;
+  for (int i = threadIdx.x; i < p.dim_qk / 2; i += kThreads) {
+    float sin_a, cos_a;
+    sincosf(static_cast<float>(position) * p.frequency[i], &sin_a, &cos_a);
+    angles[i] = make_float2(cos_a, sin_a);
+  }
+  __syncthreads();
+}
+
+// dst = src rotated by `angles` (rope_angles of the position; heads x Dqk), or copied without
+// RoPE; by the CTA's threads.
 template <class Element>
-__device__ __forceinline__ void rotate_heads(const AppendParams& p, long long position, int heads, const Element* src,
+__device__ __forceinline__ void rotate_heads(const AppendParams& p, const float2* angles, int heads, const Element* src,
                                              std::int64_t src_head_stride, Element* dst,
                                              std::int64_t dst_head_stride) {
   using Cvt = common::Convert<Element>;
@@ -127,8 +142,7 @@ __device__ __forceinline__ void rotate_heads(const AppendParams& p, long long po
       y[i + pairs] = x[i + pairs];
       continue;
     }
-    float sin_a, cos_a;
-    sincosf(static_cast<float>(position) * p.frequency[i], &sin_a, &cos_a);
+    const float cos_a = angles[i].x, sin_a = angles[i].y;
     const float a = Cvt::to_float(x[i]), c = Cvt::to_float(x[i + pairs]);
     y[i] = Cvt::from_float(a * cos_a - c * sin_a);
     y[i + pairs] = Cvt::from_float(c * cos_a + a * sin_a);
@@ -149,7 +163,9 @@ __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __gri
   const long long index = compressed_count(seq.cached, l, s) + (row - p.cu_cmp_stage[b]);
   const PageRow at = locate(p.cmp_block_table, p.k_cmp_pages, b, index);
   if (at.page < 0) return;
-  rotate_heads<Element>(p, index * s, hkv, static_cast<const Element*>(p.k_cmp_new) + row * hkv * p.dim_qk, p.dim_qk,
+  __shared__ float2 angles[AppendParams::kMaxPairs];
+  rope_angles(p, index * s, angles);
+  rotate_heads<Element>(p, angles, hkv, static_cast<const Element*>(p.k_cmp_new) + row * hkv * p.dim_qk, p.dim_qk,
                         pool_row<Element>(p.k_cmp_pages, at, 0), p.k_cmp_pages.head_stride);
   const auto* v_src = static_cast<const Element*>(p.v_cmp_new) + row * hkv * p.dim_v;
   for (int h = 0; h < hkv; ++h)
@@ -167,15 +183,17 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
   if (b < 0) return;
   const SeqInfo seq = seq_info(p.batch, b);
   const long long position = seq.cached + (row - seq.row0);
+  __shared__ float2 angles[AppendParams::kMaxPairs];
+  rope_angles(p, position, angles);
   const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv;
   const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride;
-  rotate_heads<Element>(p, position, hq, q, p.q_head_stride, static_cast<Element*>(p.q_rot) + row * hq * p.dim_qk,
+  rotate_heads<Element>(p, angles, hq, q, p.q_head_stride, static_cast<Element*>(p.q_rot) + row * hq * p.dim_qk,
                         p.dim_qk);
   const auto* k = static_cast<const Element*>(p.k) + row * p.k_row_stride;
   const auto* v = static_cast<const Element*>(p.v) + row * p.v_row_stride;
   const PageRow at = locate(p.block_table, p.k_pages, b, position);
   if (at.page >= 0) {
-    rotate_heads<Element>(p, position, hkv, k, p.k_head_stride, pool_row<Element>(p.k_pages, at, 0),
+    rotate_heads<Element>(p, angles, hkv, k, p.k_head_stride, pool_row<Element>(p.k_pages, at, 0),
                           p.k_pages.head_stride);
     for (int h = 0; h < hkv; ++h)
       copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_pages, at, h)),
