@@ -49,8 +49,8 @@ struct UnitWork {
 };
 
 // Returns false when the unit index is past the plan's units (the grid is sized by a bound).
-// kPrefix: read in.prefix (the forward's; the backward never has keys before its queries, and the
-// load and branch cost its mma.sync kernel 16 more bytes of spills).
+// kPrefix: read in.prefix (the forward's; the backward never has keys before its queries and
+// skips the load).
 template <bool kPrefix>
 __device__ __forceinline__ bool find_unit(const SlcPlan& plan, const SlcTensors& in, long long unit, UnitWork* w) {
   const int lists = static_cast<int>(plan.shape.num_lists());
