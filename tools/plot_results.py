@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Draws the plots of bench/results that a reader would rather look at than read: the layer's time
-against sequence length by G next to dense attention (h100-layer.csv), and the layer against the
-public NSA implementations and torch SDPA at S64 (h100-peers.csv). The PNGs sit beside their
+against sequence length by G next to dense attention (h100-layer.csv), the layer against the
+public NSA implementations and torch SDPA at S64 (h100-peers.csv), and decode against its floor and
+dense attention with chunked prefill against nsa_forward (h100-decode.csv). The PNGs sit beside their
 result files and the README shows them (tools/update_readme.py).
 
 Each PNG carries two text chunks: "fsa-source", the SHA-256 of the result file it was drawn from,
@@ -69,6 +70,31 @@ def peers(axes_row, rows):
         ax.legend(fontsize=8)
 
 
+def decode(axes_row, rows):
+    """Left: each decode configuration's step (graph replay) against its HBM floor and dense
+    attention over the same cache; right: the chunked prefill against one nsa_forward."""
+    steps = [r for r in rows if r["mode"] == "graph"]
+    ax = axes_row[0]
+    names = [r["config"] for r in steps]
+    for k, (column, label, colour) in enumerate((("floor_ms", "HBM floor of its bytes", "tab:gray"),
+                                                 ("ms", "NSA decode step", "tab:blue"),
+                                                 ("dense_ms", "dense attention over the cache", "tab:orange"))):
+        bars = ax.bar([i + (k - 1) * 0.27 for i in range(len(steps))], [float(r[column]) for r in steps], 0.27,
+                      label=label, color=colour)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(range(len(steps)), names, fontsize=7, rotation=12)
+    ax.set_ylabel("ms per step")
+    ax.set_title("decode step (CUDA graph replay)")
+    ax.legend(fontsize=8)
+    ax = axes_row[1]
+    prefill = [r for r in rows if r["mode"] not in ("graph", "eager")]
+    bars = ax.bar([r["mode"] for r in prefill], [float(r["ms"]) for r in prefill], 0.5,
+                  color=["tab:blue", "tab:green"][:len(prefill)])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_ylabel("ms")
+    ax.set_title(f"{prefill[0]['config']}: one sequence of {prefill[0]['context']} tokens" if prefill else "prefill")
+
+
 # (png, result file, drawing function, caption)
 PLOTS = [
     ("h100-layer-sweep.png", "h100-layer.csv", layer_sweep,
@@ -76,6 +102,9 @@ PLOTS = [
     ("h100-peers.png", "h100-peers.csv", peers,
      "The layer against the public NSA layers and torch SDPA at S64 (H100, from h100-peers.csv; "
      "FLA's layer runs at G >= 16 only; the window branches of nsa-lib and FLA ran on our sliding-window kernel)"),
+    ("h100-decode.png", "h100-decode.csv", decode,
+     "Decode over a paged cache against its HBM floor and dense attention, and chunked prefill against "
+     "nsa_forward (H100, from h100-decode.csv)"),
 ]
 
 
