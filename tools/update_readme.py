@@ -5,7 +5,8 @@ the status section and the "Measured" tables (docs/measuring.md describes the fi
 Each CSV starts with '#' comment lines (what was run, machine, commit, date) and then a header
 row; the table shows the comment lines as a caption and the rows as they are. `*-peers.csv` files
 (bench/peers.py) are pivoted to a column per implementation, `*-decode.csv` files (`fsa bench decode`)
-to a row per decode configuration. A comment line
+to a row per decode configuration; the plots beside them (`*.png`, tools/plot_results.py) come first,
+with the captions stored in them. A comment line
 "# status: ..." marks a file that no longer describes the current code (what supersedes it, what
 it still shows): it is printed before the caption and the file's table comes after the others.
 """
@@ -188,6 +189,27 @@ def break_even(ms, group, dense_phase):
     return "NSA slower at every measured length" if ratios else ""
 
 
+def png_text(path: Path) -> dict:
+    """The tEXt chunks of a PNG (keyword -> text): tools/plot_results.py stores each plot's caption
+    and the hash of its result file there."""
+    data = path.read_bytes()
+    found, at = {}, 8  # past the PNG signature
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        if kind == b"tEXt" and b"\0" in body:
+            key, _, value = body.partition(b"\0")
+            found[key.decode("latin-1")] = value.decode("latin-1")
+        at += 12 + length  # length, type, data, CRC
+    return found
+
+
+def plots() -> str:
+    """The plots beside the results (tools/plot_results.py), each with its stored caption."""
+    shown = [(png_text(p).get("fsa-caption", p.name), p) for p in sorted(RESULTS.glob("*.png"))]
+    return "\n\n".join(f"![{caption}](bench/results/{p.name})" for caption, p in shown)
+
+
 def read_rows(path: Path):
     lines = path.read_text().splitlines()
     return list(csv.DictReader(l for l in lines if l and not l.startswith("#")))
@@ -278,6 +300,9 @@ def generated_readme() -> str:
               else decode_tables(p) if p.name.endswith("-decode.csv")
               else peers_table(p) if p.name.endswith("-peers.csv") else table(p)
               for p in paths]
+    images = plots()
+    if images:
+        tables.insert(0, images)
     text = replace_between(text, BEGIN, END, "\n\n".join(tables) if tables else "No results recorded yet.")
     return replace_between(text, SUMMARY_BEGIN, SUMMARY_END, summary())
 

@@ -1,6 +1,7 @@
-"""The figures in README.md and docs/layer.md are generated from bench/results (one source of
-truth): regenerating them changes nothing. A result file added or edited without running the
-generators, or a number edited by hand in a generated section, fails here. Runs where the
+"""The figures in README.md and docs/layer.md, and the plots beside the results, are generated from
+bench/results (one source of truth): regenerating them changes nothing. A result file added or
+edited without running the generators, or a number edited by hand in a generated section, fails
+here. Runs where the
 repository is checked out; a copy of the tests alone (the device machine's) skips it."""
 import subprocess
 import sys
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "bench" / "results").is_dir() or not
                                 reason="needs the repository checkout (bench/results, tools)")
 
 
-@pytest.mark.parametrize("generator", ["tools/update_readme.py", "tools/layer_floors.py"])
+@pytest.mark.parametrize("generator", ["tools/update_readme.py", "tools/layer_floors.py", "tools/plot_results.py"])
 def test_generated_sections_match_the_results(generator):
     run = subprocess.run([sys.executable, str(ROOT / generator), "--check"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
@@ -22,10 +23,7 @@ def test_generated_sections_match_the_results(generator):
 
 def test_the_check_sees_a_hand_edited_figure(tmp_path):
     """--check is not vacuous: a copy of the README with one generated figure changed fails it."""
-    copy = tmp_path / "repo"
-    for part in ("tools", "bench/results"):
-        (copy / part).parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-r", str(ROOT / part), str(copy / part)], check=True)
+    copy = copy_of_results(tmp_path)
     readme = (ROOT / "README.md").read_text()
     marker = "<!-- BEGIN GENERATED SUMMARY"
     start = readme.index(marker)
@@ -35,3 +33,29 @@ def test_the_check_sees_a_hand_edited_figure(tmp_path):
     run = subprocess.run([sys.executable, str(copy / "tools/update_readme.py"), "--check"], capture_output=True,
                          text=True, cwd=copy, timeout=120)
     assert run.returncode == 1, run.stdout + run.stderr
+
+
+def copy_of_results(tmp_path):
+    copy = tmp_path / "repo"
+    for part in ("tools", "bench/results"):
+        (copy / part).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-r", str(ROOT / part), str(copy / part)], check=True)
+    return copy
+
+
+def test_the_plot_check_sees_a_changed_result_file(tmp_path):
+    """A plot drawn from a result file that changed since (one timing edited) fails the check, as
+    does a missing plot; the untouched copy passes it."""
+    copy = copy_of_results(tmp_path)
+    check = [sys.executable, str(copy / "tools/plot_results.py"), "--check"]
+    assert subprocess.run(check, capture_output=True, cwd=copy, timeout=120).returncode == 0
+    layer = copy / "bench/results/h100-layer.csv"
+    text = layer.read_text()
+    row = text.index("SWEEP-G4-8K,layer fwd+bwd,")
+    layer.write_text(text[:row] + text[row:].replace("layer fwd+bwd,", "layer fwd+bwd,1", 1))
+    run = subprocess.run(check, capture_output=True, text=True, cwd=copy, timeout=120)
+    assert run.returncode == 1 and "h100-layer-sweep.png" in run.stderr, run.stderr
+    layer.write_text(text)
+    (copy / "bench/results/h100-peers.png").unlink()
+    run = subprocess.run(check, capture_output=True, text=True, cwd=copy, timeout=120)
+    assert run.returncode == 1 and "h100-peers.png" in run.stderr, run.stderr
