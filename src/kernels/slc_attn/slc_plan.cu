@@ -286,8 +286,8 @@ __global__ void __launch_bounds__(kThreads, kSplit ? 6 : 8)
     const std::int64_t g = in_grid ? row / tokens : 0;
     const std::int64_t t = in_grid ? row - g * tokens : 0;
     // The largest valid block of the row is the query's own block (its position / B); it is also
-    // < nblk(n) because the position is below the sequence's n keys. -1 marks rows with no valid entry: past the grid, or tokens
-    // outside the batch's sequences.
+    // < nblk(n) because the position is below the sequence's n keys. -1 marks rows with no valid
+    // entry: past the grid, or tokens outside the batch's sequences.
     std::int64_t last_block = -1;
     std::int64_t list_base = 0;
     std::uint64_t dense = 0;  // entries the tile plan sent to the tile kernel
