@@ -68,9 +68,9 @@ StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
 }
 
 // Whether a prefill call's selected branch runs KV-outer (see the top of the file): at least
-// kKvOuterMinTokens new tokens. Not tuned beyond the two ends measured (bench/results/
-// h100-decode.csv: 16K-token chunks; decode steps of 1-8 tokens per sequence); FSA_PREFILL_KV_OUTER_MIN_TOKENS
-// overrides it (the tests run chunked prefills both ways).
+// kKvOuterMinTokens new tokens. Not tuned between the two ends the decode bench measures (16K-token
+// chunks, decode steps of 1-8 tokens per sequence); FSA_PREFILL_KV_OUTER_MIN_TOKENS overrides it
+// (the tests run chunked prefills both ways).
 constexpr std::int64_t kKvOuterMinTokens = 512;
 bool selected_kv_outer(const NsaInferenceShape& s, bool prefill) {
   if (!prefill) return false;
