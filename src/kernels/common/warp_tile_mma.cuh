@@ -60,4 +60,28 @@ __device__ __forceinline__ void c_to_a(std::uint32_t (&a)[4], const float (&c0)[
   a[3] = mma::pack2<Element>(c1[2] * scale_hi, c1[3] * scale_hi);
 }
 
+// acc += P V for one warp's 16 rows: P the probabilities of kKeys keys in C-fragment layout (as
+// the softmax leaves the scores), rows scaled by scale_lo / scale_hi (c_to_a); V kKeys rows in
+// shared memory (leading dimension ldv), output columns col0 .. col0 + kCols. The O = P V step of
+// the flash forward, the decode attention and the selected-attention forward.
+template <class Element, int kKeys, int kCols>
+__device__ __forceinline__ void warp_pv_mma(float (&acc)[kCols / 8][4], const float (&p)[kKeys / 8][4],
+                                            const Element* v_s, int ldv, int col0, float scale_lo = 1.0f,
+                                            float scale_hi = 1.0f) {
+  static_assert(kKeys % 16 == 0 && kCols % 16 == 0, "k steps of 16, column tiles in pairs");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    std::uint32_t a[4];
+    c_to_a<Element>(a, p[2 * kk], p[2 * kk + 1], scale_lo, scale_hi);
+#pragma unroll
+    for (int n = 0; n < kCols / 8; n += 2) {
+      std::uint32_t b[4];
+      mma::ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ldv + col0 + n * 8 + (lane / 16) * 8);
+      mma::mma_16816<Element>(acc[n], a, b[0], b[1]);
+      mma::mma_16816<Element>(acc[n + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 }  // namespace fsa::cuda::common

@@ -206,19 +206,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
 
     common::cp_async_wait<0>();  // V has landed
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      std::uint32_t a[4];
-      common::c_to_a<Element>(a, sc[2 * kk], sc[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < T::kDvPart / 8; n += 2) {
-        std::uint32_t bf[4];
-        mma::ldmatrix_x4_trans(bf, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * T::kLdV + col0 + n * 8 +
-                                       (lane / 16) * 8);
-        mma::mma_16816<Element>(acc[n], a, bf[0], bf[1]);
-        mma::mma_16816<Element>(acc[n + 1], a, bf[2], bf[3]);
-      }
-    }
+    common::warp_pv_mma<Element, kKeys, T::kDvPart>(acc, sc, v_s, T::kLdV, col0);
   }
   common::cp_async_wait<0>();  // the Q copies, when no key tile ran
 

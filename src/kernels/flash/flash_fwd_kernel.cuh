@@ -108,19 +108,7 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
     common::cp_async_wait<1>();  // V of this tile has landed; K of the next may be in flight
     __syncthreads();
     // O += P V: the score fragments of key tiles 2kk, 2kk + 1 are the A fragment of keys 16kk..
-#pragma unroll
-    for (int kk = 0; kk < T::kKeys / 16; ++kk) {
-      std::uint32_t a[4];
-      common::c_to_a<Element>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < T::kDvPart / 8; n += 2) {
-        std::uint32_t b[4];
-        mma::ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * T::kLdV + col0 + n * 8 +
-                                      (lane / 16) * 8);
-        mma::mma_16816<Element>(acc[n], a, b[0], b[1]);
-        mma::mma_16816<Element>(acc[n + 1], a, b[2], b[3]);
-      }
-    }
+    common::warp_pv_mma<Element, T::kKeys, T::kDvPart>(acc, s, v_s, T::kLdV, col0);
   }
   common::cp_async_wait<0>();  // the Q copies, when no key tile ran
 

@@ -17,6 +17,7 @@
 #include "cuda/runtime.hpp"
 #include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/mma_sm80.cuh"
+#include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 #include "kernels/slc_attn/slc_tile_kernel.cuh"
@@ -206,22 +207,8 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
       float o[kPassTiles][4];
 #pragma unroll
       for (int n = 0; n < kPassTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < kB / 16; ++kk) {
-        const std::uint32_t a[4] = {
-            mma::pack2<Element>(s[2 * kk][0] * inv_sum[0], s[2 * kk][1] * inv_sum[0]),
-            mma::pack2<Element>(s[2 * kk][2] * inv_sum[1], s[2 * kk][3] * inv_sum[1]),
-            mma::pack2<Element>(s[2 * kk + 1][0] * inv_sum[0], s[2 * kk + 1][1] * inv_sum[0]),
-            mma::pack2<Element>(s[2 * kk + 1][2] * inv_sum[1], s[2 * kk + 1][3] * inv_sum[1])};
-#pragma unroll
-        for (int n = 0; n < kPassTiles; n += 2) {
-          std::uint32_t b[4];
-          mma::ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * Smem::kLdV +
-                                        (pass * kPassTiles + n) * 8 + (lane / 16) * 8);
-          mma::mma_16816<Element>(o[n], a, b[0], b[1]);
-          mma::mma_16816<Element>(o[n + 1], a, b[2], b[3]);
-        }
-      }
+      common::warp_pv_mma<Element, kB, kPassTiles * 8>(o, s, v_s, Smem::kLdV, pass * kPassTiles * 8, inv_sum[0],
+                                                       inv_sum[1]);
       // The normalised partial into the pair's slot.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
