@@ -246,9 +246,9 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   const StepPlan plan = plan_of(c, s);
   FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
   cudaStream_t stream = current_stream();
-  const bool sized_kv_outer = selected_kv_outer(s, prefill);
+  const bool kv_outer = selected_kv_outer(s, prefill);
   WorkspaceCarver carve(workspace.data, in.q.device);
-  const StepWorkspace w(carve, c, s, plan, sized_kv_outer);
+  const StepWorkspace w(carve, c, s, plan, kv_outer);
   const decode::NsaNumbers nsa = numbers_of(c, s);
   const decode::BatchInfo info = batch_of(in, batch, s);
   const decode::PagedPool k_pages = pool_of(cache.k_pages), v_pages = pool_of(cache.v_pages);
@@ -307,9 +307,6 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   const TensorView o_slc = br.o_slc.defined() ? br.o_slc : w.o_slc;
   const TensorView o_swa = br.o_swa.defined() ? br.o_swa : w.o_swa;
   const TensorView topk = br.topk_idx.defined() ? br.topk_idx : w.topk;
-  // The KV-outer plan reads topk_idx rows with a unit last stride; a caller's strided topk_idx
-  // keeps the fused launch (the workspace is the same size either way).
-  const bool kv_outer = sized_kv_outer && topk.stride(2) == 1;
   decode::AttnParams at{};
   at.batch = info;
   at.nsa = nsa;

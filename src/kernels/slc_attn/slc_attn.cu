@@ -502,11 +502,6 @@ std::size_t slc_paged_forward_workspace_bytes(const SlcProblem& problem, const S
 Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const SlcOptions& options, const Workspace& workspace) {
-  if (keys.k_pages.size(1) % config.block_size != 0)
-    return FSA_INVALID("cache.k_pages: the paged selected attention needs pages of a multiple of the block size " +
-                       std::to_string(config.block_size) + " tokens, got " + std::to_string(keys.k_pages.size(1)));
-  if (topk_idx.stride(2) != 1)
-    return FSA_INVALID("topk_idx: the paged selected attention reads rows with a unit last stride");
   FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, keys.k_pages, keys.v_pages, topk_idx));
   FSA_RETURN_IF_ERROR(check_rows_aligned("slc_attn_forward", "o", o));
   return run_forward(config, slc_paged_problem(config, q, keys, topk_idx, cu_seqlens), q, TensorView{}, TensorView{},
