@@ -267,24 +267,22 @@ SlcTensors chunk_tensors(const NsaConfig& config, const TensorView& q, const Ten
   t.q = advance(q.data, t0, q.stride(0), e);
   t.q_token_stride = q.stride(0);
   t.q_head_stride = q.stride(1);
-  if (paged == nullptr) {
-    t.k = advance(k.data, t0, k.stride(0), e);
-    t.v = advance(v.data, t0, v.stride(0), e);
-    t.k_token_stride = k.stride(0);
-    t.k_head_stride = k.stride(1);
-    t.v_token_stride = v.stride(0);
-    t.v_head_stride = v.stride(1);
-  } else {
-    const TensorView &kp = paged->k_pages, &vp = paged->v_pages, &table = paged->block_table;
-    t.k = kp.data;
-    t.v = vp.data;
-    t.k_token_stride = kp.stride(1);
-    t.k_head_stride = kp.stride(2);
-    t.v_token_stride = vp.stride(1);
-    t.v_head_stride = vp.stride(2);
+  // Rows [N, H, D] are advanced to the chunk; pages [pages, page_size, H, D] are addressed by position.
+  const TensorView& keys = paged != nullptr ? paged->k_pages : k;
+  const TensorView& values = paged != nullptr ? paged->v_pages : v;
+  const int row_dim = paged != nullptr ? 1 : 0;
+  const std::int64_t rows_before = paged != nullptr ? 0 : t0;
+  t.k = advance(keys.data, rows_before, keys.stride(row_dim), e);
+  t.v = advance(values.data, rows_before, values.stride(row_dim), e);
+  t.k_token_stride = keys.stride(row_dim);
+  t.k_head_stride = keys.stride(row_dim + 1);
+  t.v_token_stride = values.stride(row_dim);
+  t.v_head_stride = values.stride(row_dim + 1);
+  if (paged != nullptr) {
+    const TensorView& table = paged->block_table;
     t.prefix = key_prefix_of(paged);
-    t.pages = {table.ptr<const std::int32_t>(), table.stride(0), table.stride(1), kp.stride(0), vp.stride(0),
-               static_cast<int>(kp.size(1))};
+    t.pages = {table.ptr<const std::int32_t>(), table.stride(0), table.stride(1), keys.stride(0), values.stride(0),
+               static_cast<int>(keys.size(1))};
   }
   t.cu_seqlens = cu;
   t.cu_stride = cu_stride;
