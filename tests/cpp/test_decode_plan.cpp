@@ -1,7 +1,8 @@
 // The index arithmetic and the shape-only plan of the GPU inference kernels
 // (src/kernels/decode/decode_tiling.hpp), on the host: the block / compressed-key correspondence
 // against the overlap weights, the staged windows of a chunk against the compressed counts, the
-// tokens an attention tile can touch, and the plan's bounds (partials, candidates, shared-memory
+// tokens an attention tile can touch, the blocks a key tile meets (the fused selection's
+// partials), and the plan's bounds (partials, candidates, shared-memory
 // capacities) over a grid of shapes. Plain C++: no device needed.
 #include <algorithm>
 #include <cstdint>
@@ -39,6 +40,27 @@ TEST(DecodePlan, BlockKeysAreThoseWithOverlap) {
     }
   const int expected[] = {1, 2, 2, 2, 1};
   for (int k = 0; k < 5; ++k) EXPECT_EQ(overlap_weight(4 * 3 - 1 + k, 3, 32, 16, 64), expected[k]);
+}
+
+// The fused selection's partials: every block a key tile's keys meet lies in the tile's
+// [tile_first_block, + tile_block_count), and each block's keys lie in the tiles the scoring
+// kernel reads ([first_key / kKeys, (end_key - 1) / kKeys]).
+TEST(DecodePlan, KeyTilesMeetTheirBlocks) {
+  for (const Hyper& h : kHypers)
+    for (long long t = 0; t < 12; ++t) {
+      const long long first = tile_first_block(t, h.s, h.B);
+      bool first_met = false;
+      for (long long i = t * kKeys; i < (t + 1) * kKeys; ++i)
+        for (long long j = 0; j < (t + 2) * kKeys * h.s / h.B + 2; ++j) {
+          if (overlap_weight(i, j, h.l, h.s, h.B) == 0) continue;
+          EXPECT_GE(j, first) << "l=" << h.l << " s=" << h.s << " B=" << h.B << " tile " << t << " key " << i;
+          EXPECT_LT(j, first + tile_block_count(h.l, h.s, h.B)) << "l=" << h.l << " B=" << h.B << " tile " << t;
+          first_met = first_met || j == first;
+          EXPECT_GE(i, first_key_of_block(j, h.l, h.s, h.B));
+          EXPECT_LT(i, end_key_of_block(j, h.s, h.B));
+        }
+      EXPECT_TRUE(first_met) << "tile " << t << ": its first block is one it meets";
+    }
 }
 
 TEST(DecodePlan, StagedWindowsAreTheNewCompressedTokens) {
@@ -108,6 +130,16 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             EXPECT_GE(static_cast<long long>(p.union_words) * 32, blocks) << where;
             EXPECT_GE(p.union_capacity, std::min<long long>(attn_tile_tokens(nsa.group) * nsa.topk, blocks)) << where;
             EXPECT_EQ(p.stage_rows, tokens + seqs * (h.l - 1)) << where;
+            // The fused selection: the partials hold every row of a fusing call and every key tile
+            // of its context; the scoring ranges cover the blocks within their capacity.
+            if (fuses_selection(tokens, seqs)) {
+              EXPECT_GE(p.partial_rows, tokens * hq) << where;
+              EXPECT_LE(static_cast<long long>(p.score_ranges) * tokens, p.score_range_tokens) << where;
+            }
+            EXPECT_GE(p.partial_tiles * kKeys, compressed_count(p.max_context, h.l, h.s)) << where;
+            EXPECT_EQ(p.tile_blocks, tile_block_count(h.l, h.s, h.B)) << where;
+            EXPECT_GE(static_cast<long long>(p.score_ranges) * p.score_range_capacity, blocks) << where;
+            EXPECT_LE(p.score_range_capacity, kScoreFloats) << where;
             if (::testing::Test::HasFailure()) return;
           }
 }
@@ -128,6 +160,9 @@ TEST(DecodePlan, BoundsGrowWithTheShape) {
     auto no_smaller = [&](const StepPlan& a, const StepPlan& b, const std::string& where) {
       for (int i = 0; i < kBranches; ++i) EXPECT_LE(a.split_tokens[i], b.split_tokens[i]) << where << " branch " << i;
       EXPECT_LE(a.range_tokens, b.range_tokens) << where;
+      EXPECT_LE(a.score_range_tokens, b.score_range_tokens) << where;
+      EXPECT_LE(a.partial_rows, b.partial_rows) << where;
+      EXPECT_LE(a.partial_tiles, b.partial_tiles) << where;
       EXPECT_LE(a.stage_rows, b.stage_rows) << where;
       EXPECT_LE(a.cmp_rows, b.cmp_rows) << where;
     };

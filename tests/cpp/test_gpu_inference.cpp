@@ -598,9 +598,43 @@ CacheCase decode_case(int hq, int hkv, int dqk, int dv) {
   return c;
 }
 
+// Every group size through both selection routes of a decode step: block scores from the
+// compressed attention's partials (the default) and the second pass over the compressed keys.
 TEST_F(Gpu, InferenceDecodeGroupSizes) {
   std::uint64_t salt = 0;
-  for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+  for (const char* route : {"fused", "two-pass"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_SELECT=") + route);
+    ::setenv("FSA_DECODE_SELECT", route, 1);
+    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+  }
+  ::unsetenv("FSA_DECODE_SELECT");
+}
+
+// An unknown FSA_DECODE_SELECT is an error that names it, before anything is written.
+TEST_F(Gpu, InferenceDecodeRejectsAnUnknownSelectRoute) {
+  const CacheCase c = decode_case(8, 2, 128, 128);
+  auto rng = rng_for_test(50);
+  const Params params = make_params(c, rng);
+  DeviceCache gpu(make_cache(c, rng), c.dtype);
+  const Chunk x = make_chunk(c, c.steps[0], rng);
+  const DeviceStep dev(x, params, poisoned_outputs(c, c.dtype, x.tokens()));
+  const NsaLayerInputs in = dev.inputs();
+  const DeviceBytes ws(nsa_decode_workspace_bytes(c.config, NsaInferenceShape::of(in, gpu.cache(), gpu.batch())));
+  const CacheState before = gpu.download();
+  ::setenv("FSA_DECODE_SELECT", "three-pass", 1);
+  const Status s = nsa_decode(c.config, in, gpu.cache(), gpu.batch(), dev.view("o"), dev.branches(), ws.workspace());
+  ::unsetenv("FSA_DECODE_SELECT");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("FSA_DECODE_SELECT"), std::string::npos) << s.to_string();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const CacheState after = gpu.download();
+  for (const auto& [a, b] : {std::pair{&after.k_pages, &before.k_pages}, {&after.v_pages, &before.v_pages},
+                             {&after.k_cmp_pages, &before.k_cmp_pages}, {&after.k_tail, &before.k_tail}})
+    for (std::int64_t e = 0; e < a->numel(); ++e)
+      if (!(a->get(e) == b->get(e) || (std::isnan(a->get(e)) && std::isnan(b->get(e))))) {
+        ADD_FAILURE() << "a pool element changed at " << e;
+        break;
+      }
 }
 
 TEST_F(Gpu, InferenceDecodeHeadDims) {

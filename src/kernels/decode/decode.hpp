@@ -33,6 +33,10 @@ Status launch_merge_splits(const AttnParams& p, DType dtype, int dim_v, cudaStre
 template <class Element, int kDqk>
 Status launch_decode_select(const SelectParams& p, cudaStream_t stream);
 
+// ---- decode_block_scores.cu ----
+// The fused route's per-range candidates from the compressed attention's block partials.
+Status launch_block_scores(const SelectParams& p, cudaStream_t stream);
+
 // ---- decode_topk.cu ----
 // topk_idx from the ranges' candidates and the forced blocks.
 Status launch_finalize_topk(const SelectParams& p, cudaStream_t stream);

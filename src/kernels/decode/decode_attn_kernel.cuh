@@ -13,7 +13,8 @@
 // keys <= t of blocks its token selected). The list is cut in `splits` equal parts per sequence,
 // one per CTA (split over the context so that a few long sequences still fill the GPU); a split
 // writes its unnormalised output and row statistics, which decode_merge.cu combines in split order.
-// With one split the CTA writes o and lse itself.
+// With one split the CTA writes o and lse itself. A decode step's compressed launch also writes
+// each key tile's block partials for the fused selection (decode_block_partials.cuh).
 //
 // Per key tile: the tile's 64 key rows are located in the pools (page table lookups, one thread per
 // key, bounds-checked; rows without a page and positions not yet written read as zeros and are
@@ -31,6 +32,7 @@
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_block_partials.cuh"
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/decode/decode_params.hpp"
 #include "kernels/decode/decode_tiling.hpp"
@@ -88,13 +90,16 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   const long long t_first = first_row / G, t_last = last_row / G;
   const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
 
-  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity);
+  const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
+  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
   auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
   auto* v_s = reinterpret_cast<Element*>(smem + layout.v);
   const UnionView uni{reinterpret_cast<std::uint32_t*>(smem + layout.bitmap),
                       reinterpret_cast<std::int32_t*>(smem + layout.blocks),
                       reinterpret_cast<unsigned long long*>(smem + layout.token_masks)};
+  auto* probs_s = reinterpret_cast<float*>(smem + layout.probs);
+  auto* row_max_s = reinterpret_cast<float*>(smem + layout.row_max);
 
   if (threadIdx.x < kRows) {
     const long long row = first_row + threadIdx.x;
@@ -203,6 +208,12 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s, T::kLdQk,
                                                                              0);
     flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, visible);
+    if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
+      if (col0 == 0) stage_tile_probabilities<kKeys>(sc, row_max, probs_s, row_max_s, row0);
+      __syncthreads();
+      write_tile_partials<T::kThreads>(p.partials, p.nsa, probs_s, row_max_s, first_row,
+                                       static_cast<int>(last_row - first_row + 1), seq.row0, g, v0);
+    }
 
     common::cp_async_wait<0>();  // V has landed
     __syncthreads();
@@ -244,7 +255,7 @@ template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   using T = AttnTraits<Element, kDqk, kDv>;
   if (p.batch.tokens == 0 || p.batch.num_seqs == 0 || p.num_launch_branches == 0) return Status::ok();
-  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity).bytes;
+  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr).bytes;
   auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;

@@ -18,6 +18,10 @@ constexpr int kKeys = 64;          // keys per key tile
 constexpr int kMaxSplits = 64;     // context splits of one attention tile, at most
 constexpr int kScoreFloats = 8192;  // block scores one selection CTA keeps in shared memory (32 KB)
 constexpr int kMaxTopk = 64;       // topk width served (the finalize kernel's per-warp list)
+// Steps of at most this many new tokens per sequence select blocks from the compressed attention's
+// block partials (the fused route, decode_block_scores.cu); longer ones score in a second pass over
+// the compressed keys (decode_select_kernel.cuh). Equals kMaxDecodeTokens (include/fsa/cache.hpp).
+constexpr int kFusedSelectTokensPerSeq = 8;
 
 // A paged pool [pages, page_rows, H, D].
 struct PagedPool {
@@ -120,6 +124,18 @@ struct BranchOutput {
   int splits;
 };
 
+// The fused selection's per-tile block partials (decode steps; decode_block_scores.cu). With the
+// compressed branch's running maximum M_t after key tile t of a row (log2 domain), values holds for
+// each block j the tile meets sum_i w(i, j) 2^(x_i - M_t) over the tile's keys i (x: the row's
+// scaled scores, masked keys 0), and tile_max holds M_t: the row's probability mass of block j in
+// tile t is values * 2^(M_t - lse log2 e), known once the splits merge. Rows are token * Hq + head.
+struct BlockPartials {
+  float* values;    // [rows, tiles, tile_blocks]; null: the launch writes none
+  float* tile_max;  // [rows, tiles]
+  std::int64_t tiles;  // key tiles of a row's compressed keys, at most (the longest context's)
+  int tile_blocks;     // blocks one key tile meets, at most (tile_block_count)
+};
+
 struct AttnParams {
   BatchInfo batch;
   NsaNumbers nsa;
@@ -139,6 +155,8 @@ struct AttnParams {
   // and the list of distinct blocks with the mask of tokens that selected each (sizes from the
   // largest context the page tables can address).
   int union_words, union_capacity;
+  // The compressed branch's block partials for the fused selection (values null: none).
+  BlockPartials partials;
 };
 
 // ---- Block selection (decode_select_kernel.cuh, decode_topk.cu) -------------------------------
@@ -159,6 +177,9 @@ struct SelectParams {
   std::int64_t lse_head_stride, lse_token_stride;
   // Each selection CTA scores one range of a token tile's blocks and keeps, per token, its range's
   // best candidates: candidates [Hkv, N, ranges, K] (contiguous). The finalize kernel merges them.
+  // The fused route's scoring kernel reads the compressed attention's block partials instead of
+  // q and the compressed keys (one token per CTA: tile_tokens 1).
+  BlockPartials partials;
   Candidate* candidates;
   int ranges;
   int tile_tokens;  // tokens per selection tile (their rows tile_tokens x G in chunks of kRows)

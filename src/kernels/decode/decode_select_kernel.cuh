@@ -19,7 +19,6 @@
 // contraction), so scores differ from the reference only through the probabilities' rounding.
 #pragma once
 
-#include <climits>
 #include <cstdint>
 
 #include "cuda/runtime.hpp"
@@ -27,31 +26,15 @@
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_candidates.cuh"
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/decode/decode_params.hpp"
 #include "kernels/decode/decode_tiling.hpp"
 #include "kernels/flash/flash_tiles.cuh"
-#include "kernels/select/select_tiling.hpp"
-#include "kernels/select/select_topk_merge.cuh"
 
 namespace fsa::cuda::decode {
 
 constexpr int kSelectThreads = 128;  // 4 warps x 16 rows of a 64-row chunk
-
-// The best remaining candidate of a warp's lanes (score, block) in the strict order of
-// sel::ranks_before; (-inf, INT_MAX) when none.
-__device__ __forceinline__ Candidate warp_best(float score, int block) {
-#pragma unroll
-  for (int mask = 16; mask > 0; mask /= 2) {
-    const float other_score = __shfl_xor_sync(0xffffffffu, score, mask);
-    const int other_block = __shfl_xor_sync(0xffffffffu, block, mask);
-    if (sel::ranks_before(other_score, other_block, score, block)) {
-      score = other_score;
-      block = other_block;
-    }
-  }
-  return {score, block};
-}
 
 template <class Element, int kDqk>
 __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __grid_constant__ SelectParams p) {
@@ -189,33 +172,8 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
   for (int tt = warp; tt < tokens; tt += kSelectThreads / 32) {
     const long long token = seq.row0 + t0 + tt;
     const int bq = static_cast<int>((seq.cached + t0 + tt) / B);
-    const int capacity = sel::chosen_capacity(bq, K, I, L);
-    float* scores = score_s + tt * range_blocks;
-    // NaN scores rank as -inf (as in the training selection); NaN then marks a block already taken.
-    for (int jj = lane; jj < range_blocks; jj += 32)
-      if (isnan(scores[jj])) scores[jj] = -INFINITY;
-    __syncwarp();
     Candidate* list = p.candidates + ((static_cast<long long>(g) * batch.tokens + token) * p.ranges + range) * K;
-    int chosen = 0;
-    for (; chosen < capacity; ++chosen) {
-      float best_score = -INFINITY;
-      int best_block = INT_MAX;
-      for (int jj = lane; jj < range_blocks; jj += 32) {
-        const int j = static_cast<int>(j0) + jj;
-        const float score = scores[jj];
-        if (!sel::is_candidate(j, bq, I, L) || isnan(score)) continue;
-        if (sel::ranks_before(score, j, best_score, best_block)) {
-          best_score = score;
-          best_block = j;
-        }
-      }
-      const Candidate best = warp_best(best_score, best_block);
-      if (best.block == INT_MAX) break;  // warp-uniform: no candidate left in this range
-      if (lane == 0) list[chosen] = best;
-      if ((best.block - static_cast<int>(j0)) % 32 == lane) scores[best.block - j0] = NAN;
-      __syncwarp();
-    }
-    for (int u = chosen + lane; u < K; u += 32) list[u] = {-INFINITY, -1};
+    keep_range_candidates(score_s + tt * range_blocks, range_blocks, static_cast<int>(j0), bq, K, I, L, list);
   }
 }
 

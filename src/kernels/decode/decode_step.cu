@@ -6,8 +6,12 @@
 //   2. rotate q (workspace) and k (pages), store v, update the key tail (after 1 read the old tail);
 //   3. compressed attention over the compressed pages: o_cmp and lse_cmp (decode_attn_kernel.cuh,
 //      split over the context, decode_merge.cu);
-//   4. block selection from q, the compressed keys and lse_cmp: per-range top-K in shared memory
-//      (decode_select_kernel.cuh), merged with the forced blocks into topk_idx (decode_topk.cu);
+//   4. block selection: per-range top-K of block scores in shared memory, merged with the forced
+//      blocks into topk_idx (decode_topk.cu). A decode step (at most 8 new tokens per sequence)
+//      takes the scores from the block partials step 3 wrote as it read the compressed keys
+//      (decode_block_partials.cuh, decode_block_scores.cu: the fused route); a longer chunk
+//      recomputes them from q, the compressed keys and lse_cmp (decode_select_kernel.cuh), since
+//      its partials would grow with chunk x context;
 //   5. selected and sliding-window attention in one launch (decode_attn_kernel.cuh, merged);
 //   6. gated combination (kernels/combine).
 //
@@ -65,6 +69,20 @@ decode::NsaNumbers numbers_of(const NsaConfig& c, const NsaInferenceShape& s) {
 
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
   return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context);
+}
+
+static_assert(decode::kFusedSelectTokensPerSeq == kMaxDecodeTokens, "decode steps fuse their selection");
+
+// Whether the call selects through the compressed attention's block partials (fuses_selection);
+// FSA_DECODE_SELECT=two-pass forces the second pass over the compressed keys (the tests run both
+// routes on the same steps, the bench compares them), =fused the default.
+Status fused_selection(const NsaInferenceShape& s, bool* fused) {
+  const char* forced = std::getenv("FSA_DECODE_SELECT");
+  const std::string route = forced != nullptr ? forced : "";
+  if (!route.empty() && route != "fused" && route != "two-pass")
+    return FSA_INVALID("FSA_DECODE_SELECT: expected fused or two-pass, got '" + route + "'");
+  *fused = route != "two-pass" && decode::fuses_selection(s.tokens, s.num_seqs);
+  return Status::ok();
 }
 
 // Whether a prefill call's selected branch runs KV-outer (see the top of the file): at least
@@ -132,6 +150,9 @@ struct StepWorkspace {
   float* o_part[decode::kBranches] = {};
   decode::RowStats* stats[decode::kBranches] = {};
   decode::Candidate* candidates = nullptr;
+  // The fused selection's block partials (sized for the calls of this shape that fuse).
+  float* partial_values = nullptr;
+  float* partial_max = nullptr;
   // The KV-outer selected branch (selected_kv_outer): its lse and its own workspace.
   TensorView slc_lse;
   Workspace slc;
@@ -156,7 +177,9 @@ struct StepWorkspace {
       o_part[b] = w.take<float>(plan.split_tokens[b] * hq * dv);
       stats[b] = w.take<decode::RowStats>(plan.split_tokens[b] * hq);
     }
-    candidates = w.take<decode::Candidate>(plan.range_tokens * hkv * c.topk);
+    candidates = w.take<decode::Candidate>(std::max(plan.range_tokens, plan.score_range_tokens) * hkv * c.topk);
+    partial_values = w.take<float>(plan.partial_rows * plan.partial_tiles * plan.tile_blocks);
+    partial_max = w.take<float>(plan.partial_rows * plan.partial_tiles);
     if (kv_outer) {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
       slc = w.take_workspace(slc_paged_forward_workspace_bytes(paged_problem(c, s), SlcOptions{}));
@@ -220,7 +243,8 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   int max_smem = 0;
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
   max_smem -= kStaticSmem;
-  const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity).bytes;
+  const std::size_t attn =
+      decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity, /*block_partials=*/true).bytes;
   if (attn > static_cast<std::size_t>(max_smem))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      std::string("batch.block_table: ") + op + " on CUDA keeps the selected blocks of a tile over " +
@@ -247,6 +271,8 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
   cudaStream_t stream = current_stream();
   const bool kv_outer = selected_kv_outer(s, prefill);
+  bool fused = false;
+  FSA_RETURN_IF_ERROR(fused_selection(s, &fused));
   WorkspaceCarver carve(workspace.data, in.q.device);
   const StepWorkspace w(carve, c, s, plan, kv_outer);
   const decode::NsaNumbers nsa = numbers_of(c, s);
@@ -352,7 +378,10 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
         [&]<class Element, int kDqk, int kDv>() { return decode::launch_decode_attention<Element, kDqk, kDv>(at, stream); }));
     return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
   };
+  const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_tiles, plan.tile_blocks};
+  if (fused) at.partials = partials;
   FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed}));
+  at.partials = {};  // the selected and window launches write none
 
   // ---- 4: selection ----
   decode::SelectParams sp{};
@@ -367,17 +396,25 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   sp.lse_head_stride = w.lse_cmp.stride(0);
   sp.lse_token_stride = w.lse_cmp.stride(1);
   sp.candidates = w.candidates;
-  sp.ranges = plan.ranges;
-  sp.tile_tokens = plan.tile_tokens;
-  sp.row_chunks = plan.row_chunks;
-  sp.range_capacity = plan.range_capacity;
   sp.topk = topk.ptr<std::int32_t>();
   sp.topk_head_stride = topk.stride(0);
   sp.topk_token_stride = topk.stride(1);
   sp.topk_col_stride = topk.stride(2);
-  FSA_RETURN_IF_ERROR(common::dispatch_select(op, s.dtype, s.head_dim_qk, [&]<class Element, int kDqk>() {
-    return decode::launch_decode_select<Element, kDqk>(sp, stream);
-  }));
+  if (fused) {
+    sp.partials = partials;
+    sp.ranges = plan.score_ranges;
+    sp.tile_tokens = 1;
+    sp.range_capacity = plan.score_range_capacity;
+    FSA_RETURN_IF_ERROR(decode::launch_block_scores(sp, stream));
+  } else {
+    sp.ranges = plan.ranges;
+    sp.tile_tokens = plan.tile_tokens;
+    sp.row_chunks = plan.row_chunks;
+    sp.range_capacity = plan.range_capacity;
+    FSA_RETURN_IF_ERROR(common::dispatch_select(op, s.dtype, s.head_dim_qk, [&]<class Element, int kDqk>() {
+      return decode::launch_decode_select<Element, kDqk>(sp, stream);
+    }));
+  }
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
   // ---- 5, 6 ----

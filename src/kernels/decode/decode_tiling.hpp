@@ -41,6 +41,12 @@ FSA_DECODE_HD int overlap_weight(long long i, long long j, int l, int s, int B) 
   return hi > lo ? static_cast<int>((hi - lo) / s) : 0;
 }
 
+// Key tile t of a row's compressed keys (keys [t kKeys, (t + 1) kKeys)) meets the blocks
+// [tile_first_block(t), tile_first_block(t) + tile_block_count) at most: its first key starts in
+// the first, its last key's window ends (63 s + l - 1) positions later.
+FSA_DECODE_HD long long tile_first_block(long long tile, int s, int B) { return tile * kKeys * s / B; }
+FSA_DECODE_HD int tile_block_count(int l, int s, int B) { return ((kKeys - 1) * s + l - 1) / B + 2; }
+
 // The windows a chunk of c new tokens after P cached ones completes: compressed tokens
 // [first, first + count) with first = n_cmp(P), whose windows cover the positions
 // [first * s, P + c) (`rows` of them, staged for the compression); all zero when none completes.
@@ -78,16 +84,20 @@ constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probabi
 
 // The attention kernel: Q tile, one K and one V tile, and the selected branch's union of blocks
 // (bitmap words over the sequence's blocks, the distinct blocks, the tokens that chose each).
+// With block partials (the fused selection's compressed launch), a key tile's probabilities and the
+// rows' maxima are staged after them.
 struct AttnSmem {
-  std::size_t q, k, v, bitmap, blocks, token_masks, bytes;
-  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity) {
+  std::size_t q, k, v, bitmap, blocks, token_masks, probs, row_max, bytes;
+  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials) {
     q = 0;
     k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
     v = k + align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
     bitmap = v + align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
     blocks = bitmap + align_smem(static_cast<std::size_t>(union_words) * 4);
     token_masks = blocks + align_smem(static_cast<std::size_t>(union_capacity) * 4);
-    bytes = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
+    probs = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
+    row_max = probs + (block_partials ? align_smem(static_cast<std::size_t>(kRows) * kLdProb * 4) : 0);
+    bytes = row_max + (block_partials ? align_smem(static_cast<std::size_t>(kRows) * 4) : 0);
   }
 };
 
@@ -131,7 +141,23 @@ struct StepPlan {
   int tile_tokens = 1, row_chunks = 1, range_capacity = 1, ranges = 1;
   std::int64_t range_tokens = 0;  // bound of ranges x N (the candidates hold that many token lists)
   int union_words = 1, union_capacity = 1;
+  // The fused selection (fuses_selection): the compressed launch's block partials for
+  // partial_rows token-head rows, each partial_tiles x tile_blocks values; then one scoring CTA
+  // per (token, kv head, range of at most score_range_capacity blocks). The bounds are those of
+  // min(N, kFusedSelectTokensPerSeq nseq) tokens, the most a fusing call of this shape or a
+  // smaller one has, so that they only grow with the shape too.
+  std::int64_t partial_rows = 0, partial_tiles = 0;
+  int tile_blocks = 0;
+  int score_ranges = 1, score_range_capacity = kScoreFloats;
+  std::int64_t score_range_tokens = 0;  // bound of score_ranges x N over fusing calls
 };
+
+// Whether a call of this shape selects through the compressed attention's block partials: at most
+// kFusedSelectTokensPerSeq new tokens per sequence (the partials grow with tokens x context; a
+// long prefill chunk scores in the second pass instead).
+FSA_DECODE_HD bool fuses_selection(std::int64_t tokens, int num_seqs) {
+  return tokens <= static_cast<std::int64_t>(kFusedSelectTokensPerSeq) * num_seqs;
+}
 
 // CTAs an attention or selection launch aims at: two waves of an H100's 132 SMs, so that a decode
 // step with few sequences still spreads over the GPU (the split count is fixed by the shape; each
@@ -192,6 +218,20 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   // kTargetCtas tile_tokens / Hkv, and then wanted_ranges N' <= C_r + N' (as for the splits).
   const long long c_r = ceil_div(kTargetCtas * p.tile_tokens, hkv);
   p.range_tokens = needed * tokens + min_ll(extra_cap * tokens, c_r + min_ll(tokens, c_r));
+
+  // Fused selection. Scoring reads about G x 1.2 floats per block of a token: cheap but latency
+  // bound, so about twice kTargetCtas CTAs, ranges of at least 128 blocks.
+  const long long fused_tokens = min_ll(tokens, static_cast<long long>(kFusedSelectTokensPerSeq) * num_seqs);
+  p.partial_rows = fused_tokens * nsa.heads_q;
+  p.partial_tiles = ceil_div(compressed_count(p.max_context, l, s), kKeys);
+  p.tile_blocks = tile_block_count(l, s, B);
+  const long long score_needed = max_ll(ceil_div(max_blocks, kScoreFloats), 1);
+  const long long score_cap = clamp_ll(ceil_div(max_blocks, 128), 1, kMaxSplits);
+  const long long score_wanted = clamp_ll(ceil_div(2 * kTargetCtas, max_ll(tokens * hkv, 1)), 1, score_cap);
+  p.score_ranges = static_cast<int>(max_ll(score_needed, score_wanted));
+  // As for the ranges: score_wanted > 1 only for N' < c_s, and then score_wanted N' <= c_s + N'.
+  const long long c_s = ceil_div(2 * kTargetCtas, hkv);
+  p.score_range_tokens = score_needed * fused_tokens + min_ll(score_cap * fused_tokens, c_s + min_ll(fused_tokens, c_s));
   return p;
 }
 

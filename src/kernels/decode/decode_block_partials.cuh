@@ -1,0 +1,67 @@
+// The fused selection's first half, run inside the compressed branch's attention
+// (decode_attn_kernel.cuh): after the online softmax of a key tile, each row's probabilities
+// relative to its running maximum are summed into the selection blocks the tile meets, with the
+// overlap weights, and written with that maximum (BlockPartials). decode_block_scores.cu rescales
+// them by the row's final lse and sums the group's heads: the block scores come from the pass that
+// reads the compressed keys for the attention, so the selection reads no key again.
+//
+// The probabilities are the attention's own (fast_exp2 of the same scores), so the scores differ
+// from the reference's only by that rounding and the order of the sums (per tile, then over tiles
+// and heads, where the reference sums heads first): the tests compare topk tie-aware.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/decode/decode_params.hpp"
+#include "kernels/decode/decode_tiling.hpp"
+
+namespace fsa::cuda::decode {
+
+// One warp's 16 rows of a tile's probabilities (mma.sync C fragments: rows group and group + 8,
+// columns 2 pair and 2 pair + 1 of each 8 columns) and their maxima, into shared memory.
+template <int kKeysTile>
+__device__ __forceinline__ void stage_tile_probabilities(const float (&prob)[kKeysTile / 8][4], const float (&row_max)[2],
+                                                         float* probs_s, float* row_max_s, int row0) {
+  const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+#pragma unroll
+  for (int n = 0; n < kKeysTile / 8; ++n)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(probs_s + (row0 + group + 8 * h) * kLdProb + n * 8 + 2 * pair) =
+          make_float2(prob[n][2 * h], prob[n][2 * h + 1]);
+  if (pair == 0) {
+    row_max_s[row0 + group] = row_max[0];
+    row_max_s[row0 + group + 8] = row_max[1];
+  }
+}
+
+// Every (row, block) of key tile `tile` (keys [v0, v0 + kKeys)) of the CTA's rows
+// [first_row, first_row + rows) (token-major: row / G is the token of the sequence whose first
+// packed row is row0, row % G the head in group g), by the CTA's threads. Rows of heads that do not
+// select (heads_used) write nothing.
+template <int kThreads>
+__device__ __forceinline__ void write_tile_partials(const BlockPartials& out, const NsaNumbers& nsa, const float* probs_s,
+                                                   const float* row_max_s, long long first_row, int rows,
+                                                   long long seq_row0, int g, long long v0) {
+  const long long tile = v0 / kKeys;
+  if (tile >= out.tiles) return;  // only past the plan's context, which the tables cannot address
+  const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, G = nsa.group, TB = out.tile_blocks;
+  const long long j_first = tile_first_block(tile, s, B);
+  for (int idx = threadIdx.x; idx < rows * TB; idx += kThreads) {
+    const int r = idx / TB, jj = idx % TB;
+    const long long row = first_row + r;
+    const int h = static_cast<int>(row % G);
+    if (h >= nsa.heads_used) continue;
+    const long long j = j_first + jj;
+    const long long i_begin = max(v0, first_key_of_block(j, l, s, B));
+    const long long i_end = min(v0 + kKeys, end_key_of_block(j, s, B));
+    float sum = 0.0f;
+    for (long long i = i_begin; i < i_end; ++i)
+      sum = fmaf(static_cast<float>(overlap_weight(i, j, l, s, B)), probs_s[r * kLdProb + static_cast<int>(i - v0)], sum);
+    const long long at = ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * out.tiles + tile;
+    out.values[at * TB + jj] = sum;
+    if (jj == 0) out.tile_max[at] = row_max_s[r];
+  }
+}
+
+}  // namespace fsa::cuda::decode

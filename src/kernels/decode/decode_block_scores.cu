@@ -1,0 +1,89 @@
+// The fused selection's second half: block scores from the compressed attention's block partials
+// (decode_block_partials.cuh) and each range's best candidates, which decode_topk.cu merges into
+// topk_idx as for the two-pass route.
+//
+// One CTA per (token, kv head g, range of the token's blocks [0, bq]). Thread per block j: its
+// score is the sum over the key tiles t that hold a key meeting j (ascending, one or two) and the
+// group's selecting heads h (ascending) of values[h, t, j] * 2^(M[h, t] - lse_h log2 e): each
+// tile's partial taken from its running maximum to the row's final normaliser. Only the keys the
+// token sees count: a tile's other keys are masked to 0 in the partials, and tiles past the token's
+// visible keys are not read.
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/runtime.hpp"
+#include "kernels/common/fast_exp.cuh"
+#include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_candidates.cuh"
+#include "kernels/decode/decode_paged.cuh"
+#include "kernels/decode/decode_tiling.hpp"
+
+namespace fsa::cuda::decode {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_constant__ SelectParams p) {
+  extern __shared__ float score_s[];  // the range's blocks (range_capacity at most)
+  const BatchInfo& batch = p.batch;
+  const long long token = blockIdx.x;
+  const int g = blockIdx.y, range = blockIdx.z;
+  const int b = seq_of_row(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, token);
+  if (b < 0) return;
+  const SeqInfo seq = seq_info(batch, b);
+  const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
+  const int G = p.nsa.group, TB = p.partials.tile_blocks;
+  const long long position = seq.cached + token - seq.row0;
+  const long long num_blocks = position / B + 1;
+  long long per_range = (num_blocks + p.ranges - 1) / p.ranges;
+  if (per_range > p.range_capacity) per_range = p.range_capacity;  // only for a context past the plan's
+  const long long j0 = min(num_blocks, range * per_range), j1 = min(num_blocks, j0 + per_range);
+  const int range_blocks = static_cast<int>(j1 - j0);
+  const long long visible = visible_count(position, l, s);
+  const long long tiles = p.partials.tiles;
+
+  for (int jj = threadIdx.x; jj < range_blocks; jj += kThreads) {
+    const long long j = j0 + jj;
+    const long long key_lo = first_key_of_block(j, l, s, B);
+    const long long key_hi = min(end_key_of_block(j, s, B), visible);
+    float score = 0.0f;
+    if (key_lo < key_hi) {
+      const long long t_lo = key_lo / kKeys, t_hi = min((key_hi - 1) / kKeys, tiles - 1);
+      for (long long t = t_lo; t <= t_hi; ++t) {
+        const int jj_tile = static_cast<int>(j - tile_first_block(t, s, B));
+        for (int h = 0; h < p.nsa.heads_used; ++h) {
+          const int head = g * G + h;
+          const float lse_log2 = p.lse[head * p.lse_head_stride + token * p.lse_token_stride] * common::kLog2e;
+          const long long at = (token * p.nsa.heads_q + head) * tiles + t;
+          const float value = p.partials.values[at * TB + jj_tile];
+          // A row's maximum never exceeds its lse (log2 e lse = M + log2 sum, sum >= 1).
+          if (value != 0.0f) score += value * exp2f(p.partials.tile_max[at] - lse_log2);
+        }
+      }
+    }
+    score_s[jj] = score;
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int bq = static_cast<int>(num_blocks - 1);
+    Candidate* list = p.candidates + ((static_cast<long long>(g) * batch.tokens + token) * p.ranges + range) * p.nsa.topk;
+    keep_range_candidates(score_s, range_blocks, static_cast<int>(j0), bq, p.nsa.topk, p.nsa.init_blocks,
+                          p.nsa.local_blocks, list);
+  }
+}
+
+}  // namespace
+
+Status launch_block_scores(const SelectParams& p, cudaStream_t stream) {
+  if (p.batch.tokens == 0 || p.batch.num_seqs == 0) return Status::ok();
+  if (p.batch.tokens > 0x7fffffffLL)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "q: nsa_decode: " + std::to_string(p.batch.tokens) + " tokens exceed the grid limit");
+  const std::size_t smem = static_cast<std::size_t>(p.range_capacity) * sizeof(float);
+  block_scores_kernel<<<dim3(static_cast<unsigned>(p.batch.tokens), p.nsa.heads_kv, p.ranges), kThreads, smem, stream>>>(p);
+  FSA_CHECK_LAUNCH("block_scores_kernel", stream);
+  return Status::ok();
+}
+
+}  // namespace fsa::cuda::decode
