@@ -56,11 +56,12 @@ TEST(BenchDecodeConfigs, ParserRefusesByName) {
 }
 
 // 16 sequences x 128K at G 16, q_len 1, every kv head selecting K = 16 distinct blocks: the first
-// row of docs/kernels/decode.md's table (454 MB as implemented, floor 135 us at 3.35 TB/s).
+// row of docs/kernels/decode.md's table (454 MB with the two-pass selection, floor 135 us at
+// 3.35 TB/s; 340 MB and 101 us with the fused one).
 TEST(BenchDecodeBytes, TargetShapeByHand) {
   const NsaConfig config;
   const DecodeConfig c{16, 131072, 16, 1};
-  const DecodeBytes b = decode_step_bytes(c, config, 16 * 4 * 16);
+  const DecodeBytes b = decode_step_bytes(c, config, 16 * 4 * 16, DecodeSelect::kTwoPass);
   // n_cmp = (131073 - 32) / 16 + 1 = 8191 compressed tokens per sequence.
   EXPECT_EQ(b.cmp_kv, 16.0 * 8191 * 4 * 256 * 2);  // 268402688
   EXPECT_EQ(b.cmp_k, 16.0 * 8191 * 4 * 128 * 2);   // 134201344
@@ -72,14 +73,20 @@ TEST(BenchDecodeBytes, TargetShapeByHand) {
   EXPECT_EQ(b.compression, 0.0);  // positions 131072.. complete no window (the next ends at 131087)
   EXPECT_EQ(b.total(), 453580800.0);
   EXPECT_NEAR(b.total() / 3.35e12 * 1e6, 135.4, 0.05);
+  // Fused: no second read of k~; 16 x 64 rows x 128 key tiles x (18 + 1) floats written and read.
+  const DecodeBytes f = decode_step_bytes(c, config, 16 * 4 * 16);
+  EXPECT_EQ(f.cmp_k, 0.0);
+  EXPECT_EQ(f.partials, 2.0 * 16 * 64 * 128 * 19 * 4);  // 19922944
+  EXPECT_EQ(f.total(), b.total() - b.cmp_k + f.partials);
+  EXPECT_NEAR(f.total() / 3.35e12 * 1e6, 101.3, 0.05);
 }
 
 // 64 x 32K at G 4: 605 MB as implemented at q_len 1 (docs/kernels/decode.md); at q_len 4 the same
 // compressed tokens (n_cmp(32772) = n_cmp(32769) = 2047), the window 3 keys longer.
 TEST(BenchDecodeBytes, QLenFourAddsWindowKeysAndSelections) {
   const NsaConfig config;
-  const DecodeBytes one = decode_step_bytes({64, 32768, 4, 1}, config, 64 * 4 * 16);
-  const DecodeBytes four = decode_step_bytes({64, 32768, 4, 4}, config, 64 * 4 * 40);
+  const DecodeBytes one = decode_step_bytes({64, 32768, 4, 1}, config, 64 * 4 * 16, DecodeSelect::kTwoPass);
+  const DecodeBytes four = decode_step_bytes({64, 32768, 4, 4}, config, 64 * 4 * 40, DecodeSelect::kTwoPass);
   EXPECT_EQ(one.total(), 604772352.0);  // 604.8 MB
   EXPECT_EQ(four.cmp_kv, one.cmp_kv);
   EXPECT_EQ(four.window - one.window, 64.0 * 3 * 4 * 256 * 2);

@@ -266,6 +266,13 @@ std::string format(const char* fmt, double value) {
   return text;
 }
 
+// The decode steps' selection route (every configuration brings at most 8 tokens per sequence, so
+// the library fuses unless FSA_DECODE_SELECT=two-pass; it refuses any other value itself).
+DecodeSelect select_route() {
+  const char* env = std::getenv("FSA_DECODE_SELECT");
+  return env != nullptr && std::string(env) == "two-pass" ? DecodeSelect::kTwoPass : DecodeSelect::kFused;
+}
+
 // The decode rows of one configuration: "skipped" (a '#' line, returns true) when its buffers do
 // not fit the GPU's free memory; false on a failure (printed).
 bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int iterations, double bandwidth,
@@ -353,7 +360,7 @@ bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int itera
     std::fprintf(stderr, "%s: %s\n", name.c_str(), s.to_string().c_str());
     return false;
   }
-  const DecodeBytes bytes = decode_step_bytes(c, config, distinct_selected_blocks(topk, c, config.topk));
+  const DecodeBytes bytes = decode_step_bytes(c, config, distinct_selected_blocks(topk, c, config.topk), select_route());
   const double floor_ms = bytes.total() / bandwidth * 1e3;
   const std::tuple<const char*, Timing, Timing> modes[] = {{"eager", nsa.eager, full.eager},
                                                             {"graph", nsa.graph, full.graph}};
@@ -499,8 +506,12 @@ int run_bench_decode(const BenchOptions& options) {
           "nsa_decode (plan + run) captured with the fixed workspace of nsa_decode_workspace_bytes and replayed. "
           "cache_seqlens is not advanced between steps or replays: every step writes the same new tokens and does "
           "the same work (at these contexts it completes no compression window; one step in s does)",
-      "bytes_mb: docs/kernels/decode.md's byte model as implemented (compressed k~ and v~, k~ again for the "
-      "selection, the distinct blocks the step's topk_idx selected, the window, q/k/v/gates in and o out, new "
+      std::string("selection: ") +
+          (select_route() == DecodeSelect::kTwoPass
+               ? "two-pass (FSA_DECODE_SELECT=two-pass: a second pass over k~ scores the blocks)"
+               : "fused (block scores from the partials the compressed attention writes)"),
+      "bytes_mb: docs/kernels/decode.md's byte model as implemented (compressed k~ and v~; k~ again for a "
+      "two-pass selection, or the fused selection's block partials written and read; the distinct blocks the step's topk_idx selected, the window, q/k/v/gates in and o out, new "
       "keys, values and ring rows written; MB = 1e6 B); floor_ms = bytes / " + bandwidth_source +
           "; floor_frac = floor_ms / ms",
       "dense_ms: nsa_decode with w = context + q_len (its window branch is then dense attention of the new tokens "

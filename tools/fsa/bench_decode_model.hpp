@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -97,7 +98,10 @@ inline std::string parse_decode_config(const std::string& name, DecodeConfig* ou
 // with P = context cached and c = q_len new tokens, bf16 (2 bytes), n = compressed_count(P + c)
 // compressed tokens (those the last new token sees):
 //   cmp_kv     n Hkv (Dqk + Dv) 2          compressed keys and values, pass 1 (compressed attention)
-//   cmp_k      n Hkv Dqk 2                 compressed keys again, pass 2 (the selection)
+//   cmp_k      n Hkv Dqk 2                 compressed keys again, pass 2 (the two-pass selection)
+//   partials   2 c Hq T (TB + 1) 4         the fused selection's block partials, written by pass 1
+//                                          and read by the scoring kernel: T = ceil(n / 64) key
+//                                          tiles, TB = (63 s + l - 1) / B + 2 blocks a tile meets
 //   selected   blocks B (Dqk + Dv) 2       the distinct blocks the tokens selected, summed over
 //                                          sequences and kv heads (K per kv head when they agree)
 //   window     min(w + c, P + c) Hkv (Dqk + Dv) 2
@@ -110,22 +114,33 @@ inline std::string parse_decode_config(const std::string& name, DecodeConfig* ou
 // the page tables, and the local blocks that the selected and window branches both read (counted
 // in both, as both read them).
 struct DecodeBytes {
-  double cmp_kv = 0, cmp_k = 0, selected = 0, window = 0, io = 0, written = 0, compression = 0;
-  double total() const { return cmp_kv + cmp_k + selected + window + io + written + compression; }
+  double cmp_kv = 0, cmp_k = 0, partials = 0, selected = 0, window = 0, io = 0, written = 0, compression = 0;
+  double total() const { return cmp_kv + cmp_k + partials + selected + window + io + written + compression; }
 };
 
 inline std::int64_t decode_compressed_count(std::int64_t n, const NsaConfig& config) {
   return n >= config.cmp_len ? (n - config.cmp_len) / config.cmp_stride + 1 : 0;
 }
 
-inline DecodeBytes decode_step_bytes(const DecodeConfig& c, const NsaConfig& config, std::int64_t selected_blocks) {
+// The selection route of a decode step (FSA_DECODE_SELECT): block scores from the compressed
+// attention's partials, or a second pass over the compressed keys.
+enum class DecodeSelect { kFused, kTwoPass };
+
+inline DecodeBytes decode_step_bytes(const DecodeConfig& c, const NsaConfig& config, std::int64_t selected_blocks,
+                                     DecodeSelect route = DecodeSelect::kFused) {
   const double e = 2.0, hkv = DecodeConfig::kHeadsKv, d = DecodeConfig::kHeadDim, hq = hkv * c.group;
   const double batch = c.batch, tokens = static_cast<double>(c.batch) * c.q_len;
   const std::int64_t end = c.context + c.q_len;
   const double n_cmp = static_cast<double>(decode_compressed_count(end, config));
   DecodeBytes b;
   b.cmp_kv = batch * n_cmp * hkv * (d + d) * e;
-  b.cmp_k = batch * n_cmp * hkv * d * e;
+  if (route == DecodeSelect::kTwoPass) {
+    b.cmp_k = batch * n_cmp * hkv * d * e;
+  } else {
+    const double tiles = std::ceil(n_cmp / 64.0);
+    const double tile_blocks = (63 * config.cmp_stride + config.cmp_len - 1) / config.block_size + 2;
+    b.partials = 2.0 * tokens * hq * tiles * (tile_blocks + 1) * 4.0;
+  }
   b.selected = static_cast<double>(selected_blocks) * config.block_size * (d + d) * e;
   const double window_keys = static_cast<double>(std::min<std::int64_t>(config.window + c.q_len, end));
   b.window = batch * window_keys * hkv * (d + d) * e;
