@@ -60,6 +60,12 @@ TEST(DecodePlan, KeyTilesMeetTheirBlocks) {
           EXPECT_LT(i, end_key_of_block(j, h.s, h.B));
         }
       EXPECT_TRUE(first_met) << "tile " << t << ": its first block is one it meets";
+      // The kernel's 32-bit form of the weights, relative to the tile.
+      for (int jj = 0; jj < tile_block_count(h.l, h.s, h.B); ++jj)
+        for (int i = 0; i < kKeys; ++i)
+          EXPECT_EQ(unit_overlap(i, tile_block_start(t, jj, h.s, h.B), h.l / h.s, h.B / h.s),
+                    overlap_weight(t * kKeys + i, first + jj, h.l, h.s, h.B))
+              << "l=" << h.l << " s=" << h.s << " B=" << h.B << " tile " << t << " block " << jj << " key " << i;
     }
 }
 

@@ -45,20 +45,23 @@ __device__ __forceinline__ void write_tile_partials(const BlockPartials& out, co
                                                    long long seq_row0, int g, long long v0) {
   const long long tile = v0 / kKeys;
   if (tile >= out.tiles) return;  // only past the plan's context, which the tables cannot address
-  const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, G = nsa.group, TB = out.tile_blocks;
-  const long long j_first = tile_first_block(tile, s, B);
+  // In units of s (tile_block_start, unit_overlap): 32-bit offsets from the tile's first key, no
+  // division per key.
+  const int Ls = nsa.cmp_len / nsa.cmp_stride, Bs = nsa.block_size / nsa.cmp_stride;
+  const int G = nsa.group, TB = out.tile_blocks;
+  const int first_head = static_cast<int>(first_row % G);  // rows are token-major: row = token G + head
+  const long long first_token = seq_row0 + first_row / G;
   for (int idx = threadIdx.x; idx < rows * TB; idx += kThreads) {
     const int r = idx / TB, jj = idx % TB;
-    const long long row = first_row + r;
-    const int h = static_cast<int>(row % G);
+    const int h = (first_head + r) % G;
     if (h >= nsa.heads_used) continue;
-    const long long j = j_first + jj;
-    const long long i_begin = max(v0, first_key_of_block(j, l, s, B));
-    const long long i_end = min(v0 + kKeys, end_key_of_block(j, s, B));
+    const int block_lo = tile_block_start(tile, jj, nsa.cmp_stride, nsa.block_size);
+    const int i_begin = max(0, block_lo - Ls + 1), i_end = min(kKeys, block_lo + Bs);
     float sum = 0.0f;
-    for (long long i = i_begin; i < i_end; ++i)
-      sum = fmaf(static_cast<float>(overlap_weight(i, j, l, s, B)), probs_s[r * kLdProb + static_cast<int>(i - v0)], sum);
-    const long long at = ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * out.tiles + tile;
+    for (int i = i_begin; i < i_end; ++i)
+      sum = fmaf(static_cast<float>(unit_overlap(i, block_lo, Ls, Bs)), probs_s[r * kLdProb + i], sum);
+    const long long token = first_token + (first_head + r) / G;
+    const long long at = (token * nsa.heads_q + static_cast<long long>(g) * G + h) * out.tiles + tile;
     out.values[at * TB + jj] = sum;
     if (jj == 0) out.tile_max[at] = row_max_s[r];
   }

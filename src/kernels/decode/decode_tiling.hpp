@@ -47,6 +47,19 @@ FSA_DECODE_HD int overlap_weight(long long i, long long j, int l, int s, int B) 
 FSA_DECODE_HD long long tile_first_block(long long tile, int s, int B) { return tile * kKeys * s / B; }
 FSA_DECODE_HD int tile_block_count(int l, int s, int B) { return ((kKeys - 1) * s + l - 1) / B + 2; }
 
+// The same in units of s (s divides l and B), relative to key tile t's first key v0 = t kKeys, for
+// the per-tile partials (no 64-bit division per key): key v0 + i covers [i, i + Ls) and block
+// tile_first_block(t) + jj covers [block_lo, block_lo + Bs) with block_lo = tile_block_start(t, jj);
+// w(v0 + i, j) = unit_overlap(i, block_lo, Ls, Bs).
+FSA_DECODE_HD int tile_block_start(long long tile, int jj, int s, int B) {
+  const int Bs = B / s;
+  return static_cast<int>(tile_first_block(tile, s, B) * Bs - tile * kKeys) + jj * Bs;
+}
+FSA_DECODE_HD int unit_overlap(int i, int block_lo, int Ls, int Bs) {
+  const int lo = i > block_lo ? i : block_lo, hi = i + Ls < block_lo + Bs ? i + Ls : block_lo + Bs;
+  return hi > lo ? hi - lo : 0;
+}
+
 // The windows a chunk of c new tokens after P cached ones completes: compressed tokens
 // [first, first + count) with first = n_cmp(P), whose windows cover the positions
 // [first * s, P + c) (`rows` of them, staged for the compression); all zero when none completes.
