@@ -158,6 +158,9 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
+  // A warp whose 16 rows are all past the tile's last row (q_len x G below 64: a decode step at
+  // G 16 fills one warp's rows) only helps copy: it skips the MMAs and the softmax (warp-uniform).
+  const bool warp_has_rows = first_row + row0 <= last_row;
   // This thread's two rows (group, group + 8): valid, position, token index in the tile, and what
   // the mask needs.
   bool row_valid[2];
@@ -204,12 +207,14 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     common::cp_async_wait<1>();  // Q (first tile) and K have landed; V may be in flight
     __syncthreads();
     float sc[kKeys / 8][4];
-    common::zero_acc<kKeys>(sc);
-    common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s, T::kLdQk,
-                                                                             0);
-    flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, visible);
+    if (warp_has_rows) {
+      common::zero_acc<kKeys>(sc);
+      common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s,
+                                                                               T::kLdQk, 0);
+      flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, visible);
+    }
     if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
-      if (col0 == 0) stage_tile_probabilities<kKeys>(sc, row_max, probs_s, row_max_s, row0);
+      if (col0 == 0 && warp_has_rows) stage_tile_probabilities<kKeys>(sc, row_max, probs_s, row_max_s, row0);
       __syncthreads();
       write_tile_partials<T::kThreads>(p.partials, p.nsa, probs_s, row_max_s, first_row,
                                        static_cast<int>(last_row - first_row + 1), seq.row0, g, v0);
@@ -217,7 +222,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
 
     common::cp_async_wait<0>();  // V has landed
     __syncthreads();
-    common::warp_pv_mma<Element, kKeys, T::kDvPart>(acc, sc, v_s, T::kLdV, col0);
+    if (warp_has_rows) common::warp_pv_mma<Element, kKeys, T::kDvPart>(acc, sc, v_s, T::kLdV, col0);
   }
   common::cp_async_wait<0>();  // the Q copies, when no key tile ran
 
