@@ -624,7 +624,7 @@ TEST_F(Gpu, InferenceDecodeRejectsAnUnknownSelectRoute) {
   ::setenv("FSA_DECODE_SELECT", "three-pass", 1);
   const Status s = nsa_decode(c.config, in, gpu.cache(), gpu.batch(), dev.view("o"), dev.branches(), ws.workspace());
   ::unsetenv("FSA_DECODE_SELECT");
-  EXPECT_FALSE(s.ok());
+  EXPECT_FALSE(s.is_ok());
   EXPECT_NE(s.message().find("FSA_DECODE_SELECT"), std::string::npos) << s.to_string();
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const CacheState after = gpu.download();
