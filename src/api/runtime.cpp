@@ -2,8 +2,10 @@
 #include "fsa/runtime.hpp"
 
 #include <algorithm>
+#include <string>
 #include <thread>
 
+#include "common/env_value.hpp"
 #include "reference/parallel.hpp"
 
 #ifdef FSA_WITH_CUDA
@@ -44,6 +46,18 @@ Status cpu_threads(int* threads) {
   const Status s = ref::env_num_threads(&n);
   *threads = n > 0 ? n : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return s;
+}
+
+Status check_environment() {
+  int threads = 0;
+  FSA_RETURN_IF_ERROR(ref::env_num_threads(&threads));
+  std::string word;
+  FSA_RETURN_IF_ERROR(detail::env_disable_wgmma(&word));
+  FSA_RETURN_IF_ERROR(detail::env_decode_select(&word));
+  long long number = 0;
+  FSA_RETURN_IF_ERROR(detail::env_prefill_kv_outer_min_tokens(&number));
+  FSA_RETURN_IF_ERROR(detail::env_slc_min_chunk_tokens(&number));
+  return detail::env_compress_k_splits(&number);
 }
 
 }  // namespace fsa

@@ -10,26 +10,15 @@
 #include <thread>
 #include <vector>
 
+#include "common/env_value.hpp"
+
 namespace fsa::ref {
 
 Status env_num_threads(int* threads) {
-  *threads = 0;
-  const char* env = std::getenv("FSA_NUM_THREADS");
-  if (env == nullptr || *env == '\0') return Status::ok();
-  // Digits only: no sign, spaces or suffix, so "4x", "-1" and "+4" are refused, not read as 4, 0 or 4.
   long long n = 0;
-  for (const char* p = env; *p != '\0'; ++p) {
-    if (*p < '0' || *p > '9' || n > kMaxThreads) {
-      n = -1;
-      break;
-    }
-    n = n * 10 + (*p - '0');
-  }
-  if (n < 1 || n > kMaxThreads)
-    return FSA_INVALID("FSA_NUM_THREADS: expected an integer from 1 to " + std::to_string(kMaxThreads) + ", got '" +
-                       env + "'");
-  *threads = static_cast<int>(n);
-  return Status::ok();
+  const Status s = detail::env_integer("FSA_NUM_THREADS", 1, kMaxThreads, &n);
+  *threads = s.is_ok() ? static_cast<int>(n) : 0;
+  return s;
 }
 
 int num_threads() {

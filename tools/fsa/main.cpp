@@ -140,6 +140,16 @@ constexpr const char* kEnvironment = R"(environment:
   FSA_DISABLE_WGMMA=0|1       1: on Hopper, run the sm80 (mma.sync) flash-attention, selection and
                               selected-attention backward kernels instead of the wgmma ones (to
                               compare them)
+  FSA_DECODE_SELECT=fused|two-pass
+                              how a decode step selects blocks: from the compressed attention's
+                              block partials (default for <= 8 new tokens a sequence) or a second
+                              pass over the compressed keys
+  FSA_PREFILL_KV_OUTER_MIN_TOKENS=N
+                              nsa_prefill calls of at least N new tokens run the selected branch
+                              in the KV-outer kernels (default 512)
+  FSA_SLC_MIN_CHUNK_TOKENS=N, FSA_COMPRESS_K_SPLITS=N
+                              test switches: the smallest query chunk of selected attention
+                              (default 4096), a forced split-K count of the compression
 
 documents: docs/semantics.md (the NSA semantics the library implements, sections 0-11) and
 docs/measuring.md (the benchmark protocol)
@@ -288,12 +298,8 @@ std::string check_writable(const std::string& option, const std::string& path) {
 // The environment variables the tool and the library read, checked up front: a bad value is an
 // error naming the variable (the library would otherwise fall back to its default).
 std::string check_environment() {
-  int threads = 0;
-  if (const fsa::Status s = fsa::cpu_threads(&threads); !s.is_ok()) return s.message();
-  if (const char* env = std::getenv("FSA_DISABLE_WGMMA"))
-    if (std::strcmp(env, "") != 0 && std::strcmp(env, "0") != 0 && std::strcmp(env, "1") != 0)
-      return std::string("FSA_DISABLE_WGMMA: expected 0 or 1, got '") + env + "'";
-  return "";
+  const fsa::Status s = fsa::check_environment();
+  return s.is_ok() ? "" : s.message();
 }
 
 // ---- Commands ----------------------------------------------------------------------------------------

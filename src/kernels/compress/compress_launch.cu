@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/env_value.hpp"
 #include "common/workspace_carver.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
@@ -28,8 +29,8 @@ Status not_supported(const std::string& message) { return FSA_ERROR(StatusCode::
 // compress_k_splits for `tiles` output tiles over `k_chunks` K chunks; FSA_COMPRESS_K_SPLITS forces a
 // count (tests: both epilogues, uneven splits).
 int k_splits(std::int64_t tiles, std::int64_t k_chunks) {
-  const char* forced = std::getenv("FSA_COMPRESS_K_SPLITS");
-  return compress_k_splits(tiles, k_chunks, forced != nullptr ? std::atoi(forced) : 0);
+  const long long forced = fsa::detail::env_value_or(fsa::detail::env_compress_k_splits, 0);  // 0: the model's
+  return compress_k_splits(tiles, k_chunks, static_cast<int>(forced));
 }
 
 // The fp32 workspace of both directions: head_vector [H, Dout], its kColumnSumSplits row-share

@@ -34,6 +34,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "common/env_value.hpp"
 #include "common/rope_frequency.hpp"
 #include "common/workspace_carver.hpp"
 #include "cuda/backend.hpp"
@@ -77,10 +78,8 @@ static_assert(decode::kFusedSelectTokensPerSeq == kMaxDecodeTokens, "decode step
 // FSA_DECODE_SELECT=two-pass forces the second pass over the compressed keys (the tests run both
 // routes on the same steps, the bench compares them), =fused the default.
 Status fused_selection(const NsaInferenceShape& s, bool* fused) {
-  const char* forced = std::getenv("FSA_DECODE_SELECT");
-  const std::string route = forced != nullptr ? forced : "";
-  if (!route.empty() && route != "fused" && route != "two-pass")
-    return FSA_INVALID("FSA_DECODE_SELECT: expected fused or two-pass, got '" + route + "'");
+  std::string route;
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_select(&route));
   *fused = route != "two-pass" && decode::fuses_selection(s.tokens, s.num_seqs);
   return Status::ok();
 }
@@ -88,13 +87,14 @@ Status fused_selection(const NsaInferenceShape& s, bool* fused) {
 // Whether a prefill call's selected branch runs KV-outer (see the top of the file): at least
 // kKvOuterMinTokens new tokens. Not tuned between the two ends the decode bench measures (16K-token
 // chunks, decode steps of 1-8 tokens per sequence); FSA_PREFILL_KV_OUTER_MIN_TOKENS overrides it
-// (the tests run chunked prefills both ways).
+// (the tests run chunked prefills both ways); a bad value is the call's error (the workspace query
+// sizes for the default).
 constexpr std::int64_t kKvOuterMinTokens = 512;
-bool selected_kv_outer(const NsaInferenceShape& s, bool prefill) {
-  if (!prefill) return false;
-  const char* forced = std::getenv("FSA_PREFILL_KV_OUTER_MIN_TOKENS");
-  const long long min_tokens = forced != nullptr && std::atoll(forced) > 0 ? std::atoll(forced) : kKvOuterMinTokens;
-  return s.tokens >= min_tokens;
+Status selected_kv_outer(const NsaInferenceShape& s, bool prefill, bool* kv_outer) {
+  long long min_tokens = kKvOuterMinTokens;
+  const Status read = fsa::detail::env_prefill_kv_outer_min_tokens(&min_tokens);
+  *kv_outer = prefill && s.tokens >= (read.is_ok() ? min_tokens : kKvOuterMinTokens);
+  return read;
 }
 
 // The KV-outer selected branch's problem from the shape alone (the views carry sizes, no data):
@@ -190,7 +190,9 @@ struct StepWorkspace {
 std::size_t workspace_bytes(const NsaConfig& c, const NsaInferenceShape& s, bool prefill) {
   if (s.tokens == 0 || s.num_seqs == 0) return 0;
   WorkspaceCarver sizing;
-  StepWorkspace(sizing, c, s, plan_of(c, s), selected_kv_outer(s, prefill));
+  bool kv_outer = false;
+  static_cast<void>(selected_kv_outer(s, prefill, &kv_outer));  // a bad value: the run reports it
+  StepWorkspace(sizing, c, s, plan_of(c, s), kv_outer);
   return sizing.bytes();
 }
 
@@ -270,8 +272,8 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   const StepPlan plan = plan_of(c, s);
   FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
   cudaStream_t stream = current_stream();
-  const bool kv_outer = selected_kv_outer(s, prefill);
-  bool fused = false;
+  bool kv_outer = false, fused = false;
+  FSA_RETURN_IF_ERROR(selected_kv_outer(s, prefill, &kv_outer));
   FSA_RETURN_IF_ERROR(fused_selection(s, &fused));
   WorkspaceCarver carve(workspace.data, in.q.device);
   const StepWorkspace w(carve, c, s, plan, kv_outer);

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/env_value.hpp"
 #include "common/workspace_carver.hpp"
 #include "cuda/backend.hpp"
 #include "cuda/runtime.hpp"
@@ -207,11 +208,7 @@ std::size_t capped_bytes(const SlcProblem& p, const SlcOptions& options, std::in
 // exceeds the cap and the queries report it. FSA_SLC_MIN_CHUNK_TOKENS lowers the floor (tests:
 // chunk boundaries inside short, ragged sequences). The deterministic backward never chunks.
 std::int64_t min_chunk_tokens() {
-  static const std::int64_t tokens = [] {
-    const char* forced = std::getenv("FSA_SLC_MIN_CHUNK_TOKENS");
-    const long long value = forced != nullptr ? std::atoll(forced) : 0;
-    return value > 0 ? static_cast<std::int64_t>(value) : std::int64_t{4096};
-  }();
+  static const std::int64_t tokens = fsa::detail::env_value_or(fsa::detail::env_slc_min_chunk_tokens, 4096);
   return tokens;
 }
 

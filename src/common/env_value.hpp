@@ -1,0 +1,40 @@
+// The library's environment variables, parsed in one place: an integer in a range or one of a few
+// words. Unset or empty leaves the caller's default; anything else that does not parse is an error
+// naming the variable and quoting the value (digits only for integers: "4x", "-1", "+4" and
+// " 4" are refused, not read as 4, -1 or 4). fsa::check_environment (runtime.hpp) checks every
+// variable below up front.
+#pragma once
+
+#include <initializer_list>
+#include <string>
+
+#include "fsa/status.hpp"
+
+namespace fsa::detail {
+
+// *value keeps its default when `name` is unset or empty; hi < 2^62.
+Status env_integer(const char* name, long long lo, long long hi, long long* value);
+Status env_choice(const char* name, std::initializer_list<const char*> choices, std::string* value);
+// For a reader that cannot return an error (a plan function): `read`'s value, or `fallback` when
+// the variable is unset, empty or bad; a bad value is reported once per process on stderr.
+long long env_value_or(Status (*read)(long long*), long long fallback);
+
+// The tuning and test switches the kernels' host code reads (docs/architecture.md lists them).
+constexpr long long kEnvMaxTokens = 1LL << 40;
+inline Status env_decode_select(std::string* route) {  // "" (the shape decides), fused, two-pass
+  return env_choice("FSA_DECODE_SELECT", {"fused", "two-pass"}, route);
+}
+inline Status env_prefill_kv_outer_min_tokens(long long* tokens) {
+  return env_integer("FSA_PREFILL_KV_OUTER_MIN_TOKENS", 1, kEnvMaxTokens, tokens);
+}
+inline Status env_slc_min_chunk_tokens(long long* tokens) {
+  return env_integer("FSA_SLC_MIN_CHUNK_TOKENS", 1, kEnvMaxTokens, tokens);
+}
+inline Status env_compress_k_splits(long long* splits) {
+  return env_integer("FSA_COMPRESS_K_SPLITS", 1, 1 << 16, splits);
+}
+inline Status env_disable_wgmma(std::string* value) {  // 0 or 1 (the kernels read any value but 0 as 1)
+  return env_choice("FSA_DISABLE_WGMMA", {"0", "1"}, value);
+}
+
+}  // namespace fsa::detail
