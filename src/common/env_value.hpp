@@ -19,7 +19,7 @@ Status env_choice(const char* name, std::initializer_list<const char*> choices, 
 // the variable is unset, empty or bad; a bad value is reported once per process on stderr.
 long long env_value_or(Status (*read)(long long*), long long fallback);
 
-// The tuning and test switches the kernels' host code reads (docs/architecture.md lists them).
+// The tuning and test switches the kernels' host code reads (docs/architecture.md, "Environment switches").
 constexpr long long kEnvMaxTokens = 1LL << 40;
 inline Status env_decode_select(std::string* route) {  // "" (the shape decides), fused, two-pass
   return env_choice("FSA_DECODE_SELECT", {"fused", "two-pass"}, route);
@@ -33,7 +33,7 @@ inline Status env_slc_min_chunk_tokens(long long* tokens) {
 inline Status env_compress_k_splits(long long* splits) {
   return env_integer("FSA_COMPRESS_K_SPLITS", 1, 1 << 16, splits);
 }
-inline Status env_disable_wgmma(std::string* value) {  // 0 or 1 (the kernels read any value but 0 as 1)
+inline Status env_disable_wgmma(std::string* value) {  // 0 or 1 (kernel_arch takes a bad value as 1)
   return env_choice("FSA_DISABLE_WGMMA", {"0", "1"}, value);
 }
 

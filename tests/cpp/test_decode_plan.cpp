@@ -69,6 +69,25 @@ TEST(DecodePlan, KeyTilesMeetTheirBlocks) {
     }
 }
 
+// The ranges of a token's blocks partition [0, num_blocks) in order while ranges x capacity covers
+// them, each at most `capacity` long.
+TEST(DecodePlan, BlockRangesPartitionTheBlocks) {
+  for (long long num_blocks = 1; num_blocks < 300; num_blocks += 7)
+    for (const int ranges : {1, 2, 3, 8, 64})
+      for (const int capacity : {1, 16, 100, 8192}) {
+        if (static_cast<long long>(ranges) * capacity < num_blocks) continue;
+        long long next = 0;
+        for (int r = 0; r < ranges; ++r) {
+          const BlockRange br = block_range(num_blocks, ranges, capacity, r);
+          EXPECT_EQ(br.first, next) << num_blocks << " blocks, range " << r << " of " << ranges;
+          EXPECT_LE(br.end - br.first, capacity);
+          EXPECT_GE(br.end, br.first);
+          next = br.end;
+        }
+        EXPECT_EQ(next, num_blocks) << num_blocks << " blocks in " << ranges << " ranges of <= " << capacity;
+      }
+}
+
 TEST(DecodePlan, StagedWindowsAreTheNewCompressedTokens) {
   for (const Hyper& h : kHypers)
     for (long long cached = 0; cached < 300; ++cached)

@@ -4,8 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cstdlib>
+#include <string>
 
+#include "common/env_value.hpp"
 #include "kernels/common/dispatch_table.hpp"
 
 namespace fsa::cuda::common {
@@ -27,12 +28,13 @@ __global__ void kernel_arch_probe(int* sink) {
 #endif
 }
 
-// Whether FSA_DISABLE_WGMMA is set (to anything but "0"): every op then runs its mma.sync kernels,
-// so the two sets can be compared (and both tested) on one Hopper machine.
+// Whether FSA_DISABLE_WGMMA is set (to anything but "0"; fsa::check_environment refuses anything
+// but 0 or 1): every op then runs its mma.sync kernels, so the two sets can be compared (and both
+// tested) on one Hopper machine.
 bool wgmma_disabled() {
   static const bool disabled = [] {
-    const char* env = std::getenv("FSA_DISABLE_WGMMA");
-    return env != nullptr && *env != '\0' && *env != '0';
+    std::string value = "0";
+    return !fsa::detail::env_disable_wgmma(&value).is_ok() || value == "1";
   }();
   return disabled;
 }

@@ -35,10 +35,8 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
   const int G = p.nsa.group, TB = p.partials.tile_blocks;
   const long long position = seq.cached + token - seq.row0;
-  const long long num_blocks = position / B + 1;
-  long long per_range = (num_blocks + p.ranges - 1) / p.ranges;
-  if (per_range > p.range_capacity) per_range = p.range_capacity;  // only for a context past the plan's
-  const long long j0 = min(num_blocks, range * per_range), j1 = min(num_blocks, j0 + per_range);
+  const BlockRange blocks = block_range(position / B + 1, p.ranges, p.range_capacity, range);
+  const long long j0 = blocks.first, j1 = blocks.end;
   const int range_blocks = static_cast<int>(j1 - j0);
   const long long visible = visible_count(position, l, s);
   const long long tiles = p.partials.tiles;
@@ -66,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   }
   __syncthreads();
   if (threadIdx.x < 32) {
-    const int bq = static_cast<int>(num_blocks - 1);
+    const int bq = static_cast<int>(position / B);
     Candidate* list = p.candidates + ((static_cast<long long>(g) * batch.tokens + token) * p.ranges + range) * p.nsa.topk;
     keep_range_candidates(score_s, range_blocks, static_cast<int>(j0), bq, p.nsa.topk, p.nsa.init_blocks,
                           p.nsa.local_blocks, list);

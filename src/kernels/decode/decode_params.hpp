@@ -178,7 +178,7 @@ struct SelectParams {
   // Each selection CTA scores one range of a token tile's blocks and keeps, per token, its range's
   // best candidates: candidates [Hkv, N, ranges, K] (contiguous). The finalize kernel merges them.
   // The fused route's scoring kernel reads the compressed attention's block partials instead of
-  // q and the compressed keys (one token per CTA: tile_tokens 1).
+  // q and the compressed keys (one token per CTA; tile_tokens and row_chunks unused).
   BlockPartials partials;
   Candidate* candidates;
   int ranges;

@@ -56,10 +56,8 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
   const long long pos_last = seq.cached + t0 + tokens - 1;
 
   // This range's blocks [j0, j1) of the tile's blocks [0, bq(last token)].
-  const long long num_blocks = pos_last / B + 1;
-  long long per_range = (num_blocks + p.ranges - 1) / p.ranges;
-  if (per_range > p.range_capacity) per_range = p.range_capacity;  // only for a context past the plan's
-  const long long j0 = min(num_blocks, range * per_range), j1 = min(num_blocks, j0 + per_range);
+  const BlockRange blocks = block_range(pos_last / B + 1, p.ranges, p.range_capacity, range);
+  const long long j0 = blocks.first, j1 = blocks.end;
   const int range_blocks = static_cast<int>(j1 - j0);
   // The compressed keys that meet them: [key_lo, key_hi), within those visible to the last token.
   const long long visible_last = visible_count(pos_last, l, s);

@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <initializer_list>
 #include <string>
 
@@ -405,7 +404,6 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   if (fused) {
     sp.partials = partials;
     sp.ranges = plan.score_ranges;
-    sp.tile_tokens = 1;
     sp.range_capacity = plan.score_range_capacity;
     FSA_RETURN_IF_ERROR(decode::launch_block_scores(sp, stream));
   } else {

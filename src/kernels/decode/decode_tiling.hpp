@@ -41,6 +41,19 @@ FSA_DECODE_HD int overlap_weight(long long i, long long j, int l, int s, int B) 
   return hi > lo ? static_cast<int>((hi - lo) / s) : 0;
 }
 
+// Range `range` of `ranges` equal ranges of a token's blocks [0, num_blocks), at most `capacity`
+// blocks each: blocks [first, end) (empty past the last). Only a context past the plan's, which the
+// page tables cannot address, would need more than `capacity` per range; it is cut there.
+struct BlockRange {
+  long long first, end;
+};
+FSA_DECODE_HD BlockRange block_range(long long num_blocks, int ranges, int capacity, int range) {
+  long long per_range = (num_blocks + ranges - 1) / ranges;
+  if (per_range > capacity) per_range = capacity;
+  const long long first = range * per_range < num_blocks ? range * per_range : num_blocks;
+  return {first, first + per_range < num_blocks ? first + per_range : num_blocks};
+}
+
 // Key tile t of a row's compressed keys (keys [t kKeys, (t + 1) kKeys)) meets the blocks
 // [tile_first_block(t), tile_first_block(t) + tile_block_count) at most: its first key starts in
 // the first, its last key's window ends (63 s + l - 1) positions later.
