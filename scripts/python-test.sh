@@ -21,6 +21,17 @@ if ! "$python" -c "import venv, ensurepip" 2>/dev/null; then
 fi
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
+# No wheel cache: the venv is what later runs reuse, and a cached copy of torch's ~4 GB of wheels
+# would double the disk this step needs.
+export PIP_NO_CACHE_DIR=${PIP_NO_CACHE_DIR:-1}
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  # A first install needs about 9 GB free (5.3 GB installed plus the downloaded wheels until pip
+  # exits); say so plainly instead of failing later with pip's "No space left on device".
+  free_kb=$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')
+  if ((free_kb < 9 * 1024 * 1024)); then
+    echo "python-test.sh: installing torch needs about 9 GB free on $(df -P "$venv" | awk 'NR == 2 { print $6 }'); $((free_kb / 1024)) MB are" >&2
+  fi
+fi
 index=()
 [[ -n ${FSA_TORCH_INDEX_URL:-} ]] && index=(--index-url "$FSA_TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple)
 # numpy: torch imports it when present and warns on every import when it is not.
