@@ -109,8 +109,8 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   const int visible_first = visible_count(first_pos, l, s);
   const float scale_log2 = p.scale * kLog2e;
   // Where this thread's head sums of rows tok_lo / tok_hi go (key 8n + 2 pair at + 8n).
-  float* const sum_lo = prob_s + (my_part * T + tok_lo) * kLdProb + 2 * pair;
-  float* const sum_hi = prob_s + (my_part * T + tok_hi) * kLdProb + 2 * pair;
+  const int sum_lo_index = (my_part * T + tok_lo) * kLdProb + 2 * pair;
+  const int sum_hi_index = (my_part * T + tok_hi) * kLdProb + 2 * pair;
   // Phases B and C: token t belongs to half-warp t % 16 (lanes 16 (t % 2) + u of warp (t % 16) / 2),
   // the same for every tile; T > 16 tokens take rounds t / 16. The token's 16 lanes sum its blocks
   // of the tile and append the final candidates that beat the list's K-th best (worst_s) to its
@@ -164,6 +164,14 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     // This thread's sums (rows grp, grp + 8) into its part's rows of prob_s: two tokens, or the
     // token's even heads plus its odd heads.
     auto store_sums = [&](const float (&sum)[kKeys / 8][4]) {
+      // The two row addresses pass through an opaque move: otherwise the compiler hoists all
+      // 2 x 8 column addresses out of the key-tile loop, and at 128 registers (two CTAs per SM,
+      // sm_80) it spilled them (48-56 B); here they are one base and immediate offsets.
+      int lo_index = sum_lo_index, hi_index = sum_hi_index;
+      asm volatile("mov.b32 %0, %0;" : "+r"(lo_index));
+      asm volatile("mov.b32 %0, %0;" : "+r"(hi_index));
+      float* const sum_lo = prob_s + lo_index;
+      float* const sum_hi = prob_s + hi_index;
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n) {
         if (rows_are_tokens) {

@@ -248,12 +248,16 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_merge_kernel(const __grid
   float* lse_out = p.lse + h * p.lse_head_stride + t * p.lse_token_stride;
   float acc[kPerLane] = {};
   float base_lse = -INFINITY;
+  // A row the tile kernel wrote whole (dense part, no sparse pairs) is left as it is. Its lanes
+  // still run the (empty) merge and skip only the stores: an early return here, before the
+  // shuffles, made ptxas call its generic shuffle routine (a stack frame and a spill) at Dv = 256.
+  bool leave_as_is = false;
   if constexpr (kWithDense) {
     // Tokens outside the batch have no dense_slots entry (the tile plan covers the batch only).
     const bool in_batch = t >= p.in.cu_seqlens[0] && t < p.in.cu_seqlens[p.plan.shape.num_seqs * p.in.cu_stride];
     const bool has_dense = in_batch && p.plan.dense_slots[(h / G) * n + t] != 0;
-    if (has_dense) {
-      if (mask == 0) return;
+    leave_as_is = has_dense && mask == 0;
+    if (has_dense && !leave_as_is) {
       base_lse = *lse_out;
       if (base_lse != -INFINITY) load_vector<Element, kPerLane>(o, acc);
     }
@@ -285,6 +289,7 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_merge_kernel(const __grid
       for (int c = 0; c < kPerLane; ++c) acc[c] += weight * values[c];
     }
   }
+  if (leave_as_is) return;
   const float inv_total = total > 0.0f ? 1.0f / total : 0.0f;
 #pragma unroll
   for (int c = 0; c < kPerLane; ++c) acc[c] *= inv_total;
