@@ -164,12 +164,15 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     // This thread's sums (rows grp, grp + 8) into its part's rows of prob_s: two tokens, or the
     // token's even heads plus its odd heads.
     auto store_sums = [&](const float (&sum)[kKeys / 8][4]) {
-      // The two row addresses pass through an opaque move: otherwise the compiler hoists all
-      // 2 x 8 column addresses out of the key-tile loop, and at 128 registers (two CTAs per SM,
-      // sm_80) it spilled them (48-56 B); here they are one base and immediate offsets.
+      // On sm_80 the two row addresses pass through an opaque move: otherwise the compiler hoists
+      // all 2 x 8 column addresses out of the key-tile loop, and at 128 registers (two CTAs per
+      // SM) it spilled them (48-56 B); here they are one base and immediate offsets. Not on sm_90a,
+      // which did not spill without the move and spills 8 B with it at Dqk = 192.
       int lo_index = sum_lo_index, hi_index = sum_hi_index;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
       asm volatile("mov.b32 %0, %0;" : "+r"(lo_index));
       asm volatile("mov.b32 %0, %0;" : "+r"(hi_index));
+#endif
       float* const sum_lo = prob_s + lo_index;
       float* const sum_hi = prob_s + hi_index;
 #pragma unroll
