@@ -64,6 +64,10 @@ __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const
   const auto* x = static_cast<const Element*>(p.x);
   const auto* w = static_cast<const Element*>(p.weight) + g * p.w_head_stride + n0;
   const int dim = p.dim;
+  // A tile without a window (its first row is past the batch's compressed rows: the rows ascend)
+  // reads no weights and writes zeros. A decode step's fixed-size launch has such tiles only, in
+  // every step that completes no window.
+  const int chunks_run = row_offset[0] >= 0 ? count : 0;
   auto load_chunk = [&](int chunk, Element* a_tile, Element* b_tile) {
     const int c = c0 + chunk;
     const int j = c * kTileK / dim, d0 = c * kTileK % dim;  // D % 64 == 0: a chunk is in one window row
@@ -75,7 +79,7 @@ __global__ void __launch_bounds__(kGemmThreads) compress_fwd_linear_kernel(const
         b_tile, S::kLdB, [&](int r) -> const Element* { return w + (static_cast<long long>(c) * kTileK + r) * p.w_row_stride; });
   };
   float acc[kN / 8][4];
-  gemm_mainloop<Element, kN, false, true>(acc, smem, count, load_chunk);
+  gemm_mainloop<Element, kN, false, true>(acc, smem, chunks_run, load_chunk);
 
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   if (p.k_splits > 1) {  // the fp32 partial; zero-filled rows (no window) give zeros
@@ -179,15 +183,18 @@ template <class Element>
 __global__ void __launch_bounds__(256) compress_pe_vector_kernel(const __grid_constant__ CompressParams p) {
   const int g = blockIdx.y;
   const auto* pe = static_cast<const Element*>(p.pos_emb) + g * p.pe_head_stride;
+  // Without compressed rows no output adds the vector: zeros, and no weights read (a decode step
+  // that completes no window).
+  const bool any_rows = total_compressed(p) > 0;
   if (p.weight != nullptr) {
     const auto* w = static_cast<const Element*>(p.weight) + g * p.w_head_stride;
-    column_sum_share(p, p.cmp_len * p.dim, [&](int r, int e) {
+    column_sum_share(p, any_rows ? p.cmp_len * p.dim : 0, [&](int r, int e) {
       return Convert<Element>::to_float(pe[(r / p.dim) * p.pe_row_stride + r % p.dim]) *
              Convert<Element>::to_float(w[static_cast<long long>(r) * p.w_row_stride + e]);
     });
   } else {
     const float inv_l = 1.0f / static_cast<float>(p.cmp_len);
-    column_sum_share(p, p.cmp_len,
+    column_sum_share(p, any_rows ? p.cmp_len : 0,
                      [&](int j, int e) { return Convert<Element>::to_float(pe[j * p.pe_row_stride + e]) * inv_l; });
   }
 }
