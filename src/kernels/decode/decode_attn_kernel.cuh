@@ -103,6 +103,7 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
 
   const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
+  const PartialRows tile_rows = partial_rows(first_row, static_cast<int>(last_row - first_row + 1), seq.row0, G);
   const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, kTileRows);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
   auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
@@ -229,8 +230,7 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
       __syncthreads();  // every warp's S = Q K^T has read K: the staging may take its place (AttnSmem)
       if (col0 == 0 && warp_has_rows) stage_tile_probabilities<kKeys>(sc, row_max, probs_s, row_max_s, row0);
       __syncthreads();
-      write_tile_partials<kThreads>(p.partials, p.nsa, probs_s, row_max_s, first_row,
-                                       static_cast<int>(last_row - first_row + 1), seq.row0, g, v0);
+      write_tile_partials<kThreads>(p.partials, p.nsa, probs_s, row_max_s, tile_rows, g, v0);
     }
 
     common::cp_async_wait<0>();  // V has landed

@@ -35,27 +35,36 @@ __device__ __forceinline__ void stage_tile_probabilities(const float (&prob)[kKe
   }
 }
 
-// Every (row, block) of key tile `tile` (keys [v0, v0 + kKeys)) of the CTA's rows
-// [first_row, first_row + rows) (token-major: row / G is the token of the sequence whose first
-// packed row is row0, row % G the head in group g), by the CTA's threads. Rows of heads that do not
-// select (heads_used) write nothing.
+// The CTA's rows [first_row, first_row + rows) of a sequence whose first packed row is seq_row0
+// (token-major: row / G is the token, row % G the head in group g), as write_tile_partials reads
+// them: computed once per CTA, not per key tile.
+struct PartialRows {
+  long long first_token;  // packed row of the first row's token
+  int first_head, rows;
+};
+__device__ __forceinline__ PartialRows partial_rows(long long first_row, int rows, long long seq_row0, int G) {
+  const long long first_in_seq = first_row / G;
+  return {seq_row0 + first_in_seq, static_cast<int>(first_row - first_in_seq * G), rows};
+}
+
+// Every (row, block) of key tile `tile` (keys [v0, v0 + kKeys)) of the CTA's rows, by the CTA's
+// threads. Rows of heads that do not select (heads_used) write nothing.
 template <int kThreads>
 __device__ __forceinline__ void write_tile_partials(const BlockPartials& out, const NsaNumbers& nsa, const float* probs_s,
-                                                   const float* row_max_s, long long first_row, int rows,
-                                                   long long seq_row0, int g, long long v0) {
+                                                   const float* row_max_s, const PartialRows& at, int g, long long v0) {
   const long long tile = v0 / kKeys;
   if (tile >= out.tiles) return;  // only past the plan's context, which the tables cannot address
   // In units of s (tile_block_start, unit_overlap): 32-bit offsets from the tile's first key, no
   // division per key.
   const int Ls = nsa.cmp_len / nsa.cmp_stride, Bs = nsa.block_size / nsa.cmp_stride;
-  const int G = nsa.group, TB = out.tile_blocks;
-  const int first_head = static_cast<int>(first_row % G);  // rows are token-major: row = token G + head
-  const long long first_token = seq_row0 + first_row / G;
+  const int G = nsa.group, TB = out.tile_blocks, rows = at.rows, first_head = at.first_head;
+  const long long first_token = at.first_token;
+  const int tile_base = tile_block_start(tile, 0, nsa.cmp_stride, nsa.block_size);  // once per tile
   for (int idx = threadIdx.x; idx < rows * TB; idx += kThreads) {
     const int r = idx / TB, jj = idx % TB;
     const int h = (first_head + r) % G;
     if (h >= nsa.heads_used) continue;
-    const int block_lo = tile_block_start(tile, jj, nsa.cmp_stride, nsa.block_size);
+    const int block_lo = tile_base + jj * Bs;  // tile_block_start(tile, jj, s, B)
     const int i_begin = max(0, block_lo - Ls + 1), i_end = min(kKeys, block_lo + Bs);
     float sum = 0.0f;
     for (int i = i_begin; i < i_end; ++i)
