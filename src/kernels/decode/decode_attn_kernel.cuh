@@ -18,7 +18,8 @@
 //
 // Per key tile: the tile's 64 key rows are located in the pools (page table lookups, one thread per
 // key, bounds-checked; rows without a page and positions not yet written read as zeros and are
-// masked), K and V copied with cp.async (V lands while S = Q K^T runs), then the online softmax of
+// masked) and resolved to row pointers once, K and V copied with cp.async from them
+// (copy_rows_async; V lands while S = Q K^T runs), then the online softmax of
 // the masked flash-attention forward (kernels/flash) and O += P V on mma.sync. For Dv = 256 the
 // output columns are split over two warp groups, as in the flash forward. A deeper cp.async
 // pipeline (the next tile's K during this tile's softmax) is where the next speedup of long
@@ -78,6 +79,12 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kTileRows];  // -1: no row
   __shared__ KeySlot slots[kKeys];
+  // Each key row's K and V source in the pools (null: zeros), resolved once per tile by the row's
+  // thread: the copies then read one pointer per 16-byte vector. Recomputing the page arithmetic
+  // per vector cost about 46 instructions a vector (16 vectors a row), most of a narrow tile's
+  // instructions.
+  __shared__ const Element* k_src[kKeys];
+  __shared__ const Element* v_src[kKeys];
   __shared__ int union_count;
 
   // The branch and split of blockIdx.z.
@@ -206,15 +213,16 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   for (int it = 0; it < num_tiles; ++it) {
     const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
     __syncthreads();  // every warp is done with the previous tile's K, V and slots
-    for (int r = threadIdx.x; r < kKeys; r += kThreads) slots[r] = slot_of(v0 + r);
+    for (int r = threadIdx.x; r < kKeys; r += kThreads) {
+      const KeySlot slot = slot_of(v0 + r);
+      slots[r] = slot;
+      k_src[r] = pool_row<const Element>(k_pool, slot.at, g);
+      v_src[r] = pool_row<const Element>(v_pool, slot.at, g);
+    }
     __syncthreads();
-    common::copy_tile_async<kKeys, kDqk, kThreads>(k_s, T::kLdQk, [&](int r) -> const Element* {
-      return pool_row<const Element>(k_pool, slots[r].at, g);
-    });
+    copy_rows_async<kKeys, kDqk, kThreads>(k_s, T::kLdQk, k_src, k_pool.data);
     common::cp_async_commit();
-    common::copy_tile_async<kKeys, kDv, kThreads>(v_s, T::kLdV, [&](int r) -> const Element* {
-      return pool_row<const Element>(v_pool, slots[r].at, g);
-    });
+    copy_rows_async<kKeys, kDv, kThreads>(v_s, T::kLdV, v_src, v_pool.data);
     common::cp_async_commit();
 
     common::cp_async_wait<1>();  // Q (first tile) and K have landed; V may be in flight

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/mma_sm80.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/decode/decode_params.hpp"
 
@@ -37,6 +38,31 @@ __device__ __forceinline__ Element* pool_row(const PagedPool& pool, PageRow at, 
 
 // Sequence b of the batch: its first row in the packed chunk, its new tokens and its cached tokens
 // (a negative cache length, a caller error, counts as 0).
+// A tile of kRows gathered rows (K or V of a key tile, kCols columns) into shared rows of leading
+// dimension `ld`: row r from src[r] (resolved once per tile), zero-filled where src[r] is null by a
+// cp.async of source size 0 (it reads nothing; `any` is a valid global address for it). Each thread
+// keeps one 16-byte column of the rows it copies: a pointer load and the copy per vector, no index
+// arithmetic or branch. Other shapes take the general copy.
+template <int kRows, int kCols, int kThreads, class Element>
+__device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src, const void* any) {
+  constexpr int kVectors = kCols / 8;
+  if constexpr (kThreads % kVectors == 0) {
+    constexpr int kRowStep = kThreads / kVectors;
+    const int vec = threadIdx.x % kVectors;
+    const std::uint32_t to = mma::shared_address(dst + vec * 8);
+#pragma unroll 4
+    for (int row = threadIdx.x / kVectors; row < kRows; row += kRowStep) {
+      const Element* from = src[row];
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + row * ld * 2),
+                   "l"(from != nullptr ? static_cast<const void*>(from + vec * 8) : any),
+                   "r"(from != nullptr ? 16 : 0)
+                   : "memory");
+    }
+  } else {
+    common::copy_tile_async<kRows, kCols, kThreads>(dst, ld, [&](int r) { return src[r]; });
+  }
+}
+
 struct SeqInfo {
   long long row0, new_tokens, cached;
 };

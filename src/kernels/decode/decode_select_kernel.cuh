@@ -40,7 +40,7 @@ template <class Element, int kDqk>
 __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __grid_constant__ SelectParams p) {
   constexpr int kLd = kDqk + kPad;
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ PageRow key_rows[kKeys];
+  __shared__ const Element* key_rows[kKeys];  // the tile's compressed key rows (null: zeros)
 
   const BatchInfo& batch = p.batch;
   const int g = blockIdx.y, range = blockIdx.z, G = p.nsa.group;
@@ -103,12 +103,12 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
     __syncthreads();  // the previous tile's K~, probabilities and key rows are no longer read
     if (threadIdx.x < kKeys) {
       const long long i = k0 + threadIdx.x;
-      key_rows[threadIdx.x] = i < key_hi ? locate(p.cmp_block_table, p.k_cmp_pages, b, i) : PageRow{-1, 0};
+      const PageRow at = i < key_hi ? locate(p.cmp_block_table, p.k_cmp_pages, b, i) : PageRow{-1, 0};
+      key_rows[threadIdx.x] = pool_row<const Element>(p.k_cmp_pages, at, g);  // once per row, not per vector
     }
     for (int i = threadIdx.x; i < tokens * kLdProb; i += kSelectThreads) token_prob_s[i] = 0.0f;
     __syncthreads();
-    common::copy_tile_async<kKeys, kDqk, kSelectThreads>(
-        k_s, kLd, [&](int r) -> const Element* { return pool_row<const Element>(p.k_cmp_pages, key_rows[r], g); });
+    copy_rows_async<kKeys, kDqk, kSelectThreads>(k_s, kLd, key_rows, p.k_cmp_pages.data);
     common::cp_async_commit();
     common::cp_async_wait<0>();
     __syncthreads();

@@ -229,8 +229,9 @@ decode::BatchInfo batch_of(const NsaLayerInputs& in, const NsaCacheBatch& batch,
   return info;
 }
 
-// The kernels' static shared memory (row and key tables, below 2 KB), on top of the dynamic layouts.
-constexpr int kStaticSmem = 2048;
+// The kernels' static shared memory (row and key tables and the key rows' sources, below 3 KB), on
+// top of the dynamic layouts.
+constexpr int kStaticSmem = 3072;
 
 // Accepts every (Element, Dqk, Dv) the dispatch table serves: the head-dim check without a launch.
 struct AcceptAttention {
