@@ -181,28 +181,34 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   // A warp whose 16 rows are all past the tile's last row (q_len x G below 64 in a wide tile) only
   // helps copy: it skips the MMAs and the softmax (warp-uniform).
   const bool warp_has_rows = first_row + row0 <= last_row;
-  // This thread's two rows (group, group + 8): valid, position, token index in the tile, and what
-  // the mask needs.
+  // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
+  // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
+  // raw positions [raw_lo, raw_hi] (the window's; the selected branch's blocks are further masked
+  // by the token's bit). A row past the tile sees nothing (cmp_end 0, raw_hi -1), and no row sees
+  // a list position past the split (key INT_MAX).
   bool row_valid[2];
-  long long row_position[2], row_visible[2];
-  int row_token_bit[2];
+  int row_token_bit[2], cmp_end[2], raw_lo[2], raw_hi[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const long long row = first_row + row0 + group + 8 * h;
     row_valid[h] = row <= last_row;
     const long long t = row / G;
-    row_position[h] = seq.cached + t;
-    row_visible[h] = visible_count(row_position[h], l, s);
+    const long long position = seq.cached + t;
+    cmp_end[h] = row_valid[h] ? static_cast<int>(visible_count(position, l, s)) : 0;
+    raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
+    raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
     row_token_bit[h] = static_cast<int>(t - t_first);
   }
-  const long long window = p.nsa.window;
-  auto visible = [&](int h, int column) -> bool {
-    if (!row_valid[h]) return false;
+  // The branch's mask, chosen once (the branch is the CTA's): per score a shared-memory load and a
+  // compare or two, where one test for all branches spent a dozen instructions and branches.
+  auto compressed_visible = [&](int h, int column) { return slots[column].key < cmp_end[h]; };
+  auto window_visible = [&](int h, int column) {
+    const int key = slots[column].key;
+    return key >= raw_lo[h] && key <= raw_hi[h];
+  };
+  auto selected_visible = [&](int h, int column) {
     const KeySlot& key = slots[column];
-    if (branch == Branch::kCompressed) return key.key < row_visible[h];
-    if (key.key > row_position[h]) return false;  // also every list position past the split (INT_MAX)
-    if (branch == Branch::kWindow) return key.key >= row_position[h] - window;
-    return (uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull;
+    return key.key <= raw_hi[h] && ((uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull) != 0;
   };
 
   const float scale_log2 = p.nsa.scale * flash::kLog2e;
@@ -232,7 +238,13 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
       common::zero_acc<kKeys>(sc);
       common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s,
                                                                                T::kLdQk, 0);
-      flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, visible);
+      if (branch == Branch::kCompressed) {
+        flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
+      } else if (branch == Branch::kWindow) {
+        flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
+      } else {
+        flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
+      }
     }
     if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
       __syncthreads();  // every warp's S = Q K^T has read K: the staging may take its place (AttnSmem)
