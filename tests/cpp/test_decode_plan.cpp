@@ -69,6 +69,24 @@ TEST(DecodePlan, KeyTilesMeetTheirBlocks) {
     }
 }
 
+// The two-pass selection's form of the weights, relative to any first key k0 of a tile (a range's
+// tiles start at its first key, not at multiples of 64): w(k0 + i, j) = unit_overlap(i, j B / s -
+// k0), and the keys it visits, [max(0, block_lo - l / s + 1), block_lo + B / s), are the block's.
+TEST(DecodePlan, WeightsRelativeToAnyFirstKey) {
+  for (const Hyper& h : kHypers)
+    for (const long long k0 : {0LL, 1LL, 7LL, 63LL, 64LL, 1000LL, 4097LL})
+      for (long long j = 0; j < (k0 + kKeys) * h.s / h.B + 3; ++j) {
+        const int Ls = h.l / h.s, Bs = h.B / h.s;
+        const int block_lo = static_cast<int>(j * Bs - k0);
+        EXPECT_EQ(std::max(0LL, first_key_of_block(j, h.l, h.s, h.B) - k0),
+                  static_cast<long long>(std::max(0, block_lo - Ls + 1)));
+        EXPECT_EQ(end_key_of_block(j, h.s, h.B) - k0, static_cast<long long>(block_lo + Bs));
+        for (int i = 0; i < kKeys; ++i)
+          EXPECT_EQ(unit_overlap(i, block_lo, Ls, Bs), overlap_weight(k0 + i, j, h.l, h.s, h.B))
+              << "l=" << h.l << " s=" << h.s << " B=" << h.B << " k0 " << k0 << " block " << j << " key " << i;
+      }
+}
+
 // The ranges of a token's blocks partition [0, num_blocks) in order while ranges x capacity covers
 // them, each at most `capacity` long.
 TEST(DecodePlan, BlockRangesPartitionTheBlocks) {

@@ -150,15 +150,18 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
     const long long jt_lo = max(j0, k0 * s / B);
     const long long jt_hi = min(j1 - 1, ((tile_end - 1) * s + l - 1) / B);
     const int touched = jt_hi >= jt_lo ? static_cast<int>(jt_hi - jt_lo + 1) : 0;
+    // In units of s relative to the tile's first key (unit_overlap, as the fused route): key k0 + i
+    // covers [i, i + l / s), block j covers [block_lo, block_lo + B / s); 32-bit, no division per key.
+    const int Ls = l / s, Bs = B / s, keys_in_tile = static_cast<int>(tile_end - k0);
     for (int idx = threadIdx.x; idx < tokens * touched; idx += kSelectThreads) {
       const int tt = idx / touched;
       const long long j = jt_lo + idx % touched;
-      const long long i_begin = max(k0, first_key_of_block(j, l, s, B));
-      const long long i_end = min(tile_end, end_key_of_block(j, s, B));
+      const int block_lo = static_cast<int>(j * Bs - k0);
+      const int i_begin = max(0, block_lo - Ls + 1), i_end = min(keys_in_tile, block_lo + Bs);
       float score = score_s[tt * range_blocks + (j - j0)];
-      for (long long i = i_begin; i < i_end; ++i)
-        score = __fadd_rn(score, __fmul_rn(static_cast<float>(overlap_weight(i, j, l, s, B)),
-                                           token_prob_s[tt * kLdProb + (i - k0)]));
+      for (int i = i_begin; i < i_end; ++i)
+        score = __fadd_rn(score, __fmul_rn(static_cast<float>(unit_overlap(i, block_lo, Ls, Bs)),
+                                           token_prob_s[tt * kLdProb + i]));
       score_s[tt * range_blocks + (j - j0)] = score;
     }
   }
