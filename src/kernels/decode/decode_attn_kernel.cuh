@@ -226,9 +226,9 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
       v_src[r] = pool_row<const Element>(v_pool, slot.at, g);
     }
     __syncthreads();
-    copy_rows_async<kKeys, kDqk, kThreads>(k_s, T::kLdQk, k_src, k_pool.data);
+    copy_rows_async<kKeys, kDqk, kThreads>(k_s, T::kLdQk, k_src, p.q);
     common::cp_async_commit();
-    copy_rows_async<kKeys, kDv, kThreads>(v_s, T::kLdV, v_src, v_pool.data);
+    copy_rows_async<kKeys, kDv, kThreads>(v_s, T::kLdV, v_src, p.q);
     common::cp_async_commit();
 
     common::cp_async_wait<1>();  // Q (first tile) and K have landed; V may be in flight

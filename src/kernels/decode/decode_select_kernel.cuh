@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
     }
     for (int i = threadIdx.x; i < tokens * kLdProb; i += kSelectThreads) token_prob_s[i] = 0.0f;
     __syncthreads();
-    copy_rows_async<kKeys, kDqk, kSelectThreads>(k_s, kLd, key_rows, p.k_cmp_pages.data);
+    copy_rows_async<kKeys, kDqk, kSelectThreads>(k_s, kLd, key_rows, p.q);
     common::cp_async_commit();
     common::cp_async_wait<0>();
     __syncthreads();
