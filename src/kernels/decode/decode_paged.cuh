@@ -36,8 +36,6 @@ __device__ __forceinline__ Element* pool_row(const PagedPool& pool, PageRow at, 
          head * pool.head_stride;
 }
 
-// Sequence b of the batch: its first row in the packed chunk, its new tokens and its cached tokens
-// (a negative cache length, a caller error, counts as 0).
 // A tile of kRows gathered rows (K or V of a key tile, kCols columns) into shared rows of leading
 // dimension `ld`: row r from src[r] (resolved once per tile), zero-filled where src[r] is null by a
 // cp.async of source size 0 (it reads nothing; `any` is a valid global address for it). Each thread
@@ -63,6 +61,8 @@ __device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Elem
   }
 }
 
+// Sequence b of the batch: its first row in the packed chunk, its new tokens and its cached tokens
+// (a negative cache length, a caller error, counts as 0).
 struct SeqInfo {
   long long row0, new_tokens, cached;
 };
