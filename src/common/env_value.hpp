@@ -24,9 +24,6 @@ constexpr long long kEnvMaxTokens = 1LL << 40;
 inline Status env_decode_select(std::string* route) {  // "" (the shape decides), fused, two-pass
   return env_choice("FSA_DECODE_SELECT", {"fused", "two-pass"}, route);
 }
-inline Status env_decode_attn_tile(std::string* height) {  // "" (the shape decides), narrow, wide
-  return env_choice("FSA_DECODE_ATTN_TILE", {"narrow", "wide"}, height);
-}
 inline Status env_prefill_kv_outer_min_tokens(long long* tokens) {
   return env_integer("FSA_PREFILL_KV_OUTER_MIN_TOKENS", 1, kEnvMaxTokens, tokens);
 }

@@ -114,7 +114,6 @@ const Case kRefused[] = {
     {"NumThreadsInfo", "info", "FSA_NUM_THREADS=abc", 2, {"FSA_NUM_THREADS"}},
     {"DisableWgmma", "info", "FSA_DISABLE_WGMMA=yes", 2, {"FSA_DISABLE_WGMMA"}},
     {"DecodeSelect", "info", "FSA_DECODE_SELECT=three-pass", 2, {"FSA_DECODE_SELECT", "'three-pass'"}},
-    {"DecodeAttnTile", "info", "FSA_DECODE_ATTN_TILE=32", 2, {"FSA_DECODE_ATTN_TILE", "'32'"}},
     {"PrefillKvOuterText", "info", "FSA_PREFILL_KV_OUTER_MIN_TOKENS=abc", 2, {"FSA_PREFILL_KV_OUTER_MIN_TOKENS"}},
     {"PrefillKvOuterZero", "demo " + kSmall, "FSA_PREFILL_KV_OUTER_MIN_TOKENS=0", 2, {"FSA_PREFILL_KV_OUTER_MIN_TOKENS"}},
     {"SlcMinChunkNegative", "info", "FSA_SLC_MIN_CHUNK_TOKENS=-1", 2, {"FSA_SLC_MIN_CHUNK_TOKENS"}},

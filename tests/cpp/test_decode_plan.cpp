@@ -133,11 +133,6 @@ TEST(DecodePlan, AttentionTilesTouchAtMostTheirTokens) {
     for (long long r0 = 0; r0 < 3LL * G * kRows; ++r0) most = std::max(most, (r0 + kRows - 1) / G - r0 / G + 1);
     EXPECT_LE(most, attn_tile_tokens(G)) << "G=" << G;
     EXPECT_LE(attn_tile_tokens(G), kRows);  // one bit per token in the union's masks
-    long long most_narrow = 0;
-    for (long long r0 = 0; r0 < 3LL * G * kNarrowRows; ++r0)
-      most_narrow = std::max(most_narrow, (r0 + kNarrowRows - 1) / G - r0 / G + 1);
-    EXPECT_LE(most_narrow, attn_tile_tokens(G, kNarrowRows)) << "G=" << G;
-    EXPECT_LE(attn_tile_tokens(G, kNarrowRows), attn_tile_tokens(G));  // the wide tiles' bounds cover them
     const int t = select_tile_tokens(G);
     EXPECT_GE(t, 1);
     EXPECT_LE(t * G, std::max(G, kRows));
@@ -147,34 +142,33 @@ TEST(DecodePlan, AttentionTilesTouchAtMostTheirTokens) {
 // The attention's pieces of shared memory do not overlap, except the block partials' staging,
 // which takes the K tile's place only where it fits there, and everything lies within `bytes`.
 TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
+  constexpr std::size_t rows = kRows;
   for (const auto& [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}})
-    for (const int rows : {kNarrowRows, kRows})
-      for (const int words : {1, 64, 4096})
-        for (const int capacity : {1, 32, 1024})
-          for (const bool partials : {false, true}) {
-            const AttnSmem m(dqk, dv, words, capacity, partials, rows);
-            const std::string where = "Dqk=" + std::to_string(dqk) + " rows=" + std::to_string(rows) +
-                                      " words=" + std::to_string(words) + " capacity=" + std::to_string(capacity) +
-                                      " partials=" + std::to_string(partials);
-            EXPECT_GE(m.k - m.q, static_cast<std::size_t>(rows) * (dqk + kPad) * 2) << where;
-            EXPECT_GE(m.v - m.k, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
-            EXPECT_GE(m.bitmap - m.v, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
-            EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
-            EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
-            const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
-            EXPECT_LE(union_end, m.bytes) << where;
-            if (!partials) continue;
-            const std::size_t staged_end = m.row_max + static_cast<std::size_t>(rows) * 4;
-            EXPECT_GE(m.row_max - m.probs, static_cast<std::size_t>(rows) * kLdProb * 4) << where;
-            if (m.probs == m.k) {
-              EXPECT_LE(staged_end, m.v) << where;  // within the K tile
-            } else {
-              EXPECT_GE(m.probs, union_end) << where;
-              EXPECT_LE(staged_end, m.bytes) << where;
-              // Placed after the union only when the K tile is too small for it.
-              EXPECT_GT(static_cast<std::size_t>(rows) * (kLdProb + 1) * 4, m.v - m.k) << where;
-            }
+    for (const int words : {1, 64, 4096})
+      for (const int capacity : {1, 32, 1024})
+        for (const bool partials : {false, true}) {
+          const AttnSmem m(dqk, dv, words, capacity, partials);
+          const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
+                                    " capacity=" + std::to_string(capacity) + " partials=" + std::to_string(partials);
+          EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
+          EXPECT_GE(m.v - m.k, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
+          EXPECT_GE(m.bitmap - m.v, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
+          EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
+          EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
+          const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
+          EXPECT_LE(union_end, m.bytes) << where;
+          if (!partials) continue;
+          const std::size_t staged_end = m.row_max + rows * 4;
+          EXPECT_GE(m.row_max - m.probs, rows * kLdProb * 4) << where;
+          if (m.probs == m.k) {
+            EXPECT_LE(staged_end, m.v) << where;  // within the K tile
+          } else {
+            EXPECT_GE(m.probs, union_end) << where;
+            EXPECT_LE(staged_end, m.bytes) << where;
+            // Placed after the union only when the K tile is too small for it.
+            EXPECT_GT(rows * (kLdProb + 1) * 4, m.v - m.k) << where;
           }
+        }
 }
 
 TEST(DecodePlan, BoundsHoldOverShapes) {
@@ -196,25 +190,12 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             const std::string where = "l=" + std::to_string(h.l) + " B=" + std::to_string(h.B) +
                                       " G=" + std::to_string(nsa.group) + " N=" + std::to_string(tokens) +
                                       " nseq=" + std::to_string(seqs) + " context=" + std::to_string(context);
-            // The workspace is sized by the shape's plan (kAuto); a forced tile height
-            // (FSA_DECODE_ATTN_TILE) runs within the same bounds.
-            EXPECT_EQ(p.attn_rows, tokens * nsa.group <= kNarrowRows * seqs ? kNarrowRows : kRows) << where;
-            for (const AttnTile tile : {AttnTile::kAuto, AttnTile::kNarrow, AttnTile::kWide}) {
-              const StepPlan forced = plan_step(nsa, tokens, seqs, context, tile);
-              const std::string at = where + " tile " + std::to_string(forced.attn_rows);
-              EXPECT_EQ(forced.attn_tiles, tokens * nsa.group / forced.attn_rows + seqs) << at;
-              for (int b = 0; b < kBranches; ++b) {
-                EXPECT_EQ(forced.split_tokens[b], p.split_tokens[b]) << at << " branch " << b;
-                EXPECT_GE(forced.splits[b], 1) << at;
-                EXPECT_LE(forced.splits[b], kMaxSplits) << at;
-                if (forced.splits[b] > 1) {
-                  EXPECT_LE(forced.splits[b] * tokens, p.split_tokens[b]) << at << " branch " << b;
-                }
+            for (int b = 0; b < kBranches; ++b) {
+              EXPECT_GE(p.splits[b], 1) << where;
+              EXPECT_LE(p.splits[b], kMaxSplits) << where;
+              if (p.splits[b] > 1) {
+                EXPECT_LE(p.splits[b] * tokens, p.split_tokens[b]) << where << " branch " << b;
               }
-              EXPECT_GE(forced.union_capacity,
-                        std::min<long long>(attn_tile_tokens(nsa.group, forced.attn_rows) * nsa.topk,
-                                            (forced.max_context + h.B - 1) / h.B))
-                  << at;
             }
             const long long blocks = (p.max_context + h.B - 1) / h.B;
             EXPECT_LE(static_cast<long long>(p.ranges) * tokens, p.range_tokens) << where;
@@ -222,6 +203,7 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             EXPECT_LE(p.tile_tokens * p.range_capacity, kScoreFloats) << where;
             EXPECT_GE(p.row_chunks * kRows, p.tile_tokens * nsa.group) << where;
             EXPECT_GE(static_cast<long long>(p.union_words) * 32, blocks) << where;
+            EXPECT_GE(p.union_capacity, std::min<long long>(attn_tile_tokens(nsa.group) * nsa.topk, blocks)) << where;
             EXPECT_EQ(p.stage_rows, tokens + seqs * (h.l - 1)) << where;
             // The fused selection: the partials hold every row of a fusing call and every key tile
             // of its context; the scoring ranges cover the blocks within their capacity.

@@ -598,30 +598,21 @@ CacheCase decode_case(int hq, int hkv, int dqk, int dv) {
   return c;
 }
 
-// Every group size through both selection routes of a decode step (block scores from the
-// compressed attention's partials, the default, and the second pass over the compressed keys) and
-// both attention tile heights (16 rows a CTA, the default for these shapes at G = 1, and 64): a
-// sequence's 1..8 tokens x G heads span one or several tiles of either height.
+// Every group size through both selection routes of a decode step: block scores from the
+// compressed attention's partials (the default) and the second pass over the compressed keys.
 TEST_F(Gpu, InferenceDecodeGroupSizes) {
   std::uint64_t salt = 0;
-  for (const char* tile : {"narrow", "wide"})
-    for (const char* route : {"fused", "two-pass"}) {
-      SCOPED_TRACE(std::string("FSA_DECODE_ATTN_TILE=") + tile + " FSA_DECODE_SELECT=" + route);
-      ::setenv("FSA_DECODE_ATTN_TILE", tile, 1);
-      ::setenv("FSA_DECODE_SELECT", route, 1);
-      for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}})
-        check_case(decode_case(hq, hkv, 128, 128), ++salt);
-    }
+  for (const char* route : {"fused", "two-pass"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_SELECT=") + route);
+    ::setenv("FSA_DECODE_SELECT", route, 1);
+    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+  }
   ::unsetenv("FSA_DECODE_SELECT");
-  ::unsetenv("FSA_DECODE_ATTN_TILE");
 }
 
-// An unknown FSA_DECODE_SELECT or FSA_DECODE_ATTN_TILE is an error that names it, before anything
-// is written.
-class GpuDecodeSwitch : public Gpu, public ::testing::WithParamInterface<const char*> {};
-INSTANTIATE_TEST_SUITE_P(Inference, GpuDecodeSwitch, ::testing::Values("FSA_DECODE_SELECT", "FSA_DECODE_ATTN_TILE"));
-TEST_P(GpuDecodeSwitch, RejectsAnUnknownValue) {
-  const char* name = GetParam();
+// An unknown FSA_DECODE_SELECT is an error that names it, before anything is written.
+TEST_F(Gpu, InferenceDecodeRejectsAnUnknownSelectRoute) {
+  const char* name = "FSA_DECODE_SELECT";
   const CacheCase c = decode_case(8, 2, 128, 128);
   auto rng = rng_for_test(50);
   const Params params = make_params(c, rng);

@@ -273,15 +273,6 @@ DecodeSelect select_route() {
   return env != nullptr && std::string(env) == "two-pass" ? DecodeSelect::kTwoPass : DecodeSelect::kFused;
 }
 
-// The attention's tile height (FSA_DECODE_ATTN_TILE; the library refuses a bad value itself).
-std::string attn_tile_caption() {
-  const char* env = std::getenv("FSA_DECODE_ATTN_TILE");
-  const std::string forced = env != nullptr ? env : "";
-  if (forced == "narrow") return "16 rows (FSA_DECODE_ATTN_TILE=narrow)";
-  if (forced == "wide") return "64 rows (FSA_DECODE_ATTN_TILE=wide)";
-  return "the shape's (16 rows when q_len x G <= 16, else 64)";
-}
-
 // The decode rows of one configuration: "skipped" (a '#' line, returns true) when its buffers do
 // not fit the GPU's free memory; false on a failure (printed).
 bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int iterations, double bandwidth,
@@ -518,8 +509,7 @@ int run_bench_decode(const BenchOptions& options) {
       std::string("selection: ") +
           (select_route() == DecodeSelect::kTwoPass
                ? "two-pass (FSA_DECODE_SELECT=two-pass: a second pass over k~ scores the blocks)"
-               : "fused (block scores from the partials the compressed attention writes)") +
-          "; attention tiles: " + attn_tile_caption(),
+               : "fused (block scores from the partials the compressed attention writes)"),
       "bytes_mb: docs/kernels/decode.md's byte model as implemented (compressed k~ and v~; k~ again for a "
       "two-pass selection, or the fused selection's block partials written and read; the distinct blocks the step's topk_idx selected, the window, q/k/v/gates in and o out, new "
       "keys, values and ring rows written; MB = 1e6 B); floor_ms = bytes / " + bandwidth_source +

@@ -144,9 +144,6 @@ constexpr const char* kEnvironment = R"(environment:
                               how a decode step selects blocks: from the compressed attention's
                               block partials (default for <= 8 new tokens a sequence) or a second
                               pass over the compressed keys
-  FSA_DECODE_ATTN_TILE=narrow|wide
-                              the attention's tiles over the cache: 16 query rows a CTA (default
-                              when the new tokens x G average at most 16 a sequence) or 64
   FSA_PREFILL_KV_OUTER_MIN_TOKENS=N
                               nsa_prefill calls of at least N new tokens run the selected branch
                               in the KV-outer kernels (default 512)

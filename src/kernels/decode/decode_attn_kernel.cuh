@@ -57,32 +57,21 @@ struct KeySlot {
   int unit;
 };
 
-// Threads of a CTA with kRowWarps warps of 16 rows: the flash tiling's column split (Dv = 256: two
-// warp groups of output columns) times the row warps.
-template <class Element, int kDqk, int kDv, int kRowWarps>
-constexpr int attn_threads() {
-  return AttnTraits<Element, kDqk, kDv>::kThreads / 4 * kRowWarps;
-}
-
-// kRowWarps: 4 (tiles of kRows rows) or 1 (kNarrowRows rows; decode_tiling.hpp, attn_tile_rows).
-template <class Element, int kDqk, int kDv, int kRowWarps>
-__global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
+template <class Element, int kDqk, int kDv>
+__global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
   using T = AttnTraits<Element, kDqk, kDv>;
   static_assert(T::kRows == kRows && T::kKeys == kKeys && T::kLdQk == kDqk + kPad && T::kLdV == kDv + kPad,
                 "the flash tiling is the decode layout's (AttnSmem)");
   static_assert(sizeof(Element) == 2, "16-bit elements");
-  static_assert(kRowWarps == 1 || kRowWarps == 4, "tiles of kNarrowRows or kRows rows");
-  constexpr int kTileRows = 16 * kRowWarps;
-  constexpr int kThreads = attn_threads<Element, kDqk, kDv, kRowWarps>();
-  static_assert(kThreads >= kTileRows, "a thread per row for the row offsets");
+  constexpr int kThreads = T::kThreads;  // four warps of 16 rows (Dv = 256: times two column halves)
+  static_assert(kThreads >= kRows, "a thread per row for the row offsets");
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ long long q_offset[kTileRows];  // -1: no row
+  __shared__ long long q_offset[kRows];  // -1: no row
   __shared__ KeySlot slots[kKeys];
   // Each key row's K and V source in the pools (null: zeros), resolved once per tile by the row's
   // thread: the copies then read one pointer per 16-byte vector. Recomputing the page arithmetic
-  // per vector cost about 46 instructions a vector (16 vectors a row), most of a narrow tile's
-  // instructions.
+  // per vector cost about 46 instructions a vector (16 vectors a row), against about 14.
   __shared__ const Element* k_src[kKeys];
   __shared__ const Element* v_src[kKeys];
   __shared__ int union_count;
@@ -98,20 +87,20 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   const BatchInfo& batch = p.batch;
   const int g = blockIdx.y, G = p.nsa.group;
   const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
-  const flash::SeqTile tile = flash::find_seq_tile(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, G, kTileRows,
+  const flash::SeqTile tile = flash::find_seq_tile(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, G, kRows,
                                                    blockIdx.x);
   if (!tile.valid) return;
   const int b = tile.seq;
   const SeqInfo seq = seq_info(batch, b);
   const long long seq_len = seq.cached + seq.new_tokens;  // cached tokens after the append
   const long long first_row = tile.first;
-  const long long last_row = min(first_row + kTileRows, seq.new_tokens * G) - 1;
+  const long long last_row = min(first_row + kRows, seq.new_tokens * G) - 1;
   const long long t_first = first_row / G, t_last = last_row / G;
   const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
 
   const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
   const PartialRows tile_rows = partial_rows(first_row, static_cast<int>(last_row - first_row + 1), seq.row0, G);
-  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, kTileRows);
+  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
   auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
   auto* v_s = reinterpret_cast<Element*>(smem + layout.v);
@@ -121,14 +110,14 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   auto* probs_s = reinterpret_cast<float*>(smem + layout.probs);
   auto* row_max_s = reinterpret_cast<float*>(smem + layout.row_max);
 
-  if (threadIdx.x < kTileRows) {
+  if (threadIdx.x < kRows) {
     const long long row = first_row + threadIdx.x;
     q_offset[threadIdx.x] =
         row <= last_row ? (seq.row0 + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride : -1;
   }
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
-  common::copy_tile_async<kTileRows, kDqk, kThreads>(
+  common::copy_tile_async<kRows, kDqk, kThreads>(
       q_s, T::kLdQk, [&](int r) -> const Element* { return q_offset[r] >= 0 ? q + q_offset[r] : nullptr; });
   common::cp_async_commit();
 
@@ -177,9 +166,8 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   const PagedPool& v_pool = branch == Branch::kCompressed ? p.v_cmp_pages : p.v_pages;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
-  const int row0 = (warp % kRowWarps) * 16, col0 = (warp / kRowWarps) * T::kDvPart;
-  // A warp whose 16 rows are all past the tile's last row (q_len x G below 64 in a wide tile) only
-  // helps copy: it skips the MMAs and the softmax (warp-uniform).
+  const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
+  // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it skips the MMAs and the softmax (warp-uniform).
   const bool warp_has_rows = first_row + row0 <= last_row;
   // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
   // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
@@ -288,25 +276,21 @@ __global__ void __launch_bounds__(attn_threads<Element, kDqk, kDv, kRowWarps>())
   }
 }
 
-// One CTA per (attention tile, kv head, branch split); the branches of `p` run in one launch. The
-// tile height is the plan's (p.tile_rows).
+// One CTA per (attention tile, kv head, branch split); the branches of `p` run in one launch.
 template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
+  using T = AttnTraits<Element, kDqk, kDv>;
   if (p.batch.tokens == 0 || p.batch.num_seqs == 0 || p.num_launch_branches == 0) return Status::ok();
-  const bool narrow = p.tile_rows == kNarrowRows;
-  const int rows = narrow ? kNarrowRows : kRows;
-  const std::size_t smem =
-      AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, rows).bytes;
-  auto* kernel = narrow ? decode_attn_kernel<Element, kDqk, kDv, 1> : decode_attn_kernel<Element, kDqk, kDv, 4>;
-  const int threads = narrow ? attn_threads<Element, kDqk, kDv, 1>() : attn_threads<Element, kDqk, kDv, 4>();
+  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr).bytes;
+  auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const long long tiles = p.batch.tokens * p.nsa.group / rows + p.batch.num_seqs;
+  const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
   const int last = p.num_launch_branches - 1;
   const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), threads, smem, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(p);
   FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
   return Status::ok();
 }

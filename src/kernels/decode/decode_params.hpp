@@ -14,7 +14,6 @@ namespace fsa::cuda::decode {
 
 // The kernels' fixed tiling (the host sizes grids and workspaces with the same numbers).
 constexpr int kRows = 64;          // query rows (token x head pairs) per attention / selection tile
-constexpr int kNarrowRows = 16;    // rows of the attention's narrow tiles (one warp of rows)
 constexpr int kKeys = 64;          // keys per key tile
 constexpr int kMaxSplits = 64;     // context splits of one attention tile, at most
 constexpr int kScoreFloats = 8192;  // block scores one selection CTA keeps in shared memory (32 KB)
@@ -158,8 +157,6 @@ struct AttnParams {
   int union_words, union_capacity;
   // The compressed branch's block partials for the fused selection (values null: none).
   BlockPartials partials;
-  // Query rows per CTA: kRows (four warps of rows) or kNarrowRows (one warp; StepPlan::attn_rows).
-  int tile_rows;
 };
 
 // ---- Block selection (decode_select_kernel.cuh, decode_topk.cu) -------------------------------

@@ -67,21 +67,8 @@ decode::NsaNumbers numbers_of(const NsaConfig& c, const NsaInferenceShape& s) {
   return n;
 }
 
-StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s, decode::AttnTile tile = decode::AttnTile::kAuto) {
-  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context, tile);
-}
-
-// The attention's tile height (decode_tiling.hpp, attn_tile_rows): the shape decides;
-// FSA_DECODE_ATTN_TILE=narrow|wide forces one (the tests and the bench run both on the same steps;
-// any other value is the call's error). The workspace does not depend on it: the split partials'
-// bound covers both heights, and the union of blocks lives in shared memory.
-Status attn_tile_choice(decode::AttnTile* tile) {
-  std::string height;
-  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_tile(&height));
-  *tile = height == "narrow" ? decode::AttnTile::kNarrow
-          : height == "wide" ? decode::AttnTile::kWide
-                             : decode::AttnTile::kAuto;
-  return Status::ok();
+StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
+  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context);
 }
 
 static_assert(decode::kFusedSelectTokensPerSeq == kMaxDecodeTokens, "decode steps fuse their selection");
@@ -258,9 +245,8 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   int max_smem = 0;
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
   max_smem -= kStaticSmem;
-  const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
-                                            /*block_partials=*/true, plan.attn_rows)
-                               .bytes;
+  const std::size_t attn =
+      decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity, /*block_partials=*/true).bytes;
   if (attn > static_cast<std::size_t>(max_smem))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      std::string("batch.block_table: ") + op + " on CUDA keeps the selected blocks of a tile over " +
@@ -283,9 +269,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
                 const Workspace& workspace, const NsaInferenceShape& s) {
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
   const DeviceGuard guard(in.q.device.index);
-  decode::AttnTile tile = decode::AttnTile::kAuto;
-  FSA_RETURN_IF_ERROR(attn_tile_choice(&tile));
-  const StepPlan plan = plan_of(c, s, tile);
+  const StepPlan plan = plan_of(c, s);
   FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
   cudaStream_t stream = current_stream();
   bool kv_outer = false, fused = false;
@@ -382,7 +366,6 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   at.out[static_cast<int>(decode::Branch::kCompressed)].lse_token_stride = w.lse_cmp.stride(1);
   at.union_words = plan.union_words;
   at.union_capacity = plan.union_capacity;
-  at.tile_rows = plan.attn_rows;
   auto attend = [&](std::initializer_list<decode::Branch> branches) -> Status {
     at.num_launch_branches = 0;
     int z = 0;

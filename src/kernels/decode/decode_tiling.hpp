@@ -87,24 +87,11 @@ FSA_DECODE_HD StagedWindows staged_windows(long long cached, long long new_token
   return {before, after - before, cached + new_tokens - before * s};
 }
 
-// Tokens an attention tile of `rows` rows (tokens x G heads, token-major) can touch: a tile may
+// Tokens an attention tile (kRows rows: tokens x G heads, token-major) can touch: a tile may
 // start and end inside a token's heads.
-FSA_DECODE_HD int attn_tile_tokens(int group, int rows = kRows) {
-  const int t = (rows - 1) / group + 2;
-  return t < rows ? t : rows;
-}
-
-// The attention's tile height. A tile of kRows rows is four warps of 16 rows sharing each key tile;
-// a decode step at q_len x G <= 16 fills one of them, and the other three only help copy while
-// holding registers and shared memory for rows they do not have: two such CTAs fit an SM, so two
-// key tiles are in flight per SM. Narrow tiles (kNarrowRows rows, one warp) fit four per SM. The
-// shape decides (at most kNarrowRows rows per sequence on average: N G <= kNarrowRows nseq); kAuto
-// is that rule, the others force a height (FSA_DECODE_ATTN_TILE, for the tests and the bench).
-enum class AttnTile { kAuto, kNarrow, kWide };
-FSA_DECODE_HD int attn_tile_rows(std::int64_t tokens, int num_seqs, int group, AttnTile tile) {
-  if (tile == AttnTile::kNarrow) return kNarrowRows;
-  if (tile == AttnTile::kWide) return kRows;
-  return tokens * group <= static_cast<std::int64_t>(kNarrowRows) * num_seqs ? kNarrowRows : kRows;
+FSA_DECODE_HD int attn_tile_tokens(int group) {
+  const int t = (kRows - 1) / group + 2;
+  return t < kRows ? t : kRows;
 }
 
 // Tokens of a selection tile: whole tokens (a token's group sum needs all its heads in one CTA),
@@ -121,7 +108,7 @@ FSA_DECODE_HD std::size_t align_smem(std::size_t bytes) { return (bytes + 127) /
 constexpr int kPad = 8;
 constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probability tiles
 
-// The attention kernel: Q tile (`rows` rows), one K and one V tile, and the selected branch's union
+// The attention kernel: Q tile (kRows rows), one K and one V tile, and the selected branch's union
 // of blocks (bitmap words over the sequence's blocks, the distinct blocks, the tokens that chose
 // each). With block partials (the fused selection's compressed launch), a key tile's probabilities
 // and the rows' maxima are staged in the K tile's place when they fit there (the kernel stages them
@@ -129,8 +116,8 @@ constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probabi
 // before O += P V), else after the union.
 struct AttnSmem {
   std::size_t q, k, v, bitmap, blocks, token_masks, probs, row_max, bytes;
-  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials,
-                         int rows = kRows) {
+  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials) {
+    constexpr std::size_t rows = kRows;
     q = 0;
     k = q + align_smem(static_cast<std::size_t>(rows) * (dim_qk + kPad) * 2);
     v = k + align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
@@ -178,8 +165,7 @@ struct StepPlan {
   std::int64_t max_context = 0;  // tokens of the longest sequence after the step, at most
   std::int64_t stage_rows = 0;   // staged window rows, at most: N + nseq (l - 1)
   std::int64_t cmp_rows = 0;     // new compressed tokens, at most: N / s + nseq
-  int attn_rows = kRows;         // query rows per attention CTA (attn_tile_rows)
-  std::int64_t attn_tiles = 0;   // attention grid x: N G / attn_rows + nseq
+  std::int64_t attn_tiles = 0;   // attention grid x: N G / kRows + nseq
   int splits[kBranches] = {1, 1, 1};
   // Bound of splits x N of each branch (its partial outputs hold that many token rows), 0 when the
   // branch can never run in several splits at this shape's context.
@@ -210,19 +196,12 @@ FSA_DECODE_HD bool fuses_selection(std::int64_t tokens, int num_seqs) {
 // step with few sequences still spreads over the GPU (the split count is fixed by the shape; each
 // sequence divides its own keys among the splits on the device).
 constexpr long long kTargetCtas = 256;
-// Narrow attention tiles (a quarter of the threads and about a third of the shared memory) aim at
-// four per SM: one wave of 132 SMs. Their splits stay within the bounds of the wide tiles'
-// (split_tokens below): kNarrowTargetCtas kNarrowRows <= kTargetCtas kRows.
-constexpr long long kNarrowTargetCtas = 512;
-static_assert(kNarrowTargetCtas * kNarrowRows <= kTargetCtas * kRows, "the partials' bound covers narrow tiles");
-
 inline long long ceil_div(long long a, long long b) { return b > 0 ? (a + b - 1) / b : 0; }
 inline long long clamp_ll(long long v, long long lo, long long hi) { return v < lo ? lo : (v > hi ? hi : v); }
 inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
 inline long long max_ll(long long a, long long b) { return a > b ? a : b; }
 
-inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context,
-                          AttnTile tile = AttnTile::kAuto) {
+inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context) {
   StepPlan p;
   const long long G = nsa.group, hkv = nsa.heads_kv > 0 ? nsa.heads_kv : 1;
   const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, K = nsa.topk;
@@ -231,37 +210,27 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   p.max_context = max_ll(max_context, tokens);
   p.stage_rows = tokens + static_cast<std::int64_t>(num_seqs) * (l - 1);
   p.cmp_rows = tokens / s + num_seqs;
-  p.attn_rows = attn_tile_rows(tokens, num_seqs, static_cast<int>(G), tile);
-  const bool narrow = p.attn_rows == kNarrowRows;
-  p.attn_tiles = tokens * G / p.attn_rows + num_seqs;
+  p.attn_tiles = tokens * G / kRows + num_seqs;
 
-  // Attention splits: about kTargetCtas CTAs (narrow tiles: kNarrowTargetCtas) when the row tiles
-  // are few, never more splits than key tiles. With C = kTargetCtas kRows / (G Hkv): a call of N'
-  // tokens splits only when its row tiles are fewer than the target / Hkv, so N' < C, and then
-  // splits x N' <= (target / (row_tiles Hkv) + 1) N' <= C + N' (row_tiles >= N' G / rows, and
-  // target x rows <= kTargetCtas kRows for both heights); also <= cap x N'. The partials' bound
-  // min(cap N, C + min(N, C)) covers every N' <= N at either height and grows with N; its cap is
-  // the wide tiles' (they touch more tokens, so their branches have at least as many key tiles),
-  // so that the bound does not depend on the height either.
-  const long long target = narrow ? kNarrowTargetCtas : kTargetCtas;
-  const long long row_tiles = max_ll(ceil_div(tokens * G, p.attn_rows), num_seqs);
-  const long long wanted = ceil_div(target, max_ll(row_tiles * hkv, 1));
+  // Attention splits: about kTargetCtas CTAs when the row tiles are few, never more splits than
+  // key tiles. With C = kTargetCtas kRows / (G Hkv): a call of N' tokens splits only when its row
+  // tiles are fewer than kTargetCtas / Hkv, so N' < C, and then splits x N' <=
+  // (kTargetCtas / (row_tiles Hkv) + 1) N' <= C + N' (row_tiles >= N' G / kRows); also <= cap x N'.
+  // The partials' bound min(cap N, C + min(N, C)) covers every N' <= N and grows with N.
+  const long long row_tiles = max_ll(ceil_div(tokens * G, kRows), num_seqs);
+  const long long wanted = ceil_div(kTargetCtas, max_ll(row_tiles * hkv, 1));
   const long long max_blocks = ceil_div(p.max_context, B);
-  auto branch_key_tiles = [&](long long tile_tokens, int branch) {
-    const long long union_blocks = min_ll(tile_tokens * K, max_blocks);
-    if (branch == 0) return ceil_div(compressed_count(p.max_context, l, s), kKeys);
-    if (branch == 1) return ceil_div(union_blocks * B, kKeys);
-    return ceil_div(min_ll(nsa.window + tile_tokens, p.max_context), kKeys);
-  };
-  const long long tile_tokens = attn_tile_tokens(static_cast<int>(G), p.attn_rows);
-  const long long wide_tile_tokens = attn_tile_tokens(static_cast<int>(G), kRows);
+  const long long tile_tokens = attn_tile_tokens(static_cast<int>(G));
   const long long union_blocks = min_ll(tile_tokens * K, max_blocks);
+  const long long key_tiles[kBranches] = {
+      ceil_div(compressed_count(p.max_context, l, s), kKeys),               // compressed
+      ceil_div(union_blocks * B, kKeys),                                    // selected
+      ceil_div(min_ll(nsa.window + tile_tokens, p.max_context), kKeys)};   // window
   for (int b = 0; b < kBranches; ++b) {
-    const long long cap = clamp_ll(branch_key_tiles(tile_tokens, b), 1, kMaxSplits);
+    const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
     p.splits[b] = static_cast<int>(clamp_ll(wanted, 1, cap));
-    const long long bound_cap = clamp_ll(branch_key_tiles(wide_tile_tokens, b), 1, kMaxSplits);
     const long long c = ceil_div(kTargetCtas * kRows, G * hkv);
-    p.split_tokens[b] = bound_cap > 1 ? min_ll(bound_cap * tokens, c + min_ll(tokens, c)) : 0;
+    p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, c + min_ll(tokens, c)) : 0;
   }
   p.union_words = static_cast<int>(max_ll(ceil_div(max_blocks, 32), 1));
   p.union_capacity = static_cast<int>(max_ll(union_blocks, 1));
