@@ -24,8 +24,8 @@ constexpr long long kEnvMaxTokens = 1LL << 40;
 inline Status env_decode_select(std::string* route) {  // "" (the shape decides), fused, two-pass
   return env_choice("FSA_DECODE_SELECT", {"fused", "two-pass"}, route);
 }
-inline Status env_prefill_kv_outer_min_tokens(long long* tokens) {
-  return env_integer("FSA_PREFILL_KV_OUTER_MIN_TOKENS", 1, kEnvMaxTokens, tokens);
+inline Status env_prefill_long_chunk_min_tokens(long long* tokens) {
+  return env_integer("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", 1, kEnvMaxTokens, tokens);
 }
 inline Status env_slc_min_chunk_tokens(long long* tokens) {
   return env_integer("FSA_SLC_MIN_CHUNK_TOKENS", 1, kEnvMaxTokens, tokens);

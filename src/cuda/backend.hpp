@@ -39,9 +39,23 @@ Status rope(const RopeConfig& rope, const TensorView& x, const TensorView& cu, i
 // ---- Compressed and sliding-window attention (kernels/flash, kernels/cmp_attn, kernels/swa) -----
 // The backward's fp32 accumulators of dq, dk, dv and the row sums of o * d_o.
 std::size_t flash_backward_workspace_bytes(const TensorView& q, const TensorView& k, const TensorView& v);
+// A chunk of new tokens after a cached prefix, its keys in a paged cache (nsa_prefill's long chunks):
+// sequence b's queries are positions P_b = key_prefix[b] .. P_b + n_b - 1, its key i (a position, or
+// a compressed token index) is row i % page_size of page block_table[b, i / page_size] of k_pages /
+// v_pages ([pages, page_size, Hkv, D]). Table entries outside the pool read as zero rows.
+struct PagedKeyInputs {
+  TensorView key_prefix;   // [nseq] int32
+  TensorView block_table;  // [nseq, max_pages] int32
+  TensorView k_pages, v_pages;
+  std::int64_t max_context = 0;
+};
+
 Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                         const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                         const TensorView& o, const TensorView& lse);
+// Compressed attention of a chunk over compressed pages (keys: the compressed pool and its table).
+Status cmp_attn_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
+                              const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
 Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                          const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                          const TensorView& o, const TensorView& lse, const TensorView& d_o, const TensorView& dq,
@@ -56,6 +70,10 @@ Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorVi
 Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                      const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                      const TensorView& topk_idx);
+// The selection of a chunk over compressed pages (keys: the compressed pool and its table; v_pages
+// unread), lse_cmp from cmp_attn_paged_forward.
+Status select_blocks_paged(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
+                           const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& topk_idx);
 
 // ---- Selected attention (kernels/slc_attn) -----------------------------------------------------
 // The problem of one selected-attention call, from its tensors' sizes.
@@ -101,21 +119,13 @@ Status slc_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& dv, const SlcOptions& options, const TensorView& plan,
                          const Workspace& workspace);
 // The selected attention of a chunk of new tokens over keys in a paged cache (nsa_prefill's
-// selected branch, KV-outer kernels, no split): sequence b's queries are its positions
-// P_b = key_prefix[b] .. P_b + n_b - 1, its keys positions 0 .. P_b + n_b - 1, position r at row
-// r % page_size of page block_table[b, r / page_size] of k_pages / v_pages ([pages, page_size, Hkv,
-// D], page_size a multiple of B). max_context bounds P_b + n_b (it sizes the plan).
-struct SlcPagedInputs {
-  TensorView key_prefix;   // [nseq] int32
-  TensorView block_table;  // [nseq, max_pages] int32
-  TensorView k_pages, v_pages;
-  std::int64_t max_context = 0;
-};
-SlcProblem slc_paged_problem(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+// selected branch, KV-outer kernels, no split), keys and queries as PagedKeyInputs says (above;
+// page_size a multiple of B). max_context bounds P_b + n_b (it sizes the plan).
+SlcProblem slc_paged_problem(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
                              const TensorView& topk_idx, const TensorView& cu_seqlens);
 std::size_t slc_paged_forward_workspace_bytes(const SlcProblem& problem, const SlcOptions& options);
 // o [N, Hq, Dv], lse [Hq, N] (fp32) as slc_attn_forward's.
-Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const SlcOptions& options, const Workspace& workspace);
 // Chunk plans built by this process so far (the tests check that a layer forward + backward

@@ -682,14 +682,14 @@ TEST_F(Gpu, InferenceChunkedPrefill) {
   c.steps = {{300, 1, 64, 700, 0, 1}, {17, 200, 0, 1, 129, 33}, {1, 1, 1, 1, 1, 1}};
   std::uint64_t salt = 30;
   for (const char* min_tokens : {"1", "1000000000"}) {
-    SCOPED_TRACE(std::string("FSA_PREFILL_KV_OUTER_MIN_TOKENS=") + min_tokens);
-    ::setenv("FSA_PREFILL_KV_OUTER_MIN_TOKENS", min_tokens, 1);
+    SCOPED_TRACE(std::string("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS=") + min_tokens);
+    ::setenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", min_tokens, 1);
     for (const int hq : {8, 2, 32}) {  // G = 4; 1 (64 tokens per attention tile); 16
       c.hq = hq;
       check_case(c, ++salt);
     }
   }
-  ::unsetenv("FSA_PREFILL_KV_OUTER_MIN_TOKENS");
+  ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
 }
 
 // A decode step captured in a CUDA graph (caller workspace sized by the query for the tables'

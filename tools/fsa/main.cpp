@@ -144,9 +144,10 @@ constexpr const char* kEnvironment = R"(environment:
                               how a decode step selects blocks: from the compressed attention's
                               block partials (default for <= 8 new tokens a sequence) or a second
                               pass over the compressed keys
-  FSA_PREFILL_KV_OUTER_MIN_TOKENS=N
-                              nsa_prefill calls of at least N new tokens run the selected branch
-                              in the KV-outer kernels (default 512)
+  FSA_PREFILL_LONG_CHUNK_MIN_TOKENS=N
+                              nsa_prefill calls of at least N new tokens run the training's
+                              compressed attention, selection and KV-outer selected attention
+                              over the cache's pages (default 512)
   FSA_SLC_MIN_CHUNK_TOKENS=N, FSA_COMPRESS_K_SPLITS=N
                               test switches: the smallest query chunk of selected attention
                               (default 4096), a forced split-K count of the compression

@@ -1,10 +1,11 @@
 // Host side of compressed attention on the GPU: the masked flash-attention kernels
 // (kernels/flash/) with the compressed-key rule i*s + l - 1 <= t over the rows of k_cmp / v_cmp that
-// cu_cmp gives each sequence.
+// cu_cmp gives each sequence, or (nsa_prefill's long chunks) over a paged cache's compressed pages.
 
 #include "cuda/runtime.hpp"
 #include "cuda/backend.hpp"
 #include "kernels/common/launch_checks.hpp"
+#include "kernels/common/paged_pool_views.hpp"
 #include "kernels/flash/flash.hpp"
 
 namespace fsa::cuda {
@@ -32,6 +33,23 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
   const DeviceGuard guard(q.device.index);
   return flash::forward(kOp, params_of(config, q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse), q.dtype, q.size(2),
                         v_cmp.size(2), current_stream());
+}
+
+Status cmp_attn_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
+                              const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
+  constexpr const char* kOp = "cmp_attn_forward";
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(
+      kOp, {{"q", q}, {"k_cmp_pages", keys.k_pages}, {"v_cmp_pages", keys.v_pages}, {"o", o}}));
+  const DeviceGuard guard(q.device.index);
+  // The params' key rows: one page of each pool as [page_size, Hkv, D] (its heads and dims; with
+  // paged keys the kernels read k and v through the table, never these rows).
+  auto page_rows = [](const TensorView& pool) {
+    return TensorView::strided(pool.data, pool.dtype, {pool.size(1), pool.size(2), pool.size(3)},
+                               {pool.stride(1), pool.stride(2), 1}, pool.device);
+  };
+  FlashParams p = params_of(config, q, page_rows(keys.k_pages), page_rows(keys.v_pages), cu_seqlens, cu_seqlens, o, lse);
+  p.paged = common::prefixed_keys(keys);
+  return flash::forward(kOp, p, q.dtype, q.size(2), keys.v_pages.size(3), current_stream());
 }
 
 Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,

@@ -1,40 +1,20 @@
 // Device-side addressing of the paged cache and of the batch: where token p of sequence b lives in
-// a pool, and what a sequence's lengths are. Every table entry is bounds-checked, so a bad entry
-// (which the host cannot see without reading device memory) costs a zero row, never a stray access.
+// a pool (common/paged_pool.cuh: every table entry bounds-checked), gathered copies of its rows,
+// and what a sequence's lengths are.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/common/mma_sm80.cuh"
+#include "kernels/common/paged_pool.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/decode/decode_params.hpp"
 
 namespace fsa::cuda::decode {
 
-// A pool row: page -1 when the index has no valid page (outside the table or the pool).
-struct PageRow {
-  int page;
-  int row;
-};
-
-// Row `index` (a token position, or a compressed token index) of sequence b in `pool` through
-// `table`.
-__device__ __forceinline__ PageRow locate(const PageTable& table, const PagedPool& pool, int b, long long index) {
-  if (index < 0 || pool.page_rows <= 0) return {-1, 0};
-  const long long column = index / pool.page_rows;
-  if (column >= table.width) return {-1, 0};
-  const int page = table.data[b * table.seq_stride + column * table.col_stride];
-  if (page < 0 || page >= pool.pages) return {-1, 0};
-  return {page, static_cast<int>(index % pool.page_rows)};
-}
-
-// The first element of head `head` of a located row, or null for a row without a page.
-template <class Element>
-__device__ __forceinline__ Element* pool_row(const PagedPool& pool, PageRow at, int head) {
-  if (at.page < 0) return nullptr;
-  return static_cast<Element*>(pool.data) + at.page * pool.page_stride + at.row * pool.row_stride +
-         head * pool.head_stride;
-}
+using common::locate;
+using common::PageRow;
+using common::pool_row;
 
 // A tile of kRows gathered rows (K or V of a key tile, kCols columns) into shared rows of leading
 // dimension `ld`: row r from src[r] (resolved once per tile), zero-filled where src[r] is null by a

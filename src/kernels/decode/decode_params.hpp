@@ -10,7 +10,12 @@
 
 #include <cstdint>
 
+#include "kernels/common/paged_pool.hpp"
+
 namespace fsa::cuda::decode {
+
+using common::PagedPool;
+using common::PageTable;
 
 // The kernels' fixed tiling (the host sizes grids and workspaces with the same numbers).
 constexpr int kRows = 64;          // query rows (token x head pairs) per attention / selection tile
@@ -22,22 +27,6 @@ constexpr int kMaxTopk = 64;       // topk width served (the finalize kernel's p
 // block partials (the fused route, decode_block_scores.cu); longer ones score in a second pass over
 // the compressed keys (decode_select_kernel.cuh). Equals kMaxDecodeTokens (include/fsa/cache.hpp).
 constexpr int kFusedSelectTokensPerSeq = 8;
-
-// A paged pool [pages, page_rows, H, D].
-struct PagedPool {
-  void* data;
-  std::int64_t page_stride, row_stride, head_stride;
-  std::int64_t pages;  // pool pages: table entries outside [0, pages) are never dereferenced
-  int page_rows;       // rows (tokens) per page
-};
-
-// A per-sequence page table [nseq, width] (int32): entry [b][j] is the pool page of the sequence's
-// j-th page.
-struct PageTable {
-  const std::int32_t* data;
-  std::int64_t seq_stride, col_stride;
-  std::int64_t width;
-};
 
 // The sequences of one call: the packed chunk of new tokens and where each sequence's cache stands.
 struct BatchInfo {

@@ -15,12 +15,14 @@
 //   5. selected and sliding-window attention in one launch (decode_attn_kernel.cuh, merged);
 //   6. gated combination (kernels/combine).
 //
-// Long prefill chunks (selected_kv_outer) take the selected branch of step 5 to the training's
-// KV-outer kernels instead (kernels/slc_attn, slc_paged_forward: keys read from the pages, queries
-// at positions after the cached prefix): a decode tile of 16 tokens attends to the union of its
-// tokens' blocks, up to 13x the key tiles each token needs, which is where a chunked prefill of
-// thousands of tokens spent its time. Decode steps keep the fused launch (the KV-outer plan's fixed
-// cost of a few launches is most of a decode step).
+// Long prefill chunks (long_chunk) run steps 3-5 in the training's kernels instead, over the
+// pages, with queries at positions after the cached prefix: compressed attention in the flash kernel
+// (cmp_attn_paged_forward), the selection in the fused selection kernel (select_blocks_paged, which
+// writes topk_idx whole: no finalize), the selected branch KV-outer (slc_paged_forward); the window
+// stays in the decode launch. A decode tile of 16 tokens attends to the union of its tokens' blocks,
+// up to 13x the key tiles each token needs, and the decode kernels' selection recomputes scores per
+// 64-key range; a chunked prefill of thousands of tokens spent 4x the training's time in each.
+// Decode steps keep the decode kernels (the training kernels' fixed costs are most of a step).
 //
 // The plan (grids, splits, ranges) and the workspace layout come from the call's shape alone
 // (NsaInferenceShape: N, sequences, the context the block tables address); lengths, tables and
@@ -39,6 +41,7 @@
 #include "cuda/backend.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
+#include "kernels/common/paged_pool_views.hpp"
 #include "kernels/decode/decode.hpp"
 #include "kernels/decode/decode_params.hpp"
 #include "kernels/decode/decode_tiling.hpp"
@@ -83,16 +86,16 @@ Status fused_selection(const NsaInferenceShape& s, bool* fused) {
   return Status::ok();
 }
 
-// Whether a prefill call's selected branch runs KV-outer (see the top of the file): at least
-// kKvOuterMinTokens new tokens. Not tuned between the two ends the decode bench measures (16K-token
-// chunks, decode steps of 1-8 tokens per sequence); FSA_PREFILL_KV_OUTER_MIN_TOKENS overrides it
-// (the tests run chunked prefills both ways); a bad value is the call's error (the workspace query
-// sizes for the default).
-constexpr std::int64_t kKvOuterMinTokens = 512;
-Status selected_kv_outer(const NsaInferenceShape& s, bool prefill, bool* kv_outer) {
-  long long min_tokens = kKvOuterMinTokens;
-  const Status read = fsa::detail::env_prefill_kv_outer_min_tokens(&min_tokens);
-  *kv_outer = prefill && s.tokens >= (read.is_ok() ? min_tokens : kKvOuterMinTokens);
+// Whether a prefill call is a long chunk (see the top of the file): at least kLongChunkMinTokens new
+// tokens. Not tuned between the two ends the decode bench measures (16K-token chunks, decode steps
+// of 1-8 tokens per sequence); FSA_PREFILL_LONG_CHUNK_MIN_TOKENS overrides it (the tests run
+// chunked prefills both ways); a bad value is the call's error (the workspace query sizes for the
+// default).
+constexpr std::int64_t kLongChunkMinTokens = 512;
+Status long_chunk(const NsaInferenceShape& s, bool prefill, bool* long_route) {
+  long long min_tokens = kLongChunkMinTokens;
+  const Status read = fsa::detail::env_prefill_long_chunk_min_tokens(&min_tokens);
+  *long_route = prefill && s.tokens >= (read.is_ok() ? min_tokens : kLongChunkMinTokens);
   return read;
 }
 
@@ -102,7 +105,7 @@ SlcProblem paged_problem(const NsaConfig& c, const NsaInferenceShape& s) {
   const auto view = [&](DType dtype, std::initializer_list<std::int64_t> sizes) {
     return TensorView::contiguous(nullptr, dtype, sizes, s.device);
   };
-  SlcPagedInputs keys;
+  PagedKeyInputs keys;
   keys.k_pages = view(s.dtype, {1, c.block_size, s.heads_kv, s.head_dim_qk});
   keys.v_pages = view(s.dtype, {1, c.block_size, s.heads_kv, s.head_dim_v});
   keys.max_context = s.max_context;
@@ -152,12 +155,12 @@ struct StepWorkspace {
   // The fused selection's block partials (sized for the calls of this shape that fuse).
   float* partial_values = nullptr;
   float* partial_max = nullptr;
-  // The KV-outer selected branch (selected_kv_outer): its lse and its own workspace.
+  // A long chunk's KV-outer selected branch (long_chunk): its lse and its own workspace.
   TensorView slc_lse;
   Workspace slc;
 
   StepWorkspace(WorkspaceCarver& w, const NsaConfig& c, const NsaInferenceShape& s, const StepPlan& plan,
-                bool kv_outer) {
+                bool long_route) {
     const std::int64_t n = s.tokens, hq = s.heads_q, hkv = s.heads_kv, dqk = s.head_dim_qk, dv = s.head_dim_v;
     q_rot = w.take_tensor(s.dtype, {n, hq, dqk});
     cu_stage = w.take_tensor(DType::kInt32, {s.num_seqs + 1});
@@ -179,7 +182,7 @@ struct StepWorkspace {
     candidates = w.take<decode::Candidate>(std::max(plan.range_tokens, plan.score_range_tokens) * hkv * c.topk);
     partial_values = w.take<float>(plan.partial_rows * plan.partial_tiles * plan.tile_blocks);
     partial_max = w.take<float>(plan.partial_rows * plan.partial_tiles);
-    if (kv_outer) {
+    if (long_route) {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
       slc = w.take_workspace(slc_paged_forward_workspace_bytes(paged_problem(c, s), SlcOptions{}));
     }
@@ -189,18 +192,10 @@ struct StepWorkspace {
 std::size_t workspace_bytes(const NsaConfig& c, const NsaInferenceShape& s, bool prefill) {
   if (s.tokens == 0 || s.num_seqs == 0) return 0;
   WorkspaceCarver sizing;
-  bool kv_outer = false;
-  static_cast<void>(selected_kv_outer(s, prefill, &kv_outer));  // a bad value: the run reports it
-  StepWorkspace(sizing, c, s, plan_of(c, s), kv_outer);
+  bool long_route = false;
+  static_cast<void>(long_chunk(s, prefill, &long_route));  // a bad value: the run reports it
+  StepWorkspace(sizing, c, s, plan_of(c, s), long_route);
   return sizing.bytes();
-}
-
-decode::PagedPool pool_of(const TensorView& t) {
-  return {t.data, t.stride(0), t.stride(1), t.stride(2), t.size(0), static_cast<int>(t.size(1))};
-}
-
-decode::PageTable table_of(const TensorView& t) {
-  return {t.ptr<const std::int32_t>(), t.stride(0), t.stride(1), t.size(1)};
 }
 
 decode::BatchInfo batch_of(const NsaLayerInputs& in, const NsaCacheBatch& batch, const NsaInferenceShape& s) {
@@ -272,16 +267,16 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   const StepPlan plan = plan_of(c, s);
   FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
   cudaStream_t stream = current_stream();
-  bool kv_outer = false, fused = false;
-  FSA_RETURN_IF_ERROR(selected_kv_outer(s, prefill, &kv_outer));
+  bool long_route = false, fused = false;
+  FSA_RETURN_IF_ERROR(long_chunk(s, prefill, &long_route));
   FSA_RETURN_IF_ERROR(fused_selection(s, &fused));
   WorkspaceCarver carve(workspace.data, in.q.device);
-  const StepWorkspace w(carve, c, s, plan, kv_outer);
+  const StepWorkspace w(carve, c, s, plan, long_route);
   const decode::NsaNumbers nsa = numbers_of(c, s);
   const decode::BatchInfo info = batch_of(in, batch, s);
-  const decode::PagedPool k_pages = pool_of(cache.k_pages), v_pages = pool_of(cache.v_pages);
-  const decode::PagedPool k_cmp_pages = pool_of(cache.k_cmp_pages), v_cmp_pages = pool_of(cache.v_cmp_pages);
-  const decode::PageTable block_table = table_of(batch.block_table), cmp_table = table_of(batch.cmp_block_table);
+  const decode::PagedPool k_pages = common::pool_view(cache.k_pages), v_pages = common::pool_view(cache.v_pages);
+  const decode::PagedPool k_cmp_pages = common::pool_view(cache.k_cmp_pages), v_cmp_pages = common::pool_view(cache.v_cmp_pages);
+  const decode::PageTable block_table = common::table_view(batch.block_table), cmp_table = common::table_view(batch.cmp_block_table);
 
   // ---- 1, 2: append ----
   decode::AppendParams ap{};
@@ -330,7 +325,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
   FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
 
-  // ---- 3, 5: attention ----
+  // ---- 3-5: the attention launches' parameters ----
   const TensorView o_cmp = br.o_cmp.defined() ? br.o_cmp : w.o_cmp;
   const TensorView o_slc = br.o_slc.defined() ? br.o_slc : w.o_slc;
   const TensorView o_swa = br.o_swa.defined() ? br.o_swa : w.o_swa;
@@ -380,6 +375,27 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
         [&]<class Element, int kDqk, int kDv>() { return decode::launch_decode_attention<Element, kDqk, kDv>(at, stream); }));
     return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
   };
+  if (long_route) {
+    // ---- 3-5, a long chunk: the training's kernels over the pages ----
+    PagedKeyInputs cmp_keys;
+    cmp_keys.key_prefix = batch.cache_seqlens;
+    cmp_keys.block_table = batch.cmp_block_table;
+    cmp_keys.k_pages = cache.k_cmp_pages;
+    cmp_keys.v_pages = cache.v_cmp_pages;
+    cmp_keys.max_context = s.max_context;
+    FSA_RETURN_IF_ERROR(cmp_attn_paged_forward(c, w.q_rot, cmp_keys, in.cu_seqlens, o_cmp, w.lse_cmp));
+    FSA_RETURN_IF_ERROR(select_blocks_paged(c, w.q_rot, cmp_keys, w.lse_cmp, in.cu_seqlens, topk));
+    PagedKeyInputs keys = cmp_keys;
+    keys.block_table = batch.block_table;
+    keys.k_pages = cache.k_pages;
+    keys.v_pages = cache.v_pages;
+    FSA_RETURN_IF_ERROR(
+        slc_paged_forward(c, w.q_rot, keys, topk, in.cu_seqlens, o_slc, w.slc_lse, SlcOptions{}, w.slc));
+    FSA_RETURN_IF_ERROR(attend({decode::Branch::kWindow}));
+    return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
+  }
+
+  // ---- 3: compressed attention ----
   const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_tiles, plan.tile_blocks};
   if (fused) at.partials = partials;
   FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed}));
@@ -419,19 +435,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
   // ---- 5, 6 ----
-  if (kv_outer) {
-    SlcPagedInputs keys;
-    keys.key_prefix = batch.cache_seqlens;
-    keys.block_table = batch.block_table;
-    keys.k_pages = cache.k_pages;
-    keys.v_pages = cache.v_pages;
-    keys.max_context = s.max_context;
-    FSA_RETURN_IF_ERROR(
-        slc_paged_forward(c, w.q_rot, keys, topk, in.cu_seqlens, o_slc, w.slc_lse, SlcOptions{}, w.slc));
-    FSA_RETURN_IF_ERROR(attend({decode::Branch::kWindow}));
-  } else {
-    FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected, decode::Branch::kWindow}));
-  }
+  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected, decode::Branch::kWindow}));
   return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
 }
 

@@ -54,17 +54,22 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
   });
   common::cp_async_commit();
 
+  const bool paged = p.paged.prefix != nullptr;  // nsa_prefill's long chunks: keys from pages
   const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
   const auto* v = static_cast<const Element*>(p.v) + key_start * p.v_row_stride + g * p.v_head_stride;
   // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
   auto load_k = [&](int key0) {
     common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(k_s, T::kLdQk, [&](int r) -> const Element* {
-      return key0 + r < key_end ? k + static_cast<long long>(key0 + r) * p.k_row_stride : nullptr;
+      if (key0 + r >= key_end) return nullptr;
+      if (paged) return common::paged_key_row<const Element>(p.paged, p.paged.k, tile.seq, key0 + r, g);
+      return k + static_cast<long long>(key0 + r) * p.k_row_stride;
     });
   };
   auto load_v = [&](int key0) {
     common::copy_tile_async<T::kKeys, kDv, T::kThreads>(v_s, T::kLdV, [&](int r) -> const Element* {
-      return key0 + r < key_end ? v + static_cast<long long>(key0 + r) * p.v_row_stride : nullptr;
+      if (key0 + r >= key_end) return nullptr;
+      if (paged) return common::paged_key_row<const Element>(p.paged, p.paged.v, tile.seq, key0 + r, g);
+      return v + static_cast<long long>(key0 + r) * p.v_row_stride;
     });
   };
   const int num_tiles = key_end > key_begin ? (key_end - key_begin + T::kKeys - 1) / T::kKeys : 0;

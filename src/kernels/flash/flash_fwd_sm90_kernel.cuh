@@ -74,11 +74,17 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     return rows.q_offset[r] >= 0 ? q + rows.q_offset[r] : nullptr;
   });
 
+  const bool paged = p.paged.prefix != nullptr;  // nsa_prefill's long chunks: keys from pages
   const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
   const auto* v = static_cast<const Element*>(p.v) + key_start * p.v_row_stride + g * p.v_head_stride;
   // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
-  auto load_rows = [&]<int kCols>(Element* dst, const Element* src, long long stride, int key0) {
-    if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
+  auto load_rows = [&]<int kCols>(Element* dst, const Element* src, long long stride,
+                                  const common::PagedPool& pool, int key0) {
+    if (paged) {
+      wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, [&](int r) -> const Element* {
+        return key0 + r < key_end ? common::paged_key_row<const Element>(p.paged, pool, tile.seq, key0 + r, g) : nullptr;
+      });
+    } else if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
       wgmma::copy_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, src + key0 * stride, stride, key_end - key0);
     } else {  // Dqk = 192: rows of 24 vectors do not divide the threads evenly
       wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, [&](int r) -> const Element* {
@@ -87,10 +93,10 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     }
   };
   auto load_k = [&](int stage, int key0) {
-    load_rows.template operator()<kDqk>(k_s + stage * (T::kKBytes / 2), k, p.k_row_stride, key0);
+    load_rows.template operator()<kDqk>(k_s + stage * (T::kKBytes / 2), k, p.k_row_stride, p.paged.k, key0);
   };
   auto load_v = [&](int stage, int key0) {
-    load_rows.template operator()<kDv>(v_s + stage * (T::kVBytes / 2), v, p.v_row_stride, key0);
+    load_rows.template operator()<kDv>(v_s + stage * (T::kVBytes / 2), v, p.v_row_stride, p.paged.v, key0);
   };
   const int num_tiles = key_end > key_begin ? (key_end - key_begin + T::kKeys - 1) / T::kKeys : 0;
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "kernels/common/kernel_arch.hpp"
+#include "kernels/common/paged_pool.hpp"
 
 namespace fsa::cuda {
 
@@ -61,6 +62,9 @@ struct FlashParams {
   int cmp_len, cmp_stride;  // kCompressed: l, s
   std::int64_t window;      // kWindow: w
   float scale;
+  // Forward only, nsa_prefill's long chunks: query token t of sequence b at position prefix[b] + t,
+  // its keys gathered from pages (k, v and key_base unread). Null prefix: training.
+  common::PrefixedKeys paged;
 
   // Backward work split, set by the launcher: a CTA takes the query rows of one key tile that lie
   // in one block of `split_rows` consecutive rows of the sequence (rows = tokens x G). Block

@@ -25,6 +25,9 @@
 // After the last tile the blocks no tile closed are offered, then each row is written ascending
 // (chosen plus forced blocks, rank = count of smaller values), then -1 padding.
 //
+// nsa_prefill's long chunks run the same kernel (SelectParams::paged): the CTA's tokens sit after
+// the sequence's cached prefix, and the K~ tiles are gathered from the compressed pages.
+//
 // The pieces, one header each: select_seq_tile.cuh (the CTA's tile of tokens),
 // select_operand_loads.cuh (Q rows and K~ tiles into shared memory), select_phase_scores.cuh
 // (phase A's products and probabilities), select_topk_merge.cuh (phase C's merges); phase B and the
@@ -81,11 +84,12 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   if (!tile.valid) return;
   const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
   const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
-  const long long cmp_start = p.cu_cmp[tile.seq * p.cu_cmp_stride];
+  const bool paged = p.paged.prefix != nullptr;
+  const long long cmp_start = paged ? 0 : p.cu_cmp[tile.seq * p.cu_cmp_stride];
   const int tokens = static_cast<int>(min(static_cast<long long>(T), seq_len - tile.first));
-  // Local positions are below 2^31 (int32 cu_seqlens); s and B are powers of two (B is 32, 64 or
-  // 128 and s divides it), so block and key arithmetic is 32-bit shifts.
-  const int first_pos = static_cast<int>(tile.first);
+  // Positions are below 2^31 (int32 cu_seqlens and cache lengths); s and B are powers of two (B is
+  // 32, 64 or 128 and s divides it), so block and key arithmetic is 32-bit shifts.
+  const int first_pos = static_cast<int>(common::prefix_of(p.paged, tile.seq) + tile.first);
   const int s_shift = __ffs(s) - 1, b_shift = __ffs(B) - 1;
   const int windows = l >> s_shift;  // c = l / s
   const int keys_total = visible_count(first_pos + tokens - 1, l, s);
@@ -134,9 +138,16 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   __syncthreads();  // the per-token tables, read by other threads even when no key tile runs
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
-  const long long token0 = seq_start + first_pos;  // global row of the CTA's token 0
+  const long long token0 = seq_start + tile.first;  // global row of the CTA's token 0
   if (q_resident) load_q_chunk<Element, kDqk, kWgmma>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
-  if (key_tiles > 0) load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, 0, keys_total, k_s);
+  auto load_keys = [&](int key0) {
+    if (paged) {
+      load_paged_k_tile<Element, kDqk, kWgmma>(p.paged, tile.seq, g, key0, keys_total, k_s);
+    } else {
+      load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0, keys_total, k_s);
+    }
+  };
+  if (key_tiles > 0) load_keys(0);
   common::cp_async_commit();
 
   int ring_base = 0, ring_j_lo = 0;  // block ring_j_lo's ring slot (tile 0: block 0, slot 0)
@@ -266,7 +277,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       if (my_part < sh.active_parts) store_sums(sum);
     }
     __syncthreads();  // sums written; every warp is done with the K~ stage
-    if (kt + 1 < key_tiles) load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0 + kKeys, keys_total, k_s);
+    if (kt + 1 < key_tiles) load_keys(key0 + kKeys);
     common::cp_async_commit();  // lands while phases B and C run
 
     // ---- B: each token's 16 lanes sum the blocks the tile touches and offer the final ones ----

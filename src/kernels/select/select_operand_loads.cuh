@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/common/fast_exp.cuh"
+#include "kernels/common/paged_pool.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/select/select_params.hpp"
@@ -102,6 +103,23 @@ __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_s
         *to = make_uint4(0, 0, 0, 0);
       }
     }
+  }
+}
+
+// The same tile from the compressed pages of sequence b (nsa_prefill's long chunks): each row through
+// the page table (a compressed page holds any number of rows, so a tile may span several pages);
+// keys past keys_total, or without a valid page, are zero rows.
+template <class Element, int kDqk, bool kSwizzled>
+__device__ __forceinline__ void load_paged_k_tile(const common::PrefixedKeys& keys, int b, int g, int key0,
+                                                  int keys_total, Element* dst) {
+  auto source = [&](int row) -> const Element* {
+    const int key = key0 + row;
+    return key < keys_total ? common::paged_key_row<const Element>(keys, keys.k, b, key, g) : nullptr;
+  };
+  if constexpr (kSwizzled) {
+    wgmma::copy_tile_swizzled_async<kKeys, kDqk, kThreads>(dst, source);
+  } else {
+    common::copy_tile_async<kKeys, kDqk, kThreads>(dst, kDqk + kPadHalf, source);
   }
 }
 

@@ -248,7 +248,7 @@ void* advance(void* data, std::int64_t rows, std::int64_t row_stride, std::size_
   return static_cast<unsigned char*>(data) + rows * row_stride * static_cast<std::int64_t>(element);
 }
 
-SlcKeyPrefix key_prefix_of(const SlcPagedInputs* paged) {
+SlcKeyPrefix key_prefix_of(const PagedKeyInputs* paged) {
   if (paged == nullptr) return {};
   return {paged->key_prefix.ptr<const std::int32_t>(), paged->key_prefix.stride(0)};
 }
@@ -257,7 +257,7 @@ SlcKeyPrefix key_prefix_of(const SlcPagedInputs* paged) {
 // k and v unused) the keys stay where they are: the pages are addressed by position.
 SlcTensors chunk_tensors(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& topk_idx, const std::int32_t* cu, std::int64_t cu_stride,
-                         std::int64_t t0, const SlcPagedInputs* paged = nullptr) {
+                         std::int64_t t0, const PagedKeyInputs* paged = nullptr) {
   const std::size_t e = dtype_size(q.dtype);
   SlcTensors t{};
   t.q = advance(q.data, t0, q.stride(0), e);
@@ -399,7 +399,7 @@ namespace {
 
 // The forward of `p` over the caller's k / v rows, or (`paged`) a paged cache.
 Status run_forward(const NsaConfig& config, const SlcProblem& p, const TensorView& q, const TensorView& k,
-                   const TensorView& v, const SlcPagedInputs* paged, const TensorView& topk_idx,
+                   const TensorView& v, const PagedKeyInputs* paged, const TensorView& topk_idx,
                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const SlcOptions& options,
                    const TensorView& plan, const Workspace& workspace) {
   const DeviceGuard guard(q.device.index);
@@ -472,7 +472,7 @@ Status slc_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
                      cu_seqlens, o, lse, options, plan, workspace);
 }
 
-SlcProblem slc_paged_problem(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+SlcProblem slc_paged_problem(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
                              const TensorView& topk_idx, const TensorView& cu_seqlens) {
   SlcProblem p;
   p.tokens = q.size(0);
@@ -493,7 +493,7 @@ std::size_t slc_paged_forward_workspace_bytes(const SlcProblem& problem, const S
   return slc_forward_workspace_bytes(problem, paged_options(options), false);
 }
 
-Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const SlcPagedInputs& keys,
+Status slc_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
                          const TensorView& topk_idx, const TensorView& cu_seqlens, const TensorView& o,
                          const TensorView& lse, const SlcOptions& options, const Workspace& workspace) {
   FSA_RETURN_IF_ERROR(check_gpu_limits("slc_attn_forward", q, keys.k_pages, keys.v_pages, topk_idx));

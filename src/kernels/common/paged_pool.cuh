@@ -1,0 +1,56 @@
+// Device-side addressing of a paged pool (paged_pool.hpp): where row `index` of sequence b lives.
+// Every table entry is bounds-checked, so a bad entry (which the host cannot see without reading
+// device memory) costs a zero row, never a stray access.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/common/paged_pool.hpp"
+
+namespace fsa::cuda::common {
+
+// A pool row: page -1 when the index has no valid page (outside the table or the pool).
+struct PageRow {
+  int page;
+  int row;
+};
+
+// Row `index` (a token position, or a compressed token index) of sequence b in `pool` through
+// `table`.
+__device__ __forceinline__ PageRow locate(const PageTable& table, const PagedPool& pool, int b, long long index) {
+  // Indices are int32 positions (cache lengths are int32): 32-bit division, not 64-bit.
+  if (index < 0 || index > INT_MAX || pool.page_rows <= 0) return {-1, 0};
+  const int i = static_cast<int>(index);
+  const int column = i / pool.page_rows;
+  if (column >= table.width) return {-1, 0};
+  const int page = table.data[b * table.seq_stride + column * table.col_stride];
+  if (page < 0 || page >= pool.pages) return {-1, 0};
+  return {page, i - column * pool.page_rows};
+}
+
+// The first element of head `head` of a located row, or null for a row without a page.
+template <class Element>
+__device__ __forceinline__ Element* pool_row(const PagedPool& pool, PageRow at, int head) {
+  if (at.page < 0) return nullptr;
+  return static_cast<Element*>(pool.data) + at.page * pool.page_stride + at.row * pool.row_stride +
+         head * pool.head_stride;
+}
+
+// Head `head` of key `index` of sequence b in one of a PrefixedKeys' pools (keys.k or keys.v), or
+// null for a key without a page.
+template <class Element>
+__device__ __forceinline__ Element* paged_key_row(const PrefixedKeys& keys, const PagedPool& pool, int b,
+                                                  long long index, int head) {
+  return pool_row<Element>(pool, locate(keys.table, pool, b, index), head);
+}
+
+// Sequence b's first query position: prefix[b] (a negative length, a caller error, counts as 0), or
+// 0 without a prefix (training).
+__device__ __forceinline__ long long prefix_of(const PrefixedKeys& keys, int b) {
+  if (keys.prefix == nullptr) return 0;
+  const long long p = keys.prefix[b * keys.prefix_stride];
+  return p > 0 ? p : 0;
+}
+
+}  // namespace fsa::cuda::common
