@@ -612,7 +612,6 @@ TEST_F(Gpu, InferenceDecodeGroupSizes) {
 
 // An unknown FSA_DECODE_SELECT is an error that names it, before anything is written.
 TEST_F(Gpu, InferenceDecodeRejectsAnUnknownSelectRoute) {
-  const char* name = "FSA_DECODE_SELECT";
   const CacheCase c = decode_case(8, 2, 128, 128);
   auto rng = rng_for_test(50);
   const Params params = make_params(c, rng);
@@ -622,11 +621,11 @@ TEST_F(Gpu, InferenceDecodeRejectsAnUnknownSelectRoute) {
   const NsaLayerInputs in = dev.inputs();
   const DeviceBytes ws(nsa_decode_workspace_bytes(c.config, NsaInferenceShape::of(in, gpu.cache(), gpu.batch())));
   CacheState before = gpu.download();
-  ::setenv(name, "three-pass", 1);
+  ::setenv("FSA_DECODE_SELECT", "three-pass", 1);
   const Status s = nsa_decode(c.config, in, gpu.cache(), gpu.batch(), dev.view("o"), dev.branches(), ws.workspace());
-  ::unsetenv(name);
+  ::unsetenv("FSA_DECODE_SELECT");
   EXPECT_FALSE(s.is_ok());
-  EXPECT_NE(s.message().find(name), std::string::npos) << s.to_string();
+  EXPECT_NE(s.message().find("FSA_DECODE_SELECT"), std::string::npos) << s.to_string();
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   CacheState after = gpu.download();
   const std::vector<HostTensor*> pools_after = after.pools(), pools_before = before.pools();

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
                 "the flash tiling is the decode layout's (AttnSmem)");
   static_assert(sizeof(Element) == 2, "16-bit elements");
   constexpr int kThreads = T::kThreads;  // four warps of 16 rows (Dv = 256: times two column halves)
-  static_assert(kThreads >= kRows, "a thread per row for the row offsets");
+  static_assert(kThreads >= kRows && kKeys == kRows, "a thread per query row and per key row");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kRows];  // -1: no row
   __shared__ KeySlot slots[kKeys];
@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
-  // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it skips the MMAs and the softmax (warp-uniform).
+  // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it
+  // skips the MMAs and the softmax (warp-uniform).
   const bool warp_has_rows = first_row + row0 <= last_row;
   // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
   // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
@@ -207,11 +208,11 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   for (int it = 0; it < num_tiles; ++it) {
     const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
     __syncthreads();  // every warp is done with the previous tile's K, V and slots
-    for (int r = threadIdx.x; r < kKeys; r += kThreads) {
-      const KeySlot slot = slot_of(v0 + r);
-      slots[r] = slot;
-      k_src[r] = pool_row<const Element>(k_pool, slot.at, g);
-      v_src[r] = pool_row<const Element>(v_pool, slot.at, g);
+    if (threadIdx.x < kKeys) {  // a thread per key row (kThreads >= kRows = kKeys)
+      const KeySlot slot = slot_of(v0 + threadIdx.x);
+      slots[threadIdx.x] = slot;
+      k_src[threadIdx.x] = pool_row<const Element>(k_pool, slot.at, g);
+      v_src[threadIdx.x] = pool_row<const Element>(v_pool, slot.at, g);
     }
     __syncthreads();
     copy_rows_async<kKeys, kDqk, kThreads>(k_s, T::kLdQk, k_src, p.q);
@@ -235,7 +236,9 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
       }
     }
     if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
-      __syncthreads();  // every warp's S = Q K^T has read K: the staging may take its place (AttnSmem)
+      // Where the staging takes the K tile's place (AttnSmem: Dqk >= 192), every warp's S = Q K^T
+      // must have read K first.
+      if (layout.probs == layout.k) __syncthreads();
       if (col0 == 0 && warp_has_rows) stage_tile_probabilities<kKeys>(sc, row_max, probs_s, row_max_s, row0);
       __syncthreads();
       write_tile_partials<kThreads>(p.partials, p.nsa, probs_s, row_max_s, tile_rows, g, v0);

@@ -117,16 +117,15 @@ constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probabi
 struct AttnSmem {
   std::size_t q, k, v, bitmap, blocks, token_masks, probs, row_max, bytes;
   FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials) {
-    constexpr std::size_t rows = kRows;
     q = 0;
-    k = q + align_smem(static_cast<std::size_t>(rows) * (dim_qk + kPad) * 2);
+    k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
     v = k + align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
     bitmap = v + align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
     blocks = bitmap + align_smem(static_cast<std::size_t>(union_words) * 4);
     token_masks = blocks + align_smem(static_cast<std::size_t>(union_capacity) * 4);
     const std::size_t end = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
-    const std::size_t staged = align_smem(static_cast<std::size_t>(rows) * kLdProb * 4);
-    const std::size_t maxima = align_smem(static_cast<std::size_t>(rows) * 4);
+    const std::size_t staged = align_smem(static_cast<std::size_t>(kRows) * kLdProb * 4);
+    const std::size_t maxima = align_smem(static_cast<std::size_t>(kRows) * 4);
     const bool in_k = staged + maxima <= v - k;
     probs = in_k ? k : end;
     row_max = probs + staged;
@@ -196,6 +195,7 @@ FSA_DECODE_HD bool fuses_selection(std::int64_t tokens, int num_seqs) {
 // step with few sequences still spreads over the GPU (the split count is fixed by the shape; each
 // sequence divides its own keys among the splits on the device).
 constexpr long long kTargetCtas = 256;
+
 inline long long ceil_div(long long a, long long b) { return b > 0 ? (a + b - 1) / b : 0; }
 inline long long clamp_ll(long long v, long long lo, long long hi) { return v < lo ? lo : (v > hi ? hi : v); }
 inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
