@@ -669,9 +669,10 @@ TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the
-// window, stride and block grids; then decode steps after them. Every case runs twice: with the
-// selected branch of each prefill call in the KV-outer kernels (keys read from the pages, queries
-// after the cached prefix) and in the decode attention kernel, the two routes of nsa_prefill.
+// window, stride and block grids; then decode steps after them. Every case runs twice: with every
+// prefill call a long chunk (the training's compressed attention, selection and KV-outer selected
+// kernels reading the pages, queries after the cached prefix) and with none (the decode kernels),
+// the two routes of nsa_prefill.
 TEST_F(Gpu, InferenceChunkedPrefill) {
   CacheCase c;
   c.config = model_config();
@@ -688,6 +689,28 @@ TEST_F(Gpu, InferenceChunkedPrefill) {
       check_case(c, ++salt);
     }
   }
+  ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
+}
+
+// A long chunk's route (the training's compressed attention, selection and selected kernels over the
+// pages) at every head dim, fp16 with first-head scores and mean compression, every call of the case
+// a long chunk (threshold 1) so that prefixes of every length meet the paged kernels.
+TEST_F(Gpu, InferenceLongChunkHeadDims) {
+  ::setenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", "1", 1);
+  CacheCase c = decode_case(8, 2, 128, 128);
+  c.cached = {0, 31, 100, 1000};
+  c.steps = {{300, 1, 64, 70}, {17, 200, 0, 129}};
+  std::uint64_t salt = 40;
+  for (const auto& [dqk, dv] : {std::pair{192, 128}, {256, 256}, {64, 64}}) {
+    c.dqk = dqk;
+    c.dv = dv;
+    check_case(c, ++salt);
+  }
+  c.dqk = c.dv = 128;
+  c.dtype = DType::kFloat16;
+  c.config.aggregation = ScoreAggregation::kFirstHead;
+  c.config.compression = CompressionKind::kMean;
+  check_case(c, ++salt);
   ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
 }
 
