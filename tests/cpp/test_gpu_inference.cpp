@@ -714,6 +714,36 @@ TEST_F(Gpu, InferenceLongChunkHeadDims) {
   ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
 }
 
+// Table entries the host cannot check (outside the pool, negative) in pages a step reads: the step
+// completes without a device fault and its outputs are finite (those rows read as zeros), on both
+// routes of nsa_prefill and in a decode step.
+TEST_F(Gpu, InferenceBadTableEntriesReadAsZeros) {
+  CacheCase c = decode_case(8, 2, 128, 128);
+  c.cached = {100, 1000};
+  c.steps = {{300, 64}, {3, 8}};
+  auto rng = rng_for_test(60);
+  const Params params = make_params(c, rng);
+  CacheState state = make_cache(c, rng);
+  const std::int64_t pages = state.k_pages.size(0), cmp_pages = state.k_cmp_pages.size(0);
+  const std::int64_t width = state.block_table.size(1), cmp_width = state.cmp_block_table.size(1);
+  state.block_table.set(0, static_cast<double>(pages + 3));            // sequence 0's first page
+  state.block_table.set(width + 2, -7.0);                              // sequence 1's third
+  state.cmp_block_table.set(1, static_cast<double>(cmp_pages + 100));  // sequence 0's second compressed page
+  state.cmp_block_table.set(cmp_width + 4, -1.0);                      // sequence 1's fifth
+  for (const char* min_tokens : {"1", "1000000000"}) {
+    SCOPED_TRACE(std::string("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS=") + min_tokens);
+    ::setenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", min_tokens, 1);
+    DeviceCache gpu(state, c.dtype);
+    for (const auto& lengths : c.steps) {
+      const Chunk x = make_chunk(c, lengths, rng);
+      const StepOut got = run_gpu(c, params, x, gpu);  // expects ok calls and a clean synchronize
+      for (const HostTensor* t : {&got.o, &got.o_cmp, &got.o_slc, &got.o_swa})
+        EXPECT_TRUE(all_finite(t->to_double())) << "a non-finite output after " << lengths[0] << " tokens";
+    }
+  }
+  ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
+}
+
 // A decode step captured in a CUDA graph (caller workspace sized by the query for the tables'
 // context) and replayed with new inputs while cache_seqlens advances on the device: across the
 // replays every sequence meets steps that complete a compression window and steps that do not.

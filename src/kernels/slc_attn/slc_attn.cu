@@ -277,8 +277,8 @@ SlcTensors chunk_tensors(const NsaConfig& config, const TensorView& q, const Ten
   if (paged != nullptr) {
     const TensorView& table = paged->block_table;
     t.prefix = key_prefix_of(paged);
-    t.pages = {table.ptr<const std::int32_t>(), table.stride(0), table.stride(1), keys.stride(0), values.stride(0),
-               static_cast<int>(keys.size(1))};
+    t.pages = {table.ptr<const std::int32_t>(), table.stride(0), table.stride(1), table.size(1), keys.stride(0),
+               values.stride(0), std::min(keys.size(0), values.size(0)), static_cast<int>(keys.size(1))};
   }
   t.cu_seqlens = cu;
   t.cu_stride = cu_stride;

@@ -76,7 +76,8 @@ __device__ __forceinline__ bool find_unit(const SlcPlan& plan, const SlcTensors&
 
 // The first key (or value) row of the unit's block, at its kv head: row seq_start + j*B of `rows`,
 // or with paged keys row (j*B) % page_size of the page that holds the block (a block never
-// crosses a page). Its rows follow at token_stride either way.
+// crosses a page), null where the table has no valid page for it. Its rows follow at token_stride
+// either way.
 template <class Element>
 __device__ __forceinline__ const Element* block_rows(const SlcTensors& in, const UnitWork& w, int B, const void* rows,
                                                      long long token_stride, long long head_stride,
@@ -85,7 +86,10 @@ __device__ __forceinline__ const Element* block_rows(const SlcTensors& in, const
   const long long first = static_cast<long long>(w.block) * B;
   if (in.pages.block_table == nullptr) return base + (w.seq_start + first) * token_stride;
   const SlcPagedKeys& pg = in.pages;
-  const long long page = pg.block_table[w.seq * pg.table_seq_stride + (first / pg.page_size) * pg.table_page_stride];
+  const long long column = first / pg.page_size;
+  if (column >= pg.table_width) return nullptr;
+  const long long page = pg.block_table[w.seq * pg.table_seq_stride + column * pg.table_page_stride];
+  if (page < 0 || page >= pg.pages) return nullptr;
   return base + page * page_stride + (first % pg.page_size) * token_stride;
 }
 
@@ -126,7 +130,8 @@ __device__ __forceinline__ void issue_rows(Element* dst, int ld, int count, cons
 }
 
 // cp.async copies of rows [0, valid) of a strided global matrix into shared rows of `ld`
-// elements; rows [valid, count) are zero-filled so that masked keys never multiply garbage.
+// elements; rows [valid, count), or every row for a null src (a block without a page), are
+// zero-filled so that masked keys never multiply garbage.
 template <class Element, int kDim, int kThreads>
 __device__ __forceinline__ void issue_strided_rows(Element* dst, int ld, int count, int valid, const Element* src,
                                                    long long stride) {
@@ -134,7 +139,7 @@ __device__ __forceinline__ void issue_strided_rows(Element* dst, int ld, int cou
   for (int idx = threadIdx.x; idx < count * kVectors; idx += kThreads) {
     const int row = idx / kVectors, vec = idx % kVectors;
     uint4* to = reinterpret_cast<uint4*>(dst + row * ld) + vec;
-    if (row < valid) {
+    if (row < valid && src != nullptr) {
       cp_async_16(to, reinterpret_cast<const uint4*>(src + row * stride) + vec);
     } else {
       *to = make_uint4(0, 0, 0, 0);
