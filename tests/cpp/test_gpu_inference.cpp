@@ -724,8 +724,8 @@ TEST_F(Gpu, InferenceBadTableEntriesReadAsZeros) {
   auto rng = rng_for_test(60);
   const Params params = make_params(c, rng);
   CacheState state = make_cache(c, rng);
-  const std::int64_t pages = state.k_pages.size(0), cmp_pages = state.k_cmp_pages.size(0);
-  const std::int64_t width = state.block_table.size(1), cmp_width = state.cmp_block_table.size(1);
+  const std::int64_t pages = state.k_pages.sizes()[0], cmp_pages = state.k_cmp_pages.sizes()[0];
+  const std::int64_t width = state.block_table.sizes()[1], cmp_width = state.cmp_block_table.sizes()[1];
   state.block_table.set(0, static_cast<double>(pages + 3));            // sequence 0's first page
   state.block_table.set(width + 2, -7.0);                              // sequence 1's third
   state.cmp_block_table.set(1, static_cast<double>(cmp_pages + 100));  // sequence 0's second compressed page
