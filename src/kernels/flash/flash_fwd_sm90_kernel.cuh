@@ -68,22 +68,37 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   auto* q_s = reinterpret_cast<Element*>(smem);
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
+  // Paged keys (nsa_prefill's long chunks): each key tile's rows located once, one thread per row,
+  // three tiles ahead of its K copy, so that the copies' vectors read a located row from shared
+  // memory instead of each waiting on a page-table load. Tile j's rows sit in slot j % 4: written
+  // after the top barrier of iteration j - 3 (the prologue: tiles 0-2), read by the copies of K_j
+  // (iteration j - 2) and V_j (j - 1), free again after iteration j - 1's barrier.
+  constexpr int kLocatedTiles = 4;
+  __shared__ common::PageRow located[kLocatedTiles][T::kKeys];
+  const bool paged = p.paged.prefix != nullptr;
+  auto locate_tile = [&](int j) {  // k and v pools share their pages (the cache's shapes are checked)
+    const int key = key_begin + j * T::kKeys + static_cast<int>(threadIdx.x);
+    if (threadIdx.x < T::kKeys)
+      located[j % kLocatedTiles][threadIdx.x] =
+          key < key_end ? common::locate(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
+  };
+  if (paged)
+    for (int j = 0; j < kLocatedTiles - 1; ++j) locate_tile(j);
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
   wgmma::copy_tile_swizzled_async<T::kRows, kDqk, T::kThreads>(q_s, [&](int r) -> const Element* {
     return rows.q_offset[r] >= 0 ? q + rows.q_offset[r] : nullptr;
   });
 
-  const bool paged = p.paged.prefix != nullptr;  // nsa_prefill's long chunks: keys from pages
   const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
   const auto* v = static_cast<const Element*>(p.v) + key_start * p.v_row_stride + g * p.v_head_stride;
   // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
   auto load_rows = [&]<int kCols>(Element* dst, const Element* src, long long stride,
                                   const common::PagedPool& pool, int key0) {
     if (paged) {
-      wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, [&](int r) -> const Element* {
-        return key0 + r < key_end ? common::paged_key_row<const Element>(p.paged, pool, tile.seq, key0 + r, g) : nullptr;
-      });
+      const common::PageRow* at = located[((key0 - key_begin) / T::kKeys) % kLocatedTiles];
+      wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(
+          dst, [&](int r) -> const Element* { return common::pool_row<const Element>(pool, at[r], g); });
     } else if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
       wgmma::copy_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, src + key0 * stride, stride, key_end - key0);
     } else {  // Dqk = 192: rows of 24 vectors do not divide the threads evenly
@@ -196,6 +211,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (it + 2 < num_tiles) load_k(it % 2, key0 + 2 * T::kKeys);
     if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
     common::cp_async_commit();  // possibly empty
+    if (paged && it + 3 < num_tiles) locate_tile(it + 3);
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
       wgmma::fence_operands<T::kKeys>(s);

@@ -135,6 +135,18 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     worst_s[t] = cap > 0 ? TopEntry{-INFINITY, INT_MAX} : TopEntry{INFINITY, -1};  // (+inf, -1): beaten by none
     pending_count_s[t] = 0;
   }
+  // Paged keys: the rows of the next K~ tile, located once (one thread per row) before the barrier
+  // that precedes its copy; the copy reads them from here (tile 0's below, tile kt + 1's in
+  // iteration kt before phase A).
+  __shared__ common::PageRow located_s[kKeys];
+  static_assert(sizeof(located_s) <= kStaticSmemBytes, "the launcher's limits leave room for it");
+  auto locate_tile = [&](int key0) {
+    const int key = key0 + static_cast<int>(threadIdx.x);
+    if (threadIdx.x < kKeys)
+      located_s[threadIdx.x] = key < keys_total ? common::locate(p.paged.table, p.paged.k, tile.seq, key)
+                                                : common::PageRow{-1, 0};
+  };
+  if (paged) locate_tile(0);
   __syncthreads();  // the per-token tables, read by other threads even when no key tile runs
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
@@ -142,7 +154,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   if (q_resident) load_q_chunk<Element, kDqk, kWgmma>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
   auto load_keys = [&](int key0) {
     if (paged) {
-      load_paged_k_tile<Element, kDqk, kWgmma>(p.paged, tile.seq, g, key0, keys_total, k_s);
+      load_located_k_tile<Element, kDqk, kWgmma>(p.paged.k, located_s, g, k_s);
     } else {
       load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0, keys_total, k_s);
     }
@@ -156,6 +168,8 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     common::cp_async_wait<0>();
     if constexpr (kWgmma) wgmma::fence_async_shared();  // the copies and zero fills, before wgmma reads
     __syncthreads();  // K~ tile kt (and Q) landed; phase C of tile kt - 1 is done
+
+    if (paged && kt + 1 < key_tiles) locate_tile(key0 + kKeys);  // copied after the barrier below
 
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;

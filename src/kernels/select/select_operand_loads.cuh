@@ -106,16 +106,12 @@ __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_s
   }
 }
 
-// The same tile from the compressed pages of sequence b (nsa_prefill's long chunks): each row through
-// the page table (a compressed page holds any number of rows, so a tile may span several pages);
-// keys past keys_total, or without a valid page, are zero rows.
+// The same tile from a paged pool (nsa_prefill's long chunks): row r from the pool row located[r]
+// (located by the caller, page -1 for a key past keys_total or without a valid page: a zero row).
 template <class Element, int kDqk, bool kSwizzled>
-__device__ __forceinline__ void load_paged_k_tile(const common::PrefixedKeys& keys, int b, int g, int key0,
-                                                  int keys_total, Element* dst) {
-  auto source = [&](int row) -> const Element* {
-    const int key = key0 + row;
-    return key < keys_total ? common::paged_key_row<const Element>(keys, keys.k, b, key, g) : nullptr;
-  };
+__device__ __forceinline__ void load_located_k_tile(const common::PagedPool& pool, const common::PageRow* located,
+                                                    int g, Element* dst) {
+  auto source = [&](int row) -> const Element* { return common::pool_row<const Element>(pool, located[row], g); };
   if constexpr (kSwizzled) {
     wgmma::copy_tile_swizzled_async<kKeys, kDqk, kThreads>(dst, source);
   } else {

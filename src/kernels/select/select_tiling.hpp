@@ -186,6 +186,10 @@ inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_st
 struct SmemLimits {
   std::size_t two_per_sm, one_per_sm;
 };
+// The kernel's static shared memory (the located rows of a paged K~ tile: kKeys 8-byte PageRows,
+// padded to the dynamic memory's 1024-byte alignment, as ptxas reports it), which the dynamic
+// layout's limits leave room for.
+constexpr std::size_t kStaticSmemBytes = 1024;
 
 // Query rows per K~ tile to aim for: each K~ tile is read from L2 once per CTA, so more rows per
 // CTA means less L2 traffic; 256 rows of Q plus the K~ stage fit one CTA per SM up to Dqk = 192,
