@@ -97,8 +97,12 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
                                   const common::PagedPool& pool, int key0) {
     if (paged) {
       const common::PageRow* at = located[((key0 - key_begin) / T::kKeys) % kLocatedTiles];
-      wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(
-          dst, [&](int r) -> const Element* { return common::pool_row<const Element>(pool, at[r], g); });
+      auto row = [&](int r) -> const Element* { return common::pool_row<const Element>(pool, at[r], g); };
+      if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
+        wgmma::copy_gathered_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, row, pool.data);
+      } else {  // Dqk = 192
+        wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, row);
+      }
     } else if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
       wgmma::copy_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, src + key0 * stride, stride, key_end - key0);
     } else {  // Dqk = 192: rows of 24 vectors do not divide the threads evenly

@@ -112,7 +112,9 @@ template <class Element, int kDqk, bool kSwizzled>
 __device__ __forceinline__ void load_located_k_tile(const common::PagedPool& pool, const common::PageRow* located,
                                                     int g, Element* dst) {
   auto source = [&](int row) -> const Element* { return common::pool_row<const Element>(pool, located[row], g); };
-  if constexpr (kSwizzled) {
+  if constexpr (kSwizzled && kThreads % (kDqk / 8) == 0) {
+    wgmma::copy_gathered_rows_swizzled_async<kKeys, kDqk, kThreads>(dst, source, pool.data);
+  } else if constexpr (kSwizzled) {
     wgmma::copy_tile_swizzled_async<kKeys, kDqk, kThreads>(dst, source);
   } else {
     common::copy_tile_async<kKeys, kDqk, kThreads>(dst, kDqk + kPadHalf, source);
