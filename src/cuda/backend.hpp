@@ -62,6 +62,9 @@ Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const Ten
                          const TensorView& dk_cmp, const TensorView& dv_cmp, const Workspace& workspace);
 Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
+// Sliding-window attention of a chunk over a paged cache's key and value pages.
+Status swa_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
+                         const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
 Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const TensorView& d_o,
                     const TensorView& dq, const TensorView& dk, const TensorView& dv, const Workspace& workspace);

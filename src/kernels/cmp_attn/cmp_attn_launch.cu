@@ -5,7 +5,6 @@
 #include "cuda/runtime.hpp"
 #include "cuda/backend.hpp"
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/common/paged_pool_views.hpp"
 #include "kernels/flash/flash.hpp"
 
 namespace fsa::cuda {
@@ -41,14 +40,10 @@ Status cmp_attn_paged_forward(const NsaConfig& config, const TensorView& q, cons
   FSA_RETURN_IF_ERROR(common::check_rows_aligned(
       kOp, {{"q", q}, {"k_cmp_pages", keys.k_pages}, {"v_cmp_pages", keys.v_pages}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
-  // The params' key rows: one page of each pool as [page_size, Hkv, D] (its heads and dims; with
-  // paged keys the kernels read k and v through the table, never these rows).
-  auto page_rows = [](const TensorView& pool) {
-    return TensorView::strided(pool.data, pool.dtype, {pool.size(1), pool.size(2), pool.size(3)},
-                               {pool.stride(1), pool.stride(2), 1}, pool.device);
-  };
-  FlashParams p = params_of(config, q, page_rows(keys.k_pages), page_rows(keys.v_pages), cu_seqlens, cu_seqlens, o, lse);
-  p.paged = common::prefixed_keys(keys);
+  FlashParams p = flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2))));
+  p.mask = FlashMask::kCompressed;
+  p.cmp_len = config.cmp_len;
+  p.cmp_stride = config.cmp_stride;
   return flash::forward(kOp, p, q.dtype, q.size(2), keys.v_pages.size(3), current_stream());
 }
 

@@ -16,10 +16,10 @@
 //   6. gated combination (kernels/combine).
 //
 // Long prefill chunks (long_chunk) run steps 3-5 in the training's kernels instead, over the
-// pages, with queries at positions after the cached prefix: compressed attention in the flash kernel
-// (cmp_attn_paged_forward), the selection in the fused selection kernel (select_blocks_paged, which
-// writes topk_idx whole: no finalize), the selected branch KV-outer (slc_paged_forward); the window
-// stays in the decode launch. A decode tile of 16 tokens attends to the union of its tokens' blocks,
+// pages, with queries at positions after the cached prefix: compressed and window attention in the
+// flash kernels (cmp_attn_paged_forward, swa_paged_forward), the selection in the fused selection
+// kernel (select_blocks_paged, which writes topk_idx whole: no finalize), the selected branch
+// KV-outer (slc_paged_forward). A decode tile of 16 tokens attends to the union of its tokens' blocks,
 // up to 13x the key tiles each token needs, and the decode kernels' selection recomputes scores per
 // 64-key range; a chunked prefill of thousands of tokens spent 4x the training's time in each.
 // Decode steps keep the decode kernels (the training kernels' fixed costs are most of a step).
@@ -155,8 +155,8 @@ struct StepWorkspace {
   // The fused selection's block partials (sized for the calls of this shape that fuse).
   float* partial_values = nullptr;
   float* partial_max = nullptr;
-  // A long chunk's KV-outer selected branch (long_chunk): its lse and its own workspace.
-  TensorView slc_lse;
+  // A long chunk's (long_chunk) selected and window lse, and the KV-outer selected branch's workspace.
+  TensorView slc_lse, swa_lse;
   Workspace slc;
 
   StepWorkspace(WorkspaceCarver& w, const NsaConfig& c, const NsaInferenceShape& s, const StepPlan& plan,
@@ -184,6 +184,7 @@ struct StepWorkspace {
     partial_max = w.take<float>(plan.partial_rows * plan.partial_tiles);
     if (long_route) {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
+      swa_lse = w.take_tensor(DType::kFloat32, {hq, n});
       slc = w.take_workspace(slc_paged_forward_workspace_bytes(paged_problem(c, s), SlcOptions{}));
     }
   }
@@ -325,11 +326,31 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
   FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
 
-  // ---- 3-5: the attention launches' parameters ----
+  // ---- 3-5 ----
   const TensorView o_cmp = br.o_cmp.defined() ? br.o_cmp : w.o_cmp;
   const TensorView o_slc = br.o_slc.defined() ? br.o_slc : w.o_slc;
   const TensorView o_swa = br.o_swa.defined() ? br.o_swa : w.o_swa;
   const TensorView topk = br.topk_idx.defined() ? br.topk_idx : w.topk;
+  if (long_route) {
+    // ---- 3-5, a long chunk: the training's kernels over the pages ----
+    PagedKeyInputs cmp_keys;
+    cmp_keys.key_prefix = batch.cache_seqlens;
+    cmp_keys.block_table = batch.cmp_block_table;
+    cmp_keys.k_pages = cache.k_cmp_pages;
+    cmp_keys.v_pages = cache.v_cmp_pages;
+    cmp_keys.max_context = s.max_context;
+    FSA_RETURN_IF_ERROR(cmp_attn_paged_forward(c, w.q_rot, cmp_keys, in.cu_seqlens, o_cmp, w.lse_cmp));
+    FSA_RETURN_IF_ERROR(select_blocks_paged(c, w.q_rot, cmp_keys, w.lse_cmp, in.cu_seqlens, topk));
+    PagedKeyInputs keys = cmp_keys;
+    keys.block_table = batch.block_table;
+    keys.k_pages = cache.k_pages;
+    keys.v_pages = cache.v_pages;
+    FSA_RETURN_IF_ERROR(
+        slc_paged_forward(c, w.q_rot, keys, topk, in.cu_seqlens, o_slc, w.slc_lse, SlcOptions{}, w.slc));
+    FSA_RETURN_IF_ERROR(swa_paged_forward(c, w.q_rot, keys, in.cu_seqlens, o_swa, w.swa_lse));
+    return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
+  }
+
   decode::AttnParams at{};
   at.batch = info;
   at.nsa = nsa;
@@ -375,26 +396,6 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
         [&]<class Element, int kDqk, int kDv>() { return decode::launch_decode_attention<Element, kDqk, kDv>(at, stream); }));
     return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
   };
-  if (long_route) {
-    // ---- 3-5, a long chunk: the training's kernels over the pages ----
-    PagedKeyInputs cmp_keys;
-    cmp_keys.key_prefix = batch.cache_seqlens;
-    cmp_keys.block_table = batch.cmp_block_table;
-    cmp_keys.k_pages = cache.k_cmp_pages;
-    cmp_keys.v_pages = cache.v_cmp_pages;
-    cmp_keys.max_context = s.max_context;
-    FSA_RETURN_IF_ERROR(cmp_attn_paged_forward(c, w.q_rot, cmp_keys, in.cu_seqlens, o_cmp, w.lse_cmp));
-    FSA_RETURN_IF_ERROR(select_blocks_paged(c, w.q_rot, cmp_keys, w.lse_cmp, in.cu_seqlens, topk));
-    PagedKeyInputs keys = cmp_keys;
-    keys.block_table = batch.block_table;
-    keys.k_pages = cache.k_pages;
-    keys.v_pages = cache.v_pages;
-    FSA_RETURN_IF_ERROR(
-        slc_paged_forward(c, w.q_rot, keys, topk, in.cu_seqlens, o_slc, w.slc_lse, SlcOptions{}, w.slc));
-    FSA_RETURN_IF_ERROR(attend({decode::Branch::kWindow}));
-    return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
-  }
-
   // ---- 3: compressed attention ----
   const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_tiles, plan.tile_blocks};
   if (fused) at.partials = partials;

@@ -70,20 +70,19 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
   // Paged keys (nsa_prefill's long chunks): each key tile's rows located once, one thread per row,
   // three tiles ahead of its K copy, so that the copies' vectors read a located row from shared
-  // memory instead of each waiting on a page-table load. Tile j's rows sit in slot j % 4: written
-  // after the top barrier of iteration j - 3 (the prologue: tiles 0-2), read by the copies of K_j
-  // (iteration j - 2) and V_j (j - 1), free again after iteration j - 1's barrier.
+  // memory instead of each waiting on a page-table load. Tile j's rows sit in slot j % 4: loaded
+  // from the table in iteration j - 3 and stored at its end (the prologue: tiles 0-2), read by the
+  // copies of K_j (iteration j - 2) and V_j (j - 1), free again after iteration j - 1's barrier.
+  // The k and v pools share their page structure (the cache's shapes are checked).
   constexpr int kLocatedTiles = 4;
   __shared__ common::PageRow located[kLocatedTiles][T::kKeys];
   const bool paged = p.paged.prefix != nullptr;
-  auto locate_tile = [&](int j) {  // k and v pools share their pages (the cache's shapes are checked)
+  auto row_of_tile = [&](int j) {  // this thread's row of tile j (threads < kKeys)
     const int key = key_begin + j * T::kKeys + static_cast<int>(threadIdx.x);
-    if (threadIdx.x < T::kKeys)
-      located[j % kLocatedTiles][threadIdx.x] =
-          key < key_end ? common::locate(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
+    return key < key_end ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
   };
-  if (paged)
-    for (int j = 0; j < kLocatedTiles - 1; ++j) locate_tile(j);
+  if (paged && threadIdx.x < T::kKeys)
+    for (int j = 0; j < kLocatedTiles - 1; ++j) located[j][threadIdx.x] = row_of_tile(j);
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
   wgmma::copy_tile_swizzled_async<T::kRows, kDqk, T::kThreads>(q_s, [&](int r) -> const Element* {
@@ -215,7 +214,8 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (it + 2 < num_tiles) load_k(it % 2, key0 + 2 * T::kKeys);
     if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
     common::cp_async_commit();  // possibly empty
-    if (paged && it + 3 < num_tiles) locate_tile(it + 3);
+    const bool locates = paged && it + 3 < num_tiles && threadIdx.x < T::kKeys;
+    const common::PageRow ahead = locates ? row_of_tile(it + 3) : common::PageRow{-1, 0};  // stored below
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
       wgmma::fence_operands<T::kKeys>(s);
@@ -229,6 +229,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
       wgmma::wait_group<0>();
       wgmma::fence_operands<kDv>(acc);
     }
+    if (locates) located[(it + 3) % kLocatedTiles][threadIdx.x] = ahead;
   };
   for (int it = 0; it + 1 < num_tiles; ++it) step.template operator()<true>(it);
   if (num_tiles > 0) step.template operator()<false>(num_tiles - 1);

@@ -136,17 +136,15 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     pending_count_s[t] = 0;
   }
   // Paged keys: the rows of the next K~ tile, located once (one thread per row) before the barrier
-  // that precedes its copy; the copy reads them from here (tile 0's below, tile kt + 1's in
-  // iteration kt before phase A).
+  // that precedes its copy; the copy reads them from here (tile 0's below; tile kt + 1's loaded
+  // from the table before phase A of iteration kt and stored after it).
   __shared__ common::PageRow located_s[kKeys];
   static_assert(sizeof(located_s) <= kStaticSmemBytes, "the launcher's limits leave room for it");
-  auto locate_tile = [&](int key0) {
+  auto row_at = [&](int key0) {  // this thread's row of the tile at key0 (threads < kKeys)
     const int key = key0 + static_cast<int>(threadIdx.x);
-    if (threadIdx.x < kKeys)
-      located_s[threadIdx.x] = key < keys_total ? common::locate(p.paged.table, p.paged.k, tile.seq, key)
-                                                : common::PageRow{-1, 0};
+    return key < keys_total ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
   };
-  if (paged) locate_tile(0);
+  if (paged && threadIdx.x < kKeys) located_s[threadIdx.x] = row_at(0);
   __syncthreads();  // the per-token tables, read by other threads even when no key tile runs
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
@@ -169,7 +167,8 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     if constexpr (kWgmma) wgmma::fence_async_shared();  // the copies and zero fills, before wgmma reads
     __syncthreads();  // K~ tile kt (and Q) landed; phase C of tile kt - 1 is done
 
-    if (paged && kt + 1 < key_tiles) locate_tile(key0 + kKeys);  // copied after the barrier below
+    const bool locates = paged && kt + 1 < key_tiles && threadIdx.x < kKeys;
+    const common::PageRow next_row = locates ? row_at(key0 + kKeys) : common::PageRow{-1, 0};  // stored after A
 
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;
@@ -290,6 +289,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       }
       if (my_part < sh.active_parts) store_sums(sum);
     }
+    if (locates) located_s[threadIdx.x] = next_row;
     __syncthreads();  // sums written; every warp is done with the K~ stage
     if (kt + 1 < key_tiles) load_keys(key0 + kKeys);
     common::cp_async_commit();  // lands while phases B and C run
