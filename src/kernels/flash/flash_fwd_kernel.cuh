@@ -165,7 +165,9 @@ Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
   if (p.arch == common::KernelArch::kSm90a)
     return flash::launch_forward_tiles<flash::FwdSm90Traits<Element, kDqk, kDv>>(
-        flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>, "flash_fwd_sm90_kernel", p, stream);
+        p.paged.prefix != nullptr ? flash::flash_fwd_sm90_kernel<Element, kDqk, kDv, true>
+                                  : flash::flash_fwd_sm90_kernel<Element, kDqk, kDv, false>,
+        "flash_fwd_sm90_kernel", p, stream);
   return flash::launch_forward_tiles<flash::FwdTraits<Element, kDqk, kDv>>(
       flash::flash_fwd_kernel<Element, kDqk, kDv>, "flash_fwd_kernel", p, stream);
 }

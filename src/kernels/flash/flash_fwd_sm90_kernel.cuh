@@ -50,7 +50,9 @@ struct FwdSm90Traits {
   static constexpr std::uint32_t kVPanelBytes = kKeys * wgmma::kPanelRowBytes;
 };
 
-template <class Element, int kDqk, int kDv>
+// kPaged: nsa_prefill's long chunks (p.paged set), a variant of its own so that the training's
+// kernel carries none of the paged code.
+template <class Element, int kDqk, int kDv, bool kPaged>
 __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p) {
 #if FSA_HAS_WGMMA
@@ -75,14 +77,15 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   // copies of K_j (iteration j - 2) and V_j (j - 1), free again after iteration j - 1's barrier.
   // The k and v pools share their page structure (the cache's shapes are checked).
   constexpr int kLocatedTiles = 4;
-  __shared__ common::PageRow located[kLocatedTiles][T::kKeys];
-  const bool paged = p.paged.prefix != nullptr;
+  __shared__ common::PageRow located[kPaged ? kLocatedTiles : 1][kPaged ? T::kKeys : 1];
+  constexpr bool paged = kPaged;
   auto row_of_tile = [&](int j) {  // this thread's row of tile j (threads < kKeys)
     const int key = key_begin + j * T::kKeys + static_cast<int>(threadIdx.x);
     return key < key_end ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
   };
-  if (paged && threadIdx.x < T::kKeys)
-    for (int j = 0; j < kLocatedTiles - 1; ++j) located[j][threadIdx.x] = row_of_tile(j);
+  if constexpr (paged)
+    if (threadIdx.x < T::kKeys)
+      for (int j = 0; j < kLocatedTiles - 1; ++j) located[j][threadIdx.x] = row_of_tile(j);
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
   wgmma::copy_tile_swizzled_async<T::kRows, kDqk, T::kThreads>(q_s, [&](int r) -> const Element* {
@@ -94,7 +97,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
   auto load_rows = [&]<int kCols>(Element* dst, const Element* src, long long stride,
                                   const common::PagedPool& pool, int key0) {
-    if (paged) {
+    if constexpr (paged) {
       const common::PageRow* at = located[((key0 - key_begin) / T::kKeys) % kLocatedTiles];
       auto row = [&](int r) -> const Element* { return common::pool_row<const Element>(pool, at[r], g); };
       if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
@@ -215,7 +218,8 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
     common::cp_async_commit();  // possibly empty
     const bool locates = paged && it + 3 < num_tiles && threadIdx.x < T::kKeys;
-    const common::PageRow ahead = locates ? row_of_tile(it + 3) : common::PageRow{-1, 0};  // stored below
+    common::PageRow ahead{-1, 0};  // stored at the end of the step
+    if constexpr (paged) ahead = locates ? row_of_tile(it + 3) : ahead;
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
       wgmma::fence_operands<T::kKeys>(s);
@@ -229,7 +233,8 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
       wgmma::wait_group<0>();
       wgmma::fence_operands<kDv>(acc);
     }
-    if (locates) located[(it + 3) % kLocatedTiles][threadIdx.x] = ahead;
+    if constexpr (paged)
+      if (locates) located[(it + 3) % kLocatedTiles][threadIdx.x] = ahead;
   };
   for (int it = 0; it + 1 < num_tiles; ++it) step.template operator()<true>(it);
   if (num_tiles > 0) step.template operator()<false>(num_tiles - 1);

@@ -138,8 +138,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   // Paged keys: the rows of the next K~ tile, located once (one thread per row) before the barrier
   // that precedes its copy; the copy reads them from here (tile 0's below; tile kt + 1's loaded
   // from the table before phase A of iteration kt and stored after it).
-  __shared__ common::PageRow located_s[kKeys];
-  static_assert(sizeof(located_s) <= kStaticSmemBytes, "the launcher's limits leave room for it");
+  auto* located_s = reinterpret_cast<common::PageRow*>(smem + layout.located);  // in the layout when paged
   auto row_at = [&](int key0) {  // this thread's row of the tile at key0 (threads < kKeys)
     const int key = key0 + static_cast<int>(threadIdx.x);
     return key < keys_total ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};

@@ -26,6 +26,7 @@ namespace fsa::cuda::sel {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kKeys = 64;           // compressed keys per tile
+constexpr std::size_t kLocatedBytes = kKeys * 8;  // a paged K~ tile's located rows (8-byte PageRows)
 constexpr int kMaxTopk = 64;        // two list slots per lane of the warp that owns a token
 constexpr int kLdProb = kKeys + 8;  // floats per token row of summed probabilities: the float2
                                     // stores of a fragment (8 tokens x 4 pairs) hit 16 distinct banks
@@ -62,9 +63,10 @@ struct TopEntry {
 // (wgmma_sm90.cuh), the buffer realigned to 1024 bytes by the kernel (1024 more bytes); never more
 // than the padded layout, so a shape chosen for one fits the other.
 struct SelectSmem {
-  std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, bytes;
+  std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, located, bytes;
   SelectSmem() = default;
-  FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk, bool swizzled = false) {
+  // paged: room for the located rows of a paged K~ tile (kLocatedBytes; nsa_prefill's long chunks).
+  FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk, bool swizzled = false, bool paged = false) {
     const std::size_t ld = static_cast<std::size_t>(swizzled ? dqk : dqk + kPadHalf) * 2;  // bytes per Q/K row
     const std::size_t q_rows = static_cast<std::size_t>(sh.rounds_per_chunk) * kWarps * 16;
     const std::size_t tokens = static_cast<std::size_t>(sh.tokens_per_cta);
@@ -80,7 +82,8 @@ struct SelectSmem {
     capacity = weight + align_bytes(static_cast<std::size_t>(sh.block_keys) * sizeof(float));
     worst = capacity + align_bytes(tokens * sizeof(int));
     pending_count = worst + align_bytes(tokens * sizeof(TopEntry));
-    bytes = pending_count + align_bytes(tokens * sizeof(int)) + (swizzled ? 1024 : 0);
+    located = pending_count + align_bytes(tokens * sizeof(int));
+    bytes = located + (paged ? align_bytes(kLocatedBytes) : 0) + (swizzled ? 1024 : 0);
   }
 };
 
@@ -186,10 +189,7 @@ inline SelectShape choose_shape(int heads_used, int dqk, int cmp_len, int cmp_st
 struct SmemLimits {
   std::size_t two_per_sm, one_per_sm;
 };
-// The kernel's static shared memory (the located rows of a paged K~ tile: kKeys 8-byte PageRows,
-// padded to the dynamic memory's 1024-byte alignment, as ptxas reports it), which the dynamic
-// layout's limits leave room for.
-constexpr std::size_t kStaticSmemBytes = 1024;
+
 
 // Query rows per K~ tile to aim for: each K~ tile is read from L2 once per CTA, so more rows per
 // CTA means less L2 traffic; 256 rows of Q plus the K~ stage fit one CTA per SM up to Dqk = 192,
