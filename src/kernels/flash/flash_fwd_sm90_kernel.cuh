@@ -217,8 +217,8 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (it + 2 < num_tiles) load_k(it % 2, key0 + 2 * T::kKeys);
     if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
     common::cp_async_commit();  // possibly empty
-    const bool locates = paged && it + 3 < num_tiles && threadIdx.x < T::kKeys;
-    common::PageRow ahead{-1, 0};  // stored at the end of the step
+    [[maybe_unused]] const bool locates = paged && it + 3 < num_tiles && threadIdx.x < T::kKeys;
+    [[maybe_unused]] common::PageRow ahead{-1, 0};  // stored at the end of the step
     if constexpr (paged) ahead = locates ? row_of_tile(it + 3) : ahead;
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
