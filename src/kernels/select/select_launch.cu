@@ -6,7 +6,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -46,10 +45,9 @@ Status run_select(const NsaConfig& config, SelectParams p, DType dtype, std::int
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
-  // Paged keys: the shape leaves room for the located rows the layout adds (SelectSmem, paged).
-  const std::size_t located = p.paged.prefix != nullptr ? sel::align_bytes(sel::kLocatedBytes) : 0;
-  const sel::SmemLimits limits{static_cast<std::size_t>(std::min(max_smem, sm_smem / 2 - reserved)) - located,
-                                static_cast<std::size_t>(max_smem) - located};
+  const sel::SmemLimits limits =
+      sel::launch_limits(static_cast<std::size_t>(max_smem), static_cast<std::size_t>(sm_smem),
+                         static_cast<std::size_t>(reserved), /*paged=*/p.paged.prefix != nullptr);
   cudaStream_t stream = current_stream();
   return common::dispatch_select("select_blocks", dtype, dqk, [&]<class Element, int kDqk>() {
     return launch_select_blocks<Element, kDqk>(p, limits, stream);

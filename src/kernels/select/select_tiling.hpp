@@ -190,6 +190,14 @@ struct SmemLimits {
   std::size_t two_per_sm, one_per_sm;
 };
 
+// The limits of a device with `max_optin` bytes a block may opt in to, `per_sm` an SM holds and
+// `reserved` it keeps per block; a paged launch (nsa_prefill's long chunks) leaves room for the
+// located rows its layout adds (SelectSmem, paged), so that its shape fits either way.
+inline SmemLimits launch_limits(std::size_t max_optin, std::size_t per_sm, std::size_t reserved, bool paged) {
+  const std::size_t located = paged ? align_bytes(kLocatedBytes) : 0;
+  const std::size_t half = per_sm / 2 - reserved;
+  return {(max_optin < half ? max_optin : half) - located, max_optin - located};
+}
 
 // Query rows per K~ tile to aim for: each K~ tile is read from L2 once per CTA, so more rows per
 // CTA means less L2 traffic; 256 rows of Q plus the K~ stage fit one CTA per SM up to Dqk = 192,
