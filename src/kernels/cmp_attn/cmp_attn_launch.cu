@@ -11,15 +11,19 @@ namespace fsa::cuda {
 
 namespace {
 
-FlashParams params_of(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp, const TensorView& v_cmp,
-                      const TensorView& cu_seqlens, const TensorView& cu_cmp, const TensorView& o,
-                      const TensorView& lse) {
-  FlashParams p = flash::make_params(q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse,
-                                     config.softmax_scale(static_cast<int>(q.size(2))));
+// p with the compressed-key mask of `config`.
+FlashParams compressed_mask(const NsaConfig& config, FlashParams p) {
   p.mask = FlashMask::kCompressed;
   p.cmp_len = config.cmp_len;
   p.cmp_stride = config.cmp_stride;
   return p;
+}
+
+FlashParams params_of(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp, const TensorView& v_cmp,
+                      const TensorView& cu_seqlens, const TensorView& cu_cmp, const TensorView& o,
+                      const TensorView& lse) {
+  return compressed_mask(config, flash::make_params(q, k_cmp, v_cmp, cu_seqlens, cu_cmp, o, lse,
+                                                    config.softmax_scale(static_cast<int>(q.size(2)))));
 }
 
 }  // namespace
@@ -40,10 +44,8 @@ Status cmp_attn_paged_forward(const NsaConfig& config, const TensorView& q, cons
   FSA_RETURN_IF_ERROR(common::check_rows_aligned(
       kOp, {{"q", q}, {"k_cmp_pages", keys.k_pages}, {"v_cmp_pages", keys.v_pages}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
-  FlashParams p = flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2))));
-  p.mask = FlashMask::kCompressed;
-  p.cmp_len = config.cmp_len;
-  p.cmp_stride = config.cmp_stride;
+  const FlashParams p = compressed_mask(
+      config, flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2)))));
   return flash::forward(kOp, p, q.dtype, q.size(2), keys.v_pages.size(3), current_stream());
 }
 

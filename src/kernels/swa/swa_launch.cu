@@ -11,13 +11,17 @@ namespace fsa::cuda {
 
 namespace {
 
-FlashParams params_of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
-                      const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
-  FlashParams p = flash::make_params(q, k, v, cu_seqlens, cu_seqlens, o, lse,
-                                     config.softmax_scale(static_cast<int>(q.size(2))));
+// p with the window mask of `config`.
+FlashParams window_mask(const NsaConfig& config, FlashParams p) {
   p.mask = FlashMask::kWindow;
   p.window = config.window;
   return p;
+}
+
+FlashParams params_of(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
+  return window_mask(config, flash::make_params(q, k, v, cu_seqlens, cu_seqlens, o, lse,
+                                                config.softmax_scale(static_cast<int>(q.size(2)))));
 }
 
 }  // namespace
@@ -34,11 +38,11 @@ Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorVie
 Status swa_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
                          const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
   constexpr const char* kOp = "swa_forward";
-  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k_pages", keys.k_pages}, {"v_pages", keys.v_pages}, {"o", o}}));
+  FSA_RETURN_IF_ERROR(
+      common::check_rows_aligned(kOp, {{"q", q}, {"k_pages", keys.k_pages}, {"v_pages", keys.v_pages}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
-  FlashParams p = flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2))));
-  p.mask = FlashMask::kWindow;
-  p.window = config.window;
+  const FlashParams p = window_mask(
+      config, flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2)))));
   return flash::forward(kOp, p, q.dtype, q.size(2), keys.v_pages.size(3), current_stream());
 }
 
