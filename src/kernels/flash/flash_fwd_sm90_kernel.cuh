@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
                                   const common::PagedPool& pool, int key0) {
     if constexpr (paged) {
       const common::PageRow* at = located[((key0 - key_begin) / T::kKeys) % kLocatedTiles];
-      auto row = [&](int r) -> const Element* { return common::pool_row<const Element>(pool, at[r], g); };
+      auto row = [&](int r) -> const Element* { return common::checked_pool_row<const Element>(pool, at[r], g); };
       if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
         wgmma::copy_gathered_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, row, pool.data);
       } else {  // Dqk = 192

@@ -111,7 +111,7 @@ __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_s
 template <class Element, int kDqk, bool kSwizzled>
 __device__ __forceinline__ void load_located_k_tile(const common::PagedPool& pool, const common::PageRow* located,
                                                     int g, Element* dst) {
-  auto source = [&](int row) -> const Element* { return common::pool_row<const Element>(pool, located[row], g); };
+  auto source = [&](int row) -> const Element* { return common::checked_pool_row<const Element>(pool, located[row], g); };
   if constexpr (kSwizzled && kThreads % (kDqk / 8) == 0) {
     wgmma::copy_gathered_rows_swizzled_async<kKeys, kDqk, kThreads>(dst, source, pool.data);
   } else if constexpr (kSwizzled) {
