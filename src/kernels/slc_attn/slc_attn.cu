@@ -22,6 +22,7 @@
 #include "common/env_value.hpp"
 #include "common/workspace_carver.hpp"
 #include "cuda/backend.hpp"
+#include "kernels/common/paged_pool_views.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/slc_attn/slc_bwd_launch.hpp"
@@ -275,10 +276,8 @@ SlcTensors chunk_tensors(const NsaConfig& config, const TensorView& q, const Ten
   t.v_token_stride = values.stride(row_dim);
   t.v_head_stride = values.stride(row_dim + 1);
   if (paged != nullptr) {
-    const TensorView& table = paged->block_table;
     t.prefix = key_prefix_of(paged);
-    t.pages = {table.ptr<const std::int32_t>(), table.stride(0), table.stride(1), table.size(1), keys.stride(0),
-               values.stride(0), std::min(keys.size(0), values.size(0)), static_cast<int>(keys.size(1))};
+    t.pages = {common::table_view(paged->block_table), common::pool_view(keys), common::pool_view(values)};
   }
   t.cu_seqlens = cu;
   t.cu_stride = cu_stride;

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/common/convert.cuh"
+#include "kernels/common/paged_pool.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 #include "kernels/slc_attn/slc_plan.hpp"
 
@@ -75,22 +76,17 @@ __device__ __forceinline__ bool find_unit(const SlcPlan& plan, const SlcTensors&
 }
 
 // The first key (or value) row of the unit's block, at its kv head: row seq_start + j*B of `rows`,
-// or with paged keys row (j*B) % page_size of the page that holds the block (a block never
-// crosses a page), null where the table has no valid page for it. Its rows follow at token_stride
-// either way.
+// or with paged keys (`pool`, in.pages.k or .v) row (j*B) % page_size of the page that holds the
+// block (a block never crosses a page), null where the table has no valid page for it. Its rows
+// follow at token_stride either way.
 template <class Element>
 __device__ __forceinline__ const Element* block_rows(const SlcTensors& in, const UnitWork& w, int B, const void* rows,
                                                      long long token_stride, long long head_stride,
-                                                     long long page_stride) {
-  const auto* base = static_cast<const Element*>(rows) + w.kv_head * head_stride;
+                                                     const common::PagedPool& pool) {
   const long long first = static_cast<long long>(w.block) * B;
-  if (in.pages.block_table == nullptr) return base + (w.seq_start + first) * token_stride;
-  const SlcPagedKeys& pg = in.pages;
-  const long long column = first / pg.page_size;
-  if (column >= pg.table_width) return nullptr;
-  const long long page = pg.block_table[w.seq * pg.table_seq_stride + column * pg.table_page_stride];
-  if (page < 0 || page >= pg.pages) return nullptr;
-  return base + page * page_stride + (first % pg.page_size) * token_stride;
+  if (in.pages.table.data == nullptr)
+    return static_cast<const Element*>(rows) + w.kv_head * head_stride + (w.seq_start + first) * token_stride;
+  return common::pool_row<const Element>(pool, common::locate(in.pages.table, pool, w.seq, first), w.kv_head);
 }
 
 // Asynchronous 16-byte global -> shared copies (cp.async, sm80+): a thread issues all its copies

@@ -67,11 +67,11 @@ __global__ void __launch_bounds__(kFwdThreads) slc_fwd_kv_outer_kernel(const __g
   // The block's keys and values (rows at a constant stride), once for all rows of the unit.
   issue_strided_rows<Element, kDqk, kFwdThreads>(
       k_s, Smem::kLdQk, kB, w.keys,
-      block_rows<Element>(p.in, w, kB, p.in.k, p.in.k_token_stride, p.in.k_head_stride, p.in.pages.k_page_stride),
+      block_rows<Element>(p.in, w, kB, p.in.k, p.in.k_token_stride, p.in.k_head_stride, p.in.pages.k),
       p.in.k_token_stride);
   issue_strided_rows<Element, kDv, kFwdThreads>(
       v_s, Smem::kLdV, kB, w.keys,
-      block_rows<Element>(p.in, w, kB, p.in.v, p.in.v_token_stride, p.in.v_head_stride, p.in.pages.v_page_stride),
+      block_rows<Element>(p.in, w, kB, p.in.v, p.in.v_token_stride, p.in.v_head_stride, p.in.pages.v),
       p.in.v_token_stride);
   cp_async_commit();
 

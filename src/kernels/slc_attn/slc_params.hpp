@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/common/kernel_arch.hpp"
+#include "kernels/common/paged_pool.hpp"
 #include "kernels/slc_attn/slc_plan.hpp"
 
 namespace fsa::cuda {
@@ -17,17 +18,14 @@ struct SlcKeyPrefix {
   std::int64_t stride = 0;
 };
 
-// Keys in a paged cache (nsa_prefill): with block_table set, key position r of sequence b is row
-// r % page_size of page block_table[b, r / page_size] of k / v ([pages, page_size, Hkv, D], the
-// token stride within a page k_token_stride). page_size is a multiple of the block size, so a key
-// block lies in one page; a table entry outside [0, pages) (or a block past the table) reads as zero
-// rows, never a stray access. Null: key position r of sequence b is row cu[b] - P_b + r of k / v.
+// Keys in a paged cache (nsa_prefill): with table.data set, key position r of sequence b is row
+// common::locate(table, k, b, r) of the pools k / v (common/paged_pool.cuh: [pages, page_size, Hkv,
+// D]; page_size a multiple of the block size, so a key block lies in one page; a table entry
+// outside the pool, or a block past the table, reads as zero rows). Null: key position r of
+// sequence b is row cu[b] - P_b + r of k / v.
 struct SlcPagedKeys {
-  const std::int32_t* block_table = nullptr;  // [num_seqs, max_pages]
-  std::int64_t table_seq_stride = 0, table_page_stride = 0, table_width = 0;
-  std::int64_t k_page_stride = 0, v_page_stride = 0;
-  std::int64_t pages = 0;  // pool pages
-  int page_size = 0;
+  common::PageTable table{};
+  common::PagedPool k{}, v{};
 };
 
 // Inputs of the plan builder.
