@@ -136,14 +136,18 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     pending_count_s[t] = 0;
   }
   // Paged keys: the rows of the next K~ tile, located once (one thread per row) before the barrier
-  // that precedes its copy; the copy reads them from here (tile 0's below; tile kt + 1's loaded
-  // from the table before phase A of iteration kt and stored after it).
-  auto* located_s = reinterpret_cast<common::PageRow*>(smem + layout.located);  // in the layout when paged
+  // that precedes its copy, as head g's address (null for a row without a valid page), so that the
+  // copy's vectors do no page arithmetic; the copy reads them from here (tile 0's below; tile
+  // kt + 1's loaded from the table before phase A of iteration kt and stored after it).
+  auto* located_s = reinterpret_cast<const Element**>(smem + layout.located);  // in the layout when paged
   auto row_at = [&](int key0) {  // this thread's row of the tile at key0 (threads < kKeys)
     const int key = key0 + static_cast<int>(threadIdx.x);
     return key < keys_total ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
   };
-  if (paged && threadIdx.x < kKeys) located_s[threadIdx.x] = row_at(0);
+  auto store_located = [&](common::PageRow at) {
+    located_s[threadIdx.x] = common::checked_pool_row<const Element>(p.paged.k, at, g);
+  };
+  if (paged && threadIdx.x < kKeys) store_located(row_at(0));
   __syncthreads();  // the per-token tables, read by other threads even when no key tile runs
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
@@ -151,7 +155,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   if (q_resident) load_q_chunk<Element, kDqk, kWgmma>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
   auto load_keys = [&](int key0) {
     if (paged) {
-      load_located_k_tile<Element, kDqk, kWgmma>(p.paged.k, located_s, g, k_s);
+      load_located_k_tile<Element, kDqk, kWgmma>(located_s, p.paged.k.data, k_s);
     } else {
       load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0, keys_total, k_s);
     }
@@ -288,7 +292,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       }
       if (my_part < sh.active_parts) store_sums(sum);
     }
-    if (locates) located_s[threadIdx.x] = next_row;
+    if (locates) store_located(next_row);
     __syncthreads();  // sums written; every warp is done with the K~ stage
     if (kt + 1 < key_tiles) load_keys(key0 + kKeys);
     common::cp_async_commit();  // lands while phases B and C run

@@ -106,14 +106,14 @@ __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_s
   }
 }
 
-// The same tile from a paged pool (nsa_prefill's long chunks): row r from the pool row located[r]
-// (located by the caller, page -1 for a key past keys_total or without a valid page: a zero row).
+// The same tile from a paged pool (nsa_prefill's long chunks): row r from located[r], the row's
+// address located by the caller (null for a key past keys_total or without a valid page: a zero
+// row); `any` is an address in the pool for the zero rows' empty copies.
 template <class Element, int kDqk, bool kSwizzled>
-__device__ __forceinline__ void load_located_k_tile(const common::PagedPool& pool, const common::PageRow* located,
-                                                    int g, Element* dst) {
-  auto source = [&](int row) -> const Element* { return common::checked_pool_row<const Element>(pool, located[row], g); };
+__device__ __forceinline__ void load_located_k_tile(const Element* const* located, const void* any, Element* dst) {
+  auto source = [&](int row) -> const Element* { return located[row]; };
   if constexpr (kSwizzled && kThreads % (kDqk / 8) == 0) {
-    wgmma::copy_gathered_rows_swizzled_async<kKeys, kDqk, kThreads>(dst, source, pool.data);
+    wgmma::copy_gathered_rows_swizzled_async<kKeys, kDqk, kThreads>(dst, source, any);
   } else if constexpr (kSwizzled) {
     wgmma::copy_tile_swizzled_async<kKeys, kDqk, kThreads>(dst, source);
   } else {

@@ -26,7 +26,7 @@ namespace fsa::cuda::sel {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kKeys = 64;           // compressed keys per tile
-constexpr std::size_t kLocatedBytes = kKeys * 8;  // a paged K~ tile's located rows (8-byte PageRows)
+constexpr std::size_t kLocatedBytes = kKeys * sizeof(void*);  // a paged K~ tile's located rows (their addresses)
 constexpr int kMaxTopk = 64;        // two list slots per lane of the warp that owns a token
 constexpr int kLdProb = kKeys + 8;  // floats per token row of summed probabilities: the float2
                                     // stores of a fragment (8 tokens x 4 pairs) hit 16 distinct banks
