@@ -140,7 +140,7 @@ TEST(DecodePlan, AttentionTilesTouchAtMostTheirTokens) {
 }
 
 // The attention's pieces of shared memory do not overlap, except the block partials' staging,
-// which takes the K tile's place only where it fits there, and everything lies within `bytes`.
+// which takes a K stage's place only where it fits there, and everything lies within `bytes`.
 TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
   constexpr std::size_t rows = kRows;
   for (const auto& [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}})
@@ -151,22 +151,29 @@ TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
           const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
                                     " capacity=" + std::to_string(capacity) + " partials=" + std::to_string(partials);
           EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
-          EXPECT_GE(m.v - m.k, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
-          EXPECT_GE(m.bitmap - m.v, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
+          EXPECT_GE(m.k_stage, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
+          EXPECT_GE(m.v_stage, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
+          EXPECT_GE(m.v - m.k, kAttnStages * m.k_stage) << where;
+          EXPECT_GE(m.slots - m.v, kAttnStages * m.v_stage) << where;
+          EXPECT_GE(m.sources - m.slots, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot)) << where;
+          EXPECT_GE(m.bitmap - m.sources, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*))
+              << where;
           EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
           EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
+          for (const std::size_t piece : {m.k, m.v, m.k_stage, m.v_stage, m.slots, m.sources, m.bitmap})
+            EXPECT_EQ(piece % 16, 0u) << where;  // cp.async and ldmatrix need 16-byte alignment
           const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
           EXPECT_LE(union_end, m.bytes) << where;
           if (!partials) continue;
           const std::size_t staged_end = m.row_max + rows * 4;
           EXPECT_GE(m.row_max - m.probs, rows * kLdProb * 4) << where;
           if (m.probs == m.k) {
-            EXPECT_LE(staged_end, m.v) << where;  // within the K tile
+            EXPECT_LE(staged_end, m.k + m.k_stage) << where;  // within one K stage
           } else {
             EXPECT_GE(m.probs, union_end) << where;
             EXPECT_LE(staged_end, m.bytes) << where;
-            // Placed after the union only when the K tile is too small for it.
-            EXPECT_GT(rows * (kLdProb + 1) * 4, m.v - m.k) << where;
+            // Placed after the union only when a K stage is too small for it.
+            EXPECT_GT(rows * (kLdProb + 1) * 4, m.k_stage) << where;
           }
         }
 }

@@ -18,12 +18,15 @@
 //
 // Per key tile: the tile's 64 key rows are located in the pools (page table lookups, one thread per
 // key, bounds-checked; rows without a page and positions not yet written read as zeros and are
-// masked) and resolved to row pointers once, K and V copied with cp.async from them
-// (copy_rows_async; V lands while S = Q K^T runs), then the online softmax of
-// the masked flash-attention forward (kernels/flash) and O += P V on mma.sync. For Dv = 256 the
-// output columns are split over two warp groups, as in the flash forward. A deeper cp.async
-// pipeline (the next tile's K during this tile's softmax) is where the next speedup of long
-// prefill chunks belongs; a decode step is bound by its bytes, which this order reads once.
+// masked) and resolved to row addresses once, K and V copied with cp.async from them
+// (copy_rows_async), then the online softmax of the masked flash-attention forward (kernels/flash)
+// and O += P V on mma.sync. For Dv = 256 the output columns are split over two warp groups, as in
+// the flash forward.
+//
+// Pipeline: a decode step is bound by its bytes, and one tile's chain (table load, then K and V
+// copies, then the products) left most of HBM idle (48% of its rate at 16 x 128K): in iteration j
+// the copies of tile j + 1 are in flight (two K / V stages) and the table loads of tile j + 2
+// (a ring of three located tiles), while tile j's products run.
 #pragma once
 
 #include <climits>
@@ -48,13 +51,12 @@ namespace fsa::cuda::decode {
 template <class Element, int kDqk, int kDv>
 using AttnTraits = flash::FwdTraits<Element, kDqk, kDv>;
 
-// Where key list position v0 + r of the current tile lives, and what it is: `key` is the compressed
-// token index (compressed branch) or the position (raw branches), INT_MAX for a list position past
-// the split's end; `unit` is the union entry of the selected branch.
+// Where key list position v0 + r of a tile lives (its pool row), and what it is (AttnSlot: `key`
+// is the compressed token index (compressed branch) or the position (raw branches), INT_MAX for a
+// list position past the split's end; `unit` is the union entry of the selected branch).
 struct KeySlot {
   PageRow at;
-  int key;
-  int unit;
+  AttnSlot slot;
 };
 
 template <class Element, int kDqk, int kDv>
@@ -68,12 +70,6 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   static_assert(kThreads >= kRows && kKeys == kRows, "a thread per query row and per key row");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kRows];  // -1: no row
-  __shared__ KeySlot slots[kKeys];
-  // Each key row's K and V source in the pools (null: zeros), resolved once per tile by the row's
-  // thread: the copies then read one pointer per 16-byte vector. Recomputing the page arithmetic
-  // per vector cost about 46 instructions a vector (16 vectors a row), against about 14.
-  __shared__ const Element* k_src[kKeys];
-  __shared__ const Element* v_src[kKeys];
   __shared__ int union_count;
 
   // The branch and split of blockIdx.z.
@@ -102,13 +98,28 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   const PartialRows tile_rows = partial_rows(first_row, static_cast<int>(last_row - first_row + 1), seq.row0, G);
   const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
-  auto* k_s = reinterpret_cast<Element*>(smem + layout.k);
-  auto* v_s = reinterpret_cast<Element*>(smem + layout.v);
+  auto k_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.k + (tile % kAttnStages) * layout.k_stage); };
+  auto v_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.v + (tile % kAttnStages) * layout.v_stage); };
+  // Located tile j: its rows' slots (the masks') and K / V addresses in the pools (null: zeros),
+  // resolved once by the row's thread, so that a copy's vector costs one pointer load (the page
+  // arithmetic per vector cost about 46 instructions a vector, against about 14).
+  auto slots_of = [&](int tile) {
+    return reinterpret_cast<AttnSlot*>(smem + layout.slots) + (tile % kAttnLocatedTiles) * kKeys;
+  };
+  auto sources_of = [&](int tile) {  // [0, kKeys): K rows, [kKeys, 2 kKeys): V rows
+    return reinterpret_cast<const Element**>(smem + layout.sources) + (tile % kAttnLocatedTiles) * 2 * kKeys;
+  };
   const UnionView uni{reinterpret_cast<std::uint32_t*>(smem + layout.bitmap),
                       reinterpret_cast<std::int32_t*>(smem + layout.blocks),
                       reinterpret_cast<unsigned long long*>(smem + layout.token_masks)};
-  auto* probs_s = reinterpret_cast<float*>(smem + layout.probs);
-  auto* row_max_s = reinterpret_cast<float*>(smem + layout.row_max);
+  // The block partials' staging: in tile j's K stage when it fits there (layout.probs == layout.k).
+  const bool staged_in_k = layout.probs == layout.k;
+  auto probs_at = [&](int tile) {
+    return reinterpret_cast<float*>(smem + layout.probs + (staged_in_k ? (tile % kAttnStages) * layout.k_stage : 0));
+  };
+  auto row_max_at = [&](int tile) {
+    return reinterpret_cast<float*>(smem + layout.row_max + (staged_in_k ? (tile % kAttnStages) * layout.k_stage : 0));
+  };
 
   if (threadIdx.x < kRows) {
     const long long row = first_row + threadIdx.x;
@@ -142,10 +153,10 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
 
   // List position v as a key slot (thread r of the first kKeys).
   auto slot_of = [&](long long v) -> KeySlot {
-    if (v >= v_end) return {{-1, 0}, INT_MAX, 0};
+    if (v >= v_end) return {{-1, 0}, {INT_MAX, 0}};
     if (branch == Branch::kCompressed) {
-      if (v >= num_compressed) return {{-1, 0}, static_cast<int>(v), 0};
-      return {locate(p.cmp_block_table, p.k_cmp_pages, b, v), static_cast<int>(v), 0};
+      if (v >= num_compressed) return {{-1, 0}, {static_cast<int>(v), 0}};
+      return {locate(p.cmp_block_table, p.k_cmp_pages, b, v), {static_cast<int>(v), 0}};
     }
     long long position;
     int unit = 0;
@@ -158,9 +169,9 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     // Positions at or past seq_len were never written: zeros (and masked: they are after every token).
     // REVIEW: a position below seq_len whose table entry is invalid (caller error) is not masked: its
     // zero key scores 0 and still takes softmax weight (with a zero value). Documented as "reads as
-    // zeros", but a NaN-free exclusion would need the mask to test slots[c].at.page too.
+    // zeros", but a NaN-free exclusion would need the mask to test the row's page too.
     const PageRow at = position < seq_len ? locate(p.block_table, p.k_pages, b, position) : PageRow{-1, 0};
-    return {at, static_cast<int>(position), unit};
+    return {at, {static_cast<int>(position), unit}};
   };
   const PagedPool& k_pool = branch == Branch::kCompressed ? p.k_cmp_pages : p.k_pages;
   const PagedPool& v_pool = branch == Branch::kCompressed ? p.v_cmp_pages : p.v_pages;
@@ -190,13 +201,14 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   }
   // The branch's mask, chosen once (the branch is the CTA's): per score a shared-memory load and a
   // compare or two, where one test for all branches spent a dozen instructions and branches.
+  const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
   auto compressed_visible = [&](int h, int column) { return slots[column].key < cmp_end[h]; };
   auto window_visible = [&](int h, int column) {
     const int key = slots[column].key;
     return key >= raw_lo[h] && key <= raw_hi[h];
   };
   auto selected_visible = [&](int h, int column) {
-    const KeySlot& key = slots[column];
+    const AttnSlot& key = slots[column];
     return key.key <= raw_hi[h] && ((uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull) != 0;
   };
 
@@ -205,27 +217,49 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   float acc[T::kDvPart / 8][4];
   common::zero_acc<T::kDvPart>(acc);
 
+  // Tile j's located rows (threads < kKeys, one row each): the table load, then the store.
+  auto locate_tile = [&](int tile) { return slot_of(v_begin + static_cast<long long>(tile) * kKeys + threadIdx.x); };
+  auto store_located = [&](int tile, const KeySlot& located) {
+    slots_of(tile)[threadIdx.x] = located.slot;
+    const Element** sources = sources_of(tile);
+    sources[threadIdx.x] = pool_row<const Element>(k_pool, located.at, g);
+    sources[kKeys + threadIdx.x] = pool_row<const Element>(v_pool, located.at, g);
+  };
+  // Tile j's K and V copies, one cp.async group each (empty past the last tile, so that every
+  // iteration waits on the same group counts).
+  auto issue_copies = [&](int tile) {
+    const Element* const* sources = sources_of(tile);
+    if (tile < num_tiles) copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources, p.q);
+    common::cp_async_commit();
+    if (tile < num_tiles) copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources + kKeys, p.q);
+    common::cp_async_commit();
+  };
+  if (threadIdx.x < kKeys && num_tiles > 0) {  // tiles 0 and 1: both table loads, then both stores
+    const KeySlot first = locate_tile(0);
+    const KeySlot second = num_tiles > 1 ? locate_tile(1) : KeySlot{};
+    store_located(0, first);
+    if (num_tiles > 1) store_located(1, second);
+  }
+  __syncthreads();
+  issue_copies(0);
+
   for (int it = 0; it < num_tiles; ++it) {
     const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
-    __syncthreads();  // every warp is done with the previous tile's K, V and slots
-    if (threadIdx.x < kKeys) {  // a thread per key row (kThreads >= kRows = kKeys)
-      const KeySlot slot = slot_of(v0 + threadIdx.x);
-      slots[threadIdx.x] = slot;
-      k_src[threadIdx.x] = pool_row<const Element>(k_pool, slot.at, g);
-      v_src[threadIdx.x] = pool_row<const Element>(v_pool, slot.at, g);
-    }
+    // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
+    // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible.
     __syncthreads();
-    copy_rows_async<kKeys, kDqk, kThreads>(k_s, T::kLdQk, k_src, p.q);
-    common::cp_async_commit();
-    copy_rows_async<kKeys, kDv, kThreads>(v_s, T::kLdV, v_src, p.q);
-    common::cp_async_commit();
+    issue_copies(it + 1);
+    const bool locates = threadIdx.x < kKeys && it + 2 < num_tiles;
+    KeySlot ahead{};
+    if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
 
-    common::cp_async_wait<1>();  // Q (first tile) and K have landed; V may be in flight
+    common::cp_async_wait<3>();  // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight)
     __syncthreads();
+    slots = slots_of(it);
     float sc[kKeys / 8][4];
     if (warp_has_rows) {
       common::zero_acc<kKeys>(sc);
-      common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s,
+      common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
                                                                                T::kLdQk, 0);
       if (branch == Branch::kCompressed) {
         flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
@@ -236,17 +270,18 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
       }
     }
     if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
-      // Where the staging takes the K tile's place (AttnSmem: Dqk >= 192), every warp's S = Q K^T
-      // must have read K first.
-      if (layout.probs == layout.k) __syncthreads();
-      if (col0 == 0 && warp_has_rows) stage_tile_probabilities<kKeys>(sc, row_max, probs_s, row_max_s, row0);
+      // Where the staging takes the K stage's place (AttnSmem), every warp's S = Q K^T must have
+      // read K first.
+      if (staged_in_k) __syncthreads();
+      if (col0 == 0 && warp_has_rows) stage_tile_probabilities<kKeys>(sc, row_max, probs_at(it), row_max_at(it), row0);
       __syncthreads();
-      write_tile_partials<kThreads>(p.partials, p.nsa, probs_s, row_max_s, tile_rows, g, v0);
+      write_tile_partials<kThreads>(p.partials, p.nsa, probs_at(it), row_max_at(it), tile_rows, g, v0);
     }
 
-    common::cp_async_wait<0>();  // V has landed
+    common::cp_async_wait<2>();  // V of tile it has landed
     __syncthreads();
-    if (warp_has_rows) common::warp_pv_mma<Element, kKeys, T::kDvPart>(acc, sc, v_s, T::kLdV, col0);
+    if (warp_has_rows) common::warp_pv_mma<Element, kKeys, T::kDvPart>(acc, sc, v_s(it), T::kLdV, col0);
+    if (locates) store_located(it + 2, ahead);
   }
   common::cp_async_wait<0>();  // the Q copies, when no key tile ran
 

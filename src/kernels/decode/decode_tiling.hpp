@@ -108,26 +108,38 @@ FSA_DECODE_HD std::size_t align_smem(std::size_t bytes) { return (bytes + 127) /
 constexpr int kPad = 8;
 constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probability tiles
 
-// The attention kernel: Q tile (kRows rows), one K and one V tile, and the selected branch's union
-// of blocks (bitmap words over the sequence's blocks, the distinct blocks, the tokens that chose
-// each). With block partials (the fused selection's compressed launch), a key tile's probabilities
-// and the rows' maxima are staged in the K tile's place when they fit there (the kernel stages them
-// after a barrier that follows every warp's S = Q K^T, and the next K copy follows the barrier
-// before O += P V), else after the union.
+// The attention kernel: Q tile (kRows rows), kAttnStages K and V tiles (the next tile's copies
+// land while this one's products run), the located key rows of kAttnLocatedTiles tiles (what the
+// masks read and where the copies read from: decode_attn_kernel.cuh), and the selected branch's
+// union of blocks (bitmap words over the sequence's blocks, the distinct blocks, the tokens that
+// chose each). With block partials (the fused selection's compressed launch), a key tile's
+// probabilities and the rows' maxima are staged in its K stage's place when they fit there (the
+// kernel stages them after a barrier that follows every warp's S = Q K^T; that stage's next copy
+// follows the next iteration's first barrier), else after the union.
+constexpr int kAttnStages = 2;
+constexpr int kAttnLocatedTiles = 3;  // tiles j (masks), j + 1 (its copies issued), j + 2 (located)
+struct AttnSlot {  // a located key row: its key (compressed index or position; INT_MAX: past the list) and union entry
+  int key, unit;
+};
 struct AttnSmem {
-  std::size_t q, k, v, bitmap, blocks, token_masks, probs, row_max, bytes;
+  std::size_t q, k, v, k_stage, v_stage, slots, sources, bitmap, blocks, token_masks, probs, row_max, bytes;
   FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials) {
     q = 0;
     k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
-    v = k + align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
-    bitmap = v + align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
+    k_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
+    v = k + kAttnStages * k_stage;
+    v_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
+    slots = v + kAttnStages * v_stage;
+    sources = slots + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot));
+    // Per located tile, each row's K address then its V address (8 bytes each).
+    bitmap = sources + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * 8);
     blocks = bitmap + align_smem(static_cast<std::size_t>(union_words) * 4);
     token_masks = blocks + align_smem(static_cast<std::size_t>(union_capacity) * 4);
     const std::size_t end = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
     const std::size_t staged = align_smem(static_cast<std::size_t>(kRows) * kLdProb * 4);
     const std::size_t maxima = align_smem(static_cast<std::size_t>(kRows) * 4);
-    const bool in_k = staged + maxima <= v - k;
-    probs = in_k ? k : end;
+    const bool in_k = staged + maxima <= k_stage;
+    probs = in_k ? k : end;  // in K: plus the tile's stage offset
     row_max = probs + staged;
     bytes = block_partials && !in_k ? end + staged + maxima : end;
   }
