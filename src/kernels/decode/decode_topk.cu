@@ -9,6 +9,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_candidates.cuh"
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/select/select_tiling.hpp"
 #include "kernels/select/select_topk_merge.cuh"
@@ -23,19 +24,6 @@ constexpr int kWarps = kThreads / 32;
 // read once, not once per round (each round's re-read of the lists was a trip to L2 after the
 // previous round's mark: 11 us for 13 rounds at that shape).
 constexpr int kEntriesPerLane = 8;
-
-// The warp's best (score, block) in the strict order, given each lane's: every lane gets it.
-__device__ __forceinline__ void warp_best(float& score, int& block) {
-#pragma unroll
-  for (int mask = 16; mask > 0; mask /= 2) {
-    const float other_score = __shfl_xor_sync(0xffffffffu, score, mask);
-    const int other_block = __shfl_xor_sync(0xffffffffu, block, mask);
-    if (sel::ranks_before(other_score, other_block, score, block)) {
-      score = other_score;
-      block = other_block;
-    }
-  }
-}
 
 // The best `capacity` of the `count` entries, one per round, into chosen (lane 0 writes); returns
 // how many (fewer than capacity only for a short list, which a complete selection never has).
@@ -61,7 +49,7 @@ __device__ __forceinline__ int choose_from_registers(const Candidate* entries, i
         best_score = score[j];
         best_block = block[j];
       }
-    warp_best(best_score, best_block);
+    best_block = warp_best(best_score, best_block).block;
     if (best_block == INT_MAX) break;  // warp-uniform
 #pragma unroll
     for (int j = 0; j < kEntriesPerLane; ++j)
@@ -88,7 +76,7 @@ __device__ __forceinline__ int choose_in_place(Candidate* entries, int count, in
       }
     }
     const int own_block = best_block;
-    warp_best(best_score, best_block);
+    best_block = warp_best(best_score, best_block).block;
     if (best_block == INT_MAX) break;  // warp-uniform
     if (own_block == best_block) entries[best_entry].block = -1;
     if (lane == 0) chosen[n] = best_block;
