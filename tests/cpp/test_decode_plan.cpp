@@ -146,15 +146,17 @@ TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
   for (const auto& [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}})
     for (const int words : {1, 64, 4096})
       for (const int capacity : {1, 32, 1024})
-        for (const bool partials : {false, true}) {
-          const AttnSmem m(dqk, dv, words, capacity, partials);
+        for (const bool partials : {false, true})
+          for (const int stages : {1, 2}) {
+          const AttnSmem m(dqk, dv, words, capacity, partials, stages);
           const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
-                                    " capacity=" + std::to_string(capacity) + " partials=" + std::to_string(partials);
+                                    " capacity=" + std::to_string(capacity) + " partials=" + std::to_string(partials) +
+                                    " stages=" + std::to_string(stages);
           EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
           EXPECT_GE(m.k_stage, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
           EXPECT_GE(m.v_stage, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
-          EXPECT_GE(m.v - m.k, kAttnStages * m.k_stage) << where;
-          EXPECT_GE(m.slots - m.v, kAttnStages * m.v_stage) << where;
+          EXPECT_GE(m.v - m.k, static_cast<std::size_t>(stages) * m.k_stage) << where;
+          EXPECT_GE(m.slots - m.v, static_cast<std::size_t>(stages) * m.v_stage) << where;
           EXPECT_GE(m.sources - m.slots, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot)) << where;
           EXPECT_GE(m.bitmap - m.sources, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*))
               << where;
@@ -175,7 +177,21 @@ TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
             // Placed after the union only when a K stage is too small for it.
             EXPECT_GT(rows * (kLdProb + 1) * 4, m.k_stage) << where;
           }
-        }
+          }
+}
+
+// Two stages where they fit, else one; the same pieces otherwise. At Dqk = Dv = 256 two stages
+// need more than an A100's 163 KB, less than an H100's 227 KB.
+TEST(DecodePlan, AttentionStagesFitTheDevice) {
+  for (const auto& [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}}) {
+    const AttnSmem one(dqk, dv, 64, 32, true, 1), two(dqk, dv, 64, 32, true, 2);
+    EXPECT_EQ(two.bytes - one.bytes, one.k_stage + one.v_stage) << dqk;
+    EXPECT_EQ(attn_stages(dqk, dv, 64, 32, true, two.bytes), 2) << dqk;
+    EXPECT_EQ(attn_stages(dqk, dv, 64, 32, true, two.bytes - 1), 1) << dqk;
+  }
+  EXPECT_EQ(attn_stages(256, 256, 64, 32, true, 163 * 1024), 1);
+  EXPECT_EQ(attn_stages(256, 256, 64, 32, true, 227 * 1024), 2);
+  EXPECT_EQ(attn_stages(128, 128, 64, 32, true, 163 * 1024), 2);
 }
 
 TEST(DecodePlan, BoundsHoldOverShapes) {

@@ -610,6 +610,20 @@ TEST_F(Gpu, InferenceDecodeGroupSizes) {
   ::unsetenv("FSA_DECODE_SELECT");
 }
 
+// The decode attention with one K / V stage (what Dqk = Dv = 256 runs where two stages do not fit
+// the shared memory, an A100's) against the reference, at D 128 and 256, both selection routes.
+TEST_F(Gpu, InferenceDecodeOneAttentionStage) {
+  std::uint64_t salt = 300;
+  ::setenv("FSA_DECODE_ATTN_STAGES", "1", 1);
+  for (const char* route : {"fused", "two-pass"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_ATTN_STAGES=1 FSA_DECODE_SELECT=") + route);
+    ::setenv("FSA_DECODE_SELECT", route, 1);
+    for (const int d : {128, 256}) check_case(decode_case(8, 2, d, d), ++salt);
+  }
+  ::unsetenv("FSA_DECODE_SELECT");
+  ::unsetenv("FSA_DECODE_ATTN_STAGES");
+}
+
 // An unknown FSA_DECODE_SELECT is an error that names it, before anything is written.
 TEST_F(Gpu, InferenceDecodeRejectsAnUnknownSelectRoute) {
   const CacheCase c = decode_case(8, 2, 128, 128);

@@ -26,12 +26,15 @@
 // Pipeline: a decode step is bound by its bytes, and one tile's chain (table load, then K and V
 // copies, then the products) left most of HBM idle (48% of its rate at 16 x 128K): in iteration j
 // the copies of tile j + 1 are in flight (two K / V stages) and the table loads of tile j + 2
-// (a ring of three located tiles), while tile j's products run.
+// (a ring of three located tiles), while tile j's products run. Where two stages do not fit the
+// shared memory (p.stages 1: Dqk = Dv = 256 on an A100), tile j's copies are issued at the top of
+// iteration j, after tile j - 1's products, and only the table loads run ahead.
 #pragma once
 
 #include <climits>
 #include <cstdint>
 
+#include "common/env_value.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
@@ -96,10 +99,14 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
 
   const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
   const PartialRows tile_rows = partial_rows(first_row, static_cast<int>(last_row - first_row + 1), seq.row0, G);
-  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr);
+  const int stages = p.stages;  // 1 or 2 (CTA-uniform)
+  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, stages);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
-  auto k_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.k + (tile % kAttnStages) * layout.k_stage); };
-  auto v_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.v + (tile % kAttnStages) * layout.v_stage); };
+  // Tile j's stage is j & 1; with one stage both stages are the same bytes (stride 0).
+  const std::uint32_t k_stride = stages == 2 ? static_cast<std::uint32_t>(layout.k_stage) : 0u;
+  const std::uint32_t v_stride = stages == 2 ? static_cast<std::uint32_t>(layout.v_stage) : 0u;
+  auto k_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.k + (tile & 1) * k_stride); };
+  auto v_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.v + (tile & 1) * v_stride); };
   // Located tile j: its rows' slots (the masks') and K / V addresses in the pools (null: zeros),
   // resolved once by the row's thread, so that a copy's vector costs one pointer load (the page
   // arithmetic per vector cost about 46 instructions a vector, against about 14).
@@ -115,10 +122,10 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   // The block partials' staging: in tile j's K stage when it fits there (layout.probs == layout.k).
   const bool staged_in_k = layout.probs == layout.k;
   auto probs_at = [&](int tile) {
-    return reinterpret_cast<float*>(smem + layout.probs + (staged_in_k ? (tile % kAttnStages) * layout.k_stage : 0));
+    return reinterpret_cast<float*>(smem + layout.probs + (staged_in_k ? (tile & 1) * k_stride : 0u));
   };
   auto row_max_at = [&](int tile) {
-    return reinterpret_cast<float*>(smem + layout.row_max + (staged_in_k ? (tile % kAttnStages) * layout.k_stage : 0));
+    return reinterpret_cast<float*>(smem + layout.row_max + (staged_in_k ? (tile & 1) * k_stride : 0u));
   };
 
   if (threadIdx.x < kRows) {
@@ -241,14 +248,18 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     if (num_tiles > 1) store_located(1, second);
   }
   __syncthreads();
-  issue_copies(0);
+  if (stages == 2) issue_copies(0);
 
   for (int it = 0; it < num_tiles; ++it) {
     const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
     // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
     // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible.
     __syncthreads();
-    issue_copies(it + 1);
+    issue_copies(stages == 2 ? it + 1 : it);
+    if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
+      common::cp_async_commit();
+      common::cp_async_commit();
+    }
     const bool locates = threadIdx.x < kKeys && it + 2 < num_tiles;
     KeySlot ahead{};
     if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
@@ -319,7 +330,17 @@ template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   using T = AttnTraits<Element, kDqk, kDv>;
   if (p.batch.tokens == 0 || p.batch.num_seqs == 0 || p.num_launch_branches == 0) return Status::ok();
-  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr).bytes;
+  int device = 0, max_smem = 0;
+  FSA_CUDA_CHECK(cudaGetDevice(&device));
+  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const bool partials = p.partials.values != nullptr;
+  AttnParams params = p;
+  // The static shared memory (q_offset, union_count) is well under 1 KB. FSA_DECODE_ATTN_STAGES=1
+  // takes one stage where two fit (to compare them).
+  params.stages = attn_stages(kDqk, kDv, p.union_words, p.union_capacity, partials,
+                              static_cast<std::size_t>(max_smem > 1024 ? max_smem - 1024 : 0));
+  if (fsa::detail::env_value_or(fsa::detail::env_decode_attn_stages, 2) == 1) params.stages = 1;
+  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, partials, params.stages).bytes;
   auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
@@ -328,7 +349,7 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
                      "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
   const int last = p.num_launch_branches - 1;
   const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(params);
   FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
   return Status::ok();
 }

@@ -241,8 +241,10 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   int max_smem = 0;
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
   max_smem -= kStaticSmem;
-  const std::size_t attn =
-      decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity, /*block_partials=*/true).bytes;
+  // One K / V stage at least (the launcher takes two where they fit).
+  const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
+                                            /*block_partials=*/true, /*stages=*/1)
+                               .bytes;
   if (attn > static_cast<std::size_t>(max_smem))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      std::string("batch.block_table: ") + op + " on CUDA keeps the selected blocks of a tile over " +

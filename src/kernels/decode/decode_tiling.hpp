@@ -108,28 +108,30 @@ FSA_DECODE_HD std::size_t align_smem(std::size_t bytes) { return (bytes + 127) /
 constexpr int kPad = 8;
 constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probability tiles
 
-// The attention kernel: Q tile (kRows rows), kAttnStages K and V tiles (the next tile's copies
-// land while this one's products run), the located key rows of kAttnLocatedTiles tiles (what the
+// The attention kernel: Q tile (kRows rows), `stages` K and V tiles (two: the next tile's copies
+// land while this one's products run; one where two do not fit, at Dqk = Dv = 256 on an A100),
+// the located key rows of kAttnLocatedTiles tiles (what the
 // masks read and where the copies read from: decode_attn_kernel.cuh), and the selected branch's
 // union of blocks (bitmap words over the sequence's blocks, the distinct blocks, the tokens that
 // chose each). With block partials (the fused selection's compressed launch), a key tile's
 // probabilities and the rows' maxima are staged in its K stage's place when they fit there (the
 // kernel stages them after a barrier that follows every warp's S = Q K^T; that stage's next copy
 // follows the next iteration's first barrier), else after the union.
-constexpr int kAttnStages = 2;
+constexpr int kAttnMaxStages = 2;
 constexpr int kAttnLocatedTiles = 3;  // tiles j (masks), j + 1 (its copies issued), j + 2 (located)
 struct AttnSlot {  // a located key row: its key (compressed index or position; INT_MAX: past the list) and union entry
   int key, unit;
 };
 struct AttnSmem {
   std::size_t q, k, v, k_stage, v_stage, slots, sources, bitmap, blocks, token_masks, probs, row_max, bytes;
-  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials) {
+  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials,
+                         int stages = kAttnMaxStages) {
     q = 0;
     k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
     k_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
-    v = k + kAttnStages * k_stage;
+    v = k + stages * k_stage;
     v_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
-    slots = v + kAttnStages * v_stage;
+    slots = v + stages * v_stage;
     sources = slots + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot));
     // Per located tile, each row's K address then its V address (8 bytes each).
     bitmap = sources + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * 8);
@@ -144,6 +146,12 @@ struct AttnSmem {
     bytes = block_partials && !in_k ? end + staged + maxima : end;
   }
 };
+
+// The attention's K / V stages at this shape: two where they fit `max_smem` bytes, else one.
+inline int attn_stages(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials,
+                       std::size_t max_smem) {
+  return AttnSmem(dim_qk, dim_v, union_words, union_capacity, block_partials, 2).bytes <= max_smem ? 2 : 1;
+}
 
 // The selection kernel: the tile's Q rows (all chunks), one K~ tile, the probabilities of one row
 // chunk, their per-token sums, the range's block scores, and per row its lse (log2) and visible
