@@ -92,12 +92,13 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     located[j % kLocatedTiles][threadIdx.x] = {common::checked_pool_row<const Element>(p.paged.k, at, g),
                                                common::checked_pool_row<const Element>(p.paged.v, at, g)};
   };
+  __syncthreads();  // the row table (forward_tile)
   const auto* q = static_cast<const Element*>(p.q);
   wgmma::copy_tile_swizzled_async<T::kRows, kDqk, T::kThreads>(q_s, [&](int r) -> const Element* {
     return rows.q_offset[r] >= 0 ? q + rows.q_offset[r] : nullptr;
   });
   if constexpr (paged) {
-    if (threadIdx.x < T::kKeys) {  // the three tables loads issued together, then stored
+    if (threadIdx.x < T::kKeys) {  // the three tiles' table loads issued together, then stored
       common::PageRow first_rows[kLocatedTiles - 1];
 #pragma unroll
       for (int j = 0; j < kLocatedTiles - 1; ++j) first_rows[j] = row_of_tile(j);
