@@ -52,6 +52,7 @@ struct CacheCase {
   DType dtype = DType::kBFloat16;
   int page_size = 64;      // a multiple of B
   int cmp_page_size = 5;   // compressed tokens per page: windows cross pages
+  std::int64_t min_table_width = 0;  // raw block table columns at least (its width x page_size bounds the plan)
   std::vector<std::int64_t> cached;                  // tokens cached before the steps, per sequence
   std::vector<std::vector<std::int64_t>> steps;      // new tokens per step, per sequence
   // Tokens kept after each step (the caller's next cache_seqlens - P: speculative decoding drops
@@ -161,7 +162,7 @@ CacheState make_cache(const CacheCase& c, std::mt19937_64& rng) {
   const NsaConfig& cfg = c.config;
   auto raw_pages = [&](std::int64_t n) { return (n + c.page_size - 1) / c.page_size; };
   auto cmp_pages_of = [&](std::int64_t n) { return (compressed_length(n, cfg) + c.cmp_page_size - 1) / c.cmp_page_size; };
-  std::int64_t pages = 0, cmp_pages = 0, width = 1, cmp_width = 1;
+  std::int64_t pages = 0, cmp_pages = 0, width = std::max<std::int64_t>(1, c.min_table_width), cmp_width = 1;
   for (const std::int64_t n : longest) {
     pages += raw_pages(n);
     cmp_pages += cmp_pages_of(n);
@@ -622,6 +623,17 @@ TEST_F(Gpu, InferenceDecodeOneAttentionStage) {
   }
   ::unsetenv("FSA_DECODE_SELECT");
   ::unsetenv("FSA_DECODE_ATTN_STAGES");
+}
+
+// A raw block table addressing 2400 pages (153,600 tokens) over a short cache: the plan sizes the
+// fused selection for that context, one token of one kv head scores in 19 ranges, and the finalize
+// takes its 304 candidates in place (above the 256 it keeps in registers), against the reference.
+TEST_F(Gpu, InferenceDecodeLongCandidateLists) {
+  CacheCase c = decode_case(8, 1, 128, 128);
+  c.cached = {3001};
+  c.steps = {{1}, {1}};
+  c.min_table_width = 2400;
+  check_case(c, 400);
 }
 
 // An unknown FSA_DECODE_SELECT is an error that names it, before anything is written.
