@@ -34,7 +34,6 @@
 #include <climits>
 #include <cstdint>
 
-#include "common/env_value.hpp"
 #include "cuda/runtime.hpp"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
@@ -330,17 +329,11 @@ template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   using T = AttnTraits<Element, kDqk, kDv>;
   if (p.batch.tokens == 0 || p.batch.num_seqs == 0 || p.num_launch_branches == 0) return Status::ok();
-  int device = 0, max_smem = 0;
-  FSA_CUDA_CHECK(cudaGetDevice(&device));
-  FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const bool partials = p.partials.values != nullptr;
-  AttnParams params = p;
-  // The static shared memory (q_offset, union_count) is well under 1 KB. FSA_DECODE_ATTN_STAGES=1
-  // takes one stage where two fit (to compare them).
-  params.stages = attn_stages(kDqk, kDv, p.union_words, p.union_capacity, partials,
-                              static_cast<std::size_t>(max_smem > 1024 ? max_smem - 1024 : 0));
-  if (fsa::detail::env_value_or(fsa::detail::env_decode_attn_stages, 2) == 1) params.stages = 1;
-  const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, partials, params.stages).bytes;
+  if (p.stages < 1 || p.stages > kAttnMaxStages)
+    return FSA_ERROR(StatusCode::kInternal, "decode attention: AttnParams::stages must be 1 or 2, got " +
+                                                std::to_string(p.stages));
+  const std::size_t smem =
+      AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, p.stages).bytes;
   auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
@@ -349,7 +342,7 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
                      "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
   const int last = p.num_launch_branches - 1;
   const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(params);
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(p);
   FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
   return Status::ok();
 }

@@ -144,7 +144,7 @@ struct AttnParams {
   // and the list of distinct blocks with the mask of tokens that selected each (sizes from the
   // largest context the page tables can address).
   int union_words, union_capacity;
-  // K / V stages (AttnSmem): 2 where they fit the device's shared memory, else 1 (the launcher sets it).
+  // K / V stages (AttnSmem): 2 where they fit the device's shared memory, else 1 (check_gpu_limits).
   int stages;
   // The compressed branch's block partials for the fused selection (values null: none).
   BlockPartials partials;

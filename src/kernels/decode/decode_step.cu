@@ -212,8 +212,8 @@ decode::BatchInfo batch_of(const NsaLayerInputs& in, const NsaCacheBatch& batch,
   return info;
 }
 
-// The kernels' static shared memory (row and key tables and the key rows' sources, below 3 KB), on
-// top of the dynamic layouts.
+// A margin for the kernels' static shared memory (their row tables, below 3 KB) on top of the
+// dynamic layouts.
 constexpr int kStaticSmem = 3072;
 
 // Accepts every (Element, Dqk, Dv) the dispatch table serves: the head-dim check without a launch.
@@ -224,10 +224,12 @@ struct AcceptAttention {
   }
 };
 
-// What only the GPU path limits, checked before anything is written into the cache.
+// What only the GPU path limits, checked before anything is written into the cache; and the
+// decode attention's K / V stages (AttnParams::stages): two where they fit the shared memory, else
+// one; FSA_DECODE_ATTN_STAGES=1 takes one anywhere (to compare them; a bad value is the call's error).
 Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
                         const NsaInferenceBranches& br, const TensorView& o, const NsaInferenceShape& s,
-                        const StepPlan& plan) {
+                        const StepPlan& plan, int* attn_stages) {
   FSA_RETURN_IF_ERROR(common::dispatch_attention(op, s.dtype, s.head_dim_qk, s.head_dim_v, AcceptAttention{}));
   if (c.topk > decode::kMaxTopk)
     return FSA_ERROR(StatusCode::kNotImplemented, std::string("topk: ") + op + " on CUDA keeps at most " +
@@ -241,10 +243,15 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   int max_smem = 0;
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
   max_smem -= kStaticSmem;
-  // One K / V stage at least (the launcher takes two where they fit).
+  // One K / V stage at least.
   const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
                                             /*block_partials=*/true, /*stages=*/1)
                                .bytes;
+  const int fit = decode::attn_stages(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
+                                      /*block_partials=*/true, static_cast<std::size_t>(std::max(max_smem, 0)));
+  long long wanted = fit;  // FSA_DECODE_ATTN_STAGES, unset: what fits; never more than that
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_stages(&wanted));
+  *attn_stages = static_cast<int>(std::min<long long>(wanted, fit));
   if (attn > static_cast<std::size_t>(max_smem))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      std::string("batch.block_table: ") + op + " on CUDA keeps the selected blocks of a tile over " +
@@ -268,7 +275,8 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
   const DeviceGuard guard(in.q.device.index);
   const StepPlan plan = plan_of(c, s);
-  FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan));
+  int attn_stages = 1;
+  FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan, &attn_stages));
   cudaStream_t stream = current_stream();
   bool long_route = false, fused = false;
   FSA_RETURN_IF_ERROR(long_chunk(s, prefill, &long_route));
@@ -384,6 +392,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   at.out[static_cast<int>(decode::Branch::kCompressed)].lse_token_stride = w.lse_cmp.stride(1);
   at.union_words = plan.union_words;
   at.union_capacity = plan.union_capacity;
+  at.stages = attn_stages;
   auto attend = [&](std::initializer_list<decode::Branch> branches) -> Status {
     at.num_launch_branches = 0;
     int z = 0;

@@ -133,8 +133,8 @@ struct AttnSmem {
     v_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
     slots = v + stages * v_stage;
     sources = slots + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot));
-    // Per located tile, each row's K address then its V address (8 bytes each).
-    bitmap = sources + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * 8);
+    // Per located tile, each row's K address then its V address.
+    bitmap = sources + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*));
     blocks = bitmap + align_smem(static_cast<std::size_t>(union_words) * 4);
     token_masks = blocks + align_smem(static_cast<std::size_t>(union_capacity) * 4);
     const std::size_t end = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
@@ -150,7 +150,9 @@ struct AttnSmem {
 // The attention's K / V stages at this shape: two where they fit `max_smem` bytes, else one.
 inline int attn_stages(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials,
                        std::size_t max_smem) {
-  return AttnSmem(dim_qk, dim_v, union_words, union_capacity, block_partials, 2).bytes <= max_smem ? 2 : 1;
+  return AttnSmem(dim_qk, dim_v, union_words, union_capacity, block_partials, kAttnMaxStages).bytes <= max_smem
+             ? kAttnMaxStages
+             : 1;
 }
 
 // The selection kernel: the tile's Q rows (all chunks), one K~ tile, the probabilities of one row

@@ -7,8 +7,8 @@
 #include "kernels/common/launch_checks.hpp"
 #include "common/workspace_carver.hpp"
 #include "cuda/backend.hpp"
-#include "kernels/flash/flash.hpp"
 #include "kernels/common/paged_pool_views.hpp"
+#include "kernels/flash/flash.hpp"
 
 namespace fsa::cuda {
 
