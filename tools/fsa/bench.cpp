@@ -121,7 +121,7 @@ SlcOptions slc_options(const std::string& path, int dense_threshold) {
 int run_bench_selected(const BenchOptions& options) {
   CudaDeviceInfo info;
   if (!bench_device(&info)) return 2;
-  BenchOutput out("selected", info, options.csv_path,
+  BenchOutput out("selected", info, options,
                   "config,pattern,path,fwd_ms,fwd_min,fwd_max,fwd_tflops,bwd_ms,bwd_min,bwd_max,bwd_tflops,"
                   "peak_workspace_mib,dense_pairs_pct");
   const std::vector<std::string> patterns =

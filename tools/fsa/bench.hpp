@@ -18,10 +18,10 @@ struct BenchOptions {
   int iterations = 10;
   std::size_t workspace_cap = kDefaultWorkspaceCap;  // SlcOptions::workspace_cap of every call
   std::string csv_path;
+  std::string command_line;  // the command as run, for the CSV caption (BenchOutput)
   // `fsa bench decode` only.
   bool all = false;             // --all: the whole grid (decode_grid) and the prefill comparison
   double hbm_bandwidth = 0;     // --hbm-bandwidth, bytes/s (0 = by the device's name, hbm_bandwidth_of)
-  std::string command_line;     // the command as run, for the CSV caption
 };
 
 // The --config names `fsa bench <command>` accepts (command: selected, compressed or layer).

@@ -81,7 +81,7 @@ struct CompressedProblem {
 int run_bench_compressed(const BenchOptions& options) {
   CudaDeviceInfo info;
   if (!bench_device(&info)) return 2;
-  BenchOutput out("compressed", info, options.csv_path, "config,phase,ms,min,max,peak_workspace_mib");
+  BenchOutput out("compressed", info, options, "config,phase,ms,min,max,peak_workspace_mib");
   NsaConfig config;
   const int d = 128;
   int failures = 0;

@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <functional>
 #include <iterator>
 #include <numeric>
@@ -449,26 +448,6 @@ bool run_prefill_comparison(const NsaConfig& config, int iterations, BenchOutput
   return ok;
 }
 
-// The commit named in the caption: FSA_COMMIT, else git's view of the working directory.
-std::string commit_name() {
-  if (const char* env = std::getenv("FSA_COMMIT"); env != nullptr && *env != '\0') return env;
-  std::string commit;
-  if (std::FILE* git = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
-    char text[64] = {};
-    if (std::fgets(text, sizeof text, git) != nullptr) commit = text;
-    pclose(git);
-  }
-  while (!commit.empty() && (commit.back() == '\n' || commit.back() == '\r')) commit.pop_back();
-  return commit.empty() ? "unknown (set FSA_COMMIT)" : commit;
-}
-
-std::string utc_now() {
-  const std::time_t now = std::time(nullptr);
-  char text[32] = {};
-  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-  return text;
-}
-
 }  // namespace
 
 int run_bench_decode(const BenchOptions& options) {
@@ -493,9 +472,6 @@ int run_bench_decode(const BenchOptions& options) {
     names.push_back(kDecodePrefillConfig);
   }
   const std::vector<std::string> caption = {
-      options.command_line + "; " + info.name + " (sm_" + std::to_string(info.sm_major) +
-          std::to_string(info.sm_minor) + ", " + std::to_string(info.multiprocessors) + " SMs, kernels " +
-          info.kernel_set + "); commit " + commit_name() + "; " + utc_now(),
       "bf16, D=128, Hkv=4, Hq=4G, l=32, s=16, B=64, K=16, w=512, linear compression with PE on k, RoPE, per-head "
       "gates; raw pages of 256 tokens, compressed pages of 16, page tables shuffled, pools of random values (a "
       "random block of 4194301 elements repeated), cache_seqlens = context, every sequence brings q_len new tokens",
@@ -521,7 +497,7 @@ int run_bench_decode(const BenchOptions& options) {
           "chunks (16389, 16382, 16386, 16379 tokens) vs one nsa_forward without a saved buffer; median (min, max) "
           "of " + std::to_string(options.iterations) + " after 2 warm-ups, one sample = the whole sequence, "
           "CUDA events on the default stream"};
-  BenchOutput out("decode", info, options.csv_path,
+  BenchOutput out("decode", info, options,
                   "config,batch,context,G,q_len,mode,ms,min,max,bytes_mb,floor_ms,floor_frac,dense_ms,"
                   "speedup_vs_dense",
                   caption);

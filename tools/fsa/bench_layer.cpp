@@ -228,7 +228,7 @@ double dense_fwd_flop(const BenchConfig& c, int d) {
 int run_bench_layer(const BenchOptions& options) {
   CudaDeviceInfo info;
   if (!bench_device(&info)) return 2;
-  BenchOutput out("layer", info, options.csv_path,
+  BenchOutput out("layer", info, options,
                   "config,phase,ms,min,max,tflops,peak_mib,saved_mib,workspace_mib");
   const NsaConfig config;  // the defaults: l=32, s=16, B=64, K=16, I=1, L=2, w=512
   const int d = 128;

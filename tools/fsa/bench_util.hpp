@@ -82,11 +82,35 @@ inline bool selected(const std::vector<std::string>& names, const std::string& n
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 
+#include "bench.hpp"
 #include "buffer.hpp"
 #include "fsa/fsa.hpp"
 
 namespace fsa::tool {
+
+// The commit a result file's caption names: FSA_COMMIT, else git's view of the working directory
+// (the device machine's copy of the tree has no .git: set FSA_COMMIT there).
+inline std::string commit_name() {
+  if (const char* env = std::getenv("FSA_COMMIT"); env != nullptr && *env != '\0') return env;
+  std::string commit;
+  if (std::FILE* git = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
+    char text[64] = {};
+    if (std::fgets(text, sizeof text, git) != nullptr) commit = text;
+    pclose(git);
+  }
+  while (!commit.empty() && (commit.back() == '\n' || commit.back() == '\r')) commit.pop_back();
+  return commit.empty() ? "unknown (set FSA_COMMIT)" : commit;
+}
+
+inline std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char text[32] = {};
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  return text;
+}
 
 struct Timing {
   double median, min, max;
@@ -155,15 +179,21 @@ bool time_phase(const std::string& config, const std::string& phase, int iterati
 // the CSV file (when a path is given), flushed per row so that a run cut short keeps its rows.
 class BenchOutput {
  public:
-  // `caption`: more '#' lines of the CSV file's caption (docs/measuring.md), written (and printed)
-  // before the header.
-  BenchOutput(const char* command, const CudaDeviceInfo& info, const std::string& csv_path, const std::string& header,
+  // The caption (docs/measuring.md) starts with the run: the command as run, the device and its
+  // kernel set, the commit (commit_name) and the date; `caption`: more '#' lines, written (and
+  // printed) before the header.
+  BenchOutput(const char* command, const CudaDeviceInfo& info, const BenchOptions& options, const std::string& header,
               const std::vector<std::string>& caption = {})
-      : csv_(csv_path.empty() ? nullptr : std::fopen(csv_path.c_str(), "w")) {
+      : csv_(options.csv_path.empty() ? nullptr : std::fopen(options.csv_path.c_str(), "w")) {
     std::printf("device: %s (sm_%d%d, %d SMs), fsa %s\n", info.name.c_str(), info.sm_major, info.sm_minor,
                 info.multiprocessors, version());
     if (csv_) std::fprintf(csv_, "# fsa bench %s on %s\n", command, info.name.c_str());
-    for (const std::string& line : caption) {
+    std::vector<std::string> lines = {options.command_line + "; " + info.name + " (sm_" + std::to_string(info.sm_major) +
+                                      std::to_string(info.sm_minor) + ", " + std::to_string(info.multiprocessors) +
+                                      " SMs, kernels " + info.kernel_set + "); commit " + commit_name() + "; " +
+                                      utc_now()};
+    lines.insert(lines.end(), caption.begin(), caption.end());
+    for (const std::string& line : lines) {
       std::printf("# %s\n", line.c_str());
       if (csv_) std::fprintf(csv_, "# %s\n", line.c_str());
     }

@@ -135,8 +135,8 @@ capability, SMs and the kernel set it runs), or why none is usable. Takes no opt
 
 constexpr const char* kEnvironment = R"(environment:
   FSA_NUM_THREADS             threads of the CPU reference, 1 to 1024 (default: all cores)
-  FSA_COMMIT                  the commit bench decode names in its CSV caption (default: git
-                              rev-parse in the working directory)
+  FSA_COMMIT                  the commit every bench command names in its CSV caption (default:
+                              git rev-parse in the working directory)
   FSA_DISABLE_WGMMA=0|1       1: on Hopper, run the sm80 (mma.sync) flash-attention, selection and
                               selected-attention backward kernels instead of the wgmma ones (to
                               compare them)
