@@ -148,35 +148,36 @@ TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
       for (const int capacity : {1, 32, 1024})
         for (const bool partials : {false, true})
           for (const int stages : {1, 2}) {
-          const AttnSmem m(dqk, dv, words, capacity, partials, stages);
-          const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
-                                    " capacity=" + std::to_string(capacity) + " partials=" + std::to_string(partials) +
-                                    " stages=" + std::to_string(stages);
-          EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
-          EXPECT_GE(m.k_stage, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
-          EXPECT_GE(m.v_stage, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
-          EXPECT_GE(m.v - m.k, static_cast<std::size_t>(stages) * m.k_stage) << where;
-          EXPECT_GE(m.slots - m.v, static_cast<std::size_t>(stages) * m.v_stage) << where;
-          EXPECT_GE(m.sources - m.slots, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot)) << where;
-          EXPECT_GE(m.bitmap - m.sources, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*))
-              << where;
-          EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
-          EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
-          for (const std::size_t piece : {m.k, m.v, m.k_stage, m.v_stage, m.slots, m.sources, m.bitmap})
-            EXPECT_EQ(piece % 16, 0u) << where;  // cp.async and ldmatrix need 16-byte alignment
-          const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
-          EXPECT_LE(union_end, m.bytes) << where;
-          if (!partials) continue;
-          const std::size_t staged_end = m.row_max + rows * 4;
-          EXPECT_GE(m.row_max - m.probs, rows * kLdProb * 4) << where;
-          if (m.probs == m.k) {
-            EXPECT_LE(staged_end, m.k + m.k_stage) << where;  // within one K stage
-          } else {
-            EXPECT_GE(m.probs, union_end) << where;
-            EXPECT_LE(staged_end, m.bytes) << where;
-            // Placed after the union only when a K stage is too small for it.
-            EXPECT_GT(rows * (kLdProb + 1) * 4, m.k_stage) << where;
-          }
+            const AttnSmem m(dqk, dv, words, capacity, partials, stages);
+            const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
+                                      " capacity=" + std::to_string(capacity) +
+                                      " partials=" + std::to_string(partials) + " stages=" + std::to_string(stages);
+            EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
+            EXPECT_GE(m.k_stage, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
+            EXPECT_GE(m.v_stage, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
+            EXPECT_GE(m.v - m.k, static_cast<std::size_t>(stages) * m.k_stage) << where;
+            EXPECT_GE(m.slots - m.v, static_cast<std::size_t>(stages) * m.v_stage) << where;
+            EXPECT_GE(m.sources - m.slots, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot))
+                << where;
+            EXPECT_GE(m.bitmap - m.sources, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*))
+                << where;
+            EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
+            EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
+            for (const std::size_t piece : {m.k, m.v, m.k_stage, m.v_stage, m.slots, m.sources, m.bitmap})
+              EXPECT_EQ(piece % 16, 0u) << where;  // cp.async and ldmatrix need 16-byte alignment
+            const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
+            EXPECT_LE(union_end, m.bytes) << where;
+            if (!partials) continue;
+            const std::size_t staged_end = m.row_max + rows * 4;
+            EXPECT_GE(m.row_max - m.probs, rows * kLdProb * 4) << where;
+            if (m.probs == m.k) {
+              EXPECT_LE(staged_end, m.k + m.k_stage) << where;  // within one K stage
+            } else {
+              EXPECT_GE(m.probs, union_end) << where;
+              EXPECT_LE(staged_end, m.bytes) << where;
+              // Placed after the union only when a K stage is too small for it.
+              EXPECT_GT(rows * (kLdProb + 1) * 4, m.k_stage) << where;
+            }
           }
 }
 
