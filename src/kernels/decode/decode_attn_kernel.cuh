@@ -21,7 +21,8 @@
 // masked) and resolved to row addresses once, K and V copied with cp.async from them
 // (copy_rows_async), then the online softmax of the masked flash-attention forward (kernels/flash)
 // and O += P V on mma.sync. For Dv = 256 the output columns are split over two warp groups, as in
-// the flash forward.
+// the flash forward. A tile of at most 16 rows (a decode step's q_len x G <= 16) splits each key
+// tile's keys over the four warps instead of its rows (the key-quarter layout, attend_tiles).
 //
 // Pipeline: a decode step is bound by its bytes, and one tile's chain (table load, then K and V
 // copies, then the products) left most of HBM idle (48% of its rate at 16 x 128K): in iteration j
@@ -61,6 +62,68 @@ struct KeySlot {
   AttnSlot slot;
 };
 
+// The key-quarter layout's end (decode_attn_kernel): four warps (per column half) hold the same
+// rows' online softmax over different quarters of every key tile. Each writes its unnormalised
+// output and (max, sum) per row into o_s (the Q, K and V stages' space, free after the last tile:
+// 4 x 16 rows x Dv floats, then the 4 x 16 maxima and sums); then the CTA's threads combine, per
+// row and pair of columns, the quarters' outputs at the largest maximum, as the split merge does
+// with splits, and write the row as the rows layout would: o and lse with one split, else the
+// split's partial output and statistics. where(r, &token, &head) places row r of the tile.
+template <class Element, int kDv, int kDvPart, int kThreads, class Where>
+__device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc)[kDvPart / 8][4], const float (&row_max)[2],
+                                                   const float (&row_sum)[2], int quarter, int col0,
+                                                   const BranchOutput& out, int heads_q, long long tokens, int split,
+                                                   int rows, Where where) {
+  const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+  float* max_s = o_s + 4 * 16 * kDv;
+  float* sum_s = max_s + 4 * 16;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = group + 8 * h;
+    float* orow = o_s + (quarter * 16 + r) * kDv + col0;
+#pragma unroll
+    for (int n = 0; n < kDvPart / 8; ++n)
+      *reinterpret_cast<float2*>(orow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+    if (pair == 0 && col0 == 0) {
+      max_s[quarter * 16 + r] = row_max[h];
+      sum_s[quarter * 16 + r] = row_sum[h];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < rows * (kDv / 2); idx += kThreads) {
+    const int r = idx / (kDv / 2), c = idx % (kDv / 2) * 2;
+    float most = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) most = fmaxf(most, max_s[w * 16 + r]);
+    float sum = 0.0f, o0 = 0.0f, o1 = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float m = max_s[w * 16 + r];
+      if (m == -INFINITY) continue;  // a quarter without keys (its sums and outputs are 0)
+      const float f = common::fast_exp2(m - most);
+      sum += sum_s[w * 16 + r] * f;
+      const float2 o = *reinterpret_cast<const float2*>(o_s + (w * 16 + r) * kDv + c);
+      o0 += o.x * f;
+      o1 += o.y * f;
+    }
+    long long token;
+    int head;
+    where(r, &token, &head);
+    if (out.splits == 1) {
+      const float inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
+      Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride;
+      *reinterpret_cast<std::uint32_t*>(orow + c) = mma::pack2<Element>(o0 * inv_sum, o1 * inv_sum);
+      if (out.lse != nullptr && c == 0)
+        out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(most, sum);
+      continue;
+    }
+    const long long index = (static_cast<long long>(split) * tokens + token) * heads_q + head;
+    if (c == 0) out.stats[index] = {most, sum};
+    if (sum > 0.0f)  // the merge reads no output of a split without keys
+      *reinterpret_cast<float2*>(out.o_part + index * kDv + c) = make_float2(o0, o1);
+  }
+}
+
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
@@ -70,9 +133,14 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   static_assert(sizeof(Element) == 2, "16-bit elements");
   constexpr int kThreads = T::kThreads;  // four warps of 16 rows (Dv = 256: times two column halves)
   static_assert(kThreads >= kRows && kKeys == kRows, "a thread per query row and per key row");
+  static_assert((4 * 16 * kDv + 2 * 4 * 16) * 4 <=
+                    (kRows * (kDqk + kPad) + kKeys * (kDqk + kPad) + kKeys * (kDv + kPad)) * 2,
+                "the key quarters' outputs fit where the Q tile and one K and V stage were (merge_key_quarters)");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kRows];  // -1: no row
   __shared__ int union_count;
+  // The key-quarter layout's running row maxima of this tile, per quarter (fused selection only).
+  __shared__ float quarter_max[4][16];
 
   // The branch and split of blockIdx.z.
   int launch = 0;
@@ -183,45 +251,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   const PagedPool& v_pool = branch == Branch::kCompressed ? p.v_cmp_pages : p.v_pages;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
-  const int row0 = (warp % 4) * 16, col0 = (warp / 4) * T::kDvPart;
-  // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it
-  // skips the MMAs and the softmax (warp-uniform).
-  const bool warp_has_rows = first_row + row0 <= last_row;
-  // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
-  // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
-  // raw positions [raw_lo, raw_hi] (the window's; the selected branch's blocks are further masked
-  // by the token's bit). A row past the tile sees nothing (cmp_end 0, raw_hi -1), and no row sees
-  // a list position past the split (key INT_MAX).
-  bool row_valid[2];
-  int row_token_bit[2], cmp_end[2], raw_lo[2], raw_hi[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const long long row = first_row + row0 + group + 8 * h;
-    row_valid[h] = row <= last_row;
-    const long long t = row / G;
-    const long long position = seq.cached + t;
-    cmp_end[h] = row_valid[h] ? static_cast<int>(visible_count(position, l, s)) : 0;
-    raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
-    raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
-    row_token_bit[h] = static_cast<int>(t - t_first);
-  }
-  // The branch's mask, chosen once (the branch is the CTA's): per score a shared-memory load and a
-  // compare or two, where one test for all branches spent a dozen instructions and branches.
-  const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
-  auto compressed_visible = [&](int h, int column) { return slots[column].key < cmp_end[h]; };
-  auto window_visible = [&](int h, int column) {
-    const int key = slots[column].key;
-    return key >= raw_lo[h] && key <= raw_hi[h];
-  };
-  auto selected_visible = [&](int h, int column) {
-    const AttnSlot& key = slots[column];
-    return key.key <= raw_hi[h] && ((uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull) != 0;
-  };
-
+  const int quarter = warp % 4, col0 = (warp / 4) * T::kDvPart;
   const float scale_log2 = p.nsa.scale * flash::kLog2e;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-  float acc[T::kDvPart / 8][4];
-  common::zero_acc<T::kDvPart>(acc);
 
   // Tile j's located rows (threads < kKeys, one row each): the table load, then the store.
   auto locate_tile = [&](int tile) { return slot_of(v_begin + static_cast<long long>(tile) * kKeys + threadIdx.x); };
@@ -249,78 +280,156 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   __syncthreads();
   if (stages == 2) issue_copies(0);
 
-  for (int it = 0; it < num_tiles; ++it) {
-    const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
-    // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
-    // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible.
-    __syncthreads();
-    issue_copies(stages == 2 ? it + 1 : it);
-    if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
-      common::cp_async_commit();
-      common::cp_async_commit();
+  // The key tiles, in one of two warp layouts (CTA-uniform):
+  //   rows:  warp quarter w takes rows 16w .. 16w + 15 of the tile and every key of a key tile;
+  //   keys:  the tile has at most 16 rows (a decode step's q_len x G <= 16), so every warp takes
+  //          them all and quarter w takes keys 16w .. 16w + 15 of each key tile, keeping its own
+  //          online softmax; the four are merged once, after the last tile (merge_key_quarters).
+  // With the rows layout three of four warps of a decode step at G 16 would only help copy, while
+  // one warp ran every product, softmax and P V of a key tile in series.
+  auto attend_tiles = [&]<bool kKeySplit>() {
+    constexpr int kCols = kKeySplit ? kKeys / 4 : kKeys;  // key columns of a tile per warp
+    const int row0 = kKeySplit ? 0 : quarter * 16;
+    const int key0 = kKeySplit ? quarter * kCols : 0;
+    // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it
+    // skips the MMAs and the softmax (warp-uniform).
+    const bool warp_has_rows = first_row + row0 <= last_row;
+    // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
+    // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
+    // raw positions [raw_lo, raw_hi] (the window's; the selected branch's blocks are further masked
+    // by the token's bit). A row past the tile sees nothing (cmp_end 0, raw_hi -1), and no row sees
+    // a list position past the split (key INT_MAX).
+    bool row_valid[2];
+    int row_token_bit[2], cmp_end[2], raw_lo[2], raw_hi[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const long long row = first_row + row0 + group + 8 * h;
+      row_valid[h] = row <= last_row;
+      const long long t = row / G;
+      const long long position = seq.cached + t;
+      cmp_end[h] = row_valid[h] ? static_cast<int>(visible_count(position, l, s)) : 0;
+      raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
+      raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
+      row_token_bit[h] = static_cast<int>(t - t_first);
     }
-    const bool locates = threadIdx.x < kKeys && it + 2 < num_tiles;
-    KeySlot ahead{};
-    if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
+    // The branch's mask, chosen once (the branch is the CTA's): per score a shared-memory load and a
+    // compare or two, where one test for all branches spent a dozen instructions and branches.
+    const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
+    auto compressed_visible = [&](int h, int column) { return slots[key0 + column].key < cmp_end[h]; };
+    auto window_visible = [&](int h, int column) {
+      const int key = slots[key0 + column].key;
+      return key >= raw_lo[h] && key <= raw_hi[h];
+    };
+    auto selected_visible = [&](int h, int column) {
+      const AttnSlot& key = slots[key0 + column];
+      return key.key <= raw_hi[h] && ((uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull) != 0;
+    };
 
-    common::cp_async_wait<3>();  // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight)
-    __syncthreads();
-    slots = slots_of(it);
-    float sc[kKeys / 8][4];
-    if (warp_has_rows) {
-      common::zero_acc<kKeys>(sc);
-      common::warp_tile_mma<Element, kDqk, kKeys, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
-                                                                               T::kLdQk, 0);
-      if (branch == Branch::kCompressed) {
-        flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
-      } else if (branch == Branch::kWindow) {
-        flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
-      } else {
-        flash::online_softmax_tile<true, kKeys, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+    float acc[T::kDvPart / 8][4];
+    common::zero_acc<T::kDvPart>(acc);
+
+    for (int it = 0; it < num_tiles; ++it) {
+      const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
+      // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
+      // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible.
+      __syncthreads();
+      issue_copies(stages == 2 ? it + 1 : it);
+      if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
+        common::cp_async_commit();
+        common::cp_async_commit();
+      }
+      const bool locates = threadIdx.x < kKeys && it + 2 < num_tiles;
+      KeySlot ahead{};
+      if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
+
+      common::cp_async_wait<3>();  // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight)
+      __syncthreads();
+      slots = slots_of(it);
+      float sc[kCols / 8][4];
+      if (warp_has_rows) {
+        common::zero_acc<kCols>(sc);
+        common::warp_tile_mma<Element, kDqk, kCols, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
+                                                                                 T::kLdQk, key0);
+        if (branch == Branch::kCompressed) {
+          flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
+        } else if (branch == Branch::kWindow) {
+          flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
+        } else {
+          flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
+        }
+        if (kKeySplit && block_partials && col0 == 0 && pair == 0) {
+          quarter_max[quarter][group] = row_max[0];
+          quarter_max[quarter][group + 8] = row_max[1];
+        }
+      }
+      if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
+        // Where the staging takes the K stage's place (AttnSmem), every warp's S = Q K^T must have
+        // read K first; the key quarters also read each other's maxima.
+        if (staged_in_k || kKeySplit) __syncthreads();
+        if (col0 == 0 && warp_has_rows) {
+          if constexpr (kKeySplit) {
+            stage_quarter_probabilities<kCols>(sc, row_max, quarter_max, probs_at(it) + key0, row_max_at(it),
+                                               quarter == 0);
+          } else {
+            stage_tile_probabilities<kKeys>(sc, row_max, probs_at(it), row_max_at(it), row0);
+          }
+        }
+        __syncthreads();
+        write_tile_partials<kThreads>(p.partials, p.nsa, probs_at(it), row_max_at(it), tile_rows, g, v0);
+      }
+
+      common::cp_async_wait<2>();  // V of tile it has landed
+      __syncthreads();
+      if (warp_has_rows)
+        common::warp_pv_mma<Element, kCols, T::kDvPart>(acc, sc, v_s(it) + key0 * T::kLdV, T::kLdV, col0);
+      if (locates) store_located(it + 2, ahead);
+    }
+    common::cp_async_wait<0>();  // the Q copies, when no key tile ran
+
+    if constexpr (kKeySplit) {
+      __syncthreads();  // every warp is done with Q, K and V: their space holds the quarters' outputs
+      merge_key_quarters<Element, kDv, T::kDvPart, kThreads>(
+          reinterpret_cast<float*>(smem + layout.q), acc, row_max, row_sum, quarter, col0, out, p.nsa.heads_q,
+          batch.tokens, split, static_cast<int>(last_row - first_row + 1), [&](int r, long long* token, int* head) {
+            const long long row = first_row + r;
+            *token = seq.row0 + row / G;
+            *head = g * G + static_cast<int>(row % G);
+          });
+      return;
+    }
+    const long long tokens = batch.tokens;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (!row_valid[h]) continue;
+      const long long row = first_row + row0 + group + 8 * h;
+      const long long token = seq.row0 + row / G;
+      const int head = g * G + static_cast<int>(row % G);
+      if (out.splits == 1) {
+        const float inv_sum = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
+        Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride + col0;
+#pragma unroll
+        for (int n = 0; n < T::kDvPart / 8; ++n)
+          *reinterpret_cast<std::uint32_t*>(orow + n * 8 + 2 * pair) =
+              mma::pack2<Element>(acc[n][2 * h] * inv_sum, acc[n][2 * h + 1] * inv_sum);
+        if (out.lse != nullptr && pair == 0 && col0 == 0)
+          out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(row_max[h], row_sum[h]);
+        continue;
+      }
+      const long long index = (static_cast<long long>(split) * tokens + token) * p.nsa.heads_q + head;
+      if (pair == 0 && col0 == 0) out.stats[index] = {row_max[h], row_sum[h]};
+      if (row_sum[h] > 0.0f) {  // the merge reads no output of a split without keys
+        float* prow = out.o_part + index * kDv + col0;
+#pragma unroll
+        for (int n = 0; n < T::kDvPart / 8; ++n)
+          *reinterpret_cast<float2*>(prow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
       }
     }
-    if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
-      // Where the staging takes the K stage's place (AttnSmem), every warp's S = Q K^T must have
-      // read K first.
-      if (staged_in_k) __syncthreads();
-      if (col0 == 0 && warp_has_rows) stage_tile_probabilities<kKeys>(sc, row_max, probs_at(it), row_max_at(it), row0);
-      __syncthreads();
-      write_tile_partials<kThreads>(p.partials, p.nsa, probs_at(it), row_max_at(it), tile_rows, g, v0);
-    }
-
-    common::cp_async_wait<2>();  // V of tile it has landed
-    __syncthreads();
-    if (warp_has_rows) common::warp_pv_mma<Element, kKeys, T::kDvPart>(acc, sc, v_s(it), T::kLdV, col0);
-    if (locates) store_located(it + 2, ahead);
-  }
-  common::cp_async_wait<0>();  // the Q copies, when no key tile ran
-
-  const long long tokens = batch.tokens;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    if (!row_valid[h]) continue;
-    const long long row = first_row + row0 + group + 8 * h;
-    const long long token = seq.row0 + row / G;
-    const int head = g * G + static_cast<int>(row % G);
-    if (out.splits == 1) {
-      const float inv_sum = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
-      Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride + col0;
-#pragma unroll
-      for (int n = 0; n < T::kDvPart / 8; ++n)
-        *reinterpret_cast<std::uint32_t*>(orow + n * 8 + 2 * pair) =
-            mma::pack2<Element>(acc[n][2 * h] * inv_sum, acc[n][2 * h + 1] * inv_sum);
-      if (out.lse != nullptr && pair == 0 && col0 == 0)
-        out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(row_max[h], row_sum[h]);
-      continue;
-    }
-    const long long index = (static_cast<long long>(split) * tokens + token) * p.nsa.heads_q + head;
-    if (pair == 0 && col0 == 0) out.stats[index] = {row_max[h], row_sum[h]};
-    if (row_sum[h] > 0.0f) {  // the merge reads no output of a split without keys
-      float* prow = out.o_part + index * kDv + col0;
-#pragma unroll
-      for (int n = 0; n < T::kDvPart / 8; ++n)
-        *reinterpret_cast<float2*>(prow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
-    }
+  };
+  if (last_row - first_row < 16) {
+    attend_tiles.template operator()<true>();
+  } else {
+    attend_tiles.template operator()<false>();
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/fast_exp.cuh"
 #include "kernels/decode/decode_params.hpp"
 #include "kernels/decode/decode_tiling.hpp"
 
@@ -32,6 +33,30 @@ __device__ __forceinline__ void stage_tile_probabilities(const float (&prob)[kKe
   if (pair == 0) {
     row_max_s[row0 + group] = row_max[0];
     row_max_s[row0 + group + 8] = row_max[1];
+  }
+}
+
+// The same for the key-quarter layout (decode_attn_kernel.cuh): the warp holds all 16 rows but
+// only its quarter of the tile's keys (columns of probs_s from the quarter's first), relative to
+// its own running maxima; quarter_max holds every quarter's. The staged values are taken to the
+// largest of the four, M = max_w M_w (2^(x - M_w) 2^(M_w - M)), which one quarter writes as the rows'
+// maxima: the partials then read as those of the rows layout.
+template <int kCols>
+__device__ __forceinline__ void stage_quarter_probabilities(const float (&prob)[kCols / 8][4], const float (&row_max)[2],
+                                                            const float (&quarter_max)[4][16], float* probs_s,
+                                                            float* row_max_s, bool writes_max) {
+  const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = group + 8 * h;
+    const float most = fmaxf(fmaxf(quarter_max[0][r], quarter_max[1][r]), fmaxf(quarter_max[2][r], quarter_max[3][r]));
+    // A quarter that has seen no key yet has probabilities 0 (and M_w = -inf, so does M when none has).
+    const float factor = row_max[h] == -INFINITY ? 0.0f : common::fast_exp2(row_max[h] - most);
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n)
+      *reinterpret_cast<float2*>(probs_s + r * kLdProb + n * 8 + 2 * pair) =
+          make_float2(prob[n][2 * h] * factor, prob[n][2 * h + 1] * factor);
+    if (writes_max && pair == 0) row_max_s[r] = most;
   }
 }
 
