@@ -33,7 +33,7 @@ inline Status env_slc_min_chunk_tokens(long long* tokens) {
 inline Status env_compress_k_splits(long long* splits) {
   return env_integer("FSA_COMPRESS_K_SPLITS", 1, 1 << 16, splits);
 }
-inline Status env_decode_attn_stages(long long* stages) {  // 1 or 2 (default: 2 where they fit)
+inline Status env_decode_attn_stages(long long* stages) {  // 1 or 2 (default: what gives the most CTAs a SM)
   return env_integer("FSA_DECODE_ATTN_STAGES", 1, 2, stages);
 }
 inline Status env_disable_wgmma(std::string* value) {  // 0 or 1 (kernel_arch takes a bad value as 1)

@@ -39,9 +39,18 @@ Status rope(const RopeConfig& rope, const TensorView& x, const TensorView& cu, i
 // ---- Compressed and sliding-window attention (kernels/flash, kernels/cmp_attn, kernels/swa) -----
 // The backward's fp32 accumulators of dq, dk, dv and the row sums of o * d_o.
 std::size_t flash_backward_workspace_bytes(const TensorView& q, const TensorView& k, const TensorView& v);
-// A chunk of new tokens after a cached prefix, its keys in a paged cache (nsa_prefill's long chunks):
-// sequence b's queries are positions P_b = key_prefix[b] .. P_b + n_b - 1, its key i (a position, or
-// a compressed token index) is row i % page_size of page block_table[b, i / page_size] of k_pages /
+// A chunk of new tokens after a cached prefix, its keys gathered out of the cache into contiguous
+// rows (nsa_prefill's long chunks, kernels/decode/decode_gather.cu): sequence b's queries are
+// positions P_b = key_prefix[b] .. P_b + n_b - 1, its key i (a position, or a compressed token
+// index) is row key_base[b] + i of k / v ([rows, Hkv, D]); key_base[b] may be negative where the
+// rows start at a window's first key.
+struct PrefixedKeyRows {
+  TensorView key_prefix;  // [nseq] int32
+  TensorView key_base;    // [nseq] int32
+  TensorView k, v;
+};
+// The same with the keys in a paged cache (the selected branch of a long chunk, whose blocks lie in
+// one page each): key i is row i % page_size of page block_table[b, i / page_size] of k_pages /
 // v_pages ([pages, page_size, Hkv, D]). Table entries outside the pool read as zero rows.
 struct PagedKeyInputs {
   TensorView key_prefix;   // [nseq] int32
@@ -53,18 +62,18 @@ struct PagedKeyInputs {
 Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                         const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                         const TensorView& o, const TensorView& lse);
-// Compressed attention of a chunk over compressed pages (keys: the compressed pool and its table).
-Status cmp_attn_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
-                              const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
+// Compressed attention of a chunk after a cached prefix (keys: its gathered compressed tokens).
+Status cmp_attn_prefixed_forward(const NsaConfig& config, const TensorView& q, const PrefixedKeyRows& keys,
+                                 const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
 Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                          const TensorView& v_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                          const TensorView& o, const TensorView& lse, const TensorView& d_o, const TensorView& dq,
                          const TensorView& dk_cmp, const TensorView& dv_cmp, const Workspace& workspace);
 Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                    const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
-// Sliding-window attention of a chunk over a paged cache's key and value pages.
-Status swa_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
-                         const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
+// Sliding-window attention of a chunk after a cached prefix (keys: its gathered window rows).
+Status swa_prefixed_forward(const NsaConfig& config, const TensorView& q, const PrefixedKeyRows& keys,
+                            const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse);
 Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse, const TensorView& d_o,
                     const TensorView& dq, const TensorView& dk, const TensorView& dv, const Workspace& workspace);
@@ -73,10 +82,10 @@ Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorVi
 Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
                      const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
                      const TensorView& topk_idx);
-// The selection of a chunk over compressed pages (keys: the compressed pool and its table; v_pages
-// unread), lse_cmp from cmp_attn_paged_forward.
-Status select_blocks_paged(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
-                           const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& topk_idx);
+// The selection of a chunk after a cached prefix (keys: its gathered compressed tokens; v unread),
+// lse_cmp from cmp_attn_prefixed_forward.
+Status select_blocks_prefixed(const NsaConfig& config, const TensorView& q, const PrefixedKeyRows& keys,
+                              const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& topk_idx);
 
 // ---- Selected attention (kernels/slc_attn) -----------------------------------------------------
 // The problem of one selected-attention call, from its tensors' sizes.

@@ -2,11 +2,14 @@
 // (src/kernels/decode/decode_tiling.hpp), on the host: the block / compressed-key correspondence
 // against the overlap weights, the staged windows of a chunk against the compressed counts, the
 // tokens an attention tile can touch, the blocks a key tile meets (the fused selection's
-// partials), and the plan's bounds (partials, candidates, shared-memory
-// capacities) over a grid of shapes. Plain C++: no device needed.
+// partials), the plan's bounds (partials, candidates, shared-memory capacities) over a grid of
+// shapes, and a long chunk's gathered keys against the keys its kernels read. Plain C++: no device
+// needed.
 #include <algorithm>
 #include <cstdint>
+#include <random>
 #include <string>
+#include <vector>
 #include <utility>
 
 #include "kernels/decode/decode_tiling.hpp"
@@ -278,6 +281,79 @@ TEST(DecodePlan, BoundsGrowWithTheShape) {
           if (::testing::Test::HasFailure()) return;
         }
   }
+}
+
+// A long chunk's gathered keys (gathered_range): for a valid call each sequence's ranges are
+// exactly the keys its queries read (compressed tokens [0, n_cmp(P + c)), window positions
+// [max(0, P - w), P + c)) with the prefix P; for any lengths (past the tables' capacity, negative,
+// rows outside the chunk) the rows stay inside the gathered buffers, and while the chunk's rows are
+// packed in order no two sequences' rows meet.
+TEST(DecodePlan, GatheredKeysFitTheirSlots) {
+  auto rng = rng_for_test(9);
+  int checked = 0;
+  for (const Hyper& h : kHypers)
+    for (const long long window : {0LL, 1LL, 200LL, 512LL, 1LL << 40})
+      for (int trial = 0; trial < 40; ++trial) {
+        const int nseq = 1 + static_cast<int>(rng() % 6);
+        std::vector<long long> cu(nseq + 1, 0);
+        for (int b = 0; b < nseq; ++b) cu[b + 1] = cu[b] + static_cast<long long>(rng() % 700);
+        const long long tokens = cu[nseq], context = 64 + static_cast<long long>(rng() % 3000);
+        NsaNumbers nsa{};
+        nsa.cmp_len = h.l;
+        nsa.cmp_stride = h.s;
+        nsa.block_size = h.B;
+        nsa.topk = 16;
+        nsa.window = window;
+        nsa.heads_q = nsa.heads_kv = nsa.group = 1;
+        const StepPlan plan = plan_step(nsa, tokens, nseq, context);
+        GatherParams p{};
+        p.nsa = nsa;
+        p.batch.tokens = tokens;
+        p.max_context = context;
+        p.cmp_slot = plan.gather_cmp_slot;
+        p.window_slot = plan.gather_window_slot;
+        const long long cmp_rows = nseq * p.cmp_slot, window_rows = nseq * p.window_slot + tokens;
+        std::vector<std::pair<long long, long long>> used[2];
+        for (int b = 0; b < nseq; ++b) {
+          const long long c = cu[b + 1] - cu[b];
+          // A third of the trials each: valid; cache lengths past capacity or negative; rows outside
+          // the chunk as well (cu_seqlens not increasing: the rows stay in bounds, not disjoint).
+          const bool valid = trial % 3 == 0 && c <= context, packed = trial % 3 != 2;
+          const long long cached = valid ? static_cast<long long>(rng() % (context - c + 1))
+                                         : static_cast<long long>(rng() % (3 * context)) - context / 2;
+          const long long row0 = packed ? cu[b] : static_cast<long long>(rng() % (tokens + 50)) - 25;
+          const long long fresh = packed ? c : static_cast<long long>(rng() % 900);
+          const std::string where = "l=" + std::to_string(h.l) + " s=" + std::to_string(h.s) + " w=" +
+                                    std::to_string(window) + " seq " + std::to_string(b) + " cached " +
+                                    std::to_string(cached) + " new " + std::to_string(fresh);
+          for (const bool compressed : {true, false}) {
+            const GatheredRange r = gathered_range(p, b, row0, fresh, cached, compressed);
+            const long long rows = compressed ? cmp_rows : window_rows;
+            EXPECT_GE(r.end, r.first) << where;
+            EXPECT_GE(r.dst0, 0) << where;
+            EXPECT_LE(r.dst0 + (r.end - r.first), rows) << where;
+            EXPECT_LE(r.prefix, context) << where;  // the selected branch's plan bound
+            if (r.end > r.first) used[compressed ? 0 : 1].push_back({r.dst0, r.dst0 + (r.end - r.first)});
+            if (valid) {
+              EXPECT_EQ(r.prefix, cached) << where;
+              if (compressed) {
+                EXPECT_EQ(r.first, 0) << where;
+                EXPECT_EQ(r.end, compressed_count(cached + c, h.l, h.s)) << where;
+              } else {
+                EXPECT_EQ(r.first, std::max(0LL, cached - window)) << where;
+                EXPECT_EQ(r.end, cached + c) << where;
+              }
+            }
+            ++checked;
+          }
+        }
+        if (trial % 3 == 2) continue;
+        for (auto& ranges : used) {
+          std::sort(ranges.begin(), ranges.end());
+          for (std::size_t i = 1; i < ranges.size(); ++i) EXPECT_LE(ranges[i - 1].second, ranges[i].first);
+        }
+      }
+  EXPECT_GT(checked, 5000);
 }
 
 }  // namespace

@@ -611,15 +611,19 @@ TEST_F(Gpu, InferenceDecodeGroupSizes) {
   ::unsetenv("FSA_DECODE_SELECT");
 }
 
-// The decode attention with one K / V stage (what Dqk = Dv = 256 runs where two stages do not fit
-// the shared memory, an A100's) against the reference, at D 128 and 256, both selection routes.
-TEST_F(Gpu, InferenceDecodeOneAttentionStage) {
+// The decode attention with each K / V stage count forced (the launcher otherwise takes the one
+// that fits more CTAs a SM, so a device runs only one of them by default; two where they do not
+// fit, as Dqk = Dv = 256 on an A100, runs one) against the reference, at D 128 and 256, both
+// selection routes.
+TEST_F(Gpu, InferenceDecodeForcedAttentionStages) {
   std::uint64_t salt = 300;
-  ::setenv("FSA_DECODE_ATTN_STAGES", "1", 1);
-  for (const char* route : {"fused", "two-pass"}) {
-    SCOPED_TRACE(std::string("FSA_DECODE_ATTN_STAGES=1 FSA_DECODE_SELECT=") + route);
-    ::setenv("FSA_DECODE_SELECT", route, 1);
-    for (const int d : {128, 256}) check_case(decode_case(8, 2, d, d), ++salt);
+  for (const char* stages : {"1", "2"}) {
+    ::setenv("FSA_DECODE_ATTN_STAGES", stages, 1);
+    for (const char* route : {"fused", "two-pass"}) {
+      SCOPED_TRACE(std::string("FSA_DECODE_ATTN_STAGES=") + stages + " FSA_DECODE_SELECT=" + route);
+      ::setenv("FSA_DECODE_SELECT", route, 1);
+      for (const int d : {128, 256}) check_case(decode_case(8, 2, d, d), ++salt);
+    }
   }
   ::unsetenv("FSA_DECODE_SELECT");
   ::unsetenv("FSA_DECODE_ATTN_STAGES");
@@ -696,8 +700,9 @@ TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the
 // window, stride and block grids; then decode steps after them. Every case runs twice: with every
-// prefill call a long chunk (the training's compressed attention, selection and KV-outer selected
-// kernels reading the pages, queries after the cached prefix) and with none (the decode kernels),
+// prefill call a long chunk (the training's compressed attention, selection and window kernels over
+// the gathered keys and the KV-outer selected kernels over the pages, queries after the cached
+// prefix) and with none (the decode kernels),
 // the two routes of nsa_prefill.
 TEST_F(Gpu, InferenceChunkedPrefill) {
   CacheCase c;
@@ -718,9 +723,9 @@ TEST_F(Gpu, InferenceChunkedPrefill) {
   ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
 }
 
-// A long chunk's route (the training's compressed attention, selection and selected kernels over the
-// pages) at every head dim, fp16 with first-head scores and mean compression, every call of the case
-// a long chunk (threshold 1) so that prefixes of every length meet the paged kernels.
+// A long chunk's route (the training's compressed attention, selection and window kernels over the
+// gathered keys, the KV-outer selected kernels over the pages) at every head dim, fp16 with first-head scores and mean compression, every call of the case
+// a long chunk (threshold 1) so that prefixes of every length meet the gathered keys.
 TEST_F(Gpu, InferenceLongChunkHeadDims) {
   ::setenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", "1", 1);
   CacheCase c = decode_case(8, 2, 128, 128);
@@ -767,6 +772,29 @@ TEST_F(Gpu, InferenceBadTableEntriesReadAsZeros) {
         EXPECT_TRUE(all_finite(t->to_double())) << "a non-finite output after " << lengths[0] << " tokens";
     }
   }
+  ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
+}
+
+// Cache lengths the host cannot check (on the device) past the tables' capacity, and negative: a
+// long chunk's call completes without a device fault and its outputs are finite (the gather clamps
+// the prefix every branch then takes, so the gathered rows and the selected branch's plan stay in
+// their bounds; keys the tables do not hold read as zeros).
+TEST_F(Gpu, InferenceLongChunkLengthsPastCapacityStayInBounds) {
+  ::setenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", "1", 1);
+  CacheCase c = decode_case(8, 2, 128, 128);
+  c.cached = {100, 1000, 40};
+  auto rng = rng_for_test(61);
+  const Params params = make_params(c, rng);
+  CacheState state = make_cache(c, rng);
+  const std::int64_t capacity = state.block_table.sizes()[1] * c.page_size;
+  state.cache_seqlens.set(0, -50.0);                                  // negative
+  state.cache_seqlens.set(1, static_cast<double>(capacity + 3000));  // past its table
+  state.cache_seqlens.set(2, static_cast<double>(capacity - 10));     // its chunk runs past it
+  DeviceCache gpu(state, c.dtype);
+  const Chunk x = make_chunk(c, {300, 64, 200}, rng);
+  const StepOut got = run_gpu(c, params, x, gpu);  // expects an ok call and a clean synchronize
+  for (const HostTensor* t : {&got.o, &got.o_cmp, &got.o_slc, &got.o_swa})
+    EXPECT_TRUE(all_finite(t->to_double())) << "a non-finite output";
   ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
 }
 

@@ -1,7 +1,7 @@
 // The fused selection's shared-memory layout and launch shape (src/kernels/select/select_tiling.hpp)
-// on the host: the layout's regions are in order, a paged launch's layout (nsa_prefill's
-// long chunks) adds exactly the located rows, and the shape chosen under a device's limits fits
-// them, paged or not, over a grid of group sizes, head dims, topk widths and block geometries.
+// on the host: the layout's regions are in order and end inside the layout, and the shape chosen
+// under a device's limits fits them, over a grid of group sizes, head dims, topk widths and block
+// geometries.
 // Plain C++: no device needed.
 #include <algorithm>
 #include <cstddef>
@@ -34,7 +34,7 @@ std::string where(const Geometry& g, int heads, int dqk, int topk) {
          " heads=" + std::to_string(heads) + " Dqk=" + std::to_string(dqk) + " K=" + std::to_string(topk);
 }
 
-TEST(SelectLayout, RegionsAreInOrderAndPagedAddsTheLocatedRows) {
+TEST(SelectLayout, RegionsAreInOrder) {
   int checked = 0;
   for (const Geometry& g : kGeometries)
     for (const int heads : kHeads)
@@ -44,50 +44,42 @@ TEST(SelectLayout, RegionsAreInOrderAndPagedAddsTheLocatedRows) {
             const SelectShape sh = choose_shape(heads, dqk, g.l, g.s, g.B, topk, std::size_t{1} << 30,
                                                 target_rows(dqk), 1, swizzled);
             ASSERT_GT(sh.tokens_per_cta, 0) << where(g, heads, dqk, topk);
-            const SelectSmem plain(sh, dqk, topk, swizzled), paged(sh, dqk, topk, swizzled, true);
-            EXPECT_EQ(paged.bytes, plain.bytes + align_bytes(kLocatedBytes)) << where(g, heads, dqk, topk);
-            EXPECT_EQ(paged.located, plain.located) << where(g, heads, dqk, topk);
-            const std::size_t offsets[] = {paged.q,        paged.k,          paged.prob,     paged.ring,
-                                           paged.top,      paged.pending,    paged.row_offset, paged.row_bias,
-                                           paged.weight,   paged.capacity,   paged.worst,    paged.pending_count,
-                                           paged.located};
+            const SelectSmem m(sh, dqk, topk, swizzled);
+            const std::size_t offsets[] = {m.q,      m.k,          m.prob,     m.ring,     m.top,
+                                           m.pending, m.row_offset, m.row_bias, m.weight,   m.capacity,
+                                           m.worst,  m.pending_count};
             for (std::size_t i = 1; i < std::size(offsets); ++i)
               EXPECT_LT(offsets[i - 1], offsets[i]) << where(g, heads, dqk, topk) << " region " << i;
-            // The located rows start past the last per-token table and end inside the layout (the
-            // swizzled variant keeps 1024 bytes of slack to align its base by hand).
-            EXPECT_GE(paged.located, paged.pending_count + sh.tokens_per_cta * sizeof(int)) << where(g, heads, dqk, topk);
-            EXPECT_LE(paged.located + kLocatedBytes + (swizzled ? 1024 : 0), paged.bytes) << where(g, heads, dqk, topk);
+            // The last per-token table ends inside the layout (the swizzled variant keeps 1024 bytes
+            // of slack to align its base by hand).
+            EXPECT_LE(m.pending_count + sh.tokens_per_cta * sizeof(int) + (swizzled ? 1024 : 0), m.bytes)
+                << where(g, heads, dqk, topk);
             ++checked;
           }
   EXPECT_GT(checked, 1000);
 }
 
-TEST(SelectLayout, ChosenShapesFitTheDeviceLimitsPagedOrNot) {
+TEST(SelectLayout, ChosenShapesFitTheDeviceLimits) {
   int fits = 0;
   for (const auto& [max_optin, per_sm] : kDevices)
     for (const Geometry& g : kGeometries)
       for (const int heads : kHeads)
         for (const int dqk : kDims)
           for (const int topk : kTopks)
-            for (const bool wgmma : {false, true})
-              for (const bool paged : {false, true}) {
-                const SmemLimits limits = launch_limits(max_optin, per_sm, kReserved, paged);
-                const SelectShape sh = choose_launch_shape(heads, dqk, g.l, g.s, g.B, topk, limits, wgmma);
-                if (sh.tokens_per_cta == 0) continue;  // the launcher's error (nothing fits)
-                const bool swizzled = wgmma && sh.ctas_per_sm == 2;
-                const std::size_t bytes = SelectSmem(sh, dqk, topk, swizzled, paged).bytes;
-                const std::size_t cap = sh.ctas_per_sm == 2 ? std::min(max_optin, per_sm / 2 - kReserved) : max_optin;
-                EXPECT_LE(bytes, cap) << where(g, heads, dqk, topk) << (paged ? " paged" : "") << " ctas/SM "
-                                      << sh.ctas_per_sm;
-                ++fits;
-              }
+            for (const bool wgmma : {false, true}) {
+              const SmemLimits limits = launch_limits(max_optin, per_sm, kReserved);
+              const SelectShape sh = choose_launch_shape(heads, dqk, g.l, g.s, g.B, topk, limits, wgmma);
+              if (sh.tokens_per_cta == 0) continue;  // the launcher's error (nothing fits)
+              const bool swizzled = wgmma && sh.ctas_per_sm == 2;
+              const std::size_t bytes = SelectSmem(sh, dqk, topk, swizzled).bytes;
+              const std::size_t cap = sh.ctas_per_sm == 2 ? std::min(max_optin, per_sm / 2 - kReserved) : max_optin;
+              EXPECT_LE(bytes, cap) << where(g, heads, dqk, topk) << " ctas/SM " << sh.ctas_per_sm;
+              ++fits;
+            }
   EXPECT_GT(fits, 1000);
-  // Paged limits are the plain ones less the located rows.
-  const SmemLimits plain = launch_limits(232448, 233472, kReserved, false);
-  const SmemLimits paged = launch_limits(232448, 233472, kReserved, true);
-  EXPECT_EQ(plain.two_per_sm - paged.two_per_sm, align_bytes(kLocatedBytes));
-  EXPECT_EQ(plain.one_per_sm - paged.one_per_sm, align_bytes(kLocatedBytes));
-  EXPECT_EQ(plain.two_per_sm, std::size_t{233472 / 2 - kReserved});
+  const SmemLimits limits = launch_limits(232448, 233472, kReserved);
+  EXPECT_EQ(limits.two_per_sm, std::size_t{233472 / 2 - kReserved});
+  EXPECT_EQ(limits.one_per_sm, std::size_t{232448});
 }
 
 }  // namespace

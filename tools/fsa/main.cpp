@@ -144,8 +144,8 @@ constexpr const char* kEnvironment = R"(environment:
                               how a decode step selects blocks: from the compressed attention's
                               block partials (default for <= 8 new tokens a sequence) or a second
                               pass over the compressed keys
-  FSA_DECODE_ATTN_STAGES=1|2  K / V stages of the decode attention (default 2 where they fit the
-                              shared memory; 1 to compare)
+  FSA_DECODE_ATTN_STAGES=1|2  K / V stages of the decode attention (default: 2 where they fit
+                              the shared memory without costing a CTA a SM, else 1; to compare)
   FSA_PREFILL_LONG_CHUNK_MIN_TOKENS=N
                               nsa_prefill calls of at least N new tokens run the training's
                               compressed attention, selection and KV-outer selected attention

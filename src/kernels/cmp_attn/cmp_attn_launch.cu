@@ -1,6 +1,6 @@
 // Host side of compressed attention on the GPU: the masked flash-attention kernels
 // (kernels/flash/) with the compressed-key rule i*s + l - 1 <= t over the rows of k_cmp / v_cmp that
-// cu_cmp gives each sequence, or (nsa_prefill's long chunks) over a paged cache's compressed pages.
+// cu_cmp gives each sequence, or (nsa_prefill's long chunks) over a chunk's gathered compressed keys.
 
 #include "cuda/runtime.hpp"
 #include "cuda/backend.hpp"
@@ -38,15 +38,15 @@ Status cmp_attn_forward(const NsaConfig& config, const TensorView& q, const Tens
                         v_cmp.size(2), current_stream());
 }
 
-Status cmp_attn_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
-                              const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
+Status cmp_attn_prefixed_forward(const NsaConfig& config, const TensorView& q, const PrefixedKeyRows& keys,
+                                 const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
   constexpr const char* kOp = "cmp_attn_forward";
-  FSA_RETURN_IF_ERROR(common::check_rows_aligned(
-      kOp, {{"q", q}, {"k_cmp_pages", keys.k_pages}, {"v_cmp_pages", keys.v_pages}, {"o", o}}));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k_cmp", keys.k}, {"v_cmp", keys.v}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
   const FlashParams p = compressed_mask(
-      config, flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2)))));
-  return flash::forward(kOp, p, q.dtype, q.size(2), keys.v_pages.size(3), current_stream());
+      config, flash::make_prefixed_params(q, keys, cu_seqlens, o, lse,
+                                          config.softmax_scale(static_cast<int>(q.size(2)))));
+  return flash::forward(kOp, p, q.dtype, q.size(2), keys.v.size(2), current_stream());
 }
 
 Status cmp_attn_backward(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,

@@ -1,7 +1,7 @@
 // A paged key/value pool and its per-sequence page table, shared by host and device (trivially
 // copyable, members of the kernels' __grid_constant__ parameters). Strides are in elements. The
-// inference kernels (kernels/decode) address the cache through them, and so do the training's
-// compressed attention and block selection when they serve a long prefill chunk (PrefixedKeys).
+// inference kernels (kernels/decode) and the KV-outer selected attention of a long prefill chunk
+// (kernels/slc_attn) address the cache through them.
 #pragma once
 
 #include <cstdint>
@@ -22,17 +22,6 @@ struct PageTable {
   const std::int32_t* data;
   std::int64_t seq_stride, col_stride;
   std::int64_t width;
-};
-
-// Queries after a cached prefix, keys in a paged pool (nsa_prefill's long chunks). With prefix null
-// (training) every query token's position is its index in its sequence and the kernel reads its
-// keys as contiguous rows. Otherwise sequence b's first query is at position prefix[b] and its key i
-// (a position, or a compressed token index) is row locate(table, k, b, i) of k and v.
-struct PrefixedKeys {
-  const std::int32_t* prefix = nullptr;  // [nseq]: cache_seqlens
-  std::int64_t prefix_stride = 0;
-  PageTable table{};
-  PagedPool k{}, v{};
 };
 
 }  // namespace fsa::cuda::common

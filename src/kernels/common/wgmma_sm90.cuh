@@ -99,27 +99,6 @@ __device__ __forceinline__ void copy_rows_swizzled_async(Element* dst, const Ele
   }
 }
 
-// The same for gathered rows (a paged cache's): row r from rows(r), a pointer to its first element
-// or null for a zero row, asked once per row a thread copies; `any` is a valid global address for
-// the zero rows' cp.async of source size 0 (it reads nothing).
-template <int kRows, int kCols, int kThreads, class Element, class Rows>
-__device__ __forceinline__ void copy_gathered_rows_swizzled_async(Element* dst, Rows rows, const void* any) {
-  constexpr int kVectors = kCols / 8;
-  static_assert(kThreads % kVectors == 0 && (kRows * kVectors) % kThreads == 0, "whole rows per pass");
-  constexpr int kRowStep = kThreads / kVectors;
-  static_assert(kRowStep % 8 == 0, "a thread's rows share their swizzle phase (row % 8)");
-  const int vec = threadIdx.x % kVectors, row0 = threadIdx.x / kVectors;
-  const std::uint32_t to = mma::shared_address(dst) + swizzled_offset(kRows, row0, vec * 8);
-#pragma unroll
-  for (int i = 0; i < kRows * kVectors / kThreads; ++i) {
-    const Element* from = rows(row0 + i * kRowStep);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + i * kRowStep * kPanelRowBytes),
-                 "l"(from != nullptr ? static_cast<const void*>(from + vec * 8) : any),
-                 "r"(from != nullptr ? 16 : 0)
-                 : "memory");
-  }
-}
-
 // Matrix descriptor of a 128-byte-swizzled operand starting at `smem` (bits: start address >> 4 at
 // 0, LBO >> 4 at 16, SBO >> 4 at 32, swizzle mode 1 = 128 bytes at 62).
 // descriptor_at takes the shared-window address itself.

@@ -21,6 +21,11 @@ Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t
 // q rotated into q_rot; k rotated and v into the pools; the key tail's last l positions.
 Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream);
 
+// ---- decode_gather.cu ----
+// A long prefill chunk's compressed tokens and window keys out of the pages into contiguous rows
+// (GatherParams), after the append wrote the chunk's own.
+Status launch_gather_keys(const GatherParams& p, DType dtype, cudaStream_t stream);
+
 // ---- decode_attn_kernel.cuh (instantiations/decode_attn_*.cu) ----
 template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream);

@@ -54,6 +54,12 @@ namespace fsa::cuda::decode {
 template <class Element, int kDqk, int kDv>
 using AttnTraits = flash::FwdTraits<Element, kDqk, kDv>;
 
+// CTAs a SM the registers must allow (__launch_bounds__): three CTAs of four warps, so that the
+// launch keeps twelve warps a SM where its shared memory allows (one K / V stage: the launcher
+// chooses, launch_decode_attention); eight warps (Dv = 256) take what they need.
+template <class Element, int kDqk, int kDv>
+constexpr int kAttnMinCtas = AttnTraits<Element, kDqk, kDv>::kThreads <= 128 ? 3 : 1;
+
 // Where key list position v0 + r of a tile lives (its pool row), and what it is (AttnSlot: `key`
 // is the compressed token index (compressed branch) or the position (raw branches), INT_MAX for a
 // list position past the split's end; `unit` is the union entry of the selected branch).
@@ -62,13 +68,34 @@ struct KeySlot {
   AttnSlot slot;
 };
 
+// Columns c and c + 1 of one row's output, unnormalised (o0, o1) with the row's (max, sum) in the
+// online softmax's log2 domain: with one split o and (with_stats) lse, else the split's partial
+// output and (with_stats) its statistics, which merge_splits_kernel combines.
+template <class Element, int kDv>
+__device__ __forceinline__ void store_row_pair(const BranchOutput& out, int heads_q, long long tokens, int split,
+                                               long long token, int head, int c, float o0, float o1, float row_max,
+                                               float row_sum, bool with_stats) {
+  if (out.splits == 1) {
+    const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+    Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride;
+    *reinterpret_cast<std::uint32_t*>(orow + c) = mma::pack2<Element>(o0 * inv_sum, o1 * inv_sum);
+    if (with_stats && out.lse != nullptr)
+      out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(row_max, row_sum);
+    return;
+  }
+  const long long index = (static_cast<long long>(split) * tokens + token) * heads_q + head;
+  if (with_stats) out.stats[index] = {row_max, row_sum};
+  if (row_sum > 0.0f)  // the merge reads no output of a split without keys
+    *reinterpret_cast<float2*>(out.o_part + index * kDv + c) = make_float2(o0, o1);
+}
+
 // The key-quarter layout's end (decode_attn_kernel): four warps (per column half) hold the same
 // rows' online softmax over different quarters of every key tile. Each writes its unnormalised
 // output and (max, sum) per row into o_s (the Q, K and V stages' space, free after the last tile:
 // 4 x 16 rows x Dv floats, then the 4 x 16 maxima and sums); then the CTA's threads combine, per
 // row and pair of columns, the quarters' outputs at the largest maximum, as the split merge does
-// with splits, and write the row as the rows layout would: o and lse with one split, else the
-// split's partial output and statistics. where(r, &token, &head) places row r of the tile.
+// with splits, and write the row as the rows layout does (store_row_pair). where(r, &token, &head)
+// places row r of the tile.
 template <class Element, int kDv, int kDvPart, int kThreads, class Where>
 __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc)[kDvPart / 8][4], const float (&row_max)[2],
                                                    const float (&row_sum)[2], int quarter, int col0,
@@ -109,23 +136,12 @@ __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc
     long long token;
     int head;
     where(r, &token, &head);
-    if (out.splits == 1) {
-      const float inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
-      Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride;
-      *reinterpret_cast<std::uint32_t*>(orow + c) = mma::pack2<Element>(o0 * inv_sum, o1 * inv_sum);
-      if (out.lse != nullptr && c == 0)
-        out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(most, sum);
-      continue;
-    }
-    const long long index = (static_cast<long long>(split) * tokens + token) * heads_q + head;
-    if (c == 0) out.stats[index] = {most, sum};
-    if (sum > 0.0f)  // the merge reads no output of a split without keys
-      *reinterpret_cast<float2*>(out.o_part + index * kDv + c) = make_float2(o0, o1);
+    store_row_pair<Element, kDv>(out, heads_q, tokens, split, token, head, c, o0, o1, most, sum, c == 0);
   }
 }
 
 template <class Element, int kDqk, int kDv>
-__global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
+__global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAttnMinCtas<Element, kDqk, kDv>))
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
   using T = AttnTraits<Element, kDqk, kDv>;
   static_assert(T::kRows == kRows && T::kKeys == kKeys && T::kLdQk == kDqk + kPad && T::kLdV == kDv + kPad,
@@ -165,7 +181,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
   const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
 
   const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
-  const PartialRows tile_rows = partial_rows(first_row, static_cast<int>(last_row - first_row + 1), seq.row0, G);
+  const PartialShare partial_share_of_thread = partial_share<kThreads>(
+      first_row, static_cast<int>(last_row - first_row + 1), seq.row0, p.nsa, g, p.partials.tiles);
   const int stages = p.stages;  // 1 or 2 (CTA-uniform)
   const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, stages);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
@@ -369,14 +386,16 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
         if (staged_in_k || kKeySplit) __syncthreads();
         if (col0 == 0 && warp_has_rows) {
           if constexpr (kKeySplit) {
-            stage_quarter_probabilities<kCols>(sc, row_max, quarter_max, probs_at(it) + key0, row_max_at(it),
-                                               quarter == 0);
+            float most[2], factor[2];
+            quarter_staging(row_max, quarter_max, most, factor);
+            stage_probabilities<kCols>(sc, factor, most, probs_at(it) + key0, row_max_at(it), 0, quarter == 0);
           } else {
-            stage_tile_probabilities<kKeys>(sc, row_max, probs_at(it), row_max_at(it), row0);
+            const float unscaled[2] = {1.0f, 1.0f};
+            stage_probabilities<kCols>(sc, unscaled, row_max, probs_at(it), row_max_at(it), row0, true);
           }
         }
         __syncthreads();
-        write_tile_partials<kThreads>(p.partials, p.nsa, probs_at(it), row_max_at(it), tile_rows, g, v0);
+        write_tile_partials(p.partials, p.nsa, probs_at(it), row_max_at(it), partial_share_of_thread, v0);
       }
 
       common::cp_async_wait<2>();  // V of tile it has landed
@@ -396,33 +415,18 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads)
             *token = seq.row0 + row / G;
             *head = g * G + static_cast<int>(row % G);
           });
-      return;
-    }
-    const long long tokens = batch.tokens;
+    } else {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (!row_valid[h]) continue;
-      const long long row = first_row + row0 + group + 8 * h;
-      const long long token = seq.row0 + row / G;
-      const int head = g * G + static_cast<int>(row % G);
-      if (out.splits == 1) {
-        const float inv_sum = row_sum[h] > 0.0f ? 1.0f / row_sum[h] : 0.0f;
-        Element* orow = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride + col0;
+      for (int h = 0; h < 2; ++h) {
+        if (!row_valid[h]) continue;
+        const long long row = first_row + row0 + group + 8 * h;
+        const long long token = seq.row0 + row / G;
+        const int head = g * G + static_cast<int>(row % G);
 #pragma unroll
         for (int n = 0; n < T::kDvPart / 8; ++n)
-          *reinterpret_cast<std::uint32_t*>(orow + n * 8 + 2 * pair) =
-              mma::pack2<Element>(acc[n][2 * h] * inv_sum, acc[n][2 * h + 1] * inv_sum);
-        if (out.lse != nullptr && pair == 0 && col0 == 0)
-          out.lse[head * out.lse_head_stride + token * out.lse_token_stride] = flash::row_lse(row_max[h], row_sum[h]);
-        continue;
-      }
-      const long long index = (static_cast<long long>(split) * tokens + token) * p.nsa.heads_q + head;
-      if (pair == 0 && col0 == 0) out.stats[index] = {row_max[h], row_sum[h]};
-      if (row_sum[h] > 0.0f) {  // the merge reads no output of a split without keys
-        float* prow = out.o_part + index * kDv + col0;
-#pragma unroll
-        for (int n = 0; n < T::kDvPart / 8; ++n)
-          *reinterpret_cast<float2*>(prow + n * 8 + 2 * pair) = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+          store_row_pair<Element, kDv>(out, p.nsa.heads_q, batch.tokens, split, token, head, col0 + n * 8 + 2 * pair,
+                                       acc[n][2 * h], acc[n][2 * h + 1], row_max[h], row_sum[h],
+                                       n == 0 && pair == 0 && col0 == 0);
       }
     }
   };
@@ -441,17 +445,30 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   if (p.stages < 1 || p.stages > kAttnMaxStages)
     return FSA_ERROR(StatusCode::kInternal, "decode attention: AttnParams::stages must be 1 or 2, got " +
                                                 std::to_string(p.stages));
-  const std::size_t smem =
-      AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, p.stages).bytes;
+  auto smem_of = [&](int stages) {
+    return AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, stages).bytes;
+  };
   auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
-  FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  FSA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_of(p.stages))));
+  // One stage where it fits more CTAs a SM than two: the tile chain is latency-bound, and on an H100
+  // a second stage measured the same as one at equal CTAs a SM (docs/kernels/decode.md, "Key
+  // quarters with the pipeline"), while the launch with three CTAs a SM was faster than with two.
+  AttnParams run = p;
+  if (p.stages > 1 && !p.stages_forced) {
+    int with_two = 0, with_one = 0;
+    FSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&with_two, kernel, T::kThreads, smem_of(2)));
+    FSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&with_one, kernel, T::kThreads, smem_of(1)));
+    if (with_one > with_two) run.stages = 1;
+  }
+  const std::size_t smem = smem_of(run.stages);
   const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
   const int last = p.num_launch_branches - 1;
   const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(run);
   FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
   return Status::ok();
 }

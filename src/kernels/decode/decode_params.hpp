@@ -86,6 +86,36 @@ struct AppendParams {
   float frequency[kMaxPairs];
 };
 
+// ---- Gathered keys of a long prefill chunk (decode_gather.cu) -----------------------------------
+// A long chunk's compressed attention, selection and window run in the training's kernels, which
+// read keys as contiguous rows with the queries after a prefix (kernels/common/query_prefix.hpp).
+// The gather copies each sequence's keys out of the pages into a slot of its own, sized from the
+// shape (StepPlan), and writes where they are:
+//   prefix[b]   = min(cache_seqlens[b], max_context - c_b), at least 0 (P: equal for every valid
+//                 call; a length past the tables' capacity, which the host cannot see, keeps the
+//                 rows inside their slots);
+//   compressed: tokens [0, n_cmp(P + c_b)) at rows cmp_base[b] + i, cmp_base[b] = b cmp_slot;
+//   window:     positions [P - min(P, w), P + c_b) at rows win_base[b] + position,
+//               win_base[b] = b window_slot + cu[b] - (P - min(P, w)) (negative where the window
+//               starts far into the sequence: only its sum with a position is a row).
+// Pages the tables do not hold read as zero rows, as in the decode kernels.
+struct GatherParams {
+  BatchInfo batch;
+  NsaNumbers nsa;
+  PagedPool k_pages, v_pages, k_cmp_pages, v_cmp_pages;
+  PageTable block_table, cmp_block_table;
+  std::int64_t max_context;  // the tables' context (NsaInferenceShape::max_context)
+  std::int32_t* prefix;      // [nseq]
+  std::int32_t* cmp_base;    // [nseq]
+  std::int32_t* win_base;    // [nseq]
+  void* k_cmp;  // [nseq cmp_slot, Hkv, Dqk] contiguous
+  void* v_cmp;  // [nseq cmp_slot, Hkv, Dv]
+  void* k_win;  // [nseq window_slot + N, Hkv, Dqk]
+  void* v_win;  // [nseq window_slot + N, Hkv, Dv]
+  std::int64_t cmp_slot, window_slot;
+  int dim_qk, dim_v;
+};
+
 // ---- Attention over the cache (decode_attn_kernel.cuh, decode_merge.cu) -----------------------
 enum class Branch : std::int32_t {
   kCompressed = 0,  // compressed tokens visible to the row's token (i*s + l - 1 <= t)
@@ -144,8 +174,11 @@ struct AttnParams {
   // and the list of distinct blocks with the mask of tokens that selected each (sizes from the
   // largest context the page tables can address).
   int union_words, union_capacity;
-  // K / V stages (AttnSmem): 2 where they fit the device's shared memory, else 1 (check_gpu_limits).
+  // K / V stages (AttnSmem): at most 2 where they fit the device's shared memory, else 1
+  // (check_gpu_limits). Unless stages_forced (FSA_DECODE_ATTN_STAGES), launch_decode_attention runs
+  // one where one fits more CTAs a SM than two.
   int stages;
+  bool stages_forced;
   // The compressed branch's block partials for the fused selection (values null: none).
   BlockPartials partials;
 };

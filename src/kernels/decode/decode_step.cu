@@ -15,14 +15,16 @@
 //   5. selected and sliding-window attention in one launch (decode_attn_kernel.cuh, merged);
 //   6. gated combination (kernels/combine).
 //
-// Long prefill chunks (long_chunk) run steps 3-5 in the training's kernels instead, over the
-// pages, with queries at positions after the cached prefix: compressed and window attention in the
-// flash kernels (cmp_attn_paged_forward, swa_paged_forward), the selection in the fused selection
-// kernel (select_blocks_paged, which writes topk_idx whole: no finalize), the selected branch
-// KV-outer (slc_paged_forward). A decode tile of 16 tokens attends to the union of its tokens' blocks,
-// up to 13x the key tiles each token needs, and the decode kernels' selection recomputes scores per
-// 64-key range; a chunked prefill of thousands of tokens spent 4x the training's time in each.
-// Decode steps keep the decode kernels (the training kernels' fixed costs are most of a step).
+// Long prefill chunks (long_chunk) run steps 3-5 in the training's kernels instead, with queries at
+// positions after the cached prefix: the compressed tokens and the window's keys gathered out of
+// the pages into contiguous rows (decode_gather.cu), then compressed and window attention in the
+// flash kernels (cmp_attn_prefixed_forward, swa_prefixed_forward), the selection in the fused
+// selection kernel (select_blocks_prefixed, which writes topk_idx whole: no finalize), the selected
+// branch KV-outer over the pages (slc_paged_forward: a block lies in one page). A decode tile of 16
+// tokens attends to the union of its tokens' blocks, up to 13x the key tiles each token needs, and
+// the decode kernels' selection recomputes scores per 64-key range; a chunked prefill of thousands
+// of tokens spent 4x the training's time in each. Decode steps keep the decode kernels (the
+// training kernels' fixed costs are most of a step).
 //
 // The plan (grids, splits, ranges) and the workspace layout come from the call's shape alone
 // (NsaInferenceShape: N, sequences, the context the block tables address); lengths, tables and
@@ -31,6 +33,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -155,9 +158,11 @@ struct StepWorkspace {
   // The fused selection's block partials (sized for the calls of this shape that fuse).
   float* partial_values = nullptr;
   float* partial_max = nullptr;
-  // A long chunk's (long_chunk) selected and window lse, and the KV-outer selected branch's workspace.
+  // A long chunk's (long_chunk) selected and window lse, the KV-outer selected branch's workspace and
+  // the gathered keys (decode::GatherParams).
   TensorView slc_lse, swa_lse;
   Workspace slc;
+  TensorView key_prefix, cmp_base, win_base, k_cmp_rows, v_cmp_rows, k_win_rows, v_win_rows;
 
   StepWorkspace(WorkspaceCarver& w, const NsaConfig& c, const NsaInferenceShape& s, const StepPlan& plan,
                 bool long_route) {
@@ -186,6 +191,15 @@ struct StepWorkspace {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
       swa_lse = w.take_tensor(DType::kFloat32, {hq, n});
       slc = w.take_workspace(slc_paged_forward_workspace_bytes(paged_problem(c, s), SlcOptions{}));
+      key_prefix = w.take_tensor(DType::kInt32, {s.num_seqs});
+      cmp_base = w.take_tensor(DType::kInt32, {s.num_seqs});
+      win_base = w.take_tensor(DType::kInt32, {s.num_seqs});
+      const std::int64_t cmp_rows = s.num_seqs * plan.gather_cmp_slot;
+      const std::int64_t win_rows = s.num_seqs * plan.gather_window_slot + n;
+      k_cmp_rows = w.take_tensor(s.dtype, {cmp_rows, hkv, dqk});
+      v_cmp_rows = w.take_tensor(s.dtype, {cmp_rows, hkv, dv});
+      k_win_rows = w.take_tensor(s.dtype, {win_rows, hkv, dqk});
+      v_win_rows = w.take_tensor(s.dtype, {win_rows, hkv, dv});
     }
   }
 };
@@ -225,11 +239,13 @@ struct AcceptAttention {
 };
 
 // What only the GPU path limits, checked before anything is written into the cache; and the
-// decode attention's K / V stages (AttnParams::stages): two where they fit the shared memory, else
-// one; FSA_DECODE_ATTN_STAGES=1 takes one anywhere (to compare them; a bad value is the call's error).
+// decode attention's K / V stages (AttnParams::stages): at most two where they fit the shared
+// memory, else one, the launcher taking one where it fits more CTAs a SM;
+// FSA_DECODE_ATTN_STAGES=1|2 forces the count (2 where it fits; to compare them; a bad value is the
+// call's error).
 Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
                         const NsaInferenceBranches& br, const TensorView& o, const NsaInferenceShape& s,
-                        const StepPlan& plan, int* attn_stages) {
+                        const StepPlan& plan, int* attn_stages, bool* stages_forced) {
   FSA_RETURN_IF_ERROR(common::dispatch_attention(op, s.dtype, s.head_dim_qk, s.head_dim_v, AcceptAttention{}));
   if (c.topk > decode::kMaxTopk)
     return FSA_ERROR(StatusCode::kNotImplemented, std::string("topk: ") + op + " on CUDA keeps at most " +
@@ -249,9 +265,10 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
                                .bytes;
   const int fit = decode::attn_stages(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
                                       /*block_partials=*/true, static_cast<std::size_t>(std::max(max_smem, 0)));
-  long long wanted = fit;  // FSA_DECODE_ATTN_STAGES, unset: what fits; never more than that
-  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_stages(&wanted));
-  *attn_stages = static_cast<int>(std::min<long long>(wanted, fit));
+  long long forced = 0;  // FSA_DECODE_ATTN_STAGES; 0: unset
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_stages(&forced));
+  *stages_forced = forced > 0;
+  *attn_stages = static_cast<int>(forced > 0 ? std::min<long long>(forced, fit) : fit);
   if (attn > static_cast<std::size_t>(max_smem))
     return FSA_ERROR(StatusCode::kNotImplemented,
                      std::string("batch.block_table: ") + op + " on CUDA keeps the selected blocks of a tile over " +
@@ -276,11 +293,18 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   const DeviceGuard guard(in.q.device.index);
   const StepPlan plan = plan_of(c, s);
   int attn_stages = 1;
-  FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan, &attn_stages));
+  bool stages_forced = false;
+  FSA_RETURN_IF_ERROR(check_gpu_limits(op, c, in, cache, br, o, s, plan, &attn_stages, &stages_forced));
   cudaStream_t stream = current_stream();
   bool long_route = false, fused = false;
   FSA_RETURN_IF_ERROR(long_chunk(s, prefill, &long_route));
   FSA_RETURN_IF_ERROR(fused_selection(s, &fused));
+  // The gathered keys' rows are int32 (the kernels' key_base).
+  if (long_route && s.num_seqs * std::max(plan.gather_cmp_slot, plan.gather_window_slot) + s.tokens > INT32_MAX)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     std::string("batch.block_table: ") + op + " gathers a long chunk's keys into at most 2^31 rows; " +
+                         std::to_string(s.num_seqs) + " sequences of up to " + std::to_string(plan.max_context) +
+                         " tokens need more");
   WorkspaceCarver carve(workspace.data, in.q.device);
   const StepWorkspace w(carve, c, s, plan, long_route);
   const decode::NsaNumbers nsa = numbers_of(c, s);
@@ -342,22 +366,42 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   const TensorView o_swa = br.o_swa.defined() ? br.o_swa : w.o_swa;
   const TensorView topk = br.topk_idx.defined() ? br.topk_idx : w.topk;
   if (long_route) {
-    // ---- 3-5, a long chunk: the training's kernels over the pages ----
-    PagedKeyInputs cmp_keys;
-    cmp_keys.key_prefix = batch.cache_seqlens;
-    cmp_keys.block_table = batch.cmp_block_table;
-    cmp_keys.k_pages = cache.k_cmp_pages;
-    cmp_keys.v_pages = cache.v_cmp_pages;
-    cmp_keys.max_context = s.max_context;
-    FSA_RETURN_IF_ERROR(cmp_attn_paged_forward(c, w.q_rot, cmp_keys, in.cu_seqlens, o_cmp, w.lse_cmp));
-    FSA_RETURN_IF_ERROR(select_blocks_paged(c, w.q_rot, cmp_keys, w.lse_cmp, in.cu_seqlens, topk));
-    PagedKeyInputs keys = cmp_keys;
+    // ---- 3-5, a long chunk: the training's kernels over the gathered keys and the pages ----
+    decode::GatherParams gp{};
+    gp.batch = info;
+    gp.nsa = nsa;
+    gp.k_pages = k_pages;
+    gp.v_pages = v_pages;
+    gp.k_cmp_pages = k_cmp_pages;
+    gp.v_cmp_pages = v_cmp_pages;
+    gp.block_table = block_table;
+    gp.cmp_block_table = cmp_table;
+    gp.max_context = s.max_context;
+    gp.prefix = w.key_prefix.ptr<std::int32_t>();
+    gp.cmp_base = w.cmp_base.ptr<std::int32_t>();
+    gp.win_base = w.win_base.ptr<std::int32_t>();
+    gp.k_cmp = w.k_cmp_rows.data;
+    gp.v_cmp = w.v_cmp_rows.data;
+    gp.k_win = w.k_win_rows.data;
+    gp.v_win = w.v_win_rows.data;
+    gp.cmp_slot = plan.gather_cmp_slot;
+    gp.window_slot = plan.gather_window_slot;
+    gp.dim_qk = s.head_dim_qk;
+    gp.dim_v = s.head_dim_v;
+    FSA_RETURN_IF_ERROR(decode::launch_gather_keys(gp, s.dtype, stream));
+    const PrefixedKeyRows cmp_keys{w.key_prefix, w.cmp_base, w.k_cmp_rows, w.v_cmp_rows};
+    FSA_RETURN_IF_ERROR(cmp_attn_prefixed_forward(c, w.q_rot, cmp_keys, in.cu_seqlens, o_cmp, w.lse_cmp));
+    FSA_RETURN_IF_ERROR(select_blocks_prefixed(c, w.q_rot, cmp_keys, w.lse_cmp, in.cu_seqlens, topk));
+    PagedKeyInputs keys;  // the gather's prefix: the same clamp as the other branches' (GatherParams)
+    keys.key_prefix = w.key_prefix;
     keys.block_table = batch.block_table;
     keys.k_pages = cache.k_pages;
     keys.v_pages = cache.v_pages;
+    keys.max_context = s.max_context;
     FSA_RETURN_IF_ERROR(
         slc_paged_forward(c, w.q_rot, keys, topk, in.cu_seqlens, o_slc, w.slc_lse, SlcOptions{}, w.slc));
-    FSA_RETURN_IF_ERROR(swa_paged_forward(c, w.q_rot, keys, in.cu_seqlens, o_swa, w.swa_lse));
+    const PrefixedKeyRows window_keys{w.key_prefix, w.win_base, w.k_win_rows, w.v_win_rows};
+    FSA_RETURN_IF_ERROR(swa_prefixed_forward(c, w.q_rot, window_keys, in.cu_seqlens, o_swa, w.swa_lse));
     return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
   }
 
@@ -393,6 +437,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   at.union_words = plan.union_words;
   at.union_capacity = plan.union_capacity;
   at.stages = attn_stages;
+  at.stages_forced = stages_forced;
   auto attend = [&](std::initializer_list<decode::Branch> branches) -> Status {
     at.num_launch_branches = 0;
     int z = 0;

@@ -177,6 +177,32 @@ struct SelectSmem {
 // The work of one step. Grids: attention (attn_tiles, Hkv, sum of the launched branches' splits),
 // selection (select_tiles, Hkv, ranges).
 //
+// A long prefill chunk's gathered keys of sequence b (GatherParams) for one branch: keys [first,
+// end) at rows dst0 + (key - first), with the chunk's first token at position `prefix`. The
+// sequence's packed rows [row0, row0 + new_tokens) and cached length come from the device; they are
+// clamped (rows into [0, N), prefix into [0, max(0, max_context - new)], max_context the tables'
+// context) so that prefix <= max_context and, with new <= N, prefix + new <= max(max_context, N)
+// = StepPlan::max_context: every range fits its slot (n_cmp(prefix + new) <= cmp_slot, min(prefix,
+// w) + new <= window_slot + N - row0), and the KV-outer selected branch, which takes the same
+// prefix, stays within its plan's N + nseq x max_context keys. A valid call (cached + new <=
+// max_context) keeps prefix = cached.
+struct GatheredRange {
+  long long prefix, first, end, dst0;
+};
+FSA_DECODE_HD GatheredRange gathered_range(const GatherParams& p, int b, long long row0, long long new_tokens,
+                                           long long cached, bool compressed) {
+  const long long tokens = p.batch.tokens, window = p.nsa.window;
+  const long long first_row = row0 < 0 ? 0 : (row0 > tokens ? tokens : row0);
+  const long long fresh_max = tokens - first_row;
+  const long long fresh = new_tokens < 0 ? 0 : (new_tokens > fresh_max ? fresh_max : new_tokens);
+  const long long room = p.max_context - fresh;
+  const long long prefix = cached < 0 ? 0 : (cached > room ? (room > 0 ? room : 0) : cached);
+  if (compressed)
+    return {prefix, 0, compressed_count(prefix + fresh, p.nsa.cmp_len, p.nsa.cmp_stride), b * p.cmp_slot};
+  const long long back = prefix < window ? prefix : window;
+  return {prefix, prefix - back, prefix + fresh, b * p.window_slot + first_row};
+}
+
 // The split and range counts depend on the shape in both directions (more tiles, fewer splits),
 // so the scratch they need is sized by bounds that only grow with the shape: a workspace sized
 // for the largest batch and context then serves every smaller call.
@@ -204,6 +230,9 @@ struct StepPlan {
   int tile_blocks = 0;
   int score_ranges = 1, score_range_capacity = kScoreFloats;
   std::int64_t score_range_tokens = 0;  // bound of score_ranges x N over fusing calls
+  // A long prefill chunk's gathered keys (GatherParams): rows of a sequence's compressed slot
+  // (n_cmp(max_context)) and of its window slot before its chunk (min(w, max_context)).
+  std::int64_t gather_cmp_slot = 0, gather_window_slot = 0;
 };
 
 // Whether a call of this shape selects through the compressed attention's block partials: at most
@@ -286,6 +315,9 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   // As for the ranges: score_wanted > 1 only for N' < c_s, and then score_wanted N' <= c_s + N'.
   const long long c_s = ceil_div(2 * kTargetCtas, hkv);
   p.score_range_tokens = score_needed * fused_tokens + min_ll(score_cap * fused_tokens, c_s + min_ll(fused_tokens, c_s));
+
+  p.gather_cmp_slot = compressed_count(p.max_context, l, s);
+  p.gather_window_slot = min_ll(nsa.window, p.max_context);
   return p;
 }
 

@@ -20,10 +20,10 @@ namespace fsa::cuda::flash {
 // [nseq + 1] (first key row of each sequence), o [N, Hq, Dv], lse [Hq, N].
 FlashParams make_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& cu_seqlens,
                         const TensorView& key_base, const TensorView& o, const TensorView& lse, float scale);
-// The same for keys in a paged cache after each sequence's prefix (nsa_prefill's long chunks,
-// forward only): the kernels read the pools through the table (flash_params.hpp, paged).
-FlashParams make_paged_params(const TensorView& q, const PagedKeyInputs& keys, const TensorView& cu_seqlens,
-                              const TensorView& o, const TensorView& lse, float scale);
+// The same for a chunk after each sequence's cached prefix, its keys gathered into rows
+// (nsa_prefill's long chunks, forward only; flash_params.hpp, prefix).
+FlashParams make_prefixed_params(const TensorView& q, const PrefixedKeyRows& keys, const TensorView& cu_seqlens,
+                                 const TensorView& o, const TensorView& lse, float scale);
 // d_o like o; dq, dk, dv like q, k, v.
 void set_gradients(FlashParams& p, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                    const TensorView& dv);

@@ -54,21 +54,18 @@ __global__ void __launch_bounds__(FwdTraits<Element, kDqk, kDv>::kThreads)
   });
   common::cp_async_commit();
 
-  const bool paged = p.paged.prefix != nullptr;  // nsa_prefill's long chunks: keys from pages
   const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
   const auto* v = static_cast<const Element*>(p.v) + key_start * p.v_row_stride + g * p.v_head_stride;
   // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
   auto load_k = [&](int key0) {
     common::copy_tile_async<T::kKeys, kDqk, T::kThreads>(k_s, T::kLdQk, [&](int r) -> const Element* {
       if (key0 + r >= key_end) return nullptr;
-      if (paged) return common::paged_key_row<const Element>(p.paged, p.paged.k, tile.seq, key0 + r, g);
       return k + static_cast<long long>(key0 + r) * p.k_row_stride;
     });
   };
   auto load_v = [&](int key0) {
     common::copy_tile_async<T::kKeys, kDv, T::kThreads>(v_s, T::kLdV, [&](int r) -> const Element* {
       if (key0 + r >= key_end) return nullptr;
-      if (paged) return common::paged_key_row<const Element>(p.paged, p.paged.v, tile.seq, key0 + r, g);
       return v + static_cast<long long>(key0 + r) * p.v_row_stride;
     });
   };
@@ -165,9 +162,7 @@ Status launch_flash_forward(const FlashParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.num_seqs == 0) return Status::ok();
   if (p.arch == common::KernelArch::kSm90a)
     return flash::launch_forward_tiles<flash::FwdSm90Traits<Element, kDqk, kDv>>(
-        p.paged.prefix != nullptr ? flash::flash_fwd_sm90_kernel<Element, kDqk, kDv, true>
-                                  : flash::flash_fwd_sm90_kernel<Element, kDqk, kDv, false>,
-        "flash_fwd_sm90_kernel", p, stream);
+        flash::flash_fwd_sm90_kernel<Element, kDqk, kDv>, "flash_fwd_sm90_kernel", p, stream);
   return flash::launch_forward_tiles<flash::FwdTraits<Element, kDqk, kDv>>(
       flash::flash_fwd_kernel<Element, kDqk, kDv>, "flash_fwd_kernel", p, stream);
 }

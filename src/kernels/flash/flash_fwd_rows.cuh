@@ -3,7 +3,7 @@
 // covers, and per row its q offset and key interval in shared memory.
 #pragma once
 
-#include "kernels/common/paged_pool.cuh"
+#include "kernels/common/query_prefix.hpp"
 #include "kernels/flash/flash_mask.cuh"
 #include "kernels/flash/flash_params.hpp"
 #include "kernels/flash/flash_tiles.cuh"
@@ -20,7 +20,7 @@ struct FwdTile {
   bool valid;
   long long first_row, last_row;  // local to the sequence; last_row within it
   int seq;
-  long long seq_start, key_start;  // global token of the sequence's first token, its first key row (0 paged)
+  long long seq_start, key_start;  // global token of the sequence's first token, the row of its key 0
   // The rows hold tokens [t_first, t_last]: they see keys [first.lo, last.hi), and every one of
   // them sees all keys of [last.lo, first.hi) (tiles there need no mask).
   KeyInterval first, last;
@@ -37,11 +37,10 @@ __device__ __forceinline__ FwdTile forward_tile(const FlashParams& p, FwdRowTabl
   t.first_row = tile.first;
   t.seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
   const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - t.seq_start;
-  const bool paged = p.paged.prefix != nullptr;
   t.seq = tile.seq;
-  t.key_start = paged ? 0 : p.key_base[tile.seq * p.key_base_stride];
+  t.key_start = p.key_base[tile.seq * p.key_base_stride];
   t.last_row = min(tile.first + kRows, seq_len * G) - 1;
-  const long long prefix = common::prefix_of(p.paged, tile.seq);  // position of the sequence's token 0
+  const long long prefix = common::prefix_of(p.prefix, tile.seq);  // position of the sequence's token 0
   t.first = key_interval(p, prefix + tile.first / G);
   t.last = key_interval(p, prefix + t.last_row / G);
   if (threadIdx.x < kRows) {

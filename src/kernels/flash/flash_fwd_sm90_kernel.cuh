@@ -50,9 +50,7 @@ struct FwdSm90Traits {
   static constexpr std::uint32_t kVPanelBytes = kKeys * wgmma::kPanelRowBytes;
 };
 
-// kPaged: nsa_prefill's long chunks (p.paged set), a variant of its own so that the training's
-// kernel carries none of the paged code.
-template <class Element, int kDqk, int kDv, bool kPaged>
+template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FlashParams p) {
 #if FSA_HAS_WGMMA
@@ -70,59 +68,17 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
   auto* q_s = reinterpret_cast<Element*>(smem);
   auto* k_s = reinterpret_cast<Element*>(smem + T::kKOffset);
   auto* v_s = reinterpret_cast<Element*>(smem + T::kVOffset);
-  // Paged keys (nsa_prefill's long chunks): each key tile's rows located once, one thread per row,
-  // three tiles ahead of its K copy, as the K and V addresses of head g (null for a row without a
-  // valid page), so that a copy's vector costs a shared load and a select, not the page arithmetic
-  // (which, done per vector, made the copies issue-bound: about 40 instructions a row). Tile j's
-  // rows sit in slot j % 4: loaded from the table in iteration j - 3 and stored at its end (the
-  // prologue: tiles 0-2), read by the copies of K_j (iteration j - 2) and V_j (j - 1), free again
-  // after iteration j - 1's barrier.
-  constexpr int kLocatedTiles = 4;
-  struct LocatedRow {
-    const Element* k;
-    const Element* v;
-  };
-  __shared__ LocatedRow located[kPaged ? kLocatedTiles : 1][kPaged ? T::kKeys : 1];
-  constexpr bool paged = kPaged;
-  auto row_of_tile = [&](int j) {  // this thread's row of tile j (threads < kKeys): the table load
-    const int key = key_begin + j * T::kKeys + static_cast<int>(threadIdx.x);
-    return key < key_end ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
-  };
-  auto store_located = [&](int j, common::PageRow at) {
-    located[j % kLocatedTiles][threadIdx.x] = {common::checked_pool_row<const Element>(p.paged.k, at, g),
-                                               common::checked_pool_row<const Element>(p.paged.v, at, g)};
-  };
   __syncthreads();  // the row table (forward_tile)
   const auto* q = static_cast<const Element*>(p.q);
   wgmma::copy_tile_swizzled_async<T::kRows, kDqk, T::kThreads>(q_s, [&](int r) -> const Element* {
     return rows.q_offset[r] >= 0 ? q + rows.q_offset[r] : nullptr;
   });
-  if constexpr (paged) {
-    if (threadIdx.x < T::kKeys) {  // the three tiles' table loads issued together, then stored
-      common::PageRow first_rows[kLocatedTiles - 1];
-#pragma unroll
-      for (int j = 0; j < kLocatedTiles - 1; ++j) first_rows[j] = row_of_tile(j);
-#pragma unroll
-      for (int j = 0; j < kLocatedTiles - 1; ++j) store_located(j, first_rows[j]);
-    }
-    __syncthreads();
-  }
 
   const auto* k = static_cast<const Element*>(p.k) + key_start * p.k_row_stride + g * p.k_head_stride;
   const auto* v = static_cast<const Element*>(p.v) + key_start * p.v_row_stride + g * p.v_head_stride;
   // Keys past key_end are zero-filled: they meet zero probabilities, and 0 * garbage could be NaN.
-  // `located_row`: which of a located row's addresses (K or V) the paged copy takes.
-  auto load_rows = [&]<int kCols>(Element* dst, const Element* src, long long stride,
-                                  const Element* LocatedRow::*located_row, int key0) {
-    if constexpr (paged) {
-      const LocatedRow* at = located[((key0 - key_begin) / T::kKeys) % kLocatedTiles];
-      auto row = [&](int r) -> const Element* { return at[r].*located_row; };
-      if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
-        wgmma::copy_gathered_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, row, p.paged.k.data);
-      } else {  // Dqk = 192
-        wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, row);
-      }
-    } else if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
+  auto load_rows = [&]<int kCols>(Element* dst, const Element* src, long long stride, int key0) {
+    if constexpr ((T::kThreads / (kCols / 8)) % 8 == 0) {
       wgmma::copy_rows_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, src + key0 * stride, stride, key_end - key0);
     } else {  // Dqk = 192: rows of 24 vectors do not divide the threads evenly
       wgmma::copy_tile_swizzled_async<T::kKeys, kCols, T::kThreads>(dst, [&](int r) -> const Element* {
@@ -131,10 +87,10 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     }
   };
   auto load_k = [&](int stage, int key0) {
-    load_rows.template operator()<kDqk>(k_s + stage * (T::kKBytes / 2), k, p.k_row_stride, &LocatedRow::k, key0);
+    load_rows.template operator()<kDqk>(k_s + stage * (T::kKBytes / 2), k, p.k_row_stride, key0);
   };
   auto load_v = [&](int stage, int key0) {
-    load_rows.template operator()<kDv>(v_s + stage * (T::kVBytes / 2), v, p.v_row_stride, &LocatedRow::v, key0);
+    load_rows.template operator()<kDv>(v_s + stage * (T::kVBytes / 2), v, p.v_row_stride, key0);
   };
   const int num_tiles = key_end > key_begin ? (key_end - key_begin + T::kKeys - 1) / T::kKeys : 0;
 
@@ -234,9 +190,6 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
     if (it + 2 < num_tiles) load_k(it % 2, key0 + 2 * T::kKeys);
     if (it + 1 < num_tiles) load_v((it + 1) % 2, key0 + T::kKeys);
     common::cp_async_commit();  // possibly empty
-    [[maybe_unused]] const bool locates = paged && it + 3 < num_tiles && threadIdx.x < T::kKeys;
-    [[maybe_unused]] common::PageRow ahead{-1, 0};  // stored at the end of the step
-    if constexpr (paged) ahead = locates ? row_of_tile(it + 3) : ahead;
     if constexpr (kNext) {
       wgmma::wait_group<1>();  // S_{j+1}
       wgmma::fence_operands<T::kKeys>(s);
@@ -250,8 +203,6 @@ __global__ void __launch_bounds__(FwdSm90Traits<Element, kDqk, kDv>::kThreads, 1
       wgmma::wait_group<0>();
       wgmma::fence_operands<kDv>(acc);
     }
-    if constexpr (paged)
-      if (locates) store_located(it + 3, ahead);
   };
   for (int it = 0; it + 1 < num_tiles; ++it) step.template operator()<true>(it);
   if (num_tiles > 0) step.template operator()<false>(num_tiles - 1);

@@ -7,7 +7,6 @@
 #include "kernels/common/launch_checks.hpp"
 #include "common/workspace_carver.hpp"
 #include "cuda/backend.hpp"
-#include "kernels/common/paged_pool_views.hpp"
 #include "kernels/flash/flash.hpp"
 
 namespace fsa::cuda {
@@ -52,16 +51,10 @@ FlashParams make_params(const TensorView& q, const TensorView& k, const TensorVi
   return p;
 }
 
-FlashParams make_paged_params(const TensorView& q, const PagedKeyInputs& keys, const TensorView& cu_seqlens,
-                              const TensorView& o, const TensorView& lse, float scale) {
-  // make_params' key rows: one page of each pool as [page_size, Hkv, D] (its heads; with paged keys
-  // the kernels read k and v through the table, never these rows).
-  auto page_rows = [](const TensorView& pool) {
-    return TensorView::strided(pool.data, pool.dtype, {pool.size(1), pool.size(2), pool.size(3)},
-                               {pool.stride(1), pool.stride(2), 1}, pool.device);
-  };
-  FlashParams p = make_params(q, page_rows(keys.k_pages), page_rows(keys.v_pages), cu_seqlens, cu_seqlens, o, lse, scale);
-  p.paged = common::prefixed_keys(keys);
+FlashParams make_prefixed_params(const TensorView& q, const PrefixedKeyRows& keys, const TensorView& cu_seqlens,
+                                 const TensorView& o, const TensorView& lse, float scale) {
+  FlashParams p = make_params(q, keys.k, keys.v, cu_seqlens, keys.key_base, o, lse, scale);
+  p.prefix = {keys.key_prefix.ptr<const std::int32_t>(), keys.key_prefix.stride(0)};
   return p;
 }
 

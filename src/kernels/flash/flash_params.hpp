@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "kernels/common/kernel_arch.hpp"
-#include "kernels/common/paged_pool.hpp"
+#include "kernels/common/query_prefix.hpp"
 
 namespace fsa::cuda {
 
@@ -63,8 +63,10 @@ struct FlashParams {
   std::int64_t window;      // kWindow: w
   float scale;
   // Forward only, nsa_prefill's long chunks: query token t of sequence b at position prefix[b] + t,
-  // its keys gathered from pages (k, v and key_base unread). Null prefix: training.
-  common::PrefixedKeys paged;
+  // its key i (a position, or a compressed token index) at row key_base[b] + i of the keys gathered
+  // out of the cache (key_base[b] may be negative: a window's rows start at its first key). Null
+  // prefix: training.
+  common::QueryPrefix prefix;
 
   // Backward work split, set by the launcher: a CTA takes the query rows of one key tile that lie
   // in one block of `split_rows` consecutive rows of the sequence (rows = tokens x G). Block

@@ -25,8 +25,8 @@
 // After the last tile the blocks no tile closed are offered, then each row is written ascending
 // (chosen plus forced blocks, rank = count of smaller values), then -1 padding.
 //
-// nsa_prefill's long chunks run the same kernel (SelectParams::paged): the CTA's tokens sit after
-// the sequence's cached prefix, and the K~ tiles are gathered from the compressed pages.
+// nsa_prefill's long chunks run the same kernel (SelectParams::prefix): the CTA's tokens sit after
+// the sequence's cached prefix, the compressed keys gathered out of the cache into rows.
 //
 // The pieces, one header each: select_seq_tile.cuh (the CTA's tile of tokens),
 // select_operand_loads.cuh (Q rows and K~ tiles into shared memory), select_phase_scores.cuh
@@ -84,12 +84,11 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   if (!tile.valid) return;
   const long long seq_start = p.cu_seqlens[tile.seq * p.cu_stride];
   const long long seq_len = p.cu_seqlens[(tile.seq + 1) * p.cu_stride] - seq_start;
-  const bool paged = p.paged.prefix != nullptr;
-  const long long cmp_start = paged ? 0 : p.cu_cmp[tile.seq * p.cu_cmp_stride];
+  const long long cmp_start = p.cu_cmp[tile.seq * p.cu_cmp_stride];
   const int tokens = static_cast<int>(min(static_cast<long long>(T), seq_len - tile.first));
   // Positions are below 2^31 (int32 cu_seqlens and cache lengths); s and B are powers of two (B is
   // 32, 64 or 128 and s divides it), so block and key arithmetic is 32-bit shifts.
-  const int first_pos = static_cast<int>(common::prefix_of(p.paged, tile.seq) + tile.first);
+  const int first_pos = static_cast<int>(common::prefix_of(p.prefix, tile.seq) + tile.first);
   const int s_shift = __ffs(s) - 1, b_shift = __ffs(B) - 1;
   const int windows = l >> s_shift;  // c = l / s
   const int keys_total = visible_count(first_pos + tokens - 1, l, s);
@@ -135,31 +134,12 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     worst_s[t] = cap > 0 ? TopEntry{-INFINITY, INT_MAX} : TopEntry{INFINITY, -1};  // (+inf, -1): beaten by none
     pending_count_s[t] = 0;
   }
-  // Paged keys: the rows of the next K~ tile, located once (one thread per row) before the barrier
-  // that precedes its copy, as head g's address (null for a row without a valid page), so that the
-  // copy's vectors do no page arithmetic; the copy reads them from here (tile 0's below; tile
-  // kt + 1's loaded from the table before phase A of iteration kt and stored after it).
-  auto* located_s = reinterpret_cast<const Element**>(smem + layout.located);  // in the layout when paged
-  auto row_at = [&](int key0) {  // this thread's row of the tile at key0 (threads < kKeys)
-    const int key = key0 + static_cast<int>(threadIdx.x);
-    return key < keys_total ? common::table_entry(p.paged.table, p.paged.k, tile.seq, key) : common::PageRow{-1, 0};
-  };
-  auto store_located = [&](common::PageRow at) {
-    located_s[threadIdx.x] = common::checked_pool_row<const Element>(p.paged.k, at, g);
-  };
-  if (paged && threadIdx.x < kKeys) store_located(row_at(0));
   __syncthreads();  // the per-token tables, read by other threads even when no key tile runs
 
   const auto* k_head = static_cast<const Element*>(p.k) + g * p.k_head_stride + cmp_start * p.k_row_stride;
   const long long token0 = seq_start + tile.first;  // global row of the CTA's token 0
   if (q_resident) load_q_chunk<Element, kDqk, kWgmma>(p, 0, g, token0, tokens, q_s, row_offset_s, row_bias_s);
-  auto load_keys = [&](int key0) {
-    if (paged) {
-      load_located_k_tile<Element, kDqk, kWgmma>(located_s, p.paged.k.data, k_s);
-    } else {
-      load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0, keys_total, k_s);
-    }
-  };
+  auto load_keys = [&](int key0) { load_k_tile<Element, kDqk, kWgmma>(k_head, p.k_row_stride, key0, keys_total, k_s); };
   if (key_tiles > 0) load_keys(0);
   common::cp_async_commit();
 
@@ -169,9 +149,6 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     common::cp_async_wait<0>();
     if constexpr (kWgmma) wgmma::fence_async_shared();  // the copies and zero fills, before wgmma reads
     __syncthreads();  // K~ tile kt (and Q) landed; phase C of tile kt - 1 is done
-
-    const bool locates = paged && kt + 1 < key_tiles && threadIdx.x < kKeys;
-    const common::PageRow next_row = locates ? row_at(key0 + kKeys) : common::PageRow{-1, 0};  // stored after A
 
     // ---- A: probabilities, summed over the heads of each token ----
     const bool masked = key0 + kKeys > visible_first;
@@ -292,7 +269,6 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       }
       if (my_part < sh.active_parts) store_sums(sum);
     }
-    if (locates) store_located(next_row);
     __syncthreads();  // sums written; every warp is done with the K~ stage
     if (kt + 1 < key_tiles) load_keys(key0 + kKeys);
     common::cp_async_commit();  // lands while phases B and C run

@@ -1,8 +1,8 @@
 // Host side of the fused block selection: checks the GPU path's limits, picks the work
 // decomposition and turns the runtime dtype and head dim into template arguments
 // (common::dispatch_select, the one place it happens for this op). No workspace: everything but
-// topk_idx stays on chip. The compressed keys are rows of k_cmp (training) or a paged cache's
-// compressed pages (nsa_prefill's long chunks, select_blocks_paged).
+// topk_idx stays on chip. The compressed keys are rows of k_cmp (training) or a long prefill chunk's
+// compressed keys gathered out of the cache (select_blocks_prefixed).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,7 +11,6 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
-#include "kernels/common/paged_pool_views.hpp"
 #include "cuda/backend.hpp"
 #include "kernels/select/select_params.hpp"
 #include "kernels/select/select_tiling.hpp"
@@ -47,7 +46,7 @@ Status run_select(const NsaConfig& config, SelectParams p, DType dtype, std::int
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
   const sel::SmemLimits limits =
       sel::launch_limits(static_cast<std::size_t>(max_smem), static_cast<std::size_t>(sm_smem),
-                         static_cast<std::size_t>(reserved), /*paged=*/p.paged.prefix != nullptr);
+                         static_cast<std::size_t>(reserved));
   cudaStream_t stream = current_stream();
   return common::dispatch_select("select_blocks", dtype, dqk, [&]<class Element, int kDqk>() {
     return launch_select_blocks<Element, kDqk>(p, limits, stream);
@@ -75,13 +74,10 @@ SelectParams query_params(const TensorView& q, const TensorView& lse_cmp, const 
   return p;
 }
 
-}  // namespace
-
-Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
-                     const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
-                     const TensorView& topk_idx) {
+// The launch of p (queries set) over the compressed keys k_cmp, sequence b's at rows cu_cmp[b]....
+Status run_select_over(const NsaConfig& config, SelectParams p, const TensorView& q, const TensorView& k_cmp,
+                       const TensorView& cu_cmp) {
   FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", {{"q", q}, {"k_cmp", k_cmp}}));
-  SelectParams p = query_params(q, lse_cmp, cu_seqlens, topk_idx);
   p.k = k_cmp.data;
   p.k_row_stride = k_cmp.stride(0);
   p.k_head_stride = k_cmp.stride(1);
@@ -91,13 +87,19 @@ Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorV
   return run_select(config, p, q.dtype, q.size(2), q.device.index);
 }
 
-Status select_blocks_paged(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
-                           const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& topk_idx) {
-  FSA_RETURN_IF_ERROR(common::check_rows_aligned("select_blocks", {{"q", q}, {"k_cmp_pages", keys.k_pages}}));
+}  // namespace
+
+Status select_blocks(const NsaConfig& config, const TensorView& q, const TensorView& k_cmp,
+                     const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& cu_cmp,
+                     const TensorView& topk_idx) {
+  return run_select_over(config, query_params(q, lse_cmp, cu_seqlens, topk_idx), q, k_cmp, cu_cmp);
+}
+
+Status select_blocks_prefixed(const NsaConfig& config, const TensorView& q, const PrefixedKeyRows& keys,
+                              const TensorView& lse_cmp, const TensorView& cu_seqlens, const TensorView& topk_idx) {
   SelectParams p = query_params(q, lse_cmp, cu_seqlens, topk_idx);
-  p.paged = common::prefixed_keys(keys);
-  p.heads_kv = static_cast<int>(keys.k_pages.size(2));
-  return run_select(config, p, q.dtype, q.size(2), q.device.index);
+  p.prefix = {keys.key_prefix.ptr<const std::int32_t>(), keys.key_prefix.stride(0)};
+  return run_select_over(config, p, q, keys.k, keys.key_base);
 }
 
 }  // namespace fsa::cuda

@@ -29,7 +29,7 @@ Status launch_select_blocks(SelectParams p, const sel::SmemLimits& limits, cudaS
                          ", s=" + std::to_string(p.cmp_stride) + ", B=" + std::to_string(p.block_size) +
                          ") and K=" + std::to_string(p.topk_width) + " do not fit in shared memory");
   const bool wgmma = wgmma_image && p.shape.ctas_per_sm == 2;
-  p.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width, wgmma, /*paged=*/p.paged.prefix != nullptr);
+  p.layout = sel::SelectSmem(p.shape, kDqk, p.topk_width, wgmma);
   const sel::SelectSmem& layout = p.layout;
   auto* kernel = wgmma                      ? sel::select_blocks_kernel<Element, kDqk, 2, true>
                  : p.shape.ctas_per_sm == 2 ? sel::select_blocks_kernel<Element, kDqk, 2, false>

@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include "kernels/common/fast_exp.cuh"
-#include "kernels/common/paged_pool.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
 #include "kernels/select/select_params.hpp"
@@ -103,21 +102,6 @@ __device__ __forceinline__ void load_k_tile(const Element* k, std::int64_t row_s
         *to = make_uint4(0, 0, 0, 0);
       }
     }
-  }
-}
-
-// The same tile from a paged pool (nsa_prefill's long chunks): row r from located[r], the row's
-// address located by the caller (null for a key past keys_total or without a valid page: a zero
-// row); `any` is an address in the pool for the zero rows' empty copies.
-template <class Element, int kDqk, bool kSwizzled>
-__device__ __forceinline__ void load_located_k_tile(const Element* const* located, const void* any, Element* dst) {
-  auto source = [&](int row) -> const Element* { return located[row]; };
-  if constexpr (kSwizzled && kThreads % (kDqk / 8) == 0) {
-    wgmma::copy_gathered_rows_swizzled_async<kKeys, kDqk, kThreads>(dst, source, any);
-  } else if constexpr (kSwizzled) {
-    wgmma::copy_tile_swizzled_async<kKeys, kDqk, kThreads>(dst, source);
-  } else {
-    common::copy_tile_async<kKeys, kDqk, kThreads>(dst, kDqk + kPadHalf, source);
   }
 }
 

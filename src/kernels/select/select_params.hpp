@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "kernels/common/kernel_arch.hpp"
-#include "kernels/common/paged_pool.hpp"
+#include "kernels/common/query_prefix.hpp"
 #include "kernels/select/select_tiling.hpp"
 
 namespace fsa::cuda {
@@ -21,11 +21,12 @@ struct SelectParams {
   std::int64_t topk_head_stride, topk_token_stride;
   const std::int32_t* cu_seqlens;
   std::int64_t cu_stride;
-  const std::int32_t* cu_cmp;  // unread with paged keys
+  const std::int32_t* cu_cmp;  // first compressed key row of each sequence
   std::int64_t cu_cmp_stride;
-  // nsa_prefill's long chunks: tokens after a cached prefix, compressed keys in pages (k unread).
-  // Null prefix: training, positions local to the sequence, keys at rows cu_cmp[b]... of k.
-  common::PrefixedKeys paged;
+  // nsa_prefill's long chunks: token t of sequence b at position prefix[b] + t (its compressed keys
+  // gathered out of the cache, at rows cu_cmp[b]... of k). Null prefix: training, positions local
+  // to the sequence.
+  common::QueryPrefix prefix;
   int num_seqs;
   std::int64_t tokens;  // N
   int heads_q, heads_kv, group;

@@ -26,7 +26,6 @@ namespace fsa::cuda::sel {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kKeys = 64;           // compressed keys per tile
-constexpr std::size_t kLocatedBytes = kKeys * sizeof(void*);  // a paged K~ tile's located rows (their addresses)
 constexpr int kMaxTopk = 64;        // two list slots per lane of the warp that owns a token
 constexpr int kLdProb = kKeys + 8;  // floats per token row of summed probabilities: the float2
                                     // stores of a fragment (8 tokens x 4 pairs) hit 16 distinct banks
@@ -63,10 +62,9 @@ struct TopEntry {
 // (wgmma_sm90.cuh), the buffer realigned to 1024 bytes by the kernel (1024 more bytes); never more
 // than the padded layout, so a shape chosen for one fits the other.
 struct SelectSmem {
-  std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, located, bytes;
+  std::size_t q, k, prob, ring, top, pending, row_offset, row_bias, weight, capacity, worst, pending_count, bytes;
   SelectSmem() = default;
-  // paged: room for the located rows of a paged K~ tile (kLocatedBytes; nsa_prefill's long chunks).
-  FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk, bool swizzled = false, bool paged = false) {
+  FSA_SEL_HD SelectSmem(const SelectShape& sh, int dqk, int topk, bool swizzled = false) {
     const std::size_t ld = static_cast<std::size_t>(swizzled ? dqk : dqk + kPadHalf) * 2;  // bytes per Q/K row
     const std::size_t q_rows = static_cast<std::size_t>(sh.rounds_per_chunk) * kWarps * 16;
     const std::size_t tokens = static_cast<std::size_t>(sh.tokens_per_cta);
@@ -82,8 +80,7 @@ struct SelectSmem {
     capacity = weight + align_bytes(static_cast<std::size_t>(sh.block_keys) * sizeof(float));
     worst = capacity + align_bytes(tokens * sizeof(int));
     pending_count = worst + align_bytes(tokens * sizeof(TopEntry));
-    located = pending_count + align_bytes(tokens * sizeof(int));
-    bytes = located + (paged ? align_bytes(kLocatedBytes) : 0) + (swizzled ? 1024 : 0);
+    bytes = pending_count + align_bytes(tokens * sizeof(int)) + (swizzled ? 1024 : 0);
   }
 };
 
@@ -191,12 +188,10 @@ struct SmemLimits {
 };
 
 // The limits of a device with `max_optin` bytes a block may opt in to, `per_sm` an SM holds and
-// `reserved` it keeps per block; a paged launch (nsa_prefill's long chunks) leaves room for the
-// located rows its layout adds (SelectSmem, paged), so that its shape fits either way.
-inline SmemLimits launch_limits(std::size_t max_optin, std::size_t per_sm, std::size_t reserved, bool paged) {
-  const std::size_t located = paged ? align_bytes(kLocatedBytes) : 0;
+// `reserved` it keeps per block.
+inline SmemLimits launch_limits(std::size_t max_optin, std::size_t per_sm, std::size_t reserved) {
   const std::size_t half = per_sm / 2 - reserved;
-  return {(max_optin < half ? max_optin : half) - located, max_optin - located};
+  return {max_optin < half ? max_optin : half, max_optin};
 }
 
 // Query rows per K~ tile to aim for: each K~ tile is read from L2 once per CTA, so more rows per

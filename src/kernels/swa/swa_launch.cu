@@ -1,7 +1,7 @@
 // Host side of sliding-window attention on the GPU: the masked flash-attention kernels
 // (kernels/flash/) with query t seeing keys [max(0, t - w), t] of its own sequence (w = config.window;
 // w >= the sequence length is dense causal attention), over the rows of k / v or (nsa_prefill's long
-// chunks) a paged cache's pages.
+// chunks) a chunk's gathered window rows.
 #include "cuda/runtime.hpp"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/flash/flash.hpp"
@@ -35,15 +35,15 @@ Status swa_forward(const NsaConfig& config, const TensorView& q, const TensorVie
                         current_stream());
 }
 
-Status swa_paged_forward(const NsaConfig& config, const TensorView& q, const PagedKeyInputs& keys,
-                         const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
+Status swa_prefixed_forward(const NsaConfig& config, const TensorView& q, const PrefixedKeyRows& keys,
+                            const TensorView& cu_seqlens, const TensorView& o, const TensorView& lse) {
   constexpr const char* kOp = "swa_forward";
-  FSA_RETURN_IF_ERROR(
-      common::check_rows_aligned(kOp, {{"q", q}, {"k_pages", keys.k_pages}, {"v_pages", keys.v_pages}, {"o", o}}));
+  FSA_RETURN_IF_ERROR(common::check_rows_aligned(kOp, {{"q", q}, {"k", keys.k}, {"v", keys.v}, {"o", o}}));
   const DeviceGuard guard(q.device.index);
   const FlashParams p = window_mask(
-      config, flash::make_paged_params(q, keys, cu_seqlens, o, lse, config.softmax_scale(static_cast<int>(q.size(2)))));
-  return flash::forward(kOp, p, q.dtype, q.size(2), keys.v_pages.size(3), current_stream());
+      config, flash::make_prefixed_params(q, keys, cu_seqlens, o, lse,
+                                          config.softmax_scale(static_cast<int>(q.size(2)))));
+  return flash::forward(kOp, p, q.dtype, q.size(2), keys.v.size(2), current_stream());
 }
 
 Status swa_backward(const NsaConfig& config, const TensorView& q, const TensorView& k, const TensorView& v,
