@@ -45,31 +45,40 @@ TEST(DecodePlan, BlockKeysAreThoseWithOverlap) {
   for (int k = 0; k < 5; ++k) EXPECT_EQ(overlap_weight(4 * 3 - 1 + k, 3, 32, 16, 64), expected[k]);
 }
 
-// The fused selection's partials: every block a key tile's keys meet lies in the tile's
-// [tile_first_block, + tile_block_count), and each block's keys lie in the tiles the scoring
-// kernel reads ([first_key / kKeys, (end_key - 1) / kKeys]).
-TEST(DecodePlan, KeyTilesMeetTheirBlocks) {
-  for (const Hyper& h : kHypers)
-    for (long long t = 0; t < 12; ++t) {
-      const long long first = tile_first_block(t, h.s, h.B);
-      bool first_met = false;
-      for (long long i = t * kKeys; i < (t + 1) * kKeys; ++i)
-        for (long long j = 0; j < (t + 2) * kKeys * h.s / h.B + 2; ++j) {
+// The fused selection's partials: every block a key quarter's keys meet lies in the quarter's
+// [quarter_first_block, + quarter_block_count), some quarter meets that many (the bound is tight),
+// each block's keys lie in the quarters the scoring kernel reads ([first_key / kQuarterKeys,
+// (end_key - 1) / kQuarterKeys]), and the kernels' 32-bit weights relative to the quarter are the
+// overlap weights.
+TEST(DecodePlan, KeyQuartersMeetTheirBlocks) {
+  for (const Hyper& h : kHypers) {
+    const int count = quarter_block_count(h.l, h.s, h.B);
+    int most_met = 0;
+    for (long long u = 0; u < 4LL * h.B; ++u) {
+      const long long first = quarter_first_block(u, h.s, h.B);
+      long long lowest = -1, highest = -1;
+      for (long long i = u * kQuarterKeys; i < (u + 1) * kQuarterKeys; ++i)
+        for (long long j = 0; j < (u + 2) * kQuarterKeys * h.s / h.B + 2; ++j) {
           if (overlap_weight(i, j, h.l, h.s, h.B) == 0) continue;
-          EXPECT_GE(j, first) << "l=" << h.l << " s=" << h.s << " B=" << h.B << " tile " << t << " key " << i;
-          EXPECT_LT(j, first + tile_block_count(h.l, h.s, h.B)) << "l=" << h.l << " B=" << h.B << " tile " << t;
-          first_met = first_met || j == first;
+          EXPECT_GE(j, first) << "l=" << h.l << " s=" << h.s << " B=" << h.B << " quarter " << u << " key " << i;
+          EXPECT_LT(j, first + count) << "l=" << h.l << " s=" << h.s << " B=" << h.B << " quarter " << u;
+          lowest = lowest < 0 ? j : std::min(lowest, j);
+          highest = std::max(highest, j);
           EXPECT_GE(i, first_key_of_block(j, h.l, h.s, h.B));
           EXPECT_LT(i, end_key_of_block(j, h.s, h.B));
         }
-      EXPECT_TRUE(first_met) << "tile " << t << ": its first block is one it meets";
-      // The kernel's 32-bit form of the weights, relative to the tile.
-      for (int jj = 0; jj < tile_block_count(h.l, h.s, h.B); ++jj)
-        for (int i = 0; i < kKeys; ++i)
-          EXPECT_EQ(unit_overlap(i, tile_block_start(t, jj, h.s, h.B), h.l / h.s, h.B / h.s),
-                    overlap_weight(t * kKeys + i, first + jj, h.l, h.s, h.B))
-              << "l=" << h.l << " s=" << h.s << " B=" << h.B << " tile " << t << " block " << jj << " key " << i;
+      EXPECT_EQ(lowest, first) << "quarter " << u << ": its first block is one it meets";
+      most_met = std::max(most_met, static_cast<int>(highest - lowest + 1));
+      for (int jj = 0; jj < count; ++jj)
+        for (int i = 0; i < kQuarterKeys; ++i)
+          EXPECT_EQ(unit_overlap(i, quarter_block_start(u, jj, h.s, h.B), h.l / h.s, h.B / h.s),
+                    overlap_weight(u * kQuarterKeys + i, first + jj, h.l, h.s, h.B))
+              << "l=" << h.l << " s=" << h.s << " B=" << h.B << " quarter " << u << " block " << jj << " key " << i;
+      if (::testing::Test::HasFailure()) return;
     }
+    EXPECT_EQ(most_met, count) << "l=" << h.l << " s=" << h.s << " B=" << h.B;
+  }
+  EXPECT_EQ(quarter_block_count(32, 16, 64), 5);  // the defaults: 16 keys cover 272 positions from a block start
 }
 
 // The two-pass selection's form of the weights, relative to any first key k0 of a tile (a range's
@@ -142,45 +151,31 @@ TEST(DecodePlan, AttentionTilesTouchAtMostTheirTokens) {
   }
 }
 
-// The attention's pieces of shared memory do not overlap, except the block partials' staging,
-// which takes a K stage's place only where it fits there, and everything lies within `bytes`.
+// The attention's pieces of shared memory do not overlap, and everything lies within `bytes`.
 TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
   constexpr std::size_t rows = kRows;
   for (const auto& [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}})
     for (const int words : {1, 64, 4096})
       for (const int capacity : {1, 32, 1024})
-        for (const bool partials : {false, true})
-          for (const int stages : {1, 2}) {
-            const AttnSmem m(dqk, dv, words, capacity, partials, stages);
-            const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
-                                      " capacity=" + std::to_string(capacity) +
-                                      " partials=" + std::to_string(partials) + " stages=" + std::to_string(stages);
-            EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
-            EXPECT_GE(m.k_stage, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
-            EXPECT_GE(m.v_stage, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
-            EXPECT_GE(m.v - m.k, static_cast<std::size_t>(stages) * m.k_stage) << where;
-            EXPECT_GE(m.slots - m.v, static_cast<std::size_t>(stages) * m.v_stage) << where;
-            EXPECT_GE(m.sources - m.slots, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot))
-                << where;
-            EXPECT_GE(m.bitmap - m.sources, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*))
-                << where;
-            EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
-            EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
-            for (const std::size_t piece : {m.k, m.v, m.k_stage, m.v_stage, m.slots, m.sources, m.bitmap})
-              EXPECT_EQ(piece % 16, 0u) << where;  // cp.async and ldmatrix need 16-byte alignment
-            const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
-            EXPECT_LE(union_end, m.bytes) << where;
-            if (!partials) continue;
-            const std::size_t staged_end = m.row_max + rows * 4;
-            EXPECT_GE(m.row_max - m.probs, rows * kLdProb * 4) << where;
-            if (m.probs == m.k) {
-              EXPECT_LE(staged_end, m.k + m.k_stage) << where;  // within one K stage
-            } else {
-              EXPECT_GE(m.probs, union_end) << where;
-              EXPECT_LE(staged_end, m.bytes) << where;
-              // Placed after the union only when a K stage is too small for it.
-              EXPECT_GT(rows * (kLdProb + 1) * 4, m.k_stage) << where;
-            }
+        for (const int stages : {1, 2}) {
+          const AttnSmem m(dqk, dv, words, capacity, stages);
+          const std::string where = "Dqk=" + std::to_string(dqk) + " words=" + std::to_string(words) +
+                                    " capacity=" + std::to_string(capacity) + " stages=" + std::to_string(stages);
+          EXPECT_GE(m.k - m.q, rows * (dqk + kPad) * 2) << where;
+          EXPECT_GE(m.k_stage, static_cast<std::size_t>(kKeys) * (dqk + kPad) * 2) << where;
+          EXPECT_GE(m.v_stage, static_cast<std::size_t>(kKeys) * (dv + kPad) * 2) << where;
+          EXPECT_GE(m.v - m.k, static_cast<std::size_t>(stages) * m.k_stage) << where;
+          EXPECT_GE(m.slots - m.v, static_cast<std::size_t>(stages) * m.v_stage) << where;
+          EXPECT_GE(m.sources - m.slots, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * sizeof(AttnSlot))
+              << where;
+          EXPECT_GE(m.bitmap - m.sources, static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*))
+              << where;
+          EXPECT_GE(m.blocks - m.bitmap, static_cast<std::size_t>(words) * 4) << where;
+          EXPECT_GE(m.token_masks - m.blocks, static_cast<std::size_t>(capacity) * 4) << where;
+          for (const std::size_t piece : {m.k, m.v, m.k_stage, m.v_stage, m.slots, m.sources, m.bitmap})
+            EXPECT_EQ(piece % 16, 0u) << where;  // cp.async and ldmatrix need 16-byte alignment
+          const std::size_t union_end = m.token_masks + static_cast<std::size_t>(capacity) * 8;
+          EXPECT_LE(union_end, m.bytes) << where;
           }
 }
 
@@ -188,14 +183,14 @@ TEST(DecodePlan, AttentionSharedMemoryPiecesDoNotOverlap) {
 // need more than an A100's 163 KB, less than an H100's 227 KB.
 TEST(DecodePlan, AttentionStagesFitTheDevice) {
   for (const auto& [dqk, dv] : {std::pair{64, 64}, {128, 128}, {192, 128}, {256, 256}}) {
-    const AttnSmem one(dqk, dv, 64, 32, true, 1), two(dqk, dv, 64, 32, true, 2);
+    const AttnSmem one(dqk, dv, 64, 32, 1), two(dqk, dv, 64, 32, 2);
     EXPECT_EQ(two.bytes - one.bytes, one.k_stage + one.v_stage) << dqk;
-    EXPECT_EQ(attn_stages(dqk, dv, 64, 32, true, two.bytes), 2) << dqk;
-    EXPECT_EQ(attn_stages(dqk, dv, 64, 32, true, two.bytes - 1), 1) << dqk;
+    EXPECT_EQ(attn_stages(dqk, dv, 64, 32, two.bytes), 2) << dqk;
+    EXPECT_EQ(attn_stages(dqk, dv, 64, 32, two.bytes - 1), 1) << dqk;
   }
-  EXPECT_EQ(attn_stages(256, 256, 64, 32, true, 163 * 1024), 1);
-  EXPECT_EQ(attn_stages(256, 256, 64, 32, true, 227 * 1024), 2);
-  EXPECT_EQ(attn_stages(128, 128, 64, 32, true, 163 * 1024), 2);
+  EXPECT_EQ(attn_stages(256, 256, 64, 32, 163 * 1024), 1);
+  EXPECT_EQ(attn_stages(256, 256, 64, 32, 227 * 1024), 2);
+  EXPECT_EQ(attn_stages(128, 128, 64, 32, 163 * 1024), 2);
 }
 
 TEST(DecodePlan, BoundsHoldOverShapes) {
@@ -232,14 +227,14 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             EXPECT_GE(static_cast<long long>(p.union_words) * 32, blocks) << where;
             EXPECT_GE(p.union_capacity, std::min<long long>(attn_tile_tokens(nsa.group) * nsa.topk, blocks)) << where;
             EXPECT_EQ(p.stage_rows, tokens + seqs * (h.l - 1)) << where;
-            // The fused selection: the partials hold every row of a fusing call and every key tile
+            // The fused selection: the partials hold every row of a fusing call and every key quarter
             // of its context; the scoring ranges cover the blocks within their capacity.
             if (fuses_selection(tokens, seqs)) {
               EXPECT_GE(p.partial_rows, tokens * hq) << where;
               EXPECT_LE(static_cast<long long>(p.score_ranges) * tokens, p.score_range_tokens) << where;
             }
             EXPECT_GE(p.partial_tiles * kKeys, compressed_count(p.max_context, h.l, h.s)) << where;
-            EXPECT_EQ(p.tile_blocks, tile_block_count(h.l, h.s, h.B)) << where;
+            EXPECT_EQ(p.quarter_blocks, quarter_block_count(h.l, h.s, h.B)) << where;
             EXPECT_GE(static_cast<long long>(p.score_ranges) * p.score_range_capacity, blocks) << where;
             EXPECT_LE(p.score_range_capacity, kScoreFloats) << where;
             if (::testing::Test::HasFailure()) return;

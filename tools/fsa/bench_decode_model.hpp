@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -99,9 +100,10 @@ inline std::string parse_decode_config(const std::string& name, DecodeConfig* ou
 // compressed tokens (those the last new token sees):
 //   cmp_kv     n Hkv (Dqk + Dv) 2          compressed keys and values, pass 1 (compressed attention)
 //   cmp_k      n Hkv Dqk 2                 compressed keys again, pass 2 (the two-pass selection)
-//   partials   2 c Hq T (TB + 1) 4         the fused selection's block partials, written by pass 1
+//   partials   2 c Hq 4T (QB + 1) 4        the fused selection's block partials, written by pass 1
 //                                          and read by the scoring kernel: T = ceil(n / 64) key
-//                                          tiles, TB = (63 s + l - 1) / B + 2 blocks a tile meets
+//                                          tiles of four quarters, QB = (B - d + 15 s + l - 1) / B
+//                                          + 1 blocks a quarter meets, d = gcd(16 s, B)
 //   selected   blocks B (Dqk + Dv) 2       the distinct blocks the tokens selected, summed over
 //                                          sequences and kv heads (K per kv head when they agree)
 //   window     min(w + c, P + c) Hkv (Dqk + Dv) 2
@@ -138,8 +140,9 @@ inline DecodeBytes decode_step_bytes(const DecodeConfig& c, const NsaConfig& con
     b.cmp_k = batch * n_cmp * hkv * d * e;
   } else {
     const double tiles = std::ceil(n_cmp / 64.0);
-    const double tile_blocks = (63 * config.cmp_stride + config.cmp_len - 1) / config.block_size + 2;
-    b.partials = 2.0 * tokens * hq * tiles * (tile_blocks + 1) * 4.0;
+    const int d = std::gcd(16 * config.cmp_stride, config.block_size);
+    const double quarter_blocks = (config.block_size - d + 15 * config.cmp_stride + config.cmp_len - 1) / config.block_size + 1;
+    b.partials = 2.0 * tokens * hq * 4 * tiles * (quarter_blocks + 1) * 4.0;
   }
   b.selected = static_cast<double>(selected_blocks) * config.block_size * (d + d) * e;
   const double window_keys = static_cast<double>(std::min<std::int64_t>(config.window + c.q_len, end));

@@ -155,8 +155,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kRows];  // -1: no row
   __shared__ int union_count;
-  // The key-quarter layout's running row maxima of this tile, per quarter (fused selection only).
-  __shared__ float quarter_max[4][16];
+  __shared__ long long partial_row_s[kRows];  // the block partials' row of each tile row (partial_row_at)
 
   // The branch and split of blockIdx.z.
   int launch = 0;
@@ -181,10 +180,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
 
   const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
-  const PartialShare partial_share_of_thread = partial_share<kThreads>(
-      first_row, static_cast<int>(last_row - first_row + 1), seq.row0, p.nsa, g, p.partials.tiles);
   const int stages = p.stages;  // 1 or 2 (CTA-uniform)
-  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, stages);
+  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, stages);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
   // Tile j's stage is j & 1; with one stage both stages are the same bytes (stride 0).
   const std::uint32_t k_stride = stages == 2 ? static_cast<std::uint32_t>(layout.k_stage) : 0u;
@@ -203,19 +200,11 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   const UnionView uni{reinterpret_cast<std::uint32_t*>(smem + layout.bitmap),
                       reinterpret_cast<std::int32_t*>(smem + layout.blocks),
                       reinterpret_cast<unsigned long long*>(smem + layout.token_masks)};
-  // The block partials' staging: in tile j's K stage when it fits there (layout.probs == layout.k).
-  const bool staged_in_k = layout.probs == layout.k;
-  auto probs_at = [&](int tile) {
-    return reinterpret_cast<float*>(smem + layout.probs + (staged_in_k ? (tile & 1) * k_stride : 0u));
-  };
-  auto row_max_at = [&](int tile) {
-    return reinterpret_cast<float*>(smem + layout.row_max + (staged_in_k ? (tile & 1) * k_stride : 0u));
-  };
-
   if (threadIdx.x < kRows) {
     const long long row = first_row + threadIdx.x;
     q_offset[threadIdx.x] =
         row <= last_row ? (seq.row0 + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride : -1;
+    if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(row, last_row, seq.row0, p.nsa, g, p.partials.tiles);
   }
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);
@@ -375,28 +364,10 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
         } else {
           flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
         }
-        if (kKeySplit && block_partials && col0 == 0 && pair == 0) {
-          quarter_max[quarter][group] = row_max[0];
-          quarter_max[quarter][group + 8] = row_max[1];
-        }
       }
-      if (block_partials) {  // the fused selection's block partials of this tile (CTA-uniform)
-        // Where the staging takes the K stage's place (AttnSmem), every warp's S = Q K^T must have
-        // read K first; the key quarters also read each other's maxima.
-        if (staged_in_k || kKeySplit) __syncthreads();
-        if (col0 == 0 && warp_has_rows) {
-          if constexpr (kKeySplit) {
-            float most[2], factor[2];
-            quarter_staging(row_max, quarter_max, most, factor);
-            stage_probabilities<kCols>(sc, factor, most, probs_at(it) + key0, row_max_at(it), 0, quarter == 0);
-          } else {
-            const float unscaled[2] = {1.0f, 1.0f};
-            stage_probabilities<kCols>(sc, unscaled, row_max, probs_at(it), row_max_at(it), row0, true);
-          }
-        }
-        __syncthreads();
-        write_tile_partials(p.partials, p.nsa, probs_at(it), row_max_at(it), partial_share_of_thread, v0);
-      }
+      // The fused selection's block partials of the keys this warp holds (CTA-uniform branch).
+      if (block_partials && col0 == 0 && warp_has_rows)
+        write_partials<kCols>(p.partials, p.nsa, sc, row_max, partial_row_s + row0, v0, kKeySplit ? quarter : 0);
 
       common::cp_async_wait<2>();  // V of tile it has landed
       __syncthreads();
@@ -446,7 +417,7 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
     return FSA_ERROR(StatusCode::kInternal, "decode attention: AttnParams::stages must be 1 or 2, got " +
                                                 std::to_string(p.stages));
   auto smem_of = [&](int stages) {
-    return AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, p.partials.values != nullptr, stages).bytes;
+    return AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, stages).bytes;
   };
   auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
   FSA_CUDA_CHECK(

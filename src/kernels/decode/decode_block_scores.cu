@@ -3,11 +3,11 @@
 // topk_idx as for the two-pass route.
 //
 // One CTA per (token, kv head g, range of the token's blocks [0, bq]). Thread per block j: its
-// score is the sum over the key tiles t that hold a key meeting j (ascending, one or two) and the
-// group's selecting heads h (ascending) of values[h, t, j] * 2^(M[h, t] - lse_h log2 e): each
-// tile's partial taken from its running maximum to the row's final normaliser. Only the keys the
-// token sees count: a tile's other keys are masked to 0 in the partials, and tiles past the token's
-// visible keys are not read.
+// score is the sum over the key quarters u that hold a key meeting j (ascending, one or two) and
+// the group's selecting heads h (ascending) of values[h, u, j] * 2^(M[h, u] - lse_h log2 e): each
+// quarter's partial taken from the maximum it was written relative to, to the row's final
+// normaliser. Only the keys the token sees count: a quarter's other keys are masked to 0 in the
+// partials, and quarters past the token's visible keys are not read.
 #include <cmath>
 #include <cstdint>
 
@@ -33,13 +33,13 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   if (b < 0) return;
   const SeqInfo seq = seq_info(batch, b);
   const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
-  const int G = p.nsa.group, TB = p.partials.tile_blocks;
+  const int G = p.nsa.group, QB = p.partials.quarter_blocks;
   const long long position = seq.cached + token - seq.row0;
   const BlockRange blocks = block_range(position / B + 1, p.ranges, p.range_capacity, range);
   const long long j0 = blocks.first, j1 = blocks.end;
   const int range_blocks = static_cast<int>(j1 - j0);
   const long long visible = visible_count(position, l, s);
-  const long long tiles = p.partials.tiles;
+  const long long quarters = 4 * p.partials.tiles;
 
   for (int jj = threadIdx.x; jj < range_blocks; jj += kThreads) {
     const long long j = j0 + jj;
@@ -47,16 +47,17 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
     const long long key_hi = min(end_key_of_block(j, s, B), visible);
     float score = 0.0f;
     if (key_lo < key_hi) {
-      const long long t_lo = key_lo / kKeys, t_hi = min((key_hi - 1) / kKeys, tiles - 1);
-      for (long long t = t_lo; t <= t_hi; ++t) {
-        const int jj_tile = static_cast<int>(j - tile_first_block(t, s, B));
+      const long long u_lo = key_lo / kQuarterKeys, u_hi = min((key_hi - 1) / kQuarterKeys, quarters - 1);
+      for (long long u = u_lo; u <= u_hi; ++u) {
+        const int jj_quarter = static_cast<int>(j - quarter_first_block(u, s, B));
         for (int h = 0; h < p.nsa.heads_used; ++h) {
           const int head = g * G + h;
           const float lse_log2 = p.lse[head * p.lse_head_stride + token * p.lse_token_stride] * common::kLog2e;
-          const long long at = (token * p.nsa.heads_q + head) * tiles + t;
-          const float value = p.partials.values[at * TB + jj_tile];
-          // A row's maximum never exceeds its lse (log2 e lse = M + log2 sum, sum >= 1).
-          if (value != 0.0f) score += value * exp2f(p.partials.tile_max[at] - lse_log2);
+          const long long at = (token * p.nsa.heads_q + head) * quarters + u;
+          const float value = p.partials.values[at * QB + jj_quarter];
+          // A row's maximum never exceeds its lse (log2 e lse = M + log2 sum, sum >= 1); a quarter
+          // whose maximum is the row's partial one (key-quarter layout) is at most the row's too.
+          if (value != 0.0f) score += value * exp2f(p.partials.quarter_max[at] - lse_log2);
         }
       }
     }

@@ -143,16 +143,18 @@ struct BranchOutput {
   int splits;
 };
 
-// The fused selection's per-tile block partials (decode steps; decode_block_scores.cu). With the
-// compressed branch's running maximum M_t after key tile t of a row (log2 domain), values holds for
-// each block j the tile meets sum_i w(i, j) 2^(x_i - M_t) over the tile's keys i (x: the row's
-// scaled scores, masked keys 0), and tile_max holds M_t: the row's probability mass of block j in
-// tile t is values * 2^(M_t - lse log2 e), known once the splits merge. Rows are token * Hq + head.
+// The fused selection's block partials (decode steps; decode_block_scores.cu), per key quarter u
+// of a row's compressed keys (kQuarterKeys keys, decode_tiling.hpp). With M_u the running maximum
+// (log2 domain) that the writer's probabilities of quarter u are relative to (the quarter's warp's
+// own in the key-quarter layout, the row's in the rows layout), values holds for each block j the
+// quarter meets sum_i w(i, j) 2^(x_i - M_u) over the quarter's keys i (x: the row's scaled scores,
+// masked keys 0), and quarter_max holds M_u: the row's probability mass of block j in quarter u is
+// values * 2^(M_u - lse log2 e), known once the splits merge. Rows are token * Hq + head.
 struct BlockPartials {
-  float* values;    // [rows, tiles, tile_blocks]; null: the launch writes none
-  float* tile_max;  // [rows, tiles]
+  float* values;       // [rows, 4 tiles, quarter_blocks]; null: the launch writes none
+  float* quarter_max;  // [rows, 4 tiles]
   std::int64_t tiles;  // key tiles of a row's compressed keys, at most (the longest context's)
-  int tile_blocks;     // blocks one key tile meets, at most (tile_block_count)
+  int quarter_blocks;  // blocks one key quarter meets, at most (quarter_block_count)
 };
 
 struct AttnParams {

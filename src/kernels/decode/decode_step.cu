@@ -185,8 +185,8 @@ struct StepWorkspace {
       stats[b] = w.take<decode::RowStats>(plan.split_tokens[b] * hq);
     }
     candidates = w.take<decode::Candidate>(std::max(plan.range_tokens, plan.score_range_tokens) * hkv * c.topk);
-    partial_values = w.take<float>(plan.partial_rows * plan.partial_tiles * plan.tile_blocks);
-    partial_max = w.take<float>(plan.partial_rows * plan.partial_tiles);
+    partial_values = w.take<float>(plan.partial_rows * 4 * plan.partial_tiles * plan.quarter_blocks);
+    partial_max = w.take<float>(plan.partial_rows * 4 * plan.partial_tiles);
     if (long_route) {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
       swa_lse = w.take_tensor(DType::kFloat32, {hq, n});
@@ -260,11 +260,10 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
   max_smem -= kStaticSmem;
   // One K / V stage at least.
-  const std::size_t attn = decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
-                                            /*block_partials=*/true, /*stages=*/1)
-                               .bytes;
+  const std::size_t attn =
+      decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity, /*stages=*/1).bytes;
   const int fit = decode::attn_stages(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity,
-                                      /*block_partials=*/true, static_cast<std::size_t>(std::max(max_smem, 0)));
+                                      static_cast<std::size_t>(std::max(max_smem, 0)));
   long long forced = 0;  // FSA_DECODE_ATTN_STAGES; 0: unset
   FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_stages(&forced));
   *stages_forced = forced > 0;
@@ -453,7 +452,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
     return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
   };
   // ---- 3: compressed attention ----
-  const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_tiles, plan.tile_blocks};
+  const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_tiles, plan.quarter_blocks};
   if (fused) at.partials = partials;
   FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed}));
   at.partials = {};  // the selected and window launches write none

@@ -54,19 +54,33 @@ FSA_DECODE_HD BlockRange block_range(long long num_blocks, int ranges, int capac
   return {first, first + per_range < num_blocks ? first + per_range : num_blocks};
 }
 
-// Key tile t of a row's compressed keys (keys [t kKeys, (t + 1) kKeys)) meets the blocks
-// [tile_first_block(t), tile_first_block(t) + tile_block_count) at most: its first key starts in
-// the first, its last key's window ends (63 s + l - 1) positions later.
-FSA_DECODE_HD long long tile_first_block(long long tile, int s, int B) { return tile * kKeys * s / B; }
-FSA_DECODE_HD int tile_block_count(int l, int s, int B) { return ((kKeys - 1) * s + l - 1) / B + 2; }
+// The fused selection's partials are kept per key quarter: quarter u of a row's compressed keys is
+// keys [u kQuarterKeys, (u + 1) kQuarterKeys), quarter q of key tile t is u = 4 t + q (one warp's
+// keys in the attention's key-quarter layout, decode_attn_kernel.cuh).
+constexpr int kQuarterKeys = kKeys / 4;
 
-// The same in units of s (s divides l and B), relative to key tile t's first key v0 = t kKeys, for
-// the per-tile partials (no 64-bit division per key): key v0 + i covers [i, i + Ls) and block
-// tile_first_block(t) + jj covers [block_lo, block_lo + Bs) with block_lo = tile_block_start(t, jj);
-// w(v0 + i, j) = unit_overlap(i, block_lo, Ls, Bs).
-FSA_DECODE_HD int tile_block_start(long long tile, int jj, int s, int B) {
+// Quarter u meets the blocks [quarter_first_block(u), quarter_first_block(u) + quarter_block_count)
+// at most: its first key starts in the first, at an offset from that block's start that is a
+// multiple of d = gcd(kQuarterKeys s, B) (so at most B - d), and its last key's window ends
+// 15 s + l - 1 positions after that start (5 blocks at l 32, s 16, B 64).
+FSA_DECODE_HD long long quarter_first_block(long long u, int s, int B) { return u * kQuarterKeys * s / B; }
+FSA_DECODE_HD int quarter_block_count(int l, int s, int B) {
+  int d = kQuarterKeys * s, r = B;
+  while (r != 0) {
+    const int next = d % r;
+    d = r;
+    r = next;
+  }
+  return (B - d + (kQuarterKeys - 1) * s + l - 1) / B + 1;
+}
+
+// The same in units of s (s divides l and B), relative to quarter u's first key u kQuarterKeys, for
+// the partials' 32-bit arithmetic: key u kQuarterKeys + i covers [i, i + Ls) and block
+// quarter_first_block(u) + jj covers [block_lo, block_lo + Bs) with block_lo =
+// quarter_block_start(u, jj); w(u kQuarterKeys + i, j) = unit_overlap(i, block_lo, Ls, Bs).
+FSA_DECODE_HD int quarter_block_start(long long u, int jj, int s, int B) {
   const int Bs = B / s;
-  return static_cast<int>(tile_first_block(tile, s, B) * Bs - tile * kKeys) + jj * Bs;
+  return static_cast<int>(quarter_first_block(u, s, B) * Bs - u * kQuarterKeys) + jj * Bs;
 }
 FSA_DECODE_HD int unit_overlap(int i, int block_lo, int Ls, int Bs) {
   const int lo = i > block_lo ? i : block_lo, hi = i + Ls < block_lo + Bs ? i + Ls : block_lo + Bs;
@@ -110,22 +124,18 @@ constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probabi
 
 // The attention kernel: Q tile (kRows rows), `stages` K and V tiles (two: the next tile's copies
 // land while this one's products run; one where two do not fit, at Dqk = Dv = 256 on an A100),
-// the located key rows of kAttnLocatedTiles tiles (what the
-// masks read and where the copies read from: decode_attn_kernel.cuh), and the selected branch's
-// union of blocks (bitmap words over the sequence's blocks, the distinct blocks, the tokens that
-// chose each). With block partials (the fused selection's compressed launch), a key tile's
-// probabilities and the rows' maxima are staged in its K stage's place when they fit there (the
-// kernel stages them after a barrier that follows every warp's S = Q K^T; that stage's next copy
-// follows the next iteration's first barrier), else after the union.
+// the located key rows of kAttnLocatedTiles tiles (what the masks read and where the copies read
+// from: decode_attn_kernel.cuh), and the selected branch's union of blocks (bitmap words over the
+// sequence's blocks, the distinct blocks, the tokens that chose each). The fused selection's block
+// partials need none: each warp writes them from its registers (decode_block_partials.cuh).
 constexpr int kAttnMaxStages = 2;
 constexpr int kAttnLocatedTiles = 3;  // tiles j (masks), j + 1 (its copies issued), j + 2 (located)
 struct AttnSlot {  // a located key row: its key (compressed index or position; INT_MAX: past the list) and union entry
   int key, unit;
 };
 struct AttnSmem {
-  std::size_t q, k, v, k_stage, v_stage, slots, sources, bitmap, blocks, token_masks, probs, row_max, bytes;
-  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials,
-                         int stages = kAttnMaxStages) {
+  std::size_t q, k, v, k_stage, v_stage, slots, sources, bitmap, blocks, token_masks, bytes;
+  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, int stages = kAttnMaxStages) {
     q = 0;
     k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
     k_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
@@ -137,22 +147,13 @@ struct AttnSmem {
     bitmap = sources + align_smem(static_cast<std::size_t>(kAttnLocatedTiles) * kKeys * 2 * sizeof(void*));
     blocks = bitmap + align_smem(static_cast<std::size_t>(union_words) * 4);
     token_masks = blocks + align_smem(static_cast<std::size_t>(union_capacity) * 4);
-    const std::size_t end = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
-    const std::size_t staged = align_smem(static_cast<std::size_t>(kRows) * kLdProb * 4);
-    const std::size_t maxima = align_smem(static_cast<std::size_t>(kRows) * 4);
-    const bool in_k = staged + maxima <= k_stage;
-    probs = in_k ? k : end;  // in K: plus the tile's stage offset
-    row_max = probs + staged;
-    bytes = block_partials && !in_k ? end + staged + maxima : end;
+    bytes = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
   }
 };
 
 // The attention's K / V stages at this shape: two where they fit `max_smem` bytes, else one.
-inline int attn_stages(int dim_qk, int dim_v, int union_words, int union_capacity, bool block_partials,
-                       std::size_t max_smem) {
-  return AttnSmem(dim_qk, dim_v, union_words, union_capacity, block_partials, kAttnMaxStages).bytes <= max_smem
-             ? kAttnMaxStages
-             : 1;
+inline int attn_stages(int dim_qk, int dim_v, int union_words, int union_capacity, std::size_t max_smem) {
+  return AttnSmem(dim_qk, dim_v, union_words, union_capacity, kAttnMaxStages).bytes <= max_smem ? kAttnMaxStages : 1;
 }
 
 // The selection kernel: the tile's Q rows (all chunks), one K~ tile, the probabilities of one row
@@ -222,12 +223,13 @@ struct StepPlan {
   std::int64_t range_tokens = 0;  // bound of ranges x N (the candidates hold that many token lists)
   int union_words = 1, union_capacity = 1;
   // The fused selection (fuses_selection): the compressed launch's block partials for
-  // partial_rows token-head rows, each partial_tiles x tile_blocks values; then one scoring CTA
-  // per (token, kv head, range of at most score_range_capacity blocks). The bounds are those of
+  // partial_rows token-head rows, each 4 partial_tiles key quarters of quarter_blocks values and a
+  // maximum (BlockPartials); then one scoring CTA per (token, kv head, range of at most
+  // score_range_capacity blocks). The bounds are those of
   // min(N, kFusedSelectTokensPerSeq nseq) tokens, the most a fusing call of this shape or a
   // smaller one has, so that they only grow with the shape too.
   std::int64_t partial_rows = 0, partial_tiles = 0;
-  int tile_blocks = 0;
+  int quarter_blocks = 0;
   int score_ranges = 1, score_range_capacity = kScoreFloats;
   std::int64_t score_range_tokens = 0;  // bound of score_ranges x N over fusing calls
   // A long prefill chunk's gathered keys (GatherParams): rows of a sequence's compressed slot
@@ -307,7 +309,7 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   const long long fused_tokens = min_ll(tokens, static_cast<long long>(kFusedSelectTokensPerSeq) * num_seqs);
   p.partial_rows = fused_tokens * nsa.heads_q;
   p.partial_tiles = ceil_div(compressed_count(p.max_context, l, s), kKeys);
-  p.tile_blocks = tile_block_count(l, s, B);
+  p.quarter_blocks = quarter_block_count(l, s, B);
   const long long score_needed = max_ll(ceil_div(max_blocks, kScoreFloats), 1);
   const long long score_cap = clamp_ll(ceil_div(max_blocks, 128), 1, kMaxSplits);
   const long long score_wanted = clamp_ll(ceil_div(2 * kTargetCtas, max_ll(tokens * hkv, 1)), 1, score_cap);
