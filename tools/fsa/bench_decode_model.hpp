@@ -100,10 +100,11 @@ inline std::string parse_decode_config(const std::string& name, DecodeConfig* ou
 // compressed tokens (those the last new token sees):
 //   cmp_kv     n Hkv (Dqk + Dv) 2          compressed keys and values, pass 1 (compressed attention)
 //   cmp_k      n Hkv Dqk 2                 compressed keys again, pass 2 (the two-pass selection)
-//   partials   2 c Hq 4T (QB + 1) 4        the fused selection's block partials, written by pass 1
+//   partials   2 c Hq 4T (2 QB + 4)        the fused selection's block partials, written by pass 1
 //                                          and read by the scoring kernel: T = ceil(n / 64) key
-//                                          tiles of four quarters, QB = (B - d + 15 s + l - 1) / B
-//                                          + 1 blocks a quarter meets, d = gcd(16 s, B)
+//                                          tiles of four quarters, each QB fp16 values and an fp32
+//                                          maximum, QB = (B - d + 15 s + l - 1) / B + 1 blocks a
+//                                          quarter meets, d = gcd(16 s, B)
 //   selected   blocks B (Dqk + Dv) 2       the distinct blocks the tokens selected, summed over
 //                                          sequences and kv heads (K per kv head when they agree)
 //   window     min(w + c, P + c) Hkv (Dqk + Dv) 2
@@ -142,7 +143,7 @@ inline DecodeBytes decode_step_bytes(const DecodeConfig& c, const NsaConfig& con
     const double tiles = std::ceil(n_cmp / 64.0);
     const int d = std::gcd(16 * config.cmp_stride, config.block_size);
     const double quarter_blocks = (config.block_size - d + 15 * config.cmp_stride + config.cmp_len - 1) / config.block_size + 1;
-    b.partials = 2.0 * tokens * hq * 4 * tiles * (quarter_blocks + 1) * 4.0;
+    b.partials = 2.0 * tokens * hq * 4 * tiles * (quarter_blocks * 2.0 + 4.0);
   }
   b.selected = static_cast<double>(selected_blocks) * config.block_size * (d + d) * e;
   const double window_keys = static_cast<double>(std::min<std::int64_t>(config.window + c.q_len, end));

@@ -16,6 +16,8 @@
 // maxima; in the rows layout it holds 16 rows and all four quarters, relative to the rows' maxima.
 #pragma once
 
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #include "kernels/common/mma_sm80.cuh"
@@ -73,9 +75,9 @@ __device__ __forceinline__ void write_partials(const BlockPartials& out, const N
       for (int h = 0; h < 2; ++h) {
         const long long row_at = rows_at[group + 8 * h];
         if (row_at < 0) continue;
-        float* values = out.values + (row_at + u) * QB;
-        if (j < QB) values[j] = sums[2 * h];
-        if (j + 1 < QB) values[j + 1] = sums[2 * h + 1];
+        std::uint16_t* values = out.values + (row_at + u) * QB;
+        if (j < QB) values[j] = __half_as_ushort(__float2half_rn(sums[2 * h]));
+        if (j + 1 < QB) values[j + 1] = __half_as_ushort(__float2half_rn(sums[2 * h + 1]));
       }
     }
     if (pair == 0) {

@@ -8,6 +8,8 @@
 // quarter's partial taken from the maximum it was written relative to, to the row's final
 // normaliser. Only the keys the token sees count: a quarter's other keys are masked to 0 in the
 // partials, and quarters past the token's visible keys are not read.
+#include <cuda_fp16.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -54,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
           const int head = g * G + h;
           const float lse_log2 = p.lse[head * p.lse_head_stride + token * p.lse_token_stride] * common::kLog2e;
           const long long at = (token * p.nsa.heads_q + head) * quarters + u;
-          const float value = p.partials.values[at * QB + jj_quarter];
+          const float value = __half2float(__ushort_as_half(p.partials.values[at * QB + jj_quarter]));
           // A row's maximum never exceeds its lse (log2 e lse = M + log2 sum, sum >= 1); a quarter
           // whose maximum is the row's partial one (key-quarter layout) is at most the row's too.
           if (value != 0.0f) score += value * exp2f(p.partials.quarter_max[at] - lse_log2);

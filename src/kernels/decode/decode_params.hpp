@@ -148,10 +148,11 @@ struct BranchOutput {
 // (log2 domain) that the writer's probabilities of quarter u are relative to (the quarter's warp's
 // own in the key-quarter layout, the row's in the rows layout), values holds for each block j the
 // quarter meets sum_i w(i, j) 2^(x_i - M_u) over the quarter's keys i (x: the row's scaled scores,
-// masked keys 0), and quarter_max holds M_u: the row's probability mass of block j in quarter u is
-// values * 2^(M_u - lse log2 e), known once the splits merge. Rows are token * Hq + head.
+// masked keys 0; at most l / s, kept in fp16 (half the bytes the scoring kernel reads, which bound
+// it; 2^-11 relative), and quarter_max holds M_u: the row's probability mass of block j in quarter
+// u is values * 2^(M_u - lse log2 e), known once the splits merge. Rows are token * Hq + head.
 struct BlockPartials {
-  float* values;       // [rows, 4 tiles, quarter_blocks]; null: the launch writes none
+  std::uint16_t* values;  // [rows, 4 tiles, quarter_blocks] fp16 bits; null: the launch writes none
   float* quarter_max;  // [rows, 4 tiles]
   std::int64_t tiles;  // key tiles of a row's compressed keys, at most (the longest context's)
   int quarter_blocks;  // blocks one key quarter meets, at most (quarter_block_count)

@@ -156,7 +156,7 @@ struct StepWorkspace {
   decode::RowStats* stats[decode::kBranches] = {};
   decode::Candidate* candidates = nullptr;
   // The fused selection's block partials (sized for the calls of this shape that fuse).
-  float* partial_values = nullptr;
+  std::uint16_t* partial_values = nullptr;  // fp16 (decode::BlockPartials)
   float* partial_max = nullptr;
   // A long chunk's (long_chunk) selected and window lse, the KV-outer selected branch's workspace and
   // the gathered keys (decode::GatherParams).
@@ -185,7 +185,7 @@ struct StepWorkspace {
       stats[b] = w.take<decode::RowStats>(plan.split_tokens[b] * hq);
     }
     candidates = w.take<decode::Candidate>(std::max(plan.range_tokens, plan.score_range_tokens) * hkv * c.topk);
-    partial_values = w.take<float>(plan.partial_rows * 4 * plan.partial_tiles * plan.quarter_blocks);
+    partial_values = w.take<std::uint16_t>(plan.partial_rows * 4 * plan.partial_tiles * plan.quarter_blocks);
     partial_max = w.take<float>(plan.partial_rows * 4 * plan.partial_tiles);
     if (long_route) {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
