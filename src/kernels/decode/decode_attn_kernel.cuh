@@ -59,6 +59,9 @@ using AttnTraits = flash::FwdTraits<Element, kDqk, kDv>;
 // chooses, launch_decode_attention); eight warps (Dv = 256) take what they need.
 template <class Element, int kDqk, int kDv>
 constexpr int kAttnMinCtas = AttnTraits<Element, kDqk, kDv>::kThreads <= 128 ? 3 : 1;
+static_assert(kAttnMinCtas<__nv_bfloat16, 128, 128> == attn_ctas_per_sm(128) &&
+                  kAttnMinCtas<__nv_bfloat16, 256, 256> == attn_ctas_per_sm(256),
+              "the plan's wave (attn_ctas_per_sm) is the launch bounds' CTAs a SM");
 
 // Where key list position v0 + r of a tile lives (its pool row), and what it is (AttnSlot: `key`
 // is the compressed token index (compressed branch) or the position (raw branches), INT_MAX for a

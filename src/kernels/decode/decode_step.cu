@@ -73,8 +73,20 @@ decode::NsaNumbers numbers_of(const NsaConfig& c, const NsaInferenceShape& s) {
   return n;
 }
 
+// One wave of the attention kernel on the call's device: its SMs x the CTAs a SM its launch bounds
+// ask for (decode::attn_ctas_per_sm). A failed query keeps the default (the call's own checks
+// report a bad device).
+long long attn_wave_ctas(const NsaInferenceShape& s) {
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, s.device.index) != cudaSuccess || sms <= 0) {
+    (void)cudaGetLastError();
+    return decode::kDefaultAttnWaveCtas;
+  }
+  return static_cast<long long>(sms) * decode::attn_ctas_per_sm(s.head_dim_v);
+}
+
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
-  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context);
+  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context, attn_wave_ctas(s));
 }
 
 static_assert(decode::kFusedSelectTokensPerSeq == kMaxDecodeTokens, "decode steps fuse their selection");

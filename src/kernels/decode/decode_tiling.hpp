@@ -244,17 +244,25 @@ FSA_DECODE_HD bool fuses_selection(std::int64_t tokens, int num_seqs) {
   return tokens <= static_cast<std::int64_t>(kFusedSelectTokensPerSeq) * num_seqs;
 }
 
-// CTAs an attention or selection launch aims at: two waves of an H100's 132 SMs, so that a decode
-// step with few sequences still spreads over the GPU (the split count is fixed by the shape; each
-// sequence divides its own keys among the splits on the device).
+// CTAs a selection launch aims at: two waves of an H100's 132 SMs at one CTA a SM, so that a
+// decode step with few sequences still spreads over the GPU (the range count is fixed by the shape;
+// each sequence divides its own blocks among the ranges on the device).
 constexpr long long kTargetCtas = 256;
+
+// The attention kernel's CTAs a SM (its __launch_bounds__, kAttnMinCtas in decode_attn_kernel.cuh):
+// three of four warps where Dv <= 128, one of eight warps above. The attention's splits fill one
+// wave of them, `attn_wave_ctas` = SMs x that (attn_wave_ctas in decode_step.cu from the device);
+// kDefaultAttnWaveCtas is an H100 SXM's at Dv <= 128 (132 x 3), for plans made without a device.
+FSA_DECODE_HD constexpr int attn_ctas_per_sm(int dim_v) { return dim_v <= 128 ? 3 : 1; }
+constexpr long long kDefaultAttnWaveCtas = 132 * 3;
 
 inline long long ceil_div(long long a, long long b) { return b > 0 ? (a + b - 1) / b : 0; }
 inline long long clamp_ll(long long v, long long lo, long long hi) { return v < lo ? lo : (v > hi ? hi : v); }
 inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
 inline long long max_ll(long long a, long long b) { return a > b ? a : b; }
 
-inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context) {
+inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context,
+                          long long attn_wave_ctas = kDefaultAttnWaveCtas) {
   StepPlan p;
   const long long G = nsa.group, hkv = nsa.heads_kv > 0 ? nsa.heads_kv : 1;
   const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, K = nsa.topk;
@@ -265,13 +273,16 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   p.cmp_rows = tokens / s + num_seqs;
   p.attn_tiles = tokens * G / kRows + num_seqs;
 
-  // Attention splits: about kTargetCtas CTAs when the row tiles are few, never more splits than
-  // key tiles. With C = kTargetCtas kRows / (G Hkv): a call of N' tokens splits only when its row
-  // tiles are fewer than kTargetCtas / Hkv, so N' < C, and then splits x N' <=
-  // (kTargetCtas / (row_tiles Hkv) + 1) N' <= C + N' (row_tiles >= N' G / kRows); also <= cap x N'.
-  // The partials' bound min(cap N, C + min(N, C)) covers every N' <= N and grows with N.
+  // Attention splits: as many as keep the launch within one wave of W = attn_wave_ctas CTAs
+  // (floor(W / (row_tiles Hkv)), at least 1), never more splits than key tiles. The tile chain is
+  // latency-bound, so a wave's CTAs each with fewer key tiles finish sooner, while a second wave
+  // (more splits than fit) costs more than it spreads (H100, docs/kernels/decode.md: 16 x 128K G 16
+  // 4 -> 6 splits 3.5% faster; 64 x 32K G 4 1 -> 2 splits, 512 CTAs, 12-15% slower). With C =
+  // W kRows / (G Hkv): a call of N' tokens splits only when its row tiles are at most W / (2 Hkv),
+  // and then splits x N' <= W / (row_tiles Hkv) N' <= C (row_tiles >= N' G / kRows); also <= cap
+  // x N'. The partials' bound min(cap N, C + min(N, C)) covers every N' <= N and grows with N.
   const long long row_tiles = max_ll(ceil_div(tokens * G, kRows), num_seqs);
-  const long long wanted = ceil_div(kTargetCtas, max_ll(row_tiles * hkv, 1));
+  const long long wanted = attn_wave_ctas / max_ll(row_tiles * hkv, 1);
   const long long max_blocks = ceil_div(p.max_context, B);
   const long long tile_tokens = attn_tile_tokens(static_cast<int>(G));
   const long long union_blocks = min_ll(tile_tokens * K, max_blocks);
@@ -282,7 +293,7 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   for (int b = 0; b < kBranches; ++b) {
     const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
     p.splits[b] = static_cast<int>(clamp_ll(wanted, 1, cap));
-    const long long c = ceil_div(kTargetCtas * kRows, G * hkv);
+    const long long c = ceil_div(attn_wave_ctas * kRows, G * hkv);
     p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, c + min_ll(tokens, c)) : 0;
   }
   p.union_words = static_cast<int>(max_ll(ceil_div(max_blocks, 32), 1));
