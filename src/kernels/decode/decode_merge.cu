@@ -3,7 +3,10 @@
 // log-sum-exp rule in split order (deterministic, no atomics):
 //   M = max_s m_s,  L = sum_s l_s 2^(m_s - M),  o = sum_s o_s 2^(m_s - M) / L,  lse = M ln 2 + ln L,
 // over the splits that saw a key (l_s > 0); a row no split saw gets o = 0 and lse = -inf. One warp
-// per row, lanes over the output columns.
+// per row: its lanes read the splits' statistics together (lane i splits i, i + 32, ...) and reduce
+// M and L across the warp, then each lane combines four output columns (one float4 a split), the
+// split loop unrolled so that several splits' loads are in flight. A row's merge is a handful of
+// dependent loads, so the launch is bound by their latency, not by its few megabytes.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,33 +36,49 @@ __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const __grid_con
   const long long rows = p.batch.tokens * p.nsa.heads_q;
   const long long valid_tokens = p.batch.cu_seqlens[p.batch.num_seqs * p.batch.cu_stride];
   const long long warps = static_cast<long long>(gridDim.x) * kWarps;
+  const int splits = out.splits;
   for (long long row = static_cast<long long>(blockIdx.x) * kWarps + threadIdx.x / 32; row < rows; row += warps) {
     const long long token = row / p.nsa.heads_q;
     const int head = static_cast<int>(row % p.nsa.heads_q);
-    if (token >= valid_tokens) continue;  // rows past the batch have no partials
+    if (token >= valid_tokens) continue;  // rows past the batch have no partials (warp-uniform)
+    // This lane's splits (lane, lane + 32: splits <= kMaxSplits = 64).
+    RowStats mine[2];
     float max_log2 = -INFINITY;
-    for (int s = 0; s < out.splits; ++s) {
-      const RowStats st = out.stats[s * rows + row];
-      if (st.sum > 0.0f) max_log2 = fmaxf(max_log2, st.max_log2);
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int s = lane + 32 * k;
+      mine[k] = s < splits ? out.stats[s * rows + row] : RowStats{-INFINITY, 0.0f};
+      if (mine[k].sum > 0.0f) max_log2 = fmaxf(max_log2, mine[k].max_log2);
     }
-    float sum = 0.0f;
-    for (int s = 0; s < out.splits; ++s) {
-      const RowStats st = out.stats[s * rows + row];
-      if (st.sum > 0.0f) sum += st.sum * exp2f(st.max_log2 - max_log2);
+    for (int offset = 16; offset > 0; offset /= 2) max_log2 = fmaxf(max_log2, __shfl_xor_sync(0xffffffffu, max_log2, offset));
+    float scaled[2], sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      scaled[k] = mine[k].sum > 0.0f ? exp2f(mine[k].max_log2 - max_log2) : 0.0f;
+      sum += mine[k].sum * scaled[k];
     }
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     const float inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float weight[2] = {scaled[0] * inv_sum, scaled[1] * inv_sum};  // 0 for a split without keys
     Element* o = static_cast<Element*>(out.o) + token * out.o_token_stride + head * out.o_head_stride;
-    for (int col = 2 * lane; col < dim_v; col += 64) {
-      float2 value = make_float2(0.0f, 0.0f);
-      for (int s = 0; s < out.splits; ++s) {
-        const RowStats st = out.stats[s * rows + row];
-        if (!(st.sum > 0.0f)) continue;
-        const float weight = exp2f(st.max_log2 - max_log2) * inv_sum;
-        const float2 part = *reinterpret_cast<const float2*>(out.o_part + (s * rows + row) * dim_v + col);
-        value.x += part.x * weight;
-        value.y += part.y * weight;
+    for (int c0 = 0; c0 < dim_v; c0 += 128) {  // every lane runs every pass: the shuffles need the whole warp
+      const int col = c0 + 4 * lane;
+      const bool has_col = col < dim_v;
+      float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+      for (int s = 0; s < splits; ++s) {
+        const float w = __shfl_sync(0xffffffffu, s < 32 ? weight[0] : weight[1], s % 32);
+        if (w == 0.0f || !has_col) continue;  // the merge reads no output of a split without keys
+        const float4 part = *reinterpret_cast<const float4*>(out.o_part + (s * rows + row) * dim_v + col);
+        value.x += part.x * w;
+        value.y += part.y * w;
+        value.z += part.z * w;
+        value.w += part.w * w;
       }
-      *reinterpret_cast<std::uint32_t*>(o + col) = mma::pack2<Element>(value.x, value.y);
+      if (has_col) {
+        *reinterpret_cast<std::uint32_t*>(o + col) = mma::pack2<Element>(value.x, value.y);
+        *reinterpret_cast<std::uint32_t*>(o + col + 2) = mma::pack2<Element>(value.z, value.w);
+      }
     }
     if (out.lse != nullptr && lane == 0)
       out.lse[head * out.lse_head_stride + token * out.lse_token_stride] =
