@@ -17,6 +17,7 @@ set(FSA_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/select/select_launch.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/combine/combine.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_append.cu
+  ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_compress.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_gather.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_merge.cu
   ${CMAKE_CURRENT_LIST_DIR}/../src/kernels/decode/decode_block_scores.cu

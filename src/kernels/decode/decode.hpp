@@ -15,6 +15,9 @@ namespace fsa::cuda::decode {
 // The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows: reads the old key
 // tail, so it runs before launch_append_tokens overwrites it.
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream);
+// A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (decode_compress.cu;
+// longer calls use the training's compress_forward).
+Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream);
 // The compressed tokens (k_cmp_new / v_cmp_new, compressed from the staged windows) rotated at i*s
 // and written into the compressed pools.
 Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t stream);

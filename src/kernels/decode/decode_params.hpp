@@ -86,6 +86,27 @@ struct AppendParams {
   float frequency[kMaxPairs];
 };
 
+// A decode step's compression of the windows it completes (decode_compress.cu): at most
+// kFusedSelectTokensPerSeq / s + 1 per sequence and kv head, so one CTA per (staged compressed row, kv head,
+// tensor) computes its row as a product of the window's l x D inputs with the head's weight,
+// instead of the training's compression GEMM launches (which a step that completes no window
+// still pays for). Tensor 0 is k (with pos_emb), 1 is v. The staged rows and offsets are
+// AppendParams' (launch_stage_windows).
+struct CompressWindowsParams {
+  const std::int32_t* cu_stage;      // [nseq + 1]
+  const std::int32_t* cu_cmp_stage;  // [nseq + 1]
+  int num_seqs, heads_kv, cmp_len, cmp_stride;
+  std::int64_t cmp_rows;  // grid x: the plan's bound of staged compressed rows
+  const void* x[2];       // k_stage, v_stage: [stage_rows, Hkv, D] contiguous
+  const void* weight[2];  // [Hkv, l D, D] (kLinear) or null (kMean)
+  std::int64_t weight_head_stride[2], weight_row_stride[2];
+  const void* pos_emb;    // k only: [Hkv, l, D] or null
+  std::int64_t pos_emb_head_stride, pos_emb_row_stride;
+  void* y[2];             // k_cmp_new, v_cmp_new: [cmp_rows, Hkv, D] contiguous
+  int dim[2];             // Dqk, Dv
+};
+
+
 // ---- Gathered keys of a long prefill chunk (decode_gather.cu) -----------------------------------
 // A long chunk's compressed attention, selection and window run in the training's kernels, which
 // read keys as contiguous rows with the queries after a prefix (kernels/common/query_prefix.hpp).

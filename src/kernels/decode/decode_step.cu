@@ -297,6 +297,37 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   return Status::ok();
 }
 
+// The decode step's compression of its staged windows (decode_compress.cu).
+decode::CompressWindowsParams compress_windows_params(const NsaConfig& c, const NsaLayerInputs& in,
+                                                      const NsaInferenceShape& s, const StepWorkspace& w,
+                                                      const StepPlan& plan) {
+  decode::CompressWindowsParams p{};
+  p.cu_stage = w.cu_stage.ptr<const std::int32_t>();
+  p.cu_cmp_stage = w.cu_cmp_stage.ptr<const std::int32_t>();
+  p.num_seqs = s.num_seqs;
+  p.heads_kv = s.heads_kv;
+  p.cmp_len = c.cmp_len;
+  p.cmp_stride = c.cmp_stride;
+  p.cmp_rows = plan.cmp_rows;
+  p.x[0] = w.k_stage.data;
+  p.x[1] = w.v_stage.data;
+  const bool linear = c.compression == CompressionKind::kLinear;
+  const TensorView* weights[2] = {&in.w_k, &in.w_v};
+  for (int t = 0; t < 2; ++t) {
+    p.weight[t] = linear ? weights[t]->data : nullptr;
+    p.weight_head_stride[t] = linear ? weights[t]->stride(0) : 0;
+    p.weight_row_stride[t] = linear ? weights[t]->stride(1) : 0;
+  }
+  p.pos_emb = in.pe_k.defined() ? in.pe_k.data : nullptr;
+  p.pos_emb_head_stride = in.pe_k.defined() ? in.pe_k.stride(0) : 0;
+  p.pos_emb_row_stride = in.pe_k.defined() ? in.pe_k.stride(1) : 0;
+  p.y[0] = w.k_cmp_new.data;
+  p.y[1] = w.v_cmp_new.data;
+  p.dim[0] = static_cast<int>(s.head_dim_qk);
+  p.dim[1] = static_cast<int>(s.head_dim_v);
+  return p;
+}
+
 Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
                 const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& br,
                 const Workspace& workspace, const NsaInferenceShape& s) {
@@ -364,10 +395,15 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   for (int i = 0; i < s.head_dim_qk / 2 && i < decode::AppendParams::kMaxPairs; ++i)
     ap.frequency[i] = rope_frequency(c.rope, i, s.head_dim_qk);
   FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
-  FSA_RETURN_IF_ERROR(
-      cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
-  FSA_RETURN_IF_ERROR(
-      cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{}, w.v_cmp_new, w.compress));
+  if (decode::fuses_selection(s.tokens, s.num_seqs)) {
+    // A decode step: its few windows in one launch (decode_compress.cu).
+    FSA_RETURN_IF_ERROR(decode::launch_compress_windows(compress_windows_params(c, in, s, w, plan), s.dtype, stream));
+  } else {
+    FSA_RETURN_IF_ERROR(
+        cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
+    FSA_RETURN_IF_ERROR(cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{},
+                                               w.v_cmp_new, w.compress));
+  }
   FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
   FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
 
