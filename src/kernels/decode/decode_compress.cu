@@ -72,10 +72,13 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
     float acc0 = 0.0f, acc1 = 0.0f;
 #pragma unroll 8
     for (int i = r0; i < r1; ++i) {
-      const Element* wr = w + i * p.weight_row_stride[tensor];
+      // Columns 2 pair and 2 pair + 1 as one 32-bit load (the row stride and 2 pair are even).
+      Element pair_w[2];
+      *reinterpret_cast<std::uint32_t*>(pair_w) =
+          *reinterpret_cast<const std::uint32_t*>(w + i * p.weight_row_stride[tensor]);
       const float in = window_s[i];
-      acc0 = fmaf(in, C::to_float(wr[0]), acc0);
-      acc1 = fmaf(in, C::to_float(wr[1]), acc1);
+      acc0 = fmaf(in, C::to_float(pair_w[0]), acc0);
+      acc1 = fmaf(in, C::to_float(pair_w[1]), acc1);
     }
     partial_s[slice * D + 2 * pair] = acc0;
     partial_s[slice * D + 2 * pair + 1] = acc1;
@@ -90,14 +93,21 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
 
 }  // namespace
 
+bool compress_windows_supported(const CompressWindowsParams& p) {
+  for (int t = 0; t < 2; ++t) {
+    if (p.dim[t] % 2 != 0 || p.dim[t] > 2 * kThreads) return false;
+    // The weights are read as pairs of columns (32-bit loads).
+    if (p.weight[t] != nullptr && (reinterpret_cast<std::uintptr_t>(p.weight[t]) % 4 != 0 ||
+                                   p.weight_row_stride[t] % 2 != 0 || p.weight_head_stride[t] % 2 != 0))
+      return false;
+  }
+  return p.cmp_rows <= 0x7fffffffLL;
+}
+
 Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream) {
   if (p.num_seqs == 0 || p.cmp_rows == 0 || p.heads_kv == 0) return Status::ok();
-  for (int t = 0; t < 2; ++t)
-    if (p.dim[t] % 2 != 0 || p.dim[t] > 2 * kThreads)
-      return FSA_ERROR(StatusCode::kInternal, "decode compression: head dim " + std::to_string(p.dim[t]) +
-                                                  " must be even and at most " + std::to_string(2 * kThreads));
-  if (p.cmp_rows > 0x7fffffffLL)
-    return FSA_ERROR(StatusCode::kInternal, "decode compression: " + std::to_string(p.cmp_rows) + " rows exceed the grid");
+  if (!compress_windows_supported(p))
+    return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_windows_supported)");
   const int dim = p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1];
   const std::size_t smem = (static_cast<std::size_t>(p.cmp_len) * dim + 2 * kThreads) * sizeof(float);
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {

@@ -395,9 +395,10 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   for (int i = 0; i < s.head_dim_qk / 2 && i < decode::AppendParams::kMaxPairs; ++i)
     ap.frequency[i] = rope_frequency(c.rope, i, s.head_dim_qk);
   FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
-  if (decode::fuses_selection(s.tokens, s.num_seqs)) {
+  const decode::CompressWindowsParams cw = compress_windows_params(c, in, s, w, plan);
+  if (decode::fuses_selection(s.tokens, s.num_seqs) && decode::compress_windows_supported(cw)) {
     // A decode step: its few windows in one launch (decode_compress.cu).
-    FSA_RETURN_IF_ERROR(decode::launch_compress_windows(compress_windows_params(c, in, s, w, plan), s.dtype, stream));
+    FSA_RETURN_IF_ERROR(decode::launch_compress_windows(cw, s.dtype, stream));
   } else {
     FSA_RETURN_IF_ERROR(
         cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
