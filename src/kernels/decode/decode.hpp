@@ -18,7 +18,8 @@ Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t str
 // A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (decode_compress.cu;
 // longer calls use the training's compress_forward).
 Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream);
-// Whether it takes these params: even head dims up to 256, weights 4-byte aligned with even strides.
+// Whether it takes these params: head dims multiples of 8 up to 256, weights 16-byte aligned with
+// strides multiples of 8 elements.
 bool compress_windows_supported(const CompressWindowsParams& p);
 // The compressed tokens (k_cmp_new / v_cmp_new, compressed from the staged windows) rotated at i*s
 // and written into the compressed pools.

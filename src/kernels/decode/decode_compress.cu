@@ -25,7 +25,8 @@ namespace fsa::cuda::decode {
 
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
+constexpr int kColumns = 8;  // output columns a thread sums: one 16-byte load of a weight row
 
 template <class Element>
 __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid_constant__ CompressWindowsParams p) {
@@ -60,28 +61,27 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
     }
     return;
   }
-  // kLinear: thread (slice, pair) sums output columns 2 pair, 2 pair + 1 over its slice of the
-  // window's rows (each weight row read as pairs: coalesced); the slices' sums are then added in
-  // slice order.
-  const int pairs = D / 2, slices = kThreads / pairs;  // D <= 256: at least one slice
-  const int pair = threadIdx.x % pairs, slice = threadIdx.x / pairs;
+  // kLinear: thread (slice, group) sums output columns kColumns group .. + kColumns - 1 over its
+  // slice of the window's rows, reading each weight row's columns as one 16-byte load (a warp: 512
+  // contiguous bytes of a row or two), so that a thread has a few hundred loads in flight in batches
+  // rather than thousands in series; the slices' sums are then added in slice order.
+  const int groups = D / kColumns, slices = kThreads / groups;  // D <= 256: at least 8 slices
+  const int group = threadIdx.x % groups, slice = threadIdx.x / groups;
   float* partial_s = window_s + window;
   if (slice < slices) {
     const int r0 = slice * window / slices, r1 = (slice + 1) * window / slices;
-    const Element* w = weight + g * p.weight_head_stride[tensor] + 2 * pair;
-    float acc0 = 0.0f, acc1 = 0.0f;
-#pragma unroll 8
+    const Element* w = weight + g * p.weight_head_stride[tensor] + kColumns * group;
+    float acc[kColumns] = {};
+#pragma unroll 4
     for (int i = r0; i < r1; ++i) {
-      // Columns 2 pair and 2 pair + 1 as one 32-bit load (the row stride and 2 pair are even).
-      Element pair_w[2];
-      *reinterpret_cast<std::uint32_t*>(pair_w) =
-          *reinterpret_cast<const std::uint32_t*>(w + i * p.weight_row_stride[tensor]);
+      Element row[kColumns];
+      *reinterpret_cast<uint4*>(row) = *reinterpret_cast<const uint4*>(w + i * p.weight_row_stride[tensor]);
       const float in = window_s[i];
-      acc0 = fmaf(in, C::to_float(pair_w[0]), acc0);
-      acc1 = fmaf(in, C::to_float(pair_w[1]), acc1);
+#pragma unroll
+      for (int k = 0; k < kColumns; ++k) acc[k] = fmaf(in, C::to_float(row[k]), acc[k]);
     }
-    partial_s[slice * D + 2 * pair] = acc0;
-    partial_s[slice * D + 2 * pair + 1] = acc1;
+#pragma unroll
+    for (int k = 0; k < kColumns; ++k) partial_s[slice * D + kColumns * group + k] = acc[k];
   }
   __syncthreads();
   for (int e = threadIdx.x; e < D; e += kThreads) {
@@ -95,13 +95,17 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
 
 bool compress_windows_supported(const CompressWindowsParams& p) {
   for (int t = 0; t < 2; ++t) {
-    if (p.dim[t] % 2 != 0 || p.dim[t] > 2 * kThreads) return false;
-    // The weights are read as pairs of columns (32-bit loads).
-    if (p.weight[t] != nullptr && (reinterpret_cast<std::uintptr_t>(p.weight[t]) % 4 != 0 ||
-                                   p.weight_row_stride[t] % 2 != 0 || p.weight_head_stride[t] % 2 != 0))
+    if (p.dim[t] % kColumns != 0 || p.dim[t] > kThreads) return false;
+    // The weights are read as kColumns columns at once (16-byte loads).
+    if (p.weight[t] != nullptr &&
+        (reinterpret_cast<std::uintptr_t>(p.weight[t]) % 16 != 0 || p.weight_row_stride[t] % kColumns != 0 ||
+         p.weight_head_stride[t] % kColumns != 0))
       return false;
   }
-  return p.cmp_rows <= 0x7fffffffLL;
+  // The window's inputs and the slices' sums in shared memory: within what every supported GPU
+  // gives a CTA (l 32, D 256: 40 KB).
+  const long long dim = p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1];
+  return p.cmp_rows <= 0x7fffffffLL && (p.cmp_len * dim + kThreads * kColumns) * 4 <= 96 * 1024;
 }
 
 Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream) {
@@ -109,7 +113,7 @@ Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cuda
   if (!compress_windows_supported(p))
     return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_windows_supported)");
   const int dim = p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1];
-  const std::size_t smem = (static_cast<std::size_t>(p.cmp_len) * dim + 2 * kThreads) * sizeof(float);
+  const std::size_t smem = (static_cast<std::size_t>(p.cmp_len) * dim + kThreads * kColumns) * sizeof(float);
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
     auto* kernel = compress_windows_kernel<Element>;
     FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
