@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -gt 0 ]] || { echo "usage: scripts/run-gpu-binaries.sh BINARY [ARG...]" >&2; exit 2; }
-if [[ ! -d .devbin/bin ]]; then
+# Unpacked once, again when the archive is newer than the unpacked binaries.
+if [[ ! -d .devbin/bin || .devbin/bins.tar.xz -nt .devbin/bin ]]; then
   [[ -f .devbin/bins.tar.xz ]] || { echo "run-gpu-binaries: no .devbin/bins.tar.xz (carry .devbin)" >&2; exit 2; }
+  rm -rf .devbin/bin .devbin/lib
   tar xJf .devbin/bins.tar.xz -C .devbin
 fi
 binary=.devbin/bin/$1
