@@ -233,7 +233,8 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
               EXPECT_GE(p.partial_rows, tokens * hq) << where;
               EXPECT_LE(static_cast<long long>(p.score_ranges) * tokens, p.score_range_tokens) << where;
             }
-            EXPECT_GE(p.partial_tiles * kKeys, compressed_count(p.max_context, h.l, h.s)) << where;
+            EXPECT_GE(p.partial_quarters * kQuarterKeys, compressed_count(p.max_context, h.l, h.s)) << where;
+            EXPECT_EQ(p.partial_quarters % 4, 0) << where;  // whole key tiles
             EXPECT_EQ(p.quarter_blocks, quarter_block_count(h.l, h.s, h.B)) << where;
             EXPECT_GE(static_cast<long long>(p.score_ranges) * p.score_range_capacity, blocks) << where;
             EXPECT_LE(p.score_range_capacity, kScoreFloats) << where;
@@ -259,7 +260,7 @@ TEST(DecodePlan, BoundsGrowWithTheShape) {
       EXPECT_LE(a.range_tokens, b.range_tokens) << where;
       EXPECT_LE(a.score_range_tokens, b.score_range_tokens) << where;
       EXPECT_LE(a.partial_rows, b.partial_rows) << where;
-      EXPECT_LE(a.partial_tiles, b.partial_tiles) << where;
+      EXPECT_LE(a.partial_quarters, b.partial_quarters) << where;
       EXPECT_LE(a.stage_rows, b.stage_rows) << where;
       EXPECT_LE(a.cmp_rows, b.cmp_rows) << where;
     };

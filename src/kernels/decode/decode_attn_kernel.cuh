@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
     const long long row = first_row + threadIdx.x;
     q_offset[threadIdx.x] =
         row <= last_row ? (seq.row0 + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride : -1;
-    if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(row, last_row, seq.row0, p.nsa, g, p.partials.tiles);
+    if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(row, last_row, seq.row0, p.nsa, g, p.partials.quarters);
   }
   __syncthreads();
   const auto* q = static_cast<const Element*>(p.q);

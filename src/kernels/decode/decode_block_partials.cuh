@@ -29,14 +29,14 @@ namespace fsa::cuda::decode {
 
 // Partial row of query row `row` of a tile (packed rows of one sequence whose first token is
 // seq_row0; token-major: row / G the token, row % G the head in group g): its first quarter's
-// index, (token Hq + head) 4 tiles, or -1 where the row is past the tile (last_row) or its head does
+// index, (token Hq + head) quarters, or -1 where the row is past the tile (last_row) or its head does
 // not select (heads_used).
 __device__ __forceinline__ long long partial_row_at(long long row, long long last_row, long long seq_row0,
-                                                    const NsaNumbers& nsa, int g, long long tiles) {
+                                                    const NsaNumbers& nsa, int g, long long quarters) {
   if (row > last_row) return -1;
   const int G = nsa.group, h = static_cast<int>(row % G);
   if (h >= nsa.heads_used) return -1;
-  return ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * 4 * tiles;
+  return ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * quarters;
 }
 
 // One warp's partials of key tile v0 / kKeys: quarters quarter0 .. quarter0 + kCols / 16 - 1, whose
@@ -52,7 +52,7 @@ __device__ __forceinline__ void write_partials(const BlockPartials& out, const N
                                                const long long* rows_at, long long v0, int quarter0) {
   static_assert(kCols % kQuarterKeys == 0, "whole key quarters");
   const long long tile = v0 / kKeys;
-  if (tile >= out.tiles) return;  // past the plan's context, which the tables cannot address
+  if (4 * tile >= out.quarters) return;  // past the plan's context, which the tables cannot address
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int s = nsa.cmp_stride, B = nsa.block_size, Ls = nsa.cmp_len / s, Bs = B / s, QB = out.quarter_blocks;
 #pragma unroll

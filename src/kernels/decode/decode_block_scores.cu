@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   const long long j0 = blocks.first, j1 = blocks.end;
   const int range_blocks = static_cast<int>(j1 - j0);
   const long long visible = visible_count(position, l, s);
-  const long long quarters = 4 * p.partials.tiles;
+  const long long quarters = p.partials.quarters;
 
   for (int jj = threadIdx.x; jj < range_blocks; jj += kThreads) {
     const long long j = j0 + jj;

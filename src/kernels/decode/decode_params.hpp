@@ -173,9 +173,9 @@ struct BranchOutput {
 // it; 2^-11 relative), and quarter_max holds M_u: the row's probability mass of block j in quarter
 // u is values * 2^(M_u - lse log2 e), known once the splits merge. Rows are token * Hq + head.
 struct BlockPartials {
-  std::uint16_t* values;  // [rows, 4 tiles, quarter_blocks] fp16 bits; null: the launch writes none
-  float* quarter_max;  // [rows, 4 tiles]
-  std::int64_t tiles;  // key tiles of a row's compressed keys, at most (the longest context's)
+  std::uint16_t* values;  // [rows, quarters, quarter_blocks] fp16 bits; null: the launch writes none
+  float* quarter_max;  // [rows, quarters]
+  std::int64_t quarters;  // key quarters of a row's compressed keys, at most (the longest context's)
   int quarter_blocks;  // blocks one key quarter meets, at most (quarter_block_count)
 };
 

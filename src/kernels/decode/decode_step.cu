@@ -197,8 +197,8 @@ struct StepWorkspace {
       stats[b] = w.take<decode::RowStats>(plan.split_tokens[b] * hq);
     }
     candidates = w.take<decode::Candidate>(std::max(plan.range_tokens, plan.score_range_tokens) * hkv * c.topk);
-    partial_values = w.take<std::uint16_t>(plan.partial_rows * 4 * plan.partial_tiles * plan.quarter_blocks);
-    partial_max = w.take<float>(plan.partial_rows * 4 * plan.partial_tiles);
+    partial_values = w.take<std::uint16_t>(plan.partial_rows * plan.partial_quarters * plan.quarter_blocks);
+    partial_max = w.take<float>(plan.partial_rows * plan.partial_quarters);
     if (long_route) {
       slc_lse = w.take_tensor(DType::kFloat32, {hq, n});
       swa_lse = w.take_tensor(DType::kFloat32, {hq, n});
@@ -501,7 +501,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
     return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
   };
   // ---- 3: compressed attention ----
-  const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_tiles, plan.quarter_blocks};
+  const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_quarters, plan.quarter_blocks};
   if (fused) at.partials = partials;
   FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed}));
   at.partials = {};  // the selected and window launches write none

@@ -223,12 +223,12 @@ struct StepPlan {
   std::int64_t range_tokens = 0;  // bound of ranges x N (the candidates hold that many token lists)
   int union_words = 1, union_capacity = 1;
   // The fused selection (fuses_selection): the compressed launch's block partials for
-  // partial_rows token-head rows, each 4 partial_tiles key quarters of quarter_blocks values and a
+  // partial_rows token-head rows, each partial_quarters key quarters of quarter_blocks values and a
   // maximum (BlockPartials); then one scoring CTA per (token, kv head, range of at most
   // score_range_capacity blocks). The bounds are those of
   // min(N, kFusedSelectTokensPerSeq nseq) tokens, the most a fusing call of this shape or a
   // smaller one has, so that they only grow with the shape too.
-  std::int64_t partial_rows = 0, partial_tiles = 0;
+  std::int64_t partial_rows = 0, partial_quarters = 0;
   int quarter_blocks = 0;
   int score_ranges = 1, score_range_capacity = kScoreFloats;
   std::int64_t score_range_tokens = 0;  // bound of score_ranges x N over fusing calls
@@ -319,7 +319,7 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   // bound, so about twice kTargetCtas CTAs, ranges of at least 128 blocks.
   const long long fused_tokens = min_ll(tokens, static_cast<long long>(kFusedSelectTokensPerSeq) * num_seqs);
   p.partial_rows = fused_tokens * nsa.heads_q;
-  p.partial_tiles = ceil_div(compressed_count(p.max_context, l, s), kKeys);
+  p.partial_quarters = 4 * ceil_div(compressed_count(p.max_context, l, s), kKeys);  // whole key tiles
   p.quarter_blocks = quarter_block_count(l, s, B);
   const long long score_needed = max_ll(ceil_div(max_blocks, kScoreFloats), 1);
   const long long score_cap = clamp_ll(ceil_div(max_blocks, 128), 1, kMaxSplits);
