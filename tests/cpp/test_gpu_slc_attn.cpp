@@ -162,7 +162,7 @@ void check_case(const SlcCase& c, std::uint64_t salt,
 
 TEST_F(Gpu, SelectedAttentionGroupSizes) {
   std::uint64_t salt = 0;
-  for (const int g : {1, 2, 3, 4, 8, 16}) {
+  for (const int g : {1, 2, 3, 4, 8, 16, 20, 32}) {
     SlcCase c;
     c.lengths = {300, 1, 2, 3, 6, 7, 11, 129};
     c.hkv = 2;

@@ -3,6 +3,13 @@
 // FSA_WGMMA_OUT<N>(d): the matching read-write operands, d a float[N/8][4] (C-fragment order).
 #pragma once
 
+#define FSA_WGMMA_D16 \
+  "{" \
+  "%0, %1, %2, %3, %4, %5, %6, %7}"
+#define FSA_WGMMA_OUT16(d) \
+  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), \
+  "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+
 #define FSA_WGMMA_D64 \
   "{" \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \

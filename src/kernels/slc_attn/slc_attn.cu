@@ -59,8 +59,11 @@ Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k
 // - a tile needs at least 4 dense blocks to go to the tile kernel (SlcPlanShape::min_dense_blocks).
 // So selections whose neighbouring tokens share blocks run mostly in the tile kernel (S64-G4 local:
 // 4.0 ms against 6.7 ms KV-outer), and random ones, whose tiles share only the 3 forced blocks, run
-// KV-outer. Query-outer is never chosen: at G = 16, where a token's heads fill an MMA tile, its
-// L2 traffic (32 KB of K/V per pair) still made it slower than KV-outer (27.7 against 26.0 ms).
+// KV-outer. From G = 16 on Hopper (where the wgmma query-outer kernel serves the shape) kAuto runs
+// query-outer: a token's G heads fill its N = 16 columns, and it reads each pair's K / V (32 KB) from
+// L2 with no partials, where KV-outer's gathered rows and partials grow with G (S64-G16 random:
+// 18.2 against 26.3 ms; local selections 17.6 against the split's 16.1; G = 8 random 17.8 against
+// 13.6, so not below 16). The mma.sync query-outer kernel stays behind KV-outer at every G.
 struct ResolvedPath {
   SlcKernelPath path;
   int dense_threshold;   // the plan shape's (0 = no split)
@@ -68,6 +71,19 @@ struct ResolvedPath {
 };
 
 constexpr int kAutoMinDenseBlocks = 4;
+constexpr int kAutoQueryOuterMinGroup = 16;
+
+// The kernel set of `device` (queries may size a workspace before the call makes it current).
+common::KernelArch arch_of(int device) {
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess) {  // no GPU: only a size is asked for
+    cudaGetLastError();
+    return common::KernelArch::kSm80;
+  }
+  if (current == device) return common::kernel_arch();
+  const DeviceGuard guard(device);
+  return common::kernel_arch();
+}
 
 ResolvedPath resolve_path(const SlcOptions& options, const SlcProblem& problem) {
   const int threshold = options.dense_threshold > 0 ? options.dense_threshold : std::max(1, problem.block_size / 4);
@@ -79,6 +95,10 @@ ResolvedPath resolve_path(const SlcOptions& options, const SlcProblem& problem) 
       return {SlcKernelPath::kSplit, threshold, 1};
     case SlcPath::kAuto: break;
   }
+  if (problem.heads_kv > 0 && problem.heads_q / problem.heads_kv >= kAutoQueryOuterMinGroup &&
+      qo_sm90_supported(problem.block_size, problem.dim_qk, problem.dim_v) &&
+      arch_of(problem.device) == common::KernelArch::kSm90a)
+    return {SlcKernelPath::kQueryOuter, 0, 1};
   // The split's sort keys hold 19 bits of block index; beyond that every pair goes KV-outer.
   if (bound.max_blocks() > SlcPlanShape::kMaxSplitBlocks) return {SlcKernelPath::kKvOuter, 0, 1};
   return {SlcKernelPath::kSplit, threshold, kAutoMinDenseBlocks};
@@ -429,6 +449,7 @@ Status run_forward(const NsaConfig& config, const SlcProblem& p, const TensorVie
     }
     SlcForwardParams f{};
     f.path = path.path;
+    f.arch = common::kernel_arch();
     if (planned) {
       f.plan = slc_plan_forward_view(cp.plan);
     } else {

@@ -13,13 +13,13 @@
 // (atomic, run-dependent) order of the lists.
 #pragma once
 
-
 #include "cuda/runtime.hpp"
 #include "kernels/common/dispatch_table.hpp"
 #include "kernels/common/mma_sm80.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
+#include "kernels/slc_attn/slc_qo_sm90_kernel.cuh"
 #include "kernels/slc_attn/slc_tile_kernel.cuh"
 
 namespace fsa::cuda::slc {
@@ -320,10 +320,16 @@ Status launch_kv_outer(const SlcForwardParams& p, cudaStream_t stream) {
 //   kKvOuter:    KV-outer partials for every pair, then the merge kernel;
 //   kSplit:      KV-outer partials for the sparse pairs, the tile kernel (dense blocks, into o and
 //                lse), then the merge kernel with o and lse as one more partial;
-//   kQueryOuter: the tile kernel in query-outer mode alone (no plan, no partials).
+//   kQueryOuter: no plan and no partials: the Hopper query-outer kernel where it serves the shape,
+//                else the tile kernel in query-outer mode.
 template <class Element, int kDqk, int kDv, int kB>
 Status launch_path(const SlcForwardParams& p, cudaStream_t stream) {
-  if (p.path == SlcKernelPath::kQueryOuter) return launch_tile<Element, kDqk, kDv, kB, true>(p, stream);
+  if (p.path == SlcKernelPath::kQueryOuter) {
+    if constexpr (qo_sm90_supported(kB, kDqk, kDv)) {
+      if (p.arch == common::KernelArch::kSm90a) return launch_qo_sm90<Element, kDqk, kQoSm90Stages>(p, stream);
+    }
+    return launch_tile<Element, kDqk, kDv, kB, true>(p, stream);
+  }
   if (p.plan.shape.max_units() > 0) FSA_RETURN_IF_ERROR((launch_kv_outer<Element, kDqk, kDv, kB>(p, stream)));
   const bool split = p.path == SlcKernelPath::kSplit;
   if (split) FSA_RETURN_IF_ERROR((launch_tile<Element, kDqk, kDv, kB, false>(p, stream)));

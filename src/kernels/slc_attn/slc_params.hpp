@@ -69,8 +69,17 @@ struct SlcPartials {
 // Which kernels the forward runs (resolved from SlcOptions by the host; see launch_path).
 enum class SlcKernelPath : int { kKvOuter, kSplit, kQueryOuter };
 
+// The query-outer path's Hopper kernel (slc_qo_sm90_kernel.cuh) serves key blocks of 64 (its
+// wgmma M) and Dqk = Dv in {64, 128}; elsewhere, and on other GPUs, query-outer runs the mma.sync
+// tile kernel. Two K / V stages: three CTAs a SM (measured faster than three stages at two CTAs).
+constexpr bool qo_sm90_supported(int block_size, int dim_qk, int dim_v) {
+  return block_size == 64 && dim_qk == dim_v && (dim_qk == 64 || dim_qk == 128);
+}
+constexpr int kQoSm90Stages = 2;
+
 struct SlcForwardParams {
   SlcKernelPath path;
+  common::KernelArch arch;  // the kernel set (common::kernel_arch), chosen once per op call
   SlcPlan plan;
   SlcTensors in;
   SlcPartials part;
