@@ -11,7 +11,7 @@ Usage: python3 tools/gen_wgmma_operands.py
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WIDTHS = (16, 64, 128, 256)
+WIDTHS = (16, 32, 64, 128, 256)
 
 
 def main():

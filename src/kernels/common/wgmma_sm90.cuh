@@ -181,10 +181,13 @@ __device__ __forceinline__ void mma_ss(float (&d)[kN / 8][4], std::uint64_t desc
 #if FSA_HAS_WGMMA
   constexpr bool kBf16 = std::is_same_v<Element, __nv_bfloat16>;
   static_assert(kBf16 || std::is_same_v<Element, __half>, "bf16 or fp16");
-  static_assert(kN == 16 || kN == 64 || kN == 128 || kN == 256, "instantiated widths");
+  static_assert(kN == 16 || kN == 32 || kN == 64 || kN == 128 || kN == 256, "instantiated widths");
   if constexpr (kN == 16) {
     if constexpr (kBf16) FSA_WGMMA_SS(16, "bf16", 8, 9, 10, 11, 12);
     else FSA_WGMMA_SS(16, "f16", 8, 9, 10, 11, 12);
+  } else if constexpr (kN == 32) {
+    if constexpr (kBf16) FSA_WGMMA_SS(32, "bf16", 16, 17, 18, 19, 20);
+    else FSA_WGMMA_SS(32, "f16", 16, 17, 18, 19, 20);
   } else if constexpr (kN == 64) {
     if constexpr (kBf16) FSA_WGMMA_SS(64, "bf16", 32, 33, 34, 35, 36);
     else FSA_WGMMA_SS(64, "f16", 32, 33, 34, 35, 36);

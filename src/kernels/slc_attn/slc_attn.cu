@@ -60,10 +60,10 @@ Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k
 // So selections whose neighbouring tokens share blocks run mostly in the tile kernel (S64-G4 local:
 // 4.0 ms against 6.7 ms KV-outer), and random ones, whose tiles share only the 3 forced blocks, run
 // KV-outer. From G = 16 on Hopper (where the wgmma query-outer kernel serves the shape) kAuto runs
-// query-outer: a token's G heads fill its N = 16 columns, and it reads each pair's K / V (32 KB) from
-// L2 with no partials, where KV-outer's gathered rows and partials grow with G (S64-G16 random:
-// 18.2 against 26.3 ms; local selections 17.6 against the split's 16.1; G = 8 random 17.8 against
-// 13.6, so not below 16). The mma.sync query-outer kernel stays behind KV-outer at every G.
+// query-outer: a token's G heads fill its 16 columns, each pair's K / V (32 KB) comes from L2 with
+// no partials (a block shared by the CTA's four tokens once), where KV-outer's gathered rows and
+// partials grow with G (S64-G16 random 20.5 against 26.6 ms, local 13.7 against 16.2; G = 8 random
+// 17.8 against 13.6, so not below 16). The mma.sync query-outer kernel stays behind KV-outer.
 struct ResolvedPath {
   SlcKernelPath path;
   int dense_threshold;   // the plan shape's (0 = no split)

@@ -71,11 +71,14 @@ enum class SlcKernelPath : int { kKvOuter, kSplit, kQueryOuter };
 
 // The query-outer path's Hopper kernel (slc_qo_sm90_kernel.cuh) serves key blocks of 64 (its
 // wgmma M) and Dqk = Dv in {64, 128}; elsewhere, and on other GPUs, query-outer runs the mma.sync
-// tile kernel. Two K / V stages: three CTAs a SM (measured faster than three stages at two CTAs).
+// tile kernel. Two K / V stages (three measured slower: fewer CTAs a SM) and four tokens a CTA,
+// which load a block they share once (measured on an H100 at S64-G16 against one and two tokens:
+// docs/kernels/slc_attn.md, "Pipeline" 5).
 constexpr bool qo_sm90_supported(int block_size, int dim_qk, int dim_v) {
   return block_size == 64 && dim_qk == dim_v && (dim_qk == 64 || dim_qk == 128);
 }
 constexpr int kQoSm90Stages = 2;
+constexpr int kQoSm90Tokens = 4;
 
 struct SlcForwardParams {
   SlcKernelPath path;
