@@ -107,7 +107,8 @@ enum class SlcPath {
   kAuto,        // the planner's cost model picks per call (documented with its measurements)
   kKvOuter,     // FSA order for every pair: K/V block loaded once, gathered query rows, partials
   kSplit,       // dense (query tile, block) pairs in the tile kernel, the rest KV-outer
-  kQueryOuter,  // NSA order: one CTA per (token, kv head) walks the token's blocks
+  kQueryOuter,  // NSA order: a CTA per (tokens, kv head) walks the tokens' blocks (on Hopper four
+                // neighbouring tokens a CTA, each shared block loaded once; kAuto's choice from G = 16)
 };
 
 struct SlcOptions {
