@@ -20,6 +20,7 @@
 #include "kernels/common/convert.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_paged.cuh"
 
 namespace fsa::cuda::decode {
 
@@ -36,8 +37,7 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
   const long long r = blockIdx.x;  // staged compressed row
   const int total = p.cu_cmp_stage[p.num_seqs];
   if (r >= total) return;  // most steps: no window completes
-  int b = 0;
-  while (b + 1 < p.num_seqs && p.cu_cmp_stage[b + 1] <= r) ++b;
+  const int b = seq_of_row(p.cu_cmp_stage, 1, p.num_seqs, r);
   const int l = p.cmp_len, D = p.dim[tensor], heads = p.heads_kv;
   const long long first_row = p.cu_stage[b] + (r - p.cu_cmp_stage[b]) * p.cmp_stride;
   const auto* x = static_cast<const Element*>(p.x[tensor]);

@@ -106,7 +106,6 @@ struct CompressWindowsParams {
   int dim[2];             // Dqk, Dv
 };
 
-
 // ---- Gathered keys of a long prefill chunk (decode_gather.cu) -----------------------------------
 // A long chunk's compressed attention, selection and window run in the training's kernels, which
 // read keys as contiguous rows with the queries after a prefix (kernels/common/query_prefix.hpp).

@@ -29,6 +29,17 @@ __device__ __forceinline__ int upper_index(const std::int32_t* values, std::int6
   return lo;
 }
 
+// Entry k of a topk row when it counts in the row's set of blocks: in [0, last_block] (the token's
+// own block) and the first occurrence of its value in the row; -1 otherwise (negative, future,
+// out-of-range or a duplicate: docs/semantics.md section 5).
+__device__ __forceinline__ std::int32_t counted_entry(const std::int32_t* row, int k, int last_block) {
+  const std::int32_t j = row[k];
+  if (j < 0 || j > last_block) return -1;
+  for (int earlier = 0; earlier < k; ++earlier)
+    if (row[earlier] == j) return -1;
+  return j;
+}
+
 // P_b: the keys of sequence b before its queries (0 without a prefix).
 __device__ __forceinline__ long long key_prefix_of(const SlcKeyPrefix& prefix, int b) {
   return prefix.key_prefix != nullptr ? prefix.key_prefix[b * prefix.stride] : 0;

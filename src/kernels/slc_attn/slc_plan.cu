@@ -49,6 +49,7 @@
 
 #include "common/workspace_carver.hpp"
 #include "cuda/runtime.hpp"
+#include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_plan.hpp"
 #include "kernels/slc_attn/slc_plan_build.hpp"
 
@@ -383,10 +384,8 @@ __global__ void __launch_bounds__(kThreads) slc_tile_plan_kernel(const __grid_co
     // is planned in each chunk for that chunk's tokens.
     if (u < tokens && t0 + u >= 0 && t0 + u < shape.tokens) {
       const std::int32_t* row = p.in.topk + g * p.in.topk_head_stride + (t0 + u) * p.in.topk_token_stride;
-      const std::int32_t j = row[k];
-      bool first = j >= 0 && j <= jt;
-      for (int earlier = 0; first && earlier < k; ++earlier) first = row[earlier] != j;
-      if (first)
+      const std::int32_t j = slc::counted_entry(row, k, jt);
+      if (j >= 0)
         keys[i] = static_cast<std::uint32_t>(j) << kShift | static_cast<std::uint32_t>(u) << 6 |
                   static_cast<std::uint32_t>(k);
     }

@@ -29,6 +29,7 @@
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/common/wgmma_sm90.cuh"
+#include "kernels/flash/flash_softmax.cuh"
 #include "kernels/slc_attn/slc_common.cuh"
 #include "kernels/slc_attn/slc_params.hpp"
 
@@ -65,7 +66,6 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
 #if FSA_HAS_WGMMA
   using T = QoSm90Traits<kD, kStages, kTokens>;
   constexpr int kCols = T::kCols;
-  constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // The union of the tokens' valid selected blocks: first key row (of the call's k / v rows),
   // rows inside the sequence, and which tokens selected it (bit per token).
@@ -123,6 +123,8 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
     if (token < tokens && slot_seq_len[token] > 0) {
       const int own_block = static_cast<int>(t0 + token - slot_seq_start[token]) / T::kKeys;
       const std::int32_t* row = p.in.topk + kv_head * p.in.topk_head_stride + (t0 + token) * p.in.topk_token_stride;
+      // counted_entry() written out: with the call, ptxas serialises this kernel's wgmma at D = 128
+      // (C7511: docs/kernels/slc_attn.md), as it does after other small changes here.
       const std::int32_t j = row[k];
       bool keep = j >= 0 && j <= own_block;
       for (int earlier = 0; keep && earlier < k; ++earlier) keep = row[earlier] != j;
@@ -185,7 +187,7 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
     common::cp_async_commit();
   }
 
-  const float scale_log2 = p.in.scale * kLog2e;
+  const float scale_log2 = p.in.scale * common::kLog2e;
   // This lane's columns of S^T and O^T: column i is 8 * (i / 2) + 2 * pair + i % 2, of token i / 4.
   constexpr int kLaneCols = kCols / 4;
   auto col_of = [&](int i) { return 8 * (i / 2) + 2 * pair + i % 2; };
@@ -366,7 +368,7 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
     inv[i] = sum > 0.0f ? 1.0f / sum : 0.0f;
     if (warp == 0 && group == 0 && token < tokens && h < heads)
       p.lse[(head0 + h) * p.lse_head_stride + (t0 + token) * p.lse_token_stride] =
-          sum > 0.0f ? row_max[i] * kLn2 + logf(sum) : -INFINITY;
+          flash::row_lse(row_max[i], sum);
   }
 #pragma unroll
   for (int m = 0; m < kD / 64; ++m)

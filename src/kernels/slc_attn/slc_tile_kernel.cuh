@@ -119,9 +119,8 @@ __global__ void __launch_bounds__(TileShape<Element, kDqk, kDv, kB, TileWarps<kB
       const int k = threadIdx.x;
       if (k < width) {
         const std::int32_t* row = p.in.topk + kv_head * p.in.topk_head_stride + t0 * p.in.topk_token_stride;
-        j = row[k];
-        keep = j >= 0 && j <= own_block;
-        for (int earlier = 0; keep && earlier < k; ++earlier) keep = row[earlier] != j;
+        j = counted_entry(row, k, own_block);
+        keep = j >= 0;
       }
       ballot = __ballot_sync(0xffffffffu, keep);
       if (lane == 0) ballots[warp] = __popc(ballot);
