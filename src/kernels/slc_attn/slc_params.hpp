@@ -71,13 +71,15 @@ enum class SlcKernelPath : int { kKvOuter, kSplit, kQueryOuter };
 
 // The query-outer path's Hopper kernel (slc_qo_sm90_kernel.cuh) serves key blocks of 64 (its
 // wgmma M) and Dqk = Dv in {64, 128}; elsewhere, and on other GPUs, query-outer runs the mma.sync
-// tile kernel. Two K / V stages (three measured slower: fewer CTAs a SM) and four tokens a CTA,
-// which load a block they share once (measured on an H100 at S64-G16 against one and two tokens:
+// tile kernel. One K and one V buffer (the next block's K issued under this block's softmax and
+// P V, its V under the next scores: 57 KB at D = 128, three CTAs a SM, where two stages fitted two
+// and three stages one) and four tokens a CTA, which load a block they share once (measured on an
+// H100 at S64-G16 against one and two tokens and against two and three stages:
 // docs/kernels/slc_attn.md, "Pipeline" 5).
 constexpr bool qo_sm90_supported(int block_size, int dim_qk, int dim_v) {
   return block_size == 64 && dim_qk == dim_v && (dim_qk == 64 || dim_qk == 128);
 }
-constexpr int kQoSm90Stages = 2;
+constexpr int kQoSm90Stages = 1;
 constexpr int kQoSm90Tokens = 4;
 
 struct SlcForwardParams {

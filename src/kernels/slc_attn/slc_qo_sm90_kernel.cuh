@@ -170,21 +170,39 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   });
   const auto* k_global = static_cast<const Element*>(p.in.k) + kv_head * p.in.k_head_stride;
   const auto* v_global = static_cast<const Element*>(p.in.v) + kv_head * p.in.v_head_stride;
-  auto issue_block = [&](int e) {
+  // kStages = 1 (kQoSm90Stages): one K and one V buffer, K(e + 1) issued once every warp's S^T(e)
+  // is done and V(e + 1) once O^T(e) is, so that three CTAs fit a SM at four tokens.
+  auto issue_k = [&](int e) {
     const int stage = e % kStages;
     const long long key0 = entry_row[e];
     wgmma::copy_rows_swizzled_async<T::kKeys, kD, T::kThreads>(
         k_s + stage * (T::kKvBytes / 2), k_global + key0 * p.in.k_token_stride, p.in.k_token_stride, entry_rows[e]);
+  };
+  auto issue_v = [&](int e) {
+    const int stage = e % kStages;
+    const long long key0 = entry_row[e];
     wgmma::copy_rows_swizzled_async<T::kKeys, kD, T::kThreads>(
         v_s + stage * (T::kKvBytes / 2), v_global + key0 * p.in.v_token_stride, p.in.v_token_stride, entry_rows[e]);
   };
-  // Groups: {Q, block 0}, then blocks 1 .. kStages - 2, one group each (possibly empty).
-  if (count > 0) issue_block(0);
-  common::cp_async_commit();
-#pragma unroll
-  for (int e = 1; e + 1 < kStages; ++e) {
-    if (e < count) issue_block(e);
+  auto issue_block = [&](int e) {
+    issue_k(e);
+    issue_v(e);
+  };
+  if constexpr (kStages == 1) {
+    // Groups: {Q, K 0}, {V 0}; then per block {K e + 1} after its scores, {V e + 1} after O^T.
+    if (count > 0) issue_k(0);
     common::cp_async_commit();
+    if (count > 0) issue_v(0);
+    common::cp_async_commit();
+  } else {
+    // Groups: {Q, block 0}, then blocks 1 .. kStages - 2, one group each (possibly empty).
+    if (count > 0) issue_block(0);
+    common::cp_async_commit();
+#pragma unroll
+    for (int e = 1; e + 1 < kStages; ++e) {
+      if (e < count) issue_block(e);
+      common::cp_async_commit();
+    }
   }
 
   const float scale_log2 = p.in.scale * common::kLog2e;
@@ -214,6 +232,7 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   // a slice is a tile of its own with the whole tile's panel stride) and their accumulators.
   // `selected_by`: which of them selected the block (the others' columns get P = 0 and keep their
   // softmax state).
+  int e = 0;  // the block in flight (the one-stage hooks read it; not a parameter: see C7511 in slc_attn.md)
   auto block_step = [&]<int kFirst, int kCount>(int stage, long long key0, int selected_by) {
     constexpr int kN = 16 * kCount;
     constexpr std::uint32_t kSlice = kFirst * T::kHeads * wgmma::kPanelRowBytes;
@@ -255,6 +274,10 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
       }
     }
     __syncthreads();
+    if constexpr (kStages == 1) {  // every warp is done with K(e)
+      if (e + 1 < count) issue_k(e + 1);
+      common::cp_async_commit();
+    }
 #pragma unroll
     for (int token = 0; token < kCount; ++token) {
       if (!(selected_by >> (kFirst + token) & 1)) {
@@ -292,6 +315,7 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
         *reinterpret_cast<Element*>(p_s + wgmma::swizzled_offset(kCols, col_of(4 * kFirst + i), key & ~7) +
                                     (key % 8) * 2) = Convert<Element>::from_float(s[i / 2][2 * r + i % 2]);
       }
+    if constexpr (kStages == 1) common::cp_async_wait<1>();  // V(e); K(e + 1) may be in flight
     wgmma::fence_async_shared();
     __syncthreads();
 
@@ -314,17 +338,30 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
     for (int m = 0; m < kD / 64; ++m) wgmma::fence_operands<kN>(*reinterpret_cast<Slice*>(&acc[m][2 * kFirst]));
   };
 
-  for (int e = 0; e < count; ++e) {
+  for (e = 0; e < count; ++e) {
     const int stage = e % kStages;
-    common::cp_async_wait<kStages - 2>();  // block e has landed for this thread's copies
-    wgmma::fence_async_shared();
-    __syncthreads();  // ... for every thread's; every warp is done with block e - 1 (its stage, P)
-    if (e + kStages - 1 < count) issue_block(e + kStages - 1);
-    common::cp_async_commit();
+    if constexpr (kStages == 1) {
+      common::cp_async_wait<1>();  // K(e) has landed for this thread's copies (V(e) may not have)
+      wgmma::fence_async_shared();
+      __syncthreads();
+    } else {
+      common::cp_async_wait<kStages - 2>();  // block e has landed for this thread's copies
+      wgmma::fence_async_shared();
+      __syncthreads();  // ... for every thread's; every warp is done with block e - 1 (its stage, P)
+      if (e + kStages - 1 < count) issue_block(e + kStages - 1);
+      common::cp_async_commit();
+    }
     const long long key0 = entry_row[e];
     const int selected_by = entry_tokens[e];
     // A block only one token selected (most of them, with random selections) runs on that token's
     // 16 columns alone: the whole width would multiply the MMA work by kTokens.
+    auto finish = [&]() {
+      if constexpr (kStages == 1) {
+        __syncthreads();  // every warp is done with V(e)
+        if (e + 1 < count) issue_v(e + 1);
+        common::cp_async_commit();
+      }
+    };
     if constexpr (kTokens > 1) {
       if ((selected_by & (selected_by - 1)) == 0) {
         const int token = __ffs(selected_by) - 1;
@@ -334,10 +371,12 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
           if (token == 2) block_step.template operator()<2, 1>(stage, key0, selected_by);
           if (token == 3) block_step.template operator()<3, 1>(stage, key0, selected_by);
         }
+        finish();
         continue;
       }
     }
     block_step.template operator()<0, kTokens>(stage, key0, selected_by);
+    finish();
   }
   common::cp_async_wait<0>();
 
@@ -355,9 +394,10 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   }
   // O^T / sum, staged as O [columns][kD] (fp32) over the K / V stages, so that rows leave in
   // 16-byte vectors.
-  auto* o_stage = reinterpret_cast<float*>(k_s);
+  // Q, K, V and P are free: every wgmma is done (two or more stages: the K / V stages suffice).
+  auto* o_stage = reinterpret_cast<float*>(kStages == 1 ? smem : reinterpret_cast<unsigned char*>(k_s));
   constexpr int kLdO = kD + 4;
-  static_assert(sizeof(float) * kCols * kLdO <= 2 * kStages * T::kKvBytes, "O fits the K / V stages");
+  static_assert(sizeof(float) * kCols * kLdO <= T::kPOffset + T::kPBytes, "O fits the operand tiles");
   __syncthreads();
   float inv[kLaneCols];
 #pragma unroll
