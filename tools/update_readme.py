@@ -221,7 +221,8 @@ def read_rows(path: Path):
 S64 = "S64-G4 (H100)"
 S1M = "S1M-G4 (H100)"
 S64G16 = "S64-G16 (H100)"
-SELECTED_QO = "h100-selected-qo-stages.csv"
+SELECTED_QO = "h100-selected-qo-dfdf531.csv"
+LAYER_G16 = "h100-layer-s64g16-dfdf531.csv"
 CPU = "CPU reference: one sequence of 8192 tokens, Hq 8, Hkv 2, D 128"
 COMPRESSED = "h100-compressed-s64-5c80e3a.csv"
 BEFORE_AFTER = "h100-s64-before-after.csv"
@@ -238,9 +239,14 @@ HEADLINES = [
     (S64, "selected attention forward, local selections", BEFORE_AFTER,
      {"build": "14d42a5", "bench": "selected", "config": "S64-G4", "phase": "local fwd"}, "ms"),
     (S64G16, "selected attention forward, random selections (Hopper query-outer, one K / V buffer)", SELECTED_QO,
-     {"build": "dfdf531", "round": "1", "config": "S64-G16", "pattern": "random", "path": "auto"}, "fwd_ms"),
+     {"config": "S64-G16", "pattern": "random", "path": "auto"}, "fwd_ms"),
     (S64G16, "selected attention forward, local selections (Hopper query-outer, one K / V buffer)", SELECTED_QO,
-     {"build": "dfdf531", "round": "1", "config": "S64-G16", "pattern": "local", "path": "auto"}, "fwd_ms"),
+     {"config": "S64-G16", "pattern": "local", "path": "auto"}, "fwd_ms"),
+    (S64G16, "whole layer forward (`nsa_forward`; selected attention query-outer)", LAYER_G16,
+     {"config": "S64-G16", "phase": "layer fwd"}, "ms"),
+    (S64G16, "whole layer forward + backward", LAYER_G16, {"config": "S64-G16", "phase": "layer fwd+bwd"}, "ms"),
+    (S64G16, "the library's dense causal attention, forward + backward (same run as the layer)", LAYER_G16,
+     {"config": "S64-G16", "phase": "dense fwd+bwd"}, "ms"),
     (S64, "whole layer forward (`nsa_forward`)", BEFORE_AFTER,
      {"build": "c4685e5", "bench": "layer", "config": "S64-G4", "phase": "layer fwd"}, "ms"),
     (S64, "whole layer forward + backward", BEFORE_AFTER,

@@ -17,9 +17,11 @@
 // The softmax runs down the columns: warp w holds keys 16w..16w+15 of every column, so a column's
 // block maximum is a shuffle reduction plus one exchange through shared memory per block; each lane
 // keeps partial row sums of its own keys, added across the warpgroup once at the end. K / V blocks
-// are copied with cp.async into kStages stages (all 128 threads), the next one issued while this
-// one computes. Three barriers a block: copies landed (and the previous block done), block
-// maxima, P.
+// are copied with cp.async by all 128 threads: with kStages = 1 (kQoSm90Stages) into one K and one
+// V buffer, the next block's K issued once every warp's S^T is done and its V once O^T is, so that
+// three CTAs fit a SM (four barriers a block: K landed, block maxima, P and V landed, V free);
+// with more stages the next blocks' K and V are issued at the top of the iteration (three
+// barriers: copies landed and the previous block done, block maxima, P).
 #pragma once
 
 #include <climits>
