@@ -58,6 +58,9 @@ struct CacheCase {
   // Tokens kept after each step (the caller's next cache_seqlens - P: speculative decoding drops
   // the rejected tail); empty: all of them.
   std::vector<std::vector<std::int64_t>> kept;
+  // The four page pools allocated [pages, Hkv, rows, D] on the device and passed as [pages, rows,
+  // Hkv, D] views through their strides (a kv head's rows of a page contiguous).
+  bool head_major = false;
 };
 
 std::string describe(const CacheCase& c) {
@@ -266,18 +269,34 @@ void upload(const DeviceTensor& dst, const HostTensor& src, cudaStream_t stream 
             cudaSuccess);
 }
 
-// The GPU's cache: device copies of the pools (in the case's dtype) and of the tables; the lengths
-// are kept on the host too (the caller advances them).
+// A page pool with its dims 1 and 2 swapped ([pages, rows, Hkv, D] <-> [pages, Hkv, rows, D]).
+HostTensor swap_rows_and_heads(const HostTensor& t) {
+  const std::int64_t pages = t.sizes()[0], a = t.sizes()[1], b = t.sizes()[2], d = t.sizes()[3];
+  HostTensor out(t.dtype(), {pages, b, a, d});
+  for (std::int64_t p = 0; p < pages; ++p)
+    for (std::int64_t i = 0; i < a; ++i)
+      for (std::int64_t j = 0; j < b; ++j)
+        for (std::int64_t e = 0; e < d; ++e) out.set(((p * b + j) * a + i) * d + e, t.get(((p * a + i) * b + j) * d + e));
+  return out;
+}
+
+// The GPU's cache: device copies of the pools (in the case's dtype; head_major: see CacheCase) and
+// of the tables; the lengths are kept on the host too (the caller advances them).
 struct DeviceCache {
   std::unique_ptr<DeviceTensor> k_pages, v_pages, k_cmp_pages, v_cmp_pages, k_tail;
   std::unique_ptr<DeviceTensor> block_table, cmp_block_table, cache_seqlens, slots;
   HostTensor host_seqlens;
+  bool head_major = false;
 
-  DeviceCache(const CacheState& s, DType dtype) : host_seqlens(s.cache_seqlens) {
-    k_pages = std::make_unique<DeviceTensor>(converted(s.k_pages, dtype));
-    v_pages = std::make_unique<DeviceTensor>(converted(s.v_pages, dtype));
-    k_cmp_pages = std::make_unique<DeviceTensor>(converted(s.k_cmp_pages, dtype));
-    v_cmp_pages = std::make_unique<DeviceTensor>(converted(s.v_cmp_pages, dtype));
+  DeviceCache(const CacheState& s, DType dtype, bool head_major_pools = false)
+      : host_seqlens(s.cache_seqlens), head_major(head_major_pools) {
+    auto pool = [&](const HostTensor& t) {
+      return std::make_unique<DeviceTensor>(converted(head_major ? swap_rows_and_heads(t) : t, dtype));
+    };
+    k_pages = pool(s.k_pages);
+    v_pages = pool(s.v_pages);
+    k_cmp_pages = pool(s.k_cmp_pages);
+    v_cmp_pages = pool(s.v_cmp_pages);
     k_tail = std::make_unique<DeviceTensor>(converted(s.k_tail, dtype));
     block_table = std::make_unique<DeviceTensor>(s.block_table);
     cmp_block_table = std::make_unique<DeviceTensor>(s.cmp_block_table);
@@ -285,7 +304,13 @@ struct DeviceCache {
     slots = std::make_unique<DeviceTensor>(s.slots);
   }
   NsaCache cache() const {
-    return {k_pages->view(), v_pages->view(), k_cmp_pages->view(), v_cmp_pages->view(), k_tail->view()};
+    auto pool = [&](const DeviceTensor& t) {
+      const TensorView v = t.view();
+      if (!head_major) return v;
+      const std::int64_t pages = v.size(0), hkv = v.size(1), rows = v.size(2), d = v.size(3);
+      return TensorView::strided(v.data, v.dtype, {pages, rows, hkv, d}, {hkv * rows * d, d, rows * d, 1}, v.device);
+    };
+    return {pool(*k_pages), pool(*v_pages), pool(*k_cmp_pages), pool(*v_cmp_pages), k_tail->view()};
   }
   NsaCacheBatch batch() const {
     return {block_table->view(), cmp_block_table->view(), cache_seqlens->view(), slots->view()};
@@ -293,10 +318,14 @@ struct DeviceCache {
   // The pools in fp32, the tables and the lengths (host copy).
   CacheState download() const {
     CacheState s;
-    s.k_pages = converted(k_pages->download(), DType::kFloat32);
-    s.v_pages = converted(v_pages->download(), DType::kFloat32);
-    s.k_cmp_pages = converted(k_cmp_pages->download(), DType::kFloat32);
-    s.v_cmp_pages = converted(v_cmp_pages->download(), DType::kFloat32);
+    auto pool = [&](const DeviceTensor& t) {
+      HostTensor host = converted(t.download(), DType::kFloat32);
+      return head_major ? swap_rows_and_heads(host) : host;
+    };
+    s.k_pages = pool(*k_pages);
+    s.v_pages = pool(*v_pages);
+    s.k_cmp_pages = pool(*k_cmp_pages);
+    s.v_cmp_pages = pool(*v_cmp_pages);
     s.k_tail = converted(k_tail->download(), DType::kFloat32);
     s.block_table = block_table->download();
     s.cmp_block_table = cmp_block_table->download();
@@ -560,7 +589,7 @@ void check_case(const CacheCase& c, std::uint64_t salt) {
     run_cpu(c, params32, prefix.to(DType::kFloat32), cpu);
   }
   round_pools(cpu, c.dtype);
-  DeviceCache gpu(cpu, c.dtype);
+  DeviceCache gpu(cpu, c.dtype, c.head_major);
   for (std::size_t step = 0; step < c.steps.size(); ++step) {
     const std::string where = what + " step " + std::to_string(step);
     std::vector<std::int64_t> cached_before(c.cached.size());
@@ -824,6 +853,27 @@ TEST_F(Gpu, InferenceLongChunkLengthsPastCapacityStayInBounds) {
         row0 += lengths[static_cast<std::size_t>(b)];
       }
       EXPECT_LE(worst, 1e-2) << names[i] << ": a valid sequence's row " << worst_at << " moved";
+    }
+  }
+  ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");
+}
+
+// Head-major pools (each page [Hkv, rows, D], passed through strided views): decode steps of 1-8
+// tokens and chunked prefill on both of its routes give the reference's outputs, selections and
+// cache writes, as with token-major pools (the kernels address a pool row through its view's
+// page, row and head strides).
+TEST_F(Gpu, InferenceHeadMajorPools) {
+  CacheCase c = decode_case(8, 2, 128, 128);
+  c.head_major = true;
+  c.cached = {0, 31, 100, 1000};
+  c.steps = {{300, 1, 64, 70}, {1, 8, 3, 5}, {2, 2, 7, 1}};
+  std::uint64_t salt = 90;
+  for (const char* min_tokens : {"1", "1000000000"}) {
+    SCOPED_TRACE(std::string("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS=") + min_tokens);
+    ::setenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", min_tokens, 1);
+    for (const int hq : {8, 32}) {  // G = 4, 16
+      c.hq = hq;
+      check_case(c, ++salt);
     }
   }
   ::unsetenv("FSA_PREFILL_LONG_CHUNK_MIN_TOKENS");

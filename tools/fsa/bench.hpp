@@ -22,6 +22,7 @@ struct BenchOptions {
   // `fsa bench decode` only.
   bool all = false;             // --all: the whole grid (decode_grid) and the prefill comparison
   double hbm_bandwidth = 0;     // --hbm-bandwidth, bytes/s (0 = by the device's name, hbm_bandwidth_of)
+  bool head_major_pools = false;  // --cache-layout head-major: each pool allocated [pages, Hkv, page, D]
 };
 
 // The --config names `fsa bench <command>` accepts (command: selected, compressed or layer).
@@ -39,7 +40,7 @@ int run_bench_layer(const BenchOptions& options);
 // `fsa bench decode`: one nsa_decode step over a paged cache of random values, eager and replayed
 // from a CUDA graph, against its byte model's HBM floor and dense attention over the same cache,
 // plus chunked nsa_prefill against one nsa_forward (uses configs (decode names), all, iters,
-// csv_path, hbm_bandwidth, command_line).
+// csv_path, hbm_bandwidth, head_major_pools, command_line).
 int run_bench_decode(const BenchOptions& options);
 #endif
 

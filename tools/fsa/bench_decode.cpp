@@ -158,16 +158,20 @@ NsaCacheShape cache_shape(const NsaConfig& config, int seqs, std::int64_t tokens
 }
 
 // The pools of `shape` filled with random values, tables of shuffled pages wide enough for
-// `tokens` tokens per sequence, slots shuffled; cache_seqlens is left to the caller.
+// `tokens` tokens per sequence, slots shuffled; cache_seqlens is left to the caller. head_major:
+// the four page pools allocated [pages, Hkv, page_size, D] (cache_of passes them with those strides).
 Status make_cache(Buffers& b, const NsaConfig& config, const NsaCacheShape& shape, std::int64_t tokens,
-                  FastRandom& rng, std::mt19937_64& shuffle) {
+                  bool head_major, FastRandom& rng, std::mt19937_64& shuffle) {
   const std::int64_t hkv = shape.heads_kv, d = shape.head_dim_qk, seqs = shape.num_slots;
   const std::int64_t width = nsa_cache_pages(shape, tokens), cmp_width = nsa_cache_cmp_pages(config, shape, tokens);
   const DType bf16 = DType::kBFloat16;
-  b.make("k_pages", bf16, {shape.num_pages, shape.page_size, hkv, d});
-  b.make("v_pages", bf16, {shape.num_pages, shape.page_size, hkv, d});
-  b.make("k_cmp_pages", bf16, {shape.num_cmp_pages, shape.cmp_page_size, hkv, d});
-  b.make("v_cmp_pages", bf16, {shape.num_cmp_pages, shape.cmp_page_size, hkv, d});
+  auto pool = [&](std::int64_t pages, std::int64_t rows) {
+    return head_major ? std::vector<std::int64_t>{pages, hkv, rows, d} : std::vector<std::int64_t>{pages, rows, hkv, d};
+  };
+  b.make("k_pages", bf16, pool(shape.num_pages, shape.page_size));
+  b.make("v_pages", bf16, pool(shape.num_pages, shape.page_size));
+  b.make("k_cmp_pages", bf16, pool(shape.num_cmp_pages, shape.cmp_page_size));
+  b.make("v_cmp_pages", bf16, pool(shape.num_cmp_pages, shape.cmp_page_size));
   b.make("k_tail", bf16, {seqs, nsa_cache_tail_rows(config), hkv, d});
   b.make("block_table", DType::kInt32, {seqs, width});
   b.make("cmp_block_table", DType::kInt32, {seqs, cmp_width});
@@ -180,8 +184,16 @@ Status make_cache(Buffers& b, const NsaConfig& config, const NsaCacheShape& shap
   return b["slots"].upload(shuffled_table(seqs, 1, shuffle));
 }
 
-NsaCache cache_of(Buffers& b) {
-  return {b.view("k_pages"), b.view("v_pages"), b.view("k_cmp_pages"), b.view("v_cmp_pages"), b.view("k_tail")};
+// The cache's views: [pages, page_size, Hkv, D] whatever the allocation (head-major pools are
+// viewed through their strides).
+NsaCache cache_of(Buffers& b, bool head_major) {
+  auto pool = [&](const char* name) {
+    const TensorView t = b.view(name);
+    if (!head_major) return t;
+    const std::int64_t pages = t.size(0), hkv = t.size(1), rows = t.size(2), d = t.size(3);
+    return TensorView::strided(t.data, t.dtype, {pages, rows, hkv, d}, {hkv * rows * d, d, rows * d, 1}, t.device);
+  };
+  return {pool("k_pages"), pool("v_pages"), pool("k_cmp_pages"), pool("v_cmp_pages"), b.view("k_tail")};
 }
 
 // Samples of kStepsPerSample steps enqueued back to back on `stream` between two CUDA events (the
@@ -274,7 +286,7 @@ DecodeSelect select_route() {
 
 // The decode rows of one configuration: "skipped" (a '#' line, returns true) when its buffers do
 // not fit the GPU's free memory; false on a failure (printed).
-bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int iterations, double bandwidth,
+bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int iterations, double bandwidth, bool head_major,
                        BenchOutput* out) {
   const std::string name = decode_config_name(c);
   const int hq = DecodeConfig::kHeadsKv * c.group;
@@ -314,7 +326,7 @@ bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int itera
   FastRandom rng(29);
   std::mt19937_64 shuffle(31);
   Status s = make_inputs(b, std::vector<std::int64_t>(static_cast<std::size_t>(c.batch), c.q_len), hq, config, rng);
-  if (s.is_ok()) s = make_cache(b, config, shape, end, rng, shuffle);
+  if (s.is_ok()) s = make_cache(b, config, shape, end, head_major, rng, shuffle);
   b.make("cache_seqlens", DType::kInt32, {c.batch});
   b.make("topk", DType::kInt32, {DecodeConfig::kHeadsKv, step_shape.tokens, config.topk});
   b.make("workspace", DType::kUInt8, {static_cast<std::int64_t>(workspace_bytes)});
@@ -327,7 +339,7 @@ bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int itera
     return false;
   }
   const NsaLayerInputs in = inputs_of(b);
-  const NsaCache cache = cache_of(b);
+  const NsaCache cache = cache_of(b, head_major);
   const NsaCacheBatch batch{b.view("block_table"), b.view("cmp_block_table"), b.view("cache_seqlens"),
                             b.view("slots")};
   const TensorView o = b.view("o");
@@ -378,7 +390,7 @@ bool run_decode_config(const DecodeConfig& c, const NsaConfig& config, int itera
 // S64-G4 through nsa_prefill in 4 chunks (ends off every grid of s, l and B; the cache of one
 // sequence emptied by passing cache_seqlens 0 to the first chunk) against one nsa_forward (no
 // saved buffer), each timed as time_gpu does (one sample = the whole sequence).
-bool run_prefill_comparison(const NsaConfig& config, int iterations, BenchOutput* out) {
+bool run_prefill_comparison(const NsaConfig& config, int iterations, bool head_major, BenchOutput* out) {
   const int group = 4, hq = DecodeConfig::kHeadsKv * group;
   std::int64_t n = 0;
   for (const std::int64_t len : kPrefillChunks) n += len;
@@ -387,7 +399,7 @@ bool run_prefill_comparison(const NsaConfig& config, int iterations, BenchOutput
   std::mt19937_64 shuffle(41);
   const NsaCacheShape shape = cache_shape(config, 1, n);
   Status s = make_inputs(b, {n}, hq, config, rng);
-  if (s.is_ok()) s = make_cache(b, config, shape, n, rng, shuffle);
+  if (s.is_ok()) s = make_cache(b, config, shape, n, head_major, rng, shuffle);
   std::vector<std::int64_t> starts;
   for (std::size_t i = 0; i < std::size(kPrefillChunks); ++i) {
     starts.push_back(i == 0 ? 0 : starts.back() + kPrefillChunks[i - 1]);
@@ -405,7 +417,7 @@ bool run_prefill_comparison(const NsaConfig& config, int iterations, BenchOutput
     return false;
   }
   const NsaLayerInputs whole = inputs_of(b);
-  const NsaCache cache = cache_of(b);
+  const NsaCache cache = cache_of(b, head_major);
   std::vector<NsaLayerInputs> chunk_inputs;
   std::vector<NsaCacheBatch> chunk_batches;
   std::vector<TensorView> chunk_o;
@@ -475,6 +487,10 @@ int run_bench_decode(const BenchOptions& options) {
       "bf16, D=128, Hkv=4, Hq=4G, l=32, s=16, B=64, K=16, w=512, linear compression with PE on k, RoPE, per-head "
       "gates; raw pages of 256 tokens, compressed pages of 16, page tables shuffled, pools of random values (a "
       "random block of 4194301 elements repeated), cache_seqlens = context, every sequence brings q_len new tokens",
+      std::string("pools ") + (options.head_major_pools
+                                   ? "head-major (--cache-layout head-major: allocated [pages, Hkv, page_size, D], "
+                                     "passed as [pages, page_size, Hkv, D] views with those strides)"
+                                   : "token-major ([pages, page_size, Hkv, D], contiguous)"),
       "per step: median (min, max) of " + std::to_string(options.iterations) + " samples after " +
           std::to_string(kWarmupSamples) + " warm-up samples, each " + std::to_string(kStepsPerSample) +
           " steps enqueued back to back on one stream between two CUDA events, divided by " +
@@ -504,7 +520,7 @@ int run_bench_decode(const BenchOptions& options) {
   int failures = 0;
   for (const std::string& name : names) {
     if (name == kDecodePrefillConfig) {
-      failures += run_prefill_comparison(config, options.iterations, &out) ? 0 : 1;
+      failures += run_prefill_comparison(config, options.iterations, options.head_major_pools, &out) ? 0 : 1;
       continue;
     }
     DecodeConfig c;
@@ -513,7 +529,7 @@ int run_bench_decode(const BenchOptions& options) {
       ++failures;
       continue;
     }
-    failures += run_decode_config(c, config, options.iterations, bandwidth, &out) ? 0 : 1;
+    failures += run_decode_config(c, config, options.iterations, bandwidth, options.head_major_pools, &out) ? 0 : 1;
   }
   return failures == 0 ? 0 : 1;
 }

@@ -113,9 +113,12 @@ constexpr const char* kBenchDecodeText = R"(  bench decode
             and the prefill comparison (about 5 minutes); a configuration whose cache does not fit
             the GPU's free memory is skipped with a '#' line saying so (128 x 512K: 136 GiB);
             --hbm-bandwidth B/S, the floor's bandwidth in bytes/s (default by the device's name:
-            H100 SXM 3.35e12, H100 PCIe 2.0e12, H200 4.8e12, else 3.35e12); --iters N (samples of
-            10 steps; default 10); --csv PATH (the caption names the device, the commit (FSA_COMMIT,
-            else git), the date and the protocol)
+            H100 SXM 3.35e12, H100 PCIe 2.0e12, H200 4.8e12, else 3.35e12); --cache-layout
+            token-major|head-major, how the four pools lie in memory (default token-major: [pages,
+            page_size, Hkv, D] as allocated; head-major: allocated [pages, Hkv, page_size, D], so a
+            kv head's rows of a page are contiguous, and passed as views with those strides);
+            --iters N (samples of 10 steps; default 10); --csv PATH (the caption names the device,
+            the commit (FSA_COMMIT, else git), the date and the protocol)
 )";
 
 constexpr const char* kBenchShared = R"(  bench options shared by selected, compressed and layer:
@@ -464,6 +467,7 @@ int run_bench_command(int argc, char** argv) {
   if (what == "decode") {
     table.push_back({"--all", false});
     table.push_back({"--hbm-bandwidth", true});
+    table.push_back({"--cache-layout", true});
   } else {
     table.push_back({"--workspace-cap", true});
   }
@@ -494,6 +498,10 @@ int run_bench_command(int argc, char** argv) {
       options.all = true;
     } else if (o.name == "--hbm-bandwidth") {
       error = parse_bandwidth(o, &options.hbm_bandwidth);
+    } else if (o.name == "--cache-layout") {
+      if (v != "token-major" && v != "head-major")
+        error = "--cache-layout: expected token-major or head-major, got '" + v + "'";
+      options.head_major_pools = v == "head-major";
     } else if (o.name == "--config") {
       if (std::find(names.begin(), names.end(), v) == names.end()) {
         std::string list;
