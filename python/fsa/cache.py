@@ -65,12 +65,19 @@ class NsaCache:
     a multiple of config.block_size). num_cmp_pages: compressed pages of `cmp_page_size`
     compressed tokens (default page_size / s, and enough pages that the compressed pool never runs
     out before the raw one). dtype (default torch's) and device: the layer's activations'.
+    layout: how the four page pools lie in memory: "token-major" (default; each page [rows, Hkv, D])
+    or "head-major" (each page [Hkv, rows, D], a kv head's rows contiguous); the pools are
+    [pages, rows, Hkv, D] views either way (head-major ones through their strides).
     """
 
     def __init__(self, config: NsaConfig, num_kv_heads: int, head_dim: int, head_dim_v: Optional[int] = None, *,
                  max_seqs: int, num_pages: int, page_size: Optional[int] = None, num_cmp_pages: Optional[int] = None,
-                 cmp_page_size: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None):
+                 cmp_page_size: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None,
+                 layout: str = "token-major"):
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        if layout not in ("token-major", "head-major"):
+            raise ValueError(f"layout: expected 'token-major' or 'head-major', got {layout!r}")
+        self.layout = layout
         for value, name in ((num_kv_heads, "num_kv_heads"), (head_dim, "head_dim"), (head_dim_v, "head_dim_v"),
                             (max_seqs, "max_seqs"), (num_pages, "num_pages")):
             _positive_int(value, name)
@@ -98,8 +105,12 @@ class NsaCache:
                   "v_cmp_pages": (num_cmp_pages, cmp_page_size, num_kv_heads, head_dim_v),
                   "k_tail": (max_seqs, self.tail_rows, num_kv_heads, head_dim)}
         for pool, shape in shapes.items():
+            # Head-major page pools: allocated [pages, Hkv, rows, D], kept as their [pages, rows, Hkv, D] view.
+            head_major = layout == "head-major" and pool != "k_tail"
+            allocated = (shape[0], shape[2], shape[1], shape[3]) if head_major else shape
             try:
-                setattr(self, pool, torch.zeros(shape, **factory))
+                tensor = torch.zeros(allocated, **factory)
+                setattr(self, pool, tensor.transpose(1, 2) if head_major else tensor)
             except RuntimeError as e:
                 # Only a failed allocation: torch.OutOfMemoryError on the GPU, the CPU allocator's own words.
                 if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
@@ -265,7 +276,7 @@ class NsaCache:
     def extra_repr(self) -> str:
         return (f"pages={self.k_pages.shape[0]}x{self.page_size}, cmp_pages={self.k_cmp_pages.shape[0]}x"
                 f"{self.cmp_page_size}, max_seqs={self.max_seqs}, tail_rows={self.tail_rows}, "
-                f"dtype={self.dtype}, device={self.device}")
+                f"layout={self.layout}, dtype={self.dtype}, device={self.device}")
 
     def __repr__(self) -> str:
         return f"NsaCache({self.extra_repr()}, sequences={len(self._sequences)})"

@@ -60,13 +60,17 @@ def random_schedule(lengths, rng, prefill_fraction=0.6):
     return schedule
 
 
+@pytest.mark.parametrize("layout", ["token-major", "head-major"])
 @pytest.mark.parametrize("compression", ["linear", "mean"])
 @pytest.mark.parametrize("shared_gates", [False, True])
-def test_chunked_prefill_then_decode_equals_one_shot(compression, shared_gates):
+def test_chunked_prefill_then_decode_equals_one_shot(compression, shared_gates, layout):
     config = fsa.NsaConfig(**{**SMALL.__dict__, "compression": compression})
     lengths = (130, 37, 5, 0, 70)
     p = make_problem(lengths=lengths, config=config, shared_gates=shared_gates)
-    cache = make_cache(config)
+    cache = make_cache(config, layout=layout)
+    if layout == "head-major":  # each page [Hkv, rows, D] in memory, viewed [rows, Hkv, D]
+        pages, rows, heads, dim = cache.k_pages.shape
+        assert cache.k_pages.stride() == (heads * rows * dim, dim, rows * dim, 1)
     seq_ids = [cache.add_sequence() for _ in lengths]
     rng = random.Random(torch.initial_seed())
     out = run_schedule(p, cache, seq_ids, random_schedule(lengths, rng))
@@ -222,6 +226,8 @@ def test_errors_name_the_argument():
         make_cache(page_size=48)
     with pytest.raises(ValueError, match=r"^num_pages: expected a positive int"):
         make_cache(num_pages=0)
+    with pytest.raises(ValueError, match=r"^layout: expected 'token-major' or 'head-major', got 'hnd'"):
+        make_cache(layout="hnd")
     # pools larger than memory: the argument that sized them, not torch's allocator message
     with pytest.raises(MemoryError, match=r"^num_pages: the cache's k_pages \[1099511627776, "):
         make_cache(num_pages=2**40)
