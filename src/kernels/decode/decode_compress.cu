@@ -91,6 +91,12 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
   }
 }
 
+// The dynamic shared memory: the window's inputs (l x the larger head dim) and the slices' sums.
+std::size_t window_smem_bytes(const CompressWindowsParams& p) {
+  const std::size_t dim = static_cast<std::size_t>(p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1]);
+  return (static_cast<std::size_t>(p.cmp_len) * dim + kThreads * kColumns) * sizeof(float);
+}
+
 }  // namespace
 
 bool compress_windows_supported(const CompressWindowsParams& p) {
@@ -104,16 +110,14 @@ bool compress_windows_supported(const CompressWindowsParams& p) {
   }
   // The window's inputs and the slices' sums in shared memory: within what every supported GPU
   // gives a CTA (l 32, D 256: 40 KB).
-  const long long dim = p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1];
-  return p.cmp_rows <= 0x7fffffffLL && (p.cmp_len * dim + kThreads * kColumns) * 4 <= 96 * 1024;
+  return p.cmp_rows <= 0x7fffffffLL && window_smem_bytes(p) <= 96 * 1024;
 }
 
 Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream) {
   if (p.num_seqs == 0 || p.cmp_rows == 0 || p.heads_kv == 0) return Status::ok();
   if (!compress_windows_supported(p))
     return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_windows_supported)");
-  const int dim = p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1];
-  const std::size_t smem = (static_cast<std::size_t>(p.cmp_len) * dim + kThreads * kColumns) * sizeof(float);
+  const std::size_t smem = window_smem_bytes(p);
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
     auto* kernel = compress_windows_kernel<Element>;
     FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

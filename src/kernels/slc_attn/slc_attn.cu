@@ -62,8 +62,8 @@ Status check_gpu_limits(const char* op, const TensorView& q, const TensorView& k
 // KV-outer. From G = 16 on Hopper (where the wgmma query-outer kernel serves the shape) kAuto runs
 // query-outer: a token's G heads fill its 16 columns, each pair's K / V (32 KB) comes from L2 with
 // no partials (a block shared by the CTA's four tokens once), where KV-outer's gathered rows and
-// partials grow with G (S64-G16 random 20.5 against 26.6 ms, local 13.7 against 16.2; G = 8 random
-// 17.8 against 13.6, so not below 16). The mma.sync query-outer kernel stays behind KV-outer.
+// partials grow with G (S64-G16 random 19.96 against 26.6 ms, local 11.38 against 16.2; G = 8 random
+// 19.57 against 13.45, so not below 16). The mma.sync query-outer kernel stays behind KV-outer.
 struct ResolvedPath {
   SlcKernelPath path;
   int dense_threshold;   // the plan shape's (0 = no split)

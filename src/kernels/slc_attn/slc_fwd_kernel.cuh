@@ -327,7 +327,7 @@ Status launch_path(const SlcForwardParams& p, cudaStream_t stream) {
   if (p.path == SlcKernelPath::kQueryOuter) {
     if constexpr (qo_sm90_supported(kB, kDqk, kDv)) {
       if (p.arch == common::KernelArch::kSm90a)
-        return launch_qo_sm90<Element, kDqk, kQoSm90Stages, kQoSm90Tokens>(p, stream);
+        return launch_qo_sm90<Element, kDqk, kQoSm90Tokens>(p, stream);
     }
     return launch_tile<Element, kDqk, kDv, kB, true>(p, stream);
   }

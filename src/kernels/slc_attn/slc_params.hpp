@@ -79,7 +79,6 @@ enum class SlcKernelPath : int { kKvOuter, kSplit, kQueryOuter };
 constexpr bool qo_sm90_supported(int block_size, int dim_qk, int dim_v) {
   return block_size == 64 && dim_qk == dim_v && (dim_qk == 64 || dim_qk == 128);
 }
-constexpr int kQoSm90Stages = 1;
 constexpr int kQoSm90Tokens = 4;
 
 struct SlcForwardParams {

@@ -17,11 +17,10 @@
 // The softmax runs down the columns: warp w holds keys 16w..16w+15 of every column, so a column's
 // block maximum is a shuffle reduction plus one exchange through shared memory per block; each lane
 // keeps partial row sums of its own keys, added across the warpgroup once at the end. K / V blocks
-// are copied with cp.async by all 128 threads: with kStages = 1 (kQoSm90Stages) into one K and one
-// V buffer, the next block's K issued once every warp's S^T is done and its V once O^T is, so that
-// three CTAs fit a SM (four barriers a block: K landed, block maxima, P and V landed, V free);
-// with more stages the next blocks' K and V are issued at the top of the iteration (three
-// barriers: copies landed and the previous block done, block maxima, P).
+// are copied with cp.async by all 128 threads into one K and one V buffer, the next block's K
+// issued once every warp's S^T is done and its V once O^T is, so that three CTAs fit a SM (four
+// barriers a block: K landed, block maxima, P and V landed, V free). Two K / V stages, which fitted
+// two CTAs a SM, measured slower (docs/kernels/slc_attn.md, "Pipeline" 5).
 #pragma once
 
 #include <climits>
@@ -37,10 +36,9 @@
 
 namespace fsa::cuda::slc {
 
-template <int kD_, int kStages_, int kTokens_>
+template <int kD_, int kTokens_>
 struct QoSm90Traits {
   static constexpr int kD = kD_;
-  static constexpr int kStages = kStages_;
   static constexpr int kTokens = kTokens_;
   static constexpr int kKeys = 64;                   // one key block: the wgmma's M
   static constexpr int kHeads = 16;                  // query heads of one token in a CTA
@@ -53,8 +51,8 @@ struct QoSm90Traits {
   static constexpr std::size_t kKvBytes = std::size_t{2} * kKeys * kD;  // K or V of one block
   static constexpr std::size_t kPBytes = std::size_t{2} * kCols * kKeys;
   static constexpr std::size_t kKOffset = kQBytes;  // multiples of 1024: every tile starts a swizzle period
-  static constexpr std::size_t kVOffset = kKOffset + kStages * kKvBytes;
-  static constexpr std::size_t kPOffset = kVOffset + kStages * kKvBytes;
+  static constexpr std::size_t kVOffset = kKOffset + kKvBytes;  // one K and one V buffer
+  static constexpr std::size_t kPOffset = kVOffset + kKvBytes;
   static constexpr std::size_t kSmemBytes = kPOffset + kPBytes + 1024;  // + the alignment done by hand
   static constexpr std::uint32_t kGroupBytes = 8 * wgmma::kPanelRowBytes;    // 8-row groups (SBO)
   static constexpr std::uint32_t kPanelBytes = kKeys * wgmma::kPanelRowBytes;  // one 64-column panel of K / V
@@ -62,11 +60,11 @@ struct QoSm90Traits {
   static constexpr int kMinBlocks = kSmemBytes <= 75 * 1024 ? 3 : 2;
 };
 
-template <class Element, int kD, int kStages, int kTokens>
-__global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinBlocks)
+template <class Element, int kD, int kTokens>
+__global__ void __launch_bounds__(128, QoSm90Traits<kD, kTokens>::kMinBlocks)
     slc_qo_sm90_kernel(const __grid_constant__ SlcForwardParams p) {
 #if FSA_HAS_WGMMA
-  using T = QoSm90Traits<kD, kStages, kTokens>;
+  using T = QoSm90Traits<kD, kTokens>;
   constexpr int kCols = T::kCols;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // The union of the tokens' valid selected blocks: first key row (of the call's k / v rows),
@@ -172,40 +170,21 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   });
   const auto* k_global = static_cast<const Element*>(p.in.k) + kv_head * p.in.k_head_stride;
   const auto* v_global = static_cast<const Element*>(p.in.v) + kv_head * p.in.v_head_stride;
-  // kStages = 1 (kQoSm90Stages): one K and one V buffer, K(e + 1) issued once every warp's S^T(e)
-  // is done and V(e + 1) once O^T(e) is, so that three CTAs fit a SM at four tokens.
+  // One K and one V buffer: K(e + 1) issued once every warp's S^T(e) is done and V(e + 1) once
+  // O^T(e) is, so that three CTAs fit a SM at four tokens.
   auto issue_k = [&](int e) {
-    const int stage = e % kStages;
-    const long long key0 = entry_row[e];
     wgmma::copy_rows_swizzled_async<T::kKeys, kD, T::kThreads>(
-        k_s + stage * (T::kKvBytes / 2), k_global + key0 * p.in.k_token_stride, p.in.k_token_stride, entry_rows[e]);
+        k_s, k_global + entry_row[e] * p.in.k_token_stride, p.in.k_token_stride, entry_rows[e]);
   };
   auto issue_v = [&](int e) {
-    const int stage = e % kStages;
-    const long long key0 = entry_row[e];
     wgmma::copy_rows_swizzled_async<T::kKeys, kD, T::kThreads>(
-        v_s + stage * (T::kKvBytes / 2), v_global + key0 * p.in.v_token_stride, p.in.v_token_stride, entry_rows[e]);
+        v_s, v_global + entry_row[e] * p.in.v_token_stride, p.in.v_token_stride, entry_rows[e]);
   };
-  auto issue_block = [&](int e) {
-    issue_k(e);
-    issue_v(e);
-  };
-  if constexpr (kStages == 1) {
-    // Groups: {Q, K 0}, {V 0}; then per block {K e + 1} after its scores, {V e + 1} after O^T.
-    if (count > 0) issue_k(0);
-    common::cp_async_commit();
-    if (count > 0) issue_v(0);
-    common::cp_async_commit();
-  } else {
-    // Groups: {Q, block 0}, then blocks 1 .. kStages - 2, one group each (possibly empty).
-    if (count > 0) issue_block(0);
-    common::cp_async_commit();
-#pragma unroll
-    for (int e = 1; e + 1 < kStages; ++e) {
-      if (e < count) issue_block(e);
-      common::cp_async_commit();
-    }
-  }
+  // Groups: {Q, K 0}, {V 0}; then per block {K e + 1} after its scores, {V e + 1} after O^T.
+  if (count > 0) issue_k(0);
+  common::cp_async_commit();
+  if (count > 0) issue_v(0);
+  common::cp_async_commit();
 
   const float scale_log2 = p.in.scale * common::kLog2e;
   // This lane's columns of S^T and O^T: column i is 8 * (i / 2) + 2 * pair + i % 2, of token i / 4.
@@ -222,8 +201,8 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   for (int m = 0; m < kD / 64; ++m) common::zero_acc<kCols>(acc[m]);
 
   const std::uint64_t q_desc = wgmma::descriptor(q_s, 0, T::kGroupBytes);
-  const std::uint64_t k_desc0 = wgmma::descriptor(k_s, 0, T::kGroupBytes);
-  const std::uint64_t v_desc0 = wgmma::descriptor(v_s, T::kPanelBytes, T::kGroupBytes);
+  const std::uint64_t k_desc = wgmma::descriptor(k_s, 0, T::kGroupBytes);
+  const std::uint64_t v_desc = wgmma::descriptor(v_s, T::kPanelBytes, T::kGroupBytes);
   const std::uint64_t p_desc = wgmma::descriptor(p_s, 0, T::kGroupBytes);
   auto qk_step_bytes = [](int rows, int kk) {
     return static_cast<std::uint32_t>((kk / 4) * rows * wgmma::kPanelRowBytes + (kk % 4) * 32);
@@ -234,13 +213,12 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   // a slice is a tile of its own with the whole tile's panel stride) and their accumulators.
   // `selected_by`: which of them selected the block (the others' columns get P = 0 and keep their
   // softmax state).
-  int e = 0;  // the block in flight (the one-stage hooks read it; not a parameter: see C7511 in slc_attn.md)
-  auto block_step = [&]<int kFirst, int kCount>(int stage, long long key0, int selected_by) {
+  int e = 0;  // the block in flight (the next copies' index; not a parameter: see C7511 in slc_attn.md)
+  auto block_step = [&]<int kFirst, int kCount>(long long key0, int selected_by) {
     constexpr int kN = 16 * kCount;
     constexpr std::uint32_t kSlice = kFirst * T::kHeads * wgmma::kPanelRowBytes;
     // S^T = K Q^T: keys 16 warp + group (+ 8) of the block, this lane's columns.
     float s[kN / 8][4];
-    const std::uint64_t k_desc = wgmma::advance(k_desc0, stage * static_cast<std::uint32_t>(T::kKvBytes));
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
@@ -275,11 +253,9 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
         if (group == 0) exchange[warp][col_of(4 * kFirst + i)] = m;
       }
     }
-    __syncthreads();
-    if constexpr (kStages == 1) {  // every warp is done with K(e)
-      if (e + 1 < count) issue_k(e + 1);
-      common::cp_async_commit();
-    }
+    __syncthreads();  // every warp is done with K(e)
+    if (e + 1 < count) issue_k(e + 1);
+    common::cp_async_commit();
 #pragma unroll
     for (int token = 0; token < kCount; ++token) {
       if (!(selected_by >> (kFirst + token) & 1)) {
@@ -317,12 +293,11 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
         *reinterpret_cast<Element*>(p_s + wgmma::swizzled_offset(kCols, col_of(4 * kFirst + i), key & ~7) +
                                     (key % 8) * 2) = Convert<Element>::from_float(s[i / 2][2 * r + i % 2]);
       }
-    if constexpr (kStages == 1) common::cp_async_wait<1>();  // V(e); K(e + 1) may be in flight
+    common::cp_async_wait<1>();  // V(e) has landed; K(e + 1) may be in flight
     wgmma::fence_async_shared();
     __syncthreads();
 
     // O^T += V^T P^T: m tile m is V's panel m (64 of the d columns); k steps of 16 keys.
-    const std::uint64_t v_desc = wgmma::advance(v_desc0, stage * static_cast<std::uint32_t>(T::kKvBytes));
     using Slice = float[kN / 8][4];
 #pragma unroll
     for (int m = 0; m < kD / 64; ++m) wgmma::fence_operands<kN>(*reinterpret_cast<Slice*>(&acc[m][2 * kFirst]));
@@ -341,43 +316,32 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
   };
 
   for (e = 0; e < count; ++e) {
-    const int stage = e % kStages;
-    if constexpr (kStages == 1) {
-      common::cp_async_wait<1>();  // K(e) has landed for this thread's copies (V(e) may not have)
-      wgmma::fence_async_shared();
-      __syncthreads();
-    } else {
-      common::cp_async_wait<kStages - 2>();  // block e has landed for this thread's copies
-      wgmma::fence_async_shared();
-      __syncthreads();  // ... for every thread's; every warp is done with block e - 1 (its stage, P)
-      if (e + kStages - 1 < count) issue_block(e + kStages - 1);
-      common::cp_async_commit();
-    }
+    common::cp_async_wait<1>();  // K(e) has landed for this thread's copies (V(e) may not have)
+    wgmma::fence_async_shared();
+    __syncthreads();  // ... for every thread's
     const long long key0 = entry_row[e];
     const int selected_by = entry_tokens[e];
     // A block only one token selected (most of them, with random selections) runs on that token's
     // 16 columns alone: the whole width would multiply the MMA work by kTokens.
     auto finish = [&]() {
-      if constexpr (kStages == 1) {
-        __syncthreads();  // every warp is done with V(e)
-        if (e + 1 < count) issue_v(e + 1);
-        common::cp_async_commit();
-      }
+      __syncthreads();  // every warp is done with V(e)
+      if (e + 1 < count) issue_v(e + 1);
+      common::cp_async_commit();
     };
     if constexpr (kTokens > 1) {
       if ((selected_by & (selected_by - 1)) == 0) {
         const int token = __ffs(selected_by) - 1;
-        if (token == 0) block_step.template operator()<0, 1>(stage, key0, selected_by);
-        if (token == 1) block_step.template operator()<1, 1>(stage, key0, selected_by);
+        if (token == 0) block_step.template operator()<0, 1>(key0, selected_by);
+        if (token == 1) block_step.template operator()<1, 1>(key0, selected_by);
         if constexpr (kTokens > 2) {
-          if (token == 2) block_step.template operator()<2, 1>(stage, key0, selected_by);
-          if (token == 3) block_step.template operator()<3, 1>(stage, key0, selected_by);
+          if (token == 2) block_step.template operator()<2, 1>(key0, selected_by);
+          if (token == 3) block_step.template operator()<3, 1>(key0, selected_by);
         }
         finish();
         continue;
       }
     }
-    block_step.template operator()<0, kTokens>(stage, key0, selected_by);
+    block_step.template operator()<0, kTokens>(key0, selected_by);
     finish();
   }
   common::cp_async_wait<0>();
@@ -394,10 +358,9 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
 #pragma unroll
     for (int i = 0; i < kLaneCols; ++i) exchange[warp][col_of(i)] = row_sum[i];
   }
-  // O^T / sum, staged as O [columns][kD] (fp32) over the K / V stages, so that rows leave in
-  // 16-byte vectors.
-  // Q, K, V and P are free: every wgmma is done (two or more stages: the K / V stages suffice).
-  auto* o_stage = reinterpret_cast<float*>(kStages == 1 ? smem : reinterpret_cast<unsigned char*>(k_s));
+  // O^T / sum, staged as O [columns][kD] (fp32) over the Q, K, V and P tiles (every wgmma is done),
+  // so that rows leave in 16-byte vectors.
+  auto* o_stage = reinterpret_cast<float*>(smem);
   constexpr int kLdO = kD + 4;
   static_assert(sizeof(float) * kCols * kLdO <= T::kPOffset + T::kPBytes, "O fits the operand tiles");
   __syncthreads();
@@ -438,9 +401,9 @@ __global__ void __launch_bounds__(128, QoSm90Traits<kD, kStages, kTokens>::kMinB
 
 // Launches the kernel over every (kv head, kTokens tokens, 16 heads); its shared memory set at each
 // launch (cheap; graph capture keeps it).
-template <class Element, int kD, int kStages, int kTokens>
+template <class Element, int kD, int kTokens>
 Status launch_qo_sm90(const SlcForwardParams& p, cudaStream_t stream) {
-  using T = QoSm90Traits<kD, kStages, kTokens>;
+  using T = QoSm90Traits<kD, kTokens>;
   const SlcPlanShape& shape = p.plan.shape;
   const long long ctas = static_cast<long long>(shape.heads_kv) * ((shape.tokens + kTokens - 1) / kTokens) *
                          ((shape.group + T::kHeads - 1) / T::kHeads);
@@ -448,7 +411,7 @@ Status launch_qo_sm90(const SlcForwardParams& p, cudaStream_t stream) {
   if (ctas > INT32_MAX)
     return FSA_ERROR(StatusCode::kNotImplemented, "slc_attn_forward: " + std::to_string(ctas) +
                                                       " CTAs of the query-outer kernel exceed the grid limit");
-  auto* kernel = slc_qo_sm90_kernel<Element, kD, kStages, kTokens>;
+  auto* kernel = slc_qo_sm90_kernel<Element, kD, kTokens>;
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSmemBytes)));
   kernel<<<static_cast<unsigned>(ctas), T::kThreads, T::kSmemBytes, stream>>>(p);
