@@ -16,6 +16,7 @@
 #include "cuda/runtime.hpp"
 #include "cuda/backend.hpp"
 #include "kernels/common/convert.cuh"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 
 namespace fsa::cuda {
@@ -70,6 +71,7 @@ struct Vec8 {
 
 template <class Element>
 __global__ void __launch_bounds__(kThreads) combine_forward_kernel(const __grid_constant__ CombineParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   using Cvt = common::Convert<Element>;
   const int vecs = p.dim / kVec;
   const long long total = p.tokens * p.heads * vecs;
@@ -200,7 +202,8 @@ Status combine_forward(const NsaConfig& config, const TensorView& gates, const T
   const DeviceGuard guard(o_cmp.device.index);
   cudaStream_t stream = current_stream();
   return common::dispatch_dtype(kOp, "o_cmp", o_cmp.dtype, [&]<class Element>() -> Status {
-    combine_forward_kernel<Element><<<grid_for(p.tokens * p.heads * (p.dim / kVec)), kThreads, 0, stream>>>(p);
+    FSA_CUDA_CHECK(common::launch_dependent<&combine_forward_kernel<Element>>(grid_for(p.tokens * p.heads * (p.dim / kVec)),
+                                                                           kThreads, 0, stream, p));
     FSA_CHECK_LAUNCH("combine_forward_kernel", stream);
     return Status::ok();
   });

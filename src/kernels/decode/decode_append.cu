@@ -25,6 +25,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/convert.cuh"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/decode/decode.hpp"
 #include "kernels/decode/decode_paged.cuh"
@@ -45,6 +46,7 @@ __device__ __forceinline__ StagedWindows staged_windows_of(const AppendParams& p
 // cu_stage / cu_cmp_stage: exclusive prefix sums of the staged rows and compressed tokens over the
 // sequences, by one CTA (the batch is at most a few thousand sequences).
 __global__ void __launch_bounds__(kScanThreads) stage_offsets_kernel(const __grid_constant__ AppendParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   using Scan = cub::BlockScan<int, kScanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   int rows_before = 0, compressed_before = 0;
@@ -79,6 +81,7 @@ __device__ __forceinline__ void copy_vectors(uint4* dst, const uint4* src, int c
 // position, all heads.
 template <class Element>
 __global__ void __launch_bounds__(kThreads) stage_windows_kernel(const __grid_constant__ AppendParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   const long long row = blockIdx.x;
   const int nseq = p.batch.num_seqs;
   if (row >= p.stage_rows || row >= p.cu_stage[nseq]) return;
@@ -154,6 +157,7 @@ __device__ __forceinline__ void rotate_heads(const AppendParams& p, const float2
 // value pages.
 template <class Element>
 __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __grid_constant__ AppendParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   const long long row = blockIdx.x;
   const int nseq = p.batch.num_seqs;
   if (row >= p.cmp_rows || row >= p.cu_cmp_stage[nseq]) return;
@@ -182,6 +186,7 @@ __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __gri
 // than the ring keeps only its last positions there).
 template <class Element>
 __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_constant__ AppendParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   const long long row = blockIdx.x;
   const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv;
   const int per_cta = (hq + hkv + static_cast<int>(gridDim.y) - 1) / static_cast<int>(gridDim.y);
@@ -243,11 +248,12 @@ Status check_grid(const char* what, long long rows) {
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream) {
   if (p.batch.num_seqs == 0) return Status::ok();
   FSA_RETURN_IF_ERROR(check_grid("stage_windows", p.stage_rows));
-  stage_offsets_kernel<<<1, kScanThreads, 0, stream>>>(p);
+  FSA_CUDA_CHECK(common::launch_dependent<&stage_offsets_kernel>(1, kScanThreads, 0, stream, p));
   FSA_CHECK_LAUNCH("stage_offsets_kernel", stream);
   if (p.stage_rows == 0) return Status::ok();
   return common::dispatch_dtype("nsa_prefill", "k", dtype, [&]<class Element>() -> Status {
-    stage_windows_kernel<Element><<<static_cast<unsigned>(p.stage_rows), kThreads, 0, stream>>>(p);
+    FSA_CUDA_CHECK(common::launch_dependent<&stage_windows_kernel<Element>>(static_cast<unsigned>(p.stage_rows), kThreads, 0,
+                                                                            stream, p));
     FSA_CHECK_LAUNCH("stage_windows_kernel", stream);
     return Status::ok();
   });
@@ -257,7 +263,8 @@ Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t
   if (p.batch.num_seqs == 0 || p.cmp_rows == 0) return Status::ok();
   FSA_RETURN_IF_ERROR(check_grid("append_compressed", p.cmp_rows));
   return common::dispatch_dtype("nsa_prefill", "k", dtype, [&]<class Element>() -> Status {
-    append_compressed_kernel<Element><<<static_cast<unsigned>(p.cmp_rows), kThreads, 0, stream>>>(p);
+    FSA_CUDA_CHECK(common::launch_dependent<&append_compressed_kernel<Element>>(static_cast<unsigned>(p.cmp_rows), kThreads,
+                                                                                0, stream, p));
     FSA_CHECK_LAUNCH("append_compressed_kernel", stream);
     return Status::ok();
   });
@@ -269,7 +276,7 @@ Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t str
   return common::dispatch_dtype("nsa_prefill", "q", dtype, [&]<class Element>() -> Status {
     const dim3 grid(static_cast<unsigned>(p.batch.tokens),
                     static_cast<unsigned>(append_head_slices(p.batch.tokens, p.nsa.heads_q + p.nsa.heads_kv)));
-    append_tokens_kernel<Element><<<grid, kThreads, 0, stream>>>(p);
+    FSA_CUDA_CHECK(common::launch_dependent<&append_tokens_kernel<Element>>(grid, kThreads, 0, stream, p));
     FSA_CHECK_LAUNCH("append_tokens_kernel", stream);
     return Status::ok();
   });

@@ -36,6 +36,7 @@
 #include <cstdint>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
 #include "kernels/decode/decode.hpp"
@@ -146,6 +147,7 @@ __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAttnMinCtas<Element, kDqk, kDv>))
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   using T = AttnTraits<Element, kDqk, kDv>;
   static_assert(T::kRows == kRows && T::kKeys == kKeys && T::kLdQk == kDqk + kPad && T::kLdV == kDv + kPad,
                 "the flash tiling is the decode layout's (AttnSmem)");
@@ -442,7 +444,8 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
                      "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
   const int last = p.num_launch_branches - 1;
   const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream>>>(run);
+  FSA_CUDA_CHECK(common::launch_dependent<&decode_attn_kernel<Element, kDqk, kDv>>(
+      dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream, run));
   FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
   return Status::ok();
 }

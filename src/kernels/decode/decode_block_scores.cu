@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/fast_exp.cuh"
 #include "kernels/decode/decode.hpp"
 #include "kernels/decode/decode_candidates.cuh"
@@ -27,6 +28,7 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_constant__ SelectParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   extern __shared__ float score_s[];  // the range's blocks (range_capacity at most)
   const BatchInfo& batch = p.batch;
   const long long token = blockIdx.x;
@@ -82,7 +84,8 @@ Status launch_block_scores(const SelectParams& p, cudaStream_t stream) {
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_decode: " + std::to_string(p.batch.tokens) + " tokens exceed the grid limit");
   const std::size_t smem = static_cast<std::size_t>(p.range_capacity) * sizeof(float);
-  block_scores_kernel<<<dim3(static_cast<unsigned>(p.batch.tokens), p.nsa.heads_kv, p.ranges), kThreads, smem, stream>>>(p);
+  FSA_CUDA_CHECK(common::launch_dependent<&block_scores_kernel>(
+      dim3(static_cast<unsigned>(p.batch.tokens), p.nsa.heads_kv, p.ranges), kThreads, smem, stream, p));
   FSA_CHECK_LAUNCH("block_scores_kernel", stream);
   return Status::ok();
 }

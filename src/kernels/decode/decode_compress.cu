@@ -18,6 +18,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/convert.cuh"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/decode/decode.hpp"
 #include "kernels/decode/decode_paged.cuh"
@@ -31,6 +32,7 @@ constexpr int kColumns = 8;  // output columns a thread sums: one 16-byte load o
 
 template <class Element>
 __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid_constant__ CompressWindowsParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   using C = common::Convert<Element>;
   extern __shared__ float window_s[];  // [l D] inputs, then [slices, D] partial sums
   const int tensor = blockIdx.z, g = blockIdx.y;
@@ -121,7 +123,8 @@ Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cuda
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
     auto* kernel = compress_windows_kernel<Element>;
     FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<dim3(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2), kThreads, smem, stream>>>(p);
+    FSA_CUDA_CHECK(common::launch_dependent<&compress_windows_kernel<Element>>(
+        dim3(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2), kThreads, smem, stream, p));
     FSA_CHECK_LAUNCH("compress_windows_kernel", stream);
     return Status::ok();
   });

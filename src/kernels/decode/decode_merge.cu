@@ -15,6 +15,7 @@
 
 #include "cuda/runtime.hpp"
 #include "kernels/common/convert.cuh"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/common/mma_sm80.cuh"
 #include "kernels/decode/decode.hpp"
@@ -29,6 +30,7 @@ constexpr int kWarps = kThreads / 32;
 // blockIdx.y: the launched branch; warps over the N x Hq rows.
 template <class Element>
 __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const __grid_constant__ AttnParams p, int dim_v) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   const Branch branch = p.launch_branch[blockIdx.y];
   const BranchOutput& out = p.out[static_cast<int>(branch)];
   if (out.splits <= 1) return;  // written by the attention kernel
@@ -96,7 +98,8 @@ Status launch_merge_splits(const AttnParams& p, DType dtype, int dim_v, cudaStre
   const long long ctas = (rows + kWarps - 1) / kWarps;
   const unsigned grid = static_cast<unsigned>(ctas < 132LL * 16 ? ctas : 132LL * 16);
   return common::dispatch_dtype("nsa_prefill", "q", dtype, [&]<class Element>() -> Status {
-    merge_splits_kernel<Element><<<dim3(grid, p.num_launch_branches), kThreads, 0, stream>>>(p, dim_v);
+    FSA_CUDA_CHECK(common::launch_dependent<&merge_splits_kernel<Element>>(dim3(grid, p.num_launch_branches), kThreads, 0,
+                                                                           stream, p, dim_v));
     FSA_CHECK_LAUNCH("merge_splits_kernel", stream);
     return Status::ok();
   });

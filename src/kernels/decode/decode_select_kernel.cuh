@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/fast_exp.cuh"
 #include "kernels/common/tile_copy.cuh"
 #include "kernels/common/warp_tile_mma.cuh"
@@ -38,6 +39,7 @@ constexpr int kSelectThreads = 128;  // 4 warps x 16 rows of a 64-row chunk
 
 template <class Element, int kDqk>
 __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __grid_constant__ SelectParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   constexpr int kLd = kDqk + kPad;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ const Element* key_rows[kKeys];  // the tile's compressed key rows (null: zeros)
@@ -189,7 +191,8 @@ Status launch_decode_select(const SelectParams& p, cudaStream_t stream) {
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_prefill: " + std::to_string(tiles) + " selection tiles exceed the grid limit");
-  kernel<<<dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, p.ranges), kSelectThreads, smem, stream>>>(p);
+  FSA_CUDA_CHECK(common::launch_dependent<&decode_select_kernel<Element, kDqk>>(
+      dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, p.ranges), kSelectThreads, smem, stream, p));
   FSA_CHECK_LAUNCH("decode_select_kernel", stream);
   return Status::ok();
 }

@@ -13,6 +13,7 @@
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/select/select_tiling.hpp"
 #include "kernels/select/select_topk_merge.cuh"
+#include "kernels/common/dependent_launch.cuh"
 
 namespace fsa::cuda::decode {
 
@@ -86,6 +87,7 @@ __device__ __forceinline__ int choose_in_place(Candidate* entries, int count, in
 }
 
 __global__ void __launch_bounds__(kThreads) finalize_topk_kernel(const __grid_constant__ SelectParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
   __shared__ int chosen_s[kWarps][kMaxTopk];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const long long pair_index = static_cast<long long>(blockIdx.x) * kWarps + warp;  // (kv head, token)
@@ -132,7 +134,7 @@ Status launch_finalize_topk(const SelectParams& p, cudaStream_t stream) {
   const long long ctas = (pairs + kWarps - 1) / kWarps;
   if (ctas > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented, "q: nsa_prefill: " + std::to_string(pairs) + " rows exceed the grid limit");
-  finalize_topk_kernel<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(p);
+  FSA_CUDA_CHECK(common::launch_dependent<&finalize_topk_kernel>(static_cast<unsigned>(ctas), kThreads, 0, stream, p));
   FSA_CHECK_LAUNCH("finalize_topk_kernel", stream);
   return Status::ok();
 }

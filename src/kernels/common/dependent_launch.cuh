@@ -1,0 +1,70 @@
+// Programmatic dependent launch (Hopper): a kernel launched with launch_dependent may be scheduled
+// while the kernel before it in the stream is still finishing, so that its CTAs are resident when
+// that kernel's last CTAs retire, instead of the launch starting only then (a gap of a few
+// microseconds a kernel boundary, which a decode step of a dozen small launches pays a dozen times,
+// in CUDA-graph replay too: stream capture keeps the programmatic edges).
+//
+// The contract: a kernel launched this way calls await_prior_grids() before it touches global
+// memory (reads of what earlier work wrote, and writes that earlier work may still read).
+// griddepcontrol.wait returns once every prerequisite grid has completed and its writes are
+// visible, so the stream order holds for memory as with a plain launch; launch_dependents then
+// lets the next such launch start early. Early exits that touch no memory may come first. A kernel
+// launched plainly runs await_prior_grids() as a no-op.
+//
+// The attribute is set only where the kernel's loaded image has the wait (compiled for sm_90 or
+// later: cudaFuncAttributes::binaryVersion, per device); elsewhere the launch is a plain one.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+
+#include "cuda/runtime.hpp"
+
+namespace fsa::cuda::common {
+
+__device__ __forceinline__ void await_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+namespace detail {
+// Per device: 1 when the kernel's loaded image waits (sm_90+), 0 when not, -1 not asked yet.
+constexpr int kMaxDevices = 64;
+template <auto* kKernel>
+bool image_awaits_prior_grids(int device) {
+  static std::atomic<int> known[kMaxDevices] = {};  // 0-initialised: shifted by one below
+  if (device < 0 || device >= kMaxDevices) return false;
+  const int cached = known[device].load(std::memory_order_relaxed);
+  if (cached != 0) return cached == 2;
+  cudaFuncAttributes attributes{};
+  const bool awaits = cudaFuncGetAttributes(&attributes, kKernel) == cudaSuccess && attributes.binaryVersion >= 90;
+  cudaGetLastError();  // a failed query leaves no sticky error: the plain launch reports its own
+  known[device].store(awaits ? 2 : 1, std::memory_order_relaxed);
+  return awaits;
+}
+}  // namespace detail
+
+// kKernel<<<grid, block, smem, stream>>>(args...), dependent on the stream's previous kernel
+// programmatically where the image supports it (above). Returns the launch's error.
+template <auto* kKernel, class... Args>
+cudaError_t launch_dependent(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, const Args&... args) {
+  int device = 0;
+  cudaGetDevice(&device);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = detail::image_awaits_prior_grids<kKernel>(device) ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kKernel, args...);
+}
+
+}  // namespace fsa::cuda::common
