@@ -500,11 +500,14 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
         [&]<class Element, int kDqk, int kDv>() { return decode::launch_decode_attention<Element, kDqk, kDv>(at, stream); }));
     return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
   };
-  // ---- 3: compressed attention ----
+  // ---- 3: compressed attention, with the window branch in the same launch ----
+  // The window needs no selection, so its CTAs (after the compressed ones in blockIdx order) fill the
+  // SMs the compressed launch leaves idle and its tail, and the launch after the selection carries
+  // the selected branch alone.
   const decode::BlockPartials partials{w.partial_values, w.partial_max, plan.partial_quarters, plan.quarter_blocks};
-  if (fused) at.partials = partials;
-  FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed}));
-  at.partials = {};  // the selected and window launches write none
+  if (fused) at.partials = partials;  // written by the compressed branch's CTAs only
+  FSA_RETURN_IF_ERROR(attend({decode::Branch::kCompressed, decode::Branch::kWindow}));
+  at.partials = {};
 
   // ---- 4: selection ----
   decode::SelectParams sp{};
@@ -540,7 +543,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
   // ---- 5, 6 ----
-  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected, decode::Branch::kWindow}));
+  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}));
   return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
 }
 
