@@ -4,12 +4,15 @@
 // microseconds a kernel boundary, which a decode step of a dozen small launches pays a dozen times,
 // in CUDA-graph replay too: stream capture keeps the programmatic edges).
 //
-// The contract: a kernel launched this way calls await_prior_grids() before it touches global
-// memory (reads of what earlier work wrote, and writes that earlier work may still read).
+// The contract: a kernel launched this way calls await_prior_grids() before it reads anything the
+// kernels before it in the stream may write, and before it writes anything they may read.
 // griddepcontrol.wait returns once every prerequisite grid has completed and its writes are
 // visible, so the stream order holds for memory as with a plain launch; launch_dependents then
-// lets the next such launch start early. Early exits that touch no memory may come first. A kernel
-// launched plainly runs await_prior_grids() as a no-op.
+// lets the next such launch start early. What comes before the wait is the kernel's preamble, run
+// while its predecessor finishes: early exits, arithmetic, shared memory, and reads of inputs that
+// no kernel of the sequence writes (the decode step's batch description: cu_seqlens,
+// cache_seqlens, block tables, written by the caller before the step's first kernel, which waits
+// for them). A kernel launched plainly runs await_prior_grids() as a no-op.
 //
 // The attribute is set only where the kernel's loaded image has the wait (compiled for sm_90 or
 // later: cudaFuncAttributes::binaryVersion, per device); elsewhere the launch is a plain one.

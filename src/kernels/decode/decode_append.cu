@@ -186,7 +186,6 @@ __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __gri
 // than the ring keeps only its last positions there).
 template <class Element>
 __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_constant__ AppendParams p) {
-  common::await_prior_grids();  // before any global access: launched by launch_dependent
   const long long row = blockIdx.x;
   const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv;
   const int per_cta = (hq + hkv + static_cast<int>(gridDim.y) - 1) / static_cast<int>(gridDim.y);
@@ -198,6 +197,9 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
   const long long position = seq.cached + (row - seq.row0);
   __shared__ float2 angles[AppendParams::kMaxPairs];
   rope_angles(p, position, angles);
+  // The lookups and angles above read caller inputs only; the writes below (q_rot, pages, the key
+  // ring, which the staging kernels read) wait for the kernels before this one.
+  common::await_prior_grids();
   const int q_lo = unit_lo, q_hi = min(unit_hi, hq);
   if (q_hi > q_lo) {
     const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride + q_lo * p.q_head_stride;

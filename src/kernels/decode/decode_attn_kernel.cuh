@@ -147,7 +147,6 @@ __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc
 template <class Element, int kDqk, int kDv>
 __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAttnMinCtas<Element, kDqk, kDv>))
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
-  common::await_prior_grids();  // before any global access: launched by launch_dependent
   using T = AttnTraits<Element, kDqk, kDv>;
   static_assert(T::kRows == kRows && T::kKeys == kKeys && T::kLdQk == kDqk + kPad && T::kLdV == kDv + kPad,
                 "the flash tiling is the decode layout's (AttnSmem)");
@@ -212,6 +211,10 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
     if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(row, last_row, seq.row0, p.nsa, g, p.partials.quarters);
   }
   __syncthreads();
+  // Everything above reads only the caller's batch description (cu_seqlens, cache_seqlens), which no
+  // kernel of the step writes, so it runs while the kernel before this one finishes; what follows
+  // reads the step's own writes (q_rot, the pages, topk_idx) and waits for them (dependent_launch.cuh).
+  common::await_prior_grids();
   const auto* q = static_cast<const Element*>(p.q);
   common::copy_tile_async<kRows, kDqk, kThreads>(
       q_s, T::kLdQk, [&](int r) -> const Element* { return q_offset[r] >= 0 ? q + q_offset[r] : nullptr; });

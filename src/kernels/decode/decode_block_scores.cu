@@ -28,7 +28,6 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_constant__ SelectParams p) {
-  common::await_prior_grids();  // before any global access: launched by launch_dependent
   extern __shared__ float score_s[];  // the range's blocks (range_capacity at most)
   const BatchInfo& batch = p.batch;
   const long long token = blockIdx.x;
@@ -44,6 +43,7 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   const int range_blocks = static_cast<int>(j1 - j0);
   const long long visible = visible_count(position, l, s);
   const long long quarters = p.partials.quarters;
+  common::await_prior_grids();  // the lookups above read caller inputs only; the partials are the step's
 
   for (int jj = threadIdx.x; jj < range_blocks; jj += kThreads) {
     const long long j = j0 + jj;

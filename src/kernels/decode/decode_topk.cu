@@ -87,7 +87,6 @@ __device__ __forceinline__ int choose_in_place(Candidate* entries, int count, in
 }
 
 __global__ void __launch_bounds__(kThreads) finalize_topk_kernel(const __grid_constant__ SelectParams p) {
-  common::await_prior_grids();  // before any global access: launched by launch_dependent
   __shared__ int chosen_s[kWarps][kMaxTopk];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const long long pair_index = static_cast<long long>(blockIdx.x) * kWarps + warp;  // (kv head, token)
@@ -101,6 +100,7 @@ __global__ void __launch_bounds__(kThreads) finalize_topk_kernel(const __grid_co
   const int K = p.nsa.topk, I = p.nsa.init_blocks, L = p.nsa.local_blocks;
   const int bq = static_cast<int>((seq.cached + token - seq.row0) / p.nsa.block_size);
   const int capacity = sel::chosen_capacity(bq, K, I, L);
+  common::await_prior_grids();  // the lookups above read caller inputs only; the candidates are the step's
 
   Candidate* entries = p.candidates + (static_cast<long long>(g) * batch.tokens + token) * p.ranges * K;
   const int count = p.ranges * K;
