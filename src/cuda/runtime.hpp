@@ -44,8 +44,7 @@ Status check_launch(const char* kernel, cudaStream_t stream, const char* file, i
 
 }  // namespace fsa::cuda
 
-// Variadic so that an expression with template arguments (commas) needs no extra parentheses.
-#define FSA_CUDA_CHECK(...) \
-  FSA_RETURN_IF_ERROR(::fsa::cuda::cuda_status((__VA_ARGS__), #__VA_ARGS__, __FILE__, __LINE__))
+#define FSA_CUDA_CHECK(expr) \
+  FSA_RETURN_IF_ERROR(::fsa::cuda::cuda_status((expr), #expr, __FILE__, __LINE__))
 #define FSA_CHECK_LAUNCH(kernel, stream) \
   FSA_RETURN_IF_ERROR(::fsa::cuda::check_launch((kernel), (stream), __FILE__, __LINE__))

@@ -202,10 +202,8 @@ Status combine_forward(const NsaConfig& config, const TensorView& gates, const T
   const DeviceGuard guard(o_cmp.device.index);
   cudaStream_t stream = current_stream();
   return common::dispatch_dtype(kOp, "o_cmp", o_cmp.dtype, [&]<class Element>() -> Status {
-    FSA_CUDA_CHECK(common::launch_dependent<&combine_forward_kernel<Element>>(grid_for(p.tokens * p.heads * (p.dim / kVec)),
-                                                                           kThreads, 0, stream, p));
-    FSA_CHECK_LAUNCH("combine_forward_kernel", stream);
-    return Status::ok();
+    return common::launch_dependent<&combine_forward_kernel<Element>>(
+        "combine_forward_kernel", grid_for(p.tokens * p.heads * (p.dim / kVec)), kThreads, 0, stream, p);
   });
 }
 

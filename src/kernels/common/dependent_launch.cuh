@@ -35,11 +35,11 @@ __device__ __forceinline__ void await_prior_grids() {
 }
 
 namespace detail {
-// Per device: 1 when the kernel's loaded image waits (sm_90+), 0 when not, -1 not asked yet.
+// Per device: 2 when the kernel's loaded image waits (sm_90+), 1 when not, 0 not asked yet.
 constexpr int kMaxDevices = 64;
 template <auto* kKernel>
 bool image_awaits_prior_grids(int device) {
-  static std::atomic<int> known[kMaxDevices] = {};  // 0-initialised: shifted by one below
+  static std::atomic<int> known[kMaxDevices] = {};
   if (device < 0 || device >= kMaxDevices) return false;
   const int cached = known[device].load(std::memory_order_relaxed);
   if (cached != 0) return cached == 2;
@@ -52,9 +52,11 @@ bool image_awaits_prior_grids(int device) {
 }  // namespace detail
 
 // kKernel<<<grid, block, smem, stream>>>(args...), dependent on the stream's previous kernel
-// programmatically where the image supports it (above). Returns the launch's error.
+// programmatically where the image supports it (above), then the launch check every launcher makes
+// (check_launch: the launch's error, and with FSA_SYNC_AFTER_LAUNCH the kernel's own), naming `name`.
 template <auto* kKernel, class... Args>
-cudaError_t launch_dependent(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, const Args&... args) {
+Status launch_dependent(const char* name, dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                        const Args&... args) {
   int device = 0;
   cudaGetDevice(&device);
   cudaLaunchAttribute attribute{};
@@ -67,7 +69,8 @@ cudaError_t launch_dependent(dim3 grid, dim3 block, std::size_t smem, cudaStream
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = detail::image_awaits_prior_grids<kKernel>(device) ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kKernel, args...);
+  FSA_RETURN_IF_ERROR(cuda_status(cudaLaunchKernelEx(&config, kKernel, args...), name, __FILE__, __LINE__));
+  return check_launch(name, stream, __FILE__, __LINE__);
 }
 
 }  // namespace fsa::cuda::common

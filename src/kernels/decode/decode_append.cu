@@ -250,14 +250,13 @@ Status check_grid(const char* what, long long rows) {
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream) {
   if (p.batch.num_seqs == 0) return Status::ok();
   FSA_RETURN_IF_ERROR(check_grid("stage_windows", p.stage_rows));
-  FSA_CUDA_CHECK(common::launch_dependent<&stage_offsets_kernel>(1, kScanThreads, 0, stream, p));
-  FSA_CHECK_LAUNCH("stage_offsets_kernel", stream);
+  FSA_RETURN_IF_ERROR(
+      common::launch_dependent<&stage_offsets_kernel>("stage_offsets_kernel", 1, kScanThreads, 0, stream, p));
   if (p.stage_rows == 0) return Status::ok();
   return common::dispatch_dtype("nsa_prefill", "k", dtype, [&]<class Element>() -> Status {
-    FSA_CUDA_CHECK(common::launch_dependent<&stage_windows_kernel<Element>>(static_cast<unsigned>(p.stage_rows), kThreads, 0,
-                                                                            stream, p));
-    FSA_CHECK_LAUNCH("stage_windows_kernel", stream);
-    return Status::ok();
+    return common::launch_dependent<&stage_windows_kernel<Element>>("stage_windows_kernel",
+                                                                    static_cast<unsigned>(p.stage_rows), kThreads, 0,
+                                                                    stream, p);
   });
 }
 
@@ -265,10 +264,8 @@ Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t
   if (p.batch.num_seqs == 0 || p.cmp_rows == 0) return Status::ok();
   FSA_RETURN_IF_ERROR(check_grid("append_compressed", p.cmp_rows));
   return common::dispatch_dtype("nsa_prefill", "k", dtype, [&]<class Element>() -> Status {
-    FSA_CUDA_CHECK(common::launch_dependent<&append_compressed_kernel<Element>>(static_cast<unsigned>(p.cmp_rows), kThreads,
-                                                                                0, stream, p));
-    FSA_CHECK_LAUNCH("append_compressed_kernel", stream);
-    return Status::ok();
+    return common::launch_dependent<&append_compressed_kernel<Element>>(
+        "append_compressed_kernel", static_cast<unsigned>(p.cmp_rows), kThreads, 0, stream, p);
   });
 }
 
@@ -278,9 +275,8 @@ Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t str
   return common::dispatch_dtype("nsa_prefill", "q", dtype, [&]<class Element>() -> Status {
     const dim3 grid(static_cast<unsigned>(p.batch.tokens),
                     static_cast<unsigned>(append_head_slices(p.batch.tokens, p.nsa.heads_q + p.nsa.heads_kv)));
-    FSA_CUDA_CHECK(common::launch_dependent<&append_tokens_kernel<Element>>(grid, kThreads, 0, stream, p));
-    FSA_CHECK_LAUNCH("append_tokens_kernel", stream);
-    return Status::ok();
+    return common::launch_dependent<&append_tokens_kernel<Element>>("append_tokens_kernel", grid, kThreads, 0, stream,
+                                                                    p);
   });
 }
 

@@ -447,10 +447,8 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
                      "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
   const int last = p.num_launch_branches - 1;
   const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  FSA_CUDA_CHECK(common::launch_dependent<&decode_attn_kernel<Element, kDqk, kDv>>(
-      dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream, run));
-  FSA_CHECK_LAUNCH("decode_attn_kernel", stream);
-  return Status::ok();
+  return common::launch_dependent<&decode_attn_kernel<Element, kDqk, kDv>>(
+      "decode_attn_kernel", dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream, run);
 }
 
 }  // namespace fsa::cuda::decode

@@ -84,10 +84,9 @@ Status launch_block_scores(const SelectParams& p, cudaStream_t stream) {
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_decode: " + std::to_string(p.batch.tokens) + " tokens exceed the grid limit");
   const std::size_t smem = static_cast<std::size_t>(p.range_capacity) * sizeof(float);
-  FSA_CUDA_CHECK(common::launch_dependent<&block_scores_kernel>(
-      dim3(static_cast<unsigned>(p.batch.tokens), p.nsa.heads_kv, p.ranges), kThreads, smem, stream, p));
-  FSA_CHECK_LAUNCH("block_scores_kernel", stream);
-  return Status::ok();
+  return common::launch_dependent<&block_scores_kernel>(
+      "block_scores_kernel", dim3(static_cast<unsigned>(p.batch.tokens), p.nsa.heads_kv, p.ranges), kThreads, smem,
+      stream, p);
 }
 
 }  // namespace fsa::cuda::decode

@@ -123,10 +123,8 @@ Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cuda
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
     auto* kernel = compress_windows_kernel<Element>;
     FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    FSA_CUDA_CHECK(common::launch_dependent<&compress_windows_kernel<Element>>(
-        dim3(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2), kThreads, smem, stream, p));
-    FSA_CHECK_LAUNCH("compress_windows_kernel", stream);
-    return Status::ok();
+    return common::launch_dependent<&compress_windows_kernel<Element>>(
+        "compress_windows_kernel", dim3(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2), kThreads, smem, stream, p);
   });
 }
 

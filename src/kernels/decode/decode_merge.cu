@@ -98,10 +98,8 @@ Status launch_merge_splits(const AttnParams& p, DType dtype, int dim_v, cudaStre
   const long long ctas = (rows + kWarps - 1) / kWarps;
   const unsigned grid = static_cast<unsigned>(ctas < 132LL * 16 ? ctas : 132LL * 16);
   return common::dispatch_dtype("nsa_prefill", "q", dtype, [&]<class Element>() -> Status {
-    FSA_CUDA_CHECK(common::launch_dependent<&merge_splits_kernel<Element>>(dim3(grid, p.num_launch_branches), kThreads, 0,
-                                                                           stream, p, dim_v));
-    FSA_CHECK_LAUNCH("merge_splits_kernel", stream);
-    return Status::ok();
+    return common::launch_dependent<&merge_splits_kernel<Element>>(
+        "merge_splits_kernel", dim3(grid, p.num_launch_branches), kThreads, 0, stream, p, dim_v);
   });
 }
 

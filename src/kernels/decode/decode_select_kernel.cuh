@@ -191,10 +191,9 @@ Status launch_decode_select(const SelectParams& p, cudaStream_t stream) {
   if (tiles > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_prefill: " + std::to_string(tiles) + " selection tiles exceed the grid limit");
-  FSA_CUDA_CHECK(common::launch_dependent<&decode_select_kernel<Element, kDqk>>(
-      dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, p.ranges), kSelectThreads, smem, stream, p));
-  FSA_CHECK_LAUNCH("decode_select_kernel", stream);
-  return Status::ok();
+  return common::launch_dependent<&decode_select_kernel<Element, kDqk>>(
+      "decode_select_kernel", dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, p.ranges), kSelectThreads, smem,
+      stream, p);
 }
 
 }  // namespace fsa::cuda::decode

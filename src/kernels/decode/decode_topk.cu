@@ -8,12 +8,12 @@
 #include <cstdint>
 
 #include "cuda/runtime.hpp"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/decode/decode.hpp"
 #include "kernels/decode/decode_candidates.cuh"
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/select/select_tiling.hpp"
 #include "kernels/select/select_topk_merge.cuh"
-#include "kernels/common/dependent_launch.cuh"
 
 namespace fsa::cuda::decode {
 
@@ -134,9 +134,8 @@ Status launch_finalize_topk(const SelectParams& p, cudaStream_t stream) {
   const long long ctas = (pairs + kWarps - 1) / kWarps;
   if (ctas > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented, "q: nsa_prefill: " + std::to_string(pairs) + " rows exceed the grid limit");
-  FSA_CUDA_CHECK(common::launch_dependent<&finalize_topk_kernel>(static_cast<unsigned>(ctas), kThreads, 0, stream, p));
-  FSA_CHECK_LAUNCH("finalize_topk_kernel", stream);
-  return Status::ok();
+  return common::launch_dependent<&finalize_topk_kernel>("finalize_topk_kernel", static_cast<unsigned>(ctas),
+                                                          kThreads, 0, stream, p);
 }
 
 }  // namespace fsa::cuda::decode
