@@ -47,6 +47,7 @@
 #include "kernels/decode/decode_union.cuh"
 #include "kernels/flash/flash_fwd_traits.cuh"
 #include "kernels/flash/flash_softmax.cuh"
+#include "kernels/flash/flash_softmax_lazy.cuh"
 #include "kernels/flash/flash_tiles.cuh"
 
 namespace fsa::cuda::decode {
@@ -192,9 +193,9 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   const std::uint32_t v_stride = stages == 2 ? static_cast<std::uint32_t>(layout.v_stage) : 0u;
   auto k_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.k + (tile & 1) * k_stride); };
   auto v_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.v + (tile & 1) * v_stride); };
-  // Located tile j: its rows' slots (the masks') and K / V addresses in the pools (null: zeros),
-  // resolved once by the row's thread, so that a copy's vector costs one pointer load (the page
-  // arithmetic per vector cost about 46 instructions a vector, against about 14).
+  // Located tile j: its rows' slots (the masks') and K / V addresses in the pools (gathered_row: the
+  // zero row for a row without a page), resolved once by the row's thread, so that a copy's vector
+  // costs one pointer load (the page arithmetic per vector cost about 46 instructions a vector).
   auto slots_of = [&](int tile) {
     return reinterpret_cast<AttnSlot*>(smem + layout.slots) + (tile % kAttnLocatedTiles) * kKeys;
   };
@@ -273,16 +274,16 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   auto store_located = [&](int tile, const KeySlot& located) {
     slots_of(tile)[threadIdx.x] = located.slot;
     const Element** sources = sources_of(tile);
-    sources[threadIdx.x] = pool_row<const Element>(k_pool, located.at, g);
-    sources[kKeys + threadIdx.x] = pool_row<const Element>(v_pool, located.at, g);
+    sources[threadIdx.x] = gathered_row<Element>(k_pool, located.at, g);
+    sources[kKeys + threadIdx.x] = gathered_row<Element>(v_pool, located.at, g);
   };
   // Tile j's K and V copies, one cp.async group each (empty past the last tile, so that every
   // iteration waits on the same group counts).
   auto issue_copies = [&](int tile) {
     const Element* const* sources = sources_of(tile);
-    if (tile < num_tiles) copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources, p.q);
+    if (tile < num_tiles) copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
     common::cp_async_commit();
-    if (tile < num_tiles) copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources + kKeys, p.q);
+    if (tile < num_tiles) copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources + kKeys);
     common::cp_async_commit();
   };
   if (threadIdx.x < kKeys && num_tiles > 0) {  // tiles 0 and 1: both table loads, then both stores
@@ -321,15 +322,18 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
       row_valid[h] = row <= last_row;
       const long long t = row / G;
       const long long position = seq.cached + t;
-      cmp_end[h] = row_valid[h] ? static_cast<int>(visible_count(position, l, s)) : 0;
+      // The compressed key of list position v is v (v < v_end), so the limit folds in the split's end.
+      cmp_end[h] = row_valid[h] ? static_cast<int>(min(visible_count(position, l, s), v_end)) : 0;
       raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
       raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
       row_token_bit[h] = static_cast<int>(t - t_first);
     }
-    // The branch's mask, chosen once (the branch is the CTA's): per score a shared-memory load and a
-    // compare or two, where one test for all branches spent a dozen instructions and branches.
+    // The branch's mask, chosen once (the branch is the CTA's): per score a compare or two, and for
+    // the raw branches a shared-memory load of the key's slot, where one test for all branches spent
+    // a dozen instructions and branches. A compressed key is its list position: no slot to load.
     const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
-    auto compressed_visible = [&](int h, int column) { return slots[key0 + column].key < cmp_end[h]; };
+    int tile_key0 = 0;                // the list position of this warp's first key of the current tile
+    auto compressed_visible = [&](int h, int column) { return tile_key0 + column < cmp_end[h]; };
     auto window_visible = [&](int h, int column) {
       const int key = slots[key0 + column].key;
       return key >= raw_lo[h] && key <= raw_hi[h];
@@ -360,17 +364,18 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
       common::cp_async_wait<3>();  // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight)
       __syncthreads();
       slots = slots_of(it);
+      tile_key0 = static_cast<int>(v0) + key0;
       float sc[kCols / 8][4];
       if (warp_has_rows) {
         common::zero_acc<kCols>(sc);
         common::warp_tile_mma<Element, kDqk, kCols, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
                                                                                  T::kLdQk, key0);
         if (branch == Branch::kCompressed) {
-          flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
+          flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
         } else if (branch == Branch::kWindow) {
-          flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
+          flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
         } else {
-          flash::online_softmax_tile<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
+          flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
         }
       }
       // The fused selection's block partials of the keys this warp holds (CTA-uniform branch).

@@ -43,7 +43,8 @@ __device__ __forceinline__ long long partial_row_at(long long row, long long las
 // keys are the columns 16 qi .. 16 qi + 15 of prob (the online softmax's C fragments: rows group
 // and group + 8, columns 2 pair and 2 pair + 1 of each 8), relative to row_max. rows_at: the
 // partial_row_at of the warp's 16 rows (shared memory). Per quarter and 8 blocks one product P W, with P in fp16
-// (probabilities in [0, 1]: a relative rounding of 2^-11, against the bf16 inputs' 2^-8) and the
+// (probabilities in [0, 2^8] relative to the lazily moved maximum, flash::online_softmax_tile_lazy:
+// a relative rounding of 2^-11, against the bf16 inputs' 2^-8; sums far below fp16's 65504) and the
 // weights exact; lanes pair = 0 .. 3 store blocks 2 pair and 2 pair + 1 of their rows.
 // Warp-uniform: call it from every lane.
 template <int kCols>

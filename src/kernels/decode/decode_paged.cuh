@@ -16,26 +16,41 @@ using common::locate;
 using common::PageRow;
 using common::pool_row;
 
+// The source of a gathered row that has no page: kMaxZeroRowBytes of zeros in device memory, so that
+// every row of a gathered tile has a source and its copy is one unconditional 16-byte cp.async a
+// vector (a null source cost a compare, selects and a source-size operand per vector: half of a
+// vector's instructions, which the decode step's compressed launch, bound by its instruction chain
+// per key tile, pays 16 times a thread a tile).
+constexpr int kMaxZeroRowBytes = 512;  // Dqk, Dv <= 256 16-bit elements
+static __device__ __align__(16) uint4 zero_row_words[kMaxZeroRowBytes / 16];
+template <class Element>
+__device__ __forceinline__ const Element* zero_row() {
+  return reinterpret_cast<const Element*>(zero_row_words);
+}
+// The gathered source of a located row: its pool row, or the zero row for a row without a page.
+template <class Element>
+__device__ __forceinline__ const Element* gathered_row(const common::PagedPool& pool, PageRow at, int head) {
+  const Element* row = pool_row<const Element>(pool, at, head);
+  return row != nullptr ? row : zero_row<Element>();
+}
+
 // A tile of kRows gathered rows (K or V of a key tile, kCols columns) into shared rows of leading
-// dimension `ld`: row r from src[r] (resolved once per tile), zero-filled where src[r] is null by a
-// cp.async of source size 0 (it reads nothing; `any` is a valid global address for it). Each thread
-// keeps one 16-byte column of the rows it copies: a pointer load and the copy per vector, no index
-// arithmetic or branch. Other shapes take the general copy.
+// dimension `ld`: row r from src[r] (resolved once per tile by gathered_row: never null). Each
+// thread keeps one 16-byte column of the rows it copies: a pointer load and the copy per vector,
+// no index arithmetic or branch, the loop unrolled. Other shapes take the general copy.
 template <int kRows, int kCols, int kThreads, class Element>
-__device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src, const void* any) {
+__device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src) {
+  static_assert(kCols * 2 <= kMaxZeroRowBytes, "a row without a page reads the zero row");
   constexpr int kVectors = kCols / 8;
-  if constexpr (kThreads % kVectors == 0) {
+  if constexpr (kThreads % kVectors == 0 && kRows % (kThreads / kVectors) == 0) {
     constexpr int kRowStep = kThreads / kVectors;
-    const int vec = threadIdx.x % kVectors;
-    const std::uint32_t to = mma::shared_address(dst + vec * 8);
-#pragma unroll 4
-    for (int row = threadIdx.x / kVectors; row < kRows; row += kRowStep) {
-      const Element* from = src[row];
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + row * ld * 2),
-                   "l"(from != nullptr ? static_cast<const void*>(from + vec * 8) : any),
-                   "r"(from != nullptr ? 16 : 0)
+    const int vec = threadIdx.x % kVectors, row0 = threadIdx.x / kVectors;
+    const std::uint32_t to = mma::shared_address(dst + row0 * ld + vec * 8);
+#pragma unroll
+    for (int i = 0; i < kRows / kRowStep; ++i)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to + i * kRowStep * ld * 2),
+                   "l"(src[row0 + i * kRowStep] + vec * 8)
                    : "memory");
-    }
   } else {
     common::copy_tile_async<kRows, kCols, kThreads>(dst, ld, [&](int r) { return src[r]; });
   }
