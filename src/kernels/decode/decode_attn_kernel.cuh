@@ -269,29 +269,56 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   const int quarter = warp % 4, col0 = (warp / 4) * T::kDvPart;
   const float scale_log2 = p.nsa.scale * flash::kLog2e;
 
-  // Tile j's located rows (threads < kKeys, one row each): the table load, then the store.
-  auto locate_tile = [&](int tile) { return slot_of(v_begin + static_cast<long long>(tile) * kKeys + threadIdx.x); };
+  // Warp-local tiles (the key-quarter layout of one warp group, Dv <= 128: a tile of at most 16
+  // rows, below): warp w reads only keys 16w .. 16w + 15 of each key tile, so it locates and copies
+  // them itself and waits on its own copies with a warp barrier; the CTA's four warps then stream
+  // their quarters independently, with no CTA barrier per tile (three a tile, each waiting for the
+  // slowest warp, where warps 0 and 1 alone also located the tile's rows). Else the CTA locates and
+  // copies each tile together and meets at a barrier before reading it.
+  const bool warp_local = kThreads == 128 && last_row - first_row < 16;
+  auto sync_tile = [&] {
+    if (warp_local) __syncwarp(); else __syncthreads();
+  };
+  // The key row of a tile this thread locates (-1: none): row threadIdx.x (threads < kKeys), or
+  // warp-local row 16 w + lane (lanes < 16 of warp w).
+  const int located_row = warp_local ? (lane < kQuarterKeys ? kQuarterKeys * warp + lane : -1)
+                                     : (threadIdx.x < kKeys ? static_cast<int>(threadIdx.x) : -1);
+  // Tile j's located row (the table load), then its store.
+  auto locate_tile = [&](int tile) { return slot_of(v_begin + static_cast<long long>(tile) * kKeys + located_row); };
   auto store_located = [&](int tile, const KeySlot& located) {
-    slots_of(tile)[threadIdx.x] = located.slot;
+    slots_of(tile)[located_row] = located.slot;
     const Element** sources = sources_of(tile);
-    sources[threadIdx.x] = gathered_row<Element>(k_pool, located.at, g);
-    sources[kKeys + threadIdx.x] = gathered_row<Element>(v_pool, located.at, g);
+    sources[located_row] = gathered_row<Element>(k_pool, located.at, g);
+    sources[kKeys + located_row] = gathered_row<Element>(v_pool, located.at, g);
   };
   // Tile j's K and V copies, one cp.async group each (empty past the last tile, so that every
-  // iteration waits on the same group counts).
+  // iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.
   auto issue_copies = [&](int tile) {
     const Element* const* sources = sources_of(tile);
+    if (warp_local) {
+      const int r0 = kQuarterKeys * warp;
+      if (tile < num_tiles)
+        copy_rows_async<kQuarterKeys, kDqk, 32>(k_s(tile) + r0 * T::kLdQk, T::kLdQk, sources + r0, lane);
+      common::cp_async_commit();
+      if (tile < num_tiles)
+        copy_rows_async<kQuarterKeys, kDv, 32>(v_s(tile) + r0 * T::kLdV, T::kLdV, sources + kKeys + r0, lane);
+      common::cp_async_commit();
+      return;
+    }
     if (tile < num_tiles) copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
     common::cp_async_commit();
     if (tile < num_tiles) copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources + kKeys);
     common::cp_async_commit();
   };
-  if (threadIdx.x < kKeys && num_tiles > 0) {  // tiles 0 and 1: both table loads, then both stores
+  if (located_row >= 0 && num_tiles > 0) {  // tiles 0 and 1: both table loads, then both stores
     const KeySlot first = locate_tile(0);
     const KeySlot second = num_tiles > 1 ? locate_tile(1) : KeySlot{};
     store_located(0, first);
     if (num_tiles > 1) store_located(1, second);
   }
+  // Warp-local tiles never meet at a CTA barrier again before the last tile: the Q tile, which
+  // every warp reads, lands here and the barrier below publishes it.
+  if (warp_local) common::cp_async_wait<0>();
   __syncthreads();
   if (stages == 2) issue_copies(0);
 
@@ -350,19 +377,20 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
     for (int it = 0; it < num_tiles; ++it) {
       const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
       // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
-      // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible.
-      __syncthreads();
+      // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible
+      // (warp-local: the same within the warp, the only reader and writer of its rows).
+      sync_tile();
       issue_copies(stages == 2 ? it + 1 : it);
       if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
         common::cp_async_commit();
         common::cp_async_commit();
       }
-      const bool locates = threadIdx.x < kKeys && it + 2 < num_tiles;
+      const bool locates = located_row >= 0 && it + 2 < num_tiles;
       KeySlot ahead{};
       if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
 
       common::cp_async_wait<3>();  // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight)
-      __syncthreads();
+      sync_tile();
       slots = slots_of(it);
       tile_key0 = static_cast<int>(v0) + key0;
       float sc[kCols / 8][4];
@@ -383,7 +411,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
         write_partials<kCols>(p.partials, p.nsa, sc, row_max, partial_row_s + row0, v0, kKeySplit ? quarter : 0);
 
       common::cp_async_wait<2>();  // V of tile it has landed
-      __syncthreads();
+      sync_tile();
       if (warp_has_rows)
         common::warp_pv_mma<Element, kCols, T::kDvPart>(acc, sc, v_s(it) + key0 * T::kLdV, T::kLdV, col0);
       if (locates) store_located(it + 2, ahead);

@@ -35,16 +35,18 @@ __device__ __forceinline__ const Element* gathered_row(const common::PagedPool& 
 }
 
 // A tile of kRows gathered rows (K or V of a key tile, kCols columns) into shared rows of leading
-// dimension `ld`: row r from src[r] (resolved once per tile by gathered_row: never null). Each
-// thread keeps one 16-byte column of the rows it copies: a pointer load and the copy per vector,
-// no index arithmetic or branch, the loop unrolled. Other shapes take the general copy.
+// dimension `ld`: row r from src[r] (resolved once per tile by gathered_row: never null), by the
+// kThreads threads numbered `thread` (the CTA's, or one warp's lanes). Each thread keeps one 16-byte
+// column of the rows it copies: a pointer load and the copy per vector, no index arithmetic or
+// branch, the loop unrolled. Other shapes take the general copy (CTA-wide only).
 template <int kRows, int kCols, int kThreads, class Element>
-__device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src) {
+__device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src,
+                                                int thread = static_cast<int>(threadIdx.x)) {
   static_assert(kCols * 2 <= kMaxZeroRowBytes, "a row without a page reads the zero row");
   constexpr int kVectors = kCols / 8;
   if constexpr (kThreads % kVectors == 0 && kRows % (kThreads / kVectors) == 0) {
     constexpr int kRowStep = kThreads / kVectors;
-    const int vec = threadIdx.x % kVectors, row0 = threadIdx.x / kVectors;
+    const int vec = thread % kVectors, row0 = thread / kVectors;
     const std::uint32_t to = mma::shared_address(dst + row0 * ld + vec * 8);
 #pragma unroll
     for (int i = 0; i < kRows / kRowStep; ++i)
@@ -52,6 +54,7 @@ __device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Elem
                    "l"(src[row0 + i * kRowStep] + vec * 8)
                    : "memory");
   } else {
+    static_assert(kThreads >= 128, "the general copy runs on the CTA's threads");
     common::copy_tile_async<kRows, kCols, kThreads>(dst, ld, [&](int r) { return src[r]; });
   }
 }
