@@ -38,24 +38,26 @@ __device__ __forceinline__ const Element* gathered_row(const common::PagedPool& 
 // dimension `ld`: row r from src[r] (resolved once per tile by gathered_row: never null), by the
 // kThreads threads numbered `thread` (the CTA's, or one warp's lanes). Each thread keeps one 16-byte
 // column of the rows it copies: a pointer load and the copy per vector, no index arithmetic or
-// branch, the loop unrolled. Other shapes take the general copy (CTA-wide only).
+// branch, the loop unrolled. Other shapes (a row of Dqk = 192 over a warp) index each vector.
 template <int kRows, int kCols, int kThreads, class Element>
 __device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src,
                                                 int thread = static_cast<int>(threadIdx.x)) {
   static_assert(kCols * 2 <= kMaxZeroRowBytes, "a row without a page reads the zero row");
   constexpr int kVectors = kCols / 8;
+  auto copy = [&](int row, int vec, std::uint32_t to) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(src[row] + vec * 8) : "memory");
+  };
   if constexpr (kThreads % kVectors == 0 && kRows % (kThreads / kVectors) == 0) {
     constexpr int kRowStep = kThreads / kVectors;
     const int vec = thread % kVectors, row0 = thread / kVectors;
     const std::uint32_t to = mma::shared_address(dst + row0 * ld + vec * 8);
 #pragma unroll
-    for (int i = 0; i < kRows / kRowStep; ++i)
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to + i * kRowStep * ld * 2),
-                   "l"(src[row0 + i * kRowStep] + vec * 8)
-                   : "memory");
+    for (int i = 0; i < kRows / kRowStep; ++i) copy(row0 + i * kRowStep, vec, to + i * kRowStep * ld * 2);
   } else {
-    static_assert(kThreads >= 128, "the general copy runs on the CTA's threads");
-    common::copy_tile_async<kRows, kCols, kThreads>(dst, ld, [&](int r) { return src[r]; });
+    for (int idx = thread; idx < kRows * kVectors; idx += kThreads) {
+      const int row = idx / kVectors, vec = idx % kVectors;
+      copy(row, vec, mma::shared_address(dst + row * ld + vec * 8));
+    }
   }
 }
 
