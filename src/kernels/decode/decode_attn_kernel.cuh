@@ -193,9 +193,9 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   const std::uint32_t v_stride = stages == 2 ? static_cast<std::uint32_t>(layout.v_stage) : 0u;
   auto k_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.k + (tile & 1) * k_stride); };
   auto v_s = [&](int tile) { return reinterpret_cast<Element*>(smem + layout.v + (tile & 1) * v_stride); };
-  // Located tile j: its rows' slots (the masks') and K / V addresses in the pools (gathered_row: the
-  // zero row for a row without a page), resolved once by the row's thread, so that a copy's vector
-  // costs one pointer load (the page arithmetic per vector cost about 46 instructions a vector).
+  // Located tile j: its rows' slots (the masks') and K / V addresses in the pools (null: zeros),
+  // resolved once by the row's thread, so that a copy's vector costs one pointer load (the page
+  // arithmetic per vector cost about 46 instructions a vector).
   auto slots_of = [&](int tile) {
     return reinterpret_cast<AttnSlot*>(smem + layout.slots) + (tile % kAttnLocatedTiles) * kKeys;
   };
@@ -288,8 +288,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   auto store_located = [&](int tile, const KeySlot& located) {
     slots_of(tile)[located_row] = located.slot;
     const Element** sources = sources_of(tile);
-    sources[located_row] = gathered_row<Element>(k_pool, located.at, g);
-    sources[kKeys + located_row] = gathered_row<Element>(v_pool, located.at, g);
+    sources[located_row] = pool_row<const Element>(k_pool, located.at, g);
+    sources[kKeys + located_row] = pool_row<const Element>(v_pool, located.at, g);
   };
   // Tile j's K and V copies, one cp.async group each (empty past the last tile, so that every
   // iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.

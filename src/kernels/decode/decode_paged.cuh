@@ -16,36 +16,26 @@ using common::locate;
 using common::PageRow;
 using common::pool_row;
 
-// The source of a gathered row that has no page: kMaxZeroRowBytes of zeros in device memory, so that
-// every row of a gathered tile has a source and its copy is one unconditional 16-byte cp.async a
-// vector (a null source cost a compare, selects and a source-size operand per vector: half of a
-// vector's instructions, which the decode step's compressed launch, bound by its instruction chain
-// per key tile, pays 16 times a thread a tile).
-constexpr int kMaxZeroRowBytes = 512;  // Dqk, Dv <= 256 16-bit elements
-static __device__ __align__(16) uint4 zero_row_words[kMaxZeroRowBytes / 16];
-template <class Element>
-__device__ __forceinline__ const Element* zero_row() {
-  return reinterpret_cast<const Element*>(zero_row_words);
-}
-// The gathered source of a located row: its pool row, or the zero row for a row without a page.
-template <class Element>
-__device__ __forceinline__ const Element* gathered_row(const common::PagedPool& pool, PageRow at, int head) {
-  const Element* row = pool_row<const Element>(pool, at, head);
-  return row != nullptr ? row : zero_row<Element>();
-}
-
 // A tile of kRows gathered rows (K or V of a key tile, kCols columns) into shared rows of leading
-// dimension `ld`: row r from src[r] (resolved once per tile by gathered_row: never null), by the
-// kThreads threads numbered `thread` (the CTA's, or one warp's lanes). Each thread keeps one 16-byte
-// column of the rows it copies: a pointer load and the copy per vector, no index arithmetic or
-// branch, the loop unrolled. Other shapes (a row of Dqk = 192 over a warp) index each vector.
+// dimension `ld`: row r from src[r] (resolved once per tile), zero-filled where src[r] is null by a
+// cp.async of source size 0, which reads nothing (its address, null plus the vector's offset, is
+// never dereferenced, as in CUTLASS's zero-fill copies), by the kThreads threads numbered `thread`
+// (the CTA's, or one warp's lanes). Each thread keeps one 16-byte column of the rows it copies: a
+// pointer load, a null test and the copy per vector, no index arithmetic or branch, the loop
+// unrolled (a select of a valid stand-in address per vector cost four moves more). Other shapes (a
+// row of Dqk = 192 over a warp) index each vector. (Rows without a page read from one shared zero
+// row in device memory instead measured 10-40% slower decode steps on an H100: every CTA's padding
+// rows, such as the selected branch's block past the cache's end, then hit the same L2 lines.)
 template <int kRows, int kCols, int kThreads, class Element>
 __device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src,
                                                 int thread = static_cast<int>(threadIdx.x)) {
-  static_assert(kCols * 2 <= kMaxZeroRowBytes, "a row without a page reads the zero row");
   constexpr int kVectors = kCols / 8;
   auto copy = [&](int row, int vec, std::uint32_t to) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(src[row] + vec * 8) : "memory");
+    const Element* from = src[row];
+    const std::uint64_t address = reinterpret_cast<std::uint64_t>(from) + static_cast<std::uint64_t>(vec) * 16;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(address),
+                 "r"(from != nullptr ? 16 : 0)
+                 : "memory");
   };
   if constexpr (kThreads % kVectors == 0 && kRows % (kThreads / kVectors) == 0) {
     constexpr int kRowStep = kThreads / kVectors;

@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kSelectThreads) decode_select_kernel(const __g
     if (threadIdx.x < kKeys) {
       const long long i = k0 + threadIdx.x;
       const PageRow at = i < key_hi ? locate(p.cmp_block_table, p.k_cmp_pages, b, i) : PageRow{-1, 0};
-      key_rows[threadIdx.x] = gathered_row<Element>(p.k_cmp_pages, at, g);  // once per row, not per vector
+      key_rows[threadIdx.x] = pool_row<const Element>(p.k_cmp_pages, at, g);  // once per row, not per vector
     }
     for (int i = threadIdx.x; i < tokens * kLdProb; i += kSelectThreads) token_prob_s[i] = 0.0f;
     __syncthreads();
