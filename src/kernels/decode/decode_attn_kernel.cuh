@@ -291,25 +291,39 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
     sources[located_row] = pool_row<const Element>(k_pool, located.at, g);
     sources[kKeys + located_row] = pool_row<const Element>(v_pool, located.at, g);
   };
-  // Tile j's K and V copies, one cp.async group each (empty past the last tile, so that every
-  // iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.
-  auto issue_copies = [&](int tile) {
+  // Tile j's K copies, then its V copies, one cp.async group each (empty past the last tile, so
+  // that every iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.
+  auto issue_k = [&](int tile) {
     const Element* const* sources = sources_of(tile);
-    if (warp_local) {
-      const int r0 = kQuarterKeys * warp;
-      if (tile < num_tiles)
+    const int r0 = kQuarterKeys * warp;
+    if (tile < num_tiles) {
+      if (warp_local)
         copy_rows_async<kQuarterKeys, kDqk, 32>(k_s(tile) + r0 * T::kLdQk, T::kLdQk, sources + r0, lane);
-      common::cp_async_commit();
-      if (tile < num_tiles)
-        copy_rows_async<kQuarterKeys, kDv, 32>(v_s(tile) + r0 * T::kLdV, T::kLdV, sources + kKeys + r0, lane);
-      common::cp_async_commit();
-      return;
+      else
+        copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
     }
-    if (tile < num_tiles) copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
-    common::cp_async_commit();
-    if (tile < num_tiles) copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources + kKeys);
     common::cp_async_commit();
   };
+  auto issue_v = [&](int tile) {
+    const Element* const* sources = sources_of(tile) + kKeys;
+    const int r0 = kQuarterKeys * warp;
+    if (tile < num_tiles) {
+      if (warp_local)
+        copy_rows_async<kQuarterKeys, kDv, 32>(v_s(tile) + r0 * T::kLdV, T::kLdV, sources + r0, lane);
+      else
+        copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources);
+    }
+    common::cp_async_commit();
+  };
+  auto issue_copies = [&](int tile) {
+    issue_k(tile);
+    issue_v(tile);
+  };
+  // Warp-local with one K / V stage, the copies of tile j + 1 follow tile j's uses of the stage:
+  // K's once the warp's Q K^T products have read K_j, V's once its P V products have read V_j, so
+  // that each is in flight under the rest of the tile (with the CTA's barriers in between this
+  // measured no gain; warp-local it costs two warp barriers).
+  const bool split_copies = warp_local && stages == 1;
   if (located_row >= 0 && num_tiles > 0) {  // tiles 0 and 1: both table loads, then both stores
     const KeySlot first = locate_tile(0);
     const KeySlot second = num_tiles > 1 ? locate_tile(1) : KeySlot{};
@@ -320,7 +334,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   // every warp reads, lands here and the barrier below publishes it.
   if (warp_local) common::cp_async_wait<0>();
   __syncthreads();
-  if (stages == 2) issue_copies(0);
+  if (stages == 2 || split_copies) issue_copies(0);
 
   // The key tiles, in one of two warp layouts (CTA-uniform):
   //   rows:  warp quarter w takes rows 16w .. 16w + 15 of the tile and every key of a key tile;
@@ -380,16 +394,19 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
       // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible
       // (warp-local: the same within the warp, the only reader and writer of its rows).
       sync_tile();
-      issue_copies(stages == 2 ? it + 1 : it);
-      if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
-        common::cp_async_commit();
-        common::cp_async_commit();
+      if (!split_copies) {
+        issue_copies(stages == 2 ? it + 1 : it);
+        if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
+          common::cp_async_commit();
+          common::cp_async_commit();
+        }
       }
       const bool locates = located_row >= 0 && it + 2 < num_tiles;
       KeySlot ahead{};
       if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
 
-      common::cp_async_wait<3>();  // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight)
+      // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight; split: V_it)
+      if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<3>();
       sync_tile();
       slots = slots_of(it);
       tile_key0 = static_cast<int>(v0) + key0;
@@ -398,6 +415,12 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
         common::zero_acc<kCols>(sc);
         common::warp_tile_mma<Element, kDqk, kCols, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
                                                                                  T::kLdQk, key0);
+      }
+      if (split_copies) {  // the warp's lanes have read its K rows of tile it
+        __syncwarp();
+        issue_k(it + 1);
+      }
+      if (warp_has_rows) {
         if (branch == Branch::kCompressed) {
           flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
         } else if (branch == Branch::kWindow) {
@@ -410,10 +433,15 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
       if (block_partials && col0 == 0 && warp_has_rows)
         write_partials<kCols>(p.partials, p.nsa, sc, row_max, partial_row_s + row0, v0, kKeySplit ? quarter : 0);
 
-      common::cp_async_wait<2>();  // V of tile it has landed
+      // V of tile it has landed (split: K_it+1 may be in flight)
+      if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<2>();
       sync_tile();
       if (warp_has_rows)
         common::warp_pv_mma<Element, kCols, T::kDvPart>(acc, sc, v_s(it) + key0 * T::kLdV, T::kLdV, col0);
+      if (split_copies) {  // the warp's lanes have read its V rows of tile it
+        __syncwarp();
+        issue_v(it + 1);
+      }
       if (locates) store_located(it + 2, ahead);
     }
     common::cp_async_wait<0>();  // the Q copies, when no key tile ran
