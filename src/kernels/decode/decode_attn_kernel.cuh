@@ -29,7 +29,10 @@
 // the copies of tile j + 1 are in flight (two K / V stages) and the table loads of tile j + 2
 // (a ring of three located tiles), while tile j's products run. Where two stages do not fit the
 // shared memory (p.stages 1: Dqk = Dv = 256 on an A100), tile j's copies are issued at the top of
-// iteration j, after tile j - 1's products, and only the table loads run ahead.
+// iteration j, after tile j - 1's products, and only the table loads run ahead. In the key-quarter
+// layout (Dv <= 128) each warp runs this pipeline over its own 16 keys of every tile, with warp
+// barriers only (warp-local tiles, below); with one stage its next K copies follow its Q K^T and
+// its next V copies its P V, so that each is in flight under the rest of the tile.
 #pragma once
 
 #include <climits>
