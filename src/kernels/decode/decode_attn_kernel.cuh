@@ -50,7 +50,6 @@
 #include "kernels/decode/decode_union.cuh"
 #include "kernels/flash/flash_fwd_traits.cuh"
 #include "kernels/flash/flash_softmax.cuh"
-#include "kernels/flash/flash_softmax_lazy.cuh"
 #include "kernels/flash/flash_tiles.cuh"
 
 namespace fsa::cuda::decode {
