@@ -12,6 +12,7 @@
 #include <vector>
 #include <utility>
 
+#include "kernels/common/fast_divisor.hpp"
 #include "kernels/decode/decode_tiling.hpp"
 #include "test_util.hpp"
 
@@ -350,6 +351,45 @@ TEST(DecodePlan, GatheredKeysFitTheirSlots) {
         }
       }
   EXPECT_GT(checked, 5000);
+}
+
+// The paged pools' page lookup divides by the page size as a multiply-high (fast_divisor.hpp): the
+// quotient equals integer division for every divisor to 4096 at the multiples' edges and random
+// dividends, for random divisors to 2^31 - 1 at the dividends' extremes, and no divisor outside
+// [1, 2^31) gets constants.
+TEST(DecodePlan, FastDivisorEqualsDivision) {
+  using fsa::cuda::common::FastDivisor;
+  using fsa::cuda::common::fast_divide;
+  using fsa::cuda::common::make_fast_divisor;
+  constexpr std::uint32_t kMaxDividend = 0x7fffffffu;
+  std::mt19937_64 rng = rng_for_test();
+  long long checked = 0;
+  const auto check = [&](const FastDivisor& f, std::int64_t d, std::uint32_t n) {
+    ASSERT_EQ(fast_divide(n, f), n / static_cast<std::uint32_t>(d)) << "n " << n << " d " << d;
+    ++checked;
+  };
+  const auto check_divisor = [&](std::int64_t d, int random_dividends) {
+    const FastDivisor f = make_fast_divisor(d);
+    ASSERT_NE(f.multiplier, 0u) << "d " << d;
+    for (std::uint32_t n : {0u, 1u, kMaxDividend, kMaxDividend - 1}) check(f, d, n);
+    const std::uint64_t top = kMaxDividend / static_cast<std::uint64_t>(d);  // the last multiple's quotient
+    for (std::uint64_t k : {std::uint64_t{1}, std::uint64_t{2}, top - 1, top})
+      for (int delta = -1; delta <= 1; ++delta) {
+        const std::int64_t n = static_cast<std::int64_t>(k * static_cast<std::uint64_t>(d)) + delta;
+        if (n >= 0 && n <= kMaxDividend) check(f, d, static_cast<std::uint32_t>(n));
+      }
+    for (int i = 0; i < random_dividends; ++i) check(f, d, static_cast<std::uint32_t>(rng() & kMaxDividend));
+  };
+  for (std::int64_t d = 1; d <= 4096; ++d) check_divisor(d, 64);
+  for (int e = 12; e <= 31; ++e) {  // powers of two and their neighbours
+    const std::int64_t p = std::int64_t{1} << e;
+    for (std::int64_t d : {p - 1, p, p + 1})
+      if (d < (std::int64_t{1} << 31)) check_divisor(d, 64);
+  }
+  for (int i = 0; i < 20000; ++i) check_divisor(1 + static_cast<std::int64_t>(rng() % kMaxDividend), 16);
+  EXPECT_GT(checked, 500000);
+  for (std::int64_t d : {std::int64_t{0}, std::int64_t{-3}, std::int64_t{1} << 31, std::int64_t{1} << 40})
+    EXPECT_EQ(make_fast_divisor(d).multiplier, 0u) << "d " << d;
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/fast_divisor.hpp"
+
 namespace fsa::cuda::common {
 
 // A paged pool [pages, page_rows, H, D].
@@ -14,6 +16,7 @@ struct PagedPool {
   std::int64_t page_stride, row_stride, head_stride;
   std::int64_t pages;  // pool pages: table entries outside [0, pages) are never dereferenced
   int page_rows;       // rows (tokens) per page
+  FastDivisor rows_divisor;  // page_rows as a multiply-high division (locate's index / page_rows)
 };
 
 // A per-sequence page table [nseq, width] (int32): entry [b][j] is the pool page of the sequence's

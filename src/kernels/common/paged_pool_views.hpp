@@ -11,7 +11,8 @@ namespace fsa::cuda::common {
 
 // A pool [pages, page_rows, H, D].
 inline PagedPool pool_view(const TensorView& t) {
-  return {t.data, t.stride(0), t.stride(1), t.stride(2), t.size(0), static_cast<int>(t.size(1))};
+  const std::int64_t rows = t.size(1);
+  return {t.data, t.stride(0), t.stride(1), t.stride(2), t.size(0), static_cast<int>(rows), make_fast_divisor(rows)};
 }
 
 // A table [nseq, width] of int32.
