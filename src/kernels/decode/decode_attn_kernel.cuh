@@ -99,18 +99,24 @@ __device__ __forceinline__ void store_row_pair(const BranchOutput& out, int head
 // The key-quarter layout's end (decode_attn_kernel): four warps (per column half) hold the same
 // rows' online softmax over different quarters of every key tile. Each writes its unnormalised
 // output and (max, sum) per row into o_s (the Q, K and V stages' space, free after the last tile:
-// 4 x 16 rows x Dv floats, then the 4 x 16 maxima and sums); then the CTA's threads combine, per
-// row and pair of columns, the quarters' outputs at the largest maximum, as the split merge does
-// with splits, and write the row as the rows layout does (store_row_pair). where(r, &token, &head)
-// places row r of the tile.
+// 4 x 16 rows x Dv floats, then the 4 x 16 maxima and sums); then one thread per row combines its
+// quarters' statistics at the largest maximum (the factors of the quarters' outputs, the row's sum)
+// and places the row (where(r, &token, &head)), and the CTA's threads combine, per row and pair of
+// columns, the quarters' outputs with those factors, as the split merge does with splits, and write
+// the row as the rows layout does (store_row_pair). Per row, not per pair of columns: the pairs'
+// loop had repeated the statistics' loads, exponentials and the row's placement (8% of the
+// compressed launch's instructions at 16 x 128K, G 16).
 template <class Element, int kDv, int kDvPart, int kThreads, class Where>
 __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc)[kDvPart / 8][4], const float (&row_max)[2],
                                                    const float (&row_sum)[2], int quarter, int col0,
                                                    const BranchOutput& out, int heads_q, long long tokens, int split,
                                                    int rows, Where where) {
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
-  float* max_s = o_s + 4 * 16 * kDv;
-  float* sum_s = max_s + 4 * 16;
+  float* max_s = o_s + 4 * 16 * kDv;  // [quarter][row]; then each row's combined maximum
+  float* sum_s = max_s + 4 * 16;      // [quarter][row]; then each row's combined sum
+  __shared__ float4 factor_s[16];     // per row, the four quarters' factors
+  __shared__ long long token_s[16];
+  __shared__ int head_s[16];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = group + 8 * h;
@@ -124,26 +130,37 @@ __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < rows * (kDv / 2); idx += kThreads) {
-    const int r = idx / (kDv / 2), c = idx % (kDv / 2) * 2;
+  if (threadIdx.x < rows) {
+    const int r = threadIdx.x;
     float most = -INFINITY;
 #pragma unroll
     for (int w = 0; w < 4; ++w) most = fmaxf(most, max_s[w * 16 + r]);
-    float sum = 0.0f, o0 = 0.0f, o1 = 0.0f;
+    float f[4], sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const float m = max_s[w * 16 + r];
-      if (m == -INFINITY) continue;  // a quarter without keys (its sums and outputs are 0)
-      const float f = common::fast_exp2(m - most);
-      sum += sum_s[w * 16 + r] * f;
-      const float2 o = *reinterpret_cast<const float2*>(o_s + (w * 16 + r) * kDv + c);
-      o0 += o.x * f;
-      o1 += o.y * f;
+      f[w] = m == -INFINITY ? 0.0f : common::fast_exp2(m - most);  // a quarter without keys: sums and outputs 0
+      sum += sum_s[w * 16 + r] * f[w];
     }
-    long long token;
-    int head;
-    where(r, &token, &head);
-    store_row_pair<Element, kDv>(out, heads_q, tokens, split, token, head, c, o0, o1, most, sum, c == 0);
+    factor_s[r] = make_float4(f[0], f[1], f[2], f[3]);
+    where(r, &token_s[r], &head_s[r]);
+    max_s[r] = most;  // over quarter 0's entry of row r, which only this thread reads
+    sum_s[r] = sum;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < rows * (kDv / 2); idx += kThreads) {
+    const int r = idx / (kDv / 2), c = idx % (kDv / 2) * 2;
+    const float4 f = factor_s[r];
+    const float fw[4] = {f.x, f.y, f.z, f.w};
+    float o0 = 0.0f, o1 = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float2 o = *reinterpret_cast<const float2*>(o_s + (w * 16 + r) * kDv + c);
+      o0 += o.x * fw[w];
+      o1 += o.y * fw[w];
+    }
+    store_row_pair<Element, kDv>(out, heads_q, tokens, split, token_s[r], head_s[r], c, o0, o1, max_s[r], sum_s[r],
+                                 c == 0);
   }
 }
 
@@ -163,6 +180,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   __shared__ long long q_offset[kRows];  // -1: no row
   __shared__ int union_count;
   __shared__ long long partial_row_s[kRows];  // the block partials' row of each tile row (partial_row_at)
+  __shared__ uint2 partial_weights_s[32];      // the partials' fixed weights, per lane (make_fixed_weights)
 
   // The branch and split of blockIdx.z.
   int launch = 0;
@@ -213,6 +231,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
         row <= last_row ? (seq.row0 + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride : -1;
     if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(row, last_row, seq.row0, p.nsa, g, p.partials.quarters);
   }
+  const uint2* fixed_weights =
+      block_partials && make_fixed_weights(p.partials, p.nsa, partial_weights_s) ? partial_weights_s : nullptr;
   __syncthreads();
   // Everything above reads only the caller's batch description (cu_seqlens, cache_seqlens), which no
   // kernel of the step writes, so it runs while the kernel before this one finishes; what follows
@@ -433,7 +453,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
       }
       // The fused selection's block partials of the keys this warp holds (CTA-uniform branch).
       if (block_partials && col0 == 0 && warp_has_rows)
-        write_partials<kCols>(p.partials, p.nsa, sc, row_max, partial_row_s + row0, v0, kKeySplit ? quarter : 0);
+        write_partials<kCols>(p.partials, p.nsa, fixed_weights, sc, row_max, partial_row_s + row0, v0,
+                              kKeySplit ? quarter : 0);
 
       // V of tile it has landed (split: K_it+1 may be in flight)
       if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<2>();

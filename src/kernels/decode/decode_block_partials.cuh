@@ -39,36 +39,64 @@ __device__ __forceinline__ long long partial_row_at(long long row, long long las
   return ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * quarters;
 }
 
+// The overlap weights of a key quarter's blocks n0 .. n0 + 7 in the B operand's layout: this lane's
+// column of W (block n0 + group) at rows 2 pair, 2 pair + 1, 2 pair + 8, 2 pair + 9; past the
+// quarter's blocks the weights are 0. In units of s from the quarter's first key, its block jj
+// covers [block_lo0 + jj Bs, block_lo0 + (jj + 1) Bs) (quarter_block_start).
+__device__ __forceinline__ void quarter_weights(int block_lo0, int n0, int Ls, int Bs, std::uint32_t& b0,
+                                                std::uint32_t& b1) {
+  const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+  const int block_lo = block_lo0 + (n0 + group) * Bs;
+  auto weight = [&](int key) { return static_cast<float>(unit_overlap(key, block_lo, Ls, Bs)); };
+  b0 = mma::pack2<__half>(weight(2 * pair), weight(2 * pair + 1));
+  b1 = mma::pack2<__half>(weight(2 * pair + 8), weight(2 * pair + 9));
+}
+
+// Where every quarter meets its blocks at the same offsets (Bs = B / s divides kQuarterKeys: each
+// quarter starts on a block boundary) and one product covers them (quarter_blocks <= 8), every
+// quarter has the same weights: the launch makes them once, per lane, into `fixed` (shared memory,
+// the CTA's first warp; the caller syncs), and write_partials reads them there. Returns whether they
+// are fixed; else each quarter computes its own.
+__device__ __forceinline__ bool make_fixed_weights(const BlockPartials& out, const NsaNumbers& nsa, uint2* fixed) {
+  const int Ls = nsa.cmp_len / nsa.cmp_stride, Bs = nsa.block_size / nsa.cmp_stride;
+  if (kQuarterKeys % Bs != 0 || out.quarter_blocks > 8) return false;
+  if (threadIdx.x < 32) quarter_weights(0, 0, Ls, Bs, fixed[threadIdx.x].x, fixed[threadIdx.x].y);
+  return true;
+}
+
 // One warp's partials of key tile v0 / kKeys: quarters quarter0 .. quarter0 + kCols / 16 - 1, whose
 // keys are the columns 16 qi .. 16 qi + 15 of prob (the online softmax's C fragments: rows group
 // and group + 8, columns 2 pair and 2 pair + 1 of each 8), relative to row_max. rows_at: the
 // partial_row_at of the warp's 16 rows (shared memory). Per quarter and 8 blocks one product P W, with P in fp16
 // (probabilities in [0, 2^8] relative to the lazily moved maximum, flash::online_softmax_tile_lazy:
 // a relative rounding of 2^-11, against the bf16 inputs' 2^-8; sums far below fp16's 65504) and the
-// weights exact; lanes pair = 0 .. 3 store blocks 2 pair and 2 pair + 1 of their rows.
+// weights exact; lanes pair = 0 .. 3 store blocks 2 pair and 2 pair + 1 of their rows. Quarter
+// indices are below 2^27 (positions below 2^31), so the block arithmetic is 32-bit.
 // Warp-uniform: call it from every lane.
 template <int kCols>
-__device__ __forceinline__ void write_partials(const BlockPartials& out, const NsaNumbers& nsa,
+__device__ __forceinline__ void write_partials(const BlockPartials& out, const NsaNumbers& nsa, const uint2* fixed,
                                                const float (&prob)[kCols / 8][4], const float (&row_max)[2],
                                                const long long* rows_at, long long v0, int quarter0) {
   static_assert(kCols % kQuarterKeys == 0, "whole key quarters");
   const long long tile = v0 / kKeys;
   if (4 * tile >= out.quarters) return;  // past the plan's context, which the tables cannot address
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
-  const int s = nsa.cmp_stride, B = nsa.block_size, Ls = nsa.cmp_len / s, Bs = B / s, QB = out.quarter_blocks;
+  const int QB = out.quarter_blocks;
 #pragma unroll
   for (int qi = 0; qi < kCols / kQuarterKeys; ++qi) {
-    const long long u = tile * 4 + quarter0 + qi;
+    const int u = static_cast<int>(tile) * 4 + quarter0 + qi;
     std::uint32_t a[4];
     common::c_to_a<__half>(a, prob[2 * qi], prob[2 * qi + 1]);
-    const int base = quarter_block_start(u, 0, s, B);
     for (int n0 = 0; n0 < QB; n0 += 8) {
-      // This lane's column of W (block n0 + group; past the quarter's blocks its weights are 0) and
-      // rows 2 pair, 2 pair + 1, 2 pair + 8, 2 pair + 9 of it: the B operand's layout.
-      const int block_lo = base + (n0 + group) * Bs;
-      auto weight = [&](int key) { return static_cast<float>(unit_overlap(key, block_lo, Ls, Bs)); };
-      const std::uint32_t b0 = mma::pack2<__half>(weight(2 * pair), weight(2 * pair + 1));
-      const std::uint32_t b1 = mma::pack2<__half>(weight(2 * pair + 8), weight(2 * pair + 9));
+      std::uint32_t b0, b1;
+      if (fixed != nullptr) {
+        const uint2 w = fixed[lane];
+        b0 = w.x;
+        b1 = w.y;
+      } else {
+        const int Bs = nsa.block_size / nsa.cmp_stride;
+        quarter_weights(quarter_block_start(u, 0, Bs), n0, nsa.cmp_len / nsa.cmp_stride, Bs, b0, b1);
+      }
       float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       mma::mma_16816<__half>(sums, a, b0, b1);
       const int j = n0 + 2 * pair;

@@ -78,9 +78,10 @@ FSA_DECODE_HD int quarter_block_count(int l, int s, int B) {
 // the partials' 32-bit arithmetic: key u kQuarterKeys + i covers [i, i + Ls) and block
 // quarter_first_block(u) + jj covers [block_lo, block_lo + Bs) with block_lo =
 // quarter_block_start(u, jj); w(u kQuarterKeys + i, j) = unit_overlap(i, block_lo, Ls, Bs).
-FSA_DECODE_HD int quarter_block_start(long long u, int jj, int s, int B) {
-  const int Bs = B / s;
-  return static_cast<int>(quarter_first_block(u, s, B) * Bs - u * kQuarterKeys) + jj * Bs;
+// Quarter indices are below 2^27 (positions below 2^31), so this is 32-bit: Bs = B / s, and quarter u
+// starts in block floor(u kQuarterKeys / Bs) = quarter_first_block(u).
+FSA_DECODE_HD int quarter_block_start(int u, int jj, int Bs) {
+  return u * kQuarterKeys / Bs * Bs - u * kQuarterKeys + jj * Bs;
 }
 FSA_DECODE_HD int unit_overlap(int i, int block_lo, int Ls, int Bs) {
   const int lo = i > block_lo ? i : block_lo, hi = i + Ls < block_lo + Bs ? i + Ls : block_lo + Bs;
