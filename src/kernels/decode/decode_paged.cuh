@@ -22,7 +22,10 @@ using common::pool_row;
 // never dereferenced, as in CUTLASS's zero-fill copies), by the kThreads threads numbered `thread`
 // (the CTA's, or one warp's lanes). Each thread keeps one 16-byte column of the rows it copies: a
 // pointer load, a null test and the copy per vector, no index arithmetic or branch, the loop
-// unrolled (a select of a valid stand-in address per vector cost four moves more). Other shapes (a
+// unrolled (a select of a valid stand-in address per vector cost four moves more), every pointer
+// loaded before the first copy: ptxas puts three no-op shared loads between a shared load and a
+// following cp.async, so a pointer load before each copy cost three more instructions a vector and
+// a shared-memory round trip in series with each copy. Other shapes (a
 // row of Dqk = 192 over a warp) index each vector. (Rows without a page read from one shared zero
 // row in device memory instead measured 10-40% slower decode steps on an H100: every CTA's padding
 // rows, such as the selected branch's block past the cache's end, then hit the same L2 lines.)
@@ -30,8 +33,7 @@ template <int kRows, int kCols, int kThreads, class Element>
 __device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Element* const* src,
                                                 int thread = static_cast<int>(threadIdx.x)) {
   constexpr int kVectors = kCols / 8;
-  auto copy = [&](int row, int vec, std::uint32_t to) {
-    const Element* from = src[row];
+  auto copy = [&](const Element* from, int vec, std::uint32_t to) {
     const std::uint64_t address = reinterpret_cast<std::uint64_t>(from) + static_cast<std::uint64_t>(vec) * 16;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(address),
                  "r"(from != nullptr ? 16 : 0)
@@ -41,12 +43,15 @@ __device__ __forceinline__ void copy_rows_async(Element* dst, int ld, const Elem
     constexpr int kRowStep = kThreads / kVectors;
     const int vec = thread % kVectors, row0 = thread / kVectors;
     const std::uint32_t to = mma::shared_address(dst + row0 * ld + vec * 8);
+    const Element* from[kRows / kRowStep];
 #pragma unroll
-    for (int i = 0; i < kRows / kRowStep; ++i) copy(row0 + i * kRowStep, vec, to + i * kRowStep * ld * 2);
+    for (int i = 0; i < kRows / kRowStep; ++i) from[i] = src[row0 + i * kRowStep];
+#pragma unroll
+    for (int i = 0; i < kRows / kRowStep; ++i) copy(from[i], vec, to + i * kRowStep * ld * 2);
   } else {
     for (int idx = thread; idx < kRows * kVectors; idx += kThreads) {
       const int row = idx / kVectors, vec = idx % kVectors;
-      copy(row, vec, mma::shared_address(dst + row * ld + vec * 8));
+      copy(src[row], vec, mma::shared_address(dst + row * ld + vec * 8));
     }
   }
 }
