@@ -61,6 +61,7 @@ run memcheck-layer compute-sanitizer --tool memcheck --error-exitcode 1 build/gp
 run memcheck-inference compute-sanitizer --tool memcheck --error-exitcode 1 \
   build/gpu/tests/cpp/test_gpu_inference --gtest_filter='*GroupSizes*:*DropsRejected*:*ChunkedPrefill*'
 run memcheck-combine compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_combine
+run memcheck-decode-scores compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/tests/cpp/test_gpu_decode_scores
 run demo ./build/gpu/fsa demo
 # FSA_GPU_CHECK_PYTHON=1: the extension built against the machine's torch (with the kernels for
 # the local GPU) and the whole Python suite, GPU tests included (a copy of the tests and examples
