@@ -34,6 +34,19 @@ TEST(DecodePlan, BlockKeysAreThoseWithOverlap) {
         EXPECT_EQ(overlap_weight(i, j, h.l, h.s, h.B) > 0, i >= first && i < end)
             << "l=" << h.l << " s=" << h.s << " B=" << h.B << " block " << j << " key " << i;
     }
+  // The 32-bit forms in units of s (the scoring kernel's) equal the 64-bit ones, up to blocks near
+  // 2^31 / B.
+  for (const Hyper& h : kHypers) {
+    const int Ls = h.l / h.s, Bs = h.B / h.s;
+    const long long top = (1LL << 31) / h.B - 2;
+    for (long long j : {0LL, 1LL, 2LL, 3LL, 17LL, 1000LL, 123457LL, top - 1, top}) {
+      EXPECT_EQ(first_key_of_block_units(static_cast<int>(j), Ls, Bs), first_key_of_block(j, h.l, h.s, h.B))
+          << "l=" << h.l << " s=" << h.s << " B=" << h.B << " block " << j;
+      EXPECT_EQ(end_key_of_block_units(static_cast<int>(j), Bs), end_key_of_block(j, h.s, h.B)) << "block " << j;
+    }
+    for (long long u : {0LL, 1LL, 5LL, 77LL, 99999LL, (1LL << 27) - 1})
+      EXPECT_EQ(quarter_first_block_units(static_cast<int>(u), Bs), quarter_first_block(u, h.s, h.B)) << "quarter " << u;
+  }
   // Every compressed key spreads l / s over the blocks; at l 32, s 16, B 64 block j collects
   // keys 4j-1 .. 4j+3 with weights 1, 2, 2, 2, 1 (l 32, s 16, B 64).
   for (const Hyper& h : kHypers)

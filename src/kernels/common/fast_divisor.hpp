@@ -21,7 +21,6 @@ namespace fsa::cuda::common {
 struct FastDivisor {
   std::uint32_t multiplier = 0;  // m; 0 for a divisor outside [1, 2^31): no division is made
   int shift = 0;                 // 31 + l
-  int divisor = 0;
 };
 
 // The constants for divisor d; a divisor outside [1, 2^31) gives multiplier 0, which callers test.
@@ -30,7 +29,7 @@ inline FastDivisor make_fast_divisor(std::int64_t d) {
   int l = 0;
   while ((std::int64_t{1} << l) < d) ++l;
   const std::uint64_t m = ((std::uint64_t{1} << (31 + l)) + static_cast<std::uint64_t>(d) - 1) / static_cast<std::uint64_t>(d);
-  return {static_cast<std::uint32_t>(m), 31 + l, static_cast<int>(d)};
+  return {static_cast<std::uint32_t>(m), 31 + l};
 }
 
 // floor(n / d) for 0 <= n < 2^31 and a divisor made by make_fast_divisor.

@@ -98,20 +98,18 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
       stage_s[item] = sum;
     }
     __syncthreads();
-    // Each block adds the sums of its quarters in this chunk, in quarter order. In 32 bits and units
-    // of s (s divides l and B; positions, hence keys, blocks and quarters, are below 2^31): block j
-    // meets keys [j Bs - Ls + 1, (j + 1) Bs) (from 0 while j B < l), quarter u starts in block
-    // u kQuarterKeys / Bs (first_key_of_block, end_key_of_block, quarter_first_block).
+    // Each block adds the sums of its quarters in this chunk, in quarter order (in 32 bits and units
+    // of s: decode_tiling.hpp's *_units helpers; positions, hence blocks and keys, are below 2^31).
     const int ua32 = static_cast<int>(ua), ub32 = static_cast<int>(ua + chunk - 1);
     for (int jj = threadIdx.x; jj < range_blocks; jj += kThreads) {
       const int j = static_cast<int>(j0) + jj;
-      const int key_lo = j * Bs >= Ls ? j * Bs - Ls + 1 : 0;
-      const int key_hi = static_cast<int>(min(static_cast<long long>(j + 1) * Bs, visible));
+      const int key_lo = first_key_of_block_units(j, Ls, Bs);
+      const int key_hi = static_cast<int>(min(end_key_of_block_units(j, Bs), visible));
       if (key_lo >= key_hi) continue;
       const int u_lo = max(key_lo / kQuarterKeys, ua32);
       const int u_hi = min((key_hi - 1) / kQuarterKeys, ub32);  // ub32 <= u_last <= quarters - 1
       float score = score_s[jj];
-      for (int u = u_lo; u <= u_hi; ++u) score += stage_s[(u - ua32) * QB + j - u * kQuarterKeys / Bs];
+      for (int u = u_lo; u <= u_hi; ++u) score += stage_s[(u - ua32) * QB + j - quarter_first_block_units(u, Bs)];
       score_s[jj] = score;
     }
     __syncthreads();

@@ -80,9 +80,14 @@ FSA_DECODE_HD int quarter_block_count(int l, int s, int B) {
 // quarter_block_start(u, jj); w(u kQuarterKeys + i, j) = unit_overlap(i, block_lo, Ls, Bs).
 // Quarter indices are below 2^27 (positions below 2^31), so this is 32-bit: Bs = B / s, and quarter u
 // starts in block floor(u kQuarterKeys / Bs) = quarter_first_block(u).
+FSA_DECODE_HD int quarter_first_block_units(int u, int Bs) { return u * kQuarterKeys / Bs; }
 FSA_DECODE_HD int quarter_block_start(int u, int jj, int Bs) {
-  return u * kQuarterKeys / Bs * Bs - u * kQuarterKeys + jj * Bs;
+  return quarter_first_block_units(u, Bs) * Bs - u * kQuarterKeys + jj * Bs;
 }
+// first_key_of_block(j) and end_key_of_block(j) in 32 bits and units of s: block j meets keys
+// [j Bs - Ls + 1, (j + 1) Bs), from 0 while j B < l (blocks below 2^31 / B).
+FSA_DECODE_HD int first_key_of_block_units(int j, int Ls, int Bs) { return j * Bs >= Ls ? j * Bs - Ls + 1 : 0; }
+FSA_DECODE_HD long long end_key_of_block_units(int j, int Bs) { return static_cast<long long>(j + 1) * Bs; }
 FSA_DECODE_HD int unit_overlap(int i, int block_lo, int Ls, int Bs) {
   const int lo = i > block_lo ? i : block_lo, hi = i + Ls < block_lo + Bs ? i + Ls : block_lo + Bs;
   return hi > lo ? hi - lo : 0;
