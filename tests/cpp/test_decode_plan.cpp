@@ -89,7 +89,7 @@ TEST(DecodePlan, KeyQuartersMeetTheirBlocks) {
                     overlap_weight(u * kQuarterKeys + i, first + jj, h.l, h.s, h.B))
               << "l=" << h.l << " s=" << h.s << " B=" << h.B << " quarter " << u << " block " << jj << " key " << i;
       // A quarter starting on a block boundary (Bs divides kQuarterKeys) has every quarter's weights
-      // equal: the attention then makes them once (decode_block_partials.cuh, partials_shape).
+      // equal: the attention then makes them once (decode_block_partials.cuh, make_fixed_weights).
       if (kQuarterKeys % (h.B / h.s) == 0) EXPECT_EQ(quarter_block_start(static_cast<int>(u), 0, h.B / h.s), 0);
       if (::testing::Test::HasFailure()) return;
     }

@@ -84,8 +84,9 @@ FSA_DECODE_HD int quarter_first_block_units(int u, int Bs) { return u * kQuarter
 FSA_DECODE_HD int quarter_block_start(int u, int jj, int Bs) {
   return quarter_first_block_units(u, Bs) * Bs - u * kQuarterKeys + jj * Bs;
 }
-// first_key_of_block(j) and end_key_of_block(j) in 32 bits and units of s: block j meets keys
-// [j Bs - Ls + 1, (j + 1) Bs), from 0 while j B < l (blocks below 2^31 / B).
+// first_key_of_block(j) and end_key_of_block(j) in 32-bit arithmetic and units of s: block j meets
+// keys [j Bs - Ls + 1, (j + 1) Bs), from 0 while j B < l (blocks below 2^31 / B). The end is
+// returned in 64 bits: (j + 1) Bs reaches 2^31 for the last block at s = 1.
 FSA_DECODE_HD int first_key_of_block_units(int j, int Ls, int Bs) { return j * Bs >= Ls ? j * Bs - Ls + 1 : 0; }
 FSA_DECODE_HD long long end_key_of_block_units(int j, int Bs) { return static_cast<long long>(j + 1) * Bs; }
 FSA_DECODE_HD int unit_overlap(int i, int block_lo, int Ls, int Bs) {
