@@ -210,6 +210,41 @@ TEST(DecodePlan, AttentionStagesFitTheDevice) {
   EXPECT_EQ(attn_stages(128, 128, 64, 32, 163 * 1024), 2);
 }
 
+// The key-quarter kernel runs where four of its CTAs fit a SM: an H100's 228 KB at D 128, not an
+// A100's 164 KB nor Dqk 192 (three would fit, as for the kernel of any tile with more registers),
+// never above Dv 128; and a decode step's plan on such a device launches it.
+TEST(DecodePlan, QuarterKernelWhereFourCtasFit) {
+  constexpr std::size_t kH100 = 228 * 1024, kA100 = 164 * 1024;
+  EXPECT_EQ(attn_quarter_ctas_per_sm(128, 128, 64, 64, kH100), kQuarterMinCtas);
+  EXPECT_EQ(attn_quarter_ctas_per_sm(64, 64, 64, 64, kH100), kQuarterMinCtas);
+  EXPECT_EQ(attn_quarter_ctas_per_sm(128, 128, 64, 64, kA100), 0);
+  EXPECT_EQ(attn_quarter_ctas_per_sm(192, 128, 64, 64, kH100), 0);
+  EXPECT_EQ(attn_quarter_ctas_per_sm(256, 256, 1, 1, SIZE_MAX), 0);
+  const AttnSmem quarter(128, 128, 64, 64, 1, kQuarterTileRows), any(128, 128, 64, 64, 1);
+  EXPECT_EQ(any.bytes - quarter.bytes, static_cast<std::size_t>(kRows - kQuarterTileRows) * (128 + kPad) * 2);
+
+  NsaNumbers nsa{};
+  nsa.cmp_len = 32;
+  nsa.cmp_stride = 16;
+  nsa.block_size = 64;
+  nsa.topk = 16;
+  nsa.window = 512;
+  nsa.heads_q = 64;
+  nsa.heads_kv = 4;
+  nsa.group = 16;
+  const QuarterDevice h100{132, kH100, 128, 128};
+  // 16 sequences x 128K, q_len 1: one wave of 132 x 4 CTAs over 16 x 4 tiles: 8 splits, where the
+  // kernel of any tile (132 x 3) takes 6.
+  const StepPlan decode = plan_step(nsa, 16, 16, 131072 + 256, 132 * 3, h100);
+  EXPECT_TRUE(decode.quarter_launch);
+  EXPECT_EQ(decode.splits[0], 8);
+  EXPECT_EQ(decode.rows_splits[0], 6);
+  EXPECT_FALSE(plan_step(nsa, 16, 16, 131072 + 256, 132 * 3).quarter_launch);  // no device
+  EXPECT_FALSE(plan_step(nsa, 16 * 9, 16, 131072 + 256, 132 * 3, h100).quarter_launch);  // not a decode step
+  const StepPlan prefill = plan_step(nsa, 16 * 9, 16, 131072 + 256, 132 * 3, h100);
+  for (int b = 0; b < kBranches; ++b) EXPECT_EQ(prefill.splits[b], prefill.rows_splits[b]) << b;
+}
+
 TEST(DecodePlan, BoundsHoldOverShapes) {
   for (const Hyper& h : kHypers)
     for (const auto& [hq, hkv] : {std::pair{64, 4}, {16, 4}, {4, 4}, {8, 1}, {3, 1}, {128, 1}})
@@ -225,17 +260,27 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             nsa.heads_q = hq;
             nsa.heads_kv = hkv;
             nsa.group = hq / hkv;
+            // Planned without a device, and for an H100 with the key-quarter kernel.
             const StepPlan p = plan_step(nsa, tokens, seqs, context);
+            const StepPlan pq = plan_step(nsa, tokens, seqs, context, 132 * 3, QuarterDevice{132, 228 * 1024, 128, 128});
             const std::string where = "l=" + std::to_string(h.l) + " B=" + std::to_string(h.B) +
                                       " G=" + std::to_string(nsa.group) + " N=" + std::to_string(tokens) +
                                       " nseq=" + std::to_string(seqs) + " context=" + std::to_string(context);
-            for (int b = 0; b < kBranches; ++b) {
-              EXPECT_GE(p.splits[b], 1) << where;
-              EXPECT_LE(p.splits[b], kMaxSplits) << where;
-              if (p.splits[b] > 1) {
-                EXPECT_LE(p.splits[b] * tokens, p.split_tokens[b]) << where << " branch " << b;
+            EXPECT_FALSE(p.quarter_launch) << where;
+            EXPECT_EQ(pq.quarter_launch,
+                      fuses_selection(tokens, seqs) &&
+                          attn_quarter_ctas_per_sm(128, 128, pq.union_words, pq.union_capacity, 228 * 1024) > 0)
+                << where;
+            for (const StepPlan* plan : {&p, &pq})
+              for (int b = 0; b < kBranches; ++b) {
+                EXPECT_GE(plan->rows_splits[b], 1) << where;
+                EXPECT_LE(plan->rows_splits[b], plan->splits[b]) << where;
+                EXPECT_LE(plan->splits[b], kMaxSplits) << where;
+                if (!plan->quarter_launch) EXPECT_EQ(plan->splits[b], plan->rows_splits[b]) << where;
+                if (plan->splits[b] > 1) {
+                  EXPECT_LE(plan->splits[b] * tokens, plan->split_tokens[b]) << where << " branch " << b;
+                }
               }
-            }
             const long long blocks = (p.max_context + h.B - 1) / h.B;
             EXPECT_LE(static_cast<long long>(p.ranges) * tokens, p.range_tokens) << where;
             EXPECT_GE(static_cast<long long>(p.ranges) * p.range_capacity, blocks) << where;
@@ -286,11 +331,16 @@ TEST(DecodePlan, BoundsGrowWithTheShape) {
         for (long long context = 1; context <= (1LL << 21); context *= 4) {
           const std::string where = "G=" + std::to_string(nsa.group) + " N=" + std::to_string(tokens) +
                                     " nseq=" + std::to_string(seqs) + " context=" + std::to_string(context);
-          const StepPlan p = plan_step(nsa, tokens, seqs, context);
-          no_smaller(p, plan_step(nsa, tokens + 1, seqs, context), where + " (N + 1)");
-          no_smaller(p, plan_step(nsa, tokens, seqs + 1, context), where + " (nseq + 1)");
-          no_smaller(p, plan_step(nsa, tokens, seqs, context + 1), where + " (context + 1)");
-          no_smaller(p, plan_step(nsa, tokens, seqs, context * 3), where + " (context x 3)");
+          for (const QuarterDevice& device : {QuarterDevice{}, QuarterDevice{132, 228 * 1024, 128, 128}}) {
+            auto plan = [&](std::int64_t n, int nseq, std::int64_t ctx) {
+              return plan_step(nsa, n, nseq, ctx, 132 * 3, device);
+            };
+            const StepPlan p = plan(tokens, seqs, context);
+            no_smaller(p, plan(tokens + 1, seqs, context), where + " (N + 1)");
+            no_smaller(p, plan(tokens, seqs + 1, context), where + " (nseq + 1)");
+            no_smaller(p, plan(tokens, seqs, context + 1), where + " (context + 1)");
+            no_smaller(p, plan(tokens, seqs, context * 3), where + " (context x 3)");
+          }
           if (::testing::Test::HasFailure()) return;
         }
   }

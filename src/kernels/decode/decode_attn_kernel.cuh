@@ -164,17 +164,25 @@ __device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc
   }
 }
 
-template <class Element, int kDqk, int kDv>
-__global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAttnMinCtas<Element, kDqk, kDv>))
+// kQuarters: the key-quarter kernel (decode_tiling.hpp, kQuarterTileRows): a decode step's tiles of
+// at most 16 rows only, one K / V stage, warp-local tiles, a Q tile of 16 rows and registers for
+// kQuarterMinCtas CTAs a SM; the other tiles of that step run in the kernel without it, a launch
+// before (AttnParams::quarter_launch), which then skips the small tiles.
+template <class Element, int kDqk, int kDv, bool kQuarters>
+__global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
+                                  (kQuarters ? kQuarterMinCtas : kAttnMinCtas<Element, kDqk, kDv>))
     decode_attn_kernel(const __grid_constant__ AttnParams p) {
   using T = AttnTraits<Element, kDqk, kDv>;
+  static_assert(!kQuarters || T::kThreads == 128, "the key-quarter kernel is one warp group (Dv <= 128)");
+  // The Q tile's rows in shared memory.
+  constexpr int kQRows = kQuarters ? kQuarterTileRows : kRows;
   static_assert(T::kRows == kRows && T::kKeys == kKeys && T::kLdQk == kDqk + kPad && T::kLdV == kDv + kPad,
                 "the flash tiling is the decode layout's (AttnSmem)");
   static_assert(sizeof(Element) == 2, "16-bit elements");
   constexpr int kThreads = T::kThreads;  // four warps of 16 rows (Dv = 256: times two column halves)
   static_assert(kThreads >= kRows && kKeys == kRows, "a thread per query row and per key row");
   static_assert((4 * 16 * kDv + 2 * 4 * 16) * 4 <=
-                    (kRows * (kDqk + kPad) + kKeys * (kDqk + kPad) + kKeys * (kDv + kPad)) * 2,
+                    (kQRows * (kDqk + kPad) + kKeys * (kDqk + kPad) + kKeys * (kDv + kPad)) * 2,
                 "the key quarters' outputs fit where the Q tile and one K and V stage were (merge_key_quarters)");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ long long q_offset[kRows];  // -1: no row
@@ -203,10 +211,18 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   const long long last_row = min(first_row + kRows, seq.new_tokens * G) - 1;
   const long long t_first = first_row / G, t_last = last_row / G;
   const long long pos_first = seq.cached + t_first, pos_last = seq.cached + t_last;
+  // A decode step's small tiles run in the key-quarter kernel, the others in this one.
+  const bool quarter_tile = last_row - first_row < kQuarterTileRows;
+  if constexpr (kQuarters) {
+    if (!quarter_tile) return;
+  } else {
+    if (p.quarter_launch && quarter_tile) return;
+  }
+  const int tile_splits = kQuarters ? out.splits : out.rows_splits;
 
   const bool block_partials = branch == Branch::kCompressed && p.partials.values != nullptr;
-  const int stages = p.stages;  // 1 or 2 (CTA-uniform)
-  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, stages);
+  const int stages = kQuarters ? 1 : p.stages;  // 1 or 2 (CTA-uniform)
+  const AttnSmem layout(kDqk, kDv, p.union_words, p.union_capacity, stages, kQRows);
   auto* q_s = reinterpret_cast<Element*>(smem + layout.q);
   // Tile j's stage is j & 1; with one stage both stages are the same bytes (stride 0).
   const std::uint32_t k_stride = stages == 2 ? static_cast<std::uint32_t>(layout.k_stage) : 0u;
@@ -238,8 +254,17 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   // kernel of the step writes, so it runs while the kernel before this one finishes; what follows
   // reads the step's own writes (q_rot, the pages, topk_idx) and waits for them (dependent_launch.cuh).
   common::await_prior_grids();
+  if (split >= tile_splits) {  // a large tile's split past its own count: no keys, for the merge
+    if (threadIdx.x <= last_row - first_row) {
+      const long long row = first_row + threadIdx.x;
+      const long long token = seq.row0 + row / G;
+      const int head = g * G + static_cast<int>(row % G);
+      out.stats[(static_cast<long long>(split) * batch.tokens + token) * p.nsa.heads_q + head] = {-INFINITY, 0.0f};
+    }
+    return;
+  }
   const auto* q = static_cast<const Element*>(p.q);
-  common::copy_tile_async<kRows, kDqk, kThreads>(
+  common::copy_tile_async<kQRows, kDqk, kThreads>(
       q_s, T::kLdQk, [&](int r) -> const Element* { return q_offset[r] >= 0 ? q + q_offset[r] : nullptr; });
   common::cp_async_commit();
 
@@ -256,7 +281,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
     total = static_cast<long long>(count) * B;
   }
   // This split's part, in whole key tiles.
-  const long long per_split = (total + out.splits - 1) / out.splits;
+  const long long per_split = (total + tile_splits - 1) / tile_splits;
   const long long split_keys = (per_split + kKeys - 1) / kKeys * kKeys;
   const long long v_begin = min(total, split * split_keys), v_end = min(total, v_begin + split_keys);
   const int num_tiles = static_cast<int>((v_end - v_begin + kKeys - 1) / kKeys);
@@ -297,7 +322,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
   // their quarters independently, with no CTA barrier per tile (three a tile, each waiting for the
   // slowest warp, where warps 0 and 1 alone also located the tile's rows). Else the CTA locates and
   // copies each tile together and meets at a barrier before reading it.
-  const bool warp_local = kThreads == 128 && last_row - first_row < 16;
+  const bool warp_local = kQuarters || (kThreads == 128 && last_row - first_row < 16);
   auto sync_tile = [&] {
     if (warp_local) __syncwarp(); else __syncthreads();
   };
@@ -493,14 +518,20 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads, (kAt
       }
     }
   };
-  if (last_row - first_row < 16) {
+  if constexpr (kQuarters) {
     attend_tiles.template operator()<true>();
   } else {
-    attend_tiles.template operator()<false>();
+    if (last_row - first_row < 16) {
+      attend_tiles.template operator()<true>();
+    } else {
+      attend_tiles.template operator()<false>();
+    }
   }
 }
 
-// One CTA per (attention tile, kv head, branch split); the branches of `p` run in one launch.
+// One CTA per (attention tile, kv head, branch split); the branches of `p` run in one launch, or,
+// where a decode step runs its small tiles in the key-quarter kernel (p.quarter_launch), in two: the
+// larger tiles first (none in a step of q_len x G <= 16: its CTAs exit at once), then the small ones.
 template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   using T = AttnTraits<Element, kDqk, kDv>;
@@ -508,10 +539,17 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   if (p.stages < 1 || p.stages > kAttnMaxStages)
     return FSA_ERROR(StatusCode::kInternal, "decode attention: AttnParams::stages must be 1 or 2, got " +
                                                 std::to_string(p.stages));
+  const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
+  if (tiles > 0x7fffffffLL)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
+  const int last = p.num_launch_branches - 1;
+  const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
+  const dim3 grid(static_cast<unsigned>(tiles), p.nsa.heads_kv, z);
   auto smem_of = [&](int stages) {
     return AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, stages).bytes;
   };
-  auto* kernel = decode_attn_kernel<Element, kDqk, kDv>;
+  auto* kernel = decode_attn_kernel<Element, kDqk, kDv, false>;
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_of(p.stages))));
   // One stage where it fits more CTAs a SM than two: the tile chain is latency-bound, and on an H100
@@ -524,15 +562,20 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
     FSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&with_one, kernel, T::kThreads, smem_of(1)));
     if (with_one > with_two) run.stages = 1;
   }
-  const std::size_t smem = smem_of(run.stages);
-  const long long tiles = p.batch.tokens * p.nsa.group / kRows + p.batch.num_seqs;
-  if (tiles > 0x7fffffffLL)
-    return FSA_ERROR(StatusCode::kNotImplemented,
-                     "q: nsa_prefill: " + std::to_string(tiles) + " query tiles exceed the grid limit");
-  const int last = p.num_launch_branches - 1;
-  const int z = p.z_begin[last] + p.out[static_cast<int>(p.launch_branch[last])].splits;
-  return common::launch_dependent<&decode_attn_kernel<Element, kDqk, kDv>>(
-      "decode_attn_kernel", dim3(static_cast<unsigned>(tiles), p.nsa.heads_kv, z), T::kThreads, smem, stream, run);
+  constexpr auto* kAnyTile = &decode_attn_kernel<Element, kDqk, kDv, false>;
+  FSA_RETURN_IF_ERROR(
+      common::launch_dependent<kAnyTile>("decode_attn_kernel", grid, T::kThreads, smem_of(run.stages), stream, run));
+  if (!p.quarter_launch) return Status::ok();
+  if constexpr (T::kThreads == 128) {
+    const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, 1, kQuarterTileRows).bytes;
+    FSA_CUDA_CHECK(cudaFuncSetAttribute(decode_attn_kernel<Element, kDqk, kDv, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    constexpr auto* kQuarterTiles = &decode_attn_kernel<Element, kDqk, kDv, true>;
+    return common::launch_dependent<kQuarterTiles>(
+        "decode_attn_quarters_kernel", grid, T::kThreads, smem, stream, p);
+  } else {
+    return FSA_ERROR(StatusCode::kInternal, "decode attention: no key-quarter kernel above Dv = 128");
+  }
 }
 
 }  // namespace fsa::cuda::decode

@@ -160,7 +160,8 @@ struct BranchOutput {
   std::int64_t lse_head_stride, lse_token_stride;
   float* o_part;
   RowStats* stats;
-  int splits;
+  int splits;       // the launch's (grid z) and the merge's
+  int rows_splits;  // a tile's of more than kQuarterTileRows rows (StepPlan::rows_splits): <= splits
 };
 
 // The fused selection's block partials (decode steps; decode_block_scores.cu), per key quarter u
@@ -204,6 +205,9 @@ struct AttnParams {
   bool stages_forced;
   // The compressed branch's block partials for the fused selection (values null: none).
   BlockPartials partials;
+  // A decode step's tiles of at most kQuarterTileRows rows run in the key-quarter kernel, a launch
+  // of their own after the one of the larger tiles (StepPlan::quarter_launch).
+  bool quarter_launch;
 };
 
 // ---- Block selection (decode_select_kernel.cuh, decode_topk.cu) -------------------------------

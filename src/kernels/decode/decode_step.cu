@@ -85,8 +85,22 @@ long long attn_wave_ctas(const NsaInferenceShape& s) {
   return static_cast<long long>(sms) * decode::attn_ctas_per_sm(s.head_dim_v);
 }
 
+// What the key-quarter kernel's wave needs of the call's device: its SMs and shared memory a SM
+// (a failed query: none, so the plan keeps every tile in the one kernel).
+decode::QuarterDevice quarter_device(const NsaInferenceShape& s) {
+  int sms = 0, smem = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, s.device.index) != cudaSuccess ||
+      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, s.device.index) != cudaSuccess ||
+      sms <= 0 || smem <= 0) {
+    (void)cudaGetLastError();
+    return {};
+  }
+  return {sms, static_cast<std::size_t>(smem), static_cast<int>(s.head_dim_qk), static_cast<int>(s.head_dim_v)};
+}
+
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
-  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context, attn_wave_ctas(s));
+  return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context, attn_wave_ctas(s),
+                           quarter_device(s));
 }
 
 static_assert(decode::kFusedSelectTokensPerSeq == kMaxDecodeTokens, "decode steps fuse their selection");
@@ -238,10 +252,6 @@ decode::BatchInfo batch_of(const NsaLayerInputs& in, const NsaCacheBatch& batch,
   return info;
 }
 
-// A margin for the kernels' static shared memory (their row tables, below 3 KB) on top of the
-// dynamic layouts.
-constexpr int kStaticSmem = 3072;
-
 // Accepts every (Element, Dqk, Dv) the dispatch table serves: the head-dim check without a launch.
 struct AcceptAttention {
   template <class, int, int>
@@ -270,7 +280,7 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
            {"branches.o_slc", br.o_slc}, {"branches.o_swa", br.o_swa}}));
   int max_smem = 0;
   FSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, in.q.device.index));
-  max_smem -= kStaticSmem;
+  max_smem -= static_cast<int>(decode::kAttnStaticSmem);  // the kernels' static tables
   // One K / V stage at least.
   const std::size_t attn =
       decode::AttnSmem(s.head_dim_qk, s.head_dim_v, plan.union_words, plan.union_capacity, /*stages=*/1).bytes;
@@ -476,6 +486,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
     out.o_token_stride = outputs[b]->stride(0);
     out.o_head_stride = outputs[b]->stride(1);
     out.splits = plan.splits[b];
+    out.rows_splits = plan.rows_splits[b];
     out.o_part = w.o_part[b];
     out.stats = w.stats[b];
   }
@@ -486,6 +497,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   at.union_capacity = plan.union_capacity;
   at.stages = attn_stages;
   at.stages_forced = stages_forced;
+  at.quarter_launch = plan.quarter_launch;
   auto attend = [&](std::initializer_list<decode::Branch> branches) -> Status {
     at.num_launch_branches = 0;
     int z = 0;

@@ -140,11 +140,13 @@ constexpr int kAttnLocatedTiles = 3;  // tiles j (masks), j + 1 (its copies issu
 struct AttnSlot {  // a located key row: its key (compressed index or position; INT_MAX: past the list) and union entry
   int key, unit;
 };
+// `q_rows`: the Q tile's rows (kRows; the key-quarter kernel's kQuarterTileRows).
 struct AttnSmem {
   std::size_t q, k, v, k_stage, v_stage, slots, sources, bitmap, blocks, token_masks, bytes;
-  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, int stages = kAttnMaxStages) {
+  FSA_DECODE_HD AttnSmem(int dim_qk, int dim_v, int union_words, int union_capacity, int stages = kAttnMaxStages,
+                         int q_rows = kRows) {
     q = 0;
-    k = q + align_smem(static_cast<std::size_t>(kRows) * (dim_qk + kPad) * 2);
+    k = q + align_smem(static_cast<std::size_t>(q_rows) * (dim_qk + kPad) * 2);
     k_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_qk + kPad) * 2);
     v = k + stages * k_stage;
     v_stage = align_smem(static_cast<std::size_t>(kKeys) * (dim_v + kPad) * 2);
@@ -157,6 +159,31 @@ struct AttnSmem {
     bytes = token_masks + align_smem(static_cast<std::size_t>(union_capacity) * 8);
   }
 };
+
+// The key-quarter kernel (decode_attn_kernel.cuh, kQuarters): tiles of at most kQuarterTileRows query
+// rows (a decode step's q_len x G <= 16), every warp on all of them and a quarter of each key tile,
+// one K / V stage, its Q tile of 16 rows, and registers for kQuarterMinCtas CTAs of four warps a SM
+// where the attention of any tile takes three (kAttnMinCtas). The tile chain is latency-bound (a
+// warp's instructions ~7.5 cycles apart at 168 registers), so a fourth CTA a SM is a third more
+// warps to issue from. Dv <= 128 only (four warps of 128 threads).
+constexpr int kQuarterTileRows = 16;
+constexpr int kQuarterMinCtas = 4;
+// A margin for the decode kernels' static shared memory (row tables, the merge's factors; 1.8 KB
+// for the attention at sm_90a) on top of their dynamic layouts, and what the GPU reserves per CTA,
+// for the CTAs-a-SM count below.
+constexpr std::size_t kAttnStaticSmem = 3072;
+constexpr std::size_t kSmemReservedPerCta = 1024;
+// The key-quarter kernel's CTAs a SM on a device of `smem_per_sm` bytes of shared memory a SM:
+// kQuarterMinCtas where they fit (its registers allow that many), else 0, where it would run fewer
+// CTAs a SM than the kernel of any tile with fewer registers (an A100's 164 KB; Dqk 192), and
+// where it does not serve the head dims (Dv > 128).
+inline int attn_quarter_ctas_per_sm(int dim_qk, int dim_v, int union_words, int union_capacity,
+                                    std::size_t smem_per_sm) {
+  if (dim_v > 128) return 0;
+  const std::size_t cta = AttnSmem(dim_qk, dim_v, union_words, union_capacity, 1, kQuarterTileRows).bytes +
+                          kAttnStaticSmem + kSmemReservedPerCta;
+  return smem_per_sm / cta >= static_cast<std::size_t>(kQuarterMinCtas) ? kQuarterMinCtas : 0;
+}
 
 // The attention's K / V stages at this shape: two where they fit `max_smem` bytes, else one.
 inline int attn_stages(int dim_qk, int dim_v, int union_words, int union_capacity, std::size_t max_smem) {
@@ -221,7 +248,13 @@ struct StepPlan {
   std::int64_t stage_rows = 0;   // staged window rows, at most: N + nseq (l - 1)
   std::int64_t cmp_rows = 0;     // new compressed tokens, at most: N / s + nseq
   std::int64_t attn_tiles = 0;   // attention grid x: N G / kRows + nseq
+  // Per branch: the launch's splits (grid z, the merge's count) and those of its tiles of more than
+  // kQuarterTileRows rows (rows_splits <= splits). They differ only where a decode step runs its
+  // small tiles in the key-quarter kernel (quarter_launch), whose wave of four CTAs a SM fits more
+  // splits; a large tile's splits past its own count write empty statistics.
   int splits[kBranches] = {1, 1, 1};
+  int rows_splits[kBranches] = {1, 1, 1};
+  bool quarter_launch = false;
   // Bound of splits x N of each branch (its partial outputs hold that many token rows), 0 when the
   // branch can never run in several splits at this shape's context.
   std::int64_t split_tokens[kBranches] = {0, 0, 0};
@@ -268,8 +301,16 @@ inline long long clamp_ll(long long v, long long lo, long long hi) { return v < 
 inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
 inline long long max_ll(long long a, long long b) { return a > b ? a : b; }
 
+// The device figures the key-quarter kernel's wave needs (sms 0: plan without it, as for a plan
+// made without a device).
+struct QuarterDevice {
+  long long sms = 0;
+  std::size_t smem_per_sm = 0;
+  int dim_qk = 0, dim_v = 0;
+};
+
 inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context,
-                          long long attn_wave_ctas = kDefaultAttnWaveCtas) {
+                          long long attn_wave_ctas = kDefaultAttnWaveCtas, const QuarterDevice& quarter = {}) {
   StepPlan p;
   const long long G = nsa.group, hkv = nsa.heads_kv > 0 ? nsa.heads_kv : 1;
   const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, K = nsa.topk;
@@ -297,14 +338,32 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
       ceil_div(compressed_count(p.max_context, l, s), kKeys),               // compressed
       ceil_div(union_blocks * B, kKeys),                                    // selected
       ceil_div(min_ll(nsa.window + tile_tokens, p.max_context), kKeys)};   // window
-  for (int b = 0; b < kBranches; ++b) {
-    const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
-    p.splits[b] = static_cast<int>(clamp_ll(wanted, 1, cap));
-    const long long c = ceil_div(attn_wave_ctas * kRows, G * hkv);
-    p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, c + min_ll(tokens, c)) : 0;
-  }
   p.union_words = static_cast<int>(max_ll(ceil_div(max_blocks, 32), 1));
   p.union_capacity = static_cast<int>(max_ll(union_blocks, 1));
+  // A decode step (fuses_selection) whose head dims the key-quarter kernel serves runs its tiles of
+  // at most kQuarterTileRows rows there (one a sequence: q_len x G <= 16 rows), split to fill that
+  // kernel's wave: splits = max(the large tiles' rows_splits, W_q / (nseq Hkv)). For a fusing call
+  // of N' <= 8 nseq' tokens, W_q / (nseq' Hkv) N' <= 8 W_q / Hkv, with W_q at most SMs x
+  // kQuarterMinCtas (a bound of the device alone, so that it does not fall as the context's union
+  // grows the kernel's shared memory).
+  const bool quarter_dims = quarter.sms > 0 && attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, 1, 1, SIZE_MAX) > 0;
+  const long long quarter_wave =
+      quarter_dims ? quarter.sms * attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, p.union_words,
+                                                            p.union_capacity, quarter.smem_per_sm)
+                   : 0;
+  p.quarter_launch = quarter_wave > 0 && fuses_selection(tokens, num_seqs);
+  const long long quarter_wanted = quarter_wave / max_ll(static_cast<long long>(num_seqs) * hkv, 1);
+  for (int b = 0; b < kBranches; ++b) {
+    const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
+    p.rows_splits[b] = static_cast<int>(clamp_ll(wanted, 1, cap));
+    p.splits[b] = p.quarter_launch ? static_cast<int>(max_ll(p.rows_splits[b], clamp_ll(quarter_wanted, 1, cap)))
+                                   : p.rows_splits[b];
+    const long long c = ceil_div(attn_wave_ctas * kRows, G * hkv);
+    p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, c + min_ll(tokens, c)) : 0;
+    if (quarter_dims && cap > 1)
+      p.split_tokens[b] = max_ll(p.split_tokens[b],
+                                 min_ll(cap * tokens, ceil_div(kFusedSelectTokensPerSeq * quarter.sms * kQuarterMinCtas, hkv)));
+  }
 
   // Selection: ranges of at most range_capacity blocks; more ranges than shared memory needs when
   // the tiles are few (each range keeps K candidates per token and kv head, 8 bytes each).
