@@ -33,6 +33,11 @@ inline Status env_slc_min_chunk_tokens(long long* tokens) {
 inline Status env_compress_k_splits(long long* splits) {
   return env_integer("FSA_COMPRESS_K_SPLITS", 1, 1 << 16, splits);
 }
+// The key-quarter decode kernel (decode_attn_kernel.cuh, kQuarters): 0 (default until it is
+// measured on a GPU) or 1.
+inline Status env_decode_quarter_kernel(std::string* value) {
+  return env_choice("FSA_DECODE_QUARTER_KERNEL", {"0", "1"}, value);
+}
 inline Status env_decode_attn_stages(long long* stages) {  // 1 or 2 (default: what gives the most CTAs a SM)
   return env_integer("FSA_DECODE_ATTN_STAGES", 1, 2, stages);
 }

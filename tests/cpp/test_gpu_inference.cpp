@@ -640,6 +640,30 @@ TEST_F(Gpu, InferenceDecodeGroupSizes) {
   ::unsetenv("FSA_DECODE_SELECT");
 }
 
+// The key-quarter kernel (FSA_DECODE_QUARTER_KERNEL=1: a decode step's tiles of at most 16 rows in
+// a launch of their own, four CTAs a SM) against the reference: every group size with ragged q_len
+// 1..8, so that one step has tiles of both kernels, both selection routes; head dims it serves (64,
+// 128) and one it leaves to the other kernel (Dqk 192, whose four CTAs do not fit); and a table of
+// 2400 pages, whose plan gives the small tiles more splits than the large ones (26 against 18 and 16 at
+// G 16 on an H100), so the large tiles' CTAs past their count write the empty statistics the merge
+// reads.
+TEST_F(Gpu, InferenceDecodeQuarterKernel) {
+  ::setenv("FSA_DECODE_QUARTER_KERNEL", "1", 1);
+  std::uint64_t salt = 500;
+  for (const char* route : {"fused", "two-pass"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=1 FSA_DECODE_SELECT=") + route);
+    ::setenv("FSA_DECODE_SELECT", route, 1);
+    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+    check_case(decode_case(8, 2, 64, 64), ++salt);
+    check_case(decode_case(8, 2, 192, 128), ++salt);
+    CacheCase wide = decode_case(32, 2, 128, 128);
+    wide.min_table_width = 2400;
+    check_case(wide, ++salt);
+  }
+  ::unsetenv("FSA_DECODE_SELECT");
+  ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
+}
+
 // The decode attention with each K / V stage count forced (the launcher otherwise takes the one
 // that fits more CTAs a SM, so a device runs only one of them by default; two where they do not
 // fit, as Dqk = Dv = 256 on an A100, runs one) against the reference, at D 128 and 256, both

@@ -86,8 +86,13 @@ long long attn_wave_ctas(const NsaInferenceShape& s) {
 }
 
 // What the key-quarter kernel's wave needs of the call's device: its SMs and shared memory a SM
-// (a failed query: none, so the plan keeps every tile in the one kernel).
+// (a failed query: none, so the plan keeps every tile in the one kernel), and whether a decode step
+// launches it: FSA_DECODE_QUARTER_KERNEL=1 (the default 0 until it is measured on a GPU,
+// docs/kernels/decode.md; a bad value is the call's error, checked in run_step; the workspace's
+// bounds are the same either way).
 decode::QuarterDevice quarter_device(const NsaInferenceShape& s) {
+  std::string enabled;
+  const bool on = fsa::detail::env_decode_quarter_kernel(&enabled).is_ok() && enabled == "1";
   int sms = 0, smem = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, s.device.index) != cudaSuccess ||
       cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, s.device.index) != cudaSuccess ||
@@ -95,7 +100,7 @@ decode::QuarterDevice quarter_device(const NsaInferenceShape& s) {
     (void)cudaGetLastError();
     return {};
   }
-  return {sms, static_cast<std::size_t>(smem), static_cast<int>(s.head_dim_qk), static_cast<int>(s.head_dim_v)};
+  return {sms, static_cast<std::size_t>(smem), static_cast<int>(s.head_dim_qk), static_cast<int>(s.head_dim_v), on};
 }
 
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
@@ -343,6 +348,8 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
                 const Workspace& workspace, const NsaInferenceShape& s) {
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
   const DeviceGuard guard(in.q.device.index);
+  std::string quarter_kernel;  // read by plan_of; a bad value stops the call here
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_quarter_kernel(&quarter_kernel));
   const StepPlan plan = plan_of(c, s);
   int attn_stages = 1;
   bool stages_forced = false;

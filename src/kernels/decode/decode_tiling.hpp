@@ -302,11 +302,14 @@ inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
 inline long long max_ll(long long a, long long b) { return a > b ? a : b; }
 
 // The device figures the key-quarter kernel's wave needs (sms 0: plan without it, as for a plan
-// made without a device).
+// made without a device). `enabled` (FSA_DECODE_QUARTER_KERNEL) decides whether a decode step
+// launches it; the partials' bounds are those of a step that does either way, so that a workspace
+// serves the call whatever the switch says.
 struct QuarterDevice {
   long long sms = 0;
   std::size_t smem_per_sm = 0;
   int dim_qk = 0, dim_v = 0;
+  bool enabled = true;
 };
 
 inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context,
@@ -351,7 +354,7 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
       quarter_dims ? quarter.sms * attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, p.union_words,
                                                             p.union_capacity, quarter.smem_per_sm)
                    : 0;
-  p.quarter_launch = quarter_wave > 0 && fuses_selection(tokens, num_seqs);
+  p.quarter_launch = quarter.enabled && quarter_wave > 0 && fuses_selection(tokens, num_seqs);
   const long long quarter_wanted = quarter_wave / max_ll(static_cast<long long>(num_seqs) * hkv, 1);
   for (int b = 0; b < kBranches; ++b) {
     const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
