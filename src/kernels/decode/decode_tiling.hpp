@@ -302,9 +302,9 @@ inline long long min_ll(long long a, long long b) { return a < b ? a : b; }
 inline long long max_ll(long long a, long long b) { return a > b ? a : b; }
 
 // The device figures the key-quarter kernel's wave needs (sms 0: plan without it, as for a plan
-// made without a device). `enabled` (FSA_DECODE_QUARTER_KERNEL) decides whether a decode step
-// launches it; the partials' bounds are those of a step that does either way, so that a workspace
-// serves the call whatever the switch says.
+// made without a device). `enabled` (FSA_DECODE_QUARTER_KERNEL): off, the plan is the one without
+// it, bounds included (the workspace query and the call read the same switch; a workspace sized
+// with it off is too small for a call with it on, which the call reports).
 struct QuarterDevice {
   long long sms = 0;
   std::size_t smem_per_sm = 0;
@@ -349,12 +349,12 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   // of N' <= 8 nseq' tokens, W_q / (nseq' Hkv) N' <= 8 W_q / Hkv, with W_q at most SMs x
   // kQuarterMinCtas (a bound of the device alone, so that it does not fall as the context's union
   // grows the kernel's shared memory).
-  const bool quarter_dims = quarter.sms > 0 && attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, 1, 1, SIZE_MAX) > 0;
+  const bool quarter_dims = quarter.enabled && quarter.sms > 0 && attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, 1, 1, SIZE_MAX) > 0;
   const long long quarter_wave =
       quarter_dims ? quarter.sms * attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, p.union_words,
                                                             p.union_capacity, quarter.smem_per_sm)
                    : 0;
-  p.quarter_launch = quarter.enabled && quarter_wave > 0 && fuses_selection(tokens, num_seqs);
+  p.quarter_launch = quarter_wave > 0 && fuses_selection(tokens, num_seqs);
   const long long quarter_wanted = quarter_wave / max_ll(static_cast<long long>(num_seqs) * hkv, 1);
   for (int b = 0; b < kBranches; ++b) {
     const long long cap = clamp_ll(key_tiles[b], 1, kMaxSplits);
