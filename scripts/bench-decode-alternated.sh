@@ -5,8 +5,12 @@
 # (`build,round,` then the bench's columns, under the first run's caption) and prints the graph
 # replay times.
 #
-#   scripts/bench-decode-alternated.sh OUT.csv ROUNDS PREFIX [PREFIX...]
+#   scripts/bench-decode-alternated.sh OUT.csv ROUNDS BUILD [BUILD...]
 #   e.g. scripts/bench-decode-alternated.sh $OUT/h100-decode-alternated.csv 2 main fl
+#
+# A BUILD is a prefix, or PREFIX@VAR=VALUE to run that build with one environment switch set (a
+# route the library keeps behind a switch, e.g. main@FSA_DECODE_QUARTER_KERNEL=1); its rows carry
+# the whole name.
 #
 # FSA_COMMIT names the commit in the caption (the device's tree has no .git); each build's rows
 # carry its prefix. FSA_DECODE_CONFIGS replaces the shapes (fsa bench decode --config names).
@@ -24,9 +28,11 @@ trap 'rm -rf "$tmp"' EXIT
 : > "$out"
 for ((round = 1; round <= rounds; ++round)); do
   for build in "$@"; do
-    csv=$tmp/$build-$round.csv
-    scripts/run-gpu-binaries.sh "$build-fsa" bench decode "${args[@]}" --csv "$csv" > "$tmp/log" 2>&1 ||
-      { echo "bench-decode-alternated: $build-fsa failed (round $round):" >&2; tail -5 "$tmp/log" >&2; exit 1; }
+    prefix=${build%%@*} setting=()
+    [[ $build == *@*=* ]] && setting=("${build#*@}")
+    csv=$tmp/run-$round.csv
+    env "${setting[@]}" scripts/run-gpu-binaries.sh "$prefix-fsa" bench decode "${args[@]}" --csv "$csv" > "$tmp/log" 2>&1 ||
+      { echo "bench-decode-alternated: $build failed (round $round):" >&2; tail -5 "$tmp/log" >&2; exit 1; }
     if [[ ! -s $out ]]; then  # the first run's caption, then the header with the build and round
       grep '^#' "$csv" >> "$out"
       echo "build,round,$(grep -v '^#' "$csv" | head -1)" >> "$out"
@@ -34,4 +40,4 @@ for ((round = 1; round <= rounds; ++round)); do
     grep -v '^#' "$csv" | tail -n +2 | sed "s/^/$build,$round,/" >> "$out"
   done
 done
-awk -F, '!/^#/ && $8 == "graph" {printf "%-8s round %s  %-18s %s ms\n", $1, $2, $3, $9}' "$out"
+awk -F, '!/^#/ && $8 == "graph" {printf "%-36s round %s  %-18s %s ms\n", $1, $2, $3, $9}' "$out"
