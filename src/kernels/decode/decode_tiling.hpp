@@ -349,7 +349,8 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
   // of N' <= 8 nseq' tokens, W_q / (nseq' Hkv) N' <= 8 W_q / Hkv, with W_q at most SMs x
   // kQuarterMinCtas (a bound of the device alone, so that it does not fall as the context's union
   // grows the kernel's shared memory).
-  const bool quarter_dims = quarter.enabled && quarter.sms > 0 && attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, 1, 1, SIZE_MAX) > 0;
+  const bool quarter_dims = quarter.enabled && quarter.sms > 0 &&
+                            attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, 1, 1, SIZE_MAX) > 0;
   const long long quarter_wave =
       quarter_dims ? quarter.sms * attn_quarter_ctas_per_sm(quarter.dim_qk, quarter.dim_v, p.union_words,
                                                             p.union_capacity, quarter.smem_per_sm)
@@ -364,8 +365,8 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
     const long long c = ceil_div(attn_wave_ctas * kRows, G * hkv);
     p.split_tokens[b] = cap > 1 ? min_ll(cap * tokens, c + min_ll(tokens, c)) : 0;
     if (quarter_dims && cap > 1)
-      p.split_tokens[b] = max_ll(p.split_tokens[b],
-                                 min_ll(cap * tokens, ceil_div(kFusedSelectTokensPerSeq * quarter.sms * kQuarterMinCtas, hkv)));
+      p.split_tokens[b] = max_ll(
+          p.split_tokens[b], min_ll(cap * tokens, ceil_div(kFusedSelectTokensPerSeq * quarter.sms * kQuarterMinCtas, hkv)));
   }
 
   // Selection: ranges of at most range_capacity blocks; more ranges than shared memory needs when
