@@ -26,6 +26,20 @@ struct Hyper {
 };
 const Hyper kHypers[] = {{32, 16, 64}, {32, 16, 32}, {32, 16, 128}, {16, 16, 64}, {64, 16, 64}, {32, 32, 64}, {8, 4, 32}};
 
+// The plan's numbers for hyperparameters h, Hq / Hkv heads, K 16 and window w.
+NsaNumbers numbers(const Hyper& h, int hq, int hkv, long long window = 512) {
+  NsaNumbers nsa{};
+  nsa.cmp_len = h.l;
+  nsa.cmp_stride = h.s;
+  nsa.block_size = h.B;
+  nsa.topk = 16;
+  nsa.window = window;
+  nsa.heads_q = hq;
+  nsa.heads_kv = hkv;
+  nsa.group = hq / hkv;
+  return nsa;
+}
+
 TEST(DecodePlan, BlockKeysAreThoseWithOverlap) {
   for (const Hyper& h : kHypers)
     for (long long j = 0; j < 40; ++j) {
@@ -223,15 +237,7 @@ TEST(DecodePlan, QuarterKernelWhereFourCtasFit) {
   const AttnSmem quarter(128, 128, 64, 64, 1, kQuarterTileRows), any(128, 128, 64, 64, 1);
   EXPECT_EQ(any.bytes - quarter.bytes, static_cast<std::size_t>(kRows - kQuarterTileRows) * (128 + kPad) * 2);
 
-  NsaNumbers nsa{};
-  nsa.cmp_len = 32;
-  nsa.cmp_stride = 16;
-  nsa.block_size = 64;
-  nsa.topk = 16;
-  nsa.window = 512;
-  nsa.heads_q = 64;
-  nsa.heads_kv = 4;
-  nsa.group = 16;
+  const NsaNumbers nsa = numbers(kHypers[0], 64, 4);
   const QuarterDevice h100{132, kH100, 128, 128};
   // 16 sequences x 128K, q_len 1: one wave of 132 x 4 CTAs over 16 x 4 tiles: 8 splits, where the
   // kernel of any tile (132 x 3) takes 6.
@@ -261,15 +267,7 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
       for (long long tokens = 1; tokens <= 5000; tokens = tokens * 2 + 1)
         for (int seqs = 1; seqs <= 128; seqs *= 4)
           for (long long context = 1; context <= (1LL << 21); context *= 8) {
-            NsaNumbers nsa{};
-            nsa.cmp_len = h.l;
-            nsa.cmp_stride = h.s;
-            nsa.block_size = h.B;
-            nsa.topk = 16;
-            nsa.window = 512;
-            nsa.heads_q = hq;
-            nsa.heads_kv = hkv;
-            nsa.group = hq / hkv;
+            const NsaNumbers nsa = numbers(h, hq, hkv);
             // Planned without a device, and for an H100 with the key-quarter kernel.
             const StepPlan p = plan_step(nsa, tokens, seqs, context);
             const StepPlan pq = plan_step(nsa, tokens, seqs, context, 132 * 3, QuarterDevice{132, 228 * 1024, 128, 128});
@@ -318,15 +316,7 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
 // every smaller call), and so do the staging and compressed rows.
 TEST(DecodePlan, BoundsGrowWithTheShape) {
   for (const auto& [hq, hkv] : {std::pair{64, 4}, {16, 4}, {4, 4}, {8, 1}, {3, 1}, {128, 1}}) {
-    NsaNumbers nsa{};
-    nsa.cmp_len = 32;
-    nsa.cmp_stride = 16;
-    nsa.block_size = 64;
-    nsa.topk = 16;
-    nsa.window = 512;
-    nsa.heads_q = hq;
-    nsa.heads_kv = hkv;
-    nsa.group = hq / hkv;
+    const NsaNumbers nsa = numbers(kHypers[0], hq, hkv);
     auto no_smaller = [&](const StepPlan& a, const StepPlan& b, const std::string& where) {
       for (int i = 0; i < kBranches; ++i) EXPECT_LE(a.split_tokens[i], b.split_tokens[i]) << where << " branch " << i;
       EXPECT_LE(a.range_tokens, b.range_tokens) << where;
@@ -371,13 +361,7 @@ TEST(DecodePlan, GatheredKeysFitTheirSlots) {
         std::vector<long long> cu(nseq + 1, 0);
         for (int b = 0; b < nseq; ++b) cu[b + 1] = cu[b] + static_cast<long long>(rng() % 700);
         const long long tokens = cu[nseq], context = 64 + static_cast<long long>(rng() % 3000);
-        NsaNumbers nsa{};
-        nsa.cmp_len = h.l;
-        nsa.cmp_stride = h.s;
-        nsa.block_size = h.B;
-        nsa.topk = 16;
-        nsa.window = window;
-        nsa.heads_q = nsa.heads_kv = nsa.group = 1;
+        const NsaNumbers nsa = numbers(h, 1, 1, window);
         const StepPlan plan = plan_step(nsa, tokens, nseq, context);
         GatherParams p{};
         p.nsa = nsa;

@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   // their quarters independently, with no CTA barrier per tile (three a tile, each waiting for the
   // slowest warp, where warps 0 and 1 alone also located the tile's rows). Else the CTA locates and
   // copies each tile together and meets at a barrier before reading it.
-  const bool warp_local = kQuarters || (kThreads == 128 && last_row - first_row < 16);
+  const bool warp_local = kQuarters || (kThreads == 128 && quarter_tile);
   auto sync_tile = [&] {
     if (warp_local) __syncwarp(); else __syncthreads();
   };
@@ -521,7 +521,7 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   if constexpr (kQuarters) {
     attend_tiles.template operator()<true>();
   } else {
-    if (last_row - first_row < 16) {
+    if (quarter_tile) {
       attend_tiles.template operator()<true>();
     } else {
       attend_tiles.template operator()<false>();

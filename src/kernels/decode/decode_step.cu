@@ -88,8 +88,8 @@ long long attn_wave_ctas(const NsaInferenceShape& s) {
 // What the key-quarter kernel's wave needs of the call's device: its SMs and shared memory a SM
 // (a failed query: none, so the plan keeps every tile in the one kernel), and whether a decode step
 // launches it: FSA_DECODE_QUARTER_KERNEL=1 (the default 0 until it is measured on a GPU,
-// docs/kernels/decode.md; a bad value is the call's error, checked in run_step; the workspace's
-// bounds are the same either way).
+// docs/kernels/decode.md; a bad value is the call's error, checked in run_step; the workspace query
+// reads the same switch, since the key-quarter splits need larger partials).
 decode::QuarterDevice quarter_device(const NsaInferenceShape& s) {
   std::string enabled;
   const bool on = fsa::detail::env_decode_quarter_kernel(&enabled).is_ok() && enabled == "1";
