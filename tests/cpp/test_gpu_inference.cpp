@@ -751,6 +751,40 @@ TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
   check_case(c, 25);
 }
 
+// Decode steps that complete up to two windows a sequence (l 8, s 4: eight new tokens complete two
+// once P >= l) over 300 sequences, so that the step's one compression launch
+// (compress_append_kernel) has CTAs taking several rows in turn and scan threads taking several
+// sequences: cache lengths on and off the stride and window grids (some below l, some long), pages
+// shuffled and compressed pages of 5 tokens (make_cache), steps of 8, of 1..8 and of 0..8 tokens;
+// linear compression with RoPE, and mean compression without it in fp16 with one kv head.
+TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
+  constexpr int kSeqs = 300;
+  CacheCase c;
+  c.config = model_config();
+  c.config.cmp_len = 8;
+  c.config.cmp_stride = 4;
+  c.hq = 4;
+  c.hkv = 2;
+  c.dqk = 64;
+  c.dv = 64;
+  c.steps.assign(3, std::vector<std::int64_t>(kSeqs));
+  for (int b = 0; b < kSeqs; ++b) {
+    c.cached.push_back((b * 37) % 203 + (b % 50 == 0 ? 1500 : 0));
+    c.steps[0][static_cast<std::size_t>(b)] = 8;
+    c.steps[1][static_cast<std::size_t>(b)] = b % 8 + 1;
+    c.steps[2][static_cast<std::size_t>(b)] = (b * 5) % 9;
+  }
+  check_case(c, 600);
+  c.dtype = DType::kFloat16;
+  c.hq = 4;
+  c.hkv = 1;
+  c.dqk = 128;
+  c.dv = 128;
+  c.config.compression = CompressionKind::kMean;
+  c.config.rope.enabled = false;
+  check_case(c, 601);
+}
+
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the
 // window, stride and block grids; then decode steps after them. Every case runs twice: with every
 // prefill call a long chunk (the training's compressed attention, selection and window kernels over

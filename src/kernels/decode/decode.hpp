@@ -12,20 +12,25 @@
 namespace fsa::cuda::decode {
 
 // ---- decode_append.cu ----
-// The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows: reads the old key
-// tail, so it runs before launch_append_tokens overwrites it.
+// The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows of a call that
+// compresses through the training's compress_forward (prefill): reads the old key tail, so it runs
+// before launch_append_tokens overwrites it.
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream);
-// A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (decode_compress.cu;
-// longer calls use the training's compress_forward).
-Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream);
-// Whether it takes these params: head dims multiples of 8 up to 256, weights 16-byte aligned with
-// strides multiples of 8 elements.
-bool compress_windows_supported(const CompressWindowsParams& p);
 // The compressed tokens (k_cmp_new / v_cmp_new, compressed from the staged windows) rotated at i*s
 // and written into the compressed pools.
 Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t stream);
 // q rotated into q_rot; k rotated and v into the pools; the key tail's last l positions.
 Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream);
+
+// ---- decode_compress.cu ----
+// A decode step's new compressed tokens, compressed from the windows where they are (key tail,
+// value pages, chunk), k~ rotated at i*s, into the compressed pools: one launch in place of
+// launch_stage_windows, compress_forward and launch_append_compressed. Reads the old key tail, so
+// it runs before launch_append_tokens overwrites it.
+Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaStream_t stream);
+// Whether it takes these params: head dims multiples of 8 up to 256, weights 16-byte aligned with
+// strides multiples of 8 elements, the window within the shared memory bound.
+bool compress_append_supported(const CompressAppendParams& p);
 
 // ---- decode_gather.cu ----
 // A long prefill chunk's compressed tokens and window keys out of the pages into contiguous rows

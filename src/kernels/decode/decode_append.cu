@@ -1,20 +1,21 @@
 // Appending a chunk of new tokens to the paged cache (the first steps of nsa_prefill / nsa_decode):
 //
-//   1. stage_offsets_kernel + stage_windows_kernel: for every sequence whose chunk completes at
-//      least one compression window, the pre-RoPE keys and the values of positions
-//      [n_cmp(P) * s, P + c) are gathered into a packed staging buffer (keys before P from the key
-//      tail, values before P from the value pages, the rest from the chunk). These are exactly the
-//      windows of the new compressed tokens n_cmp(P) .. n_cmp(P + c) - 1, and every position before
-//      P that they need is among the tail's last l positions (n_cmp(P) * s > P - l). The
-//      compression kernels (kernels/compress) then run on the staged batch unchanged.
+//   1. stage_offsets_kernel + stage_windows_kernel (calls that compress through the training's
+//      compress_forward; a decode step compresses and appends in one launch, decode_compress.cu):
+//      for every sequence whose chunk completes at least one compression window, the pre-RoPE keys
+//      and the values of positions [n_cmp(P) * s, P + c) are gathered into a packed staging buffer
+//      (window_row, decode_append.cuh: keys before P from the key tail, values before P from the
+//      value pages, the rest from the chunk). These are exactly the windows of the new compressed
+//      tokens n_cmp(P) .. n_cmp(P + c) - 1, and every position before P that they need is among
+//      the tail's last l positions (n_cmp(P) * s > P - l). The compression kernels
+//      (kernels/compress) then run on the staged batch unchanged.
 //   2. append_compressed_kernel: the new compressed keys rotated at i*s and the compressed values
 //      written into their pages.
 //   3. append_tokens_kernel: q rotated into the workspace, k rotated and v written into the pages,
 //      and the key tail's rows of the chunk's last tail_rows positions overwritten. It runs after
-//      step 1 (stream order), which read the old tail.
+//      the kernels that read the old tail (stream order).
 //
-// RoPE as the rope kernel (kernels/rope): fp32 angles position * w_i with the frequencies the host
-// computed by the reference's function, accurate sincosf, one rounding to the element type.
+// RoPE as the rope kernel (rope_angles, rotate_heads: decode_append.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -28,6 +29,7 @@
 #include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_append.cuh"
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/decode/decode_tiling.hpp"
 
@@ -37,11 +39,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kScanThreads = 256;
-
-__device__ __forceinline__ StagedWindows staged_windows_of(const AppendParams& p, int b) {
-  const SeqInfo seq = seq_info(p.batch, b);
-  return staged_windows(seq.cached, seq.new_tokens, p.nsa.cmp_len, p.nsa.cmp_stride);
-}
 
 // cu_stage / cu_cmp_stage: exclusive prefix sums of the staged rows and compressed tokens over the
 // sequences, by one CTA (the batch is at most a few thousand sequences).
@@ -95,61 +92,12 @@ __global__ void __launch_bounds__(kThreads) stage_windows_kernel(const __grid_co
   auto* k_dst = static_cast<Element*>(p.k_stage) + row * hkv * p.dim_qk;
   auto* v_dst = static_cast<Element*>(p.v_stage) + row * hkv * p.dim_v;
   for (int h = 0; h < hkv; ++h) {
-    const Element* k_src = nullptr;
-    const Element* v_src = nullptr;
-    if (position < seq.cached) {
-      const long long slot = p.batch.slots[b * p.batch.slot_stride];
-      if (slot >= 0 && slot < p.num_slots)
-        k_src = static_cast<const Element*>(p.k_tail) + slot * p.tail_slot_stride +
-                (position % p.tail_rows) * p.tail_row_stride + h * p.tail_head_stride;
-      v_src = pool_row<const Element>(p.v_pages, locate(p.block_table, p.v_pages, b, position), h);
-    } else {
-      const long long input_row = seq.row0 + (position - seq.cached);
-      k_src = static_cast<const Element*>(p.k) + input_row * p.k_row_stride + h * p.k_head_stride;
-      v_src = static_cast<const Element*>(p.v) + input_row * p.v_row_stride + h * p.v_head_stride;
-    }
+    const Element* k_src = window_row<Element>(p, b, seq, position, h, 0);
+    const Element* v_src = window_row<Element>(p, b, seq, position, h, 1);
     copy_vectors(reinterpret_cast<uint4*>(k_dst + h * p.dim_qk), reinterpret_cast<const uint4*>(k_src), k_vectors,
                  threadIdx.x, kThreads);
     copy_vectors(reinterpret_cast<uint4*>(v_dst + h * p.dim_v), reinterpret_cast<const uint4*>(v_src), v_vectors,
                  threadIdx.x, kThreads);
-  }
-}
-
-// (cos, sin) of `position` x frequency i for every pair i, into the CTA's `angles`: one sincosf per
-// pair, shared by every head rotated at that position (the accurate sincosf takes its slow argument
-// reduction at long positions; per head and pair it was most of a decode step's append time).
-// Every thread of the CTA calls it (it synchronises); nothing without RoPE.
-__device__ __forceinline__ void rope_angles(const AppendParams& p, long long position, float2* angles) {
-  if (!p.rope) return;
-  for (int i = threadIdx.x; i < p.dim_qk / 2; i += kThreads) {
-    float sin_a, cos_a;
-    sincosf(static_cast<float>(position) * p.frequency[i], &sin_a, &cos_a);
-    angles[i] = make_float2(cos_a, sin_a);
-  }
-  __syncthreads();
-}
-
-// dst = src rotated by `angles` (rope_angles of the position; heads x Dqk), or copied without
-// RoPE; by the CTA's threads.
-template <class Element>
-__device__ __forceinline__ void rotate_heads(const AppendParams& p, const float2* angles, int heads, const Element* src,
-                                             std::int64_t src_head_stride, Element* dst,
-                                             std::int64_t dst_head_stride) {
-  using Cvt = common::Convert<Element>;
-  const int pairs = p.dim_qk / 2;
-  for (int idx = threadIdx.x; idx < heads * pairs; idx += kThreads) {
-    const int h = idx / pairs, i = idx % pairs;
-    const Element* x = src + h * src_head_stride;
-    Element* y = dst + h * dst_head_stride;
-    if (!p.rope) {
-      y[i] = x[i];
-      y[i + pairs] = x[i + pairs];
-      continue;
-    }
-    const float cos_a = angles[i].x, sin_a = angles[i].y;
-    const float a = Cvt::to_float(x[i]), c = Cvt::to_float(x[i + pairs]);
-    y[i] = Cvt::from_float(a * cos_a - c * sin_a);
-    y[i + pairs] = Cvt::from_float(c * cos_a + a * sin_a);
   }
 }
 
@@ -169,9 +117,9 @@ __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __gri
   const PageRow at = locate(p.cmp_block_table, p.k_cmp_pages, b, index);
   if (at.page < 0) return;
   __shared__ float2 angles[AppendParams::kMaxPairs];
-  rope_angles(p, index * s, angles);
-  rotate_heads<Element>(p, angles, hkv, static_cast<const Element*>(p.k_cmp_new) + row * hkv * p.dim_qk, p.dim_qk,
-                        pool_row<Element>(p.k_cmp_pages, at, 0), p.k_cmp_pages.head_stride);
+  rope_angles<kThreads>(p, index * s, angles);
+  rotate_heads<kThreads, Element>(p, angles, hkv, static_cast<const Element*>(p.k_cmp_new) + row * hkv * p.dim_qk,
+                                  p.dim_qk, pool_row<Element>(p.k_cmp_pages, at, 0), p.k_cmp_pages.head_stride);
   const auto* v_src = static_cast<const Element*>(p.v_cmp_new) + row * hkv * p.dim_v;
   for (int h = 0; h < hkv; ++h)
     copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_cmp_pages, at, h)),
@@ -196,15 +144,15 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
   const SeqInfo seq = seq_info(p.batch, b);
   const long long position = seq.cached + (row - seq.row0);
   __shared__ float2 angles[AppendParams::kMaxPairs];
-  rope_angles(p, position, angles);
+  rope_angles<kThreads>(p, position, angles);
   // The lookups and angles above read caller inputs only; the writes below (q_rot, pages, the key
   // ring, which the staging kernels read) wait for the kernels before this one.
   common::await_prior_grids();
   const int q_lo = unit_lo, q_hi = min(unit_hi, hq);
   if (q_hi > q_lo) {
     const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride + q_lo * p.q_head_stride;
-    rotate_heads<Element>(p, angles, q_hi - q_lo, q, p.q_head_stride,
-                          static_cast<Element*>(p.q_rot) + (row * hq + q_lo) * p.dim_qk, p.dim_qk);
+    rotate_heads<kThreads, Element>(p, angles, q_hi - q_lo, q, p.q_head_stride,
+                                    static_cast<Element*>(p.q_rot) + (row * hq + q_lo) * p.dim_qk, p.dim_qk);
   }
   const int kv_lo = max(unit_lo, hq) - hq, kv_hi = unit_hi - hq;
   if (kv_hi <= kv_lo) return;
@@ -212,8 +160,8 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
   const auto* v = static_cast<const Element*>(p.v) + row * p.v_row_stride;
   const PageRow at = locate(p.block_table, p.k_pages, b, position);
   if (at.page >= 0) {
-    rotate_heads<Element>(p, angles, kv_hi - kv_lo, k + kv_lo * p.k_head_stride, p.k_head_stride,
-                          pool_row<Element>(p.k_pages, at, kv_lo), p.k_pages.head_stride);
+    rotate_heads<kThreads, Element>(p, angles, kv_hi - kv_lo, k + kv_lo * p.k_head_stride, p.k_head_stride,
+                                    pool_row<Element>(p.k_pages, at, kv_lo), p.k_pages.head_stride);
     for (int h = kv_lo; h < kv_hi; ++h)
       copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_pages, at, h)),
                    reinterpret_cast<const uint4*>(v + h * p.v_head_stride), p.dim_v / 8, threadIdx.x, kThreads);

@@ -1,18 +1,25 @@
-// A decode step's compression (CompressWindowsParams in decode_params.hpp): the windows the step
-// completes, from the staged pre-RoPE rows (launch_stage_windows), into k_cmp_new / v_cmp_new,
-// which launch_append_compressed rotates and writes into the compressed pools.
+// A decode step's compression and append (CompressAppendParams in decode_params.hpp), one launch:
+// the windows the step completes, read where they are (the key tail and the value pages before the
+// cached length P, the chunk after it: window_row, decode_append.cuh), compressed, and written
+// into the compressed pools, k~ rotated at i*s.
 //
 // Why not the training's compression: its split-K GEMM is five or six launches a tensor pair
 // (positional-embedding vector, partial sums, linear and reduce for k and for v), and a decode step
 // launches them every step although at most one window a sequence and kv head completes, and none
-// in most steps (15 of 16 at s 16, q_len 1): 2.5-3.6 us each on an H100 for nothing. Here one
-// launch computes every completed row, a CTA per (staged row, kv head, tensor), and its CTAs exit
-// at once when the step completes none. A row is the window's l x D inputs (plus the positional
-// embedding for k) times the head's [l D, D] weight, or their mean: the reference's
-// compress_forward, accumulated in fp32.
+// in most steps (15 of 16 at s 16, q_len 1): 2.5-3.6 us each on an H100 for nothing. A first
+// version kept four launches (staging offsets, staged windows, this compression, the append of
+// the compressed tokens: 3.8 + 3.1 + 2.8 + 2.8 us at 16 x 128K on an H100, all no-ops in those
+// steps); here one launch does their work, a CTA per (new compressed row, kv head, k or v), and its
+// CTAs exit once they know the step completes no row of theirs. A row is the window's l x D inputs
+// (plus the positional embedding for k) times the head's [l D, D] weight, or their mean: the
+// reference's compress_forward, accumulated in fp32, rounded once to the element type; k~ is then
+// rotated from that rounded value (as the staged route's append read it back from k_cmp_new).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -21,6 +28,7 @@
 #include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/decode/decode.hpp"
+#include "kernels/decode/decode_append.cuh"
 #include "kernels/decode/decode_paged.cuh"
 
 namespace fsa::cuda::decode {
@@ -29,32 +37,24 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kColumns = 8;  // output columns a thread sums: one 16-byte load of a weight row
+constexpr int kMaxDim = kThreads;  // a head dim's columns, at most (one a thread in the kMean sum)
+// CTAs of one launch, at most about: one wave of these CTAs on an H100 (132 SMs x 4: 256 threads at
+// 64 registers, sm_90a). Every CTA scans the batch before it knows whether a row is its own, so a
+// grid of one CTA per possible row (N / s + nseq rows x Hkv x 2) would scan it that many times in
+// every step (at 1000 sequences and Hkv 4, 8000 scans in 15 waves, tens of microseconds for a step
+// that completes nothing); past a wave each CTA takes several rows in turn instead.
+constexpr long long kWaveCtas = 512;
 
+// The compression of one window (window_s: its l x D fp32 inputs, pos_emb added) into y[0, D)
+// (shared or global memory), by the CTA's threads: with `weight` null (kMean) the reference's sum
+// of the l rows, each times 1 / l; else the window times the head's [l D, D] weight (rows
+// `row_stride` apart). partial_s: kThreads x kColumns floats of scratch. Ends with the kLinear
+// sums' barrier passed, not with y's writes visible to the other threads.
 template <class Element>
-__global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid_constant__ CompressWindowsParams p) {
-  common::await_prior_grids();  // before any global access: launched by launch_dependent
+__device__ __forceinline__ void compress_window(const float* window_s, float* partial_s, const Element* weight,
+                                                std::int64_t row_stride, int l, int D, Element* y) {
   using C = common::Convert<Element>;
-  extern __shared__ float window_s[];  // [l D] inputs, then [slices, D] partial sums
-  const int tensor = blockIdx.z, g = blockIdx.y;
-  const long long r = blockIdx.x;  // staged compressed row
-  const int total = p.cu_cmp_stage[p.num_seqs];
-  if (r >= total) return;  // most steps: no window completes
-  const int b = seq_of_row(p.cu_cmp_stage, 1, p.num_seqs, r);
-  const int l = p.cmp_len, D = p.dim[tensor], heads = p.heads_kv;
-  const long long first_row = p.cu_stage[b] + (r - p.cu_cmp_stage[b]) * p.cmp_stride;
-  const auto* x = static_cast<const Element*>(p.x[tensor]);
-  const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(p.pos_emb) : nullptr;
-  const int window = l * D;
-  for (int i = threadIdx.x; i < window; i += kThreads) {
-    const int j = i / D, d = i % D;
-    float v = C::to_float(x[((first_row + j) * heads + g) * D + d]);
-    if (pos_emb != nullptr) v += C::to_float(pos_emb[g * p.pos_emb_head_stride + j * p.pos_emb_row_stride + d]);
-    window_s[i] = v;
-  }
-  __syncthreads();
-  auto* y = static_cast<Element*>(p.y[tensor]) + (r * heads + g) * D;
-  const auto* weight = static_cast<const Element*>(p.weight[tensor]);
-  if (weight == nullptr) {  // kMean: the reference's sum of the l rows, each times 1 / l
+  if (weight == nullptr) {
     const float inv_l = 1.0f / static_cast<float>(l);
     for (int e = threadIdx.x; e < D; e += kThreads) {
       float acc = 0.0f;
@@ -67,17 +67,17 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
   // slice of the window's rows, reading each weight row's columns as one 16-byte load (a warp: 512
   // contiguous bytes of a row or two), so that a thread has a few hundred loads in flight in batches
   // rather than thousands in series; the slices' sums are then added in slice order.
+  const int window = l * D;
   const int groups = D / kColumns, slices = kThreads / groups;  // D <= 256: at least 8 slices
   const int group = threadIdx.x % groups, slice = threadIdx.x / groups;
-  float* partial_s = window_s + window;
   if (slice < slices) {
     const int r0 = slice * window / slices, r1 = (slice + 1) * window / slices;
-    const Element* w = weight + g * p.weight_head_stride[tensor] + kColumns * group;
+    const Element* w = weight + kColumns * group;
     float acc[kColumns] = {};
 #pragma unroll 4
     for (int i = r0; i < r1; ++i) {
       Element row[kColumns];
-      *reinterpret_cast<uint4*>(row) = *reinterpret_cast<const uint4*>(w + i * p.weight_row_stride[tensor]);
+      *reinterpret_cast<uint4*>(row) = *reinterpret_cast<const uint4*>(w + i * row_stride);
       const float in = window_s[i];
 #pragma unroll
       for (int k = 0; k < kColumns; ++k) acc[k] = fmaf(in, C::to_float(row[k]), acc[k]);
@@ -93,17 +93,100 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
   }
 }
 
+// Grid (row CTAs, Hkv, 2): CTA (x, g, tensor) takes the step's new compressed rows x, x + gridDim.x,
+// .. (numbered across the batch in sequence order) of kv head g, k (tensor 0) or v.
+template <class Element>
+__global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_constant__ CompressAppendParams p) {
+  // The step's first kernel: the batch description too may come from the kernel before it.
+  common::await_prior_grids();
+  using C = common::Convert<Element>;
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int row_seq;
+  __shared__ long long row_index;
+  __shared__ float2 angles[AppendParams::kMaxPairs];
+  __shared__ alignas(16) Element k_row_s[kMaxDim];  // k~ rounded, before its rotation
+  extern __shared__ float window_s[];                // [l D] inputs, then [slices, D] partial sums
+  const AppendParams& a = p.append;
+  const int nseq = a.batch.num_seqs, l = a.nsa.cmp_len, s = a.nsa.cmp_stride;
+  const int tensor = blockIdx.z, g = blockIdx.y;
+
+  // The new compressed tokens of the sequences, scanned: each thread takes a contiguous range of
+  // sequences, so that one block scan covers a batch of any size with its loads in parallel (a
+  // loop of 256-sequence scans, as stage_offsets_kernel's, is that many scans in series in every
+  // CTA: at a thousand sequences, four).
+  const int per_thread = (nseq + kThreads - 1) / kThreads;
+  const int lo = min(nseq, static_cast<int>(threadIdx.x) * per_thread), hi = min(nseq, lo + per_thread);
+  int mine = 0;
+  for (int b = lo; b < hi; ++b) mine += static_cast<int>(staged_windows_of(a, b).count);
+  int offset, total;
+  Scan(scan_storage).ExclusiveSum(mine, offset, total);
+  const long long rows = min(static_cast<long long>(total), static_cast<long long>(a.cmp_rows));  // none in most steps
+
+  const int D = tensor == 0 ? a.dim_qk : a.dim_v, vectors = D / 8;
+  const Element* weight = static_cast<const Element*>(p.weight[tensor]);
+  if (weight != nullptr) weight += g * p.weight_head_stride[tensor];
+  const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(p.pos_emb) : nullptr;
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    __syncthreads();  // the previous row's reads of row_seq, row_index and the shared rows are done
+    if (r >= offset && r < offset + mine) {  // the row is among this thread's sequences
+      long long before = offset;
+      for (int b = lo; b < hi; ++b) {
+        const StagedWindows e = staged_windows_of(a, b);
+        if (r < before + e.count) {
+          row_seq = b;
+          row_index = e.first + (r - before);
+          break;
+        }
+        before += e.count;
+      }
+    }
+    __syncthreads();
+    const int b = row_seq;
+    const long long index = row_index;
+    const PageRow at = locate(a.cmp_block_table, a.k_cmp_pages, b, index);
+    if (at.page < 0) continue;  // the same in every thread
+    const SeqInfo seq = seq_info(a.batch, b);
+    // The window's positions index * s .. + l - 1, as fp32, pos_emb added for k.
+    for (int i = threadIdx.x; i < l * vectors; i += kThreads) {
+      const int j = i / vectors, d = (i % vectors) * 8;
+      const Element* src = window_row<Element>(a, b, seq, index * s + j, g, tensor);
+      alignas(16) Element x[8];
+      *reinterpret_cast<uint4*>(x) = src != nullptr ? *reinterpret_cast<const uint4*>(src + d) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        float v = C::to_float(x[k]);
+        if (pos_emb != nullptr)
+          v += C::to_float(pos_emb[g * p.pos_emb_head_stride + j * p.pos_emb_row_stride + d + k]);
+        window_s[j * D + d + k] = v;
+      }
+    }
+    __syncthreads();
+    float* partial_s = window_s + l * D;
+    if (tensor == 1) {
+      compress_window<Element>(window_s, partial_s, weight, p.weight_row_stride[1], l, D,
+                               pool_row<Element>(a.v_cmp_pages, at, g));
+      continue;
+    }
+    compress_window<Element>(window_s, partial_s, weight, p.weight_row_stride[0], l, D, k_row_s);
+    __syncthreads();
+    rope_angles<kThreads>(a, index * s, angles);
+    rotate_heads<kThreads, Element>(a, angles, 1, k_row_s, 0, pool_row<Element>(a.k_cmp_pages, at, g), 0);
+  }
+}
+
 // The dynamic shared memory: the window's inputs (l x the larger head dim) and the slices' sums.
-std::size_t window_smem_bytes(const CompressWindowsParams& p) {
-  const std::size_t dim = static_cast<std::size_t>(p.dim[0] > p.dim[1] ? p.dim[0] : p.dim[1]);
-  return (static_cast<std::size_t>(p.cmp_len) * dim + kThreads * kColumns) * sizeof(float);
+std::size_t window_smem_bytes(const CompressAppendParams& p) {
+  const std::size_t dim = static_cast<std::size_t>(std::max(p.append.dim_qk, p.append.dim_v));
+  return (static_cast<std::size_t>(p.append.nsa.cmp_len) * dim + kThreads * kColumns) * sizeof(float);
 }
 
 }  // namespace
 
-bool compress_windows_supported(const CompressWindowsParams& p) {
+bool compress_append_supported(const CompressAppendParams& p) {
+  const int dims[2] = {p.append.dim_qk, p.append.dim_v};
   for (int t = 0; t < 2; ++t) {
-    if (p.dim[t] % kColumns != 0 || p.dim[t] > kThreads) return false;
+    if (dims[t] % kColumns != 0 || dims[t] > kMaxDim) return false;
     // The weights are read as kColumns columns at once (16-byte loads).
     if (p.weight[t] != nullptr &&
         (reinterpret_cast<std::uintptr_t>(p.weight[t]) % 16 != 0 || p.weight_row_stride[t] % kColumns != 0 ||
@@ -111,20 +194,23 @@ bool compress_windows_supported(const CompressWindowsParams& p) {
       return false;
   }
   // The window's inputs and the slices' sums in shared memory: within what every supported GPU
-  // gives a CTA (l 32, D 256: 40 KB).
-  return p.cmp_rows <= 0x7fffffffLL && window_smem_bytes(p) <= 96 * 1024;
+  // gives a CTA (l 32, D 256: 40 KB; the static scan storage, angles and k~ row add 2 KB).
+  return p.append.cmp_rows <= 0x7fffffffLL && window_smem_bytes(p) <= 96 * 1024;
 }
 
-Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream) {
-  if (p.num_seqs == 0 || p.cmp_rows == 0 || p.heads_kv == 0) return Status::ok();
-  if (!compress_windows_supported(p))
-    return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_windows_supported)");
+Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaStream_t stream) {
+  const AppendParams& a = p.append;
+  if (a.batch.num_seqs == 0 || a.cmp_rows == 0 || a.nsa.heads_kv == 0) return Status::ok();
+  if (!compress_append_supported(p))
+    return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_append_supported)");
   const std::size_t smem = window_smem_bytes(p);
+  const std::int64_t row_ctas =
+      std::min<std::int64_t>(a.cmp_rows, std::max(1LL, kWaveCtas / (2LL * a.nsa.heads_kv)));
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
-    auto* kernel = compress_windows_kernel<Element>;
+    auto* kernel = compress_append_kernel<Element>;
     FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    return common::launch_dependent<&compress_windows_kernel<Element>>(
-        "compress_windows_kernel", dim3(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2), kThreads, smem, stream, p);
+    return common::launch_dependent<&compress_append_kernel<Element>>(
+        "compress_append_kernel", dim3(static_cast<unsigned>(row_ctas), a.nsa.heads_kv, 2), kThreads, smem, stream, p);
   });
 }
 

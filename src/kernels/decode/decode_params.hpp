@@ -69,7 +69,8 @@ struct AppendParams {
   std::int64_t tail_slot_stride, tail_row_stride, tail_head_stride;
   std::int64_t num_slots;
   int tail_rows;  // nsa_cache_tail_rows(config) = l + kMaxDecodeTokens - 1 (>= l)
-  // Staging of the windows that complete in this call (workspace, contiguous): per sequence the
+  // Staging of the windows that complete in this call (workspace, contiguous; not used by a decode
+  // step, whose compress_append_kernel reads the windows where they are): per sequence the
   // pre-RoPE keys and the values of positions [n_cmp(P) * s, P + c) when a window completes, else
   // nothing; the compression kernels see them as a packed batch (cu_stage / cu_cmp_stage).
   std::int32_t* cu_stage;      // [nseq + 1]
@@ -79,31 +80,27 @@ struct AppendParams {
   std::int64_t stage_rows;
   const void* k_cmp_new;  // [cmp_rows, Hkv, Dqk]: the compression of the staged windows
   const void* v_cmp_new;  // [cmp_rows, Hkv, Dv]
-  std::int64_t cmp_rows;
+  std::int64_t cmp_rows;  // new compressed tokens of the call, at most (StepPlan)
   int dim_qk, dim_v;
   int rope;  // rotate q, k and compressed k (config.rope.enabled)
   // RoPE frequencies of the Dqk / 2 pairs, computed on the host by the reference's function.
   float frequency[kMaxPairs];
 };
 
-// A decode step's compression of the windows it completes (decode_compress.cu): at most
-// kFusedSelectTokensPerSeq / s + 1 per sequence and kv head, so one CTA per (staged compressed row, kv head,
-// tensor) computes its row as a product of the window's l x D inputs with the head's weight,
-// instead of the training's compression GEMM launches (which a step that completes no window
-// still pays for). Tensor 0 is k (with pos_emb), 1 is v. The staged rows and offsets are
-// AppendParams' (launch_stage_windows).
-struct CompressWindowsParams {
-  const std::int32_t* cu_stage;      // [nseq + 1]
-  const std::int32_t* cu_cmp_stage;  // [nseq + 1]
-  int num_seqs, heads_kv, cmp_len, cmp_stride;
-  std::int64_t cmp_rows;  // grid x: the plan's bound of staged compressed rows
-  const void* x[2];       // k_stage, v_stage: [stage_rows, Hkv, D] contiguous
+// A decode step's compression and append of the windows it completes (decode_compress.cu), in one
+// launch: at most kFusedSelectTokensPerSeq / s + 1 windows per sequence and kv head complete (none
+// in most steps), so one CTA per (new compressed row, kv head, tensor) finds its row's sequence,
+// reads the window's l x D pre-RoPE inputs where they are (window_row, decode_append.cuh: the key
+// tail and the value pages, then the chunk), computes its row as a product with the head's weight,
+// and writes it into the compressed pages (k~ rotated at i*s), instead of the staging, the
+// training's compression GEMM launches and the append (which a step that completes no window still
+// pays for). Tensor 0 is k (with pos_emb), 1 is v. The staging fields of `append` are unused.
+struct CompressAppendParams {
+  AppendParams append;    // the batch, the windows' rows, the compressed pools, RoPE, cmp_rows
   const void* weight[2];  // [Hkv, l D, D] (kLinear) or null (kMean)
   std::int64_t weight_head_stride[2], weight_row_stride[2];
   const void* pos_emb;    // k only: [Hkv, l, D] or null
   std::int64_t pos_emb_head_stride, pos_emb_row_stride;
-  void* y[2];             // k_cmp_new, v_cmp_new: [cmp_rows, Hkv, D] contiguous
-  int dim[2];             // Dqk, Dv
 };
 
 // ---- Gathered keys of a long prefill chunk (decode_gather.cu) -----------------------------------
