@@ -8,9 +8,9 @@
 #   scripts/bench-decode-alternated.sh OUT.csv ROUNDS BUILD [BUILD...]
 #   e.g. scripts/bench-decode-alternated.sh $OUT/h100-decode-alternated.csv 2 main fl
 #
-# A BUILD is a prefix, or PREFIX@VAR=VALUE to run that build with one environment switch set (a
-# route the library keeps behind a switch, e.g. main@FSA_DECODE_QUARTER_KERNEL=1); its rows carry
-# the whole name.
+# A BUILD is a prefix, or PREFIX@VAR=VALUE[@VAR=VALUE...] to run that build with environment
+# switches set (routes the library keeps behind a switch, e.g. main@FSA_DECODE_QUARTER_KERNEL=1 or
+# main@FSA_DECODE_QUARTER_KERNEL=1@FSA_DECODE_COMPRESS_APPEND=1); its rows carry the whole name.
 #
 # FSA_COMMIT names the commit in the caption (the device's tree has no .git); each build's rows
 # carry its prefix. FSA_DECODE_CONFIGS replaces the shapes (fsa bench decode --config names).
@@ -29,7 +29,7 @@ trap 'rm -rf "$tmp"' EXIT
 for ((round = 1; round <= rounds; ++round)); do
   for build in "$@"; do
     prefix=${build%%@*} setting=()
-    [[ $build == *@*=* ]] && setting=("${build#*@}")
+    [[ $build == *@*=* ]] && IFS=@ read -ra setting <<< "${build#*@}"
     csv=$tmp/run-$round.csv
     env "${setting[@]}" scripts/run-gpu-binaries.sh "$prefix-fsa" bench decode "${args[@]}" --csv "$csv" > "$tmp/log" 2>&1 ||
       { echo "bench-decode-alternated: $build failed (round $round):" >&2; tail -5 "$tmp/log" >&2; exit 1; }

@@ -7,8 +7,9 @@
 #   scripts/profile-decode-kernels.sh OUTDIR PREFIX [PREFIX...]
 #   e.g. FSA_COMMIT=c3256e9 scripts/profile-decode-kernels.sh $OUT main nf
 #
-# A PREFIX may be PREFIX@VAR=VALUE, as in scripts/bench-decode-alternated.sh: that build profiled with
-# one environment switch set (main@FSA_DECODE_QUARTER_KERNEL=1); its tables carry the whole name.
+# A PREFIX may be PREFIX@VAR=VALUE[@VAR=VALUE...], as in scripts/bench-decode-alternated.sh: that
+# build profiled with those switches set (main@FSA_DECODE_QUARTER_KERNEL=1); its tables carry the
+# whole name.
 #
 # FSA_DECODE_CONFIGS: the shapes (fsa bench decode --config names; default the 16 x 128K G 16 and
 # 64 x 32K G 4 steps at q_len 1). FSA_COMMIT names the commit in the titles.
@@ -24,7 +25,7 @@ configs=${FSA_DECODE_CONFIGS:-D16x128K-G16-Q1 D64x32K-G4-Q1}
 scripts/run-gpu-binaries.sh "${1%%@*}-fsa" info > /dev/null  # unpacks the binaries
 for build in "$@"; do
   prefix=${build%%@*} setting=()
-  [[ $build == *@*=* ]] && setting=("${build#*@}")
+  [[ $build == *@*=* ]] && IFS=@ read -ra setting <<< "${build#*@}"
   name=${build//[@=]/-}  # file names without @ and = (the device's copy-back refuses odd names)
   for config in $configs; do
     raw=$outdir/ncu-$name-$config.csv

@@ -38,6 +38,11 @@ inline Status env_compress_k_splits(long long* splits) {
 inline Status env_decode_quarter_kernel(std::string* value) {
   return env_choice("FSA_DECODE_QUARTER_KERNEL", {"0", "1"}, value);
 }
+// A decode step's compression and append in one launch (decode_compress.cu, compress_append_kernel):
+// 0 (default until it is measured on a GPU: the staged route's four launches) or 1.
+inline Status env_decode_compress_append(std::string* value) {
+  return env_choice("FSA_DECODE_COMPRESS_APPEND", {"0", "1"}, value);
+}
 inline Status env_decode_attn_stages(long long* stages) {  // 1 or 2 (default: what gives the most CTAs a SM)
   return env_integer("FSA_DECODE_ATTN_STAGES", 1, 2, stages);
 }

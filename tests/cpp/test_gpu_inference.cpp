@@ -752,12 +752,11 @@ TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
 }
 
 // Decode steps that complete up to two windows a sequence (l 8, s 4: eight new tokens complete two
-// once P >= l) over 300 sequences, so that the step's one compression launch
-// (compress_append_kernel) has CTAs taking several rows in turn and scan threads taking several
-// sequences: cache lengths on and off the stride and window grids (some below l, some long), pages
-// shuffled and compressed pages of 5 tokens (make_cache), steps of 8, of 1..8 and of 0..8 tokens;
-// linear compression with RoPE, and mean compression without it in fp16 with one kv head.
-TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
+// once P >= l) over 300 sequences: cache lengths on and off the stride and window grids (some below
+// l, some long), pages shuffled and compressed pages of 5 tokens (make_cache), steps of 8, of 1..8
+// and of 0..8 tokens; linear compression with RoPE in bf16 (Hkv 2, D 64), and mean compression
+// without it in fp16 (one kv head, D 128).
+std::vector<CacheCase> several_windows_cases() {
   constexpr int kSeqs = 300;
   CacheCase c;
   c.config = model_config();
@@ -774,15 +773,77 @@ TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
     c.steps[1][static_cast<std::size_t>(b)] = b % 8 + 1;
     c.steps[2][static_cast<std::size_t>(b)] = (b * 5) % 9;
   }
-  check_case(c, 600);
-  c.dtype = DType::kFloat16;
-  c.hq = 4;
-  c.hkv = 1;
-  c.dqk = 128;
-  c.dv = 128;
-  c.config.compression = CompressionKind::kMean;
-  c.config.rope.enabled = false;
-  check_case(c, 601);
+  CacheCase mean = c;
+  mean.dtype = DType::kFloat16;
+  mean.hkv = 1;
+  mean.dqk = 128;
+  mean.dv = 128;
+  mean.config.compression = CompressionKind::kMean;
+  mean.config.rope.enabled = false;
+  return {c, mean};
+}
+
+// Both compression routes of a decode step against the reference on those steps: the staged one
+// (the default) and the one launch (FSA_DECODE_COMPRESS_APPEND=1), whose CTAs take several rows in
+// turn and whose scan threads take several sequences at 300 sequences.
+TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
+  for (const char* route : {"0", "1"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_COMPRESS_APPEND=") + route);
+    ::setenv("FSA_DECODE_COMPRESS_APPEND", route, 1);
+    std::uint64_t salt = 600;
+    for (const CacheCase& c : several_windows_cases()) check_case(c, ++salt);
+  }
+  ::unsetenv("FSA_DECODE_COMPRESS_APPEND");
+}
+
+// The GPU alone over a case's steps with FSA_DECODE_COMPRESS_APPEND=`route`: every step's outputs
+// and the pools after the last, in the case's dtype. The same salt gives the same inputs.
+struct GpuRun {
+  std::vector<StepOut> steps;
+  std::vector<HostTensor> pools;
+};
+GpuRun run_gpu_route(const CacheCase& c, std::uint64_t salt, const char* route) {
+  ::setenv("FSA_DECODE_COMPRESS_APPEND", route, 1);
+  auto rng = rng_for_test(salt);
+  const Params params = make_params(c, rng);
+  CacheState cpu = make_cache(c, rng);
+  if (std::accumulate(c.cached.begin(), c.cached.end(), std::int64_t{0}) > 0)
+    run_cpu(c, params.to(DType::kFloat32), make_chunk(c, c.cached, rng).to(DType::kFloat32), cpu);
+  round_pools(cpu, c.dtype);
+  DeviceCache gpu(cpu, c.dtype, c.head_major);
+  GpuRun run;
+  for (const auto& lengths : c.steps) run.steps.push_back(run_gpu(c, params, make_chunk(c, lengths, rng), gpu));
+  for (const DeviceTensor* t : {gpu.k_pages.get(), gpu.v_pages.get(), gpu.k_cmp_pages.get(), gpu.v_cmp_pages.get(),
+                                gpu.k_tail.get()})
+    run.pools.push_back(t->download());
+  ::unsetenv("FSA_DECODE_COMPRESS_APPEND");
+  return run;
+}
+
+bool same_bits(const HostTensor& a, const HostTensor& b) {
+  return a.dtype() == b.dtype() && a.numel() == b.numel() &&
+         std::memcmp(a.view().data, b.view().data, static_cast<std::size_t>(a.numel()) * dtype_size(a.dtype())) == 0;
+}
+
+// The one-launch compression computes what the staged route does, bit for bit: the same products,
+// order and roundings (compress_window), so every output of every step and every pool row (the
+// compressed pages above all, and the rows neither route may touch) are the same bits.
+TEST_F(Gpu, InferenceDecodeCompressionRoutesAgreeBitForBit) {
+  std::vector<CacheCase> cases = several_windows_cases();
+  cases.push_back(decode_case(32, 2, 128, 128));
+  std::uint64_t salt = 620;
+  for (const CacheCase& c : cases) {
+    const GpuRun staged = run_gpu_route(c, ++salt, "0"), one_launch = run_gpu_route(c, salt, "1");
+    const char* pools[] = {"k_pages", "v_pages", "k_cmp_pages", "v_cmp_pages", "k_tail"};
+    for (std::size_t i = 0; i < staged.pools.size(); ++i)
+      EXPECT_TRUE(same_bits(staged.pools[i], one_launch.pools[i])) << describe(c) << ": " << pools[i];
+    const char* outputs[] = {"o", "o_cmp", "o_slc", "o_swa", "topk"};
+    for (std::size_t step = 0; step < staged.steps.size(); ++step) {
+      StepOut a = staged.steps[step], b = one_launch.steps[step];
+      for (std::size_t i = 0; i < a.all().size(); ++i)
+        EXPECT_TRUE(same_bits(*a.all()[i], *b.all()[i])) << describe(c) << " step " << step << ": " << outputs[i];
+    }
+  }
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the

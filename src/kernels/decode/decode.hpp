@@ -12,9 +12,9 @@
 namespace fsa::cuda::decode {
 
 // ---- decode_append.cu ----
-// The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows of a call that
-// compresses through the training's compress_forward (prefill): reads the old key tail, so it runs
-// before launch_append_tokens overwrites it.
+// The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows of a call whose
+// compression reads them (compress_forward, launch_compress_windows): reads the old key tail, so
+// it runs before launch_append_tokens overwrites it.
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream);
 // The compressed tokens (k_cmp_new / v_cmp_new, compressed from the staged windows) rotated at i*s
 // and written into the compressed pools.
@@ -23,13 +23,17 @@ Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t
 Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream);
 
 // ---- decode_compress.cu ----
+// A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (longer calls use
+// the training's compress_forward); launch_append_compressed then writes them into the pools.
+Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream);
 // A decode step's new compressed tokens, compressed from the windows where they are (key tail,
 // value pages, chunk), k~ rotated at i*s, into the compressed pools: one launch in place of
-// launch_stage_windows, compress_forward and launch_append_compressed. Reads the old key tail, so
-// it runs before launch_append_tokens overwrites it.
+// launch_stage_windows, launch_compress_windows and launch_append_compressed. Reads the old key
+// tail, so it runs before launch_append_tokens overwrites it.
 Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaStream_t stream);
-// Whether it takes these params: head dims multiples of 8 up to 256, weights 16-byte aligned with
-// strides multiples of 8 elements, the window within the shared memory bound.
+// Whether the two take these params: head dims multiples of 8 up to 256, weights 16-byte aligned
+// with strides multiples of 8 elements, the window within the shared memory bound.
+bool compress_windows_supported(const CompressWindowsParams& p);
 bool compress_append_supported(const CompressAppendParams& p);
 
 // ---- decode_gather.cu ----

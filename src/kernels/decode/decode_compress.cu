@@ -1,19 +1,25 @@
-// A decode step's compression and append (CompressAppendParams in decode_params.hpp), one launch:
-// the windows the step completes, read where they are (the key tail and the value pages before the
-// cached length P, the chunk after it: window_row, decode_append.cuh), compressed, and written
-// into the compressed pools, k~ rotated at i*s.
+// A decode step's compression: the windows the step completes, compressed and written into the
+// compressed pools (k~ rotated at i*s). Two routes, chosen by FSA_DECODE_COMPRESS_APPEND until the
+// one-launch route is measured on a GPU (docs/kernels/decode.md):
+//
+//   - staged (default): launch_stage_windows copies the windows' pre-RoPE rows into the workspace,
+//     compress_windows_kernel compresses them into k_cmp_new / v_cmp_new, launch_append_compressed
+//     rotates and writes them (four launches with the staging offsets);
+//   - one launch (=1): compress_append_kernel reads each window where it is (the key tail and the
+//     value pages before the cached length P, the chunk after it: window_row, decode_append.cuh),
+//     compresses it and writes it into the pools.
 //
 // Why not the training's compression: its split-K GEMM is five or six launches a tensor pair
 // (positional-embedding vector, partial sums, linear and reduce for k and for v), and a decode step
 // launches them every step although at most one window a sequence and kv head completes, and none
-// in most steps (15 of 16 at s 16, q_len 1): 2.5-3.6 us each on an H100 for nothing. A first
-// version kept four launches (staging offsets, staged windows, this compression, the append of
-// the compressed tokens: 3.8 + 3.1 + 2.8 + 2.8 us at 16 x 128K on an H100, all no-ops in those
-// steps); here one launch does their work, a CTA per (new compressed row, kv head, k or v), and its
-// CTAs exit once they know the step completes no row of theirs. A row is the window's l x D inputs
-// (plus the positional embedding for k) times the head's [l D, D] weight, or their mean: the
-// reference's compress_forward, accumulated in fp32, rounded once to the element type; k~ is then
-// rotated from that rounded value (as the staged route's append read it back from k_cmp_new).
+// in most steps (15 of 16 at s 16, q_len 1): 2.5-3.6 us each on an H100 for nothing. Here a CTA per
+// (new compressed row, kv head, k or v) computes its row, and exits at once when the step completes
+// none; the staged route's four launches still cost 3.8 + 3.1 + 2.8 + 2.8 us at 16 x 128K on an
+// H100, all no-ops in those steps, which the one-launch route folds into one. A row is the window's
+// l x D inputs (plus the positional embedding for k) times the head's [l D, D] weight, or their
+// mean: the reference's compress_forward, accumulated in fp32, rounded once to the element type
+// (compress_window, shared by both routes, so they agree bit for bit); k~ is then rotated from that
+// rounded value.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -93,6 +99,36 @@ __device__ __forceinline__ void compress_window(const float* window_s, float* pa
   }
 }
 
+// The staged route: CTA (staged compressed row r, kv head g, tensor) compresses window r of the
+// staged rows into y.
+template <class Element>
+__global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid_constant__ CompressWindowsParams p) {
+  common::await_prior_grids();  // before any global access: launched by launch_dependent
+  using C = common::Convert<Element>;
+  extern __shared__ float window_s[];  // [l D] inputs, then [slices, D] partial sums
+  const int tensor = blockIdx.z, g = blockIdx.y;
+  const long long r = blockIdx.x;  // staged compressed row
+  const int total = p.cu_cmp_stage[p.num_seqs];
+  if (r >= total) return;  // most steps: no window completes
+  const int b = seq_of_row(p.cu_cmp_stage, 1, p.num_seqs, r);
+  const int l = p.cmp_len, D = p.dim[tensor], heads = p.heads_kv;
+  const long long first_row = p.cu_stage[b] + (r - p.cu_cmp_stage[b]) * p.cmp_stride;
+  const auto* x = static_cast<const Element*>(p.x[tensor]);
+  const CompressWeights& w = p.weights;
+  const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(w.pos_emb) : nullptr;
+  for (int i = threadIdx.x; i < l * D; i += kThreads) {
+    const int j = i / D, d = i % D;
+    float v = C::to_float(x[((first_row + j) * heads + g) * D + d]);
+    if (pos_emb != nullptr) v += C::to_float(pos_emb[g * w.pos_emb_head_stride + j * w.pos_emb_row_stride + d]);
+    window_s[i] = v;
+  }
+  __syncthreads();
+  const Element* weight = static_cast<const Element*>(w.weight[tensor]);
+  if (weight != nullptr) weight += g * w.weight_head_stride[tensor];
+  compress_window<Element>(window_s, window_s + l * D, weight, w.weight_row_stride[tensor], l, D,
+                           static_cast<Element*>(p.y[tensor]) + (r * heads + g) * D);
+}
+
 // Grid (row CTAs, Hkv, 2): CTA (x, g, tensor) takes the step's new compressed rows x, x + gridDim.x,
 // .. (numbered across the batch in sequence order) of kv head g, k (tensor 0) or v.
 template <class Element>
@@ -108,6 +144,7 @@ __global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_
   __shared__ alignas(16) Element k_row_s[kMaxDim];  // k~ rounded, before its rotation
   extern __shared__ float window_s[];                // [l D] inputs, then [slices, D] partial sums
   const AppendParams& a = p.append;
+  const CompressWeights& w = p.weights;
   const int nseq = a.batch.num_seqs, l = a.nsa.cmp_len, s = a.nsa.cmp_stride;
   const int tensor = blockIdx.z, g = blockIdx.y;
 
@@ -124,9 +161,9 @@ __global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_
   const long long rows = min(static_cast<long long>(total), static_cast<long long>(a.cmp_rows));  // none in most steps
 
   const int D = tensor == 0 ? a.dim_qk : a.dim_v, vectors = D / 8;
-  const Element* weight = static_cast<const Element*>(p.weight[tensor]);
-  if (weight != nullptr) weight += g * p.weight_head_stride[tensor];
-  const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(p.pos_emb) : nullptr;
+  const Element* weight = static_cast<const Element*>(w.weight[tensor]);
+  if (weight != nullptr) weight += g * w.weight_head_stride[tensor];
+  const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(w.pos_emb) : nullptr;
   for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
     __syncthreads();  // the previous row's reads of row_seq, row_index and the shared rows are done
     if (r >= offset && r < offset + mine) {  // the row is among this thread's sequences
@@ -157,18 +194,18 @@ __global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_
       for (int k = 0; k < 8; ++k) {
         float v = C::to_float(x[k]);
         if (pos_emb != nullptr)
-          v += C::to_float(pos_emb[g * p.pos_emb_head_stride + j * p.pos_emb_row_stride + d + k]);
+          v += C::to_float(pos_emb[g * w.pos_emb_head_stride + j * w.pos_emb_row_stride + d + k]);
         window_s[j * D + d + k] = v;
       }
     }
     __syncthreads();
     float* partial_s = window_s + l * D;
     if (tensor == 1) {
-      compress_window<Element>(window_s, partial_s, weight, p.weight_row_stride[1], l, D,
+      compress_window<Element>(window_s, partial_s, weight, w.weight_row_stride[1], l, D,
                                pool_row<Element>(a.v_cmp_pages, at, g));
       continue;
     }
-    compress_window<Element>(window_s, partial_s, weight, p.weight_row_stride[0], l, D, k_row_s);
+    compress_window<Element>(window_s, partial_s, weight, w.weight_row_stride[0], l, D, k_row_s);
     __syncthreads();
     rope_angles<kThreads>(a, index * s, angles);
     rotate_heads<kThreads, Element>(a, angles, 1, k_row_s, 0, pool_row<Element>(a.k_cmp_pages, at, g), 0);
@@ -176,26 +213,54 @@ __global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_
 }
 
 // The dynamic shared memory: the window's inputs (l x the larger head dim) and the slices' sums.
-std::size_t window_smem_bytes(const CompressAppendParams& p) {
-  const std::size_t dim = static_cast<std::size_t>(std::max(p.append.dim_qk, p.append.dim_v));
-  return (static_cast<std::size_t>(p.append.nsa.cmp_len) * dim + kThreads * kColumns) * sizeof(float);
+std::size_t window_smem_bytes(int cmp_len, int dim_k, int dim_v) {
+  const std::size_t dim = static_cast<std::size_t>(std::max(dim_k, dim_v));
+  return (static_cast<std::size_t>(cmp_len) * dim + kThreads * kColumns) * sizeof(float);
+}
+
+// What both kernels need of the head dims and the weights, and of the window's shared memory.
+bool supported(const CompressWeights& w, int cmp_len, const int (&dims)[2], std::int64_t cmp_rows) {
+  for (int t = 0; t < 2; ++t) {
+    if (dims[t] % kColumns != 0 || dims[t] > kMaxDim) return false;
+    // The weights are read as kColumns columns at once (16-byte loads).
+    if (w.weight[t] != nullptr &&
+        (reinterpret_cast<std::uintptr_t>(w.weight[t]) % 16 != 0 || w.weight_row_stride[t] % kColumns != 0 ||
+         w.weight_head_stride[t] % kColumns != 0))
+      return false;
+  }
+  // The window's inputs and the slices' sums in shared memory: within what every supported GPU
+  // gives a CTA (l 32, D 256: 40 KB; compress_append_kernel's static scan storage, angles and k~
+  // row add 2 KB).
+  return cmp_rows <= 0x7fffffffLL && window_smem_bytes(cmp_len, dims[0], dims[1]) <= 96 * 1024;
+}
+
+// kKernel over `grid` with the window's shared memory (above the default 48 KB at l 32, D 256).
+template <auto* kKernel, class Params>
+Status launch_compression(const char* name, dim3 grid, std::size_t smem, cudaStream_t stream, const Params& p) {
+  FSA_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  return common::launch_dependent<kKernel>(name, grid, kThreads, smem, stream, p);
 }
 
 }  // namespace
 
+bool compress_windows_supported(const CompressWindowsParams& p) {
+  return supported(p.weights, p.cmp_len, p.dim, p.cmp_rows);
+}
+
 bool compress_append_supported(const CompressAppendParams& p) {
-  const int dims[2] = {p.append.dim_qk, p.append.dim_v};
-  for (int t = 0; t < 2; ++t) {
-    if (dims[t] % kColumns != 0 || dims[t] > kMaxDim) return false;
-    // The weights are read as kColumns columns at once (16-byte loads).
-    if (p.weight[t] != nullptr &&
-        (reinterpret_cast<std::uintptr_t>(p.weight[t]) % 16 != 0 || p.weight_row_stride[t] % kColumns != 0 ||
-         p.weight_head_stride[t] % kColumns != 0))
-      return false;
-  }
-  // The window's inputs and the slices' sums in shared memory: within what every supported GPU
-  // gives a CTA (l 32, D 256: 40 KB; the static scan storage, angles and k~ row add 2 KB).
-  return p.append.cmp_rows <= 0x7fffffffLL && window_smem_bytes(p) <= 96 * 1024;
+  const AppendParams& a = p.append;
+  return supported(p.weights, a.nsa.cmp_len, {a.dim_qk, a.dim_v}, a.cmp_rows);
+}
+
+Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream) {
+  if (p.num_seqs == 0 || p.cmp_rows == 0 || p.heads_kv == 0) return Status::ok();
+  if (!compress_windows_supported(p))
+    return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_windows_supported)");
+  const dim3 grid(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2);
+  const std::size_t smem = window_smem_bytes(p.cmp_len, p.dim[0], p.dim[1]);
+  return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
+    return launch_compression<&compress_windows_kernel<Element>>("compress_windows_kernel", grid, smem, stream, p);
+  });
 }
 
 Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaStream_t stream) {
@@ -203,14 +268,12 @@ Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaSt
   if (a.batch.num_seqs == 0 || a.cmp_rows == 0 || a.nsa.heads_kv == 0) return Status::ok();
   if (!compress_append_supported(p))
     return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_append_supported)");
-  const std::size_t smem = window_smem_bytes(p);
   const std::int64_t row_ctas =
       std::min<std::int64_t>(a.cmp_rows, std::max(1LL, kWaveCtas / (2LL * a.nsa.heads_kv)));
+  const dim3 grid(static_cast<unsigned>(row_ctas), a.nsa.heads_kv, 2);
+  const std::size_t smem = window_smem_bytes(a.nsa.cmp_len, a.dim_qk, a.dim_v);
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
-    auto* kernel = compress_append_kernel<Element>;
-    FSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    return common::launch_dependent<&compress_append_kernel<Element>>(
-        "compress_append_kernel", dim3(static_cast<unsigned>(row_ctas), a.nsa.heads_kv, 2), kThreads, smem, stream, p);
+    return launch_compression<&compress_append_kernel<Element>>("compress_append_kernel", grid, smem, stream, p);
   });
 }
 

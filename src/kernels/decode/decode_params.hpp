@@ -87,20 +87,42 @@ struct AppendParams {
   float frequency[kMaxPairs];
 };
 
-// A decode step's compression and append of the windows it completes (decode_compress.cu), in one
-// launch: at most kFusedSelectTokensPerSeq / s + 1 windows per sequence and kv head complete (none
-// in most steps), so one CTA per (new compressed row, kv head, tensor) finds its row's sequence,
-// reads the window's l x D pre-RoPE inputs where they are (window_row, decode_append.cuh: the key
-// tail and the value pages, then the chunk), computes its row as a product with the head's weight,
-// and writes it into the compressed pages (k~ rotated at i*s), instead of the staging, the
-// training's compression GEMM launches and the append (which a step that completes no window still
-// pays for). Tensor 0 is k (with pos_emb), 1 is v. The staging fields of `append` are unused.
-struct CompressAppendParams {
-  AppendParams append;    // the batch, the windows' rows, the compressed pools, RoPE, cmp_rows
+// The compression's parameters of a decode step (decode_compress.cu): tensor 0 is k (with pos_emb),
+// 1 is v.
+struct CompressWeights {
   const void* weight[2];  // [Hkv, l D, D] (kLinear) or null (kMean)
   std::int64_t weight_head_stride[2], weight_row_stride[2];
   const void* pos_emb;    // k only: [Hkv, l, D] or null
   std::int64_t pos_emb_head_stride, pos_emb_row_stride;
+};
+
+// A decode step's compression of the windows it completes, two routes (decode_compress.cu): at most
+// kFusedSelectTokensPerSeq / s + 1 windows per sequence and kv head complete (none in most steps),
+// so one CTA per (new compressed row, kv head, tensor) computes its row as a product of the
+// window's l x D inputs with the head's weight, instead of the training's compression GEMM
+// launches (which a step that completes no window still pays for).
+//
+// The staged route: the windows staged by launch_stage_windows (AppendParams' rows and offsets)
+// compressed into k_cmp_new / v_cmp_new, which launch_append_compressed rotates into the pools.
+struct CompressWindowsParams {
+  const std::int32_t* cu_stage;      // [nseq + 1]
+  const std::int32_t* cu_cmp_stage;  // [nseq + 1]
+  int num_seqs, heads_kv, cmp_len, cmp_stride;
+  std::int64_t cmp_rows;  // grid x: the plan's bound of staged compressed rows
+  const void* x[2];       // k_stage, v_stage: [stage_rows, Hkv, D] contiguous
+  void* y[2];             // k_cmp_new, v_cmp_new: [cmp_rows, Hkv, D] contiguous
+  int dim[2];             // Dqk, Dv
+  CompressWeights weights;
+};
+
+// The one-launch route (FSA_DECODE_COMPRESS_APPEND=1): each CTA finds its row's sequence, reads the
+// window's pre-RoPE inputs where they are (window_row, decode_append.cuh: the key tail and the
+// value pages, then the chunk) and writes its row into the compressed pages (k~ rotated at i*s),
+// in place of the staging, the compression and the append. The staging fields of `append` are
+// unused.
+struct CompressAppendParams {
+  AppendParams append;  // the batch, the windows' rows, the compressed pools, RoPE, cmp_rows
+  CompressWeights weights;
 };
 
 // ---- Gathered keys of a long prefill chunk (decode_gather.cu) -----------------------------------

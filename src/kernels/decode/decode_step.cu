@@ -2,9 +2,10 @@
 // new tokens to its paged cache and computes their outputs, in stream order:
 //
 //   1. compress the windows the chunk completes and write the new compressed tokens, keys rotated
-//      at i*s, into their pages: a decode step in one launch (decode_compress.cu); a longer chunk
-//      stages the pre-RoPE windows, compresses them (kernels/compress, unchanged) and appends them
-//      (decode_append.cu);
+//      at i*s, into their pages: stage the pre-RoPE windows, compress them (a decode step in one
+//      launch, decode_compress.cu; a longer chunk in kernels/compress, unchanged) and append them
+//      (decode_append.cu); with FSA_DECODE_COMPRESS_APPEND=1 a decode step does all three in one
+//      launch (decode_compress.cu);
 //   2. rotate q (workspace) and k (pages), store v, update the key tail (after 1 read the old tail);
 //   3. compressed attention over the compressed pages: o_cmp and lse_cmp (decode_attn_kernel.cuh,
 //      split over the context, decode_merge.cu);
@@ -314,11 +315,9 @@ Status check_gpu_limits(const char* op, const NsaConfig& c, const NsaLayerInputs
   return Status::ok();
 }
 
-// A decode step's compression and append (decode_compress.cu): the append's params and the weights.
-decode::CompressAppendParams compress_append_params(const NsaConfig& c, const NsaLayerInputs& in,
-                                                    const decode::AppendParams& ap) {
-  decode::CompressAppendParams p{};
-  p.append = ap;
+// A decode step's compression (decode_compress.cu): the weights both routes read.
+decode::CompressWeights compress_weights(const NsaConfig& c, const NsaLayerInputs& in) {
+  decode::CompressWeights p{};
   const bool linear = c.compression == CompressionKind::kLinear;
   const TensorView* weights[2] = {&in.w_k, &in.w_v};
   for (int t = 0; t < 2; ++t) {
@@ -330,6 +329,38 @@ decode::CompressAppendParams compress_append_params(const NsaConfig& c, const Ns
   p.pos_emb_head_stride = in.pe_k.defined() ? in.pe_k.stride(0) : 0;
   p.pos_emb_row_stride = in.pe_k.defined() ? in.pe_k.stride(1) : 0;
   return p;
+}
+
+// The staged route's compression of the windows launch_stage_windows staged.
+decode::CompressWindowsParams compress_windows_params(const NsaConfig& c, const NsaLayerInputs& in,
+                                                      const NsaInferenceShape& s, const StepWorkspace& w,
+                                                      const StepPlan& plan) {
+  decode::CompressWindowsParams p{};
+  p.cu_stage = w.cu_stage.ptr<const std::int32_t>();
+  p.cu_cmp_stage = w.cu_cmp_stage.ptr<const std::int32_t>();
+  p.num_seqs = s.num_seqs;
+  p.heads_kv = s.heads_kv;
+  p.cmp_len = c.cmp_len;
+  p.cmp_stride = c.cmp_stride;
+  p.cmp_rows = plan.cmp_rows;
+  p.x[0] = w.k_stage.data;
+  p.x[1] = w.v_stage.data;
+  p.y[0] = w.k_cmp_new.data;
+  p.y[1] = w.v_cmp_new.data;
+  p.dim[0] = static_cast<int>(s.head_dim_qk);
+  p.dim[1] = static_cast<int>(s.head_dim_v);
+  p.weights = compress_weights(c, in);
+  return p;
+}
+
+// Whether a decode step compresses in one launch (compress_append_kernel):
+// FSA_DECODE_COMPRESS_APPEND=1, 0 by default until the route is measured on a GPU; a bad value is
+// the call's error.
+Status compress_in_one_launch(bool* one_launch) {
+  std::string value;
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_compress_append(&value));
+  *one_launch = value == "1";
+  return Status::ok();
 }
 
 Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
@@ -400,16 +431,25 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   ap.rope = c.rope.enabled ? 1 : 0;
   for (int i = 0; i < s.head_dim_qk / 2 && i < decode::AppendParams::kMaxPairs; ++i)
     ap.frequency[i] = rope_frequency(c.rope, i, s.head_dim_qk);
-  const decode::CompressAppendParams ca = compress_append_params(c, in, ap);
-  if (decode::fuses_selection(s.tokens, s.num_seqs) && decode::compress_append_supported(ca)) {
-    // A decode step: its few windows compressed and appended in one launch (decode_compress.cu).
+  // A decode step's few windows in one launch (compress_append_kernel) or in the staged route's
+  // four (decode_compress.cu); a longer call's in the training's compression.
+  bool one_launch = false;
+  FSA_RETURN_IF_ERROR(compress_in_one_launch(&one_launch));
+  const decode::CompressAppendParams ca{ap, compress_weights(c, in)};
+  const decode::CompressWindowsParams cw = compress_windows_params(c, in, s, w, plan);
+  const bool decode_step = decode::fuses_selection(s.tokens, s.num_seqs);
+  if (decode_step && one_launch && decode::compress_append_supported(ca)) {
     FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, s.dtype, stream));
   } else {
     FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
-    FSA_RETURN_IF_ERROR(
-        cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
-    FSA_RETURN_IF_ERROR(cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{},
-                                               w.v_cmp_new, w.compress));
+    if (decode_step && decode::compress_windows_supported(cw)) {
+      FSA_RETURN_IF_ERROR(decode::launch_compress_windows(cw, s.dtype, stream));
+    } else {
+      FSA_RETURN_IF_ERROR(
+          cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
+      FSA_RETURN_IF_ERROR(cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{},
+                                                 w.v_cmp_new, w.compress));
+    }
     FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
   }
   FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
