@@ -755,7 +755,8 @@ TEST_F(Gpu, InferenceDecodeDropsRejectedTokens) {
 // once P >= l) over 300 sequences: cache lengths on and off the stride and window grids (some below
 // l, some long), pages shuffled and compressed pages of 5 tokens (make_cache), steps of 8, of 1..8
 // and of 0..8 tokens; linear compression with RoPE in bf16 (Hkv 2, D 64), and mean compression
-// without it in fp16 (one kv head, D 128).
+// without it in fp16 (one kv head, D 128). Then short prefill chunks with a sequence of 10-12 new
+// tokens (nsa_prefill on a decode step's route, which appends the tokens in a launch of their own).
 std::vector<CacheCase> several_windows_cases() {
   constexpr int kSeqs = 300;
   CacheCase c;
@@ -780,12 +781,17 @@ std::vector<CacheCase> several_windows_cases() {
   mean.dv = 128;
   mean.config.compression = CompressionKind::kMean;
   mean.config.rope.enabled = false;
-  return {c, mean};
+  // A prefill call whose chunk fuses the selection (at most 8 tokens a sequence on average) with a
+  // sequence of more than 8 tokens: compress_append_kernel compresses, append_tokens_kernel appends.
+  CacheCase chunk = decode_case(8, 2, 128, 128);
+  chunk.steps = {{12, 1, 2, 3, 1, 2, 3, 1, 2, 0}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}};
+  return {c, mean, chunk};
 }
 
 // Both compression routes of a decode step against the reference on those steps: the staged one
-// (the default) and the one launch (FSA_DECODE_COMPRESS_APPEND=1), whose CTAs take several rows in
-// turn and whose scan threads take several sequences at 300 sequences.
+// (the default) and the one launch (FSA_DECODE_COMPRESS_APPEND=1, with the new tokens' append in it
+// for nsa_decode), whose CTAs take several rows in turn and whose scan threads take several
+// sequences at 300 sequences.
 TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
   for (const char* route : {"0", "1"}) {
     SCOPED_TRACE(std::string("FSA_DECODE_COMPRESS_APPEND=") + route);
@@ -826,8 +832,10 @@ bool same_bits(const HostTensor& a, const HostTensor& b) {
 }
 
 // The one-launch compression computes what the staged route does, bit for bit: the same products,
-// order and roundings (compress_window), so every output of every step and every pool row (the
-// compressed pages above all, and the rows neither route may touch) are the same bits.
+// order and roundings (compress_window, rotate_heads, append_token_heads), so every output of every
+// step and every pool row (the compressed pages, the pages and ring rows of the new tokens, which an
+// nsa_decode call appends in the same launch, and the rows neither route may touch) are the same
+// bits; decode steps and short prefill chunks.
 TEST_F(Gpu, InferenceDecodeCompressionRoutesAgreeBitForBit) {
   std::vector<CacheCase> cases = several_windows_cases();
   cases.push_back(decode_case(32, 2, 128, 128));

@@ -21,6 +21,9 @@ Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t str
 Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t stream);
 // q rotated into q_rot; k rotated and v into the pools; the key tail's last l positions.
 Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream);
+// The CTAs a new token's heads (Hq + Hkv units) are split over in the append: about 2048 CTAs in
+// all, at least 4 heads a CTA, one (every head) once the tokens alone fill the GPU (prefill chunks).
+int append_head_slices(long long tokens, int heads);
 
 // ---- decode_compress.cu ----
 // A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (longer calls use
@@ -28,9 +31,11 @@ Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t str
 Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream);
 // A decode step's new compressed tokens, compressed from the windows where they are (key tail,
 // value pages, chunk), k~ rotated at i*s, into the compressed pools: one launch in place of
-// launch_stage_windows, launch_compress_windows and launch_append_compressed. Reads the old key
-// tail, so it runs before launch_append_tokens overwrites it.
-Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaStream_t stream);
+// launch_stage_windows, launch_compress_windows and launch_append_compressed. It reads the old key
+// tail: with append_tokens the same launch does launch_append_tokens' work (only where no sequence
+// brings more than kMaxDecodeTokens tokens, an nsa_decode call: those overwrite no ring row a
+// window reads); without, launch_append_tokens follows it.
+Status launch_compress_append(const CompressAppendParams& p, bool append_tokens, DType dtype, cudaStream_t stream);
 // Whether the two take these params: head dims multiples of 8 up to 256, weights 16-byte aligned
 // with strides multiples of 8 elements, the window within the shared memory bound.
 bool compress_windows_supported(const CompressWindowsParams& p);

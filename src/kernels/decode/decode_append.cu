@@ -68,12 +68,6 @@ __global__ void __launch_bounds__(kScanThreads) stage_offsets_kernel(const __gri
   }
 }
 
-// Copies `count` 16-byte vectors from src (null: zeros) to dst, by the CTA's threads starting at
-// `first`. Rows are whole vectors (the head dims are multiples of 8 elements).
-__device__ __forceinline__ void copy_vectors(uint4* dst, const uint4* src, int count, int first, int step) {
-  for (int i = first; i < count; i += step) dst[i] = src != nullptr ? src[i] : make_uint4(0, 0, 0, 0);
-}
-
 // One staged row per CTA: the pre-RoPE key (tail or chunk) and the value (pages or chunk) of one
 // position, all heads.
 template <class Element>
@@ -126,65 +120,17 @@ __global__ void __launch_bounds__(kThreads) append_compressed_kernel(const __gri
                  reinterpret_cast<const uint4*>(v_src + h * p.dim_v), p.dim_v / 8, threadIdx.x, kThreads);
 }
 
-// One new token per CTA row (blockIdx.x), its heads split over blockIdx.y (a decode step has a
-// handful of tokens: one CTA per token walked its 68 heads in turns of dependent loads, 26 us at
-// 16 x 128K, G 16): the units are the q heads, then the kv heads. A q head is rotated into q_rot;
-// a kv head's k is rotated into the key pages, its v copied into the value pages, and its pre-RoPE
-// k copied into the tail when the position is among the sequence's last tail_rows (a chunk longer
-// than the ring keeps only its last positions there).
+// One new token per CTA row (blockIdx.x), its heads split over blockIdx.y (append_token_heads,
+// decode_append.cuh).
 template <class Element>
 __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_constant__ AppendParams p) {
-  const long long row = blockIdx.x;
-  const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv;
-  const int per_cta = (hq + hkv + static_cast<int>(gridDim.y) - 1) / static_cast<int>(gridDim.y);
-  const int unit_lo = static_cast<int>(blockIdx.y) * per_cta, unit_hi = min(hq + hkv, unit_lo + per_cta);
-  if (unit_lo >= unit_hi) return;
-  const int b = seq_of_row(p.batch.cu_seqlens, p.batch.cu_stride, p.batch.num_seqs, row);
-  if (b < 0) return;
-  const SeqInfo seq = seq_info(p.batch, b);
-  const long long position = seq.cached + (row - seq.row0);
   __shared__ float2 angles[AppendParams::kMaxPairs];
-  rope_angles<kThreads>(p, position, angles);
-  // The lookups and angles above read caller inputs only; the writes below (q_rot, pages, the key
-  // ring, which the staging kernels read) wait for the kernels before this one.
-  common::await_prior_grids();
-  const int q_lo = unit_lo, q_hi = min(unit_hi, hq);
-  if (q_hi > q_lo) {
-    const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride + q_lo * p.q_head_stride;
-    rotate_heads<kThreads, Element>(p, angles, q_hi - q_lo, q, p.q_head_stride,
-                                    static_cast<Element*>(p.q_rot) + (row * hq + q_lo) * p.dim_qk, p.dim_qk);
-  }
-  const int kv_lo = max(unit_lo, hq) - hq, kv_hi = unit_hi - hq;
-  if (kv_hi <= kv_lo) return;
-  const auto* k = static_cast<const Element*>(p.k) + row * p.k_row_stride;
-  const auto* v = static_cast<const Element*>(p.v) + row * p.v_row_stride;
-  const PageRow at = locate(p.block_table, p.k_pages, b, position);
-  if (at.page >= 0) {
-    rotate_heads<kThreads, Element>(p, angles, kv_hi - kv_lo, k + kv_lo * p.k_head_stride, p.k_head_stride,
-                                    pool_row<Element>(p.k_pages, at, kv_lo), p.k_pages.head_stride);
-    for (int h = kv_lo; h < kv_hi; ++h)
-      copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_pages, at, h)),
-                   reinterpret_cast<const uint4*>(v + h * p.v_head_stride), p.dim_v / 8, threadIdx.x, kThreads);
-  }
-  const long long slot = p.batch.slots[b * p.batch.slot_stride];
-  if (position >= seq.cached + seq.new_tokens - p.tail_rows && slot >= 0 && slot < p.num_slots) {
-    auto* tail =
-        static_cast<Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % p.tail_rows) * p.tail_row_stride;
-    for (int h = kv_lo; h < kv_hi; ++h)
-      copy_vectors(reinterpret_cast<uint4*>(tail + h * p.tail_head_stride),
-                   reinterpret_cast<const uint4*>(k + h * p.k_head_stride), p.dim_qk / 8, threadIdx.x, kThreads);
-  }
+  append_token_heads<kThreads, Element>(p, blockIdx.x, static_cast<int>(blockIdx.y), static_cast<int>(gridDim.y),
+                                        angles, /*awaited=*/false);
 }
 
-// The append's head slices per token: about kAppendTargetCtas CTAs in all, at least 4 heads a CTA,
-// one slice (every head) once the tokens alone fill the GPU (prefill chunks).
 constexpr long long kAppendTargetCtas = 2048;
 constexpr int kAppendMinHeads = 4;
-int append_head_slices(long long tokens, int heads) {
-  const long long by_heads = (heads + kAppendMinHeads - 1) / kAppendMinHeads;
-  const long long by_grid = tokens > 0 ? kAppendTargetCtas / tokens : 1;
-  return static_cast<int>(std::max(1LL, std::min(by_heads, by_grid)));
-}
 
 // A grid of `rows` CTAs, one row each (the rows past the batch's return at once).
 Status check_grid(const char* what, long long rows) {
@@ -194,6 +140,12 @@ Status check_grid(const char* what, long long rows) {
 }
 
 }  // namespace
+
+int append_head_slices(long long tokens, int heads) {
+  const long long by_heads = (heads + kAppendMinHeads - 1) / kAppendMinHeads;
+  const long long by_grid = tokens > 0 ? kAppendTargetCtas / tokens : 1;
+  return static_cast<int>(std::max(1LL, std::min(by_heads, by_grid)));
+}
 
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream) {
   if (p.batch.num_seqs == 0) return Status::ok();

@@ -1,6 +1,6 @@
 // Device pieces of the append (AppendParams) shared by decode_append.cu (staging, appends) and
 // decode_compress.cu (a decode step's compression and append in one kernel): where a compression
-// window's pre-RoPE rows are, and the RoPE of a row.
+// window's pre-RoPE rows are, the RoPE of a row, and the append of a new token's heads.
 //
 // RoPE as the rope kernel (kernels/rope): fp32 angles position * w_i with the frequencies the host
 // computed by the reference's function, accurate sincosf, one rounding to the element type.
@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/common/convert.cuh"
+#include "kernels/common/dependent_launch.cuh"
 #include "kernels/decode/decode_paged.cuh"
 #include "kernels/decode/decode_tiling.hpp"
 
@@ -78,6 +79,62 @@ __device__ __forceinline__ void rotate_heads(const AppendParams& p, const float2
     const float a = Cvt::to_float(x[i]), c = Cvt::to_float(x[i + pairs]);
     y[i] = Cvt::from_float(a * cos_a - c * sin_a);
     y[i + pairs] = Cvt::from_float(c * cos_a + a * sin_a);
+  }
+}
+
+// Copies `count` 16-byte vectors from src (null: zeros) to dst, by the CTA's threads starting at
+// `first`. Rows are whole vectors (the head dims are multiples of 8 elements).
+__device__ __forceinline__ void copy_vectors(uint4* dst, const uint4* src, int count, int first, int step) {
+  for (int i = first; i < count; i += step) dst[i] = src != nullptr ? src[i] : make_uint4(0, 0, 0, 0);
+}
+
+// The append of new token `row` (packed), heads slice `slice` of `slices` (a decode step has a
+// handful of tokens: one CTA per token walked its 68 heads in turns of dependent loads, 26 us at
+// 16 x 128K, G 16), by the CTA's kThreads threads: the units are the q heads, then the kv heads. A
+// q head is rotated into q_rot; a kv head's k is rotated into the key pages, its v copied into the
+// value pages, and its pre-RoPE k copied into the tail when the position is among the sequence's
+// last tail_rows (a chunk longer than the ring keeps only its last positions there). angles:
+// kMaxPairs of the CTA's shared memory. `awaited`: the kernel waited for the grids before it
+// already; else this waits after the lookups and angles, which read caller inputs only, before the
+// writes (q_rot, pages, the key ring, which the compression of the windows reads).
+template <int kThreads, class Element>
+__device__ __forceinline__ void append_token_heads(const AppendParams& p, long long row, int slice, int slices,
+                                                   float2* angles, bool awaited) {
+  const int hq = p.nsa.heads_q, hkv = p.nsa.heads_kv;
+  const int per_cta = (hq + hkv + slices - 1) / slices;
+  const int unit_lo = slice * per_cta, unit_hi = min(hq + hkv, unit_lo + per_cta);
+  if (unit_lo >= unit_hi) return;
+  const int b = seq_of_row(p.batch.cu_seqlens, p.batch.cu_stride, p.batch.num_seqs, row);
+  if (b < 0) return;
+  const SeqInfo seq = seq_info(p.batch, b);
+  const long long position = seq.cached + (row - seq.row0);
+  rope_angles<kThreads>(p, position, angles);
+  if (!awaited) common::await_prior_grids();
+  const int q_lo = unit_lo, q_hi = min(unit_hi, hq);
+  if (q_hi > q_lo) {
+    const auto* q = static_cast<const Element*>(p.q) + row * p.q_row_stride + q_lo * p.q_head_stride;
+    rotate_heads<kThreads, Element>(p, angles, q_hi - q_lo, q, p.q_head_stride,
+                                    static_cast<Element*>(p.q_rot) + (row * hq + q_lo) * p.dim_qk, p.dim_qk);
+  }
+  const int kv_lo = max(unit_lo, hq) - hq, kv_hi = unit_hi - hq;
+  if (kv_hi <= kv_lo) return;
+  const auto* k = static_cast<const Element*>(p.k) + row * p.k_row_stride;
+  const auto* v = static_cast<const Element*>(p.v) + row * p.v_row_stride;
+  const PageRow at = locate(p.block_table, p.k_pages, b, position);
+  if (at.page >= 0) {
+    rotate_heads<kThreads, Element>(p, angles, kv_hi - kv_lo, k + kv_lo * p.k_head_stride, p.k_head_stride,
+                                    pool_row<Element>(p.k_pages, at, kv_lo), p.k_pages.head_stride);
+    for (int h = kv_lo; h < kv_hi; ++h)
+      copy_vectors(reinterpret_cast<uint4*>(pool_row<Element>(p.v_pages, at, h)),
+                   reinterpret_cast<const uint4*>(v + h * p.v_head_stride), p.dim_v / 8, threadIdx.x, kThreads);
+  }
+  const long long slot = p.batch.slots[b * p.batch.slot_stride];
+  if (position >= seq.cached + seq.new_tokens - p.tail_rows && slot >= 0 && slot < p.num_slots) {
+    auto* tail =
+        static_cast<Element*>(p.k_tail) + slot * p.tail_slot_stride + (position % p.tail_rows) * p.tail_row_stride;
+    for (int h = kv_lo; h < kv_hi; ++h)
+      copy_vectors(reinterpret_cast<uint4*>(tail + h * p.tail_head_stride),
+                   reinterpret_cast<const uint4*>(k + h * p.k_head_stride), p.dim_qk / 8, threadIdx.x, kThreads);
   }
 }
 

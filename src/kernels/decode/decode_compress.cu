@@ -129,10 +129,16 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
                            static_cast<Element*>(p.y[tensor]) + (r * heads + g) * D);
 }
 
-// Grid (row CTAs, Hkv, 2): CTA (x, g, tensor) takes the step's new compressed rows x, x + gridDim.x,
-// .. (numbered across the batch in sequence order) of kv head g, k (tensor 0) or v.
+// Grid: compress_ctas = row_ctas x Hkv x 2 CTAs, then tokens x token_slices. CTA x + row_ctas (g +
+// Hkv tensor) takes the step's new compressed rows x, x + row_ctas, .. (numbered across the batch in
+// sequence order) of kv head g, k (tensor 0) or v; the CTAs after them append the new tokens
+// (append_token_heads: q rotated, k and v into the pages, the key ring), when the launch carries
+// them (token_slices > 0). Both in one launch only when no sequence brings more than
+// kMaxDecodeTokens tokens: its tokens then overwrite ring rows of positions up to P - l, and the
+// windows read positions from n_cmp(P) s > P - l on (nsa_cache_tail_rows = l + kMaxDecodeTokens - 1).
+// Three CTAs a SM: at the default bounds ptxas takes 64 registers and spills 20 bytes; 76 here.
 template <class Element>
-__global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_constant__ CompressAppendParams p) {
+__global__ void __launch_bounds__(kThreads, 3) compress_append_kernel(const __grid_constant__ CompressAppendParams p) {
   // The step's first kernel: the batch description too may come from the kernel before it.
   common::await_prior_grids();
   using C = common::Convert<Element>;
@@ -144,9 +150,16 @@ __global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_
   __shared__ alignas(16) Element k_row_s[kMaxDim];  // k~ rounded, before its rotation
   extern __shared__ float window_s[];                // [l D] inputs, then [slices, D] partial sums
   const AppendParams& a = p.append;
+  if (blockIdx.x >= p.compress_ctas) {  // the append of a new token's heads
+    const long long unit = blockIdx.x - p.compress_ctas;
+    append_token_heads<kThreads, Element>(a, unit / p.token_slices, static_cast<int>(unit % p.token_slices),
+                                          p.token_slices, angles, /*awaited=*/true);
+    return;
+  }
   const CompressWeights& w = p.weights;
-  const int nseq = a.batch.num_seqs, l = a.nsa.cmp_len, s = a.nsa.cmp_stride;
-  const int tensor = blockIdx.z, g = blockIdx.y;
+  const int nseq = a.batch.num_seqs, l = a.nsa.cmp_len, s = a.nsa.cmp_stride, hkv = a.nsa.heads_kv;
+  const int x = static_cast<int>(blockIdx.x % p.row_ctas), g = static_cast<int>(blockIdx.x / p.row_ctas) % hkv;
+  const int tensor = static_cast<int>(blockIdx.x / (p.row_ctas * hkv));
 
   // The new compressed tokens of the sequences, scanned: each thread takes a contiguous range of
   // sequences, so that one block scan covers a batch of any size with its loads in parallel (a
@@ -164,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) compress_append_kernel(const __grid_
   const Element* weight = static_cast<const Element*>(w.weight[tensor]);
   if (weight != nullptr) weight += g * w.weight_head_stride[tensor];
   const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(w.pos_emb) : nullptr;
-  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (long long r = x; r < rows; r += p.row_ctas) {
     __syncthreads();  // the previous row's reads of row_seq, row_index and the shared rows are done
     if (r >= offset && r < offset + mine) {  // the row is among this thread's sequences
       long long before = offset;
@@ -263,17 +276,23 @@ Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cuda
   });
 }
 
-Status launch_compress_append(const CompressAppendParams& p, DType dtype, cudaStream_t stream) {
+Status launch_compress_append(const CompressAppendParams& p, bool append_tokens, DType dtype, cudaStream_t stream) {
   const AppendParams& a = p.append;
   if (a.batch.num_seqs == 0 || a.cmp_rows == 0 || a.nsa.heads_kv == 0) return Status::ok();
   if (!compress_append_supported(p))
     return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_append_supported)");
-  const std::int64_t row_ctas =
-      std::min<std::int64_t>(a.cmp_rows, std::max(1LL, kWaveCtas / (2LL * a.nsa.heads_kv)));
-  const dim3 grid(static_cast<unsigned>(row_ctas), a.nsa.heads_kv, 2);
+  CompressAppendParams q = p;
+  q.row_ctas = std::min<long long>(a.cmp_rows, std::max(1LL, kWaveCtas / (2LL * a.nsa.heads_kv)));
+  q.compress_ctas = q.row_ctas * a.nsa.heads_kv * 2;
+  q.token_slices = append_tokens ? append_head_slices(a.batch.tokens, a.nsa.heads_q + a.nsa.heads_kv) : 0;
+  const long long ctas = q.compress_ctas + a.batch.tokens * q.token_slices;
+  if (ctas > 0x7fffffffLL)
+    return FSA_ERROR(StatusCode::kNotImplemented,
+                     "q: nsa_decode: " + std::to_string(a.batch.tokens) + " tokens exceed the grid limit");
   const std::size_t smem = window_smem_bytes(a.nsa.cmp_len, a.dim_qk, a.dim_v);
   return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
-    return launch_compression<&compress_append_kernel<Element>>("compress_append_kernel", grid, smem, stream, p);
+    return launch_compression<&compress_append_kernel<Element>>("compress_append_kernel",
+                                                                static_cast<unsigned>(ctas), smem, stream, q);
   });
 }
 

@@ -118,11 +118,15 @@ struct CompressWindowsParams {
 // The one-launch route (FSA_DECODE_COMPRESS_APPEND=1): each CTA finds its row's sequence, reads the
 // window's pre-RoPE inputs where they are (window_row, decode_append.cuh: the key tail and the
 // value pages, then the chunk) and writes its row into the compressed pages (k~ rotated at i*s),
-// in place of the staging, the compression and the append. The staging fields of `append` are
-// unused.
+// in place of the staging, the compression and the append; an nsa_decode call's launch appends its
+// new tokens too (append_token_heads). The staging fields of `append` are unused.
 struct CompressAppendParams {
   AppendParams append;  // the batch, the windows' rows, the compressed pools, RoPE, cmp_rows
   CompressWeights weights;
+  // Set by launch_compress_append: the compression's CTAs (row_ctas x Hkv x 2), and the CTAs a new
+  // token's heads take when the launch appends the tokens too (0: it does not).
+  long long row_ctas, compress_ctas;
+  int token_slices;
 };
 
 // ---- Gathered keys of a long prefill chunk (decode_gather.cu) -----------------------------------

@@ -431,15 +431,19 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   ap.rope = c.rope.enabled ? 1 : 0;
   for (int i = 0; i < s.head_dim_qk / 2 && i < decode::AppendParams::kMaxPairs; ++i)
     ap.frequency[i] = rope_frequency(c.rope, i, s.head_dim_qk);
-  // A decode step's few windows in one launch (compress_append_kernel) or in the staged route's
-  // four (decode_compress.cu); a longer call's in the training's compression.
+  // A decode step's few windows in one launch (compress_append_kernel; an nsa_decode call's new
+  // tokens appended in it too, since none of its sequences brings more than kMaxDecodeTokens) or in
+  // the staged route's four (decode_compress.cu); a longer call's in the training's compression.
   bool one_launch = false;
   FSA_RETURN_IF_ERROR(compress_in_one_launch(&one_launch));
   const decode::CompressAppendParams ca{ap, compress_weights(c, in)};
   const decode::CompressWindowsParams cw = compress_windows_params(c, in, s, w, plan);
   const bool decode_step = decode::fuses_selection(s.tokens, s.num_seqs);
-  if (decode_step && one_launch && decode::compress_append_supported(ca)) {
-    FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, s.dtype, stream));
+  const bool tokens_in_one_launch = decode_step && one_launch && !prefill && decode::compress_append_supported(ca);
+  if (tokens_in_one_launch) {
+    FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, /*append_tokens=*/true, s.dtype, stream));
+  } else if (decode_step && one_launch && decode::compress_append_supported(ca)) {
+    FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, /*append_tokens=*/false, s.dtype, stream));
   } else {
     FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
     if (decode_step && decode::compress_windows_supported(cw)) {
@@ -452,7 +456,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
     }
     FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
   }
-  FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
+  if (!tokens_in_one_launch) FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
 
   // ---- 3-5 ----
   const TensorView o_cmp = br.o_cmp.defined() ? br.o_cmp : w.o_cmp;
