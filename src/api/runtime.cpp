@@ -60,6 +60,7 @@ Status check_environment() {
   FSA_RETURN_IF_ERROR(detail::env_prefill_long_chunk_min_tokens(&number));
   FSA_RETURN_IF_ERROR(detail::env_slc_min_chunk_tokens(&number));
   FSA_RETURN_IF_ERROR(detail::env_decode_attn_stages(&number));
+  FSA_RETURN_IF_ERROR(detail::env_decode_attn_splits(&number));
   return detail::env_compress_k_splits(&number);
 }
 

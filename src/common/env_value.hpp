@@ -43,6 +43,11 @@ inline Status env_decode_quarter_kernel(std::string* value) {
 inline Status env_decode_compress_append(std::string* value) {
   return env_choice("FSA_DECODE_COMPRESS_APPEND", {"0", "1"}, value);
 }
+// The decode attention's splits of the context, every branch (1..64, at most a branch's key tiles;
+// default: the plan's, one wave of CTAs), for measuring the split count.
+inline Status env_decode_attn_splits(long long* splits) {
+  return env_integer("FSA_DECODE_ATTN_SPLITS", 1, 64, splits);
+}
 inline Status env_decode_attn_stages(long long* stages) {  // 1 or 2 (default: what gives the most CTAs a SM)
   return env_integer("FSA_DECODE_ATTN_STAGES", 1, 2, stages);
 }

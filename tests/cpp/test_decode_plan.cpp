@@ -261,6 +261,36 @@ TEST(DecodePlan, QuarterKernelWhereFourCtasFit) {
   for (int b = 0; b < kBranches; ++b) EXPECT_EQ(prefill.splits[b], prefill.rows_splits[b]) << b;
 }
 
+// FSA_DECODE_ATTN_SPLITS: every branch's splits (both kernels') set to the forced count, at most
+// the branch's key tiles, with the partials' bound covering them; 0 leaves the plan's own.
+TEST(DecodePlan, ForcedSplits) {
+  const NsaNumbers nsa = numbers(kHypers[0], 16, 4);
+  const QuarterDevice h100{132, 228 * 1024, 128, 128};
+  for (const long long context : {300LL, 32768LL + 64, 131072LL + 256})
+    for (const int forced : {1, 3, 7, 64})
+      for (const QuarterDevice& device : {QuarterDevice{}, h100}) {
+        const StepPlan p = plan_step(nsa, 64, 64, context, 132 * 3, device, forced);
+        const long long key_tiles[kBranches] = {
+            (compressed_count(p.max_context, nsa.cmp_len, nsa.cmp_stride) + kKeys - 1) / kKeys,
+            (std::min<long long>(attn_tile_tokens(nsa.group) * nsa.topk, (p.max_context + nsa.block_size - 1) / nsa.block_size) *
+                 nsa.block_size + kKeys - 1) / kKeys,
+            (std::min<long long>(nsa.window + attn_tile_tokens(nsa.group), p.max_context) + kKeys - 1) / kKeys};
+        for (int b = 0; b < kBranches; ++b) {
+          const std::string where = "context " + std::to_string(context) + " forced " + std::to_string(forced) +
+                                    " branch " + std::to_string(b) + (device.sms > 0 ? " quarter" : "");
+          const long long want = std::clamp<long long>(forced, 1, std::clamp<long long>(key_tiles[b], 1, kMaxSplits));
+          EXPECT_EQ(p.splits[b], want) << where;
+          EXPECT_EQ(p.rows_splits[b], want) << where;
+          if (want > 1) EXPECT_LE(want * 64, p.split_tokens[b]) << where;
+        }
+      }
+  const StepPlan own = plan_step(nsa, 64, 64, 32768 + 64, 132 * 3), unforced = plan_step(nsa, 64, 64, 32768 + 64, 132 * 3, {}, 0);
+  for (int b = 0; b < kBranches; ++b) {
+    EXPECT_EQ(own.splits[b], unforced.splits[b]);
+    EXPECT_EQ(own.split_tokens[b], unforced.split_tokens[b]);
+  }
+}
+
 TEST(DecodePlan, BoundsHoldOverShapes) {
   for (const Hyper& h : kHypers)
     for (const auto& [hq, hkv] : {std::pair{64, 4}, {16, 4}, {4, 4}, {8, 1}, {3, 1}, {128, 1}})
@@ -271,6 +301,9 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
             // Planned without a device, and for an H100 with the key-quarter kernel.
             const StepPlan p = plan_step(nsa, tokens, seqs, context);
             const StepPlan pq = plan_step(nsa, tokens, seqs, context, 132 * 3, QuarterDevice{132, 228 * 1024, 128, 128});
+            // And with the splits forced (FSA_DECODE_ATTN_SPLITS), with and without that kernel.
+            const StepPlan pf = plan_step(nsa, tokens, seqs, context, 132 * 3, {}, 3);
+            const StepPlan pqf = plan_step(nsa, tokens, seqs, context, 132 * 3, QuarterDevice{132, 228 * 1024, 128, 128}, 64);
             const std::string where = "l=" + std::to_string(h.l) + " B=" + std::to_string(h.B) +
                                       " G=" + std::to_string(nsa.group) + " N=" + std::to_string(tokens) +
                                       " nseq=" + std::to_string(seqs) + " context=" + std::to_string(context);
@@ -279,7 +312,7 @@ TEST(DecodePlan, BoundsHoldOverShapes) {
                       fuses_selection(tokens, seqs) &&
                           attn_quarter_ctas_per_sm(128, 128, pq.union_words, pq.union_capacity, 228 * 1024) > 0)
                 << where;
-            for (const StepPlan* plan : {&p, &pq})
+            for (const StepPlan* plan : {&p, &pq, &pf, &pqf})
               for (int b = 0; b < kBranches; ++b) {
                 EXPECT_GE(plan->rows_splits[b], 1) << where;
                 EXPECT_LE(plan->rows_splits[b], plan->splits[b]) << where;

@@ -682,6 +682,22 @@ TEST_F(Gpu, InferenceDecodeForcedAttentionStages) {
   ::unsetenv("FSA_DECODE_ATTN_STAGES");
 }
 
+// The attention's splits forced (FSA_DECODE_ATTN_SPLITS: the bench sweeps them) against the
+// reference: one split (no merge), an odd count, and more than the short caches' key tiles (each
+// branch clamps to its own), with the kernel of any tile and with the key-quarter kernel.
+TEST_F(Gpu, InferenceDecodeForcedSplits) {
+  std::uint64_t salt = 700;
+  for (const char* quarter : {"0", "1"})
+    for (const char* splits : {"1", "3", "64"}) {
+      SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=") + quarter + " FSA_DECODE_ATTN_SPLITS=" + splits);
+      ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
+      ::setenv("FSA_DECODE_ATTN_SPLITS", splits, 1);
+      check_case(decode_case(8, 2, 128, 128), ++salt);
+    }
+  ::unsetenv("FSA_DECODE_ATTN_SPLITS");
+  ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
+}
+
 // A raw block table addressing 2400 pages (153,600 tokens) over a short cache: the plan sizes the
 // fused selection for that context, one token of one kv head scores in 19 ranges, and the finalize
 // takes its 304 candidates in place (above the 256 it keeps in registers), against the reference.

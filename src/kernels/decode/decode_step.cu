@@ -106,9 +106,18 @@ decode::QuarterDevice quarter_device(const NsaInferenceShape& s) {
   return {sms, static_cast<std::size_t>(smem), static_cast<int>(s.head_dim_qk), static_cast<int>(s.head_dim_v), on};
 }
 
+// FSA_DECODE_ATTN_SPLITS: the attention's splits forced (0: the plan's own), to measure them; the
+// workspace query reads it too (more splits need larger partials); a bad value is the call's error,
+// checked in run_step (here: the plan's own).
+static_assert(decode::kMaxSplits == 64, "FSA_DECODE_ATTN_SPLITS' range (env_value.hpp)");
+int forced_attn_splits() {
+  long long splits = 0;
+  return fsa::detail::env_decode_attn_splits(&splits).is_ok() ? static_cast<int>(splits) : 0;
+}
+
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
   return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context, attn_wave_ctas(s),
-                           quarter_device(s));
+                           quarter_device(s), forced_attn_splits());
 }
 
 static_assert(decode::kFusedSelectTokensPerSeq == kMaxDecodeTokens, "decode steps fuse their selection");
@@ -368,8 +377,10 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
                 const Workspace& workspace, const NsaInferenceShape& s) {
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
   const DeviceGuard guard(in.q.device.index);
-  std::string quarter_kernel;  // read by plan_of; a bad value stops the call here
+  std::string quarter_kernel;  // read by plan_of, as the forced splits; a bad value stops the call here
   FSA_RETURN_IF_ERROR(fsa::detail::env_decode_quarter_kernel(&quarter_kernel));
+  long long forced_splits = 0;
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_splits(&forced_splits));
   const StepPlan plan = plan_of(c, s);
   int attn_stages = 1;
   bool stages_forced = false;

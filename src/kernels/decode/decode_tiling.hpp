@@ -312,8 +312,12 @@ struct QuarterDevice {
   bool enabled = true;
 };
 
+// forced_splits (FSA_DECODE_ATTN_SPLITS, 0: the plan's own): every branch's attention splits (both
+// kernels') set to it, at most the branch's key tiles, for measuring the split count; the partials'
+// bound grows to cover it.
 inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_seqs, std::int64_t max_context,
-                          long long attn_wave_ctas = kDefaultAttnWaveCtas, const QuarterDevice& quarter = {}) {
+                          long long attn_wave_ctas = kDefaultAttnWaveCtas, const QuarterDevice& quarter = {},
+                          int forced_splits = 0) {
   StepPlan p;
   const long long G = nsa.group, hkv = nsa.heads_kv > 0 ? nsa.heads_kv : 1;
   const int l = nsa.cmp_len, s = nsa.cmp_stride, B = nsa.block_size, K = nsa.topk;
@@ -367,6 +371,10 @@ inline StepPlan plan_step(const NsaNumbers& nsa, std::int64_t tokens, int num_se
     if (quarter_dims && cap > 1)
       p.split_tokens[b] = max_ll(
           p.split_tokens[b], min_ll(cap * tokens, ceil_div(kFusedSelectTokensPerSeq * quarter.sms * kQuarterMinCtas, hkv)));
+    if (forced_splits > 0) {
+      p.rows_splits[b] = p.splits[b] = static_cast<int>(clamp_ll(forced_splits, 1, cap));
+      if (cap > 1) p.split_tokens[b] = max_ll(p.split_tokens[b], p.splits[b] * tokens);
+    }
   }
 
   // Selection: ranges of at most range_capacity blocks; more ranges than shared memory needs when
