@@ -44,12 +44,12 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kColumns = 8;  // output columns a thread sums: one 16-byte load of a weight row
 constexpr int kMaxDim = kThreads;  // a head dim's columns, at most (one a thread in the kMean sum)
-// CTAs of one launch, at most about: one wave of these CTAs on an H100 (132 SMs x 4: 256 threads at
-// 64 registers, sm_90a). Every CTA scans the batch before it knows whether a row is its own, so a
-// grid of one CTA per possible row (N / s + nseq rows x Hkv x 2) would scan it that many times in
-// every step (at 1000 sequences and Hkv 4, 8000 scans in 15 waves, tens of microseconds for a step
-// that completes nothing); past a wave each CTA takes several rows in turn instead.
-constexpr long long kWaveCtas = 512;
+// The one-launch route's compression CTAs, at most about: one wave of them on an H100 (132 SMs x 3,
+// compress_append_kernel's bounds). Every CTA scans the batch before it knows whether a row is its
+// own, so a grid of one CTA per possible row (N / s + nseq rows x Hkv x 2) would scan it that many
+// times in every step (at 1000 sequences and Hkv 4, 8000 scans in 20 waves, tens of microseconds
+// for a step that completes nothing); past a wave each CTA takes several rows in turn instead.
+constexpr long long kWaveCtas = 384;
 
 // The compression of one window (window_s: its l x D fp32 inputs, pos_emb added) into y[0, D)
 // (shared or global memory), by the CTA's threads: with `weight` null (kMean) the reference's sum
