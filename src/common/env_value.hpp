@@ -45,6 +45,11 @@ inline Status env_decode_compress_append(std::string* value) {
 }
 // The decode attention's splits of the context, every branch (1..64, at most a branch's key tiles;
 // default: the plan's, one wave of CTAs), for measuring the split count.
+// A decode step's selected-branch merge and gated combination in one launch (decode_merge.cu,
+// merge_combine_kernel): 0 (default until it is measured on a GPU) or 1.
+inline Status env_decode_merge_combine(std::string* value) {
+  return env_choice("FSA_DECODE_MERGE_COMBINE", {"0", "1"}, value);
+}
 inline Status env_decode_attn_splits(long long* splits) {
   return env_integer("FSA_DECODE_ATTN_SPLITS", 1, 64, splits);
 }

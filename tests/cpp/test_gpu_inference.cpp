@@ -818,14 +818,14 @@ TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
   ::unsetenv("FSA_DECODE_COMPRESS_APPEND");
 }
 
-// The GPU alone over a case's steps with FSA_DECODE_COMPRESS_APPEND=`route`: every step's outputs
-// and the pools after the last, in the case's dtype. The same salt gives the same inputs.
+// The GPU alone over a case's steps with the environment switch `name` set to `value`: every step's
+// outputs and the pools after the last, in the case's dtype. The same salt gives the same inputs.
 struct GpuRun {
   std::vector<StepOut> steps;
   std::vector<HostTensor> pools;
 };
-GpuRun run_gpu_route(const CacheCase& c, std::uint64_t salt, const char* route) {
-  ::setenv("FSA_DECODE_COMPRESS_APPEND", route, 1);
+GpuRun run_gpu_with(const CacheCase& c, std::uint64_t salt, const char* name, const char* value) {
+  ::setenv(name, value, 1);
   auto rng = rng_for_test(salt);
   const Params params = make_params(c, rng);
   CacheState cpu = make_cache(c, rng);
@@ -838,13 +838,29 @@ GpuRun run_gpu_route(const CacheCase& c, std::uint64_t salt, const char* route) 
   for (const DeviceTensor* t : {gpu.k_pages.get(), gpu.v_pages.get(), gpu.k_cmp_pages.get(), gpu.v_cmp_pages.get(),
                                 gpu.k_tail.get()})
     run.pools.push_back(t->download());
-  ::unsetenv("FSA_DECODE_COMPRESS_APPEND");
+  ::unsetenv(name);
   return run;
 }
 
 bool same_bits(const HostTensor& a, const HostTensor& b) {
   return a.dtype() == b.dtype() && a.numel() == b.numel() &&
          std::memcmp(a.view().data, b.view().data, static_cast<std::size_t>(a.numel()) * dtype_size(a.dtype())) == 0;
+}
+
+// The case's steps with switch `name` at 0 and at 1: every output of every step and every pool row
+// the same bits.
+void expect_switch_changes_no_bit(const CacheCase& c, std::uint64_t salt, const char* name) {
+  const GpuRun off = run_gpu_with(c, salt, name, "0"), on = run_gpu_with(c, salt, name, "1");
+  const std::string what = describe(c) + " " + name;
+  const char* pools[] = {"k_pages", "v_pages", "k_cmp_pages", "v_cmp_pages", "k_tail"};
+  for (std::size_t i = 0; i < off.pools.size(); ++i)
+    EXPECT_TRUE(same_bits(off.pools[i], on.pools[i])) << what << ": " << pools[i];
+  const char* outputs[] = {"o", "o_cmp", "o_slc", "o_swa", "topk"};
+  for (std::size_t step = 0; step < off.steps.size(); ++step) {
+    StepOut a = off.steps[step], b = on.steps[step];
+    for (std::size_t i = 0; i < a.all().size(); ++i)
+      EXPECT_TRUE(same_bits(*a.all()[i], *b.all()[i])) << what << " step " << step << ": " << outputs[i];
+  }
 }
 
 // The one-launch compression computes what the staged route does, bit for bit: the same products,
@@ -856,18 +872,37 @@ TEST_F(Gpu, InferenceDecodeCompressionRoutesAgreeBitForBit) {
   std::vector<CacheCase> cases = several_windows_cases();
   cases.push_back(decode_case(32, 2, 128, 128));
   std::uint64_t salt = 620;
-  for (const CacheCase& c : cases) {
-    const GpuRun staged = run_gpu_route(c, ++salt, "0"), one_launch = run_gpu_route(c, salt, "1");
-    const char* pools[] = {"k_pages", "v_pages", "k_cmp_pages", "v_cmp_pages", "k_tail"};
-    for (std::size_t i = 0; i < staged.pools.size(); ++i)
-      EXPECT_TRUE(same_bits(staged.pools[i], one_launch.pools[i])) << describe(c) << ": " << pools[i];
-    const char* outputs[] = {"o", "o_cmp", "o_slc", "o_swa", "topk"};
-    for (std::size_t step = 0; step < staged.steps.size(); ++step) {
-      StepOut a = staged.steps[step], b = one_launch.steps[step];
-      for (std::size_t i = 0; i < a.all().size(); ++i)
-        EXPECT_TRUE(same_bits(*a.all()[i], *b.all()[i])) << describe(c) << " step " << step << ": " << outputs[i];
-    }
+  for (const CacheCase& c : cases) expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_COMPRESS_APPEND");
+}
+
+// The selected branch's merge and the combination in one launch (FSA_DECODE_MERGE_COMBINE=1)
+// computes what the merge and combine_forward do, bit for bit: G 16 and G 4 (the selected branch in
+// several splits), in one split (FSA_DECODE_ATTN_SPLITS=1: o_slc read back, not merged), shared
+// gates in fp16, D 64 (half the lanes without columns) and 256 (two column passes).
+TEST_F(Gpu, InferenceDecodeMergeCombineAgreesBitForBit) {
+  CacheCase shared = decode_case(8, 2, 128, 128);
+  shared.dtype = DType::kFloat16;
+  shared.config.gate_mode = GateMode::kShared;
+  std::uint64_t salt = 640;
+  for (const CacheCase& c : {decode_case(32, 2, 128, 128), decode_case(8, 2, 128, 128), shared,
+                             decode_case(8, 2, 64, 64), decode_case(8, 2, 256, 256)})
+    expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_MERGE_COMBINE");
+  ::setenv("FSA_DECODE_ATTN_SPLITS", "1", 1);
+  expect_switch_changes_no_bit(decode_case(32, 2, 128, 128), ++salt, "FSA_DECODE_MERGE_COMBINE");
+  ::unsetenv("FSA_DECODE_ATTN_SPLITS");
+}
+
+// The merge and combination in one launch against the reference (with the key-quarter kernel too).
+TEST_F(Gpu, InferenceDecodeMergeCombine) {
+  ::setenv("FSA_DECODE_MERGE_COMBINE", "1", 1);
+  std::uint64_t salt = 660;
+  for (const char* quarter : {"0", "1"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_MERGE_COMBINE=1 FSA_DECODE_QUARTER_KERNEL=") + quarter);
+    ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
+    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
   }
+  ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
+  ::unsetenv("FSA_DECODE_MERGE_COMBINE");
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the

@@ -53,6 +53,10 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream);
 // ---- decode_merge.cu ----
 // o and lse of the launched branches that ran in several splits.
 Status launch_merge_splits(const AttnParams& p, DType dtype, int dim_v, cudaStream_t stream);
+// The selected branch's merge (when it ran in several splits) and the gated combination of the
+// three branches into o, in one launch (FSA_DECODE_MERGE_COMBINE=1): bit for bit what
+// launch_merge_splits and combine_forward compute.
+Status launch_merge_combine(const AttnParams& p, const CombineRows& c, DType dtype, int dim_v, cudaStream_t stream);
 
 // ---- decode_select_kernel.cuh (instantiations/decode_select_*.cu) ----
 template <class Element, int kDqk>

@@ -233,6 +233,15 @@ struct AttnParams {
   bool quarter_launch;
 };
 
+// The gated combination's rows for merge_combine_kernel (decode_merge.cu): the gates [N, Hq, 3]
+// (gate_head_stride 0 for shared gates [N, 3]; the three gates contiguous) and the output o.
+struct CombineRows {
+  const void* gates;
+  std::int64_t gate_token_stride, gate_head_stride;
+  void* o;  // [N, Hq, Dv]
+  std::int64_t o_token_stride, o_head_stride;
+};
+
 // ---- Block selection (decode_select_kernel.cuh, decode_topk.cu) -------------------------------
 // A candidate of a token's top-K: score and block (-1: none).
 struct Candidate {

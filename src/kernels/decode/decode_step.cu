@@ -115,6 +115,16 @@ int forced_attn_splits() {
   return fsa::detail::env_decode_attn_splits(&splits).is_ok() ? static_cast<int>(splits) : 0;
 }
 
+// Whether a decode step merges its selected branch and combines the branches in one launch
+// (merge_combine_kernel): FSA_DECODE_MERGE_COMBINE=1, 0 by default until it is measured on a GPU;
+// a bad value is the call's error.
+Status merge_and_combine_in_one_launch(bool* one_launch) {
+  std::string value;
+  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_merge_combine(&value));
+  *one_launch = value == "1";
+  return Status::ok();
+}
+
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
   return decode::plan_step(numbers_of(c, s), s.tokens, s.num_seqs, s.max_context, attn_wave_ctas(s),
                            quarter_device(s), forced_attn_splits());
@@ -549,7 +559,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   at.stages = attn_stages;
   at.stages_forced = stages_forced;
   at.quarter_launch = plan.quarter_launch;
-  auto attend = [&](std::initializer_list<decode::Branch> branches) -> Status {
+  auto attend = [&](std::initializer_list<decode::Branch> branches, bool merge = true) -> Status {
     at.num_launch_branches = 0;
     int z = 0;
     for (const decode::Branch branch : branches) {
@@ -561,7 +571,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
     FSA_RETURN_IF_ERROR(common::dispatch_attention(
         op, s.dtype, s.head_dim_qk, s.head_dim_v,
         [&]<class Element, int kDqk, int kDv>() { return decode::launch_decode_attention<Element, kDqk, kDv>(at, stream); }));
-    return decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream);
+    return merge ? decode::launch_merge_splits(at, s.dtype, s.head_dim_v, stream) : Status::ok();
   };
   // ---- 3: compressed attention, with the window branch in the same launch ----
   // The window needs no selection, so its CTAs (after the compressed ones in blockIdx order) fill the
@@ -606,8 +616,22 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
   // ---- 5, 6 ----
-  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}));
-  return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
+  bool merge_combine = false;
+  FSA_RETURN_IF_ERROR(merge_and_combine_in_one_launch(&merge_combine));
+  if (!merge_combine) {
+    FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}));
+    return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
+  }
+  // The selected branch's merge and the combination in one launch (decode_merge.cu).
+  FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}, /*merge=*/false));
+  decode::CombineRows rows{};
+  rows.gates = in.gates.data;
+  rows.gate_token_stride = in.gates.stride(0);
+  rows.gate_head_stride = c.gate_mode == GateMode::kShared ? 0 : in.gates.stride(1);
+  rows.o = o.data;
+  rows.o_token_stride = o.stride(0);
+  rows.o_head_stride = o.stride(1);
+  return decode::launch_merge_combine(at, rows, s.dtype, static_cast<int>(s.head_dim_v), stream);
 }
 
 }  // namespace
