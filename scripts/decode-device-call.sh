@@ -14,7 +14,8 @@
 #      into OUTDIR/<device>-decode-alternated-<commit>.csv;
 #   3. memcheck (compute-sanitizer) of some of the first prefix's decode tests
 #      (FSA_DECODE_MEMCHECK_FILTER; default the graph replay, and the tests of the routes behind
-#      switches, which set them themselves: the several-windows steps, the key-quarter kernel);
+#      switches, which set them themselves: the several-windows steps, the key-quarter kernel, the
+#      merge and combination in one launch);
 #   4. profile: scripts/profile-decode-kernels.sh over every BUILD (skipped with FSA_DECODE_PROFILE=0).
 # A step that fails is reported and the next one still runs; the exit status is 1 if any failed.
 set -uo pipefail
@@ -60,7 +61,7 @@ step "bench" scripts/bench-decode-alternated.sh "$outdir/$short-decode-alternate
 awk -F, '!/^#/ && $8 == "graph" {printf "  %-60s round %s  %-18s %s ms\n", $1, $2, $3, $9}' \
   "$outdir/$short-decode-alternated-$commit.csv" 2>/dev/null
 
-filter=${FSA_DECODE_MEMCHECK_FILTER:-*GraphReplay*:*SeveralWindows*:*QuarterKernel*}
+filter=${FSA_DECODE_MEMCHECK_FILTER:-*GraphReplay*:*SeveralWindows*:*QuarterKernel*:*InferenceDecodeMergeCombine}
 memcheck_binary=.devbin/bin/${prefixes[0]}-test_gpu_inference
 if [[ -x $memcheck_binary ]]; then
   step "memcheck" env LD_LIBRARY_PATH="$PWD/.devbin/lib" compute-sanitizer --tool memcheck --error-exitcode 9 \
