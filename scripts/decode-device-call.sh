@@ -9,7 +9,8 @@
 #
 # A BUILD is a packed prefix, or PREFIX@VAR=VALUE[@VAR=VALUE...] (scripts/bench-decode-alternated.sh).
 #   1. tests: every packed test binary of each distinct prefix (PREFIX-test_gpu_*), once, with no
-#      switch set (the tests set the switches they cover themselves);
+#      switch set (the tests set the switches they cover themselves), each within
+#      FSA_DECODE_TEST_TIMEOUT seconds (240; rc 124 past it);
 #   2. timing: scripts/bench-decode-alternated.sh over every BUILD, FSA_DECODE_ROUNDS rounds (2),
 #      into OUTDIR/<device>-decode-alternated-<commit>.csv;
 #   3. memcheck (compute-sanitizer) of some of the first prefix's decode tests
@@ -51,7 +52,7 @@ for prefix in "${prefixes[@]}"; do
   for binary in .devbin/bin/"$prefix"-test_gpu_*; do
     [[ -x $binary ]] || continue
     test=${binary#.devbin/bin/}
-    step "$test" scripts/run-gpu-binaries.sh "$test" --gtest_brief=1
+    step "$test" timeout "${FSA_DECODE_TEST_TIMEOUT:-240}" scripts/run-gpu-binaries.sh "$test" --gtest_brief=1
     grep -E "PASSED|FAILED" "$outdir/$test.log" | head -3
   done
 done
