@@ -12,6 +12,7 @@
 #include <vector>
 #include <utility>
 
+#include "fsa/cache.hpp"
 #include "kernels/common/fast_divisor.hpp"
 #include "kernels/decode/decode_tiling.hpp"
 #include "test_util.hpp"
@@ -483,6 +484,39 @@ TEST(DecodePlan, FastDivisorEqualsDivision) {
   EXPECT_GT(checked, 500000);
   for (std::int64_t d : {std::int64_t{0}, std::int64_t{-3}, std::int64_t{1} << 31, std::int64_t{1} << 40})
     EXPECT_EQ(make_fast_divisor(d).multiplier, 0u) << "d " << d;
+}
+
+// The one-launch compression appends an nsa_decode call's new tokens in the same launch as it reads
+// the windows they complete (compress_append_kernel): correct only because no key-ring row a new
+// token writes is one the windows read, for every cached length P and up to kMaxDecodeTokens new
+// tokens, with the ring's nsa_cache_tail_rows rows. One more token than that breaks it for some P
+// (so the check can fail), which is why a prefill call keeps the append in a launch of its own.
+TEST(DecodePlan, DecodeTokensOverwriteNoRingRowTheWindowsRead) {
+  // Whether c new tokens after P cached ones write a ring row (position % rows) that one of the
+  // windows they complete reads from the ring (positions n_cmp(P) s .. P - 1).
+  auto collides = [](long long P, int c, int l, int s, long long rows) {
+    const StagedWindows w = staged_windows(P, c, l, s);
+    if (w.count == 0) return false;
+    for (long long p = w.first * s; p < P; ++p)
+      for (int j = 0; j < c; ++j)
+        if (P + j >= P + c - rows && (P + j) % rows == p % rows) return true;
+    return false;
+  };
+  int tight = 0;
+  for (const int l : {1, 2, 8, 16, 32, 64})
+    for (const int s : {1, 2, 4, 8, 16, 32, 64}) {
+      if (s > l) continue;
+      NsaConfig cfg;
+      cfg.cmp_len = l;
+      cfg.cmp_stride = s;
+      const long long rows = nsa_cache_tail_rows(cfg);
+      for (long long P = 0; P <= 4 * l + 3 * s + 20; ++P) {
+        for (int c = 1; c <= kMaxDecodeTokens; ++c)
+          EXPECT_FALSE(collides(P, c, l, s, rows)) << "l " << l << " s " << s << " P " << P << " c " << c;
+        tight += collides(P, kMaxDecodeTokens + 1, l, s, rows) ? 1 : 0;
+      }
+    }
+  EXPECT_GT(tight, 0);
 }
 
 }  // namespace
