@@ -115,13 +115,13 @@ int forced_attn_splits() {
   return fsa::detail::env_decode_attn_splits(&splits).is_ok() ? static_cast<int>(splits) : 0;
 }
 
-// Whether a decode step merges its selected branch and combines the branches in one launch
-// (merge_combine_kernel): FSA_DECODE_MERGE_COMBINE=1, 0 by default until it is measured on a GPU;
-// a bad value is the call's error.
-Status merge_and_combine_in_one_launch(bool* one_launch) {
+// Whether a 0 / 1 switch the decode step reads (env_value.hpp) is on; a bad value is the call's
+// error. FSA_DECODE_COMPRESS_APPEND (compress_append_kernel) and FSA_DECODE_MERGE_COMBINE
+// (merge_combine_kernel) are 0 by default until their routes are measured on a GPU.
+Status switch_on(Status (*read)(std::string*), bool* on) {
   std::string value;
-  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_merge_combine(&value));
-  *one_launch = value == "1";
+  FSA_RETURN_IF_ERROR(read(&value));
+  *on = value == "1";
   return Status::ok();
 }
 
@@ -372,16 +372,6 @@ decode::CompressWindowsParams compress_windows_params(const NsaConfig& c, const 
   return p;
 }
 
-// Whether a decode step compresses in one launch (compress_append_kernel):
-// FSA_DECODE_COMPRESS_APPEND=1, 0 by default until the route is measured on a GPU; a bad value is
-// the call's error.
-Status compress_in_one_launch(bool* one_launch) {
-  std::string value;
-  FSA_RETURN_IF_ERROR(fsa::detail::env_decode_compress_append(&value));
-  *one_launch = value == "1";
-  return Status::ok();
-}
-
 Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
                 const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& br,
                 const Workspace& workspace, const NsaInferenceShape& s) {
@@ -456,15 +446,14 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   // tokens appended in it too, since none of its sequences brings more than kMaxDecodeTokens) or in
   // the staged route's four (decode_compress.cu); a longer call's in the training's compression.
   bool one_launch = false;
-  FSA_RETURN_IF_ERROR(compress_in_one_launch(&one_launch));
+  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_compress_append, &one_launch));
   const decode::CompressAppendParams ca{ap, compress_weights(c, in)};
   const decode::CompressWindowsParams cw = compress_windows_params(c, in, s, w, plan);
   const bool decode_step = decode::fuses_selection(s.tokens, s.num_seqs);
-  const bool tokens_in_one_launch = decode_step && one_launch && !prefill && decode::compress_append_supported(ca);
-  if (tokens_in_one_launch) {
-    FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, /*append_tokens=*/true, s.dtype, stream));
-  } else if (decode_step && one_launch && decode::compress_append_supported(ca)) {
-    FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, /*append_tokens=*/false, s.dtype, stream));
+  const bool one_launch_route = decode_step && one_launch && decode::compress_append_supported(ca);
+  const bool tokens_in_one_launch = one_launch_route && !prefill;
+  if (one_launch_route) {
+    FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, tokens_in_one_launch, s.dtype, stream));
   } else {
     FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
     if (decode_step && decode::compress_windows_supported(cw)) {
@@ -617,7 +606,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
 
   // ---- 5, 6 ----
   bool merge_combine = false;
-  FSA_RETURN_IF_ERROR(merge_and_combine_in_one_launch(&merge_combine));
+  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_merge_combine, &merge_combine));
   if (!merge_combine) {
     FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}));
     return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
