@@ -18,6 +18,7 @@
 #include "kernels/common/convert.cuh"
 #include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
+#include "kernels/combine/gated_sum.cuh"
 
 namespace fsa::cuda {
 
@@ -82,14 +83,12 @@ __global__ void __launch_bounds__(kThreads) combine_forward_kernel(const __grid_
     const long long t = row / p.heads;
     const int h = static_cast<int>(row % p.heads);
     const Element* g = p.gates.at<Element>(t, h);
-    Vec8<Element> out{}, x;
+    const float gate[3] = {Cvt::to_float(g[0]), Cvt::to_float(g[1]), Cvt::to_float(g[2])};
+    Vec8<Element> out, x[3];
 #pragma unroll
-    for (int b = 0; b < 3; ++b) {
-      const float gate = Cvt::to_float(g[b]);
-      x.load(p.branch[b].at<Element>(t, h) + col);
+    for (int b = 0; b < 3; ++b) x[b].load(p.branch[b].at<Element>(t, h) + col);
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) out.v[e] = fmaf(gate, x.v[e], out.v[e]);
-    }
+    for (int e = 0; e < kVec; ++e) out.v[e] = combine::gated_sum(gate, x[0].v[e], x[1].v[e], x[2].v[e]);
     out.store(p.o.at<Element>(t, h) + col);
   }
 }

@@ -21,6 +21,7 @@
 #include "kernels/common/dependent_launch.cuh"
 #include "kernels/common/launch_checks.hpp"
 #include "kernels/common/mma_sm80.cuh"
+#include "kernels/combine/gated_sum.cuh"
 #include "kernels/decode/decode.hpp"
 
 namespace fsa::cuda::decode {
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const __grid_con
 // The selected branch's merge and the gated combination in one launch (FSA_DECODE_MERGE_COMBINE=1):
 // per row, o_slc merged from its splits (rounded and stored as merge_splits_kernel does; read back
 // when the branch ran in one split), then o = g_cmp o_cmp + g_slc o_slc + g_swa o_swa in fp32 from
-// the rounded branch outputs, in combine_forward_kernel's order, so the two routes agree bit for bit.
+// the rounded branch outputs by the combine's own gated_sum, so the two routes agree bit for bit.
 template <class Element>
 __global__ void __launch_bounds__(kThreads) merge_combine_kernel(const __grid_constant__ AttnParams p,
                                                                  const __grid_constant__ CombineRows c, int dim_v) {
@@ -141,19 +142,17 @@ __global__ void __launch_bounds__(kThreads) merge_combine_kernel(const __grid_co
     const Element* gate = static_cast<const Element*>(c.gates) + token * c.gate_token_stride + head * c.gate_head_stride;
     const float g[3] = {C::to_float(gate[0]), C::to_float(gate[1]), C::to_float(gate[2])};
     Element* o = static_cast<Element*>(c.o) + token * c.o_token_stride + head * c.o_head_stride;
-    auto combine = [&](int col, float4 selected) {
+    auto write_o = [&](int col, float4 selected) {
       const float4 compressed = load4(row_of(cmp, token, head), col), window = load4(row_of(swa, token, head), col);
-      float4 r;
-      r.x = fmaf(g[2], window.x, fmaf(g[1], selected.x, fmaf(g[0], compressed.x, 0.0f)));
-      r.y = fmaf(g[2], window.y, fmaf(g[1], selected.y, fmaf(g[0], compressed.y, 0.0f)));
-      r.z = fmaf(g[2], window.z, fmaf(g[1], selected.z, fmaf(g[0], compressed.z, 0.0f)));
-      r.w = fmaf(g[2], window.w, fmaf(g[1], selected.w, fmaf(g[0], compressed.w, 0.0f)));
-      store_columns(o, col, r);
+      store_columns(o, col, make_float4(combine::gated_sum(g, compressed.x, selected.x, window.x),
+                                        combine::gated_sum(g, compressed.y, selected.y, window.y),
+                                        combine::gated_sum(g, compressed.z, selected.z, window.z),
+                                        combine::gated_sum(g, compressed.w, selected.w, window.w)));
     };
     if (slc.splits > 1) {
-      merge_row(slc, rows, row, dim_v, [&](int col, float4 value) { combine(col, store_columns(o_slc, col, value)); });
+      merge_row(slc, rows, row, dim_v, [&](int col, float4 value) { write_o(col, store_columns(o_slc, col, value)); });
     } else {
-      for (int col = 4 * (threadIdx.x % 32); col < dim_v; col += 128) combine(col, load4(o_slc, col));
+      for (int col = 4 * (threadIdx.x % 32); col < dim_v; col += 128) write_o(col, load4(o_slc, col));
     }
   }
 }
