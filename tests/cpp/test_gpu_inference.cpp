@@ -628,6 +628,11 @@ CacheCase decode_case(int hq, int hkv, int dqk, int dv) {
   return c;
 }
 
+// decode_case at G 1, 4 and 16 (D 128), each with the next salt.
+void check_group_sizes(std::uint64_t& salt) {
+  for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+}
+
 // Every group size through both selection routes of a decode step: block scores from the
 // compressed attention's partials (the default) and the second pass over the compressed keys.
 TEST_F(Gpu, InferenceDecodeGroupSizes) {
@@ -635,7 +640,7 @@ TEST_F(Gpu, InferenceDecodeGroupSizes) {
   for (const char* route : {"fused", "two-pass"}) {
     SCOPED_TRACE(std::string("FSA_DECODE_SELECT=") + route);
     ::setenv("FSA_DECODE_SELECT", route, 1);
-    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+    check_group_sizes(salt);
   }
   ::unsetenv("FSA_DECODE_SELECT");
 }
@@ -653,7 +658,7 @@ TEST_F(Gpu, InferenceDecodeQuarterKernel) {
   for (const char* route : {"fused", "two-pass"}) {
     SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=1 FSA_DECODE_SELECT=") + route);
     ::setenv("FSA_DECODE_SELECT", route, 1);
-    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+    check_group_sizes(salt);
     check_case(decode_case(8, 2, 64, 64), ++salt);
     check_case(decode_case(8, 2, 192, 128), ++salt);
     CacheCase wide = decode_case(32, 2, 128, 128);
@@ -899,7 +904,7 @@ TEST_F(Gpu, InferenceDecodeMergeCombine) {
   for (const char* quarter : {"0", "1"}) {
     SCOPED_TRACE(std::string("FSA_DECODE_MERGE_COMBINE=1 FSA_DECODE_QUARTER_KERNEL=") + quarter);
     ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
-    for (const auto& [hq, hkv] : {std::pair{2, 2}, {8, 2}, {32, 2}}) check_case(decode_case(hq, hkv, 128, 128), ++salt);
+    check_group_sizes(salt);
   }
   ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
   ::unsetenv("FSA_DECODE_MERGE_COMBINE");
