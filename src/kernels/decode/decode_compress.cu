@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid
                            static_cast<Element*>(p.y[tensor]) + (r * heads + g) * D);
 }
 
-// Grid: compress_ctas = row_ctas x Hkv x 2 CTAs, then tokens x token_slices. CTA x + row_ctas (g +
+// Grid: row_ctas x Hkv x 2 CTAs, then tokens x token_slices. CTA x + row_ctas (g +
 // Hkv tensor) takes the step's new compressed rows x, x + row_ctas, .. (numbered across the batch in
 // sequence order) of kv head g, k (tensor 0) or v; the CTAs after them append the new tokens
 // (append_token_heads: q rotated, k and v into the pages, the key ring), when the launch carries
@@ -150,8 +150,9 @@ __global__ void __launch_bounds__(kThreads, 3) compress_append_kernel(const __gr
   __shared__ alignas(16) Element k_row_s[kMaxDim];  // k~ rounded, before its rotation
   extern __shared__ float window_s[];                // [l D] inputs, then [slices, D] partial sums
   const AppendParams& a = p.append;
-  if (blockIdx.x >= p.compress_ctas) {  // the append of a new token's heads
-    const long long unit = blockIdx.x - p.compress_ctas;
+  const long long compress_ctas = p.row_ctas * a.nsa.heads_kv * 2;
+  if (blockIdx.x >= compress_ctas) {  // the append of a new token's heads
+    const long long unit = blockIdx.x - compress_ctas;
     append_token_heads<kThreads, Element>(a, unit / p.token_slices, static_cast<int>(unit % p.token_slices),
                                           p.token_slices, angles, /*awaited=*/true);
     return;
@@ -283,9 +284,8 @@ Status launch_compress_append(const CompressAppendParams& p, bool append_tokens,
     return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_append_supported)");
   CompressAppendParams q = p;
   q.row_ctas = std::min<long long>(a.cmp_rows, std::max(1LL, kWaveCtas / (2LL * a.nsa.heads_kv)));
-  q.compress_ctas = q.row_ctas * a.nsa.heads_kv * 2;
   q.token_slices = append_tokens ? append_head_slices(a.batch.tokens, a.nsa.heads_q + a.nsa.heads_kv) : 0;
-  const long long ctas = q.compress_ctas + a.batch.tokens * q.token_slices;
+  const long long ctas = q.row_ctas * a.nsa.heads_kv * 2 + a.batch.tokens * q.token_slices;
   if (ctas > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,
                      "q: nsa_decode: " + std::to_string(a.batch.tokens) + " tokens exceed the grid limit");

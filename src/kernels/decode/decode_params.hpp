@@ -123,9 +123,9 @@ struct CompressWindowsParams {
 struct CompressAppendParams {
   AppendParams append;  // the batch, the windows' rows, the compressed pools, RoPE, cmp_rows
   CompressWeights weights;
-  // Set by launch_compress_append: the compression's CTAs (row_ctas x Hkv x 2), and the CTAs a new
+  // Set by launch_compress_append: the compression's CTAs per (kv head, k or v), and the CTAs a new
   // token's heads take when the launch appends the tokens too (0: it does not).
-  long long row_ctas, compress_ctas;
+  long long row_ctas;
   int token_slices;
 };
 
