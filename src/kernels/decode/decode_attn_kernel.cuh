@@ -287,245 +287,271 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   const int num_tiles = static_cast<int>((v_end - v_begin + kKeys - 1) / kKeys);
   const long long num_compressed = compressed_count(seq_len, l, s);
 
-  // List position v as a key slot (thread r of the first kKeys).
-  auto slot_of = [&](long long v) -> KeySlot {
-    if (v >= v_end) return {{-1, 0}, {INT_MAX, 0}};
-    if (branch == Branch::kCompressed) {
-      if (v >= num_compressed) return {{-1, 0}, {static_cast<int>(v), 0}};
-      return {locate(p.cmp_block_table, p.k_cmp_pages, b, v), {static_cast<int>(v), 0}};
-    }
-    long long position;
-    int unit = 0;
-    if (branch == Branch::kWindow) {
-      position = window_lo + v;
-    } else {
-      unit = static_cast<int>(v / B);
-      position = static_cast<long long>(uni.blocks[unit]) * B + v % B;
-    }
-    // Positions at or past seq_len were never written: zeros (and masked: they are after every token).
-    // REVIEW: a position below seq_len whose table entry is invalid (caller error) is not masked: its
-    // zero key scores 0 and still takes softmax weight (with a zero value). Documented as "reads as
-    // zeros", but a NaN-free exclusion would need the mask to test the row's page too.
-    const PageRow at = position < seq_len ? locate(p.block_table, p.k_pages, b, position) : PageRow{-1, 0};
-    return {at, {static_cast<int>(position), unit}};
-  };
-  const PagedPool& k_pool = branch == Branch::kCompressed ? p.k_cmp_pages : p.k_pages;
-  const PagedPool& v_pool = branch == Branch::kCompressed ? p.v_cmp_pages : p.v_pages;
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
-  const int quarter = warp % 4, col0 = (warp / 4) * T::kDvPart;
-  const float scale_log2 = p.nsa.scale * flash::kLog2e;
-
-  // Warp-local tiles (the key-quarter layout of one warp group, Dv <= 128: a tile of at most 16
-  // rows, below): warp w reads only keys 16w .. 16w + 15 of each key tile, so it locates and copies
-  // them itself and waits on its own copies with a warp barrier; the CTA's four warps then stream
-  // their quarters independently, with no CTA barrier per tile (three a tile, each waiting for the
-  // slowest warp, where warps 0 and 1 alone also located the tile's rows). Else the CTA locates and
-  // copies each tile together and meets at a barrier before reading it.
-  const bool warp_local = kQuarters || (kThreads == 128 && quarter_tile);
-  auto sync_tile = [&] {
-    if (warp_local) __syncwarp(); else __syncthreads();
-  };
-  // The key row of a tile this thread locates (-1: none): row threadIdx.x (threads < kKeys), or
-  // warp-local row 16 w + lane (lanes < 16 of warp w).
-  const int located_row = warp_local ? (lane < kQuarterKeys ? kQuarterKeys * warp + lane : -1)
-                                     : (threadIdx.x < kKeys ? static_cast<int>(threadIdx.x) : -1);
-  // Tile j's located row (the table load), then its store.
-  auto locate_tile = [&](int tile) { return slot_of(v_begin + static_cast<long long>(tile) * kKeys + located_row); };
-  auto store_located = [&](int tile, const KeySlot& located) {
-    slots_of(tile)[located_row] = located.slot;
-    const Element** sources = sources_of(tile);
-    sources[located_row] = pool_row<const Element>(k_pool, located.at, g);
-    sources[kKeys + located_row] = pool_row<const Element>(v_pool, located.at, g);
-  };
-  // Tile j's K copies, then its V copies, one cp.async group each (empty past the last tile, so
-  // that every iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.
-  auto issue_k = [&](int tile) {
-    const Element* const* sources = sources_of(tile);
-    const int r0 = kQuarterKeys * warp;
-    if (tile < num_tiles) {
-      if (warp_local)
-        copy_rows_async<kQuarterKeys, kDqk, 32>(k_s(tile) + r0 * T::kLdQk, T::kLdQk, sources + r0, lane);
-      else
-        copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
-    }
-    common::cp_async_commit();
-  };
-  auto issue_v = [&](int tile) {
-    const Element* const* sources = sources_of(tile) + kKeys;
-    const int r0 = kQuarterKeys * warp;
-    if (tile < num_tiles) {
-      if (warp_local)
-        copy_rows_async<kQuarterKeys, kDv, 32>(v_s(tile) + r0 * T::kLdV, T::kLdV, sources + r0, lane);
-      else
-        copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources);
-    }
-    common::cp_async_commit();
-  };
-  auto issue_copies = [&](int tile) {
-    issue_k(tile);
-    issue_v(tile);
-  };
-  // Warp-local with one K / V stage, the copies of tile j + 1 follow tile j's uses of the stage:
-  // K's once the warp's Q K^T products have read K_j, V's once its P V products have read V_j, so
-  // that each is in flight under the rest of the tile (with the CTA's barriers in between this
-  // measured no gain; warp-local it costs two warp barriers).
-  const bool split_copies = warp_local && stages == 1;
-  if (located_row >= 0 && num_tiles > 0) {  // tiles 0 and 1: both table loads, then both stores
-    const KeySlot first = locate_tile(0);
-    const KeySlot second = num_tiles > 1 ? locate_tile(1) : KeySlot{};
-    store_located(0, first);
-    if (num_tiles > 1) store_located(1, second);
-  }
-  // Warp-local tiles never meet at a CTA barrier again before the last tile: the Q tile, which
-  // every warp reads, lands here and the barrier below publishes it.
-  if (warp_local) common::cp_async_wait<0>();
-  __syncthreads();
-  if (stages == 2 || split_copies) issue_copies(0);
-
-  // The key tiles, in one of two warp layouts (CTA-uniform):
-  //   rows:  warp quarter w takes rows 16w .. 16w + 15 of the tile and every key of a key tile;
-  //   keys:  the tile has at most 16 rows (a decode step's q_len x G <= 16), so every warp takes
-  //          them all and quarter w takes keys 16w .. 16w + 15 of each key tile, keeping its own
-  //          online softmax; the four are merged once, after the last tile (merge_key_quarters).
-  // With the rows layout three of four warps of a decode step at G 16 would only help copy, while
-  // one warp ran every product, softmax and P V of a key tile in series.
-  auto attend_tiles = [&]<bool kKeySplit>() {
-    constexpr int kCols = kKeySplit ? kKeys / 4 : kKeys;  // key columns of a tile per warp
-    const int row0 = kKeySplit ? 0 : quarter * 16;
-    const int key0 = kKeySplit ? quarter * kCols : 0;
-    // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it
-    // skips the MMAs and the softmax (warp-uniform).
-    const bool warp_has_rows = first_row + row0 <= last_row;
-    // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
-    // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
-    // raw positions [raw_lo, raw_hi] (the window's; the selected branch's blocks are further masked
-    // by the token's bit). A row past the tile sees nothing (cmp_end 0, raw_hi -1), and no row sees
-    // a list position past the split (key INT_MAX).
-    bool row_valid[2];
-    int row_token_bit[2], cmp_end[2], raw_lo[2], raw_hi[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const long long row = first_row + row0 + group + 8 * h;
-      row_valid[h] = row <= last_row;
-      const long long t = row / G;
-      const long long position = seq.cached + t;
-      // The compressed key of list position v is v (v < v_end), so the limit folds in the split's end.
-      cmp_end[h] = row_valid[h] ? static_cast<int>(min(visible_count(position, l, s), v_end)) : 0;
-      raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
-      raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
-      row_token_bit[h] = static_cast<int>(t - t_first);
-    }
-    // The branch's mask, chosen once (the branch is the CTA's): per score a compare or two, and for
-    // the raw branches a shared-memory load of the key's slot, where one test for all branches spent
-    // a dozen instructions and branches. A compressed key is its list position: no slot to load.
-    const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
-    int tile_key0 = 0;                // the list position of this warp's first key of the current tile
-    auto compressed_visible = [&](int h, int column) { return tile_key0 + column < cmp_end[h]; };
-    auto window_visible = [&](int h, int column) {
-      const int key = slots[key0 + column].key;
-      return key >= raw_lo[h] && key <= raw_hi[h];
+  // The rest of the kernel, for one branch known at compile time (kBranch, a Branch) or the CTA's
+  // (kBranch -1). The key-quarter kernel compiles each branch's tile loop apart: its masks, key
+  // lookup and the compressed branch's block partials then cost no test per tile, and ptxas fits
+  // one branch's values at a time in the 128 registers of its four CTAs a SM (sm_90a, bf16, D 128:
+  // the compressed loop reloads 3 spilled values a tile where the loop of any branch reloaded 7).
+  // The kernel of any tile keeps one loop: its instantiations, which also serve prefill chunks,
+  // would be three times larger.
+  auto attend_branch = [&]<int kBranch>() {
+    const Branch br = kBranch < 0 ? branch : static_cast<Branch>(kBranch);
+    const bool partials_on = block_partials && br == Branch::kCompressed;
+    // List position v as a key slot (thread r of the first kKeys).
+    auto slot_of = [&](long long v) -> KeySlot {
+      if (v >= v_end) return {{-1, 0}, {INT_MAX, 0}};
+      if (br == Branch::kCompressed) {
+        if (v >= num_compressed) return {{-1, 0}, {static_cast<int>(v), 0}};
+        return {locate(p.cmp_block_table, p.k_cmp_pages, b, v), {static_cast<int>(v), 0}};
+      }
+      long long position;
+      int unit = 0;
+      if (br == Branch::kWindow) {
+        position = window_lo + v;
+      } else {
+        unit = static_cast<int>(v / B);
+        position = static_cast<long long>(uni.blocks[unit]) * B + v % B;
+      }
+      // Positions at or past seq_len were never written: zeros (and masked: they are after every token).
+      // REVIEW: a position below seq_len whose table entry is invalid (caller error) is not masked: its
+      // zero key scores 0 and still takes softmax weight (with a zero value). Documented as "reads as
+      // zeros", but a NaN-free exclusion would need the mask to test the row's page too.
+      const PageRow at = position < seq_len ? locate(p.block_table, p.k_pages, b, position) : PageRow{-1, 0};
+      return {at, {static_cast<int>(position), unit}};
     };
-    auto selected_visible = [&](int h, int column) {
-      const AttnSlot& key = slots[key0 + column];
-      return key.key <= raw_hi[h] && ((uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull) != 0;
+    const PagedPool& k_pool = br == Branch::kCompressed ? p.k_cmp_pages : p.k_pages;
+    const PagedPool& v_pool = br == Branch::kCompressed ? p.v_cmp_pages : p.v_pages;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
+    const int quarter = warp % 4, col0 = (warp / 4) * T::kDvPart;
+    const float scale_log2 = p.nsa.scale * flash::kLog2e;
+
+    // Warp-local tiles (the key-quarter layout of one warp group, Dv <= 128: a tile of at most 16
+    // rows, below): warp w reads only keys 16w .. 16w + 15 of each key tile, so it locates and copies
+    // them itself and waits on its own copies with a warp barrier; the CTA's four warps then stream
+    // their quarters independently, with no CTA barrier per tile (three a tile, each waiting for the
+    // slowest warp, where warps 0 and 1 alone also located the tile's rows). Else the CTA locates and
+    // copies each tile together and meets at a barrier before reading it.
+    const bool warp_local = kQuarters || (kThreads == 128 && quarter_tile);
+    auto sync_tile = [&] {
+      if (warp_local) __syncwarp(); else __syncthreads();
     };
-
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-    float acc[T::kDvPart / 8][4];
-    common::zero_acc<T::kDvPart>(acc);
-
-    for (int it = 0; it < num_tiles; ++it) {
-      const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
-      // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
-      // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible
-      // (warp-local: the same within the warp, the only reader and writer of its rows).
-      sync_tile();
-      if (!split_copies) {
-        issue_copies(stages == 2 ? it + 1 : it);
-        if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
-          common::cp_async_commit();
-          common::cp_async_commit();
-        }
+    // The key row this thread locates (-1: none), in the first or the second (located_second) of
+    // the two tiles located together: threads r and kKeys + r locate row r of tiles j and j + 1;
+    // warp-local, lanes r and 16 + r of warp w row 16 w + r. Every other iteration locates the next
+    // two tiles, so each warp issues the lookup's chain of integer instructions (the bounds, the
+    // division by the page size, the table load, both pool addresses) once per two tiles; one
+    // thread a row each tile had left half of every warp idle through it.
+    const int located_row = warp_local ? kQuarterKeys * warp + lane % kQuarterKeys
+                                       : (threadIdx.x < 2 * kKeys ? static_cast<int>(threadIdx.x) % kKeys : -1);
+    const int located_second = warp_local ? lane / kQuarterKeys : static_cast<int>(threadIdx.x) / kKeys;
+    // Tile j's located row (the table load), then its store.
+    auto locate_tile = [&](int tile) { return slot_of(v_begin + static_cast<long long>(tile) * kKeys + located_row); };
+    auto store_located = [&](int tile, const KeySlot& located) {
+      slots_of(tile)[located_row] = located.slot;
+      const Element** sources = sources_of(tile);
+      sources[located_row] = pool_row<const Element>(k_pool, located.at, g);
+      sources[kKeys + located_row] = pool_row<const Element>(v_pool, located.at, g);
+    };
+    // Tile j's K copies, then its V copies, one cp.async group each (empty past the last tile, so
+    // that every iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.
+    auto issue_k = [&](int tile) {
+      const Element* const* sources = sources_of(tile);
+      const int r0 = kQuarterKeys * warp;
+      if (tile < num_tiles) {
+        if (warp_local)
+          copy_rows_async<kQuarterKeys, kDqk, 32>(k_s(tile) + r0 * T::kLdQk, T::kLdQk, sources + r0, lane);
+        else
+          copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
       }
-      const bool locates = located_row >= 0 && it + 2 < num_tiles;
-      KeySlot ahead{};
-      if (locates) ahead = locate_tile(it + 2);  // stored at the end of the iteration
+      common::cp_async_commit();
+    };
+    auto issue_v = [&](int tile) {
+      const Element* const* sources = sources_of(tile) + kKeys;
+      const int r0 = kQuarterKeys * warp;
+      if (tile < num_tiles) {
+        if (warp_local)
+          copy_rows_async<kQuarterKeys, kDv, 32>(v_s(tile) + r0 * T::kLdV, T::kLdV, sources + r0, lane);
+        else
+          copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources);
+      }
+      common::cp_async_commit();
+    };
+    auto issue_copies = [&](int tile) {
+      issue_k(tile);
+      issue_v(tile);
+    };
+    // Warp-local with one K / V stage, the copies of tile j + 1 follow tile j's uses of the stage:
+    // K's once the warp's Q K^T products have read K_j, V's once its P V products have read V_j, so
+    // that each is in flight under the rest of the tile (with the CTA's barriers in between this
+    // measured no gain; warp-local it costs two warp barriers).
+    const bool split_copies = warp_local && stages == 1;
+    if (located_row >= 0 && located_second < num_tiles)  // tiles 0 and 1
+      store_located(located_second, locate_tile(located_second));
+    // Warp-local tiles never meet at a CTA barrier again before the last tile: the Q tile, which
+    // every warp reads, lands here and the barrier below publishes it.
+    if (warp_local) common::cp_async_wait<0>();
+    __syncthreads();
+    if (stages == 2 || split_copies) issue_copies(0);
 
-      // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight; split: V_it)
-      if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<3>();
-      sync_tile();
-      slots = slots_of(it);
-      tile_key0 = static_cast<int>(v0) + key0;
-      float sc[kCols / 8][4];
-      if (warp_has_rows) {
-        common::zero_acc<kCols>(sc);
-        common::warp_tile_mma<Element, kDqk, kCols, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
-                                                                                 T::kLdQk, key0);
-      }
-      if (split_copies) {  // the warp's lanes have read its K rows of tile it
-        __syncwarp();
-        issue_k(it + 1);
-      }
-      if (warp_has_rows) {
-        if (branch == Branch::kCompressed) {
-          flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
-        } else if (branch == Branch::kWindow) {
-          flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
-        } else {
-          flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
-        }
-      }
-      // The fused selection's block partials of the keys this warp holds (CTA-uniform branch).
-      if (block_partials && col0 == 0 && warp_has_rows)
-        write_partials<kCols>(p.partials, p.nsa, fixed_weights, sc, row_max, partial_row_s + row0, v0,
-                              kKeySplit ? quarter : 0);
-
-      // V of tile it has landed (split: K_it+1 may be in flight)
-      if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<2>();
-      sync_tile();
-      if (warp_has_rows)
-        common::warp_pv_mma<Element, kCols, T::kDvPart>(acc, sc, v_s(it) + key0 * T::kLdV, T::kLdV, col0);
-      if (split_copies) {  // the warp's lanes have read its V rows of tile it
-        __syncwarp();
-        issue_v(it + 1);
-      }
-      if (locates) store_located(it + 2, ahead);
-    }
-    common::cp_async_wait<0>();  // the Q copies, when no key tile ran
-
-    if constexpr (kKeySplit) {
-      __syncthreads();  // every warp is done with Q, K and V: their space holds the quarters' outputs
-      merge_key_quarters<Element, kDv, T::kDvPart, kThreads>(
-          reinterpret_cast<float*>(smem + layout.q), acc, row_max, row_sum, quarter, col0, out, p.nsa.heads_q,
-          batch.tokens, split, static_cast<int>(last_row - first_row + 1), [&](int r, long long* token, int* head) {
-            const long long row = first_row + r;
-            *token = seq.row0 + row / G;
-            *head = g * G + static_cast<int>(row % G);
-          });
-    } else {
-#pragma unroll
+    // The key tiles, in one of two warp layouts (CTA-uniform):
+    //   rows:  warp quarter w takes rows 16w .. 16w + 15 of the tile and every key of a key tile;
+    //   keys:  the tile has at most 16 rows (a decode step's q_len x G <= 16), so every warp takes
+    //          them all and quarter w takes keys 16w .. 16w + 15 of each key tile, keeping its own
+    //          online softmax; the four are merged once, after the last tile (merge_key_quarters).
+    // With the rows layout three of four warps of a decode step at G 16 would only help copy, while
+    // one warp ran every product, softmax and P V of a key tile in series.
+    auto attend_tiles = [&]<bool kKeySplit>() {
+      constexpr int kCols = kKeySplit ? kKeys / 4 : kKeys;  // key columns of a tile per warp
+      const int row0 = kKeySplit ? 0 : quarter * 16;
+      const int key0 = kKeySplit ? quarter * kCols : 0;
+      // A warp whose 16 rows are all past the tile's last row (q_len x G below 64) only helps copy: it
+      // skips the MMAs and the softmax (warp-uniform).
+      const bool warp_has_rows = first_row + row0 <= last_row;
+      // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
+      // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
+      // raw positions [raw_lo, raw_hi] (the window's; the selected branch's blocks are further masked
+      // by the token's bit). A row past the tile sees nothing (cmp_end 0, raw_hi -1), and no row sees
+      // a list position past the split (key INT_MAX).
+      bool row_valid[2];
+      int row_token_bit[2], cmp_end[2], raw_lo[2], raw_hi[2];
+  #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        if (!row_valid[h]) continue;
         const long long row = first_row + row0 + group + 8 * h;
-        const long long token = seq.row0 + row / G;
-        const int head = g * G + static_cast<int>(row % G);
-#pragma unroll
-        for (int n = 0; n < T::kDvPart / 8; ++n)
-          store_row_pair<Element, kDv>(out, p.nsa.heads_q, batch.tokens, split, token, head, col0 + n * 8 + 2 * pair,
-                                       acc[n][2 * h], acc[n][2 * h + 1], row_max[h], row_sum[h],
-                                       n == 0 && pair == 0 && col0 == 0);
+        row_valid[h] = row <= last_row;
+        const long long t = row / G;
+        const long long position = seq.cached + t;
+        // The compressed key of list position v is v (v < v_end), so the limit folds in the split's end.
+        cmp_end[h] = row_valid[h] ? static_cast<int>(min(visible_count(position, l, s), v_end)) : 0;
+        raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
+        raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
+        row_token_bit[h] = static_cast<int>(t - t_first);
+      }
+      // The branch's mask, chosen once (the branch is the CTA's): per score a compare or two, and for
+      // the raw branches a shared-memory load of the key's slot, where one test for all branches spent
+      // a dozen instructions and branches. A compressed key is its list position: no slot to load.
+      const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
+      int tile_key0 = 0;                // the list position of this warp's first key of the current tile
+      auto compressed_visible = [&](int h, int column) { return tile_key0 + column < cmp_end[h]; };
+      auto window_visible = [&](int h, int column) {
+        const int key = slots[key0 + column].key;
+        return key >= raw_lo[h] && key <= raw_hi[h];
+      };
+      auto selected_visible = [&](int h, int column) {
+        const AttnSlot& key = slots[key0 + column];
+        return key.key <= raw_hi[h] && ((uni.token_masks[key.unit] >> row_token_bit[h]) & 1ull) != 0;
+      };
+
+      float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+      float acc[T::kDvPart / 8][4];
+      common::zero_acc<T::kDvPart>(acc);
+
+      for (int it = 0; it < num_tiles; ++it) {
+        const long long v0 = v_begin + static_cast<long long>(it) * kKeys;
+        // Every warp is done with tile it - 1: its K / V stage (tile it + 1's) and its located slot
+        // (tile it + 2's) are free; tile it + 1's located rows (stored in iteration it - 1) are visible
+        // (warp-local: the same within the warp, the only reader and writer of its rows).
+        sync_tile();
+        if (!split_copies) {
+          issue_copies(stages == 2 ? it + 1 : it);
+          if (stages == 1) {  // the same group counts below: K_it, V_it, then two empty groups
+            common::cp_async_commit();
+            common::cp_async_commit();
+          }
+        }
+        // Even iterations locate tiles it + 2 and it + 3 (ring slots of tiles it - 2 and it - 1,
+        // which every warp is done with after the barrier at the top of this iteration).
+        const int ahead_tile = it + 2 + located_second;
+        const bool locates = located_row >= 0 && it % 2 == 0 && ahead_tile < num_tiles;
+        KeySlot ahead{};
+        if (locates) ahead = locate_tile(ahead_tile);  // stored at the end of the iteration
+
+        // K of tile it has landed (V_it, K_it+1, V_it+1 may be in flight; split: V_it)
+        if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<3>();
+        sync_tile();
+        slots = slots_of(it);
+        tile_key0 = static_cast<int>(v0) + key0;
+        float sc[kCols / 8][4];
+        if (warp_has_rows) {
+          common::zero_acc<kCols>(sc);
+          common::warp_tile_mma<Element, kDqk, kCols, false, false, T::kQkUnroll>(sc, q_s, T::kLdQk, row0, k_s(it),
+                                                                                   T::kLdQk, key0);
+        }
+        if (split_copies) {  // the warp's lanes have read its K rows of tile it
+          __syncwarp();
+          issue_k(it + 1);
+        }
+        if (warp_has_rows) {
+          if (br == Branch::kCompressed) {
+            flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, compressed_visible);
+          } else if (br == Branch::kWindow) {
+            flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, window_visible);
+          } else {
+            flash::online_softmax_tile_lazy<true, kCols, T::kDvPart>(sc, acc, row_max, row_sum, scale_log2, selected_visible);
+          }
+        }
+        // The fused selection's block partials of the keys this warp holds (CTA-uniform branch).
+        if (partials_on && col0 == 0 && warp_has_rows)
+          write_partials<kCols>(p.partials, p.nsa, fixed_weights, sc, row_max, partial_row_s + row0, v0,
+                                kKeySplit ? quarter : 0);
+
+        // V of tile it has landed (split: K_it+1 may be in flight)
+        if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<2>();
+        sync_tile();
+        if (warp_has_rows)
+          common::warp_pv_mma<Element, kCols, T::kDvPart>(acc, sc, v_s(it) + key0 * T::kLdV, T::kLdV, col0);
+        if (split_copies) {  // the warp's lanes have read its V rows of tile it
+          __syncwarp();
+          issue_v(it + 1);
+        }
+        if (locates) store_located(ahead_tile, ahead);
+      }
+      common::cp_async_wait<0>();  // the Q copies, when no key tile ran
+
+      if constexpr (kKeySplit) {
+        __syncthreads();  // every warp is done with Q, K and V: their space holds the quarters' outputs
+        merge_key_quarters<Element, kDv, T::kDvPart, kThreads>(
+            reinterpret_cast<float*>(smem + layout.q), acc, row_max, row_sum, quarter, col0, out, p.nsa.heads_q,
+            batch.tokens, split, static_cast<int>(last_row - first_row + 1), [&](int r, long long* token, int* head) {
+              const long long row = first_row + r;
+              *token = seq.row0 + row / G;
+              *head = g * G + static_cast<int>(row % G);
+            });
+      } else {
+  #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (!row_valid[h]) continue;
+          const long long row = first_row + row0 + group + 8 * h;
+          const long long token = seq.row0 + row / G;
+          const int head = g * G + static_cast<int>(row % G);
+  #pragma unroll
+          for (int n = 0; n < T::kDvPart / 8; ++n)
+            store_row_pair<Element, kDv>(out, p.nsa.heads_q, batch.tokens, split, token, head, col0 + n * 8 + 2 * pair,
+                                         acc[n][2 * h], acc[n][2 * h + 1], row_max[h], row_sum[h],
+                                         n == 0 && pair == 0 && col0 == 0);
+        }
+      }
+    };
+    if constexpr (kQuarters) {
+      attend_tiles.template operator()<true>();
+    } else {
+      if (quarter_tile) {
+        attend_tiles.template operator()<true>();
+      } else {
+        attend_tiles.template operator()<false>();
       }
     }
   };
   if constexpr (kQuarters) {
-    attend_tiles.template operator()<true>();
-  } else {
-    if (quarter_tile) {
-      attend_tiles.template operator()<true>();
+    if (branch == Branch::kCompressed) {
+      attend_branch.template operator()<static_cast<int>(Branch::kCompressed)>();
+    } else if (branch == Branch::kWindow) {
+      attend_branch.template operator()<static_cast<int>(Branch::kWindow)>();
     } else {
-      attend_tiles.template operator()<false>();
+      attend_branch.template operator()<static_cast<int>(Branch::kSelected)>();
     }
+  } else {
+    attend_branch.template operator()<-1>();
   }
 }
 

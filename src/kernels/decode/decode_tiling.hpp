@@ -136,7 +136,8 @@ constexpr int kLdProb = kKeys + 4;  // floats per row of the selection's probabi
 // sequence's blocks, the distinct blocks, the tokens that chose each). The fused selection's block
 // partials need none: each warp writes them from its registers (decode_block_partials.cuh).
 constexpr int kAttnMaxStages = 2;
-constexpr int kAttnLocatedTiles = 3;  // tiles j (masks), j + 1 (its copies issued), j + 2 (located)
+// Tiles j (masks), j + 1 (its copies issued), j + 2 and j + 3 (located together in even iterations).
+constexpr int kAttnLocatedTiles = 4;
 struct AttnSlot {  // a located key row: its key (compressed index or position; INT_MAX: past the list) and union entry
   int key, unit;
 };
