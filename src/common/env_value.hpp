@@ -43,13 +43,13 @@ inline Status env_decode_quarter_kernel(std::string* value) {
 inline Status env_decode_compress_append(std::string* value) {
   return env_choice("FSA_DECODE_COMPRESS_APPEND", {"0", "1"}, value);
 }
-// The decode attention's splits of the context, every branch (1..64, at most a branch's key tiles;
-// default: the plan's, one wave of CTAs), for measuring the split count.
 // A decode step's selected-branch merge and gated combination in one launch (decode_merge.cu,
 // merge_combine_kernel): 0 (default until it is measured on a GPU) or 1.
 inline Status env_decode_merge_combine(std::string* value) {
   return env_choice("FSA_DECODE_MERGE_COMBINE", {"0", "1"}, value);
 }
+// The decode attention's splits of the context, every branch (1..64, at most a branch's key tiles;
+// default: the plan's, one wave of CTAs), for measuring the split count.
 inline Status env_decode_attn_splits(long long* splits) {
   return env_integer("FSA_DECODE_ATTN_SPLITS", 1, 64, splits);
 }

@@ -39,6 +39,8 @@
 #include "common/rope_frequency.hpp"
 #include "fsa/cache.hpp"
 #include "gpu_compare.hpp"
+#include "kernels/decode/decode.hpp"          // cuda::decode::quarter_kernel_launches()
+#include "kernels/decode/decode_tiling.hpp"   // cuda::decode::attn_quarter_ctas_per_sm
 
 namespace fsa::test {
 namespace {
@@ -648,13 +650,22 @@ TEST_F(Gpu, InferenceDecodeGroupSizes) {
 // The key-quarter kernel (FSA_DECODE_QUARTER_KERNEL=1: a decode step's tiles of at most 16 rows in
 // a launch of their own, four CTAs a SM) against the reference: every group size with ragged q_len
 // 1..8, so that one step has tiles of both kernels, both selection routes; head dims it serves (64,
-// 128) and one it leaves to the other kernel (Dqk 192, whose four CTAs do not fit); and a table of
+// 128) and one it leaves to the other kernel (Dqk 192, whose four CTAs do not fit); a table of
 // 2400 pages, whose plan gives the small tiles more splits than the large ones (26 against 18 and 16 at
 // G 16 on an H100), so the large tiles' CTAs past their count write the empty statistics the merge
-// reads.
+// reads; and steps whose tiles are all small (G 16 and 4, q_len 1 and up to 4) or all large (G 16,
+// q_len 2..8), in which one of the two launches has no tile at all and every CTA of it exits before
+// its wait (before_early_exit keeps the launches' order). Where the device fits four CTAs a SM the
+// kernel must have run.
 TEST_F(Gpu, InferenceDecodeQuarterKernel) {
   ::setenv("FSA_DECODE_QUARTER_KERNEL", "1", 1);
+  const long long launches_before = cuda::decode::quarter_kernel_launches();
   std::uint64_t salt = 500;
+  CacheCase small_g16 = decode_case(32, 2, 128, 128), small_g4 = decode_case(8, 2, 128, 128),
+            large_g16 = decode_case(32, 2, 128, 128);
+  small_g16.steps = {std::vector<std::int64_t>(10, 1), std::vector<std::int64_t>(10, 1)};
+  small_g4.steps = {{1, 2, 3, 4, 4, 3, 2, 1, 1, 2}, {4, 4, 1, 1, 2, 2, 3, 3, 4, 1}};
+  large_g16.steps = {{2, 3, 4, 5, 6, 7, 8, 2, 3, 4}, {8, 7, 6, 5, 4, 3, 2, 2, 8, 2}};
   for (const char* route : {"fused", "two-pass"}) {
     SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=1 FSA_DECODE_SELECT=") + route);
     ::setenv("FSA_DECODE_SELECT", route, 1);
@@ -664,9 +675,15 @@ TEST_F(Gpu, InferenceDecodeQuarterKernel) {
     CacheCase wide = decode_case(32, 2, 128, 128);
     wide.min_table_width = 2400;
     check_case(wide, ++salt);
+    for (const CacheCase& c : {small_g16, small_g4, large_g16}) check_case(c, ++salt);
   }
   ::unsetenv("FSA_DECODE_SELECT");
   ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
+  int device = 0, smem_per_sm = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device), cudaSuccess);
+  if (cuda::decode::attn_quarter_ctas_per_sm(128, 128, 64, 64, static_cast<std::size_t>(smem_per_sm)) > 0)
+    EXPECT_GT(cuda::decode::quarter_kernel_launches(), launches_before) << "the key-quarter kernel never ran";
 }
 
 // The decode attention with each K / V stage count forced (the launcher otherwise takes the one
@@ -882,8 +899,10 @@ TEST_F(Gpu, InferenceDecodeCompressionRoutesAgreeBitForBit) {
 
 // The selected branch's merge and the combination in one launch (FSA_DECODE_MERGE_COMBINE=1)
 // computes what the merge and combine_forward do, bit for bit: G 16 and G 4 (the selected branch in
-// several splits), in one split (FSA_DECODE_ATTN_SPLITS=1: o_slc read back, not merged), shared
-// gates in fp16, D 64 (half the lanes without columns) and 256 (two column passes).
+// the plan's splits), in one split (FSA_DECODE_ATTN_SPLITS=1: o_slc read back, not merged) and in
+// four whatever the device (so that the merge surely runs), with the key-quarter kernel (splits
+// past a large tile's own count: empty statistics), shared gates in fp16, D 64 (half the lanes
+// without columns) and 256 (two column passes).
 TEST_F(Gpu, InferenceDecodeMergeCombineAgreesBitForBit) {
   CacheCase shared = decode_case(8, 2, 128, 128);
   shared.dtype = DType::kFloat16;
@@ -892,9 +911,16 @@ TEST_F(Gpu, InferenceDecodeMergeCombineAgreesBitForBit) {
   for (const CacheCase& c : {decode_case(32, 2, 128, 128), decode_case(8, 2, 128, 128), shared,
                              decode_case(8, 2, 64, 64), decode_case(8, 2, 256, 256)})
     expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_MERGE_COMBINE");
-  ::setenv("FSA_DECODE_ATTN_SPLITS", "1", 1);
-  expect_switch_changes_no_bit(decode_case(32, 2, 128, 128), ++salt, "FSA_DECODE_MERGE_COMBINE");
+  for (const char* splits : {"1", "4"}) {
+    SCOPED_TRACE(std::string("FSA_DECODE_ATTN_SPLITS=") + splits);
+    ::setenv("FSA_DECODE_ATTN_SPLITS", splits, 1);
+    expect_switch_changes_no_bit(decode_case(32, 2, 128, 128), ++salt, "FSA_DECODE_MERGE_COMBINE");
+  }
   ::unsetenv("FSA_DECODE_ATTN_SPLITS");
+  ::setenv("FSA_DECODE_QUARTER_KERNEL", "1", 1);
+  for (const CacheCase& c : {decode_case(32, 2, 128, 128), decode_case(8, 2, 128, 128)})
+    expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_MERGE_COMBINE");
+  ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
 }
 
 // The merge and combination in one launch against the reference (with the key-quarter kernel too).

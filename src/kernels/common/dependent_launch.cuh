@@ -9,7 +9,8 @@
 // griddepcontrol.wait returns once every prerequisite grid has completed and its writes are
 // visible, so the stream order holds for memory as with a plain launch; launch_dependents then
 // lets the next such launch start early. What comes before the wait is the kernel's preamble, run
-// while its predecessor finishes: early exits, arithmetic, shared memory, and reads of inputs that
+// while its predecessor finishes: early exits (through before_early_exit), arithmetic, shared
+// memory, and reads of inputs that
 // no kernel of the sequence writes (the decode step's batch description: cu_seqlens,
 // cache_seqlens, block tables, written by the caller before the step's first kernel, which waits
 // for them). A kernel launched plainly runs await_prior_grids() as a no-op.
@@ -32,6 +33,16 @@ __device__ __forceinline__ void await_prior_grids() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+
+// Return from a CTA before its await_prior_grids (an early exit of the preamble) through this: the
+// grid's first CTA waits first. griddepcontrol.wait orders a kernel after the one grid before it,
+// and that grid completes when its last CTA exits; a grid none of whose CTAs waits (every CTA
+// exiting early, as a launch with nothing to do for a step does) could complete while its own
+// predecessor still runs, and the next kernel's wait would then not cover that predecessor. One
+// waiting CTA keeps the chain: the grid cannot complete before the grid before it.
+__device__ __forceinline__ void before_early_exit() {
+  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) await_prior_grids();
 }
 
 namespace detail {

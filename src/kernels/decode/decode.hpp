@@ -21,9 +21,10 @@ Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t str
 Status launch_append_compressed(const AppendParams& p, DType dtype, cudaStream_t stream);
 // q rotated into q_rot; k rotated and v into the pools; the key tail's last l positions.
 Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t stream);
-// The CTAs a new token's heads (Hq + Hkv units) are split over in the append: about 2048 CTAs in
-// all, at least 4 heads a CTA, one (every head) once the tokens alone fill the GPU (prefill chunks).
-int append_head_slices(long long tokens, int heads);
+// The CTAs a new token's heads (Hq + Hkv units) are split over in the append: about target_ctas
+// CTAs in all, at least min_heads heads a CTA, one (every head) once the tokens alone fill that
+// many (prefill chunks). append_tokens_kernel: about 2048 CTAs of 128 threads, 4 heads a CTA.
+int append_head_slices(long long tokens, int heads, int min_heads = 4, long long target_ctas = 2048);
 
 // ---- decode_compress.cu ----
 // A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (longer calls use
@@ -49,6 +50,9 @@ Status launch_gather_keys(const GatherParams& p, DType dtype, cudaStream_t strea
 // ---- decode_attn_kernel.cuh (instantiations/decode_attn_*.cu) ----
 template <class Element, int kDqk, int kDv>
 Status launch_decode_attention(const AttnParams& p, cudaStream_t stream);
+// Launches of the key-quarter kernel since the process started (a test's proof that a step ran it).
+void note_quarter_launch();
+long long quarter_kernel_launches();
 
 // ---- decode_merge.cu ----
 // o and lse of the launched branches that ran in several splits.

@@ -129,9 +129,6 @@ __global__ void __launch_bounds__(kThreads) append_tokens_kernel(const __grid_co
                                         angles, /*awaited=*/false);
 }
 
-constexpr long long kAppendTargetCtas = 2048;
-constexpr int kAppendMinHeads = 4;
-
 // A grid of `rows` CTAs, one row each (the rows past the batch's return at once).
 Status check_grid(const char* what, long long rows) {
   if (rows <= 0x7fffffffLL) return Status::ok();
@@ -141,9 +138,9 @@ Status check_grid(const char* what, long long rows) {
 
 }  // namespace
 
-int append_head_slices(long long tokens, int heads) {
-  const long long by_heads = (heads + kAppendMinHeads - 1) / kAppendMinHeads;
-  const long long by_grid = tokens > 0 ? kAppendTargetCtas / tokens : 1;
+int append_head_slices(long long tokens, int heads, int min_heads, long long target_ctas) {
+  const long long by_heads = (heads + min_heads - 1) / min_heads;
+  const long long by_grid = tokens > 0 ? target_ctas / tokens : 1;
   return static_cast<int>(std::max(1LL, std::min(by_heads, by_grid)));
 }
 

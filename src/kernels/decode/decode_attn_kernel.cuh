@@ -106,17 +106,25 @@ __device__ __forceinline__ void store_row_pair(const BranchOutput& out, int head
 // the row as the rows layout does (store_row_pair). Per row, not per pair of columns: the pairs'
 // loop had repeated the statistics' loads, exponentials and the row's placement (8% of the
 // compressed launch's instructions at 16 x 128K, G 16).
+// Per row of a key-quarter tile: its four quarters' factors and its place (the kernel's static
+// shared memory, one copy whatever the branch loops that merge: decode_attn_kernel).
+struct QuarterRows {
+  float4 factor[kQuarterTileRows];
+  long long token[kQuarterTileRows];
+  int head[kQuarterTileRows];
+};
+
 template <class Element, int kDv, int kDvPart, int kThreads, class Where>
-__device__ __forceinline__ void merge_key_quarters(float* o_s, const float (&acc)[kDvPart / 8][4], const float (&row_max)[2],
-                                                   const float (&row_sum)[2], int quarter, int col0,
-                                                   const BranchOutput& out, int heads_q, long long tokens, int split,
-                                                   int rows, Where where) {
+__device__ __forceinline__ void merge_key_quarters(float* o_s, QuarterRows& rows_s, const float (&acc)[kDvPart / 8][4],
+                                                   const float (&row_max)[2], const float (&row_sum)[2], int quarter,
+                                                   int col0, const BranchOutput& out, int heads_q, long long tokens,
+                                                   int split, int rows, Where where) {
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   float* max_s = o_s + 4 * 16 * kDv;  // [quarter][row]; then each row's combined maximum
   float* sum_s = max_s + 4 * 16;      // [quarter][row]; then each row's combined sum
-  __shared__ float4 factor_s[16];     // per row, the four quarters' factors
-  __shared__ long long token_s[16];
-  __shared__ int head_s[16];
+  float4* factor_s = rows_s.factor;   // per row, the four quarters' factors
+  long long* token_s = rows_s.token;
+  int* head_s = rows_s.head;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = group + 8 * h;
@@ -185,10 +193,13 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
                     (kQRows * (kDqk + kPad) + kKeys * (kDqk + kPad) + kKeys * (kDv + kPad)) * 2,
                 "the key quarters' outputs fit where the Q tile and one K and V stage were (merge_key_quarters)");
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ long long q_offset[kRows];  // -1: no row
+  // Static shared memory, at most kAttnStaticSmem (the plan's CTAs a SM count on it; the launcher
+  // checks): per Q tile row its q offset and its block partials' row, the key quarters' merge rows.
+  __shared__ long long q_offset[kQRows];  // -1: no row
   __shared__ int union_count;
-  __shared__ long long partial_row_s[kRows];  // the block partials' row of each tile row (partial_row_at)
-  __shared__ uint2 partial_weights_s[32];      // the partials' fixed weights, per lane (make_fixed_weights)
+  __shared__ PartialRow partial_row_s[kQRows];  // where each tile row's block partials go (partial_row_at)
+  __shared__ uint2 partial_weights_s[32];       // the partials' fixed weights, per lane (make_fixed_weights)
+  __shared__ QuarterRows quarter_rows_s;
 
   // The branch and split of blockIdx.z.
   int launch = 0;
@@ -196,14 +207,20 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   const Branch branch = p.launch_branch[launch];
   const BranchOutput& out = p.out[static_cast<int>(branch)];
   const int split = static_cast<int>(blockIdx.z) - p.z_begin[launch];
-  if (split < 0 || split >= out.splits) return;
+  if (split < 0 || split >= out.splits) {
+    common::before_early_exit();
+    return;
+  }
 
   const BatchInfo& batch = p.batch;
   const int g = blockIdx.y, G = p.nsa.group;
   const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
   const flash::SeqTile tile = flash::find_seq_tile(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, G, kRows,
                                                    blockIdx.x);
-  if (!tile.valid) return;
+  if (!tile.valid) {
+    common::before_early_exit();
+    return;
+  }
   const int b = tile.seq;
   const SeqInfo seq = seq_info(batch, b);
   const long long seq_len = seq.cached + seq.new_tokens;  // cached tokens after the append
@@ -214,9 +231,15 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   // A decode step's small tiles run in the key-quarter kernel, the others in this one.
   const bool quarter_tile = last_row - first_row < kQuarterTileRows;
   if constexpr (kQuarters) {
-    if (!quarter_tile) return;
+    if (!quarter_tile) {
+      common::before_early_exit();
+      return;
+    }
   } else {
-    if (p.quarter_launch && quarter_tile) return;
+    if (p.quarter_launch && quarter_tile) {
+      common::before_early_exit();
+      return;
+    }
   }
   const int tile_splits = kQuarters ? out.splits : out.rows_splits;
 
@@ -241,11 +264,11 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   const UnionView uni{reinterpret_cast<std::uint32_t*>(smem + layout.bitmap),
                       reinterpret_cast<std::int32_t*>(smem + layout.blocks),
                       reinterpret_cast<unsigned long long*>(smem + layout.token_masks)};
-  if (threadIdx.x < kRows) {
+  if (threadIdx.x < kQRows) {
     const long long row = first_row + threadIdx.x;
     q_offset[threadIdx.x] =
         row <= last_row ? (seq.row0 + row / G) * p.q_token_stride + (g * G + row % G) * p.q_head_stride : -1;
-    if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(row, last_row, seq.row0, p.nsa, g, p.partials.quarters);
+    if (block_partials) partial_row_s[threadIdx.x] = partial_row_at(p.partials, row, last_row, seq.row0, p.nsa, g);
   }
   const uint2* fixed_weights =
       block_partials && make_fixed_weights(p.partials, p.nsa, partial_weights_s) ? partial_weights_s : nullptr;
@@ -410,12 +433,12 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
       const bool warp_has_rows = first_row + row0 <= last_row;
       // This thread's two rows (group, group + 8): valid, token index in the tile, and the mask's
       // limits in 32 bits (key indices and positions are below 2^31): compressed keys [0, cmp_end);
-      // raw positions [raw_lo, raw_hi] (the window's; the selected branch's blocks are further masked
-      // by the token's bit). A row past the tile sees nothing (cmp_end 0, raw_hi -1), and no row sees
-      // a list position past the split (key INT_MAX).
+      // window list positions [window_first, window_last]; selected positions up to raw_hi, in the
+      // blocks the token's bit marks. A row past the tile sees nothing (cmp_end 0, window_last and
+      // raw_hi -1), and no row sees a list position past the split (key INT_MAX).
       bool row_valid[2];
-      int row_token_bit[2], cmp_end[2], raw_lo[2], raw_hi[2];
-  #pragma unroll
+      int row_token_bit[2], cmp_end[2], raw_hi[2], window_first[2], window_last[2];
+#pragma unroll
       for (int h = 0; h < 2; ++h) {
         const long long row = first_row + row0 + group + 8 * h;
         row_valid[h] = row <= last_row;
@@ -424,18 +447,22 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
         // The compressed key of list position v is v (v < v_end), so the limit folds in the split's end.
         cmp_end[h] = row_valid[h] ? static_cast<int>(min(visible_count(position, l, s), v_end)) : 0;
         raw_hi[h] = row_valid[h] ? static_cast<int>(position) : -1;
-        raw_lo[h] = static_cast<int>(max(position - p.nsa.window, 0LL));
+        // The window's key of list position v is position window_lo + v (v < v_end): the row's keys
+        // [max(position - w, 0), position] as list positions, the split's end folded in.
+        window_first[h] = static_cast<int>(max(position - p.nsa.window, 0LL) - window_lo);
+        window_last[h] = row_valid[h] ? static_cast<int>(min(position - window_lo, v_end - 1)) : -1;
         row_token_bit[h] = static_cast<int>(t - t_first);
       }
       // The branch's mask, chosen once (the branch is the CTA's): per score a compare or two, and for
-      // the raw branches a shared-memory load of the key's slot, where one test for all branches spent
-      // a dozen instructions and branches. A compressed key is its list position: no slot to load.
+      // the selected branch a shared-memory load of the key's slot, where one test for all branches
+      // spent a dozen instructions and branches. The compressed and window branches' keys are their
+      // list positions (offset by window_lo): no slot to load.
       const AttnSlot* slots = nullptr;  // the current tile's (set per iteration)
       int tile_key0 = 0;                // the list position of this warp's first key of the current tile
       auto compressed_visible = [&](int h, int column) { return tile_key0 + column < cmp_end[h]; };
       auto window_visible = [&](int h, int column) {
-        const int key = slots[key0 + column].key;
-        return key >= raw_lo[h] && key <= raw_hi[h];
+        const int v = tile_key0 + column;
+        return v >= window_first[h] && v <= window_last[h];
       };
       auto selected_visible = [&](int h, int column) {
         const AttnSlot& key = slots[key0 + column];
@@ -492,8 +519,8 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
         }
         // The fused selection's block partials of the keys this warp holds (CTA-uniform branch).
         if (partials_on && col0 == 0 && warp_has_rows)
-          write_partials<kCols>(p.partials, p.nsa, fixed_weights, sc, row_max, partial_row_s + row0, v0,
-                                kKeySplit ? quarter : 0);
+          write_partials<kCols>(p.partials, p.nsa, fixed_weights, sc, row_max, partial_row_s + row0,
+                                static_cast<int>(v_begin / kKeys) + it, kKeySplit ? quarter : 0);
 
         // V of tile it has landed (split: K_it+1 may be in flight)
         if (split_copies) common::cp_async_wait<1>(); else common::cp_async_wait<2>();
@@ -507,24 +534,26 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
         if (locates) store_located(ahead_tile, ahead);
       }
       common::cp_async_wait<0>();  // the Q copies, when no key tile ran
+      flash::quad_row_sums(row_sum);  // the lazy softmax kept each thread's columns' sums
 
       if constexpr (kKeySplit) {
         __syncthreads();  // every warp is done with Q, K and V: their space holds the quarters' outputs
         merge_key_quarters<Element, kDv, T::kDvPart, kThreads>(
-            reinterpret_cast<float*>(smem + layout.q), acc, row_max, row_sum, quarter, col0, out, p.nsa.heads_q,
-            batch.tokens, split, static_cast<int>(last_row - first_row + 1), [&](int r, long long* token, int* head) {
+            reinterpret_cast<float*>(smem + layout.q), quarter_rows_s, acc, row_max, row_sum, quarter, col0, out,
+            p.nsa.heads_q, batch.tokens, split, static_cast<int>(last_row - first_row + 1),
+            [&](int r, long long* token, int* head) {
               const long long row = first_row + r;
               *token = seq.row0 + row / G;
               *head = g * G + static_cast<int>(row % G);
             });
       } else {
-  #pragma unroll
+#pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (!row_valid[h]) continue;
           const long long row = first_row + row0 + group + 8 * h;
           const long long token = seq.row0 + row / G;
           const int head = g * G + static_cast<int>(row % G);
-  #pragma unroll
+#pragma unroll
           for (int n = 0; n < T::kDvPart / 8; ++n)
             store_row_pair<Element, kDv>(out, p.nsa.heads_q, batch.tokens, split, token, head, col0 + n * 8 + 2 * pair,
                                          acc[n][2 * h], acc[n][2 * h + 1], row_max[h], row_sum[h],
@@ -555,6 +584,22 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
   }
 }
 
+// A kernel's static shared memory against the margin the plan counts CTAs a SM with
+// (kAttnStaticSmem): past it the plan's splits would be sized for CTAs that do not fit. Read once a
+// process (a property of the image; a failed query counts as 0 and leaves the launch to report).
+template <auto* kKernel>
+Status check_static_smem(const char* name) {
+  static const std::size_t bytes = [] {
+    cudaFuncAttributes attributes{};
+    const bool known = cudaFuncGetAttributes(&attributes, kKernel) == cudaSuccess;
+    cudaGetLastError();
+    return known ? attributes.sharedSizeBytes : std::size_t{0};
+  }();
+  if (bytes <= kAttnStaticSmem) return Status::ok();
+  return FSA_ERROR(StatusCode::kInternal, std::string(name) + ": " + std::to_string(bytes) +
+                                              " bytes of static shared memory, past the plan's kAttnStaticSmem");
+}
+
 // One CTA per (attention tile, kv head, branch split); the branches of `p` run in one launch, or,
 // where a decode step runs its small tiles in the key-quarter kernel (p.quarter_launch), in two: the
 // larger tiles first (none in a step of q_len x G <= 16: its CTAs exit at once), then the small ones.
@@ -576,6 +621,7 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
     return AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, stages).bytes;
   };
   auto* kernel = decode_attn_kernel<Element, kDqk, kDv, false>;
+  FSA_RETURN_IF_ERROR((check_static_smem<&decode_attn_kernel<Element, kDqk, kDv, false>>("decode_attn_kernel")));
   FSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_of(p.stages))));
   // One stage where it fits more CTAs a SM than two: the tile chain is latency-bound, and on an H100
@@ -594,6 +640,9 @@ Status launch_decode_attention(const AttnParams& p, cudaStream_t stream) {
   if (!p.quarter_launch) return Status::ok();
   if constexpr (T::kThreads == 128) {
     const std::size_t smem = AttnSmem(kDqk, kDv, p.union_words, p.union_capacity, 1, kQuarterTileRows).bytes;
+    FSA_RETURN_IF_ERROR(
+        (check_static_smem<&decode_attn_kernel<Element, kDqk, kDv, true>>("decode_attn_quarters_kernel")));
+    note_quarter_launch();
     FSA_CUDA_CHECK(cudaFuncSetAttribute(decode_attn_kernel<Element, kDqk, kDv, true>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     constexpr auto* kQuarterTiles = &decode_attn_kernel<Element, kDqk, kDv, true>;

@@ -27,16 +27,24 @@
 
 namespace fsa::cuda::decode {
 
-// Partial row of query row `row` of a tile (packed rows of one sequence whose first token is
-// seq_row0; token-major: row / G the token, row % G the head in group g): its first quarter's
-// index, (token Hq + head) quarters, or -1 where the row is past the tile (last_row) or its head does
-// not select (heads_used).
-__device__ __forceinline__ long long partial_row_at(long long row, long long last_row, long long seq_row0,
-                                                    const NsaNumbers& nsa, int g, long long quarters) {
-  if (row > last_row) return -1;
+// Where a query row's partials go: its first quarter's values and maximum (null: the row writes
+// none). Made once per CTA, so that a tile's stores add only the quarter's offset.
+struct PartialRow {
+  std::uint16_t* values;
+  float* max;
+};
+
+// The partial row of query row `row` of a tile (packed rows of one sequence whose first token is
+// seq_row0; token-major: row / G the token, row % G the head in group g): its first quarter,
+// (token Hq + head) quarters in, or none where the row is past the tile (last_row) or its head
+// does not select (heads_used).
+__device__ __forceinline__ PartialRow partial_row_at(const BlockPartials& out, long long row, long long last_row,
+                                                     long long seq_row0, const NsaNumbers& nsa, int g) {
+  if (row > last_row) return {nullptr, nullptr};
   const int G = nsa.group, h = static_cast<int>(row % G);
-  if (h >= nsa.heads_used) return -1;
-  return ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * quarters;
+  if (h >= nsa.heads_used) return {nullptr, nullptr};
+  const long long first = ((seq_row0 + row / G) * nsa.heads_q + static_cast<long long>(g) * G + h) * out.quarters;
+  return {out.values + first * out.quarter_blocks, out.quarter_max + first};
 }
 
 // The overlap weights of a key quarter's blocks n0 .. n0 + 7 in the B operand's layout: this lane's
@@ -64,7 +72,7 @@ __device__ __forceinline__ bool make_fixed_weights(const BlockPartials& out, con
   return true;
 }
 
-// One warp's partials of key tile v0 / kKeys: quarters quarter0 .. quarter0 + kCols / 16 - 1, whose
+// One warp's partials of key tile `tile`: quarters quarter0 .. quarter0 + kCols / 16 - 1, whose
 // keys are the columns 16 qi .. 16 qi + 15 of prob (the online softmax's C fragments: rows group
 // and group + 8, columns 2 pair and 2 pair + 1 of each 8), relative to row_max. rows_at: the
 // partial_row_at of the warp's 16 rows (shared memory). Per quarter and 8 blocks one product P W, with P in fp16
@@ -76,15 +84,14 @@ __device__ __forceinline__ bool make_fixed_weights(const BlockPartials& out, con
 template <int kCols>
 __device__ __forceinline__ void write_partials(const BlockPartials& out, const NsaNumbers& nsa, const uint2* fixed,
                                                const float (&prob)[kCols / 8][4], const float (&row_max)[2],
-                                               const long long* rows_at, long long v0, int quarter0) {
+                                               const PartialRow* rows_at, int tile, int quarter0) {
   static_assert(kCols % kQuarterKeys == 0, "whole key quarters");
-  const long long tile = v0 / kKeys;
-  if (4 * tile >= out.quarters) return;  // past the plan's context, which the tables cannot address
+  if (4LL * tile >= out.quarters) return;  // past the plan's context, which the tables cannot address
   const int lane = threadIdx.x % 32, group = lane / 4, pair = lane % 4;
   const int QB = out.quarter_blocks;
 #pragma unroll
   for (int qi = 0; qi < kCols / kQuarterKeys; ++qi) {
-    const int u = static_cast<int>(tile) * 4 + quarter0 + qi;
+    const int u = tile * 4 + quarter0 + qi;
     std::uint32_t a[4];
     common::c_to_a<__half>(a, prob[2 * qi], prob[2 * qi + 1]);
     for (int n0 = 0; n0 < QB; n0 += 8) {
@@ -102,9 +109,9 @@ __device__ __forceinline__ void write_partials(const BlockPartials& out, const N
       const int j = n0 + 2 * pair;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const long long row_at = rows_at[group + 8 * h];
-        if (row_at < 0) continue;
-        std::uint16_t* values = out.values + (row_at + u) * QB;
+        std::uint16_t* const row_values = rows_at[group + 8 * h].values;
+        if (row_values == nullptr) continue;
+        std::uint16_t* values = row_values + static_cast<long long>(u) * QB;
         if (j < QB) values[j] = __half_as_ushort(__float2half_rn(sums[2 * h]));
         if (j + 1 < QB) values[j + 1] = __half_as_ushort(__float2half_rn(sums[2 * h + 1]));
       }
@@ -112,8 +119,8 @@ __device__ __forceinline__ void write_partials(const BlockPartials& out, const N
     if (pair == 0) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const long long row_at = rows_at[group + 8 * h];
-        if (row_at >= 0) out.quarter_max[row_at + u] = row_max[h];
+        float* const row_max_at = rows_at[group + 8 * h].max;
+        if (row_max_at != nullptr) row_max_at[u] = row_max[h];
       }
     }
   }

@@ -51,7 +51,10 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   const long long token = blockIdx.x;
   const int g = blockIdx.y, range = blockIdx.z;
   const int b = seq_of_row(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, token);
-  if (b < 0) return;
+  if (b < 0) {
+    common::before_early_exit();
+    return;
+  }
   const SeqInfo seq = seq_info(batch, b);
   const int l = p.nsa.cmp_len, s = p.nsa.cmp_stride, B = p.nsa.block_size;
   const int G = p.nsa.group, QB = p.partials.quarter_blocks, heads = p.nsa.heads_used;

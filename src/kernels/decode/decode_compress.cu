@@ -202,11 +202,12 @@ __global__ void __launch_bounds__(kThreads, 3) compress_append_kernel(const __gr
     for (int i = threadIdx.x; i < l * vectors; i += kThreads) {
       const int j = i / vectors, d = (i % vectors) * 8;
       const Element* src = window_row<Element>(a, b, seq, index * s + j, g, tensor);
-      alignas(16) Element x[8];
-      *reinterpret_cast<uint4*>(x) = src != nullptr ? *reinterpret_cast<const uint4*>(src + d) : make_uint4(0, 0, 0, 0);
+      alignas(16) Element vector[8];
+      *reinterpret_cast<uint4*>(vector) =
+          src != nullptr ? *reinterpret_cast<const uint4*>(src + d) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        float v = C::to_float(x[k]);
+        float v = C::to_float(vector[k]);
         if (pos_emb != nullptr)
           v += C::to_float(pos_emb[g * w.pos_emb_head_stride + j * w.pos_emb_row_stride + d + k]);
         window_s[j * D + d + k] = v;
@@ -279,12 +280,22 @@ Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cuda
 
 Status launch_compress_append(const CompressAppendParams& p, bool append_tokens, DType dtype, cudaStream_t stream) {
   const AppendParams& a = p.append;
-  if (a.batch.num_seqs == 0 || a.cmp_rows == 0 || a.nsa.heads_kv == 0) return Status::ok();
+  if (a.batch.num_seqs == 0 || a.batch.tokens == 0) return Status::ok();  // nothing to compress or append
+  // The caller skips append_tokens_kernel when this launch appends the tokens: an early return here
+  // would drop them, so a shape without compression rows is an error, not a no-op (N / s + nseq rows:
+  // never 0 with a sequence).
+  if (a.cmp_rows == 0 || a.nsa.heads_kv == 0)
+    return FSA_ERROR(StatusCode::kInternal, "decode compression: no compression rows or kv heads in the plan");
   if (!compress_append_supported(p))
     return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_append_supported)");
   CompressAppendParams q = p;
   q.row_ctas = std::min<long long>(a.cmp_rows, std::max(1LL, kWaveCtas / (2LL * a.nsa.heads_kv)));
-  q.token_slices = append_tokens ? append_head_slices(a.batch.tokens, a.nsa.heads_q + a.nsa.heads_kv) : 0;
+  // The token CTAs at this kernel's occupancy (256 threads, three CTAs a SM): about a wave of them
+  // and at least 8 heads a CTA, where append_tokens_kernel's 128-thread CTAs (about ten a SM) aim
+  // at 2048 with 4; its split would give this launch several waves of token CTAs (1088 at 64 new
+  // tokens, G 16), each paying the token's lookups and RoPE angles.
+  q.token_slices =
+      append_tokens ? append_head_slices(a.batch.tokens, a.nsa.heads_q + a.nsa.heads_kv, 8, kWaveCtas) : 0;
   const long long ctas = q.row_ctas * a.nsa.heads_kv * 2 + a.batch.tokens * q.token_slices;
   if (ctas > 0x7fffffffLL)
     return FSA_ERROR(StatusCode::kNotImplemented,

@@ -116,7 +116,10 @@ __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const __grid_con
 // The selected branch's merge and the gated combination in one launch (FSA_DECODE_MERGE_COMBINE=1):
 // per row, o_slc merged from its splits (rounded and stored as merge_splits_kernel does; read back
 // when the branch ran in one split), then o = g_cmp o_cmp + g_slc o_slc + g_swa o_swa in fp32 from
-// the rounded branch outputs by the combine's own gated_sum, so the two routes agree bit for bit.
+// the rounded branch outputs by the combine's own gated_sum, so the two routes agree bit for bit
+// on every row of the batch. Rows of q past cu_seqlens[nseq] (no sequence's: a caller error the
+// GPU does not check) are not written here, where combine_forward writes them from whatever the
+// branches left there.
 template <class Element>
 __global__ void __launch_bounds__(kThreads) merge_combine_kernel(const __grid_constant__ AttnParams p,
                                                                  const __grid_constant__ CombineRows c, int dim_v) {

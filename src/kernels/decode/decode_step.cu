@@ -36,6 +36,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <initializer_list>
@@ -53,6 +54,14 @@
 #include "kernels/decode/decode_tiling.hpp"
 
 namespace fsa::cuda {
+
+namespace decode {
+namespace {
+std::atomic<long long> quarter_launches{0};
+}  // namespace
+void note_quarter_launch() { quarter_launches.fetch_add(1, std::memory_order_relaxed); }
+long long quarter_kernel_launches() { return quarter_launches.load(std::memory_order_relaxed); }
+}  // namespace decode
 
 namespace {
 
@@ -377,10 +386,16 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
                 const Workspace& workspace, const NsaInferenceShape& s) {
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
   const DeviceGuard guard(in.q.device.index);
-  std::string quarter_kernel;  // read by plan_of, as the forced splits; a bad value stops the call here
+  // Every switch is read here, before anything is written into the cache, so that a bad value
+  // stops the call with the cache as it was (the quarter kernel's and the forced splits are read
+  // again by plan_of).
+  std::string quarter_kernel;
   FSA_RETURN_IF_ERROR(fsa::detail::env_decode_quarter_kernel(&quarter_kernel));
   long long forced_splits = 0;
   FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_splits(&forced_splits));
+  bool one_launch = false, merge_combine = false;
+  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_compress_append, &one_launch));
+  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_merge_combine, &merge_combine));
   const StepPlan plan = plan_of(c, s);
   int attn_stages = 1;
   bool stages_forced = false;
@@ -445,8 +460,6 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   // A decode step's few windows in one launch (compress_append_kernel; an nsa_decode call's new
   // tokens appended in it too, since none of its sequences brings more than kMaxDecodeTokens) or in
   // the staged route's four (decode_compress.cu); a longer call's in the training's compression.
-  bool one_launch = false;
-  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_compress_append, &one_launch));
   const decode::CompressAppendParams ca{ap, compress_weights(c, in)};
   const decode::CompressWindowsParams cw = compress_windows_params(c, in, s, w, plan);
   const bool decode_step = decode::fuses_selection(s.tokens, s.num_seqs);
@@ -605,8 +618,6 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
   // ---- 5, 6 ----
-  bool merge_combine = false;
-  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_merge_combine, &merge_combine));
   if (!merge_combine) {
     FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}));
     return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);

@@ -91,11 +91,17 @@ __global__ void __launch_bounds__(kThreads) finalize_topk_kernel(const __grid_co
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const long long pair_index = static_cast<long long>(blockIdx.x) * kWarps + warp;  // (kv head, token)
   const BatchInfo& batch = p.batch;
-  if (pair_index >= batch.tokens * p.nsa.heads_kv) return;
+  if (pair_index >= batch.tokens * p.nsa.heads_kv) {
+    common::before_early_exit();
+    return;
+  }
   const int g = static_cast<int>(pair_index / batch.tokens);
   const long long token = pair_index % batch.tokens;
   const int b = seq_of_row(batch.cu_seqlens, batch.cu_stride, batch.num_seqs, token);
-  if (b < 0) return;
+  if (b < 0) {
+    common::before_early_exit();
+    return;
+  }
   const SeqInfo seq = seq_info(batch, b);
   const int K = p.nsa.topk, I = p.nsa.init_blocks, L = p.nsa.local_blocks;
   const int bq = static_cast<int>((seq.cached + token - seq.row0) / p.nsa.block_size);

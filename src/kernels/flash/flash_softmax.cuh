@@ -45,22 +45,37 @@ __device__ __forceinline__ bool online_softmax_scores(float (&s)[kKeys / 8][4], 
     }
   float base[2];
   bool moved = false;
+  if constexpr (kLazy) {
+    // A row's maximum moves only past its reference + kLazyRescaleLog2, which no lane's own scores
+    // reach in most tiles of a long list: the quad's maximum (two shuffles a row) is taken only
+    // when some lane of the warp sees such a score (a vote), and then decides as before, so the
+    // reference and the probabilities are the same bits as with the quad's maximum every tile.
+    bool past = false;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-    if constexpr (kLazy) {
-      // top -inf (nothing visible yet) is not above a max of -inf: the row keeps it; a first finite
-      // top always moves it (correction 2^-inf = 0 of sums and outputs that are 0).
-      const float top = tile_max[h] * scale_log2;
-      correction[h] = 1.0f;
-      if (top > row_max[h] + kLazyRescaleLog2) {
-        correction[h] = fast_exp2(row_max[h] - top);
-        row_max[h] = top;
-        moved = true;
+    for (int h = 0; h < 2; ++h) past |= tile_max[h] * scale_log2 > row_max[h] + kLazyRescaleLog2;
+    correction[0] = correction[1] = 1.0f;
+    if (__any_sync(0xffffffffu, past)) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        // top -inf (nothing visible yet) is not above a max of -inf: the row keeps it; a first
+        // finite top always moves it (correction 2^-inf = 0 of sums and outputs that are 0).
+        const float top = tile_max[h] * scale_log2;
+        if (top > row_max[h] + kLazyRescaleLog2) {
+          correction[h] = fast_exp2(row_max[h] - top);
+          row_max[h] = top;
+          moved = true;
+        }
       }
-      base[h] = row_max[h] == -INFINITY ? 0.0f : row_max[h];
-    } else {
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) base[h] = row_max[h] == -INFINITY ? 0.0f : row_max[h];
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
       const float new_max = fmaxf(row_max[h], tile_max[h] * scale_log2);
       // A row that has seen no key yet keeps max -inf: nothing to rescale (its sums are 0), and its
       // masked scores (-inf) must give 0, not exp(-inf + inf).
@@ -80,11 +95,22 @@ __device__ __forceinline__ bool online_softmax_scores(float (&s)[kKeys / 8][4], 
     }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 1);
-    tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 2);
+    if constexpr (!kLazy) {  // kLazy: the thread's own columns' sum, summed over the quad at the end
+      tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 1);
+      tile_sum[h] += __shfl_xor_sync(0xffffffffu, tile_sum[h], 2);
+    }
     row_sum[h] = row_sum[h] * correction[h] + tile_sum[h];
   }
   return moved;
+}
+
+// The row sums a lazy online softmax kept per thread (its columns), summed over the row's quad.
+__device__ __forceinline__ void quad_row_sums(float (&row_sum)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+  }
 }
 
 // Rows group / group + 8 of C fragments times correction[0] / [1].
@@ -111,7 +137,8 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[kKeys / 8][4], fl
 
 // online_softmax_scores with the lazy maximum, then the output accumulators rescaled only where a
 // row of the warp moved its maximum (a vote: the 2 x kAccCols / 8 multiplies and their wait on the
-// correction's ex2 leave the tile's chain).
+// correction's ex2 leave the tile's chain). row_sum is each thread's sum over its own columns (no
+// shuffles a tile): quad_row_sums gives the rows' sums after the last tile.
 template <bool kMasked, int kKeys, int kAccCols, class Visible>
 __device__ __forceinline__ void online_softmax_tile_lazy(float (&s)[kKeys / 8][4], float (&acc)[kAccCols / 8][4],
                                                          float (&row_max)[2], float (&row_sum)[2], float scale_log2,
