@@ -10,7 +10,7 @@
 #
 # A BUILD is a prefix, or PREFIX@VAR=VALUE[@VAR=VALUE...] to run that build with environment
 # switches set (routes the library keeps behind a switch, e.g. main@FSA_DECODE_QUARTER_KERNEL=1 or
-# main@FSA_DECODE_QUARTER_KERNEL=1@FSA_DECODE_COMPRESS_APPEND=1); its rows carry the whole name.
+# main@FSA_DECODE_QUARTER_KERNEL=1@FSA_DECODE_ATTN_SPLITS=3); its rows carry the whole name.
 #
 # FSA_COMMIT names the commit in the caption (the device's tree has no .git); each build's rows
 # carry its prefix. FSA_DECODE_CONFIGS replaces the shapes (fsa bench decode --config names).

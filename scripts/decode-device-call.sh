@@ -14,9 +14,9 @@
 #   2. timing: scripts/bench-decode-alternated.sh over every BUILD, FSA_DECODE_ROUNDS rounds (2),
 #      into OUTDIR/<device>-decode-alternated-<commit>.csv;
 #   3. memcheck (compute-sanitizer) of some of the first prefix's decode tests
-#      (FSA_DECODE_MEMCHECK_FILTER; default the graph replay, and the tests of the routes behind
-#      switches, which set them themselves: the several-windows steps, the key-quarter kernel, the
-#      merge and combination in one launch);
+#      (FSA_DECODE_MEMCHECK_FILTER; default the graph replay, the several-windows steps (the
+#      one-launch compression), the key-quarter kernel and the merge and combination in one launch
+#      with forced splits);
 #   4. profile: scripts/profile-decode-kernels.sh over every BUILD (skipped with FSA_DECODE_PROFILE=0).
 # A step that fails is reported and the next one still runs; the exit status is 1 if any failed.
 set -uo pipefail

@@ -49,8 +49,8 @@ const char* version();
 Status cpu_threads(int* threads);
 
 // Every environment variable the library reads, checked at once: FSA_NUM_THREADS (above),
-// FSA_DISABLE_WGMMA (0 or 1), FSA_DECODE_SELECT (fused or two-pass), the decode switches
-// FSA_DECODE_QUARTER_KERNEL, FSA_DECODE_COMPRESS_APPEND and FSA_DECODE_MERGE_COMBINE (0 or 1), and
+// FSA_DISABLE_WGMMA (0 or 1), FSA_DECODE_SELECT (fused or two-pass), FSA_DECODE_QUARTER_KERNEL (0
+// or 1), and
 // the integer switches FSA_PREFILL_LONG_CHUNK_MIN_TOKENS, FSA_SLC_MIN_CHUNK_TOKENS,
 // FSA_COMPRESS_K_SPLITS, FSA_DECODE_ATTN_STAGES and FSA_DECODE_ATTN_SPLITS (docs/architecture.md).
 // The first bad one is an error naming it. The ops themselves refuse a bad decode switch or

@@ -55,8 +55,6 @@ Status check_environment() {
   FSA_RETURN_IF_ERROR(detail::env_disable_wgmma(&word));
   FSA_RETURN_IF_ERROR(detail::env_decode_select(&word));
   FSA_RETURN_IF_ERROR(detail::env_decode_quarter_kernel(&word));
-  FSA_RETURN_IF_ERROR(detail::env_decode_compress_append(&word));
-  FSA_RETURN_IF_ERROR(detail::env_decode_merge_combine(&word));
   long long number = 0;
   FSA_RETURN_IF_ERROR(detail::env_prefill_long_chunk_min_tokens(&number));
   FSA_RETURN_IF_ERROR(detail::env_slc_min_chunk_tokens(&number));

@@ -33,20 +33,10 @@ inline Status env_slc_min_chunk_tokens(long long* tokens) {
 inline Status env_compress_k_splits(long long* splits) {
   return env_integer("FSA_COMPRESS_K_SPLITS", 1, 1 << 16, splits);
 }
-// The key-quarter decode kernel (decode_attn_kernel.cuh, kQuarters): 0 (default until it is
-// measured on a GPU) or 1.
+// The key-quarter decode kernel (decode_attn_kernel.cuh, kQuarters): 0 (default: measured slower at
+// the decode targets' q_len 1 shapes on an H100, docs/kernels/decode.md) or 1.
 inline Status env_decode_quarter_kernel(std::string* value) {
   return env_choice("FSA_DECODE_QUARTER_KERNEL", {"0", "1"}, value);
-}
-// A decode step's compression and append in one launch (decode_compress.cu, compress_append_kernel):
-// 0 (default until it is measured on a GPU: the staged route's four launches) or 1.
-inline Status env_decode_compress_append(std::string* value) {
-  return env_choice("FSA_DECODE_COMPRESS_APPEND", {"0", "1"}, value);
-}
-// A decode step's selected-branch merge and gated combination in one launch (decode_merge.cu,
-// merge_combine_kernel): 0 (default until it is measured on a GPU) or 1.
-inline Status env_decode_merge_combine(std::string* value) {
-  return env_choice("FSA_DECODE_MERGE_COMBINE", {"0", "1"}, value);
 }
 // The decode attention's splits of the context, every branch (1..64, at most a branch's key tiles;
 // default: the plan's, one wave of CTAs), for measuring the split count.

@@ -73,16 +73,12 @@ TEST(EnvValue, ReadersWithoutAStatusFallBack) {
 TEST(EnvValue, CheckEnvironmentNamesEachSwitch) {
   for (const char* name : {"FSA_NUM_THREADS", "FSA_DISABLE_WGMMA", "FSA_DECODE_SELECT",
                            "FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", "FSA_SLC_MIN_CHUNK_TOKENS", "FSA_COMPRESS_K_SPLITS",
-                           "FSA_DECODE_ATTN_STAGES", "FSA_DECODE_QUARTER_KERNEL",
-                           "FSA_DECODE_COMPRESS_APPEND", "FSA_DECODE_ATTN_SPLITS",
-                           "FSA_DECODE_MERGE_COMBINE"})
+                           "FSA_DECODE_ATTN_STAGES", "FSA_DECODE_QUARTER_KERNEL", "FSA_DECODE_ATTN_SPLITS"})
     ::unsetenv(name);
   FSA_EXPECT_OK(check_environment());
   for (const char* name : {"FSA_NUM_THREADS", "FSA_DISABLE_WGMMA", "FSA_DECODE_SELECT",
                            "FSA_PREFILL_LONG_CHUNK_MIN_TOKENS", "FSA_SLC_MIN_CHUNK_TOKENS", "FSA_COMPRESS_K_SPLITS",
-                           "FSA_DECODE_ATTN_STAGES", "FSA_DECODE_QUARTER_KERNEL",
-                           "FSA_DECODE_COMPRESS_APPEND", "FSA_DECODE_ATTN_SPLITS",
-                           "FSA_DECODE_MERGE_COMBINE"}) {
+                           "FSA_DECODE_ATTN_STAGES", "FSA_DECODE_QUARTER_KERNEL", "FSA_DECODE_ATTN_SPLITS"}) {
     const ScopedEnv e(name, "bogus");
     const Status s = check_environment();
     EXPECT_FALSE(s.is_ok()) << name;

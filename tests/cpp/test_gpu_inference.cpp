@@ -27,7 +27,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -826,114 +825,35 @@ std::vector<CacheCase> several_windows_cases() {
   return {c, mean, chunk};
 }
 
-// Both compression routes of a decode step against the reference on those steps: the staged one
-// (the default) and the one launch (FSA_DECODE_COMPRESS_APPEND=1, with the new tokens' append in it
-// for nsa_decode), whose CTAs take several rows in turn and whose scan threads take several
-// sequences at 300 sequences.
+// A decode step's one-launch compression (compress_append_kernel, with the new tokens' append in it
+// for nsa_decode) against the reference on those steps: its CTAs take several rows in turn and its
+// scan threads several sequences at 300 sequences.
 TEST_F(Gpu, InferenceDecodeSeveralWindowsAStep) {
-  for (const char* route : {"0", "1"}) {
-    SCOPED_TRACE(std::string("FSA_DECODE_COMPRESS_APPEND=") + route);
-    ::setenv("FSA_DECODE_COMPRESS_APPEND", route, 1);
-    std::uint64_t salt = 600;
-    for (const CacheCase& c : several_windows_cases()) check_case(c, ++salt);
-  }
-  ::unsetenv("FSA_DECODE_COMPRESS_APPEND");
+  std::uint64_t salt = 600;
+  for (const CacheCase& c : several_windows_cases()) check_case(c, ++salt);
 }
 
-// The GPU alone over a case's steps with the environment switch `name` set to `value`: every step's
-// outputs and the pools after the last, in the case's dtype. The same salt gives the same inputs.
-struct GpuRun {
-  std::vector<StepOut> steps;
-  std::vector<HostTensor> pools;
-};
-GpuRun run_gpu_with(const CacheCase& c, std::uint64_t salt, const char* name, const char* value) {
-  ::setenv(name, value, 1);
-  auto rng = rng_for_test(salt);
-  const Params params = make_params(c, rng);
-  CacheState cpu = make_cache(c, rng);
-  if (std::accumulate(c.cached.begin(), c.cached.end(), std::int64_t{0}) > 0)
-    run_cpu(c, params.to(DType::kFloat32), make_chunk(c, c.cached, rng).to(DType::kFloat32), cpu);
-  round_pools(cpu, c.dtype);
-  DeviceCache gpu(cpu, c.dtype, c.head_major);
-  GpuRun run;
-  for (const auto& lengths : c.steps) run.steps.push_back(run_gpu(c, params, make_chunk(c, lengths, rng), gpu));
-  for (const DeviceTensor* t : {gpu.k_pages.get(), gpu.v_pages.get(), gpu.k_cmp_pages.get(), gpu.v_cmp_pages.get(),
-                                gpu.k_tail.get()})
-    run.pools.push_back(t->download());
-  ::unsetenv(name);
-  return run;
-}
-
-bool same_bits(const HostTensor& a, const HostTensor& b) {
-  return a.dtype() == b.dtype() && a.numel() == b.numel() &&
-         std::memcmp(a.view().data, b.view().data, static_cast<std::size_t>(a.numel()) * dtype_size(a.dtype())) == 0;
-}
-
-// The case's steps with switch `name` at 0 and at 1: every output of every step and every pool row
-// the same bits.
-void expect_switch_changes_no_bit(const CacheCase& c, std::uint64_t salt, const char* name) {
-  const GpuRun off = run_gpu_with(c, salt, name, "0"), on = run_gpu_with(c, salt, name, "1");
-  const std::string what = describe(c) + " " + name;
-  const char* pools[] = {"k_pages", "v_pages", "k_cmp_pages", "v_cmp_pages", "k_tail"};
-  for (std::size_t i = 0; i < off.pools.size(); ++i)
-    EXPECT_TRUE(same_bits(off.pools[i], on.pools[i])) << what << ": " << pools[i];
-  const char* outputs[] = {"o", "o_cmp", "o_slc", "o_swa", "topk"};
-  for (std::size_t step = 0; step < off.steps.size(); ++step) {
-    StepOut a = off.steps[step], b = on.steps[step];
-    for (std::size_t i = 0; i < a.all().size(); ++i)
-      EXPECT_TRUE(same_bits(*a.all()[i], *b.all()[i])) << what << " step " << step << ": " << outputs[i];
-  }
-}
-
-// The one-launch compression computes what the staged route does, bit for bit: the same products,
-// order and roundings (compress_window, rotate_heads, append_token_heads), so every output of every
-// step and every pool row (the compressed pages, the pages and ring rows of the new tokens, which an
-// nsa_decode call appends in the same launch, and the rows neither route may touch) are the same
-// bits; decode steps and short prefill chunks.
-TEST_F(Gpu, InferenceDecodeCompressionRoutesAgreeBitForBit) {
-  std::vector<CacheCase> cases = several_windows_cases();
-  cases.push_back(decode_case(32, 2, 128, 128));
-  std::uint64_t salt = 620;
-  for (const CacheCase& c : cases) expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_COMPRESS_APPEND");
-}
-
-// The selected branch's merge and the combination in one launch (FSA_DECODE_MERGE_COMBINE=1)
-// computes what the merge and combine_forward do, bit for bit: G 16 and G 4 (the selected branch in
-// the plan's splits), in one split (FSA_DECODE_ATTN_SPLITS=1: o_slc read back, not merged) and in
-// four whatever the device (so that the merge surely runs), with the key-quarter kernel (splits
-// past a large tile's own count: empty statistics), shared gates in fp16, D 64 (half the lanes
-// without columns) and 256 (two column passes).
-TEST_F(Gpu, InferenceDecodeMergeCombineAgreesBitForBit) {
+// The selected branch's merge and the combination in one launch (merge_combine_kernel) against the
+// reference: in one split (FSA_DECODE_ATTN_SPLITS=1: o_slc read back, not merged) and in four
+// whatever the device (so that the merge surely runs), with the key-quarter kernel too (splits past
+// a large tile's own count: empty statistics); shared gates in fp16, D 64 (half the lanes without
+// columns) and 256 (two column passes). (Before it replaced merge_splits_kernel and combine_forward
+// for the selected branch, a GPU test found the two routes the same bits on these cases.)
+TEST_F(Gpu, InferenceDecodeMergeCombine) {
   CacheCase shared = decode_case(8, 2, 128, 128);
   shared.dtype = DType::kFloat16;
   shared.config.gate_mode = GateMode::kShared;
   std::uint64_t salt = 640;
-  for (const CacheCase& c : {decode_case(32, 2, 128, 128), decode_case(8, 2, 128, 128), shared,
-                             decode_case(8, 2, 64, 64), decode_case(8, 2, 256, 256)})
-    expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_MERGE_COMBINE");
-  for (const char* splits : {"1", "4"}) {
-    SCOPED_TRACE(std::string("FSA_DECODE_ATTN_SPLITS=") + splits);
-    ::setenv("FSA_DECODE_ATTN_SPLITS", splits, 1);
-    expect_switch_changes_no_bit(decode_case(32, 2, 128, 128), ++salt, "FSA_DECODE_MERGE_COMBINE");
-  }
+  for (const CacheCase& c : {shared, decode_case(8, 2, 64, 64), decode_case(8, 2, 256, 256)}) check_case(c, ++salt);
+  for (const char* quarter : {"0", "1"})
+    for (const char* splits : {"1", "4"}) {
+      SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=") + quarter + " FSA_DECODE_ATTN_SPLITS=" + splits);
+      ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
+      ::setenv("FSA_DECODE_ATTN_SPLITS", splits, 1);
+      check_case(decode_case(32, 2, 128, 128), ++salt);
+    }
   ::unsetenv("FSA_DECODE_ATTN_SPLITS");
-  ::setenv("FSA_DECODE_QUARTER_KERNEL", "1", 1);
-  for (const CacheCase& c : {decode_case(32, 2, 128, 128), decode_case(8, 2, 128, 128)})
-    expect_switch_changes_no_bit(c, ++salt, "FSA_DECODE_MERGE_COMBINE");
   ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
-}
-
-// The merge and combination in one launch against the reference (with the key-quarter kernel too).
-TEST_F(Gpu, InferenceDecodeMergeCombine) {
-  ::setenv("FSA_DECODE_MERGE_COMBINE", "1", 1);
-  std::uint64_t salt = 660;
-  for (const char* quarter : {"0", "1"}) {
-    SCOPED_TRACE(std::string("FSA_DECODE_MERGE_COMBINE=1 FSA_DECODE_QUARTER_KERNEL=") + quarter);
-    ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
-    check_group_sizes(salt);
-  }
-  ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
-  ::unsetenv("FSA_DECODE_MERGE_COMBINE");
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the

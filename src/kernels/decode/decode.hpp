@@ -13,8 +13,8 @@ namespace fsa::cuda::decode {
 
 // ---- decode_append.cu ----
 // The staging offsets (cu_stage, cu_cmp_stage) and the staged pre-RoPE windows of a call whose
-// compression reads them (compress_forward, launch_compress_windows): reads the old key tail, so
-// it runs before launch_append_tokens overwrites it.
+// compression reads them (compress_forward: calls longer than a decode step): reads the old key
+// tail, so it runs before launch_append_tokens overwrites it.
 Status launch_stage_windows(const AppendParams& p, DType dtype, cudaStream_t stream);
 // The compressed tokens (k_cmp_new / v_cmp_new, compressed from the staged windows) rotated at i*s
 // and written into the compressed pools.
@@ -27,19 +27,17 @@ Status launch_append_tokens(const AppendParams& p, DType dtype, cudaStream_t str
 int append_head_slices(long long tokens, int heads, int min_heads = 4, long long target_ctas = 2048);
 
 // ---- decode_compress.cu ----
-// A decode step's compression of the staged windows into k_cmp_new / v_cmp_new (longer calls use
-// the training's compress_forward); launch_append_compressed then writes them into the pools.
-Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream);
 // A decode step's new compressed tokens, compressed from the windows where they are (key tail,
-// value pages, chunk), k~ rotated at i*s, into the compressed pools: one launch in place of
-// launch_stage_windows, launch_compress_windows and launch_append_compressed. It reads the old key
+// value pages, chunk), k~ rotated at i*s, into the compressed pools, in one launch (longer calls
+// stage the windows and run the training's compress_forward, then launch_append_compressed). It
+// reads the old key
 // tail: with append_tokens the same launch does launch_append_tokens' work (only where no sequence
 // brings more than kMaxDecodeTokens tokens, an nsa_decode call: those overwrite no ring row a
 // window reads); without, launch_append_tokens follows it.
 Status launch_compress_append(const CompressAppendParams& p, bool append_tokens, DType dtype, cudaStream_t stream);
-// Whether the two take these params: head dims multiples of 8 up to 256, weights 16-byte aligned
-// with strides multiples of 8 elements, the window within the shared memory bound.
-bool compress_windows_supported(const CompressWindowsParams& p);
+// Whether it takes these params: head dims multiples of 8 up to 256, weights 16-byte aligned with
+// strides multiples of 8 elements, the window within the shared memory bound (else the call takes
+// the longer calls' route).
 bool compress_append_supported(const CompressAppendParams& p);
 
 // ---- decode_gather.cu ----
@@ -58,7 +56,7 @@ long long quarter_kernel_launches();
 // o and lse of the launched branches that ran in several splits.
 Status launch_merge_splits(const AttnParams& p, DType dtype, int dim_v, cudaStream_t stream);
 // The selected branch's merge (when it ran in several splits) and the gated combination of the
-// three branches into o, in one launch (FSA_DECODE_MERGE_COMBINE=1): bit for bit what
+// three branches into o, in one launch: bit for bit what
 // launch_merge_splits and combine_forward compute.
 Status launch_merge_combine(const AttnParams& p, const CombineRows& c, DType dtype, int dim_v, cudaStream_t stream);
 

@@ -9,13 +9,11 @@
 // quarter's other keys are masked to 0 in the partials, and quarters past the token's visible keys
 // are not read.
 //
-// The quarters are summed over the heads first, a thread per quarter for all the blocks it meets
-// (their values contiguous in the partials, the quarters of a warp consecutive), each head's factor
-// computed once for them; then each block adds its one or two quarters' sums. A thread per block
-// walking the heads and quarters in turn (each step three dependent global loads) took 30.0 us of
-// a decode step's kernels at 16 x 128K, G 16, q_len 1 on an H100 (each kernel alone); a thread per
-// (quarter, block), which loaded each quarter's maximum and computed its factor once per block,
-// 22.8.
+// The quarters are summed over the heads first, per (quarter, block of the quarter), by a thread
+// each, with the heads' loads independent and the (quarter, block) pairs of a warp contiguous in
+// the partials; then each block adds its one or two quarters' sums. A thread per block walking the
+// heads and quarters in turn (each step three dependent global loads) took 30.0 us of a decode
+// step's kernels at 16 x 128K, G 16, q_len 1 on an H100 (each kernel alone); this takes 22.8.
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -37,12 +35,8 @@ constexpr int kThreads = 256;
 // Per-(quarter, block) head sums staged at a time: the range's quarters are summed in chunks of
 // kStageFloats / quarter_blocks quarters (409 at l 32, s 16, B 64: a range of 1636 blocks).
 constexpr int kStageFloats = 2048;
-// Heads whose loads a thread keeps in flight at once (each a quarter's maximum and its blocks'
-// values).
-constexpr int kHeadBatch = 2;
-// A key quarter's blocks a thread sums (quarter_blocks: 5 at l 32, s 16, B 64; a quarter of more
-// blocks takes several threads).
-constexpr int kQuarterBlocksEach = 5;
+// Heads whose loads a thread keeps in flight at once.
+constexpr int kHeadBatch = 8;
 
 __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_constant__ SelectParams p) {
   // The range's blocks (range_capacity), the staged sums (kStageFloats), the heads' lse log2 e.
@@ -74,7 +68,6 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
   float* stage_s = score_s + p.range_capacity;
   float* lse_log2_s = stage_s + kStageFloats;
   const int chunk_quarters = kStageFloats / QB;
-  const int block_chunks = (QB + kQuarterBlocksEach - 1) / kQuarterBlocksEach;  // threads a quarter
   const long long row0 = token * p.nsa.heads_q + static_cast<long long>(g) * G;  // the group's first partial row
   common::await_prior_grids();  // the lookups above read caller inputs only; the partials are the step's
 
@@ -85,42 +78,27 @@ __global__ void __launch_bounds__(kThreads) block_scores_kernel(const __grid_con
 
   for (long long ua = u_first; ua <= u_last; ua += chunk_quarters) {
     const int chunk = static_cast<int>(min(static_cast<long long>(chunk_quarters), u_last + 1 - ua));
-    // Sum over the heads of quarter ua + uu's partials of its QB blocks, a thread per quarter (and
-    // run of kQuarterBlocksEach blocks, one run at the defaults): the quarter's factor
-    // 2^(M - lse log2 e) and its maximum's load once per head for the run's blocks, whose values are
-    // contiguous (a thread per (quarter, block) loaded and computed them QB times). Each block's
-    // sum is the same chain as before: heads in order, zero values skipped.
-    for (int item = threadIdx.x; item < chunk * block_chunks; item += kThreads) {
-      const int uu = item / block_chunks, jq0 = item % block_chunks * kQuarterBlocksEach;
-      const long long u = ua + uu;
-      float sum[kQuarterBlocksEach];
-#pragma unroll
-      for (int jj = 0; jj < kQuarterBlocksEach; ++jj) sum[jj] = 0.0f;
+    // Sum over the heads of quarter ua + uu's partial of its block jq, for every (uu, jq).
+    for (int item = threadIdx.x; item < chunk * QB; item += kThreads) {
+      const long long u = ua + item / QB;
+      const int jq = item % QB;
+      float sum = 0.0f;
       for (int h0 = 0; h0 < heads; h0 += kHeadBatch) {
-        float value[kHeadBatch][kQuarterBlocksEach], factor[kHeadBatch];
+        float value[kHeadBatch], top[kHeadBatch];
 #pragma unroll
         for (int i = 0; i < kHeadBatch; ++i) {
           const long long at = (row0 + h0 + i) * quarters + u;
           const bool used = h0 + i < heads;
-          const std::uint16_t* values = p.partials.values + at * QB + jq0;
-#pragma unroll
-          for (int jj = 0; jj < kQuarterBlocksEach; ++jj)
-            value[i][jj] = used && jq0 + jj < QB ? __half2float(__ushort_as_half(values[jj])) : 0.0f;
-          factor[i] = used ? p.partials.quarter_max[at] : 0.0f;
+          value[i] = used ? __half2float(__ushort_as_half(p.partials.values[at * QB + jq])) : 0.0f;
+          top[i] = used ? p.partials.quarter_max[at] : 0.0f;
         }
 #pragma unroll
-        for (int i = 0; i < kHeadBatch; ++i) {
+        for (int i = 0; i < kHeadBatch; ++i)
           // A row's maximum never exceeds its lse (log2 e lse = M + log2 sum, sum >= 1); a quarter
           // whose maximum is the row's partial one (key-quarter layout) is at most the row's too.
-          if (h0 + i < heads) factor[i] = exp2f(factor[i] - lse_log2_s[h0 + i]);
-#pragma unroll
-          for (int jj = 0; jj < kQuarterBlocksEach; ++jj)
-            if (value[i][jj] != 0.0f) sum[jj] += value[i][jj] * factor[i];
-        }
+          if (value[i] != 0.0f) sum += value[i] * exp2f(top[i] - lse_log2_s[h0 + i]);
       }
-#pragma unroll
-      for (int jj = 0; jj < kQuarterBlocksEach; ++jj)
-        if (jq0 + jj < QB) stage_s[uu * QB + jq0 + jj] = sum[jj];
+      stage_s[item] = sum;
     }
     __syncthreads();
     // Each block adds the sums of its quarters in this chunk, in quarter order (in 32 bits and units

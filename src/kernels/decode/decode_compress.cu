@@ -1,25 +1,21 @@
 // A decode step's compression: the windows the step completes, compressed and written into the
-// compressed pools (k~ rotated at i*s). Two routes, chosen by FSA_DECODE_COMPRESS_APPEND until the
-// one-launch route is measured on a GPU (docs/kernels/decode.md):
-//
-//   - staged (default): launch_stage_windows copies the windows' pre-RoPE rows into the workspace,
-//     compress_windows_kernel compresses them into k_cmp_new / v_cmp_new, launch_append_compressed
-//     rotates and writes them (four launches with the staging offsets);
-//   - one launch (=1): compress_append_kernel reads each window where it is (the key tail and the
-//     value pages before the cached length P, the chunk after it: window_row, decode_append.cuh),
-//     compresses it and writes it into the pools.
+// compressed pools (k~ rotated at i*s) by one launch, compress_append_kernel, which reads each window
+// where it is (the key tail and the value pages before the cached length P, the chunk after it:
+// window_row, decode_append.cuh), compresses it and writes it into the pools; an nsa_decode call's
+// new tokens are appended by the same launch. Longer calls stage the windows and run the training's
+// compression (decode_step.cu).
 //
 // Why not the training's compression: its split-K GEMM is five or six launches a tensor pair
 // (positional-embedding vector, partial sums, linear and reduce for k and for v), and a decode step
 // launches them every step although at most one window a sequence and kv head completes, and none
 // in most steps (15 of 16 at s 16, q_len 1): 2.5-3.6 us each on an H100 for nothing. Here a CTA per
 // (new compressed row, kv head, k or v) computes its row, and exits at once when the step completes
-// none; the staged route's four launches still cost 3.8 + 3.1 + 2.8 + 2.8 us at 16 x 128K on an
-// H100, all no-ops in those steps, which the one-launch route folds into one. A row is the window's
-// l x D inputs (plus the positional embedding for k) times the head's [l D, D] weight, or their
-// mean: the reference's compress_forward, accumulated in fp32, rounded once to the element type
-// (compress_window, shared by both routes, so they agree bit for bit); k~ is then rotated from that
-// rounded value.
+// none. The staged route it replaced (staging offsets, staged windows, their compression, the
+// compressed append: 3.8 + 3.1 + 2.8 + 2.8 us at 16 x 128K on an H100, all no-ops in those steps)
+// measured 2-4% slower a step with the token append apart (docs/kernels/decode.md). A row is the
+// window's l x D inputs (plus the positional embedding for k) times the head's [l D, D] weight, or
+// their mean: the reference's compress_forward, accumulated in fp32, rounded once to the element
+// type (compress_window); k~ is then rotated from that rounded value.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -97,36 +93,6 @@ __device__ __forceinline__ void compress_window(const float* window_s, float* pa
     for (int k = 0; k < slices; ++k) acc += partial_s[k * D + e];
     y[e] = C::from_float(acc);
   }
-}
-
-// The staged route: CTA (staged compressed row r, kv head g, tensor) compresses window r of the
-// staged rows into y.
-template <class Element>
-__global__ void __launch_bounds__(kThreads) compress_windows_kernel(const __grid_constant__ CompressWindowsParams p) {
-  common::await_prior_grids();  // before any global access: launched by launch_dependent
-  using C = common::Convert<Element>;
-  extern __shared__ float window_s[];  // [l D] inputs, then [slices, D] partial sums
-  const int tensor = blockIdx.z, g = blockIdx.y;
-  const long long r = blockIdx.x;  // staged compressed row
-  const int total = p.cu_cmp_stage[p.num_seqs];
-  if (r >= total) return;  // most steps: no window completes
-  const int b = seq_of_row(p.cu_cmp_stage, 1, p.num_seqs, r);
-  const int l = p.cmp_len, D = p.dim[tensor], heads = p.heads_kv;
-  const long long first_row = p.cu_stage[b] + (r - p.cu_cmp_stage[b]) * p.cmp_stride;
-  const auto* x = static_cast<const Element*>(p.x[tensor]);
-  const CompressWeights& w = p.weights;
-  const auto* pos_emb = tensor == 0 ? static_cast<const Element*>(w.pos_emb) : nullptr;
-  for (int i = threadIdx.x; i < l * D; i += kThreads) {
-    const int j = i / D, d = i % D;
-    float v = C::to_float(x[((first_row + j) * heads + g) * D + d]);
-    if (pos_emb != nullptr) v += C::to_float(pos_emb[g * w.pos_emb_head_stride + j * w.pos_emb_row_stride + d]);
-    window_s[i] = v;
-  }
-  __syncthreads();
-  const Element* weight = static_cast<const Element*>(w.weight[tensor]);
-  if (weight != nullptr) weight += g * w.weight_head_stride[tensor];
-  compress_window<Element>(window_s, window_s + l * D, weight, w.weight_row_stride[tensor], l, D,
-                           static_cast<Element*>(p.y[tensor]) + (r * heads + g) * D);
 }
 
 // Grid: row_ctas x Hkv x 2 CTAs, then tokens x token_slices. CTA x + row_ctas (g +
@@ -258,24 +224,9 @@ Status launch_compression(const char* name, dim3 grid, std::size_t smem, cudaStr
 
 }  // namespace
 
-bool compress_windows_supported(const CompressWindowsParams& p) {
-  return supported(p.weights, p.cmp_len, p.dim, p.cmp_rows);
-}
-
 bool compress_append_supported(const CompressAppendParams& p) {
   const AppendParams& a = p.append;
   return supported(p.weights, a.nsa.cmp_len, {a.dim_qk, a.dim_v}, a.cmp_rows);
-}
-
-Status launch_compress_windows(const CompressWindowsParams& p, DType dtype, cudaStream_t stream) {
-  if (p.num_seqs == 0 || p.cmp_rows == 0 || p.heads_kv == 0) return Status::ok();
-  if (!compress_windows_supported(p))
-    return FSA_ERROR(StatusCode::kInternal, "decode compression: unsupported shape (compress_windows_supported)");
-  const dim3 grid(static_cast<unsigned>(p.cmp_rows), p.heads_kv, 2);
-  const std::size_t smem = window_smem_bytes(p.cmp_len, p.dim[0], p.dim[1]);
-  return common::dispatch_dtype("nsa_decode", "k", dtype, [&]<class Element>() -> Status {
-    return launch_compression<&compress_windows_kernel<Element>>("compress_windows_kernel", grid, smem, stream, p);
-  });
 }
 
 Status launch_compress_append(const CompressAppendParams& p, bool append_tokens, DType dtype, cudaStream_t stream) {

@@ -102,20 +102,7 @@ struct CompressWeights {
 // window's l x D inputs with the head's weight, instead of the training's compression GEMM
 // launches (which a step that completes no window still pays for).
 //
-// The staged route: the windows staged by launch_stage_windows (AppendParams' rows and offsets)
-// compressed into k_cmp_new / v_cmp_new, which launch_append_compressed rotates into the pools.
-struct CompressWindowsParams {
-  const std::int32_t* cu_stage;      // [nseq + 1]
-  const std::int32_t* cu_cmp_stage;  // [nseq + 1]
-  int num_seqs, heads_kv, cmp_len, cmp_stride;
-  std::int64_t cmp_rows;  // grid x: the plan's bound of staged compressed rows
-  const void* x[2];       // k_stage, v_stage: [stage_rows, Hkv, D] contiguous
-  void* y[2];             // k_cmp_new, v_cmp_new: [cmp_rows, Hkv, D] contiguous
-  int dim[2];             // Dqk, Dv
-  CompressWeights weights;
-};
-
-// The one-launch route (FSA_DECODE_COMPRESS_APPEND=1): each CTA finds its row's sequence, reads the
+// Each CTA finds its row's sequence, reads the
 // window's pre-RoPE inputs where they are (window_row, decode_append.cuh: the key tail and the
 // value pages, then the chunk) and writes its row into the compressed pages (k~ rotated at i*s),
 // in place of the staging, the compression and the append; an nsa_decode call's launch appends its

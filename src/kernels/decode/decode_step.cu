@@ -2,11 +2,11 @@
 // new tokens to its paged cache and computes their outputs, in stream order:
 //
 //   1. compress the windows the chunk completes and write the new compressed tokens, keys rotated
-//      at i*s, into their pages: stage the pre-RoPE windows, compress them (a decode step in one
-//      launch, decode_compress.cu; a longer chunk in kernels/compress, unchanged) and append them
-//      (decode_append.cu); with FSA_DECODE_COMPRESS_APPEND=1 a decode step does all three in one
-//      launch (decode_compress.cu);
-//   2. rotate q (workspace) and k (pages), store v, update the key tail (after 1 read the old tail);
+//      at i*s, into their pages: a decode step in one launch that reads the windows where they are
+//      (decode_compress.cu); a longer chunk stages the pre-RoPE windows, compresses them in
+//      kernels/compress (unchanged) and appends them (decode_append.cu);
+//   2. rotate q (workspace) and k (pages), store v, update the key tail (after 1 read the old tail;
+//      an nsa_decode call's step 1 launch does this too);
 //   3. compressed attention over the compressed pages: o_cmp and lse_cmp (decode_attn_kernel.cuh,
 //      split over the context, decode_merge.cu);
 //   4. block selection: per-range top-K of block scores in shared memory, merged with the forced
@@ -15,8 +15,9 @@
 //      (decode_block_partials.cuh, decode_block_scores.cu: the fused route); a longer chunk
 //      recomputes them from q, the compressed keys and lse_cmp (decode_select_kernel.cuh), since
 //      its partials would grow with chunk x context;
-//   5. selected and sliding-window attention in one launch (decode_attn_kernel.cuh, merged);
-//   6. gated combination (kernels/combine).
+//   5. sliding-window attention in step 3's launch, selected attention after the selection
+//      (decode_attn_kernel.cuh);
+//   6. the selected branch's merge and the gated combination in one launch (decode_merge.cu).
 //
 // Long prefill chunks (long_chunk) run steps 3-5 in the training's kernels instead, with queries at
 // positions after the cached prefix: the compressed tokens and the window's keys gathered out of
@@ -122,16 +123,6 @@ static_assert(decode::kMaxSplits == 64, "FSA_DECODE_ATTN_SPLITS' range (env_valu
 int forced_attn_splits() {
   long long splits = 0;
   return fsa::detail::env_decode_attn_splits(&splits).is_ok() ? static_cast<int>(splits) : 0;
-}
-
-// Whether a 0 / 1 switch the decode step reads (env_value.hpp) is on; a bad value is the call's
-// error. FSA_DECODE_COMPRESS_APPEND (compress_append_kernel) and FSA_DECODE_MERGE_COMBINE
-// (merge_combine_kernel) are 0 by default until their routes are measured on a GPU.
-Status switch_on(Status (*read)(std::string*), bool* on) {
-  std::string value;
-  FSA_RETURN_IF_ERROR(read(&value));
-  *on = value == "1";
-  return Status::ok();
 }
 
 StepPlan plan_of(const NsaConfig& c, const NsaInferenceShape& s) {
@@ -359,43 +350,17 @@ decode::CompressWeights compress_weights(const NsaConfig& c, const NsaLayerInput
   return p;
 }
 
-// The staged route's compression of the windows launch_stage_windows staged.
-decode::CompressWindowsParams compress_windows_params(const NsaConfig& c, const NsaLayerInputs& in,
-                                                      const NsaInferenceShape& s, const StepWorkspace& w,
-                                                      const StepPlan& plan) {
-  decode::CompressWindowsParams p{};
-  p.cu_stage = w.cu_stage.ptr<const std::int32_t>();
-  p.cu_cmp_stage = w.cu_cmp_stage.ptr<const std::int32_t>();
-  p.num_seqs = s.num_seqs;
-  p.heads_kv = s.heads_kv;
-  p.cmp_len = c.cmp_len;
-  p.cmp_stride = c.cmp_stride;
-  p.cmp_rows = plan.cmp_rows;
-  p.x[0] = w.k_stage.data;
-  p.x[1] = w.v_stage.data;
-  p.y[0] = w.k_cmp_new.data;
-  p.y[1] = w.v_cmp_new.data;
-  p.dim[0] = static_cast<int>(s.head_dim_qk);
-  p.dim[1] = static_cast<int>(s.head_dim_v);
-  p.weights = compress_weights(c, in);
-  return p;
-}
-
 Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayerInputs& in, const NsaCache& cache,
                 const NsaCacheBatch& batch, const TensorView& o, const NsaInferenceBranches& br,
                 const Workspace& workspace, const NsaInferenceShape& s) {
   if (s.tokens == 0 || s.num_seqs == 0) return Status::ok();
   const DeviceGuard guard(in.q.device.index);
   // Every switch is read here, before anything is written into the cache, so that a bad value
-  // stops the call with the cache as it was (the quarter kernel's and the forced splits are read
-  // again by plan_of).
+  // stops the call with the cache as it was (plan_of reads them again).
   std::string quarter_kernel;
   FSA_RETURN_IF_ERROR(fsa::detail::env_decode_quarter_kernel(&quarter_kernel));
   long long forced_splits = 0;
   FSA_RETURN_IF_ERROR(fsa::detail::env_decode_attn_splits(&forced_splits));
-  bool one_launch = false, merge_combine = false;
-  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_compress_append, &one_launch));
-  FSA_RETURN_IF_ERROR(switch_on(fsa::detail::env_decode_merge_combine, &merge_combine));
   const StepPlan plan = plan_of(c, s);
   int attn_stages = 1;
   bool stages_forced = false;
@@ -458,25 +423,21 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   for (int i = 0; i < s.head_dim_qk / 2 && i < decode::AppendParams::kMaxPairs; ++i)
     ap.frequency[i] = rope_frequency(c.rope, i, s.head_dim_qk);
   // A decode step's few windows in one launch (compress_append_kernel; an nsa_decode call's new
-  // tokens appended in it too, since none of its sequences brings more than kMaxDecodeTokens) or in
-  // the staged route's four (decode_compress.cu); a longer call's in the training's compression.
+  // tokens appended in it too, since none of its sequences brings more than kMaxDecodeTokens); a
+  // longer call's (or a shape that kernel does not take) staged and compressed by the training's
+  // compression, then appended.
   const decode::CompressAppendParams ca{ap, compress_weights(c, in)};
-  const decode::CompressWindowsParams cw = compress_windows_params(c, in, s, w, plan);
-  const bool decode_step = decode::fuses_selection(s.tokens, s.num_seqs);
-  const bool one_launch_route = decode_step && one_launch && decode::compress_append_supported(ca);
+  const bool one_launch_route =
+      decode::fuses_selection(s.tokens, s.num_seqs) && decode::compress_append_supported(ca);
   const bool tokens_in_one_launch = one_launch_route && !prefill;
   if (one_launch_route) {
     FSA_RETURN_IF_ERROR(decode::launch_compress_append(ca, tokens_in_one_launch, s.dtype, stream));
   } else {
     FSA_RETURN_IF_ERROR(decode::launch_stage_windows(ap, s.dtype, stream));
-    if (decode_step && decode::compress_windows_supported(cw)) {
-      FSA_RETURN_IF_ERROR(decode::launch_compress_windows(cw, s.dtype, stream));
-    } else {
-      FSA_RETURN_IF_ERROR(
-          cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
-      FSA_RETURN_IF_ERROR(cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{},
-                                                 w.v_cmp_new, w.compress));
-    }
+    FSA_RETURN_IF_ERROR(
+        cuda::compress_forward(c, w.k_stage, w.cu_stage, w.cu_cmp_stage, in.w_k, in.pe_k, w.k_cmp_new, w.compress));
+    FSA_RETURN_IF_ERROR(cuda::compress_forward(c, w.v_stage, w.cu_stage, w.cu_cmp_stage, in.w_v, TensorView{},
+                                               w.v_cmp_new, w.compress));
     FSA_RETURN_IF_ERROR(decode::launch_append_compressed(ap, s.dtype, stream));
   }
   if (!tokens_in_one_launch) FSA_RETURN_IF_ERROR(decode::launch_append_tokens(ap, s.dtype, stream));
@@ -617,12 +578,7 @@ Status run_step(const char* op, bool prefill, const NsaConfig& c, const NsaLayer
   }
   FSA_RETURN_IF_ERROR(decode::launch_finalize_topk(sp, stream));
 
-  // ---- 5, 6 ----
-  if (!merge_combine) {
-    FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}));
-    return cuda::combine_forward(c, in.gates, o_cmp, o_slc, o_swa, o);
-  }
-  // The selected branch's merge and the combination in one launch (decode_merge.cu).
+  // ---- 5, 6: the selected branch, then its merge and the combination in one launch ----
   FSA_RETURN_IF_ERROR(attend({decode::Branch::kSelected}, /*merge=*/false));
   decode::CombineRows rows{};
   rows.gates = in.gates.data;
