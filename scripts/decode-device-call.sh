@@ -11,8 +11,10 @@
 #   1. tests: every packed test binary of each distinct prefix (PREFIX-test_gpu_*), once, with no
 #      switch set (the tests set the switches they cover themselves), each within
 #      FSA_DECODE_TEST_TIMEOUT seconds (240; rc 124 past it);
-#   2. timing: scripts/bench-decode-alternated.sh over every BUILD, FSA_DECODE_ROUNDS rounds (2),
-#      into OUTDIR/<device>-decode-alternated-<commit>.csv;
+#   2. timing: with FSA_DECODE_FULL_BENCH=1 first the full `fsa bench decode` of the first BUILD's
+#      prefix into OUTDIR/<device>-decode.csv (the README's file: the decode shapes, dense and the
+#      chunked prefill); then scripts/bench-decode-alternated.sh over every BUILD,
+#      FSA_DECODE_ROUNDS rounds (2), into OUTDIR/<device>-decode-alternated-<commit>.csv;
 #   3. memcheck (compute-sanitizer) of some of the first prefix's decode tests
 #      (FSA_DECODE_MEMCHECK_FILTER; default the graph replay, the several-windows steps (the
 #      one-launch compression), the key-quarter kernel and the merge and combination in one launch
@@ -57,6 +59,11 @@ for prefix in "${prefixes[@]}"; do
   done
 done
 
+if [[ ${FSA_DECODE_FULL_BENCH:-0} == 1 ]]; then  # the README's run: bench/results/<device>-decode.csv
+  step "full-bench" scripts/run-gpu-binaries.sh "${prefixes[0]}-fsa" bench decode --csv "$outdir/$short-decode.csv"
+  awk -F, '!/^#/ && ($6 == "graph" || $6 ~ /prefill|nsa_forward/) {printf "  %-18s %-18s %s ms\n", $1, $6, $7}' \
+    "$outdir/$short-decode.csv" 2>/dev/null
+fi
 step "bench" scripts/bench-decode-alternated.sh "$outdir/$short-decode-alternated-$commit.csv" \
   "${FSA_DECODE_ROUNDS:-2}" "${builds[@]}"
 awk -F, '!/^#/ && $8 == "graph" {printf "  %-60s round %s  %-18s %s ms\n", $1, $2, $3, $9}' \
