@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -706,17 +707,23 @@ TEST_F(Gpu, InferenceDecodeForcedAttentionStages) {
 // The attention's splits forced (FSA_DECODE_ATTN_SPLITS: the bench sweeps them) against the
 // reference: one split (no merge), an odd count, and more than the short caches' key tiles (each
 // branch clamps to its own), with the kernel of any tile and with the key-quarter kernel.
-TEST_F(Gpu, InferenceDecodeForcedSplits) {
-  std::uint64_t salt = 700;
+// Case c with every forced split count of `splits`, with the kernel of any tile and with the
+// key-quarter kernel, each with the next salt.
+void check_forced_splits(const CacheCase& c, std::initializer_list<const char*> splits, std::uint64_t& salt) {
   for (const char* quarter : {"0", "1"})
-    for (const char* splits : {"1", "3", "64"}) {
-      SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=") + quarter + " FSA_DECODE_ATTN_SPLITS=" + splits);
+    for (const char* count : splits) {
+      SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=") + quarter + " FSA_DECODE_ATTN_SPLITS=" + count);
       ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
-      ::setenv("FSA_DECODE_ATTN_SPLITS", splits, 1);
-      check_case(decode_case(8, 2, 128, 128), ++salt);
+      ::setenv("FSA_DECODE_ATTN_SPLITS", count, 1);
+      check_case(c, ++salt);
     }
   ::unsetenv("FSA_DECODE_ATTN_SPLITS");
   ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
+}
+
+TEST_F(Gpu, InferenceDecodeForcedSplits) {
+  std::uint64_t salt = 700;
+  check_forced_splits(decode_case(8, 2, 128, 128), {"1", "3", "64"}, salt);
 }
 
 // A raw block table addressing 2400 pages (153,600 tokens) over a short cache: the plan sizes the
@@ -845,15 +852,7 @@ TEST_F(Gpu, InferenceDecodeMergeCombine) {
   shared.config.gate_mode = GateMode::kShared;
   std::uint64_t salt = 640;
   for (const CacheCase& c : {shared, decode_case(8, 2, 64, 64), decode_case(8, 2, 256, 256)}) check_case(c, ++salt);
-  for (const char* quarter : {"0", "1"})
-    for (const char* splits : {"1", "4"}) {
-      SCOPED_TRACE(std::string("FSA_DECODE_QUARTER_KERNEL=") + quarter + " FSA_DECODE_ATTN_SPLITS=" + splits);
-      ::setenv("FSA_DECODE_QUARTER_KERNEL", quarter, 1);
-      ::setenv("FSA_DECODE_ATTN_SPLITS", splits, 1);
-      check_case(decode_case(32, 2, 128, 128), ++salt);
-    }
-  ::unsetenv("FSA_DECODE_ATTN_SPLITS");
-  ::unsetenv("FSA_DECODE_QUARTER_KERNEL");
+  check_forced_splits(decode_case(32, 2, 128, 128), {"1", "4"}, salt);
 }
 
 // Chunked prefill: long chunks, an empty chunk, an empty cache, chunks ending on and off the
