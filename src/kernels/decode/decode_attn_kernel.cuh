@@ -377,28 +377,23 @@ __global__ void __launch_bounds__(AttnTraits<Element, kDqk, kDv>::kThreads,
       sources[kKeys + located_row] = pool_row<const Element>(v_pool, located.at, g);
     };
     // Tile j's K copies, then its V copies, one cp.async group each (empty past the last tile, so
-    // that every iteration waits on the same group counts); warp-local, this warp's 16 rows by its lanes.
-    auto issue_k = [&](int tile) {
-      const Element* const* sources = sources_of(tile);
+    // that every iteration waits on the same group counts); warp-local, this warp's 16 rows by its
+    // lanes. issue_rows: one of the two, kCols columns from `sources` into the stage `stage`.
+    auto issue_rows = [&]<int kCols>(int tile, Element* stage, int ld, const Element* const* sources) {
       const int r0 = kQuarterKeys * warp;
       if (tile < num_tiles) {
         if (warp_local)
-          copy_rows_async<kQuarterKeys, kDqk, 32>(k_s(tile) + r0 * T::kLdQk, T::kLdQk, sources + r0, lane);
+          copy_rows_async<kQuarterKeys, kCols, 32>(stage + r0 * ld, ld, sources + r0, lane);
         else
-          copy_rows_async<kKeys, kDqk, kThreads>(k_s(tile), T::kLdQk, sources);
+          copy_rows_async<kKeys, kCols, kThreads>(stage, ld, sources);
       }
       common::cp_async_commit();
     };
+    auto issue_k = [&](int tile) {
+      issue_rows.template operator()<kDqk>(tile, k_s(tile), T::kLdQk, sources_of(tile));
+    };
     auto issue_v = [&](int tile) {
-      const Element* const* sources = sources_of(tile) + kKeys;
-      const int r0 = kQuarterKeys * warp;
-      if (tile < num_tiles) {
-        if (warp_local)
-          copy_rows_async<kQuarterKeys, kDv, 32>(v_s(tile) + r0 * T::kLdV, T::kLdV, sources + r0, lane);
-        else
-          copy_rows_async<kKeys, kDv, kThreads>(v_s(tile), T::kLdV, sources);
-      }
-      common::cp_async_commit();
+      issue_rows.template operator()<kDv>(tile, v_s(tile), T::kLdV, sources_of(tile) + kKeys);
     };
     auto issue_copies = [&](int tile) {
       issue_k(tile);
